@@ -1,0 +1,45 @@
+"""Corpus readers: turn a corpus on disk into ordered, immutable ``Utterance`` records.
+
+Entry point: ``load_corpus(kind, **options)`` with kind ``"iemocap"`` (``root=``, ``labels=``),
+``"manifest"`` (``path=``, ``labels=``) or ``"demo"`` (the bundled synthetic corpus).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import CorpusError
+from .iemocap import FOUR_CLASS, SIX_CLASS, load_iemocap
+from .manifest import load_manifest
+from .records import Utterance
+from .table import utterance_table
+
+KINDS = ("iemocap", "manifest", "demo")
+
+
+def demo_root() -> Path:
+    """Folder of the bundled demo corpus (IEMOCAP layout)."""
+    return Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+def load_corpus(kind: str, **options) -> Sequence[Utterance]:
+    """Load a corpus as ``Utterance`` records sorted by id.
+
+    kinds: ``iemocap`` (root=, labels=), ``manifest`` (path=, labels=), ``demo`` (labels=).
+    """
+    if kind == "iemocap":
+        if "root" not in options:
+            raise CorpusError("the iemocap corpus needs root=<folder holding Session1 … Session5>")
+        return load_iemocap(**options)
+    if kind == "manifest":
+        if "path" not in options:
+            raise CorpusError("the manifest corpus needs path=<file.csv|file.jsonl>")
+        return load_manifest(**options)
+    if kind == "demo":
+        return load_iemocap(demo_root(), **options)
+    raise CorpusError(f"unknown corpus kind {kind!r}; expected one of {list(KINDS)}")
+
+
+__all__ = ["Utterance", "load_corpus", "load_iemocap", "load_manifest", "utterance_table", "demo_root",
+           "FOUR_CLASS", "SIX_CLASS", "KINDS"]

@@ -1,0 +1,159 @@
+"""IEMOCAP reader: implements ``iemocap-format.md`` (see docs/iemocap.md in the design notes).
+
+Only this module knows the IEMOCAP layout; everything downstream sees ``Utterance`` records.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import CorpusError
+from .records import Utterance
+from .textio import read_lines, visible
+
+UTT_RE = re.compile(
+    r"^Ses0([1-5])([FM])_(impro|script)(\d\d)([ab]?)(?:_(\d)([ab]?))?_([FM])(\d{3})$"
+)
+SUMMARY_RE = re.compile(r"^\[([\d.]+) - ([\d.]+)\]\t(\S+)\t(\w+)\t\[([^\]]*)\]")
+TRANSCRIPT_RE = re.compile(r"^(\S+) \[([\d.]+)-([\d.]+)\]:\s?(.*)$")
+
+#: The standard four-class set: excited merged into happy (5,531 utterances).
+FOUR_CLASS: Mapping[str, str] = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
+#: The six-class set (7,380 utterances): excited kept apart, frustrated added.
+SIX_CLASS: Mapping[str, str] = {c: c for c in ("ang", "hap", "exc", "neu", "sad", "fru")}
+LABEL_SETS: Mapping[str, Mapping[str, str]] = {"four": FOUR_CLASS, "six": SIX_CLASS}
+ALL_CODES = ("ang", "hap", "exc", "neu", "sad", "fru", "sur", "fea", "oth", "dis", "xxx")
+
+SESSIONS = tuple(f"Session{i}" for i in range(1, 6))
+ALIGNMENT_SUFFIXES = {".wdseg": "word", ".phseg": "phone", ".syseg": "syllable"}
+
+
+def resolve_labels(labels: str | Mapping[str, str] | None) -> dict[str, str]:
+    """A label mapping (raw IEMOCAP code → label) from a preset name or a mapping."""
+    if labels is None:
+        return dict(FOUR_CLASS)
+    if isinstance(labels, str):
+        if labels not in LABEL_SETS:
+            raise CorpusError(
+                f"unknown IEMOCAP label set {labels!r}; expected one of {sorted(LABEL_SETS)} or a mapping code → label"
+            )
+        return dict(LABEL_SETS[labels])
+    mapping = dict(labels)
+    unknown = sorted(set(mapping) - set(ALL_CODES))
+    if unknown:
+        raise CorpusError(f"label mapping names codes {unknown} that IEMOCAP does not use; its codes are {list(ALL_CODES)}")
+    return mapping
+
+
+def find_root(root: str | Path) -> Path:
+    """The folder holding Session1..Session5: ``root`` itself or a folder up to two levels below."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CorpusError(f"IEMOCAP root {root} is not a folder; expected the folder that holds Session1 … Session5")
+    candidates = [root]
+    for depth in range(2):
+        nxt = []
+        for c in candidates:
+            if all((c / s).is_dir() for s in SESSIONS):
+                return c
+            nxt += sorted(p for p in c.iterdir() if p.is_dir() and visible(p.name))
+        candidates = nxt
+    for c in candidates:
+        if all((c / s).is_dir() for s in SESSIONS):
+            return c
+    present = sorted(p.name for p in root.iterdir() if visible(p.name))[:8]
+    raise CorpusError(
+        f"{root} does not look like an IEMOCAP copy: expected a folder holding Session1 … Session5 "
+        f"(here or up to two levels below), found {present or 'nothing'}"
+    )
+
+
+def parse_emo_evaluation(path: Path) -> dict[str, tuple[str, float, float]]:
+    """``{utterance id: (code, start, end)}`` from one consensus EmoEvaluation file."""
+    out: dict[str, tuple[str, float, float]] = {}
+    for line in read_lines(path):
+        m = SUMMARY_RE.match(line)
+        if m and UTT_RE.match(m.group(3)):
+            out[m.group(3)] = (m.group(4), float(m.group(1)), float(m.group(2)))
+    return out
+
+
+def parse_transcription(path: Path) -> dict[str, str]:
+    """``{utterance id: text}``; XX lines and untimed ``M:``/``F:`` lines are skipped."""
+    out: dict[str, str] = {}
+    for line in read_lines(path):
+        m = TRANSCRIPT_RE.match(line)
+        if m and UTT_RE.match(m.group(1)):
+            out[m.group(1)] = m.group(4).strip()
+    return out
+
+
+def _alignment_index(fa_dir: Path) -> dict[str, dict[str, str]]:
+    """``{utterance id: {tier: path}}`` from one dialog's ForcedAlignment folder (one listing)."""
+    index: dict[str, dict[str, str]] = {}
+    if not fa_dir.is_dir():
+        return index
+    with os.scandir(fa_dir) as it:
+        for entry in it:
+            if not visible(entry.name):
+                continue
+            stem, ext = os.path.splitext(entry.name)
+            tier = ALIGNMENT_SUFFIXES.get(ext)
+            if tier:
+                index.setdefault(stem, {})[tier] = entry.path
+    return index
+
+
+def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None) -> list[Utterance]:
+    """Read an IEMOCAP copy into ``Utterance`` records sorted by id.
+
+    ``labels`` maps raw codes to labels (default: the four-class set, ``exc`` → ``hap``);
+    utterances whose code is not in the mapping are left out. Raises ``CorpusError`` for a
+    root without Session1–5, a session without EmoEvaluation files, or a missing sentence wav.
+    """
+    mapping = resolve_labels(labels)
+    base = find_root(root)
+    utts: list[Utterance] = []
+    for s_idx, session in enumerate(SESSIONS, start=1):
+        dialog_dir = base / session / "dialog"
+        emo_dir = dialog_dir / "EmoEvaluation"
+        emo_files = sorted(
+            p for p in (emo_dir.iterdir() if emo_dir.is_dir() else [])
+            if p.is_file() and visible(p.name) and p.suffix == ".txt"
+        )
+        if not emo_files:
+            raise CorpusError(f"{emo_dir} holds no EmoEvaluation/<dialog>.txt files; expected one per dialog")
+        for emo in emo_files:
+            dialog = emo.stem
+            codes = parse_emo_evaluation(emo)
+            trans_path = dialog_dir / "transcriptions" / f"{dialog}.txt"
+            texts = parse_transcription(trans_path) if trans_path.is_file() else {}
+            aligns = _alignment_index(base / session / "sentences" / "ForcedAlignment" / dialog)
+            wav_dir = base / session / "sentences" / "wav" / dialog
+            for utt_id, (code, _t0, _t1) in codes.items():
+                if code not in mapping:
+                    continue
+                wav = wav_dir / f"{utt_id}.wav"
+                if not wav.is_file():
+                    raise CorpusError(f"missing audio file {wav} for labelled utterance {utt_id} (listed in {emo})")
+                gender = utt_id.rsplit("_", 1)[1][0]
+                utts.append(
+                    Utterance(
+                        id=utt_id,
+                        audio_path=str(wav),
+                        transcript=texts.get(utt_id, ""),
+                        label=mapping[code],
+                        session=s_idx,
+                        speaker=f"Ses{s_idx:02d}{gender}",
+                        gender=gender,
+                        alignments=aligns.get(utt_id, {}),
+                    )
+                )
+    utts.sort(key=lambda u: u.id)
+    for a, b in zip(utts, utts[1:]):
+        if a.id == b.id:
+            raise CorpusError(f"utterance id {a.id} appears twice in the EmoEvaluation files under {base}")
+    return utts

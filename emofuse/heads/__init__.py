@@ -1,0 +1,1 @@
+"""heads stage (see DESIGN.md)."""
