@@ -126,17 +126,19 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
         )
         if not emo_files:
             raise CorpusError(f"{emo_dir} holds no EmoEvaluation/<dialog>.txt files; expected one per dialog")
+        align_cache: dict[str, dict[str, dict[str, str]]] = {}
         for emo in emo_files:
-            dialog = emo.stem
             codes = parse_emo_evaluation(emo)
-            trans_path = dialog_dir / "transcriptions" / f"{dialog}.txt"
+            trans_path = dialog_dir / "transcriptions" / f"{emo.stem}.txt"
             texts = parse_transcription(trans_path) if trans_path.is_file() else {}
-            aligns = _alignment_index(base / session / "sentences" / "ForcedAlignment" / dialog)
-            wav_dir = base / session / "sentences" / "wav" / dialog
             for utt_id, (code, _t0, _t1) in codes.items():
                 if code not in mapping:
                     continue
-                wav = wav_dir / f"{utt_id}.wav"
+                dialog = utt_id.rsplit("_", 1)[0]  # from the id, not the file name
+                if dialog not in align_cache:
+                    align_cache[dialog] = _alignment_index(base / session / "sentences" / "ForcedAlignment" / dialog)
+                aligns = align_cache[dialog]
+                wav = base / session / "sentences" / "wav" / dialog / f"{utt_id}.wav"
                 if not wav.is_file():
                     raise CorpusError(f"missing audio file {wav} for labelled utterance {utt_id} (listed in {emo})")
                 gender = utt_id.rsplit("_", 1)[1][0]

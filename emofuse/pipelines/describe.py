@@ -1,0 +1,49 @@
+"""Human-readable summaries of corpora and stores."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from ..corpora import load_corpus
+from ..errors import CorpusError
+from ..store import FeatureStore
+
+
+def corpus_options(kind: str, root: str | None = None, manifest: str | None = None) -> dict:
+    """``load_corpus`` options from CLI flags, with one clear sentence when one is missing."""
+    if kind == "iemocap":
+        if not root:
+            raise CorpusError("--corpus iemocap needs --root DIR (the folder holding Session1 … Session5)")
+        return {"root": root}
+    if kind == "manifest":
+        if not manifest:
+            raise CorpusError("--corpus manifest needs --manifest FILE (.csv or .jsonl)")
+        return {"path": manifest}
+    return {}
+
+
+def describe_corpus(kind: str, root: str | None = None, manifest: str | None = None) -> str:
+    utts = load_corpus(kind, **corpus_options(kind, root, manifest))
+    df = pd.DataFrame([{"session": u.session, "label": u.label} for u in utts])
+    table = pd.crosstab(df["session"], df["label"], margins=True, margins_name="total")
+    n_align = sum(1 for u in utts if u.alignments)
+    return f"{len(utts)} utterances ({n_align} with alignments)\n{table.to_string()}"
+
+
+def describe_store(path: str) -> str:
+    with FeatureStore(path) as fs:
+        lines = [f"{path}: {len(fs.utterances)} utterances, {os.path.getsize(path) / 1e6:.1f} MB, "
+                 f"corpus fingerprint {fs.corpus_fingerprint[:12]}"]
+        for s in fs.streams:
+            info = fs.stream_info(s)
+            desc = ", ".join(f"{k} {v}" for k, v in info["entries"].items())
+            lines.append(f"  stream {s!r}: {info.get('encoder_id', '?')} ({info.get('num_layers', '?')} layers x "
+                         f"{info.get('dim', '?')}, {info.get('store_dtype', '?')}); {desc}")
+            sk = fs.skipped(s)
+            if len(sk):
+                lines.append(f"    skipped: {len(sk)} ({', '.join(sorted(set(sk['reason'])))[:200]})")
+        if fs.pending_parts:
+            lines.append(f"  {len(fs.pending_parts)} committed parts are not merged yet: re-run the command that wrote them")
+        return "\n".join(lines)

@@ -1,0 +1,219 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from emofuse.corpora import load_corpus, utterance_table
+from emofuse.errors import StoreError
+from emofuse.store import FeatureStore, StoreWriter, corpus_fingerprint, merge_stores
+
+CHILD = str(Path(__file__).with_name("store_child.py"))
+sys.path.insert(0, os.path.dirname(CHILD))
+import store_child  # noqa: E402
+
+
+@pytest.fixture
+def table(fake_iemocap):
+    return utterance_table(load_corpus("iemocap", root=fake_iemocap.root))
+
+
+def random_entries(ids, dtype, seed=0, layers=4, dim=8):
+    rng = np.random.default_rng(seed)
+    frames, tokens, segs = {}, {}, {}
+    for k, i in enumerate(ids):
+        t = int(rng.integers(0, 30))
+        frames[i] = {"data": rng.standard_normal((t, layers, dim)).astype(dtype)}
+        n = int(rng.integers(1, 6))
+        tokens[i] = {"data": rng.standard_normal((n, layers, dim)).astype(dtype),
+                     "strings": np.array([f"tok{j}é" for j in range(n)]),
+                     "word_ids": np.arange(n, dtype=np.int32) - 1,
+                     "offsets": rng.integers(0, 50, (n, 2)).astype(np.int32),
+                     "special": np.arange(n) == 0}
+        kk = int(rng.integers(0, 4))  # 0 segments happens: must read back as (0, L, D)
+        segs[i] = {"data": rng.standard_normal((kk, layers, dim)).astype(dtype),
+                   "symbols": np.array([f"W{j}" for j in range(kk)], dtype=str),
+                   "spans": rng.integers(0, 9, (kk, 2)).astype(np.int32)}
+    return frames, tokens, segs
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_round_trip_is_bit_exact(tmp_path, table, dtype):
+    ids = list(table["id"])
+    frames, tokens, segs = random_entries(ids, dtype)
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "a1", "encoder_id": "enc", "num_layers": 4, "dim": 8})
+        w.add_stream("text", {"fingerprint": "t1", "encoder_id": "bert"})
+        half = len(ids) // 2
+        w.commit("audio", {"frames": {i: frames[i] for i in ids[half:]}})
+        w.commit("audio", {"frames": {i: frames[i] for i in ids[:half]}, "segments/word": segs})
+        w.commit("text", {"tokens": tokens})
+        w.finalize()
+    with FeatureStore(path) as fs:
+        assert fs.streams == ["audio", "text"]
+        assert list(fs.utterances.index) == ids
+        assert fs.utterances.loc[ids[0], "label"] == table.iloc[0]["label"]
+        info = fs.stream_info("audio")
+        assert info["encoder_id"] == "enc" and info["entries"] == {"frames": len(ids), "segments/word": len(ids)}
+        assert info["granularities"] == ["word"]
+        for i in ids:
+            got = fs.frames("audio", i)
+            assert got.dtype == dtype and np.array_equal(got, frames[i]["data"])
+            tk = fs.tokens("text", i)
+            assert np.array_equal(tk.values, tokens[i]["data"]) and list(tk.strings) == list(tokens[i]["strings"])
+            assert np.array_equal(tk.word_ids, tokens[i]["word_ids"]) and np.array_equal(tk.special, tokens[i]["special"])
+            assert np.array_equal(tk.offsets, tokens[i]["offsets"])
+            sg = fs.segments("audio", "word", i)
+            assert sg.values.shape == segs[i]["data"].shape and np.array_equal(sg.values, segs[i]["data"])
+            assert list(sg.symbols) == list(segs[i]["symbols"]) and np.array_equal(sg.spans, segs[i]["spans"])
+        # stored in id order after the merge, whatever the commit order
+        assert fs.ids("audio") == sorted(ids)
+        # bulk reads equal per-utterance reads, any order, any layer subset
+        order = ids[::-1]
+        for layers in (None, [1, 2], [3, 0]):
+            r = fs.load("audio", "frames", ids=order, layers=layers)
+            sel = slice(None) if layers is None else layers
+            for k, i in enumerate(order):
+                assert np.array_equal(r[k], frames[i]["data"][:, sel])
+        with pytest.raises(StoreError, match="layer 7 does not exist"):
+            fs.load("audio", layers=[7])
+        with pytest.raises(StoreError, match="no segments/phone.*align-segments"):
+            fs.segments("audio", "phone", ids[0])
+        with pytest.raises(StoreError, match="stream 'video' is not in"):
+            fs.frames("video", ids[0])
+
+
+def test_refuses_another_corpus_and_another_encoder(tmp_path, table):
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "a1", "encoder_id": "facebook/wav2vec2-base"})
+        w.commit("audio", {"frames": {table["id"][0]: {"data": np.zeros((2, 1, 3), np.float16)}}})
+        w.finalize()
+    other = table.copy()
+    other.loc[0, "label"] = "sad" if other.loc[0, "label"] != "sad" else "ang"
+    assert corpus_fingerprint(other) != corpus_fingerprint(table)
+    with pytest.raises(StoreError, match="was built from another corpus"):
+        StoreWriter(path, other)
+    with StoreWriter(path, table) as w:
+        with pytest.raises(StoreError, match=r"stream 'audio'.*facebook/wav2vec2-base.*microsoft/wavlm-base"):
+            w.add_stream("audio", {"fingerprint": "b2", "encoder_id": "microsoft/wavlm-base"})
+        w.add_stream("wavlm", {"fingerprint": "b2", "encoder_id": "microsoft/wavlm-base"})  # another name is fine
+    # moving the corpus elsewhere keeps its fingerprint
+    moved = table.assign(audio_path=["/mnt/elsewhere/" + os.path.basename(p) for p in table["audio_path"]])
+    assert corpus_fingerprint(moved) == corpus_fingerprint(table)
+
+
+def test_second_writer_is_refused(tmp_path, table):
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, table):
+        with pytest.raises(StoreError, match="another process is writing"):
+            StoreWriter(path, table)
+    StoreWriter(path, table).close()  # released
+
+
+def test_schema_version_and_type_checked(tmp_path, table):
+    path = tmp_path / "s.h5"
+    StoreWriter(path, table).close()
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(StoreError, match="schema v99"):
+        FeatureStore(path)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(StoreError, match="not an emofuse feature store"):
+        FeatureStore(tmp_path / "other.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StoreError, match="could not be opened"):
+        FeatureStore(tmp_path / "junk.h5")
+
+
+def test_reader_refuses_stream_of_another_corpus(tmp_path, table):
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "a1"})
+        w.commit("audio", {"frames": {table["id"][0]: {"data": np.zeros((2, 1, 3), np.float16)}}})
+        w.finalize()
+    with h5py.File(path, "a") as f:  # a stream grafted from another store
+        import json
+        info = json.loads(f["streams/audio"].attrs["info"])
+        info["corpus_fingerprint"] = "0" * 32
+        f["streams/audio"].attrs["info"] = json.dumps(info)
+    with pytest.raises(StoreError, match="computed for another corpus"):
+        FeatureStore(path)
+
+
+def run_child(path, n_units=10, pause=0.0):
+    return subprocess.Popen([sys.executable, CHILD, str(path), str(n_units), str(pause)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def reference(tmp_path):
+    ref = tmp_path / "ref.h5"
+    assert run_child(ref).wait() == 0
+    return ref
+
+
+def same_content(a, b):
+    with FeatureStore(a) as fa, FeatureStore(b) as fb:
+        assert fa.ids("audio") == fb.ids("audio")
+        for i in fa.ids("audio"):
+            assert np.array_equal(fa.frames("audio", i), fb.frames("audio", i))
+        pd.testing.assert_frame_equal(fa.skipped("audio"), fb.skipped("audio"))
+        pd.testing.assert_frame_equal(fa.utterances, fb.utterances)
+
+
+@pytest.mark.parametrize("kill_at", ["COMMIT 0", "COMMIT 12", "COMMIT 28", "FINALIZE"])
+@pytest.mark.parametrize("delay", [0.0, 0.003, 0.02])
+def test_sigkill_anywhere_leaves_last_committed_state(tmp_path, kill_at, delay):
+    path = tmp_path / "s.h5"
+    child = run_child(path, n_units=10, pause=0.01)
+    for line in child.stdout:
+        if line.strip() == kill_at:
+            time.sleep(delay)
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    if path.exists():  # whatever exists must open and be consistent
+        with FeatureStore(path) as fs:
+            for i in fs.ids("audio") if "audio" in fs.streams else []:
+                assert np.array_equal(fs.frames("audio", i), store_child.frames_of(i))
+    # a resumed run finishes and equals an uninterrupted one, computing only what was missing
+    resumed = run_child(path, n_units=10)
+    out = resumed.communicate()[0]
+    assert resumed.returncode == 0, out
+    if kill_at == "FINALIZE":
+        assert "COMMIT" not in out  # every unit had been committed before the kill
+    same_content(path, reference(tmp_path))
+    assert not Path(str(path) + ".parts").exists() and not Path(str(path) + ".tmp").exists()
+
+
+def test_merge_shards_equals_single_store(tmp_path, table):
+    ids = list(table["id"])
+    frames, _, _ = random_entries(ids, np.float16, seed=5)
+    shards = []
+    for k in range(2):
+        p = tmp_path / f"shard{k}.h5"
+        with StoreWriter(p, table) as w:
+            w.add_stream("audio", {"fingerprint": "a1"})
+            w.commit("audio", {"frames": {i: frames[i] for i in ids[k::2]}})
+            w.finalize()
+        shards.append(p)
+    added = merge_stores(tmp_path / "all.h5", shards)
+    assert added == {"streams/audio/frames": len(ids)}
+    with FeatureStore(tmp_path / "all.h5") as fs:
+        assert fs.ids("audio") == sorted(ids)
+        for i in ids:
+            assert np.array_equal(fs.frames("audio", i), frames[i]["data"])
+    other = table.copy()
+    other.loc[0, "transcript"] = "changed"
+    with StoreWriter(tmp_path / "x.h5", other) as w:
+        pass
+    with pytest.raises(StoreError, match="another corpus"):
+        merge_stores(tmp_path / "all.h5", [tmp_path / "x.h5"])
