@@ -21,6 +21,80 @@ def _run(fn: Callable[[], object]) -> int:
         return 130
 
 
+def _quiet_libraries() -> None:
+    """Our progress bars and messages only: no per-file 'Loading weights' bars from transformers."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message="Segment too short")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def extract_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="extract-embeddings",
+        description="Run frozen audio and text encoders once over a corpus and store every layer's activations. "
+                    "Crash-safe and resumable: run the same command again after an interruption.")
+    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], help="corpus reader")
+    ap.add_argument("--root", help="IEMOCAP: the folder holding Session1 … Session5")
+    ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file")
+    ap.add_argument("--labels", help="IEMOCAP label set: four (default) or six")
+    ap.add_argument("--out", required=True, help="the store to write (STORE.h5)")
+    ap.add_argument("--audio-model", default="facebook/wav2vec2-base",
+                    help="hub id or local folder (wav2vec2, HuBERT, WavLM, data2vec-audio), opensmile:eGeMAPSv02, "
+                         "untrained:wav2vec2-small, or none (default: facebook/wav2vec2-base)")
+    ap.add_argument("--text-model", default="bert-base-uncased",
+                    help="hub id or local folder (BERT, RoBERTa, MiniLM …), or none (default: bert-base-uncased)")
+    ap.add_argument("--audio-stream", help="stream name for the audio encoder (default: audio, or egemaps)")
+    ap.add_argument("--text-stream", help="stream name for the text encoder (default: text)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute precision")
+    ap.add_argument("--store-dtype", default="float16", choices=["float16", "float32"], help="stored precision")
+    ap.add_argument("--batch-seconds", type=float, default=16.0, help="padded audio seconds per batch (default 16)")
+    ap.add_argument("--text-batch", type=int, default=32, help="transcripts per text batch (default 32)")
+    ap.add_argument("--shard", help="I/N: process only shard I of N (a disjoint subset); merge later with --merge")
+    ap.add_argument("--on-error", default="skip", choices=["skip", "fail"],
+                    help="bad input: skip it and record why (default), or stop with one clear sentence")
+    ap.add_argument("--limit", type=int, help="only the first N utterances (by id)")
+    ap.add_argument("--merge", nargs="+", metavar="SHARD", help="merge finished shard stores into --out and exit")
+    return ap
+
+
+def extract_embeddings(argv: Sequence[str] | None = None) -> int:
+    args = extract_parser().parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from .pipelines.extract import ExtractConfig, run_extract
+        from .store import merge_stores
+
+        if args.merge:
+            added = merge_stores(args.out, args.merge)
+            print(f"merged {len(args.merge)} shards into {args.out}: " +
+                  (", ".join(f"{k} +{v}" for k, v in added.items()) or "nothing new"))
+            return
+        if not args.corpus:
+            raise EmofuseError("extract-embeddings needs --corpus iemocap|manifest|demo (or --merge SHARD …)")
+        none = lambda v: None if v in (None, "none", "") else v  # noqa: E731
+        cfg = ExtractConfig(corpus=args.corpus, out=args.out, root=args.root, manifest=args.manifest,
+                            labels=args.labels, audio_model=none(args.audio_model), text_model=none(args.text_model),
+                            audio_stream=args.audio_stream, text_stream=args.text_stream, device=args.device,
+                            dtype=args.dtype, store_dtype=args.store_dtype, batch_seconds=args.batch_seconds,
+                            text_batch=args.text_batch, shard=args.shard, on_error=args.on_error, limit=args.limit)
+        summary = run_extract(cfg)
+        if summary is not None:
+            print("extract-embeddings finished:\n" + summary.text())
+
+    return _run(job)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="emofuse", description="emofuse: speech + text emotion recognition tooling")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -32,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], required=True)
     c.add_argument("--root")
     c.add_argument("--manifest")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["extract-embeddings"]:  # python -m emofuse extract-embeddings … (e.g. under torchrun)
+        return extract_embeddings(argv[1:])
     args = ap.parse_args(argv)
+    _quiet_libraries()
 
     if args.cmd == "demo":
         from .pipelines.demo import DemoConfig, run_demo

