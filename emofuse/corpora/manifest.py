@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 from pathlib import Path
 from typing import Iterable
@@ -17,16 +20,26 @@ OPTIONAL = ("start", "end", "gender", "textgrid")
 
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".csv", ".tsv"):
+        raise CorpusError(f"manifest {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl")
+    # Undecodable bytes become U+FFFD, so one bad transcript does not sink the corpus:
+    # extraction skips that utterance and says why.
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for no, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise CorpusError(f"manifest {path}, line {no} is not a JSON object: {e}") from e
+        return pd.DataFrame(rows)
     try:
-        if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False, encoding_errors="surrogateescape")
-        if suffix in (".csv", ".tsv"):
-            # undecodable bytes survive as surrogates: extraction skips that transcript with a reason
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                               encoding_errors="surrogateescape")
-    except ValueError as e:  # pandas parse errors are ValueErrors
-        raise CorpusError(f"manifest {path} could not be parsed: {e}") from e
-    raise CorpusError(f"manifest {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        rows = list(reader)
+    except csv.Error as e:
+        raise CorpusError(f"manifest {path} could not be parsed as CSV: {e}") from e
+    return pd.DataFrame(rows, columns=reader.fieldnames or [], dtype=object).fillna("")
 
 
 def _blank(v) -> bool:
@@ -56,7 +69,8 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None, check_a
     base = path.parent
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
-    for row_no, row in enumerate(df.to_dict("records"), start=2 if path.suffix.lower() != ".jsonl" else 1):
+    first_row = 1 if path.suffix.lower() in (".jsonl", ".ndjson") else 2
+    for row_no, row in enumerate(df.to_dict("records"), start=first_row):
         uid = str(row["id"]).strip()
         where = f"manifest {path}, row {row_no}"
         if not uid:

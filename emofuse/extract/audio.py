@@ -55,11 +55,10 @@ def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
 
 
 def check_transcript(text: str) -> str:
-    """The transcript, or ``BadInput`` when it is empty or not valid Unicode text."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise BadInput("transcript is not valid UTF-8 text (undecodable bytes)") from e
+    """The transcript, or ``BadInput`` when it is empty or held bytes that are not UTF-8
+    (readers decode those to U+FFFD)."""
+    if "\ufffd" in text:
+        raise BadInput("transcript is not valid UTF-8 text (undecodable bytes)")
     if not text.strip():
         raise BadInput("empty transcript")
     return text

@@ -162,10 +162,12 @@ def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print) -> Extr
         td.destroy_process_group()
 
 
-def _select(utts: Sequence[Utterance], cfg: ExtractConfig) -> list[Utterance]:
-    sel = list(utts[: cfg.limit] if cfg.limit else utts)
-    i, n = parse_shard(cfg.shard)
-    return sel[i::n]
+def _mine(plan: list[list[str]], shard: str | None) -> list[list[str]]:
+    """This shard's batches of one global batch plan. Sharding whole batches (not utterances)
+    keeps every utterance in the batch it has in a single-process run: merged shards are
+    bit-identical to it."""
+    i, n = parse_shard(shard)
+    return plan[i::n]
 
 
 def _already_done(main_store: str | None, stream: str, kind: str) -> set[str]:
@@ -189,7 +191,7 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
     if not utts:
         raise EmofuseError(f"the {cfg.corpus} corpus holds no labelled utterance; nothing to extract")
     table = utterance_table(utts)
-    selection = _select(utts, cfg)
+    selection = list(utts[: cfg.limit] if cfg.limit else utts)
     durations = dict(zip(table["id"], table["duration"].astype(float)))
     store_dtype = STORE_DTYPES[cfg.store_dtype]
     summary = ExtractSummary(store=out)
@@ -212,17 +214,15 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
             for kind, name, enc, sdt in jobs:
                 entry_kind = "frames" if kind == "audio" else "tokens"
                 done = writer.done_ids(name, entry_kind) | _already_done(main_store, name, entry_kind)
-                todo = [u for u in selection if u.id not in done]
-                s = StreamSummary(stream=name, kind=kind, encoder=enc.info["encoder_id"], untrained=enc.info["untrained"],
-                                  reused=len(selection) - len(todo))
+                s = StreamSummary(stream=name, kind=kind, encoder=enc.info["encoder_id"], untrained=enc.info["untrained"])
                 summary.streams.append(s)
                 if enc.info["untrained"]:
                     echo(f"note: audio encoder {enc.info['encoder_id']} has UNTRAINED random weights (seed 0); "
                          "its activations are a smoke test, not features")
                 if kind == "audio":
-                    _audio_phase(writer, name, enc, todo, durations, cfg, STORE_DTYPES[sdt], s)
+                    _audio_phase(writer, name, enc, selection, done, durations, cfg, STORE_DTYPES[sdt], s)
                 else:
-                    _text_phase(writer, name, enc, todo, cfg, store_dtype, s)
+                    _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s)
         finally:
             t0 = time.perf_counter()
             writer.finalize()
@@ -241,10 +241,14 @@ def _bad(utt: Utterance, err: BadInput, cfg: ExtractConfig, what: str) -> None:
                            "committed work is kept; fix the input or run with --on-error skip")
 
 
-def _audio_phase(writer, name, enc, todo, durations, cfg, store_dtype, s: StreamSummary) -> None:
-    by_id = {u.id: u for u in todo}
-    batches = length_batches([u.id for u in todo], [durations[u.id] for u in todo], cfg.batch_seconds)
-    total = float(np.nansum([durations[u.id] for u in todo]))
+def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype, s: StreamSummary) -> None:
+    by_id = {u.id: u for u in selection}
+    plan = _mine(length_batches([u.id for u in selection], [durations[u.id] for u in selection], cfg.batch_seconds),
+                 cfg.shard)
+    s.reused = sum(1 for b in plan for u in b if u in done)
+    batches = [b for b in plan if any(u not in done for u in b)]  # commits are whole batches
+    batches = [[u for u in b if u not in done] for b in batches]
+    total = float(np.nansum([durations[u] for b in batches for u in b]))
     with tqdm(total=round(total, 1), unit="s", desc=f"{name}: audio", disable=None, dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
         for batch in batches:
@@ -285,10 +289,14 @@ def _audio_phase(writer, name, enc, todo, durations, cfg, store_dtype, s: Stream
             bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
 
 
-def _text_phase(writer, name, enc, todo, cfg, store_dtype, s: StreamSummary) -> None:
+def _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s: StreamSummary) -> None:
     items = []
     skipped = []
-    for u in todo:
+    i_shard, n_shard = parse_shard(cfg.shard)
+    for k, u in enumerate(selection):
+        if u.id in done:
+            s.reused += 1
+            continue
         try:
             text = check_transcript(u.transcript)
             n = enc.n_tokens(text)
@@ -297,21 +305,29 @@ def _text_phase(writer, name, enc, todo, cfg, store_dtype, s: StreamSummary) -> 
                                    f"of {enc.max_len}; run with --on-error skip to window it with overlap")
             items.append((n, u.id, text))
         except BadInput as e:
-            _bad(u, e, cfg, "text")
-            skipped.append((u.id, "tokens", e.reason))
-    items.sort()
-    with tqdm(total=len(todo), unit="utt", desc=f"{name}: text", disable=None, dynamic_ncols=True) as bar:
+            if k % n_shard == i_shard:  # bad transcripts: each shard records its share
+                _bad(u, e, cfg, "text")
+                skipped.append((u.id, "tokens", e.reason))
+    # one global plan of chunks, sorted by length; this shard takes chunks i::n; a resumed run
+    # drops whole committed chunks, so the remaining chunks keep their composition
+    everything = sorted(items + [(enc.n_tokens(u.transcript), u.id, u.transcript) for u in selection
+                                 if u.id in done and u.transcript.strip() and "\ufffd" not in u.transcript])
+    chunks = _mine([everything[k:k + cfg.text_batch] for k in range(0, len(everything), cfg.text_batch)], cfg.shard)
+    todo_ids = {i for _, i, _ in items}
+    chunks = [c for c in chunks if any(i in todo_ids for _, i, _ in c)]
+    with tqdm(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{name}: text", disable=None, dynamic_ncols=True) as bar:
         if skipped:
             writer.commit(name, {}, skipped)
             s.skipped += len(skipped)
             bar.update(len(skipped))
-        for k in range(0, len(items), cfg.text_batch):
-            chunk = items[k:k + cfg.text_batch]
+        for chunk in chunks:
             t1 = time.perf_counter()
             outs = enc.encode([t for _, _, t in chunk])
             t2 = time.perf_counter()
             entries = {}
             for (_, uid, _), o in zip(chunk, outs):
+                if uid not in todo_ids:  # computed only to keep the chunk's composition
+                    continue
                 entries[uid] = {**o, "data": o["data"].astype(store_dtype)}
                 s.rows += len(o["data"])
             writer.commit(name, {"tokens": entries})

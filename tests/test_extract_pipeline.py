@@ -1,0 +1,250 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from emofuse.cli import extract_embeddings
+from emofuse.corpora import load_corpus
+from emofuse.extract.encoders import HFAudioEncoder
+from emofuse.store import FeatureStore, StoreWriter
+
+BIN = Path(sys.executable).parent
+
+
+def cli(*args, **kw):
+    return subprocess.run([str(BIN / "extract-embeddings"), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kw)
+
+
+def assert_same_store(a, b, streams=("audio", "text")):
+    with FeatureStore(a) as fa, FeatureStore(b) as fb:
+        assert fa.corpus_fingerprint == fb.corpus_fingerprint
+        for s in streams:
+            kind = "tokens" if s == "text" else "frames"
+            assert sorted(fa.ids(s, kind)) == sorted(fb.ids(s, kind))
+            for i in fa.ids(s, kind):
+                if kind == "frames":
+                    assert np.array_equal(fa.frames(s, i), fb.frames(s, i)), (s, i)
+                else:
+                    ta, tb = fa.tokens(s, i), fb.tokens(s, i)
+                    assert np.array_equal(ta.values, tb.values) and list(ta.strings) == list(tb.strings)
+            info_a, info_b = fa.stream_info(s), fb.stream_info(s)
+            assert info_a["fingerprint"] == info_b["fingerprint"]
+
+
+@pytest.fixture(scope="module")
+def reference(small_fake, tiny_models, tmp_path_factory):
+    """One uninterrupted single-process run (float32 storage) to compare against."""
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["group"],
+            "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_store_holds_every_layer_with_stream_info(reference, small_fake, tiny_models):
+    utts = load_corpus("iemocap", root=small_fake.root)
+    enc = HFAudioEncoder(tiny_models["group"], device="cpu")
+    with FeatureStore(reference) as fs:
+        assert len(fs.ids("audio")) == len(utts) == 25
+        info = fs.stream_info("audio")
+        assert info["num_layers"] == 3 and info["dim"] == 32 and info["frame_hop_s"] == 0.02
+        assert info["frame_window_s"] == 0.025 and info["preprocessing"]["do_normalize"] is True
+        assert info["store_dtype"] == "float32" and info["untrained"] is False and len(info["weights_hash"]) == 32
+        u = utts[3]
+        wave, _ = sf.read(u.audio_path, dtype="float32")
+        direct = enc.encode([wave])[0]
+        stored = fs.frames("audio", u.id)
+        assert stored.shape == direct.shape and np.abs(stored - direct).max() <= 1e-4
+        tk = fs.tokens("text", u.id)
+        assert tk.values.shape[1:] == (3, 32) and tk.special[0] and tk.strings[0] == "[CLS]"
+        words = [s for s, sp in zip(tk.strings, tk.special) if not sp]
+        assert words[0] == u.transcript.split()[0].lower()
+        assert fs.stream_info("text")["max_tokens"] == 64
+
+
+def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_models, tmp_path):
+    out = tmp_path / "s.h5"
+    args = [str(BIN / "extract-embeddings"), "--corpus", "iemocap", "--root", str(small_fake.root), "--out", str(out),
+            "--audio-model", tiny_models["group"], "--text-model", tiny_models["bert"], "--store-dtype", "float32",
+            "--batch-seconds", "4"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = Path(str(out) + ".parts")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("*.h5"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = len(list(parts.glob("*.h5")))
+    assert committed >= 3, "the run ended before it could be killed mid-way"
+    with StoreWriter(out) as w:  # what survived the kill
+        survived = len(w.done_ids("audio", "frames"))
+    assert 0 < survived < 25
+    r = cli(*args[1:])
+    assert r.returncode == 0, r.stderr
+    assert f"{survived} already in the store" in r.stdout  # only the unit in flight was recomputed
+    assert_same_store(out, reference)
+    assert not parts.exists()
+
+
+def test_second_writer_is_refused(small_fake, tiny_models, tmp_path):
+    out = tmp_path / "s.h5"
+    from emofuse.corpora import utterance_table
+    table = utterance_table(load_corpus("iemocap", root=small_fake.root))
+    with StoreWriter(out, table):
+        r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["group"],
+                "--text-model", "none")
+    assert r.returncode == 2 and "another process is writing" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_other_encoder_or_corpus_is_refused(reference, small_fake, tiny_models, tmp_path):
+    import shutil
+    out = tmp_path / "s.h5"
+    shutil.copy(reference, out)
+    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["layer"],
+            "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 2 and "stream 'audio'" in r.stderr and "weights_hash" in r.stderr
+    r = cli("--corpus", "demo", "--out", out, "--audio-model", tiny_models["group"], "--text-model", "none")
+    assert r.returncode == 2 and "another corpus" in r.stderr
+    # another stream name is the way to keep both encoders
+    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["layer"],
+            "--audio-stream", "lv60", "--text-model", "none", "--limit", "3")
+    assert r.returncode == 0, r.stderr
+    with FeatureStore(out) as fs:
+        assert fs.streams == ["audio", "lv60", "text"] and len(fs.ids("lv60")) == 3
+
+
+def test_manual_shards_merge_to_the_single_run(reference, small_fake, tiny_models, tmp_path):
+    common = ["--corpus", "iemocap", "--root", small_fake.root, "--audio-model", tiny_models["group"],
+              "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4"]
+    for i in range(2):
+        r = cli(*common, "--shard", f"{i}/2", "--out", tmp_path / f"shard{i}.h5")
+        assert r.returncode == 0, r.stderr
+    with FeatureStore(tmp_path / "shard0.h5") as a, FeatureStore(tmp_path / "shard1.h5") as b:
+        assert not set(a.ids("audio")) & set(b.ids("audio"))
+    r = cli("--merge", tmp_path / "shard0.h5", tmp_path / "shard1.h5", "--out", tmp_path / "merged.h5")
+    assert r.returncode == 0, r.stderr
+    assert_same_store(tmp_path / "merged.h5", reference)
+
+
+def test_torchrun_two_processes_equals_single_run(small_fake, tiny_models, tmp_path):
+    out = tmp_path / "dist.h5"
+    args = ["--corpus", "iemocap", "--root", str(small_fake.root), "--audio-model", tiny_models["group"],
+            "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4", "--device", "cpu"]
+    # torchrun gives each rank one thread; float sums depend on the thread count, so the single
+    # run to compare with uses one thread too
+    one = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([str(BIN / "extract-embeddings"), *args, "--out", str(tmp_path / "single.h5")],
+                       capture_output=True, text=True, env=one)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                        "-m", "emofuse", "extract-embeddings", *args, "--out", str(out)],
+                       capture_output=True, text=True, env=one, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "merged 2 rank shards" in r.stdout
+    assert_same_store(out, tmp_path / "single.h5")
+    assert not Path(str(out) + ".shards").exists()
+
+
+def write_bad_manifest(folder: Path) -> Path:
+    sr = 16000
+    rng = np.random.default_rng(0)
+    (folder / "a").mkdir()
+    good = lambda n: (rng.standard_normal(n) * 0.1).astype(np.float32)  # noqa: E731
+    sf.write(folder / "a" / "ok1.wav", good(sr), sr)
+    sf.write(folder / "a" / "ok2.wav", good(sr // 2), sr, subtype="PCM_16")
+    (folder / "a" / "._junk.wav").write_bytes(b"\x00\x05\x16\x07" + bytes(100))
+    (folder / "a" / "broken.wav").write_text("this is not audio")
+    sf.write(folder / "a" / "empty.wav", np.zeros(0, np.float32), sr)
+    sf.write(folder / "a" / "short.wav", good(200), sr)
+    nan = good(sr)
+    nan[100] = np.nan
+    sf.write(folder / "a" / "nan.wav", nan, sr, subtype="FLOAT")
+    sf.write(folder / "a" / "stereo44k.flac", np.stack([good(44100), good(44100)], 1), 44100)
+    rows = [("ok1", "a/ok1.wav", "hello there", "neu"), ("ok2", "a/ok2.wav", "good morning", "hap"),
+            ("junk", "a/._junk.wav", "x", "ang"), ("broken", "a/broken.wav", "x", "ang"),
+            ("empty", "a/empty.wav", "x", "sad"), ("short", "a/short.wav", "x", "sad"),
+            ("nan", "a/nan.wav", "x", "neu"), ("stereo", "a/stereo44k.flac", "fine words", "hap"),
+            ("notext", "a/ok1.wav", "", "neu")]
+    lines = ["id,audio,text,label,speaker,session"] + [f"{i},{a},{t},{l},spk,{k % 2 + 1}" for k, (i, a, t, l) in enumerate(rows)]
+    data = ("\n".join(lines) + "\n").encode() + b"latin,a/ok2.wav,caf\xe9 au lait,neu,spk,1\n"
+    (folder / "m.csv").write_bytes(data)
+    return folder / "m.csv"
+
+
+def test_bad_input_is_skipped_with_reasons(tiny_models, tmp_path):
+    m = write_bad_manifest(tmp_path)
+    out = tmp_path / "s.h5"
+    r = cli("--corpus", "manifest", "--manifest", m, "--out", out, "--audio-model", tiny_models["group"],
+            "--text-model", tiny_models["bert"])
+    assert r.returncode == 0, r.stderr
+    with FeatureStore(out) as fs:
+        assert sorted(fs.ids("audio")) == ["latin", "notext", "ok1", "ok2", "stereo"]
+        assert sorted(fs.ids("text", "tokens")) == ["broken", "empty", "junk", "nan", "ok1", "ok2", "short", "stereo"]
+        reasons = {(r.id, r.kind): r.reason for r in fs.skipped("audio").itertuples()}
+        text_reasons = {r.id: r.reason for r in fs.skipped("text").itertuples()}
+    assert "AppleDouble" in reasons[("junk", "frames")]
+    assert "unreadable audio" in reasons[("broken", "frames")]
+    assert "empty audio" in reasons[("empty", "frames")]
+    assert "shorter than the encoder's receptive field" in reasons[("short", "frames")]
+    assert "NaN or infinite" in reasons[("nan", "frames")]
+    assert text_reasons == {"notext": "empty transcript", "latin": "transcript is not valid UTF-8 text (undecodable bytes)"}
+    tsv = pd.read_csv(tmp_path / "skipped.tsv", sep="\t")
+    assert len(tsv) == 7 and set(tsv["stream"]) == {"audio", "text"}
+    assert "7 skipped" not in r.stdout and "5 skipped" in r.stdout and "2 skipped" in r.stdout
+
+
+def test_fail_mode_stops_with_one_sentence_and_keeps_work(tiny_models, tmp_path):
+    write_bad_manifest(tmp_path)
+    m = tmp_path / "m2.csv"  # batches go shortest first: ok2 (0.5 s) is committed before nan (1 s)
+    m.write_text("id,audio,text,label,speaker,session\nok2,a/ok2.wav,hi,neu,s,1\nnan,a/nan.wav,yo,hap,s,2\n")
+    out = tmp_path / "s.h5"
+    r = cli("--corpus", "manifest", "--manifest", m, "--out", out, "--audio-model", tiny_models["group"],
+            "--text-model", "none", "--on-error", "fail", "--batch-seconds", "0.6")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: nan: audio holds 1 NaN or infinite samples") and "nan.wav" in r.stderr
+    with FeatureStore(out) as fs:  # the batch committed before the bad one is kept
+        assert fs.ids("audio") == ["ok2"]
+
+
+def test_missing_model_offline_says_how_to_fix(tmp_path):
+    r = cli("--corpus", "demo", "--out", tmp_path / "s.h5", "--audio-model", "facebook/wav2vec2-base",
+            "--text-model", "none")
+    assert r.returncode == 2
+    assert "HF_HUB_OFFLINE" in r.stderr and "local checkpoint folder" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_egemaps_stream(small_fake, tmp_path):
+    out = tmp_path / "s.h5"
+    assert extract_embeddings(["--corpus", "iemocap", "--root", str(small_fake.root), "--out", str(out),
+                               "--audio-model", "opensmile:eGeMAPSv02", "--text-model", "none", "--limit", "4"]) == 0
+    with FeatureStore(out) as fs:
+        info = fs.stream_info("egemaps")
+        assert info["num_layers"] == 1 and info["dim"] == 25 and info["frame_hop_s"] == 0.01
+        u = fs.ids("egemaps")[0]
+        x = fs.frames("egemaps", u)
+        dur = fs.utterances.loc[u, "duration"]
+        assert x.shape[1:] == (1, 25) and x.dtype == np.float32 and abs(len(x) - dur * 100) < 8
+        assert np.isfinite(x).all()
+
+
+def test_bfloat16_is_close_to_float32(tiny_models):
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal(32000) * 0.1).astype(np.float32)
+    a = HFAudioEncoder(tiny_models["group"], device="cpu").encode([w])[0]
+    b = HFAudioEncoder(tiny_models["group"], device="cpu", dtype="bfloat16").encode([w])[0]
+    for layer in range(a.shape[1]):
+        x, y = a[:, layer].ravel(), b[:, layer].ravel()
+        assert float(np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y)) > 0.99
+    assert torch.get_default_dtype() == torch.float32
