@@ -57,7 +57,11 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute precision")
     ap.add_argument("--store-dtype", default="float16", choices=["float16", "float32"], help="stored precision")
-    ap.add_argument("--batch-seconds", type=float, default=16.0, help="padded audio seconds per batch (default 16)")
+    ap.add_argument("--batch-seconds", type=float, default=None,
+                    help="padded audio seconds per forward pass (default: 120 on CUDA; on CPU one utterance per "
+                         "forward, which measured fastest there)")
+    ap.add_argument("--commit-seconds", type=float, default=60.0,
+                    help="audio seconds per atomic commit: at most this much is recomputed after a crash (default 60)")
     ap.add_argument("--text-batch", type=int, default=32, help="transcripts per text batch (default 32)")
     ap.add_argument("--shard", help="I/N: process only shard I of N (a disjoint subset); merge later with --merge")
     ap.add_argument("--on-error", default="skip", choices=["skip", "fail"],
@@ -87,6 +91,7 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
                             labels=args.labels, audio_model=none(args.audio_model), text_model=none(args.text_model),
                             audio_stream=args.audio_stream, text_stream=args.text_stream, device=args.device,
                             dtype=args.dtype, store_dtype=args.store_dtype, batch_seconds=args.batch_seconds,
+                            commit_seconds=args.commit_seconds,
                             text_batch=args.text_batch, shard=args.shard, on_error=args.on_error, limit=args.limit)
         summary = run_extract(cfg)
         if summary is not None:
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run every stage on the bundled demo corpus")
     d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     i = sub.add_parser("info", help="describe a feature store")
     i.add_argument("store")
     c = sub.add_parser("corpus", help="summarise a corpus as emofuse reads it")
@@ -114,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.cmd == "demo":
         from .pipelines.demo import DemoConfig, run_demo
-        return _run(lambda: run_demo(DemoConfig(out=args.out)))
+        return _run(lambda: run_demo(DemoConfig(out=args.out, device=args.device)))
     if args.cmd == "info":
         from .pipelines.describe import describe_store
         return _run(lambda: print(describe_store(args.store)))

@@ -7,9 +7,10 @@ from typing import Sequence
 
 def length_batches(ids: Sequence[str], seconds: Sequence[float], budget: float, max_items: int = 256) -> list[list[str]]:
     """Batches of ids, sorted by length, each with ``len(batch) × longest ≤ budget`` (a single
-    utterance longer than the budget forms its own batch). Unknown lengths (NaN) go last, alone."""
-    if budget <= 0:
-        raise ValueError(f"batch budget must be positive, found {budget}")
+    utterance longer than the budget forms its own batch; ``budget=0``: one utterance per batch).
+    Unknown lengths (NaN) go last, alone."""
+    if budget < 0:
+        raise ValueError(f"batch budget must be >= 0, found {budget}")
     pairs = sorted(zip(ids, seconds), key=lambda p: (p[1] != p[1], p[1]))  # NaN last
     batches: list[list[str]] = []
     cur: list[str] = []
@@ -29,3 +30,20 @@ def length_batches(ids: Sequence[str], seconds: Sequence[float], budget: float, 
     if cur:
         batches.append(cur)
     return batches
+
+
+def commit_units(batches: list[list[str]], seconds: dict[str, float], unit_seconds: float) -> list[list[list[str]]]:
+    """Consecutive whole batches grouped until each group holds ``unit_seconds`` of audio: the
+    unit a run commits atomically (and recomputes at most once after a crash)."""
+    units: list[list[list[str]]] = []
+    cur: list[list[str]] = []
+    acc = 0.0
+    for b in batches:
+        cur.append(b)
+        acc += sum(seconds.get(i, 0.0) for i in b if seconds.get(i, 0.0) == seconds.get(i, 0.0))
+        if acc >= unit_seconds:
+            units.append(cur)
+            cur, acc = [], 0.0
+    if cur:
+        units.append(cur)
+    return units

@@ -77,10 +77,13 @@ def _load_error(kind: str, spec: str, e: Exception) -> EmofuseError:
     )
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Frozen, eval mode, on ``device``; half precision by casting the weights once (measured
+    faster than autocast on CPU, which re-casts every weight at every forward)."""
+    model = model.eval().to(device=device, dtype=dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 class HFAudioEncoder:
@@ -121,9 +124,8 @@ class HFAudioEncoder:
         if not hasattr(model, "feature_extractor") or not hasattr(model.feature_extractor, "conv_layers"):
             raise EmofuseError(f"audio model {spec!r} ({type(model).__name__}) has no wav2vec2-style conv front end; "
                                "supported: wav2vec2, HuBERT, WavLM, data2vec-audio")
-        self.model = model.eval().to(self.device)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.info_weights_hash = weights_hash(model)  # of the checkpoint's own weights, before any cast
+        self.model = _prepare(model, self.device, self.dtype)
         self.fe = fe
         self.sample_rate = int(fe.sampling_rate)
         self.kernels, self.strides = list(config.conv_kernel), list(config.conv_stride)
@@ -139,7 +141,7 @@ class HFAudioEncoder:
         self.dim = config.hidden_size
         self.info: dict[str, Any] = {
             "kind": "audio", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
-            "revision": revision, "weights_hash": weights_hash(model), "config_hash": digest(config.to_dict()),
+            "revision": revision, "weights_hash": self.info_weights_hash, "config_hash": digest(config.to_dict()),
             "num_layers": self.num_layers, "dim": self.dim, "sample_rate": self.sample_rate,
             "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": self.window / self.sample_rate,
             "feat_extract_norm": getattr(config, "feat_extract_norm", "layer"), "preprocessing": preprocessing,
@@ -159,6 +161,10 @@ class HFAudioEncoder:
     def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """Waveforms at ``sample_rate`` → float32 ``(T, L, D)`` each."""
         feats = [self.fe(w, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0] for w in waves]
+        if len(feats) == 1:  # nothing to pad: the plain forward, no mask (faster on CPU, exact by construction)
+            x = torch.from_numpy(np.asarray(feats[0], dtype=np.float32))[None]
+            out = self.model(x.to(self.device, self.dtype), output_hidden_states=True)
+            return [torch.stack(out.hidden_states, dim=2)[0].float().cpu().numpy()]
         lengths = torch.tensor([len(f) for f in feats])
         x = torch.full((len(feats), int(lengths.max())), float(self.info["preprocessing"]["padding_value"]))
         for i, f in enumerate(feats):
@@ -167,8 +173,8 @@ class HFAudioEncoder:
         n_frames = conv_output_lengths(lengths, self.kernels, self.strides)
         norm_ctx = (self.group_norm.valid_lengths(conv_output_lengths(lengths, self.kernels[:1], self.strides[:1]))
                     if self.group_norm is not None else contextlib.nullcontext())
-        with norm_ctx, _autocast(self.device, self.dtype):
-            out = self.model(x.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True)
+        with norm_ctx:
+            out = self.model(x.to(self.device, self.dtype), attention_mask=mask.to(self.device), output_hidden_states=True)
         hs = torch.stack(out.hidden_states, dim=2).float().cpu().numpy()  # (B, T, L, D)
         return [hs[i, :int(n)] for i, n in enumerate(n_frames)]
 
@@ -236,14 +242,15 @@ class HFTextEncoder:
             raise _load_error("text", spec, e) from e
         if not self.tok.is_fast:
             raise EmofuseError(f"text model {spec!r} has no fast tokenizer; character offsets need one")
-        self.model = model.eval().to(self.device)
+        w_hash = weights_hash(model)
+        self.model = _prepare(model, self.device, self.dtype)
         limit = min(int(getattr(config, "max_position_embeddings", 512)), int(self.tok.model_max_length))
         self.max_len = limit - (2 if config.model_type in ("roberta", "xlm-roberta") else 0)
         self.n_special = self.tok.num_special_tokens_to_add()
         self.num_layers, self.dim = config.num_hidden_layers + 1, config.hidden_size
         tok_hash = digest(self.tok.backend_tokenizer.to_str())
         self.info = {"kind": "text", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
-                     "revision": getattr(config, "_commit_hash", None) or "local", "weights_hash": weights_hash(model),
+                     "revision": getattr(config, "_commit_hash", None) or "local", "weights_hash": w_hash,
                      "config_hash": digest(config.to_dict()), "tokenizer_hash": tok_hash, "num_layers": self.num_layers,
                      "dim": self.dim, "max_tokens": self.max_len, "window_stride": (self.max_len - self.n_special) // 2,
                      "compute_dtype": dtype, "untrained": False, "emofuse_version": __version__}
@@ -264,8 +271,7 @@ class HFTextEncoder:
         for b, seq in enumerate(ids):
             x[b, :len(seq)] = torch.tensor(seq)
             m[b, :len(seq)] = 1
-        with _autocast(self.device, self.dtype):
-            out = self.model(input_ids=x.to(self.device), attention_mask=m.to(self.device), output_hidden_states=True)
+        out = self.model(input_ids=x.to(self.device), attention_mask=m.to(self.device), output_hidden_states=True)
         hs = torch.stack(out.hidden_states, dim=2).float().cpu().numpy()
         return [hs[b, :len(seq)] for b, seq in enumerate(ids)]
 

@@ -33,6 +33,8 @@ def masked_instance_norm(x: torch.Tensor, lengths: torch.Tensor, weight: torch.T
     x: (B, C, T); lengths: (B,). Equals ``nn.GroupNorm(C, C)`` applied to each item cut to its
     valid length; padded steps are normalised with the same statistics (and ignored later).
     """
+    dtype = x.dtype
+    x = x.float()  # statistics in float32 whatever the compute precision
     t = torch.arange(x.shape[-1], device=x.device)
     mask = (t[None, :] < lengths[:, None].to(x.device)).to(x.dtype)[:, None, :]  # (B, 1, T)
     n = mask.sum(-1, keepdim=True).clamp(min=1)
@@ -40,8 +42,8 @@ def masked_instance_norm(x: torch.Tensor, lengths: torch.Tensor, weight: torch.T
     var = (((x - mean) * mask) ** 2).sum(-1, keepdim=True) / n
     y = (x - mean) / torch.sqrt(var + eps)
     if weight is not None:
-        y = y * weight[None, :, None] + bias[None, :, None]
-    return y
+        y = y * weight.float()[None, :, None] + bias.float()[None, :, None]
+    return y.to(dtype)
 
 
 class MaskedGroupNorm(nn.Module):

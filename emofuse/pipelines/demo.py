@@ -6,29 +6,35 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
-from ..corpora import demo_root, load_corpus, utterance_table
-from ..store import FeatureStore, StoreWriter
+from ..corpora import demo_root, load_corpus
+from .describe import describe_store
+from .extract import ExtractConfig, run_extract
+
+#: Encoders that need no download: the packaged MiniLM text model, a seeded random wav2vec2
+#: (labelled untrained everywhere), and openSMILE's eGeMAPS descriptors.
+DEMO_TEXT_MODEL = "packaged:all-MiniLM-L6-v2"
+DEMO_AUDIO_MODEL = "untrained:wav2vec2-small"
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     out: str = "demo-out"
+    device: str = "cpu"
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> str:
-    """Read the demo corpus and create its store (utterance table and fingerprint). Returns the store path."""
+    """Extract the demo corpus into ``<out>/demo.h5`` (resumable). Returns the store path."""
     utts = load_corpus("demo")
     labels = Counter(u.label for u in utts)
-    sessions = Counter(u.session for u in utts)
-    echo(f"demo corpus: {len(utts)} utterances from {demo_root()}")
-    echo("  labels:   " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
-    echo("  sessions: " + ", ".join(f"{k}: {v}" for k, v in sorted(sessions.items())))
+    echo(f"demo corpus (synthetic, espeak-ng): {len(utts)} utterances from {demo_root()}; "
+         + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
     os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, "demo.h5")
-    with StoreWriter(path, table=utterance_table(utts), corpus_meta={"kind": "demo", "root": demo_root()}):
-        pass
-    with FeatureStore(path) as fs:
-        hours = fs.utterances["duration"].sum() / 3600
-        echo(f"store {path}: {len(fs.utterances)} utterances, {hours * 60:.1f} min of audio, "
-             f"corpus fingerprint {fs.corpus_fingerprint[:12]}, streams: {fs.streams or 'none yet'}")
+    echo("stage 1/1: extract-embeddings (audio: untrained wav2vec2-small; text: all-MiniLM-L6-v2; eGeMAPS)")
+    base = ExtractConfig(corpus="demo", out=path, device=cfg.device, audio_model=DEMO_AUDIO_MODEL,
+                         text_model=DEMO_TEXT_MODEL)
+    for step in (base, ExtractConfig(corpus="demo", out=path, device=cfg.device,
+                                     audio_model="opensmile:eGeMAPSv02", text_model=None)):
+        echo(run_extract(step, echo=echo).text())
+    echo(describe_store(path))
     return path

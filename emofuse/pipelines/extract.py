@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..corpora import Utterance, load_corpus, utterance_table
 from ..errors import EmofuseError
 from ..extract.audio import BadInput, check_transcript, load_audio
-from ..extract.batching import length_batches
+from ..extract.batching import commit_units, length_batches
 from ..extract.encoders import load_audio_encoder, load_text_encoder
 from ..store import FeatureStore, StoreWriter, digest, merge_stores
 from .describe import corpus_options
@@ -38,7 +38,8 @@ class ExtractConfig:
     device: str = "auto"
     dtype: str = "float32"
     store_dtype: str = "float16"
-    batch_seconds: float = 16.0
+    batch_seconds: float | None = None  # None: 120 s on CUDA, one utterance per forward on CPU (fastest there)
+    commit_seconds: float = 60.0
     text_batch: int = 32
     shard: str | None = None
     on_error: str = "skip"
@@ -51,8 +52,10 @@ class ExtractConfig:
             raise EmofuseError(f"--store-dtype must be one of {list(STORE_DTYPES)}, found {self.store_dtype!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise EmofuseError(f"--dtype must be float32, bfloat16 or float16, found {self.dtype!r}")
-        if self.batch_seconds <= 0:
-            raise EmofuseError(f"--batch-seconds must be positive, found {self.batch_seconds}")
+        if self.commit_seconds <= 0:
+            raise EmofuseError(f"--commit-seconds must be positive, found {self.commit_seconds}")
+        if self.batch_seconds is not None and self.batch_seconds < 0:
+            raise EmofuseError(f"--batch-seconds must be >= 0 (0: one utterance per forward), found {self.batch_seconds}")
         if not self.audio_model and not self.text_model:
             raise EmofuseError("nothing to extract: both --audio-model and --text-model are 'none'")
         parse_shard(self.shard)
@@ -241,19 +244,38 @@ def _bad(utt: Utterance, err: BadInput, cfg: ExtractConfig, what: str) -> None:
                            "committed work is kept; fix the input or run with --on-error skip")
 
 
+def _batch_seconds(cfg: ExtractConfig, enc) -> float:
+    if cfg.batch_seconds is not None:
+        return cfg.batch_seconds
+    return 120.0 if getattr(enc, "device", None) is not None and enc.device.type == "cuda" else 0.0
+
+
 def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype, s: StreamSummary) -> None:
     by_id = {u.id: u for u in selection}
-    plan = _mine(length_batches([u.id for u in selection], [durations[u.id] for u in selection], cfg.batch_seconds),
-                 cfg.shard)
-    s.reused = sum(1 for b in plan for u in b if u in done)
-    batches = [b for b in plan if any(u not in done for u in b)]  # commits are whole batches
-    batches = [[u for u in b if u not in done] for b in batches]
-    total = float(np.nansum([durations[u] for b in batches for u in b]))
+    batches = length_batches([u.id for u in selection], [durations[u.id] for u in selection], _batch_seconds(cfg, enc))
+    plan = _mine(commit_units(batches, durations, cfg.commit_seconds), cfg.shard)
+    s.reused = sum(1 for unit in plan for b in unit for u in b if u in done)
+    # commits are whole units: a unit is either done or not; one written by another plan
+    # (e.g. an earlier --limit run) keeps only its missing utterances
+    units = [[[u for u in b if u not in done] for b in unit] for unit in plan if any(u not in done for b in unit for u in b)]
+    units = [[b for b in unit if b] for unit in units]
+    total = float(np.nansum([durations[u] for unit in units for b in unit for u in b]))
     with tqdm(total=round(total, 1), unit="s", desc=f"{name}: audio", disable=None, dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
-        for batch in batches:
+        for unit in units:
+            _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s)
+            bar.update(round(float(np.nansum([durations[u] for b in unit for u in b])), 1))
+            bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
+
+
+def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSummary) -> None:
+    """Encode one commit unit (a few batches) and commit it atomically. With ``--on-error fail``
+    the utterances encoded before the bad one are committed before the job stops."""
+    entries, skipped = {}, []
+    try:
+        for batch in unit:
             t0 = time.perf_counter()
-            waves, ok, skipped = [], [], []
+            waves, ok = [], []
             for uid in batch:
                 u = by_id[uid]
                 try:
@@ -268,7 +290,6 @@ def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype
             t1 = time.perf_counter()
             outs = enc.encode(waves) if waves else []
             t2 = time.perf_counter()
-            entries = {}
             for uid, w, o in zip(ok, waves, outs):
                 if not np.isfinite(o).all() or len(o) == 0:
                     err = BadInput("the encoder produced no frame or non-finite values for this audio")
@@ -278,15 +299,15 @@ def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype
                 entries[uid] = {"data": o.astype(store_dtype)}
                 s.rows += len(o)
                 s.audio_seconds += len(w) / enc.sample_rate
-            writer.commit(name, {"frames": entries}, skipped)
-            t3 = time.perf_counter()
-            s.done += len(entries)
-            s.skipped += len(skipped)
             s.time_load += t1 - t0
             s.time_encode += t2 - t1
-            s.time_write += t3 - t2
-            bar.update(round(float(np.nansum([durations[u] for u in batch])), 1))
-            bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
+    finally:
+        if entries or skipped:
+            t3 = time.perf_counter()
+            writer.commit(name, {"frames": entries}, skipped)
+            s.time_write += time.perf_counter() - t3
+            s.done += len(entries)
+            s.skipped += len(skipped)
 
 
 def _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s: StreamSummary) -> None:

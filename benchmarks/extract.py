@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Extraction benchmark: side by side in one run, on the same audio, with a wav2vec2-base-sized model.
+
+(a) a plain per-utterance loop (batch 1, float32, output_hidden_states=True, as a typical script does)
+(b) extract-embeddings at float32 (the whole job: load, encode, store writes, merge)
+(c) extract-embeddings at bfloat16
+
+Reports audio-seconds per second and ratios to (a), the fraction of this machine's dense-matmul
+rate reached (torch.matmul measured in the same run), the share of time spent writing the store,
+per-layer cosine similarity of (c) to (b), and peak RSS of (b) for two corpus sizes.
+Writes benchmarks/results/extract.json and a row in BENCHMARKS.md.
+
+    python benchmarks/extract.py [--seconds 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_corpus(folder: Path, total_seconds: float, seed: int = 0) -> Path:
+    """A manifest of utterances with IEMOCAP-like lengths (lognormal, median ≈ 3.5 s, 1–12 s)."""
+    rng = np.random.default_rng(seed)
+    (folder / "wav").mkdir(parents=True, exist_ok=True)
+    rows, t, k = [], 0.0, 0
+    while t < total_seconds:
+        dur = float(np.clip(rng.lognormal(np.log(3.5), 0.5), 1.0, 12.0))
+        n = int(dur * 16000)
+        x = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 300) * np.arange(n) / 16000) + 0.03 * rng.standard_normal(n)
+        sf.write(folder / "wav" / f"u{k:04d}.wav", x.astype(np.float32), 16000, subtype="PCM_16")
+        rows.append(f"u{k:04d},wav/u{k:04d}.wav,hello,neu,s{k % 4},{k % 5 + 1}")
+        t += n / 16000
+        k += 1
+    m = folder / "manifest.csv"
+    m.write_text("id,audio,text,label,speaker,session\n" + "\n".join(rows) + "\n")
+    return m
+
+
+def base_model(folder: Path) -> str:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+    torch.manual_seed(0)
+    Wav2Vec2Model(Wav2Vec2Config()).save_pretrained(folder)  # wav2vec2-base architecture, 95 M parameters
+    Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000, return_attention_mask=False).save_pretrained(folder)
+    return str(folder)
+
+
+def plain_loop(model_dir: str, manifest: Path) -> tuple[float, float]:
+    """(wall seconds, audio seconds) of the typical per-utterance script, model loading included
+    (as it is in ours)."""
+    from transformers import AutoFeatureExtractor, AutoModel
+    t0 = time.perf_counter()
+    fe = AutoFeatureExtractor.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    paths = [manifest.parent / line.split(",")[1] for line in manifest.read_text().splitlines()[1:]]
+    audio_s, feats = 0.0, []
+    with torch.no_grad():
+        for p in paths:
+            wav, sr = sf.read(p, dtype="float32")
+            x = torch.from_numpy(fe(wav, sampling_rate=sr, return_tensors="np")["input_values"])
+            hs = model(x, output_hidden_states=True).hidden_states
+            feats.append(torch.stack(hs, 2)[0].numpy().astype(np.float16))
+            audio_s += len(wav) / sr
+    return time.perf_counter() - t0, audio_s
+
+
+def ours(model_dir: str, manifest: Path, out: Path, dtype: str) -> dict:
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    cfg = ExtractConfig(corpus="manifest", manifest=str(manifest), out=str(out), audio_model=model_dir, text_model=None,
+                        dtype=dtype, device="cpu")  # default batching: one utterance per forward on CPU
+    t0 = time.perf_counter()
+    s = run_extract(cfg, echo=lambda *_: None)
+    wall = time.perf_counter() - t0
+    st = s.streams[0]
+    return {"wall_s": wall, "audio_s": st.audio_seconds, "write_s": st.time_write + s.time_finalize,
+            "encode_s": st.time_encode, "load_s": st.time_load}
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def model_flops_per_audio_second(model_dir: str) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(model_dir).eval()
+    x = torch.randn(1, 16000 * 4)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, output_hidden_states=True)
+    return fc.get_total_flops() / 4.0
+
+
+def layer_cosines(a: Path, b: Path) -> list[float]:
+    from emofuse.store import FeatureStore
+    with FeatureStore(a) as fa, FeatureStore(b) as fb:
+        x = fa.load("audio", dtype=np.float32).data
+        y = fb.load("audio", ids=fa.ids("audio"), dtype=np.float32).data
+    return [float((x[:, l] * y[:, l]).sum() / np.linalg.norm(x[:, l]) / np.linalg.norm(y[:, l])) for l in range(x.shape[1])]
+
+
+RSS_CHILD = """
+import resource, sys
+sys.path.insert(0, {root!r})
+from emofuse.pipelines.extract import ExtractConfig, run_extract
+run_extract(ExtractConfig(corpus="manifest", manifest={manifest!r}, out={out!r}, audio_model={model!r},
+            text_model=None, device="cpu"), echo=lambda *_: None)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(model_dir: str, manifest: Path, out: Path) -> float:
+    code = RSS_CHILD.format(root=str(ROOT), manifest=str(manifest), out=str(out), model=model_dir)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(r.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=90.0, help="audio seconds for the side-by-side runs")
+    args = ap.parse_args()
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = base_model(tmp / "w2v2-base")
+        manifest = make_corpus(tmp / "c1", args.seconds)
+        wall_a, audio_a = plain_loop(model, manifest)
+        b = ours(model, manifest, tmp / "b.h5", "float32")
+        c = ours(model, manifest, tmp / "c.h5", "bfloat16")
+        cos = layer_cosines(tmp / "b.h5", tmp / "c.h5")
+        mm32, mm16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+        flops = model_flops_per_audio_second(model)
+        small = make_corpus(tmp / "c2", args.seconds / 2, seed=1)
+        large = make_corpus(tmp / "c3", args.seconds * 2, seed=2)
+        rss_small, rss_large = peak_rss_mb(model, small, tmp / "r1.h5"), peak_rss_mb(model, large, tmp / "r2.h5")
+    tput = {"a_plain_loop": audio_a / wall_a, "b_ours_float32": b["audio_s"] / b["wall_s"],
+            "c_ours_bfloat16": c["audio_s"] / c["wall_s"]}
+    res = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "audio_seconds": round(audio_a, 1), "model": "wav2vec2-base architecture, random weights (95 M parameters)",
+        "throughput_audio_s_per_s": {k: round(v, 2) for k, v in tput.items()},
+        "ratio_to_plain_loop": {k: round(v / tput["a_plain_loop"], 2) for k, v in tput.items()},
+        "model_gflop_per_audio_second": round(flops / 1e9, 2),
+        "matmul_gflops": {"float32": round(mm32 / 1e9, 1), "bfloat16": round(mm16 / 1e9, 1)},
+        "fraction_of_matmul_rate": {"b_float32": round(tput["b_ours_float32"] * flops / mm32, 3),
+                                    "c_bfloat16": round(tput["c_ours_bfloat16"] * flops / mm16, 3)},
+        "store_write_share": {"b_float32": round(b["write_s"] / b["wall_s"], 4),
+                              "c_bfloat16": round(c["write_s"] / c["wall_s"], 4)},
+        "bf16_cosine_per_layer": [round(x, 5) for x in cos],
+        "peak_rss_mb": {f"{args.seconds / 2:.0f}s_audio": round(rss_small), f"{args.seconds * 2:.0f}s_audio": round(rss_large)},
+    }
+    out = ROOT / "benchmarks" / "results" / "extract.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+    row = (f"| extract | {res['date']} | {res['machine']} | {res['audio_seconds']} s audio | "
+           f"(a) {tput['a_plain_loop']:.2f}, (b) {tput['b_ours_float32']:.2f} ({res['ratio_to_plain_loop']['b_ours_float32']}×), "
+           f"(c) {tput['c_ours_bfloat16']:.2f} ({res['ratio_to_plain_loop']['c_ours_bfloat16']}×) audio-s/s | "
+           f"matmul fraction b {res['fraction_of_matmul_rate']['b_float32']}, c {res['fraction_of_matmul_rate']['c_bfloat16']} | "
+           f"store writes {100 * res['store_write_share']['b_float32']:.1f} % | min bf16 cosine {min(cos):.4f} | "
+           f"peak RSS {round(rss_small)} / {round(rss_large)} MB |")
+    bench = ROOT / "BENCHMARKS.md"
+    if not bench.exists():
+        bench.write_text("# Benchmarks\n\nRatios measured side by side in one run; bare times vary with the machine.\n\n"
+                         "| benchmark | date | machine | size | result | hardware use | overhead | accuracy | memory |\n"
+                         "|---|---|---|---|---|---|---|---|---|\n")
+    with bench.open("a") as f:
+        f.write(row + "\n")
+
+
+if __name__ == "__main__":
+    main()
