@@ -100,6 +100,52 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+def align_segments(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="align-segments",
+        description="Pool phone / syllable / word segment embeddings from forced alignments into the store. "
+                    "Idempotent: re-running adds only what is missing.")
+    ap.add_argument("--store", required=True, help="a store written by extract-embeddings")
+    ap.add_argument("--stream", default="audio", help="audio stream to pool (default: audio)")
+    ap.add_argument("--source", default="auto", choices=["auto", "iemocap", "textgrid", "sphinx"],
+                    help="alignments: the corpus's files (iemocap .wdseg/.phseg, or a manifest's TextGrids), or our "
+                         "pocketsphinx aligner (default auto: the corpus's files, sphinx where there are none)")
+    ap.add_argument("--granularities", default="phone,syllable,word", help="comma list (default phone,syllable,word)")
+    ap.add_argument("--keep-silence", action="store_true", help="keep silence and filler segments")
+    ap.add_argument("--on-error", default="skip", choices=["skip", "fail"])
+    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], help="where the corpus lives now, if it moved")
+    ap.add_argument("--root")
+    ap.add_argument("--manifest")
+    ap.add_argument("--word-tier", help="TextGrid word tier name (default: words/word)")
+    ap.add_argument("--phone-tier", help="TextGrid phone tier name (default: phones/phone)")
+    ap.add_argument("--write-alignments", metavar="DIR",
+                    help="with the sphinx aligner: also write .wdseg/.phseg and TextGrid files here")
+    args = ap.parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from .pipelines.align import AlignConfig, run_align
+
+        tiers = {}
+        if args.word_tier:
+            tiers["word"] = (args.word_tier,)
+        if args.phone_tier:
+            tiers["phone"] = (args.phone_tier,)
+        cfg = AlignConfig(store=args.store, stream=args.stream, source=args.source,
+                          granularities=tuple(g.strip() for g in args.granularities.split(",") if g.strip()),
+                          on_error=args.on_error, keep_silence=args.keep_silence, corpus=args.corpus, root=args.root,
+                          manifest=args.manifest, tier_names=tiers)
+        aligner = None
+        if args.source in ("sphinx", "auto"):
+            from .align.sphinx_aligner import SphinxAligner, sphinx_available
+            if args.source == "sphinx" or sphinx_available():
+                aligner = SphinxAligner(write_to=args.write_alignments)
+        summary = run_align(cfg, aligner=aligner)
+        print("align-segments finished:\n" + summary.text())
+
+    return _run(job)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="emofuse", description="emofuse: speech + text emotion recognition tooling")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -115,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["extract-embeddings"]:  # python -m emofuse extract-embeddings … (e.g. under torchrun)
         return extract_embeddings(argv[1:])
+    if argv[:1] == ["align-segments"]:
+        return align_segments(argv[1:])
     args = ap.parse_args(argv)
     _quiet_libraries()
 

@@ -23,9 +23,11 @@ import soundfile as sf
 import soxr
 
 SR = 16000
-VOICES = {  # session -> (female voice, male voice): distinct accents and variants
-    1: ("en-us+f1", "en-us+m1"), 2: ("en-gb+f2", "en-gb+m3"), 3: ("en-gb-scotland+f3", "en-029+m2"),
-    4: ("en-us-nyc+f4", "en-gb-x-rp+m4"), 5: ("en-gb-x-gbclan+f5", "en-us+m7"),
+VOICES = {  # session -> (female voice, male voice): 10 distinct espeak-ng variants, all US English,
+    # chosen because pocketsphinx's US-English acoustic model can force-align them (most other
+    # accents and variants failed on over half of the sentences; see the alignment issue's note)
+    1: ("en-us+f2", "en-us+m2"), 2: ("en-us+f3", "en-us+m6"), 3: ("en-us+f4", "en-us+klatt"),
+    4: ("en-us+f5", "en-us+klatt4"), 5: ("en-us+klatt2", "en-us+klatt3"),
 }
 SPEAKER_PITCH = {1: (0, 0), 2: (8, -6), 3: (-6, 6), 4: (4, -10), 5: (-3, 3)}  # % offsets per (F, M)
 PROSODY = {  # pitch %, pitch range, rate %, volume dB

@@ -207,7 +207,8 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
     if cfg.text_model and cfg.text_model != "none":
         enc = load_text_encoder(cfg.text_model, device=cfg.device, dtype=cfg.dtype)
         jobs.append(("text", cfg.text_stream or "text", enc, cfg.store_dtype))
-    meta = {"kind": cfg.corpus, "root": cfg.root or cfg.manifest or "bundled demo"}
+    src = cfg.root or cfg.manifest
+    meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or ""}
     with StoreWriter(out, table=table, corpus_meta=meta) as writer:
         for kind, name, enc, sdt in jobs:
             info = {**enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}

@@ -67,6 +67,9 @@ class FeatureStore:
         try:
             check_header(self._f, self.path)
             self.corpus_fingerprint = str(self._f.attrs["corpus_fingerprint"])
+            #: how the corpus was read (kind, root, labels): lets later stages re-read it
+            self.corpus_meta = {k[len("corpus_"):]: str(v) for k, v in self._f.attrs.items()
+                                if k.startswith("corpus_") and k != "corpus_fingerprint"}
             self._utts = read_table(self._f["utterances"]).set_index("id", drop=False)
             self._index: dict[str, dict[str, tuple[int, int]]] = {}
             for name in self.streams:

@@ -1,0 +1,32 @@
+"""Seconds → encoder frames: the one rule every granularity uses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_frames(starts: np.ndarray, ends: np.ndarray, n_frames: int, hop: float, window: float
+                   ) -> tuple[np.ndarray, int]:
+    """Frame spans ``(K, 2)`` [start, end) of segments given in seconds, and how many segments
+    ran past the audio (clipped).
+
+    Frame t covers [t·hop, t·hop + window) and belongs to a segment when its centre
+    t·hop + window/2 lies in [start, end). A segment that holds no centre (shorter than a frame,
+    or past the audio) takes the frame nearest its midpoint, so no span is ever empty. Spans lie
+    in [0, n_frames) and are ordered when the segments are. wav2vec2: hop 0.02, window 0.025.
+    """
+    if n_frames <= 0:
+        raise ValueError(f"n_frames must be positive, found {n_frames}")
+    starts, ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
+    half = window / 2.0
+    eps = 1e-9
+    s = np.ceil((starts - half) / hop - eps).astype(np.int64)
+    e = np.ceil((ends - half) / hop - eps).astype(np.int64)
+    s, e = np.clip(s, 0, n_frames), np.clip(e, 0, n_frames)
+    empty = e <= s
+    mid = np.clip(np.round(((starts + ends) / 2 - half) / hop), 0, n_frames - 1).astype(np.int64)
+    s = np.where(empty, mid, s)
+    e = np.where(empty, mid + 1, e)
+    audio_end = (n_frames - 1) * hop + window
+    clipped = int(np.sum(ends > audio_end + hop / 2))
+    return np.stack([s, e], axis=1), clipped

@@ -1,0 +1,124 @@
+"""Forced alignment with pocketsphinx (its wheel ships the US-English acoustic model and CMUdict).
+
+Words missing from the dictionary and utterances that do not align are reported with the reason,
+never dropped silently. Alignments can be written as Sphinx ``.wdseg/.phseg`` files and TextGrids.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ..errors import EmofuseError
+from .records import AlignmentItem
+from .sphinx_seg import FRAME_RATE, write_seg
+from .textgrid import write_textgrid
+
+PAD_S = 0.5  # silence added around the audio: the decoder needs lead-in to settle its normalisation
+TAG_RE = re.compile(r"\[[^\]]*\]|\{[^}]*\}|<[^>]*>")
+
+
+class _SearchFailed(Exception):
+    """The decoder's search did not reach the end of the transcript."""
+
+
+def sphinx_available() -> bool:
+    return importlib.util.find_spec("pocketsphinx") is not None
+
+
+def words_of(transcript: str) -> list[str]:
+    """Dictionary-style words: lower case, tags like ``[LAUGHTER]`` and punctuation removed."""
+    text = TAG_RE.sub(" ", transcript.lower())
+    return [w.strip("'") for w in re.sub(r"[^a-z0-9' ]+", " ", text).split() if w.strip("'")]
+
+
+class SphinxAligner:
+    def __init__(self, write_to: str | None = None):
+        if not sphinx_available():
+            raise EmofuseError("the sphinx aligner needs pocketsphinx: pip install pocketsphinx")
+        self._new_decoder()
+        self.write_to = Path(write_to) if write_to else None
+        if self.write_to:
+            self.write_to.mkdir(parents=True, exist_ok=True)
+
+    def _new_decoder(self, wide: bool = False) -> None:
+        from pocketsphinx import Decoder
+
+        beams = dict(beam=1e-80, wbeam=1e-60, pbeam=1e-80) if wide else {}
+        self.decoder = Decoder(lm=None, loglevel="FATAL", **beams)
+
+    def _run(self, pcm: bytes) -> None:
+        try:
+            self.decoder.start_utt()
+            self.decoder.process_raw(pcm, full_utt=True)
+            self.decoder.end_utt()
+        except RuntimeError as e:  # the search failed inside pocketsphinx
+            raise _SearchFailed(f"the aligner failed on this audio ({e})") from e
+
+    def align(self, uid: str, audio_path: str, transcript: str) -> dict[str, list[AlignmentItem]]:
+        """``{"word": items, "phone": items}`` in seconds from the start of the audio. A failed
+        search is tried once more with a fresh decoder and wider beams."""
+        try:
+            return self._align(uid, audio_path, transcript)
+        except _SearchFailed:
+            self._new_decoder(wide=True)
+            try:
+                return self._align(uid, audio_path, transcript)
+            except _SearchFailed as e:
+                raise EmofuseError(str(e)) from None
+            finally:
+                self._new_decoder()
+
+    def _align(self, uid: str, audio_path: str, transcript: str) -> dict[str, list[AlignmentItem]]:
+        words = words_of(transcript)
+        if not words:
+            raise EmofuseError("empty transcript: nothing to align")
+        oov = sorted({w for w in words if self.decoder.lookup_word(w) is None})
+        if oov:
+            raise EmofuseError(f"words missing from the pronunciation dictionary: {', '.join(oov[:10])}")
+        try:
+            audio, sr = sf.read(audio_path, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise EmofuseError(f"unreadable audio for alignment ({type(e).__name__})") from e
+        audio = audio.mean(axis=1)
+        if sr != 16000:
+            audio = soxr.resample(audio, sr, 16000)
+        duration = len(audio) / 16000
+        pad = np.zeros(int(PAD_S * 16000), np.int16)
+        pcm = np.concatenate([pad, (np.clip(audio, -1, 1) * 32767).astype(np.int16), pad]).tobytes()
+        self.decoder.set_align_text(" ".join(words))
+        self._run(pcm)
+        hyp = self.decoder.hyp()
+        got = len(hyp.hypstr.split()) if hyp else 0
+        if got < len(words):
+            raise _SearchFailed(f"the aligner could not align the whole transcript ({got} of {len(words)} words)")
+        try:
+            self.decoder.set_alignment()
+        except RuntimeError as e:
+            raise _SearchFailed(f"the aligner could not build the phone alignment ({e})") from e
+        self._run(pcm)
+        tiers: dict[str, list[AlignmentItem]] = {"word": [], "phone": []}
+        for w in self.decoder.get_alignment():
+            tiers["word"].append(self._item(w.name, w.start, w.duration, duration))
+            for p in w:
+                tiers["phone"].append(self._item(p.name, p.start, p.duration, duration))
+        tiers = {k: [i for i in v if i.duration > 0] for k, v in tiers.items()}
+        if self.write_to:
+            self._write(uid, tiers, duration)
+        return tiers
+
+    @staticmethod
+    def _item(name: str, start: int, dur: int, duration: float) -> AlignmentItem:
+        s = min(max(start / FRAME_RATE - PAD_S, 0.0), duration)
+        e = min(max((start + dur) / FRAME_RATE - PAD_S, 0.0), duration)
+        return AlignmentItem(name, round(s, 4), round(e - s, 4))
+
+    def _write(self, uid: str, tiers: dict[str, list[AlignmentItem]], duration: float) -> None:
+        write_seg(self.write_to / f"{uid}.wdseg", tiers["word"], "word")
+        write_seg(self.write_to / f"{uid}.phseg", tiers["phone"], "phone")
+        write_textgrid(self.write_to / f"{uid}.TextGrid", tiers, duration)

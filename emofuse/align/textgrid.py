@@ -1,0 +1,47 @@
+"""Praat TextGrids through praatio (Montreal Forced Aligner writes tiers ``words`` and ``phones``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ..errors import EmofuseError
+from .records import AlignmentItem
+
+DEFAULT_TIERS = {"word": ("words", "word", "Word"), "phone": ("phones", "phone", "Phone"),
+                 "syllable": ("syllables", "syllable", "Syllable")}
+
+
+def read_textgrid(path: str | Path, tier_names: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[AlignmentItem]]:
+    """``{tier: items}`` from a TextGrid; ``tier_names`` maps our tiers to candidate tier names.
+    Empty intervals are kept as silence ('')."""
+    from praatio import textgrid
+
+    names = {**DEFAULT_TIERS, **(tier_names or {})}
+    try:
+        tg = textgrid.openTextgrid(str(path), includeEmptyIntervals=True)
+    except Exception as e:  # praatio raises several types for broken files
+        raise EmofuseError(f"TextGrid {path} could not be read: {str(e).splitlines()[0][:200]}") from e
+    out: dict[str, list[AlignmentItem]] = {}
+    for tier, candidates in names.items():
+        found = next((c for c in candidates if c in tg.tierNames), None)
+        if found is None:
+            continue
+        out[tier] = [AlignmentItem(e.label, float(e.start), float(e.end) - float(e.start))
+                     for e in tg.getTier(found).entries]
+    if not out:
+        raise EmofuseError(f"TextGrid {path} has tiers {list(tg.tierNames)}; expected one of "
+                           f"{sorted({c for v in names.values() for c in v})} (set the tier names to match)")
+    return out
+
+
+def write_textgrid(path: str | Path, tiers: Mapping[str, Sequence[AlignmentItem]], duration: float) -> None:
+    from praatio import textgrid
+    from praatio.utilities.constants import Interval
+
+    tg = textgrid.Textgrid()
+    for tier, items in tiers.items():
+        entries = [Interval(round(i.start, 4), round(min(i.end, duration), 4), i.symbol) for i in items
+                   if i.end > i.start and i.start < duration]
+        tg.addTier(textgrid.IntervalTier(DEFAULT_TIERS[tier][0], entries, 0, duration))
+    tg.save(str(path), format="long_textgrid", includeBlankSpaces=True)

@@ -1,0 +1,167 @@
+"""Stage 2: pool phone / syllable / word segments from forced alignments (``align-segments``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..align.frames import segment_frames
+from ..align.pooling import pool_segments
+from ..align.records import is_silence
+from ..align.tiers import complete_tiers, read_alignment
+from ..corpora import load_corpus
+from ..errors import EmofuseError
+from ..store import GRANULARITIES, FeatureStore, StoreWriter, corpus_fingerprint, segments_kind
+
+SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    store: str
+    stream: str = "audio"
+    source: str = "auto"
+    granularities: tuple[str, ...] = GRANULARITIES
+    on_error: str = "skip"
+    keep_silence: bool = False
+    corpus: str | None = None          # override where the corpus is read from (it moved)
+    root: str | None = None
+    manifest: str | None = None
+    commit_utterances: int = 200
+    tier_names: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise EmofuseError(f"--source must be one of {list(SOURCES)}, found {self.source!r}")
+        bad = [g for g in self.granularities if g not in GRANULARITIES]
+        if bad or not self.granularities:
+            raise EmofuseError(f"--granularities takes a comma list of {list(GRANULARITIES)}, found {list(self.granularities)}")
+        if self.on_error not in ("skip", "fail"):
+            raise EmofuseError(f"--on-error must be 'skip' or 'fail', found {self.on_error!r}")
+
+
+@dataclass
+class AlignSummary:
+    utterances: int = 0
+    reused: int = 0
+    segments: dict = field(default_factory=dict)
+    empty: dict = field(default_factory=dict)
+    clipped: int = 0
+    skipped: dict = field(default_factory=dict)   # reason -> count
+
+    def text(self) -> str:
+        seg = ", ".join(f"{g} {n:,}" for g, n in self.segments.items())
+        lines = [f"  {self.utterances} utterances aligned ({self.reused} already in the store): {seg or 'no new'} segments"]
+        if any(self.empty.values()):
+            lines.append("  utterances left with no segment: " + ", ".join(f"{g} {n}" for g, n in self.empty.items() if n))
+        if self.clipped:
+            lines.append(f"  {self.clipped} segments ran past the audio and were clipped")
+        ranked = sorted(self.skipped.items(), key=lambda kv: -kv[1])
+        for reason, n in ranked[:5]:
+            lines.append(f"  skipped {n}: {reason}")
+        if len(ranked) > 5:
+            lines.append(f"  … and {sum(n for _, n in ranked[5:])} more skipped (emofuse info STORE lists them)")
+        return "\n".join(lines)
+
+
+def _records(cfg: AlignConfig, fs: FeatureStore):
+    """The corpus records behind the store (for alignment paths), checked against its fingerprint."""
+    meta = fs.corpus_meta
+    kind = cfg.corpus or meta.get("kind")
+    if kind == "iemocap":
+        opts = {"root": cfg.root or meta.get("root")}
+    elif kind == "manifest":
+        opts = {"path": cfg.manifest or meta.get("root")}
+    elif kind == "demo":
+        opts = {}
+    else:
+        raise EmofuseError(f"{fs.path} does not say which corpus it holds; pass --corpus and --root/--manifest")
+    if meta.get("labels") not in (None, "", "None"):
+        opts["labels"] = meta["labels"]
+    utts = load_corpus(kind, **opts)
+    from ..corpora import utterance_table
+    if corpus_fingerprint(utterance_table(utts)) != fs.corpus_fingerprint:
+        raise EmofuseError(f"the {kind} corpus read from {opts.get('root') or opts.get('path') or 'the bundle'} is not "
+                           f"the one {fs.path} was built from (fingerprints differ); pass --root/--manifest of that copy")
+    return {u.id: u for u in utts}
+
+
+def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=None) -> AlignSummary:
+    """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent."""
+    summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
+    fs = FeatureStore(cfg.store)
+    try:
+        info = fs.stream_info(cfg.stream)
+        if "frames" not in info["entries"]:
+            raise EmofuseError(f"stream {cfg.stream!r} of {cfg.store} has no frames to pool; extract audio first")
+        hop, window = float(info["frame_hop_s"]), float(info["frame_window_s"])
+        records = _records(cfg, fs) if cfg.source != "sphinx" else {}
+        ids = fs.ids(cfg.stream, "frames")
+        utt_table = fs.utterances
+    except BaseException:
+        fs.close()
+        raise
+    with StoreWriter(cfg.store) as writer:
+        writer.add_stream(cfg.stream, writer.stream_infos[cfg.stream])
+        done = {g: writer.done_ids(cfg.stream, segments_kind(g)) for g in cfg.granularities}
+        todo = [i for i in ids if any(i not in done[g] for g in cfg.granularities)]
+        summary.reused = len(ids) - len(todo)
+        try:
+            with tqdm(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments", disable=None, dynamic_ncols=True) as bar:
+                for k in range(0, len(todo), cfg.commit_utterances):
+                    unit = todo[k:k + cfg.commit_utterances]
+                    entries, skipped = _align_unit(fs, cfg, unit, done, records, utt_table, hop, window, summary, aligner)
+                    writer.commit(cfg.stream, entries, skipped)
+                    bar.update(len(unit))
+        finally:
+            fs.close()
+            writer.finalize()
+    return summary
+
+
+def _align_unit(fs, cfg, unit, done, records, utt_table, hop, window, summary, aligner):
+    entries = {segments_kind(g): {} for g in cfg.granularities}
+    skipped = []
+    frames_all = fs.load(cfg.stream, "frames", ids=unit)
+    for j, uid in enumerate(unit):
+        wanted = [g for g in cfg.granularities if uid not in done[g]]
+        try:
+            if cfg.source == "sphinx" or (cfg.source == "auto" and not records[uid].alignments and aligner):
+                tiers = aligner.align(uid, utt_table.loc[uid, "audio_path"], utt_table.loc[uid, "transcript"])
+            else:
+                paths = records[uid].alignments
+                if cfg.source == "textgrid" and "textgrid" not in paths:
+                    raise EmofuseError("no TextGrid for this utterance (manifest column textgrid)")
+                if not paths:
+                    raise EmofuseError("no forced alignment for this utterance (use --source sphinx to align it)")
+                tiers = read_alignment(paths, cfg.tier_names)
+            tiers = complete_tiers(tiers, wanted)
+        except EmofuseError as e:
+            if cfg.on_error == "fail":
+                raise EmofuseError(f"{uid}: {e}") from e
+            reason = str(e)
+            summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
+            skipped += [(uid, segments_kind(g), reason) for g in wanted]
+            continue
+        frames = frames_all[j]
+        for g in wanted:
+            items = [it for it in tiers[g] if cfg.keep_silence or not is_silence(it.symbol)]
+            if items:
+                spans, clipped = segment_frames(np.array([i.start for i in items]), np.array([i.end for i in items]),
+                                                len(frames), hop, window)
+                pooled = pool_segments(frames, spans).astype(frames.dtype)
+            else:
+                spans, clipped, pooled = np.zeros((0, 2), np.int64), 0, np.zeros((0,) + frames.shape[1:], frames.dtype)
+                summary.empty[g] += 1
+            summary.clipped += clipped
+            summary.segments[g] += len(items)
+            entries[segments_kind(g)][uid] = {"data": pooled, "symbols": np.array([i.symbol for i in items], dtype=object),
+                                              "spans": spans.astype(np.int32)}
+        summary.utterances += 1
+    return entries, skipped
