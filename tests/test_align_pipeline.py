@@ -1,0 +1,113 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emofuse.align.frames import segment_frames
+from emofuse.align.records import is_silence
+from emofuse.corpora import load_corpus
+from emofuse.store import FeatureStore
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd, *args):
+    return subprocess.run([str(BIN / cmd), *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def extracted(small_fake, tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("align") / "s.h5"
+    r = run("extract-embeddings", "--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model",
+            tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def slow_reference(frames, items, hop, window):
+    spans, _ = segment_frames(np.array([i[1] for i in items]), np.array([i[2] for i in items]), len(frames), hop, window)
+    return np.stack([frames[s:e].astype(np.float64).mean(0) for s, e in spans]) if len(spans) else None, spans
+
+
+def test_align_iemocap_files(extracted, small_fake, tmp_path):
+    store = tmp_path / "s.h5"
+    shutil.copy(extracted, store)
+    r = run("align-segments", "--store", store, "--source", "iemocap")
+    assert r.returncode == 0, r.stderr
+    assert "24 utterances aligned" in r.stdout and "skipped 1: no forced alignment" in r.stdout
+    truth = {u.id: u for u in small_fake.utterances}
+    with FeatureStore(store) as fs:
+        info = fs.stream_info("audio")
+        assert info["granularities"] == ["phone", "syllable", "word"]
+        hop, window = info["frame_hop_s"], info["frame_window_s"]
+        checked = 0
+        for uid in fs.ids("audio", "segments/word"):
+            u = truth[uid]
+            frames = fs.frames("audio", uid)
+            for gran, rows in (("word", u.words), ("phone", u.phones)):
+                items = [(s.split("(")[0], a, b) for s, a, b in rows if not is_silence(s)]
+                seg = fs.segments("audio", gran, uid)
+                assert list(seg.symbols) == [i[0].split()[0] for i in items]
+                ref, spans = slow_reference(frames, items, hop, window)
+                assert np.array_equal(seg.spans, spans)
+                assert np.allclose(seg.values, ref, atol=1e-5)
+                checked += 1
+            syl = fs.segments("audio", "syllable", uid)
+            assert len(syl.symbols) >= len(fs.segments("audio", "word", uid).symbols)
+        assert checked == 48
+        sk = fs.skipped("audio")
+        missing = [u.id for u in small_fake.utterances if not u.has_alignment and u.code in ("ang", "hap", "exc", "neu", "sad")]
+        assert sorted(sk["id"].unique()) == missing
+    again = run("align-segments", "--store", store, "--source", "iemocap")  # idempotent
+    assert again.returncode == 0 and "0 utterances aligned (25 already in the store)" in again.stdout
+
+
+def test_bad_alignment_file_is_reported_with_file_and_line(extracted, small_fake, tmp_path):
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    victim = sorted(root.rglob("*.wdseg"))[0]
+    lines = victim.read_text().splitlines()
+    lines[2] = "\t  garbage"
+    victim.write_text("\n".join(lines) + "\n")
+    store = tmp_path / "s.h5"
+    shutil.copy(extracted, store)
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root, "--on-error", "fail")
+    assert r.returncode == 2 and f"{victim}, line 3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0 and f"{victim}, line 3" in r.stdout
+
+
+def test_moved_corpus_of_another_content_is_refused(extracted, tmp_path):
+    from emofuse.testing import make_fake_iemocap
+    other = make_fake_iemocap(tmp_path / "other", seed=99)
+    store = tmp_path / "s.h5"
+    shutil.copy(extracted, store)
+    r = run("align-segments", "--store", store, "--root", other.root)
+    assert r.returncode == 2 and "fingerprints differ" in r.stderr
+
+
+def test_sphinx_aligner_on_demo_speech(tmp_path):
+    from emofuse.align.sphinx_aligner import SphinxAligner, words_of
+    from emofuse.align.sphinx_seg import read_seg
+    from emofuse.align.textgrid import read_textgrid
+    from emofuse.errors import EmofuseError
+    aligner = SphinxAligner(write_to=str(tmp_path))
+    utts = [u for u in load_corpus("demo") if u.speaker == "Ses01F"][:6]
+    aligned = 0
+    for u in utts:
+        try:
+            tiers = aligner.align(u.id, u.audio_path, u.transcript)
+        except EmofuseError:
+            continue
+        aligned += 1
+        words = [w.symbol for w in tiers["word"] if not is_silence(w.symbol)]
+        assert words == words_of(u.transcript)
+        assert all(b.start >= a.start for a, b in zip(tiers["phone"], tiers["phone"][1:]))
+        assert [i.symbol for i in read_seg(tmp_path / f"{u.id}.wdseg", "word") if not is_silence(i.symbol)] == words
+        assert [i.symbol for i in read_textgrid(tmp_path / f"{u.id}.TextGrid")["word"] if i.symbol and not is_silence(i.symbol)] == words
+    assert aligned >= 4
+    with pytest.raises(EmofuseError, match="missing from the pronunciation dictionary: zzqxv"):
+        aligner.align("x", utts[0].audio_path, "hello zzqxv")

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emofuse.align.frames import segment_frames
+from emofuse.align.pooling import pool_segments
+from emofuse.align.sphinx_seg import AlignmentFormatError, read_seg, sphinx_frames_to_seconds, write_seg
+from emofuse.align.syllabify import syllabify
+from emofuse.align.tiers import syllables_from
+from emofuse.align.records import AlignmentItem
+
+# 36 hand-checked words (CMUdict phones, stress removed) → syllables, by the maximal-onset rule
+SYLLABLES = {
+    "extra": "EH K | S T R AH", "instruct": "IH N | S T R AH K T", "create": "K R IY | EY T",
+    "happy": "HH AE | P IY", "water": "W AO | T ER", "apple": "AE | P AH L", "button": "B AH | T AH N",
+    "table": "T EY | B AH L", "bottle": "B AA | T EL", "rhythm": "R IH | DH AH M", "atlas": "AE T | L AH S",
+    "athlete": "AE TH | L IY T", "window": "W IH N | D OW", "mister": "M IH | S T ER", "string": "S T R IH NG",
+    "strengths": "S T R EH NG K TH S", "banana": "B AH | N AE | N AH", "emotion": "IH | M OW | SH AH N",
+    "recognition": "R EH | K AH G | N IH | SH AH N", "employ": "EH M | P L OY", "explain": "IH K | S P L EY N",
+    "children": "CH IH L | D R AH N", "hundred": "HH AH N | D R AH D", "idea": "AY | D IY | AH",
+    "poem": "P OW | AH M", "science": "S AY | AH N S", "beautiful": "B Y UW | T AH | F AH L",
+    "computer": "K AH M | P Y UW | T ER", "music": "M Y UW | Z IH K", "describe": "D IH | S K R AY B",
+    "improve": "IH M | P R UW V", "quiet": "K W AY | AH T", "squirrel": "S K W ER | AH L",
+    "display": "D IH | S P L EY", "anxious": "AE NG K | SH AH S", "hmm": "HH M",
+    "everything": "EH V | R IY | TH IH NG", "thousand": "TH AW | Z AH N D",
+}
+
+
+@pytest.mark.parametrize("word", sorted(SYLLABLES))
+def test_syllabifier_hand_checked(word):
+    expected = [s.split() for s in SYLLABLES[word].split(" | ")]
+    phones = [p for s in expected for p in s]
+    got = [[phones[i] for i in group] for group in syllabify(phones)]
+    assert got == expected
+
+
+def test_syllabifier_ignores_stress_digits():
+    assert syllabify(["EH1", "K", "S", "T", "R", "AH0"]) == [[0, 1], [2, 3, 4, 5]]
+
+
+def test_sphinx_seg_reader(tmp_path):
+    p = tmp_path / "u.wdseg"
+    p.write_text("\t SFrm  EFrm    SegAScr Word\n\t    0    40     -81234 <s>\n\t   41    72     -17530 WHAT(2)\n"
+                 "\t   73    80      -9021 <sil>\n\t   81    99      -9021 ++LAUGHTER++\n Total score:    -1234567\n")
+    items = read_seg(p, "word")
+    assert [i.symbol for i in items] == ["<s>", "WHAT", "<sil>", "++LAUGHTER++"]
+    assert (items[1].start, round(items[1].end, 6)) == (0.41, 0.73)
+    assert sphinx_frames_to_seconds(0, 40) == (0.0, 0.41)
+    ph = tmp_path / "u.phseg"
+    ph.write_text("\t SFrm  EFrm    SegAScr Phone\n\t    0     9    -1234 SIL\n\t   10    19    -1234 W SIL AH b\n"
+                  "\t   20    29    -1234 AH W T i\n Total score:    -1\n")
+    assert [i.symbol for i in read_seg(ph, "phone")] == ["SIL", "W", "AH"]
+
+
+@pytest.mark.parametrize("body,match", [
+    ("\t    0    40     -81234 <s>\n\t   30    72     -17530 HI\n", r"line 3: frames out of order"),
+    ("\t    0    40     -81234 <s>\n\t  garbage here\n", r"line 3: expected 'SFrm EFrm SegAScr Word'"),
+    ("\t   50    40     -81234 <s>\n", r"line 2: frames 50..40 are not an increasing span"),
+])
+def test_bad_seg_files_name_file_and_line(tmp_path, body, match):
+    p = tmp_path / "bad.wdseg"
+    p.write_text("\t SFrm  EFrm    SegAScr Word\n" + body)
+    with pytest.raises(AlignmentFormatError, match=match) as e:
+        read_seg(p, "word")
+    assert str(p) in str(e.value)
+
+
+def test_seg_round_trip(tmp_path):
+    items = [AlignmentItem("<s>", 0.0, 0.2), AlignmentItem("HELLO", 0.2, 0.35), AlignmentItem("</s>", 0.55, 0.1)]
+    write_seg(tmp_path / "x.wdseg", items, "word")
+    back = read_seg(tmp_path / "x.wdseg", "word")
+    assert [(i.symbol, round(i.start, 4), round(i.duration, 4)) for i in back] == \
+        [(i.symbol, i.start, i.duration) for i in items]
+
+
+def test_syllables_from_words_and_phones():
+    words = [AlignmentItem("<s>", 0, 0.1), AlignmentItem("EXTRA", 0.1, 0.6), AlignmentItem("</s>", 0.7, 0.1)]
+    phones = [AlignmentItem("SIL", 0, 0.1)] + [AlignmentItem(p, 0.1 + 0.1 * k, 0.1)
+                                                for k, p in enumerate("EH K S T R AH".split())] + [AlignmentItem("SIL", 0.7, 0.1)]
+    syl = syllables_from(words, phones)
+    assert [(s.symbol, round(s.start, 6), round(s.end, 6)) for s in syl] == [("EH_K", 0.1, 0.3), ("S_T_R_AH", 0.3, 0.7)]
+
+
+def test_frames_hand_example():
+    # wav2vec2: frame t covers [0.02t, 0.02t + 0.025), centre 0.02t + 0.0125
+    spans, clipped = segment_frames(np.array([0.0, 0.1, 0.105, 0.5]), np.array([0.1, 0.105, 0.3, 0.9]), 30, 0.02, 0.025)
+    # [0, .1): centres .0125 .. .0925 → frames 0..4; [.1, .105): no centre → nearest the midpoint .1025 → frame 4;
+    # [.105, .3): centres .1125 .. .2925 → 5..14; [.5, .9): 25..29 then clipped at T=30 (.9 > last frame end .605)
+    assert spans.tolist() == [[0, 5], [4, 5], [5, 15], [25, 30]]
+    assert clipped == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0.001, 0.5), min_size=1, max_size=30), st.integers(1, 200), st.floats(0.0, 0.2),
+       st.sampled_from([(0.02, 0.025), (0.01, 0.02), (0.01, 0.06)]))
+def test_frame_spans_properties(durations, n_frames, offset, geometry):
+    hop, window = geometry
+    edges = offset + np.concatenate([[0], np.cumsum(durations)])
+    spans, clipped = segment_frames(edges[:-1], edges[1:], n_frames, hop, window)
+    assert spans.shape == (len(durations), 2)
+    assert (spans[:, 0] >= 0).all() and (spans[:, 1] <= n_frames).all()
+    assert (spans[:, 1] > spans[:, 0]).all()                       # never empty
+    assert (np.diff(spans[:, 0]) >= 0).all() and (np.diff(spans[:, 1]) >= 0).all()  # ordered
+    assert 0 <= clipped <= len(durations)
+    centres = np.arange(n_frames) * hop + window / 2
+    for (s, e), a, b in zip(spans, edges[:-1], edges[1:]):
+        if np.min(np.abs(np.concatenate([centres - a, centres - b]))) < 1e-6:
+            continue  # a centre on a boundary: float rounding decides, either answer is right
+        inside = np.flatnonzero((centres >= a) & (centres < b))
+        if len(inside):
+            assert (s, e) == (inside[0], inside[-1] + 1)            # exactly the frames whose centre is inside
+
+
+def slow_pool(frames, spans):
+    out = np.zeros((len(spans),) + frames.shape[1:])
+    for k, (s, e) in enumerate(spans):
+        for layer in range(frames.shape[1]):
+            out[k, layer] = frames[s:e, layer].astype(np.float64).mean(axis=0)
+    return out
+
+
+def test_pooling_hand_example():
+    frames = np.arange(2 * 6 * 1, dtype=np.float32).reshape(6, 2, 1)  # frame t, layer l: 2t + l
+    pooled = pool_segments(frames, np.array([[0, 2], [2, 5], [5, 6]]))
+    assert pooled[:, 0, 0].tolist() == [1.0, 6.0, 10.0] and pooled[:, 1, 0].tolist() == [2.0, 7.0, 11.0]
+    assert pool_segments(frames, np.zeros((0, 2), int)).shape == (0, 2, 1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 80), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_pooling_matches_slow_reference(T, n_seg, seed):
+    rng = np.random.default_rng(seed)
+    frames = rng.standard_normal((T, 3, 8)).astype(np.float16)
+    starts = rng.integers(0, T, n_seg)
+    ends = np.minimum(starts + rng.integers(1, 10, n_seg), T)
+    spans = np.stack([starts, ends], 1)
+    assert np.allclose(pool_segments(frames, spans), slow_pool(frames, spans), atol=1e-5)
