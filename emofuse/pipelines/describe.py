@@ -43,7 +43,10 @@ def describe_store(path: str) -> str:
                          f"{info.get('dim', '?')}, {info.get('store_dtype', '?')}); {desc}")
             sk = fs.skipped(s)
             if len(sk):
-                lines.append(f"    skipped: {len(sk)} ({', '.join(sorted(set(sk['reason'])))[:200]})")
+                for kind, grp in sk.groupby("kind"):
+                    reasons = grp["reason"].value_counts()
+                    top = "; ".join(f"{n}× {r}" for r, n in reasons.head(3).items())
+                    lines.append(f"    skipped for {kind}: {grp['id'].nunique()} utterances ({top[:240]})")
         if fs.pending_parts:
             lines.append(f"  {len(fs.pending_parts)} committed parts are not merged yet: re-run the command that wrote them")
         return "\n".join(lines)
