@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emofuse.align.frames import segment_frames
-from emofuse.align.pooling import pool_segments
+from emofuse.align.pooling import pool_many, pool_segments
 from emofuse.align.sphinx_seg import AlignmentFormatError, read_seg, sphinx_frames_to_seconds, write_seg
 from emofuse.align.syllabify import syllabify
 from emofuse.align.tiers import syllables_from
@@ -136,3 +136,19 @@ def test_pooling_matches_slow_reference(T, n_seg, seed):
     ends = np.minimum(starts + rng.integers(1, 10, n_seg), T)
     spans = np.stack([starts, ends], 1)
     assert np.allclose(pool_segments(frames, spans), slow_pool(frames, spans), atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 120), st.lists(st.integers(0, 12), min_size=1, max_size=4), st.integers(0, 2**31 - 1))
+def test_pool_many_granularities_in_one_pass_match_reference(T, counts, seed):
+    """Several overlapping span sets (phone, syllable, word …) pooled together equal each pooled alone."""
+    rng = np.random.default_rng(seed)
+    frames = (rng.standard_normal((T, 2, 5)) * 10).astype(np.float16)
+    sets = []
+    for n in counts:
+        starts = rng.integers(0, T, n)
+        sets.append(np.stack([starts, np.minimum(starts + rng.integers(1, 30, n), T)], 1).reshape(-1, 2))
+    pooled = pool_many(frames, sets)
+    assert [p.shape for p in pooled] == [(len(s), 2, 5) for s in sets]
+    for p, s in zip(pooled, sets):
+        assert p.dtype == np.float32 and np.allclose(p, slow_pool(frames, s), atol=1e-4)

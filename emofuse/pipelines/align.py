@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from ..align.frames import segment_frames
-from ..align.pooling import pool_segments
+from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.tiers import complete_tiers, read_alignment
 from ..corpora import load_corpus
@@ -92,6 +93,20 @@ def _records(cfg: AlignConfig, fs: FeatureStore):
     return {u.id: u for u in utts}
 
 
+def prefetched(fs: FeatureStore, units: Sequence[Sequence[str]], stream: str = "audio") -> Iterator:
+    """Frames of each unit (a ``Ragged``), the next unit read in a background thread while the
+    caller pools the current one (HDF5 reads and torch kernels overlap)."""
+    if not units:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(fs.load, stream, "frames", list(units[0]))
+        for k in range(len(units)):
+            cur = nxt.result()
+            if k + 1 < len(units):
+                nxt = pool.submit(fs.load, stream, "frames", list(units[k + 1]))
+            yield cur
+
+
 def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=None) -> AlignSummary:
     """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent."""
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
@@ -113,10 +128,11 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
         todo = [i for i in ids if any(i not in done[g] for g in cfg.granularities)]
         summary.reused = len(ids) - len(todo)
         try:
+            units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
             with tqdm(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments", disable=None, dynamic_ncols=True) as bar:
-                for k in range(0, len(todo), cfg.commit_utterances):
-                    unit = todo[k:k + cfg.commit_utterances]
-                    entries, skipped = _align_unit(fs, cfg, unit, done, records, utt_table, hop, window, summary, aligner)
+                for unit, frames_all in zip(units, prefetched(fs, units, cfg.stream)):
+                    entries, skipped = _align_unit(frames_all, cfg, unit, done, records, utt_table, hop, window,
+                                                   summary, aligner)
                     writer.commit(cfg.stream, entries, skipped)
                     bar.update(len(unit))
         finally:
@@ -125,10 +141,9 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
     return summary
 
 
-def _align_unit(fs, cfg, unit, done, records, utt_table, hop, window, summary, aligner):
+def _align_unit(frames_all, cfg, unit, done, records, utt_table, hop, window, summary, aligner):
     entries = {segments_kind(g): {} for g in cfg.granularities}
     skipped = []
-    frames_all = fs.load(cfg.stream, "frames", ids=unit)
     for j, uid in enumerate(unit):
         wanted = [g for g in cfg.granularities if uid not in done[g]]
         try:
@@ -150,18 +165,22 @@ def _align_unit(fs, cfg, unit, done, records, utt_table, hop, window, summary, a
             skipped += [(uid, segments_kind(g), reason) for g in wanted]
             continue
         frames = frames_all[j]
+        kept, spans_of = {}, {}
         for g in wanted:
             items = [it for it in tiers[g] if cfg.keep_silence or not is_silence(it.symbol)]
+            kept[g] = items
             if items:
-                spans, clipped = segment_frames(np.array([i.start for i in items]), np.array([i.end for i in items]),
-                                                len(frames), hop, window)
-                pooled = pool_segments(frames, spans).astype(frames.dtype)
+                spans_of[g], clipped = segment_frames(np.array([i.start for i in items]),
+                                                      np.array([i.end for i in items]), len(frames), hop, window)
+                summary.clipped += clipped
             else:
-                spans, clipped, pooled = np.zeros((0, 2), np.int64), 0, np.zeros((0,) + frames.shape[1:], frames.dtype)
+                spans_of[g] = np.zeros((0, 2), np.int64)
                 summary.empty[g] += 1
-            summary.clipped += clipped
-            summary.segments[g] += len(items)
-            entries[segments_kind(g)][uid] = {"data": pooled, "symbols": np.array([i.symbol for i in items], dtype=object),
-                                              "spans": spans.astype(np.int32)}
+        pooled = dict(zip(wanted, pool_many(frames, [spans_of[g] for g in wanted])))  # all granularities, one pass
+        for g in wanted:
+            summary.segments[g] += len(kept[g])
+            entries[segments_kind(g)][uid] = {"data": pooled[g].astype(frames.dtype),
+                                              "symbols": np.array([i.symbol for i in kept[g]], dtype=object),
+                                              "spans": spans_of[g].astype(np.int32)}
         summary.utterances += 1
     return entries, skipped
