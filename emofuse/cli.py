@@ -146,6 +146,69 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+def train_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="train-head",
+        description="Train a head on cached tensors under leave-one-session-out cross-validation (DESIGN.md "
+                    "protocol), or combine finished runs' scores (--fusion combine --runs A B …).")
+    ap.add_argument("--store", help="a store written by extract-embeddings (and align-segments for P/S/W)")
+    ap.add_argument("--out", required=True, help="run directory (finished folds in it are reused)")
+    ap.add_argument("--fusion", default="late", choices=["none", "late", "concat", "coattention", "cma", "combine"],
+                    help="none: one stream; late: a branch per stream, logits summed; concat: one sequence; "
+                         "coattention; cma (cross-modal attention); combine: average finished runs' logits")
+    ap.add_argument("--granularity", default="F", help="'+' list of F, P, S, W (frames, phone, syllable, word "
+                                                       "segments) and T (text), e.g. F+S (default F)")
+    text = ap.add_mutually_exclusive_group()
+    text.add_argument("--text", dest="text", action="store_true", default=None, help="add the text stream (T)")
+    text.add_argument("--no-text", dest="text", action="store_false", help="speech only")
+    ap.add_argument("--head", default="linear", choices=["linear", "transformer"], help="branch of none/late fusion")
+    ap.add_argument("--audio-stream", default="audio")
+    ap.add_argument("--text-stream", default="text")
+    ap.add_argument("--norm", default="none", choices=["none", "global", "speaker"],
+                    help="feature standardisation: global (training folds' statistics) or per speaker")
+    ap.add_argument("--layers", help="layers to use: all (default), last, 6, 0-12 or 0,4,8")
+    ap.add_argument("--repeats", type=int, default=5, help="seeds per fold (default 5: 25 runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
+    ap.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, help="default: 1e-3 feed-forward heads, 5e-5 attention heads, 1e-5 CMA")
+    ap.add_argument("--hidden", type=int, help="hidden size (default 128; CMA 256)")
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--folds", help="comma list of test sessions to run (default: all)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--memory-gb", type=float, help="memory budget for holding the data (default: 60%% of free)")
+    ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="with --fusion combine: the runs to combine")
+    return ap
+
+
+def train_head(argv: Sequence[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from .pipelines.train import TrainConfig, run_combine, run_train
+
+        if args.fusion == "combine":
+            run_combine(args.runs or [], args.out)
+            return
+        if args.runs:
+            raise EmofuseError("--runs only goes with --fusion combine")
+        if not args.store:
+            raise EmofuseError("train-head needs --store STORE.h5")
+        cfg = TrainConfig(store=args.store, out=args.out, fusion=args.fusion, granularity=args.granularity,
+                          text=args.text, head=args.head, audio_stream=args.audio_stream, text_stream=args.text_stream,
+                          norm=args.norm, layers=args.layers, repeats=args.repeats, seed=args.seed,
+                          epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
+                          hidden=args.hidden, dropout=args.dropout, val_fraction=args.val_fraction,
+                          folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
+                          device=args.device, memory_gb=args.memory_gb)
+        run_train(cfg)
+
+    return _run(job)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="emofuse", description="emofuse: speech + text emotion recognition tooling")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -163,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return extract_embeddings(argv[1:])
     if argv[:1] == ["align-segments"]:
         return align_segments(argv[1:])
+    if argv[:1] == ["train-head"]:
+        return train_head(argv[1:])
     args = ap.parse_args(argv)
     _quiet_libraries()
 

@@ -126,6 +126,16 @@ class FeatureStore:
         """Ids with entries of ``kind`` in ``stream``, in storage order."""
         return list(self._entry_index(stream, kind))
 
+    def index(self, stream: str, kind: str = FRAMES) -> dict[str, tuple[int, int]]:
+        """``{utt_id: (offset, rows)}`` of an entry table (read once, cached): sizes without data."""
+        return dict(self._entry_index(stream, kind))
+
+    def row_shape(self, stream: str, kind: str = FRAMES) -> tuple[int, int, int]:
+        """(layers L, dim D, bytes per value) of an entry table's rows."""
+        self._entry_index(stream, kind)
+        ds = self._f[entry_path(stream, kind)][DATA]
+        return int(ds.shape[1]), int(ds.shape[2]), int(ds.dtype.itemsize)
+
     # -- per utterance -------------------------------------------------------------------
     def frames(self, stream: str, utt_id: str) -> np.ndarray:
         """Frame activations ``(T, L, D)``."""

@@ -1,0 +1,36 @@
+"""Metrics of the protocol: UA (mean per-class recall, the headline), WA (accuracy), macro-F1."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+
+METRICS = ("ua", "wa", "f1")
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    """{'ua', 'wa', 'f1'} in percent and the confusion matrix (rows: true class)."""
+    labels = list(range(n_classes))
+    return {"ua": 100 * float(balanced_accuracy_score(y_true, y_pred)),
+            "wa": 100 * float(accuracy_score(y_true, y_pred)),
+            "f1": 100 * float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+            "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+
+
+def summarise(runs: Sequence[dict], classes: Sequence[str]) -> dict:
+    """mean ± std over runs of each metric, and the summed confusion matrix."""
+    out = {m: mean_std([r[m] for r in runs]) for m in METRICS}
+    out["confusion"] = np.sum([r["confusion"] for r in runs], axis=0).tolist()
+    out["classes"] = list(classes)
+    return out
+
+
+def format_summary(s: dict) -> str:
+    return "  ".join(f"{m.upper()} {s[m]['mean']:.2f} ± {s[m]['std']:.2f}" for m in METRICS) + f"  ({s['ua']['n']} runs)"

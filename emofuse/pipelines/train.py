@@ -1,0 +1,377 @@
+"""``train-head``: one configuration under the protocol of DESIGN.md (leave-one-session-out,
+10 % validation, early stopping, repeats), and ``--fusion combine`` (score combination)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..errors import EmofuseError
+from ..heads import FUSIONS, build_head, default_lr
+from ..store import FeatureStore
+from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data
+from .metrics import format_summary, scores, summarise
+
+HEADS = ("linear", "transformer")
+NORMS = ("none", "global", "speaker")
+#: fields that do not change what is computed (left out of the run key)
+NOT_IN_KEY = ("out", "device", "memory_gb")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One ``train-head`` configuration; saved as ``config.json`` in the run directory."""
+
+    store: str
+    out: str
+    fusion: str = "late"
+    granularity: str = "F"
+    text: bool | None = None        # None: with text for late/concat/coattention/cma, without for none
+    head: str = "linear"
+    audio_stream: str = "audio"
+    text_stream: str = "text"
+    norm: str = "none"
+    layers: str | None = None       # None: every layer
+    repeats: int = 5
+    seed: int = 0
+    epochs: int = 100
+    patience: int = 10
+    batch_size: int = 32
+    lr: float | None = None         # None: the protocol's (1e-3 feed-forward, 5e-5 attention, 1e-5 CMA)
+    hidden: int | None = None
+    dropout: float = 0.2
+    val_fraction: float = 0.1
+    folds: tuple[str, ...] | None = None   # test sessions to run (default: every session)
+    device: str = "auto"
+    memory_gb: float | None = None
+
+    def __post_init__(self):
+        if self.fusion not in FUSIONS:
+            raise EmofuseError(f"--fusion must be one of {list(FUSIONS) + ['combine']}, found {self.fusion!r}")
+        if self.head not in HEADS:
+            raise EmofuseError(f"--head must be one of {list(HEADS)}, found {self.head!r}")
+        if self.norm not in NORMS:
+            raise EmofuseError(f"--norm must be one of {list(NORMS)}, found {self.norm!r}")
+        if self.repeats < 1 or self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise EmofuseError("--repeats, --epochs, --patience and --batch-size must be at least 1")
+        if not 0 < self.val_fraction < 1:
+            raise EmofuseError(f"--val-fraction must be in (0, 1), found {self.val_fraction}")
+        self.keys()
+
+    def keys(self) -> list[str]:
+        """Stream keys in a fixed order: speech granularities, then T."""
+        parts = [p.strip().upper() for p in self.granularity.replace(",", "+").split("+") if p.strip()]
+        bad = [p for p in parts if p not in KEY_KIND]
+        if bad or not parts:
+            raise EmofuseError(f"--granularity must be a '+' list of F (frames), P, S, W (phone, syllable, word "
+                               f"segments) and T (text), e.g. F+S; found {self.granularity!r}")
+        text = self.text if self.text is not None else (self.fusion != "none" or parts == ["T"])
+        keys = [k for k in SPEECH_KEYS if k in parts] + (["T"] if text or "T" in parts else [])
+        if self.text is False and "T" in parts:
+            raise EmofuseError("--no-text contradicts T in --granularity")
+        speech = [k for k in keys if k != "T"]
+        if self.fusion == "none" and len(keys) != 1:
+            raise EmofuseError(f"--fusion none trains one stream; {'+'.join(keys)} needs --fusion late (or --no-text)")
+        if self.fusion in ("coattention", "cma") and ("T" not in keys or not speech):
+            raise EmofuseError(f"--fusion {self.fusion} needs text and at least one speech granularity, found {'+'.join(keys)}")
+        if self.fusion == "cma" and len(speech) != 1:
+            raise EmofuseError(f"--fusion cma takes exactly one speech granularity (e.g. F), found {'+'.join(speech)}")
+        if self.fusion in ("late", "concat") and len(keys) < 2:
+            raise EmofuseError(f"--fusion {self.fusion} needs at least two streams, found {'+'.join(keys)}")
+        return keys
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else default_lr(self.fusion, self.head)
+
+    def identity(self) -> dict:
+        """What determines the results (the run key): every field but out/device/memory, resolved."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
+        d["folds"] = list(self.folds) if self.folds else None
+        d.update(keys=self.keys(), lr=self.resolved_lr(), store=None)
+        return d
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise EmofuseError(f"--device {spec}: this machine has no CUDA device (torch {torch.__version__}); use cpu")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise EmofuseError(f"--device must be auto, cpu, cuda or cuda:N, found {spec!r}") from None
+
+
+def store_fingerprints(fs: FeatureStore, cfg: TrainConfig) -> dict:
+    out = {"corpus": fs.corpus_fingerprint}
+    for k in cfg.keys():
+        s = cfg.text_stream if k == "T" else cfg.audio_stream
+        out[s] = fs.stream_info(s).get("fingerprint")
+    return out
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Timer:
+    data: float = 0.0
+    compute: float = 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _predict(model, data: TrainData, idx: np.ndarray, device, norm, timer: Timer, batch: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(idx), batch):
+            t0 = time.perf_counter()
+            inputs = data.batch(idx[k:k + batch], device, norm)
+            _sync(device)
+            t1 = time.perf_counter()
+            out.append(model(inputs).float().cpu())
+            _sync(device)
+            timer.data += t1 - t0
+            timer.compute += time.perf_counter() - t1
+    return torch.cat(out).numpy()
+
+
+def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx: np.ndarray, seed: int,
+              device: torch.device, norm, timer: Timer, progress: Callable[[str], None] = lambda s: None) -> tuple:
+    """Train one head with early stopping on validation UA (ties: lower validation loss). Returns (model at its best epoch, history)."""
+    torch.manual_seed(seed)
+    model = build_head(cfg.fusion, data.dims, cfg.keys(), len(data.classes), cfg.head, cfg.hidden,
+                       cfg.dropout).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr())
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2) \
+        if cfg.fusion == "cma" else None
+    gen = torch.Generator().manual_seed(seed)
+    y_all = torch.from_numpy(data.y)
+    best, best_score, best_epoch, history = None, (-1.0, float("-inf")), -1, []
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        total, n = 0.0, 0
+        for k in range(0, len(order), cfg.batch_size):
+            idx = order[k:k + cfg.batch_size]
+            t0 = time.perf_counter()
+            inputs = data.batch(idx, device, norm)
+            y = y_all[idx].to(device)
+            _sync(device)
+            t1 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(inputs), y)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+            _sync(device)
+            timer.data += t1 - t0
+            timer.compute += time.perf_counter() - t1
+        logits = _predict(model, data, val_idx, device, norm, timer)
+        val = scores(data.y[val_idx], logits.argmax(1), len(data.classes))
+        val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y_all[val_idx]))
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_ua": val["ua"]})
+        progress(f"epoch {epoch + 1} val UA {val['ua']:.1f}")
+        score = (val["ua"], -val_loss)   # validation UA, ties broken by validation loss
+        if score > best_score:
+            best, best_score, best_epoch = copy.deepcopy(model.state_dict()), score, epoch
+        elif epoch - best_epoch >= cfg.patience:
+            break
+        if sched is not None:
+            sched.step(val["ua"])
+    model.load_state_dict(best)
+    return model, history, best_epoch
+
+
+def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
+    sessions = sorted(set(data.sessions), key=lambda s: (len(s), s))
+    if len(sessions) < 2:
+        raise EmofuseError(f"leave-one-session-out needs at least two sessions; the store has {sessions}")
+    if cfg.folds:
+        bad = [f for f in cfg.folds if f not in sessions]
+        if bad:
+            raise EmofuseError(f"--folds {','.join(bad)}: no such session; the store has {sessions}")
+        return [s for s in sessions if s in cfg.folds]
+    return sessions
+
+
+def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) utterance indices: test = the session, validation = a random
+    ``val_fraction`` of the other sessions' utterances (seeded by repeat seed and session)."""
+    test = np.flatnonzero(data.sessions == session)
+    rest = np.flatnonzero(data.sessions != session)
+    key = int.from_bytes(hashlib.sha256(f"{seed}/{session}".encode()).digest()[:4], "little")
+    perm = np.random.default_rng(key).permutation(rest)
+    n_val = max(1, int(round(val_fraction * len(rest))))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
+
+
+def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
+    """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary."""
+    device = resolve_device(cfg.device)
+    os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
+    with FeatureStore(cfg.store) as fs:
+        fingerprints = store_fingerprints(fs, cfg)
+        config = {"type": "emofuse.train-head", "emofuse_version": __version__, "config": asdict(cfg),
+                  "identity": cfg.identity(), "fingerprints": fingerprints}
+        _check_run_dir(cfg.out, config)
+        _write_json(os.path.join(cfg.out, "config.json"), config)
+        t0 = time.perf_counter()
+        budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
+        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layers, device, budget)
+        t_load = time.perf_counter() - t0
+        echo(f"train-head {cfg.fusion} {'+'.join(cfg.keys())} ({cfg.head}): {len(data.ids)} utterances, classes "
+             f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
+             ("in memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
+             f" on {device}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+             (f"; no segments (masked): {data.empty}" if data.empty else ""))
+        folds = folds_of(data, cfg)
+        timer, runs, preds, norms = Timer(), [], [], {}
+        plan = [(r, s) for r in range(cfg.repeats) for s in folds]
+        with tqdm(total=len(plan), unit="run", desc="train-head", disable=None, dynamic_ncols=True) as bar:
+            for r, session in plan:
+                seed = cfg.seed + r
+                rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
+                if os.path.exists(os.path.join(rdir, "metrics.json")):
+                    with open(os.path.join(rdir, "metrics.json")) as f:
+                        runs.append(json.load(f))
+                    preds.append(pd.read_csv(os.path.join(rdir, "predictions.csv"), dtype={"fold": str}))
+                    bar.update(1)
+                    continue
+                tr, va, te = split(data, session, seed, cfg.val_fraction)
+                if session not in norms:
+                    norms[session] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])))
+                bar.set_postfix_str(f"repeat {r} fold {session}")
+                model, history, best_epoch = train_one(
+                    cfg, data, tr, va, seed * 1000 + folds.index(session), device, norms[session], timer,
+                    lambda s: bar.set_postfix_str(f"repeat {r} fold {session} {s}"))
+                logits = _predict(model, data, te, device, norms[session], timer)
+                m = scores(data.y[te], logits.argmax(1), len(data.classes))
+                m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
+                         n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights=model.layer_weights(),
+                         history=history)
+                p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
+                                  "label": np.array(data.classes)[data.y[te]],
+                                  "pred": np.array(data.classes)[logits.argmax(1)]})
+                for c, name in enumerate(data.classes):
+                    p[f"logit_{name}"] = logits[:, c]
+                _save_run(rdir, model, m, p)
+                runs.append(m)
+                preds.append(p)
+                bar.update(1)
+    summary = summarise(runs, data.classes)
+    summary.update(type="emofuse.summary", fusion=cfg.fusion, keys=cfg.keys(), head=cfg.head,
+                   excluded=data.excluded, empty_segments=data.empty,
+                   data={"utterances": len(data.ids), "bytes": data.bytes, "in_memory": data.in_memory,
+                         "device": str(device)},
+                   time={"load_s": t_load, "data_s": timer.data, "compute_s": timer.compute},
+                   runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
+    pd.concat(preds).to_csv(os.path.join(cfg.out, "predictions.csv"), index=False)
+    _write_json(os.path.join(cfg.out, "summary.json"), summary)
+    echo(f"{cfg.out}: " + format_summary(summary))
+    return summary
+
+
+def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame) -> None:
+    """A finished (repeat, fold): checkpoint, predictions, then metrics.json last (its presence
+    marks the run finished)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(rdir, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(rdir, "model.safetensors"), metadata={"type": "emofuse.head"})
+    preds.to_csv(os.path.join(rdir, "predictions.csv"), index=False)
+    _write_json(os.path.join(rdir, "metrics.json"), metrics)
+
+
+def _check_run_dir(out: str, config: dict) -> None:
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    if old.get("type") != config["type"]:
+        raise EmofuseError(f"{out} holds something else ({old.get('type')}); choose another --out")
+    diff = [k for k in set(old["identity"]) | set(config["identity"])
+            if old["identity"].get(k) != config["identity"].get(k)]
+    if old.get("fingerprints") != config["fingerprints"]:
+        diff.append("store fingerprints")
+    if diff:
+        raise EmofuseError(f"{out} holds a run of another configuration (differs in {', '.join(sorted(diff))}); "
+                           f"choose another --out or delete it")
+
+
+# -- score combination -------------------------------------------------------------------------
+def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] = print) -> dict:
+    """Average the test logits of finished runs per (repeat, fold, utterance) and score them.
+    The runs must share the corpus, classes, folds, seeds and test utterances."""
+    if len(run_dirs) < 2:
+        raise EmofuseError("--fusion combine needs at least two --runs")
+    configs, preds = [], []
+    for d in run_dirs:
+        for name in ("config.json", "predictions.csv"):
+            if not os.path.exists(os.path.join(d, name)):
+                raise EmofuseError(f"{d} is not a finished train-head run (no {name})")
+        with open(os.path.join(d, "config.json")) as f:
+            configs.append(json.load(f))
+        preds.append(pd.read_csv(os.path.join(d, "predictions.csv"), dtype={"fold": str}))
+    corpus = {c["fingerprints"]["corpus"] for c in configs}
+    if len(corpus) != 1:
+        raise EmofuseError(f"runs {list(run_dirs)} come from different corpora; refusing to combine them")
+    cols = [list(p.columns) for p in preds]
+    if any(c != cols[0] for c in cols):
+        raise EmofuseError(f"runs {list(run_dirs)} have different classes; refusing to combine them")
+    key = ["repeat", "seed", "fold", "id"]
+    ref = preds[0].set_index(key).sort_index()
+    logit_cols = [c for c in ref.columns if c.startswith("logit_")]
+    total = ref[logit_cols].to_numpy(dtype=np.float64)
+    for d, p in zip(run_dirs[1:], preds[1:]):
+        p = p.set_index(key).sort_index()
+        if not p.index.equals(ref.index):
+            raise EmofuseError(f"{d} and {run_dirs[0]} do not share folds, seeds and test utterances "
+                               "(same --repeats, --seed and store needed); refusing to combine them")
+        total += p[logit_cols].to_numpy(dtype=np.float64)
+    classes = [c[len("logit_"):] for c in logit_cols]
+    comb = ref[["label"]].copy()
+    avg = total / len(run_dirs)
+    comb["pred"] = np.array(classes)[avg.argmax(1)]
+    for j, c in enumerate(logit_cols):
+        comb[c] = avg[:, j]
+    comb = comb.reset_index()
+    runs = []
+    for (r, seed, fold), g in comb.groupby(["repeat", "seed", "fold"], sort=True):
+        m = scores(g["label"].map(classes.index).to_numpy(), g["pred"].map(classes.index).to_numpy(), len(classes))
+        m.update(repeat=int(r), seed=int(seed), fold=str(fold), n_test=len(g))
+        runs.append(m)
+    os.makedirs(out, exist_ok=True)
+    config = {"type": "emofuse.train-head", "emofuse_version": __version__,
+              "config": {"fusion": "combine", "runs": [os.path.abspath(d) for d in run_dirs]},
+              "identity": {"fusion": "combine", "members": [c["identity"] for c in configs]},
+              "fingerprints": configs[0]["fingerprints"]}
+    _write_json(os.path.join(out, "config.json"), config)
+    comb.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    summary = summarise(runs, classes)
+    summary.update(type="emofuse.summary", fusion="combine", members=[os.path.abspath(d) for d in run_dirs], runs=runs)
+    _write_json(os.path.join(out, "summary.json"), summary)
+    echo(f"{out}: " + format_summary(summary))
+    return summary

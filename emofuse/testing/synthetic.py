@@ -1,0 +1,89 @@
+"""Synthetic feature stores with a label planted in one layer of one stream (tests, benchmarks).
+
+The store has the real layout (utterance table, an ``audio`` stream with frames and phone /
+syllable / word segments pooled by ``align.pooling``, a ``text`` stream with tokens) and
+IEMOCAP-like lengths. Every layer is Gaussian noise except ``planted_layer`` of the planted
+stream, which adds a class-dependent vector to every row: only that layer tells the classes apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..align.pooling import pool_many
+from ..store import StoreWriter
+
+CLASSES = ("ang", "hap", "neu", "sad")
+RATES = {"phone": 12.0, "syllable": 4.5, "word": 3.0}   # segments per second, as in IEMOCAP speech
+
+
+def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 5, layers: int = 5,
+                         dim: int = 16, text_layers: int | None = None, text_dim: int | None = None,
+                         planted_stream: str = "audio", planted_layer: int = 3, strength: float = 1.0,
+                         mean_seconds: float = 4.5, max_seconds: float = 20.0, fps: float = 50.0,
+                         dtype=np.float16, seed: int = 0, empty_word_ids: int = 0) -> dict:
+    """Write the store; return its facts (ids, labels, lengths). ``per_class`` utterances of each
+    class per session, two speakers per session. ``empty_word_ids``: that many utterances get no
+    word segment (as after a failed alignment)."""
+    rng = np.random.default_rng(seed)
+    text_layers, text_dim = text_layers or layers, text_dim or dim
+    ids, labels, sess, spk, secs = [], [], [], [], []
+    for s in range(1, sessions + 1):
+        for c in CLASSES:
+            for k in range(per_class):
+                g = "FM"[k % 2]
+                ids.append(f"Ses{s:02d}_{c}_{g}{k:03d}")
+                labels.append(c), sess.append(str(s)), spk.append(f"Ses{s:02d}{g}")
+                secs.append(float(np.clip(rng.lognormal(np.log(mean_seconds), 0.6), 1.0, max_seconds)))
+    order = np.argsort(ids)
+    ids, labels, sess, spk, secs = ([x[i] for i in order] for x in (ids, labels, sess, spk, secs))
+    table = pd.DataFrame({"id": ids, "label": labels, "session": sess, "speaker": spk, "gender": [x[-1] for x in spk],
+                          "transcript": "synthetic", "audio_path": [f"/synthetic/{i}.wav" for i in ids],
+                          "start": np.nan, "end": np.nan, "duration": secs, "audio_bytes": 1})
+    centres = {"audio": rng.standard_normal((len(CLASSES), dim)), "text": rng.standard_normal((len(CLASSES), text_dim))}
+    no_words = set(rng.choice(ids, size=empty_word_ids, replace=False)) if empty_word_ids else set()
+    lengths = {}
+    path = Path(path)
+    with StoreWriter(path, table, {"kind": "synthetic"}) as w:
+        w.add_stream("audio", {"fingerprint": f"synthetic-audio-{seed}", "encoder_id": "synthetic", "num_layers": layers,
+                               "dim": dim, "frame_hop_s": 1 / fps, "frame_window_s": 1 / fps})
+        w.add_stream("text", {"fingerprint": f"synthetic-text-{seed}", "encoder_id": "synthetic",
+                              "num_layers": text_layers, "dim": text_dim})
+        for k in range(0, len(ids), 64):
+            audio = {"frames": {}, **{f"segments/{g}": {} for g in RATES}}
+            text = {"tokens": {}}
+            for i in range(k, min(k + 64, len(ids))):
+                uid, c = ids[i], CLASSES.index(labels[i])
+                T = max(2, int(secs[i] * fps))
+                frames = rng.standard_normal((T, layers, dim)).astype(np.float32)
+                if planted_stream == "audio":
+                    frames[:, planted_layer] += strength * centres["audio"][c]
+                frames = frames.astype(dtype)
+                audio["frames"][uid] = {"data": frames}
+                spans = {}
+                for g, rate in RATES.items():
+                    cuts = np.unique(np.concatenate([[0, T], rng.integers(1, T, max(1, int(rate * secs[i])))]))
+                    spans[g] = np.stack([cuts[:-1], cuts[1:]], 1)
+                    if g == "word" and uid in no_words:
+                        spans[g] = np.zeros((0, 2), np.int64)
+                for g, pooled in zip(RATES, pool_many(frames, list(spans.values()))):
+                    audio[f"segments/{g}"][uid] = {"data": pooled.astype(dtype),
+                                                  "symbols": np.array([g[:2].upper()] * len(pooled), dtype=object),
+                                                  "spans": spans[g].astype(np.int32)}
+                N = int(rng.integers(4, 24))
+                tok = rng.standard_normal((N, text_layers, text_dim)).astype(np.float32)
+                if planted_stream == "text":
+                    tok[:, planted_layer] += strength * centres["text"][c]
+                text["tokens"][uid] = {"data": tok.astype(dtype),
+                                       "strings": np.array([f"w{j}" for j in range(N)], dtype=object),
+                                       "word_ids": np.arange(N, dtype=np.int32),
+                                       "offsets": np.stack([np.arange(N), np.arange(N) + 1], 1).astype(np.int32),
+                                       "special": np.zeros(N, bool)}
+                lengths[uid] = T
+            w.commit("audio", audio)
+            w.commit("text", text)
+        w.finalize()
+    return {"ids": ids, "labels": labels, "sessions": sess, "frames": lengths, "no_words": sorted(no_words)}
