@@ -178,6 +178,12 @@ def _missing_stream(fs: FeatureStore, stream: str, key: str) -> EmofuseError:
     return EmofuseError(f"{fs.path} has no {what}; it has {'; '.join(have) or 'no streams'}. Add it with: {fix}")
 
 
+def require(fs: FeatureStore, stream: str, key: str) -> None:
+    """Raise one sentence naming what the store has and the command that adds what is missing."""
+    if not fs.has(stream, KEY_KIND[key]):
+        raise _missing_stream(fs, stream, key)
+
+
 def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text_stream: str,
                     layers: str | None = None, device: torch.device = torch.device("cpu"),
                     memory_budget: int | None = None) -> TrainData:
@@ -187,8 +193,7 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
     stream_of = {k: (text_stream if k == "T" else audio_stream) for k in keys}
     indexes, excluded = {}, {}
     for k in keys:
-        if not fs.has(stream_of[k], KEY_KIND[k]):
-            raise _missing_stream(fs, stream_of[k], k)
+        require(fs, stream_of[k], k)
         indexes[k] = set(fs.ids(stream_of[k], KEY_KIND[k]))
     keep = np.ones(len(ids), bool)
     for k in keys:

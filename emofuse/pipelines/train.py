@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import EmofuseError
 from ..heads import FUSIONS, build_head, default_lr
 from ..store import FeatureStore
-from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data
+from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require
 from .metrics import format_summary, scores, summarise
 
 HEADS = ("linear", "transformer")
@@ -117,6 +117,7 @@ def store_fingerprints(fs: FeatureStore, cfg: TrainConfig) -> dict:
     out = {"corpus": fs.corpus_fingerprint}
     for k in cfg.keys():
         s = cfg.text_stream if k == "T" else cfg.audio_stream
+        require(fs, s, k)
         out[s] = fs.stream_info(s).get("fingerprint")
     return out
 

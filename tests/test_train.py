@@ -1,0 +1,178 @@
+"""train-head on synthetic stores with a planted label: learning, layer weights, protocol,
+reproducibility, reuse, score combination, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emofuse.cli import train_head
+from emofuse.errors import EmofuseError
+from emofuse.pipelines.data import load_train_data, parse_layers
+from emofuse.pipelines.train import TrainConfig, run_combine, run_train, split
+from emofuse.store import FeatureStore
+from emofuse.testing.synthetic import make_synthetic_store
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    path = tmp_path_factory.mktemp("planted") / "s.h5"
+    facts = make_synthetic_store(path, per_class=8, layers=5, dim=16, planted_layer=3, strength=1.0,
+                                 mean_seconds=1.5, empty_word_ids=3, seed=0)
+    return str(path), facts
+
+
+def quick(store, out, **kw):
+    base = dict(store=store, out=str(out), repeats=1, epochs=30, patience=5, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_planted_layer_is_learned_and_weighted(planted, tmp_path):
+    store, _ = planted
+    s = run_train(quick(store, tmp_path / "run", fusion="none", granularity="F"), echo=lambda m: None)
+    assert s["ua"]["mean"] >= 95.0 and s["ua"]["n"] == 5
+    for r in s["runs"]:
+        w = r["layer_weights"]["F"]
+        assert int(np.argmax(w)) == 3, f"fold {r['fold']}: layer weights {w} do not peak at the planted layer"
+    # every artefact a run promises
+    assert {"config.json", "summary.json", "predictions.csv", "runs"} <= set(os.listdir(tmp_path / "run"))
+    rdir = tmp_path / "run" / "runs" / "r0_s1"
+    assert {"metrics.json", "model.safetensors", "predictions.csv"} <= set(os.listdir(rdir))
+    m = json.loads((rdir / "metrics.json").read_text())
+    assert np.array(m["confusion"]).sum() == m["n_test"] and m["history"] and 0 <= m["best_epoch"] < m["epochs"]
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(preds) == 160 and {"logit_ang", "logit_sad"} <= set(preds.columns)
+
+
+def test_text_planted_store_learns_from_text_not_audio(tmp_path):
+    path = tmp_path / "t.h5"
+    make_synthetic_store(path, per_class=6, layers=3, dim=8, planted_stream="text", planted_layer=1, strength=1.5,
+                         mean_seconds=1.0, seed=2)
+    text = run_train(quick(str(path), tmp_path / "t", fusion="none", granularity="T", epochs=30), echo=lambda m: None)
+    audio = run_train(quick(str(path), tmp_path / "a", fusion="none", granularity="F", epochs=5), echo=lambda m: None)
+    assert text["ua"]["mean"] >= 95.0 and audio["ua"]["mean"] < 60.0
+
+
+def test_same_config_same_seed_identical_metrics(planted, tmp_path):
+    store, _ = planted
+    cfg = dict(fusion="late", granularity="F+S", epochs=4, folds=("1", "3"), repeats=2)
+    a = run_train(quick(store, tmp_path / "a", **cfg), echo=lambda m: None)
+    b = run_train(quick(store, tmp_path / "b", **cfg), echo=lambda m: None)
+    strip = lambda s: [{k: v for k, v in r.items()} for r in s["runs"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    pa, pb = (pd.read_csv(tmp_path / d / "predictions.csv") for d in "ab")
+    pd.testing.assert_frame_equal(pa, pb)
+
+
+def test_protocol_folds_and_validation(planted):
+    store, facts = planted
+    with FeatureStore(store) as fs:
+        data = load_train_data(fs, ["F"], "audio", "text")
+    tr, va, te = split(data, "2", seed=0, val_fraction=0.1)
+    assert set(data.sessions[te]) == {"2"} and "2" not in set(data.sessions[np.concatenate([tr, va])])
+    assert len(set(tr) & set(va)) == 0 and len(va) == round(0.1 * (len(tr) + len(va)))
+    tr2, va2, _ = split(data, "2", seed=1, val_fraction=0.1)
+    assert set(va2) != set(va)                      # each repeat draws its own validation set
+
+
+def test_segments_missing_for_some_utterances_are_masked_and_counted(planted, tmp_path):
+    store, facts = planted
+    s = run_train(quick(store, tmp_path / "w", fusion="late", granularity="F+W", epochs=2, folds=("1",)),
+                  echo=lambda m: None)
+    assert s["empty_segments"] == {"W": 3} and s["data"]["utterances"] == 160
+
+
+def test_reading_only_needed_layers_and_streaming_equals_memory(planted, tmp_path):
+    store, _ = planted
+    with FeatureStore(store) as fs:
+        mem = load_train_data(fs, ["F", "T"], "audio", "text", layers="2-3")
+        streamed = load_train_data(fs, ["F", "T"], "audio", "text", layers="2-3", memory_budget=0)
+        assert mem.in_memory and not streamed.in_memory and mem.dims == {"F": (2, 16), "T": (2, 16)}
+        import torch
+        idx = np.array([5, 0, 17])
+        for k in ("F", "T"):
+            a, b = mem.batch(idx, torch.device("cpu"))[k], streamed.batch(idx, torch.device("cpu"))[k]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            expect = np.concatenate([fs.frames("audio", mem.ids[i])[:, 2:4] if k == "F" else
+                                     fs.tokens("text", mem.ids[i]).values[:, 2:4] for i in idx])
+            assert np.array_equal(a[0].numpy(), expect.astype(np.float32))
+    assert parse_layers("last", 13) == [12] and parse_layers("0,4,8", 13) == [0, 4, 8]
+    with pytest.raises(EmofuseError, match="do not exist"):
+        parse_layers("0-13", 13)
+
+
+@pytest.mark.parametrize("norm", ["global", "speaker"])
+def test_normalisation_options_train(planted, tmp_path, norm):
+    store, _ = planted
+    s = run_train(quick(store, tmp_path / norm, fusion="none", granularity="F", norm=norm, epochs=10,
+                        folds=("1", "2")), echo=lambda m: None)
+    assert s["ua"]["mean"] >= 90.0
+
+
+def test_finished_runs_are_reused_and_other_configs_refused(planted, tmp_path):
+    store, _ = planted
+    out = tmp_path / "run"
+    run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)), echo=lambda m: None)
+    stamp = os.path.getmtime(out / "runs" / "r0_s1" / "model.safetensors")
+    s = run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)), echo=lambda m: None)
+    assert os.path.getmtime(out / "runs" / "r0_s1" / "model.safetensors") == stamp and s["ua"]["n"] == 1
+    with pytest.raises(EmofuseError, match="another configuration .*epochs"):
+        run_train(quick(store, out, fusion="none", granularity="F", epochs=3, folds=("1",)), echo=lambda m: None)
+
+
+def test_score_combination_averages_logits_and_refuses_mismatched_runs(planted, tmp_path):
+    store, _ = planted
+    kw = dict(epochs=3, folds=("1", "2"))
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    run_train(quick(store, a, fusion="none", granularity="F", **kw), echo=lambda m: None)
+    run_train(quick(store, b, fusion="late", granularity="S", text=True, **kw), echo=lambda m: None)
+    s = run_combine([str(a), str(b)], str(tmp_path / "c"), echo=lambda m: None)
+    pa, pb, pc = (pd.read_csv(tmp_path / d / "predictions.csv").sort_values(["fold", "id"]) for d in "abc")
+    cols = [c for c in pa.columns if c.startswith("logit_")]
+    assert np.allclose(pc[cols].to_numpy(), (pa[cols].to_numpy() + pb[cols].to_numpy()) / 2)
+    assert s["ua"]["n"] == 2
+    run_train(quick(store, tmp_path / "d", fusion="none", granularity="F", epochs=3, folds=("1", "2"), seed=7),
+              echo=lambda m: None)
+    with pytest.raises(EmofuseError, match="do not share folds, seeds"):
+        run_combine([str(a), str(tmp_path / "d")], str(tmp_path / "e"))
+
+
+def test_bad_input_one_sentence(tmp_path, capsys):
+    path = tmp_path / "s.h5"
+    make_synthetic_store(path, per_class=2, layers=2, dim=4, planted_layer=1, mean_seconds=1.0)
+    # a store whose audio stream has no syllable segments, and no text stream
+    from emofuse.store import StoreWriter
+    with FeatureStore(path) as fs:
+        table = fs.utterances.reset_index()
+        frames = {i: {"data": fs.frames("audio", i)} for i in fs.ids("audio")}
+    other = tmp_path / "o.h5"
+    with StoreWriter(other, table, {"kind": "synthetic"}) as w:
+        w.add_stream("audio", {"fingerprint": "x"})
+        w.commit("audio", {"frames": frames})
+        w.finalize()
+    assert train_head(["--store", str(other), "--out", str(tmp_path / "r"), "--fusion", "none",
+                       "--granularity", "S"]) == 2
+    err = capsys.readouterr().err
+    assert "no syllable segments" in err and "align-segments --store" in err and "audio: frames" in err
+    assert train_head(["--store", str(other), "--out", str(tmp_path / "r2"), "--fusion", "late",
+                       "--granularity", "F"]) == 2
+    err = capsys.readouterr().err
+    assert "no text tokens" in err and "extract-embeddings" in err
+    assert train_head(["--store", str(path), "--out", str(tmp_path / "r3"), "--fusion", "cma",
+                       "--granularity", "F+S"]) == 2
+    assert "exactly one speech granularity" in capsys.readouterr().err
+    assert train_head(["--store", str(path), "--out", str(tmp_path / "r4"), "--granularity", "F+X"]) == 2
+    assert "--granularity must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fusion,gran,head", [("none", "T", "transformer"), ("concat", "F", "linear"),
+                                              ("coattention", "F+P", "linear"), ("cma", "F", "linear")])
+def test_every_fusion_runs_end_to_end(planted, tmp_path, fusion, gran, head):
+    store, _ = planted
+    s = run_train(quick(store, tmp_path / fusion, fusion=fusion, granularity=gran, head=head, epochs=2,
+                        folds=("1",)), echo=lambda m: None)
+    assert s["ua"]["n"] == 1 and 0 <= s["ua"]["mean"] <= 100
