@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emofuse.heads import build_head
-from emofuse.heads.functional import masked_mean, pad_rows, stats_pool
+from emofuse.heads.functional import GatheredRows, masked_mean, pad_rows, stats_pool, weight_layers
 
 DIMS = {"F": (4, 12), "P": (4, 12), "S": (4, 12), "W": (4, 12), "T": (3, 10)}
 HEADS = [("none", "linear", ["F"]), ("none", "transformer", ["T"]), ("late", "linear", ["F", "S", "T"]),
@@ -97,3 +97,31 @@ def test_functional_hand_examples():
     assert sp[2].tolist() == pytest.approx([7.0, (8 / 3) ** 0.5])
     with pytest.raises(ValueError, match="lengths sum"):
         pad_rows(rows, torch.tensor([1, 1]))
+
+
+@pytest.mark.parametrize("normalised", [False, "global", "speaker"])
+def test_gathered_rows_weight_like_dense_rows(normalised):
+    """The chunked gather-and-weight path equals weighting the materialised rows, forward and backward."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(500, 5, 7, generator=g).half()
+    index = torch.randint(0, 500, (300,), generator=g)
+    stats = {}
+    if normalised:
+        G = 3 if normalised == "speaker" else 1
+        stats = {"mean": torch.randn(G, 5, 7, generator=g), "std": torch.rand(G, 5, 7, generator=g) + 0.5,
+                 "group": torch.randint(0, G, (300,), generator=g) if G > 1 else None}
+    rows = GatheredRows(table, index, **stats)
+    dense = table[index].float()
+    if normalised:
+        grp = stats["group"] if stats["group"] is not None else torch.zeros(300, dtype=torch.long)
+        dense = (dense - stats["mean"][grp]) / stats["std"][grp]
+    assert torch.equal(rows.materialise(), dense) and rows.shape == (300, 5, 7)
+    logits = torch.randn(5, generator=g)
+    w1 = torch.softmax(logits.clone().requires_grad_(), 0)
+    w2 = torch.softmax(logits.clone().requires_grad_(), 0)
+    up = torch.randn(300, 7, generator=g)
+    a, b = weight_layers(rows, w1), weight_layers(dense, w2)
+    assert torch.allclose(a, b, atol=1e-5)
+    ga, = torch.autograd.grad((a * up).sum(), w1)
+    gb, = torch.autograd.grad((b * up).sum(), w2)
+    assert torch.allclose(ga, gb, atol=1e-4)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import EmofuseError
+from ..heads.functional import GatheredRows
 from ..store import FeatureStore
 
 KEY_KIND = {"F": "frames", "P": "segments/phone", "S": "segments/syllable", "W": "segments/word", "T": "tokens"}
@@ -61,14 +62,13 @@ class MemorySource:
     def __init__(self, rows: torch.Tensor, offsets: np.ndarray, lengths: np.ndarray):
         self.rows, self.offsets, self.lengths = rows, offsets.astype(np.int64), lengths.astype(np.int64)
 
-    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def flat_index(self, idx: np.ndarray) -> np.ndarray:
+        """Row numbers of utterances ``idx``, back to back."""
         lens = self.lengths[idx]
-        starts = self.offsets[idx]
-        flat = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
-        return self.rows.index_select(0, torch.from_numpy(flat).to(self.rows.device)), lens
+        return np.repeat(self.offsets[idx] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
 
     def all_rows(self, idx: np.ndarray) -> torch.Tensor:
-        return self.gather(idx)[0]
+        return self.rows.index_select(0, torch.from_numpy(self.flat_index(idx)).to(self.rows.device))
 
 
 class StoreSource:
@@ -79,14 +79,9 @@ class StoreSource:
         self.fs, self.stream, self.kind, self.ids, self.present = fs, stream, kind, ids, present
         self.lengths, self.layers = lengths.astype(np.int64), layers
 
-    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        lens = self.lengths[idx]
-        keep = [i for i in idx if self.present[i]]
-        r = self.fs.load(self.stream, self.kind, ids=list(self.ids[keep]), layers=self.layers)
-        return torch.from_numpy(r.data), lens
-
     def all_rows(self, idx: np.ndarray) -> torch.Tensor:
-        return self.gather(idx)[0]
+        keep = [i for i in idx if self.present[i]]
+        return torch.from_numpy(self.fs.load(self.stream, self.kind, ids=list(self.ids[keep]), layers=self.layers).data)
 
 
 @dataclass
@@ -107,14 +102,18 @@ class TrainData:
     bytes: int = 0
 
     def batch(self, idx: np.ndarray, device: torch.device, norm: dict | None = None) -> dict:
-        """Inputs for the heads: {key: (rows (N, L, D) float32 on device, lengths (B,))}."""
+        """Inputs for the heads: {key: (rows ``GatheredRows`` (N, L, D), lengths (B,))}. Rows held
+        on ``device`` are not copied at all; others are gathered (or read) and moved as stored."""
         out = {}
         for k, src in self.sources.items():
-            rows, lens = src.gather(idx)
-            rows = rows.to(device, non_blocking=True).float()
-            if norm is not None:
-                rows = norm[k].apply(rows, np.repeat(idx, lens), device)
-            out[k] = (rows, torch.from_numpy(lens).to(device))
+            lens = src.lengths[idx]
+            if isinstance(src, MemorySource) and src.rows.device == device:
+                table, index = src.rows, torch.from_numpy(src.flat_index(idx)).to(device)
+            else:
+                table = src.all_rows(idx).to(device, non_blocking=True)
+                index = torch.arange(len(table), device=device)
+            stats = norm[k].for_rows(np.repeat(idx, lens), device) if norm is not None else {}
+            out[k] = (GatheredRows(table, index, **stats), torch.from_numpy(lens).to(device))
         return out
 
 
@@ -126,10 +125,10 @@ class Normaliser:
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, group_of_utt: np.ndarray | None):
         self.mean, self.std, self.group = mean, std, group_of_utt   # (G, L, D) each
 
-    def apply(self, rows: torch.Tensor, utt_of_row: np.ndarray, device) -> torch.Tensor:
-        g = np.zeros(len(utt_of_row), np.int64) if self.group is None else self.group[utt_of_row]
-        g = torch.from_numpy(g).to(device)
-        return (rows - self.mean.to(device)[g]) / self.std.to(device)[g]
+    def for_rows(self, utt_of_row: np.ndarray, device) -> dict:
+        """``GatheredRows`` arguments that standardise rows of these utterances."""
+        group = None if self.group is None else torch.from_numpy(self.group[utt_of_row]).to(device)
+        return {"mean": self.mean.to(device), "std": self.std.to(device), "group": group}
 
 
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
