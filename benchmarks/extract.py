@@ -59,29 +59,34 @@ def base_model(folder: Path) -> str:
     return str(folder)
 
 
-def plain_loop(model_dir: str, manifest: Path) -> tuple[float, float]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def plain_loop(model_dir: str, manifest: Path, device: str = "cpu") -> tuple[float, float]:
     """(wall seconds, audio seconds) of the typical per-utterance script, model loading included
     (as it is in ours)."""
     from transformers import AutoFeatureExtractor, AutoModel
     t0 = time.perf_counter()
     fe = AutoFeatureExtractor.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir).eval()
+    model = AutoModel.from_pretrained(model_dir).eval().to(device)
     paths = [manifest.parent / line.split(",")[1] for line in manifest.read_text().splitlines()[1:]]
     audio_s, feats = 0.0, []
     with torch.no_grad():
         for p in paths:
             wav, sr = sf.read(p, dtype="float32")
-            x = torch.from_numpy(fe(wav, sampling_rate=sr, return_tensors="np")["input_values"])
+            x = torch.from_numpy(fe(wav, sampling_rate=sr, return_tensors="np")["input_values"]).to(device)
             hs = model(x, output_hidden_states=True).hidden_states
-            feats.append(torch.stack(hs, 2)[0].numpy().astype(np.float16))
+            feats.append(torch.stack(hs, 2)[0].cpu().numpy().astype(np.float16))
             audio_s += len(wav) / sr
     return time.perf_counter() - t0, audio_s
 
 
-def ours(model_dir: str, manifest: Path, out: Path, dtype: str) -> dict:
+def ours(model_dir: str, manifest: Path, out: Path, dtype: str, device: str = "cpu") -> dict:
     from emofuse.pipelines.extract import ExtractConfig, run_extract
     cfg = ExtractConfig(corpus="manifest", manifest=str(manifest), out=str(out), audio_model=model_dir, text_model=None,
-                        dtype=dtype, device="cpu")  # default batching: one utterance per forward on CPU
+                        dtype=dtype, device=device)  # default batching: one utterance per forward on CPU, 120 s on CUDA
     t0 = time.perf_counter()
     s = run_extract(cfg, echo=lambda *_: None)
     wall = time.perf_counter() - t0
@@ -90,12 +95,16 @@ def ours(model_dir: str, manifest: Path, out: Path, dtype: str) -> dict:
             "encode_s": st.time_encode, "load_s": st.time_load}
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    if device.startswith("cuda"):
+        n, reps = 8192, 50
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     torch.matmul(a, b)
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         torch.matmul(a, b)
+    _sync(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
@@ -122,13 +131,13 @@ import resource, sys
 sys.path.insert(0, {root!r})
 from emofuse.pipelines.extract import ExtractConfig, run_extract
 run_extract(ExtractConfig(corpus="manifest", manifest={manifest!r}, out={out!r}, audio_model={model!r},
-            text_model=None, device="cpu"), echo=lambda *_: None)
+            text_model=None, device={device!r}), echo=lambda *_: None)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_rss_mb(model_dir: str, manifest: Path, out: Path) -> float:
-    code = RSS_CHILD.format(root=str(ROOT), manifest=str(manifest), out=str(out), model=model_dir)
+def peak_rss_mb(model_dir: str, manifest: Path, out: Path, device: str = "cpu") -> float:
+    code = RSS_CHILD.format(root=str(ROOT), manifest=str(manifest), out=str(out), model=model_dir, device=device)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(r.stdout.strip().splitlines()[-1]) / 1024
 
@@ -136,6 +145,7 @@ def peak_rss_mb(model_dir: str, manifest: Path, out: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=90.0, help="audio seconds for the side-by-side runs")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
@@ -144,20 +154,22 @@ def main() -> None:
         tmp = Path(tmp)
         model = base_model(tmp / "w2v2-base")
         manifest = make_corpus(tmp / "c1", args.seconds)
-        wall_a, audio_a = plain_loop(model, manifest)
-        b = ours(model, manifest, tmp / "b.h5", "float32")
-        c = ours(model, manifest, tmp / "c.h5", "bfloat16")
+        dev = args.device
+        wall_a, audio_a = plain_loop(model, manifest, dev)
+        b = ours(model, manifest, tmp / "b.h5", "float32", dev)
+        c = ours(model, manifest, tmp / "c.h5", "bfloat16", dev)
         cos = layer_cosines(tmp / "b.h5", tmp / "c.h5")
-        mm32, mm16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+        mm32, mm16 = matmul_rate(torch.float32, device=dev), matmul_rate(torch.bfloat16, device=dev)
         flops = model_flops_per_audio_second(model)
         small = make_corpus(tmp / "c2", args.seconds / 2, seed=1)
         large = make_corpus(tmp / "c3", args.seconds * 2, seed=2)
-        rss_small, rss_large = peak_rss_mb(model, small, tmp / "r1.h5"), peak_rss_mb(model, large, tmp / "r2.h5")
+        rss_small, rss_large = peak_rss_mb(model, small, tmp / "r1.h5", dev), peak_rss_mb(model, large, tmp / "r2.h5", dev)
     tput = {"a_plain_loop": audio_a / wall_a, "b_ours_float32": b["audio_s"] / b["wall_s"],
             "c_ours_bfloat16": c["audio_s"] / c["wall_s"]}
     res = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         "audio_seconds": round(audio_a, 1), "model": "wav2vec2-base architecture, random weights (95 M parameters)",
         "throughput_audio_s_per_s": {k: round(v, 2) for k, v in tput.items()},
         "ratio_to_plain_loop": {k: round(v / tput["a_plain_loop"], 2) for k, v in tput.items()},
