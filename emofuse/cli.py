@@ -209,6 +209,49 @@ def train_head(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+def ablate(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="ablate", description="Run a grid of train-head configurations from a spec and write its tables "
+                                   "(Markdown, LaTeX, CSV). Finished runs are reused: a killed grid resumes.")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--spec", required=True, help="paper-multilevel, paper-cma, demo, or a YAML file")
+    ap.add_argument("--out", required=True, help="grid directory (runs/, tables/, tables.md)")
+    ap.add_argument("--jobs", type=int, default=1, help="configurations trained in parallel processes")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, help="override the spec's repeats")
+    ap.add_argument("--epochs", type=int, help="override the spec's maximum epochs")
+    ap.add_argument("--report", action="store_true", help="also write figures and report.md")
+    args = ap.parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from .pipelines.ablate import AblateConfig, run_ablate
+        from .pipelines.report import run_report
+
+        if args.jobs < 1:
+            raise EmofuseError(f"--jobs must be at least 1, found {args.jobs}")
+        run_ablate(AblateConfig(store=args.store, spec=args.spec, out=args.out, jobs=args.jobs, device=args.device,
+                                repeats=args.repeats, epochs=args.epochs))
+        with open(f"{args.out}/tables.md") as f:
+            print(f.read())
+        if args.report:
+            run_report(args.out)
+
+    return _run(job)
+
+
+def report(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="report", description="PNG figures and report.md for a run or a grid")
+    ap.add_argument("path", help="a train-head run directory or an ablate grid directory")
+    args = ap.parse_args(argv)
+
+    def job():
+        from .pipelines.report import run_report
+        run_report(args.path)
+
+    return _run(job)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="emofuse", description="emofuse: speech + text emotion recognition tooling")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -228,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return align_segments(argv[1:])
     if argv[:1] == ["train-head"]:
         return train_head(argv[1:])
+    if argv[:1] == ["ablate"]:
+        return ablate(argv[1:])
+    if argv[:1] == ["report"]:
+        return report(argv[1:])
     args = ap.parse_args(argv)
     _quiet_libraries()
 

@@ -1,0 +1,200 @@
+"""``ablate``: a grid of train-head configurations from a spec, reused by key, to tables.
+
+A run's key is a hash of its resolved configuration and the store's fingerprints: a finished run
+(its ``summary.json``) is never recomputed, a killed grid resumes (inside a run, finished folds
+are kept too), and a grown spec computes only what is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy.stats import wilcoxon
+
+from ..errors import EmofuseError
+from ..store import FeatureStore
+from . import tables
+from .train import TrainConfig, run_combine, run_train, store_fingerprints
+
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb"}
+ROW_EXTRA = {"label", "published", "combine", "same_as"}
+BUNDLED = ("paper-multilevel", "paper-cma", "demo")
+
+
+@dataclass(frozen=True)
+class AblateConfig:
+    store: str
+    spec: str                     # a bundled spec name or a YAML file
+    out: str
+    jobs: int = 1
+    device: str = "auto"
+    repeats: int | None = None    # override the spec's repeats (quick looks)
+    epochs: int | None = None
+
+
+def load_spec(spec: str) -> dict:
+    """A bundled spec (``paper-multilevel``, ``paper-cma``, ``demo``) or a YAML file, checked."""
+    if spec in BUNDLED:
+        text = resources.files("emofuse.specs").joinpath(f"{spec}.yaml").read_text()
+        where = f"bundled spec {spec!r}"
+    elif os.path.exists(spec):
+        with open(spec) as f:
+            text = f.read()
+        where = spec
+    else:
+        raise EmofuseError(f"--spec {spec!r} is neither a bundled spec ({', '.join(BUNDLED)}) nor a file")
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise EmofuseError(f"{where} is not valid YAML: {e}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("tables"), list) or not d["tables"]:
+        raise EmofuseError(f"{where}: expected a mapping with a non-empty 'tables' list")
+    labels = {}
+    for t in d["tables"]:
+        if not isinstance(t, dict) or "name" not in t or not isinstance(t.get("rows"), list):
+            raise EmofuseError(f"{where}: every table needs 'name' and a 'rows' list, found {t!r}")
+        for r in t["rows"]:
+            bad = set(r) - TRAIN_FIELDS - ROW_EXTRA
+            if bad or "label" not in r:
+                raise EmofuseError(f"{where}, table {t['name']!r}: row {r!r} " + (
+                    f"has unknown keys {sorted(bad)} (allowed: {sorted(TRAIN_FIELDS | ROW_EXTRA)})" if bad else "needs a label"))
+            if "same_as" not in r:
+                if r["label"] in labels:
+                    raise EmofuseError(f"{where}: label {r['label']!r} is defined twice (use same_as to repeat a row)")
+                labels[r["label"]] = r
+    for t in d["tables"]:
+        for r in t["rows"]:
+            refs = r.get("combine", []) + ([r["same_as"]] if "same_as" in r else [])
+            missing = [x for x in refs if x not in labels]
+            if missing:
+                raise EmofuseError(f"{where}: row {r['label']!r} refers to {missing}, which no row defines")
+    d["_labels"] = labels
+    return d
+
+
+def run_key(identity: dict, fingerprints: dict) -> str:
+    blob = json.dumps({"identity": identity, "fingerprints": fingerprints}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _train_worker(cfg: TrainConfig, threads: int) -> str:
+    import torch
+    torch.set_num_threads(threads)
+    run_train(cfg, echo=lambda m: None)
+    return cfg.out
+
+
+def _finished(d: str) -> bool:
+    return os.path.exists(os.path.join(d, "summary.json"))
+
+
+def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
+    """Run every configuration of the spec not yet finished; write tables. Returns table → rows."""
+    spec = load_spec(cfg.spec)
+    defaults = {k: v for k, v in (spec.get("defaults") or {}).items()}
+    bad = set(defaults) - TRAIN_FIELDS
+    if bad:
+        raise EmofuseError(f"spec defaults have unknown keys {sorted(bad)}")
+    if cfg.repeats is not None:
+        defaults["repeats"] = cfg.repeats
+    if cfg.epochs is not None:
+        defaults["epochs"] = cfg.epochs
+    runs_dir = os.path.join(cfg.out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    train_cfgs: dict[str, TrainConfig] = {}
+    key_of: dict[str, str] = {}
+    with FeatureStore(cfg.store) as fs:
+        for label, row in spec["_labels"].items():
+            if "combine" in row:
+                continue
+            params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
+            if "folds" in params and params["folds"] is not None:
+                params["folds"] = tuple(str(f) for f in params["folds"])
+            probe = TrainConfig(store=cfg.store, out="", device=cfg.device, **params)
+            key = run_key(probe.identity(), store_fingerprints(fs, probe))
+            key_of[label] = key
+            train_cfgs[key] = TrainConfig(store=cfg.store, out=os.path.join(runs_dir, key), device=cfg.device, **params)
+    pending = [c for k, c in train_cfgs.items() if not _finished(c.out)]
+    echo(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {len(train_cfgs) - len(pending)} "
+         f"already finished, {len(pending)} to run" + (f" on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
+    if cfg.jobs > 1 and len(pending) > 1:
+        threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+        import multiprocessing as mp
+        with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+            for k, out in enumerate(pool.map(_train_worker, pending, [threads] * len(pending))):
+                echo(f"  [{k + 1}/{len(pending)}] {out} finished")
+    else:
+        for k, c in enumerate(pending):
+            echo(f"  [{k + 1}/{len(pending)}] {c.fusion} {'+'.join(c.keys())} ({c.head}) → {c.out}")
+            run_train(c, echo=lambda m: echo("    " + m))
+    for label, row in spec["_labels"].items():
+        if "combine" in row:
+            members = [os.path.join(runs_dir, key_of[m]) for m in row["combine"]]
+            key = hashlib.sha256("+".join(key_of[m] for m in row["combine"]).encode()).hexdigest()[:12]
+            key_of[label] = key
+            out = os.path.join(runs_dir, key)
+            if not _finished(out):
+                run_combine(members, out, echo=lambda m: echo("    " + m))
+    results = _collect(spec, key_of, runs_dir)
+    _write_tables(spec, results, cfg.out)
+    with open(os.path.join(cfg.out, "ablate.json"), "w") as f:
+        json.dump({"type": "emofuse.ablate", "spec": {k: v for k, v in spec.items() if k != "_labels"},
+                   "store": os.path.abspath(cfg.store), "keys": key_of}, f, indent=2)
+    return results
+
+
+def _paired_p(a: dict, b: dict) -> float:
+    """Wilcoxon signed-rank p over runs matched on (repeat, seed, fold); NaN when fewer than 2 pairs."""
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return float("nan")
+    x, y = np.array([a[k] for k in common]), np.array([b[k] for k in common])
+    if np.allclose(x, y):
+        return 1.0
+    return float(wilcoxon(x, y).pvalue)
+
+
+def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]:
+    out = {}
+    for t in spec["tables"]:
+        rows, per_run = [], []
+        for r in t["rows"]:
+            src = r.get("same_as", r["label"])
+            d = os.path.join(runs_dir, key_of[src])
+            with open(os.path.join(d, "summary.json")) as f:
+                s = json.load(f)
+            rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
+                         "n": s["ua"]["n"], "published": r.get("published", spec["_labels"][src].get("published")),
+                         "key": key_of[src], "run_dir": d})
+            per_run.append({(x["repeat"], x["seed"], str(x["fold"])): x["ua"] for x in s["runs"]})
+        df = pd.DataFrame(rows)
+        df["published"] = pd.to_numeric(df["published"])
+        best = int(df["ua_mean"].idxmax())
+        df["best"] = df.index == best
+        df["p_vs_best"] = [float("nan") if i == best else _paired_p(per_run[i], per_run[best]) for i in range(len(df))]
+        out[t["name"]] = df
+    return out
+
+
+def _write_tables(spec: dict, results: dict[str, pd.DataFrame], out: str) -> None:
+    tdir = os.path.join(out, "tables")
+    os.makedirs(tdir, exist_ok=True)
+    md = []
+    for t in spec["tables"]:
+        df, title = results[t["name"]], t.get("title", t["name"])
+        text = tables.to_markdown(df, title)
+        md.append(text)
+        for ext, body in (("md", text), ("tex", tables.to_latex(df, title, t["name"])), ("csv", tables.to_csv(df))):
+            with open(os.path.join(tdir, f"{t['name']}.{ext}"), "w") as f:
+                f.write(body)
+    with open(os.path.join(out, "tables.md"), "w") as f:
+        f.write("\n".join(md))

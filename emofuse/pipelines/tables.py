@@ -1,0 +1,84 @@
+"""Result tables: Markdown, LaTeX (booktabs) and CSV from one DataFrame of configurations.
+
+Input columns: ``label``, ``ua_mean ua_std wa_mean wa_std f1_mean f1_std n`` (percent), optional
+``published`` (UA %), ``p_vs_best`` (Wilcoxon signed-rank against the table's best UA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+METRIC_NAMES = {"ua": "UA", "wa": "WA", "f1": "Macro-F1"}
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _best(df: pd.DataFrame, m: str) -> set:
+    top = df[f"{m}_mean"].max()
+    return set(df.index[df[f"{m}_mean"] == top])
+
+
+def _has_published(df: pd.DataFrame) -> bool:
+    return "published" in df and df["published"].notna().any()
+
+
+def to_markdown(df: pd.DataFrame, title: str) -> str:
+    """A GitHub Markdown table; the best mean per metric in bold."""
+    pub = _has_published(df)
+    head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", "Δ UA"] if pub else []) + ["runs"]
+    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    best = {m: _best(df, m) for m in METRIC_NAMES}
+    for i, r in df.iterrows():
+        cells = [str(r["label"])]
+        for m in METRIC_NAMES:
+            c = _cell(r[f"{m}_mean"], r[f"{m}_std"])
+            cells.append(f"**{c}**" if i in best[m] else c)
+        if pub:
+            p = r.get("published")
+            ok = p is not None and not (isinstance(p, float) and math.isnan(p))
+            cells += [f"{p:.2f}" if ok else "—", f"{r['ua_mean'] - p:+.2f}" if ok else "—"]
+        cells.append(str(int(r["n"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    for a in "&%_#${}":
+        s = s.replace(a, "\\" + a)
+    return s
+
+
+def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
+    """A booktabs table; the best mean per metric in bold; ± as $\\pm$."""
+    pub = _has_published(df)
+    cols = "l" + "r" * (3 + (2 if pub else 0))
+    head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", r"$\Delta$ UA"] if pub else [])
+    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(title)}}}", rf"\label{{tab:{label}}}",
+           rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    best = {m: _best(df, m) for m in METRIC_NAMES}
+    for i, r in df.iterrows():
+        cells = [_tex_escape(str(r["label"]))]
+        for m in METRIC_NAMES:
+            c = f"{r[f'{m}_mean']:.2f} $\\pm$ {r[f'{m}_std']:.2f}"
+            cells.append(rf"\textbf{{{c}}}" if i in best[m] else c)
+        if pub:
+            p = r.get("published")
+            ok = p is not None and not (isinstance(p, float) and math.isnan(p))
+            cells += [f"{p:.2f}" if ok else "--", f"{r['ua_mean'] - p:+.2f}" if ok else "--"]
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """Every number, unrounded beyond 4 decimals, with the Wilcoxon p-values."""
+    cols = ["label"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n"]
+    cols += [c for c in ("published", "p_vs_best", "best", "key", "run_dir") if c in df]
+    out = df[cols].copy()
+    if _has_published(df):
+        out.insert(out.columns.get_loc("published") + 1, "delta_ua", df["ua_mean"] - df["published"])
+    return out.to_csv(index=False, float_format="%.4f", lineterminator="\n")
