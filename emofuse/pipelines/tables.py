@@ -22,6 +22,11 @@ def _best(df: pd.DataFrame, m: str) -> set:
     return set(df.index[df[f"{m}_mean"] == top])
 
 
+def _delta(ua: float, published: float) -> float:
+    """UA − published, rounded to the 2 decimals shown (never "-0.00")."""
+    return round(ua - published, 2) + 0.0
+
+
 def _has_published(df: pd.DataFrame) -> bool:
     return "published" in df and df["published"].notna().any()
 
@@ -40,7 +45,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
         if pub:
             p = r.get("published")
             ok = p is not None and not (isinstance(p, float) and math.isnan(p))
-            cells += [f"{p:.2f}" if ok else "—", f"{r['ua_mean'] - p:+.2f}" if ok else "—"]
+            cells += [f"{p:.2f}" if ok else "—", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "—"]
         cells.append(str(int(r["n"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -68,7 +73,7 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
         if pub:
             p = r.get("published")
             ok = p is not None and not (isinstance(p, float) and math.isnan(p))
-            cells += [f"{p:.2f}" if ok else "--", f"{r['ua_mean'] - p:+.2f}" if ok else "--"]
+            cells += [f"{p:.2f}" if ok else "--", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "--"]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"

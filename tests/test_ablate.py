@@ -1,0 +1,130 @@
+"""ablate and report: golden tables, reuse and resume, spec errors, figures."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emofuse.errors import EmofuseError
+from emofuse.pipelines import tables
+from emofuse.pipelines.ablate import AblateConfig, load_spec, run_ablate
+from emofuse.pipelines.report import run_report
+from emofuse.testing.synthetic import make_synthetic_store
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden_frame():
+    return pd.DataFrame({"label": ["Late F+S", "Coattention F+P", "Text_only & 50%"],
+                         "ua_mean": [75.8012, 74.5678, 68.1], "ua_std": [0.91, 1.2345, 2.0],
+                         "wa_mean": [74.0, 74.5, 67.0], "wa_std": [1.0, 1.1, 1.9],
+                         "f1_mean": [75.5, 74.0, 67.9], "f1_std": [0.8, 1.0, 2.1], "n": [25, 25, 25],
+                         "published": [75.80, 74.57, np.nan], "p_vs_best": [np.nan, 0.0312, 0.0001],
+                         "best": [True, False, False]})
+
+
+@pytest.mark.parametrize("ext", ["md", "tex", "csv"])
+def test_table_writers_match_golden_files(ext):
+    df = golden_frame()
+    text = {"md": lambda: tables.to_markdown(df, "Table 3: fusion strategies (UA %)"),
+            "tex": lambda: tables.to_latex(df, "Table 3: fusion strategies (UA %)", "table3"),
+            "csv": lambda: tables.to_csv(df)}[ext]()
+    path = GOLDEN / f"table.{ext}"
+    if os.environ.get("EMOFUSE_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_golden_content_is_right():
+    md = (GOLDEN / "table.md").read_text()
+    assert "| **75.80 ± 0.91** |" in md            # best UA in bold, 2 decimals
+    assert "| **74.50 ± 1.10** |" in md            # best WA is another row: bold there
+    assert "| 75.80 | +0.00 |" in md and "| — | — |" in md
+    tex = (GOLDEN / "table.tex").read_text()
+    assert r"\toprule" in tex and r"Text\_only \& 50\%" in tex and r"\textbf{75.80 $\pm$ 0.91}" in tex
+    csv = pd.read_csv(GOLDEN / "table.csv")
+    assert list(csv["p_vs_best"].round(4).fillna(-1)) == [-1, 0.0312, 0.0001]
+
+
+SPEC = """
+name: t
+defaults: {repeats: 2, epochs: 3, patience: 2, folds: [1, 2]}
+tables:
+  - name: a
+    title: "A"
+    rows:
+      - {label: "Frame", fusion: none, granularity: F, published: 65.44}
+      - {label: "Late F+S", fusion: late, granularity: F+S}
+      - {label: "Both", combine: ["Frame", "Late F+S"]}
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("abl") / "s.h5"
+    make_synthetic_store(path, per_class=4, layers=3, dim=8, planted_layer=1, mean_seconds=1.0, strength=0.6)
+    return str(path)
+
+
+def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "grid"
+    res = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=lambda m: None)
+    df = res["a"]
+    assert list(df["label"]) == ["Frame", "Late F+S", "Both"] and (df["n"] == 4).all()
+    assert df["best"].sum() == 1 and np.isnan(df.loc[df["best"], "p_vs_best"]).all()
+    assert {"a.md", "a.tex", "a.csv"} <= set(os.listdir(out / "tables"))
+    runs = {r: os.path.getmtime(out / "runs" / r / "summary.json") for r in os.listdir(out / "runs")}
+    # a run killed mid-way: its summary and one finished fold are gone, the other folds stay
+    victim = df.loc[df["label"] == "Late F+S", "key"].item()
+    os.remove(out / "runs" / victim / "summary.json")
+    os.remove(out / "runs" / victim / "runs" / "r1_s2" / "metrics.json")
+    kept = os.path.getmtime(out / "runs" / victim / "runs" / "r0_s1" / "model.safetensors")
+    msgs = []
+    res2 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
+    assert "2 configurations, 1 already finished, 1 to run" in msgs[0]
+    assert os.path.getmtime(out / "runs" / victim / "runs" / "r0_s1" / "model.safetensors") == kept
+    for r, t in runs.items():
+        if r != victim:
+            assert os.path.getmtime(out / "runs" / r / "summary.json") == t
+    pd.testing.assert_frame_equal(res["a"], res2["a"])      # same numbers after the resume
+    # a grown spec computes only the new row
+    spec.write_text(SPEC + '      - {label: "Text", fusion: none, granularity: T}\n')
+    msgs = []
+    res3 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
+    assert "3 configurations, 2 already finished, 1 to run" in msgs[0] and len(res3["a"]) == 4
+    report = run_report(str(out), echo=lambda m: None)
+    text = Path(report).read_text()
+    assert "| Configuration |" in text and "figures/a-confusion.png" in text
+    for name in ("a-confusion.png", "a-layers.png", "a-folds.png", "a-curves.png"):
+        assert (out / "figures" / name).stat().st_size > 5000
+
+
+def test_parallel_jobs_give_the_same_numbers(store, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    a = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "a"), device="cpu"), echo=lambda m: None)
+    b = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "b"), device="cpu", jobs=2),
+                   echo=lambda m: None)
+    cols = ["label", "ua_mean", "wa_mean", "f1_mean"]
+    pd.testing.assert_frame_equal(a["a"][cols], b["a"][cols])
+
+
+def test_bundled_specs_load_and_bad_specs_are_refused(tmp_path):
+    ml = load_spec("paper-multilevel")
+    assert [t["name"] for t in ml["tables"]] == ["table1", "table2", "table3"]
+    assert len(ml["tables"][0]["rows"]) == 10 and len(ml["tables"][1]["rows"]) == 16
+    assert load_spec("paper-cma")["tables"][0]["rows"][0]["fusion"] == "cma"
+    assert load_spec("demo")["name"] == "demo"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tables:\n  - name: x\n    rows:\n      - {label: a, fusion: none, granularity: F, lr_typo: 1}\n")
+    with pytest.raises(EmofuseError, match="unknown keys \\['lr_typo'\\]"):
+        load_spec(str(bad))
+    bad.write_text("tables:\n  - name: x\n    rows:\n      - {label: c, combine: [nope]}\n")
+    with pytest.raises(EmofuseError, match="refers to \\['nope'\\]"):
+        load_spec(str(bad))
+    with pytest.raises(EmofuseError, match="neither a bundled spec"):
+        load_spec("no-such-spec")
