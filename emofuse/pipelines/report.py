@@ -62,8 +62,10 @@ def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
     ws = [r["layer_weights"] for r in runs if r.get("layer_weights")]
     if not ws:
         return False
+    keys = [k for k in ws[0] if len(ws[0][k]) > 1]   # a one-layer stream (eGeMAPS) has nothing to weigh
+    if not keys:
+        return False
     plt = _plt()
-    keys = list(ws[0])
     fig, ax = plt.subplots(figsize=(4.8, 2.8), dpi=150)
     for k in keys:
         w = np.array([x[k] for x in ws])
@@ -152,11 +154,17 @@ def run_report(path: str, echo: Callable[[str], None] = print) -> str:
                   tables_md, "Tables also as LaTeX and CSV (with Wilcoxon p-values) in `tables/`.", ""]
         import pandas as pd
         for t in grid["spec"]["tables"]:
-            df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv"))
-            best = df.loc[df["ua_mean"].idxmax()]
-            lines += [f"## {t['name']}: best configuration, {best['label']}", ""]
-            for cap, rel in run_figures(best["run_dir"], fig_dir, f"{t['name']}-", str(best["label"])):
-                lines += [f"![{cap}]({rel})", ""]
+            df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv")).sort_values("ua_mean", ascending=False)
+            trained = [os.path.exists(os.path.join(d, "runs")) for d in df["run_dir"]]
+            picks = [df.iloc[0]]
+            if not trained[0] and any(trained):   # a score combination has no layer weights or curves of its own
+                picks.append(df[trained].iloc[0])
+            for k, best in enumerate(picks):
+                what = "best configuration" if k == 0 else "best trained configuration"
+                lines += [f"## {t['name']}: {what}, {best['label']}", ""]
+                prefix = f"{t['name']}-" if k == 0 else f"{t['name']}-trained-"
+                for cap, rel in run_figures(best["run_dir"], fig_dir, prefix, str(best["label"])):
+                    lines += [f"![{cap}]({rel})", ""]
     elif os.path.exists(os.path.join(path, "summary.json")):
         s, _ = _load(path)
         name = s.get("fusion", "run") + " " + "+".join(s.get("keys", []))
