@@ -71,7 +71,7 @@ def test_missing_wav_names_the_file(tmp_path):
 
 
 def test_duplicate_id_across_dialog_files_is_refused(tmp_path):
-    fake = make_fake_iemocap(tmp_path, seed=3)
+    make_fake_iemocap(tmp_path, seed=3)
     emo = tmp_path / "Session1" / "dialog" / "EmoEvaluation"
     src = sorted(p for p in emo.iterdir() if p.suffix == ".txt" and not p.name.startswith("."))[0]
     shutil.copy(src, emo / "Ses01F_impro09.txt")

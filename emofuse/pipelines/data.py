@@ -9,7 +9,6 @@ batch is read from the store instead (``StoreSource``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -208,7 +207,6 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise EmofuseError(f"{fs.path}: found only the label(s) {classes}; at least two classes are needed")
-    info = {k: fs.stream_info(stream_of[k]) for k in keys}
 
     # Sizes first, to decide memory vs streaming before reading anything big.
     lens, present, lsel, dims, total = {}, {}, {}, {}, 0

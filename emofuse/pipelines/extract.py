@@ -6,7 +6,7 @@ import csv
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm

@@ -34,6 +34,12 @@ def _load(run_dir: str) -> tuple[dict, list[dict]]:
     return s, runs or s["runs"]
 
 
+def _save(plt, fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def confusion_figure(summary: dict, path: str, title: str) -> None:
     """Row-normalised confusion matrix summed over every run (recall on the diagonal)."""
     plt = _plt()
@@ -52,9 +58,7 @@ def confusion_figure(summary: dict, path: str, title: str) -> None:
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
@@ -77,9 +81,7 @@ def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
     ax.set_ylabel("weight")
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -98,9 +100,7 @@ def fold_figure(summary: dict, path: str, title: str) -> None:
     ax.set_xlabel("test session")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def curve_figure(runs: list[dict], path: str, title: str) -> bool:
@@ -115,9 +115,7 @@ def curve_figure(runs: list[dict], path: str, title: str) -> bool:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation UA %")
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 

@@ -155,7 +155,7 @@ def make_fake_iemocap(root: str | Path, counts: Mapping[int, Mapping[str, int]] 
                 sf.write(wav, audio.astype(np.int16), SR, subtype="PCM_16")
                 v, a, dm = (round(float(x), 4) for x in rng.uniform(1, 5, 3))
                 emo_lines += [f"[{start:.4f} - {end:.4f}]\t{uid}\t{code}\t[{v:.4f}, {a:.4f}, {dm:.4f}]",
-                              f"C-E2:\t{code.capitalize()};\t()", f"C-E3:\tNeutral; Other;\t(a comment, with commas)",
+                              f"C-E2:\t{code.capitalize()};\t()", "C-E3:\tNeutral; Other;\t(a comment, with commas)",
                               f"C-{gender}1:\t{code.capitalize()};\t()",
                               f"A-E3:\tval {int(v)}; act {int(a)}; dom  {int(dm)};\t()", ""]
                 cat_lines.append(f"[{start:.4f} - {end:.4f}]\t{uid}\tfea\t[1.0000, 1.0000, 1.0000]")
