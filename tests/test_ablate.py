@@ -128,3 +128,36 @@ def test_bundled_specs_load_and_bad_specs_are_refused(tmp_path):
         load_spec(str(bad))
     with pytest.raises(EmofuseError, match="neither a bundled spec"):
         load_spec("no-such-spec")
+
+
+def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_path):
+    """Kill -9 the ablate process once a first configuration has finished; the re-run keeps it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("epochs: 3", "epochs: 6"))
+    out = tmp_path / "grid"
+    cmd = [sys.executable, "-m", "emofuse", "ablate", "--store", store, "--spec", str(spec), "--out", str(out),
+           "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    finished = []
+    while time.time() < deadline and proc.poll() is None:
+        finished = [d for d in (out / "runs").glob("*") if (d / "summary.json").exists()] if (out / "runs").exists() else []
+        if finished:
+            break
+        time.sleep(0.05)
+    assert finished and proc.poll() is None, "the grid finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stamp = {d: (d / "summary.json").stat().st_mtime for d in finished}
+    assert not (out / "tables.md").exists()
+    msgs = []
+    res = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
+    assert f"{len(finished)} already finished" in msgs[0]
+    for d, t in stamp.items():
+        assert (d / "summary.json").stat().st_mtime == t
+    assert len(res["a"]) == 3 and (out / "tables.md").exists()
