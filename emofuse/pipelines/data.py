@@ -99,6 +99,7 @@ class TrainData:
     empty: dict = field(default_factory=dict)      # key → utterances with no segment (masked)
     in_memory: bool = True
     bytes: int = 0
+    home: str = "cpu"                  # where the rows are held: cpu, cuda…, or store (read per batch)
 
     def batch(self, idx: np.ndarray, device: torch.device, norm: dict | None = None) -> dict:
         """Inputs for the heads: {key: (rows ``GatheredRows`` (N, L, D), lengths (B,))}. Rows held
@@ -218,24 +219,27 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
         lsel[k] = parse_layers(layers, L)
         dims[k] = (len(lsel[k]), D)
         total += int(lens[k].sum()) * len(lsel[k]) * D * itemsize
-    if memory_budget is None:
-        if device.type == "cuda":
-            memory_budget = int(torch.cuda.mem_get_info(device)[0] * 0.6)
-        else:
-            memory_budget = int(available_memory() * 0.6)
-    in_memory = total <= memory_budget
+    # Where the rows live: on the GPU when they fit there, else in RAM (batches moved to the GPU),
+    # else read from the store per batch. An explicit budget applies to the compute device.
+    if memory_budget is not None:
+        home = device if total <= memory_budget else None
+    elif device.type == "cuda" and total <= int(torch.cuda.mem_get_info(device)[0] * 0.6):
+        home = device
+    else:
+        home = torch.device("cpu") if total <= int(available_memory() * 0.6) else None
+    in_memory = home is not None
     sources = {}
     for k in keys:
         if in_memory:
             r = fs.load(stream_of[k], KEY_KIND[k], ids=list(ids[present[k]]), layers=lsel[k])
             offsets = np.zeros(len(ids), np.int64)
             offsets[present[k]] = r.offsets
-            rows = torch.from_numpy(r.data)
-            sources[k] = MemorySource(rows.to(device) if device.type == "cuda" else rows, offsets, lens[k])
+            sources[k] = MemorySource(torch.from_numpy(r.data).to(home), offsets, lens[k])
         else:
             sources[k] = StoreSource(fs, stream_of[k], KEY_KIND[k], ids, present[k], lens[k], lsel[k])
     empty = {k: int((lens[k] == 0).sum()) for k in keys if (lens[k] == 0).any()}
     return TrainData(ids=ids, y=np.array([classes.index(l) for l in labels]), classes=classes,
                      sessions=utts["session"].to_numpy()[keep].astype(str),
                      speakers=utts["speaker"].to_numpy()[keep].astype(str), sources=sources, dims=dims,
-                     layers=lsel, excluded=excluded, empty=empty, in_memory=in_memory, bytes=total)
+                     layers=lsel, excluded=excluded, empty=empty, in_memory=in_memory, bytes=total,
+                     home=str(home) if home is not None else "store")

@@ -243,8 +243,8 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
         t_load = time.perf_counter() - t0
         echo(f"train-head {cfg.fusion} {'+'.join(cfg.keys())} ({cfg.head}): {len(data.ids)} utterances, classes "
              f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
-             ("in memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
-             f" on {device}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+             (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
+             f", training on {device}" + (f"; left out: {data.excluded}" if data.excluded else "") +
              (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
         timer, runs, preds, norms = Timer(), [], [], {}
@@ -284,7 +284,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     summary.update(type="emofuse.summary", fusion=cfg.fusion, keys=cfg.keys(), head=cfg.head,
                    excluded=data.excluded, empty_segments=data.empty,
                    data={"utterances": len(data.ids), "bytes": data.bytes, "in_memory": data.in_memory,
-                         "device": str(device)},
+                         "held_in": data.home, "device": str(device)},
                    time={"load_s": t_load, "data_s": timer.data, "compute_s": timer.compute},
                    runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
     pd.concat(preds).to_csv(os.path.join(cfg.out, "predictions.csv"), index=False)
