@@ -253,7 +253,10 @@ def report(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="emofuse", description="emofuse: speech + text emotion recognition tooling")
+    ap = argparse.ArgumentParser(
+        prog="emofuse", description="emofuse: speech + text emotion recognition tooling. The stages are also "
+                                    "subcommands: emofuse extract-embeddings | align-segments | train-head | ablate | "
+                                    "report … (each with --help).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run every stage on the bundled demo corpus")
     d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")

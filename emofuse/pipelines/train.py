@@ -230,12 +230,12 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
 def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary."""
     device = resolve_device(cfg.device)
-    os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
         config = {"type": "emofuse.train-head", "emofuse_version": __version__, "config": asdict(cfg),
                   "identity": cfg.identity(), "fingerprints": fingerprints}
         _check_run_dir(cfg.out, config)
+        os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
         _write_json(os.path.join(cfg.out, "config.json"), config)
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
