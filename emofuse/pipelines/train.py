@@ -260,13 +260,16 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                     bar.update(1)
                     continue
                 tr, va, te = split(data, session, seed, cfg.val_fraction)
-                if session not in norms:
-                    norms[session] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])))
+                # global statistics depend on the fold's training sessions; per-speaker ones do not
+                nkey = session if cfg.norm == "global" else None
+                if nkey not in norms:
+                    norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])))
+                norm = norms[nkey]
                 bar.set_postfix_str(f"repeat {r} fold {session}")
                 model, history, best_epoch = train_one(
-                    cfg, data, tr, va, seed * 1000 + folds.index(session), device, norms[session], timer,
+                    cfg, data, tr, va, seed * 1000 + folds.index(session), device, norm, timer,
                     lambda s: bar.set_postfix_str(f"repeat {r} fold {session} {s}"))
-                logits = _predict(model, data, te, device, norms[session], timer)
+                logits = _predict(model, data, te, device, norm, timer)
                 m = scores(data.y[te], logits.argmax(1), len(data.classes))
                 m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
                          n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights=model.layer_weights(),
