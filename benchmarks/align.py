@@ -13,7 +13,6 @@ median of each is reported. Writes benchmarks/results/align.json and a row in BE
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,11 +25,13 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emofuse.align.frames import segment_frames  # noqa: E402
 from emofuse.align.pooling import pool_many  # noqa: E402
 from emofuse.pipelines.align import prefetched  # noqa: E402
 from emofuse.store import FeatureStore, StoreWriter  # noqa: E402
+from common import record  # noqa: E402
 
 RATES = {"phone": 12.0, "syllable": 4.5, "word": 3.0}
 
@@ -100,14 +101,10 @@ def main() -> None:
            "utterances": args.utterances, "frames": rows, "segments": n_segs, "store_gb": round(size / 1e9, 2),
            "read_s": round(read, 3), "read_and_pool_s": round(pool, 3), "pooling_overhead": round(pool / read - 1, 3),
            "read_gb_per_s": round(size / 1e9 / read, 2)}
-    out = ROOT / "benchmarks" / "results" / "align.json"
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
     row = (f"| align | {res['date']} | {res['machine']} | {args.utterances} utts, {res['store_gb']} GB, {n_segs:,} segments | "
            f"read {read:.2f} s, read + pool 3 granularities {pool:.2f} s | read {res['read_gb_per_s']} GB/s (page cache) | "
            f"pooling adds {100 * res['pooling_overhead']:.0f} % | exact vs slow reference (tests) | streaming, 200 utts at a time |")
-    with (ROOT / "BENCHMARKS.md").open("a") as f:
-        f.write(row + "\n")
+    record("align", res, row)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 Reports audio-seconds per second and ratios to (a), the fraction of this machine's dense-matmul
 rate reached (torch.matmul measured in the same run), the share of time spent writing the store,
 per-layer cosine similarity of (c) to (b), and peak RSS of (b) for two corpus sizes.
-Writes benchmarks/results/extract.json and a row in BENCHMARKS.md.
+Writes benchmarks/results/extract.json (extract-cuda.json on a GPU) and a row in BENCHMARKS.md.
 
     python benchmarks/extract.py [--seconds 90]
 """
@@ -16,7 +16,6 @@ Writes benchmarks/results/extract.json and a row in BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -31,6 +30,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import record  # noqa: E402
 
 
 def make_corpus(folder: Path, total_seconds: float, seed: int = 0) -> Path:
@@ -182,24 +184,13 @@ def main() -> None:
         "bf16_cosine_per_layer": [round(x, 5) for x in cos],
         "peak_rss_mb": {f"{args.seconds / 2:.0f}s_audio": round(rss_small), f"{args.seconds * 2:.0f}s_audio": round(rss_large)},
     }
-    out = ROOT / "benchmarks" / "results" / "extract.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
     row = (f"| extract | {res['date']} | {res['machine']} | {res['audio_seconds']} s audio | "
            f"(a) {tput['a_plain_loop']:.2f}, (b) {tput['b_ours_float32']:.2f} ({res['ratio_to_plain_loop']['b_ours_float32']}×), "
            f"(c) {tput['c_ours_bfloat16']:.2f} ({res['ratio_to_plain_loop']['c_ours_bfloat16']}×) audio-s/s | "
            f"matmul fraction b {res['fraction_of_matmul_rate']['b_float32']}, c {res['fraction_of_matmul_rate']['c_bfloat16']} | "
            f"store writes {100 * res['store_write_share']['b_float32']:.1f} % | min bf16 cosine {min(cos):.4f} | "
            f"peak RSS {round(rss_small)} / {round(rss_large)} MB |")
-    bench = ROOT / "BENCHMARKS.md"
-    if not bench.exists():
-        bench.write_text("# Benchmarks\n\nRatios measured side by side in one run; bare times vary with the machine.\n\n"
-                         "| benchmark | date | machine | size | result | hardware use | overhead | accuracy | memory |\n"
-                         "|---|---|---|---|---|---|---|---|---|\n")
-    with bench.open("a") as f:
-        f.write(row + "\n")
-
+    record("extract", res, row, args.device)
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ HDF5 through a standard ``DataLoader`` every epoch (same model, same batches, sa
 Store: 13 layers × 768, float16, IEMOCAP's length distribution (lognormal around 4.5 s, 1–20 s,
 50 frames/s; syllables 4.5/s; 4–24 tokens), ``--scale`` of IEMOCAP's 5,531 utterances. The
 baseline runs fold 1 only (its per-epoch time is what is compared; the 5-fold figure is that
-times the number of folds). Writes benchmarks/results/train.json and a row in BENCHMARKS.md.
+times the number of folds). Writes benchmarks/results/train.json (train-cuda.json on a GPU) and a row in BENCHMARKS.md.
 
     python benchmarks/train.py [--scale 0.1] [--epochs 3] [--device cpu]
 """
@@ -14,7 +14,6 @@ times the number of folds). Writes benchmarks/results/train.json and a row in BE
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,12 +25,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emofuse.heads import build_head  # noqa: E402
 from emofuse.pipelines.train import TrainConfig, resolve_device, run_train, split  # noqa: E402
 from emofuse.pipelines.data import load_train_data  # noqa: E402
 from emofuse.store import FeatureStore  # noqa: E402
 from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
+from common import record  # noqa: E402
 
 
 class PerUtterance(torch.utils.data.Dataset):
@@ -137,17 +138,13 @@ def main() -> None:
            "baseline_epoch_s": round(epoch_base, 3),
            "speedup_per_epoch": round(epoch_base / epoch_ours, 2),
            "speedup_5fold_wall": round(epoch_base * n_folds * args.epochs / ours_wall, 2)}
-    out = ROOT / "benchmarks" / "results" / "train.json"
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
     o = res["ours"]
     row = (f"| train | {res['date']} | {res['machine']} | {res['utterances']} utts ({args.scale:g} × IEMOCAP), "
            f"{res['store_gb']} GB, {args.epochs} epochs × 5 folds | 5-fold wall {o['wall_s']} s (load {o['load_s']} s) "
            f"vs baseline {epoch_base * n_folds * args.epochs:.1f} s: {res['speedup_5fold_wall']}× "
            f"(per epoch {res['speedup_per_epoch']}×) | data {100 * o['data_share']:.0f} % of the epoch | "
            f"baseline data {100 * base['data_s'] / base['wall_s']:.0f} % | same model and steps | all in memory |")
-    with (ROOT / "BENCHMARKS.md").open("a") as f:
-        f.write(row + "\n")
+    record("train", res, row, str(device))
 
 
 if __name__ == "__main__":
