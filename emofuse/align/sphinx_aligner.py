@@ -16,10 +16,13 @@ import soxr
 
 from ..errors import EmofuseError
 from .records import AlignmentItem
-from .sphinx_seg import FRAME_RATE, write_seg
+from .sphinx_seg import ALTERNATE_RE, FRAME_RATE, write_seg
 from .textgrid import write_textgrid
 
 PAD_S = 0.5  # silence added around the audio: the decoder needs lead-in to settle its normalisation
+DITHER = 1e-3  # noise floor (-60 dBFS) added before aligning: digital silence (exact zeros, in the
+# padding and in synthetic or gated recordings) throws the decoder's live cepstral normalisation off;
+# (seeded by the length, so an alignment is reproducible)
 TAG_RE = re.compile(r"\[[^\]]*\]|\{[^}]*\}|<[^>]*>")
 
 
@@ -49,8 +52,12 @@ class SphinxAligner:
     def _new_decoder(self, wide: bool = False) -> None:
         from pocketsphinx import Decoder
 
-        beams = dict(beam=1e-80, wbeam=1e-60, pbeam=1e-80) if wide else {}
-        self.decoder = Decoder(lm=None, loglevel="FATAL", **beams)
+        # pocketsphinx 5.1.1 defaults are tuned for recognition and break alignment: ``bestpath``
+        # re-segments the result from a lattice that can give a phone fewer frames than its HMM has
+        # states (the second pass then fails: cmusphinx/pocketsphinx#500), and a word beam narrower
+        # than the state beam empties word segments (#464). Upstream's alignment settings, here:
+        beam = 1e-80 if wide else 1e-48
+        self.decoder = Decoder(lm=None, loglevel="FATAL", bestpath=False, beam=beam, pbeam=beam, wbeam=beam)
 
     def _run(self, pcm: bytes) -> None:
         try:
@@ -89,8 +96,10 @@ class SphinxAligner:
         if sr != 16000:
             audio = soxr.resample(audio, sr, 16000)
         duration = len(audio) / 16000
-        pad = np.zeros(int(PAD_S * 16000), np.int16)
-        pcm = np.concatenate([pad, (np.clip(audio, -1, 1) * 32767).astype(np.int16), pad]).tobytes()
+        pad = np.zeros(int(PAD_S * 16000), np.float32)
+        audio = np.concatenate([pad, audio.astype(np.float32), pad])
+        audio += np.random.default_rng(len(audio)).normal(0.0, DITHER, len(audio)).astype(np.float32)
+        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes()
         self.decoder.set_align_text(" ".join(words))
         self._run(pcm)
         hyp = self.decoder.hyp()
@@ -104,7 +113,8 @@ class SphinxAligner:
         self._run(pcm)
         tiers: dict[str, list[AlignmentItem]] = {"word": [], "phone": []}
         for w in self.decoder.get_alignment():
-            tiers["word"].append(self._item(w.name, w.start, w.duration, duration))
+            # "your(2)": the dictionary's second pronunciation; the word is "your" (its phones say which)
+            tiers["word"].append(self._item(ALTERNATE_RE.sub("", w.name), w.start, w.duration, duration))
             for p in w:
                 tiers["phone"].append(self._item(p.name, p.start, p.duration, duration))
         tiers = {k: [i for i in v if i.duration > 0] for k, v in tiers.items()}
