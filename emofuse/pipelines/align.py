@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..align.frames import segment_frames
@@ -104,6 +107,42 @@ def prefetched(fs: FeatureStore, units: Sequence[Sequence[str]], stream: str = "
             yield cur
 
 
+READ_BYTES = 64 << 20  # frames read per call: big enough for sequential reads, small enough to overlap
+
+
+def frames_in_order(fs: FeatureStore, stream: str, ids: Sequence[str], read_bytes: int = READ_BYTES
+                    ) -> Iterator[tuple[str, np.ndarray]]:
+    """``(id, frames)`` for ``ids`` in order. Frames are read in units of about ``read_bytes``,
+    the next unit in a background thread while the caller pools the current one (h5py releases
+    the GIL while it reads), so reading and pooling overlap on two cores."""
+    index = fs.index(stream, "frames")
+    layers, dim, itemsize = fs.row_shape(stream, "frames")
+    units, unit, size = [], [], 0
+    for i in ids:
+        unit.append(i)
+        size += index[i][1] * layers * dim * itemsize
+        if size >= read_bytes:
+            units.append(unit)
+            unit, size = [], 0
+    if unit:
+        units.append(unit)
+    for unit, ragged in zip(units, prefetched(fs, units, stream)):
+        for j, uid in enumerate(unit):
+            yield uid, ragged[j]
+
+
+@contextmanager
+def pooling_threads():
+    """Leave one core to the reading thread while torch pools on the others."""
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    torch.set_num_threads(max(1, min(before, cores - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=None) -> AlignSummary:
     """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent."""
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
@@ -126,9 +165,10 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
         summary.reused = len(ids) - len(todo)
         try:
             units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
-            with tqdm(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments", disable=None, dynamic_ncols=True) as bar:
-                for unit, frames_all in zip(units, prefetched(fs, units, cfg.stream)):
-                    entries, skipped = _align_unit(frames_all, cfg, unit, done, records, utt_table, hop, window,
+            with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
+                    tqdm(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments", disable=None, dynamic_ncols=True) as bar:
+                for unit in units:
+                    entries, skipped = _align_unit(frames, cfg, unit, done, records, utt_table, hop, window,
                                                    summary, aligner)
                     writer.commit(cfg.stream, entries, skipped)
                     bar.update(len(unit))
@@ -138,10 +178,12 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
     return summary
 
 
-def _align_unit(frames_all, cfg, unit, done, records, utt_table, hop, window, summary, aligner):
+def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, summary, aligner):
     entries = {segments_kind(g): {} for g in cfg.granularities}
     skipped = []
-    for j, uid in enumerate(unit):
+    for uid in unit:
+        read_id, frames = next(frames_iter)
+        assert read_id == uid, (read_id, uid)
         wanted = [g for g in cfg.granularities if uid not in done[g]]
         try:
             if cfg.source == "sphinx" or (cfg.source == "auto" and not records[uid].alignments and aligner):
@@ -161,7 +203,6 @@ def _align_unit(frames_all, cfg, unit, done, records, utt_table, hop, window, su
             summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
             skipped += [(uid, segments_kind(g), reason) for g in wanted]
             continue
-        frames = frames_all[j]
         kept, spans_of = {}, {}
         for g in wanted:
             items = [it for it in tiers[g] if cfg.keep_silence or not is_silence(it.symbol)]
@@ -173,10 +214,11 @@ def _align_unit(frames_all, cfg, unit, done, records, utt_table, hop, window, su
             else:
                 spans_of[g] = np.zeros((0, 2), np.int64)
                 summary.empty[g] += 1
-        pooled = dict(zip(wanted, pool_many(frames, [spans_of[g] for g in wanted])))  # all granularities, one pass
+        # all granularities in one pass, means rounded to the store's dtype
+        pooled = dict(zip(wanted, pool_many(frames, [spans_of[g] for g in wanted], dtype=frames.dtype)))
         for g in wanted:
             summary.segments[g] += len(kept[g])
-            entries[segments_kind(g)][uid] = {"data": pooled[g].astype(frames.dtype),
+            entries[segments_kind(g)][uid] = {"data": pooled[g],
                                               "symbols": np.array([i.symbol for i in kept[g]], dtype=object),
                                               "spans": spans_of[g].astype(np.int32)}
         summary.utterances += 1
