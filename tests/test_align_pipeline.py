@@ -138,3 +138,21 @@ def test_committed_demo_alignments_cover_the_corpus():
         if f.exists():
             aligned += len([i for i in read_seg(f, "word") if not is_silence(i.symbol)])
     assert aligned >= 0.9 * total, f"{aligned} of {total} demo words aligned"
+
+
+def test_frames_in_order_reads_small_units_in_order(extracted):
+    """align-segments' reader: byte-sized units, prefetched; same frames, same order, any unit size."""
+    import torch
+
+    from emofuse.pipelines.align import frames_in_order, pooling_threads
+    with FeatureStore(extracted) as fs:
+        ids = fs.ids("audio")[::-1]  # not storage order: units must still follow the request
+        for read_bytes in (1, 50_000, 1 << 30):
+            got = list(frames_in_order(fs, "audio", ids, read_bytes=read_bytes))
+            assert [i for i, _ in got] == ids
+            for uid, frames in got:
+                assert np.array_equal(frames, fs.frames("audio", uid))
+    before = torch.get_num_threads()
+    with pooling_threads():
+        assert 1 <= torch.get_num_threads() <= before
+    assert torch.get_num_threads() == before
