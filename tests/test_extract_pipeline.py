@@ -250,3 +250,25 @@ def test_bfloat16_is_close_to_float32():
         x, y = a[:, layer].ravel(), b[:, layer].ravel()
         assert float(np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y)) > 0.99
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_background_commits_give_the_same_store(reference, small_fake, tiny_models, tmp_path, monkeypatch):
+    """The GPU path commits in a background thread; forced on here (CPU), the store is the same
+    and --on-error fail still keeps what was encoded before the bad input."""
+    from emofuse.pipelines import extract as px
+    monkeypatch.setattr(px, "BACKGROUND_COMMITS", True)
+    out = tmp_path / "bg.h5"
+    cfg = px.ExtractConfig(corpus="iemocap", root=str(small_fake.root), out=str(out), audio_model=tiny_models["group"],
+                           text_model=tiny_models["bert"], store_dtype="float32", batch_seconds=4, commit_seconds=3)
+    summary = px.run_extract(cfg, echo=lambda *_: None)
+    assert summary.streams[0].done == 25 and summary.streams[0].time_write_busy > 0
+    assert_same_store(out, reference)
+    write_bad_manifest(tmp_path)
+    m = tmp_path / "m2.csv"
+    m.write_text("id,audio,text,label,speaker,session\nok2,a/ok2.wav,hi,neu,s,1\nnan,a/nan.wav,yo,hap,s,2\n")
+    cfg = px.ExtractConfig(corpus="manifest", manifest=str(m), out=str(tmp_path / "f.h5"), audio_model=tiny_models["group"],
+                           text_model=None, on_error="fail", batch_seconds=0.6, commit_seconds=0.1)
+    with pytest.raises(px.EmofuseError, match="NaN or infinite"):
+        px.run_extract(cfg, echo=lambda *_: None)
+    with FeatureStore(tmp_path / "f.h5") as fs:
+        assert fs.ids("audio") == ["ok2"]
