@@ -272,3 +272,14 @@ def test_background_commits_give_the_same_store(reference, small_fake, tiny_mode
         px.run_extract(cfg, echo=lambda *_: None)
     with FeatureStore(tmp_path / "f.h5") as fs:
         assert fs.ids("audio") == ["ok2"]
+
+
+def test_all_finite_reads_float16_exponent_bits():
+    from emofuse.pipelines.extract import _all_finite
+    a = np.random.default_rng(0).standard_normal((50, 3, 8)).astype(np.float16)
+    assert _all_finite(a) and _all_finite(a[:0]) and _all_finite(np.float16([65504.0, -65504.0]))
+    for bad in (np.inf, -np.inf, np.nan):
+        b = a.copy()
+        b[7, 1, 2] = bad
+        assert not _all_finite(b) and not _all_finite(b.astype(np.float32))
+    assert not _all_finite(np.float32([1e6]).astype(np.float16))  # beyond float16's range: inf

@@ -292,6 +292,14 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
     return summary
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or inf in ``a``. For float16 from the exponent bits (all ones: inf or NaN), 9× faster
+    than ``np.isfinite``, which computes float16 in software."""
+    if a.dtype == np.float16:
+        return a.size == 0 or int(np.max(a.view(np.uint16) & 0x7C00)) != 0x7C00
+    return bool(np.isfinite(a).all())
+
+
 def _bad(utt: Utterance, err: BadInput, cfg: ExtractConfig, what: str) -> None:
     if cfg.on_error == "fail":
         raise EmofuseError(f"{utt.id}: {err.reason} ({utt.audio_path if what == 'audio' else 'transcript'}); "
@@ -350,7 +358,7 @@ def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSumma
             outs = enc.encode(waves, out_dtype=store_dtype) if waves else []
             t2 = time.perf_counter()
             for uid, w, o in zip(ok, waves, outs):
-                if not np.isfinite(o).all() or len(o) == 0:
+                if len(o) == 0 or not _all_finite(o):
                     err = BadInput("the encoder produced no frame, or values that are not finite in the store's dtype, "
                                    "for this audio (--store-dtype float32 keeps values beyond float16's range)")
                     _bad(by_id[uid], err, cfg, "audio")
