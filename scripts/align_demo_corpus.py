@@ -10,7 +10,6 @@ through the same path as a real IEMOCAP copy). Utterances the aligner cannot ali
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from emofuse.align.records import is_silence
 from emofuse.align.sphinx_aligner import SphinxAligner
