@@ -21,8 +21,8 @@ from .textgrid import write_textgrid
 
 PAD_S = 0.5  # silence added around the audio: the decoder needs lead-in to settle its normalisation
 DITHER = 1e-3  # noise floor (-60 dBFS) added before aligning: digital silence (exact zeros, in the
-# padding and in synthetic or gated recordings) throws the decoder's live cepstral normalisation off;
-# (seeded by the length, so an alignment is reproducible)
+# padding and in synthetic or gated recordings) throws the decoder's live cepstral normalisation off.
+# The noise is seeded by the length, so an alignment is reproducible.
 TAG_RE = re.compile(r"\[[^\]]*\]|\{[^}]*\}|<[^>]*>")
 
 
