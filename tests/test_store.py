@@ -73,8 +73,8 @@ def test_round_trip_is_bit_exact(tmp_path, table, dtype):
             sg = fs.segments("audio", "word", i)
             assert sg.values.shape == segs[i]["data"].shape and np.array_equal(sg.values, segs[i]["data"])
             assert list(sg.symbols) == list(segs[i]["symbols"]) and np.array_equal(sg.spans, segs[i]["spans"])
-        # stored in id order after the merge, whatever the commit order
-        assert fs.ids("audio") == sorted(ids)
+        # stored in commit order (merged as committed), each unit in id order
+        assert fs.ids("audio") == sorted(ids[half:]) + sorted(ids[:half])
         # bulk reads equal per-utterance reads, any order, any layer subset
         order = ids[::-1]
         for layers in (None, [1, 2], [3, 0]):
@@ -108,6 +108,34 @@ def test_refuses_another_corpus_and_another_encoder(tmp_path, table):
     # moving the corpus elsewhere keeps its fingerprint
     moved = table.assign(audio_path=["/mnt/elsewhere/" + os.path.basename(p) for p in table["audio_path"]])
     assert corpus_fingerprint(moved) == corpus_fingerprint(table)
+
+
+def test_parts_are_merged_as_committed_and_the_store_published_only_at_finalize(tmp_path, table):
+    ids = list(table["id"])
+    frames, _, _ = random_entries(ids, np.float16, seed=3)
+    path = tmp_path / "s.h5"
+    tmp = Path(str(path) + ".tmp")
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "a1"})
+        part = w.commit("audio", {"frames": {i: frames[i] for i in ids[:3]}})
+        with h5py.File(part, "r", locking=False) as f:  # parts are written whole: contiguous, not chunked
+            assert f["streams/audio/frames/data"].chunks is None
+        with h5py.File(tmp, "r", locking=False) as f:  # already merged into the copy being built ...
+            assert sorted(f["streams/audio/frames/ids"].asstr()[...]) == sorted(ids[:3])
+        with FeatureStore(path) as fs:  # ... while the store itself is untouched
+            assert fs.streams == []
+    # closed without finalize: the copy is dropped, the committed part stays for the next writer
+    assert not tmp.exists() and os.path.exists(part)
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "a1"})
+        assert w.done_ids("audio", "frames") == set(ids[:3])
+        w.commit("audio", {"frames": {i: frames[i] for i in ids[3:]}})
+        assert w.finalize() == {"streams/audio/frames": len(ids)}
+    with FeatureStore(path) as fs:
+        assert fs.ids("audio") == sorted(ids[:3]) + sorted(ids[3:])
+        for i in ids:
+            assert np.array_equal(fs.frames("audio", i), frames[i]["data"])
+    assert not tmp.exists() and not os.path.exists(str(path) + ".parts")
 
 
 def test_second_writer_is_refused(tmp_path, table):

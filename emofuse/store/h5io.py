@@ -108,6 +108,22 @@ def append_rows(g: h5py.Group, ids: list[str], lengths: list[int], arrays: Mappi
             ds[start:] = arr.astype(object) if h5py.check_string_dtype(ds.dtype) else arr
 
 
+def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray]) -> None:
+    """A complete entry table written once, every array contiguous (a part file's: written and
+    read back whole, with no chunk layout to scatter into)."""
+    g = f.require_group(path)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if ids else np.zeros(0, np.int64)
+    g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
+    g.create_dataset("offset", data=offsets)
+    g.create_dataset("length", data=np.asarray(lengths, dtype=np.int64))
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        if arr.dtype.kind in "OUS":
+            g.create_dataset(name, data=arr.astype(object), dtype=STR)
+        else:
+            g.create_dataset(name, data=arr)
+
+
 def row_arrays(g: h5py.Group) -> list[str]:
     """Names of the row-aligned arrays of an entry table (``data`` first)."""
     names = [k for k in g.keys() if k not in INDEX_NAMES and isinstance(g[k], h5py.Dataset)]
@@ -141,5 +157,5 @@ def file_header(f: h5py.File, kind: str, corpus_fingerprint: str, version: str) 
 
 
 __all__ = ["open_h5", "check_header", "write_table", "read_table", "set_info", "get_info", "new_entry_table",
-           "append_rows", "row_arrays", "read_index", "atomic_publish", "file_header", "STR", "PART_TYPE",
+           "append_rows", "write_entry_table", "row_arrays", "read_index", "atomic_publish", "file_header", "STR", "PART_TYPE",
            "STORE_TYPE"]

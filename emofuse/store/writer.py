@@ -5,10 +5,12 @@ How a kill -9 at any instant leaves the store at its last committed state:
 * ``STORE.h5`` is never opened for writing in place. Work is committed as *part files* in
   ``STORE.h5.parts/``: each is written under a ``.tmp`` name, fsynced, then atomically renamed,
   so a part either exists whole or not at all.
-* ``finalize()`` merges committed parts copy-on-write: ``STORE.h5`` is copied to
-  ``STORE.h5.tmp``, the parts are appended there, the copy is fsynced and atomically replaces
-  ``STORE.h5``; only then are the parts deleted. A kill during the merge leaves the old store
-  and all parts, and the next run merges again.
+* Parts are merged copy-on-write, as they are committed: at the first commit ``STORE.h5`` is
+  copied to ``STORE.h5.tmp``, and each committed part is appended there right after it is
+  written (so the merge runs alongside the work instead of after it). ``finalize()`` only
+  appends what is left, fsyncs the copy and atomically replaces ``STORE.h5`` with it; then the
+  parts are deleted. A kill at any point leaves the old store and all parts (the ``.tmp`` is
+  never trusted: the next writer deletes it and merges the parts again).
 * One writer at a time: an ``flock`` on ``STORE.h5.lock`` (released by the kernel when a
   process dies, so a killed writer never leaves a stale lock).
 """
@@ -29,7 +31,7 @@ from .. import __version__
 from ..errors import StoreError
 from .fingerprint import corpus_fingerprint
 from .h5io import (STR, append_rows, atomic_publish, check_header, file_header, get_info, new_entry_table,
-                   open_h5, read_index, read_table, row_arrays, set_info, write_table)
+                   open_h5, read_index, read_table, row_arrays, set_info, write_entry_table, write_table)
 from .schema import DATA, PART_TYPE, STORE_TYPE, entry_path
 
 FLUSH_BYTES = 64 << 20
@@ -127,6 +129,10 @@ class StoreWriter:
                 for s, g in f.get("streams", {}).items():
                     self._check_stream(s, get_info(g), where=part)
         self._seq = len(self._parts)
+        self._merge = None  # the open STORE.h5.tmp being merged into, from the first commit on
+        self._merged = 0  # how many of self._parts are in it
+        self._known: dict[str, set[str]] = {}  # entry path -> ids in it
+        self._added: dict[str, int] = {}
 
     def _committed_parts(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.parts_dir, "*.h5")))
@@ -197,17 +203,34 @@ class StoreWriter:
                 first = per_utt[ids[0]]
                 if DATA not in first:
                     raise ValueError(f"entries of kind {kind!r} need a {DATA!r} array")
-                g = new_entry_table(f, entry_path(stream, kind), {k: np.asarray(v)[:0] for k, v in first.items()})
                 lengths = [len(per_utt[i][DATA]) for i in ids]
                 arrays = {k: np.concatenate([np.asarray(per_utt[i][k]) for i in ids]) for k in first}
-                append_rows(g, ids, lengths, arrays)
+                write_entry_table(f, entry_path(stream, kind), ids, lengths, arrays)
             skipped = list(skipped)
             if skipped:
                 _write_skipped(sg, skipped)
         atomic_publish(tmp, final)
         self._parts.append(final)
         self._seq += 1
+        self._merge_pending()
         return final
+
+    def _merge_pending(self, extra: list[str] = ()) -> None:
+        """Append parts not merged yet (one at a time, in commit order), then ``extra`` stores
+        (together, new entries in id order), to ``STORE.h5.tmp``, copied from the store first."""
+        if self._merge is None:
+            shutil.copyfile(self.path, self.path + ".tmp")
+            self._merge = open_h5(self.path + ".tmp", "a")
+        groups = [[p] for p in self._parts[self._merged:]] + ([list(extra)] if extra else [])
+        cache = _FileCache()
+        try:
+            for sources in groups:
+                for path, n in _absorb(self._merge, sources, self.stream_infos, cache, self._known).items():
+                    self._added[path] = self._added.get(path, 0) + n
+                if sources[0] in self._parts:
+                    self._merged += 1
+        finally:
+            cache.close()
 
     def finalize(self, extra_sources: Iterable[str] = ()) -> dict[str, int]:
         """Merge committed parts (and ``extra_sources``: other finished stores of the same
@@ -223,26 +246,26 @@ class StoreWriter:
                     )
                 for s, g in f.get("streams", {}).items():
                     self._check_stream(s, get_info(g), where=src)
-        sources = self._parts + extra
-        if not sources:
+        if not self._parts and not extra:
             return {}
-        tmp = self.path + ".tmp"
-        shutil.copyfile(self.path, tmp)
-        cache = _FileCache()
-        try:
-            with open_h5(tmp, "a") as dst:
-                added = _absorb(dst, sources, self.stream_infos, cache)
-        finally:
-            cache.close()
-        atomic_publish(tmp, self.path)
+        self._merge_pending(extra)
+        self._merge.close()
+        self._merge = None
+        atomic_publish(self.path + ".tmp", self.path)
         for part in self._parts:
             os.remove(part)
-        self._parts = []
+        self._parts, self._merged, self._known = [], 0, {}
+        added, self._added = self._added, {}
         if os.path.isdir(self.parts_dir) and not os.listdir(self.parts_dir):
             os.rmdir(self.parts_dir)
         return added
 
     def close(self) -> None:
+        """Release the store without merging: committed parts stay for the next writer."""
+        if getattr(self, "_merge", None) is not None:
+            self._merge.close()
+            self._merge = None
+            os.remove(self.path + ".tmp")
         if getattr(self, "_lock_fd", None) is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -268,8 +291,11 @@ def _write_skipped(sg, skipped: list[tuple[str, str, str]]) -> None:
         ds[n0:] = np.array(values, dtype=object)
 
 
-def _absorb(dst, sources: list[str], infos: Mapping[str, Mapping[str, Any]], cache: _FileCache) -> dict[str, int]:
-    """Append every entry of ``sources`` missing from ``dst``, new entries in id order."""
+def _absorb(dst, sources: list[str], infos: Mapping[str, Mapping[str, Any]], cache: _FileCache,
+            known: dict[str, set[str]] | None = None) -> dict[str, int]:
+    """Append every entry of ``sources`` missing from ``dst``, new entries in id order.
+    ``known`` caches ``{entry path: ids in dst}`` across calls (kept up to date here)."""
+    known = {} if known is None else known
     plan: dict[str, list[tuple[str, str, int, int]]] = {}  # entry path -> [(id, src, offset, length)]
     skips: dict[str, dict[tuple[str, str], str]] = {}
     for src in sources:
@@ -289,7 +315,9 @@ def _absorb(dst, sources: list[str], infos: Mapping[str, Mapping[str, Any]], cac
             sg = dst.require_group(f"streams/{stream}")
             set_info(sg, info)
     for path, entries in sorted(plan.items()):
-        existing = set(dst[path]["ids"].asstr()[...]) if path in dst else set()
+        if path not in known:
+            known[path] = set(dst[path]["ids"].asstr()[...]) if path in dst else set()
+        existing = known[path]
         seen: dict[str, str] = {}
         todo = []
         for e in sorted(entries, key=lambda e: e[0]):
@@ -321,6 +349,7 @@ def _absorb(dst, sources: list[str], infos: Mapping[str, Mapping[str, Any]], cac
                 buf_ids, buf_lens, buf, size = [], [], {n: [] for n in names}, 0
         if buf_ids:
             append_rows(g, buf_ids, buf_lens, {k: np.concatenate(v) for k, v in buf.items()})
+        existing.update(e[0] for e in todo)
         added[path] = len(todo)
     for stream, sk in skips.items():
         sg = dst[f"streams/{stream}"]
