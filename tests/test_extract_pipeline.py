@@ -283,3 +283,27 @@ def test_all_finite_reads_float16_exponent_bits():
         b[7, 1, 2] = bad
         assert not _all_finite(b) and not _all_finite(b.astype(np.float32))
     assert not _all_finite(np.float32([1e6]).astype(np.float16))  # beyond float16's range: inf
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_prefetch_returns_every_batch_in_order_and_reads_ahead_at_most_depth(background):
+    import threading
+    from emofuse.pipelines.extract import Prefetch
+    batches = [[f"b{k}u{j}" for j in range(k % 3 + 1)] for k in range(7)]
+    read_log, lock = [], threading.Lock()
+
+    def read(item):
+        with lock:
+            read_log.append(item)
+        return item.upper()
+    p = Prefetch(batches, read, background, depth=2)
+    try:
+        for k, b in enumerate(batches):
+            if background:
+                time.sleep(0.05)  # the reader has had time to run ahead; never beyond depth batches
+                ahead = {i.split("u")[0] for i in read_log}
+                assert ahead <= {f"b{j}" for j in range(k + 2)}
+            assert p.next_batch() == [i.upper() for i in b]
+    finally:
+        p.close()
+    assert read_log == [i for b in batches for i in b]

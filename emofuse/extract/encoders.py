@@ -170,11 +170,17 @@ class HFAudioEncoder:
             raise BadInput(f"audio is {len(wave) / self.sample_rate:.3f} s, shorter than the encoder's receptive "
                            f"field ({self.window / self.sample_rate:.3f} s)")
 
+    def preprocess(self, wave: np.ndarray) -> np.ndarray:
+        """The checkpoint's own input preprocessing (its feature extractor: ``do_normalize`` …)."""
+        return np.asarray(self.fe(wave, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0],
+                          dtype=np.float32)
+
     @torch.inference_mode()
-    def encode(self, waves: list[np.ndarray], out_dtype: Any = np.float32) -> list[np.ndarray]:
-        """Waveforms at ``sample_rate`` → ``(T, L, D)`` each, of ``out_dtype`` (cast on the device:
-        half the bytes to copy back, and torch's cast is far faster than numpy's)."""
-        feats = [self.fe(w, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0] for w in waves]
+    def encode(self, waves: list[np.ndarray], out_dtype: Any = np.float32, preprocessed: bool = False) -> list[np.ndarray]:
+        """Waveforms at ``sample_rate`` (already through ``preprocess`` when ``preprocessed``) →
+        ``(T, L, D)`` each, of ``out_dtype`` (cast on the device: half the bytes to copy back,
+        and torch's cast is far faster than numpy's)."""
+        feats = waves if preprocessed else [self.preprocess(w) for w in waves]
         if len(feats) == 1:  # nothing to pad: the plain forward, no mask (faster on CPU, exact by construction)
             x = torch.from_numpy(np.asarray(feats[0], dtype=np.float32))[None]
             out = self.model(x.to(self.device, self.dtype), output_hidden_states=True)
@@ -224,7 +230,10 @@ class OpenSmileEncoder:
         if len(wave) < self.window:
             raise BadInput(f"audio is {len(wave) / self.sample_rate:.3f} s, shorter than openSMILE's 0.060 s window")
 
-    def encode(self, waves: list[np.ndarray], out_dtype: Any = np.float32) -> list[np.ndarray]:
+    def preprocess(self, wave: np.ndarray) -> np.ndarray:
+        return wave
+
+    def encode(self, waves: list[np.ndarray], out_dtype: Any = np.float32, preprocessed: bool = False) -> list[np.ndarray]:
         out = []
         for w in waves:
             df = self.smile.process_signal(w, self.sample_rate)

@@ -6,7 +6,7 @@ import csv
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -325,39 +325,77 @@ def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype
     with tqdm(total=round(total, 1), unit="s", desc=f"{name}: audio", disable=None, dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
         on_gpu = getattr(enc, "device", None) is not None and enc.device.type == "cuda"
-        commits = BackgroundCommits(s, on_gpu if BACKGROUND_COMMITS is None else BACKGROUND_COMMITS)
+        background = on_gpu if BACKGROUND_COMMITS is None else BACKGROUND_COMMITS
+        commits = BackgroundCommits(s, background)
+
+        def read(uid: str):
+            """(samples, preprocessed wave) of one utterance, or the BadInput that stops it."""
+            try:
+                w = load_audio(by_id[uid], enc.sample_rate)
+                enc.check(w)
+                return len(w), enc.preprocess(w)
+            except BadInput as e:
+                return e
+        audio = Prefetch([b for unit in units for b in unit], read, background)
         try:
             for unit in units:
-                _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s, commits)
+                _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s, commits, audio)
                 bar.update(round(float(np.nansum([durations[u] for b in unit for u in b])), 1))
                 bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
         finally:
+            audio.close()
             commits.close()
 
 
-def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSummary, commits: BackgroundCommits) -> None:
+class Prefetch:
+    """``read(item)`` for every item of upcoming batches, ``depth`` batches ahead in one background
+    thread (audio decoding and preprocessing while the GPU encodes); ``next_batch()`` returns the
+    next batch's results in order. With ``background=False`` each batch is read when asked for."""
+
+    def __init__(self, batches: list[list[str]], read: Callable[[str], Any], background: bool, depth: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+        self.batches, self.read, self.next = batches, read, 0
+        self.pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self.pending = [self._submit(k) for k in range(min(depth, len(batches)))] if self.pool else []
+
+    def _submit(self, k: int):
+        return self.pool.submit(lambda: [self.read(i) for i in self.batches[k]])
+
+    def next_batch(self) -> list[Any]:
+        k, self.next = self.next, self.next + 1
+        if self.pool is None:
+            return [self.read(i) for i in self.batches[k]]
+        done = self.pending.pop(0).result()
+        if k + len(self.pending) + 1 < len(self.batches):
+            self.pending.append(self._submit(k + len(self.pending) + 1))
+        return done
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSummary, commits: BackgroundCommits,
+                audio: Prefetch) -> None:
     """Encode one commit unit (a few batches) and commit it atomically (in the background). With
     ``--on-error fail`` the utterances encoded before the bad one are committed before the job stops."""
     entries, skipped = {}, []
     try:
         for batch in unit:
             t0 = time.perf_counter()
-            waves, ok = [], []
-            for uid in batch:
-                u = by_id[uid]
-                try:
-                    w = load_audio(u, enc.sample_rate)
-                    enc.check(w)
-                except BadInput as e:
-                    _bad(u, e, cfg, "audio")
-                    skipped.append((uid, "frames", e.reason))
+            waves, ok, samples = [], [], []
+            for uid, got in zip(batch, audio.next_batch()):
+                if isinstance(got, BadInput):
+                    _bad(by_id[uid], got, cfg, "audio")
+                    skipped.append((uid, "frames", got.reason))
                     continue
-                waves.append(w)
+                samples.append(got[0])
+                waves.append(got[1])
                 ok.append(uid)
             t1 = time.perf_counter()
-            outs = enc.encode(waves, out_dtype=store_dtype) if waves else []
+            outs = enc.encode(waves, out_dtype=store_dtype, preprocessed=True) if waves else []
             t2 = time.perf_counter()
-            for uid, w, o in zip(ok, waves, outs):
+            for uid, n, o in zip(ok, samples, outs):
                 if len(o) == 0 or not _all_finite(o):
                     err = BadInput("the encoder produced no frame, or values that are not finite in the store's dtype, "
                                    "for this audio (--store-dtype float32 keeps values beyond float16's range)")
@@ -366,7 +404,7 @@ def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSumma
                     continue
                 entries[uid] = {"data": o.astype(store_dtype, copy=False)}
                 s.rows += len(o)
-                s.audio_seconds += len(w) / enc.sample_rate
+                s.audio_seconds += n / enc.sample_rate
             s.time_load += t1 - t0
             s.time_encode += t2 - t1
     finally:
