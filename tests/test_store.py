@@ -136,6 +136,15 @@ def test_parts_are_merged_as_committed_and_the_store_published_only_at_finalize(
         for i in ids:
             assert np.array_equal(fs.frames("audio", i), frames[i]["data"])
     assert not tmp.exists() and not os.path.exists(str(path) + ".parts")
+    # a unit that repeats a merged utterance: merged from its part file, the first copy kept
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "a1"})
+        other = np.ones((4, 4, 8), np.float16)
+        w.commit("audio", {"frames": {ids[0]: {"data": other}}}, skipped=[(ids[1], "tokens", "why")])
+        assert w.finalize() == {}
+    with FeatureStore(path) as fs:
+        assert np.array_equal(fs.frames("audio", ids[0]), frames[ids[0]]["data"])
+        assert list(fs.skipped("audio")["id"]) == [ids[1]]
 
 
 def test_second_writer_is_refused(tmp_path, table):

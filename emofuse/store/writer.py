@@ -196,6 +196,7 @@ class StoreWriter:
             file_header(f, PART_TYPE, self.fingerprint, __version__)
             sg = f.create_group(f"streams/{stream}")
             set_info(sg, self.stream_infos[stream])
+            tables = {}
             for kind, per_utt in entries.items():
                 if not per_utt:
                     continue
@@ -206,31 +207,41 @@ class StoreWriter:
                 lengths = [len(per_utt[i][DATA]) for i in ids]
                 arrays = {k: np.concatenate([np.asarray(per_utt[i][k]) for i in ids]) for k in first}
                 write_entry_table(f, entry_path(stream, kind), ids, lengths, arrays)
+                tables[entry_path(stream, kind)] = (ids, lengths, arrays)
             skipped = list(skipped)
             if skipped:
                 _write_skipped(sg, skipped)
         atomic_publish(tmp, final)
         self._parts.append(final)
         self._seq += 1
-        self._merge_pending()
+        self._merge_pending(fresh=(final, stream, tables, skipped))
         return final
 
-    def _merge_pending(self, extra: list[str] = ()) -> None:
-        """Append parts not merged yet (one at a time, in commit order), then ``extra`` stores
-        (together, new entries in id order), to ``STORE.h5.tmp``, copied from the store first."""
+    def _merge_pending(self, extra: list[str] = (), fresh: tuple | None = None) -> None:
+        """Append parts not merged yet (one at a time, in commit order; ``fresh``, the part just
+        committed, from memory instead of read back), then ``extra`` stores (together, new entries
+        in id order), to ``STORE.h5.tmp``, copied from the store first."""
         if self._merge is None:
             shutil.copyfile(self.path, self.path + ".tmp")
             self._merge = open_h5(self.path + ".tmp", "a")
-        groups = [[p] for p in self._parts[self._merged:]] + ([list(extra)] if extra else [])
         cache = _FileCache()
         try:
-            for sources in groups:
-                for path, n in _absorb(self._merge, sources, self.stream_infos, cache, self._known).items():
-                    self._added[path] = self._added.get(path, 0) + n
-                if sources[0] in self._parts:
-                    self._merged += 1
+            for part in self._parts[self._merged:]:
+                added = None
+                if fresh is not None and part == fresh[0]:
+                    added = _append_fresh(self._merge, *fresh[1:], self.stream_infos, self._known)
+                if added is None:
+                    added = _absorb(self._merge, [part], self.stream_infos, cache, self._known)
+                self._count(added)
+                self._merged += 1
+            if extra:
+                self._count(_absorb(self._merge, list(extra), self.stream_infos, cache, self._known))
         finally:
             cache.close()
+
+    def _count(self, added: Mapping[str, int]) -> None:
+        for path, n in added.items():
+            self._added[path] = self._added.get(path, 0) + n
 
     def finalize(self, extra_sources: Iterable[str] = ()) -> dict[str, int]:
         """Merge committed parts (and ``extra_sources``: other finished stores of the same
@@ -357,6 +368,36 @@ def _absorb(dst, sources: list[str], infos: Mapping[str, Mapping[str, Any]], cac
         new = [(i, kind, reason) for (i, kind), reason in sk.items() if (i, kind) not in have]
         if new:
             _write_skipped(sg, new)
+    return added
+
+
+def _append_fresh(dst, stream: str, tables: Mapping[str, tuple[list[str], list[int], Mapping[str, np.ndarray]]],
+                  skipped: list[tuple[str, str, str]], infos: Mapping[str, Mapping[str, Any]],
+                  known: dict[str, set[str]]) -> dict[str, int] | None:
+    """What ``_absorb`` does for one just-written part, from the arrays still in memory (no read
+    back, no per-utterance copies). None when an entry is already in ``dst``: the caller then
+    merges the part file entry by entry."""
+    for path, (ids, _, _) in tables.items():
+        if path not in known:
+            known[path] = set(dst[path]["ids"].asstr()[...]) if path in dst else set()
+        if not known[path].isdisjoint(ids):
+            return None
+    if not tables and not skipped:
+        return {}
+    sg = dst.require_group(f"streams/{stream}")
+    set_info(sg, infos[stream])
+    added: dict[str, int] = {}
+    for path, (ids, lengths, arrays) in sorted(tables.items()):
+        if path not in dst:
+            new_entry_table(dst, path, {k: v[:0] for k, v in arrays.items()})
+        append_rows(dst[path], ids, lengths, arrays)
+        known[path].update(ids)
+        added[path] = len(ids)
+    if skipped:
+        have = set(zip(sg["skipped"]["ids"].asstr()[...], sg["skipped"]["kind"].asstr()[...])) if "skipped" in sg else set()
+        new = {(i, kind): (i, kind, reason) for i, kind, reason in skipped if (i, kind) not in have}
+        if new:
+            _write_skipped(sg, list(new.values()))
     return added
 
 
