@@ -205,8 +205,9 @@ def test_bad_input_is_skipped_with_reasons(tiny_models, tmp_path):
 
 def test_fail_mode_stops_with_one_sentence_and_keeps_work(tiny_models, tmp_path):
     write_bad_manifest(tmp_path)
-    m = tmp_path / "m2.csv"  # batches go shortest first: ok2 (0.5 s) is committed before nan (1 s)
-    m.write_text("id,audio,text,label,speaker,session\nok2,a/ok2.wav,hi,neu,s,1\nnan,a/nan.wav,yo,hap,s,2\n")
+    sf.write(tmp_path / "a" / "long.wav", (np.random.default_rng(1).standard_normal(32000) * 0.1).astype(np.float32), 16000)
+    m = tmp_path / "m2.csv"  # batches go longest first: long (2 s) is committed before nan (1 s)
+    m.write_text("id,audio,text,label,speaker,session\nlong,a/long.wav,hi,neu,s,1\nnan,a/nan.wav,yo,hap,s,2\n")
     out = tmp_path / "s.h5"
     r = cli("--corpus", "manifest", "--manifest", m, "--out", out, "--audio-model", tiny_models["group"],
             "--text-model", "none", "--on-error", "fail", "--batch-seconds", "0.6", "--commit-seconds", "0.1")
@@ -214,7 +215,7 @@ def test_fail_mode_stops_with_one_sentence_and_keeps_work(tiny_models, tmp_path)
     assert len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith("error: nan: audio holds 1 NaN or infinite samples") and "nan.wav" in r.stderr
     with FeatureStore(out) as fs:  # the batch committed before the bad one is kept
-        assert fs.ids("audio") == ["ok2"]
+        assert fs.ids("audio") == ["long"]
 
 
 def test_missing_model_offline_says_how_to_fix(tmp_path):
@@ -264,14 +265,15 @@ def test_background_commits_give_the_same_store(reference, small_fake, tiny_mode
     assert summary.streams[0].done == 25 and summary.streams[0].time_write_busy > 0
     assert_same_store(out, reference)
     write_bad_manifest(tmp_path)
+    sf.write(tmp_path / "a" / "long.wav", (np.random.default_rng(1).standard_normal(32000) * 0.1).astype(np.float32), 16000)
     m = tmp_path / "m2.csv"
-    m.write_text("id,audio,text,label,speaker,session\nok2,a/ok2.wav,hi,neu,s,1\nnan,a/nan.wav,yo,hap,s,2\n")
+    m.write_text("id,audio,text,label,speaker,session\nlong,a/long.wav,hi,neu,s,1\nnan,a/nan.wav,yo,hap,s,2\n")
     cfg = px.ExtractConfig(corpus="manifest", manifest=str(m), out=str(tmp_path / "f.h5"), audio_model=tiny_models["group"],
                            text_model=None, on_error="fail", batch_seconds=0.6, commit_seconds=0.1)
     with pytest.raises(px.EmofuseError, match="NaN or infinite"):
         px.run_extract(cfg, echo=lambda *_: None)
     with FeatureStore(tmp_path / "f.h5") as fs:
-        assert fs.ids("audio") == ["ok2"]
+        assert fs.ids("audio") == ["long"]
 
 
 def test_all_finite_reads_float16_exponent_bits():
