@@ -4,6 +4,7 @@
 (a) a plain per-utterance loop (batch 1, float32, output_hidden_states=True, as a typical script does)
 (b) extract-embeddings at float32 (the whole job: load, encode, store writes, merge)
 (c) extract-embeddings at bfloat16
+each run in a fresh process, alternated (a, b, c, a, b, c …), medians.
 
 Reports audio-seconds per second and ratios to (a), the fraction of this machine's dense-matmul
 rate reached (torch.matmul measured in the same run), the share of time spent writing the store,
@@ -16,6 +17,7 @@ Writes benchmarks/results/extract.json (extract-cuda.json on a GPU) and a row in
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -100,6 +102,17 @@ def ours(model_dir: str, manifest: Path, out: Path, dtype: str, device: str = "c
             "write_busy_s": st.time_write_busy + s.time_finalize, "finalize_s": s.time_finalize, "encode_s": st.time_encode, "load_s": st.time_load}
 
 
+def in_child(which: str, *args) -> tuple | dict:
+    """``plain_loop`` or ``ours`` in a fresh Python process, so no run inherits another's allocator
+    state, caches or process-wide settings (extract-embeddings fixes glibc's mmap threshold)."""
+    cmd = [sys.executable, __file__, "--child", json.dumps([which, [str(a) for a in args]])]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"benchmark child {which} failed:\n{r.stderr[-3000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return tuple(out) if which == "plain_loop" else out
+
+
 def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
     if device.startswith("cuda"):
         n, reps = 8192, 50
@@ -128,16 +141,22 @@ def layer_cosines(a: Path, b: Path) -> list[float]:
     with FeatureStore(a) as fa, FeatureStore(b) as fb:
         x = fa.load("audio", dtype=np.float32).data
         y = fb.load("audio", ids=fa.ids("audio"), dtype=np.float32).data
-    return [float((x[:, l] * y[:, l]).sum() / np.linalg.norm(x[:, l]) / np.linalg.norm(y[:, l])) for l in range(x.shape[1])]
+    out = []
+    for l in range(x.shape[1]):  # in float64: float32 sums over millions of values drift past 1
+        a, b = x[:, l].astype(np.float64).ravel(), y[:, l].astype(np.float64).ravel()
+        out.append(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
+    return out
 
 
+# Peak RSS from /proc/self/status (VmHWM, of this process image): getrusage's ru_maxrss survives
+# exec, so a child started from a large parent reports the parent's size (it read 11 GB here).
 RSS_CHILD = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
 from emofuse.pipelines.extract import ExtractConfig, run_extract
 run_extract(ExtractConfig(corpus="manifest", manifest={manifest!r}, out={out!r}, audio_model={model!r},
             text_model=None, device={device!r}), echo=lambda *_: None)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
@@ -152,7 +171,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=90.0, help="audio seconds for the side-by-side runs")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--repeats", type=int, default=3, help="(a), (b), (c) alternated this many times; medians")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:  # one measured run, in its own process (see in_child)
+        which, a = json.loads(args.child)
+        fn = {"plain_loop": lambda m, man, dev: plain_loop(m, Path(man), dev),
+              "ours": lambda m, man, out, dt, dev: ours(m, Path(man), Path(out), dt, dev)}[which]
+        print(json.dumps(fn(*a)))
+        return
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -163,11 +189,11 @@ def main() -> None:
         dev = args.device
         runs: dict[str, list] = {"a": [], "b": [], "c": []}
         for k in range(args.repeats):  # alternated, so drifts of a noisy machine hit all three alike
-            runs["a"].append(plain_loop(model, manifest, dev))
+            runs["a"].append(in_child("plain_loop", model, manifest, dev))
             for key, dt in (("b", "float32"), ("c", "bfloat16")):
                 for f in tmp.glob(f"{key}.h5*"):
                     os.remove(f)
-                runs[key].append(ours(model, manifest, tmp / f"{key}.h5", dt, dev))
+                runs[key].append(in_child("ours", model, manifest, tmp / f"{key}.h5", dt, dev))
         wall_a, audio_a, loop_a = sorted(runs["a"])[len(runs["a"]) // 2]
         b, c = (sorted(runs[k], key=lambda r: r["wall_s"])[len(runs[k]) // 2] for k in ("b", "c"))
         cos = layer_cosines(tmp / "b.h5", tmp / "c.h5")

@@ -40,7 +40,7 @@ def stage_times(model_dir: str, manifest: Path, dtype: str, device: str, batch_s
     from emofuse.corpora import load_corpus, utterance_table
     from emofuse.extract.audio import load_audio
     from emofuse.extract.batching import length_batches
-    from emofuse.extract.encoders import HFAudioEncoder
+    from emofuse.extract.encoders import HFAudioEncoder, _host
     from emofuse.pipelines.extract import ExtractConfig, _batch_seconds
 
     enc = HFAudioEncoder(model_dir, device=device, dtype=dtype)
@@ -86,7 +86,7 @@ def stage_times(model_dir: str, manifest: Path, dtype: str, device: str, batch_s
                 hs = torch.stack(out.hidden_states, dim=2).to(torch.float16)
                 _sync(device)
                 t5 = time.perf_counter()
-                host = hs.cpu().numpy()
+                host = _host(hs, np.float16)  # the pipeline's copy (pinned memory from a GPU)
                 t6 = time.perf_counter()
             out_bytes += host.nbytes
             audio += sum(len(w) for w in waves) / enc.sample_rate
@@ -177,19 +177,22 @@ def kernel_profile(model_dir: str, dtype: str, device: str, seconds: float = 120
     return prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
 
 
-def whole_run_profile(model_dir: str, manifest: Path, out: Path, dtype: str, device: str) -> tuple[str, dict]:
+def whole_run(model_dir: str, manifest: Path, out: Path, dtype: str, device: str, profile: bool) -> tuple[str, dict]:
+    """One whole extract-embeddings run (cProfiled when ``profile``): its summary's timings."""
     from emofuse.pipelines.extract import ExtractConfig, run_extract
     cfg = ExtractConfig(corpus="manifest", manifest=str(manifest), out=str(out), audio_model=model_dir, text_model=None,
                         dtype=dtype, device=device)
     pr = cProfile.Profile()
     t0 = time.perf_counter()
-    pr.enable()
+    if profile:
+        pr.enable()
     s = run_extract(cfg, echo=lambda *_: None)
     pr.disable()
     wall = time.perf_counter() - t0
     st = s.streams[0]
     buf = io.StringIO()
-    pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(40)
+    if profile:
+        pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(40)
     return buf.getvalue(), {"wall_s": wall, "audio_s": st.audio_seconds, "load_s": st.time_load,
                             "encode_s": st.time_encode, "write_wait_s": st.time_write,
                             "write_busy_s": st.time_write_busy, "finalize_s": s.time_finalize}
@@ -223,9 +226,9 @@ def main() -> None:
             a = st["audio_s"]
             st["audio_s_per_s"] = {k: a / v if v else None for k, v in st["seconds"].items()}
             res["stages"][dt] = st
+            text, summ = whole_run(model, manifest, tmp / f"p-{dt}.h5", dt, dev, args.profile)
+            res["stages"][dt]["whole_run"] = summ
             if args.profile:
-                text, summ = whole_run_profile(model, manifest, tmp / f"p-{dt}.h5", dt, dev)
-                res["stages"][dt]["whole_run"] = summ
                 print(f"\n== cProfile of a whole extract-embeddings run, {dt} ==\n{text}")
                 print(f"\n== torch.profiler, one 120 s batch, {dt} ==\n{kernel_profile(model, dt, dev)}")
         audio = next(iter(res["stages"].values()))["audio_s"]
