@@ -84,12 +84,17 @@ def new_entry_table(f: h5py.File, path: str, arrays: Mapping[str, np.ndarray]) -
     return g
 
 
+def _offsets(lengths: list[int]) -> np.ndarray:
+    """Start row of each utterance whose rows lie back to back: 0, l0, l0 + l1, …"""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
+
+
 def append_rows(g: h5py.Group, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray]) -> None:
     """Append utterances to an entry table: ``arrays[name]`` holds their rows back to back."""
     n0 = g["ids"].shape[0]
     total0 = g[DATA].shape[0] if DATA in g else 0
     n = len(ids)
-    offsets = total0 + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64) if n else np.zeros(0, np.int64)
+    offsets = total0 + _offsets(lengths)
     for name, values in (("ids", np.array(ids, dtype=object)), ("offset", offsets),
                          ("length", np.asarray(lengths, dtype=np.int64))):
         g[name].resize((n0 + n,))
@@ -112,7 +117,7 @@ def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int
     """A complete entry table written once, every array contiguous (a part file's: written and
     read back whole, with no chunk layout to scatter into)."""
     g = f.require_group(path)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if ids else np.zeros(0, np.int64)
+    offsets = _offsets(lengths)
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
     g.create_dataset("offset", data=offsets)
     g.create_dataset("length", data=np.asarray(lengths, dtype=np.int64))

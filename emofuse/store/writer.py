@@ -326,9 +326,7 @@ def _absorb(dst, sources: list[str], infos: Mapping[str, Mapping[str, Any]], cac
             sg = dst.require_group(f"streams/{stream}")
             set_info(sg, info)
     for path, entries in sorted(plan.items()):
-        if path not in known:
-            known[path] = set(dst[path]["ids"].asstr()[...]) if path in dst else set()
-        existing = known[path]
+        existing = _ids_in(dst, path, known)
         seen: dict[str, str] = {}
         todo = []
         for e in sorted(entries, key=lambda e: e[0]):
@@ -363,12 +361,23 @@ def _absorb(dst, sources: list[str], infos: Mapping[str, Mapping[str, Any]], cac
         existing.update(e[0] for e in todo)
         added[path] = len(todo)
     for stream, sk in skips.items():
-        sg = dst[f"streams/{stream}"]
-        have = set(zip(sg["skipped"]["ids"].asstr()[...], sg["skipped"]["kind"].asstr()[...])) if "skipped" in sg else set()
-        new = [(i, kind, reason) for (i, kind), reason in sk.items() if (i, kind) not in have]
-        if new:
-            _write_skipped(sg, new)
+        _add_skips(dst[f"streams/{stream}"], sk)
     return added
+
+
+def _ids_in(dst, path: str, known: dict[str, set[str]]) -> set[str]:
+    """Ids of entry table ``path`` in ``dst``, read once and cached in ``known``."""
+    if path not in known:
+        known[path] = set(dst[path]["ids"].asstr()[...]) if path in dst else set()
+    return known[path]
+
+
+def _add_skips(sg, skips: Mapping[tuple[str, str], str]) -> None:
+    """Record ``{(utt_id, kind): reason}`` skips in stream group ``sg``, those it lacks."""
+    have = set(zip(sg["skipped"]["ids"].asstr()[...], sg["skipped"]["kind"].asstr()[...])) if "skipped" in sg else set()
+    new = [(i, kind, reason) for (i, kind), reason in skips.items() if (i, kind) not in have]
+    if new:
+        _write_skipped(sg, new)
 
 
 def _append_fresh(dst, stream: str, tables: Mapping[str, tuple[list[str], list[int], Mapping[str, np.ndarray]]],
@@ -378,9 +387,7 @@ def _append_fresh(dst, stream: str, tables: Mapping[str, tuple[list[str], list[i
     back, no per-utterance copies). None when an entry is already in ``dst``: the caller then
     merges the part file entry by entry."""
     for path, (ids, _, _) in tables.items():
-        if path not in known:
-            known[path] = set(dst[path]["ids"].asstr()[...]) if path in dst else set()
-        if not known[path].isdisjoint(ids):
+        if not _ids_in(dst, path, known).isdisjoint(ids):
             return None
     if not tables and not skipped:
         return {}
@@ -394,10 +401,7 @@ def _append_fresh(dst, stream: str, tables: Mapping[str, tuple[list[str], list[i
         known[path].update(ids)
         added[path] = len(ids)
     if skipped:
-        have = set(zip(sg["skipped"]["ids"].asstr()[...], sg["skipped"]["kind"].asstr()[...])) if "skipped" in sg else set()
-        new = {(i, kind): (i, kind, reason) for i, kind, reason in skipped if (i, kind) not in have}
-        if new:
-            _write_skipped(sg, list(new.values()))
+        _add_skips(sg, {(i, kind): reason for i, kind, reason in skipped})
     return added
 
 
