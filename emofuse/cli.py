@@ -161,19 +161,39 @@ def train_parser() -> argparse.ArgumentParser:
     text = ap.add_mutually_exclusive_group()
     text.add_argument("--text", dest="text", action="store_true", default=None, help="add the text stream (T)")
     text.add_argument("--no-text", dest="text", action="store_false", help="speech only")
-    ap.add_argument("--head", default="linear", choices=["linear", "transformer"], help="branch of none/late fusion")
+    ap.add_argument("--head", default="linear", choices=["linear", "transformer", "cnn-blstm", "proj-stats"],
+                    help="branch of none/late fusion: linear (default), transformer; with --fusion none also the "
+                         "cross-modal paper's unimodal systems cnn-blstm (audio) and proj-stats (text)")
     ap.add_argument("--audio-stream", default="audio")
     ap.add_argument("--text-stream", default="text")
     ap.add_argument("--norm", default="none", choices=["none", "global", "speaker"],
-                    help="feature standardisation: global (training folds' statistics) or per speaker")
-    ap.add_argument("--layers", help="layers to use: all (default), last, 6, 0-12 or 0,4,8")
+                    help="feature standardisation: global (training folds' statistics) or per speaker (default none)")
+    ap.add_argument("--norm-streams", default="speech", choices=["speech", "text", "all"],
+                    help="streams that --norm standardises (default speech, as the multi-granularity paper)")
+    ap.add_argument("--layers", help="encoder layers of both streams: all, last, 6, 1-12, 1- or 0,4,8 "
+                                     "(default: all; last for cma, cnn-blstm and proj-stats)")
+    ap.add_argument("--audio-layers", help="encoder layers of the speech streams (overrides --layers)")
+    ap.add_argument("--text-layers", help="encoder layers of the text stream (overrides --layers)")
+    ap.add_argument("--weighting", choices=["learned", "none"],
+                    help="learned layer weights + LayerNorm (Eq. 1), or none: one layer as it is "
+                         "(default: learned; none for cma, cnn-blstm and proj-stats)")
     ap.add_argument("--repeats", type=int, default=5, help="seeds per fold (default 5: 25 runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
     ap.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, help="default: 1e-3 feed-forward heads, 5e-5 attention heads, 1e-5 CMA")
-    ap.add_argument("--hidden", type=int, help="hidden size (default 128; CMA 256)")
+    ap.add_argument("--hidden", type=int, help="linear branch width (default 128)")
+    ap.add_argument("--proj", type=int, help="project streams to this width first; 0 = no projection (default: 0; "
+                                             "256 for cma, cnn-blstm, proj-stats)")
+    ap.add_argument("--heads", type=int, help="attention heads (default 8)")
+    ap.add_argument("--ff", type=int, help="feed-forward width inside attention blocks (default 4 x width; cma 256)")
+    ap.add_argument("--depth", type=int, help="attention blocks per branch (default 3; cma 1)")
+    ap.add_argument("--scheduler", choices=["none", "plateau", "plateau-ua"],
+                    help="learning-rate decay: plateau of validation loss, or of validation UA "
+                         "(default: none; plateau for cma, cnn-blstm and proj-stats)")
+    ap.add_argument("--lr-factor", type=float, default=0.5, help="decay factor of --scheduler (default 0.5)")
+    ap.add_argument("--lr-patience", type=int, default=2, help="epochs without improvement before a decay (default 2)")
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--folds", help="comma list of test sessions to run (default: all)")
@@ -199,9 +219,13 @@ def train_head(argv: Sequence[str] | None = None) -> int:
             raise EmofuseError("train-head needs --store STORE.h5")
         cfg = TrainConfig(store=args.store, out=args.out, fusion=args.fusion, granularity=args.granularity,
                           text=args.text, head=args.head, audio_stream=args.audio_stream, text_stream=args.text_stream,
-                          norm=args.norm, layers=args.layers, repeats=args.repeats, seed=args.seed,
+                          norm=args.norm, norm_streams=args.norm_streams, layers=args.layers,
+                          audio_layers=args.audio_layers, text_layers=args.text_layers, weighting=args.weighting,
+                          repeats=args.repeats, seed=args.seed,
                           epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                          hidden=args.hidden, dropout=args.dropout, val_fraction=args.val_fraction,
+                          hidden=args.hidden, proj=args.proj, heads=args.heads, ff=args.ff, depth=args.depth,
+                          scheduler=args.scheduler, lr_factor=args.lr_factor, lr_patience=args.lr_patience,
+                          dropout=args.dropout, val_fraction=args.val_fraction,
                           folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
                           device=args.device, memory_gb=args.memory_gb)
         run_train(cfg)
@@ -220,6 +244,7 @@ def ablate(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, help="override the spec's repeats")
     ap.add_argument("--epochs", type=int, help="override the spec's maximum epochs")
+    ap.add_argument("--folds", help="override the test sessions: a comma list (quick looks)")
     ap.add_argument("--report", action="store_true", help="also write figures and report.md")
     args = ap.parse_args(argv)
     _quiet_libraries()
@@ -231,7 +256,8 @@ def ablate(argv: Sequence[str] | None = None) -> int:
         if args.jobs < 1:
             raise EmofuseError(f"--jobs must be at least 1, found {args.jobs}")
         run_ablate(AblateConfig(store=args.store, spec=args.spec, out=args.out, jobs=args.jobs, device=args.device,
-                                repeats=args.repeats, epochs=args.epochs))
+                                repeats=args.repeats, epochs=args.epochs,
+                                folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None))
         with open(f"{args.out}/tables.md") as f:
             print(f.read())
         if args.report:

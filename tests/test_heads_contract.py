@@ -7,11 +7,34 @@ import torch
 from emofuse.heads import build_head
 from emofuse.heads.functional import GatheredRows, masked_mean, pad_rows, stats_pool, weight_layers
 
-DIMS = {"F": (4, 12), "P": (4, 12), "S": (4, 12), "W": (4, 12), "T": (3, 10)}
-HEADS = [("none", "linear", ["F"]), ("none", "transformer", ["T"]), ("late", "linear", ["F", "S", "T"]),
-         ("late", "transformer", ["F", "P"]), ("concat", "linear", ["F", "T"]),
-         ("coattention", "linear", ["F", "P", "T"]), ("cma", "linear", ["F", "T"])]
-IDS = [f"{f}-{h}-{'+'.join(k)}" for f, h, k in HEADS]
+DIMS = {"F": (4, 12), "P": (4, 12), "S": (4, 12), "W": (4, 12), "T": (3, 10), "F1": (1, 12), "T1": (1, 10),
+        "T12": (3, 12)}
+# (fusion, head, keys, options): the papers' sizes where the widths allow, the projected variants too
+HEADS = [("none", "linear", ["F"], {}), ("none", "transformer", ["T"], {"heads": 2}),
+         ("none", "transformer", ["T"], {"proj": 8, "heads": 4, "ff": 16}),
+         ("late", "linear", ["F", "S", "T"], {}), ("late", "transformer", ["F", "P"], {"heads": 4}),
+         ("concat", "linear", ["F", "T12"], {}), ("concat", "linear", ["F", "T"], {"proj": 8}),
+         ("coattention", "linear", ["F", "P", "T12"], {"heads": 4}),
+         ("coattention", "linear", ["F", "P", "T"], {"proj": 8, "heads": 4, "ff": 16}),
+         ("cma", "linear", ["F1", "T1"], {"proj": 8, "heads": 2, "ff": 8}),
+         ("cma", "linear", ["F", "T"], {"proj": 8, "heads": 2, "ff": 8, "weighting": "learned"}),
+         ("none", "cnn-blstm", ["F1"], {"proj": 8}), ("none", "proj-stats", ["T1"], {"proj": 8}),
+         ("none", "cnn-blstm", ["F"], {"proj": 8, "weighting": "learned"})]
+IDS = [f"{f}-{h}-{'+'.join(k)}" + ("-" + ",".join(f"{a}={b}" for a, b in o.items()) if o else "")
+       for f, h, k, o in HEADS]
+
+
+def head_of(fusion, head, keys, options, **kw):
+    """build_head with the text key named T and the speech keys as the heads expect them."""
+    return build_head(fusion, DIMS_FOR(keys), [canon(k) for k in keys], n_classes=4, head=head, **options, **kw)
+
+
+def canon(k):
+    return {"F1": "F", "T1": "T", "T12": "T"}.get(k, k)
+
+
+def DIMS_FOR(keys):
+    return {canon(k): DIMS[k] for k in keys}
 
 
 def make_batch(keys, lengths_by_key, seed=0):
@@ -20,7 +43,7 @@ def make_batch(keys, lengths_by_key, seed=0):
     for k in keys:
         lengths = torch.tensor(lengths_by_key[k])
         L, D = DIMS[k]
-        out[k] = (torch.randn(int(lengths.sum()), L, D, generator=g) * (1 + torch.arange(L))[None, :, None], lengths)
+        out[canon(k)] = (torch.randn(int(lengths.sum()), L, D, generator=g) * (1 + torch.arange(L))[None, :, None], lengths)
     return out
 
 
@@ -28,7 +51,7 @@ def lengths_for(keys, B, seed):
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k in keys:
-        hi = {"F": 40, "T": 12}.get(k, 8)
+        hi = {"F": 40, "T": 12}.get(canon(k), 8)
         lens = torch.randint(1, hi, (B,), generator=g)
         if k == "P" and B > 1:
             lens[1] = 0   # an utterance with no segment at this granularity
@@ -45,10 +68,10 @@ def select(batch, i):
     return out
 
 
-@pytest.mark.parametrize("fusion,head,keys", HEADS, ids=IDS)
-def test_shapes_and_padding_invariance(fusion, head, keys):
+@pytest.mark.parametrize("fusion,head,keys,options", HEADS, ids=IDS)
+def test_shapes_and_padding_invariance(fusion, head, keys, options):
     torch.manual_seed(0)
-    model = build_head(fusion, DIMS, keys, n_classes=4, head=head).eval()
+    model = head_of(fusion, head, keys, options).eval()
     batch = make_batch(keys, lengths_for(keys, 5, seed=1))
     with torch.no_grad():
         logits = model(batch)
@@ -58,20 +81,24 @@ def test_shapes_and_padding_invariance(fusion, head, keys):
             assert torch.allclose(alone[0], logits[i], atol=1e-5), f"utterance {i}: padding changed the output"
 
 
-@pytest.mark.parametrize("fusion,head,keys", HEADS, ids=IDS)
-def test_gradients_reach_layer_weights(fusion, head, keys):
+@pytest.mark.parametrize("fusion,head,keys,options", HEADS, ids=IDS)
+def test_gradients_reach_layer_weights(fusion, head, keys, options):
     torch.manual_seed(0)
-    model = build_head(fusion, DIMS, keys, n_classes=4, head=head).train()
+    model = head_of(fusion, head, keys, options).train()
     batch = make_batch(keys, lengths_for(keys, 6, seed=2))
     torch.nn.functional.cross_entropy(model(batch), torch.tensor([0, 1, 2, 3, 0, 1])).backward()
-    for k, w in model.weighting.items():
+    learned = [k for k, w in model.weighting.items() if w.learned]
+    assert learned == ([] if all(DIMS[k][0] == 1 for k in keys) else [canon(k) for k in keys])
+    for k in learned:
+        w = model.weighting[k]
         assert w.logits.grad is not None and w.logits.grad.abs().sum() > 0, f"no gradient reached {k}'s layer weights"
+    assert all(p.grad is not None for n, p in model.named_parameters()), "a parameter got no gradient"
 
 
-@pytest.mark.parametrize("fusion,head,keys", HEADS, ids=IDS)
-def test_overfits_32_examples(fusion, head, keys):
+@pytest.mark.parametrize("fusion,head,keys,options", HEADS, ids=IDS)
+def test_overfits_32_examples(fusion, head, keys, options):
     torch.manual_seed(0)
-    model = build_head(fusion, DIMS, keys, n_classes=4, head=head, dropout=0.0)
+    model = head_of(fusion, head, keys, options, dropout=0.0)
     batch = make_batch(keys, lengths_for(keys, 32, seed=3), seed=3)
     y = torch.arange(32) % 4
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

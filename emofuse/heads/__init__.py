@@ -1,8 +1,13 @@
-"""Heads: pure tensor functions (``functional``) under small Modules (layers, branches, fusion)."""
+"""Heads: pure tensor functions (``functional``) under small Modules (layers, branches, cma, fusion)."""
 
 from .branches import LinearBranch, TransformerBranch
-from .fusion import (CMAHead, CoattentionFusion, ConcatFusion, FUSIONS, Head, LateFusion, build_head, default_lr)
-from .layers import LayerWeighting, MaskedBatchNorm1d
+from .cma import AudioFeatureEncoder, AudioOnlyModel, CMAFusion, CMAModel, TextOnlyModel, TextProjection
+from .fusion import (CMAHead, CoattentionFusion, ConcatFusion, FUSIONS, Head, LateFusion, UnimodalCMAHead,
+                     build_head, default_lr)
+from .layers import LayerWeighting, MaskedBatchNorm1d, SingleLayer
+from .options import HEAD_DEFAULTS, HEAD_NAMES, head_defaults
 
-__all__ = ["LinearBranch", "TransformerBranch", "CMAHead", "CoattentionFusion", "ConcatFusion", "FUSIONS", "Head",
-           "LateFusion", "build_head", "default_lr", "LayerWeighting", "MaskedBatchNorm1d"]
+__all__ = ["LinearBranch", "TransformerBranch", "AudioFeatureEncoder", "AudioOnlyModel", "CMAFusion", "CMAModel",
+           "TextOnlyModel", "TextProjection", "CMAHead", "CoattentionFusion", "ConcatFusion", "FUSIONS", "Head",
+           "LateFusion", "UnimodalCMAHead", "build_head", "default_lr", "LayerWeighting", "MaskedBatchNorm1d",
+           "SingleLayer", "HEAD_DEFAULTS", "HEAD_NAMES", "head_defaults"]

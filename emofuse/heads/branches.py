@@ -26,18 +26,20 @@ class LinearBranch(nn.Module):
 
 
 class TransformerBranch(nn.Module):
-    """Table 1's transformer-encoder baseline: a projection to ``hidden``, 3 encoder layers,
-    then two feed-forward layers, masked average, output layer.
+    """Table 1's transformer-encoder baseline (MG §3.3): ``depth`` transformer-encoder layers at
+    the input width (or after a projection to ``proj`` when ``proj`` > 0), then two feed-forward
+    layers of width ``hidden``, masked average, output layer.
 
     forward(x (B, T, D), mask (B, T)) → logits (B, C).
     """
 
-    def __init__(self, dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.2, layers: int = 3,
-                 heads: int = 4):
+    def __init__(self, dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.2, depth: int = 3,
+                 heads: int = 8, proj: int = 0, ff: int | None = None):
         super().__init__()
-        self.proj = nn.Linear(dim, hidden)
-        self.layers = nn.ModuleList(AttentionBlock(hidden, heads, 2 * hidden, dropout) for _ in range(layers))
-        self.ff = FeedForward(hidden, hidden, dropout)
+        self.proj = nn.Linear(dim, proj) if proj else nn.Identity()
+        width = proj or dim
+        self.layers = nn.ModuleList(AttentionBlock(width, heads, ff or 4 * width, dropout) for _ in range(depth))
+        self.ff = FeedForward(width, hidden, dropout)
         self.out = nn.Linear(hidden, n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

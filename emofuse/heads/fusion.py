@@ -3,7 +3,11 @@
     forward({key: (rows (N_k, L_k, D_k), lengths (B,))}) → logits (B, C)
 
 Keys: ``F`` frames, ``P``/``S``/``W`` phone/syllable/word segments, ``T`` text tokens. Every
-stream has its own layer weighting (Eq. 1); ``layer_weights()`` returns them for the reports.
+stream has its own layer weighting (Eq. 1 of the multi-granularity paper) or, with
+``weighting="none"``, uses its one selected layer as it is; ``fuse`` does the rest on padded
+sequences ``{key: (x (B, T, D), mask (B, T))}``, so the same head can sit on top of encoders
+being fine-tuned. ``layer_weights()`` returns the learned weights for the reports. Sizes and
+their sources: ``heads/options.py``.
 """
 
 from __future__ import annotations
@@ -12,35 +16,46 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .branches import BRANCHES
-from .functional import lengths_to_mask, masked_mean, stats_pool
-from .layers import AttentionBlock, LayerWeighting, MaskedBatchNorm1d
+from .cma import AudioOnlyModel, CMAModel, TextOnlyModel
+from .functional import masked_mean
+from .layers import WEIGHTINGS, AttentionBlock
+from .options import FUSION_HEADS, HEAD_NAMES, head_defaults
 
 Inputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+Padded = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Dims = Mapping[str, tuple[int, int]]   # key → (layers L, dim D)
 
 
 class Head(nn.Module):
-    """Base: one ``LayerWeighting`` per input key."""
+    """Base: one layer weighting per input key (``LayerWeighting`` or ``SingleLayer``)."""
 
     keys: tuple[str, ...]
 
-    def __init__(self, dims: Dims, keys: Sequence[str]):
+    def __init__(self, dims: Dims, keys: Sequence[str], weighting: str = "learned"):
         super().__init__()
         missing = [k for k in keys if k not in dims]
         if missing:
             raise ValueError(f"no dimensions given for streams {missing}; have {sorted(dims)}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}, found {weighting!r}")
         self.keys = tuple(keys)
-        self.weighting = nn.ModuleDict({k: LayerWeighting(*dims[k]) for k in keys})
+        self.weighting = nn.ModuleDict({k: WEIGHTINGS[weighting](*dims[k]) for k in keys})
 
     def encode(self, inputs: Inputs, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         rows, lengths = inputs[key]
         return self.weighting[key](rows, lengths)
 
+    def forward(self, inputs: Inputs) -> torch.Tensor:
+        return self.fuse({k: self.encode(inputs, k) for k in self.keys})
+
+    def fuse(self, streams: Padded) -> torch.Tensor:   # pragma: no cover - every head overrides it
+        raise NotImplementedError
+
     def layer_weights(self) -> dict[str, list[float]]:
-        return {k: m.weights.detach().cpu().tolist() for k, m in self.weighting.items()}
+        """Learned weights per key (keys without a learned weighting are left out)."""
+        return {k: m.weights.detach().cpu().tolist() for k, m in self.weighting.items() if m.learned}
 
 
 class LateFusion(Head):
@@ -48,62 +63,80 @@ class LateFusion(Head):
     the unimodal model of Table 1."""
 
     def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, branch: str = "linear",
-                 hidden: int = 128, dropout: float = 0.2):
-        super().__init__(dims, keys)
+                 hidden: int = 128, dropout: float = 0.2, weighting: str = "learned", **sizes):
+        super().__init__(dims, keys, weighting)
         if branch not in BRANCHES:
             raise ValueError(f"branch must be one of {list(BRANCHES)}, found {branch!r}")
-        self.branches = nn.ModuleDict({k: BRANCHES[branch](dims[k][1], n_classes, hidden, dropout) for k in keys})
+        self.branches = nn.ModuleDict({k: BRANCHES[branch](dims[k][1], n_classes, hidden, dropout, **sizes)
+                                       for k in keys})
 
-    def forward(self, inputs: Inputs) -> torch.Tensor:
-        return torch.stack([self.branches[k](*self.encode(inputs, k)) for k in self.keys]).sum(0)
+    def fuse(self, streams: Padded) -> torch.Tensor:
+        return torch.stack([self.branches[k](*streams[k]) for k in self.keys]).sum(0)
 
 
 class ConcatFusion(Head):
-    """Concatenation early fusion: every stream projected to ``hidden`` and the sequences
-    concatenated along time before one linear branch (text and frames in one sequence)."""
+    """Concatenation early fusion (MG §2.3): the streams' sequences joined along time, then one
+    linear branch. With ``proj`` > 0 every stream is first projected to ``proj`` (needed when the
+    streams' widths differ); with ``proj`` = 0 (the paper's reading) they must share a width."""
 
     def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, hidden: int = 128, dropout: float = 0.2,
-                 branch: str = "linear"):
-        super().__init__(dims, keys)
-        self.proj = nn.ModuleDict({k: nn.Linear(dims[k][1], hidden) for k in keys})
-        self.branch = BRANCHES[branch](hidden, n_classes, hidden, dropout)
+                 branch: str = "linear", proj: int = 0, weighting: str = "learned"):
+        super().__init__(dims, keys, weighting)
+        widths = {k: dims[k][1] for k in keys}
+        if not proj and len(set(widths.values())) > 1:
+            raise ValueError(f"concatenation joins sequences of one width, found widths {widths}; "
+                             "project them to one width with proj")
+        self.proj = nn.ModuleDict({k: nn.Linear(dims[k][1], proj) for k in keys}) if proj else None
+        self.branch = BRANCHES[branch](proj or widths[keys[0]], n_classes, hidden, dropout)
 
-    def forward(self, inputs: Inputs) -> torch.Tensor:
-        xs, masks = zip(*(self.encode(inputs, k) for k in self.keys))
-        x = torch.cat([self.proj[k](x) for k, x in zip(self.keys, xs)], dim=1)
-        return self.branch(x, torch.cat(masks, dim=1))
+    def fuse(self, streams: Padded) -> torch.Tensor:
+        xs = [streams[k][0] if self.proj is None else self.proj[k](streams[k][0]) for k in self.keys]
+        return self.branch(torch.cat(xs, dim=1), torch.cat([streams[k][1] for k in self.keys], dim=1))
 
 
 class CoattentionFusion(Head):
     """Eq. 4, Fig. 3: per speech granularity, text queries speech and speech queries text, each a
-    transformer-encoder layer repeated ``layers`` times (both branches updated together); the
+    transformer-encoder layer repeated ``depth`` times (both branches updated together); the
     masked averages of the two branches are averaged; granularities are concatenated (c), then
-    g = LN(ReLU(W4 c + b4) + c) and logits = W5 g + b5."""
+    g = LN(ReLU(W4 c + b4) + c) and logits = W5 g + b5. With ``proj`` = 0 (the paper) Q/K/V act
+    on the Eq. 1 embeddings themselves; ``proj`` > 0 first projects every stream to that width."""
 
-    def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, hidden: int = 128, dropout: float = 0.2,
-                 layers: int = 3, heads: int = 4, text: str = "T"):
-        super().__init__(dims, keys)
+    def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, dropout: float = 0.2, depth: int = 3,
+                 heads: int = 8, proj: int = 0, ff: int | None = None, text: str = "T",
+                 weighting: str = "learned"):
+        super().__init__(dims, keys, weighting)
         if text not in keys or len(keys) < 2:
             raise ValueError(f"coattention needs the text stream {text!r} and at least one speech stream, found {list(keys)}")
         self.text, self.speech = text, tuple(k for k in keys if k != text)
-        self.text_proj = nn.Linear(dims[text][1], hidden)
-        self.speech_proj = nn.ModuleDict({k: nn.Linear(dims[k][1], hidden) for k in self.speech})
+        if proj:
+            self.text_proj = nn.Linear(dims[text][1], proj)
+            self.speech_proj = nn.ModuleDict({k: nn.Linear(dims[k][1], proj) for k in self.speech})
+        else:
+            widths = {k: dims[k][1] for k in keys}
+            if len(set(widths.values())) > 1:
+                raise ValueError(f"coattention averages its text and speech branches, so they need one width; "
+                                 f"found widths {widths}: project them with proj")
+            self.text_proj, self.speech_proj = None, None
+        width = proj or dims[text][1]
 
         def stack():
-            return nn.ModuleList(AttentionBlock(hidden, heads, 2 * hidden, dropout) for _ in range(layers))
+            return nn.ModuleList(AttentionBlock(width, heads, ff or 4 * width, dropout) for _ in range(depth))
         self.text_queries = nn.ModuleDict({k: stack() for k in self.speech})
         self.speech_queries = nn.ModuleDict({k: stack() for k in self.speech})
-        c = hidden * len(self.speech)
+        c = width * len(self.speech)
         self.w4, self.norm, self.w5 = nn.Linear(c, c), nn.LayerNorm(c), nn.Linear(c, n_classes)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, inputs: Inputs) -> torch.Tensor:
-        t0, t_mask = self.encode(inputs, self.text)
-        t0 = self.text_proj(t0)
+    def fuse(self, streams: Padded) -> torch.Tensor:
+        t0, t_mask = streams[self.text]
+        if self.text_proj is not None:
+            t0 = self.text_proj(t0)
         pooled = []
         for k in self.speech:
-            s, s_mask = self.encode(inputs, k)
-            s, t = self.speech_proj[k](s), t0
+            s, s_mask = streams[k]
+            if self.speech_proj is not None:
+                s = self.speech_proj[k](s)
+            t = t0
             for tq, sq in zip(self.text_queries[k], self.speech_queries[k]):
                 t, s = tq(t, s, s_mask), sq(s, t, t_mask)
             pooled.append((masked_mean(t, t_mask) + masked_mean(s, s_mask)) / 2)
@@ -113,74 +146,77 @@ class CoattentionFusion(Head):
 
 
 class CMAHead(Head):
-    """Cross-modal attention with frozen encoders: audio encoder (2 × Conv1d k3 s2 + BatchNorm +
-    ReLU, BiLSTM 128 per direction, dropout), text projection (Conv1d k1), CMA-1 (audio queries
-    text) and CMA-2 (text queries audio) with LayerNorm before attention, statistics pooling of
-    each, concatenation, classifier."""
+    """The cross-modal attention paper's system on frozen features (``heads/cma.py``): audio
+    feature encoder on the speech stream, projection of the text stream, CMA-1 and CMA-2,
+    statistics pooling, concatenation, classifier."""
 
-    def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, hidden: int = 256, dropout: float = 0.2,
-                 heads: int = 8, text: str = "T"):
-        super().__init__(dims, keys)
+    def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, proj: int = 256, dropout: float = 0.2,
+                 heads: int = 8, ff: int = 256, text: str = "T", weighting: str = "none"):
+        super().__init__(dims, keys, weighting)
         speech = [k for k in keys if k != text]
         if text not in keys or len(speech) != 1:
             raise ValueError(f"cma needs the text stream {text!r} and exactly one speech stream, found {list(keys)}")
-        self.text, self.audio = text, speech[0]
-        self.conv1 = nn.Conv1d(dims[self.audio][1], hidden, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv1d(hidden, hidden, 3, stride=2, padding=1)
-        self.bn1, self.bn2 = MaskedBatchNorm1d(hidden), MaskedBatchNorm1d(hidden)
-        self.lstm = nn.LSTM(hidden, hidden // 2, batch_first=True, bidirectional=True)
-        self.text_proj = nn.Conv1d(dims[text][1], hidden, 1)
-        self.cma1 = AttentionBlock(hidden, heads, hidden, dropout, pre_norm=True)
-        self.cma2 = AttentionBlock(hidden, heads, hidden, dropout, pre_norm=True)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(4 * hidden, n_classes)
+        self.model = CMAModel(dims[speech[0]][1], dims[text][1], n_classes, proj, heads, ff, dropout,
+                              audio=speech[0], text=text)
 
-    @staticmethod
-    def _down(lengths: torch.Tensor) -> torch.Tensor:
-        """Output lengths of a k3 s2 p1 convolution."""
-        return torch.where(lengths > 0, (lengths - 1) // 2 + 1, torch.zeros_like(lengths))
+    def fuse(self, streams: Padded) -> torch.Tensor:
+        return self.model.fuse(streams)
 
-    def forward(self, inputs: Inputs) -> torch.Tensor:
-        a, a_mask = self.encode(inputs, self.audio)
-        lengths = a_mask.sum(1)
-        h = a.transpose(1, 2)                                              # (B, D, T)
-        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
-            lengths = self._down(lengths)
-            h = conv(h)
-            h = torch.relu(bn(h, lengths_to_mask(lengths, h.shape[-1])))  # zeros at padding again
-        packed = pack_padded_sequence(h.transpose(1, 2), lengths.clamp(min=1).cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=h.shape[-1])
-        a_mask = lengths_to_mask(lengths, h.shape[1])
-        h = self.drop(h)
-        t, t_mask = self.encode(inputs, self.text)
-        t = self.text_proj(t.transpose(1, 2)).transpose(1, 2)
-        c1 = self.cma1(h, t, t_mask)     # audio queries text
-        c2 = self.cma2(t, h, a_mask)     # text queries audio
-        return self.out(self.drop(torch.cat([stats_pool(c1, a_mask), stats_pool(c2, t_mask)], dim=-1)))
+
+class UnimodalCMAHead(Head):
+    """The cross-modal attention paper's unimodal systems on frozen features: ``cnn-blstm`` (audio
+    feature encoder, statistics pooling, classifier) on a speech stream, ``proj-stats``
+    (projection, statistics pooling, classifier) on any stream (the paper: text)."""
+
+    def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, kind: str, proj: int = 256,
+                 dropout: float = 0.2, weighting: str = "none"):
+        super().__init__(dims, keys, weighting)
+        if len(keys) != 1:
+            raise ValueError(f"the {kind} head takes one stream, found {list(keys)}")
+        k = keys[0]
+        self.model = AudioOnlyModel(dims[k][1], n_classes, proj, dropout, key=k) if kind == "cnn-blstm" \
+            else TextOnlyModel(dims[k][1], n_classes, proj, key=k)
+
+    def fuse(self, streams: Padded) -> torch.Tensor:
+        return self.model.fuse(streams)
 
 
 FUSIONS = ("none", "late", "concat", "coattention", "cma")
-#: learning rates of the protocol: feed-forward heads 1e-3, attention heads 5e-5, CMA 1e-5
-DEFAULT_LR = {"linear": 1e-3, "transformer": 5e-5, "concat": 1e-3, "coattention": 5e-5, "cma": 1e-5}
-
-
-def build_head(fusion: str, dims: Dims, keys: Sequence[str], n_classes: int, head: str = "linear",
-               hidden: int | None = None, dropout: float = 0.2) -> Head:
-    """The head for a ``train-head`` configuration. ``fusion``: none (one stream), late, concat,
-    coattention, cma; ``head``: the branch of none/late (linear or transformer)."""
-    if fusion in ("none", "late"):
-        if fusion == "none" and len(keys) != 1:
-            raise ValueError(f"--fusion none trains one stream, found {list(keys)}")
-        return LateFusion(dims, keys, n_classes, head, hidden or 128, dropout)
-    if fusion == "concat":
-        return ConcatFusion(dims, keys, n_classes, hidden or 128, dropout)
-    if fusion == "coattention":
-        return CoattentionFusion(dims, keys, n_classes, hidden or 128, dropout)
-    if fusion == "cma":
-        return CMAHead(dims, keys, n_classes, hidden or 256, dropout)
-    raise ValueError(f"fusion must be one of {list(FUSIONS)}, found {fusion!r}")
 
 
 def default_lr(fusion: str, head: str) -> float:
-    return DEFAULT_LR[head if fusion in ("none", "late") else fusion]
+    """The protocol's learning rate: 1e-3 feed-forward heads, 5e-5 attention heads, 1e-5 the
+    cross-modal attention paper's systems."""
+    return head_defaults(fusion, head)["lr"]
+
+
+def build_head(fusion: str, dims: Dims, keys: Sequence[str], n_classes: int, head: str = "linear",
+               hidden: int | None = None, dropout: float = 0.2, *, proj: int | None = None,
+               heads: int | None = None, ff: int | None = None, depth: int | None = None,
+               weighting: str | None = None) -> Head:
+    """The head for a ``train-head`` configuration. ``fusion``: none (one stream), late, concat,
+    coattention, cma; ``head``: the branch of none/late fusion (linear, transformer; with none also
+    cnn-blstm and proj-stats). Options left at ``None`` take ``HEAD_DEFAULTS`` (heads/options.py)."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {list(FUSIONS)}, found {fusion!r}")
+    if head not in HEAD_NAMES:
+        raise ValueError(f"head must be one of {list(HEAD_NAMES)}, found {head!r}")
+    d = head_defaults(fusion, head)
+    pick = lambda name, v: d[name] if v is None else v  # noqa: E731
+    hidden, proj, heads, depth, weighting = (pick("hidden", hidden), pick("proj", proj), pick("heads", heads),
+                                             pick("depth", depth), pick("weighting", weighting))
+    ff = ff if ff is not None else d["ff"]   # None: ff_mult × the block's width
+    if fusion in ("none", "late"):
+        if fusion == "none" and len(keys) != 1:
+            raise ValueError(f"--fusion none trains one stream, found {list(keys)}")
+        if head in ("cnn-blstm", "proj-stats"):
+            if fusion != "none":
+                raise ValueError(f"the {head} head is a unimodal system: use it with fusion none")
+            return UnimodalCMAHead(dims, keys, n_classes, head, proj, dropout, weighting)
+        sizes = {} if head == "linear" else {"depth": depth, "heads": heads, "proj": proj, "ff": ff}
+        return LateFusion(dims, keys, n_classes, head, hidden, dropout, weighting, **sizes)
+    if fusion == "concat":
+        return ConcatFusion(dims, keys, n_classes, hidden, dropout, proj=proj, weighting=weighting)
+    if fusion == "coattention":
+        return CoattentionFusion(dims, keys, n_classes, dropout, depth, heads, proj, ff, weighting=weighting)
+    return CMAHead(dims, keys, n_classes, proj, dropout, heads, ff, weighting=weighting)

@@ -14,6 +14,8 @@ class LayerWeighting(nn.Module):
     forward(rows (N, L, D), lengths (B,)) → x (B, T, D), mask (B, T).
     """
 
+    learned = True
+
     def __init__(self, num_layers: int, dim: int):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(num_layers))
@@ -29,6 +31,29 @@ class LayerWeighting(nn.Module):
         return pad_rows(u, lengths)
 
 
+class SingleLayer(nn.Module):
+    """No weighting: the one selected layer as it is (no LayerNorm), as the cross-modal attention
+    paper feeds wav2vec2's last layer and BERT's output. Holds no parameters.
+
+    forward(rows (N, 1, D), lengths (B,)) → x (B, T, D) float32, mask (B, T).
+    """
+
+    learned = False
+
+    def __init__(self, num_layers: int, dim: int):
+        super().__init__()
+        if num_layers != 1:
+            raise ValueError(f"weighting 'none' takes exactly one layer per stream, found {num_layers} layers "
+                             "(select one with --layers last or a single index, or use --weighting learned)")
+        self.register_buffer("one", torch.ones(1), persistent=False)
+
+    def forward(self, rows: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_rows(weight_layers(rows, self.one), lengths)
+
+
+WEIGHTINGS = {"learned": LayerWeighting, "none": SingleLayer}
+
+
 class FeedForward(nn.Sequential):
     """Two position-wise layers with ReLU and dropout: (…, D) → (…, H)."""
 
@@ -42,15 +67,22 @@ class AttentionBlock(nn.Module):
     (self-attention when ctx is x): multi-head attention, residual, LayerNorm, feed-forward,
     residual, LayerNorm (post-LN), or LayerNorm before each sublayer with ``pre_norm``.
 
-    forward(x (B, Tq, d), ctx (B, Tk, d), ctx_mask (B, Tk) True at real keys) → (B, Tq, d).
+    Keys and values may have another width (``ctx_dim``): queries from 768-d text can attend to
+    1024-d speech without a projection.
+
+    forward(x (B, Tq, d), ctx (B, Tk, ctx_dim), ctx_mask (B, Tk) True at real keys) → (B, Tq, d).
     """
 
-    def __init__(self, dim: int, heads: int, ff: int, dropout: float, pre_norm: bool = False):
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float, pre_norm: bool = False,
+                 ctx_dim: int | None = None):
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        if dim % heads:
+            raise ValueError(f"{heads} attention heads do not divide the width {dim}")
+        ctx_dim = ctx_dim or dim
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True, kdim=ctx_dim, vdim=ctx_dim)
         self.ff = nn.Sequential(nn.Linear(dim, ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff, dim))
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.norm_ctx = nn.LayerNorm(dim) if pre_norm else None
+        self.norm_ctx = nn.LayerNorm(ctx_dim) if pre_norm else None
         self.drop = nn.Dropout(dropout)
         self.pre_norm = pre_norm
 

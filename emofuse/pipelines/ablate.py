@@ -39,6 +39,7 @@ class AblateConfig:
     device: str = "auto"
     repeats: int | None = None    # override the spec's repeats (quick looks)
     epochs: int | None = None
+    folds: tuple[str, ...] | None = None   # override the test sessions (quick looks)
 
 
 def load_spec(spec: str) -> dict:
@@ -108,6 +109,8 @@ def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[s
         defaults["repeats"] = cfg.repeats
     if cfg.epochs is not None:
         defaults["epochs"] = cfg.epochs
+    if cfg.folds is not None:
+        defaults["folds"] = tuple(cfg.folds)
     runs_dir = os.path.join(cfg.out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     train_cfgs: dict[str, TrainConfig] = {}

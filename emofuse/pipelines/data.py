@@ -10,7 +10,7 @@ batch is read from the store instead (``StoreSource``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,23 +24,59 @@ KEY_NAME = {"F": "frames", "P": "phone segments", "S": "syllable segments", "W":
 SPEECH_KEYS = ("F", "P", "S", "W")
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    """``None``/``all`` → every layer; ``"6"``, ``"0-12"``, ``"0,4,8"`` or ``"last"`` otherwise."""
+def parse_layers(spec: str | None, n_layers: int, layer_ids: Sequence[int] | None = None,
+                 option: str = "--layers", stream: str | None = None) -> list[int]:
+    """Positions of the selected layers in a stream's stored layer axis.
+
+    ``spec`` names *encoder* layers (hidden-state indices: 0 = the transformer's input, 1..N its
+    blocks): ``None``/``all`` every stored layer, ``last``, ``6``, ``1-12``, ``1-`` (1 to the
+    last), ``0,4,8``. ``layer_ids`` are the encoder indices the stream stores (default 0..L−1).
+    """
+    ids = list(range(n_layers)) if layer_ids is None else [int(i) for i in layer_ids]
+    where = f" of stream {stream!r}" if stream else ""
+    allowed = f"the stream{where and ' ' + repr(stream)} has layers {_ranges(ids)}"
     if spec in (None, "", "all"):
-        return list(range(n_layers))
+        return list(range(len(ids)))
+    spec = str(spec).strip()
     if spec == "last":
-        return [n_layers - 1]
+        if len(ids) == 1:
+            raise EmofuseError(f"{option} last: stream{where and ' ' + repr(stream)} has a single layer (hand-crafted "
+                               "descriptors or one stored layer), so there is no layer to select; leave "
+                               f"{option} unset (all)")
+        return [len(ids) - 1]
     out: list[int] = []
     try:
         for part in spec.split(","):
-            a, _, b = part.partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+            a, dash, b = part.strip().partition("-")
+            lo = int(a)
+            hi = (int(b) if b.strip() else ids[-1]) if dash else lo
+            if hi < lo:
+                raise ValueError
+            out += list(range(lo, hi + 1))
     except ValueError:
-        raise EmofuseError(f"--layers must look like 'all', 'last', '6', '0-12' or '0,4,8', found {spec!r}") from None
-    bad = [l for l in out if not 0 <= l < n_layers]
+        raise EmofuseError(f"{option} must look like 'all', 'last', '6', '1-12', '1-' or '0,4,8', found {spec!r}") from None
+    bad = [layer for layer in out if layer not in ids]
     if bad:
-        raise EmofuseError(f"--layers {spec}: layers {bad} do not exist (the stream has 0..{n_layers - 1})")
-    return out
+        raise EmofuseError(f"{option} {spec}: layers {bad} do not exist; {allowed}")
+    if len(set(out)) != len(out):
+        raise EmofuseError(f"{option} {spec}: a layer is selected twice")
+    return [ids.index(layer) for layer in out]
+
+
+def _ranges(ids: Sequence[int]) -> str:
+    if list(ids) == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}..{ids[-1]}"
+    return ",".join(map(str, ids))
+
+
+def stream_layer_ids(fs: FeatureStore, stream: str, kind: str) -> list[int]:
+    """Encoder layer index of each stored layer (a store may keep a subset of the encoder's layers)."""
+    info = fs.stream_info(stream)
+    L = fs.row_shape(stream, kind)[0]
+    ids = info.get("layer_ids")
+    if ids is not None and len(ids) == L:
+        return [int(i) for i in ids]
+    return list(range(L))
 
 
 def available_memory() -> int:
@@ -94,7 +130,7 @@ class TrainData:
     speakers: np.ndarray               # (U,)
     sources: dict                      # key → MemorySource | StoreSource
     dims: dict                         # key → (layers, dim)
-    layers: dict                       # key → list of layer indices used
+    layers: dict                       # key → encoder layer indices used (true indices, not positions)
     excluded: dict = field(default_factory=dict)   # reason → count (utterances left out)
     empty: dict = field(default_factory=dict)      # key → utterances with no segment (masked)
     in_memory: bool = True
@@ -112,7 +148,7 @@ class TrainData:
             else:
                 table = src.all_rows(idx).to(device, non_blocking=True)
                 index = torch.arange(len(table), device=device)
-            stats = norm[k].for_rows(np.repeat(idx, lens), device) if norm is not None else {}
+            stats = norm[k].for_rows(np.repeat(idx, lens), device) if norm is not None and k in norm else {}
             out[k] = (GatheredRows(table, index, **stats), torch.from_numpy(lens).to(device))
         return out
 
@@ -136,14 +172,19 @@ def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(0).float(), x.std(0, unbiased=False).clamp(min=1e-5).float()
 
 
-def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray) -> dict | None:
-    """Normalisers per key for one fold: ``none`` → None; statistics never see test labels."""
+def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray,
+                   keys: Sequence[str] | None = None) -> dict | None:
+    """Normalisers for one fold, for ``keys`` (default: every key): ``none`` → None. ``global``
+    statistics come from ``train_idx`` only (the fold's training utterances, never its test
+    session); ``speaker`` ones from each speaker's own rows and use no label."""
     if kind == "none":
         return None
     if kind not in ("global", "speaker"):
         raise EmofuseError(f"--norm must be none, global or speaker, found {kind!r}")
     out = {}
     for k, src in data.sources.items():
+        if keys is not None and k not in keys:
+            continue
         if kind == "global":
             m, s = _moments(src.all_rows(train_idx))
             out[k] = Normaliser(m[None], s[None], None)
@@ -183,10 +224,28 @@ def require(fs: FeatureStore, stream: str, key: str) -> None:
         raise _missing_stream(fs, stream, key)
 
 
+def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text_stream: str,
+                  layers: str | Mapping[str, str | None] | None = None) -> dict[str, tuple[list[int], list[int], int]]:
+    """Per key: (positions in the stored layer axis, encoder layer indices, width D). ``layers`` is
+    one spec for every stream, or ``{"audio": spec, "text": spec}``."""
+    out = {}
+    for k in keys:
+        side = "text" if k == "T" else "audio"
+        stream = text_stream if k == "T" else audio_stream
+        spec = layers.get(side) if isinstance(layers, Mapping) else layers
+        require(fs, stream, k)
+        L, D, _ = fs.row_shape(stream, KEY_KIND[k])
+        ids = stream_layer_ids(fs, stream, KEY_KIND[k])
+        pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream)
+        out[k] = (pos, [ids[p] for p in pos], D)
+    return out
+
+
 def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text_stream: str,
-                    layers: str | None = None, device: torch.device = torch.device("cpu"),
-                    memory_budget: int | None = None) -> TrainData:
-    """Read what ``keys`` need from the store: only those streams, granularities and layers."""
+                    layers: str | Mapping[str, str | None] | None = None,
+                    device: torch.device = torch.device("cpu"), memory_budget: int | None = None) -> TrainData:
+    """Read what ``keys`` need from the store: only those streams, granularities and layers
+    (``layers``: one spec for every stream, or ``{"audio": spec, "text": spec}``)."""
     utts = fs.utterances
     ids = np.asarray(utts.index)
     stream_of = {k: (text_stream if k == "T" else audio_stream) for k in keys}
@@ -211,12 +270,13 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
 
     # Sizes first, to decide memory vs streaming before reading anything big.
     lens, present, lsel, dims, total = {}, {}, {}, {}, 0
+    chosen = select_layers(fs, keys, audio_stream, text_stream, layers)
     for k in keys:
         index = fs.index(stream_of[k], KEY_KIND[k])
         present[k] = np.array([i in index for i in ids])
         lens[k] = np.array([index[i][1] if i in index else 0 for i in ids], np.int64)
         L, D, itemsize = fs.row_shape(stream_of[k], KEY_KIND[k])
-        lsel[k] = parse_layers(layers, L)
+        lsel[k] = chosen[k][0]
         dims[k] = (len(lsel[k]), D)
         total += int(lens[k].sum()) * len(lsel[k]) * D * itemsize
     # Where the rows live: on the GPU when they fit there, else in RAM (batches moved to the GPU),
@@ -241,5 +301,5 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
     return TrainData(ids=ids, y=np.array([classes.index(l) for l in labels]), classes=classes,
                      sessions=utts["session"].to_numpy()[keep].astype(str),
                      speakers=utts["speaker"].to_numpy()[keep].astype(str), sources=sources, dims=dims,
-                     layers=lsel, excluded=excluded, empty=empty, in_memory=in_memory, bytes=total,
+                     layers={k: chosen[k][1] for k in keys}, excluded=excluded, empty=empty, in_memory=in_memory, bytes=total,
                      home=str(home) if home is not None else "store")

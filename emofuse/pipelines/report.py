@@ -61,26 +61,39 @@ def confusion_figure(summary: dict, path: str, title: str) -> None:
     _save(plt, fig, path)
 
 
+def layer_ids_of(run: dict, key: str) -> list[int]:
+    """The encoder layer index of each learned weight of ``key`` in one run's metrics (runs from
+    before layer ids were recorded used every stored layer, 0..n−1)."""
+    ids = (run.get("layer_ids") or {}).get(key)
+    return list(ids) if ids is not None else list(range(len(run["layer_weights"][key])))
+
+
 def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
-    """Learned layer weights per stream, mean ± std over folds and repeats (layer 0 = input)."""
-    ws = [r["layer_weights"] for r in runs if r.get("layer_weights")]
+    """Learned layer weights, one panel per stream, mean ± std over folds and repeats, against the
+    encoder layer index each weight belongs to (0 = the transformer's input) and the uniform level."""
+    ws = [r for r in runs if r.get("layer_weights")]
     if not ws:
         return False
-    keys = [k for k in ws[0] if len(ws[0][k]) > 1]   # a one-layer stream (eGeMAPS) has nothing to weigh
+    keys = [k for k in ws[0]["layer_weights"] if len(ws[0]["layer_weights"][k]) > 1]   # one layer: nothing to weigh
     if not keys:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 2.8), dpi=150)
-    for k in keys:
-        w = np.array([x[k] for x in ws])
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 0.8, 2.6), dpi=150, squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        w = np.array([r["layer_weights"][k] for r in ws])
         m, s = w.mean(0), w.std(0)
-        layers = np.arange(len(m))
-        ax.errorbar(layers, m, yerr=s, marker="o", ms=3, capsize=2, label=STREAM_NAMES.get(k, k))
-    ax.axhline(1 / len(m), color="grey", lw=0.6, ls=":")
-    ax.set_xlabel("layer (0 = transformer input)")
-    ax.set_ylabel("weight")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7)
+        layers = layer_ids_of(ws[0], k)
+        ax.errorbar(layers, m, yerr=s, marker="o", ms=3, capsize=2, label="learned (mean ± std)")
+        ax.axhline(1 / len(m), color="grey", lw=0.8, ls=":", label=f"uniform (1/{len(m)})")
+        hi = max(float((m + s).max()), 1 / len(m))
+        ax.set_ylim(0, hi * 1.25)
+        ax.set_xticks(layers if len(layers) <= 13 else layers[::2])
+        ax.set_xlabel("encoder layer (0 = transformer input)", fontsize=7)
+        ax.set_title(STREAM_NAMES.get(k, k), fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("weight")
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle(title, fontsize=8)
     _save(plt, fig, path)
     return True
 

@@ -18,13 +18,17 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import EmofuseError
-from ..heads import FUSIONS, build_head, default_lr
+from ..heads import FUSIONS, build_head
+from ..heads.options import HEAD_NAMES, PLATEAU, head_defaults
 from ..store import FeatureStore
-from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require
+from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require, select_layers
 from .metrics import format_summary, scores, summarise
 
-HEADS = ("linear", "transformer")
+HEADS = HEAD_NAMES
 NORMS = ("none", "global", "speaker")
+NORM_STREAMS = ("speech", "text", "all")
+WEIGHTINGS = ("learned", "none")
+SCHEDULERS = ("none", "plateau", "plateau-ua")
 #: fields that do not change what is computed (left out of the run key)
 NOT_IN_KEY = ("out", "device", "memory_gb")
 
@@ -42,14 +46,25 @@ class TrainConfig:
     audio_stream: str = "audio"
     text_stream: str = "text"
     norm: str = "none"
-    layers: str | None = None       # None: every layer
+    norm_streams: str = "speech"    # which streams --norm standardises: speech (the paper), text, all
+    layers: str | None = None       # both streams; None: the head's default (all; last for the CMA paper's heads)
+    audio_layers: str | None = None  # overrides layers for speech streams
+    text_layers: str | None = None   # overrides layers for the text stream
+    weighting: str | None = None    # learned (Eq. 1) or none (one layer as it is); None: the head's default
     repeats: int = 5
     seed: int = 0
     epochs: int = 100
     patience: int = 10
     batch_size: int = 32
     lr: float | None = None         # None: the protocol's (1e-3 feed-forward, 5e-5 attention, 1e-5 CMA)
-    hidden: int | None = None
+    hidden: int | None = None       # sizes left at None take heads/options.py HEAD_DEFAULTS
+    proj: int | None = None         # 0: no projection (the encoders' width)
+    heads: int | None = None
+    ff: int | None = None
+    depth: int | None = None
+    scheduler: str | None = None    # none, plateau (decay on validation loss), plateau-ua (on validation UA)
+    lr_factor: float = PLATEAU["factor"]
+    lr_patience: int = PLATEAU["patience"]
     dropout: float = 0.2
     val_fraction: float = 0.1
     folds: tuple[str, ...] | None = None   # test sessions to run (default: every session)
@@ -63,6 +78,24 @@ class TrainConfig:
             raise EmofuseError(f"--head must be one of {list(HEADS)}, found {self.head!r}")
         if self.norm not in NORMS:
             raise EmofuseError(f"--norm must be one of {list(NORMS)}, found {self.norm!r}")
+        if self.norm_streams not in NORM_STREAMS:
+            raise EmofuseError(f"--norm-streams must be one of {list(NORM_STREAMS)}, found {self.norm_streams!r}")
+        if self.weighting is not None and self.weighting not in WEIGHTINGS:
+            raise EmofuseError(f"--weighting must be one of {list(WEIGHTINGS)}, found {self.weighting!r}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise EmofuseError(f"--scheduler must be one of {list(SCHEDULERS)}, found {self.scheduler!r}")
+        for name in ("hidden", "heads", "ff", "depth"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise EmofuseError(f"--{name} must be a positive integer, found {v!r}")
+        if self.proj is not None and (not isinstance(self.proj, int) or self.proj < 0):
+            raise EmofuseError(f"--proj must be 0 (no projection) or a positive width, found {self.proj!r}")
+        if not 0 < self.lr_factor < 1 or self.lr_patience < 0:
+            raise EmofuseError(f"--lr-factor must be in (0, 1) and --lr-patience at least 0, found "
+                               f"{self.lr_factor} and {self.lr_patience}")
+        if self.head in ("cnn-blstm", "proj-stats") and self.fusion != "none":
+            raise EmofuseError(f"--head {self.head} is one of the cross-modal paper's unimodal systems: it goes with "
+                               f"--fusion none, found --fusion {self.fusion}")
         if self.repeats < 1 or self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
             raise EmofuseError("--repeats, --epochs, --patience and --batch-size must be at least 1")
         if not 0 < self.val_fraction < 1:
@@ -89,16 +122,56 @@ class TrainConfig:
             raise EmofuseError(f"--fusion cma takes exactly one speech granularity (e.g. F), found {'+'.join(speech)}")
         if self.fusion in ("late", "concat") and len(keys) < 2:
             raise EmofuseError(f"--fusion {self.fusion} needs at least two streams, found {'+'.join(keys)}")
+        if self.norm != "none":
+            used = {"speech": speech, "text": [k for k in keys if k == "T"], "all": keys}[self.norm_streams]
+            if not used:
+                raise EmofuseError(f"--norm {self.norm} --norm-streams {self.norm_streams}: this configuration uses "
+                                   f"no {self.norm_streams} stream ({'+'.join(keys)}); choose --norm-streams "
+                                   f"{'text' if self.norm_streams == 'speech' else 'speech'} or all")
         return keys
 
+    def norm_keys(self) -> list[str]:
+        """The stream keys that --norm standardises."""
+        keys = self.keys()
+        return {"speech": [k for k in keys if k != "T"], "text": [k for k in keys if k == "T"],
+                "all": keys}[self.norm_streams] if self.norm != "none" else []
+
+    def resolved(self) -> dict:
+        """The head's options with every default filled in (HEAD_DEFAULTS, heads/options.py)."""
+        d = head_defaults(self.fusion, self.head)
+        pick = lambda name: getattr(self, name) if getattr(self, name) is not None else d[name]  # noqa: E731
+        layers = self.layers if self.layers is not None else d["layers"]
+        return {"hidden": pick("hidden"), "proj": pick("proj"), "heads": pick("heads"),
+                "ff": self.ff if self.ff is not None else d["ff"], "depth": pick("depth"),
+                "weighting": pick("weighting"), "scheduler": pick("scheduler"),
+                "lr": self.lr if self.lr is not None else d["lr"],
+                "audio_layers": self.audio_layers if self.audio_layers is not None else layers,
+                "text_layers": self.text_layers if self.text_layers is not None else layers}
+
     def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else default_lr(self.fusion, self.head)
+        return self.resolved()["lr"]
+
+    def layer_specs(self) -> dict:
+        r = self.resolved()
+        return {"audio": r["audio_layers"], "text": r["text_layers"]}
+
+    def build(self, dims: dict, n_classes: int):
+        """The head of this configuration for streams of ``dims`` (key → (layers, width))."""
+        r = self.resolved()
+        try:
+            return build_head(self.fusion, dims, self.keys(), n_classes, self.head, r["hidden"], self.dropout,
+                              proj=r["proj"], heads=r["heads"], ff=r["ff"], depth=r["depth"],
+                              weighting=r["weighting"])
+        except ValueError as e:
+            raise EmofuseError(f"--fusion {self.fusion}" + (f" --head {self.head}" if self.fusion in ("none", "late")
+                                                            else "") + f": {e}") from None
 
     def identity(self) -> dict:
         """What determines the results (the run key): every field but out/device/memory, resolved."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
         d["folds"] = list(self.folds) if self.folds else None
-        d.update(keys=self.keys(), lr=self.resolved_lr(), store=None)
+        d.update(self.resolved())
+        d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
         return d
 
 
@@ -158,13 +231,14 @@ def _predict(model, data: TrainData, idx: np.ndarray, device, norm, timer: Timer
 
 def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx: np.ndarray, seed: int,
               device: torch.device, norm, timer: Timer, progress: Callable[[str], None] = lambda s: None) -> tuple:
-    """Train one head with early stopping on validation UA (ties: lower validation loss). Returns (model at its best epoch, history)."""
+    """Train one head with early stopping on validation UA (ties: lower validation loss). Returns
+    (model at its best epoch, history, best epoch); each history entry records the learning rate."""
     torch.manual_seed(seed)
-    model = build_head(cfg.fusion, data.dims, cfg.keys(), len(data.classes), cfg.head, cfg.hidden,
-                       cfg.dropout).to(device)
+    model = cfg.build(data.dims, len(data.classes)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr())
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2) \
-        if cfg.fusion == "cma" else None
+    scheduler = cfg.resolved()["scheduler"]
+    sched = None if scheduler == "none" else torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min" if scheduler == "plateau" else "max", factor=cfg.lr_factor, patience=cfg.lr_patience)
     gen = torch.Generator().manual_seed(seed)
     y_all = torch.from_numpy(data.y)
     best, best_score, best_epoch, history = None, (-1.0, float("-inf")), -1, []
@@ -191,15 +265,16 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
         logits = _predict(model, data, val_idx, device, norm, timer)
         val = scores(data.y[val_idx], logits.argmax(1), len(data.classes))
         val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y_all[val_idx]))
-        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_ua": val["ua"]})
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_ua": val["ua"],
+                        "lr": opt.param_groups[0]["lr"]})
         progress(f"epoch {epoch + 1} val UA {val['ua']:.1f}")
         score = (val["ua"], -val_loss)   # validation UA, ties broken by validation loss
         if score > best_score:
             best, best_score, best_epoch = copy.deepcopy(model.state_dict()), score, epoch
         elif epoch - best_epoch >= cfg.patience:
             break
-        if sched is not None:
-            sched.step(val["ua"])
+        if sched is not None:   # decay on validation loss (plateau) or UA (plateau-ua); never the test set
+            sched.step(val_loss if scheduler == "plateau" else val["ua"])
     model.load_state_dict(best)
     return model, history, best_epoch
 
@@ -232,14 +307,18 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     device = resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
+        # Layer selections and head sizes are checked against the store before anything is written.
+        chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
+        cfg.build({k: (len(pos), D) for k, (pos, _, D) in chosen.items()}, 2)
         config = {"type": "emofuse.train-head", "emofuse_version": __version__, "config": asdict(cfg),
-                  "identity": cfg.identity(), "fingerprints": fingerprints}
+                  "identity": cfg.identity(), "fingerprints": fingerprints,
+                  "layer_ids": {k: ids for k, (_, ids, _) in chosen.items()}}
         _check_run_dir(cfg.out, config)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
         _write_json(os.path.join(cfg.out, "config.json"), config)
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
-        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layers, device, budget)
+        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget)
         t_load = time.perf_counter() - t0
         echo(f"train-head {cfg.fusion} {'+'.join(cfg.keys())} ({cfg.head}): {len(data.ids)} utterances, classes "
              f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
@@ -263,7 +342,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                 # global statistics depend on the fold's training sessions; per-speaker ones do not
                 nkey = session if cfg.norm == "global" else None
                 if nkey not in norms:
-                    norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])))
+                    norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
                 norm = norms[nkey]
                 bar.set_postfix_str(f"repeat {r} fold {session}")
                 model, history, best_epoch = train_one(
@@ -273,13 +352,14 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                 m = scores(data.y[te], logits.argmax(1), len(data.classes))
                 m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
                          n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights=model.layer_weights(),
-                         history=history)
+                         layer_ids={k: data.layers[k] for k in model.layer_weights()}, history=history)
                 p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
                                   "label": np.array(data.classes)[data.y[te]],
                                   "pred": np.array(data.classes)[logits.argmax(1)]})
                 for c, name in enumerate(data.classes):
                     p[f"logit_{name}"] = logits[:, c]
-                _save_run(rdir, model, m, p)
+                _save_run(rdir, model, m, p, {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion,
+                                              "head": cfg.head, "keys": "+".join(cfg.keys())})
                 runs.append(m)
                 preds.append(p)
                 bar.update(1)
@@ -296,14 +376,14 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     return summary
 
 
-def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame) -> None:
-    """A finished (repeat, fold): checkpoint, predictions, then metrics.json last (its presence
-    marks the run finished)."""
+def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame, meta: dict | None = None) -> None:
+    """A finished (repeat, fold): checkpoint (its metadata names the encoder layers each stream
+    read), predictions, then metrics.json last (its presence marks the run finished)."""
     from safetensors.torch import save_file
 
     os.makedirs(rdir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(rdir, "model.safetensors"), metadata={"type": "emofuse.head"})
+    save_file(state, os.path.join(rdir, "model.safetensors"), metadata={"type": "emofuse.head", **(meta or {})})
     preds.to_csv(os.path.join(rdir, "predictions.csv"), index=False)
     _write_json(os.path.join(rdir, "metrics.json"), metrics)
 

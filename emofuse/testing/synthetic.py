@@ -24,10 +24,12 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
                          dim: int = 16, text_layers: int | None = None, text_dim: int | None = None,
                          planted_stream: str = "audio", planted_layer: int = 3, strength: float = 1.0,
                          mean_seconds: float = 4.5, max_seconds: float = 20.0, fps: float = 50.0,
-                         dtype=np.float16, seed: int = 0, empty_word_ids: int = 0) -> dict:
+                         dtype=np.float16, seed: int = 0, empty_word_ids: int = 0,
+                         audio_stream: str = "audio") -> dict:
     """Write the store; return its facts (ids, labels, lengths). ``per_class`` utterances of each
     class per session, two speakers per session. ``empty_word_ids``: that many utterances get no
-    word segment (as after a failed alignment)."""
+    word segment (as after a failed alignment). ``audio_stream``: the speech stream's name
+    (``planted_stream="audio"`` plants in it whatever its name)."""
     rng = np.random.default_rng(seed)
     text_layers, text_dim = text_layers or layers, text_dim or dim
     ids, labels, sess, spk, secs = [], [], [], [], []
@@ -48,7 +50,7 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
     lengths = {}
     path = Path(path)
     with StoreWriter(path, table, {"kind": "synthetic"}) as w:
-        w.add_stream("audio", {"fingerprint": f"synthetic-audio-{seed}", "encoder_id": "synthetic", "num_layers": layers,
+        w.add_stream(audio_stream, {"fingerprint": f"synthetic-audio-{seed}", "encoder_id": "synthetic", "num_layers": layers,
                                "dim": dim, "frame_hop_s": 1 / fps, "frame_window_s": 1 / fps})
         w.add_stream("text", {"fingerprint": f"synthetic-text-{seed}", "encoder_id": "synthetic",
                               "num_layers": text_layers, "dim": text_dim})
@@ -83,7 +85,7 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
                                        "offsets": np.stack([np.arange(N), np.arange(N) + 1], 1).astype(np.int32),
                                        "special": np.zeros(N, bool)}
                 lengths[uid] = T
-            w.commit("audio", audio)
+            w.commit(audio_stream, audio)
             w.commit("text", text)
         w.finalize()
     return {"ids": ids, "labels": labels, "sessions": sess, "frames": lengths, "no_words": sorted(no_words)}

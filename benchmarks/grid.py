@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Grid benchmark: every training row of a bundled paper spec on a synthetic store with
+IEMOCAP's shapes, a fixed number of epochs (no early stopping), one seed × the 5 folds; per row
+the seconds per run-epoch and the peak GPU memory, and the whole grid extrapolated to the
+protocol's 25 runs per row at ``--grid-epochs`` epochs per run and to IEMOCAP's 5,531 utterances.
+
+Store: 13 layers × 768 audio (frames 50/s, phone/syllable/word segments) and text (4-24 tokens),
+float16, IEMOCAP's length distribution, ``--scale`` × 5,531 utterances. The per-epoch time is
+scaled to full size linearly in the number of utterances (the epoch is a pass over them).
+
+    python benchmarks/grid.py [--scale 0.02] [--epochs 2] [--device cpu] [--rows 'Late F+S,Coattention F+P']
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from emofuse.pipelines.ablate import TRAIN_FIELDS, load_spec  # noqa: E402
+from emofuse.pipelines.train import TrainConfig, resolve_device, run_train  # noqa: E402
+from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
+from common import record  # noqa: E402
+
+IEMOCAP = 5531
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", default="paper-multilevel")
+    ap.add_argument("--scale", type=float, default=0.02, help="fraction of IEMOCAP's 5,531 utterances")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs timed per run (fixed, no early stopping)")
+    ap.add_argument("--grid-epochs", type=int, default=30, help="epochs per run assumed for the extrapolation")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rows", help="comma list of row labels (default: every training row)")
+    ap.add_argument("--store", help="reuse this synthetic store (created when missing)")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    spec = load_spec(args.spec)
+    defaults = dict(spec.get("defaults") or {})
+    rows = {label: r for label, r in spec["_labels"].items() if "combine" not in r}
+    if args.rows:
+        wanted = [x.strip() for x in args.rows.split(",")]
+        rows = {k: rows[k] for k in wanted}
+    per_class = max(1, round(args.scale * IEMOCAP / 20))    # 4 classes × 5 sessions
+    n_utts = per_class * 20
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.store or os.path.join(tmp, "grid.h5")
+        t0 = time.perf_counter()
+        if not os.path.exists(path):
+            make_synthetic_store(path, per_class=per_class, layers=13, dim=768, planted_layer=7, strength=0.3,
+                                 seed=0)
+        t_store = time.perf_counter() - t0
+        out, total_full = [], 0.0
+        for label, row in rows.items():
+            params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
+            params.update(repeats=1, epochs=args.epochs, patience=args.epochs + 1)
+            cfg = TrainConfig(store=path, out=os.path.join(tmp, "runs", str(len(out))), device=str(device), **params)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t1 = time.perf_counter()
+            s = run_train(cfg, echo=lambda m: None)
+            wall = time.perf_counter() - t1
+            train_wall = wall - s["time"]["load_s"]
+            run_epochs = sum(r["epochs"] for r in s["runs"])
+            per_epoch = train_wall / run_epochs
+            full = per_epoch * IEMOCAP / n_utts
+            grid = full * args.grid_epochs * 25
+            total_full += grid
+            out.append({"row": label, "fusion": cfg.fusion, "keys": "+".join(cfg.keys()), "head": cfg.head,
+                        "s_per_run_epoch": round(per_epoch, 4), "s_per_run_epoch_full_scale": round(full, 3),
+                        "row_wall_25_runs_s": round(grid, 1), "load_s": round(s["time"]["load_s"], 2),
+                        "gpu_peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
+                        if device.type == "cuda" else None,
+                        "compute_share": round(s["time"]["compute_s"] / max(train_wall, 1e-9), 3)})
+            print(f"{label:<28} {per_epoch:8.3f} s/run-epoch   full scale {full:7.2f} s   "
+                  f"25 runs × {args.grid_epochs} epochs {grid / 60:7.1f} min", flush=True)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    res = {"benchmark": "grid", "spec": args.spec, "scale": args.scale, "utterances": n_utts,
+           "epochs_timed": args.epochs, "grid_epochs_assumed": args.grid_epochs, "device": str(device), "gpu": gpu,
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                      f"{torch.get_num_threads()} threads" + (f", {gpu}" if gpu else ""),
+           "store_build_s": round(t_store, 1), "rows": out, "grid_wall_full_scale_h": round(total_full / 3600, 2)}
+    slowest = max(out, key=lambda r: r["row_wall_25_runs_s"]) if out else None
+    row = (f"| grid | {time.strftime('%Y-%m-%d')} | {res['machine']} | {args.spec}, {len(out)} rows, {n_utts} utts "
+           f"({args.scale} × IEMOCAP), {args.epochs} epochs × 5 folds | whole grid at IEMOCAP size, 25 runs × "
+           f"{args.grid_epochs} epochs per row: {res['grid_wall_full_scale_h']} h"
+           + (f"; slowest row {slowest['row']} {slowest['s_per_run_epoch_full_scale']} s/epoch" if slowest else "")
+           + " | per-run path (one head at a time) | — | — | — |")
+    record("grid", res, row, str(device))
+
+
+if __name__ == "__main__":
+    main()
