@@ -8,13 +8,13 @@ Store: 13 layers × 768 audio (frames 50/s, phone/syllable/word segments) and te
 float16, IEMOCAP's length distribution, ``--scale`` × 5,531 utterances. The per-epoch time is
 scaled to full size linearly in the number of utterances (the epoch is a pass over them).
 
-    python benchmarks/grid.py [--scale 0.02] [--epochs 2] [--device cpu] [--rows 'Late F+S,Coattention F+P']
+    python benchmarks/grid.py [--scale 0.02] [--epochs 2] [--device cpu] [--rows "Late F+S;Coattention F+P"]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
 import platform
 import sys
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs timed per run (fixed, no early stopping)")
     ap.add_argument("--grid-epochs", type=int, default=30, help="epochs per run assumed for the extrapolation")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--rows", help="comma list of row labels (default: every training row)")
+    ap.add_argument("--rows", help="row labels separated by ; (default: every training row)")
     ap.add_argument("--store", help="reuse this synthetic store (created when missing)")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -51,7 +51,7 @@ def main() -> None:
     defaults = dict(spec.get("defaults") or {})
     rows = {label: r for label, r in spec["_labels"].items() if "combine" not in r}
     if args.rows:
-        wanted = [x.strip() for x in args.rows.split(",")]
+        wanted = [x.strip() for x in args.rows.split(";")]
         rows = {k: rows[k] for k in wanted}
     per_class = max(1, round(args.scale * IEMOCAP / 20))    # 4 classes × 5 sessions
     n_utts = per_class * 20
@@ -73,8 +73,10 @@ def main() -> None:
             s = run_train(cfg, echo=lambda m: None)
             wall = time.perf_counter() - t1
             train_wall = wall - s["time"]["load_s"]
-            run_epochs = sum(r["epochs"] for r in s["runs"])
-            per_epoch = train_wall / run_epochs
+            histories = [json.load(open(os.path.join(cfg.out, "runs", d, "metrics.json")))["history"]
+                         for d in sorted(os.listdir(os.path.join(cfg.out, "runs")))]
+            epochs = [e for h in histories for e in h]
+            per_epoch = sum(e["seconds"] for e in epochs) / len(epochs)   # training + validation of one epoch
             full = per_epoch * IEMOCAP / n_utts
             grid = full * args.grid_epochs * 25
             total_full += grid
@@ -83,6 +85,7 @@ def main() -> None:
                         "row_wall_25_runs_s": round(grid, 1), "load_s": round(s["time"]["load_s"], 2),
                         "gpu_peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
                         if device.type == "cuda" else None,
+                        "run_overhead_s": round((train_wall - sum(e["seconds"] for e in epochs)) / len(histories), 3),
                         "compute_share": round(s["time"]["compute_s"] / max(train_wall, 1e-9), 3)})
             print(f"{label:<28} {per_epoch:8.3f} s/run-epoch   full scale {full:7.2f} s   "
                   f"25 runs × {args.grid_epochs} epochs {grid / 60:7.1f} min", flush=True)

@@ -243,6 +243,7 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
     y_all = torch.from_numpy(data.y)
     best, best_score, best_epoch, history = None, (-1.0, float("-inf")), -1, []
     for epoch in range(cfg.epochs):
+        t_epoch = time.perf_counter()
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         total, n = 0.0, 0
@@ -266,7 +267,7 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
         val = scores(data.y[val_idx], logits.argmax(1), len(data.classes))
         val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y_all[val_idx]))
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_ua": val["ua"],
-                        "lr": opt.param_groups[0]["lr"]})
+                        "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t_epoch, 4)})
         progress(f"epoch {epoch + 1} val UA {val['ua']:.1f}")
         score = (val["ua"], -val_loss)   # validation UA, ties broken by validation loss
         if score > best_score:
