@@ -11,8 +11,9 @@ def waves(seed=0, lengths=(16000, 5000, 12345, 401, 23456)):
     return [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in lengths]
 
 
-@pytest.mark.parametrize("kind", ["group", "layer"])
+@pytest.mark.parametrize("kind", ["group", "layer", "hubert", "wavlm", "data2vec-audio"])
 def test_batched_equals_single(tiny_models, kind):
+    """Every audio family we name: batched = one at a time at every hidden state (float32)."""
     enc = HFAudioEncoder(tiny_models[kind], device="cpu")
     ws = waves()
     single = [enc.encode([w])[0] for w in ws]
@@ -42,6 +43,19 @@ def test_naive_padding_would_change_group_norm_outputs(tiny_models):
     with torch.no_grad():
         padded = model(x, output_hidden_states=True).hidden_states[-1][1, :12]
         alone = model(x[1:, :4000], output_hidden_states=True).hidden_states[-1][0, :12]
+    assert (padded - alone).abs().max() > 1e-2
+
+
+def test_naive_padding_would_change_data2vec_audio_outputs(tiny_models):
+    """data2vec-audio's stacked positional convolutions carry padding into real frames unless masked."""
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(tiny_models["data2vec-audio"]).eval()
+    x = torch.zeros(2, 16000)
+    x[0] = torch.from_numpy(waves(lengths=(16000,))[0])
+    x[1, :6000] = torch.from_numpy(waves(seed=1, lengths=(6000,))[0])
+    with torch.no_grad():
+        padded = model(x, attention_mask=(x != 0).long(), output_hidden_states=True).hidden_states[-1][1, :18]
+        alone = model(x[1:, :6000], output_hidden_states=True).hidden_states[-1][0, :18]
     assert (padded - alone).abs().max() > 1e-2
 
 

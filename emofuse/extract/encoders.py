@@ -1,9 +1,11 @@
 """Frozen encoders that return every hidden state.
 
-Audio: any transformers checkpoint with a wav2vec2-style conv front end (wav2vec2, HuBERT,
-WavLM, data2vec-audio), ``untrained:wav2vec2-small`` (random weights, fixed seed: for demos and
-tests), or ``opensmile:<feature set>`` (hand-crafted low-level descriptors as a 1-layer stream).
-Text: any transformers checkpoint with a fast tokenizer (BERT, RoBERTa, MiniLM …).
+Audio: a transformers checkpoint of a wav2vec2-style family (wav2vec2, HuBERT, WavLM,
+data2vec-audio), a Whisper checkpoint (its encoder only, see ``whisper.py``),
+``untrained:wav2vec2-small`` (random weights, fixed seed: for demos and tests), or
+``opensmile:<feature set>`` (hand-crafted low-level descriptors as a 1-layer stream).
+Text: a transformers checkpoint with a fast tokenizer, bidirectional (BERT, RoBERTa, MiniLM …)
+or a decoder-only causal LM (GPT-2, Llama, Qwen2 …).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .. import __version__
 from ..errors import EmofuseError
 from ..store import digest
 from .audio import BadInput
-from .masking import MaskedGroupNorm, conv_output_lengths, receptive_field
+from .families import AUDIO_FAMILIES, audio_family, text_family
+from .masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 UNTRAINED = {  # small wav2vec2 architectures with random weights
@@ -102,8 +105,9 @@ def _host(t: torch.Tensor, dtype: Any) -> np.ndarray:
 class HFAudioEncoder:
     """A transformers speech encoder returning ``(T, L, D)`` per utterance, L = layers + 1.
 
-    Batches are exact: padding is masked in the attention and, for group-norm front ends
-    (``feat_extract_norm="group"``, e.g. wav2vec2-base), in the first conv layer's statistics.
+    Batches are exact: padding is masked in the attention; for group-norm front ends
+    (``feat_extract_norm="group"``, e.g. wav2vec2-base) in the first conv layer's statistics; for
+    data2vec-audio between the convolutions of its positional embedding.
     """
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "float32", seed: int = 0):
@@ -125,6 +129,11 @@ class HFAudioEncoder:
         else:
             try:
                 config = AutoConfig.from_pretrained(spec)
+            except (OSError, ValueError) as e:
+                raise _load_error("audio", spec, e) from e
+            if audio_family(config.model_type, spec) == "whisper":
+                raise EmofuseError(f"{spec!r} is a Whisper checkpoint: load it with load_audio_encoder (WhisperAudioEncoder)")
+            try:
                 model = AutoModel.from_pretrained(spec)
             except (OSError, ValueError) as e:
                 raise _load_error("audio", spec, e) from e
@@ -148,12 +157,18 @@ class HFAudioEncoder:
             layer0 = self.model.feature_extractor.conv_layers[0]
             self.group_norm = MaskedGroupNorm(layer0.layer_norm)
             layer0.layer_norm = self.group_norm
+        self.pos_stack = None
+        pos = getattr(getattr(self.model, "encoder", None), "pos_conv_embed", None)
+        if pos is not None and isinstance(getattr(pos, "layers", None), torch.nn.ModuleList):  # data2vec-audio
+            self.pos_stack = MaskedConvStack(pos)
+            self.model.encoder.pos_conv_embed = self.pos_stack
         preprocessing = {"do_normalize": bool(getattr(fe, "do_normalize", False)), "sampling_rate": self.sample_rate,
                          "padding_value": float(getattr(fe, "padding_value", 0.0))}
         self.num_layers = config.num_hidden_layers + 1
         self.dim = config.hidden_size
         self.info: dict[str, Any] = {
             "kind": "audio", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
+            "family": AUDIO_FAMILIES[config.model_type][0], "exact_batching": True,
             "revision": revision, "weights_hash": self.info_weights_hash, "config_hash": digest(config.to_dict()),
             "num_layers": self.num_layers, "dim": self.dim, "sample_rate": self.sample_rate,
             "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": self.window / self.sample_rate,
@@ -193,7 +208,8 @@ class HFAudioEncoder:
         n_frames = conv_output_lengths(lengths, self.kernels, self.strides)
         norm_ctx = (self.group_norm.valid_lengths(conv_output_lengths(lengths, self.kernels[:1], self.strides[:1]))
                     if self.group_norm is not None else contextlib.nullcontext())
-        with norm_ctx:
+        pos_ctx = (self.pos_stack.valid_lengths(n_frames) if self.pos_stack is not None else contextlib.nullcontext())
+        with norm_ctx, pos_ctx:
             out = self.model(x.to(self.device, self.dtype), attention_mask=mask.to(self.device), output_hidden_states=True)
         hs = _host(torch.stack(out.hidden_states, dim=2), out_dtype)  # (B, T, L, D)
         return [hs[i, :int(n)] for i, n in enumerate(n_frames)]
@@ -218,6 +234,7 @@ class OpenSmileEncoder:
         self.names = list(self.smile.feature_names)
         self.num_layers, self.dim = 1, len(self.names)
         self.info = {"kind": "audio", "encoder": "opensmile", "encoder_id": spec, "model_type": "opensmile",
+                     "family": "openSMILE", "exact_batching": True,
                      "revision": f"opensmile-{opensmile.__version__}", "feature_names": self.names,
                      "num_layers": 1, "dim": self.dim, "sample_rate": self.sample_rate, "frame_hop_s": 0.01,
                      "frame_window_s": 0.02, "compute_dtype": "float32", "untrained": False,
@@ -242,8 +259,24 @@ class OpenSmileEncoder:
 
 
 def load_audio_encoder(spec: str, device: str = "auto", dtype: str = "float32"):
+    """The audio encoder for ``spec``; a Whisper checkpoint may carry ``#window=SECONDS``."""
     if spec.startswith("opensmile:"):
         return OpenSmileEncoder(spec)
+    if spec.startswith("untrained:"):
+        return HFAudioEncoder(spec, device=device, dtype=dtype)
+    from transformers import AutoConfig
+
+    from .whisper import WhisperAudioEncoder, split_options
+    path, options = split_options(spec)
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError) as e:
+        raise _load_error("audio", path, e) from e
+    if audio_family(model_type, path) == "whisper":
+        return WhisperAudioEncoder(spec, device=device, dtype=dtype)
+    if options:
+        raise EmofuseError(f"audio model {spec!r}: options after '#' are for Whisper checkpoints only, "
+                           f"and {path!r} is a {model_type} model")
     return HFAudioEncoder(spec, device=device, dtype=dtype)
 
 

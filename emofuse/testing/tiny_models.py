@@ -35,3 +35,38 @@ def tiny_bert(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 
     BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+def _tiny_conv_audio(folder, config_cls, model_cls, seed: int, layers: int, hidden: int, **extra) -> str:
+    from transformers import Wav2Vec2FeatureExtractor
+
+    cfg = config_cls(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
+                     conv_dim=(16,) * 7, num_conv_pos_embedding_groups=4, **extra)
+    torch.manual_seed(seed)
+    model_cls(cfg).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000, return_attention_mask=True).save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_hubert(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> str:
+    """A HuBERT checkpoint folder (group-norm front end, like hubert-base)."""
+    from transformers import HubertConfig, HubertModel
+
+    return _tiny_conv_audio(folder, HubertConfig, HubertModel, seed, layers, hidden, num_conv_pos_embeddings=16,
+                            feat_extract_norm="group")
+
+
+def tiny_wavlm(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> str:
+    """A WavLM checkpoint folder (relative position bias, gated; group-norm front end like wavlm-base)."""
+    from transformers import WavLMConfig, WavLMModel
+
+    return _tiny_conv_audio(folder, WavLMConfig, WavLMModel, seed, layers, hidden, num_conv_pos_embeddings=16,
+                            feat_extract_norm="group", num_buckets=32, max_bucket_distance=100)
+
+
+def tiny_data2vec_audio(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> str:
+    """A data2vec-audio checkpoint folder: its positional embedding is a stack of 5 convolutions."""
+    from transformers import Data2VecAudioConfig, Data2VecAudioModel
+
+    return _tiny_conv_audio(folder, Data2VecAudioConfig, Data2VecAudioModel, seed, layers, hidden,
+                            num_conv_pos_embeddings=5, conv_pos_kernel_size=7)
