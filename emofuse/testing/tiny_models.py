@@ -70,3 +70,18 @@ def tiny_data2vec_audio(folder: str | Path, seed: int = 0, layers: int = 2, hidd
 
     return _tiny_conv_audio(folder, Data2VecAudioConfig, Data2VecAudioModel, seed, layers, hidden,
                             num_conv_pos_embeddings=5, conv_pos_kernel_size=7)
+
+
+def tiny_whisper(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 32, mel_bins: int = 80) -> str:
+    """A Whisper checkpoint folder (encoder and a 1-layer decoder, as the hub's are) with its
+    log-mel feature extractor config."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    cfg = WhisperConfig(d_model=hidden, encoder_layers=layers, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=2 * hidden, decoder_ffn_dim=2 * hidden,
+                        num_mel_bins=mel_bins, vocab_size=64, max_target_positions=32, pad_token_id=0,
+                        bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+    torch.manual_seed(seed)
+    WhisperModel(cfg).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=mel_bins).save_pretrained(folder)
+    return str(folder)
