@@ -24,7 +24,9 @@ def tiny_models(tmp_path_factory):
     base = tmp_path_factory.mktemp("models")
     return {"group": tm.tiny_wav2vec2(base / "w2v-group", "group"), "layer": tm.tiny_wav2vec2(base / "w2v-layer", "layer"),
             "bert": tm.tiny_bert(base / "bert"), "hubert": tm.tiny_hubert(base / "hubert"),
-            "wavlm": tm.tiny_wavlm(base / "wavlm"), "data2vec-audio": tm.tiny_data2vec_audio(base / "data2vec-audio")}
+            "wavlm": tm.tiny_wavlm(base / "wavlm"), "data2vec-audio": tm.tiny_data2vec_audio(base / "data2vec-audio"),
+            "whisper": tm.tiny_whisper(base / "whisper"), "gpt2": tm.tiny_gpt2(base / "gpt2"),
+            "llama": tm.tiny_llama(base / "llama")}
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,8 @@ from emofuse.extract.whisper import WhisperAudioEncoder
 
 
 @pytest.fixture(scope="module")
-def whisper_dir(tmp_path_factory):
-    from emofuse.testing.tiny_models import tiny_whisper
-    return tiny_whisper(tmp_path_factory.mktemp("whisper") / "w")
+def whisper_dir(tiny_models):
+    return tiny_models["whisper"]
 
 
 def waves(seed=0, lengths=(16000, 5000, 12345, 700, 48000)):

@@ -281,9 +281,12 @@ def load_audio_encoder(spec: str, device: str = "auto", dtype: str = "float32"):
 
 
 class HFTextEncoder:
-    """A transformers text encoder: every hidden state per token, with token strings, word ids
-    and character offsets. Transcripts longer than the model's maximum are windowed with 50 %
-    overlap, each token taking its activations from the window where it has most context."""
+    """A transformers text encoder, bidirectional (BERT …) or a decoder-only causal LM (GPT-2,
+    Llama …): every hidden state per token, with token strings, word ids and character offsets.
+    Special tokens are whatever the tokenizer adds (``[CLS] … [SEP]``, a leading BOS, or none),
+    flagged in ``special``. Transcripts longer than the model's maximum are windowed with 50 %
+    overlap, each token taking its activations from the window where it has most context (for a
+    causal LM, the most tokens before it)."""
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "float32"):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -292,6 +295,10 @@ class HFTextEncoder:
         path = resolve_spec(spec)
         try:
             config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise _load_error("text", spec, e) from e
+        self.family = text_family(config.model_type, spec)
+        try:
             self.tok = AutoTokenizer.from_pretrained(path, use_fast=True)
             model = AutoModel.from_pretrained(path)
         except (OSError, ValueError) as e:
@@ -303,9 +310,14 @@ class HFTextEncoder:
         limit = min(int(getattr(config, "max_position_embeddings", 512)), int(self.tok.model_max_length))
         self.max_len = limit - (2 if config.model_type in ("roberta", "xlm-roberta") else 0)
         self.n_special = self.tok.num_special_tokens_to_add()
+        if self.max_len <= self.n_special + 1:
+            raise EmofuseError(f"text model {spec!r}: a maximum of {self.max_len} tokens leaves no room for text")
         self.num_layers, self.dim = config.num_hidden_layers + 1, config.hidden_size
         tok_hash = digest(self.tok.backend_tokenizer.to_str())
+        family_name = "causal LM" if self.family == "causal" else "bidirectional encoder"
         self.info = {"kind": "text", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
+                     "family": f"{config.model_type} ({family_name})", "causal": self.family == "causal",
+                     "exact_batching": True,
                      "revision": getattr(config, "_commit_hash", None) or "local", "weights_hash": w_hash,
                      "config_hash": digest(config.to_dict()), "tokenizer_hash": tok_hash, "num_layers": self.num_layers,
                      "dim": self.dim, "max_tokens": self.max_len, "window_stride": (self.max_len - self.n_special) // 2,
@@ -319,9 +331,10 @@ class HFTextEncoder:
 
     @torch.inference_mode()
     def _run(self, ids: list[list[int]]) -> list[np.ndarray]:
-        """Token id sequences (with specials) → float32 (N, L, D) each, batched with padding."""
+        """Token id sequences (with specials) → float32 (N, L, D) each, batched with padding on
+        the right (masked; positions of real tokens are unchanged, so causal LMs stay exact)."""
         n = max(len(i) for i in ids)
-        pad = self.tok.pad_token_id or 0
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         x = torch.full((len(ids), n), pad, dtype=torch.long)
         m = torch.zeros((len(ids), n), dtype=torch.long)
         for b, seq in enumerate(ids):
@@ -341,7 +354,7 @@ class HFTextEncoder:
                 results[i] = h
         for i, e in enumerate(encs):
             if i not in results:
-                results[i] = self._windowed(e["input_ids"])
+                results[i] = self._windowed(e["input_ids"], np.asarray(e["special_tokens_mask"], dtype=bool))
         out = []
         for i, e in enumerate(encs):
             word_ids = np.array([-1 if w is None else w for w in e.word_ids()], dtype=np.int32)
@@ -352,11 +365,18 @@ class HFTextEncoder:
                         "special": special})
         return out
 
-    def _windowed(self, ids: list[int]) -> np.ndarray:
-        """Activations of an over-long sequence ``[CLS] content [SEP]`` from overlapping windows."""
-        head, tail = 1, self.n_special - 1
+    def _windowed(self, ids: list[int], special: np.ndarray) -> np.ndarray:
+        """Activations of an over-long sequence ``prefix content suffix`` from overlapping windows,
+        each ``prefix window suffix``; prefix and suffix are the special tokens the tokenizer put
+        before and after the text (``[CLS]``/``[SEP]``, a BOS, or none)."""
+        head = 0
+        while head < len(ids) and special[head]:
+            head += 1
+        tail = 0
+        while tail < len(ids) - head and special[len(ids) - 1 - tail]:
+            tail += 1
         content = ids[head:len(ids) - tail]
-        size = self.max_len - self.n_special
+        size = self.max_len - head - tail
         stride = max(1, size // 2)
         starts = list(range(0, max(len(content) - size, 0) + 1, stride))
         if starts[-1] + size < len(content):
@@ -364,10 +384,12 @@ class HFTextEncoder:
         prefix, suffix = list(ids[:head]), list(ids[len(ids) - tail:])
         windows = [prefix + list(content[s:s + size]) + suffix for s in starts]
         acts = self._run(windows)
+        causal = self.family == "causal"
         rows = []
         for p in range(len(content)):
-            # the window where p is farthest from an edge
-            best = max(range(len(starts)), key=lambda w: min(p - starts[w], starts[w] + size - 1 - p)
+            # bidirectional: the window where p is farthest from an edge; causal: the one with most tokens before p
+            best = max(range(len(starts)), key=lambda w: ((p - starts[w]) if causal else
+                                                          min(p - starts[w], starts[w] + size - 1 - p))
                        if starts[w] <= p < starts[w] + size else -1)
             rows.append(acts[best][head + p - starts[best]])
         first, last = acts[0], acts[-1]
