@@ -15,8 +15,8 @@ AUDIO_FAMILIES: dict[str, tuple[str, str, bool]] = {
     "whisper": ("Whisper encoder", "openai/whisper-base", True),
 }
 #: Text families: name → example checkpoint id.
-TEXT_FAMILIES = {"bidirectional encoder (BERT, RoBERTa, MiniLM …)": "bert-base-uncased",
-                 "decoder-only causal LM (GPT-2, Llama, Qwen2 …)": "Qwen/Qwen2.5-0.5B"}
+TEXT_FAMILIES = {"bidirectional encoders like BERT, RoBERTa, MiniLM": "bert-base-uncased",
+                 "decoder-only causal LMs like GPT-2, Llama, Qwen2": "Qwen/Qwen2.5-0.5B"}
 
 
 def _mappings() -> tuple[Any, Any, set[str]]:
@@ -43,7 +43,7 @@ def audio_family(model_type: str, spec: str) -> str:
     masked, causal, speech = _mappings()
     if model_type in masked or (model_type in causal and model_type not in speech):
         raise EmofuseError(f"--audio-model {spec!r} is a {model_type} text model; --audio-model expects a speech "
-                           f"encoder ({supported_audio()}); give text models as --text-model")
+                           f"encoder, one of: {supported_audio()}; give text models as --text-model")
     raise EmofuseError(f"audio model {spec!r} has architecture {model_type!r}, which emofuse does not support; "
                        f"supported audio families: {supported_audio()}")
 
@@ -54,7 +54,7 @@ def text_family(model_type: str, spec: str) -> str:
     masked, causal, speech = _mappings()
     if model_type in speech:
         raise EmofuseError(f"--text-model {spec!r} is a {model_type} speech model; --text-model expects a text "
-                           f"encoder ({supported_text()}); give speech models as --audio-model")
+                           f"encoder, one of: {supported_text()}; give speech models as --audio-model")
     if model_type in masked:
         return "encoder"
     if model_type in causal:
