@@ -168,8 +168,12 @@ def test_unsupported_architecture_is_named(tmp_path):
     from transformers import SEWConfig
 
     from emofuse.errors import EmofuseError
-    from emofuse.extract.encoders import load_audio_encoder
+    from emofuse.extract.encoders import load_audio_encoder, load_text_encoder
     SEWConfig().save_pretrained(tmp_path)
     with pytest.raises(EmofuseError, match="architecture 'sew', which emofuse does not support; supported audio "
                                            "families: wav2vec2 .*Whisper encoder"):
         load_audio_encoder(str(tmp_path), device="cpu")
+    from transformers import PegasusConfig
+    PegasusConfig().save_pretrained(tmp_path / "pegasus")
+    with pytest.raises(EmofuseError, match="is a pegasus encoder-decoder model, which emofuse does not support"):
+        load_text_encoder(str(tmp_path / "pegasus"), device="cpu")

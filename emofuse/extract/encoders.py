@@ -297,7 +297,7 @@ class HFTextEncoder:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise _load_error("text", spec, e) from e
-        self.family = text_family(config.model_type, spec)
+        self.family = text_family(config.model_type, spec, bool(getattr(config, "is_encoder_decoder", False)))
         try:
             self.tok = AutoTokenizer.from_pretrained(path, use_fast=True)
             model = AutoModel.from_pretrained(path)

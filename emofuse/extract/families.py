@@ -48,13 +48,16 @@ def audio_family(model_type: str, spec: str) -> str:
                        f"supported audio families: {supported_audio()}")
 
 
-def text_family(model_type: str, spec: str) -> str:
+def text_family(model_type: str, spec: str, encoder_decoder: bool = False) -> str:
     """``"encoder"`` (bidirectional, e.g. BERT) or ``"causal"`` (decoder-only LM), or one
     sentence refusing the checkpoint."""
     masked, causal, speech = _mappings()
     if model_type in speech:
         raise EmofuseError(f"--text-model {spec!r} is a {model_type} speech model; --text-model expects a text "
                            f"encoder, one of: {supported_text()}; give speech models as --audio-model")
+    if encoder_decoder:
+        raise EmofuseError(f"text model {spec!r} is a {model_type} encoder-decoder model, which emofuse does not "
+                           f"support; supported text families: {supported_text()}")
     if model_type in masked:
         return "encoder"
     if model_type in causal:
