@@ -48,10 +48,12 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument("--labels", help="IEMOCAP label set: four (default) or six")
     ap.add_argument("--out", required=True, help="the store to write (STORE.h5)")
     ap.add_argument("--audio-model", default="facebook/wav2vec2-base",
-                    help="hub id or local folder (wav2vec2, HuBERT, WavLM, data2vec-audio), opensmile:eGeMAPSv02, "
+                    help="hub id or local folder (wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper; Whisper takes "
+                         "#window=SECONDS for windows shorter than its standard 30 s), opensmile:eGeMAPSv02, "
                          "untrained:wav2vec2-small, or none (default: facebook/wav2vec2-base)")
     ap.add_argument("--text-model", default="bert-base-uncased",
-                    help="hub id or local folder (BERT, RoBERTa, MiniLM …), or none (default: bert-base-uncased)")
+                    help="hub id or local folder: a bidirectional encoder (BERT, RoBERTa, MiniLM …) or a decoder-only "
+                         "causal LM (GPT-2, Llama, Qwen2 …), or none (default: bert-base-uncased)")
     ap.add_argument("--audio-stream", help="stream name for the audio encoder (default: audio, or egemaps)")
     ap.add_argument("--text-stream", help="stream name for the text encoder (default: text)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

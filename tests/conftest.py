@@ -17,12 +17,16 @@ def fake_iemocap(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Tiny random encoders in folders: {'group': w2v2 base-style, 'layer': lv60-style, 'bert': BERT}."""
-    from emofuse.testing.tiny_models import tiny_bert, tiny_wav2vec2
+    """Tiny random encoders in folders: {'group': w2v2 base-style, 'layer': lv60-style, 'bert': BERT,
+    'hubert', 'wavlm', 'data2vec-audio', 'whisper', 'gpt2', 'llama'}."""
+    from emofuse.testing import tiny_models as tm
 
     base = tmp_path_factory.mktemp("models")
-    return {"group": tiny_wav2vec2(base / "w2v-group", "group"), "layer": tiny_wav2vec2(base / "w2v-layer", "layer"),
-            "bert": tiny_bert(base / "bert")}
+    return {"group": tm.tiny_wav2vec2(base / "w2v-group", "group"), "layer": tm.tiny_wav2vec2(base / "w2v-layer", "layer"),
+            "bert": tm.tiny_bert(base / "bert"), "hubert": tm.tiny_hubert(base / "hubert"),
+            "wavlm": tm.tiny_wavlm(base / "wavlm"), "data2vec-audio": tm.tiny_data2vec_audio(base / "data2vec-audio"),
+            "whisper": tm.tiny_whisper(base / "whisper"), "gpt2": tm.tiny_gpt2(base / "gpt2"),
+            "llama": tm.tiny_llama(base / "llama")}
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,11 @@
 """Frozen encoders that return every hidden state.
 
-Audio: any transformers checkpoint with a wav2vec2-style conv front end (wav2vec2, HuBERT,
-WavLM, data2vec-audio), ``untrained:wav2vec2-small`` (random weights, fixed seed: for demos and
-tests), or ``opensmile:<feature set>`` (hand-crafted low-level descriptors as a 1-layer stream).
-Text: any transformers checkpoint with a fast tokenizer (BERT, RoBERTa, MiniLM …).
+Audio: a transformers checkpoint of a wav2vec2-style family (wav2vec2, HuBERT, WavLM,
+data2vec-audio), a Whisper checkpoint (its encoder only, see ``whisper.py``),
+``untrained:wav2vec2-small`` (random weights, fixed seed: for demos and tests), or
+``opensmile:<feature set>`` (hand-crafted low-level descriptors as a 1-layer stream).
+Text: a transformers checkpoint with a fast tokenizer, bidirectional (BERT, RoBERTa, MiniLM …)
+or a decoder-only causal LM (GPT-2, Llama, Qwen2 …).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .. import __version__
 from ..errors import EmofuseError
 from ..store import digest
 from .audio import BadInput
-from .masking import MaskedGroupNorm, conv_output_lengths, receptive_field
+from .families import AUDIO_FAMILIES, audio_family, text_family
+from .masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 UNTRAINED = {  # small wav2vec2 architectures with random weights
@@ -102,8 +105,9 @@ def _host(t: torch.Tensor, dtype: Any) -> np.ndarray:
 class HFAudioEncoder:
     """A transformers speech encoder returning ``(T, L, D)`` per utterance, L = layers + 1.
 
-    Batches are exact: padding is masked in the attention and, for group-norm front ends
-    (``feat_extract_norm="group"``, e.g. wav2vec2-base), in the first conv layer's statistics.
+    Batches are exact: padding is masked in the attention; for group-norm front ends
+    (``feat_extract_norm="group"``, e.g. wav2vec2-base) in the first conv layer's statistics; for
+    data2vec-audio between the convolutions of its positional embedding.
     """
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "float32", seed: int = 0):
@@ -125,6 +129,11 @@ class HFAudioEncoder:
         else:
             try:
                 config = AutoConfig.from_pretrained(spec)
+            except (OSError, ValueError) as e:
+                raise _load_error("audio", spec, e) from e
+            if audio_family(config.model_type, spec) == "whisper":
+                raise EmofuseError(f"{spec!r} is a Whisper checkpoint: load it with load_audio_encoder (WhisperAudioEncoder)")
+            try:
                 model = AutoModel.from_pretrained(spec)
             except (OSError, ValueError) as e:
                 raise _load_error("audio", spec, e) from e
@@ -148,12 +157,18 @@ class HFAudioEncoder:
             layer0 = self.model.feature_extractor.conv_layers[0]
             self.group_norm = MaskedGroupNorm(layer0.layer_norm)
             layer0.layer_norm = self.group_norm
+        self.pos_stack = None
+        pos = getattr(getattr(self.model, "encoder", None), "pos_conv_embed", None)
+        if pos is not None and isinstance(getattr(pos, "layers", None), torch.nn.ModuleList):  # data2vec-audio
+            self.pos_stack = MaskedConvStack(pos)
+            self.model.encoder.pos_conv_embed = self.pos_stack
         preprocessing = {"do_normalize": bool(getattr(fe, "do_normalize", False)), "sampling_rate": self.sample_rate,
                          "padding_value": float(getattr(fe, "padding_value", 0.0))}
         self.num_layers = config.num_hidden_layers + 1
         self.dim = config.hidden_size
         self.info: dict[str, Any] = {
             "kind": "audio", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
+            "family": AUDIO_FAMILIES[config.model_type][0], "exact_batching": True,
             "revision": revision, "weights_hash": self.info_weights_hash, "config_hash": digest(config.to_dict()),
             "num_layers": self.num_layers, "dim": self.dim, "sample_rate": self.sample_rate,
             "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": self.window / self.sample_rate,
@@ -193,7 +208,8 @@ class HFAudioEncoder:
         n_frames = conv_output_lengths(lengths, self.kernels, self.strides)
         norm_ctx = (self.group_norm.valid_lengths(conv_output_lengths(lengths, self.kernels[:1], self.strides[:1]))
                     if self.group_norm is not None else contextlib.nullcontext())
-        with norm_ctx:
+        pos_ctx = (self.pos_stack.valid_lengths(n_frames) if self.pos_stack is not None else contextlib.nullcontext())
+        with norm_ctx, pos_ctx:
             out = self.model(x.to(self.device, self.dtype), attention_mask=mask.to(self.device), output_hidden_states=True)
         hs = _host(torch.stack(out.hidden_states, dim=2), out_dtype)  # (B, T, L, D)
         return [hs[i, :int(n)] for i, n in enumerate(n_frames)]
@@ -218,6 +234,7 @@ class OpenSmileEncoder:
         self.names = list(self.smile.feature_names)
         self.num_layers, self.dim = 1, len(self.names)
         self.info = {"kind": "audio", "encoder": "opensmile", "encoder_id": spec, "model_type": "opensmile",
+                     "family": "openSMILE", "exact_batching": True,
                      "revision": f"opensmile-{opensmile.__version__}", "feature_names": self.names,
                      "num_layers": 1, "dim": self.dim, "sample_rate": self.sample_rate, "frame_hop_s": 0.01,
                      "frame_window_s": 0.02, "compute_dtype": "float32", "untrained": False,
@@ -242,15 +259,34 @@ class OpenSmileEncoder:
 
 
 def load_audio_encoder(spec: str, device: str = "auto", dtype: str = "float32"):
+    """The audio encoder for ``spec``; a Whisper checkpoint may carry ``#window=SECONDS``."""
     if spec.startswith("opensmile:"):
         return OpenSmileEncoder(spec)
+    if spec.startswith("untrained:"):
+        return HFAudioEncoder(spec, device=device, dtype=dtype)
+    from transformers import AutoConfig
+
+    from .whisper import WhisperAudioEncoder, split_options
+    path, options = split_options(spec)
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError) as e:
+        raise _load_error("audio", path, e) from e
+    if audio_family(model_type, path) == "whisper":
+        return WhisperAudioEncoder(spec, device=device, dtype=dtype)
+    if options:
+        raise EmofuseError(f"audio model {spec!r}: options after '#' are for Whisper checkpoints only, "
+                           f"and {path!r} is a {model_type} model")
     return HFAudioEncoder(spec, device=device, dtype=dtype)
 
 
 class HFTextEncoder:
-    """A transformers text encoder: every hidden state per token, with token strings, word ids
-    and character offsets. Transcripts longer than the model's maximum are windowed with 50 %
-    overlap, each token taking its activations from the window where it has most context."""
+    """A transformers text encoder, bidirectional (BERT …) or a decoder-only causal LM (GPT-2,
+    Llama …): every hidden state per token, with token strings, word ids and character offsets.
+    Special tokens are whatever the tokenizer adds (``[CLS] … [SEP]``, a leading BOS, or none),
+    flagged in ``special``. Transcripts longer than the model's maximum are windowed with 50 %
+    overlap, each token taking its activations from the window where it has most context (for a
+    causal LM, the most tokens before it)."""
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "float32"):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -259,6 +295,10 @@ class HFTextEncoder:
         path = resolve_spec(spec)
         try:
             config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise _load_error("text", spec, e) from e
+        self.family = text_family(config.model_type, spec, bool(getattr(config, "is_encoder_decoder", False)))
+        try:
             self.tok = AutoTokenizer.from_pretrained(path, use_fast=True)
             model = AutoModel.from_pretrained(path)
         except (OSError, ValueError) as e:
@@ -270,9 +310,14 @@ class HFTextEncoder:
         limit = min(int(getattr(config, "max_position_embeddings", 512)), int(self.tok.model_max_length))
         self.max_len = limit - (2 if config.model_type in ("roberta", "xlm-roberta") else 0)
         self.n_special = self.tok.num_special_tokens_to_add()
+        if self.max_len <= self.n_special + 1:
+            raise EmofuseError(f"text model {spec!r}: a maximum of {self.max_len} tokens leaves no room for text")
         self.num_layers, self.dim = config.num_hidden_layers + 1, config.hidden_size
         tok_hash = digest(self.tok.backend_tokenizer.to_str())
+        family_name = "causal LM" if self.family == "causal" else "bidirectional encoder"
         self.info = {"kind": "text", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
+                     "family": f"{config.model_type} ({family_name})", "causal": self.family == "causal",
+                     "exact_batching": True,
                      "revision": getattr(config, "_commit_hash", None) or "local", "weights_hash": w_hash,
                      "config_hash": digest(config.to_dict()), "tokenizer_hash": tok_hash, "num_layers": self.num_layers,
                      "dim": self.dim, "max_tokens": self.max_len, "window_stride": (self.max_len - self.n_special) // 2,
@@ -286,9 +331,10 @@ class HFTextEncoder:
 
     @torch.inference_mode()
     def _run(self, ids: list[list[int]]) -> list[np.ndarray]:
-        """Token id sequences (with specials) → float32 (N, L, D) each, batched with padding."""
+        """Token id sequences (with specials) → float32 (N, L, D) each, batched with padding on
+        the right (masked; positions of real tokens are unchanged, so causal LMs stay exact)."""
         n = max(len(i) for i in ids)
-        pad = self.tok.pad_token_id or 0
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         x = torch.full((len(ids), n), pad, dtype=torch.long)
         m = torch.zeros((len(ids), n), dtype=torch.long)
         for b, seq in enumerate(ids):
@@ -308,7 +354,7 @@ class HFTextEncoder:
                 results[i] = h
         for i, e in enumerate(encs):
             if i not in results:
-                results[i] = self._windowed(e["input_ids"])
+                results[i] = self._windowed(e["input_ids"], np.asarray(e["special_tokens_mask"], dtype=bool))
         out = []
         for i, e in enumerate(encs):
             word_ids = np.array([-1 if w is None else w for w in e.word_ids()], dtype=np.int32)
@@ -319,11 +365,18 @@ class HFTextEncoder:
                         "special": special})
         return out
 
-    def _windowed(self, ids: list[int]) -> np.ndarray:
-        """Activations of an over-long sequence ``[CLS] content [SEP]`` from overlapping windows."""
-        head, tail = 1, self.n_special - 1
+    def _windowed(self, ids: list[int], special: np.ndarray) -> np.ndarray:
+        """Activations of an over-long sequence ``prefix content suffix`` from overlapping windows,
+        each ``prefix window suffix``; prefix and suffix are the special tokens the tokenizer put
+        before and after the text (``[CLS]``/``[SEP]``, a BOS, or none)."""
+        head = 0
+        while head < len(ids) and special[head]:
+            head += 1
+        tail = 0
+        while tail < len(ids) - head and special[len(ids) - 1 - tail]:
+            tail += 1
         content = ids[head:len(ids) - tail]
-        size = self.max_len - self.n_special
+        size = self.max_len - head - tail
         stride = max(1, size // 2)
         starts = list(range(0, max(len(content) - size, 0) + 1, stride))
         if starts[-1] + size < len(content):
@@ -331,10 +384,12 @@ class HFTextEncoder:
         prefix, suffix = list(ids[:head]), list(ids[len(ids) - tail:])
         windows = [prefix + list(content[s:s + size]) + suffix for s in starts]
         acts = self._run(windows)
+        causal = self.family == "causal"
         rows = []
         for p in range(len(content)):
-            # the window where p is farthest from an edge
-            best = max(range(len(starts)), key=lambda w: min(p - starts[w], starts[w] + size - 1 - p)
+            # bidirectional: the window where p is farthest from an edge; causal: the one with most tokens before p
+            best = max(range(len(starts)), key=lambda w: ((p - starts[w]) if causal else
+                                                          min(p - starts[w], starts[w] + size - 1 - p))
                        if starts[w] <= p < starts[w] + size else -1)
             rows.append(acts[best][head + p - starts[best]])
         first, last = acts[0], acts[-1]

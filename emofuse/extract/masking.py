@@ -70,3 +70,38 @@ class MaskedGroupNorm(nn.Module):
             yield
         finally:
             self.lengths = None
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, T) with every step at or past ``lengths[b]`` set to zero."""
+    t = torch.arange(x.shape[-1], device=x.device)
+    return x * (t[None, :] < lengths[:, None].to(x.device)).to(x.dtype)[:, None, :]
+
+
+class MaskedConvStack(nn.Module):
+    """Drop-in for a positional embedding made of a stack of convolutions (data2vec-audio's
+    ``pos_conv_embed``: 5 conv + layer-norm + GELU layers over (B, T, C)) that sets padded
+    frames back to zero between layers when ``lengths`` is set. Each layer then sees exactly the
+    zeros a lone utterance gets from its convolution's own zero padding, so a batch equals one
+    utterance at a time."""
+
+    def __init__(self, stack: nn.Module):
+        super().__init__()
+        self.layers = stack.layers
+        self.lengths: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.transpose(1, 2)
+        for layer in self.layers:
+            x = layer(x)
+            if self.lengths is not None:
+                x = zero_padding(x, self.lengths)
+        return x.transpose(1, 2)
+
+    @contextmanager
+    def valid_lengths(self, lengths: torch.Tensor) -> Iterator[None]:
+        self.lengths = lengths
+        try:
+            yield
+        finally:
+            self.lengths = None

@@ -152,6 +152,7 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
         if "frames" not in info["entries"]:
             raise EmofuseError(f"stream {cfg.stream!r} of {cfg.store} has no frames to pool; extract audio first")
         hop, window = float(info["frame_hop_s"]), float(info["frame_window_s"])
+        offset = float(info.get("frame_offset_s", 0.0))  # Whisper: frame t centred on t·hop
         records = _records(cfg, fs) if cfg.source != "sphinx" else {}
         ids = fs.ids(cfg.stream, "frames")
         utt_table = fs.utterances
@@ -169,7 +170,7 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
                     tqdm(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments", disable=None, dynamic_ncols=True) as bar:
                 for unit in units:
                     entries, skipped = _align_unit(frames, cfg, unit, done, records, utt_table, hop, window,
-                                                   summary, aligner)
+                                                   summary, aligner, offset)
                     writer.commit(cfg.stream, entries, skipped)
                     bar.update(len(unit))
         finally:
@@ -178,7 +179,7 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
     return summary
 
 
-def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, summary, aligner):
+def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, summary, aligner, offset=0.0):
     entries = {segments_kind(g): {} for g in cfg.granularities}
     skipped = []
     for uid in unit:
@@ -209,7 +210,8 @@ def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, s
             kept[g] = items
             if items:
                 spans_of[g], clipped = segment_frames(np.array([i.start for i in items]),
-                                                      np.array([i.end for i in items]), len(frames), hop, window)
+                                                      np.array([i.end for i in items]), len(frames), hop, window,
+                                                      offset)
                 summary.clipped += clipped
             else:
                 spans_of[g] = np.zeros((0, 2), np.int64)

@@ -32,6 +32,26 @@ def describe_corpus(kind: str, root: str | None = None, manifest: str | None = N
     return f"{len(utts)} utterances ({n_align} with alignments)\n{table.to_string()}"
 
 
+def encoder_line(info: dict) -> str:
+    """Family, checkpoint, revision and weights hash, frame hop and window of one stream."""
+    family = info.get("family") or info.get("model_type") or "?"
+    parts = [f"family {family}", f"checkpoint {info.get('encoder_id', '?')}",
+             f"revision {info.get('revision', '?')}", f"weights {str(info.get('weights_hash', '?'))[:12]}"]
+    if info.get("untrained"):
+        parts.append("UNTRAINED random weights")
+    if "frame_hop_s" in info:
+        parts.append(f"frame hop {1000 * float(info['frame_hop_s']):g} ms, frame window "
+                     f"{1000 * float(info['frame_window_s']):g} ms"
+                     + (f" (centred: offset {1000 * float(info['frame_offset_s']):g} ms)" if info.get("frame_offset_s") else ""))
+    if "window_s" in info:
+        parts.append(f"input window {float(info['window_s']):g} s"
+                     + (" (standard)" if info.get("standard_window") else " (shorter than the standard 30 s: "
+                        "activations differ from the standard ones)"))
+    if "max_tokens" in info:
+        parts.append(f"max {info['max_tokens']} tokens per window")
+    return "; ".join(parts)
+
+
 def describe_store(path: str) -> str:
     with FeatureStore(path) as fs:
         lines = [f"{path}: {len(fs.utterances)} utterances, {os.path.getsize(path) / 1e6:.1f} MB, "
@@ -41,6 +61,7 @@ def describe_store(path: str) -> str:
             desc = ", ".join(f"{k} {v}" for k, v in info["entries"].items())
             lines.append(f"  stream {s!r}: {info.get('encoder_id', '?')} ({info.get('num_layers', '?')} layers x "
                          f"{info.get('dim', '?')}, {info.get('store_dtype', '?')}); {desc}")
+            lines.append("    " + encoder_line(info))
             sk = fs.skipped(s)
             if len(sk):
                 for kind, grp in sk.groupby("kind"):
