@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,16 @@ def resolve_spec(spec: str) -> str:
     return str(mod.get_model_path())
 
 
+#: what loading a checkpoint raises for a bad folder (not our bug): a pickled weights file holding
+#: more than tensors is refused by torch's weights-only unpickler (it could run code)
+LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError)
+
+
 def _load_error(kind: str, spec: str, e: Exception) -> EmofuseError:
+    if isinstance(e, pickle.UnpicklingError):
+        return EmofuseError(f"could not load the {kind} model from {spec}: its pickled weights file holds more than "
+                            "tensors and was refused (loading it could run code); use a checkpoint saved as "
+                            "safetensors, or one you trust re-saved with save_pretrained(safe_serialization=True)")
     if os.path.exists(spec):
         return EmofuseError(f"could not load the {kind} model from folder {spec}: {str(e).splitlines()[0][:200]}")
     return EmofuseError(
@@ -126,7 +136,7 @@ class HFAudioEncoder:
             try:
                 config = AutoConfig.from_pretrained(spec)
                 model = AutoModel.from_pretrained(spec)
-            except (OSError, ValueError) as e:
+            except LOAD_ERRORS as e:
                 raise _load_error("audio", spec, e) from e
             try:
                 fe = AutoFeatureExtractor.from_pretrained(spec)
@@ -261,7 +271,7 @@ class HFTextEncoder:
             config = AutoConfig.from_pretrained(path)
             self.tok = AutoTokenizer.from_pretrained(path, use_fast=True)
             model = AutoModel.from_pretrained(path)
-        except (OSError, ValueError) as e:
+        except LOAD_ERRORS as e:
             raise _load_error("text", spec, e) from e
         if not self.tok.is_fast:
             raise EmofuseError(f"text model {spec!r} has no fast tokenizer; character offsets need one")
