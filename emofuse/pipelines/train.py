@@ -22,6 +22,9 @@ from ..heads import FUSIONS, build_head, default_lr
 from ..store import FeatureStore
 from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require
 from .metrics import format_summary, scores, summarise
+from .rundir import check_run_dir as _check_run_dir
+from .rundir import content_digest, predictions_roundtrip, read_predictions, run_lock, write_csv
+from .rundir import write_json as _write_json
 
 HEADS = ("linear", "transformer")
 NORMS = ("none", "global", "speaker")
@@ -114,19 +117,15 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def store_fingerprints(fs: FeatureStore, cfg: TrainConfig) -> dict:
+    """What the run reads: the corpus and stream fingerprints, and a digest of each stream kind's
+    content (utterances, rows, segment spans and symbols), so changed segments are a new key."""
     out = {"corpus": fs.corpus_fingerprint}
     for k in cfg.keys():
         s = cfg.text_stream if k == "T" else cfg.audio_stream
         require(fs, s, k)
         out[s] = fs.stream_info(s).get("fingerprint")
+        out[f"{s}/{KEY_KIND[k]}"] = content_digest(fs, s, KEY_KIND[k])
     return out
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -228,7 +227,13 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
 
 
 def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
-    """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary."""
+    """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary.
+    One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
+    with run_lock(cfg.out, "train-head"):
+        return _run_train(cfg, echo)
+
+
+def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
     device = resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
@@ -256,7 +261,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                 if os.path.exists(os.path.join(rdir, "metrics.json")):
                     with open(os.path.join(rdir, "metrics.json")) as f:
                         runs.append(json.load(f))
-                    preds.append(pd.read_csv(os.path.join(rdir, "predictions.csv"), dtype={"fold": str}))
+                    preds.append(read_predictions(os.path.join(rdir, "predictions.csv")))
                     bar.update(1)
                     continue
                 tr, va, te = split(data, session, seed, cfg.val_fraction)
@@ -279,6 +284,8 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                                   "pred": np.array(data.classes)[logits.argmax(1)]})
                 for c, name in enumerate(data.classes):
                     p[f"logit_{name}"] = logits[:, c]
+                # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
+                p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
                 _save_run(rdir, model, m, p)
                 runs.append(m)
                 preds.append(p)
@@ -290,7 +297,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                          "held_in": data.home, "device": str(device)},
                    time={"load_s": t_load, "data_s": timer.data, "compute_s": timer.compute},
                    runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
-    pd.concat(preds).to_csv(os.path.join(cfg.out, "predictions.csv"), index=False)
+    write_csv(os.path.join(cfg.out, "predictions.csv"), pd.concat(preds))
     _write_json(os.path.join(cfg.out, "summary.json"), summary)
     echo(f"{cfg.out}: " + format_summary(summary))
     return summary
@@ -304,31 +311,19 @@ def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame) -> None:
     os.makedirs(rdir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(rdir, "model.safetensors"), metadata={"type": "emofuse.head"})
-    preds.to_csv(os.path.join(rdir, "predictions.csv"), index=False)
+    write_csv(os.path.join(rdir, "predictions.csv"), preds)
     _write_json(os.path.join(rdir, "metrics.json"), metrics)
-
-
-def _check_run_dir(out: str, config: dict) -> None:
-    path = os.path.join(out, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    if old.get("type") != config["type"]:
-        raise EmofuseError(f"{out} holds something else ({old.get('type')}); choose another --out")
-    diff = [k for k in set(old["identity"]) | set(config["identity"])
-            if old["identity"].get(k) != config["identity"].get(k)]
-    if old.get("fingerprints") != config["fingerprints"]:
-        diff.append("store fingerprints")
-    if diff:
-        raise EmofuseError(f"{out} holds a run of another configuration (differs in {', '.join(sorted(diff))}); "
-                           f"choose another --out or delete it")
 
 
 # -- score combination -------------------------------------------------------------------------
 def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] = print) -> dict:
     """Average the test logits of finished runs per (repeat, fold, utterance) and score them.
     The runs must share the corpus, classes, folds, seeds and test utterances."""
+    with run_lock(out, "train-head --fusion combine"):
+        return _run_combine(run_dirs, out, echo)
+
+
+def _run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None]) -> dict:
     if len(run_dirs) < 2:
         raise EmofuseError("--fusion combine needs at least two --runs")
     configs, preds = [], []
@@ -338,7 +333,7 @@ def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] =
                 raise EmofuseError(f"{d} is not a finished train-head run (no {name})")
         with open(os.path.join(d, "config.json")) as f:
             configs.append(json.load(f))
-        preds.append(pd.read_csv(os.path.join(d, "predictions.csv"), dtype={"fold": str}))
+        preds.append(read_predictions(os.path.join(d, "predictions.csv")))
     corpus = {c["fingerprints"]["corpus"] for c in configs}
     if len(corpus) != 1:
         raise EmofuseError(f"runs {list(run_dirs)} come from different corpora; refusing to combine them")
@@ -373,7 +368,7 @@ def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] =
               "identity": {"fusion": "combine", "members": [c["identity"] for c in configs]},
               "fingerprints": configs[0]["fingerprints"]}
     _write_json(os.path.join(out, "config.json"), config)
-    comb.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    write_csv(os.path.join(out, "predictions.csv"), comb)
     summary = summarise(runs, classes)
     summary.update(type="emofuse.summary", fusion="combine", members=[os.path.abspath(d) for d in run_dirs], runs=runs)
     _write_json(os.path.join(out, "summary.json"), summary)
