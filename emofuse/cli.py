@@ -28,6 +28,8 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message="Segment too short")
+    # torch's weights-only unpickler notes a pickle protocol before refusing a file: the refusal is our sentence
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
     try:
         from transformers.utils import logging as hf_logging
 

@@ -156,3 +156,52 @@ def test_frames_in_order_reads_small_units_in_order(extracted):
     with pooling_threads():
         assert 1 <= torch.get_num_threads() <= before
     assert torch.get_num_threads() == before
+
+
+def _scale_frames(path, factor):
+    out = []
+    for line in path.read_text().splitlines():
+        f = line.split()
+        if len(f) >= 4 and f[0].isdigit():
+            line = f"\t{int(f[0]) * factor:5d} {int(f[1]) * factor + factor - 1:5d} {f[2]:>10} {' '.join(f[3:])}"
+        out.append(line)
+    path.write_text("\n".join(out) + "\n")
+
+
+def test_alignment_past_the_audio_and_huge_frames_skip_that_utterance(extracted, small_fake, tmp_path):
+    """A .wdseg in the wrong unit (×10) was pooled onto the last frame; a 400-digit frame number
+    raised OverflowError and stopped the run despite --on-error skip. Now each skips its utterance."""
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    wd = sorted(root.rglob("*.wdseg"))
+    scaled, huge = wd[0], wd[1].with_suffix(".phseg")
+    _scale_frames(scaled, 10)
+    lines = huge.read_text().splitlines()
+    lines[2] = "\t" + "9" * 400 + " " + "9" * 401 + " -1 AH"
+    huge.write_text("\n".join(lines) + "\n")
+    store = tmp_path / "s.h5"
+    shutil.copy(extracted, store)
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root, "--on-error", "fail")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert "22 utterances aligned" in r.stdout
+    assert f"alignment {scaled} runs past the audio" in r.stdout and "wrong time unit" in r.stdout
+    assert f"{huge}, line 3: frame number 9999" in r.stdout and "is too large" in r.stdout
+    with FeatureStore(store) as fs:
+        sk = fs.skipped("audio")
+        reasons = dict(zip(sk["id"], sk["reason"]))
+        dur = float(fs.utterances.loc[scaled.stem, "duration"])
+        assert scaled.stem not in fs.ids("audio", "segments/word") and huge.stem not in fs.ids("audio", "segments/word")
+    assert f"after {dur:.2f} s + 0.1 s" in reasons[scaled.stem]
+
+
+def test_textgrid_in_milliseconds_is_refused_not_clipped():
+    from emofuse.align.records import AlignmentItem
+    from emofuse.align.tiers import check_within_audio
+    items = {"word": [AlignmentItem("hi", 120.0, 300.0), AlignmentItem("there", 420.0, 500.0)]}
+    with pytest.raises(Exception, match=r"alignment x.TextGrid runs past the audio: 2 segments end after 1.20 s "
+                                        r"\+ 0.1 s \(the latest, word 'there', at 420.00..920.00 s\)"):
+        check_within_audio(items, 1.2, {"textgrid": "x.TextGrid"})
+    # within the tolerance (Sphinx's 10 ms rounding, a padded final silence): accepted
+    check_within_audio({"word": [AlignmentItem("hi", 0.0, 1.29)]}, 1.2, "x")

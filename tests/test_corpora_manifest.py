@@ -43,10 +43,10 @@ def test_jsonl(wavs):
 
 
 @pytest.mark.parametrize("rows,match", [
-    (["a,audio/a.wav,x,ang,s,1", "a,audio/b.wav,y,ang,s,1"], r"row 3: duplicate id 'a' \(first seen in row 2\)"),
-    (["a,audio/zz.wav,x,ang,s,1"], r"row 2: missing audio file .*zz.wav"),
-    (["a,audio/a.wav,x,joy,s,1"], r"row 2: unknown label 'joy'.*\['ang', 'hap', 'neu', 'sad'\]"),
-    (["a,audio/a.wav,x,,s,1"], r"row 2: utterance 'a' has an empty label"),
+    (["a,audio/a.wav,x,ang,s,1", "a,audio/b.wav,y,ang,s,1"], r"line 3: duplicate id 'a' \(first seen on line 2\)"),
+    (["a,audio/zz.wav,x,ang,s,1"], r"line 2: missing audio file .*zz.wav"),
+    (["a,audio/a.wav,x,joy,s,1"], r"line 2: unknown label 'joy'.*\['ang', 'hap', 'neu', 'sad'\]"),
+    (["a,audio/a.wav,x,,s,1"], r"line 2: utterance 'a' has an empty label"),
 ])
 def test_bad_rows_name_file_and_row(wavs, rows, match):
     m = write_csv(wavs / "m.csv", rows)
@@ -62,3 +62,88 @@ def test_missing_columns_and_suffix(wavs):
     (wavs / "m.xlsx").write_text("x")
     with pytest.raises(CorpusError, match="suffix '.xlsx'"):
         load_corpus("manifest", path=wavs / "m.xlsx")
+
+
+# -- strict where an ambiguity would change results (issue 14) -----------------------------------
+HEADER = "id,audio,text,label,speaker,session"
+
+
+def _refused(m, match, **kw):
+    with pytest.raises(CorpusError, match=match) as e:
+        load_corpus("manifest", path=m, **kw)
+    msg = str(e.value)
+    assert (str(m) in msg or len(str(m)) > 120) and "\n" not in msg
+    return msg
+
+
+def test_unquoted_comma_in_transcript_is_refused_with_line(wavs):
+    # before: the label became 'really.' and the session 'Ses01M', a new class and a new fold
+    m = write_csv(wavs / "m.csv", ["a,audio/a.wav,fine,ang,s,1", "b,audio/b.wav,oh, really.,hap,Ses01M,2"])
+    _refused(m, r"line 3 has 7 fields, the header 6: an unquoted ',' inside a field\? quote it")
+    m = write_csv(wavs / "m.csv", ["a,audio/a.wav,fine,ang,s"])
+    _refused(m, r"line 2 has 5 fields, the header 6: a field is missing")
+
+
+def test_unterminated_quote_is_refused_not_swallowing_the_rest(wavs):
+    # before: 10 of 24 rows read, the rest silently inside one transcript
+    rows = ["a,audio/a.wav,fine,ang,s,1", 'b,audio/b.wav,"she said hi,hap,s,2', 'c,audio/c.wav,x,sad,s,1"',
+            "d,audio/a.wav,x,sad,s,1"]
+    _refused(write_csv(wavs / "m.csv", rows), r"line 3: a quoted field runs on to line 4 \(an unterminated quote\?\)")
+    # in the last column, up to the end of the file
+    rows = ["a,audio/a.wav,fine,ang,s,1", 'b,audio/b.wav,x,hap,s,"2', "c,audio/c.wav,x,sad,s,1"]
+    _refused(write_csv(wavs / "m.csv", rows), r"line 3: a quoted field is never closed \(an unterminated quote\?\)")
+
+
+@pytest.mark.parametrize("rows,match", [
+    (["a,audio/a.wav,x,Ang,s,1", "b,audio/b.wav,x,ang,s,2"], r"label 'ang' \(line 3\) and 'Ang' \(line 2\) differ only in spelling"),
+    (["a,audio/a.wav,x,ang,s,1", "b,audio/b.wav,x,ang,s,1.0"], r"session '1.0' \(line 3\) and '1' \(line 2\) differ only"),
+    (["a,audio/a.wav,x,ang,s,01", "b,audio/b.wav,x,ang,s,1"], r"session '1' \(line 3\) and '01' \(line 2\)"),
+    (["a,audio/a.wav,x,ang,s,Ses1", "b,audio/b.wav,x,ang,s,ses1"], r"session 'ses1' \(line 3\) and 'Ses1'"),
+    (["a,audio/a.wav,x,ang,Spk1,1", "b,audio/b.wav,x,ang,spk1,2"], r"speaker 'spk1' \(line 3\) and 'Spk1'"),
+    (["a,audio/a.wav,x,ang,s,1", "b,audio/b.wav,x,ang,s, "], r"line 3: utterance 'b' has an empty session"),
+    (["a,audio/a.wav,x,ang,s,1,abc,", "b,audio/b.wav,x,ang,s,2,,"], r"line 2: start 'abc' is not a number of seconds"),
+    (["a,audio/a.wav,x,ang,s,1,0.5,nan", "b,audio/b.wav,x,ang,s,2,,"], r"line 2: end nan is not a finite number"),
+])
+def test_values_spelled_two_ways_or_not_numbers(wavs, rows, match):
+    header = HEADER + (",start,end" if rows[0].count(",") > 5 else "")
+    _refused(write_csv(wavs / "m.csv", rows, header=header), match)
+
+
+def test_same_spelling_everywhere_is_fine_and_sessions_stay_as_written(wavs):
+    m = write_csv(wavs / "m.csv", ["a,audio/a.wav,x,Ang,s,1.0", "b,audio/b.wav,x,Ang,s,1.0", "c,audio/c.wav,x,ang2,s,07"])
+    utts = load_corpus("manifest", path=m)
+    assert [(u.label, u.session) for u in utts] == [("Ang", "1.0"), ("Ang", "1.0"), ("ang2", 7)]
+
+
+def test_utf8_bom_is_dropped(wavs):
+    m = wavs / "m.csv"
+    m.write_bytes(b"\xef\xbb\xbf" + (HEADER + "\na,audio/a.wav,hi,ang,s,1\n").encode())
+    assert [u.id for u in load_corpus("manifest", path=m)] == ["a"]
+    j = wavs / "m.jsonl"
+    j.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", "audio": "audio/a.wav", "text": "", "label": "x",
+                                                "speaker": "s", "session": 1}).encode() + b"\n")
+    assert [u.id for u in load_corpus("manifest", path=j)] == ["a"]
+
+
+@pytest.mark.parametrize("line,match", [
+    ('[1, 2]', r"line 2 holds a JSON list; expected one object per line"),
+    ('"text"', r"line 2 holds a JSON str"),
+    ('{"id": "b", "audio": "audio/b.wav", "text": "", "label": ["x"], "speaker": "s", "session": 1}',
+     r"line 2: field 'label' holds a JSON list"),
+    ('{"id": "b", "audio": "audio/b.wav", "text": "", "label": "x", "speaker": "s", "session": 1, "start": "abc"}',
+     r"line 2: start 'abc' is not a number"),
+    ('{"id": "b", "audio"', r"line 2 is not valid JSON"),
+    ('{"audio": "audio/b.wav", "text": "", "label": "x", "speaker": "s", "session": 1}', r"line 2 has an empty id"),
+])
+def test_jsonl_lines_that_are_not_rows(wavs, line, match):
+    m = wavs / "m.jsonl"
+    first = json.dumps({"id": "a", "audio": "audio/a.wav", "text": "", "label": "x", "speaker": "s", "session": 1})
+    m.write_text(first + "\n" + line + "\n")
+    _refused(m, match)
+
+
+def test_file_name_too_long_is_one_sentence(wavs):
+    m = write_csv(wavs / "m.csv", ["a," + "x" * 5000 + ".wav,hi,ang,s,1"])
+    msg = _refused(m, r"line 2: audio file .*cannot be looked up: File name too long")
+    assert len(msg) < 400
+    _refused(wavs / ("y" * 300 + ".csv"), r"manifest .* (cannot be looked up|does not exist)")

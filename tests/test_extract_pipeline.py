@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -309,3 +310,22 @@ def test_prefetch_returns_every_batch_in_order_and_reads_ahead_at_most_depth(bac
     finally:
         p.close()
     assert read_log == [i for b in batches for i in b]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo ran > ran.txt",))
+
+
+def test_checkpoint_with_a_malicious_pickle_is_one_sentence(tiny_models, tmp_path):
+    """transformers refuses it (good); the user used to see a raw _pickle.UnpicklingError."""
+    import pickle
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_models["group"], bad)
+    os.remove(bad / "model.safetensors")
+    (bad / "pytorch_model.bin").write_bytes(pickle.dumps(_RunsCode()))
+    r = cli("--corpus", "demo", "--out", tmp_path / "s.h5", "--audio-model", bad, "--text-model", "none")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: could not load the audio model from {bad}: its pickled weights file holds "
+                               "more than tensors and was refused")
+    assert not (tmp_path / "ran.txt").exists() and not Path("ran.txt").exists()

@@ -11,6 +11,7 @@ from ..errors import EmofuseError
 from .records import AlignmentItem
 
 FRAME_RATE = 100  # Sphinx frames per second (10 ms)
+MAX_FRAME = 10**9  # 115 days at 10 ms: anything larger is a damaged file, not an utterance
 ROW_RE = re.compile(r"^\s*(-?\d+)\s+(-?\d+)\s+(-?\d+)\s+(\S.*?)\s*$")
 ALTERNATE_RE = re.compile(r"\(\d+\)$")
 
@@ -38,7 +39,12 @@ def read_seg(path: str | Path, tier: str) -> list[AlignmentItem]:
         m = ROW_RE.match(line)
         if not m:
             raise AlignmentFormatError(f"{path}, line {no}: expected 'SFrm EFrm SegAScr {tier.capitalize()}', found {text!r}")
+        if max(len(m.group(1)), len(m.group(2))) > len(str(MAX_FRAME)):  # before int(): 5,000 digits raise
+            raise AlignmentFormatError(f"{path}, line {no}: frame number {max(m.group(1), m.group(2), key=len)[:20]}… "
+                                       f"is too large (at most {MAX_FRAME:,})")
         sfrm, efrm = int(m.group(1)), int(m.group(2))
+        if efrm > MAX_FRAME:
+            raise AlignmentFormatError(f"{path}, line {no}: frame number {efrm} is too large (at most {MAX_FRAME:,})")
         if efrm < sfrm or sfrm < 0:
             raise AlignmentFormatError(f"{path}, line {no}: frames {sfrm}..{efrm} are not an increasing span")
         if prev_end is not None and sfrm <= prev_end:

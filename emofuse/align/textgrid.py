@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,8 +28,16 @@ def read_textgrid(path: str | Path, tier_names: Mapping[str, Sequence[str]] | No
         found = next((c for c in candidates if c in tg.tierNames), None)
         if found is None:
             continue
-        out[tier] = [AlignmentItem(e.label, float(e.start), float(e.end) - float(e.start))
-                     for e in tg.getTier(found).entries]
+        t = tg.getTier(found)
+        if not isinstance(t, textgrid.IntervalTier):
+            raise EmofuseError(f"TextGrid {path}: tier {found!r} is a point tier; expected intervals (start, end, label)")
+        items = [AlignmentItem(str(e.label), float(e.start), float(e.end) - float(e.start)) for e in t.entries]
+        bad = next((i for i in items if not (math.isfinite(i.start) and math.isfinite(i.duration)
+                                             and i.start >= 0 and i.duration >= 0)), None)
+        if bad is not None:
+            raise EmofuseError(f"TextGrid {path}: tier {found!r} has an interval {bad.start}..{bad.end}; "
+                               "expected finite times >= 0, end after start")
+        out[tier] = items
     if not out:
         raise EmofuseError(f"TextGrid {path} has tiers {list(tg.tierNames)}; expected one of "
                            f"{sorted({c for v in names.values() for c in v})} (set the tier names to match)")

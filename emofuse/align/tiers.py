@@ -48,3 +48,29 @@ def complete_tiers(tiers: dict[str, list[AlignmentItem]], wanted: Sequence[str])
     if missing:
         raise EmofuseError(f"no {'/'.join(missing)} tier (found {sorted(tiers)})")
     return tiers
+
+
+#: How far (seconds) an alignment may run past the end of the audio before it is refused. Sphinx
+#: rounds to 10 ms frames and aligners pad the last silence by a frame or two; an alignment in the
+#: wrong unit (milliseconds, frames ×10) or of another file overshoots by far more.
+PAST_AUDIO_TOLERANCE_S = 0.1
+
+
+def check_within_audio(tiers: Mapping[str, Sequence[AlignmentItem]], duration: float,
+                       source: str | Mapping[str, str], tolerance: float = PAST_AUDIO_TOLERANCE_S) -> None:
+    """Refuse an alignment whose segments end more than ``tolerance`` seconds after ``duration``
+    (the audio's length): pooling would clip them all onto the last frame, silently.
+    ``source``: what to name in the message, or ``{tier: file}`` (``textgrid``: one file for all)."""
+    worst = None
+    for tier, items in tiers.items():
+        for it in items:
+            if it.end > duration + tolerance and (worst is None or it.end > worst[1].end):
+                worst = (tier, it)
+    if worst is not None:
+        tier, it = worst
+        if not isinstance(source, str):
+            source = source.get(tier) or source.get("textgrid") or ", ".join(sorted(set(source.values())))
+        n = sum(1 for items in tiers.values() for i in items if i.end > duration + tolerance)
+        raise EmofuseError(f"alignment {source} runs past the audio: {n} segments end after {duration:.2f} s + "
+                           f"{tolerance:g} s (the latest, {tier} {it.symbol!r}, at {it.start:.2f}..{it.end:.2f} s); "
+                           "wrong time unit or another utterance's file?")

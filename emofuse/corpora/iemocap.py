@@ -74,10 +74,15 @@ def find_root(root: str | Path) -> Path:
 def parse_emo_evaluation(path: Path) -> dict[str, tuple[str, float, float]]:
     """``{utterance id: (code, start, end)}`` from one consensus EmoEvaluation file."""
     out: dict[str, tuple[str, float, float]] = {}
-    for line in read_lines(path):
+    for no, line in enumerate(read_lines(path), start=1):
         m = SUMMARY_RE.match(line)
         if m and UTT_RE.match(m.group(3)):
-            out[m.group(3)] = (m.group(4), float(m.group(1)), float(m.group(2)))
+            try:
+                t0, t1 = float(m.group(1)), float(m.group(2))
+            except ValueError:
+                raise CorpusError(f"{path}, line {no}: times [{m.group(1)[:20]} - {m.group(2)[:20]}] of {m.group(3)} "
+                                  "are not numbers of seconds") from None
+            out[m.group(3)] = (m.group(4), t0, t1)
     return out
 
 

@@ -1,4 +1,14 @@
-"""Generic manifest reader (CSV or JSONL) for any corpus."""
+"""Generic manifest reader (CSV, TSV or JSONL) for any corpus.
+
+Strict wherever an ambiguity would change results rather than fail: a CSV row with the wrong
+number of fields (an unquoted comma in a transcript shifts the label into another column), a
+quoted field running over a line end (an unterminated quote swallows the rest of the file), and a
+label, session or speaker spelled two ways (``Ang``/``ang``, ``1``/``1.0``) would each silently
+create a new class, fold or speaker, so each is refused with one sentence naming the file and
+line. Validation is written by hand rather than with a schema library (pydantic, pandera): the
+checks that matter span rows (two spellings) or concern the CSV's lines, which row schemas do
+not see, and one sentence per problem is easier to keep than a library's multi-line report.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +17,134 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Iterable
-
-import pandas as pd
+from typing import Any, Iterable
 
 from ..errors import CorpusError
 from .records import Utterance
 
 REQUIRED = ("id", "audio", "text", "label", "speaker", "session")
 OPTIONAL = ("start", "end", "gender", "textgrid")
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".ndjson", ".csv", ".tsv"):
-        raise CorpusError(f"manifest {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl")
-    # Undecodable bytes become U+FFFD, so one bad transcript does not sink the corpus:
-    # extraction skips that utterance and says why.
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for no, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise CorpusError(f"manifest {path}, line {no} is not a JSON object: {e}") from e
-        return pd.DataFrame(rows)
+def _is_file(path: Path, what: str) -> bool:
+    """``path.is_file()``, with OS errors that are the input's fault (a name too long, a path
+    through a file) as one sentence."""
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        rows = list(reader)
+        return path.is_file()
+    except (OSError, ValueError) as e:  # ENAMETOOLONG, embedded NUL …
+        shown = str(path) if len(str(path)) <= 120 else str(path)[:100] + f"… ({len(str(path))} characters)"
+        raise CorpusError(f"{what} {shown} cannot be looked up: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _decode(path: Path) -> str:
+    # Undecodable bytes become U+FFFD, so one bad transcript does not sink the corpus:
+    # extraction skips that utterance and says why. A UTF-8 byte-order mark is dropped.
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"manifest {path} cannot be read: {e.strerror or e}") from None
+    return raw.decode("utf-8-sig", errors="replace")
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    rows, columns = [], []
+    for no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise CorpusError(f"manifest {path}, line {no} is not valid JSON: {str(e)[:120]}") from None
+        if not isinstance(obj, dict):
+            raise CorpusError(f"manifest {path}, line {no} holds a JSON {type(obj).__name__}; "
+                              "expected one object per line ({\"id\": …, \"audio\": …})")
+        for k, v in obj.items():
+            if v is not None and not isinstance(v, (str, int, float)):
+                raise CorpusError(f"manifest {path}, line {no}: field {k!r} holds a JSON {type(v).__name__}; "
+                                  "expected a string, a number or null")
+            if k not in columns:
+                columns.append(k)
+        rows.append((no, obj))
+    return columns, rows
+
+
+def _read_csv(path: Path, text: str, delimiter: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows, header, last_line = [], None, 0
+    try:
+        for fields in reader:
+            first_line = last_line + 1
+            last_line = reader.line_num
+            if last_line > first_line and any("\n" in f or "\r" in f for f in fields):
+                raise CorpusError(f"manifest {path}, line {first_line}: a quoted field runs on to line {last_line} "
+                                  "(an unterminated quote?); a field may not hold a line break")
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if header is None:
+                header = [f.strip() for f in fields]
+                dup = sorted({h for h in header if header.count(h) > 1})
+                if dup:
+                    raise CorpusError(f"manifest {path}, line {first_line}: column {dup[0]!r} appears twice in the header")
+                continue
+            if len(fields) != len(header):
+                raise CorpusError(
+                    f"manifest {path}, line {first_line} has {len(fields)} fields, the header {len(header)}: "
+                    f"{'an unquoted ' + repr(delimiter) + ' inside a field? quote it' if len(fields) > len(header) else 'a field is missing'}")
+            rows.append((first_line, dict(zip(header, fields))))
     except csv.Error as e:
-        raise CorpusError(f"manifest {path} could not be parsed as CSV: {e}") from e
-    return pd.DataFrame(rows, columns=reader.fieldnames or [], dtype=object).fillna("")
+        if "end of data" in str(e):
+            raise CorpusError(f"manifest {path}, line {last_line + 1}: a quoted field is never closed (an unterminated "
+                              "quote?); a field may not hold a line break") from None
+        raise CorpusError(f"manifest {path}, line {reader.line_num} is not valid CSV: {e}") from None
+    return header or [], rows
 
 
-def _blank(v) -> bool:
+def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() == "")
 
 
-def _session(v):
-    s = str(v).strip()
+def _text(v: Any) -> str:
+    return "" if _blank(v) else str(v).strip()
+
+
+def _session(v: Any) -> int | str:
+    """Digits (``1``, ``01``) become int; anything else stays a string."""
+    s = _text(v)
     return int(s) if s.lstrip("-").isdigit() else s
+
+
+def _same_session(s: int | str) -> Any:
+    """What two spellings of one session share: ``1``, ``01`` and ``1.0`` are the same number."""
+    try:
+        x = float(s)
+    except ValueError:
+        return s
+    return int(x) if math.isfinite(x) and x == int(x) else s
+
+
+def _seconds(v: Any, name: str, where: str) -> float | None:
+    if _blank(v):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise CorpusError(f"{where}: {name} {str(v)[:40]!r} is not a number of seconds") from None
+    if not math.isfinite(x) or x < 0:
+        raise CorpusError(f"{where}: {name} {x} is not a finite number of seconds >= 0")
+    return x
+
+
+def _one_spelling(values: list[tuple[str, Any, str]], column: str, path: Path) -> None:
+    """Refuse a value written two ways (``Ang``/``ang``; session ``1``/``1.0``): the two would
+    silently become two classes, folds or speakers. ``values``: (spelling, canonical, where)."""
+    first: dict[Any, tuple[str, str]] = {}
+    for spelling, canon, where in values:
+        key = canon.casefold() if isinstance(canon, str) else canon
+        if key in first and first[key][0] != spelling:
+            raise CorpusError(f"manifest {path}: {column} {spelling!r} ({where}) and {first[key][0]!r} "
+                              f"({first[key][1]}) differ only in spelling; write one of them everywhere")
+        first.setdefault(key, (spelling, where))
 
 
 def load_manifest(path: str | Path, labels: Iterable[str] | None = None, check_audio: bool = True) -> list[Utterance]:
@@ -56,59 +152,78 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None, check_a
     gender, textgrid``). Relative paths resolve against the manifest's folder.
 
     ``labels``: the allowed label set; a row with another label is an error. Without it, any
-    non-empty label is accepted.
+    non-empty label is accepted. Every problem raises ``CorpusError`` naming the file and line.
     """
     path = Path(path)
-    if not path.is_file():
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CorpusError(f"manifest {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl")
+    if not _is_file(path, "manifest"):
         raise CorpusError(f"manifest {path} does not exist; expected a .csv, .tsv or .jsonl file")
-    df = _read_table(path)
-    missing = [c for c in REQUIRED if c not in df.columns]
+    text = _decode(path)
+    if suffix in (".jsonl", ".ndjson"):
+        columns, rows = _read_jsonl(path, text)
+    else:
+        columns, rows = _read_csv(path, text, "\t" if suffix == ".tsv" else ",")
+    missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        raise CorpusError(f"manifest {path} lacks columns {missing}; expected at least {list(REQUIRED)}")
+        raise CorpusError(f"manifest {path} lacks columns {missing}; expected at least {list(REQUIRED)} "
+                          f"(found {columns[:10]})")
     allowed = set(labels) if labels is not None else None
     base = path.parent
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
-    first_row = 1 if path.suffix.lower() in (".jsonl", ".ndjson") else 2
-    for row_no, row in enumerate(df.to_dict("records"), start=first_row):
-        uid = str(row["id"]).strip()
-        where = f"manifest {path}, row {row_no}"
+    spellings: dict[str, list] = {"label": [], "session": [], "speaker": []}
+    for line_no, row in rows:
+        where = f"manifest {path}, line {line_no}"
+        uid = _text(row.get("id"))
         if not uid:
             raise CorpusError(f"{where} has an empty id")
         if uid in seen:
-            raise CorpusError(f"{where}: duplicate id {uid!r} (first seen in row {seen[uid]})")
-        seen[uid] = row_no
-        label = "" if _blank(row["label"]) else str(row["label"]).strip()
+            raise CorpusError(f"{where}: duplicate id {uid!r} (first seen on line {seen[uid]})")
+        seen[uid] = line_no
+        label = _text(row.get("label"))
         if not label:
             raise CorpusError(f"{where}: utterance {uid!r} has an empty label")
         if allowed is not None and label not in allowed:
             raise CorpusError(f"{where}: unknown label {label!r} for {uid!r}; expected one of {sorted(allowed)}")
-        audio = Path(str(row["audio"]))
+        session = _session(row.get("session"))
+        if session == "":
+            raise CorpusError(f"{where}: utterance {uid!r} has an empty session; every utterance needs its "
+                              "session (the cross-validation fold)")
+        speaker = _text(row.get("speaker"))
+        for column, canon in (("label", label), ("session", _same_session(session)), ("speaker", speaker)):
+            spellings[column].append((_text(row.get(column)), canon, f"line {line_no}"))
+        if _blank(row.get("audio")):
+            raise CorpusError(f"{where}: utterance {uid!r} has an empty audio path")
+        audio = Path(str(row["audio"]).strip())
         audio = audio if audio.is_absolute() else base / audio
-        if check_audio and not audio.is_file():
+        if check_audio and not _is_file(audio, f"{where}: audio file"):
             raise CorpusError(f"{where}: missing audio file {audio} for {uid!r}")
-        start = None if _blank(row.get("start")) else float(row["start"])
-        end = None if _blank(row.get("end")) else float(row["end"])
+        start = _seconds(row.get("start"), "start", where)
+        end = _seconds(row.get("end"), "end", where)
         if start is not None and end is not None and end <= start:
             raise CorpusError(f"{where}: end {end} is not after start {start} for {uid!r}")
         aligns = {}
         if not _blank(row.get("textgrid")):
-            tg = Path(str(row["textgrid"]))
+            tg = Path(str(row["textgrid"]).strip())
             aligns["textgrid"] = str(tg if tg.is_absolute() else base / tg)
-        gender = None if _blank(row.get("gender")) else str(row["gender"]).strip()
+        gender = _text(row.get("gender")) or None
         utts.append(
             Utterance(
                 id=uid,
                 audio_path=str(audio),
-                transcript="" if _blank(row["text"]) else str(row["text"]),
+                transcript="" if _blank(row.get("text")) else str(row["text"]),
                 label=label,
-                session=_session(row["session"]),
-                speaker=str(row["speaker"]).strip(),
+                session=session,
+                speaker=speaker,
                 gender=gender,
                 start=start,
                 end=end,
                 alignments=aligns,
             )
         )
+    for column, values in spellings.items():
+        _one_spelling(values, column, path)
     utts.sort(key=lambda u: u.id)
     return utts

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import CorpusError
+
 
 def read_lines(path: str | Path) -> list[str]:
-    """Lines of a text file: UTF-8 when it decodes, else latin-1; ``\\r`` stripped."""
-    raw = Path(path).read_bytes()
+    """Lines of a text file: UTF-8 when it decodes, else latin-1; ``\\r`` stripped. A file that
+    cannot be read (a folder, no permission, a name too long) raises ``CorpusError``."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise CorpusError(f"{str(path)[:300]} cannot be read: {e.strerror or e}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,16 @@ def resolve_spec(spec: str) -> str:
     return str(mod.get_model_path())
 
 
+#: what loading a checkpoint raises for a bad folder (not our bug): a pickled weights file holding
+#: more than tensors is refused by torch's weights-only unpickler (it could run code)
+LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError)
+
+
 def _load_error(kind: str, spec: str, e: Exception) -> EmofuseError:
+    if isinstance(e, pickle.UnpicklingError):
+        return EmofuseError(f"could not load the {kind} model from {spec}: its pickled weights file holds more than "
+                            "tensors and was refused (loading it could run code); use a checkpoint saved as "
+                            "safetensors, or one you trust re-saved with save_pretrained(safe_serialization=True)")
     if os.path.exists(spec):
         return EmofuseError(f"could not load the {kind} model from folder {spec}: {str(e).splitlines()[0][:200]}")
     return EmofuseError(
@@ -135,7 +145,7 @@ class HFAudioEncoder:
                 raise EmofuseError(f"{spec!r} is a Whisper checkpoint: load it with load_audio_encoder (WhisperAudioEncoder)")
             try:
                 model = AutoModel.from_pretrained(spec)
-            except (OSError, ValueError) as e:
+            except LOAD_ERRORS as e:
                 raise _load_error("audio", spec, e) from e
             try:
                 fe = AutoFeatureExtractor.from_pretrained(spec)
@@ -301,7 +311,7 @@ class HFTextEncoder:
         try:
             self.tok = AutoTokenizer.from_pretrained(path, use_fast=True)
             model = AutoModel.from_pretrained(path)
-        except (OSError, ValueError) as e:
+        except LOAD_ERRORS as e:
             raise _load_error("text", spec, e) from e
         if not self.tok.is_fast:
             raise EmofuseError(f"text model {spec!r} has no fast tokenizer; character offsets need one")

@@ -23,6 +23,7 @@ from scipy.stats import wilcoxon
 from ..errors import EmofuseError
 from ..store import FeatureStore
 from . import tables
+from .rundir import run_lock, write_json
 from .train import TrainConfig, run_combine, run_train, store_fingerprints
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb"}
@@ -87,6 +88,33 @@ def run_key(identity: dict, fingerprints: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the ablate process that started it is gone
+    (killed, even by SIGKILL), instead of training on as an orphan. Linux: the kernel sends
+    SIGKILL at once (PR_SET_PDEATHSIG); everywhere: a thread notices the new parent pid."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="emofuse-parent-watch", daemon=True).start()
+
+
 def _train_worker(cfg: TrainConfig, threads: int) -> str:
     import torch
     torch.set_num_threads(threads)
@@ -99,8 +127,14 @@ def _finished(d: str) -> bool:
 
 
 def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
-    """Run every configuration of the spec not yet finished; write tables. Returns table → rows."""
+    """Run every configuration of the spec not yet finished; write tables. Returns table → rows.
+    One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
     spec = load_spec(cfg.spec)
+    with run_lock(cfg.out, "ablate"):
+        return _run_ablate(cfg, spec, echo)
+
+
+def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> dict[str, pd.DataFrame]:
     defaults = {k: v for k, v in (spec.get("defaults") or {}).items()}
     bad = set(defaults) - TRAIN_FIELDS
     if bad:
@@ -132,9 +166,16 @@ def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[s
     if cfg.jobs > 1 and len(pending) > 1:
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         import multiprocessing as mp
-        with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
-            for k, out in enumerate(pool.map(_train_worker, pending, [threads] * len(pending))):
-                echo(f"  [{k + 1}/{len(pending)}] {out} finished")
+        with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+            try:
+                for k, out in enumerate(pool.map(_train_worker, pending, [threads] * len(pending))):
+                    echo(f"  [{k + 1}/{len(pending)}] {out} finished")
+            except BaseException:  # interrupted or a worker failed: stop the others now, not after their runs
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     else:
         for k, c in enumerate(pending):
             echo(f"  [{k + 1}/{len(pending)}] {c.fusion} {'+'.join(c.keys())} ({c.head}) → {c.out}")
@@ -149,9 +190,9 @@ def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[s
                 run_combine(members, out, echo=lambda m: echo("    " + m))
     results = _collect(spec, key_of, runs_dir)
     _write_tables(spec, results, cfg.out)
-    with open(os.path.join(cfg.out, "ablate.json"), "w") as f:
-        json.dump({"type": "emofuse.ablate", "spec": {k: v for k, v in spec.items() if k != "_labels"},
-                   "store": os.path.abspath(cfg.store), "keys": key_of}, f, indent=2)
+    write_json(os.path.join(cfg.out, "ablate.json"),
+               {"type": "emofuse.ablate", "spec": {k: v for k, v in spec.items() if k != "_labels"},
+                "store": os.path.abspath(cfg.store), "keys": key_of})
     return results
 
 

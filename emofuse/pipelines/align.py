@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
-from ..align.tiers import complete_tiers, read_alignment
+from ..align.tiers import check_within_audio, complete_tiers, read_alignment
 from ..corpora import load_corpus
 from ..errors import EmofuseError
 from ..store import GRANULARITIES, FeatureStore, StoreWriter, corpus_fingerprint, segments_kind
@@ -179,6 +179,12 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
     return summary
 
 
+def _audio_seconds(utt_table, uid: str, n_frames: int, hop: float, window: float) -> float:
+    """The utterance's audio length: the corpus table's duration, else what the frames cover."""
+    dur = float(utt_table.loc[uid, "duration"]) if "duration" in utt_table.columns else float("nan")
+    return dur if np.isfinite(dur) and dur > 0 else (n_frames - 1) * hop + window
+
+
 def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, summary, aligner, offset=0.0):
     entries = {segments_kind(g): {} for g in cfg.granularities}
     skipped = []
@@ -189,6 +195,7 @@ def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, s
         try:
             if cfg.source == "sphinx" or (cfg.source == "auto" and not records[uid].alignments and aligner):
                 tiers = aligner.align(uid, utt_table.loc[uid, "audio_path"], utt_table.loc[uid, "transcript"])
+                source = "from the aligner"
             else:
                 paths = records[uid].alignments
                 if cfg.source == "textgrid" and "textgrid" not in paths:
@@ -196,7 +203,10 @@ def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, s
                 if not paths:
                     raise EmofuseError("no forced alignment for this utterance (use --source sphinx to align it)")
                 tiers = read_alignment(paths, cfg.tier_names)
+                source = paths
             tiers = complete_tiers(tiers, wanted)
+            check_within_audio({g: tiers[g] for g in wanted}, _audio_seconds(utt_table, uid, len(frames), hop, window),
+                               source)
         except EmofuseError as e:
             if cfg.on_error == "fail":
                 raise EmofuseError(f"{uid}: {e}") from e

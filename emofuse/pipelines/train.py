@@ -23,6 +23,9 @@ from ..heads.options import HEAD_NAMES, PLATEAU, head_defaults
 from ..store import FeatureStore
 from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require, select_layers
 from .metrics import format_summary, scores, summarise
+from .rundir import check_run_dir as _check_run_dir
+from .rundir import content_digest, predictions_roundtrip, read_predictions, run_lock, write_csv
+from .rundir import write_json as _write_json
 
 HEADS = HEAD_NAMES
 NORMS = ("none", "global", "speaker")
@@ -187,19 +190,15 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def store_fingerprints(fs: FeatureStore, cfg: TrainConfig) -> dict:
+    """What the run reads: the corpus and stream fingerprints, and a digest of each stream kind's
+    content (utterances, rows, segment spans and symbols), so changed segments are a new key."""
     out = {"corpus": fs.corpus_fingerprint}
     for k in cfg.keys():
         s = cfg.text_stream if k == "T" else cfg.audio_stream
         require(fs, s, k)
         out[s] = fs.stream_info(s).get("fingerprint")
+        out[f"{s}/{KEY_KIND[k]}"] = content_digest(fs, s, KEY_KIND[k])
     return out
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -304,13 +303,31 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
 
 
 def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
-    """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary."""
+    """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary.
+    One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
+    resolve_device(cfg.device)
+    with FeatureStore(cfg.store) as fs:
+        _check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
+    with run_lock(cfg.out, "train-head"):
+        return _run_train(cfg, echo)
+
+
+def _check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
+    """Streams present, layer selections valid and the head buildable at the store's widths.
+    Returns key → (positions, encoder layer indices, width)."""
+    for k in cfg.keys():
+        require(fs, cfg.text_stream if k == "T" else cfg.audio_stream, k)
+    chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
+    with torch.device("meta"):   # structure only: no memory, no random numbers drawn
+        cfg.build({k: (len(pos), D) for k, (pos, _, D) in chosen.items()}, 2)
+    return chosen
+
+
+def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
     device = resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
-        # Layer selections and head sizes are checked against the store before anything is written.
-        chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
-        cfg.build({k: (len(pos), D) for k, (pos, _, D) in chosen.items()}, 2)
+        chosen = _check_against_store(fs, cfg)
         config = {"type": "emofuse.train-head", "emofuse_version": __version__, "config": asdict(cfg),
                   "identity": cfg.identity(), "fingerprints": fingerprints,
                   "layer_ids": {k: ids for k, (_, ids, _) in chosen.items()}}
@@ -336,7 +353,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                 if os.path.exists(os.path.join(rdir, "metrics.json")):
                     with open(os.path.join(rdir, "metrics.json")) as f:
                         runs.append(json.load(f))
-                    preds.append(pd.read_csv(os.path.join(rdir, "predictions.csv"), dtype={"fold": str}))
+                    preds.append(read_predictions(os.path.join(rdir, "predictions.csv")))
                     bar.update(1)
                     continue
                 tr, va, te = split(data, session, seed, cfg.val_fraction)
@@ -359,6 +376,8 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                                   "pred": np.array(data.classes)[logits.argmax(1)]})
                 for c, name in enumerate(data.classes):
                     p[f"logit_{name}"] = logits[:, c]
+                # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
+                p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
                 _save_run(rdir, model, m, p, {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion,
                                               "head": cfg.head, "keys": "+".join(cfg.keys())})
                 runs.append(m)
@@ -371,7 +390,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                          "held_in": data.home, "device": str(device)},
                    time={"load_s": t_load, "data_s": timer.data, "compute_s": timer.compute},
                    runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
-    pd.concat(preds).to_csv(os.path.join(cfg.out, "predictions.csv"), index=False)
+    write_csv(os.path.join(cfg.out, "predictions.csv"), pd.concat(preds))
     _write_json(os.path.join(cfg.out, "summary.json"), summary)
     echo(f"{cfg.out}: " + format_summary(summary))
     return summary
@@ -385,31 +404,19 @@ def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame, meta: dict |
     os.makedirs(rdir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(rdir, "model.safetensors"), metadata={"type": "emofuse.head", **(meta or {})})
-    preds.to_csv(os.path.join(rdir, "predictions.csv"), index=False)
+    write_csv(os.path.join(rdir, "predictions.csv"), preds)
     _write_json(os.path.join(rdir, "metrics.json"), metrics)
-
-
-def _check_run_dir(out: str, config: dict) -> None:
-    path = os.path.join(out, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    if old.get("type") != config["type"]:
-        raise EmofuseError(f"{out} holds something else ({old.get('type')}); choose another --out")
-    diff = [k for k in set(old["identity"]) | set(config["identity"])
-            if old["identity"].get(k) != config["identity"].get(k)]
-    if old.get("fingerprints") != config["fingerprints"]:
-        diff.append("store fingerprints")
-    if diff:
-        raise EmofuseError(f"{out} holds a run of another configuration (differs in {', '.join(sorted(diff))}); "
-                           f"choose another --out or delete it")
 
 
 # -- score combination -------------------------------------------------------------------------
 def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] = print) -> dict:
     """Average the test logits of finished runs per (repeat, fold, utterance) and score them.
     The runs must share the corpus, classes, folds, seeds and test utterances."""
+    with run_lock(out, "train-head --fusion combine"):
+        return _run_combine(run_dirs, out, echo)
+
+
+def _run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None]) -> dict:
     if len(run_dirs) < 2:
         raise EmofuseError("--fusion combine needs at least two --runs")
     configs, preds = [], []
@@ -419,7 +426,7 @@ def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] =
                 raise EmofuseError(f"{d} is not a finished train-head run (no {name})")
         with open(os.path.join(d, "config.json")) as f:
             configs.append(json.load(f))
-        preds.append(pd.read_csv(os.path.join(d, "predictions.csv"), dtype={"fold": str}))
+        preds.append(read_predictions(os.path.join(d, "predictions.csv")))
     corpus = {c["fingerprints"]["corpus"] for c in configs}
     if len(corpus) != 1:
         raise EmofuseError(f"runs {list(run_dirs)} come from different corpora; refusing to combine them")
@@ -454,7 +461,7 @@ def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] =
               "identity": {"fusion": "combine", "members": [c["identity"] for c in configs]},
               "fingerprints": configs[0]["fingerprints"]}
     _write_json(os.path.join(out, "config.json"), config)
-    comb.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    write_csv(os.path.join(out, "predictions.csv"), comb)
     summary = summarise(runs, classes)
     summary.update(type="emofuse.summary", fusion="combine", members=[os.path.abspath(d) for d in run_dirs], runs=runs)
     _write_json(os.path.join(out, "summary.json"), summary)

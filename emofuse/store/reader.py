@@ -136,6 +136,16 @@ class FeatureStore:
         ds = self._f[entry_path(stream, kind)][DATA]
         return int(ds.shape[1]), int(ds.shape[2]), int(ds.dtype.itemsize)
 
+    def column(self, stream: str, kind: str, name: str) -> np.ndarray:
+        """A row-aligned array of an entry table, whole, in storage order: small per-row facts
+        (``spans``, ``symbols`` of segments; ``strings`` of tokens), not ``data``."""
+        self._entry_index(stream, kind)
+        g = self._f[entry_path(stream, kind)]
+        if name == DATA or name not in g:
+            raise StoreError(f"{kind} of stream {stream!r} in {self.path} has no column {name!r}")
+        ds = g[name]
+        return ds.asstr()[...] if ds.dtype.kind == "O" else ds[...]
+
     # -- per utterance -------------------------------------------------------------------
     def frames(self, stream: str, utt_id: str) -> np.ndarray:
         """Frame activations ``(T, L, D)``."""

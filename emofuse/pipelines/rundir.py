@@ -1,0 +1,218 @@
+"""Run directories of ``train-head`` and ``ablate``: what a run read (its key), one process per
+directory, files that appear whole, and outputs that read the same whether a run was resumed or not.
+
+- ``content_digest``: a digest of the exact store content a run reads for one stream and kind
+  (the index of utterances, rows and storage offsets, and for segments their frame spans and
+  symbols), so a store whose segments were re-aligned never hands its stale folds to a new run.
+- ``run_lock``: an exclusive lock per directory (``run.lock`` holding the owner's pid). It is an
+  ``flock`` where the platform has one (Linux, macOS): the kernel drops it when its process dies,
+  so a killed run never leaves a stale lock. Elsewhere an ``O_EXCL`` file whose pid is checked.
+- ``write_json`` / ``write_csv``: written to a temporary name unique to the process (pid and a
+  random token), then renamed over the target: two processes never share a ``.tmp``.
+- ``predictions_roundtrip``: fresh predictions pass through the same CSV text as reused ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import secrets
+import socket
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..errors import EmofuseError
+
+try:
+    import fcntl
+except ImportError:  # Windows: the O_EXCL fallback below
+    fcntl = None
+
+LOCK_NAME = "run.lock"
+
+
+# -- atomic files -----------------------------------------------------------------------------
+def tmp_name(path: str) -> str:
+    """A temporary name next to ``path``, unique to this process and call."""
+    return f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _replace_with(path: str, write) -> None:
+    tmp = tmp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    _replace_with(path, write)
+
+
+def write_csv(path: str, df: pd.DataFrame) -> None:
+    _replace_with(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+# -- predictions ------------------------------------------------------------------------------
+#: text columns of predictions.csv, read back as text (an id "007" stays "007", a label "NA" stays "NA")
+TEXT_COLUMNS = ("fold", "id", "label", "pred")
+
+
+def read_predictions(source) -> pd.DataFrame:
+    """A predictions CSV (path or buffer) with text columns as text and logits as float64."""
+    head = pd.read_csv(source, nrows=0)
+    if hasattr(source, "seek"):
+        source.seek(0)
+    dtype = {c: str for c in head.columns if c in TEXT_COLUMNS}
+    return pd.read_csv(source, dtype=dtype, keep_default_na=False, na_values={c: ["nan", "NaN"] for c in head.columns
+                                                                              if c.startswith("logit_")})
+
+
+def predictions_roundtrip(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as it reads back from its CSV: a fold trained now and a fold reused from disk then
+    serialise alike (float32 logits would otherwise print differently once mixed with float64)."""
+    buf = io.StringIO(df.to_csv(index=False))
+    return read_predictions(buf)
+
+
+# -- what a run read --------------------------------------------------------------------------
+_digests: dict[tuple, str] = {}
+
+
+def content_digest(fs, stream: str, kind: str) -> str:
+    """sha256 (32 hex) of what a run reads of ``kind`` in ``stream``: the stream's fingerprint,
+    its utterances, rows and storage offsets, the row shape and dtype, and for segments their
+    spans and symbols. Cached per store file version (path, inode, size, modification time)."""
+    st = os.stat(fs.path)
+    key = (os.path.realpath(fs.path), st.st_ino, st.st_size, st.st_mtime_ns, stream, kind)
+    if key not in _digests:
+        h = hashlib.sha256()
+        info = fs.stream_info(stream)
+        h.update(json.dumps([stream, kind, info.get("fingerprint"), list(fs.row_shape(stream, kind))]).encode())
+        index = fs.index(stream, kind)
+        h.update("\0".join(index).encode())
+        h.update(np.asarray(list(index.values()), dtype=np.int64).tobytes())
+        if kind.startswith("segments/"):
+            h.update(np.ascontiguousarray(fs.column(stream, kind, "spans"), dtype=np.int64).tobytes())
+            h.update("\0".join(fs.column(stream, kind, "symbols")).encode())
+        _digests[key] = h.hexdigest()[:32]
+    return _digests[key]
+
+
+# -- one process per run directory --------------------------------------------------------------
+def _holder(path: str) -> str:
+    try:
+        with open(path) as f:
+            text = f.read(200).split()
+    except OSError:
+        return "another process"
+    return f"process {text[0]}" + (f" on {text[1]}" if len(text) > 1 else "") if text else "another process"
+
+
+def _busy(out: str, path: str, what: str) -> EmofuseError:
+    return EmofuseError(f"{out} is in use: {_holder(path)} is running {what} there (it holds {path}); "
+                        "wait for it to finish or choose another --out")
+
+
+def _open_lock(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise EmofuseError(f"the run's lock file {path} is a symbolic link; expected a plain file: remove it") from None
+        if os.path.isdir(path):
+            raise EmofuseError(f"the run's lock file {path} is a folder; expected a plain file: remove it") from None
+        if e.errno == errno.EEXIST:
+            raise
+        raise EmofuseError(f"cannot create the run's lock file {path}: {e.strerror or e}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(out: str, what: str = "a run") -> Iterator[None]:
+    """Hold ``out/run.lock`` exclusively; a second process gets one sentence naming the holder."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise EmofuseError(f"cannot create the run directory {out}: {e.strerror or e}") from None
+    path = os.path.join(out, LOCK_NAME)
+    me = f"{os.getpid()} {socket.gethostname()}\n".encode()
+    if fcntl is not None:
+        fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise _busy(out, path, what) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, me)
+            yield
+        finally:
+            os.close(fd)  # releases the flock; the file stays (removing it would race a newcomer)
+        return
+    for _ in range(2):  # no flock: an O_EXCL file; one left by a dead process is taken over
+        try:
+            fd = _open_lock(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            break
+        except FileExistsError:
+            holder = _holder(path).split()
+            pid = int(holder[1]) if len(holder) > 1 and holder[1].isdigit() else None
+            if pid is not None and _pid_alive(pid):
+                raise _busy(out, path, what) from None
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    else:
+        raise _busy(out, path, what)
+    try:
+        os.write(fd, me)
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+# -- reuse ------------------------------------------------------------------------------------
+def check_run_dir(out: str, config: dict) -> None:
+    """Refuse ``out`` when it holds another kind of artefact, or a run of another configuration
+    or of other store content (fingerprints and content digests)."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        raise EmofuseError(f"{path} cannot be read ({e}); choose another --out or delete it") from None
+    if not isinstance(old, dict) or old.get("type") != config["type"]:
+        raise EmofuseError(f"{out} holds something else ({old.get('type') if isinstance(old, dict) else old!r}); "
+                           "choose another --out")
+    ident_old = old.get("identity") or {}
+    diff = [k for k in set(ident_old) | set(config["identity"]) if ident_old.get(k) != config["identity"].get(k)]
+    if old.get("fingerprints") != config["fingerprints"]:
+        diff.append("store content (fingerprints or segment digests)")
+    if diff:
+        raise EmofuseError(f"{out} holds a run of another configuration (differs in {', '.join(sorted(diff))}); "
+                           f"choose another --out or delete it")
