@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emofuse.align.frames import segment_frames  # noqa: E402
 from emofuse.align.pooling import pool_many  # noqa: E402
 from emofuse.pipelines.align import frames_in_order, pooling_threads  # noqa: E402
-from emofuse.store import FeatureStore, StoreWriter  # noqa: E402
+from emofuse.store import FeatureStore, StoreWriter, store_bytes  # noqa: E402
 from common import record  # noqa: E402
 
 RATES = {"phone": 12.0, "syllable": 4.5, "word": 3.0}
@@ -92,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.h5"
         segs = build(path, args.utterances)
-        size = os.path.getsize(path)
+        size = store_bytes(str(path))
         counts: dict[str, int] = {}
         times: dict[str, list[float]] = {"warm_read": [], "warm_pool": [], "cold_read": [], "cold_pool": []}
         with FeatureStore(path) as fs:

@@ -77,7 +77,7 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_m
             "--audio-model", tiny_models["group"], "--text-model", tiny_models["bert"], "--store-dtype", "float32",
             "--batch-seconds", "4", "--commit-seconds", "3"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = Path(str(out) + ".parts")
+    parts = Path(str(out) + ".d")
     deadline = time.time() + 120
     while time.time() < deadline and len(list(parts.glob("*.h5"))) < 3:
         time.sleep(0.01)
@@ -92,7 +92,8 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_m
     assert r.returncode == 0, r.stderr
     assert f"{survived} already in the store" in r.stdout  # only the unit in flight was recomputed
     assert_same_store(out, reference)
-    assert not parts.exists()
+    with FeatureStore(out) as fs:
+        assert fs.pending_parts == []
 
 
 def test_second_writer_is_refused(small_fake, tiny_models, tmp_path):

@@ -16,7 +16,7 @@ from ..errors import EmofuseError
 from ..extract.audio import BadInput, check_transcript, load_audio
 from ..extract.batching import commit_units, length_batches
 from ..extract.encoders import load_audio_encoder, load_text_encoder
-from ..store import FeatureStore, StoreWriter, digest, merge_stores
+from ..store import FeatureStore, StoreWriter, digest, merge_stores, remove_store, store_bytes
 from .describe import corpus_options
 
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -202,14 +202,11 @@ def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print) -> Extr
             t0 = time.perf_counter()
             merge_stores(cfg.out, shards)
             summary.time_finalize += time.perf_counter() - t0
-            for s in shards:
-                os.remove(s)
-                for extra in (s + ".lock",):
-                    if os.path.exists(extra):
-                        os.remove(extra)
+            for s in shards:  # their parts live on as hard links in the merged store's folder
+                remove_store(s)
             os.rmdir(shard_dir)
             summary.store = cfg.out
-            summary.store_bytes = os.path.getsize(cfg.out)
+            summary.store_bytes = store_bytes(cfg.out)
             summary.skipped_tsv = write_skipped_tsv(cfg.out, os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "skipped.tsv"))
             echo(f"merged {world} rank shards into {cfg.out}")
         td.barrier()
@@ -285,7 +282,7 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
             writer.finalize()
             summary.time_finalize = time.perf_counter() - t0
     summary.wall = time.perf_counter() - t_start
-    summary.store_bytes = os.path.getsize(out)
+    summary.store_bytes = store_bytes(out)
     if main_store is None:
         tsv = "skipped.tsv" if cfg.shard is None else f"skipped.shard-{cfg.shard.replace('/', '-of-')}.tsv"
         summary.skipped_tsv = write_skipped_tsv(out, os.path.join(os.path.dirname(os.path.abspath(out)), tsv))
