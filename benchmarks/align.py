@@ -61,13 +61,16 @@ def build(path: Path, n: int, seed: int = 0) -> dict:
 
 
 def evict(path: Path) -> None:
-    """Drop the file from the page cache (no root needed), so the next read comes from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    """Drop the store (its index and part files) from the page cache (no root needed), so the
+    next read comes from the disk."""
+    folder = Path(str(path) + ".d")
+    for p in [Path(path)] + (sorted(folder.iterdir()) if folder.is_dir() else []):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def read_only(fs: FeatureStore, ids) -> int:

@@ -191,8 +191,8 @@ def test_reader_refuses_stream_of_another_corpus(tmp_path, table):
         FeatureStore(path)
 
 
-def run_child(path, n_units=10, pause=0.0):
-    return subprocess.Popen([sys.executable, CHILD, str(path), str(n_units), str(pause)],
+def run_child(path, n_units=10, pause=0.0, kill_at=None):
+    return subprocess.Popen([sys.executable, CHILD, str(path), str(n_units), str(pause)] + ([kill_at] if kill_at else []),
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -261,3 +261,36 @@ def test_merge_shards_equals_single_store(tmp_path, table):
         pass
     with pytest.raises(StoreError, match="another corpus"):
         merge_stores(tmp_path / "all.h5", [tmp_path / "x.h5"])
+
+
+@pytest.mark.parametrize("kill_at", ["part-unrenamed:1", "part-renamed:1", "part-unrenamed:4", "part-renamed:10",
+                                     "index-unswapped:1", "index-unswapped:2", "index-swapped:2"])
+def test_sigkill_at_each_commit_point(tmp_path, kill_at):
+    """The commit points themselves, hit exactly: a part's rename and the index swap (the
+    first index swap creates the empty store, the second publishes the commits)."""
+    path = tmp_path / "s.h5"
+    first = run_child(path, n_units=10, kill_at=kill_at)
+    first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    what, n = kill_at.split(":")
+    if kill_at == "index-unswapped:1":  # killed while creating the store: there is none yet
+        assert not path.exists()
+    else:
+        with FeatureStore(path) as fs:
+            published = fs.ids("audio") if "audio" in fs.streams else []
+            for i in published:
+                assert np.array_equal(fs.frames("audio", i), store_child.frames_of(i))
+            if what == "index-swapped":  # the rename happened: everything is published
+                expected = (store_child.N_UTTS, 0)
+            elif what == "index-unswapped":
+                expected = (0, 10)
+            else:
+                expected = (0, int(n) if what == "part-renamed" else int(n) - 1)
+            assert (len(published), len(fs.pending_parts)) == expected
+    resumed = run_child(path, n_units=10)
+    out = resumed.communicate()[0]
+    assert resumed.returncode == 0, out
+    if what.startswith("index") and n == "2":
+        assert "COMMIT" not in out  # every unit had been committed before the kill
+    same_content(path, reference(tmp_path))
+    assert not Path(str(path) + ".tmp").exists() and not list(Path(str(path) + ".d").glob("*.tmp"))

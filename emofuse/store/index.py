@@ -44,7 +44,7 @@ class StoreIndex:
     fingerprint: str
     meta: dict[str, str]                       # corpus_* attributes without the prefix
     table: pd.DataFrame                        # the utterance table
-    parts: list[str] = field(default_factory=list)      # part files, relative to the index's folder
+    parts: list[str] = field(default_factory=list)      # part files, names in the store's folder
     retired: list[str] = field(default_factory=list)    # parts no entry uses any more (compact): deleted
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream name -> info
     tables: dict[tuple[str, str], EntryTable] = field(default_factory=dict)  # (stream, kind) -> entries
@@ -55,8 +55,14 @@ def data_dir(path: str) -> str:
     return path + DATA_DIR_SUFFIX
 
 
+#: the part name of a v1 store's only part: the file itself
+SELF = ""
+
+
 def part_path(index_path: str, name: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(index_path)), name)
+    """Where part ``name`` of the store indexed by ``index_path`` lives: ``STORE.h5.d/name``
+    (names are relative to the store's folder, so index and folder move and rename together)."""
+    return os.path.abspath(index_path) if name == SELF else os.path.join(data_dir(os.path.abspath(index_path)), name)
 
 
 def _entry_kinds(sg) -> list[str]:
@@ -88,7 +94,7 @@ def load_index(path: str) -> StoreIndex:
                                if k.startswith("corpus_") and k != "corpus_fingerprint"},
                          table=read_table(f["utterances"]))
         if version == 1:
-            idx.parts = [os.path.basename(path)]
+            idx.parts = [SELF]
         else:
             idx.parts = list(f["parts/files"].asstr()[...]) if "parts" in f else []
             idx.retired = list(f["parts/retired"].asstr()[...]) if "parts" in f and "retired" in f["parts"] else []
@@ -163,6 +169,14 @@ def store_bytes(path: str) -> int:
     return total
 
 
+def copy_store(src: str, dst: str) -> None:
+    """Copy a store (its index and folder of parts) to ``dst`` (a new store name)."""
+    import shutil
+    if os.path.exists(data_dir(os.path.abspath(src))):
+        shutil.copytree(data_dir(os.path.abspath(src)), data_dir(os.path.abspath(dst)))
+    shutil.copyfile(src, dst)
+
+
 def remove_store(path: str) -> None:
     """Delete a store: its index, lock file and folder of parts."""
     import shutil
@@ -172,4 +186,4 @@ def remove_store(path: str) -> None:
     shutil.rmtree(data_dir(os.path.abspath(path)), ignore_errors=True)
 
 
-__all__ = ["store_bytes", "remove_store", "EntryTable", "StoreIndex", "load_index", "save_index", "data_dir", "part_path", "referenced_parts"]
+__all__ = ["store_bytes", "remove_store", "copy_store", "SELF", "EntryTable", "StoreIndex", "load_index", "save_index", "data_dir", "part_path", "referenced_parts"]

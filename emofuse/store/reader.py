@@ -106,7 +106,7 @@ class FeatureStore:
     @property
     def pending_parts(self) -> list[str]:
         """Committed work of an unfinished run that no index lists yet."""
-        known = {os.path.basename(n) for n in self._idx.parts + self._idx.retired}
+        known = set(self._idx.parts + self._idx.retired)
         return sorted(p for p in glob.glob(data_dir(os.path.abspath(self.path)) + "/*.h5")
                       if os.path.basename(p) not in known)
 
@@ -158,6 +158,27 @@ class FeatureStore:
         ds = self._dataset(self._table(stream, kind).part[0], stream, kind, DATA)
         return int(ds.shape[1]), int(ds.shape[2]), int(ds.dtype.itemsize)
 
+    def layer_ids(self, stream: str, kind: str = FRAMES) -> list[int]:
+        """The encoder's numbers of the layers stored, in storage order: ``0..L-1`` unless the
+        stream was extracted with ``--layers`` (then e.g. ``[0, 6, 12]``)."""
+        kept = self._idx.streams.get(stream, {}).get("layers")
+        return [int(l) for l in kept] if kept else list(range(self.row_shape(stream, kind)[0]))
+
+    def _positions(self, stream: str, layers: list[int], n_stored: int) -> list[int]:
+        """Storage positions of encoder layers ``layers``; one sentence for a layer not stored."""
+        kept = self._idx.streams.get(stream, {}).get("layers")
+        if not kept:
+            bad = [l for l in layers if not 0 <= l < n_stored]
+            if bad:
+                raise StoreError(f"layer {bad[0]} does not exist in stream {stream!r} ({n_stored} layers: 0..{n_stored - 1})")
+            return layers
+        pos = {int(l): k for k, l in enumerate(kept)}
+        bad = [l for l in layers if l not in pos]
+        if bad:
+            raise StoreError(f"layer {bad[0]} of stream {stream!r} was not kept at extraction (--layers): the store "
+                             f"holds layers {list(kept)}")
+        return [pos[l] for l in layers]
+
     # -- per utterance -------------------------------------------------------------------
     def _rows(self, stream: str, kind: str, utt_id: str, name: str, as_str: bool = False) -> np.ndarray:
         p, o, n = self._locate(stream, kind, utt_id)
@@ -183,8 +204,9 @@ class FeatureStore:
         """Rows of many utterances in a few large sequential reads.
 
         ``kind``: ``frames``, ``tokens`` or ``segments/<granularity>``; ``ids``: which utterances
-        (default: all with entries), returned in the given order; ``layers``: which layers
-        (default all). Runs of utterances stored next to each other in one part are read in one call.
+        (default: all with entries), returned in the given order; ``layers``: which layers, as the
+        encoder numbers them (``layer_ids``; default all stored). Runs of utterances stored next to
+        each other in one part are read in one call.
         """
         index = self._entry_index(stream, kind)
         if ids is None:
@@ -195,10 +217,7 @@ class FeatureStore:
                 f"{len(missing)} utterances (e.g. {missing[0]}) have no {kind} in stream {stream!r} of {self.path}"
             )
         L, D, _ = self.row_shape(stream, kind)
-        lsel = list(range(L)) if layers is None else [int(l) for l in layers]
-        for l in lsel:
-            if not 0 <= l < L:
-                raise StoreError(f"layer {l} does not exist in stream {stream!r} ({L} layers: 0..{L - 1})")
+        lsel = list(range(L)) if layers is None else self._positions(stream, [int(l) for l in layers], L)
         locs = np.array([index[i] for i in ids], dtype=np.int64).reshape(-1, 3)  # part, row, length
         lengths = locs[:, 2].copy()
         ds0 = self._dataset(int(locs[0, 0]) if len(locs) else self._table(stream, kind).part[0], stream, kind, DATA)

@@ -34,7 +34,7 @@ from ..errors import StoreError
 from .fingerprint import corpus_changes, corpus_fingerprint
 from .h5io import (STR, check_header, file_header, fsync_path, get_info, open_h5, read_index, row_arrays, set_info,
                    write_entry_table)
-from .index import EntryTable, StoreIndex, data_dir, load_index, part_path, save_index
+from .index import SELF, EntryTable, StoreIndex, data_dir, load_index, part_path, save_index
 from .schema import DATA, PART_TYPE, READABLE_VERSIONS, STORE_TYPE, entry_path
 
 #: ``{kind: {utt_id: {array name: rows}}}``: what one commit adds to one stream. ``data`` is required.
@@ -148,10 +148,9 @@ class StoreWriter:
             if os.path.exists(p):
                 os.remove(p)
         known = set(self.index.parts) | set(self.index.retired)
-        rel = os.path.basename(self.parts_dir)
         self._pending: list[_Pending] = []
         for p in sorted(glob.glob(os.path.join(self.parts_dir, "*.h5"))):
-            name = f"{rel}/{os.path.basename(p)}"
+            name = os.path.basename(p)
             if name in known:
                 continue
             pend = _read_part(p, name, self.fingerprint)
@@ -244,7 +243,7 @@ class StoreWriter:
     def _next_name(self, tag: str) -> tuple[str, str]:
         name = f"{self._seq:08d}-{os.getpid()}-{tag}.h5"
         self._seq += 1
-        return os.path.join(self.parts_dir, name), f"{os.path.basename(self.parts_dir)}/{name}"
+        return os.path.join(self.parts_dir, name), name
 
     def commit(self, stream: str, entries: Entries, skipped: Iterable[tuple[str, str, str]] = (),
                inputs: Mapping[str, str] | None = None) -> str:
@@ -507,7 +506,7 @@ def upgrade_store(path: str | os.PathLike) -> str:
             os.replace(final + ".tmp", final)
             how = "copied (this file system has no hard links)"
         fsync_path(folder)
-        idx.version, idx.parts = 2, [f"{os.path.basename(folder)}/{name}"]
+        idx.version, idx.parts = 2, [name]
         save_index(idx, path, __version__)
         return f"{path} upgraded to schema v2: its v1 file was {how} to {final}"
     finally:
@@ -549,9 +548,8 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
             raise _io_error(e, final, "write") from None
         for t in tables.values():
             t.part = [0] * len(t.ids)
-        own = os.path.basename(path)
-        old = [n for n in idx.parts + idx.retired if n != own]  # a v1 file is unlinked by the swap itself
-        idx.version, idx.parts, idx.retired, idx.tables = 2, [f"{os.path.basename(folder)}/{name}"], old, tables
+        old = [n for n in idx.parts + idx.retired if n != SELF]  # a v1 file is unlinked by the swap itself
+        idx.version, idx.parts, idx.retired, idx.tables = 2, [name], old, tables
         save_index(idx, path, __version__)
         for n in old:
             p = part_path(path, n)
