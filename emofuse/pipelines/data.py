@@ -24,12 +24,15 @@ KEY_NAME = {"F": "frames", "P": "phone segments", "S": "syllable segments", "W":
 SPEECH_KEYS = ("F", "P", "S", "W")
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    """``None``/``all`` → every layer; ``"6"``, ``"0-12"``, ``"0,4,8"`` or ``"last"`` otherwise."""
+def parse_layers(spec: str | None, n_layers: int | Sequence[int]) -> list[int]:
+    """``None``/``all`` → every layer; ``"6"``, ``"0-12"``, ``"0,4,8"`` or ``"last"`` otherwise.
+    ``n_layers``: how many layers (0..n-1), or the encoder's numbers of the layers a stream holds
+    (``FeatureStore.layer_ids``: a store extracted with ``--layers`` keeps a subset)."""
+    have = list(range(n_layers)) if isinstance(n_layers, int) else [int(l) for l in n_layers]
     if spec in (None, "", "all"):
-        return list(range(n_layers))
+        return have
     if spec == "last":
-        return [n_layers - 1]
+        return [have[-1]]
     out: list[int] = []
     try:
         for part in spec.split(","):
@@ -37,9 +40,11 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
             out += list(range(int(a), int(b) + 1)) if b else [int(a)]
     except ValueError:
         raise EmofuseError(f"--layers must look like 'all', 'last', '6', '0-12' or '0,4,8', found {spec!r}") from None
-    bad = [l for l in out if not 0 <= l < n_layers]
+    bad = [l for l in out if l not in set(have)]
     if bad:
-        raise EmofuseError(f"--layers {spec}: layers {bad} do not exist (the stream has 0..{n_layers - 1})")
+        if have == list(range(len(have))):
+            raise EmofuseError(f"--layers {spec}: layers {bad} do not exist (the stream has 0..{len(have) - 1})")
+        raise EmofuseError(f"--layers {spec}: layers {bad} were not kept at extraction (the stream holds {have})")
     return out
 
 
@@ -216,7 +221,7 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
         present[k] = np.array([i in index for i in ids])
         lens[k] = np.array([index[i][1] if i in index else 0 for i in ids], np.int64)
         L, D, itemsize = fs.row_shape(stream_of[k], KEY_KIND[k])
-        lsel[k] = parse_layers(layers, L)
+        lsel[k] = parse_layers(layers, fs.layer_ids(stream_of[k], KEY_KIND[k]))
         dims[k] = (len(lsel[k]), D)
         total += int(lens[k].sum()) * len(lsel[k]) * D * itemsize
     # Where the rows live: on the GPU when they fit there, else in RAM (batches moved to the GPU),

@@ -63,7 +63,8 @@ def confusion_figure(summary: dict, path: str, title: str) -> None:
 
 def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
     """Learned layer weights per stream, mean ± std over folds and repeats (layer 0 = input)."""
-    ws = [r["layer_weights"] for r in runs if r.get("layer_weights")]
+    ws_runs = [r for r in runs if r.get("layer_weights")]
+    ws = [r["layer_weights"] for r in ws_runs]
     if not ws:
         return False
     keys = [k for k in ws[0] if len(ws[0][k]) > 1]   # a one-layer stream (eGeMAPS) has nothing to weigh
@@ -74,7 +75,8 @@ def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
     for k in keys:
         w = np.array([x[k] for x in ws])
         m, s = w.mean(0), w.std(0)
-        layers = np.arange(len(m))
+        ids = (ws_runs[0].get("layer_ids") or {}).get(k)  # the encoder's layer numbers (a --layers subset)
+        layers = np.array(ids) if ids and len(ids) == len(m) else np.arange(len(m))
         ax.errorbar(layers, m, yerr=s, marker="o", ms=3, capsize=2, label=STREAM_NAMES.get(k, k))
     ax.axhline(1 / len(m), color="grey", lw=0.6, ls=":")
     ax.set_xlabel("layer (0 = transformer input)")
