@@ -52,18 +52,6 @@ def corpus_fingerprint(table: pd.DataFrame) -> str:
     return digest(rows, 32)
 
 
-def file_digest(path: str) -> str:
-    """sha256 (32 hex) of a file's bytes; "" when it cannot be read (extraction reports that)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError:
-        return ""
-    return h.hexdigest()[:32]
-
-
 def corpus_changes(old: pd.DataFrame, new: pd.DataFrame) -> list[tuple[str, str]]:
     """What differs between two utterance tables, per utterance id: ``(id, what)`` with what one
     of "removed from the corpus", "added to the corpus", "audio content changed", "transcript
