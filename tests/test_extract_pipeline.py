@@ -123,6 +123,33 @@ def test_layer_subset_keeps_the_encoders_layer_numbers(reference, small_fake, ti
     assert r.returncode == 2 and "layers [7] do not exist" in r.stderr
 
 
+def test_changed_audio_is_refused_then_recomputed_with_update_corpus(reference, small_fake, tiny_models, tmp_path):
+    """A wav re-recorded with the same name and size: the store notices (audio digest), refuses
+    with the list, and --update-corpus recomputes exactly that utterance."""
+    import shutil
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    out = tmp_path / "s.h5"
+    copy_store(reference, out)
+    victim = sorted(root.rglob("*.wav"))[3]
+    wave, sr = sf.read(victim, dtype="int16")
+    sf.write(victim, wave[::-1].copy(), sr, subtype="PCM_16")  # same length, same size, other content
+    args = ["--corpus", "iemocap", "--root", root, "--out", out, "--audio-model", tiny_models["group"],
+            "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4"]
+    r = cli(*args)
+    assert r.returncode == 2 and f"{victim.stem}: audio content changed" in r.stderr and "--update-corpus" in r.stderr
+    r = cli(*args, "--update-corpus")
+    assert r.returncode == 0, r.stderr
+    assert "1 audio content changed; the cached tensors of 1 utterances are dropped and recomputed" in r.stdout
+    assert "24 already in the store" in r.stdout
+    with FeatureStore(out) as fs, FeatureStore(reference) as ref:
+        assert not np.array_equal(fs.frames("audio", victim.stem), ref.frames("audio", victim.stem))
+        other = next(i for i in fs.ids("audio") if i != victim.stem)
+        assert np.array_equal(fs.frames("audio", other), ref.frames("audio", other))
+        assert sorted(fs.ids("text", "tokens")) == sorted(ref.ids("text", "tokens"))
+    assert cli(*args).returncode == 0  # the store now describes the changed corpus
+
+
 def test_second_writer_is_refused(small_fake, tiny_models, tmp_path):
     out = tmp_path / "s.h5"
     from emofuse.corpora import utterance_table
