@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emofuse.align.frames import segment_frames  # noqa: E402
 from emofuse.align.pooling import pool_many  # noqa: E402
 from emofuse.pipelines.align import frames_in_order, pooling_threads  # noqa: E402
-from emofuse.store import FeatureStore, StoreWriter  # noqa: E402
+from emofuse.store import FeatureStore, StoreWriter, store_bytes  # noqa: E402
 from common import record  # noqa: E402
 
 RATES = {"phone": 12.0, "syllable": 4.5, "word": 3.0}
@@ -61,13 +61,16 @@ def build(path: Path, n: int, seed: int = 0) -> dict:
 
 
 def evict(path: Path) -> None:
-    """Drop the file from the page cache (no root needed), so the next read comes from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    """Drop the store (its index and part files) from the page cache (no root needed), so the
+    next read comes from the disk."""
+    folder = Path(str(path) + ".d")
+    for p in [Path(path)] + (sorted(folder.iterdir()) if folder.is_dir() else []):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def read_only(fs: FeatureStore, ids) -> int:
@@ -92,7 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.h5"
         segs = build(path, args.utterances)
-        size = os.path.getsize(path)
+        size = store_bytes(str(path))
         counts: dict[str, int] = {}
         times: dict[str, list[float]] = {"warm_read": [], "warm_pool": [], "cold_read": [], "cold_pool": []}
         with FeatureStore(path) as fs:

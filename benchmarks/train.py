@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emofuse.heads import build_head  # noqa: E402
 from emofuse.pipelines.train import TrainConfig, resolve_device, run_train, split  # noqa: E402
 from emofuse.pipelines.data import load_train_data  # noqa: E402
-from emofuse.store import FeatureStore  # noqa: E402
+from emofuse.store import FeatureStore, store_bytes  # noqa: E402
 from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
 from common import record  # noqa: E402
 
@@ -115,7 +115,7 @@ def main() -> None:
         t0 = time.perf_counter()
         make_synthetic_store(path, per_class=per_class, layers=13, dim=768, planted_layer=9, strength=0.3, seed=0)
         build_s = time.perf_counter() - t0
-        size = os.path.getsize(path)
+        size = store_bytes(str(path))
         cfg = TrainConfig(store=path, out=os.path.join(tmp, "run"), fusion="late", granularity="F+S", repeats=1,
                           epochs=args.epochs, patience=args.epochs, device=str(device))
         t0 = time.perf_counter()

@@ -72,6 +72,11 @@ def extract_parser() -> argparse.ArgumentParser:
                     help="bad input: skip it and record why (default), or stop with one clear sentence")
     ap.add_argument("--limit", type=int, help="only the first N utterances (by id)")
     ap.add_argument("--merge", nargs="+", metavar="SHARD", help="merge finished shard stores into --out and exit")
+    ap.add_argument("--layers", help="keep only these encoder layers, e.g. 0,6,12 or 6-12 or last (0 = transformer "
+                                     "input; default all). Stored layers keep the encoder's numbers everywhere downstream")
+    ap.add_argument("--update-corpus", action="store_true",
+                    help="the corpus changed since --out was written: drop the cached tensors of the utterances whose "
+                         "audio, transcript or times changed (and of removed ones) and recompute them")
     return ap
 
 
@@ -96,7 +101,8 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
                             audio_stream=args.audio_stream, text_stream=args.text_stream, device=args.device,
                             dtype=args.dtype, store_dtype=args.store_dtype, batch_seconds=args.batch_seconds,
                             commit_seconds=args.commit_seconds,
-                            text_batch=args.text_batch, shard=args.shard, on_error=args.on_error, limit=args.limit)
+                            text_batch=args.text_batch, shard=args.shard, on_error=args.on_error, limit=args.limit,
+                            update_corpus=args.update_corpus, layers=args.layers)
         summary = run_extract(cfg)
         if summary is not None:
             print("extract-embeddings finished:\n" + summary.text())
@@ -293,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     i = sub.add_parser("info", help="describe a feature store")
     i.add_argument("store")
+    st = sub.add_parser("store", help="maintain a feature store: upgrade a v1 store, compact one for shipping")
+    st_sub = st.add_subparsers(dest="store_cmd", required=True)
+    up = st_sub.add_parser("upgrade", help="turn a schema v1 store into v2 in place (no activation is copied)")
+    up.add_argument("store")
+    cp = st_sub.add_parser("compact", help="rewrite a store into the fewest files (the index and one part)")
+    cp.add_argument("store")
     c = sub.add_parser("corpus", help="summarise a corpus as emofuse reads it")
     c.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], required=True)
     c.add_argument("--root")
@@ -317,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "info":
         from .pipelines.describe import describe_store
         return _run(lambda: print(describe_store(args.store)))
+    if args.cmd == "store":
+        from .store import compact_store, upgrade_store
+        fn = upgrade_store if args.store_cmd == "upgrade" else compact_store
+        return _run(lambda: print(fn(args.store)))
     if args.cmd == "corpus":
         from .pipelines.describe import describe_corpus
         return _run(lambda: print(describe_corpus(args.corpus, root=args.root, manifest=args.manifest)))

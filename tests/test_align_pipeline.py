@@ -9,7 +9,7 @@ import pytest
 from emofuse.align.frames import segment_frames
 from emofuse.align.records import is_silence
 from emofuse.corpora import load_corpus
-from emofuse.store import FeatureStore
+from emofuse.store import FeatureStore, copy_store
 
 BIN = Path(sys.executable).parent
 
@@ -34,7 +34,7 @@ def slow_reference(frames, items, hop, window):
 
 def test_align_iemocap_files(extracted, small_fake, tmp_path):
     store = tmp_path / "s.h5"
-    shutil.copy(extracted, store)
+    copy_store(extracted, store)
     r = run("align-segments", "--store", store, "--source", "iemocap")
     assert r.returncode == 0, r.stderr
     assert "24 utterances aligned" in r.stdout and "skipped 1: no forced alignment" in r.stdout
@@ -73,20 +73,48 @@ def test_bad_alignment_file_is_reported_with_file_and_line(extracted, small_fake
     lines[2] = "\t  garbage"
     victim.write_text("\n".join(lines) + "\n")
     store = tmp_path / "s.h5"
-    shutil.copy(extracted, store)
+    copy_store(extracted, store)
     r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root, "--on-error", "fail")
     assert r.returncode == 2 and f"{victim}, line 3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
     assert r.returncode == 0 and f"{victim}, line 3" in r.stdout
 
 
+def test_changed_alignment_files_are_pooled_again(extracted, small_fake, tmp_path):
+    """Segments carry the digest of their alignment files: editing one re-pools exactly that
+    utterance on the next run, and says so."""
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    store = tmp_path / "s.h5"
+    copy_store(extracted, store)
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0 and "24 utterances aligned" in r.stdout, r.stderr
+    victim = sorted(root.rglob("*.wdseg"))[0]
+    uid = victim.stem
+    with FeatureStore(store) as fs:
+        before = fs.segments("audio", "word", uid)
+    text = victim.read_text()
+    word = next(s for s in before.symbols if s not in ("<s>", "</s>", "<sil>"))
+    victim.write_text(text.replace(f" {word}", " RENAMED", 1) if f" {word}" in text else text + "\n")
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert "1 utterances aligned (24 already in the store)" in r.stdout
+    assert "1 utterances were pooled again: their alignment inputs changed" in r.stdout
+    with FeatureStore(store) as fs:
+        after = fs.segments("audio", "word", uid)
+        assert list(after.symbols) != list(before.symbols) or victim.read_text() != text
+    again = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert "0 utterances aligned (25 already in the store)" in again.stdout
+
+
 def test_moved_corpus_of_another_content_is_refused(extracted, tmp_path):
     from emofuse.testing import make_fake_iemocap
     other = make_fake_iemocap(tmp_path / "other", seed=99)
     store = tmp_path / "s.h5"
-    shutil.copy(extracted, store)
+    copy_store(extracted, store)
     r = run("align-segments", "--store", store, "--root", other.root)
-    assert r.returncode == 2 and "fingerprints differ" in r.stderr
+    assert r.returncode == 2 and "is not the one" in r.stderr and "utterances differ" in r.stderr
+    assert "audio content changed" in r.stderr
 
 
 def test_sphinx_aligner_on_demo_speech(tmp_path):

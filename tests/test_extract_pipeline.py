@@ -15,7 +15,7 @@ import torch
 from emofuse.cli import extract_embeddings
 from emofuse.corpora import load_corpus
 from emofuse.extract.encoders import HFAudioEncoder
-from emofuse.store import FeatureStore, StoreWriter
+from emofuse.store import FeatureStore, StoreWriter, copy_store
 
 BIN = Path(sys.executable).parent
 
@@ -78,7 +78,7 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_m
             "--audio-model", tiny_models["group"], "--text-model", tiny_models["bert"], "--store-dtype", "float32",
             "--batch-seconds", "4", "--commit-seconds", "3"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = Path(str(out) + ".parts")
+    parts = Path(str(out) + ".d")
     deadline = time.time() + 120
     while time.time() < deadline and len(list(parts.glob("*.h5"))) < 3:
         time.sleep(0.01)
@@ -93,7 +93,62 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_m
     assert r.returncode == 0, r.stderr
     assert f"{survived} already in the store" in r.stdout  # only the unit in flight was recomputed
     assert_same_store(out, reference)
-    assert not parts.exists()
+    with FeatureStore(out) as fs:
+        assert fs.pending_parts == []
+
+
+def test_layer_subset_keeps_the_encoders_layer_numbers(reference, small_fake, tiny_models, tmp_path):
+    """--layers keeps a subset; everything downstream names layers as the encoder does."""
+    from emofuse.errors import StoreError
+    from emofuse.pipelines.data import load_train_data
+    out = tmp_path / "sub.h5"
+    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["group"],
+            "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4", "--layers", "0,2")
+    assert r.returncode == 0, r.stderr
+    with FeatureStore(out) as fs, FeatureStore(reference) as ref:
+        for s, kind in (("audio", "frames"), ("text", "tokens")):
+            assert fs.stream_info(s)["layers"] == [0, 2] and fs.layer_ids(s, kind) == [0, 2]
+            assert fs.row_shape(s, kind)[0] == 2
+            ids = fs.ids(s, kind)[:5]
+            got, full = fs.load(s, kind, ids=ids, layers=[2]), ref.load(s, kind, ids=ids, layers=[2])
+            assert np.array_equal(got.data, full.data)
+            with pytest.raises(StoreError, match="layer 1 of stream .* was not kept at extraction"):
+                fs.load(s, kind, layers=[1])
+        assert fs.stream_info("audio")["fingerprint"] != ref.stream_info("audio")["fingerprint"]
+        data = load_train_data(fs, ["F", "T"], "audio", "text", "2", torch.device("cpu"))
+        assert data.layers == {"F": [2], "T": [2]}
+        data = load_train_data(fs, ["F"], "audio", "text", None, torch.device("cpu"))
+        assert data.layers["F"] == [0, 2]
+    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", tmp_path / "x.h5", "--audio-model",
+            tiny_models["group"], "--text-model", "none", "--layers", "0,7")
+    assert r.returncode == 2 and "layers [7] do not exist" in r.stderr
+
+
+def test_changed_audio_is_refused_then_recomputed_with_update_corpus(reference, small_fake, tiny_models, tmp_path):
+    """A wav re-recorded with the same name and size: the store notices (audio digest), refuses
+    with the list, and --update-corpus recomputes exactly that utterance."""
+    import shutil
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    out = tmp_path / "s.h5"
+    copy_store(reference, out)
+    victim = sorted(root.rglob("*.wav"))[3]
+    wave, sr = sf.read(victim, dtype="int16")
+    sf.write(victim, wave[::-1].copy(), sr, subtype="PCM_16")  # same length, same size, other content
+    args = ["--corpus", "iemocap", "--root", root, "--out", out, "--audio-model", tiny_models["group"],
+            "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4"]
+    r = cli(*args)
+    assert r.returncode == 2 and f"{victim.stem}: audio content changed" in r.stderr and "--update-corpus" in r.stderr
+    r = cli(*args, "--update-corpus")
+    assert r.returncode == 0, r.stderr
+    assert "1 audio content changed; the cached tensors of 1 utterances are dropped and recomputed" in r.stdout
+    assert "24 already in the store" in r.stdout
+    with FeatureStore(out) as fs, FeatureStore(reference) as ref:
+        assert not np.array_equal(fs.frames("audio", victim.stem), ref.frames("audio", victim.stem))
+        other = next(i for i in fs.ids("audio") if i != victim.stem)
+        assert np.array_equal(fs.frames("audio", other), ref.frames("audio", other))
+        assert sorted(fs.ids("text", "tokens")) == sorted(ref.ids("text", "tokens"))
+    assert cli(*args).returncode == 0  # the store now describes the changed corpus
 
 
 def test_second_writer_is_refused(small_fake, tiny_models, tmp_path):
@@ -110,7 +165,7 @@ def test_second_writer_is_refused(small_fake, tiny_models, tmp_path):
 def test_other_encoder_or_corpus_is_refused(reference, small_fake, tiny_models, tmp_path):
     import shutil
     out = tmp_path / "s.h5"
-    shutil.copy(reference, out)
+    copy_store(reference, out)
     r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["layer"],
             "--text-model", "none", "--store-dtype", "float32")
     assert r.returncode == 2 and "stream 'audio'" in r.stderr and "weights_hash" in r.stderr

@@ -110,38 +110,43 @@ def test_refuses_another_corpus_and_another_encoder(tmp_path, table):
     assert corpus_fingerprint(moved) == corpus_fingerprint(table)
 
 
-def test_parts_are_merged_as_committed_and_the_store_published_only_at_finalize(tmp_path, table):
+def test_commits_are_parts_and_the_index_is_swapped_only_at_finalize(tmp_path, table):
     ids = list(table["id"])
     frames, _, _ = random_entries(ids, np.float16, seed=3)
     path = tmp_path / "s.h5"
-    tmp = Path(str(path) + ".tmp")
     with StoreWriter(path, table) as w:
         w.add_stream("audio", {"fingerprint": "a1"})
+        before = path.read_bytes()
         part = w.commit("audio", {"frames": {i: frames[i] for i in ids[:3]}})
-        with h5py.File(part, "r", locking=False) as f:  # parts are written whole: contiguous, not chunked
-            assert f["streams/audio/frames/data"].chunks is None
-        with h5py.File(tmp, "r", locking=False) as f:  # already merged into the copy being built ...
-            assert sorted(f["streams/audio/frames/ids"].asstr()[...]) == sorted(ids[:3])
-        with FeatureStore(path) as fs:  # ... while the store itself is untouched
-            assert fs.streams == []
-    # closed without finalize: the copy is dropped, the committed part stays for the next writer
-    assert not tmp.exists() and os.path.exists(part)
+        assert os.path.dirname(part) == str(path) + ".d"
+        with h5py.File(part, "r", locking=False) as f:  # chunked one layer at a time, like the index says
+            assert f["streams/audio/frames/data"].chunks[1:] == (1, 8)
+        assert path.read_bytes() == before  # the index is untouched by a commit ...
+        with FeatureStore(path) as fs:  # ... so readers see the last published state
+            assert fs.streams == [] and fs.pending_parts == [part]
+    # closed without finalize: the committed part stays for the next writer
+    assert os.path.exists(part) and not Path(str(path) + ".tmp").exists()
     with StoreWriter(path, table) as w:
         w.add_stream("audio", {"fingerprint": "a1"})
         assert w.done_ids("audio", "frames") == set(ids[:3])
         w.commit("audio", {"frames": {i: frames[i] for i in ids[3:]}})
+        reader = FeatureStore(path)  # opened while the writer runs
         assert w.finalize() == {"streams/audio/frames": len(ids)}
+    assert reader.streams == []  # still the state it opened
+    reader.close()
     with FeatureStore(path) as fs:
         assert fs.ids("audio") == sorted(ids[:3]) + sorted(ids[3:])
         for i in ids:
             assert np.array_equal(fs.frames("audio", i), frames[i]["data"])
-    assert not tmp.exists() and not os.path.exists(str(path) + ".parts")
-    # a unit that repeats a merged utterance: merged from its part file, the first copy kept
+        assert fs.pending_parts == [] and len(fs.part_files) == 2
+    # a unit that repeats a published utterance: the first copy is kept, the unused part deleted
     with StoreWriter(path, table) as w:
         w.add_stream("audio", {"fingerprint": "a1"})
         other = np.ones((4, 4, 8), np.float16)
-        w.commit("audio", {"frames": {ids[0]: {"data": other}}}, skipped=[(ids[1], "tokens", "why")])
+        dup = w.commit("audio", {"frames": {ids[0]: {"data": other}}})
+        w.commit("audio", {}, skipped=[(ids[1], "tokens", "why")])
         assert w.finalize() == {}
+    assert not os.path.exists(dup)
     with FeatureStore(path) as fs:
         assert np.array_equal(fs.frames("audio", ids[0]), frames[ids[0]]["data"])
         assert list(fs.skipped("audio")["id"]) == [ids[1]]
@@ -186,8 +191,8 @@ def test_reader_refuses_stream_of_another_corpus(tmp_path, table):
         FeatureStore(path)
 
 
-def run_child(path, n_units=10, pause=0.0):
-    return subprocess.Popen([sys.executable, CHILD, str(path), str(n_units), str(pause)],
+def run_child(path, n_units=10, pause=0.0, kill_at=None):
+    return subprocess.Popen([sys.executable, CHILD, str(path), str(n_units), str(pause)] + ([kill_at] if kill_at else []),
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -228,7 +233,9 @@ def test_sigkill_anywhere_leaves_last_committed_state(tmp_path, kill_at, delay):
     if kill_at == "FINALIZE":
         assert "COMMIT" not in out  # every unit had been committed before the kill
     same_content(path, reference(tmp_path))
-    assert not Path(str(path) + ".parts").exists() and not Path(str(path) + ".tmp").exists()
+    assert not Path(str(path) + ".tmp").exists()
+    with FeatureStore(path) as fs:
+        assert fs.pending_parts == []
 
 
 def test_merge_shards_equals_single_store(tmp_path, table):
@@ -254,3 +261,36 @@ def test_merge_shards_equals_single_store(tmp_path, table):
         pass
     with pytest.raises(StoreError, match="another corpus"):
         merge_stores(tmp_path / "all.h5", [tmp_path / "x.h5"])
+
+
+@pytest.mark.parametrize("kill_at", ["part-unrenamed:1", "part-renamed:1", "part-unrenamed:4", "part-renamed:10",
+                                     "index-unswapped:1", "index-unswapped:2", "index-swapped:2"])
+def test_sigkill_at_each_commit_point(tmp_path, kill_at):
+    """The commit points themselves, hit exactly: a part's rename and the index swap (the
+    first index swap creates the empty store, the second publishes the commits)."""
+    path = tmp_path / "s.h5"
+    first = run_child(path, n_units=10, kill_at=kill_at)
+    first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    what, n = kill_at.split(":")
+    if kill_at == "index-unswapped:1":  # killed while creating the store: there is none yet
+        assert not path.exists()
+    else:
+        with FeatureStore(path) as fs:
+            published = fs.ids("audio") if "audio" in fs.streams else []
+            for i in published:
+                assert np.array_equal(fs.frames("audio", i), store_child.frames_of(i))
+            if what == "index-swapped":  # the rename happened: everything is published
+                expected = (store_child.N_UTTS, 0)
+            elif what == "index-unswapped":
+                expected = (0, 10)
+            else:
+                expected = (0, int(n) if what == "part-renamed" else int(n) - 1)
+            assert (len(published), len(fs.pending_parts)) == expected
+    resumed = run_child(path, n_units=10)
+    out = resumed.communicate()[0]
+    assert resumed.returncode == 0, out
+    if what.startswith("index") and n == "2":
+        assert "COMMIT" not in out  # every unit had been committed before the kill
+    same_content(path, reference(tmp_path))
+    assert not Path(str(path) + ".tmp").exists() and not list(Path(str(path) + ".d").glob("*.tmp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Sequence
 
@@ -11,7 +12,21 @@ import soundfile as sf
 from .records import Utterance
 
 COLUMNS = ("id", "label", "session", "speaker", "gender", "transcript", "audio_path", "start", "end",
-           "duration", "audio_bytes")
+           "duration", "audio_bytes", "audio_digest")
+
+
+def audio_digest(path: str) -> str:
+    """sha256 (32 hex) of an audio file's bytes: a re-recorded or re-cut file of the same name
+    and size is noticed. "" when the file cannot be read (extraction reports it per utterance).
+    Hashing the bytes is cheaper than decoding (measured in docs/store-format.md)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()[:32]
 
 
 def _audio_facts(u: Utterance) -> tuple[float, int]:
@@ -36,13 +51,16 @@ def utterance_table(utts: Sequence[Utterance]) -> pd.DataFrame:
     """DataFrame with the columns in ``COLUMNS`` (``session`` as string, so folds of any
     manifest compare equal), in record order."""
     rows = []
+    digests: dict[str, str] = {}  # several utterances may cut one file
     for u in utts:
         dur, size = _audio_facts(u)
+        if u.audio_path not in digests:
+            digests[u.audio_path] = audio_digest(u.audio_path)
         rows.append({
             "id": u.id, "label": u.label, "session": str(u.session), "speaker": u.speaker,
             "gender": u.gender or "", "transcript": u.transcript, "audio_path": u.audio_path,
             "start": float("nan") if u.start is None else u.start,
             "end": float("nan") if u.end is None else u.end,
-            "duration": dur, "audio_bytes": size,
+            "duration": dur, "audio_bytes": size, "audio_digest": digests[u.audio_path],
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))

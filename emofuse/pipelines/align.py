@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
@@ -18,7 +19,8 @@ from ..align.records import is_silence
 from ..align.tiers import check_within_audio, complete_tiers, read_alignment
 from ..corpora import load_corpus
 from ..errors import EmofuseError
-from ..store import GRANULARITIES, FeatureStore, StoreWriter, corpus_fingerprint, segments_kind
+from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
+                     segments_kind)
 
 SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
 
@@ -51,6 +53,7 @@ class AlignConfig:
 class AlignSummary:
     utterances: int = 0
     reused: int = 0
+    changed: int = 0      # utterances whose alignment inputs changed since their segments were pooled
     segments: dict = field(default_factory=dict)
     empty: dict = field(default_factory=dict)
     clipped: int = 0
@@ -59,6 +62,8 @@ class AlignSummary:
     def text(self) -> str:
         seg = ", ".join(f"{g} {n:,}" for g, n in self.segments.items())
         lines = [f"  {self.utterances} utterances aligned ({self.reused} already in the store): {seg or 'no new'} segments"]
+        if self.changed:
+            lines.append(f"  {self.changed} utterances were pooled again: their alignment inputs changed since")
         if any(self.empty.values()):
             lines.append("  utterances left with no segment: " + ", ".join(f"{g} {n}" for g, n in self.empty.items() if n))
         if self.clipped:
@@ -87,10 +92,55 @@ def _records(cfg: AlignConfig, fs: FeatureStore):
         opts["labels"] = meta["labels"]
     utts = load_corpus(kind, **opts)
     from ..corpora import utterance_table
-    if corpus_fingerprint(utterance_table(utts)) != fs.corpus_fingerprint:
-        raise EmofuseError(f"the {kind} corpus read from {opts.get('root') or opts.get('path') or 'the bundle'} is not "
-                           f"the one {fs.path} was built from (fingerprints differ); pass --root/--manifest of that copy")
+    table = utterance_table(utts)
+    if corpus_fingerprint(table) != fs.corpus_fingerprint:
+        changes = corpus_changes(fs.utterances.reset_index(), table)
+        if changes:  # (none: the store's table predates audio digests, the rest agrees)
+            shown = "; ".join(f"{i}: {what}" for i, what in changes[:5])
+            raise EmofuseError(
+                f"the {kind} corpus read from {opts.get('root') or opts.get('path') or 'the bundle'} is not the one "
+                f"{fs.path} was built from: {len(changes)} utterances differ ({shown}"
+                f"{' …' if len(changes) > 5 else ''}); pass --root/--manifest of that copy, or run extract-embeddings "
+                "with --update-corpus first")
     return {u.id: u for u in utts}
+
+
+def _file_bytes_digest(paths) -> str:
+    h = hashlib.sha256()
+    for tier, p in sorted(paths.items()):
+        h.update(tier.encode() + b"\0")
+        try:
+            with open(p, "rb") as f:
+                h.update(f.read())
+        except OSError:
+            h.update(b"<missing>")
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def alignment_inputs(cfg: AlignConfig, ids, records, utt_table, aligner) -> dict[str, str]:
+    """Per utterance, a digest of everything its segments are pooled from: the bytes of its
+    alignment files (``.wdseg/.phseg/.syseg``, TextGrid) or, for the sphinx aligner, the aligner,
+    its version and the utterance's audio digest and transcript; plus the options that change
+    segments (source, silence, tier names). A segment whose digest differs is recomputed."""
+    opts = {"source": cfg.source, "keep_silence": cfg.keep_silence, "tiers": {k: list(v) for k, v in cfg.tier_names.items()}}
+    sphinx = None
+    if aligner is not None:
+        try:
+            from importlib.metadata import version
+            sphinx = {"aligner": type(aligner).__name__, "pocketsphinx": version("pocketsphinx")}
+        except Exception:
+            sphinx = {"aligner": type(aligner).__name__}
+    out = {}
+    for uid in ids:
+        paths = dict(records[uid].alignments) if uid in records else {}
+        if cfg.source == "sphinx" or (cfg.source == "auto" and not paths and aligner):
+            row = utt_table.loc[uid]
+            src = {**(sphinx or {}), "audio": str(row.get("audio_digest", "")), "transcript": str(row["transcript"])}
+        else:
+            src = {"files": _file_bytes_digest(paths)}
+        out[uid] = digest({**opts, **src}, 16)
+    return out
 
 
 def prefetched(fs: FeatureStore, units: Sequence[Sequence[str]], stream: str = "audio") -> Iterator:
@@ -161,9 +211,12 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
         raise
     with StoreWriter(cfg.store) as writer:
         writer.add_stream(cfg.stream, writer.stream_infos[cfg.stream])
-        done = {g: writer.done_ids(cfg.stream, segments_kind(g)) for g in cfg.granularities}
+        inputs = alignment_inputs(cfg, ids, records, utt_table, aligner)
+        done = {g: writer.done_ids(cfg.stream, segments_kind(g), inputs) for g in cfg.granularities}
+        recorded = {g: writer.recorded_inputs(cfg.stream, segments_kind(g)) for g in cfg.granularities}
         todo = [i for i in ids if any(i not in done[g] for g in cfg.granularities)]
         summary.reused = len(ids) - len(todo)
+        summary.changed = sum(1 for i in todo if any(i in recorded[g] and i not in done[g] for g in cfg.granularities))
         try:
             units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
             with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
@@ -171,7 +224,7 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
                 for unit in units:
                     entries, skipped = _align_unit(frames, cfg, unit, done, records, utt_table, hop, window,
                                                    summary, aligner, offset)
-                    writer.commit(cfg.stream, entries, skipped)
+                    writer.commit(cfg.stream, entries, skipped, inputs={i: inputs[i] for i in unit})
                     bar.update(len(unit))
         finally:
             fs.close()

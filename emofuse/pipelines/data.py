@@ -71,12 +71,7 @@ def _ranges(ids: Sequence[int]) -> str:
 
 def stream_layer_ids(fs: FeatureStore, stream: str, kind: str) -> list[int]:
     """Encoder layer index of each stored layer (a store may keep a subset of the encoder's layers)."""
-    info = fs.stream_info(stream)
-    L = fs.row_shape(stream, kind)[0]
-    ids = info.get("layer_ids")
-    if ids is not None and len(ids) == L:
-        return [int(i) for i in ids]
-    return list(range(L))
+    return [int(i) for i in fs.layer_ids(stream, kind)]
 
 
 def available_memory() -> int:
@@ -276,7 +271,7 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
         present[k] = np.array([i in index for i in ids])
         lens[k] = np.array([index[i][1] if i in index else 0 for i in ids], np.int64)
         L, D, itemsize = fs.row_shape(stream_of[k], KEY_KIND[k])
-        lsel[k] = chosen[k][0]
+        lsel[k] = chosen[k][1]   # encoder layer numbers: what FeatureStore.load takes
         dims[k] = (len(lsel[k]), D)
         total += int(lens[k].sum()) * len(lsel[k]) * D * itemsize
     # Where the rows live: on the GPU when they fit there, else in RAM (batches moved to the GPU),

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 
 from ..corpora import load_corpus
 from ..errors import CorpusError
-from ..store import FeatureStore
+from ..store import FeatureStore, store_bytes
 
 
 def corpus_options(kind: str, root: str | None = None, manifest: str | None = None) -> dict:
@@ -54,7 +52,8 @@ def encoder_line(info: dict) -> str:
 
 def describe_store(path: str) -> str:
     with FeatureStore(path) as fs:
-        lines = [f"{path}: {len(fs.utterances)} utterances, {os.path.getsize(path) / 1e6:.1f} MB, "
+        lines = [f"{path}: {len(fs.utterances)} utterances, {store_bytes(path) / 1e6:.1f} MB in "
+                 f"{len(set(fs.part_files))} part files (schema v{fs.schema_version}), "
                  f"corpus fingerprint {fs.corpus_fingerprint[:12]}"]
         for s in fs.streams:
             info = fs.stream_info(s)
@@ -69,5 +68,5 @@ def describe_store(path: str) -> str:
                     top = "; ".join(f"{n}× {r}" for r, n in reasons.head(3).items())
                     lines.append(f"    skipped for {kind}: {grp['id'].nunique()} utterances ({top[:240]})")
         if fs.pending_parts:
-            lines.append(f"  {len(fs.pending_parts)} committed parts are not merged yet: re-run the command that wrote them")
+            lines.append(f"  {len(fs.pending_parts)} committed parts are not published yet: re-run the command that wrote them")
         return "\n".join(lines)

@@ -16,7 +16,7 @@ from ..errors import EmofuseError
 from ..extract.audio import BadInput, check_transcript, load_audio
 from ..extract.batching import commit_units, length_batches
 from ..extract.encoders import load_audio_encoder, load_text_encoder
-from ..store import FeatureStore, StoreWriter, digest, merge_stores
+from ..store import FeatureStore, StoreWriter, digest, merge_stores, remove_store, store_bytes
 from .describe import corpus_options
 
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -44,6 +44,8 @@ class ExtractConfig:
     shard: str | None = None
     on_error: str = "skip"
     limit: int | None = None
+    update_corpus: bool = False   # the corpus changed: drop the changed utterances' tensors and recompute them
+    layers: str | None = None     # keep only these encoder layers ("0,6,12", "0-4", "last"); None: all
 
     def __post_init__(self):
         if self.on_error not in ("skip", "fail"):
@@ -202,14 +204,11 @@ def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print) -> Extr
             t0 = time.perf_counter()
             merge_stores(cfg.out, shards)
             summary.time_finalize += time.perf_counter() - t0
-            for s in shards:
-                os.remove(s)
-                for extra in (s + ".lock",):
-                    if os.path.exists(extra):
-                        os.remove(extra)
+            for s in shards:  # their parts live on as hard links in the merged store's folder
+                remove_store(s)
             os.rmdir(shard_dir)
             summary.store = cfg.out
-            summary.store_bytes = os.path.getsize(cfg.out)
+            summary.store_bytes = store_bytes(cfg.out)
             summary.skipped_tsv = write_skipped_tsv(cfg.out, os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "skipped.tsv"))
             echo(f"merged {world} rank shards into {cfg.out}")
         td.barrier()
@@ -262,10 +261,22 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
         jobs.append(("text", cfg.text_stream or "text", enc, cfg.store_dtype))
     src = cfg.root or cfg.manifest
     meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or ""}
-    with StoreWriter(out, table=table, corpus_meta=meta) as writer:
+    with StoreWriter(out, table=table, corpus_meta=meta, update_corpus=cfg.update_corpus) as writer:
+        if writer.changes:
+            kinds: dict[str, int] = {}
+            for _, what in writer.changes:
+                kinds[what] = kinds.get(what, 0) + 1
+            echo(f"the corpus changed since {out} was written: " + ", ".join(f"{n} {w}" for w, n in kinds.items())
+                 + f"; the cached tensors of {len(writer.dropped)} utterances are dropped and recomputed")
+        kept_of = {}
         for kind, name, enc, sdt in jobs:
             info = {**enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
-            info["fingerprint"] = digest({**enc.fingerprint_fields(), "store_dtype": sdt}, 32)
+            fields = {**enc.fingerprint_fields(), "store_dtype": sdt}
+            kept = kept_layers(cfg.layers, enc)
+            if kept is not None:  # part of the stream's identity: a subset never mixes with another
+                info["layers"] = fields["layers"] = kept
+            kept_of[name] = kept
+            info["fingerprint"] = digest(fields, 32)
             writer.add_stream(name, info)
         try:
             for kind, name, enc, sdt in jobs:
@@ -277,15 +288,15 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
                     echo(f"note: audio encoder {enc.info['encoder_id']} has UNTRAINED random weights (seed 0); "
                          "its activations are a smoke test, not features")
                 if kind == "audio":
-                    _audio_phase(writer, name, enc, selection, done, durations, cfg, STORE_DTYPES[sdt], s)
+                    _audio_phase(writer, name, enc, selection, done, durations, cfg, STORE_DTYPES[sdt], s, kept_of[name])
                 else:
-                    _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s)
+                    _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s, kept_of[name])
         finally:
             t0 = time.perf_counter()
             writer.finalize()
             summary.time_finalize = time.perf_counter() - t0
     summary.wall = time.perf_counter() - t_start
-    summary.store_bytes = os.path.getsize(out)
+    summary.store_bytes = store_bytes(out)
     if main_store is None:
         tsv = "skipped.tsv" if cfg.shard is None else f"skipped.shard-{cfg.shard.replace('/', '-of-')}.tsv"
         summary.skipped_tsv = write_skipped_tsv(out, os.path.join(os.path.dirname(os.path.abspath(out)), tsv))
@@ -312,7 +323,19 @@ def _batch_seconds(cfg: ExtractConfig, enc) -> float:
     return 120.0 if getattr(enc, "device", None) is not None and enc.device.type == "cuda" else 0.0
 
 
-def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype, s: StreamSummary) -> None:
+def kept_layers(spec: str | None, enc) -> list[int] | None:
+    """The encoder layers ``--layers`` keeps (the encoder's own numbers, 0 = transformer input),
+    or None for all. A one-layer stream (eGeMAPS) keeps its layer."""
+    n = int(enc.info["num_layers"])
+    if spec in (None, "", "all") or n == 1:
+        return None
+    from .data import parse_layers
+    kept = sorted(set(parse_layers(spec, n)))
+    return None if kept == list(range(n)) else kept
+
+
+def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype, s: StreamSummary,
+                 kept: list[int] | None = None) -> None:
     by_id = {u.id: u for u in selection}
     # Longest first: each batch then needs at most the memory the previous one freed. Shortest
     # first, every batch asked for larger blocks than any freed so far, and glibc's heap grew with
@@ -342,7 +365,7 @@ def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype
         audio = Prefetch([b for unit in units for b in unit], read, background)
         try:
             for unit in units:
-                _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s, commits, audio)
+                _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s, commits, audio, kept)
                 bar.update(round(float(np.nansum([durations[u] for b in unit for u in b])), 1))
                 bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
         finally:
@@ -379,7 +402,7 @@ class Prefetch:
 
 
 def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSummary, commits: BackgroundCommits,
-                audio: Prefetch) -> None:
+                audio: Prefetch, kept: list[int] | None = None) -> None:
     """Encode one commit unit (a few batches) and commit it atomically (in the background). With
     ``--on-error fail`` the utterances encoded before the bad one are committed before the job stops."""
     entries, skipped = {}, []
@@ -405,7 +428,7 @@ def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSumma
                     _bad(by_id[uid], err, cfg, "audio")
                     skipped.append((uid, "frames", err.reason))
                     continue
-                entries[uid] = {"data": o.astype(store_dtype, copy=False)}
+                entries[uid] = {"data": o.astype(store_dtype, copy=False) if kept is None else o[:, kept].astype(store_dtype)}
                 s.rows += len(o)
                 s.audio_seconds += n / enc.sample_rate
             s.time_load += t1 - t0
@@ -419,7 +442,8 @@ def _audio_unit(writer, name, enc, unit, by_id, cfg, store_dtype, s: StreamSumma
             commits.submit(commit)
 
 
-def _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s: StreamSummary) -> None:
+def _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s: StreamSummary,
+                kept: list[int] | None = None) -> None:
     items = []
     skipped = []
     i_shard, n_shard = parse_shard(cfg.shard)
@@ -458,7 +482,7 @@ def _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s: StreamS
             for (_, uid, _), o in zip(chunk, outs):
                 if uid not in todo_ids:  # computed only to keep the chunk's composition
                     continue
-                entries[uid] = {**o, "data": o["data"].astype(store_dtype)}
+                entries[uid] = {**o, "data": (o["data"] if kept is None else o["data"][:, kept]).astype(store_dtype)}
                 s.rows += len(o["data"])
             writer.commit(name, {"tokens": entries})
             s.time_encode += t2 - t1

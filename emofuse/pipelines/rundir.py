@@ -104,6 +104,7 @@ def content_digest(fs, stream: str, kind: str) -> str:
         index = fs.index(stream, kind)
         h.update("\0".join(index).encode())
         h.update(np.asarray(list(index.values()), dtype=np.int64).tobytes())
+        h.update("\0".join(fs.inputs(stream, kind).get(i, "") for i in index).encode())   # input digests (v2)
         if kind.startswith("segments/"):
             h.update(np.ascontiguousarray(fs.column(stream, kind, "spans"), dtype=np.int64).tobytes())
             h.update("\0".join(fs.column(stream, kind, "symbols")).encode())

@@ -370,7 +370,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
                 m = scores(data.y[te], logits.argmax(1), len(data.classes))
                 m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
                          n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights=model.layer_weights(),
-                         layer_ids={k: data.layers[k] for k in model.layer_weights()}, history=history)
+                         layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()}, history=history)
                 p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
                                   "label": np.array(data.classes)[data.y[te]],
                                   "pred": np.array(data.classes)[logits.argmax(1)]})

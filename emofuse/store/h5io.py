@@ -23,16 +23,20 @@ def open_h5(path: str, mode: str = "r") -> h5py.File:
         raise StoreError(f"{path} could not be opened as an HDF5 feature store ({e})") from e
 
 
-def check_header(f: h5py.File, path: str, types: tuple[str, ...] = (STORE_TYPE,)) -> None:
+def check_header(f: h5py.File, path: str, types: tuple[str, ...] = (STORE_TYPE,),
+                 versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> int:
+    """Check a file's ``type`` and ``schema_version``; return the version."""
     kind = f.attrs.get("type")
     if kind not in types:
         raise StoreError(f"{path} is not an emofuse feature store (type attribute {kind!r}, expected {types[0]!r})")
     version = int(f.attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
+    if version not in versions:
         raise StoreError(
             f"{path} uses store schema v{version} (written by emofuse {f.attrs.get('emofuse_version', '?')}); "
-            f"this emofuse reads schema v{SCHEMA_VERSION}: re-extract, or use the emofuse version that wrote it"
+            f"this emofuse reads schema v{' and v'.join(str(v) for v in versions)}: re-extract, or use the "
+            "emofuse version that wrote it"
         )
+    return version
 
 
 def write_table(group: h5py.Group, table: pd.DataFrame) -> None:
@@ -67,64 +71,29 @@ def get_info(group: h5py.Group) -> dict[str, Any]:
     return json.loads(group.attrs["info"]) if "info" in group.attrs else {}
 
 
-def new_entry_table(f: h5py.File, path: str, arrays: Mapping[str, np.ndarray]) -> h5py.Group:
-    """Create an empty, resizable entry table whose row-aligned arrays look like ``arrays``."""
-    g = f.require_group(path)
-    g.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(1024,))
-    g.create_dataset("offset", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
-    g.create_dataset("length", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
-    for name, arr in arrays.items():
-        arr = np.asarray(arr)
-        row_shape = arr.shape[1:]
-        is_str = arr.dtype.kind in "OUS"
-        dtype = STR if is_str else arr.dtype
-        rows = chunk_rows(row_shape, 8 if is_str else arr.dtype.itemsize)
-        chunks = (rows,) + tuple(1 if i < len(row_shape) - 1 else s for i, s in enumerate(row_shape))
-        g.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype, chunks=chunks)
-    return g
-
-
 def _offsets(lengths: list[int]) -> np.ndarray:
     """Start row of each utterance whose rows lie back to back: 0, l0, l0 + l1, …"""
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
 
 
-def append_rows(g: h5py.Group, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray]) -> None:
-    """Append utterances to an entry table: ``arrays[name]`` holds their rows back to back."""
-    n0 = g["ids"].shape[0]
-    total0 = g[DATA].shape[0] if DATA in g else 0
-    n = len(ids)
-    offsets = total0 + _offsets(lengths)
-    for name, values in (("ids", np.array(ids, dtype=object)), ("offset", offsets),
-                         ("length", np.asarray(lengths, dtype=np.int64))):
-        g[name].resize((n0 + n,))
-        g[name][n0:] = values
-    rows = int(sum(lengths))
-    for name, arr in arrays.items():
-        ds = g[name]
-        if tuple(ds.shape[1:]) != tuple(arr.shape[1:]):
-            raise StoreError(
-                f"entry table {g.name}/{name} holds rows of shape {tuple(ds.shape[1:])}, "
-                f"an utterance brought {tuple(arr.shape[1:])}"
-            )
-        start = ds.shape[0]
-        ds.resize((start + rows,) + ds.shape[1:])
-        if rows:
-            ds[start:] = arr.astype(object) if h5py.check_string_dtype(ds.dtype) else arr
-
-
-def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray]) -> None:
-    """A complete entry table written once, every array contiguous (a part file's: written and
-    read back whole, with no chunk layout to scatter into)."""
+def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray],
+                      inputs: list[str] | None = None) -> None:
+    """A complete entry table of a part file, written once. Arrays of rows ``(n, L, D)`` are
+    chunked as (≈256 KiB of rows, 1 layer, D) so that reading a subset of layers reads only those
+    layers; small arrays are contiguous. ``inputs``: per utterance, the digest of what it was
+    computed from ("" when not tracked)."""
     g = f.require_group(path)
-    offsets = _offsets(lengths)
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
-    g.create_dataset("offset", data=offsets)
+    g.create_dataset("offset", data=_offsets(lengths))
     g.create_dataset("length", data=np.asarray(lengths, dtype=np.int64))
+    g.create_dataset("inputs", data=np.array(inputs if inputs is not None else [""] * len(ids), dtype=object), dtype=STR)
     for name, arr in arrays.items():
         arr = np.asarray(arr)
         if arr.dtype.kind in "OUS":
             g.create_dataset(name, data=arr.astype(object), dtype=STR)
+        elif arr.ndim == 3 and len(arr):
+            rows = min(len(arr), chunk_rows(arr.shape[1:], arr.dtype.itemsize))
+            g.create_dataset(name, data=arr, chunks=(rows, 1, arr.shape[2]))
         else:
             g.create_dataset(name, data=arr)
 
@@ -135,8 +104,11 @@ def row_arrays(g: h5py.Group) -> list[str]:
     return sorted(names, key=lambda k: (k != DATA, k))
 
 
-def read_index(g: h5py.Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return g["ids"].asstr()[...], g["offset"][...], g["length"][...]
+def read_index(g: h5py.Group) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``ids, offset, length, inputs`` of an entry table (``inputs`` all "" where not recorded)."""
+    ids = g["ids"].asstr()[...]
+    inputs = g["inputs"].asstr()[...] if "inputs" in g else np.full(len(ids), "", dtype=object)
+    return ids, g["offset"][...], g["length"][...], inputs
 
 
 def fsync_path(path: str) -> None:
@@ -161,6 +133,5 @@ def file_header(f: h5py.File, kind: str, corpus_fingerprint: str, version: str) 
     f.attrs["corpus_fingerprint"] = corpus_fingerprint
 
 
-__all__ = ["open_h5", "check_header", "write_table", "read_table", "set_info", "get_info", "new_entry_table",
-           "append_rows", "write_entry_table", "row_arrays", "read_index", "atomic_publish", "file_header", "STR", "PART_TYPE",
+__all__ = ["open_h5", "check_header", "write_table", "read_table", "set_info", "get_info", "write_entry_table", "row_arrays", "read_index", "atomic_publish", "file_header", "STR", "PART_TYPE",
            "STORE_TYPE"]

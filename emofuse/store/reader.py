@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
@@ -11,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
-from .h5io import check_header, get_info, open_h5, read_index, read_table
+from .h5io import open_h5
+from .index import data_dir, load_index, part_path
 from .schema import DATA, FRAMES, GRANULARITIES, TOKENS, entry_path, segments_kind
 
 
@@ -51,37 +53,40 @@ class Ragged:
 
 
 class FeatureStore:
-    """Read-only view of a feature store.
+    """Read-only view of a feature store (schema v2: the index ``STORE.h5`` and its part files;
+    a v1 store, one self-contained file, reads the same way).
+
+    The index is read once at opening: a writer publishing a new index meanwhile does not change
+    what this reader sees (parts an index refers to are never modified, and only ``compact``
+    deletes parts).
 
     >>> fs = FeatureStore("iemocap.h5")
     >>> fs.frames("audio", "Ses01F_impro01_F000").shape   # (T, L, D)
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, max_open: int = 256):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
-            pending = glob.glob(self.path + ".parts/*.h5")
+            pending = glob.glob(data_dir(os.path.abspath(self.path)) + "/*.h5")
             hint = " (an interrupted run left parts: run the same command again to finish)" if pending else ""
             raise StoreError(f"feature store {self.path} does not exist{hint}")
-        self._f = open_h5(self.path, "r")
-        try:
-            check_header(self._f, self.path)
-            self.corpus_fingerprint = str(self._f.attrs["corpus_fingerprint"])
-            #: how the corpus was read (kind, root, labels): lets later stages re-read it
-            self.corpus_meta = {k[len("corpus_"):]: str(v) for k, v in self._f.attrs.items()
-                                if k.startswith("corpus_") and k != "corpus_fingerprint"}
-            self._utts = read_table(self._f["utterances"]).set_index("id", drop=False)
-            self._index: dict[str, dict[str, tuple[int, int]]] = {}
-            for name in self.streams:
-                fp = self.stream_info(name).get("corpus_fingerprint")
-                if fp is not None and fp != self.corpus_fingerprint:
-                    raise StoreError(
-                        f"stream {name!r} in {self.path} was computed for another corpus (fingerprint {fp[:12]}, "
-                        f"the store's is {self.corpus_fingerprint[:12]}); refusing to mix them"
-                    )
-        except BaseException:
-            self._f.close()
-            raise
+        self._idx = load_index(self.path)
+        self.schema_version = self._idx.version
+        self.corpus_fingerprint = self._idx.fingerprint
+        #: how the corpus was read (kind, root, labels): lets later stages re-read it
+        self.corpus_meta = dict(self._idx.meta)
+        self._utts = self._idx.table.set_index("id", drop=False)
+        self._index: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
+        self._files: OrderedDict[int, Any] = OrderedDict()
+        self._checked: set[tuple[int, str]] = set()
+        self._max_open = max_open
+        for name in self.streams:
+            fp = self.stream_info(name).get("corpus_fingerprint")
+            if fp is not None and fp != self.corpus_fingerprint:
+                raise StoreError(
+                    f"stream {name!r} in {self.path} was computed for another corpus (fingerprint {fp[:12]}, "
+                    f"the store's is {self.corpus_fingerprint[:12]}); refusing to mix them"
+                )
 
     # -- description ---------------------------------------------------------------------
     @property
@@ -91,75 +96,125 @@ class FeatureStore:
 
     @property
     def streams(self) -> list[str]:
-        return sorted(self._f.get("streams", {}).keys())
+        return sorted(self._idx.streams)
+
+    @property
+    def part_files(self) -> list[str]:
+        """Paths of the part files this index refers to."""
+        return [part_path(self.path, n) for n in self._idx.parts]
 
     @property
     def pending_parts(self) -> list[str]:
-        """Committed work of an unfinished run, not yet merged into this file."""
-        return sorted(glob.glob(self.path + ".parts/*.h5"))
+        """Committed work of an unfinished run that no index lists yet."""
+        known = set(self._idx.parts + self._idx.retired)
+        return sorted(p for p in glob.glob(data_dir(os.path.abspath(self.path)) + "/*.h5")
+                      if os.path.basename(p) not in known)
 
     def stream_info(self, name: str) -> dict[str, Any]:
         """The stream's attributes (encoder id, fingerprint, layers, dim, frame hop and window …)
         plus ``entries``: utterances per kind (``frames``, ``tokens``, ``segments/word`` …)."""
-        g = self._stream_group(name)
-        info = get_info(g)
+        if name not in self._idx.streams:
+            raise StoreError(f"stream {name!r} is not in {self.path}; it has {self.streams or 'no streams'}")
+        info = dict(self._idx.streams[name])
         entries = {}
         for kind in (FRAMES, TOKENS) + tuple(segments_kind(x) for x in GRANULARITIES):
-            if kind in g:
-                entries[kind] = int(g[kind]["ids"].shape[0])
+            if (name, kind) in self._idx.tables:
+                entries[kind] = len(self._idx.tables[(name, kind)])
         info["entries"] = entries
         info["granularities"] = [x for x in GRANULARITIES if segments_kind(x) in entries]
         return info
 
     def skipped(self, name: str) -> pd.DataFrame:
         """Utterances a stage skipped for this stream, with the reason (columns id, kind, reason)."""
-        g = self._stream_group(name).get("skipped")
-        if g is None:
-            return pd.DataFrame(columns=["id", "kind", "reason"])
-        return pd.DataFrame({"id": g["ids"].asstr()[...], "kind": g["kind"].asstr()[...],
-                             "reason": g["reason"].asstr()[...]})
+        if name not in self._idx.streams:
+            raise StoreError(f"stream {name!r} is not in {self.path}; it has {self.streams or 'no streams'}")
+        rows = sorted(self._idx.skipped.get(name, []))
+        return pd.DataFrame({"id": [r[0] for r in rows], "kind": [r[1] for r in rows], "reason": [r[2] for r in rows]},
+                            columns=["id", "kind", "reason"])
+
+    def inputs(self, stream: str, kind: str) -> dict[str, str]:
+        """``{utt_id: digest of the inputs its entry was computed from}`` ("" where not tracked)."""
+        t = self._table(stream, kind)
+        return dict(zip(t.ids, t.inputs))
 
     def has(self, stream: str, kind: str) -> bool:
-        return stream in self.streams and kind in self._f[f"streams/{stream}"]
+        return (stream, kind) in self._idx.tables
 
     def ids(self, stream: str, kind: str = FRAMES) -> list[str]:
         """Ids with entries of ``kind`` in ``stream``, in storage order."""
         return list(self._entry_index(stream, kind))
 
     def index(self, stream: str, kind: str = FRAMES) -> dict[str, tuple[int, int]]:
-        """``{utt_id: (offset, rows)}`` of an entry table (read once, cached): sizes without data."""
-        return dict(self._entry_index(stream, kind))
+        """``{utt_id: (offset, rows)}`` of an entry table, ``offset`` counting rows in storage
+        order across parts: sizes without data."""
+        out, pos = {}, 0
+        for i, (_, _, n) in self._entry_index(stream, kind).items():
+            out[i] = (pos, n)
+            pos += n
+        return out
 
     def row_shape(self, stream: str, kind: str = FRAMES) -> tuple[int, int, int]:
         """(layers L, dim D, bytes per value) of an entry table's rows."""
-        self._entry_index(stream, kind)
-        ds = self._f[entry_path(stream, kind)][DATA]
+        ds = self._dataset(self._table(stream, kind).part[0], stream, kind, DATA)
         return int(ds.shape[1]), int(ds.shape[2]), int(ds.dtype.itemsize)
 
     def column(self, stream: str, kind: str, name: str) -> np.ndarray:
         """A row-aligned array of an entry table, whole, in storage order: small per-row facts
         (``spans``, ``symbols`` of segments; ``strings`` of tokens), not ``data``."""
-        self._entry_index(stream, kind)
-        g = self._f[entry_path(stream, kind)]
-        if name == DATA or name not in g:
-            raise StoreError(f"{kind} of stream {stream!r} in {self.path} has no column {name!r}")
-        ds = g[name]
-        return ds.asstr()[...] if ds.dtype.kind == "O" else ds[...]
+        if name == DATA:
+            raise StoreError(f"{kind} of stream {stream!r} in {self.path}: column() reads small per-row facts, "
+                             "not the activations (use load)")
+        parts: dict[int, np.ndarray] = {}
+        out = []
+        for p, r, n in self._entry_index(stream, kind).values():
+            if p not in parts:
+                f = self._file(p)
+                ds = f.get(f"{entry_path(stream, kind)}/{name}")
+                if ds is None:
+                    raise StoreError(f"{kind} of stream {stream!r} in {self.path} has no column {name!r}")
+                parts[p] = ds.asstr()[...] if ds.dtype.kind == "O" else ds[...]
+            out.append(parts[p][r:r + n])
+        return np.concatenate(out) if out else np.empty(0)
+
+    def layer_ids(self, stream: str, kind: str = FRAMES) -> list[int]:
+        """The encoder's numbers of the layers stored, in storage order: ``0..L-1`` unless the
+        stream was extracted with ``--layers`` (then e.g. ``[0, 6, 12]``)."""
+        kept = self._idx.streams.get(stream, {}).get("layers")
+        return [int(l) for l in kept] if kept else list(range(self.row_shape(stream, kind)[0]))
+
+    def _positions(self, stream: str, layers: list[int], n_stored: int) -> list[int]:
+        """Storage positions of encoder layers ``layers``; one sentence for a layer not stored."""
+        kept = self._idx.streams.get(stream, {}).get("layers")
+        if not kept:
+            bad = [l for l in layers if not 0 <= l < n_stored]
+            if bad:
+                raise StoreError(f"layer {bad[0]} does not exist in stream {stream!r} ({n_stored} layers: 0..{n_stored - 1})")
+            return layers
+        pos = {int(l): k for k, l in enumerate(kept)}
+        bad = [l for l in layers if l not in pos]
+        if bad:
+            raise StoreError(f"layer {bad[0]} of stream {stream!r} was not kept at extraction (--layers): the store "
+                             f"holds layers {list(kept)}")
+        return [pos[l] for l in layers]
 
     # -- per utterance -------------------------------------------------------------------
+    def _rows(self, stream: str, kind: str, utt_id: str, name: str, as_str: bool = False) -> np.ndarray:
+        p, o, n = self._locate(stream, kind, utt_id)
+        ds = self._dataset(p, stream, kind, name)
+        return ds.asstr()[o:o + n] if as_str else ds[o:o + n]
+
     def frames(self, stream: str, utt_id: str) -> np.ndarray:
         """Frame activations ``(T, L, D)``."""
-        g, (o, n) = self._locate(stream, FRAMES, utt_id)
-        return g[DATA][o:o + n]
+        return self._rows(stream, FRAMES, utt_id, DATA)
 
     def tokens(self, stream: str, utt_id: str) -> Tokens:
-        g, (o, n) = self._locate(stream, TOKENS, utt_id)
-        return Tokens(g[DATA][o:o + n], g["strings"].asstr()[o:o + n], g["word_ids"][o:o + n],
-                      g["offsets"][o:o + n], g["special"][o:o + n].astype(bool))
+        r = lambda name, s=False: self._rows(stream, TOKENS, utt_id, name, s)  # noqa: E731
+        return Tokens(r(DATA), r("strings", True), r("word_ids"), r("offsets"), r("special").astype(bool))
 
     def segments(self, stream: str, granularity: str, utt_id: str) -> Segments:
-        g, (o, n) = self._locate(stream, segments_kind(granularity), utt_id)
-        return Segments(g[DATA][o:o + n], g["symbols"].asstr()[o:o + n], g["spans"][o:o + n])
+        kind = segments_kind(granularity)
+        return Segments(self._rows(stream, kind, utt_id, DATA), self._rows(stream, kind, utt_id, "symbols", True),
+                        self._rows(stream, kind, utt_id, "spans"))
 
     # -- bulk ----------------------------------------------------------------------------
     def load(self, stream: str, kind: str = FRAMES, ids: Sequence[str] | None = None,
@@ -167,8 +222,9 @@ class FeatureStore:
         """Rows of many utterances in a few large sequential reads.
 
         ``kind``: ``frames``, ``tokens`` or ``segments/<granularity>``; ``ids``: which utterances
-        (default: all with entries), returned in the given order; ``layers``: which layers
-        (default all). Runs of utterances stored next to each other are read in one call.
+        (default: all with entries), returned in the given order; ``layers``: which layers, as the
+        encoder numbers them (``layer_ids``; default all stored). Runs of utterances stored next to
+        each other in one part are read in one call.
         """
         index = self._entry_index(stream, kind)
         if ids is None:
@@ -178,65 +234,104 @@ class FeatureStore:
             raise StoreError(
                 f"{len(missing)} utterances (e.g. {missing[0]}) have no {kind} in stream {stream!r} of {self.path}"
             )
-        ds = self._f[entry_path(stream, kind)][DATA]
-        n_layers = ds.shape[1]
-        lsel = list(range(n_layers)) if layers is None else [int(l) for l in layers]
-        for l in lsel:
-            if not 0 <= l < n_layers:
-                raise StoreError(f"layer {l} does not exist in stream {stream!r} ({n_layers} layers: 0..{n_layers - 1})")
-        spans = np.array([index[i] for i in ids], dtype=np.int64).reshape(-1, 2)
-        lengths = spans[:, 1].copy()
-        out = np.empty((int(lengths.sum()), len(lsel)) + ds.shape[2:], dtype=dtype or ds.dtype)
+        L, D, _ = self.row_shape(stream, kind)
+        lsel = list(range(L)) if layers is None else self._positions(stream, [int(l) for l in layers], L)
+        locs = np.array([index[i] for i in ids], dtype=np.int64).reshape(-1, 3)  # part, row, length
+        lengths = locs[:, 2].copy()
+        ds0 = self._dataset(int(locs[0, 0]) if len(locs) else self._table(stream, kind).part[0], stream, kind, DATA)
+        out = np.empty((int(lengths.sum()), len(lsel), D), dtype=dtype or ds0.dtype)
         dest = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        # Read in storage order, one call per run of adjacent utterances.
-        order = np.argsort(spans[:, 0], kind="stable")
+        # Read part by part in storage order, one call per run of adjacent utterances.
+        order = np.lexsort((locs[:, 1], locs[:, 0]))
         contiguous = lsel == list(range(lsel[0], lsel[-1] + 1)) if lsel else True
         run: list[int] = []
         for j in list(order) + [None]:
-            if j is not None and run and spans[j, 0] == spans[run[-1], 0] + spans[run[-1], 1] and \
-                    sum(spans[r, 1] for r in run) < (1 << 16):
+            if j is not None and run and locs[j, 0] == locs[run[-1], 0] and \
+                    locs[j, 1] == locs[run[-1], 1] + locs[run[-1], 2] and sum(locs[r, 2] for r in run) < (1 << 16):
                 run.append(j)
                 continue
             if run:
-                a = int(spans[run[0], 0])
-                b = int(spans[run[-1], 0] + spans[run[-1], 1])
-                if contiguous:
-                    block = ds[a:b, lsel[0]:lsel[-1] + 1]
-                else:
-                    block = np.stack([ds[a:b, l] for l in lsel], axis=1)
-                for r in run:
-                    src = int(spans[r, 0]) - a
-                    out[dest[r]:dest[r] + lengths[r]] = block[src:src + lengths[r]]
+                ds = self._dataset(int(locs[run[0], 0]), stream, kind, DATA)
+                a = int(locs[run[0], 1])
+                b = int(locs[run[-1], 1] + locs[run[-1], 2])
+                if b > a:
+                    if contiguous:
+                        block = ds[a:b, lsel[0]:lsel[-1] + 1]
+                    else:
+                        block = np.stack([ds[a:b, l] for l in lsel], axis=1)
+                    for r in run:
+                        src = int(locs[r, 1]) - a
+                        out[dest[r]:dest[r] + lengths[r]] = block[src:src + lengths[r]]
             run = [j] if j is not None else []
         return Ragged(np.asarray(ids), out, dest, lengths)
 
     # -- helpers -------------------------------------------------------------------------
-    def _stream_group(self, name: str):
-        g = self._f.get(f"streams/{name}")
-        if g is None:
-            raise StoreError(f"stream {name!r} is not in {self.path}; it has {self.streams or 'no streams'}")
-        return g
+    def _table(self, stream: str, kind: str):
+        t = self._idx.tables.get((stream, kind))
+        if t is None:
+            if stream not in self._idx.streams:
+                raise StoreError(f"stream {stream!r} is not in {self.path}; it has {self.streams or 'no streams'}")
+            have = list(self.stream_info(stream)["entries"])
+            hint = " (run align-segments to add segments)" if kind.startswith("segments") else ""
+            raise StoreError(f"stream {stream!r} of {self.path} has no {kind}; it has {have}{hint}")
+        return t
 
-    def _entry_index(self, stream: str, kind: str) -> dict[str, tuple[int, int]]:
-        key = f"{stream}/{kind}"
+    def _entry_index(self, stream: str, kind: str) -> dict[str, tuple[int, int, int]]:
+        key = (stream, kind)
         if key not in self._index:
-            g = self._stream_group(stream).get(kind)
-            if g is None:
-                have = list(self.stream_info(stream)["entries"])
-                hint = " (run align-segments to add segments)" if kind.startswith("segments") else ""
-                raise StoreError(f"stream {stream!r} of {self.path} has no {kind}; it has {have}{hint}")
-            ids, offs, lens = read_index(g)
-            self._index[key] = {i: (int(o), int(n)) for i, o, n in zip(ids, offs, lens)}
+            t = self._table(stream, kind)
+            self._index[key] = {i: (p, r, n) for i, p, r, n in zip(t.ids, t.part, t.row, t.length)}
         return self._index[key]
 
-    def _locate(self, stream: str, kind: str, utt_id: str):
+    def _file(self, p: int):
+        f = self._files.pop(p, None)
+        if f is None:
+            path = part_path(self.path, self._idx.parts[p])
+            if not os.path.exists(path):
+                raise StoreError(f"{self.path} refers to the part file {path}, which is missing: the store's folder "
+                                 f"{os.path.basename(data_dir(self.path))}/ must stay beside it (copy or move both)")
+            f = open_h5(path, "r")
+        self._files[p] = f
+        while len(self._files) > self._max_open:
+            self._files.popitem(last=False)[1].close()
+        return f
+
+    def _dataset(self, p: int, stream: str, kind: str, name: str):
+        f = self._file(p)
+        ds = f.get(f"{entry_path(stream, kind)}/{name}")
+        if ds is None:
+            raise StoreError(f"part file {f.filename} of {self.path} has no {entry_path(stream, kind)}/{name}, "
+                             "which the index says it holds: the store is damaged")
+        key = (p, f"{stream}/{kind}/{name}")
+        if key not in self._checked:  # every row the index gives this part must exist in it
+            end = self._part_ends(stream, kind).get(p, 0)
+            if end > ds.shape[0]:
+                raise StoreError(f"{self.path} is damaged: its index asks rows up to {end} of "
+                                 f"{f.filename}:{ds.name}, which holds {ds.shape[0]}")
+            self._checked.add(key)
+        return ds
+
+    def _part_ends(self, stream: str, kind: str) -> dict[int, int]:
+        """Per part, the end of the last row the index uses there."""
+        key = ("ends", stream, kind)
+        if key not in self._index:
+            t = self._table(stream, kind)
+            part, end = np.asarray(t.part, np.int64), np.asarray(t.row, np.int64) + np.asarray(t.length, np.int64)
+            ends = np.zeros(len(self._idx.parts), np.int64)
+            np.maximum.at(ends, part, end)
+            self._index[key] = {int(k): int(e) for k, e in enumerate(ends)}
+        return self._index[key]
+
+    def _locate(self, stream: str, kind: str, utt_id: str) -> tuple[int, int, int]:
         index = self._entry_index(stream, kind)
         if utt_id not in index:
             raise StoreError(f"utterance {utt_id!r} has no {kind} in stream {stream!r} of {self.path}")
-        return self._f[entry_path(stream, kind)], index[utt_id]
+        return index[utt_id]
 
     def close(self) -> None:
-        self._f.close()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def __enter__(self) -> "FeatureStore":
         return self

@@ -1,6 +1,8 @@
-"""Store schema v1: names and layout constants (documented in docs/store-format.md)."""
+"""Store schema v2: names and layout constants (documented in docs/store-format.md)."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: schema versions the reader understands (v1: one self-contained file; v2: index + part files)
+READABLE_VERSIONS = (1, 2)
 STORE_TYPE = "emofuse.store"
 PART_TYPE = "emofuse.store-part"
 
@@ -8,8 +10,10 @@ PART_TYPE = "emofuse.store-part"
 FRAMES = "frames"
 TOKENS = "tokens"
 GRANULARITIES = ("phone", "syllable", "word")
-INDEX_NAMES = ("ids", "offset", "length")
+INDEX_NAMES = ("ids", "offset", "length", "inputs")
 DATA = "data"
+#: suffix of the folder beside ``STORE.h5`` that holds its immutable part files (v2)
+DATA_DIR_SUFFIX = ".d"
 
 
 def entry_path(stream: str, kind: str) -> str:

@@ -1,0 +1,285 @@
+"""Store schema v2: bytes written per stage, v1 stores, compaction, zero-copy merges, staleness."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from emofuse.errors import StoreError
+from emofuse.store import (FeatureStore, StoreWriter, compact_store, corpus_fingerprint, merge_stores, store_bytes,
+                           upgrade_store)
+
+IO_CHILD = str(Path(__file__).with_name("store_io_child.py"))
+
+
+def make_table(n, prefix="u"):
+    ids = [f"{prefix}{i:04d}" for i in range(n)]
+    return pd.DataFrame({"id": ids, "label": [("ang", "hap", "neu", "sad")[i % 4] for i in range(n)], "session": "1", "speaker": "s",
+                         "gender": "F", "transcript": [f"text {i}" for i in range(n)],
+                         "audio_path": [f"/x/{i}.wav" for i in ids], "start": np.nan, "end": np.nan,
+                         "duration": 1.0, "audio_bytes": 100, "audio_digest": [f"d{i}" for i in range(n)]})
+
+
+def frames_of(uid, layers=3, dim=4):
+    k = int(uid[-4:])
+    return np.random.default_rng(k).standard_normal((5 + k % 7, layers, dim)).astype(np.float16)
+
+
+def build(path, table, ids=None, stream="audio", per_commit=7):
+    ids = list(table["id"]) if ids is None else ids
+    with StoreWriter(path, table) as w:
+        w.add_stream(stream, {"fingerprint": "enc", "encoder_id": "test"})
+        for k in range(0, len(ids), per_commit):
+            w.commit(stream, {"frames": {i: {"data": frames_of(i)} for i in ids[k:k + per_commit]}})
+        w.finalize()
+
+
+def assert_frames(path, ids, stream="audio"):
+    with FeatureStore(path) as fs:
+        assert sorted(fs.ids(stream)) == sorted(ids)
+        for i in ids:
+            assert np.array_equal(fs.frames(stream, i), frames_of(i))
+        r = fs.load(stream, ids=ids[::-1], layers=[2, 0])
+        for k, i in enumerate(ids[::-1]):
+            assert np.array_equal(r[k], frames_of(i)[:, [2, 0]])
+
+
+def test_a_stage_writes_what_it_adds_on_a_1gb_store(tmp_path):
+    """Adding a stream or segments to a 1 GB store writes what they hold plus the index
+    (v1 rewrote the whole store: 1.09 GB for a 24-byte stream)."""
+    n = 1000
+    table = make_table(n)
+    path = tmp_path / "big.h5"
+    rows = (1 << 30) // (13 * 768 * 2) // n + 1
+    block = np.zeros((rows, 13, 768), np.float16)
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "x"})
+        for k in range(0, n, 100):
+            w.commit("audio", {"frames": {i: {"data": block} for i in table["id"][k:k + 100]}})
+        w.finalize()
+    assert store_bytes(str(path)) >= 1 << 30
+    index = os.path.getsize(path)
+    for stage in ("tiny", "segments"):
+        r = subprocess.run([sys.executable, IO_CHILD, str(path), stage], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        written = max(got["wchar"], got["write_bytes"])
+        # what the stage adds (its parts and the index's growth), plus rewriting the index once
+        assert written <= 1.05 * got["added"] + 2 * index + (64 << 10), (stage, got, index)
+        if stage == "segments":
+            assert got["added"] >= 16 << 20 and written <= 1.05 * got["added"] + 2 * index + (64 << 10)
+
+
+def write_v1(path, table, ids):
+    """A schema v1 store as emofuse 0.x wrote it: one file, entry tables with global offsets."""
+    t1 = table.drop(columns=["audio_digest"])
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"type": "emofuse.store", "schema_version": 1, "emofuse_version": "0.old",
+                        "corpus_fingerprint": corpus_fingerprint(t1), "corpus_kind": "synthetic"})
+        g = f.create_group("utterances")
+        for c in t1.columns:
+            v = t1[c].to_numpy()
+            if v.dtype.kind in "OUS":
+                g.create_dataset(c, data=np.array([str(x) for x in v], dtype=object), dtype=h5py.string_dtype())
+            else:
+                g.create_dataset(c, data=v)
+        g.attrs["columns"] = json.dumps(list(t1.columns))
+        sg = f.create_group("streams/audio")
+        sg.attrs["info"] = json.dumps({"fingerprint": "enc", "encoder_id": "test",
+                                       "corpus_fingerprint": corpus_fingerprint(t1)})
+        fr = sg.create_group("frames")
+        data = [frames_of(i) for i in ids]
+        lens = [len(d) for d in data]
+        fr.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        fr.create_dataset("offset", data=np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64))
+        fr.create_dataset("length", data=np.array(lens, np.int64))
+        fr.create_dataset("data", data=np.concatenate(data), chunks=(16, 1, 4), maxshape=(None, 3, 4))
+        sk = sg.create_group("skipped")
+        for name, vals in (("ids", [ids[0]]), ("kind", ["tokens"]), ("reason", ["empty transcript"])):
+            sk.create_dataset(name, data=np.array(vals, dtype=object), dtype=h5py.string_dtype())
+
+
+def test_v1_store_is_read_refused_for_writing_and_upgraded_without_copying(tmp_path):
+    table = make_table(24)
+    ids = list(table["id"])
+    path = tmp_path / "old.h5"
+    write_v1(path, table, ids[:20])
+    assert_frames(path, ids[:20])  # read as it is
+    with FeatureStore(path) as fs:
+        assert fs.schema_version == 1 and list(fs.skipped("audio")["reason"]) == ["empty transcript"]
+    with pytest.raises(StoreError, match=r"schema v1 store; run `emofuse store upgrade .*old.h5` once"):
+        StoreWriter(path, table)
+    inode = os.stat(path).st_ino
+    r = subprocess.run([sys.executable, "-m", "emofuse", "store", "upgrade", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0 and "upgraded to schema v2" in r.stdout, r.stderr
+    with FeatureStore(path) as fs:
+        assert fs.schema_version == 2
+        assert [os.stat(p).st_ino for p in fs.part_files] == [inode]  # the v1 file itself, linked: no copy
+    assert_frames(path, ids[:20])
+    assert "already a schema v2 store" in upgrade_store(path)
+    # the upgraded store takes new work; the corpus now brings audio digests the v1 table lacked
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "enc", "encoder_id": "test"})
+        assert w.done_ids("audio", "frames") == set(ids[:20])
+        w.commit("audio", {"frames": {i: {"data": frames_of(i)} for i in ids[20:]}})
+        w.finalize()
+    assert_frames(path, ids)
+    with FeatureStore(path) as fs:
+        assert list(fs.utterances["audio_digest"]) == list(table["audio_digest"])
+
+
+def test_compact_rewrites_into_one_part_and_drops_unused_rows(tmp_path):
+    table = make_table(30)
+    ids = list(table["id"])
+    path = tmp_path / "s.h5"
+    build(path, table, ids[:20], per_commit=3)
+    with StoreWriter(path, table) as w:  # a second stage: tokens in another stream, segments with inputs
+        w.add_stream("text", {"fingerprint": "bert"})
+        tok = lambda i: {"data": frames_of(i), "strings": np.array(["a"] * len(frames_of(i)), dtype=object),  # noqa: E731
+                         "word_ids": np.zeros(len(frames_of(i)), np.int32), "offsets": np.zeros((len(frames_of(i)), 2), np.int32),
+                         "special": np.zeros(len(frames_of(i)), bool)}
+        w.commit("text", {"tokens": {i: tok(i) for i in ids[:10]}}, skipped=[(ids[11], "tokens", "empty")])
+        w.finalize()
+    with FeatureStore(path) as fs:
+        assert len(set(fs.part_files)) == 8
+    msg = compact_store(path)
+    assert "compacted" in msg
+    with FeatureStore(path) as fs:
+        assert len(set(fs.part_files)) == 1 and fs.pending_parts == []
+        assert fs.ids("text", "tokens") == sorted(ids[:10])
+        assert list(fs.tokens("text", ids[3]).strings) == ["a"] * len(frames_of(ids[3]))
+        assert list(fs.skipped("text")["id"]) == [ids[11]]
+    assert len(os.listdir(str(path) + ".d")) == 1
+    assert_frames(path, ids[:20])
+
+
+def test_shards_merge_by_links_not_copies(tmp_path):
+    table = make_table(20)
+    ids = list(table["id"])
+    shards = []
+    for k in range(2):
+        p = tmp_path / f"shard{k}.h5"
+        build(p, table, ids[k::2], per_commit=4)
+        shards.append(p)
+    inodes = set()
+    for p in shards:
+        with FeatureStore(p) as fs:
+            inodes |= {os.stat(q).st_ino for q in fs.part_files}
+    out = tmp_path / "all.h5"
+    assert merge_stores(out, shards) == {"streams/audio/frames": 20}
+    with FeatureStore(out) as fs:
+        assert {os.stat(q).st_ino for q in fs.part_files} == inodes
+        assert fs.ids("audio") == sorted(ids)  # merged entries in id order
+    for p in shards:  # the shards can go: the merged store keeps its links
+        from emofuse.store import remove_store
+        remove_store(str(p))
+    assert_frames(out, ids)
+
+
+def test_changed_corpus_is_refused_with_the_list_or_updated_on_request(tmp_path):
+    table = make_table(12)
+    ids = list(table["id"])
+    path = tmp_path / "s.h5"
+    build(path, table)
+    new = table.copy()
+    new.loc[2, "audio_digest"] = "re-recorded"          # same name and size, other content
+    new.loc[5, "transcript"] = "another text"
+    new.loc[7, "label"] = "sad" if new.loc[7, "label"] != "sad" else "ang"
+    new = new[new["id"] != ids[9]]
+    with pytest.raises(StoreError) as e:
+        StoreWriter(path, new)
+    text = str(e.value)
+    for what in (f"{ids[2]}: audio content changed", f"{ids[5]}: transcript changed",
+                 f"{ids[7]}: label, session or speaker changed", f"{ids[9]}: removed from the corpus", "4 utterances"):
+        assert what in text
+    assert "--update-corpus" in text
+    with StoreWriter(path, new, update_corpus=True) as w:
+        w.add_stream("audio", {"fingerprint": "enc", "encoder_id": "test"})
+        assert w.dropped == {ids[2], ids[5], ids[9]}
+        todo = set(new["id"]) - w.done_ids("audio", "frames")
+        assert todo == {ids[2], ids[5]}  # exactly the utterances whose inputs changed
+        w.commit("audio", {"frames": {i: {"data": frames_of(i) + 1} for i in sorted(todo)}})
+        w.finalize()
+    with FeatureStore(path) as fs:
+        assert fs.corpus_fingerprint == corpus_fingerprint(new)
+        assert sorted(fs.ids("audio")) == sorted(new["id"])
+        assert np.array_equal(fs.frames("audio", ids[2]), frames_of(ids[2]) + 1)
+        assert np.array_equal(fs.frames("audio", ids[7]), frames_of(ids[7]))
+        assert fs.utterances.loc[ids[7], "label"] == new.loc[7, "label"]
+    StoreWriter(path, new).close()  # the store now describes the new corpus
+
+
+def test_changed_inputs_replace_their_entries(tmp_path):
+    table = make_table(8)
+    ids = list(table["id"])
+    path = tmp_path / "s.h5"
+    build(path, table)
+    seg = lambda v: {"data": np.full((2, 3, 4), v, np.float16), "symbols": np.array(["a", "b"], dtype=object),  # noqa: E731
+                     "spans": np.zeros((2, 2), np.int32)}
+    with StoreWriter(path) as w:
+        w.add_stream("audio", w.stream_infos["audio"])
+        w.commit("audio", {"segments/word": {i: seg(1) for i in ids[:6]}}, skipped=[(i, "segments/word", "no alignment")
+                                                                                  for i in ids[6:]],
+                 inputs={i: "a" for i in ids})
+        w.finalize()
+    now = {i: "a" for i in ids}
+    now[ids[1]] = "b"        # its alignment file was edited
+    now[ids[6]] = "c"        # an alignment appeared
+    with StoreWriter(path) as w:
+        w.add_stream("audio", w.stream_infos["audio"])
+        assert set(ids) - w.done_ids("audio", "segments/word", now) == {ids[1], ids[6]}
+        w.commit("audio", {"segments/word": {ids[1]: seg(2), ids[6]: seg(3)}}, inputs=now)
+        w.finalize()
+    with FeatureStore(path) as fs:
+        assert fs.segments("audio", "word", ids[1]).values[0, 0, 0] == 2
+        assert fs.segments("audio", "word", ids[6]).values[0, 0, 0] == 3
+        assert fs.segments("audio", "word", ids[0]).values[0, 0, 0] == 1
+        assert list(fs.skipped("audio")["id"]) == [ids[7]]
+        assert fs.inputs("audio", "segments/word")[ids[1]] == "b"
+
+
+def test_damaged_index_or_missing_part_gives_one_sentence(tmp_path):
+    table = make_table(8)
+    path = tmp_path / "s.h5"
+    build(path, table)
+    with h5py.File(path, "a") as f:
+        f["streams/audio/frames/row"][0] = 10 ** 9
+    with FeatureStore(path) as fs:
+        with pytest.raises(StoreError, match="is damaged: its index asks rows up to"):
+            fs.frames("audio", fs.ids("audio")[0])
+    with h5py.File(path, "a") as f:
+        f["streams/audio/frames/part"][0] = 99
+    with pytest.raises(StoreError, match="is damaged: the index of streams/audio/frames points outside"):
+        FeatureStore(path)
+    build(tmp_path / "t.h5", table)
+    with FeatureStore(tmp_path / "t.h5") as fs:
+        os.remove(fs.part_files[0])
+        with pytest.raises(StoreError, match="which is missing"):
+            fs.load("audio")
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_write_errors_name_the_path_and_keep_the_store(tmp_path, monkeypatch, err):
+    table = make_table(8)
+    ids = list(table["id"])
+    path = tmp_path / "s.h5"
+    build(path, table, ids[:4])
+    import emofuse.store.writer as writer
+
+    def failing(p):
+        raise OSError(err, os.strerror(err), p)
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "enc", "encoder_id": "test"})
+        monkeypatch.setattr(writer, "fsync_path", failing)
+        with pytest.raises(StoreError, match=r"could not write .*s\.h5\.d/.*\.h5: .*the store is as it was"):
+            w.commit("audio", {"frames": {i: {"data": frames_of(i)} for i in ids[4:]}})
+        monkeypatch.undo()
+    assert not list(Path(str(path) + ".d").glob("*.tmp"))
+    assert_frames(path, ids[:4])
