@@ -21,6 +21,7 @@ the 25-run fine-tuned row.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import sys
@@ -121,7 +122,8 @@ def main() -> None:
     cfg = ft.FinetuneConfig(store="", out="", audio_model="random", text_model="random", batch_size=32,
                             micro_batch=args.micro_batch, bf16=args.bf16, device=args.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    res = {"device": machine + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
            "size": args.size, "parameters_trained": sum(p.numel() for p in params), "utterances": args.utterances,
            "audio_s": float(d.seconds[timed].sum()), "micro_batch": args.micro_batch, "bf16": args.bf16,
            "grad_checkpointing": args.grad_checkpointing}
@@ -185,7 +187,7 @@ def main() -> None:
            f"{', bf16' if args.bf16 else ''} | {res['finetune']['audio_s_per_s']:.2f} audio-s/s "
            f"({res['speedup_vs_plain']:.2f}x the plain loop's {res['plain']['audio_s_per_s']:.2f}) | "
            f"{100 * res['finetune']['matmul_fraction']:.1f} % of matmul rate (plain "
-           f"{100 * res['plain']['matmul_fraction']:.1f} %) | 25-run row ≈ {res['paper_cma_row_25_runs_h']:.1f} h at "
+           f"{100 * res['plain']['matmul_fraction']:.1f} %) | 25-run row ≈ {res['paper_cma_row_25_runs_h']:.1f} h (this model) at "
            f"{args.epochs_per_run:g} epochs/run | exact accumulation (tests) | peak "
            f"{res['finetune']['peak_memory_gb']:.2f} GB (plain {res['plain']['peak_memory_gb']:.2f}) |")
     record("finetune", res, row, args.device)

@@ -320,7 +320,9 @@ class FinetuneModel(nn.Module):
             ids, tmask = batch["input_ids"], batch["text_mask"]
             h = self.text(input_ids=ids, attention_mask=tmask.long()).last_hidden_state
             streams["T"] = (h, tmask.bool())
-        return self.head.fuse({k: (x.float(), m) for k, (x, m) in streams.items()})
+        dev = next(iter(streams.values()))[0].device.type
+        with torch.autocast(dev, enabled=False):   # the head in float32 (its LSTM, BatchNorm, pooling)
+            return self.head.fuse({k: (x.float(), m) for k, (x, m) in streams.items()})
 
 
 def build_head(cfg: FinetuneConfig, enc: Encoders, n_classes: int) -> nn.Module:
