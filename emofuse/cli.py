@@ -256,6 +256,11 @@ def ablate(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="override the spec's maximum epochs")
     ap.add_argument("--folds", help="override the test sessions: a comma list (quick looks)")
     ap.add_argument("--report", action="store_true", help="also write figures and report.md")
+    ap.add_argument("--finetune", action="store_true",
+                    help="also run the spec's fine-tuned rows (finetune: true; GPU hours each); without it they "
+                         "are left out of the tables")
+    ap.add_argument("--audio-model", help="fine-tuned rows: this audio checkpoint instead of the spec's (a folder)")
+    ap.add_argument("--text-model", help="fine-tuned rows: this text checkpoint instead of the spec's (a folder)")
     args = ap.parse_args(argv)
     _quiet_libraries()
 
@@ -266,12 +271,61 @@ def ablate(argv: Sequence[str] | None = None) -> int:
         if args.jobs < 1:
             raise EmofuseError(f"--jobs must be at least 1, found {args.jobs}")
         run_ablate(AblateConfig(store=args.store, spec=args.spec, out=args.out, jobs=args.jobs, device=args.device,
-                                repeats=args.repeats, epochs=args.epochs,
+                                repeats=args.repeats, epochs=args.epochs, finetune=args.finetune,
+                                audio_model=args.audio_model, text_model=args.text_model,
                                 folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None))
         with open(f"{args.out}/tables.md") as f:
             print(f.read())
         if args.report:
             run_report(args.out)
+
+    return _run(job)
+
+
+def finetune_parser() -> argparse.ArgumentParser:
+    from .pipelines.finetune import FinetuneConfig
+
+    d = FinetuneConfig(store="", out="", audio_model="-", text_model="-")
+    ap = argparse.ArgumentParser(
+        prog="finetune",
+        description="Fine-tune wav2vec2 and/or BERT with the cross-modal attention paper's head (or its unimodal "
+                    "heads) under train-head's protocol and run-directory layout; runs under torchrun too "
+                    "(data parallel). A killed run resumes at its last epoch.")
+    ap.add_argument("--store", required=True, help="a store: its utterance table gives ids, labels, sessions, "
+                                                   "transcripts and audio paths")
+    ap.add_argument("--out", required=True, help="run directory (finished folds and epoch checkpoints are reused)")
+    ap.add_argument("--system", default="cma", choices=["cma", "audio", "text"],
+                    help="cma: both encoders + CMA head (74.71); audio: wav2vec2 + CNN + BLSTM (60.01); "
+                         "text: BERT + projection + statistics pooling (71.01)")
+    ap.add_argument("--audio-model", help="wav2vec2-style checkpoint (folder or hub id)")
+    ap.add_argument("--text-model", help="BERT-style checkpoint with a fast tokenizer")
+    ap.add_argument("--freeze", default=d.freeze, help="comma list: cnn (always frozen), audio, text, "
+                                                      "audio-layers:N, text-layers:N (first N blocks)")
+    ap.add_argument("--training-options", default=d.training_options, choices=["off", "checkpoint"],
+                    help="the audio checkpoint's SpecAugment masking and layer drop: off (default) or as it ships")
+    for name in ("repeats", "seed", "epochs", "patience", "batch_size", "micro_batch", "lr_patience", "proj",
+                 "heads", "ff"):
+        ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "lr_factor", "dropout", "val_fraction", "max_audio_s"):
+        ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    ap.add_argument("--folds", help="comma list of test sessions (default: all)")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder activations (GPU memory)")
+    ap.add_argument("--save-encoders", action="store_true", help="also save the fine-tuned encoders per run")
+    ap.add_argument("--device", default="auto")
+    return ap
+
+
+def finetune(argv: Sequence[str] | None = None) -> int:
+    args = finetune_parser().parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from .pipelines.finetune import FinetuneConfig, run_finetune
+
+        kw = {k: v for k, v in vars(args).items() if k != "folds"}
+        run_finetune(FinetuneConfig(folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
+                                    **kw))
 
     return _run(job)
 
@@ -292,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="emofuse", description="emofuse: speech + text emotion recognition tooling. The stages are also "
                                     "subcommands: emofuse extract-embeddings | align-segments | train-head | ablate | "
-                                    "report … (each with --help).")
+                                    "finetune | report … (each with --help).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run every stage on the bundled demo corpus")
     d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
@@ -318,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train_head(argv[1:])
     if argv[:1] == ["ablate"]:
         return ablate(argv[1:])
+    if argv[:1] == ["finetune"]:   # python -m emofuse finetune … (under torchrun)
+        return finetune(argv[1:])
     if argv[:1] == ["report"]:
         return report(argv[1:])
     args = ap.parse_args(argv)

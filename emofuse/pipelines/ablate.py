@@ -22,6 +22,7 @@ from scipy.stats import wilcoxon
 
 from ..errors import EmofuseError
 from ..store import FeatureStore
+from . import finetune as ft
 from . import tables
 from .rundir import run_lock, write_json
 from .train import TrainConfig, run_combine, run_train, store_fingerprints
@@ -41,6 +42,9 @@ class AblateConfig:
     repeats: int | None = None    # override the spec's repeats (quick looks)
     epochs: int | None = None
     folds: tuple[str, ...] | None = None   # override the test sessions (quick looks)
+    audio_model: str | None = None   # replace fine-tuned rows' audio encoder (e.g. a local folder)
+    text_model: str | None = None    # replace fine-tuned rows' text encoder
+    finetune: bool = False           # also run rows with finetune: true (GPU hours each); else they are left out
 
 
 def load_spec(spec: str) -> dict:
@@ -65,7 +69,7 @@ def load_spec(spec: str) -> dict:
         if not isinstance(t, dict) or "name" not in t or not isinstance(t.get("rows"), list):
             raise EmofuseError(f"{where}: every table needs 'name' and a 'rows' list, found {t!r}")
         for r in t["rows"]:
-            bad = set(r) - TRAIN_FIELDS - ROW_EXTRA
+            bad = set(r) - (ft.ROW_FIELDS | {"finetune"} if r.get("finetune") else TRAIN_FIELDS) - ROW_EXTRA
             if bad or "label" not in r:
                 raise EmofuseError(f"{where}, table {t['name']!r}: row {r!r} " + (
                     f"has unknown keys {sorted(bad)} (allowed: {sorted(TRAIN_FIELDS | ROW_EXTRA)})" if bad else "needs a label"))
@@ -153,6 +157,13 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
         for label, row in spec["_labels"].items():
             if "combine" in row:
                 continue
+            if row.get("finetune"):   # fine-tuned encoders: pipelines/finetune.py
+                c = ft.ablate_config(cfg.store, "", defaults, row, cfg.device, cfg.audio_model, cfg.text_model)
+                key = run_key(c.identity(), {"corpus": fs.corpus_fingerprint})
+                key_of[label] = key
+                train_cfgs[key] = ft.ablate_config(cfg.store, os.path.join(runs_dir, key), defaults, row, cfg.device,
+                                                   cfg.audio_model, cfg.text_model)
+                continue
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
             if "folds" in params and params["folds"] is not None:
                 params["folds"] = tuple(str(f) for f in params["folds"])
@@ -161,6 +172,8 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
             key_of[label] = key
             train_cfgs[key] = TrainConfig(store=cfg.store, out=os.path.join(runs_dir, key), device=cfg.device, **params)
     pending = [c for k, c in train_cfgs.items() if not _finished(c.out)]
+    tuned = [c for c in pending if isinstance(c, ft.FinetuneConfig)]
+    pending = [c for c in pending if not isinstance(c, ft.FinetuneConfig)]
     echo(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {len(train_cfgs) - len(pending)} "
          f"already finished, {len(pending)} to run" + (f" on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
     if cfg.jobs > 1 and len(pending) > 1:
@@ -180,6 +193,11 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
         for k, c in enumerate(pending):
             echo(f"  [{k + 1}/{len(pending)}] {c.fusion} {'+'.join(c.keys())} ({c.head}) → {c.out}")
             run_train(c, echo=lambda m: echo("    " + m))
+    for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
+        echo(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
+        ft.run_finetune(c, echo=lambda m: echo("    " + m))
+    if tuned and not cfg.finetune:
+        echo(f"  {len(tuned)} fine-tuned rows not run (they need ablate --finetune and the encoders; GPU hours)")
     for label, row in spec["_labels"].items():
         if "combine" in row:
             members = [os.path.join(runs_dir, key_of[m]) for m in row["combine"]]
@@ -214,12 +232,16 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
         for r in t["rows"]:
             src = r.get("same_as", r["label"])
             d = os.path.join(runs_dir, key_of[src])
+            if not os.path.exists(os.path.join(d, "summary.json")) and spec["_labels"][src].get("finetune"):
+                continue   # a fine-tuned row not run (ablate --finetune)
             with open(os.path.join(d, "summary.json")) as f:
                 s = json.load(f)
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
                          "n": s["ua"]["n"], "published": r.get("published", spec["_labels"][src].get("published")),
                          "key": key_of[src], "run_dir": d})
             per_run.append({(x["repeat"], x["seed"], str(x["fold"])): x["ua"] for x in s["runs"]})
+        if not rows:
+            continue
         df = pd.DataFrame(rows)
         df["published"] = pd.to_numeric(df["published"])
         best = int(df["ua_mean"].idxmax())
@@ -234,6 +256,8 @@ def _write_tables(spec: dict, results: dict[str, pd.DataFrame], out: str) -> Non
     os.makedirs(tdir, exist_ok=True)
     md = []
     for t in spec["tables"]:
+        if t["name"] not in results:
+            continue
         df, title = results[t["name"]], t.get("title", t["name"])
         text = tables.to_markdown(df, title)
         md.append(text)

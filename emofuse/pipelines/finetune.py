@@ -1,0 +1,691 @@
+"""``finetune``: the cross-modal attention paper's fine-tuned systems (wav2vec2 + BERT trained
+with the CMA head, or one encoder with its unimodal head) under the protocol of ``train-head``.
+
+Data: the store's utterance table (ids, labels, sessions, transcripts, audio paths), so a store
+stays the single list of utterances and folds; audio is read from the table's paths. The run
+directory has train-head's layout (config.json, runs/r{repeat}_s{session}/metrics.json,
+predictions.csv, model.safetensors (the head), summary.json), so ``ablate`` tables,
+``--fusion combine`` and ``report`` read it unchanged.
+
+Exactness rules (tested): a global batch of ``batch_size`` utterances is cut into length-sorted
+micro-batches; micro-batch ``i`` of optimizer step ``s`` draws its dropout masks from a seed of
+(run seed, epoch, s, i), its loss is summed and divided by the global batch size, and the head's
+BatchNorm running statistics are updated once per step from every micro-batch's statistics in
+micro-batch order. So gradient accumulation, and data-parallel processes (each runs micro-batches
+i ≡ rank mod world size), give the same step as one process running the global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import __version__
+from ..corpora import Utterance
+from ..errors import EmofuseError
+from ..extract.audio import BadInput, load_audio
+from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_field
+from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
+from ..heads.functional import lengths_to_mask
+from ..heads.layers import MaskedBatchNorm1d
+from ..heads.options import PLATEAU
+from ..store import FeatureStore
+from .metrics import format_summary, scores, summarise
+from .train import _check_run_dir, _save_run, _write_json, folds_of, resolve_device, split
+
+SYSTEMS = ("cma", "audio", "text")   # joint (74.71), audio-only (60.01), text-only (71.01)
+TRAINING_OPTIONS = ("off", "checkpoint")
+#: fields that do not change what is computed (left out of the run key)
+NOT_IN_KEY = ("store", "out", "device", "grad_checkpointing", "save_encoders")
+#: ablate row keys a fine-tuned row may carry besides ``finetune: true`` (and label/published)
+ROW_FIELDS = {"system", "audio_model", "text_model", "freeze", "training_options", "repeats", "seed", "epochs",
+              "patience", "batch_size", "micro_batch", "lr", "lr_factor", "lr_patience", "dropout", "proj", "heads",
+              "ff", "val_fraction", "folds", "max_audio_s", "bf16"}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning configuration; saved in ``config.json`` of the run directory."""
+
+    store: str
+    out: str
+    system: str = "cma"
+    audio_model: str | None = None      # a wav2vec2-style checkpoint folder or hub id (cma, audio)
+    text_model: str | None = None       # a BERT-style checkpoint with a fast tokenizer (cma, text)
+    freeze: str = "cnn"                 # comma list: cnn (always), audio, text, audio-layers:N, text-layers:N
+    training_options: str = "off"       # off: SpecAugment time/feature masking and layer drop off; checkpoint: its own
+    repeats: int = 5
+    seed: int = 0
+    epochs: int = 100
+    patience: int = 10
+    batch_size: int = 32                # the protocol's (effective) batch
+    micro_batch: int = 8                # utterances per forward pass (gradient accumulation up to batch_size)
+    lr: float = 1e-5
+    lr_factor: float = PLATEAU["factor"]
+    lr_patience: int = PLATEAU["patience"]
+    dropout: float = 0.2
+    proj: int = 256
+    heads: int = 8
+    ff: int = 256
+    val_fraction: float = 0.1
+    folds: tuple[str, ...] | None = None
+    max_audio_s: float = 60.0           # longer utterances are refused (never cut silently)
+    bf16: bool = False                  # bfloat16 autocast (GPU)
+    grad_checkpointing: bool = False    # recompute encoder activations in the backward pass (GPU memory)
+    save_encoders: bool = False         # also save the fine-tuned encoders per (repeat, fold): 1.6 GB each for large+base
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.system not in SYSTEMS:
+            raise EmofuseError(f"--system must be one of {list(SYSTEMS)}, found {self.system!r}")
+        if self.training_options not in TRAINING_OPTIONS:
+            raise EmofuseError(f"--training-options must be one of {list(TRAINING_OPTIONS)}, found "
+                               f"{self.training_options!r}")
+        if self.system in ("cma", "audio") and not self.audio_model:
+            raise EmofuseError(f"--system {self.system} needs --audio-model (a wav2vec2-style checkpoint)")
+        if self.system in ("cma", "text") and not self.text_model:
+            raise EmofuseError(f"--system {self.system} needs --text-model (a BERT-style checkpoint)")
+        for name in ("repeats", "epochs", "patience", "batch_size", "micro_batch", "proj", "heads", "ff"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise EmofuseError(f"--{name.replace('_', '-')} must be a positive integer, found {v!r}")
+        if self.micro_batch > self.batch_size:
+            raise EmofuseError(f"--micro-batch ({self.micro_batch}) cannot exceed --batch-size ({self.batch_size})")
+        if not 0 < self.val_fraction < 1:
+            raise EmofuseError(f"--val-fraction must be in (0, 1), found {self.val_fraction}")
+        if not 0 < self.lr_factor < 1 or self.lr_patience < 0 or self.lr <= 0:
+            raise EmofuseError("--lr must be positive, --lr-factor in (0, 1), --lr-patience at least 0")
+        self.frozen()
+
+    def frozen(self) -> dict:
+        """The --freeze list parsed: {"audio": bool, "text": bool, "audio_layers": N, "text_layers": N}."""
+        out = {"audio": False, "text": False, "audio_layers": 0, "text_layers": 0}
+        for part in (p.strip() for p in self.freeze.split(",") if p.strip()):
+            name, _, n = part.partition(":")
+            if part in ("cnn", "audio", "text"):
+                if part != "cnn":
+                    out[part] = True
+            elif name in ("audio-layers", "text-layers") and n.isdigit():
+                out[name.replace("-", "_")] = int(n)
+            else:
+                raise EmofuseError(f"--freeze takes a comma list of cnn, audio, text, audio-layers:N and "
+                                   f"text-layers:N (the first N transformer blocks); found {part!r}")
+        return out
+
+    def keys(self) -> list[str]:
+        return {"cma": ["F", "T"], "audio": ["F"], "text": ["T"]}[self.system]
+
+    def identity(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
+        d["folds"] = list(self.folds) if self.folds else None
+        if self.system == "audio":
+            d["text_model"] = None
+        if self.system == "text":
+            d["audio_model"] = None
+        return d
+
+    # what ablate and report read from a run's config like train-head's
+    @property
+    def fusion(self) -> str:
+        return "cma" if self.system == "cma" else "none"
+
+    @property
+    def head(self) -> str:
+        return {"cma": "cma", "audio": "cnn-blstm", "text": "proj-stats"}[self.system]
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class FinetuneData:
+    """Utterances of the store's table usable by a configuration: labels, folds, and the inputs."""
+
+    ids: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    sessions: np.ndarray
+    seconds: np.ndarray                      # audio duration (length grouping); token count for text-only
+    waves: list[np.ndarray] | None = None    # preprocessed (the checkpoint's feature extractor)
+    tokens: list[list[int]] | None = None    # token ids with the special tokens
+    excluded: dict = field(default_factory=dict)
+
+
+def load_finetune_data(store: str, cfg: FinetuneConfig, enc: "Encoders") -> FinetuneData:
+    with FeatureStore(store) as fs:
+        utts = fs.utterances
+    ids, excluded = [], {}
+    waves, tokens = [], []
+    for uid, r in utts.iterrows():
+        try:
+            if enc.audio is not None:
+                u = Utterance(id=str(uid), audio_path=str(r["audio_path"]), transcript=str(r["transcript"]),
+                              label=str(r["label"]), session=str(r["session"]), speaker=str(r["speaker"]),
+                              start=None if pd.isna(r["start"]) else float(r["start"]),
+                              end=None if pd.isna(r["end"]) else float(r["end"]))
+                w = load_audio(u, enc.sample_rate)
+                if len(w) < enc.window:
+                    raise BadInput(f"audio shorter than the encoder's receptive field ({enc.window} samples)")
+                if len(w) > cfg.max_audio_s * enc.sample_rate:
+                    raise EmofuseError(
+                        f"utterance {uid} ({r['audio_path']}) is {len(w) / enc.sample_rate:.1f} s long, more than "
+                        f"--max-audio-s {cfg.max_audio_s:g}; raise --max-audio-s if the device memory allows "
+                        f"(utterances are never cut)")
+            if enc.text is not None:
+                t = enc.tokenize(str(r["transcript"]), str(uid))
+        except BadInput as e:
+            excluded[e.reason] = excluded.get(e.reason, 0) + 1
+            continue
+        ids.append(str(uid))
+        if enc.audio is not None:
+            waves.append(enc.preprocess(w))
+        if enc.text is not None:
+            tokens.append(t)
+    keep = utts.loc[ids]
+    labels = keep["label"].astype(str).to_numpy()
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise EmofuseError(f"{store}: found only the label(s) {classes}; at least two classes are needed")
+    seconds = (np.array([len(w) / enc.sample_rate for w in waves]) if waves
+               else np.array([len(t) for t in tokens], dtype=float))
+    return FinetuneData(ids=np.array(ids), y=np.array([classes.index(x) for x in labels]), classes=classes,
+                        sessions=keep["session"].astype(str).to_numpy(), seconds=seconds,
+                        waves=waves or None, tokens=tokens or None, excluded=excluded)
+
+
+# -- encoders --------------------------------------------------------------------------------------
+def _not_a_model(kind: str, spec: str, e: Exception) -> EmofuseError:
+    where = f"folder {spec}" if os.path.exists(spec) else repr(spec)
+    return EmofuseError(f"--{kind}-model {where} is not a loadable transformers checkpoint (expected config.json and "
+                        f"weights; {str(e).splitlines()[0][:160]})")
+
+
+class Encoders:
+    """The trainable encoders of a configuration, loaded with their training-time options set."""
+
+    def __init__(self, cfg: FinetuneConfig):
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoTokenizer, Wav2Vec2FeatureExtractor
+
+        self.audio = self.text = self.tok = self.fe = self.group_norm = None
+        self.sample_rate, self.window = 16000, 400
+        self.options: dict = {}
+        if cfg.system in ("cma", "audio"):
+            try:
+                conf = AutoConfig.from_pretrained(cfg.audio_model)
+                overrides, recorded = {}, {}
+                for name in ("mask_time_prob", "mask_feature_prob", "layerdrop"):
+                    recorded[name] = getattr(conf, name, None)
+                    if cfg.training_options == "off" and recorded[name] is not None:
+                        overrides[name] = 0.0
+                self.options["audio_checkpoint"] = recorded
+                self.options["audio_used"] = {k: overrides.get(k, v) for k, v in recorded.items()}
+                self.audio = AutoModel.from_pretrained(cfg.audio_model, **overrides)
+            except (OSError, ValueError, KeyError) as e:
+                raise _not_a_model("audio", cfg.audio_model, e) from e
+            if not hasattr(self.audio, "feature_extractor") or not hasattr(self.audio.feature_extractor, "conv_layers"):
+                raise EmofuseError(f"--audio-model {cfg.audio_model} ({type(self.audio).__name__}) has no wav2vec2-style "
+                                   "convolutional front end; supported: wav2vec2, HuBERT, WavLM, data2vec-audio")
+            try:
+                self.fe = AutoFeatureExtractor.from_pretrained(cfg.audio_model)
+            except (OSError, ValueError):
+                self.fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)
+            self.sample_rate = int(self.fe.sampling_rate)
+            self.kernels, self.strides = list(conf.conv_kernel), list(conf.conv_stride)
+            self.window, _ = receptive_field(self.kernels, self.strides)
+            if getattr(conf, "feat_extract_norm", "layer") == "group":   # batched == one at a time
+                layer0 = self.audio.feature_extractor.conv_layers[0]
+                self.group_norm = MaskedGroupNorm(layer0.layer_norm)
+                layer0.layer_norm = self.group_norm
+            if cfg.training_options == "off" and hasattr(self.audio, "masked_spec_embed"):
+                self.audio.masked_spec_embed.requires_grad_(False)   # unused without SpecAugment masking
+        if cfg.system in ("cma", "text"):
+            try:
+                conf = AutoConfig.from_pretrained(cfg.text_model)
+                self.tok = AutoTokenizer.from_pretrained(cfg.text_model, use_fast=True)
+                self.text = AutoModel.from_pretrained(cfg.text_model)
+            except (OSError, ValueError, KeyError) as e:
+                raise _not_a_model("text", cfg.text_model, e) from e
+            if not self.tok.is_fast:
+                raise EmofuseError(f"--text-model {cfg.text_model} has no fast tokenizer (tokenizer.json); "
+                                   "emofuse needs one")
+            limit = min(int(getattr(conf, "max_position_embeddings", 512)), int(self.tok.model_max_length))
+            self.max_tokens = limit - (2 if conf.model_type in ("roberta", "xlm-roberta") else 0)
+            self.options["text_checkpoint"] = {"hidden_dropout_prob": getattr(conf, "hidden_dropout_prob", None)}
+            pooler = getattr(self.text, "pooler", None)
+            if pooler is not None:
+                pooler.requires_grad_(False)   # unused: the head reads the output tokens
+        self._freeze(cfg)
+
+    def _freeze(self, cfg: FinetuneConfig) -> None:
+        f = cfg.frozen()
+        if self.audio is not None:
+            self.audio.feature_extractor._freeze_parameters()   # the CNN feature encoder: always frozen (paper)
+            if f["audio"]:
+                self.audio.requires_grad_(False)
+            elif f["audio_layers"]:
+                self.audio.feature_projection.requires_grad_(False)
+                for layer in self.audio.encoder.layers[:f["audio_layers"]]:
+                    layer.requires_grad_(False)
+        if self.text is not None:
+            if f["text"]:
+                self.text.requires_grad_(False)
+            elif f["text_layers"]:
+                self.text.embeddings.requires_grad_(False)
+                for layer in self.text.encoder.layer[:f["text_layers"]]:
+                    layer.requires_grad_(False)
+
+    def preprocess(self, wave: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fe(wave, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0],
+                          dtype=np.float32)
+
+    def tokenize(self, text: str, uid: str) -> list[int]:
+        if "\ufffd" in text or not text.strip():
+            raise BadInput("empty or undecodable transcript")
+        ids = self.tok(text, add_special_tokens=True)["input_ids"]
+        if len(ids) > self.max_tokens:
+            raise EmofuseError(f"utterance {uid}: its transcript is {len(ids)} tokens, more than the text model's "
+                               f"{self.max_tokens}; fine-tuning refuses it rather than cutting it")
+        return ids
+
+
+class FinetuneModel(nn.Module):
+    """Encoders + head: ``forward(batch) → logits``; ``batch`` from ``collate``."""
+
+    def __init__(self, enc: Encoders, head: nn.Module):
+        super().__init__()
+        self.audio, self.text, self.head = enc.audio, enc.text, head
+        self._group_norm = enc.group_norm
+        self._kernels, self._strides = getattr(enc, "kernels", None), getattr(enc, "strides", None)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        streams = {}
+        if self.audio is not None:
+            x, lengths = batch["audio"], batch["audio_lengths"]
+            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None].to(x.device)).long()
+            ctx = (self._group_norm.valid_lengths(conv_output_lengths(lengths, self._kernels[:1], self._strides[:1]))
+                   if self._group_norm is not None else contextlib.nullcontext())
+            with ctx:
+                h = self.audio(x, attention_mask=mask).last_hidden_state
+            frames = conv_output_lengths(lengths, self._kernels, self._strides).to(h.device)
+            streams["F"] = (h, lengths_to_mask(frames, h.shape[1]))
+        if self.text is not None:
+            ids, tmask = batch["input_ids"], batch["text_mask"]
+            h = self.text(input_ids=ids, attention_mask=tmask.long()).last_hidden_state
+            streams["T"] = (h, tmask.bool())
+        dev = next(iter(streams.values()))[0].device.type
+        with torch.autocast(dev, enabled=False):   # the head in float32 (its LSTM, BatchNorm, pooling)
+            return self.head.fuse({k: (x.float(), m) for k, (x, m) in streams.items()})
+
+
+def build_head(cfg: FinetuneConfig, enc: Encoders, n_classes: int) -> nn.Module:
+    a = enc.audio.config.hidden_size if enc.audio is not None else None
+    t = enc.text.config.hidden_size if enc.text is not None else None
+    if cfg.system == "cma":
+        return CMAModel(a, t, n_classes, proj=cfg.proj, heads=cfg.heads, ff=cfg.ff, dropout=cfg.dropout)
+    if cfg.system == "audio":
+        return AudioOnlyModel(a, n_classes, proj=cfg.proj, dropout=cfg.dropout)
+    return TextOnlyModel(t, n_classes, proj=cfg.proj)
+
+
+def collate(data: FinetuneData, idx: np.ndarray, device: torch.device, pad_token: int = 0,
+            padding_value: float = 0.0) -> dict:
+    """Pad the utterances ``idx`` to their longest (audio samples, tokens)."""
+    out = {"y": torch.from_numpy(data.y[idx]).to(device)}
+    if data.waves is not None:
+        lengths = torch.tensor([len(data.waves[i]) for i in idx])
+        x = torch.full((len(idx), int(lengths.max())), padding_value)
+        for b, i in enumerate(idx):
+            x[b, :len(data.waves[i])] = torch.from_numpy(data.waves[i])
+        out.update(audio=x.to(device), audio_lengths=lengths.to(device))
+    if data.tokens is not None:
+        n = max(len(data.tokens[i]) for i in idx)
+        ids = torch.full((len(idx), n), pad_token, dtype=torch.long)
+        m = torch.zeros((len(idx), n), dtype=torch.bool)
+        for b, i in enumerate(idx):
+            ids[b, :len(data.tokens[i])] = torch.tensor(data.tokens[i])
+            m[b, :len(data.tokens[i])] = True
+        out.update(input_ids=ids.to(device), text_mask=m.to(device))
+    return out
+
+
+def micro_batches(idx: np.ndarray, seconds: np.ndarray, size: int, group: bool = True) -> list[np.ndarray]:
+    """Cut a global batch into micro-batches of at most ``size``; ``group``: sorted by length
+    first (longest first), so each micro-batch pads to a similar length."""
+    if group:
+        idx = idx[np.argsort(-seconds[idx], kind="stable")]
+    return [idx[k:k + size] for k in range(0, len(idx), size)]
+
+
+# -- BatchNorm statistics per global step ----------------------------------------------------------
+def _bns(model: nn.Module) -> list[nn.BatchNorm1d]:
+    return [m for m in model.modules() if isinstance(m, (MaskedBatchNorm1d, nn.modules.batchnorm._BatchNorm))]
+
+
+@contextlib.contextmanager
+def capture_bn(model: nn.Module, out: list) -> Iterator[None]:
+    """Run a training forward without moving BatchNorm running statistics; append the batch
+    statistics each BatchNorm saw (mean, unbiased variance) to ``out`` as one flat vector."""
+    bns = _bns(model)
+    saved = [(b.momentum, b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone()) for b in bns]
+    for b in bns:
+        b.momentum = 1.0    # lerp with weight 1 stores the batch statistics exactly
+    try:
+        yield
+        if bns:
+            out.append(torch.cat([torch.cat([b.running_mean, b.running_var]).float() for b in bns]))
+    finally:
+        for b, (mom, rm, rv, n) in zip(bns, saved):
+            b.momentum = mom
+            b.running_mean.copy_(rm)
+            b.running_var.copy_(rv)
+            b.num_batches_tracked.copy_(n)
+
+
+def apply_bn(model: nn.Module, stats: torch.Tensor) -> None:
+    """Move the running statistics by each row of ``stats`` (one per micro-batch, in order)."""
+    bns = _bns(model)
+    with torch.no_grad():
+        for row in stats:
+            k = 0
+            for b in bns:
+                c = b.num_features
+                b.running_mean.lerp_(row[k:k + c].to(b.running_mean), b.momentum)
+                b.running_var.lerp_(row[k + c:k + 2 * c].to(b.running_var), b.momentum)
+                b.num_batches_tracked += 1
+                k += 2 * c
+
+
+# -- distributed -----------------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world size): under torchrun, the process group is set up here (gloo on CPU, nccl on CUDA)."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t)
+    return t
+
+
+def _seed_of(*parts: int) -> int:
+    import hashlib
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:7], "little")
+
+
+# -- training --------------------------------------------------------------------------------------
+@dataclass
+class Timer:
+    compute: float = 0.0
+    audio_s: float = 0.0
+
+
+def _oom(cfg: FinetuneConfig, n: int, e: Exception) -> EmofuseError:
+    return EmofuseError(f"the device ran out of memory on a micro-batch of {n} utterances; lower --micro-batch "
+                        f"(now {cfg.micro_batch}; the effective batch stays --batch-size {cfg.batch_size} through "
+                        f"gradient accumulation) or add --grad-checkpointing / --bf16; finished folds and the last "
+                        f"epoch's checkpoint are kept, run the same command again to resume")
+
+
+def train_step(model: FinetuneModel, wrapped: nn.Module, opt, data: FinetuneData, idx: np.ndarray,
+               cfg: FinetuneConfig, device: torch.device, step_seed: int, rank: int = 0, world: int = 1,
+               group: bool = True, pad_token: int = 0, timer: Timer | None = None) -> float:
+    """One optimizer step on the global batch ``idx``; returns its mean training loss."""
+    micro = micro_batches(idx, data.seconds, cfg.micro_batch, group)
+    mine = [(i, m) for i, m in enumerate(micro) if i % world == rank]
+    idle = not mine
+    if idle:    # this process still takes part in the gradient all-reduce, with a zero loss
+        mine = [(0, micro[0])]
+    stats, total = [], torch.zeros(1, dtype=torch.float64)
+    bn_rows = None
+    for j, (i, mb) in enumerate(mine):
+        torch.manual_seed(_seed_of(step_seed, i))   # dropout: the same whichever process runs micro-batch i
+        batch = collate(data, mb, device, pad_token)
+        sync = contextlib.nullcontext() if (j == len(mine) - 1 or not hasattr(wrapped, "no_sync")) else wrapped.no_sync()
+        got: list = []
+        try:
+            with sync, capture_bn(model, got):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    logits = wrapped(batch)
+                loss = nn.functional.cross_entropy(logits.float(), batch["y"], reduction="sum")
+                (loss * (0.0 if idle else world / len(idx))).backward()
+        except torch.OutOfMemoryError as e:
+            raise _oom(cfg, len(mb), e) from None
+        if not idle:
+            total += float(loss.detach())
+            if got:
+                if bn_rows is None:
+                    bn_rows = torch.zeros(len(micro), got[0].numel())
+                bn_rows[i] = got[0].cpu()
+            if timer is not None and data.waves is not None:
+                timer.audio_s += float(data.seconds[mb].sum())
+    if _bns(model):
+        if bn_rows is None:
+            bn_rows = torch.zeros(len(micro), sum(2 * b.num_features for b in _bns(model)))
+        apply_bn(model, _all_sum(bn_rows.to(device), world).cpu())
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(_all_sum(total.to(device), world).cpu()) / len(idx)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: FinetuneData, idx: np.ndarray, cfg: FinetuneConfig, device: torch.device,
+            rank: int = 0, world: int = 1, pad_token: int = 0) -> np.ndarray:
+    """Logits (len(idx), C) in eval mode; processes share the micro-batches and sum the results."""
+    model.eval()
+    out = torch.zeros(len(idx), len(data.classes), dtype=torch.float32, device=device)
+    order = np.argsort(-data.seconds[idx], kind="stable")
+    for i, k in enumerate(range(0, len(order), cfg.micro_batch)):
+        if i % world != rank:
+            continue
+        pos = order[k:k + cfg.micro_batch]
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                out[torch.from_numpy(pos).to(device)] = model(collate(data, idx[pos], device, pad_token)).float()
+        except torch.OutOfMemoryError as e:
+            raise _oom(cfg, len(pos), e) from None
+    return _all_sum(out, world).cpu().numpy()
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: FinetuneData, tr: np.ndarray,
+               va: np.ndarray, seed: int, device: torch.device, rdir: str, rank: int = 0, world: int = 1,
+               progress: Callable[[str], None] = lambda s: None, timer: Timer | None = None):
+    """Train one (repeat, fold) with early stopping on validation UA (ties: lower validation
+    loss), decay on validation loss; a checkpoint per epoch (``rdir/checkpoint.pt``) lets a
+    killed run resume at the epoch it was in. Returns (model at its best epoch, history, best epoch)."""
+    enc = enc_factory()
+    torch.manual_seed(seed)   # the head's initialisation (the encoders come from their checkpoints)
+    model = FinetuneModel(enc, build_head(cfg, enc, len(data.classes))).to(device)
+    if cfg.grad_checkpointing:
+        for m in (model.audio, model.text):
+            if m is not None:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    wrapped = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                      broadcast_buffers=False,   # BatchNorm statistics: apply_bn, the same on every process
+                      find_unused_parameters=cfg.training_options == "checkpoint")   # layer drop skips blocks
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    pad = enc.tok.pad_token_id or 0 if enc.tok is not None else 0
+    state = {"epoch": -1, "best": None, "best_score": (-1.0, float("-inf")), "best_epoch": -1, "history": []}
+    ckpt = os.path.join(rdir, "checkpoint.pt")
+    if os.path.exists(ckpt):
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        state = saved["state"]
+        progress(f"resumed after epoch {state['epoch'] + 1}")
+    y_all = torch.from_numpy(data.y)
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        if state["best_epoch"] >= 0 and epoch - 1 - state["best_epoch"] >= cfg.patience:
+            break
+        model.train()
+        gen = torch.Generator().manual_seed(_seed_of(seed, epoch))   # data order: a function of (seed, epoch)
+        order = tr[torch.randperm(len(tr), generator=gen).numpy()]
+        total = 0.0
+        t0 = time.perf_counter()
+        for s, k in enumerate(range(0, len(order), cfg.batch_size)):
+            idx = order[k:k + cfg.batch_size]
+            total += train_step(model, wrapped, opt, data, idx, cfg, device, _seed_of(seed, epoch, s), rank, world,
+                                pad_token=pad, timer=timer) * len(idx)
+        if timer is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timer.compute += time.perf_counter() - t0
+        logits = predict(model, data, va, cfg, device, rank, world, pad)
+        val = scores(data.y[va], logits.argmax(1), len(data.classes))
+        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), y_all[va]))
+        state["history"].append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss,
+                                 "val_ua": val["ua"], "lr": opt.param_groups[0]["lr"]})
+        progress(f"epoch {epoch + 1} val UA {val['ua']:.1f}")
+        score = (val["ua"], -val_loss)
+        if score > tuple(state["best_score"]):
+            state.update(best={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                         best_score=score, best_epoch=epoch)
+        sched.step(val_loss)   # decay on the validation loss, never the test set
+        state["epoch"] = epoch
+        if rank == 0:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "rng": torch.get_rng_state(), "state": state, "identity": cfg.identity()}, ckpt)
+        if world > 1:
+            import torch.distributed as dist
+            dist.barrier()
+    model.load_state_dict(state["best"])
+    return model, enc, state["history"], state["best_epoch"]
+
+
+def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> dict:
+    """Fine-tune every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused."""
+    rank, world = dist_info()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if rank != 0:
+        echo = lambda m: None   # noqa: E731
+    with FeatureStore(cfg.store) as fs:
+        fingerprints = {"corpus": fs.corpus_fingerprint}
+    enc = Encoders(cfg)   # checks the checkpoints before anything is written
+    config = {"type": "emofuse.train-head", "kind": "finetune", "emofuse_version": __version__,
+              "config": asdict(cfg), "identity": cfg.identity(), "fingerprints": fingerprints,
+              "training_options": enc.options, "world_size": world,
+              "frozen_parameters": _count_frozen(enc)}
+    if rank == 0:
+        _check_run_dir(cfg.out, config)
+        os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
+        _write_json(os.path.join(cfg.out, "config.json"), config)
+    t0 = time.perf_counter()
+    data = load_finetune_data(cfg.store, cfg, enc)
+    t_load = time.perf_counter() - t0
+    echo(f"finetune {cfg.system}: {len(data.ids)} utterances, classes {', '.join(data.classes)}, training on "
+         f"{device}" + (f" x {world} processes" if world > 1 else "") +
+         (f"; left out: {data.excluded}" if data.excluded else ""))
+    folds = folds_of(data, cfg)
+    runs, preds, timer = [], [], Timer()
+    first = [enc]
+
+    def factory() -> Encoders:   # fresh pretrained encoders per (repeat, fold); the first is already loaded
+        return first.pop() if first else Encoders(cfg)
+
+    for r in range(cfg.repeats):
+        for session in folds:
+            seed = cfg.seed + r
+            rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
+            if os.path.exists(os.path.join(rdir, "metrics.json")):
+                with open(os.path.join(rdir, "metrics.json")) as f:
+                    runs.append(json.load(f))
+                preds.append(pd.read_csv(os.path.join(rdir, "predictions.csv"), dtype={"fold": str}))
+                continue
+            if rank == 0:
+                os.makedirs(rdir, exist_ok=True)
+            if world > 1:
+                import torch.distributed as dist
+                dist.barrier()
+            tr, va, te = split(data, session, seed, cfg.val_fraction)
+            model, fenc, history, best_epoch = train_fold(
+                cfg, factory, data, tr, va, seed * 1000 + folds.index(session), device, rdir, rank, world,
+                lambda s: echo(f"  repeat {r} fold {session}: {s}"), timer)
+            pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
+            logits = predict(model, data, te, cfg, device, rank, world, pad)
+            m = scores(data.y[te], logits.argmax(1), len(data.classes))
+            m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
+                     n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights={}, layer_ids={}, history=history)
+            p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
+                              "label": np.array(data.classes)[data.y[te]],
+                              "pred": np.array(data.classes)[logits.argmax(1)]})
+            for c, name in enumerate(data.classes):
+                p[f"logit_{name}"] = logits[:, c]
+            if rank == 0:
+                if cfg.save_encoders:
+                    for name, m_ in (("audio_encoder", model.audio), ("text_encoder", model.text)):
+                        if m_ is not None:
+                            m_.save_pretrained(os.path.join(rdir, name))
+                _save_run(rdir, model.head, m, p, {"fusion": cfg.fusion, "head": cfg.head, "keys": "+".join(cfg.keys()),
+                                                   "finetune": cfg.system})
+                ck = os.path.join(rdir, "checkpoint.pt")
+                if os.path.exists(ck):
+                    os.remove(ck)
+            runs.append(m)
+            preds.append(p)
+            echo(f"  repeat {r} fold {session}: test UA {m['ua']:.2f}")
+    summary = summarise(runs, data.classes)
+    summary.update(type="emofuse.summary", fusion=cfg.fusion, keys=cfg.keys(), head=cfg.head, finetune=cfg.system,
+                   excluded=data.excluded, empty_segments={},
+                   data={"utterances": len(data.ids), "device": str(device), "world_size": world},
+                   time={"load_s": t_load, "train_s": timer.compute,
+                         "train_audio_s_per_s": timer.audio_s / timer.compute if timer.compute else None},
+                   runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
+    if rank == 0:
+        pd.concat(preds).to_csv(os.path.join(cfg.out, "predictions.csv"), index=False)
+        _write_json(os.path.join(cfg.out, "summary.json"), summary)
+    echo(f"{cfg.out}: " + format_summary(summary))
+    return summary
+
+
+def _count_frozen(enc: Encoders) -> dict:
+    out = {}
+    for name, m in (("audio", enc.audio), ("text", enc.text)):
+        if m is not None:
+            out[name] = {"frozen": sum(p.numel() for p in m.parameters() if not p.requires_grad),
+                         "trained": sum(p.numel() for p in m.parameters() if p.requires_grad)}
+    return out
+
+
+# -- ablate hook -----------------------------------------------------------------------------------
+def ablate_config(store: str, out_dir: str, defaults: dict, row: dict, device: str,
+                  audio_model: str | None = None, text_model: str | None = None) -> FinetuneConfig:
+    """The FinetuneConfig of a spec row with ``finetune: true`` (spec defaults it knows apply;
+    ``audio_model``/``text_model`` replace the row's encoder ids, e.g. local folders)."""
+    params = {k: v for k, v in defaults.items() if k in ROW_FIELDS}
+    params.update({k: v for k, v in row.items() if k in ROW_FIELDS})
+    if audio_model:
+        params["audio_model"] = audio_model
+    if text_model:
+        params["text_model"] = text_model
+    if params.get("folds") is not None:
+        params["folds"] = tuple(str(f) for f in params["folds"])
+    return FinetuneConfig(store=store, out=out_dir, device=device, **params)

@@ -1,0 +1,303 @@
+"""Fine-tuning (pipelines/finetune.py) on tiny random encoders saved with save_pretrained."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emofuse.errors import EmofuseError
+from emofuse.pipelines import finetune as ft
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(repeats=1, epochs=3, patience=5, batch_size=4, micro_batch=2, proj=16, heads=2, ff=16, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """32 utterances (2 sessions x 4 classes x 4), a store (table + frozen streams), tiny encoders."""
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    from emofuse.testing import make_fake_iemocap
+    from emofuse.testing.tiny_models import tiny_bert, tiny_wav2vec2
+
+    base = tmp_path_factory.mktemp("ft")
+    counts = {s: {"ang": 4, "hap": 4, "neu": 4, "sad": 4} for s in (1, 2)}
+    make_fake_iemocap(base / "iemo", counts=counts, seconds=0.4, seed=3)
+    m = {"layer": tiny_wav2vec2(base / "w2v", "layer"), "group": tiny_wav2vec2(base / "w2vg", "group"),
+         "bert": tiny_bert(base / "bert")}
+    store = str(base / "s.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(base / "iemo"), out=store, audio_model=m["layer"],
+                              text_model=m["bert"], audio_stream="w2v2-large", device="cpu"), echo=lambda s: None)
+    return {"base": base, "store": store, **m}
+
+
+def _cfg(setup, out="", **kw):
+    d = dict(SMALL, store=setup["store"], out=out, audio_model=setup["layer"], text_model=setup["bert"])
+    d.update(kw)
+    return ft.FinetuneConfig(**d)
+
+
+def _model(cfg, seed=0):
+    enc = ft.Encoders(cfg)
+    data = ft.load_finetune_data(cfg.store, cfg, enc)
+    torch.manual_seed(seed)
+    model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, len(data.classes)))
+    return enc, data, model
+
+
+def test_gradients_reach_encoders_and_head_and_the_cnn_stays_frozen(setup):
+    cfg = _cfg(setup, dropout=0.0)
+    enc, data, model = _model(cfg)
+    assert enc.options["audio_used"]["mask_time_prob"] == 0.0 and enc.options["audio_used"]["layerdrop"] == 0.0
+    cnn = {k: v.clone() for k, v in model.audio.feature_extractor.state_dict().items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    batch = ft.collate(data, np.arange(4), torch.device("cpu"))
+    torch.nn.functional.cross_entropy(model(batch), batch["y"]).backward()
+    for name, mod in (("wav2vec2 context network", model.audio.encoder), ("BERT", model.text.encoder),
+                      ("CMA head", model.head)):
+        grads = [p.grad for p in mod.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0, name
+    assert all(p.grad is None and not p.requires_grad for p in model.audio.feature_extractor.parameters())
+    opt.step()
+    after = model.state_dict()
+    for k, v in model.audio.feature_extractor.state_dict().items():
+        assert torch.equal(v, cnn[k]), k
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert any(k.startswith("audio.encoder.layers") for k in changed)
+    assert any(k.startswith("text.encoder.layer") for k in changed)
+    assert any(k.startswith("head.") for k in changed)
+
+
+@pytest.mark.parametrize("kind", ["layer", "group"])
+def test_padded_batch_equals_one_at_a_time(setup, kind):
+    """Loss and gradients of a padded batch = the sum over its utterances alone (eval mode: no
+    dropout, BatchNorm on running statistics), within 1e-5."""
+    cfg = _cfg(setup, audio_model=setup[kind])
+    enc, data, model = _model(cfg)
+    model.eval()
+    by_len = {len(t): i for i, t in enumerate(data.tokens)}   # transcripts of different lengths
+    idx = np.array(sorted(set(list(by_len.values())[:3]) | {0, 9}))
+    assert len({len(data.waves[i]) for i in idx}) > 1 and len({len(data.tokens[i]) for i in idx}) > 1
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(parts):
+        model.zero_grad()
+        total = 0
+        for p in parts:
+            b = ft.collate(data, p, torch.device("cpu"))
+            loss = torch.nn.functional.cross_entropy(model(b), b["y"], reduction="sum")
+            loss.backward()
+            total += float(loss.detach())
+        return total, [p.grad.clone() for p in params]
+
+    l1, g1 = loss_and_grads([idx])
+    l2, g2 = loss_and_grads([idx[i:i + 1] for i in range(len(idx))])
+    assert abs(l1 - l2) < 1e-5 * max(1, abs(l1))
+    worst = max(float((a - b).abs().max()) for a, b in zip(g1, g2))
+    assert worst < 1e-5, worst
+
+
+def test_accumulated_micro_batches_equal_one_batch(setup):
+    """train_step with one micro-batch of 4 and two of 2 (gradient accumulation) gives the same
+    step when nothing depends on the micro-batch: the text system (no BatchNorm), dropout off.
+    (BatchNorm's batch statistics do depend on it: micro_batch is part of the run key.)"""
+    cfg1 = _cfg(setup, system="text", dropout=0.0, micro_batch=4)
+    cfg2 = replace(cfg1, micro_batch=2)
+    out = []
+    for cfg in (cfg1, cfg2):
+        enc, data, model = _model(cfg)
+        model.train()
+        model.text.eval()   # BERT's own dropout off
+        # plain SGD, lr 1: the step is the gradient (Adam's first step is ~sign(g), which amplifies noise)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        loss = ft.train_step(model, model, opt, data, np.array([0, 5, 9, 14]), cfg, torch.device("cpu"), 7)
+        out.append((loss, {k: v.clone() for k, v in model.state_dict().items()}))
+    assert abs(out[0][0] - out[1][0]) < 1e-5
+    for k in out[0][1]:
+        assert torch.allclose(out[0][1][k], out[1][1][k], atol=1e-5), k
+
+
+def test_overfits_32_utterances(setup):
+    cfg = _cfg(setup, dropout=0.0, lr=5e-3, batch_size=32, micro_batch=32)
+    enc, data, model = _model(cfg)
+    assert len(data.ids) == 32
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    idx = np.arange(32)
+    losses = []
+    for step in range(30):
+        model.train()
+        losses.append(ft.train_step(model, model, opt, data, idx, cfg, torch.device("cpu"), step))
+        if losses[-1] < 0.1:
+            break
+    acc = (ft.predict(model, data, idx, cfg, torch.device("cpu")).argmax(1) == data.y).mean()
+    assert losses[-1] < 0.1 < losses[0] and acc == 1.0, (losses, acc)
+    assert len(losses) < 30
+
+
+def _metrics(out):
+    runs = {}
+    for d in sorted(os.listdir(os.path.join(out, "runs"))):
+        with open(os.path.join(out, "runs", d, "metrics.json")) as f:
+            runs[d] = json.load(f)
+    return runs
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "emofuse", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _args(setup, out, system="cma"):
+    return ["finetune", "--store", setup["store"], "--out", str(out), "--system", system, "--audio-model",
+            setup["layer"], "--text-model", setup["bert"], "--repeats", "1", "--epochs", "3", "--patience", "5",
+            "--batch-size", "4", "--micro-batch", "2", "--proj", "16", "--heads", "2", "--ff", "16", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def reference(setup, tmp_path_factory):
+    """One uninterrupted run, in this process (threads as set by the test run)."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    torch.set_num_threads(1)
+    ft.run_finetune(_cfg(setup, out=str(out)), echo=lambda s: None)
+    return out
+
+
+def test_run_layout_same_seed_identical_and_head_reloads(setup, reference, tmp_path):
+    for name in ("config.json", "summary.json", "predictions.csv", "runs/r0_s1/metrics.json",
+                 "runs/r0_s1/predictions.csv", "runs/r0_s1/model.safetensors"):
+        assert os.path.exists(os.path.join(reference, name)), name
+    assert not os.path.exists(os.path.join(reference, "runs/r0_s1/checkpoint.pt"))
+    with open(os.path.join(reference, "config.json")) as f:
+        config = json.load(f)
+    assert config["training_options"]["audio_used"]["layerdrop"] == 0.0
+    assert config["frozen_parameters"]["audio"]["frozen"] > 0
+    again = tmp_path / "again"
+    ft.run_finetune(_cfg(setup, out=str(again)), echo=lambda s: None)
+    assert _metrics(again) == _metrics(reference)
+    # the saved head + the pretrained encoders it was trained with are not enough to reproduce the
+    # logits (the encoders were fine-tuned too): the run saves them on request and they reload
+    enc_out = tmp_path / "enc"
+    cfg = _cfg(setup, out=str(enc_out), save_encoders=True, folds=("1",), epochs=1)
+    ft.run_finetune(cfg, echo=lambda s: None)
+    from safetensors.torch import load_file
+    rdir = enc_out / "runs" / "r0_s1"
+    enc = ft.Encoders(replace(cfg, audio_model=str(rdir / "audio_encoder"), text_model=setup["bert"]))
+    enc.text = type(enc.text).from_pretrained(rdir / "text_encoder")
+    data = ft.load_finetune_data(cfg.store, cfg, enc)
+    model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, len(data.classes)))
+    model.head.load_state_dict(load_file(rdir / "model.safetensors"))
+    p = pd.read_csv(rdir / "predictions.csv", dtype={"fold": str})
+    idx = np.array([list(data.ids).index(i) for i in p["id"]])
+    logits = ft.predict(model, data, idx, cfg, torch.device("cpu"))
+    assert np.allclose(logits, p[[c for c in p.columns if c.startswith("logit_")]].to_numpy(), atol=1e-4)
+
+
+def test_sigkill_and_resume_equals_uninterrupted(setup, reference, tmp_path):
+    out = tmp_path / "killed"
+    proc = _cli(_args(setup, out))
+    ckpt = out / "runs" / "r0_s1" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.communicate()[0] if proc.poll() is not None else "no checkpoint in 120 s"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    done = _cli(_args(setup, out))
+    log = done.communicate()[0]
+    assert done.returncode == 0, log
+    assert "resumed after epoch" in log
+    assert _metrics(out) == _metrics(reference)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_equals_one_process(setup, reference, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "emofuse", *_args(setup, out)]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with open(out / "config.json") as f:
+        assert json.load(f)["world_size"] == 2
+    a = pd.read_csv(reference / "predictions.csv", dtype={"fold": str})
+    b = pd.read_csv(out / "predictions.csv", dtype={"fold": str})
+    cols = [c for c in a.columns if c.startswith("logit_")]
+    assert list(a["id"]) == list(b["id"])
+    assert np.allclose(a[cols].to_numpy(), b[cols].to_numpy(), atol=1e-4), np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max()
+    ha, hb = _metrics(reference), _metrics(out)
+    for k in ha:
+        for ea, eb in zip(ha[k]["history"], hb[k]["history"]):
+            assert abs(ea["train_loss"] - eb["train_loss"]) < 1e-4 and abs(ea["val_loss"] - eb["val_loss"]) < 1e-4
+
+
+def test_bad_input_gets_one_sentence(setup, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmofuseError, match="not a loadable transformers checkpoint"):
+        ft.Encoders(_cfg(setup, audio_model=str(tmp_path / "empty")))
+    # a text model with a slow (Python) tokenizer only
+    import types
+
+    import transformers
+    slow = types.SimpleNamespace(is_fast=False, model_max_length=512)   # what a Python-only tokenizer reports
+    real = transformers.AutoTokenizer.from_pretrained
+    transformers.AutoTokenizer.from_pretrained = lambda *a, **k: slow
+    try:
+        with pytest.raises(EmofuseError, match="has no fast tokenizer"):
+            ft.Encoders(_cfg(setup, system="text"))
+    finally:
+        transformers.AutoTokenizer.from_pretrained = real
+    with pytest.raises(EmofuseError, match="longer than|more than --max-audio-s"):
+        cfg = _cfg(setup, system="audio", max_audio_s=0.1)
+        ft.load_finetune_data(cfg.store, cfg, ft.Encoders(cfg))
+    enc = ft.Encoders(_cfg(setup, system="text"))
+    enc.max_tokens = 3
+    with pytest.raises(EmofuseError, match="refuses it rather than cutting"):
+        ft.load_finetune_data(setup["store"], _cfg(setup, system="text"), enc)
+    # out of device memory: one sentence naming the micro-batch size, the epoch checkpoint kept
+    cfg = _cfg(setup, system="text", micro_batch=2)
+    enc, data, model = _model(cfg)
+
+    def boom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    model.head.fuse = boom
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    with pytest.raises(EmofuseError, match=r"micro-batch of 2 utterances; lower --micro-batch \(now 2"):
+        ft.train_step(model, model, opt, data, np.arange(4), cfg, torch.device("cpu"), 0)
+    with pytest.raises(EmofuseError, match="--freeze"):
+        _cfg(setup, freeze="cnn,everything")
+    with pytest.raises(EmofuseError, match="needs --text-model"):
+        _cfg(setup, text_model=None)
+
+
+def test_ablate_runs_the_three_fine_tuned_rows_of_paper_cma(setup, tmp_path):
+    from emofuse.pipelines.ablate import AblateConfig, load_spec, run_ablate
+
+    spec = load_spec("paper-cma")
+    tuned = [r for r in spec["_labels"].values() if r.get("finetune")]
+    assert sorted(r["published"] for r in tuned) == [60.01, 71.01, 74.71]
+    cfg = AblateConfig(store=setup["store"], spec="paper-cma", out=str(tmp_path / "g"), device="cpu", repeats=1,
+                       epochs=1, folds=("1",))
+    res = run_ablate(cfg, echo=lambda s: None)   # without --finetune: frozen rows only, no failure
+    assert len(res["cma"]) == 4
+    res = run_ablate(replace(cfg, finetune=True, audio_model=setup["layer"], text_model=setup["bert"]),
+                     echo=lambda s: None)
+    df = res["cma"]
+    assert len(df) == 7 and df["ua_mean"].notna().all()
+    assert set(df["published"].dropna()) >= {74.71, 60.01, 71.01}
