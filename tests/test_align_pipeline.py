@@ -208,7 +208,7 @@ def test_alignment_past_the_audio_and_huge_frames_skip_that_utterance(extracted,
     lines[2] = "\t" + "9" * 400 + " " + "9" * 401 + " -1 AH"
     huge.write_text("\n".join(lines) + "\n")
     store = tmp_path / "s.h5"
-    shutil.copy(extracted, store)
+    copy_store(extracted, store)
     r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root, "--on-error", "fail")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)

@@ -4,7 +4,7 @@ byte-identical to uninterrupted ones."""
 
 import json
 import os
-import shutil
+import shutil  # noqa: F401
 import signal
 import subprocess
 import sys
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from emofuse.align.pooling import pool_many
+from emofuse.store.index import copy_store, remove_store
 from emofuse.errors import EmofuseError
 from emofuse.pipelines import rundir
 from emofuse.pipelines.ablate import AblateConfig, run_ablate
@@ -69,10 +70,11 @@ def test_changed_segments_never_reuse_stale_folds(stores, tmp_path):
     reused (a reported UA from data the store no longer holds)."""
     a, b = stores
     store = tmp_path / "s.h5"
-    shutil.copy(a, store)
+    copy_store(str(a), str(store))
     out = tmp_path / "run"
     run_train(quick(store, out), echo=lambda m: None)
-    shutil.copy(b, store)  # the store's segments were re-aligned
+    remove_store(str(store))
+    copy_store(str(b), str(store))  # the store's segments were re-aligned
     with pytest.raises(EmofuseError, match=r"another configuration \(differs in store content"):
         run_train(quick(store, out), echo=lambda m: None)
     with FeatureStore(a) as fa, FeatureStore(b) as fb:
@@ -86,10 +88,11 @@ def test_ablate_keys_follow_the_store_content(stores, tmp_path):
     spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2, patience: 2}\ntables:\n  - name: x\n    rows:\n"
                     "      - {label: W, fusion: none, granularity: W}\n")
     store = tmp_path / "s.h5"
-    shutil.copy(a, store)
+    copy_store(str(a), str(store))
     out = tmp_path / "grid"
     first = run_ablate(AblateConfig(store=str(store), spec=str(spec), out=str(out), device="cpu"), echo=lambda m: None)
-    shutil.copy(b, store)
+    remove_store(str(store))
+    copy_store(str(b), str(store))
     msgs = []
     second = run_ablate(AblateConfig(store=str(store), spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
     assert "1 configurations, 0 already finished, 1 to run" in msgs[0]
