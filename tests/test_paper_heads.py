@@ -257,6 +257,12 @@ def test_last_on_a_one_layer_stream_is_refused(tmp_path):
     with pytest.raises(EmofuseError, match="single layer"):
         run_train(TrainConfig(store=str(path), out=str(tmp_path / "o"), fusion="none", granularity="F",
                               layers="last", device="cpu"), echo=lambda m: None)
+    # the CMA heads' default 'last' takes a one-layer stream's layer (eGeMAPS + the audio-only head)
+    cfg = TrainConfig(store=str(path), out=str(tmp_path / "c"), fusion="none", granularity="F", head="cnn-blstm",
+                      proj=8, repeats=1, epochs=1, folds=("1", "2"), device="cpu")
+    assert cfg.layer_specs()["defaults"] == ("audio", "text")
+    s = run_train(cfg, echo=lambda m: None)
+    assert s["ua"]["n"] == 2
 
 
 @pytest.mark.parametrize("spec", ["paper-multilevel", "paper-cma"])

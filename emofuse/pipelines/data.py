@@ -222,7 +222,9 @@ def require(fs: FeatureStore, stream: str, key: str) -> None:
 def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text_stream: str,
                   layers: str | Mapping[str, str | None] | None = None) -> dict[str, tuple[list[int], list[int], int]]:
     """Per key: (positions in the stored layer axis, encoder layer indices, width D). ``layers`` is
-    one spec for every stream, or ``{"audio": spec, "text": spec}``."""
+    one spec for every stream, or ``{"audio": spec, "text": spec, "defaults": sides}``: a side
+    listed in ``defaults`` took its head's default, and a default ``last`` on a one-layer stream
+    (eGeMAPS) takes that layer instead of being refused as an explicit ``last`` is."""
     out = {}
     for k in keys:
         side = "text" if k == "T" else "audio"
@@ -231,6 +233,8 @@ def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text
         require(fs, stream, k)
         L, D, _ = fs.row_shape(stream, KEY_KIND[k])
         ids = stream_layer_ids(fs, stream, KEY_KIND[k])
+        if spec == "last" and len(ids) == 1 and isinstance(layers, Mapping) and side in layers.get("defaults", ()):
+            spec = None
         pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream)
         out[k] = (pos, [ids[p] for p in pos], D)
     return out

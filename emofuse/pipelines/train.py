@@ -155,8 +155,12 @@ class TrainConfig:
         return self.resolved()["lr"]
 
     def layer_specs(self) -> dict:
+        """``{"audio": spec, "text": spec, "defaults": sides whose spec is the head's default}``."""
         r = self.resolved()
-        return {"audio": r["audio_layers"], "text": r["text_layers"]}
+        given = {"audio": self.audio_layers if self.audio_layers is not None else self.layers,
+                 "text": self.text_layers if self.text_layers is not None else self.layers}
+        return {"audio": r["audio_layers"], "text": r["text_layers"],
+                "defaults": tuple(side for side, v in given.items() if v is None)}
 
     def build(self, dims: dict, n_classes: int):
         """The head of this configuration for streams of ``dims`` (key → (layers, width))."""
