@@ -69,11 +69,6 @@ def _ranges(ids: Sequence[int]) -> str:
     return ",".join(map(str, ids))
 
 
-def stream_layer_ids(fs: FeatureStore, stream: str, kind: str) -> list[int]:
-    """Encoder layer index of each stored layer (a store may keep a subset of the encoder's layers)."""
-    return [int(i) for i in fs.layer_ids(stream, kind)]
-
-
 def available_memory() -> int:
     """Bytes of RAM available now (MemAvailable), or 8 GiB when unknown."""
     try:
@@ -232,7 +227,7 @@ def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text
         spec = layers.get(side) if isinstance(layers, Mapping) else layers
         require(fs, stream, k)
         L, D, _ = fs.row_shape(stream, KEY_KIND[k])
-        ids = stream_layer_ids(fs, stream, KEY_KIND[k])
+        ids = fs.layer_ids(stream, KEY_KIND[k])   # encoder numbers of the stored layers
         if spec == "last" and len(ids) == 1 and isinstance(layers, Mapping) and side in layers.get("defaults", ()):
             spec = None
         pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream)

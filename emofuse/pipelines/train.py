@@ -126,8 +126,7 @@ class TrainConfig:
         if self.fusion in ("late", "concat") and len(keys) < 2:
             raise EmofuseError(f"--fusion {self.fusion} needs at least two streams, found {'+'.join(keys)}")
         if self.norm != "none":
-            used = {"speech": speech, "text": [k for k in keys if k == "T"], "all": keys}[self.norm_streams]
-            if not used:
+            if not _norm_subset(keys, self.norm_streams):
                 raise EmofuseError(f"--norm {self.norm} --norm-streams {self.norm_streams}: this configuration uses "
                                    f"no {self.norm_streams} stream ({'+'.join(keys)}); choose --norm-streams "
                                    f"{'text' if self.norm_streams == 'speech' else 'speech'} or all")
@@ -135,9 +134,7 @@ class TrainConfig:
 
     def norm_keys(self) -> list[str]:
         """The stream keys that --norm standardises."""
-        keys = self.keys()
-        return {"speech": [k for k in keys if k != "T"], "text": [k for k in keys if k == "T"],
-                "all": keys}[self.norm_streams] if self.norm != "none" else []
+        return _norm_subset(self.keys(), self.norm_streams) if self.norm != "none" else []
 
     def resolved(self) -> dict:
         """The head's options with every default filled in (HEAD_DEFAULTS, heads/options.py)."""
@@ -180,6 +177,11 @@ class TrainConfig:
         d.update(self.resolved())
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
         return d
+
+
+def _norm_subset(keys: list[str], norm_streams: str) -> list[str]:
+    """The keys among ``keys`` that ``--norm-streams`` (speech, text, all) names."""
+    return {"speech": [k for k in keys if k != "T"], "text": [k for k in keys if k == "T"], "all": keys}[norm_streams]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -319,8 +321,6 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
 def _check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
     """Streams present, layer selections valid and the head buildable at the store's widths.
     Returns key → (positions, encoder layer indices, width)."""
-    for k in cfg.keys():
-        require(fs, cfg.text_stream if k == "T" else cfg.audio_stream, k)
     chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
     with torch.device("meta"):   # structure only: no memory, no random numbers drawn
         cfg.build({k: (len(pos), D) for k, (pos, _, D) in chosen.items()}, 2)
@@ -331,7 +331,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
     device = resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
-        chosen = _check_against_store(fs, cfg)
+        chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
         config = {"type": "emofuse.train-head", "emofuse_version": __version__, "config": asdict(cfg),
                   "identity": cfg.identity(), "fingerprints": fingerprints,
                   "layer_ids": {k: ids for k, (_, ids, _) in chosen.items()}}
