@@ -46,7 +46,22 @@ def masked_instance_norm(x: torch.Tensor, lengths: torch.Tensor, weight: torch.T
     return y.to(dtype)
 
 
-class MaskedGroupNorm(nn.Module):
+class _LengthsWhileInside:
+    """``with module.valid_lengths(lengths):`` sets the batch's real lengths for the forward
+    passes inside the block (the wrapped Hugging Face model gives no way to pass them)."""
+
+    lengths: torch.Tensor | None = None
+
+    @contextmanager
+    def valid_lengths(self, lengths: torch.Tensor) -> Iterator[None]:
+        self.lengths = lengths
+        try:
+            yield
+        finally:
+            self.lengths = None
+
+
+class MaskedGroupNorm(_LengthsWhileInside, nn.Module):
     """Drop-in for the per-channel ``GroupNorm`` of wav2vec2's first conv layer (the
     ``feat_extract_norm="group"`` kind) that ignores padding when ``lengths`` is set."""
 
@@ -63,14 +78,6 @@ class MaskedGroupNorm(nn.Module):
             return self.norm(x)
         return masked_instance_norm(x, self.lengths, self.norm.weight, self.norm.bias, self.norm.eps)
 
-    @contextmanager
-    def valid_lengths(self, lengths: torch.Tensor) -> Iterator[None]:
-        self.lengths = lengths
-        try:
-            yield
-        finally:
-            self.lengths = None
-
 
 def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``x`` (B, C, T) with every step at or past ``lengths[b]`` set to zero."""
@@ -78,7 +85,7 @@ def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x * (t[None, :] < lengths[:, None].to(x.device)).to(x.dtype)[:, None, :]
 
 
-class MaskedConvStack(nn.Module):
+class MaskedConvStack(_LengthsWhileInside, nn.Module):
     """Drop-in for a positional embedding made of a stack of convolutions (data2vec-audio's
     ``pos_conv_embed``: 5 conv + layer-norm + GELU layers over (B, T, C)) that sets padded
     frames back to zero between layers when ``lengths`` is set. Each layer then sees exactly the
@@ -97,11 +104,3 @@ class MaskedConvStack(nn.Module):
             if self.lengths is not None:
                 x = zero_padding(x, self.lengths)
         return x.transpose(1, 2)
-
-    @contextmanager
-    def valid_lengths(self, lengths: torch.Tensor) -> Iterator[None]:
-        self.lengths = lengths
-        try:
-            yield
-        finally:
-            self.lengths = None
