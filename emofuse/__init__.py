@@ -1,6 +1,6 @@
 """emofuse: speech + text emotion recognition on frozen self-supervised encoders.
 
-Stages (see docs and DESIGN.md): ``corpora`` → ``extract`` → ``store`` → ``align`` →
+Stages (docs/design.md): ``corpora`` → ``extract`` → ``store`` → ``align`` →
 ``heads`` + ``pipelines``.
 """
 

@@ -159,8 +159,8 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
 def train_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="train-head",
-        description="Train a head on cached tensors under leave-one-session-out cross-validation (DESIGN.md "
-                    "protocol), or combine finished runs' scores (--fusion combine --runs A B …).")
+        description="Train a head on cached tensors under leave-one-session-out cross-validation (docs/design.md, "
+                    "Protocol), or combine finished runs' scores (--fusion combine --runs A B …).")
     ap.add_argument("--store", help="a store written by extract-embeddings (and align-segments for P/S/W)")
     ap.add_argument("--out", required=True, help="run directory (finished folds in it are reused)")
     ap.add_argument("--fusion", default="late", choices=["none", "late", "concat", "coattention", "cma", "combine"],

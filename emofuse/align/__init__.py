@@ -1,1 +1,1 @@
-"""align stage (see DESIGN.md)."""
+"""align stage: alignment readers, the sphinx aligner, seconds → frames, segment pooling (docs/design.md)."""

@@ -1,4 +1,4 @@
-"""Segment pooling (DESIGN.md §2.1): the true mean of each segment's encoder frames, every layer."""
+"""Segment pooling (docs/design.md, "Equations"; MG §2.1): the true mean of each segment's encoder frames, every layer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IEMOCAP reader: implements ``iemocap-format.md`` (see docs/iemocap.md in the design notes).
+"""IEMOCAP reader: the layout and quirks documented in docs/iemocap.md.
 
 Only this module knows the IEMOCAP layout; everything downstream sees ``Utterance`` records.
 """

@@ -1,1 +1,1 @@
-"""extract stage (see DESIGN.md)."""
+"""extract stage: audio loading, frozen encoders, exact batching (docs/design.md)."""

@@ -1,1 +1,1 @@
-"""pipelines stage (see DESIGN.md)."""
+"""pipelines: the commands' jobs (extract, align, train, ablate, finetune, report), see docs/design.md."""

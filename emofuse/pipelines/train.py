@@ -1,4 +1,4 @@
-"""``train-head``: one configuration under the protocol of DESIGN.md (leave-one-session-out,
+"""``train-head``: one configuration under the protocol of docs/design.md (leave-one-session-out,
 10 % validation, early stopping, repeats), and ``--fusion combine`` (score combination)."""
 
 from __future__ import annotations

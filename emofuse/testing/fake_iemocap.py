@@ -1,4 +1,4 @@
-"""Write a fake IEMOCAP copy with every quirk of iemocap-format.md §9 and return its ground truth.
+"""Write a fake IEMOCAP copy with every quirk of docs/iemocap.md and return its ground truth.
 
 Quirks written: optional nested root; ``._`` AppleDouble junk (EmoEvaluation and wav folders);
 an EmoEvaluation subfolder whose files contradict the consensus (a reader must not recurse);
