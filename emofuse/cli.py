@@ -144,13 +144,8 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
         cfg = AlignConfig(store=args.store, stream=args.stream, source=args.source,
                           granularities=tuple(g.strip() for g in args.granularities.split(",") if g.strip()),
                           on_error=args.on_error, keep_silence=args.keep_silence, corpus=args.corpus, root=args.root,
-                          manifest=args.manifest, tier_names=tiers)
-        aligner = None
-        if args.source in ("sphinx", "auto"):
-            from .align.sphinx_aligner import SphinxAligner, sphinx_available
-            if args.source == "sphinx" or sphinx_available():
-                aligner = SphinxAligner(write_to=args.write_alignments)
-        summary = run_align(cfg, aligner=aligner)
+                          manifest=args.manifest, tier_names=tiers, write_alignments=args.write_alignments)
+        summary = run_align(cfg)
         print("align-segments finished:\n" + summary.text())
 
     return _run(job)

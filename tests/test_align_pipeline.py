@@ -233,3 +233,22 @@ def test_textgrid_in_milliseconds_is_refused_not_clipped():
         check_within_audio(items, 1.2, {"textgrid": "x.TextGrid"})
     # within the tolerance (Sphinx's 10 ms rounding, a padded final silence): accepted
     check_within_audio({"word": [AlignmentItem("hi", 0.0, 1.29)]}, 1.2, "x")
+
+
+def test_sphinx_source_from_python_chooses_its_aligner(extracted, tmp_path):
+    """Before: the aligner was chosen in cli.py, so run_align(AlignConfig(source="sphinx")) from
+    Python raised AttributeError ('NoneType' object has no attribute 'align') at the first utterance."""
+    from emofuse.pipelines.align import AlignConfig, make_aligner, run_align
+    store = tmp_path / "s.h5"
+    copy_store(extracted, store)
+    written = tmp_path / "alignments"
+    cfg = AlignConfig(store=str(store), source="sphinx", granularities=("word",), write_alignments=str(written))
+    assert type(make_aligner(cfg)).__name__ == "SphinxAligner"
+    assert make_aligner(AlignConfig(store=str(store), source="iemocap")) is None
+    summary = run_align(cfg, echo=lambda m: None)
+    assert summary.utterances + sum(summary.skipped.values()) == 25
+    assert summary.utterances > 0, summary.skipped
+    with FeatureStore(store) as fs:
+        aligned = fs.ids("audio", "segments/word")
+    assert len(aligned) == summary.utterances
+    assert sorted(p.stem for p in written.glob("*.wdseg")) == sorted(aligned)

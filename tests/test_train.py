@@ -177,3 +177,29 @@ def test_every_fusion_runs_end_to_end(planted, tmp_path, fusion, gran, head):
     s = run_train(quick(store, tmp_path / fusion, fusion=fusion, granularity=gran, head=head, epochs=2,
                         folds=("1",)), echo=lambda m: None)
     assert s["ua"]["n"] == 1 and 0 <= s["ua"]["mean"] <= 100
+
+
+def test_free_memory_is_measured_without_proc_meminfo(monkeypatch):
+    """Before: free memory came from /proc/meminfo alone, so on macOS (no /proc) every run
+    assumed 8 GiB whatever the machine had. Now the OS is asked through os.sysconf."""
+    import builtins
+
+    from emofuse.pipelines import data as d
+    real_open = builtins.open
+
+    def no_proc(path, *a, **k):
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(builtins, "open", no_proc)
+    pages = {"SC_PAGE_SIZE": 16384, "SC_AVPHYS_PAGES": 3 << 18, "SC_PHYS_PAGES": 1 << 20}
+    monkeypatch.setattr(d.os, "sysconf", lambda name: pages[name])
+    assert d.available_memory() == 16384 * (3 << 18)          # free pages (12 GiB), not a fixed guess
+    del pages["SC_AVPHYS_PAGES"]                              # macOS: sysconf has no free-page count
+
+    def macos(name):
+        if name not in pages:
+            raise ValueError(f"unrecognized configuration name {name!r}")
+        return pages[name]
+    monkeypatch.setattr(d.os, "sysconf", macos)
+    assert d.available_memory() == 16384 * (1 << 20) // 2     # half of the 16 GiB installed

@@ -38,6 +38,7 @@ class AlignConfig:
     manifest: str | None = None
     commit_utterances: int = 200
     tier_names: dict = field(default_factory=dict)
+    write_alignments: str | None = None   # with the sphinx aligner: also write .wdseg/.phseg/TextGrid here
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -193,8 +194,24 @@ def pooling_threads():
         torch.set_num_threads(before)
 
 
+def make_aligner(cfg: AlignConfig):
+    """The forced aligner ``cfg.source`` asks for: the pocketsphinx aligner for ``sphinx`` (an
+    error naming the package when it is missing), for ``auto`` when pocketsphinx is installed
+    (it aligns the utterances that have no alignment files), else None."""
+    if cfg.source not in ("sphinx", "auto"):
+        return None
+    from ..align.sphinx_aligner import SphinxAligner, sphinx_available
+    if cfg.source == "sphinx" or sphinx_available():
+        return SphinxAligner(write_to=cfg.write_alignments)
+    return None
+
+
 def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=None) -> AlignSummary:
-    """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent."""
+    """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent.
+    ``aligner``: an object with ``align(id, audio_path, transcript) -> {tier: [AlignmentItem]}``
+    used instead of the one ``cfg.source`` names (``make_aligner``)."""
+    if aligner is None:
+        aligner = make_aligner(cfg)
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
     fs = FeatureStore(cfg.store)
     try:

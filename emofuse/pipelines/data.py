@@ -9,6 +9,7 @@ batch is read from the store instead (``StoreSource``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -70,7 +71,10 @@ def _ranges(ids: Sequence[int]) -> str:
 
 
 def available_memory() -> int:
-    """Bytes of RAM available now (MemAvailable), or 8 GiB when unknown."""
+    """Bytes of RAM available now, on any OS: ``MemAvailable`` where the kernel reports it (Linux:
+    free memory plus the page cache it can drop), else the free pages ``os.sysconf`` reports
+    (other POSIX), else half the physical memory (macOS has no free-page count in ``sysconf``),
+    else 8 GiB."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -78,7 +82,23 @@ def available_memory() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    page = _sysconf("SC_PAGE_SIZE")
+    free = _sysconf("SC_AVPHYS_PAGES")
+    if page and free:
+        return page * free
+    total = _sysconf("SC_PHYS_PAGES")
+    if page and total:
+        return page * total // 2
     return 8 << 30
+
+
+def _sysconf(name: str) -> int | None:
+    """``os.sysconf(name)``, or None where the OS does not define it (Windows, macOS for some names)."""
+    try:
+        value = os.sysconf(name)
+    except (AttributeError, ValueError, OSError):
+        return None
+    return value if value > 0 else None
 
 
 class MemorySource:
