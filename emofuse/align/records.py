@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
-TIERS = ("word", "phone", "syllable")
 #: Symbols that are silence or filler, dropped before pooling unless asked to keep them.
 SILENCE = {"<s>", "</s>", "<sil>", "sil", "sp", "spn", "", "SIL", "+BREATHING+", "+LAUGHTER+", "+LIPSMACK+",
            "+GARBAGE+", "+NOISE+", "++BREATHING++", "++LAUGHTER++", "++GARBAGE++", "++LIPSMACK++", "++NOISE++"}
@@ -27,5 +25,3 @@ def is_silence(symbol: str) -> bool:
     s = symbol.strip()
     return s in SILENCE or (s.startswith("+") and s.endswith("+")) or (s.startswith("<") and s.endswith(">"))
 
-
-Alignment = Mapping[str, Sequence[AlignmentItem]]  # tier -> items in time order

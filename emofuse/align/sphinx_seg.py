@@ -60,15 +60,15 @@ def read_seg(path: str | Path, tier: str) -> list[AlignmentItem]:
     return items
 
 
-def write_seg(path: str | Path, items: Sequence[AlignmentItem], tier: str, scores: Sequence[int] | None = None) -> None:
-    """Write items in Sphinx-3 layout (frames from seconds by the inverse of the rule above)."""
+def write_seg(path: str | Path, items: Sequence[AlignmentItem], tier: str) -> None:
+    """Write items in Sphinx-3 layout (frames from seconds by the inverse of the rule above); the
+    acoustic scores are written as 0 (our aligner does not report them)."""
     last = "Word" if tier == "word" else "Phone" if tier == "phone" else "Syllable"
     width = 10 if tier == "word" else 9
     lines = [f"\t SFrm  EFrm    SegAScr {last}"]
-    for k, it in enumerate(items):
+    for it in items:
         sfrm = int(round(it.start * FRAME_RATE))
         efrm = max(sfrm, int(round(it.end * FRAME_RATE)) - 1)
-        score = scores[k] if scores is not None else 0
-        lines.append(f"\t{sfrm:5d} {efrm:5d} {score:{width}d} {it.symbol}")
-    lines.append(f" Total score: {sum(scores) if scores else 0:11d}")
+        lines.append(f"\t{sfrm:5d} {efrm:5d} {0:{width}d} {it.symbol}")
+    lines.append(f" Total score: {0:11d}")
     Path(path).write_text("\n".join(lines) + "\n")

@@ -71,18 +71,20 @@ def find_root(root: str | Path) -> Path:
     )
 
 
-def parse_emo_evaluation(path: Path) -> dict[str, tuple[str, float, float]]:
-    """``{utterance id: (code, start, end)}`` from one consensus EmoEvaluation file."""
-    out: dict[str, tuple[str, float, float]] = {}
+def parse_emo_evaluation(path: Path) -> dict[str, str]:
+    """``{utterance id: emotion code}`` from one consensus EmoEvaluation file. The times of a
+    summary line are positions in the dialog wav, which we do not read (each sentence wav is
+    already cut); times that are not numbers mark a damaged file and raise ``CorpusError``."""
+    out: dict[str, str] = {}
     for no, line in enumerate(read_lines(path), start=1):
         m = SUMMARY_RE.match(line)
         if m and UTT_RE.match(m.group(3)):
             try:
-                t0, t1 = float(m.group(1)), float(m.group(2))
+                float(m.group(1)), float(m.group(2))
             except ValueError:
                 raise CorpusError(f"{path}, line {no}: times [{m.group(1)[:20]} - {m.group(2)[:20]}] of {m.group(3)} "
                                   "are not numbers of seconds") from None
-            out[m.group(3)] = (m.group(4), t0, t1)
+            out[m.group(3)] = m.group(4)
     return out
 
 
@@ -136,7 +138,7 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
             codes = parse_emo_evaluation(emo)
             trans_path = dialog_dir / "transcriptions" / f"{emo.stem}.txt"
             texts = parse_transcription(trans_path) if trans_path.is_file() else {}
-            for utt_id, (code, _t0, _t1) in codes.items():
+            for utt_id, code in codes.items():
                 if code not in mapping:
                     continue
                 dialog = utt_id.rsplit("_", 1)[0]  # from the id, not the file name

@@ -147,7 +147,7 @@ def _one_spelling(values: list[tuple[str, Any, str]], column: str, path: Path) -
         first.setdefault(key, (spelling, where))
 
 
-def load_manifest(path: str | Path, labels: Iterable[str] | None = None, check_audio: bool = True) -> list[Utterance]:
+def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list[Utterance]:
     """Read a manifest with columns ``id, audio, text, label, speaker, session`` (+ ``start, end,
     gender, textgrid``). Relative paths resolve against the manifest's folder.
 
@@ -198,7 +198,7 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None, check_a
             raise CorpusError(f"{where}: utterance {uid!r} has an empty audio path")
         audio = Path(str(row["audio"]).strip())
         audio = audio if audio.is_absolute() else base / audio
-        if check_audio and not _is_file(audio, f"{where}: audio file"):
+        if not _is_file(audio, f"{where}: audio file"):
             raise CorpusError(f"{where}: missing audio file {audio} for {uid!r}")
         start = _seconds(row.get("start"), "start", where)
         end = _seconds(row.get("end"), "end", where)

@@ -1,6 +1,6 @@
 """The HDF5 feature store (schema v2, docs/store-format.md). The only package that imports h5py."""
 
-from .fingerprint import corpus_changes, corpus_fingerprint, digest, file_tree_hash
+from .fingerprint import corpus_changes, corpus_fingerprint, digest
 from .index import copy_store, remove_store, store_bytes
 from .reader import FeatureStore, Ragged, Segments, Tokens
 from .schema import FRAMES, GRANULARITIES, SCHEMA_VERSION, TOKENS, segments_kind
@@ -8,5 +8,5 @@ from .writer import StoreWriter, compact_store, merge_stores, upgrade_store
 
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "compact_store", "copy_store",
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",
-           "digest", "file_tree_hash", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION",
+           "digest", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION",
            "segments_kind"]

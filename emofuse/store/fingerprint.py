@@ -81,17 +81,3 @@ def corpus_changes(old: pd.DataFrame, new: pd.DataFrame) -> list[tuple[str, str]
             out.append((i, "label, session or speaker changed"))
     return sorted(out)
 
-
-def file_tree_hash(folder: str, suffixes: tuple[str, ...] = (".safetensors", ".bin", ".json", ".txt", ".model")) -> str:
-    """sha256 over a local checkpoint folder's weight and config files (name + content)."""
-    h = hashlib.sha256()
-    for root, _dirs, files in sorted(os.walk(folder)):
-        for name in sorted(files):
-            if not name.endswith(suffixes):
-                continue
-            p = os.path.join(root, name)
-            h.update(os.path.relpath(p, folder).encode())
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()[:32]

@@ -198,10 +198,6 @@ class StoreWriter:
             )
 
     # -- public API -----------------------------------------------------------------------
-    @property
-    def corpus_fingerprint(self) -> str:
-        return self.fingerprint
-
     def add_stream(self, name: str, info: Mapping[str, Any]) -> None:
         """Declare a stream. ``info['fingerprint']`` identifies its encoder; a stream of that name
         with another fingerprint is refused."""
