@@ -1,6 +1,5 @@
 import collections
 import shutil
-import time
 
 import pytest
 
@@ -40,13 +39,30 @@ def test_custom_mapping_and_unknown_code(fake_iemocap):
         load_corpus("iemocap", root=fake_iemocap.root, labels="seven")
 
 
-def test_iemocap_sized_fake_counts_and_speed(tmp_path):
+def test_iemocap_sized_fake_counts_and_one_listing_per_dialog(tmp_path, monkeypatch):
+    """The real corpus's counts; the reader's work grows with dialogs, not utterances: each
+    EmoEvaluation file is parsed once and each dialog's alignment folder listed once (a check
+    that holds on any machine, where a time limit held only on fast ones)."""
+    from emofuse.corpora import iemocap
     counts = {s: {**c, "xxx": 3, "fru": 2} for s, c in REAL_FOUR_CLASS_COUNTS.items()}
     fake = make_fake_iemocap(tmp_path, counts=counts, seconds=0.03, alignments=False)
-    t0 = time.perf_counter()
+    calls = collections.Counter()
+
+    def counted(name):
+        real = getattr(iemocap, name)
+
+        def wrapper(path, *a, **k):
+            calls[(name, str(path))] += 1
+            return real(path, *a, **k)
+        return wrapper
+    for name in ("parse_emo_evaluation", "parse_transcription", "_alignment_index"):
+        monkeypatch.setattr(iemocap, name, counted(name))
     utts = load_corpus("iemocap", root=tmp_path)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 10, f"reading 5,531 utterances took {elapsed:.1f} s"
+    dialogs = {u.dialog for u in fake.utterances}
+    per_fn = collections.Counter(name for name, _ in calls)
+    assert per_fn == {"parse_emo_evaluation": len(dialogs), "parse_transcription": len(dialogs),
+                      "_alignment_index": len({u.id.rsplit("_", 1)[0] for u in utts})}
+    assert set(calls.values()) == {1}, "a file parsed or a folder listed twice"
     assert len(utts) == 5531
     assert collections.Counter(u.label for u in utts) == {"ang": 1103, "hap": 1636, "neu": 1708, "sad": 1084}
     assert collections.Counter(u.session for u in utts) == {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241}

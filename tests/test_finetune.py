@@ -212,7 +212,7 @@ def test_sigkill_and_resume_equals_uninterrupted(setup, reference, tmp_path):
         time.sleep(0.05)
     assert ckpt.exists(), proc.communicate()[0] if proc.poll() is not None else "no checkpoint in 120 s"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill landed"
     assert not (out / "summary.json").exists()
     done = _cli(_args(setup, out))
     log = done.communicate()[0]

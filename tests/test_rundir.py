@@ -214,7 +214,7 @@ def test_ablate_workers_die_with_their_parent(stores, tmp_path):
     assert len(workers) == 2 and parent.poll() is None, "the workers did not start"
     assert all(_alive(w) for w in workers)
     parent.send_signal(signal.SIGKILL)
-    parent.wait()
+    assert parent.wait() == -signal.SIGKILL, "the grid ended before the kill landed"
     deadline = time.time() + 10
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.1)

@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,13 +216,20 @@ def same_content(a, b):
 @pytest.mark.parametrize("delay", [0.0, 0.003, 0.02])
 def test_sigkill_anywhere_leaves_last_committed_state(tmp_path, kill_at, delay):
     path = tmp_path / "s.h5"
-    child = run_child(path, n_units=10, pause=0.01)
-    for line in child.stdout:
-        if line.strip() == kill_at:
-            time.sleep(delay)
+    for _ in range(6):  # the kill must land before the run finished; a late one is tried again sooner
+        for p in (path, Path(str(path) + ".d")):
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        child = run_child(path, n_units=10, pause=0.01)
+        for line in child.stdout:
+            if line.strip() == kill_at:
+                time.sleep(delay)
+                break
+        child.send_signal(signal.SIGKILL)
+        rest = child.stdout.read()
+        if child.wait() == -signal.SIGKILL and "DONE" not in rest:
             break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+        delay /= 4
+    assert child.returncode == -signal.SIGKILL and "DONE" not in rest, "the run finished before the kill landed"
     if path.exists():  # whatever exists must open and be consistent
         with FeatureStore(path) as fs:
             for i in fs.ids("audio") if "audio" in fs.streams else []:
