@@ -41,7 +41,9 @@ def stage_times(model_dir: str, manifest: Path, dtype: str, device: str, batch_s
     from emofuse.extract.audio import load_audio
     from emofuse.extract.batching import length_batches
     from emofuse.extract.encoders import HFAudioEncoder, _host
-    from emofuse.pipelines.extract import ExtractConfig, _batch_seconds
+    from emofuse.pipelines.extract import ExtractConfig
+    from emofuse.pipelines.extract.audio_phase import batch_seconds as batch_budget
+    from emofuse.pipelines.extract.stream import StreamJob
 
     enc = HFAudioEncoder(model_dir, device=device, dtype=dtype)
     utts = load_corpus("manifest", path=str(manifest))
@@ -49,7 +51,7 @@ def stage_times(model_dir: str, manifest: Path, dtype: str, device: str, batch_s
     dur = dict(zip(table["id"], table["duration"].astype(float)))
     by_id = {u.id: u for u in utts}
     cfg = ExtractConfig(corpus="manifest", out="x", manifest=str(manifest), device=device, batch_seconds=batch_seconds)
-    budget = _batch_seconds(cfg, enc)
+    budget = batch_budget(StreamJob(None, "audio", enc, cfg, None, None, None))
     batches = length_batches(list(dur), list(dur.values()), budget)
     t = dict(read=0.0, preprocess=0.0, h2d=0.0, forward=0.0, stack_cast=0.0, d2h=0.0)
     out_bytes = 0

@@ -83,7 +83,7 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_m
     while time.time() < deadline and len(list(parts.glob("*.h5"))) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill landed"
     committed = len(list(parts.glob("*.h5")))
     assert committed >= 3, "the run ended before it could be killed mid-way"
     with StoreWriter(out) as w:  # what survived the kill
@@ -192,6 +192,14 @@ def test_manual_shards_merge_to_the_single_run(reference, small_fake, tiny_model
     assert_same_store(tmp_path / "merged.h5", reference)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (a fixed port fails when another run holds it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_processes_equals_single_run(small_fake, tiny_models, tmp_path):
     out = tmp_path / "dist.h5"
     args = ["--corpus", "iemocap", "--root", str(small_fake.root), "--audio-model", tiny_models["group"],
@@ -202,7 +210,7 @@ def test_torchrun_two_processes_equals_single_run(small_fake, tiny_models, tmp_p
     r = subprocess.run([str(BIN / "extract-embeddings"), *args, "--out", str(tmp_path / "single.h5")],
                        capture_output=True, text=True, env=one)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
                         "-m", "emofuse", "extract-embeddings", *args, "--out", str(out)],
                        capture_output=True, text=True, env=one, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -309,15 +317,15 @@ def test_bfloat16_is_close_to_float32():
     assert torch.get_default_dtype() == torch.float32
 
 
-def test_background_commits_give_the_same_store(reference, small_fake, tiny_models, tmp_path, monkeypatch):
+def test_background_commits_give_the_same_store(reference, small_fake, tiny_models, tmp_path):
     """The GPU path commits in a background thread; forced on here (CPU), the store is the same
     and --on-error fail still keeps what was encoded before the bad input."""
+    from emofuse.errors import EmofuseError
     from emofuse.pipelines import extract as px
-    monkeypatch.setattr(px, "BACKGROUND_COMMITS", True)
     out = tmp_path / "bg.h5"
     cfg = px.ExtractConfig(corpus="iemocap", root=str(small_fake.root), out=str(out), audio_model=tiny_models["group"],
                            text_model=tiny_models["bert"], store_dtype="float32", batch_seconds=4, commit_seconds=3)
-    summary = px.run_extract(cfg, echo=lambda *_: None)
+    summary = px.run_extract(cfg, echo=lambda *_: None, background=True)
     assert summary.streams[0].done == 25 and summary.streams[0].time_write_busy > 0
     assert_same_store(out, reference)
     write_bad_manifest(tmp_path)
@@ -326,14 +334,14 @@ def test_background_commits_give_the_same_store(reference, small_fake, tiny_mode
     m.write_text("id,audio,text,label,speaker,session\nlong,a/long.wav,hi,neu,s,1\nnan,a/nan.wav,yo,hap,s,2\n")
     cfg = px.ExtractConfig(corpus="manifest", manifest=str(m), out=str(tmp_path / "f.h5"), audio_model=tiny_models["group"],
                            text_model=None, on_error="fail", batch_seconds=0.6, commit_seconds=0.1)
-    with pytest.raises(px.EmofuseError, match="NaN or infinite"):
-        px.run_extract(cfg, echo=lambda *_: None)
+    with pytest.raises(EmofuseError, match="NaN or infinite"):
+        px.run_extract(cfg, echo=lambda *_: None, background=True)
     with FeatureStore(tmp_path / "f.h5") as fs:
         assert fs.ids("audio") == ["long"]
 
 
 def test_all_finite_reads_float16_exponent_bits():
-    from emofuse.pipelines.extract import _all_finite
+    from emofuse.pipelines.extract.audio_phase import all_finite as _all_finite
     a = np.random.default_rng(0).standard_normal((50, 3, 8)).astype(np.float16)
     assert _all_finite(a) and _all_finite(a[:0]) and _all_finite(np.float16([65504.0, -65504.0]))
     for bad in (np.inf, -np.inf, np.nan):
@@ -346,7 +354,7 @@ def test_all_finite_reads_float16_exponent_bits():
 @pytest.mark.parametrize("background", [False, True])
 def test_prefetch_returns_every_batch_in_order_and_reads_ahead_at_most_depth(background):
     import threading
-    from emofuse.pipelines.extract import Prefetch
+    from emofuse.pipelines.extract.threads import Prefetch
     batches = [[f"b{k}u{j}" for j in range(k % 3 + 1)] for k in range(7)]
     read_log, lock = [], threading.Lock()
 

@@ -1,0 +1,66 @@
+"""``run_extract``: one process, or under torchrun every rank a shard of one global plan, merged
+by rank 0 into the requested store (bit-identical to a single process with the same threads)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Callable
+
+from ...store import merge_stores, remove_store, store_bytes
+from .config import ExtractConfig
+from .job import extract_into
+from .skipped import skipped_tsv_path, write_skipped_tsv
+from .summary import ExtractSummary
+
+
+def torchrun_rank() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) under torchrun, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print,
+                background: bool | None = None) -> ExtractSummary:
+    """Extract under torchrun (each rank a shard, merged by rank 0) or in one process.
+    ``background``: store commits and audio reads in background threads (None: when the encoder
+    runs on a GPU; forcing it on a CPU gives the same store, more slowly)."""
+    dist = torchrun_rank()
+    if dist is None:
+        return extract_into(cfg, cfg.out, echo, background=background)
+    import torch
+    import torch.distributed as td
+
+    rank, world, local = dist
+    device = cfg.device
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        shard_dir = cfg.out + ".shards"
+        os.makedirs(shard_dir, exist_ok=True)
+        shard_path = os.path.join(shard_dir, f"rank{rank}-of-{world}.h5")
+        sub = ExtractConfig(**{**asdict(cfg), "shard": f"{rank}/{world}", "device": device})
+        summary = extract_into(sub, shard_path, echo if rank == 0 else (lambda s: None), main_store=cfg.out,
+                               background=background)
+        td.barrier()
+        if rank == 0:
+            shards = [os.path.join(shard_dir, f"rank{r}-of-{world}.h5") for r in range(world)]
+            t0 = time.perf_counter()
+            merge_stores(cfg.out, shards)
+            summary.time_finalize += time.perf_counter() - t0
+            for s in shards:  # their parts live on as hard links in the merged store's folder
+                remove_store(s)
+            os.rmdir(shard_dir)
+            summary.store = cfg.out
+            summary.store_bytes = store_bytes(cfg.out)
+            summary.skipped_tsv = write_skipped_tsv(cfg.out, skipped_tsv_path(cfg.out))
+            echo(f"merged {world} rank shards into {cfg.out}")
+        td.barrier()
+        return summary
+    finally:
+        td.destroy_process_group()

@@ -1,0 +1,112 @@
+"""One extraction process: read the corpus, load the encoders, declare their streams, run the
+audio and text phases into one store (a whole store, or one shard of it), and summarise."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Callable
+
+from ...corpora import load_corpus, utterance_table
+from ...errors import EmofuseError
+from ...extract.encoders import load_audio_encoder, load_text_encoder
+from ...store import FeatureStore, StoreWriter, digest, store_bytes
+from ..describe import corpus_options
+from .audio_phase import run_audio_phase
+from .config import STORE_DTYPES, ExtractConfig
+from .skipped import skipped_tsv_path, write_skipped_tsv
+from .stream import StreamJob
+from .summary import ExtractSummary, StreamSummary
+from .text_phase import run_text_phase
+
+
+def kept_layers(spec: str | None, enc) -> list[int] | None:
+    """The encoder layers ``--layers`` keeps (the encoder's own numbers, 0 = transformer input),
+    or None for all. A one-layer stream (eGeMAPS) keeps its layer."""
+    n = int(enc.info["num_layers"])
+    if spec in (None, "", "all") or n == 1:
+        return None
+    from ..data import parse_layers
+    kept = sorted(set(parse_layers(spec, n)))
+    return None if kept == list(range(n)) else kept
+
+
+def _already_done(main_store: str | None, stream: str, kind: str) -> set[str]:
+    """Ids a finished main store already holds (so rank shards skip them on a resumed run)."""
+    if not main_store or not os.path.exists(main_store):
+        return set()
+    with FeatureStore(main_store) as fs:
+        if stream not in fs.streams:
+            return set()
+        done = set(fs.ids(stream, kind)) if fs.has(stream, kind) else set()
+        sk = fs.skipped(stream)
+        return done | set(sk.loc[sk["kind"] == kind, "id"])
+
+
+def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_store: str | None = None,
+                 background: bool | None = None) -> ExtractSummary:
+    """Extract ``cfg`` into the store ``out`` in this process. ``main_store``: under torchrun, the
+    store the rank shards merge into (what it holds is not recomputed; no skipped.tsv per rank).
+    ``background``: commit and read ahead in threads (None: on a GPU only)."""
+    t_start = time.perf_counter()
+    options = corpus_options(cfg.corpus, cfg.root, cfg.manifest)
+    if cfg.labels:
+        options["labels"] = cfg.labels
+    utts = load_corpus(cfg.corpus, **options)
+    if not utts:
+        raise EmofuseError(f"the {cfg.corpus} corpus holds no labelled utterance; nothing to extract")
+    table = utterance_table(utts)
+    selection = list(utts[: cfg.limit] if cfg.limit else utts)
+    durations = dict(zip(table["id"], table["duration"].astype(float)))
+    summary = ExtractSummary(store=out)
+    encoders = []   # (kind, stream name, encoder, stored dtype name)
+    if cfg.audio_model and cfg.audio_model != "none":
+        enc = load_audio_encoder(cfg.audio_model, device=cfg.device, dtype=cfg.dtype)
+        name = cfg.audio_stream or ("egemaps" if cfg.audio_model.startswith("opensmile:") else "audio")
+        sdt = "float32" if enc.info["encoder"] == "opensmile" else cfg.store_dtype
+        encoders.append(("audio", name, enc, sdt))
+    if cfg.text_model and cfg.text_model != "none":
+        enc = load_text_encoder(cfg.text_model, device=cfg.device, dtype=cfg.dtype)
+        encoders.append(("text", cfg.text_stream or "text", enc, cfg.store_dtype))
+    src = cfg.root or cfg.manifest
+    meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or ""}
+    with StoreWriter(out, table=table, corpus_meta=meta, update_corpus=cfg.update_corpus) as writer:
+        if writer.changes:
+            kinds: dict[str, int] = {}
+            for _, what in writer.changes:
+                kinds[what] = kinds.get(what, 0) + 1
+            echo(f"the corpus changed since {out} was written: " + ", ".join(f"{n} {w}" for w, n in kinds.items())
+                 + f"; the cached tensors of {len(writer.dropped)} utterances are dropped and recomputed")
+        jobs = []
+        for kind, name, enc, sdt in encoders:
+            info = {**enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
+            fields = {**enc.fingerprint_fields(), "store_dtype": sdt}
+            kept = kept_layers(cfg.layers, enc)
+            if kept is not None:  # part of the stream's identity: a subset never mixes with another
+                info["layers"] = fields["layers"] = kept
+            info["fingerprint"] = digest(fields, 32)
+            writer.add_stream(name, info)
+            s = StreamSummary(stream=name, kind=kind, encoder=enc.info["encoder_id"], untrained=enc.info["untrained"])
+            jobs.append((kind, StreamJob(writer, name, enc, cfg, STORE_DTYPES[sdt], kept, s, background)))
+        try:
+            for kind, job in jobs:
+                entry_kind = "frames" if kind == "audio" else "tokens"
+                done = writer.done_ids(job.name, entry_kind) | _already_done(main_store, job.name, entry_kind)
+                summary.streams.append(job.summary)
+                if job.summary.untrained:
+                    echo(f"note: audio encoder {job.summary.encoder} has UNTRAINED random weights (seed 0); "
+                         "its activations are a smoke test, not features")
+                if kind == "audio":
+                    run_audio_phase(job, selection, done, durations)
+                else:
+                    run_text_phase(job, selection, done)
+        finally:
+            t0 = time.perf_counter()
+            writer.finalize()
+            summary.time_finalize = time.perf_counter() - t0
+    summary.wall = time.perf_counter() - t_start
+    summary.store_bytes = store_bytes(out)
+    if main_store is None:
+        summary.skipped_tsv = write_skipped_tsv(out, skipped_tsv_path(out, cfg.shard))
+    return summary

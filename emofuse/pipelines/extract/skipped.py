@@ -1,0 +1,34 @@
+"""``skipped.tsv`` beside the store: every skipped utterance of every stream, with its reason."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from ...store import FeatureStore
+
+
+def write_skipped_tsv(store: str, path: str) -> str | None:
+    """Every skipped utterance of every stream, with its reason; None (and no file) when none."""
+    rows = []
+    with FeatureStore(store) as fs:
+        utt = fs.utterances
+        for s in fs.streams:
+            sk = fs.skipped(s)
+            for r in sk.itertuples():
+                rows.append((s, r.id, r.kind, r.reason, utt["audio_path"].get(r.id, "")))
+    if not rows:
+        if os.path.exists(path):
+            os.remove(path)
+        return None
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["stream", "id", "kind", "reason", "audio_path"])
+        w.writerows(sorted(rows))
+    return path
+
+
+def skipped_tsv_path(store: str, shard: str | None = None) -> str:
+    """``skipped.tsv`` in the store's folder (``skipped.shard-I-of-N.tsv`` for a ``--shard`` run)."""
+    name = "skipped.tsv" if shard is None else f"skipped.shard-{shard.replace('/', '-of-')}.tsv"
+    return os.path.join(os.path.dirname(os.path.abspath(store)), name)

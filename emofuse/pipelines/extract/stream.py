@@ -1,0 +1,49 @@
+"""``StreamJob``: the small object an extraction phase works on (one stream of one store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...corpora import Utterance
+from ...errors import EmofuseError
+from ...extract.audio import BadInput
+from ...store import StoreWriter
+from .config import ExtractConfig
+from .summary import StreamSummary
+
+
+@dataclass
+class StreamJob:
+    """One stream to fill: where it goes, what encodes it, what to keep, what to report.
+
+    ``store_dtype``: the numpy dtype rows are stored in; ``kept``: the encoder layers kept
+    (``--layers``), None for all; ``background``: commit and read ahead in background threads
+    (None: when the encoder runs on a GPU, whose host CPU is otherwise idle)."""
+
+    writer: StoreWriter
+    name: str
+    encoder: Any
+    cfg: ExtractConfig
+    store_dtype: Any
+    kept: list[int] | None
+    summary: StreamSummary
+    background: bool | None = None
+
+    def keep(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (T, L, D) cut to the kept layers, in the store's dtype."""
+        if self.kept is None:
+            return rows.astype(self.store_dtype, copy=False)
+        return rows[:, self.kept].astype(self.store_dtype)
+
+    def on_gpu(self) -> bool:
+        device = getattr(self.encoder, "device", None)
+        return device is not None and device.type == "cuda"
+
+    def bad(self, utt: Utterance, err: BadInput, what: str) -> None:
+        """Stop with one sentence under ``--on-error fail``; under ``skip`` the caller records it."""
+        if self.cfg.on_error == "fail":
+            raise EmofuseError(f"{utt.id}: {err.reason} ({utt.audio_path if what == 'audio' else 'transcript'}); "
+                               "committed work is kept; fix the input or run with --on-error skip")
