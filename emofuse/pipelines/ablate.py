@@ -7,7 +7,6 @@ are kept too), and a grown spec computes only what is new.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +20,7 @@ import yaml
 from scipy.stats import wilcoxon
 
 from ..errors import EmofuseError
+from ..hashing import sha256_hex
 from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
@@ -89,7 +89,7 @@ def load_spec(spec: str) -> dict:
 
 def run_key(identity: dict, fingerprints: dict) -> str:
     blob = json.dumps({"identity": identity, "fingerprints": fingerprints}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return sha256_hex(blob, 12)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -201,7 +201,7 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
     for label, row in spec["_labels"].items():
         if "combine" in row:
             members = [os.path.join(runs_dir, key_of[m]) for m in row["combine"]]
-            key = hashlib.sha256("+".join(key_of[m] for m in row["combine"]).encode()).hexdigest()[:12]
+            key = sha256_hex("+".join(key_of[m] for m in row["combine"]), 12)
             key_of[label] = key
             out = os.path.join(runs_dir, key)
             if not _finished(out):

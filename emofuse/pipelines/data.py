@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..arrays import offsets_from_lengths
 from ..errors import EmofuseError
 from ..heads.functional import GatheredRows
 from ..store import FeatureStore
@@ -110,7 +111,7 @@ class MemorySource:
     def flat_index(self, idx: np.ndarray) -> np.ndarray:
         """Row numbers of utterances ``idx``, back to back."""
         lens = self.lengths[idx]
-        return np.repeat(self.offsets[idx] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
+        return np.repeat(self.offsets[idx] - offsets_from_lengths(lens), lens) + np.arange(lens.sum())
 
     def all_rows(self, idx: np.ndarray) -> torch.Tensor:
         return self.rows.index_select(0, torch.from_numpy(self.flat_index(idx)).to(self.rows.device))

@@ -33,6 +33,7 @@ from torch import nn
 from .. import __version__
 from ..corpora import Utterance
 from ..errors import EmofuseError
+from ..hashing import sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_field
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
@@ -422,8 +423,7 @@ def _all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
 
 
 def _seed_of(*parts: int) -> int:
-    import hashlib
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:7], "little")
+    return sha256_int("/".join(map(str, parts)), 7)
 
 
 # -- training --------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -17,7 +16,9 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
+from ..devices import resolve_device
 from ..errors import EmofuseError
+from ..hashing import sha256_int
 from ..heads import FUSIONS, build_head
 from ..heads.options import HEAD_NAMES, PLATEAU, head_defaults
 from ..store import FeatureStore
@@ -184,17 +185,6 @@ def _norm_subset(keys: list[str], norm_streams: str) -> list[str]:
     return {"speech": [k for k in keys if k != "T"], "text": [k for k in keys if k == "T"], "all": keys}[norm_streams]
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise EmofuseError(f"--device {spec}: this machine has no CUDA device (torch {torch.__version__}); use cpu")
-    try:
-        return torch.device(spec)
-    except RuntimeError:
-        raise EmofuseError(f"--device must be auto, cpu, cuda or cuda:N, found {spec!r}") from None
-
-
 def store_fingerprints(fs: FeatureStore, cfg: TrainConfig) -> dict:
     """What the run reads: the corpus and stream fingerprints, and a digest of each stream kind's
     content (utterances, rows, segment spans and symbols), so changed segments are a new key."""
@@ -302,7 +292,7 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
     ``val_fraction`` of the other sessions' utterances (seeded by repeat seed and session)."""
     test = np.flatnonzero(data.sessions == session)
     rest = np.flatnonzero(data.sessions != session)
-    key = int.from_bytes(hashlib.sha256(f"{seed}/{session}".encode()).digest()[:4], "little")
+    key = sha256_int(f"{seed}/{session}", 4)
     perm = np.random.default_rng(key).permutation(rest)
     n_val = max(1, int(round(val_fraction * len(rest))))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test

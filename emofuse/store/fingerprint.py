@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from typing import Any, Mapping
 
 import pandas as pd
+
+from ..hashing import sha256_hex
 
 FINGERPRINT_COLUMNS = ("id", "label", "session", "speaker", "transcript", "start", "end", "audio_bytes")
 
@@ -30,7 +31,7 @@ def canonical_json(obj: Any) -> str:
 
 def digest(obj: Any, n: int = 16) -> str:
     """Short sha256 hex digest of ``canonical_json(obj)``."""
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+    return sha256_hex(canonical_json(obj), n)
 
 
 #: the utterance table's column holding a digest of each audio file's bytes (schema v2)

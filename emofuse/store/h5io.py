@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from ..arrays import offsets_from_lengths
 from ..errors import StoreError
 from .schema import DATA, INDEX_NAMES, PART_TYPE, SCHEMA_VERSION, STORE_TYPE, chunk_rows
 
@@ -71,11 +72,6 @@ def get_info(group: h5py.Group) -> dict[str, Any]:
     return json.loads(group.attrs["info"]) if "info" in group.attrs else {}
 
 
-def _offsets(lengths: list[int]) -> np.ndarray:
-    """Start row of each utterance whose rows lie back to back: 0, l0, l0 + l1, …"""
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
-
-
 def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray],
                       inputs: list[str] | None = None) -> None:
     """A complete entry table of a part file, written once. Arrays of rows ``(n, L, D)`` are
@@ -84,7 +80,7 @@ def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int
     computed from ("" when not tracked)."""
     g = f.require_group(path)
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
-    g.create_dataset("offset", data=_offsets(lengths))
+    g.create_dataset("offset", data=offsets_from_lengths(lengths))
     g.create_dataset("length", data=np.asarray(lengths, dtype=np.int64))
     g.create_dataset("inputs", data=np.array(inputs if inputs is not None else [""] * len(ids), dtype=object), dtype=STR)
     for name, arr in arrays.items():

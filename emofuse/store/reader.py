@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from ..arrays import offsets_from_lengths
 from ..errors import StoreError
 from .h5io import open_h5
 from .index import data_dir, load_index, part_path
@@ -240,7 +241,7 @@ class FeatureStore:
         lengths = locs[:, 2].copy()
         ds0 = self._dataset(int(locs[0, 0]) if len(locs) else self._table(stream, kind).part[0], stream, kind, DATA)
         out = np.empty((int(lengths.sum()), len(lsel), D), dtype=dtype or ds0.dtype)
-        dest = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        dest = offsets_from_lengths(lengths)
         # Read part by part in storage order, one call per run of adjacent utterances.
         order = np.lexsort((locs[:, 1], locs[:, 0]))
         contiguous = lsel == list(range(lsel[0], lsel[-1] + 1)) if lsel else True

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..arrays import offsets_from_lengths
 from ..errors import StoreError
 from .fingerprint import corpus_changes, corpus_fingerprint
 from .h5io import (STR, check_header, file_header, fsync_path, get_info, open_h5, read_index, row_arrays, set_info,
@@ -269,7 +270,7 @@ class StoreWriter:
                     arrays = {k: np.concatenate([np.asarray(per_utt[i][k]) for i in ids]) for k in first}
                     digests = [inputs.get(i, "") for i in ids]
                     write_entry_table(f, entry_path(stream, kind), ids, lengths, arrays, digests)
-                    offs = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+                    offs = offsets_from_lengths(lengths)
                     tables[(stream, kind)] = (np.array(ids, dtype=object), offs, np.asarray(lengths, np.int64), digests)
                 skips = [(i, k, r, inputs.get(i, "")) for i, k, r in sorted(skipped)]
                 if skips:
@@ -566,7 +567,7 @@ def _copy_table(fs, out, stream: str, kind: str, t: EntryTable, block_bytes: int
     lengths = np.asarray(t.length, np.int64)
     total = int(lengths.sum())
     g = out.require_group(entry_path(stream, kind))
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    offsets = offsets_from_lengths(lengths)
     g.create_dataset("ids", data=np.array(t.ids, dtype=object), dtype=STR)
     g.create_dataset("offset", data=offsets)
     g.create_dataset("length", data=lengths)

@@ -63,12 +63,10 @@ def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main
     encoders = []   # (kind, stream name, encoder, stored dtype name)
     if cfg.audio_model and cfg.audio_model != "none":
         enc = load_audio_encoder(cfg.audio_model, device=cfg.device, dtype=cfg.dtype)
-        name = cfg.audio_stream or ("egemaps" if cfg.audio_model.startswith("opensmile:") else "audio")
-        sdt = "float32" if enc.info["encoder"] == "opensmile" else cfg.store_dtype
-        encoders.append(("audio", name, enc, sdt))
+        encoders.append(("audio", cfg.audio_stream or enc.default_stream, enc, enc.stored_dtype or cfg.store_dtype))
     if cfg.text_model and cfg.text_model != "none":
         enc = load_text_encoder(cfg.text_model, device=cfg.device, dtype=cfg.dtype)
-        encoders.append(("text", cfg.text_stream or "text", enc, cfg.store_dtype))
+        encoders.append(("text", cfg.text_stream or enc.default_stream, enc, enc.stored_dtype or cfg.store_dtype))
     src = cfg.root or cfg.manifest
     meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or ""}
     with StoreWriter(out, table=table, corpus_meta=meta, update_corpus=cfg.update_corpus) as writer:
