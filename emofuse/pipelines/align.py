@@ -17,10 +17,11 @@ from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.tiers import check_within_audio, complete_tiers, read_alignment
-from ..corpora import load_corpus
+from ..corpora import KINDS, load_corpus
 from ..errors import EmofuseError
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
                      segments_kind)
+from .describe import corpus_options
 
 SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
 
@@ -81,14 +82,10 @@ def _records(cfg: AlignConfig, fs: FeatureStore):
     """The corpus records behind the store (for alignment paths), checked against its fingerprint."""
     meta = fs.corpus_meta
     kind = cfg.corpus or meta.get("kind")
-    if kind == "iemocap":
-        opts = {"root": cfg.root or meta.get("root")}
-    elif kind == "manifest":
-        opts = {"path": cfg.manifest or meta.get("root")}
-    elif kind == "demo":
-        opts = {}
-    else:
+    if kind not in KINDS:
         raise EmofuseError(f"{fs.path} does not say which corpus it holds; pass --corpus and --root/--manifest")
+    # the store records where the corpus was read from (a folder or a manifest) as "root"
+    opts = corpus_options(kind, cfg.root or meta.get("root"), cfg.manifest or meta.get("root"))
     if meta.get("labels") not in (None, "", "None"):
         opts["labels"] = meta["labels"]
     utts = load_corpus(kind, **opts)
