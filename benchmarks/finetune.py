@@ -96,6 +96,35 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def profile_step(model, opt, d, idx, cfg, device) -> dict:
+    """One global batch under torch.profiler: where the step's time goes (the question the H100
+    figures left open: both loops ran at the same speed in bf16 and float32, so matmuls were not
+    what limited them). Returns the share of the step spent in the top operators and in host-side
+    collation, and writes the whole table beside the JSON."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    model.train()
+    sync(device)
+    t = time.perf_counter()
+    with profile(activities=acts, record_shapes=True) as prof:
+        ft.train_step(model, model, opt, d, idx, cfg, device, 99)
+        sync(device)
+    wall = time.perf_counter() - t
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages(group_by_input_shape=False).table(sort_by=key, row_limit=40)
+    out = ROOT / "benchmarks" / "results" / ("finetune-profile-cuda.txt" if device.type == "cuda" else
+                                             "finetune-profile.txt")
+    out.write_text(table + "\n")
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    busy = sum(getattr(e, attr, 0) for e in events) / 1e6
+    top = sorted(events, key=lambda e: -getattr(e, attr, 0))[:12]
+    return {"wall_s": wall, "device_busy_s": busy, "device_busy_fraction": busy / wall,
+            "top": [{"op": e.key, "self_s": getattr(e, attr, 0) / 1e6, "calls": e.count} for e in top],
+            "table": str(out.relative_to(ROOT))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -105,6 +134,9 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=20.0)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one global batch (torch.profiler): the top operators by self time on the "
+                         "device (CPU when no GPU), written to benchmarks/results/finetune-profile[-cuda].txt")
     ap.add_argument("--epochs-per-run", type=float, default=20.0,
                     help="assumed epochs per run (early stopping) for the extrapolation")
     args = ap.parse_args()
@@ -176,6 +208,8 @@ def main() -> None:
     ft.predict(model, d, timed, cfg, device)
     sync(device)
     res["eval_audio_s_per_s"] = res["audio_s"] / (time.perf_counter() - t)
+    if args.profile:
+        res["profile"] = profile_step(model, opt, d, timed[:32], cfg, device)
     res["speedup_vs_plain"] = res["finetune"]["audio_s_per_s"] / res["plain"]["audio_s_per_s"]
     epoch_s = (TRAIN_SHARE * IEMOCAP_AUDIO_S / res["finetune"]["audio_s_per_s"] +
                VAL_SHARE * IEMOCAP_AUDIO_S / res["eval_audio_s_per_s"])
