@@ -342,6 +342,62 @@ def report(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+def _add_use_commands(sub) -> None:
+    """export, predict, evaluate: use a trained configuration (emofuse/pipelines/predict.py)."""
+    ex = sub.add_parser("export", help="write a trained run's fold models as one self-contained folder",
+                        description="Export a finished train-head run as one folder: config, encoder ids, hashes and "
+                                    "fingerprints, layer selection, normalisation statistics, every fold model's head "
+                                    "(safetensors). Reload it with emofuse.load_model(OUT).")
+    ex.add_argument("run", help="a finished train-head run directory")
+    ex.add_argument("out", help="the folder to write (must not exist or be empty)")
+    ex.add_argument("--store", help="where the run's store is now, if it moved (default: the path in its config.json; "
+                                    "read for --norm global statistics)")
+    pr = sub.add_parser("predict", help="class probabilities of new audio and transcripts",
+                        description="Apply an exported model (or a run directory) to new utterances: the same encoders, "
+                                    "preprocessing, layer selection and normalisation as in training; the prediction is "
+                                    "the mean of the fold models' softmax probabilities. Models on frames (F) and text "
+                                    "(T) only: segment models need alignments (use evaluate on a store).")
+    pr.add_argument("model", help="an exported model folder (emofuse export) or a train-head run directory")
+    pr.add_argument("--audio", nargs="+", metavar="WAV", help="audio files (one utterance each)")
+    pr.add_argument("--text", nargs="+", metavar="TEXT", help="their transcripts, in the same order")
+    pr.add_argument("--manifest", help="a .csv/.tsv/.jsonl list: audio (or wav, path), text (or transcript), optional "
+                                       "id, speaker, start, end; paths relative to the list")
+    pr.add_argument("--out", help="write the probabilities to this CSV (default: print them)")
+    pr.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    pr.add_argument("--audio-model", help="the audio encoder's checkpoint, if not where extraction found it "
+                                          "(default: the model's; it must have the same fingerprint)")
+    pr.add_argument("--text-model", help="the text encoder's checkpoint (default: the model's; same fingerprint)")
+    ev = sub.add_parser("evaluate", help="evaluate a trained run on another corpus's store (cross-corpus)",
+                        description="Score every fold model of a train-head run (or an exported model) on every "
+                                    "utterance of another store extracted with the same encoders: metrics.json and "
+                                    "predictions.csv per fold model, predictions.csv, summary.json (mean +- std over "
+                                    "the fold models, and their ensemble) as train-head writes them.")
+    ev.add_argument("run", help="a finished train-head run directory or an exported model folder")
+    ev.add_argument("--store", required=True, help="the other corpus's store (same encoders)")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--label-map", help="rename the store's labels to the model's classes, e.g. exc=hap,fru=ang "
+                                        "(default: none; a label the model does not know is refused)")
+    ev.add_argument("--train-store", help="the run's own store, if it moved (default: its config.json's path)")
+    ev.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+
+
+def _use_command(args) -> int | None:
+    if args.cmd == "export":
+        from .pipelines.predict import export_run
+        return _run(lambda: print(f"exported {args.run} to {export_run(args.run, args.out, args.store)}; "
+                                  f"reload it with emofuse.load_model({args.out!r})"))
+    if args.cmd == "predict":
+        from .pipelines.predict import run_predict
+        return _run(lambda: run_predict(args.model, audio=args.audio, text=args.text, manifest=args.manifest,
+                                        out=args.out, device=args.device, audio_model=args.audio_model,
+                                        text_model=args.text_model))
+    if args.cmd == "evaluate":
+        from .pipelines.predict import run_evaluate
+        return _run(lambda: run_evaluate(args.run, args.store, args.out, label_map=args.label_map, device=args.device,
+                                         train_store=args.train_store))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="emofuse", description="emofuse: speech + text emotion recognition tooling. The stages are also "
@@ -363,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], required=True)
     c.add_argument("--root")
     c.add_argument("--manifest")
+    _add_use_commands(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["extract-embeddings"]:  # python -m emofuse extract-embeddings … (e.g. under torchrun)
         return extract_embeddings(argv[1:])
@@ -389,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .store import compact_store, upgrade_store
         fn = upgrade_store if args.store_cmd == "upgrade" else compact_store
         return _run(lambda: print(fn(args.store)))
+    used = _use_command(args)
+    if used is not None:
+        return used
     if args.cmd == "corpus":
         from .pipelines.describe import describe_corpus
         return _run(lambda: print(describe_corpus(args.corpus, root=args.root, manifest=args.manifest)))
