@@ -44,9 +44,10 @@ def extract_parser() -> argparse.ArgumentParser:
         prog="extract-embeddings",
         description="Run frozen audio and text encoders once over a corpus and store every layer's activations. "
                     "Crash-safe and resumable: run the same command again after an interruption.")
-    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], help="corpus reader")
+    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], help="corpus reader")
     ap.add_argument("--root", help="IEMOCAP: the folder holding Session1 … Session5")
-    ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file")
+    ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file; lhotse: a CutSet, a SupervisionSet (its "
+                                       "RecordingSet beside it) or a folder of them (.jsonl or .jsonl.gz)")
     ap.add_argument("--labels", help="IEMOCAP label set: four (default) or six")
     ap.add_argument("--out", required=True, help="the store to write (STORE.h5)")
     ap.add_argument("--audio-model", default="facebook/wav2vec2-base",
@@ -94,7 +95,7 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
                   (", ".join(f"{k} +{v}" for k, v in added.items()) or "nothing new"))
             return
         if not args.corpus:
-            raise EmofuseError("extract-embeddings needs --corpus iemocap|manifest|demo (or --merge SHARD …)")
+            raise EmofuseError("extract-embeddings needs --corpus iemocap|manifest|lhotse|demo (or --merge SHARD …)")
         none = lambda v: None if v in (None, "none", "") else v  # noqa: E731
         cfg = ExtractConfig(corpus=args.corpus, out=args.out, root=args.root, manifest=args.manifest,
                             labels=args.labels, audio_model=none(args.audio_model), text_model=none(args.text_model),
@@ -123,7 +124,7 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--granularities", default="phone,syllable,word", help="comma list (default phone,syllable,word)")
     ap.add_argument("--keep-silence", action="store_true", help="keep silence and filler segments")
     ap.add_argument("--on-error", default="skip", choices=["skip", "fail"])
-    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], help="where the corpus lives now, if it moved")
+    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], help="where the corpus lives now, if it moved")
     ap.add_argument("--root")
     ap.add_argument("--manifest")
     ap.add_argument("--word-tier", help="TextGrid word tier name (default: words/word)")
@@ -416,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = st_sub.add_parser("compact", help="rewrite a store into the fewest files (the index and one part)")
     cp.add_argument("store")
     c = sub.add_parser("corpus", help="summarise a corpus as emofuse reads it")
-    c.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], required=True)
+    c.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], required=True)
     c.add_argument("--root")
     c.add_argument("--manifest")
     _add_use_commands(sub)

@@ -82,7 +82,7 @@ def _records(cfg: AlignConfig, fs: FeatureStore):
     kind = cfg.corpus or meta.get("kind")
     if kind == "iemocap":
         opts = {"root": cfg.root or meta.get("root")}
-    elif kind == "manifest":
+    elif kind in ("manifest", "lhotse"):
         opts = {"path": cfg.manifest or meta.get("root")}
     elif kind == "demo":
         opts = {}
