@@ -211,6 +211,7 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--memory-gb", type=float, help="memory budget for holding the data (default: 60%% of free)")
     ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="with --fusion combine: the runs to combine")
+    add_tracking_options(ap)
     return ap
 
 
@@ -239,7 +240,14 @@ def train_head(argv: Sequence[str] | None = None) -> int:
                           dropout=args.dropout, val_fraction=args.val_fraction,
                           folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
                           device=args.device, memory_gb=args.memory_gb)
+        tensorboard = args.tensorboard
+        if tensorboard:   # said before training, not 30 minutes later
+            from .pipelines.runs import tensorboard_missing, write_tensorboard
+            if tensorboard_missing(tensorboard):
+                tensorboard = None
         run_train(cfg)
+        if tensorboard:
+            write_tensorboard([args.out], tensorboard)
 
     return _run(job)
 
@@ -382,6 +390,50 @@ def _add_use_commands(sub) -> None:
     ev.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
 
 
+def _add_runs_command(sub) -> None:
+    r = sub.add_parser("runs", help="list the train-head runs under a folder, or what differs between two runs",
+                       description="List every train-head run under DIR (ablate grids' runs by their labels) with its "
+                                   "configuration, UA, WA and macro-F1 (mean +- std) and number of runs; or, with "
+                                   "--diff A B, the configuration values and store content that differ.")
+    r.add_argument("dir", nargs="?", help="a folder holding runs (searched recursively)")
+    r.add_argument("--sort", default="path", choices=["path", "label", "ua", "wa", "f1", "n"],
+                   help="order of the listing; metrics best first (default: path)")
+    r.add_argument("--diff", nargs=2, metavar=("A", "B"), help="two run directories to compare")
+    r.add_argument("--tensorboard", metavar="LOGDIR",
+                   help="also write every listed run's training curves to TensorBoard under LOGDIR (needs the "
+                        "tensorboard package; default: none)")
+
+
+def _runs_command(args) -> int:
+    def job():
+        import os
+
+        from .pipelines.runs import diff_runs, find_runs, format_runs, write_tensorboard
+
+        if args.diff:
+            if args.dir:
+                raise EmofuseError("give either DIR (a listing) or --diff A B, not both")
+            print(diff_runs(*args.diff))
+            return
+        if not args.dir:
+            raise EmofuseError("emofuse runs needs DIR (a folder holding runs) or --diff A B")
+        rows = find_runs(args.dir)
+        print(format_runs(rows, args.sort))
+        if args.tensorboard:
+            write_tensorboard([os.path.join(args.dir, r["path"]) for r in rows], args.tensorboard,
+                              names=[r["label"] for r in rows])
+
+    return _run(job)
+
+
+def add_tracking_options(ap: argparse.ArgumentParser) -> None:
+    """train-head's optional experiment tracking."""
+    ap.add_argument("--tensorboard", metavar="LOGDIR",
+                    help="write every fold's training curves (losses, validation UA, learning rate per epoch) to "
+                         "TensorBoard under LOGDIR/<run>/ when the run ends (needs the tensorboard package; "
+                         "default: none)")
+
+
 def _use_command(args) -> int | None:
     if args.cmd == "export":
         from .pipelines.predict import export_run
@@ -421,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--root")
     c.add_argument("--manifest")
     _add_use_commands(sub)
+    _add_runs_command(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["extract-embeddings"]:  # python -m emofuse extract-embeddings … (e.g. under torchrun)
         return extract_embeddings(argv[1:])
@@ -447,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .store import compact_store, upgrade_store
         fn = upgrade_store if args.store_cmd == "upgrade" else compact_store
         return _run(lambda: print(fn(args.store)))
+    if args.cmd == "runs":
+        return _runs_command(args)
     used = _use_command(args)
     if used is not None:
         return used
