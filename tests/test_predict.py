@@ -118,6 +118,9 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     preds = pd.read_csv(os.path.join(ev, "predictions.csv"))
     assert len(preds) == 2 * n and set(preds["label"]) == {"ang", "neu", "sad"}
     assert os.path.exists(os.path.join(ev, "runs", "r0_s1", "metrics.json"))
+    from emofuse.pipelines.report import run_report
+    run_report(ev, echo=quiet)
+    assert os.path.exists(os.path.join(ev, "report.md"))
     # an exported model evaluates the same
     exp = str(tmp_path / "model")
     export_run(trained["run"], exp)
@@ -131,3 +134,22 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
                               audio_model=tiny_models["layer"], text_model=None), echo=quiet)
     with pytest.raises(EmofuseError, match="needs the same encoders"):
         run_evaluate(trained["run"], wrong, str(tmp_path / "ev4"), label_map="fru=ang", echo=quiet)
+
+
+def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_models):
+    """A hand-crafted descriptor stream (openSMILE, float32, one layer) goes through the same path."""
+    store = str(tmp_path / "e.h5")
+    root = str(trained["corpus"].root)
+    run_extract(ExtractConfig(corpus="iemocap", root=root, out=store, audio_model="opensmile:eGeMAPSv02",
+                              text_model=tiny_models["bert"]), echo=quiet)
+    run = str(tmp_path / "run")
+    run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", audio_stream="egemaps",
+                          norm="global", repeats=1, epochs=2, patience=1, folds=("3",), device="cpu"), echo=quiet)
+    model = load_model(run)
+    assert model.spec["streams"]["F"]["stream"] == "egemaps" and model.spec["streams"]["F"]["layer_ids"] == [0]
+    preds = pd.read_csv(os.path.join(run, "predictions.csv"), dtype={"id": str}).set_index("id")
+    with FeatureStore(store) as fs:
+        utts = fs.utterances.loc[list(preds.index)]
+    data = model.features(audio=list(utts["audio_path"]), text=list(utts["transcript"]), ids=list(preds.index))
+    np.testing.assert_allclose(model.member_logits(data)[0], preds[[f"logit_{c}" for c in model.classes]].to_numpy(),
+                               atol=2e-4)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -474,8 +475,10 @@ def _num(v):
 def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
                 manifest: str | None = None, out: str | None = None, device: str = "cpu",
                 audio_model: str | None = None, text_model: str | None = None,
-                echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """``emofuse predict``: probabilities per utterance, printed as CSV or written to ``out``."""
+                echo: Callable[[str], None] = print,
+                note: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> pd.DataFrame:
+    """``emofuse predict``: probabilities per utterance, printed as CSV or written to ``out``;
+    notes go to ``note`` (stderr), so the printed CSV stays clean."""
     from .train import resolve_device
 
     resolve_device(device)
@@ -501,8 +504,8 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
         if audio is not None and "F" not in model.keys:   # a text model: the files only name the utterances
             ids = [os.path.splitext(os.path.basename(a))[0] for a in audio]
             audio = None
-    if model.spec["norm"] == "speaker" and speakers is None:
-        echo("note: this model standardises each speaker by the speaker's own statistics (--norm speaker); without "
+    if model.spec["norm"] == "speaker" and speakers is None:   # on stderr: stdout may be the CSV
+        note("note: this model standardises each speaker by the speaker's own statistics (--norm speaker); without "
              "a speaker column each utterance is standardised by its own")
     if audio is None and "F" in model.keys:
         raise EmofuseError("this model reads audio frames (F): give --audio FILE or --manifest LIST")
