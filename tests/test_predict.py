@@ -82,6 +82,11 @@ def test_refusals_one_sentence(trained, tmp_path, tiny_models, capsys):
                  "--audio-model", other]) == 2
     err = capsys.readouterr().err
     assert "does not match the one this model was trained on" in err and "--audio-model" in err
+    # an encoder that cannot be found: one sentence naming the flag
+    assert main(["predict", out, "--audio", trained["corpus"].utterances[0].audio_path, "--text", "hi",
+                 "--audio-model", str(tmp_path / "moved")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not load the audio model" in err and "--audio-model" in err
     # a damaged export
     head = os.path.join(out, "heads", "r0_s1.safetensors")
     with open(head, "r+b") as f:
@@ -121,6 +126,8 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     from emofuse.pipelines.report import run_report
     run_report(ev, echo=quiet)
     assert os.path.exists(os.path.join(ev, "report.md"))
+    with pytest.raises(EmofuseError, match=r"--label-map maps to \['frustrated'\], which are not classes"):
+        run_evaluate(trained["run"], other, str(tmp_path / "ev5"), label_map="fru=frustrated", echo=quiet)
     # an exported model evaluates the same
     exp = str(tmp_path / "model")
     export_run(trained["run"], exp)
@@ -153,3 +160,20 @@ def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_mo
     data = model.features(audio=list(utts["audio_path"]), text=list(utts["transcript"]), ids=list(preds.index))
     np.testing.assert_allclose(model.member_logits(data)[0], preds[[f"logit_{c}" for c in model.classes]].to_numpy(),
                                atol=2e-4)
+
+
+def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_path):
+    run = str(tmp_path / "spk")
+    run_train(TrainConfig(store=trained["store"], out=run, fusion="none", granularity="F", norm="speaker",
+                          repeats=1, epochs=2, patience=1, folds=("2",), device="cpu"), echo=quiet)
+    model = load_model(run)
+    preds = pd.read_csv(os.path.join(run, "predictions.csv"), dtype={"id": str}).set_index("id")
+    with FeatureStore(trained["store"]) as fs:
+        utts = fs.utterances.loc[list(preds.index)]
+    # every utterance of the test session's speakers, grouped by speaker: the statistics training used
+    data = model.features(audio=list(utts["audio_path"]), ids=list(preds.index), speakers=list(utts["speaker"]))
+    want = preds[[f"logit_{c}" for c in model.classes]].to_numpy()
+    np.testing.assert_allclose(model.member_logits(data)[0], want, atol=2e-4)
+    # without speakers each utterance is its own group: other numbers, and predict says so
+    alone = model.features(audio=list(utts["audio_path"]), ids=list(preds.index))
+    assert not np.allclose(model.member_logits(alone)[0], want, atol=1e-3)
