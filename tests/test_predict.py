@@ -123,6 +123,8 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     preds = pd.read_csv(os.path.join(ev, "predictions.csv"))
     assert len(preds) == 2 * n and set(preds["label"]) == {"ang", "neu", "sad"}
     assert os.path.exists(os.path.join(ev, "runs", "r0_s1", "metrics.json"))
+    table = open(os.path.join(ev, "table.md")).read()
+    assert f"| {s['ua']['mean']:.2f} ± {s['ua']['std']:.2f} |" in table and "their ensemble" in table and "hap" in table
     from emofuse.pipelines.report import run_report
     run_report(ev, echo=quiet)
     assert os.path.exists(os.path.join(ev, "report.md"))

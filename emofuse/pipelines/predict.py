@@ -613,6 +613,16 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
             ens_df[f"prob_{name}"] = probs[:, j]
         write_csv(os.path.join(out, "ensemble.csv"), ens_df)
         write_json(os.path.join(out, "summary.json"), summary)
+        cell = lambda m: f"{summary[m]['mean']:.2f} ± {summary[m]['std']:.2f}"  # noqa: E731
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write(f"**{os.path.basename(os.path.normpath(run))} on {os.path.basename(store)} (cross-corpus): %**\n\n"
+                    "| Configuration | UA | WA | Macro-F1 | runs |\n|---|---:|---:|---:|---:|\n"
+                    f"| {c['fusion']} {'+'.join(model.keys)}, fold models | {cell('ua')} | {cell('wa')} | {cell('f1')} "
+                    f"| {summary['ua']['n']} |\n"
+                    f"| {c['fusion']} {'+'.join(model.keys)}, their ensemble | {ens['ua']:.2f} | {ens['wa']:.2f} | "
+                    f"{ens['f1']:.2f} | 1 |\n\n± is the standard deviation over the fold models."
+                    + (f" Classes absent from the store: {', '.join(absent)} (UA averages the others)." if absent else "")
+                    + "\n")
     echo(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
          + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
          + (f"; classes absent from {store} (UA averages the others): {absent}" if absent else ""))
