@@ -88,3 +88,18 @@ def test_tensorboard_said_once_when_missing_and_written_when_present(tree, tmp_p
     m = json.loads((tree / "a" / "runs" / "r0_s1" / "metrics.json").read_text())
     got = [(t, v, s) for d, t, v, s in scalars if d == os.path.join("a", "r0_s1") and t == "ua/validation"]
     assert got == [("ua/validation", h["val_ua"], h["epoch"]) for h in m["history"]]
+
+
+def test_finetune_runs_are_listed_and_refused_by_export(tmp_path):
+    from emofuse.errors import EmofuseError
+    from emofuse.pipelines.predict import export_run
+
+    d = tmp_path / "ft"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"type": "emofuse.train-head", "kind": "finetune", "config": {},
+                                               "identity": {"system": "cma", "audio_model": "w2v", "text_model": "bert",
+                                                            "lr": 1e-5}}))
+    (rows,) = pr.find_runs(str(tmp_path))
+    assert rows["config"] == "finetune cma (w2v, bert), lr 1e-05" and rows["ua"] is None
+    with pytest.raises(EmofuseError, match="is a finetune run"):
+        export_run(str(d), str(tmp_path / "out"))

@@ -237,6 +237,9 @@ def _read_run_config(run_dir: str) -> dict:
         config = json.load(f)
     if config.get("type") != "emofuse.train-head":
         raise EmofuseError(f"{run_dir} holds {config.get('type')!r}, not a train-head run")
+    if config.get("kind") == "finetune":
+        raise EmofuseError(f"{run_dir} is a finetune run: its encoders were trained too, so its heads do not fit the "
+                           "frozen encoders export, predict and evaluate run; these work on train-head runs")
     if config.get("config", {}).get("fusion") == "combine":
         raise EmofuseError(f"{run_dir} is a score combination (--fusion combine), which has no head of its own; "
                            "export or evaluate each of its member runs")

@@ -39,6 +39,9 @@ def config_summary(identity: dict) -> str:
     """A short line of the values that tell configurations apart."""
     if identity.get("fusion") == "combine":
         return f"combine of {len(identity.get('members') or [])} runs"
+    if "system" in identity:   # a finetune run
+        models = [str(identity.get(k)) for k in ("audio_model", "text_model") if identity.get(k)]
+        return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}"
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
     if identity.get("fusion") in ("none", "late"):
         parts.append(str(identity.get("head")))
