@@ -26,6 +26,10 @@ def tree(tmp_path_factory):
               echo=lambda *_: None)
     (grid / "ablate.json").write_text(json.dumps({"type": "emofuse.ablate", "keys": {"Text linear": "0123abcd"}}))
     os.makedirs(root / "c" / "runs")   # unfinished: a config and no summary
+    os.makedirs(root / "exported" / "training")   # an export's copy of a run's records is not a run
+    (root / "exported" / "model.json").write_text("{}")
+    for name in ("config.json", "summary.json"):
+        (root / "exported" / "training" / name).write_text((root / "a" / name).read_text())
     cfg = json.loads((root / "a" / "config.json").read_text())
     (root / "c" / "config.json").write_text(json.dumps(cfg))
     return root

@@ -136,10 +136,19 @@ class TrainedModel:
                 "norm": cfg.norm, "norm_keys": norm_keys, "config": config["config"], "identity": config["identity"],
                 "fingerprints": config["fingerprints"], "ensemble": "mean of the members' softmax probabilities",
                 "summary": {m: summary[m] for m in ("ua", "wa", "f1")}}
+        folders = {}   # (repeat, fold) → the folder of that run (found by its metrics, whatever its name)
+        rdir = os.path.join(run_dir, "runs")
+        for name in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []:
+            m = _load_json(os.path.join(rdir, name, "metrics.json"))
+            if m is not None:
+                folders[(int(m["repeat"]), str(m["fold"]))] = name
         members = []
         for r in sorted(summary["runs"], key=lambda r: (r["repeat"], str(r["fold"]))):
-            name = f"r{r['repeat']}_s{r['fold']}"
-            head = _build_head(spec, os.path.join(run_dir, "runs", name, "model.safetensors"))
+            name = folders.get((int(r["repeat"]), str(r["fold"])))
+            if name is None:
+                raise EmofuseError(f"{run_dir}: the run of repeat {r['repeat']}, fold {r['fold']} that summary.json "
+                                   "lists has no folder with its metrics.json under runs/")
+            head = _build_head(spec, os.path.join(rdir, name, "model.safetensors"))
             members.append(Member(name=name, repeat=int(r["repeat"]), seed=int(r["seed"]), fold=str(r["fold"]),
                                   head=head, norm=fold_norms.get(str(r["fold"]), {}),
                                   test={m: r[m] for m in ("ua", "wa", "f1")}))
@@ -227,6 +236,14 @@ def _short(ids: Sequence[int]) -> str:
     if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}-{ids[-1]}"
     return ",".join(map(str, ids))
+
+
+def _load_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _read_run_config(run_dir: str) -> dict:
@@ -377,12 +394,16 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
     for name, seq in (("audio", audio), ("text", text), ("ids", ids), ("speakers", speakers)):
         if seq is not None and len(seq) != n:
             raise EmofuseError(f"{len(seq)} {name} for {n} utterances; give one per utterance")
-    ids = [str(i) for i in ids] if ids is not None else [
-        os.path.splitext(os.path.basename(a))[0] if audio is not None else f"utt{k}" for k, a in
-        enumerate(audio if audio is not None else range(n))]
+    if ids is None:   # file names without their extension, or the paths as given where two names collide
+        ids = [os.path.splitext(os.path.basename(str(a)))[0] for a in audio] if audio is not None else \
+            [f"utt{k}" for k in range(n)]
+        if audio is not None and len(set(ids)) != len(ids):
+            ids = [str(a) for a in audio]
+    ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-        raise EmofuseError(f"utterance ids must be unique, found {dup} more than once; give an id column")
+        raise EmofuseError(f"utterance ids must be unique, found {dup} more than once; give each its own id (the id "
+                           "column of --manifest)")
     rows = {}
     for k in model.keys:
         s = model.spec["streams"][k]

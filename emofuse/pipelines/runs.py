@@ -64,6 +64,9 @@ def find_runs(root: str) -> list[dict]:
     out = []
     for d, dirs, files in os.walk(root):
         dirs.sort()
+        if "model.json" in files:   # an exported model: its training/ records are a copy of a run's
+            dirs[:] = []
+            continue
         if "config.json" not in files:
             continue
         c = _load(os.path.join(d, "config.json"))
