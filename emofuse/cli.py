@@ -44,9 +44,10 @@ def extract_parser() -> argparse.ArgumentParser:
         prog="extract-embeddings",
         description="Run frozen audio and text encoders once over a corpus and store every layer's activations. "
                     "Crash-safe and resumable: run the same command again after an interruption.")
-    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], help="corpus reader")
+    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], help="corpus reader")
     ap.add_argument("--root", help="IEMOCAP: the folder holding Session1 … Session5")
-    ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file")
+    ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file; lhotse: a CutSet, a SupervisionSet (its "
+                                       "RecordingSet beside it) or a folder of them (.jsonl or .jsonl.gz)")
     ap.add_argument("--labels", help="IEMOCAP label set: four (default) or six")
     ap.add_argument("--out", required=True, help="the store to write (STORE.h5)")
     ap.add_argument("--audio-model", default="facebook/wav2vec2-base",
@@ -94,7 +95,7 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
                   (", ".join(f"{k} +{v}" for k, v in added.items()) or "nothing new"))
             return
         if not args.corpus:
-            raise EmofuseError("extract-embeddings needs --corpus iemocap|manifest|demo (or --merge SHARD …)")
+            raise EmofuseError("extract-embeddings needs --corpus iemocap|manifest|lhotse|demo (or --merge SHARD …)")
         none = lambda v: None if v in (None, "none", "") else v  # noqa: E731
         cfg = ExtractConfig(corpus=args.corpus, out=args.out, root=args.root, manifest=args.manifest,
                             labels=args.labels, audio_model=none(args.audio_model), text_model=none(args.text_model),
@@ -123,7 +124,7 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--granularities", default="phone,syllable,word", help="comma list (default phone,syllable,word)")
     ap.add_argument("--keep-silence", action="store_true", help="keep silence and filler segments")
     ap.add_argument("--on-error", default="skip", choices=["skip", "fail"])
-    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], help="where the corpus lives now, if it moved")
+    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], help="where the corpus lives now, if it moved")
     ap.add_argument("--root")
     ap.add_argument("--manifest")
     ap.add_argument("--word-tier", help="TextGrid word tier name (default: words/word)")
@@ -205,6 +206,7 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--memory-gb", type=float, help="memory budget for holding the data (default: 60%% of free)")
     ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="with --fusion combine: the runs to combine")
+    add_tracking_options(ap)
     return ap
 
 
@@ -233,7 +235,14 @@ def train_head(argv: Sequence[str] | None = None) -> int:
                           dropout=args.dropout, val_fraction=args.val_fraction,
                           folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
                           device=args.device, memory_gb=args.memory_gb)
+        tensorboard = args.tensorboard
+        if tensorboard:   # said before training, not 30 minutes later
+            from .pipelines.runs import tensorboard_missing, write_tensorboard
+            if tensorboard_missing(tensorboard):
+                tensorboard = None
         run_train(cfg)
+        if tensorboard:
+            write_tensorboard([args.out], tensorboard)
 
     return _run(job)
 
@@ -337,6 +346,106 @@ def report(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+def _add_use_commands(sub) -> None:
+    """export, predict, evaluate: use a trained configuration (emofuse/pipelines/predict.py)."""
+    ex = sub.add_parser("export", help="write a trained run's fold models as one self-contained folder",
+                        description="Export a finished train-head run as one folder: config, encoder ids, hashes and "
+                                    "fingerprints, layer selection, normalisation statistics, every fold model's head "
+                                    "(safetensors). Reload it with emofuse.load_model(OUT).")
+    ex.add_argument("run", help="a finished train-head run directory")
+    ex.add_argument("out", help="the folder to write (must not exist or be empty)")
+    ex.add_argument("--store", help="where the run's store is now, if it moved (default: the path in its config.json; "
+                                    "read for --norm global statistics)")
+    pr = sub.add_parser("predict", help="class probabilities of new audio and transcripts",
+                        description="Apply an exported model (or a run directory) to new utterances: the same encoders, "
+                                    "preprocessing, layer selection and normalisation as in training; the prediction is "
+                                    "the mean of the fold models' softmax probabilities. Models on frames (F) and text "
+                                    "(T) only: segment models need alignments (use evaluate on a store).")
+    pr.add_argument("model", help="an exported model folder (emofuse export) or a train-head run directory")
+    pr.add_argument("--audio", nargs="+", metavar="WAV", help="audio files (one utterance each)")
+    pr.add_argument("--text", nargs="+", metavar="TEXT", help="their transcripts, in the same order")
+    pr.add_argument("--manifest", help="a .csv/.tsv/.jsonl list: audio (or wav, path), text (or transcript), optional "
+                                       "id, speaker, start, end; paths relative to the list")
+    pr.add_argument("--out", help="write the probabilities to this CSV (default: print them)")
+    pr.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    pr.add_argument("--audio-model", help="the audio encoder's checkpoint, if not where extraction found it "
+                                          "(default: the model's; it must have the same fingerprint)")
+    pr.add_argument("--text-model", help="the text encoder's checkpoint (default: the model's; same fingerprint)")
+    ev = sub.add_parser("evaluate", help="evaluate a trained run on another corpus's store (cross-corpus)",
+                        description="Score every fold model of a train-head run (or an exported model) on every "
+                                    "utterance of another store extracted with the same encoders: metrics.json and "
+                                    "predictions.csv per fold model, predictions.csv, summary.json (mean +- std over "
+                                    "the fold models, and their ensemble) as train-head writes them.")
+    ev.add_argument("run", help="a finished train-head run directory or an exported model folder")
+    ev.add_argument("--store", required=True, help="the other corpus's store (same encoders)")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--label-map", help="rename the store's labels to the model's classes, e.g. exc=hap,fru=ang "
+                                        "(default: none; a label the model does not know is refused)")
+    ev.add_argument("--train-store", help="the run's own store, if it moved (default: its config.json's path)")
+    ev.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+
+
+def _add_runs_command(sub) -> None:
+    r = sub.add_parser("runs", help="list the train-head runs under a folder, or what differs between two runs",
+                       description="List every train-head run under DIR (ablate grids' runs by their labels) with its "
+                                   "configuration, UA, WA and macro-F1 (mean +- std) and number of runs; or, with "
+                                   "--diff A B, the configuration values and store content that differ.")
+    r.add_argument("dir", nargs="?", help="a folder holding runs (searched recursively)")
+    r.add_argument("--sort", default="path", choices=["path", "label", "ua", "wa", "f1", "n"],
+                   help="order of the listing; metrics best first (default: path)")
+    r.add_argument("--diff", nargs=2, metavar=("A", "B"), help="two run directories to compare")
+    r.add_argument("--tensorboard", metavar="LOGDIR",
+                   help="also write every listed run's training curves to TensorBoard under LOGDIR (needs the "
+                        "tensorboard package; default: none)")
+
+
+def _runs_command(args) -> int:
+    def job():
+        import os
+
+        from .pipelines.runs import diff_runs, find_runs, format_runs, write_tensorboard
+
+        if args.diff:
+            if args.dir:
+                raise EmofuseError("give either DIR (a listing) or --diff A B, not both")
+            print(diff_runs(*args.diff))
+            return
+        if not args.dir:
+            raise EmofuseError("emofuse runs needs DIR (a folder holding runs) or --diff A B")
+        rows = find_runs(args.dir)
+        print(format_runs(rows, args.sort))
+        if args.tensorboard:
+            write_tensorboard([os.path.join(args.dir, r["path"]) for r in rows], args.tensorboard,
+                              names=[r["label"] for r in rows])
+
+    return _run(job)
+
+
+def add_tracking_options(ap: argparse.ArgumentParser) -> None:
+    """train-head's optional experiment tracking."""
+    ap.add_argument("--tensorboard", metavar="LOGDIR",
+                    help="write every fold's training curves (losses, validation UA, learning rate per epoch) to "
+                         "TensorBoard under LOGDIR/<run>/ when the run ends (needs the tensorboard package; "
+                         "default: none)")
+
+
+def _use_command(args) -> int | None:
+    if args.cmd == "export":
+        from .pipelines.predict import export_run
+        return _run(lambda: print(f"exported {args.run} to {export_run(args.run, args.out, args.store)}; "
+                                  f"reload it with emofuse.load_model({args.out!r})"))
+    if args.cmd == "predict":
+        from .pipelines.predict import run_predict
+        return _run(lambda: run_predict(args.model, audio=args.audio, text=args.text, manifest=args.manifest,
+                                        out=args.out, device=args.device, audio_model=args.audio_model,
+                                        text_model=args.text_model))
+    if args.cmd == "evaluate":
+        from .pipelines.predict import run_evaluate
+        return _run(lambda: run_evaluate(args.run, args.store, args.out, label_map=args.label_map, device=args.device,
+                                         train_store=args.train_store))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="emofuse", description="emofuse: speech + text emotion recognition tooling. The stages are also "
@@ -355,9 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = st_sub.add_parser("compact", help="rewrite a store into the fewest files (the index and one part)")
     cp.add_argument("store")
     c = sub.add_parser("corpus", help="summarise a corpus as emofuse reads it")
-    c.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], required=True)
+    c.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], required=True)
     c.add_argument("--root")
     c.add_argument("--manifest")
+    _add_use_commands(sub)
+    _add_runs_command(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["extract-embeddings"]:  # python -m emofuse extract-embeddings … (e.g. under torchrun)
         return extract_embeddings(argv[1:])
@@ -384,6 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .store import compact_store, upgrade_store
         fn = upgrade_store if args.store_cmd == "upgrade" else compact_store
         return _run(lambda: print(fn(args.store)))
+    if args.cmd == "runs":
+        return _runs_command(args)
+    used = _use_command(args)
+    if used is not None:
+        return used
     if args.cmd == "corpus":
         from .pipelines.describe import describe_corpus
         return _run(lambda: print(describe_corpus(args.corpus, root=args.root, manifest=args.manifest)))

@@ -11,11 +11,12 @@ from typing import Sequence
 
 from ..errors import CorpusError
 from .iemocap import FOUR_CLASS, SIX_CLASS, load_iemocap
+from .lhotse_manifests import load_lhotse
 from .manifest import load_manifest
 from .records import Utterance
 from .table import utterance_table
 
-KINDS = ("iemocap", "manifest", "demo")
+KINDS = ("iemocap", "manifest", "demo", "lhotse")
 
 
 def demo_root() -> Path:
@@ -26,7 +27,8 @@ def demo_root() -> Path:
 def load_corpus(kind: str, **options) -> Sequence[Utterance]:
     """Load a corpus as ``Utterance`` records sorted by id.
 
-    kinds: ``iemocap`` (root=, labels=), ``manifest`` (path=, labels=), ``demo`` (labels=).
+    kinds: ``iemocap`` (root=, labels=), ``manifest`` (path=, labels=), ``demo`` (labels=),
+    ``lhotse`` (path= a CutSet, a SupervisionSet beside its RecordingSet, or a folder; labels=).
     """
     if kind == "iemocap":
         if "root" not in options:
@@ -38,8 +40,12 @@ def load_corpus(kind: str, **options) -> Sequence[Utterance]:
         return load_manifest(**options)
     if kind == "demo":
         return load_iemocap(demo_root(), **options)
+    if kind == "lhotse":
+        if "path" not in options:
+            raise CorpusError("the lhotse corpus needs path=<CutSet or SupervisionSet .jsonl[.gz], or a folder>")
+        return load_lhotse(**options)
     raise CorpusError(f"unknown corpus kind {kind!r}; expected one of {list(KINDS)}")
 
 
 __all__ = ["Utterance", "load_corpus", "load_iemocap", "load_manifest", "utterance_table", "demo_root",
-           "FOUR_CLASS", "SIX_CLASS", "KINDS"]
+           "FOUR_CLASS", "SIX_CLASS", "KINDS", "load_lhotse"]

@@ -147,14 +147,39 @@ def _one_spelling(values: list[tuple[str, Any, str]], column: str, path: Path) -
         first.setdefault(key, (spelling, where))
 
 
-def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list[Utterance]:
-    """Read a manifest with columns ``id, audio, text, label, speaker, session`` (+ ``start, end,
-    gender, textgrid``). Relative paths resolve against the manifest's folder.
+#: the common names of each column (compared case-insensitively); two columns of one file that
+#: name the same column (``wav`` and ``path``) are refused
+ALIASES = {
+    "id": ("id", "utt_id", "utterance_id"),
+    "audio": ("audio", "wav", "path", "audio_path", "audio_filepath"),
+    "text": ("text", "transcript", "transcription"),
+    "label": ("label", "emotion"),
+    "speaker": ("speaker", "speaker_id"),
+    "session": ("session",),
+    "start": ("start",), "end": ("end",), "gender": ("gender",), "textgrid": ("textgrid",),
+}
+_ALIAS_OF = {a: canon for canon, names in ALIASES.items() for a in names}
 
-    ``labels``: the allowed label set; a row with another label is an error. Without it, any
-    non-empty label is accepted. Every problem raises ``CorpusError`` naming the file and line.
-    """
-    path = Path(path)
+
+def canonical_columns(columns: Iterable[str], path: Path | str) -> dict[str, str]:
+    """{column as written: its canonical name} for the columns that are a known name or alias
+    (case-insensitive: ``Wav``, ``Emotion``). Two columns naming one canonical column are refused."""
+    out: dict[str, str] = {}
+    first: dict[str, str] = {}
+    for c in columns:
+        canon = _ALIAS_OF.get(str(c).strip().casefold())
+        if canon is None:
+            continue
+        if canon in first:
+            raise CorpusError(f"manifest {path}: columns {first[canon]!r} and {c!r} both name the {canon!r} column "
+                              f"(aliases {list(ALIASES[canon])}); keep one of them")
+        first[canon] = c
+        out[c] = canon
+    return out
+
+
+def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(columns, [(line, row)]) of a .csv, .tsv or .jsonl file, columns as written."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise CorpusError(f"manifest {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl")
@@ -162,13 +187,30 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list
         raise CorpusError(f"manifest {path} does not exist; expected a .csv, .tsv or .jsonl file")
     text = _decode(path)
     if suffix in (".jsonl", ".ndjson"):
-        columns, rows = _read_jsonl(path, text)
-    else:
-        columns, rows = _read_csv(path, text, "\t" if suffix == ".tsv" else ",")
+        return _read_jsonl(path, text)
+    return _read_csv(path, text, "\t" if suffix == ".tsv" else ",")
+
+
+def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list[Utterance]:
+    """Read a manifest with columns ``id, audio, text, label, speaker, session`` (+ ``start, end,
+    gender, textgrid``). Relative paths resolve against the manifest's folder. Column names are
+    case-insensitive and take the common aliases in ``ALIASES`` (``wav``/``path`` for audio,
+    ``transcript`` for text, ``emotion`` for label …).
+
+    ``labels``: the allowed label set; a row with another label is an error. Without it, any
+    non-empty label is accepted. Every problem raises ``CorpusError`` naming the file and line.
+    """
+    path = Path(path)
+    columns, rows = read_rows(path)
+    rename = canonical_columns(columns, path)
+    if any(k != v for k, v in rename.items()):
+        columns = [rename.get(c, c) for c in columns]
+        rows = [(no, {rename.get(c, c): v for c, v in r.items()}) for no, r in rows]
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise CorpusError(f"manifest {path} lacks columns {missing}; expected at least {list(REQUIRED)} "
-                          f"(found {columns[:10]})")
+                          f"(or their aliases, e.g. wav/path for audio, transcript for text, emotion for label; "
+                          f"found {columns[:10]})")
     allowed = set(labels) if labels is not None else None
     base = path.parent
     utts: list[Utterance] = []

@@ -19,6 +19,11 @@ def corpus_options(kind: str, root: str | None = None, manifest: str | None = No
         if not manifest:
             raise CorpusError("--corpus manifest needs --manifest FILE (.csv or .jsonl)")
         return {"path": manifest}
+    if kind == "lhotse":
+        if not manifest:
+            raise CorpusError("--corpus lhotse needs --manifest PATH (a CutSet, a SupervisionSet with its RecordingSet "
+                              "beside it, or a folder of them)")
+        return {"path": manifest}
     return {}
 
 

@@ -6,7 +6,7 @@ import glob
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,24 @@ class Ragged:
     def __getitem__(self, i: int) -> np.ndarray:
         o = self.offsets[i]
         return self.data[o:o + self.lengths[i]]
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(id, rows (length, L', D))`` per utterance, in order (views, no copy)."""
+        for i in range(len(self.ids)):
+            yield str(self.ids[i]), self[i]
+
+    def padded(self, max_len: int | None = None, value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """``(x (U, T, L', D), mask (U, T) bool)``: every utterance's rows from position 0, ``value``
+        after its end, mask True at real rows. ``T`` is the longest length, or ``max_len`` (longer
+        utterances are cut there)."""
+        T = int(self.lengths.max()) if max_len is None and len(self) else int(max_len or 0)
+        x = np.full((len(self), T) + tuple(self.data.shape[1:]), value, dtype=self.data.dtype)
+        mask = np.zeros((len(self), T), dtype=bool)
+        for i in range(len(self)):
+            n = min(int(self.lengths[i]), T)
+            x[i, :n] = self[i][:n]
+            mask[i, :n] = True
+        return x, mask
 
 
 class FeatureStore:
@@ -333,6 +351,21 @@ class FeatureStore:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+    def __repr__(self) -> str:
+        """One line per stream: encoder, layers x width, stored dtype, utterances per kind."""
+        lines = [f"FeatureStore({self.path!r}: schema v{self.schema_version}, {len(self._utts)} utterances, "
+                 f"labels {dict(sorted(self._utts['label'].value_counts().items()))}, "
+                 f"{self._utts['session'].nunique()} sessions, corpus {self.corpus_fingerprint[:12]})"]
+        for name in self.streams:
+            info = self.stream_info(name)
+            layers = info.get("layers") or info.get("num_layers", "?")
+            lw = f"layers {layers}" if isinstance(layers, list) else f"{layers} layers"
+            entries = ", ".join(f"{k} {v}" for k, v in info["entries"].items())
+            lines.append(f"  {name}: {info.get('encoder_id', '?')}"
+                         f"{' (UNTRAINED)' if info.get('untrained') else ''}, {lw} x {info.get('dim', '?')}, "
+                         f"{info.get('store_dtype', '?')}; {entries or 'no entries'}")
+        return "\n".join(lines)
 
     def __enter__(self) -> "FeatureStore":
         return self

@@ -1,0 +1,654 @@
+"""Use a trained configuration: export it as one folder, reload it, apply it to new audio and
+transcripts (``predict``) or to another corpus's store (``evaluate``).
+
+A trained configuration is the **ensemble of its fold models**: every (repeat, fold) head of a
+``train-head`` run, each with the normalisation statistics of its own training folds, and a
+prediction is the mean of their softmax probabilities. Why not one model refit on all data: the
+protocol stops each head early on validation UA, and a refit has no held-out data to stop on (its
+epoch count would be a guess), and it would be a model whose score nobody measured; the fold
+models are exactly the models behind the reported numbers. The cost is one head per member: 5
+linear late-fusion heads took 0.16x the time of the cheapest encoders (eGeMAPS + MiniLM) on 2
+CPU cores (BENCHMARKS.md, "predict"); the encoders run once whatever the number of members.
+
+Exported folder (``export_run``; reload with ``emofuse.load_model``)::
+
+    model.json                 classes, stream keys, layer selection, normalisation, the encoders'
+                               ids, hashes and fingerprints, the members, sha256 of every file
+    heads/r<repeat>_s<fold>.safetensors   one head per member
+    norm/s<fold>.safetensors   training-fold mean/std per stream key (--norm global)
+    training/config.json, training/summary.json   the run's own records
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import __version__
+from ..errors import EmofuseError
+from ..store import FeatureStore
+from .data import KEY_KIND, KEY_NAME, MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
+from .metrics import format_summary, scores, summarise
+from .rundir import predictions_roundtrip, run_lock, write_csv, write_json
+
+MODEL_TYPE = "emofuse.model"
+FORMAT_VERSION = 1
+#: stream keys ``predict`` can compute from audio and text alone (segments need forced alignments)
+PREDICT_KEYS = ("F", "T")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Member:
+    """One fold model: its head, and the normalisation statistics of its training folds
+    (key → (mean (1, L, D), std (1, L, D)); empty without ``--norm global``)."""
+
+    name: str
+    repeat: int
+    seed: int
+    fold: str
+    head: torch.nn.Module
+    norm: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)   # the member's own test scores (ua, wa, f1) in training
+
+
+class TrainedModel:
+    """A trained configuration: the fold models of a ``train-head`` run (see the module doc).
+
+    >>> m = emofuse.load_model("exported/")
+    >>> m.classes, m.keys            # ['ang', 'hap', 'neu', 'sad'], ['F', 'T']
+    >>> m.predict(audio=["a.wav"], text=["I am so happy"])   # DataFrame id, pred, prob_<class>
+    """
+
+    def __init__(self, spec: dict, members: list[Member]):
+        self.spec, self.members = spec, members
+        self.classes: list[str] = list(spec["classes"])
+        self.keys: list[str] = list(spec["keys"])
+
+    def __repr__(self) -> str:
+        streams = ", ".join(f"{k}: {s['stream']} {s['kind']} layers {_short(s['layer_ids'])}"
+                            for k, s in self.spec["streams"].items())
+        c = self.spec["config"]
+        return (f"TrainedModel(fusion={c['fusion']}, head={c['head']}, classes={self.classes}, "
+                f"{len(self.members)} fold models, norm={self.spec['norm']}; {streams})")
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: str, store: str | None = None) -> "TrainedModel":
+        """The fold models of a finished ``train-head`` run. With ``--norm global`` the training
+        folds' statistics are recomputed from the run's store (``store`` overrides its path),
+        which must hold exactly the content the run read."""
+        from .train import TrainConfig, store_fingerprints
+
+        config = _read_run_config(run_dir)
+        c = dict(config["config"])
+        c["folds"] = tuple(c["folds"]) if c.get("folds") else None
+        cfg = TrainConfig(**c)
+        summary_path = os.path.join(run_dir, "summary.json")
+        if not os.path.exists(summary_path):
+            raise EmofuseError(f"{run_dir} is not a finished train-head run (no summary.json): run its train-head "
+                               "command again to finish it first")
+        with open(summary_path) as f:
+            summary = json.load(f)
+        store_path = store or cfg.store
+        if not os.path.exists(store_path):
+            raise EmofuseError(f"the store {store_path} that {run_dir} was trained on is not there; pass its "
+                               "current path with --store")
+        with FeatureStore(store_path) as fs:
+            if store_fingerprints(fs, cfg) != config["fingerprints"]:
+                raise EmofuseError(f"{store_path} no longer holds the content {run_dir} was trained on (its "
+                                   "fingerprints or segment digests differ); the normalisation statistics cannot "
+                                   "be recomputed from it")
+            keys = cfg.keys()
+            layer_ids = config["layer_ids"]
+            streams, encoders = {}, {}
+            for k in keys:
+                s = cfg.text_stream if k == "T" else cfg.audio_stream
+                info = fs.stream_info(s)
+                L, D, _ = fs.row_shape(s, KEY_KIND[k])
+                streams[k] = {"stream": s, "kind": KEY_KIND[k], "layer_ids": [int(x) for x in layer_ids[k]], "dim": D}
+                encoders[s] = {k2: v for k2, v in info.items() if k2 not in ("entries", "granularities")}
+            norm_keys = cfg.norm_keys()
+            fold_norms = {}
+            if cfg.norm == "global":
+                data = load_train_data(fs, keys, cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
+                for fold in sorted({str(r["fold"]) for r in summary["runs"]}):
+                    idx = np.flatnonzero(data.sessions != fold)   # the fold's training + validation utterances
+                    n = fit_normaliser(data, "global", idx, norm_keys)
+                    fold_norms[fold] = {k: (v.mean, v.std) for k, v in n.items()}
+        spec = {"type": MODEL_TYPE, "format_version": FORMAT_VERSION, "emofuse_version": __version__,
+                "classes": list(summary["classes"]), "keys": keys, "streams": streams, "encoders": encoders,
+                "norm": cfg.norm, "norm_keys": norm_keys, "config": config["config"], "identity": config["identity"],
+                "fingerprints": config["fingerprints"], "ensemble": "mean of the members' softmax probabilities",
+                "summary": {m: summary[m] for m in ("ua", "wa", "f1")}}
+        folders = {}   # (repeat, fold) → the folder of that run (found by its metrics, whatever its name)
+        rdir = os.path.join(run_dir, "runs")
+        for name in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []:
+            m = _load_json(os.path.join(rdir, name, "metrics.json"))
+            if m is not None:
+                folders[(int(m["repeat"]), str(m["fold"]))] = name
+        members = []
+        for r in sorted(summary["runs"], key=lambda r: (r["repeat"], str(r["fold"]))):
+            name = folders.get((int(r["repeat"]), str(r["fold"])))
+            if name is None:
+                raise EmofuseError(f"{run_dir}: the run of repeat {r['repeat']}, fold {r['fold']} that summary.json "
+                                   "lists has no folder with its metrics.json under runs/")
+            head = _build_head(spec, os.path.join(rdir, name, "model.safetensors"))
+            members.append(Member(name=name, repeat=int(r["repeat"]), seed=int(r["seed"]), fold=str(r["fold"]),
+                                  head=head, norm=fold_norms.get(str(r["fold"]), {}),
+                                  test={m: r[m] for m in ("ua", "wa", "f1")}))
+        return cls(spec, members)
+
+    def save(self, out: str) -> str:
+        """Write the self-contained folder (see the module doc); returns ``out``."""
+        if os.path.exists(os.path.join(out, "model.json")) or (os.path.isdir(out) and os.listdir(out)):
+            raise EmofuseError(f"{out} already exists and is not empty; choose a new folder for the export")
+        from safetensors.torch import save_file
+
+        os.makedirs(os.path.join(out, "heads"), exist_ok=True)
+        files, members = {}, []
+        for m in self.members:
+            rel = f"heads/{m.name}.safetensors"
+            state = {k: v.detach().cpu().contiguous() for k, v in m.head.state_dict().items()}
+            save_file(state, os.path.join(out, rel), metadata={"type": "emofuse.head", "member": m.name})
+            files[rel] = _sha256(os.path.join(out, rel))
+            entry = {"name": m.name, "repeat": m.repeat, "seed": m.seed, "fold": m.fold, "head": rel, "test": m.test}
+            if m.norm:
+                rel_n = f"norm/s{m.fold}.safetensors"
+                if rel_n not in files:
+                    os.makedirs(os.path.join(out, "norm"), exist_ok=True)
+                    tensors = {f"{k}.{what}": t.contiguous() for k, (mean, std) in m.norm.items()
+                               for what, t in (("mean", mean), ("std", std))}
+                    save_file(tensors, os.path.join(out, rel_n), metadata={"type": "emofuse.norm", "fold": m.fold})
+                    files[rel_n] = _sha256(os.path.join(out, rel_n))
+                entry["norm"] = rel_n
+            members.append(entry)
+        spec = {**self.spec, "members": members, "files": files}
+        write_json(os.path.join(out, "model.json"), spec)
+        return out
+
+    # -- scoring ----------------------------------------------------------------------------
+    def member_logits(self, data: TrainData, idx: np.ndarray | None = None, device: str | torch.device = "cpu",
+                      batch: int = 64) -> np.ndarray:
+        """Logits (members, utterances, classes) of every fold model on ``data`` (a ``TrainData``
+        whose keys and layers are this model's). Global statistics are each member's own;
+        ``--norm speaker`` standardises each speaker of ``data`` by its own rows, as in training."""
+        device = torch.device(device)
+        idx = np.arange(len(data.ids)) if idx is None else np.asarray(idx)
+        speaker_norm = None
+        if self.spec["norm"] == "speaker":
+            speaker_norm = fit_normaliser(data, "speaker", np.arange(len(data.ids)), self.spec["norm_keys"])
+        out = []
+        for m in self.members:
+            norm = speaker_norm if speaker_norm is not None else (
+                {k: Normaliser(mean, std, None) for k, (mean, std) in m.norm.items()} or None)
+            head = m.head.to(device).eval()
+            chunks = []
+            with torch.no_grad():
+                for a in range(0, len(idx), batch):
+                    chunks.append(head(data.batch(idx[a:a + batch], device, norm)).float().cpu())
+            out.append(torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), np.float32))
+        return np.stack(out)
+
+    @staticmethod
+    def probabilities(member_logits: np.ndarray) -> np.ndarray:
+        """(utterances, classes): the mean over members of each member's softmax."""
+        return torch.softmax(torch.from_numpy(member_logits).double(), dim=-1).mean(0).numpy()
+
+    def features(self, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
+                 ids: Sequence[str] | None = None, speakers: Sequence[str] | None = None,
+                 device: str = "cpu", audio_model: str | None = None, text_model: str | None = None,
+                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
+                 echo: Callable[[str], None] = lambda s: None) -> TrainData:
+        """Run the model's encoders on new audio files and transcripts (the extraction code path:
+        same loading, resampling, preprocessing, compute and stored dtypes, layer selection)."""
+        return encode_new(self, audio, text, ids, speakers, device, audio_model, text_model, starts, ends, echo)
+
+    def predict(self, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
+                ids: Sequence[str] | None = None, speakers: Sequence[str] | None = None, device: str = "cpu",
+                audio_model: str | None = None, text_model: str | None = None, **kw) -> pd.DataFrame:
+        """Class probabilities of new utterances: a DataFrame ``id, pred, prob_<class> …``."""
+        data = self.features(audio, text, ids, speakers, device, audio_model, text_model, **kw)
+        probs = self.probabilities(self.member_logits(data, device=device))
+        out = pd.DataFrame({"id": data.ids, "pred": np.array(self.classes)[probs.argmax(1)]})
+        for j, c in enumerate(self.classes):
+            out[f"prob_{c}"] = probs[:, j]
+        return out
+
+
+def _short(ids: Sequence[int]) -> str:
+    ids = list(ids)
+    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}-{ids[-1]}"
+    return ",".join(map(str, ids))
+
+
+def _load_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_run_config(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise EmofuseError(f"{run_dir} is not a train-head run directory (no config.json)")
+    with open(path) as f:
+        config = json.load(f)
+    if config.get("type") != "emofuse.train-head":
+        raise EmofuseError(f"{run_dir} holds {config.get('type')!r}, not a train-head run")
+    if config.get("kind") == "finetune":
+        raise EmofuseError(f"{run_dir} is a finetune run: its encoders were trained too, so its heads do not fit the "
+                           "frozen encoders export, predict and evaluate run; these work on train-head runs")
+    if config.get("config", {}).get("fusion") == "combine":
+        raise EmofuseError(f"{run_dir} is a score combination (--fusion combine), which has no head of its own; "
+                           "export or evaluate each of its member runs")
+    return config
+
+
+def _build_head(spec: dict, path: str) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    from .train import TrainConfig
+
+    c = dict(spec["config"])
+    c["folds"] = tuple(c["folds"]) if c.get("folds") else None
+    cfg = TrainConfig(**c)
+    dims = {k: (len(s["layer_ids"]), int(s["dim"])) for k, s in spec["streams"].items()}
+    torch.manual_seed(0)
+    head = cfg.build(dims, len(spec["classes"]))
+    if not os.path.exists(path):
+        raise EmofuseError(f"the head weights {path} are missing")
+    try:
+        head.load_state_dict(load_file(path))
+    except RuntimeError as e:
+        raise EmofuseError(f"{path} does not hold this configuration's head ({str(e).splitlines()[0][:160]})") from None
+    return head.eval()
+
+
+def load_model(path: str) -> TrainedModel:
+    """Reload an exported model folder (``emofuse export``), or a finished ``train-head`` run
+    directory (its store must still be there when it used ``--norm global``)."""
+    if os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(os.path.join(path, "model.json")):
+        return TrainedModel.from_run(path)
+    mpath = os.path.join(path, "model.json")
+    if not os.path.exists(mpath):
+        raise EmofuseError(f"{path} is not an exported emofuse model (no model.json) nor a train-head run "
+                           "(no config.json); export a run with: emofuse export RUN_DIR OUT")
+    with open(mpath) as f:
+        spec = json.load(f)
+    if spec.get("type") != MODEL_TYPE:
+        raise EmofuseError(f"{mpath} holds {spec.get('type')!r}, not an exported emofuse model")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise EmofuseError(f"{mpath} has format version {spec.get('format_version')!r}; this emofuse "
+                           f"({__version__}) reads version {FORMAT_VERSION}")
+    for rel, want in spec["files"].items():
+        p = os.path.join(path, rel)
+        if not os.path.exists(p):
+            raise EmofuseError(f"{path}: the file {rel} that model.json lists is missing")
+        if _sha256(p) != want:
+            raise EmofuseError(f"{path}: {rel} does not match its sha256 in model.json (damaged or replaced)")
+    from safetensors.torch import load_file
+
+    members, norms = [], {}
+    for e in spec["members"]:
+        norm = {}
+        if e.get("norm"):
+            if e["norm"] not in norms:
+                t = load_file(os.path.join(path, e["norm"]))
+                norms[e["norm"]] = {k: (t[f"{k}.mean"], t[f"{k}.std"]) for k in spec["norm_keys"]}
+            norm = norms[e["norm"]]
+        members.append(Member(name=e["name"], repeat=e["repeat"], seed=e["seed"], fold=e["fold"],
+                              head=_build_head(spec, os.path.join(path, e["head"])), norm=norm, test=e.get("test", {})))
+    return TrainedModel(spec, members)
+
+
+def export_run(run_dir: str, out: str, store: str | None = None) -> str:
+    """``emofuse export RUN OUT``: the run's fold models as one self-contained folder."""
+    if os.path.isdir(out) and os.listdir(out):
+        raise EmofuseError(f"{out} already exists and is not empty; choose a new folder for the export")
+    model = TrainedModel.from_run(run_dir, store)
+    tmp = out.rstrip("/") + f".{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save(tmp)
+        os.makedirs(os.path.join(tmp, "training"))
+        for name in ("config.json", "summary.json"):
+            shutil.copyfile(os.path.join(run_dir, name), os.path.join(tmp, "training", name))
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# -- new audio and transcripts ------------------------------------------------------------------
+def _check_keys(model: TrainedModel) -> None:
+    seg = [k for k in model.keys if k not in PREDICT_KEYS]
+    if seg:
+        raise EmofuseError(f"this model reads {', '.join(KEY_NAME[k] for k in seg)}, which need forced alignments of "
+                           "the new audio; predict supports models on frames (F) and text (T): for segment models, "
+                           "extract and align the new corpus into a store and use emofuse evaluate")
+
+
+def _fingerprint(enc, info: dict) -> str:
+    from ..store import digest
+
+    fields = {**enc.fingerprint_fields(), "store_dtype": info["store_dtype"]}
+    if info.get("layers") is not None:
+        fields["layers"] = info["layers"]
+    return digest(fields, 32)
+
+
+def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | None, device: str):
+    """The stream's encoder, checked against the fingerprint the model was trained with."""
+    from ..extract.encoders import load_audio_encoder, load_text_encoder
+
+    info = model.spec["encoders"][stream]
+    ec = info.get("extract_config") or {}
+    spec = override or ec.get(f"{side}_model") or info.get("encoder_id")
+    load = load_audio_encoder if side == "audio" else load_text_encoder
+    enc = load(spec, device=device, dtype=ec.get("dtype", "float32"))
+    got = _fingerprint(enc, info)
+    if got != info["fingerprint"]:
+        raise EmofuseError(f"the {side} encoder {spec} does not match the one this model was trained on (stream "
+                           f"{stream!r}: {info.get('encoder_id')}, weights {str(info.get('weights_hash'))[:12]}, "
+                           f"fingerprint {info['fingerprint'][:12]}; found weights "
+                           f"{str(enc.info.get('weights_hash'))[:12]}, fingerprint {got[:12]}): pass the checkpoint "
+                           f"extraction used with --{side}-model")
+    return enc
+
+
+def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_model, text_model, starts=None,
+               ends=None, echo=lambda s: None) -> TrainData:
+    from ..corpora import Utterance
+    from ..extract.audio import BadInput, check_transcript, load_audio
+
+    _check_keys(model)
+    n = len(audio) if audio is not None else (len(text) if text is not None else 0)
+    if n == 0:
+        raise EmofuseError("nothing to predict: give audio files (and transcripts when the model reads text)")
+    if "F" in model.keys and audio is None:
+        raise EmofuseError("this model reads audio frames (F): give the audio files (--audio or a manifest's audio column)")
+    if "T" in model.keys and text is None:
+        raise EmofuseError("this model reads text (T): give the transcripts (--text or a manifest's text column)")
+    for name, seq in (("audio", audio), ("text", text), ("ids", ids), ("speakers", speakers)):
+        if seq is not None and len(seq) != n:
+            raise EmofuseError(f"{len(seq)} {name} for {n} utterances; give one per utterance")
+    if ids is None:   # file names without their extension, or the paths as given where two names collide
+        ids = [os.path.splitext(os.path.basename(str(a)))[0] for a in audio] if audio is not None else \
+            [f"utt{k}" for k in range(n)]
+        if audio is not None and len(set(ids)) != len(ids):
+            ids = [str(a) for a in audio]
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise EmofuseError(f"utterance ids must be unique, found {dup} more than once; give each its own id (the id "
+                           "column of --manifest)")
+    rows = {}
+    for k in model.keys:
+        s = model.spec["streams"][k]
+        info = model.spec["encoders"][s["stream"]]
+        sdt = np.dtype(info["store_dtype"])
+        lids = s["layer_ids"]
+        if k == "F":
+            enc = _load_encoder(model, s["stream"], "audio", audio_model, device)
+            out = []
+            for j, path in enumerate(audio):
+                u = Utterance(id=ids[j], audio_path=str(path), transcript="", label="", session="", speaker="",
+                              start=starts[j] if starts is not None else None, end=ends[j] if ends is not None else None)
+                try:
+                    w = load_audio(u, enc.sample_rate)
+                    enc.check(w)
+                    o = enc.encode([enc.preprocess(w)], out_dtype=sdt, preprocessed=True)[0]
+                except BadInput as e:
+                    raise EmofuseError(f"{path}: {e.reason}") from None
+                if len(o) == 0 or not np.isfinite(o.astype(np.float32)).all():
+                    raise EmofuseError(f"{path}: the encoder produced no frame, or values that are not finite in "
+                                       f"{info['store_dtype']}")
+                out.append(np.ascontiguousarray(o[:, lids].astype(sdt)))
+            rows[k] = out
+        else:
+            enc = _load_encoder(model, s["stream"], "text", text_model, device)
+            texts = []
+            for j, t in enumerate(text):
+                try:
+                    texts.append(check_transcript(t))
+                except BadInput as e:
+                    raise EmofuseError(f"utterance {ids[j]}: {e.reason}") from None
+            batch = int((info.get("extract_config") or {}).get("text_batch") or 32)
+            order = sorted(range(n), key=lambda j: (enc.n_tokens(texts[j]), ids[j]))
+            out = [None] * n
+            for a in range(0, n, batch):
+                chunk = order[a:a + batch]
+                for j, o in zip(chunk, enc.encode([texts[j] for j in chunk])):
+                    out[j] = np.ascontiguousarray(o["data"].astype(sdt)[:, lids])
+            rows[k] = out
+        echo(f"{KEY_NAME[k]}: {model.spec['encoders'][s['stream']].get('encoder_id')} on {n} utterances")
+    return _as_data(model, ids, rows, speakers)
+
+
+def _as_data(model: TrainedModel, ids: list[str], rows: dict, speakers=None) -> TrainData:
+    sources, dims = {}, {}
+    for k, arrays in rows.items():
+        lengths = np.array([len(a) for a in arrays], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        sources[k] = MemorySource(torch.from_numpy(np.concatenate(arrays)), offsets, lengths)
+        dims[k] = arrays[0].shape[1:]
+    spk = np.array([str(s) for s in speakers]) if speakers is not None else np.array(ids)
+    return TrainData(ids=np.array(ids), y=np.zeros(len(ids), np.int64), classes=list(model.classes),
+                     sessions=np.array([""] * len(ids)), speakers=spk, sources=sources, dims=dims,
+                     layers={k: model.spec["streams"][k]["layer_ids"] for k in rows})
+
+
+def read_predict_manifest(path: str) -> pd.DataFrame:
+    """A CSV/TSV/JSONL list of utterances to predict: ``audio`` (or ``wav``/``path``), optional
+    ``id``, ``text`` (or ``transcript``), ``speaker``, ``start``, ``end``; paths relative to the file."""
+    from pathlib import Path
+
+    from ..corpora.manifest import canonical_columns, read_rows
+
+    p = Path(path)
+    columns, rows = read_rows(p)
+    rename = canonical_columns(columns, p)
+    rows = [(no, {rename.get(c, c): v for c, v in r.items()}) for no, r in rows]
+    columns = [rename.get(c, c) for c in columns]
+    if "audio" not in columns and "text" not in columns:
+        raise EmofuseError(f"{path} has neither an audio nor a text column (found {columns[:10]}); expected at least "
+                           "audio (alias wav, path) and, for text models, text (alias transcript)")
+    out = []
+    for no, r in rows:
+        a = str(r.get("audio") or "").strip()
+        if a and not os.path.isabs(a):
+            a = str(p.parent / a)
+        out.append({"id": str(r.get("id") or "").strip() or (os.path.splitext(os.path.basename(a))[0] if a else f"line{no}"),
+                    "audio": a or None, "text": None if r.get("text") is None else str(r.get("text")),
+                    "speaker": None if r.get("speaker") in (None, "") else str(r.get("speaker")),
+                    "start": _num(r.get("start")), "end": _num(r.get("end"))})
+    return pd.DataFrame(out)
+
+
+def _num(v):
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise EmofuseError(f"start/end {v!r} is not a number of seconds") from None
+
+
+def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
+                manifest: str | None = None, out: str | None = None, device: str = "cpu",
+                audio_model: str | None = None, text_model: str | None = None,
+                echo: Callable[[str], None] = print,
+                note: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> pd.DataFrame:
+    """``emofuse predict``: probabilities per utterance, printed as CSV or written to ``out``;
+    notes go to ``note`` (stderr), so the printed CSV stays clean."""
+    from .train import resolve_device
+
+    resolve_device(device)
+    if manifest and (audio or text):
+        raise EmofuseError("give either --manifest or --audio/--text, not both")
+    model = load_model(model_path)
+    ids = speakers = starts = ends = None
+    if manifest:
+        df = read_predict_manifest(manifest)
+        if "F" in model.keys and df["audio"].isna().any():
+            raise EmofuseError(f"{manifest}: this model reads audio, and {int(df['audio'].isna().sum())} rows have no audio path")
+        if "T" in model.keys and df["text"].isna().any():
+            raise EmofuseError(f"{manifest}: this model reads text, and {int(df['text'].isna().sum())} rows have no "
+                               "text (column text or transcript)")
+        audio = list(df["audio"]) if "F" in model.keys else None
+        text = list(df["text"]) if "T" in model.keys else None
+        ids = list(df["id"])
+        speakers = list(df["speaker"]) if df["speaker"].notna().all() else None
+        starts, ends = list(df["start"]), list(df["end"])
+    else:
+        audio = list(audio) if audio else None
+        text = list(text) if text else None
+        if audio is not None and "F" not in model.keys:   # a text model: the files only name the utterances
+            ids = [os.path.splitext(os.path.basename(a))[0] for a in audio]
+            audio = None
+    if model.spec["norm"] == "speaker" and speakers is None:   # on stderr: stdout may be the CSV
+        note("note: this model standardises each speaker by the speaker's own statistics (--norm speaker); without "
+             "a speaker column each utterance is standardised by its own")
+    if audio is None and "F" in model.keys:
+        raise EmofuseError("this model reads audio frames (F): give --audio FILE or --manifest LIST")
+    res = model.predict(audio=audio, text=text, ids=ids, speakers=speakers, device=device,
+                        audio_model=audio_model, text_model=text_model, starts=starts, ends=ends)
+    if out:
+        write_csv(out, res)
+        echo(f"wrote {len(res)} predictions to {out}")
+    else:
+        echo(res.to_csv(index=False, float_format="%.6f").rstrip("\n"))
+    return res
+
+
+# -- cross-corpus evaluation --------------------------------------------------------------------
+def _label_map(spec: str | None) -> dict:
+    out = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        a, eq, b = part.partition("=")
+        if not eq or not a.strip() or not b.strip():
+            raise EmofuseError(f"--label-map must look like exc=hap,fru=ang, found {spec!r}")
+        out[a.strip()] = b.strip()
+    return out
+
+
+def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = None, device: str = "cpu",
+                 train_store: str | None = None, echo: Callable[[str], None] = print) -> dict:
+    """``emofuse evaluate RUN --store OTHER.h5 --out DIR``: every fold model of ``run`` (a run
+    directory or an exported model) on every utterance of another corpus's store, scored as
+    train-head scores its folds (UA, WA, macro-F1, confusion; mean ± std over the members), plus
+    the ensemble's scores."""
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    lm = _label_map(label_map) if not isinstance(label_map, dict) else dict(label_map)
+    model = (load_model(run) if os.path.exists(os.path.join(run, "model.json"))
+             else TrainedModel.from_run(run, train_store))
+    with FeatureStore(store) as fs:
+        if fs.corpus_fingerprint == model.spec["fingerprints"]["corpus"]:
+            raise EmofuseError(f"{store} holds the corpus {run} was trained on (same corpus fingerprint): every utterance "
+                               "was in some fold model's training data; cross-corpus evaluation needs another corpus")
+        for k, s in model.spec["streams"].items():
+            want = model.spec["encoders"][s["stream"]]
+            if s["stream"] not in fs.streams:
+                raise EmofuseError(f"{store} has no stream {s['stream']!r} (the model reads {KEY_NAME[k]} of "
+                                   f"{want.get('encoder_id')}); extract it with the same encoder first")
+            got = fs.stream_info(s["stream"])
+            if got.get("fingerprint") != want["fingerprint"]:
+                raise EmofuseError(
+                    f"{store}'s stream {s['stream']!r} was extracted by {got.get('encoder_id')} (fingerprint "
+                    f"{str(got.get('fingerprint'))[:12]}), the model's by {want.get('encoder_id')} (fingerprint "
+                    f"{want['fingerprint'][:12]}): cross-corpus evaluation needs the same encoders, dtypes and "
+                    f"preprocessing; extract {store} with --{'text' if k == 'T' else 'audio'}-model "
+                    f"{(want.get('extract_config') or {}).get('text_model' if k == 'T' else 'audio_model') or want.get('encoder_id')}")
+        c = model.spec["config"]
+        ids_of = lambda side: next((",".join(map(str, s["layer_ids"])) for k, s in model.spec["streams"].items()  # noqa: E731
+                                    if (k == "T") == (side == "text")), None)
+        data = load_train_data(fs, model.keys, c["audio_stream"], c["text_stream"],
+                               {"audio": ids_of("audio"), "text": ids_of("text")}, torch.device("cpu"))
+        names = [str(x) for x in np.array(data.classes)[data.y]]
+        unknown = sorted(set(names) - set(lm) - set(model.classes))
+        if unknown:
+            raise EmofuseError(f"{store} has labels {unknown} that the model does not know (its classes: "
+                               f"{model.classes}); map them with --label-map, e.g. --label-map {unknown[0]}="
+                               f"{model.classes[0]}")
+        bad = sorted({v for v in lm.values() if v not in model.classes})
+        if bad:
+            raise EmofuseError(f"--label-map maps to {bad}, which are not classes of the model ({model.classes})")
+        mapped = np.array([lm.get(n, n) for n in names])
+        y = np.array([model.classes.index(n) for n in mapped])
+        absent = [c2 for c2 in model.classes if c2 not in set(mapped.tolist())]
+        logits = model.member_logits(data, device=dev)
+        corpus_fp = fs.corpus_fingerprint
+    with run_lock(out, "emofuse evaluate"):
+        runs, preds = [], []
+        for m, lg in zip(model.members, logits):
+            s = scores(y, lg.argmax(1), len(model.classes))
+            s.update(repeat=m.repeat, seed=m.seed, fold=m.fold, n_test=len(y))
+            p = pd.DataFrame({"repeat": m.repeat, "seed": m.seed, "fold": m.fold, "id": data.ids,
+                              "label": mapped, "pred": np.array(model.classes)[lg.argmax(1)]})
+            for j, name in enumerate(model.classes):
+                p[f"logit_{name}"] = lg[:, j]
+            p = predictions_roundtrip(p)
+            rdir = os.path.join(out, "runs", m.name)
+            os.makedirs(rdir, exist_ok=True)
+            write_csv(os.path.join(rdir, "predictions.csv"), p)
+            write_json(os.path.join(rdir, "metrics.json"), s)
+            runs.append(s)
+            preds.append(p)
+        probs = model.probabilities(logits)
+        ens = scores(y, probs.argmax(1), len(model.classes))
+        summary = summarise(runs, model.classes)
+        summary.update(type="emofuse.summary", evaluation="cross-corpus", fusion=c["fusion"], keys=model.keys,
+                       head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store),
+                       label_map=lm, absent_classes=absent, ensemble=ens,
+                       runs=runs)
+        write_json(os.path.join(out, "config.json"),
+                   {"type": "emofuse.evaluate", "emofuse_version": __version__, "model": os.path.abspath(run),
+                    "store": os.path.abspath(store), "corpus_fingerprint": corpus_fp, "label_map": lm,
+                    "config": c, "identity": model.spec["identity"]})
+        write_csv(os.path.join(out, "predictions.csv"), pd.concat(preds))
+        ens_df = pd.DataFrame({"id": data.ids, "label": mapped, "pred": np.array(model.classes)[probs.argmax(1)]})
+        for j, name in enumerate(model.classes):
+            ens_df[f"prob_{name}"] = probs[:, j]
+        write_csv(os.path.join(out, "ensemble.csv"), ens_df)
+        write_json(os.path.join(out, "summary.json"), summary)
+        cell = lambda m: f"{summary[m]['mean']:.2f} ± {summary[m]['std']:.2f}"  # noqa: E731
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write(f"**{os.path.basename(os.path.normpath(run))} on {os.path.basename(store)} (cross-corpus): %**\n\n"
+                    "| Configuration | UA | WA | Macro-F1 | runs |\n|---|---:|---:|---:|---:|\n"
+                    f"| {c['fusion']} {'+'.join(model.keys)}, fold models | {cell('ua')} | {cell('wa')} | {cell('f1')} "
+                    f"| {summary['ua']['n']} |\n"
+                    f"| {c['fusion']} {'+'.join(model.keys)}, their ensemble | {ens['ua']:.2f} | {ens['wa']:.2f} | "
+                    f"{ens['f1']:.2f} | 1 |\n\n± is the standard deviation over the fold models."
+                    + (f" Classes absent from the store: {', '.join(absent)} (UA averages the others)." if absent else "")
+                    + "\n")
+    echo(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
+         + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
+         + (f"; classes absent from {store} (UA averages the others): {absent}" if absent else ""))
+    return summary

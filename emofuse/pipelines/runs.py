@@ -1,0 +1,175 @@
+"""``emofuse runs``: find the train-head runs under a folder, list them with their configuration and
+scores (sortable), show what differs between two runs, and write their training curves to
+TensorBoard when it is installed."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+from ..errors import EmofuseError
+
+SORTS = ("path", "label", "ua", "wa", "f1", "n")
+#: configuration values shown in the listing (from the run's resolved identity)
+SHOWN = ("fusion", "keys", "head", "norm", "audio_layers", "text_layers", "weighting", "lr", "epochs", "repeats")
+
+
+def _load(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _grid_labels(root: str) -> dict[str, str]:
+    """{run folder (real path): label} from every ablate grid (``ablate.json``) under ``root``."""
+    out = {}
+    for d, _, files in os.walk(root):
+        if "ablate.json" in files:
+            a = _load(os.path.join(d, "ablate.json")) or {}
+            for label, key in (a.get("keys") or {}).items():
+                p = os.path.realpath(os.path.join(d, "runs", key))
+                out[p] = out[p] + " = " + label if p in out else label
+    return out
+
+
+def config_summary(identity: dict) -> str:
+    """A short line of the values that tell configurations apart."""
+    if identity.get("fusion") == "combine":
+        return f"combine of {len(identity.get('members') or [])} runs"
+    if "system" in identity:   # a finetune run
+        models = [str(identity.get(k)) for k in ("audio_model", "text_model") if identity.get(k)]
+        return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}"
+    parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
+    if identity.get("fusion") in ("none", "late"):
+        parts.append(str(identity.get("head")))
+    if identity.get("norm") not in (None, "none"):
+        parts.append(f"norm {identity['norm']}({identity.get('norm_streams')})")
+    layers = {identity.get("audio_layers"), identity.get("text_layers")}
+    parts.append("layers " + "/".join(str(x) for x in (identity.get("audio_layers"), identity.get("text_layers")))
+                 if len(layers) > 1 else f"layers {layers.pop()}")
+    parts.append(f"{identity.get('weighting')} weights")
+    parts.append(f"lr {identity.get('lr'):g}" if isinstance(identity.get("lr"), (int, float)) else "")
+    return ", ".join(p for p in parts if p)
+
+
+def find_runs(root: str) -> list[dict]:
+    """Every train-head run directory under ``root`` (``config.json`` of type emofuse.train-head):
+    path, label, configuration, scores (None while unfinished) and the number of runs."""
+    if not os.path.isdir(root):
+        raise EmofuseError(f"{root} is not a folder; expected a folder holding train-head or ablate runs")
+    labels = _grid_labels(root)
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        if "model.json" in files:   # an exported model: its training/ records are a copy of a run's
+            dirs[:] = []
+            continue
+        if "config.json" not in files:
+            continue
+        c = _load(os.path.join(d, "config.json"))
+        if not isinstance(c, dict) or c.get("type") != "emofuse.train-head":
+            continue
+        dirs[:] = []   # a run's runs/ folder holds its folds, not runs
+        s = _load(os.path.join(d, "summary.json"))
+        done = len([x for x in os.listdir(os.path.join(d, "runs")) if os.path.exists(os.path.join(d, "runs", x, "metrics.json"))]) \
+            if os.path.isdir(os.path.join(d, "runs")) else 0
+        rel = os.path.relpath(d, root)
+        row = {"path": rel, "label": labels.get(os.path.realpath(d), rel), "identity": c.get("identity") or {},
+               "config": config_summary(c.get("identity") or {}), "finished": s is not None,
+               "n": s["ua"]["n"] if s else done}
+        for m in ("ua", "wa", "f1"):
+            row[m] = (s[m]["mean"], s[m]["std"]) if s else None
+        out.append(row)
+    return out
+
+
+def format_runs(rows: list[dict], sort: str = "path") -> str:
+    if sort not in SORTS:
+        raise EmofuseError(f"--sort must be one of {list(SORTS)}, found {sort!r}")
+    if not rows:
+        return "no train-head runs found"
+    if sort in ("ua", "wa", "f1"):   # best first; unfinished runs last
+        rows = sorted(rows, key=lambda r: (r[sort] is None, -(r[sort] or (0, 0))[0], r["path"]))
+    elif sort == "n":
+        rows = sorted(rows, key=lambda r: (-r["n"], r["path"]))
+    else:
+        rows = sorted(rows, key=lambda r: (r[sort], r["path"]))
+    cell = lambda v: f"{v[0]:.2f} ± {v[1]:.2f}" if v else "unfinished"  # noqa: E731
+    table = [("label", "configuration", "UA", "WA", "Macro-F1", "runs", "path")]
+    table += [(r["label"], r["config"], cell(r["ua"]), cell(r["wa"]), cell(r["f1"]), str(r["n"]), r["path"])
+              for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
+    lines = ["  ".join(v.ljust(w) if i in (0, 1, 6) else v.rjust(w) for i, (v, w) in enumerate(zip(t, widths))).rstrip()
+             for t in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n(UA, WA, macro-F1 in %: mean ± standard deviation over the runs)"
+
+
+def diff_runs(a: str, b: str) -> str:
+    """The configuration values (resolved identity) and store content that differ between two runs."""
+    ca, cb = (_load(os.path.join(p, "config.json")) for p in (a, b))
+    for p, c in ((a, ca), (b, cb)):
+        if not isinstance(c, dict) or c.get("type") != "emofuse.train-head":
+            raise EmofuseError(f"{p} is not a train-head run directory (no readable config.json of a train-head run)")
+    ia, ib = ca.get("identity") or {}, cb.get("identity") or {}
+    rows = [(k, ia.get(k, "(unset)"), ib.get(k, "(unset)")) for k in sorted(set(ia) | set(ib)) if ia.get(k) != ib.get(k)]
+    fa, fb = ca.get("fingerprints") or {}, cb.get("fingerprints") or {}
+    rows += [(f"store: {k}", fa.get(k, "(none)"), fb.get(k, "(none)")) for k in sorted(set(fa) | set(fb))
+             if fa.get(k) != fb.get(k)]
+    if not rows:
+        return f"{a} and {b} have the same configuration and read the same store content"
+    w = max(len(r[0]) for r in rows)
+    out = [f"{'':{w}}  A = {a}", f"{'':{w}}  B = {b}"]
+    out += [f"{k:{w}}  A: {json.dumps(x)}   B: {json.dumps(y)}" for k, x, y in rows]
+    return "\n".join(out)
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter
+
+
+def tensorboard_missing(logdir: str, echo: Callable[[str], None] = print) -> bool:
+    """True (after one sentence) when tensorboard is not installed."""
+    if _summary_writer() is not None:
+        return False
+    echo(f"note: --tensorboard {logdir}: tensorboard is not installed (pip install tensorboard), so no curves are "
+         "written there; every fold's curves are in its runs/*/metrics.json (history)")
+    return True
+
+
+def write_tensorboard(run_dirs: list[str], logdir: str, echo: Callable[[str], None] = print,
+                      names: list[str] | None = None) -> int | None:
+    """Each finished fold's training curves (train and validation loss, validation UA, learning
+    rate per epoch, from its metrics.json) as TensorBoard scalars under ``logdir/<run>/<fold>``.
+    Returns the number of folds written, or None (and one sentence) when tensorboard is missing."""
+    if tensorboard_missing(logdir, echo):
+        return None
+    writer_cls = _summary_writer()
+    n = 0
+    for i, d in enumerate(run_dirs):
+        name = (names[i] if names else os.path.basename(os.path.normpath(d))).replace(os.sep, "_")
+        runs = os.path.join(d, "runs")
+        for fold in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+            m = _load(os.path.join(runs, fold, "metrics.json"))
+            if not m or not m.get("history"):
+                continue
+            w = writer_cls(log_dir=os.path.join(logdir, name, fold))
+            try:
+                for h in m["history"]:
+                    for tag, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
+                                     ("ua/validation", "val_ua"), ("lr", "lr")):
+                        if key in h:
+                            w.add_scalar(tag, float(h[key]), int(h["epoch"]))
+                w.add_scalar("ua/test", float(m["ua"]), int(m.get("best_epoch", 0)))
+            finally:
+                w.close()
+            n += 1
+    echo(f"TensorBoard: the curves of {n} folds in {logdir} (tensorboard --logdir {logdir})")
+    return n

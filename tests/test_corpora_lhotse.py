@@ -1,0 +1,125 @@
+"""lhotse manifests (fixtures written by lhotse 1.33 itself) and manifest column aliases."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from emofuse.cli import main
+from emofuse.corpora import load_corpus, load_manifest
+from emofuse.errors import CorpusError
+
+GOLDEN = Path(__file__).parent / "golden" / "lhotse"
+SECONDS = [2.0, 2.0, 1.0, 1.0]
+
+
+@pytest.fixture
+def lhotse_dir(tmp_path):
+    for f in GOLDEN.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(SECONDS):
+        sf.write(tmp_path / "audio" / f"rec{i}.wav", (rng.standard_normal(int(16000 * s)) * 0.1).astype(np.float32), 16000)
+    return tmp_path
+
+
+EXPECTED = {  # id: (label, session, speaker, start, end, text)
+    "rec0-a": ("ang", "1", "spk1", 0.0, 1.0, "I am so angry"),
+    "rec0-b": ("neu", "1", "spk2", 1.0, 2.0, "that is fine"),
+    "rec1-a": ("hap", "2", "spk3", 0.0, 1.2, "what a lovely day"),
+    "rec1-b": ("sad", "2", "spk4", 1.2, 2.0, "leave me alone"),
+    "rec2": ("neu", "1", "spk1", 0.0, 1.0, "okay then"),
+    "rec3": ("ang", "2", "spk3", 0.0, 1.0, "no way"),
+}
+
+
+@pytest.mark.parametrize("which", ["supervisions.jsonl.gz", "cuts.jsonl.gz", "cuts.jsonl", "."])
+def test_recordings_supervisions_and_cuts_read_alike(lhotse_dir, which):
+    if which == ".":
+        (lhotse_dir / "cuts.jsonl").unlink()   # a folder: its supervisions with their recordings
+    utts = load_corpus("lhotse", path=str(lhotse_dir / which))
+    assert [u.id for u in utts] == sorted(EXPECTED)
+    for u in utts:
+        label, session, speaker, start, end, text = EXPECTED[u.id]
+        assert (u.label, u.session, u.speaker, u.transcript) == (label, session, speaker, text)
+        assert u.start == pytest.approx(start) and u.end == pytest.approx(end)
+        assert Path(u.audio_path).is_file() and Path(u.audio_path).parent == lhotse_dir / "audio"
+    assert [u.id for u in load_corpus("lhotse", path=str(lhotse_dir / which), labels="ang,sad")] == \
+        ["rec0-a", "rec1-b", "rec3"]
+
+
+def _rewrite(path: Path, edit) -> None:
+    lines = [json.loads(x) for x in gzip.open(path, "rt")]
+    edit(lines)
+    with gzip.open(path, "wt") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_session_defaults_to_speaker_and_refusals(lhotse_dir):
+    sups = lhotse_dir / "supervisions.jsonl.gz"
+
+    def no_session(lines):
+        for s in lines:
+            del s["custom"]["session"]
+    _rewrite(sups, no_session)
+    utts = load_corpus("lhotse", path=str(sups))
+    assert {u.session for u in utts} == {"spk1", "spk2", "spk3", "spk4"}   # leave-one-speaker-out
+
+    _rewrite(sups, lambda lines: lines[2]["custom"].pop("emotion"))
+    with pytest.raises(CorpusError, match=r"line 3: supervision 'rec1-a' has no emotion label"):
+        load_corpus("lhotse", path=str(sups))
+
+    recs = lhotse_dir / "recordings.jsonl.gz"
+    _rewrite(recs, lambda lines: lines[0].update(transforms=[{"name": "Speed", "kwargs": {"factor": 1.1}}]))
+    _rewrite(sups, lambda lines: lines[2]["custom"].update(emotion="hap"))
+    with pytest.raises(CorpusError, match="has transforms"):
+        load_corpus("lhotse", path=str(sups))
+    _rewrite(recs, lambda lines: lines[0].update(transforms=None, sources=[{"type": "url", "channels": [0],
+                                                                               "source": "https://x/y.wav"}]))
+    with pytest.raises(CorpusError, match="one mono audio file per recording"):
+        load_corpus("lhotse", path=str(sups))
+    with pytest.raises(CorpusError, match="is a RecordingSet"):
+        load_corpus("lhotse", path=str(recs))
+    (lhotse_dir / "recordings.jsonl.gz").unlink()
+    with pytest.raises(CorpusError, match="needs its RecordingSet beside it"):
+        load_corpus("lhotse", path=str(sups))
+
+
+def test_corpus_command_reads_lhotse(lhotse_dir, capsys):
+    assert main(["corpus", "--corpus", "lhotse", "--manifest", str(lhotse_dir / "cuts.jsonl.gz")]) == 0
+    assert "6 utterances" in capsys.readouterr().out
+
+
+def test_lhotse_corpus_extracts(lhotse_dir, tmp_path, tiny_models):
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    from emofuse.store import FeatureStore
+
+    out = str(tmp_path / "l.h5")
+    run_extract(ExtractConfig(corpus="lhotse", manifest=str(lhotse_dir / "cuts.jsonl.gz"), out=out,
+                              audio_model=tiny_models["group"], text_model=None), echo=lambda *_: None)
+    with FeatureStore(out) as fs:
+        assert sorted(fs.ids("audio")) == sorted(EXPECTED)
+        assert fs.corpus_meta["kind"] == "lhotse"
+        # rec1-a is 1.2 s of a 2 s file: 20 ms frames of the segment, not of the file
+        assert abs(len(fs.frames("audio", "rec1-a")) - 60) <= 1
+
+
+def test_manifest_column_aliases(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    m = tmp_path / "m.csv"
+    m.write_text("ID,Wav,Transcript,Emotion,Speaker,Session\nu1,a.wav,hello,ang,s1,1\n")
+    (u,) = load_manifest(m)
+    assert (u.id, u.transcript, u.label, u.speaker, u.session) == ("u1", "hello", "ang", "s1", 1)
+    assert u.audio_path == str(tmp_path / "a.wav")
+    m.write_text("id,wav,path,text,label,speaker,session\nu1,a.wav,a.wav,hello,ang,s1,1\n")
+    with pytest.raises(CorpusError, match=r"columns 'wav' and 'path' both name the 'audio' column"):
+        load_manifest(m)
+    j = tmp_path / "m.jsonl"
+    j.write_text(json.dumps({"id": "u1", "audio_path": "a.wav", "text": "hi", "emotion": "sad", "speaker": "s",
+                             "session": "2"}) + "\n")
+    assert load_manifest(j)[0].label == "sad"

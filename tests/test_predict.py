@@ -1,0 +1,181 @@
+"""export, load_model, predict and cross-corpus evaluate on a fake corpus with tiny random encoders."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import emofuse
+from emofuse.cli import main
+from emofuse.errors import EmofuseError
+from emofuse.pipelines.extract import ExtractConfig, run_extract
+from emofuse.pipelines.predict import export_run, load_model, run_evaluate
+from emofuse.pipelines.train import TrainConfig, run_train
+from emofuse.store import FeatureStore
+from emofuse.testing import make_fake_iemocap
+
+quiet = lambda *_: None  # noqa: E731
+COUNTS = {s: {"ang": 2, "hap": 2, "neu": 2, "sad": 2} for s in range(1, 6)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_models):
+    base = tmp_path_factory.mktemp("predict")
+    corpus = make_fake_iemocap(base / "iemo", counts=COUNTS, seconds=0.8, seed=3)
+    store = str(base / "s.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(corpus.root), out=store, audio_model=tiny_models["group"],
+                              text_model=tiny_models["bert"]), echo=quiet)
+    run = str(base / "run")
+    run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", norm="global", layers="1-",
+                          repeats=1, epochs=3, patience=2, folds=("1", "2"), device="cpu"), echo=quiet)
+    return {"base": base, "corpus": corpus, "store": store, "run": run}
+
+
+def test_export_reloads_and_reproduces_the_runs_test_logits(trained, tmp_path):
+    out = str(tmp_path / "model")
+    export_run(trained["run"], out)
+    assert {"model.json", "heads", "norm", "training"} <= set(os.listdir(out))
+    spec = json.loads(open(os.path.join(out, "model.json")).read())
+    assert spec["keys"] == ["F", "T"] and spec["streams"]["F"]["layer_ids"] == [1, 2]
+    assert spec["encoders"]["audio"]["weights_hash"] and spec["encoders"]["text"]["fingerprint"]
+    assert [m["name"] for m in spec["members"]] == ["r0_s1", "r0_s2"] and spec["norm"] == "global"
+    model = emofuse.load_model(out)
+    assert "2 fold models" in repr(model) and model.classes == ["ang", "hap", "neu", "sad"]
+
+    # new audio + transcripts through the encoders: each member on its own test session gives the
+    # logits the run wrote for those utterances (same extraction path, layers and statistics)
+    run_preds = pd.read_csv(os.path.join(trained["run"], "predictions.csv"), dtype={"fold": str, "id": str})
+    with FeatureStore(trained["store"]) as fs:
+        utts = fs.utterances
+    fold1 = run_preds[run_preds["fold"] == "1"].set_index("id")
+    ids = list(fold1.index)
+    data = model.features(audio=list(utts.loc[ids, "audio_path"]), text=list(utts.loc[ids, "transcript"]), ids=ids)
+    logits = model.member_logits(data)
+    assert logits.shape == (2, len(ids), 4)
+    want = fold1[[f"logit_{c}" for c in model.classes]].to_numpy()
+    np.testing.assert_allclose(logits[0], want, atol=2e-4)
+
+    # the CLI: a manifest with aliased columns, probabilities in a CSV
+    m = tmp_path / "list.csv"
+    pd.DataFrame({"ID": ids, "wav": list(utts.loc[ids, "audio_path"]),
+                  "Transcript": list(utts.loc[ids, "transcript"])}).to_csv(m, index=False)
+    assert main(["predict", out, "--manifest", str(m), "--out", str(tmp_path / "p.csv"), "--device", "cpu"]) == 0
+    p = pd.read_csv(tmp_path / "p.csv", dtype={"id": str})
+    probs = p[[f"prob_{c}" for c in model.classes]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(probs, model.probabilities(logits), atol=1e-6)
+    assert list(p["id"]) == ids and set(p["pred"]) <= set(model.classes)
+
+    # one file from the command line, printed
+    a, t = utts.loc[ids[0], "audio_path"], utts.loc[ids[0], "transcript"]
+    assert main(["predict", out, "--audio", a, "--text", t]) == 0
+
+
+def test_refusals_one_sentence(trained, tmp_path, tiny_models, capsys):
+    out = str(tmp_path / "model")
+    export_run(trained["run"], out)
+    # another encoder than the model's: refused, naming the flag
+    other = tiny_models["layer"]
+    assert main(["predict", out, "--audio", trained["corpus"].utterances[0].audio_path, "--text", "hi",
+                 "--audio-model", other]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the one this model was trained on" in err and "--audio-model" in err
+    # an encoder that cannot be found: one sentence naming the flag
+    assert main(["predict", out, "--audio", trained["corpus"].utterances[0].audio_path, "--text", "hi",
+                 "--audio-model", str(tmp_path / "moved")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not load the audio model" in err and "--audio-model" in err
+    # a damaged export
+    head = os.path.join(out, "heads", "r0_s1.safetensors")
+    with open(head, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(EmofuseError, match="does not match its sha256"):
+        load_model(out)
+    # an existing, non-empty output folder
+    with pytest.raises(EmofuseError, match="not empty"):
+        export_run(trained["run"], out)
+    # segment models need alignments
+    model = load_model(trained["run"])
+    model.keys = ["W"]
+    with pytest.raises(EmofuseError, match="need forced alignments"):
+        model.features(audio=["x.wav"])
+
+
+def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
+    other_corpus = make_fake_iemocap(tmp_path / "other", counts={s: {"ang": 1, "neu": 2, "sad": 1, "fru": 1}
+                                                                 for s in range(1, 3)}, seconds=0.8, seed=9)
+    other = str(tmp_path / "o.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=other, labels="six",
+                              audio_model=tiny_models["group"], text_model=tiny_models["bert"]), echo=quiet)
+    ev = str(tmp_path / "ev")
+    with pytest.raises(EmofuseError, match=r"labels \['fru'\].*--label-map fru="):
+        run_evaluate(trained["run"], other, ev, echo=quiet)
+    assert main(["evaluate", trained["run"], "--store", other, "--out", ev, "--label-map", "fru=ang"]) == 0
+    s = json.loads(open(os.path.join(ev, "summary.json")).read())
+    assert s["ua"]["n"] == 2 and s["absent_classes"] == ["hap"] and "ensemble" in s
+    with FeatureStore(other) as fs:
+        n = len(fs.utterances)
+    for r in s["runs"]:
+        assert np.array(r["confusion"]).sum() == n
+    preds = pd.read_csv(os.path.join(ev, "predictions.csv"))
+    assert len(preds) == 2 * n and set(preds["label"]) == {"ang", "neu", "sad"}
+    assert os.path.exists(os.path.join(ev, "runs", "r0_s1", "metrics.json"))
+    table = open(os.path.join(ev, "table.md")).read()
+    assert f"| {s['ua']['mean']:.2f} ± {s['ua']['std']:.2f} |" in table and "their ensemble" in table and "hap" in table
+    from emofuse.pipelines.report import run_report
+    run_report(ev, echo=quiet)
+    assert os.path.exists(os.path.join(ev, "report.md"))
+    with pytest.raises(EmofuseError, match=r"--label-map maps to \['frustrated'\], which are not classes"):
+        run_evaluate(trained["run"], other, str(tmp_path / "ev5"), label_map="fru=frustrated", echo=quiet)
+    # an exported model evaluates the same
+    exp = str(tmp_path / "model")
+    export_run(trained["run"], exp)
+    s2 = run_evaluate(exp, other, str(tmp_path / "ev2"), label_map="fru=ang", echo=quiet)
+    assert [r["ua"] for r in s2["runs"]] == pytest.approx([r["ua"] for r in s["runs"]])
+    # the training corpus itself, and another encoder, are refused
+    with pytest.raises(EmofuseError, match="cross-corpus evaluation needs another corpus"):
+        run_evaluate(trained["run"], trained["store"], str(tmp_path / "ev3"), echo=quiet)
+    wrong = str(tmp_path / "w.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=wrong, labels="six",
+                              audio_model=tiny_models["layer"], text_model=None), echo=quiet)
+    with pytest.raises(EmofuseError, match="needs the same encoders"):
+        run_evaluate(trained["run"], wrong, str(tmp_path / "ev4"), label_map="fru=ang", echo=quiet)
+
+
+def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_models):
+    """A hand-crafted descriptor stream (openSMILE, float32, one layer) goes through the same path."""
+    store = str(tmp_path / "e.h5")
+    root = str(trained["corpus"].root)
+    run_extract(ExtractConfig(corpus="iemocap", root=root, out=store, audio_model="opensmile:eGeMAPSv02",
+                              text_model=tiny_models["bert"]), echo=quiet)
+    run = str(tmp_path / "run")
+    run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", audio_stream="egemaps",
+                          norm="global", repeats=1, epochs=2, patience=1, folds=("3",), device="cpu"), echo=quiet)
+    model = load_model(run)
+    assert model.spec["streams"]["F"]["stream"] == "egemaps" and model.spec["streams"]["F"]["layer_ids"] == [0]
+    preds = pd.read_csv(os.path.join(run, "predictions.csv"), dtype={"id": str}).set_index("id")
+    with FeatureStore(store) as fs:
+        utts = fs.utterances.loc[list(preds.index)]
+    data = model.features(audio=list(utts["audio_path"]), text=list(utts["transcript"]), ids=list(preds.index))
+    np.testing.assert_allclose(model.member_logits(data)[0], preds[[f"logit_{c}" for c in model.classes]].to_numpy(),
+                               atol=2e-4)
+
+
+def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_path):
+    run = str(tmp_path / "spk")
+    run_train(TrainConfig(store=trained["store"], out=run, fusion="none", granularity="F", norm="speaker",
+                          repeats=1, epochs=2, patience=1, folds=("2",), device="cpu"), echo=quiet)
+    model = load_model(run)
+    preds = pd.read_csv(os.path.join(run, "predictions.csv"), dtype={"id": str}).set_index("id")
+    with FeatureStore(trained["store"]) as fs:
+        utts = fs.utterances.loc[list(preds.index)]
+    # every utterance of the test session's speakers, grouped by speaker: the statistics training used
+    data = model.features(audio=list(utts["audio_path"]), ids=list(preds.index), speakers=list(utts["speaker"]))
+    want = preds[[f"logit_{c}" for c in model.classes]].to_numpy()
+    np.testing.assert_allclose(model.member_logits(data)[0], want, atol=2e-4)
+    # without speakers each utterance is its own group: other numbers, and predict says so
+    alone = model.features(audio=list(utts["audio_path"]), ids=list(preds.index))
+    assert not np.allclose(model.member_logits(alone)[0], want, atol=1e-3)

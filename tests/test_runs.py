@@ -1,0 +1,109 @@
+"""emofuse runs: listing, sorting, grid labels, diff, TensorBoard curves."""
+
+import json
+import os
+
+import pytest
+
+from emofuse.cli import main, train_head
+from emofuse.pipelines import runs as pr
+from emofuse.pipelines.train import TrainConfig, run_train
+from emofuse.testing.synthetic import make_synthetic_store
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    store = str(base / "s.h5")
+    make_synthetic_store(store, per_class=4, layers=3, dim=8, planted_layer=1, strength=1.0, mean_seconds=1.0, seed=0)
+    root = base / "exp"
+    common = dict(store=store, repeats=1, epochs=3, patience=2, folds=("1",), device="cpu")
+    run_train(TrainConfig(out=str(root / "a"), fusion="none", granularity="F", **common), echo=lambda *_: None)
+    run_train(TrainConfig(out=str(root / "b"), fusion="none", granularity="F", norm="global", lr=3e-3, **common),
+              echo=lambda *_: None)
+    grid = root / "grid"
+    run_train(TrainConfig(out=str(grid / "runs" / "0123abcd"), fusion="none", granularity="T", **common),
+              echo=lambda *_: None)
+    (grid / "ablate.json").write_text(json.dumps({"type": "emofuse.ablate", "keys": {"Text linear": "0123abcd"}}))
+    os.makedirs(root / "c" / "runs")   # unfinished: a config and no summary
+    os.makedirs(root / "exported" / "training")   # an export's copy of a run's records is not a run
+    (root / "exported" / "model.json").write_text("{}")
+    for name in ("config.json", "summary.json"):
+        (root / "exported" / "training" / name).write_text((root / "a" / name).read_text())
+    cfg = json.loads((root / "a" / "config.json").read_text())
+    (root / "c" / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
+def test_listing_sorted_with_labels_and_scores(tree, capsys):
+    rows = pr.find_runs(str(tree))
+    assert sorted(r["path"] for r in rows) == ["a", "b", "c", os.path.join("grid", "runs", "0123abcd")]
+    by = {r["path"]: r for r in rows}
+    assert by[os.path.join("grid", "runs", "0123abcd")]["label"] == "Text linear"
+    assert by["c"]["ua"] is None and by["a"]["n"] == 1
+    summary = json.loads((tree / "b" / "summary.json").read_text())
+    assert by["b"]["ua"] == (summary["ua"]["mean"], summary["ua"]["std"])
+    assert "norm global(speech)" in by["b"]["config"] and "none F" in by["a"]["config"]
+    assert main(["runs", str(tree), "--sort", "ua"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["label", "configuration", "UA"]
+    finished = sorted((r for r in rows if r["ua"]), key=lambda r: -r["ua"][0])
+    listed = [line.split()[0] for line in out[2:-1]]
+    assert listed[-1] == "c"   # unfinished last
+    assert [x for x in listed if x != "c"] == [r["label"].split()[0] for r in finished]
+    assert f"{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}" in "\n".join(out)
+
+
+def test_diff_names_the_values_that_differ(tree, capsys):
+    assert main(["runs", "--diff", str(tree / "a"), str(tree / "b")]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert set(lines) == {"lr", "norm", "norm_keys"}
+    assert 'A: "none"   B: "global"' in lines["norm"] and "A: 0.001   B: 0.003" in lines["lr"]
+    assert main(["runs", "--diff", str(tree / "a"), str(tree / "a")]) == 0
+    assert "same configuration" in capsys.readouterr().out
+    assert main(["runs", "--diff", str(tree / "a"), str(tree)]) == 2
+    assert "not a train-head run directory" in capsys.readouterr().err
+
+
+def test_tensorboard_said_once_when_missing_and_written_when_present(tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pr, "_summary_writer", lambda: None)
+    assert main(["runs", str(tree), "--tensorboard", str(tmp_path / "tb")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tensorboard is not installed") == 1 and not (tmp_path / "tb").exists()
+    store = json.loads((tree / "a" / "config.json").read_text())["config"]["store"]
+    assert train_head(["--store", store, "--out", str(tmp_path / "r"), "--fusion", "none", "--repeats", "1",
+                       "--epochs", "2", "--folds", "1", "--device", "cpu", "--tensorboard", str(tmp_path / "tb")]) == 0
+    assert capsys.readouterr().out.count("tensorboard is not installed") == 1
+
+    scalars = []
+
+    class Writer:   # the SummaryWriter interface we use
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((os.path.relpath(self.log_dir, tmp_path / "tb2"), tag, value, step))
+
+        def close(self):
+            pass
+    monkeypatch.setattr(pr, "_summary_writer", lambda: Writer)
+    assert pr.write_tensorboard([str(tree / "a")], str(tmp_path / "tb2"), echo=lambda *_: None) == 1
+    m = json.loads((tree / "a" / "runs" / "r0_s1" / "metrics.json").read_text())
+    got = [(t, v, s) for d, t, v, s in scalars if d == os.path.join("a", "r0_s1") and t == "ua/validation"]
+    assert got == [("ua/validation", h["val_ua"], h["epoch"]) for h in m["history"]]
+
+
+def test_finetune_runs_are_listed_and_refused_by_export(tmp_path):
+    from emofuse.errors import EmofuseError
+    from emofuse.pipelines.predict import export_run
+
+    d = tmp_path / "ft"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"type": "emofuse.train-head", "kind": "finetune", "config": {},
+                                               "identity": {"system": "cma", "audio_model": "w2v", "text_model": "bert",
+                                                            "lr": 1e-5}}))
+    (rows,) = pr.find_runs(str(tmp_path))
+    assert rows["config"] == "finetune cma (w2v, bert), lr 1e-05" and rows["ua"] is None
+    with pytest.raises(EmofuseError, match="is a finetune run"):
+        export_run(str(d), str(tmp_path / "out"))
