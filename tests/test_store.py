@@ -13,6 +13,7 @@ import pytest
 from emofuse.corpora import load_corpus, utterance_table
 from emofuse.errors import StoreError
 from emofuse.store import FeatureStore, StoreWriter, corpus_fingerprint, merge_stores
+from emofuse.store.h5io import seal
 
 CHILD = str(Path(__file__).with_name("store_child.py"))
 sys.path.insert(0, os.path.dirname(CHILD))
@@ -187,6 +188,7 @@ def test_reader_refuses_stream_of_another_corpus(tmp_path, table):
         info = json.loads(f["streams/audio"].attrs["info"])
         info["corpus_fingerprint"] = "0" * 32
         f["streams/audio"].attrs["info"] = json.dumps(info)
+        seal(f)  # a consistent file, as a buggy tool would write it
     with pytest.raises(StoreError, match="computed for another corpus"):
         FeatureStore(path)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
-from .h5io import (STR, atomic_publish, check_header, file_header, get_info, open_h5, read_index, read_table,
-                   set_info, write_table)
+from .h5io import (STR, atomic_publish, check_header, check_seal, file_header, get_info, open_h5, read_index,
+                   read_table, seal, set_info, write_table)
 from .schema import DATA_DIR_SUFFIX, READABLE_VERSIONS, STORE_TYPE
 
 
@@ -85,10 +85,34 @@ def _read_skipped(sg) -> list[tuple[str, str, str, str]]:
     return list(zip(ids, kinds, reasons, inputs))
 
 
+#: what h5py raises on a damaged file (its C library's messages, wrapped)
+DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError, UnicodeDecodeError,
+          OverflowError, MemoryError)
+
+
+def damaged(path: str, e: BaseException) -> StoreError:
+    """One sentence for a store file h5py cannot read as it should."""
+    detail = str(e).strip().strip("'\"")[:200]
+    return StoreError(f"{path} is damaged and cannot be read ({type(e).__name__}: {detail}); restore the store from a "
+                      "copy, or re-extract")
+
+
 def load_index(path: str) -> StoreIndex:
-    """Read a store's index (v2) or describe a v1 store as one (its only part: itself)."""
+    """Read a store's index (v2) or describe a v1 store as one (its only part: itself); verify its
+    ``meta_checksum``. A damaged index gives one sentence (``StoreError``), never a traceback."""
+    try:
+        return _load_index(path)
+    except StoreError:
+        raise
+    except DAMAGE as e:
+        raise damaged(path, e) from None
+
+
+def _load_index(path: str) -> StoreIndex:
     with open_h5(path) as f:
         version = check_header(f, path, versions=READABLE_VERSIONS)
+        if version >= 2:
+            check_seal(f, path)
         idx = StoreIndex(version=version, fingerprint=str(f.attrs["corpus_fingerprint"]),
                          meta={k[len("corpus_"):]: str(v) for k, v in f.attrs.items()
                                if k.startswith("corpus_") and k != "corpus_fingerprint"},
@@ -150,6 +174,7 @@ def save_index(idx: StoreIndex, path: str, version: str) -> None:
             for col, name in enumerate(("ids", "kind", "reason", "inputs")):
                 g.create_dataset(name, data=np.array([r[col] for r in rows], dtype=object), dtype=STR)
         f.attrs["summary"] = json.dumps({f"{s}/{k}": len(t) for (s, k), t in idx.tables.items()}, sort_keys=True)
+        seal(f)
     atomic_publish(tmp, path)
 
 

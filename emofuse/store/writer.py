@@ -24,6 +24,7 @@ import glob
 import os
 import re
 import shutil
+import warnings
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -32,8 +33,8 @@ import pandas as pd
 from .. import __version__
 from ..errors import StoreError
 from .fingerprint import corpus_changes, corpus_fingerprint
-from .h5io import (STR, check_header, file_header, fsync_path, get_info, open_h5, read_index, row_arrays, set_info,
-                   write_entry_table)
+from .h5io import (STR, check_header, check_seal, file_header, fsync_path, get_info, layer_checksums, open_h5,
+                   read_index, row_arrays, seal, set_info, write_checksums, write_entry_table)
 from .index import SELF, EntryTable, StoreIndex, data_dir, load_index, part_path, save_index
 from .schema import DATA, PART_TYPE, READABLE_VERSIONS, STORE_TYPE, entry_path
 
@@ -59,8 +60,20 @@ class _Pending:
 
 
 def _read_part(path: str, name: str, fingerprint: str | None) -> _Pending:
+    from .index import DAMAGE
+    try:
+        return _read_part_tables(path, name, fingerprint)
+    except StoreError:
+        raise
+    except DAMAGE as e:
+        raise StoreError(f"committed part file {path} of an unfinished run is damaged ({type(e).__name__}: "
+                         f"{str(e)[:160]}); delete it and run the command again (it recomputes what it held)") from None
+
+
+def _read_part_tables(path: str, name: str, fingerprint: str | None) -> _Pending:
     with open_h5(path) as f:
         check_header(f, path, (PART_TYPE, STORE_TYPE), READABLE_VERSIONS)
+        check_seal(f, path)
         if fingerprint is not None and f.attrs["corpus_fingerprint"] != fingerprint:
             raise StoreError(f"part file {path} belongs to another corpus (fingerprint "
                              f"{str(f.attrs['corpus_fingerprint'])[:12]}, the store's is {fingerprint[:12]}); remove it")
@@ -281,6 +294,7 @@ class StoreWriter:
                     for col, nm in enumerate(("ids", "kind", "reason", "inputs")):
                         g.create_dataset(nm, data=np.array([r[col] for r in skips], dtype=object),
                                          dtype=STR)
+                seal(f)
             fsync_path(tmp)
             os.replace(tmp, final)
             fsync_path(self.parts_dir)
@@ -517,7 +531,7 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
     """Rewrite a store into the fewest files (the index and one part), dropping rows no entry
     uses; for shipping. Needs free disk for one copy of what the store uses. Readers opened
     before it may fail afterwards (the old parts are deleted). Returns one sentence."""
-    from .reader import FeatureStore
+    from .reader import FeatureStore, UncheckedStoreWarning
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise StoreError(f"feature store {path} does not exist")
@@ -534,11 +548,13 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
         tables: dict[tuple[str, str], EntryTable] = {}
         before = sum(os.path.getsize(part_path(path, n)) for n in set(idx.parts) if os.path.exists(part_path(path, n)))
         try:
-            with FeatureStore(path) as fs, open_h5(tmp, "w") as out:
+            with warnings.catch_warnings(), FeatureStore(path) as fs, open_h5(tmp, "w") as out:
+                warnings.simplefilter("ignore", UncheckedStoreWarning)  # this is the remedy it names
                 file_header(out, PART_TYPE, idx.fingerprint, __version__)
                 for (s, kind), t in sorted(idx.tables.items()):
                     tables[(s, kind)] = _copy_table(fs, out, s, kind, t, block_bytes)
                     set_info(out.require_group(f"streams/{s}"), idx.streams[s])
+                seal(out)
             fsync_path(tmp)
             os.replace(tmp, final)
             fsync_path(folder)
@@ -558,7 +574,7 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
         idx.retired = []
         save_index(idx, path, __version__)
         return (f"{path} compacted: {len(set(old)) or 1} part files ({before / 1e6:.1f} MB) rewritten as "
-                f"{final} ({os.path.getsize(final) / 1e6:.1f} MB)")
+                f"{final} ({os.path.getsize(final) / 1e6:.1f} MB), with checksums")
     finally:
         lock.close()
 
@@ -584,13 +600,18 @@ def _copy_table(fs, out, stream: str, kind: str, t: EntryTable, block_bytes: int
             kw["chunks"] = (min(total, chunk_rows(src.shape[1:], src.dtype.itemsize)), 1, src.shape[2])
         dst = g.create_dataset(nm, shape=(total,) + src.shape[1:], dtype=STR if is_str else src.dtype, **kw)
         row_bytes = max(1, int(np.prod(src.shape[1:], dtype=np.int64)) * (8 if is_str else src.dtype.itemsize))
+        sums: list[np.ndarray] = []
         k, pos = 0, 0
         while k < len(t.ids):
             j, rows = k, 0
             while j < len(t.ids) and (rows == 0 or (rows + t.length[j]) * row_bytes <= block_bytes):
                 rows += t.length[j]
                 j += 1
-            if rows:
+            if rows and nm == DATA:  # verified as it is read; the new part gets fresh checksums
+                block = fs.load(stream, kind, ids=t.ids[k:j]).data
+                sums.append(layer_checksums(block, t.length[k:j]))
+                dst[pos:pos + rows] = block
+            elif rows:
                 chunks = []
                 for q in range(k, j):
                     if t.length[q]:
@@ -599,6 +620,10 @@ def _copy_table(fs, out, stream: str, kind: str, t: EntryTable, block_bytes: int
                         chunks.append(ds.asstr()[sl] if is_str else ds[sl])
                 block = np.concatenate(chunks)
                 dst[pos:pos + rows] = block.astype(object) if is_str else block
+            elif nm == DATA:
+                sums.append(layer_checksums(np.zeros((0,) + src.shape[1:], src.dtype), [0] * (j - k)))
             pos += rows
             k = j
+        if nm == DATA and src.ndim == 3:
+            write_checksums(g, np.concatenate(sums) if sums else np.zeros((0, src.shape[1]), np.uint64))
     return EntryTable(list(t.ids), [0] * len(t.ids), [int(x) for x in offsets], list(t.length), list(t.inputs))
