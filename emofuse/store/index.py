@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
-from .h5io import (STR, atomic_publish, check_header, check_seal, file_header, get_info, open_h5, read_index,
-                   read_table, seal, set_info, write_table)
+from .h5io import (STR, atomic_publish, check_header, file_header, get_info, open_h5, read_index,
+                   read_table, set_info, write_table, writing_h5)
 from .schema import DATA_DIR_SUFFIX, READABLE_VERSIONS, STORE_TYPE
 
 
@@ -111,8 +111,6 @@ def load_index(path: str) -> StoreIndex:
 def _load_index(path: str) -> StoreIndex:
     with open_h5(path) as f:
         version = check_header(f, path, versions=READABLE_VERSIONS)
-        if version >= 2:
-            check_seal(f, path)
         idx = StoreIndex(version=version, fingerprint=str(f.attrs["corpus_fingerprint"]),
                          meta={k[len("corpus_"):]: str(v) for k, v in f.attrs.items()
                                if k.startswith("corpus_") and k != "corpus_fingerprint"},
@@ -148,7 +146,7 @@ def _load_index(path: str) -> StoreIndex:
 def save_index(idx: StoreIndex, path: str, version: str) -> None:
     """Write ``idx`` as a v2 index to ``path + '.tmp'``, fsync it and rename it over ``path``."""
     tmp = path + ".tmp"
-    with open_h5(tmp, "w") as f:
+    with writing_h5(tmp) as f:
         file_header(f, STORE_TYPE, idx.fingerprint, version)
         for k, v in idx.meta.items():
             f.attrs[f"corpus_{k}"] = str(v)
@@ -174,7 +172,6 @@ def save_index(idx: StoreIndex, path: str, version: str) -> None:
             for col, name in enumerate(("ids", "kind", "reason", "inputs")):
                 g.create_dataset(name, data=np.array([r[col] for r in rows], dtype=object), dtype=STR)
         f.attrs["summary"] = json.dumps({f"{s}/{k}": len(t) for (s, k), t in idx.tables.items()}, sort_keys=True)
-        seal(f)
     atomic_publish(tmp, path)
 
 

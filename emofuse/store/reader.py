@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import StoreError
 import functools
 
-from .h5io import check_seal, open_h5, rows_checksum
+from .h5io import open_h5, rows_checksum
 from .index import DAMAGE, damaged, data_dir, load_index, part_path
 from .schema import CHECKSUM, DATA, FRAMES, GRANULARITIES, TOKENS, entry_path, segments_kind
 
@@ -127,7 +127,6 @@ class FeatureStore:
         #: part files met so far that carry no checksums (written before them): read unverified
         self.unchecked_parts: set[str] = set()
         self._reading: str | None = None
-        self._sealed: set[int] = set()
         self._max_open = max_open
         for name in self.streams:
             fp = self.stream_info(name).get("corpus_fingerprint")
@@ -440,14 +439,8 @@ class FeatureStore:
                 raise StoreError(f"{self.path} refers to the part file {path}, which is missing: the store's folder "
                                  f"{os.path.basename(data_dir(self.path))}/ must stay beside it (copy or move both)")
             f = open_h5(path, "r")
-            if p not in self._sealed:  # once per part: parts never change
-                try:
-                    if not check_seal(f, path) and self._idx.parts[p] != "":
-                        self._warn_unchecked(path)
-                except BaseException:
-                    f.close()
-                    raise
-                self._sealed.add(p)
+            if not f.emofuse_sealed and self._idx.parts[p] != "":
+                self._warn_unchecked(path)
         self._files[p] = f
         while len(self._files) > self._max_open:
             self._files.popitem(last=False)[1].close()
