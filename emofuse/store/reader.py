@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import StoreError
 import functools
 
-from .h5io import open_h5, rows_checksum
+from .h5io import nonfinite, open_h5, rows_checksum
 from .index import DAMAGE, damaged, data_dir, load_index, part_path
 from .schema import CHECKSUM, DATA, FRAMES, GRANULARITIES, TOKENS, entry_path, segments_kind
 
@@ -25,23 +25,6 @@ READ_BLOCK_BYTES = 4 << 20
 
 class UncheckedStoreWarning(UserWarning):
     """Part files written before checksums existed are read without verification."""
-
-
-def nonfinite(a: np.ndarray) -> bool:
-    """Whether a float array holds NaN or ±Inf, at memory speed and without a temporary array.
-    A float is non-finite when its exponent bits are all ones: as unsigned integers the negative
-    ones are the largest values (≥ 0xFC00 for float16), as signed integers the positive ones are
-    (≥ 0x7C00), so two max-reductions of the bits decide it."""
-    if a.dtype.kind != "f" or not a.size:
-        return False
-    if a.dtype.itemsize not in (2, 4, 8):
-        return not bool(np.isfinite(a).all())
-    bits = 8 * a.dtype.itemsize
-    mant = {16: 10, 32: 23, 64: 52}[bits]
-    exp_ones = ((1 << (bits - 1 - mant)) - 1) << mant          # 0x7C00 for float16
-    u = a.view(f"u{a.dtype.itemsize}")
-    i = a.view(f"i{a.dtype.itemsize}")
-    return bool(int(u.max()) >= (1 << (bits - 1)) | exp_ones or int(i.max()) >= exp_ones)
 
 
 class Tokens(NamedTuple):
@@ -123,6 +106,7 @@ class FeatureStore:
         self._files: OrderedDict[int, Any] = OrderedDict()
         self._checked: set[tuple[int, str]] = set()
         self._entries: dict[tuple[int, str, str], dict] = {}
+        self._finite: dict[tuple[int, str, str], bool] = {}
         self._warned = False
         #: part files met so far that carry no checksums (written before them): read unverified
         self.unchecked_parts: set[str] = set()
@@ -337,11 +321,14 @@ class FeatureStore:
                  else np.empty((b - a) * D, ds.dtype)).reshape(b - a, D)  # one utterance may exceed a block
         target = block.reshape(b - a, 1, D)  # a rank-3 selection: HDF5's fast path
         in_order = bool(np.all(dest[1:] == dest[:-1] + locs[:-1, 2]))  # out rows back to back as stored
+        # Rows whose checksums match are the bytes the writer wrote; where it found them all finite
+        # (``finite`` attribute) they are finite: the NaN/Inf test is for the other parts.
+        check_nan = self.verify and not (self._finite.get((p, stream, kind)) and all(cs is not None for cs in sums))
         for k, l in enumerate(lsel):
             ds.read_direct(target, np.s_[a:b, l:l + 1, :], np.s_[:, :, :])
             for u, (_, r, n), cs in zip(uids, locs, sums):
                 self._check_rows(block[r - a:r - a + n], cs, l, stream, kind, u, p)
-            if self.verify and nonfinite(block):  # checksums can only vouch for what was written
+            if check_nan and nonfinite(block):
                 for u, (_, r, n) in zip(uids, locs):
                     if nonfinite(block[r - a:r - a + n]):
                         raise self._nonfinite_error(stream, kind, u, l, p)
@@ -368,6 +355,7 @@ class FeatureStore:
                     raise KeyError(entry_path(stream, kind))
                 ids, offs, lens = g["ids"].asstr()[...], g["offset"][...], g["length"][...]
                 sums = g[CHECKSUM][...] if CHECKSUM in g else None
+                self._finite[key] = bool(g[DATA].attrs.get("finite", False)) if DATA in g else False
             except (KeyError, OSError, ValueError, TypeError, UnicodeDecodeError) as e:
                 raise StoreError(f"part file {self._part_name(p)} of {self.path} is damaged: its table of "
                                  f"{entry_path(stream, kind)} cannot be read ({type(e).__name__}: {e})") from None
@@ -438,8 +426,8 @@ class FeatureStore:
             if not os.path.exists(path):
                 raise StoreError(f"{self.path} refers to the part file {path}, which is missing: the store's folder "
                                  f"{os.path.basename(data_dir(self.path))}/ must stay beside it (copy or move both)")
-            f = open_h5(path, "r")
-            if not f.emofuse_sealed and self._idx.parts[p] != "":
+            f = open_h5(path, "r", verify=self.verify)
+            if self.verify and not f.emofuse_sealed and self._idx.parts[p] != "":
                 self._warn_unchecked(path)
         self._files[p] = f
         while len(self._files) > self._max_open:
