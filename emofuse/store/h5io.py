@@ -305,14 +305,23 @@ def rows_checksum(rows: np.ndarray) -> int:
 def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.ndarray:
     """``(U, L)`` uint64: the checksum of utterance ``u``'s rows of layer ``l`` for rows
     ``(ΣT, L, D)`` holding the utterances back to back."""
+    return checked_layers(data, lengths)[0]
+
+
+def checked_layers(data: np.ndarray, lengths: list[int] | np.ndarray) -> tuple[np.ndarray, bool]:
+    """``layer_checksums`` and whether every value is finite, in one pass per utterance: its
+    rows are transposed to ``(L, T, D)`` (a copy small enough to stay in the CPU cache), then
+    each layer hashed and the copy tested for NaN/Inf."""
     lengths = np.asarray(lengths, np.int64)
     offsets = _offsets(list(lengths))
     out = np.zeros((len(lengths), data.shape[1]), np.uint64)
-    for l in range(data.shape[1]):
-        layer = np.ascontiguousarray(data[:, l])
-        for u, (o, n) in enumerate(zip(offsets, lengths)):
-            out[u, l] = rows_checksum(layer[o:o + n])
-    return out
+    finite = True
+    for u, (o, n) in enumerate(zip(offsets, lengths)):
+        rows = np.ascontiguousarray(data[o:o + n].transpose(1, 0, 2))
+        for l in range(data.shape[1]):
+            out[u, l] = rows_checksum(rows[l])
+        finite = finite and not nonfinite(rows)
+    return out, finite
 
 
 def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray],
@@ -337,8 +346,9 @@ def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int
         else:
             g.create_dataset(name, data=arr)
         if name == DATA and arr.ndim == 3:
-            write_checksums(g, layer_checksums(arr, lengths))
-            g[DATA].attrs["finite"] = not nonfinite(arr)  # with the checksums, spares the reader its NaN test
+            sums, finite = checked_layers(arr, lengths)
+            write_checksums(g, sums)
+            g[DATA].attrs["finite"] = finite  # with the checksums, spares the reader its NaN test
 
 
 def write_checksums(g: h5py.Group, sums: np.ndarray) -> None:
