@@ -2,11 +2,11 @@
 
 from .fingerprint import corpus_changes, corpus_fingerprint, digest
 from .index import copy_store, remove_store, store_bytes
-from .reader import FeatureStore, Ragged, Segments, Tokens
+from .reader import FeatureStore, Ragged, Segments, Tokens, UncheckedStoreWarning
 from .schema import FRAMES, GRANULARITIES, SCHEMA_VERSION, TOKENS, segments_kind
 from .writer import StoreWriter, compact_store, merge_stores, upgrade_store
 
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "compact_store", "copy_store",
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",
            "digest", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION",
-           "segments_kind"]
+           "segments_kind", "UncheckedStoreWarning"]

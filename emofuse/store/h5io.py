@@ -2,26 +2,225 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 from typing import Any, Mapping
 
 import h5py
 import numpy as np
 import pandas as pd
+import xxhash
 
 from ..arrays import offsets_from_lengths
 from ..errors import StoreError
-from .schema import DATA, INDEX_NAMES, PART_TYPE, SCHEMA_VERSION, STORE_TYPE, chunk_rows
+from .schema import CHECKSUM, CHECKSUM_ALGORITHM, DATA, INDEX_NAMES, PART_TYPE, SCHEMA_VERSION, STORE_TYPE, chunk_rows
 
 STR = h5py.string_dtype("utf-8")
 
 
-def open_h5(path: str, mode: str = "r") -> h5py.File:
+#: every store file begins with an HDF5 user block of this size holding its seal (``_write_seal``)
+USERBLOCK = 4096
+SEAL_MAGIC = b"EMOFUSE-SEAL/1\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: the user block of files too big for a 4 KiB seal (``compact``'s one part)
+BIG_USERBLOCK = 1 << 20
+
+
+def open_h5(path: str, mode: str = "r", verify: bool = True) -> h5py.File:
+    """Open a store file. For reading, its seal is verified first (``check_file_seal``), so HDF5
+    never parses damaged metadata (HDF5 2.0 can segfault on it); ``f.emofuse_sealed`` says
+    whether the file had a seal (files written before seals existed are read unverified)."""
+    if mode == "r" and os.path.isdir(path):
+        raise StoreError(f"{path} is a folder; expected a feature store file (STORE.h5, beside its folder STORE.h5.d)")
+    sealed = check_file_seal(path) if verify and mode == "r" and os.path.isfile(path) else False
     try:
-        return h5py.File(path, mode, locking=False)
+        f = h5py.File(path, mode, locking=False)
     except OSError as e:
-        raise StoreError(f"{path} could not be opened as an HDF5 feature store ({e})") from e
+        if mode != "r":
+            raise  # a write error: the writer names it (disk full, read-only, permission)
+        raise StoreError(f"{path} could not be opened as an HDF5 feature store ({e})") from None
+    f.emofuse_sealed = sealed
+    return f
+
+
+def _tensor_ranges(f: h5py.File) -> list[list[int]]:
+    """Byte ranges of a file's tensor chunks (datasets named ``data``), merged: what the seal
+    leaves to the per-utterance checksums."""
+    spans = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] == DATA and obj.chunks:
+            for c in range(obj.id.get_num_chunks()):
+                info = obj.id.get_chunk_info(c)
+                spans.append((int(info.byte_offset), int(info.byte_offset + info.size)))
+    f.visititems(visit)
+    merged: list[list[int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
+
+
+def _seal_digest(fh, size: int, skip: list[list[int]], start: int) -> str:
+    """XXH3-128 of a file's bytes from ``start`` (after the user block), but the ``skip`` ranges."""
+    h = xxhash.xxh3_128()
+    pos = start
+    for a, b in skip + [[size, size]]:
+        fh.seek(pos)
+        left = a - pos
+        while left > 0:
+            block = fh.read(min(left, 4 << 20))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+        pos = max(pos, b)
+    return h.hexdigest()
+
+
+def _write_seal(fh, skip: list[list[int]], userblock: int = USERBLOCK) -> None:
+    """Write the seal into the user block of a closed HDF5 file: its size, the tensor ranges and
+    the digest of every other byte (metadata and small tables)."""
+    size = os.fstat(fh.fileno()).st_size
+
+    def header(skip):
+        head = {"size": size, "userblock": userblock, "skip": skip,
+                "xxh3_128": _seal_digest(fh, size, skip, userblock)}
+        return SEAL_MAGIC + json.dumps(head, separators=(",", ":")).encode() + b"\n"
+    raw = header(skip)
+    if len(raw) > userblock:  # too many tensor ranges to list: seal every byte instead
+        raw = header([])
+    fh.seek(0)
+    fh.write(raw.ljust(userblock, b"\0"))
+
+
+def check_file_seal(path: str) -> bool:
+    """Verify a store file's seal before HDF5 reads it: ``True`` when sealed and intact, ``False``
+    for a file written before seals (it starts with HDF5's signature), ``StoreError`` otherwise."""
+    def bad(why: str) -> StoreError:
+        return StoreError(f"{path} is damaged ({why}); restore the store from a copy, or re-extract")
+    with open(path, "rb") as fh:
+        first = fh.read(USERBLOCK)
+        if first.startswith(HDF5_SIGNATURE):
+            return False
+        if not first.startswith(SEAL_MAGIC):
+            raise StoreError(f"{path} is not an emofuse feature store, or it is damaged: it begins with neither an "
+                             "emofuse seal nor an HDF5 signature")
+        if b"\n" not in first[len(SEAL_MAGIC):]:
+            first += fh.read(1 << 20)  # a big file's seal lists more ranges
+        try:
+            head = json.loads(first[len(SEAL_MAGIC):].split(b"\n", 1)[0])
+            size, userblock = int(head["size"]), int(head["userblock"])
+            skip, want = [[int(a), int(b)] for a, b in head["skip"]], str(head["xxh3_128"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise bad("its seal cannot be read") from None
+        actual = os.fstat(fh.fileno()).st_size
+        if actual != size:
+            raise bad(f"it holds {actual} bytes, its seal says {size}: it was truncated or extended")
+        if userblock not in (USERBLOCK, BIG_USERBLOCK) or skip != sorted(skip) or \
+                any(not (userblock <= a <= b <= size) for a, b in skip):
+            raise bad("its seal lists impossible byte ranges")
+        if _seal_digest(fh, size, skip, userblock) != want:
+            raise bad("its metadata bytes do not match the seal written with them")
+    return True
+
+
+def reseal(path: str) -> None:
+    """Seal a store file again after editing it with h5py (tools and tests only)."""
+    with h5py.File(path, "r", locking=False) as f:
+        skip = _tensor_ranges(f)
+        userblock = f.userblock_size
+    with open(path, "r+b") as fh:
+        _write_seal(fh, skip, userblock)
+
+
+class _WriteThrough(io.RawIOBase):
+    """The file HDF5 writes a new store file through (h5py's file-object driver). HDF5 2.0 does
+    not survive a failed write (a full disk made its close, or the interpreter's exit, segfault),
+    so this never tells it: the first OS error (ENOSPC, EFBIG, EIO …) is kept, later writes are
+    dropped, and ``writing_h5`` raises that error once HDF5 has closed the file in peace."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def readinto(self, b) -> int:
+        return self.file.readinto(b)
+
+    def write(self, b) -> int:
+        view = memoryview(b).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += self.file.write(view[done:])
+            except OSError as e:
+                self.error = e
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.file.truncate(size)
+        except OSError as e:
+            self.error = self.error or e
+            return size if size is not None else self.file.tell()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def writing_h5(path: str, userblock: int = USERBLOCK):
+    """A new HDF5 file at ``path``, open for writing, closed (and fsynced) on the way out; an OS
+    error while writing it (disk full, file size limit, I/O error) is raised as that ``OSError``
+    after HDF5 has closed the file (see ``_WriteThrough``). The caller removes ``path`` then."""
+    raw = _WriteThrough(path)
+    try:
+        f = h5py.File(raw, "w", userblock_size=userblock)
+        try:
+            yield f
+            f.flush()
+            skip = _tensor_ranges(f)
+        finally:
+            f.close()
+        if raw.error is None:
+            try:
+                _write_seal(raw.file, skip, userblock)
+                os.fsync(raw.file.fileno())
+            except OSError as e:
+                raw.error = e
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
+        if raw.error is not None:  # HDF5 stumbled on what it could not write: the cause is the OS error
+            raise raw.error from None
+        raise
+    finally:
+        raw.close()
+    if raw.error is not None:
+        raise raw.error
 
 
 def check_header(f: h5py.File, path: str, types: tuple[str, ...] = (STORE_TYPE,),
@@ -30,7 +229,9 @@ def check_header(f: h5py.File, path: str, types: tuple[str, ...] = (STORE_TYPE,)
     kind = f.attrs.get("type")
     if kind not in types:
         raise StoreError(f"{path} is not an emofuse feature store (type attribute {kind!r}, expected {types[0]!r})")
-    version = int(f.attrs.get("schema_version", -1))
+    if "schema_version" not in f.attrs:
+        raise StoreError(f"{path} has no schema_version attribute: it is damaged; restore it from a copy, or re-extract")
+    version = int(f.attrs["schema_version"])
     if version not in versions:
         raise StoreError(
             f"{path} uses store schema v{version} (written by emofuse {f.attrs.get('emofuse_version', '?')}); "
@@ -72,12 +273,60 @@ def get_info(group: h5py.Group) -> dict[str, Any]:
     return json.loads(group.attrs["info"]) if "info" in group.attrs else {}
 
 
+def nonfinite(a: np.ndarray) -> bool:
+    """Whether a float array holds NaN or ±Inf, at memory speed and without a temporary array.
+    A float is non-finite when its exponent bits are all ones: as unsigned integers the negative
+    ones are the largest values (≥ 0xFC00 for float16), as signed integers the positive ones are
+    (≥ 0x7C00), so two max-reductions of the bits decide it."""
+    if a.dtype.kind != "f" or not a.size:
+        return False
+    if a.dtype.itemsize not in (2, 4, 8) or not a.flags.c_contiguous:
+        return not bool(np.isfinite(a).all())
+    bits = 8 * a.dtype.itemsize
+    mant = {16: 10, 32: 23, 64: 52}[bits]
+    exp_ones = ((1 << (bits - 1 - mant)) - 1) << mant          # 0x7C00 for float16
+    u = a.view(f"u{a.dtype.itemsize}")
+    i = a.view(f"i{a.dtype.itemsize}")
+    return bool(int(u.max()) >= (1 << (bits - 1)) | exp_ones or int(i.max()) >= exp_ones)
+
+
+def rows_checksum(rows: np.ndarray) -> int:
+    """Checksum of one utterance's rows of one layer (a C-contiguous ``(n, D)`` array): XXH3-64
+    of its little-endian bytes (~10 GB/s, so verifying on read costs little beside HDF5)."""
+    if sys.byteorder != "little":
+        rows = rows.astype(rows.dtype.newbyteorder("<"))
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(rows))
+
+
+def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.ndarray:
+    """``(U, L)`` uint64: the checksum of utterance ``u``'s rows of layer ``l`` for rows
+    ``(ΣT, L, D)`` holding the utterances back to back."""
+    return checked_layers(data, lengths)[0]
+
+
+def checked_layers(data: np.ndarray, lengths: list[int] | np.ndarray) -> tuple[np.ndarray, bool]:
+    """``layer_checksums`` and whether every value is finite, in one pass per utterance: its
+    rows are transposed to ``(L, T, D)`` (a copy small enough to stay in the CPU cache), then
+    each layer hashed and the copy tested for NaN/Inf."""
+    lengths = np.asarray(lengths, np.int64)
+    offsets = offsets_from_lengths(lengths)
+    out = np.zeros((len(lengths), data.shape[1]), np.uint64)
+    finite = True
+    for u, (o, n) in enumerate(zip(offsets, lengths)):
+        rows = np.ascontiguousarray(data[o:o + n].transpose(1, 0, 2))
+        for l in range(data.shape[1]):
+            out[u, l] = rows_checksum(rows[l])
+        finite = finite and not nonfinite(rows)
+    return out, finite
+
+
 def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray],
                       inputs: list[str] | None = None) -> None:
     """A complete entry table of a part file, written once. Arrays of rows ``(n, L, D)`` are
     chunked as (≈256 KiB of rows, 1 layer, D) so that reading a subset of layers reads only those
     layers; small arrays are contiguous. ``inputs``: per utterance, the digest of what it was
-    computed from ("" when not tracked)."""
+    computed from ("" when not tracked). ``data`` gets ``checksum`` (U, L): per utterance and
+    layer, the checksum of its rows (``layer_checksums``), which the reader verifies."""
     g = f.require_group(path)
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
     g.create_dataset("offset", data=offsets_from_lengths(lengths))
@@ -92,6 +341,15 @@ def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int
             g.create_dataset(name, data=arr, chunks=(rows, 1, arr.shape[2]))
         else:
             g.create_dataset(name, data=arr)
+        if name == DATA and arr.ndim == 3:
+            sums, finite = checked_layers(arr, lengths)
+            write_checksums(g, sums)
+            g[DATA].attrs["finite"] = finite  # with the checksums, spares the reader its NaN test
+
+
+def write_checksums(g: h5py.Group, sums: np.ndarray) -> None:
+    ds = g.create_dataset(CHECKSUM, data=np.asarray(sums, np.uint64))
+    ds.attrs["algorithm"] = CHECKSUM_ALGORITHM
 
 
 def row_arrays(g: h5py.Group) -> list[str]:

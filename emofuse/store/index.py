@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
-from .h5io import (STR, atomic_publish, check_header, file_header, get_info, open_h5, read_index, read_table,
-                   set_info, write_table)
+from .h5io import (STR, atomic_publish, check_header, file_header, get_info, open_h5, read_index,
+                   read_table, set_info, write_table, writing_h5)
 from .schema import DATA_DIR_SUFFIX, READABLE_VERSIONS, STORE_TYPE
 
 
@@ -85,8 +85,30 @@ def _read_skipped(sg) -> list[tuple[str, str, str, str]]:
     return list(zip(ids, kinds, reasons, inputs))
 
 
+#: what h5py raises on a damaged file (its C library's messages, wrapped)
+DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError, UnicodeDecodeError,
+          OverflowError, MemoryError)
+
+
+def damaged(path: str, e: BaseException) -> StoreError:
+    """One sentence for a store file h5py cannot read as it should."""
+    detail = str(e).strip().strip("'\"")[:200]
+    return StoreError(f"{path} is damaged and cannot be read ({type(e).__name__}: {detail}); restore the store from a "
+                      "copy, or re-extract")
+
+
 def load_index(path: str) -> StoreIndex:
-    """Read a store's index (v2) or describe a v1 store as one (its only part: itself)."""
+    """Read a store's index (v2) or describe a v1 store as one (its only part: itself); verify its
+    ``meta_checksum``. A damaged index gives one sentence (``StoreError``), never a traceback."""
+    try:
+        return _load_index(path)
+    except StoreError:
+        raise
+    except DAMAGE as e:
+        raise damaged(path, e) from None
+
+
+def _load_index(path: str) -> StoreIndex:
     with open_h5(path) as f:
         version = check_header(f, path, versions=READABLE_VERSIONS)
         idx = StoreIndex(version=version, fingerprint=str(f.attrs["corpus_fingerprint"]),
@@ -124,7 +146,7 @@ def load_index(path: str) -> StoreIndex:
 def save_index(idx: StoreIndex, path: str, version: str) -> None:
     """Write ``idx`` as a v2 index to ``path + '.tmp'``, fsync it and rename it over ``path``."""
     tmp = path + ".tmp"
-    with open_h5(tmp, "w") as f:
+    with writing_h5(tmp) as f:
         file_header(f, STORE_TYPE, idx.fingerprint, version)
         for k, v in idx.meta.items():
             f.attrs[f"corpus_{k}"] = str(v)

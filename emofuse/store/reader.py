@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -13,9 +15,16 @@ import pandas as pd
 
 from ..arrays import offsets_from_lengths
 from ..errors import StoreError
-from .h5io import open_h5
-from .index import data_dir, load_index, part_path
-from .schema import DATA, FRAMES, GRANULARITIES, TOKENS, entry_path, segments_kind
+from .h5io import nonfinite, open_h5, rows_checksum
+from .index import DAMAGE, damaged, data_dir, load_index, part_path
+from .schema import CHECKSUM, DATA, FRAMES, GRANULARITIES, TOKENS, entry_path, segments_kind
+
+#: rows of one layer read per HDF5 call in ``load`` (then checked while they are in the CPU cache)
+READ_BLOCK_BYTES = 4 << 20
+
+
+class UncheckedStoreWarning(UserWarning):
+    """Part files written before checksums existed are read without verification."""
 
 
 class Tokens(NamedTuple):
@@ -71,6 +80,19 @@ class Ragged:
         return x, mask
 
 
+def _guarded(method):
+    """A damaged file met while reading gives one sentence (``StoreError``), not h5py's traceback."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except DAMAGE as e:
+            raise damaged(getattr(self, "_reading", None) or self.path, e) from None
+    return call
+
+
 class FeatureStore:
     """Read-only view of a feature store (schema v2: the index ``STORE.h5`` and its part files;
     a v1 store, one self-contained file, reads the same way).
@@ -83,8 +105,11 @@ class FeatureStore:
     >>> fs.frames("audio", "Ses01F_impro01_F000").shape   # (T, L, D)
     """
 
-    def __init__(self, path: str | os.PathLike, max_open: int = 256):
+    def __init__(self, path: str | os.PathLike, max_open: int = 256, verify: bool = True):
         self.path = os.fspath(path)
+        #: check tensors against their checksums and for NaN/Inf as they are read (``False`` only
+        #: to measure what the checks cost: ``benchmarks/store_checks.py``)
+        self.verify = verify
         if not os.path.exists(self.path):
             pending = glob.glob(data_dir(os.path.abspath(self.path)) + "/*.h5")
             hint = " (an interrupted run left parts: run the same command again to finish)" if pending else ""
@@ -98,6 +123,12 @@ class FeatureStore:
         self._index: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
         self._files: OrderedDict[int, Any] = OrderedDict()
         self._checked: set[tuple[int, str]] = set()
+        self._entries: dict[tuple[int, str, str], dict] = {}
+        self._finite: dict[tuple[int, str, str], bool] = {}
+        self._warned = False
+        #: part files met so far that carry no checksums (written before them): read unverified
+        self.unchecked_parts: set[str] = set()
+        self._reading: str | None = None
         self._max_open = max_open
         for name in self.streams:
             fp = self.stream_info(name).get("corpus_fingerprint")
@@ -172,11 +203,13 @@ class FeatureStore:
             pos += n
         return out
 
+    @_guarded
     def row_shape(self, stream: str, kind: str = FRAMES) -> tuple[int, int, int]:
         """(layers L, dim D, bytes per value) of an entry table's rows."""
         ds = self._dataset(self._table(stream, kind).part[0], stream, kind, DATA)
         return int(ds.shape[1]), int(ds.shape[2]), int(ds.dtype.itemsize)
 
+    @_guarded
     def column(self, stream: str, kind: str, name: str) -> np.ndarray:
         """A row-aligned array of an entry table, whole, in storage order: small per-row facts
         (``spans``, ``symbols`` of segments; ``strings`` of tokens), not ``data``."""
@@ -220,30 +253,45 @@ class FeatureStore:
     def _rows(self, stream: str, kind: str, utt_id: str, name: str, as_str: bool = False) -> np.ndarray:
         p, o, n = self._locate(stream, kind, utt_id)
         ds = self._dataset(p, stream, kind, name)
-        return ds.asstr()[o:o + n] if as_str else ds[o:o + n]
+        sums = self._entry_checksums(p, stream, kind, utt_id, o, n)
+        rows = ds.asstr()[o:o + n] if as_str else ds[o:o + n]
+        if name == DATA:
+            for l in range(rows.shape[1]):
+                self._check_rows(rows[:, l], sums, l, stream, kind, utt_id, p)
+                if self.verify and nonfinite(rows[:, l]):
+                    raise self._nonfinite_error(stream, kind, utt_id, l, p)
+        return rows
 
+    @_guarded
     def frames(self, stream: str, utt_id: str) -> np.ndarray:
         """Frame activations ``(T, L, D)``."""
         return self._rows(stream, FRAMES, utt_id, DATA)
 
+    @_guarded
     def tokens(self, stream: str, utt_id: str) -> Tokens:
         r = lambda name, s=False: self._rows(stream, TOKENS, utt_id, name, s)  # noqa: E731
         return Tokens(r(DATA), r("strings", True), r("word_ids"), r("offsets"), r("special").astype(bool))
 
+    @_guarded
     def segments(self, stream: str, granularity: str, utt_id: str) -> Segments:
         kind = segments_kind(granularity)
         return Segments(self._rows(stream, kind, utt_id, DATA), self._rows(stream, kind, utt_id, "symbols", True),
                         self._rows(stream, kind, utt_id, "spans"))
 
     # -- bulk ----------------------------------------------------------------------------
+    @_guarded
     def load(self, stream: str, kind: str = FRAMES, ids: Sequence[str] | None = None,
              layers: Sequence[int] | None = None, dtype: Any = None) -> Ragged:
-        """Rows of many utterances in a few large sequential reads.
+        """Rows of many utterances in a few large sequential reads, verified.
 
         ``kind``: ``frames``, ``tokens`` or ``segments/<granularity>``; ``ids``: which utterances
         (default: all with entries), returned in the given order; ``layers``: which layers, as the
         encoder numbers them (``layer_ids``; default all stored). Runs of utterances stored next to
-        each other in one part are read in one call.
+        each other in one part are read one layer at a time in blocks of about
+        ``READ_BLOCK_BYTES``; each block is checked while it is in the CPU cache: every
+        utterance's rows of that layer against the checksum written at commit, and for NaN or
+        ±Inf. A mismatch or a non-finite value raises ``StoreError`` naming the stream, the
+        utterance and the part file.
         """
         index = self._entry_index(stream, kind)
         if ids is None:
@@ -253,36 +301,122 @@ class FeatureStore:
             raise StoreError(
                 f"{len(missing)} utterances (e.g. {missing[0]}) have no {kind} in stream {stream!r} of {self.path}"
             )
-        L, D, _ = self.row_shape(stream, kind)
+        L, D, itemsize = self.row_shape(stream, kind)
         lsel = list(range(L)) if layers is None else self._positions(stream, [int(l) for l in layers], L)
         locs = np.array([index[i] for i in ids], dtype=np.int64).reshape(-1, 3)  # part, row, length
         lengths = locs[:, 2].copy()
         ds0 = self._dataset(int(locs[0, 0]) if len(locs) else self._table(stream, kind).part[0], stream, kind, DATA)
         out = np.empty((int(lengths.sum()), len(lsel), D), dtype=dtype or ds0.dtype)
         dest = offsets_from_lengths(lengths)
-        # Read part by part in storage order, one call per run of adjacent utterances.
+        # Read part by part in storage order, one block per run of adjacent utterances.
         order = np.lexsort((locs[:, 1], locs[:, 0]))
-        contiguous = lsel == list(range(lsel[0], lsel[-1] + 1)) if lsel else True
+        max_rows = max(1, READ_BLOCK_BYTES // max(1, D * itemsize))
+        scratch = np.empty(max_rows * D, ds0.dtype)  # one block buffer, reused: stays in the CPU cache
         run: list[int] = []
         for j in list(order) + [None]:
             if j is not None and run and locs[j, 0] == locs[run[-1], 0] and \
-                    locs[j, 1] == locs[run[-1], 1] + locs[run[-1], 2] and sum(locs[r, 2] for r in run) < (1 << 16):
+                    locs[j, 1] == locs[run[-1], 1] + locs[run[-1], 2] and \
+                    locs[j, 1] + locs[j, 2] - locs[run[0], 1] <= max_rows:
                 run.append(j)
                 continue
             if run:
-                ds = self._dataset(int(locs[run[0], 0]), stream, kind, DATA)
-                a = int(locs[run[0], 1])
-                b = int(locs[run[-1], 1] + locs[run[-1], 2])
-                if b > a:
-                    if contiguous:
-                        block = ds[a:b, lsel[0]:lsel[-1] + 1]
-                    else:
-                        block = np.stack([ds[a:b, l] for l in lsel], axis=1)
-                    for r in run:
-                        src = int(locs[r, 1]) - a
-                        out[dest[r]:dest[r] + lengths[r]] = block[src:src + lengths[r]]
+                self._read_run(stream, kind, [ids[r] for r in run], locs[run], dest[run], lsel, out, scratch)
             run = [j] if j is not None else []
         return Ragged(np.asarray(ids), out, dest, lengths)
+
+    def _read_run(self, stream: str, kind: str, uids: list[str], locs: np.ndarray, dest: np.ndarray,
+                  lsel: list[int], out: np.ndarray, scratch: np.ndarray) -> None:
+        """Rows ``locs`` (adjacent in one part) of layers ``lsel`` into ``out`` at rows ``dest``:
+        one HDF5 read per layer into a block, checked, then copied."""
+        p = int(locs[0, 0])
+        ds = self._dataset(p, stream, kind, DATA)
+        a, b = int(locs[0, 1]), int(locs[-1, 1] + locs[-1, 2])
+        sums = [self._entry_checksums(p, stream, kind, u, int(r), int(n)) for u, (_, r, n) in zip(uids, locs)]
+        if b <= a:
+            return
+        D = ds.shape[2]
+        block = (scratch[:(b - a) * D] if len(scratch) >= (b - a) * D and scratch.dtype == ds.dtype
+                 else np.empty((b - a) * D, ds.dtype)).reshape(b - a, D)  # one utterance may exceed a block
+        target = block.reshape(b - a, 1, D)  # a rank-3 selection: HDF5's fast path
+        in_order = bool(np.all(dest[1:] == dest[:-1] + locs[:-1, 2]))  # out rows back to back as stored
+        # Rows whose checksums match are the bytes the writer wrote; where it found them all finite
+        # (``finite`` attribute) they are finite: the NaN/Inf test is for the other parts.
+        check_nan = self.verify and not (self._finite.get((p, stream, kind)) and all(cs is not None for cs in sums))
+        for k, l in enumerate(lsel):
+            ds.read_direct(target, np.s_[a:b, l:l + 1, :], np.s_[:, :, :])
+            for u, (_, r, n), cs in zip(uids, locs, sums):
+                self._check_rows(block[r - a:r - a + n], cs, l, stream, kind, u, p)
+            if check_nan and nonfinite(block):
+                for u, (_, r, n) in zip(uids, locs):
+                    if nonfinite(block[r - a:r - a + n]):
+                        raise self._nonfinite_error(stream, kind, u, l, p)
+            if in_order:
+                out[dest[0]:dest[0] + (b - a), k] = block
+            else:
+                for d, (_, r, n) in zip(dest, locs):
+                    out[d:d + n, k] = block[r - a:r - a + n]
+
+    # -- integrity -----------------------------------------------------------------------
+    def _part_name(self, p: int) -> str:
+        return part_path(self.path, self._idx.parts[p])
+
+    def _part_entries(self, p: int, stream: str, kind: str) -> dict[tuple[str, int], tuple[int, Any]]:
+        """What part ``p`` itself says it holds for ``kind`` of ``stream``: ``{(utt_id, first
+        row): (rows, checksums (L,) or None)}`` (None: a part written before checksums)."""
+        key = (p, stream, kind)
+        got = self._entries.get(key)
+        if got is None:
+            g = self._file(p).get(entry_path(stream, kind))
+            limit = os.path.getsize(self._part_name(p))
+            try:
+                if g is None or any(g[c].shape[0] > limit for c in ("ids", "offset", "length")):
+                    raise KeyError(entry_path(stream, kind))
+                ids, offs, lens = g["ids"].asstr()[...], g["offset"][...], g["length"][...]
+                sums = g[CHECKSUM][...] if CHECKSUM in g else None
+                self._finite[key] = bool(g[DATA].attrs.get("finite", False)) if DATA in g else False
+            except (KeyError, OSError, ValueError, TypeError, UnicodeDecodeError) as e:
+                raise StoreError(f"part file {self._part_name(p)} of {self.path} is damaged: its table of "
+                                 f"{entry_path(stream, kind)} cannot be read ({type(e).__name__}: {e})") from None
+            if not (len(ids) == len(offs) == len(lens)) or (sums is not None and len(sums) != len(ids)):
+                raise StoreError(f"part file {self._part_name(p)} of {self.path} is damaged: the columns of its table "
+                                 f"of {entry_path(stream, kind)} have different lengths")
+            if sums is None:
+                self._warn_unchecked(self._part_name(p))
+            got = {(str(i), int(o)): (int(n), None if sums is None else sums[k])
+                   for k, (i, o, n) in enumerate(zip(ids, offs, lens))}
+            self._entries[key] = got
+        return got
+
+    def _warn_unchecked(self, part: str) -> None:
+        self.unchecked_parts.add(part)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"{self.path} has part files written before checksums (e.g. {part}): they are read "
+                          f"unverified; `emofuse store compact {self.path}` rewrites the store with checksums",
+                          UncheckedStoreWarning, stacklevel=5)
+
+    def _entry_checksums(self, p: int, stream: str, kind: str, utt_id: str, row: int, n: int):
+        """The checksums (one per stored layer) of an utterance's rows, after checking that its part
+        file holds exactly the rows the index gives it (a damaged index reads nothing wrong)."""
+        got = self._part_entries(p, stream, kind).get((utt_id, row))
+        if got is None or got[0] != n:
+            raise StoreError(f"{self.path} is damaged: its index places {kind} of utterance {utt_id!r} (stream "
+                             f"{stream!r}) at rows {row}..{row + n} of part file {self._part_name(p)}, which holds "
+                             "no such entry; restore the store from a copy or re-extract")
+        return got[1]
+
+    def _nonfinite_error(self, stream: str, kind: str, utt_id: str, l: int, p: int) -> StoreError:
+        return StoreError(f"{kind} of utterance {utt_id!r} in stream {stream!r} of {self.path} hold NaN or infinite "
+                          f"values (layer position {l}, part file {self._part_name(p)}); they cannot be used for "
+                          "training: re-extract this utterance, or restore the store from a copy")
+
+    def _check_rows(self, rows: np.ndarray, sums, l: int, stream: str, kind: str, utt_id: str, p: int) -> None:
+        if sums is None or not self.verify:
+            return
+        if l >= len(sums) or rows_checksum(rows) != int(sums[l]):
+            raise StoreError(f"{kind} of utterance {utt_id!r} in stream {stream!r} of {self.path} are corrupt: layer "
+                             f"position {l} does not match the checksum written with it (part file "
+                             f"{self._part_name(p)}); restore the store from a copy or re-extract it")
 
     # -- helpers -------------------------------------------------------------------------
     def _table(self, stream: str, kind: str):
@@ -304,12 +438,15 @@ class FeatureStore:
 
     def _file(self, p: int):
         f = self._files.pop(p, None)
+        self._reading = part_path(self.path, self._idx.parts[p])  # named if h5py fails on it
         if f is None:
-            path = part_path(self.path, self._idx.parts[p])
+            path = self._reading
             if not os.path.exists(path):
                 raise StoreError(f"{self.path} refers to the part file {path}, which is missing: the store's folder "
                                  f"{os.path.basename(data_dir(self.path))}/ must stay beside it (copy or move both)")
-            f = open_h5(path, "r")
+            f = open_h5(path, "r", verify=self.verify)
+            if self.verify and not f.emofuse_sealed and self._idx.parts[p] != "":
+                self._warn_unchecked(path)
         self._files[p] = f
         while len(self._files) > self._max_open:
             self._files.popitem(last=False)[1].close()

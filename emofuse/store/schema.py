@@ -10,8 +10,13 @@ PART_TYPE = "emofuse.store-part"
 FRAMES = "frames"
 TOKENS = "tokens"
 GRANULARITIES = ("phone", "syllable", "word")
-INDEX_NAMES = ("ids", "offset", "length", "inputs")
+INDEX_NAMES = ("ids", "offset", "length", "inputs", "checksum")
 DATA = "data"
+#: per utterance and stored layer, the checksum of ``data``'s rows (U, L) uint64, written at commit
+CHECKSUM = "checksum"
+#: how ``checksum`` is computed (the dataset's ``algorithm`` attribute): xxHash XXH3-64 of the
+#: utterance's rows of one layer, C order, little-endian bytes, as the reader gets them
+CHECKSUM_ALGORITHM = "xxh3_64/utterance-layer"
 #: suffix of the folder beside ``STORE.h5`` that holds its immutable part files (v2)
 DATA_DIR_SUFFIX = ".d"
 

@@ -24,6 +24,7 @@ import glob
 import os
 import re
 import shutil
+import warnings
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -33,8 +34,8 @@ from .. import __version__
 from ..arrays import offsets_from_lengths
 from ..errors import StoreError
 from .fingerprint import corpus_changes, corpus_fingerprint
-from .h5io import (STR, check_header, file_header, fsync_path, get_info, open_h5, read_index, row_arrays, set_info,
-                   write_entry_table)
+from .h5io import (BIG_USERBLOCK, STR, check_header, file_header, fsync_path, get_info, layer_checksums, open_h5,
+                   read_index, writing_h5, row_arrays, set_info, write_checksums, write_entry_table)
 from .index import SELF, EntryTable, StoreIndex, data_dir, load_index, part_path, save_index
 from .schema import DATA, PART_TYPE, READABLE_VERSIONS, STORE_TYPE, entry_path
 
@@ -44,12 +45,62 @@ Entries = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
 _SEQ = re.compile(r"^(\d+)-")
 
 
-def _io_error(e: OSError, path: str, what: str) -> StoreError:
-    """One sentence for a file-system error while writing (full disk, read-only, no permission)."""
+#: what a failed write raises: the OS's OSError, or h5py's RuntimeError/OSError wrapping HDF5's
+#: "file write failed ... errno = 28" when the failure happens inside the HDF5 library
+WRITE_ERRORS = (OSError, RuntimeError)
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+_WHAT_TO_DO = {errno.ENOSPC: "free some space or write the store elsewhere",
+               errno.EDQUOT: "free some space or write the store elsewhere",
+               errno.EFBIG: "the file size limit (ulimit -f) is too small for it",
+               errno.EROFS: "write the store to a writable disk",
+               errno.EACCES: "give yourself write permission there or write the store elsewhere",
+               errno.EPERM: "give yourself write permission there or write the store elsewhere",
+               errno.EISDIR: "remove or rename that folder"}
+
+
+def _errno(e: BaseException) -> int | None:
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    m = _H5_ERRNO.search(str(e))
+    return int(m.group(1)) if m else None
+
+
+def _io_error(e: BaseException, path: str, what: str, kept: str = "nothing of this commit was kept and the store is "
+              "as it was") -> StoreError:
+    """One sentence for a file-system error while writing (full disk, read-only, no permission):
+    which file, why, what to do, and that the store is intact."""
+    code = _errno(e)
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+           errno.EFBIG: "the file is too large for this process's file size limit",
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-           errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
-    return StoreError(f"could not {what} {path}: {why}; nothing of this commit was kept and the store is as it was")
+           errno.EPERM: "permission denied", errno.EISDIR: "a folder is in the way"}.get(
+               code, (e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160]))
+    todo = _WHAT_TO_DO.get(code, "check the disk and run the same command again")
+    return StoreError(f"could not {what} {path}: {why}; {kept}; {todo}")
+
+
+def _check_free(folder: str, needed: int, path: str) -> None:
+    """Refuse a commit the disk cannot hold, before writing a byte of it (HDF5 fails untidily
+    when the disk fills mid-file)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise StoreError(f"could not write {path}: the disk is full (it needs about {needed / 1e6:,.1f} MB, "
+                         f"{free / 1e6:,.1f} MB are free); nothing of this commit was kept and the store is as it "
+                         "was; free some space or write the store elsewhere, then run the same command again")
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove a half-written file; a failure to remove it is not the error to report (the next
+    writer removes any ``.tmp`` it finds)."""
+    try:
+        if os.path.lexists(path):
+            os.remove(path)
+    except OSError:
+        pass
 
 
 class _Pending:
@@ -60,6 +111,17 @@ class _Pending:
 
 
 def _read_part(path: str, name: str, fingerprint: str | None) -> _Pending:
+    from .index import DAMAGE
+    try:
+        return _read_part_tables(path, name, fingerprint)
+    except StoreError:
+        raise
+    except DAMAGE as e:
+        raise StoreError(f"committed part file {path} of an unfinished run is damaged ({type(e).__name__}: "
+                         f"{str(e)[:160]}); delete it and run the command again (it recomputes what it held)") from None
+
+
+def _read_part_tables(path: str, name: str, fingerprint: str | None) -> _Pending:
     with open_h5(path) as f:
         check_header(f, path, (PART_TYPE, STORE_TYPE), READABLE_VERSIONS)
         if fingerprint is not None and f.attrs["corpus_fingerprint"] != fingerprint:
@@ -99,11 +161,18 @@ class StoreWriter:
     # -- set-up --------------------------------------------------------------------------
     def _acquire_lock(self) -> int:
         folder = os.path.dirname(self.path) or "."
+        lock = self.path + ".lock"
         try:
             os.makedirs(folder, exist_ok=True)
-            fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
-            raise _io_error(e, self.path + ".lock", "create the lock file") from None
+            if os.path.islink(lock):
+                raise StoreError(f"the store's lock file {lock} is a symbolic link (to {os.readlink(lock)}); expected a "
+                                 "plain file: remove it (it holds nothing) and run again") from None
+            if os.path.isdir(lock):
+                raise StoreError(f"the store's lock file {lock} is a folder; expected a plain file: remove it (a lock "
+                                 "file holds nothing) and run again") from None
+            raise _io_error(e, lock, "create the lock file", kept="nothing was written") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -112,13 +181,23 @@ class StoreWriter:
                 f"another process is writing {self.path} (it holds {self.path}.lock); "
                 "wait for it to finish or write to another store"
             ) from None
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"cannot lock {lock}: this file system does not support locks ({e.strerror or e}); "
+                             "put the store on a local disk") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
 
     def _open(self, table: pd.DataFrame | None, corpus_meta: Mapping[str, Any], update: bool) -> None:
         for stale in glob.glob(self.path + ".tmp") + glob.glob(os.path.join(self.parts_dir, "*.tmp")):
-            os.remove(stale)  # half-written by a killed process: never committed
+            try:  # half-written by a killed process or a failed write: never committed
+                if os.path.isdir(stale) and not os.path.islink(stale):
+                    shutil.rmtree(stale)
+                else:
+                    os.remove(stale)
+            except OSError as e:
+                raise _io_error(e, stale, "remove the unfinished file", kept="nothing was written") from None
         fp = corpus_fingerprint(table) if table is not None else None
         self.dropped: set[str] = set()   # utterances whose entries go (inputs changed, or removed)
         self.changes: list[tuple[str, str]] = []
@@ -253,9 +332,12 @@ class StoreWriter:
         final, name = self._next_name(stream)
         tmp = final + ".tmp"
         tables, skips = {}, []
+        needed = sum(np.asarray(a).nbytes for per_utt in entries.values() for arrays in per_utt.values()
+                     for a in arrays.values() if getattr(a, "dtype", np.dtype("O")).kind != "O")
         try:
             os.makedirs(self.parts_dir, exist_ok=True)
-            with open_h5(tmp, "w") as f:
+            _check_free(self.parts_dir, int(needed * 1.02) + (1 << 20), final)
+            with writing_h5(tmp) as f:
                 file_header(f, PART_TYPE, self.fingerprint, __version__)
                 sg = f.create_group(f"streams/{stream}")
                 set_info(sg, self.stream_infos[stream])
@@ -278,12 +360,13 @@ class StoreWriter:
                     for col, nm in enumerate(("ids", "kind", "reason", "inputs")):
                         g.create_dataset(nm, data=np.array([r[col] for r in skips], dtype=object),
                                          dtype=STR)
-            fsync_path(tmp)
+                    fsync_path(tmp)
             os.replace(tmp, final)
             fsync_path(self.parts_dir)
-        except OSError as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        except WRITE_ERRORS as e:
+            _remove_quietly(tmp)
+            if isinstance(e, RuntimeError) and _errno(e) is None:
+                raise
             raise _io_error(e, final, "write") from None
         except BaseException:
             if os.path.exists(tmp):
@@ -315,9 +398,12 @@ class StoreWriter:
         new = self._build(sources)
         try:
             save_index(new, self.path, __version__)
-        except OSError as e:
+        except WRITE_ERRORS as e:
             self._cleanup_tmp()
-            raise _io_error(e, self.path, "publish the index of") from None
+            if isinstance(e, RuntimeError) and _errno(e) is None:
+                raise
+            raise _io_error(e, self.path, "publish the index of", kept="the committed parts stay for the next run "
+                            "and the index is as it was") from None
         for name in set(new.retired) - set(self.index.retired):
             p = part_path(self.path, name)
             if os.path.exists(p):
@@ -433,8 +519,7 @@ class StoreWriter:
         return rel
 
     def _cleanup_tmp(self) -> None:
-        if os.path.exists(self.path + ".tmp"):
-            os.remove(self.path + ".tmp")
+        _remove_quietly(self.path + ".tmp")
 
     def close(self) -> None:
         """Release the store without publishing: committed parts stay for the next writer."""
@@ -514,7 +599,7 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
     """Rewrite a store into the fewest files (the index and one part), dropping rows no entry
     uses; for shipping. Needs free disk for one copy of what the store uses. Readers opened
     before it may fail afterwards (the old parts are deleted). Returns one sentence."""
-    from .reader import FeatureStore
+    from .reader import FeatureStore, UncheckedStoreWarning
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise StoreError(f"feature store {path} does not exist")
@@ -531,7 +616,8 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
         tables: dict[tuple[str, str], EntryTable] = {}
         before = sum(os.path.getsize(part_path(path, n)) for n in set(idx.parts) if os.path.exists(part_path(path, n)))
         try:
-            with FeatureStore(path) as fs, open_h5(tmp, "w") as out:
+            with warnings.catch_warnings(), FeatureStore(path) as fs, writing_h5(tmp, BIG_USERBLOCK) as out:
+                warnings.simplefilter("ignore", UncheckedStoreWarning)  # this is the remedy it names
                 file_header(out, PART_TYPE, idx.fingerprint, __version__)
                 for (s, kind), t in sorted(idx.tables.items()):
                     tables[(s, kind)] = _copy_table(fs, out, s, kind, t, block_bytes)
@@ -555,7 +641,7 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
         idx.retired = []
         save_index(idx, path, __version__)
         return (f"{path} compacted: {len(set(old)) or 1} part files ({before / 1e6:.1f} MB) rewritten as "
-                f"{final} ({os.path.getsize(final) / 1e6:.1f} MB)")
+                f"{final} ({os.path.getsize(final) / 1e6:.1f} MB), with checksums")
     finally:
         lock.close()
 
@@ -581,13 +667,18 @@ def _copy_table(fs, out, stream: str, kind: str, t: EntryTable, block_bytes: int
             kw["chunks"] = (min(total, chunk_rows(src.shape[1:], src.dtype.itemsize)), 1, src.shape[2])
         dst = g.create_dataset(nm, shape=(total,) + src.shape[1:], dtype=STR if is_str else src.dtype, **kw)
         row_bytes = max(1, int(np.prod(src.shape[1:], dtype=np.int64)) * (8 if is_str else src.dtype.itemsize))
+        sums: list[np.ndarray] = []
         k, pos = 0, 0
         while k < len(t.ids):
             j, rows = k, 0
             while j < len(t.ids) and (rows == 0 or (rows + t.length[j]) * row_bytes <= block_bytes):
                 rows += t.length[j]
                 j += 1
-            if rows:
+            if rows and nm == DATA:  # verified as it is read; the new part gets fresh checksums
+                block = fs.load(stream, kind, ids=t.ids[k:j]).data
+                sums.append(layer_checksums(block, t.length[k:j]))
+                dst[pos:pos + rows] = block
+            elif rows:
                 chunks = []
                 for q in range(k, j):
                     if t.length[q]:
@@ -596,6 +687,12 @@ def _copy_table(fs, out, stream: str, kind: str, t: EntryTable, block_bytes: int
                         chunks.append(ds.asstr()[sl] if is_str else ds[sl])
                 block = np.concatenate(chunks)
                 dst[pos:pos + rows] = block.astype(object) if is_str else block
+            elif nm == DATA:
+                sums.append(layer_checksums(np.zeros((0,) + src.shape[1:], src.dtype), [0] * (j - k)))
             pos += rows
             k = j
+        if nm == DATA and src.ndim == 3:
+            write_checksums(g, np.concatenate(sums) if sums else np.zeros((0, src.shape[1]), np.uint64))
+            if total:
+                dst.attrs["finite"] = True  # every block came through load's NaN/Inf test
     return EntryTable(list(t.ids), [0] * len(t.ids), [int(x) for x in offsets], list(t.length), list(t.inputs))
