@@ -289,6 +289,7 @@ def test_egemaps_stream(small_fake, tmp_path):
     with FeatureStore(out) as fs:
         info = fs.stream_info("egemaps")
         assert info["num_layers"] == 1 and info["dim"] == 25 and info["frame_hop_s"] == 0.01
+        assert info["default_norm"] == "global"   # train-head standardises it unless --norm says otherwise
         u = fs.ids("egemaps")[0]
         x = fs.frames("egemaps", u)
         dur = fs.utterances.loc[u, "duration"]

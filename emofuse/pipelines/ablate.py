@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from typing import Callable
 
@@ -25,7 +25,7 @@ from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .rundir import run_lock, write_json
-from .train import TrainConfig, run_combine, run_train, store_fingerprints
+from .train import TrainConfig, run_combine, run_train, store_fingerprints, with_store_defaults
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb"}
 ROW_EXTRA = {"label", "published", "combine", "same_as"}
@@ -167,10 +167,10 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
             if "folds" in params and params["folds"] is not None:
                 params["folds"] = tuple(str(f) for f in params["folds"])
-            probe = TrainConfig(store=cfg.store, out="", device=cfg.device, **params)
+            probe = with_store_defaults(fs, TrainConfig(store=cfg.store, out="", device=cfg.device, **params))
             key = run_key(probe.identity(), store_fingerprints(fs, probe))
             key_of[label] = key
-            train_cfgs[key] = TrainConfig(store=cfg.store, out=os.path.join(runs_dir, key), device=cfg.device, **params)
+            train_cfgs[key] = replace(probe, out=os.path.join(runs_dir, key))
     pending = [c for k, c in train_cfgs.items() if not _finished(c.out)]
     tuned = [c for c in pending if isinstance(c, ft.FinetuneConfig)]
     pending = [c for c in pending if not isinstance(c, ft.FinetuneConfig)]

@@ -270,7 +270,8 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
                  + f"; the cached tensors of {len(writer.dropped)} utterances are dropped and recomputed")
         kept_of = {}
         for kind, name, enc, sdt in jobs:
-            info = {**enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
+            # train-head's --norm when none is given (hand-crafted descriptors set "global")
+            info = {"default_norm": "none", **enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
             fields = {**enc.fingerprint_fields(), "store_dtype": sdt}
             kept = kept_layers(cfg.layers, enc)
             if kept is not None:  # part of the stream's identity: a subset never mixes with another

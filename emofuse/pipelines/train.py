@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -48,7 +48,7 @@ class TrainConfig:
     head: str = "linear"
     audio_stream: str = "audio"
     text_stream: str = "text"
-    norm: str = "none"
+    norm: str | None = None         # None: the streams' recorded default (global for eGeMAPS, else none)
     norm_streams: str = "speech"    # which streams --norm standardises: speech (the paper), text, all
     layers: str | None = None       # both streams; None: the head's default (all; last for the CMA paper's heads)
     audio_layers: str | None = None  # overrides layers for speech streams
@@ -79,7 +79,7 @@ class TrainConfig:
             raise EmofuseError(f"--fusion must be one of {list(FUSIONS) + ['combine']}, found {self.fusion!r}")
         if self.head not in HEADS:
             raise EmofuseError(f"--head must be one of {list(HEADS)}, found {self.head!r}")
-        if self.norm not in NORMS:
+        if self.norm is not None and self.norm not in NORMS:
             raise EmofuseError(f"--norm must be one of {list(NORMS)}, found {self.norm!r}")
         if self.norm_streams not in NORM_STREAMS:
             raise EmofuseError(f"--norm-streams must be one of {list(NORM_STREAMS)}, found {self.norm_streams!r}")
@@ -125,7 +125,7 @@ class TrainConfig:
             raise EmofuseError(f"--fusion cma takes exactly one speech granularity (e.g. F), found {'+'.join(speech)}")
         if self.fusion in ("late", "concat") and len(keys) < 2:
             raise EmofuseError(f"--fusion {self.fusion} needs at least two streams, found {'+'.join(keys)}")
-        if self.norm != "none":
+        if self.norm not in (None, "none"):
             if not _norm_subset(keys, self.norm_streams):
                 raise EmofuseError(f"--norm {self.norm} --norm-streams {self.norm_streams}: this configuration uses "
                                    f"no {self.norm_streams} stream ({'+'.join(keys)}); choose --norm-streams "
@@ -134,7 +134,7 @@ class TrainConfig:
 
     def norm_keys(self) -> list[str]:
         """The stream keys that --norm standardises."""
-        return _norm_subset(self.keys(), self.norm_streams) if self.norm != "none" else []
+        return _norm_subset(self.keys(), self.norm_streams) if self.norm not in (None, "none") else []
 
     def resolved(self) -> dict:
         """The head's options with every default filled in (HEAD_DEFAULTS, heads/options.py)."""
@@ -182,6 +182,24 @@ class TrainConfig:
 def _norm_subset(keys: list[str], norm_streams: str) -> list[str]:
     """The keys among ``keys`` that ``--norm-streams`` (speech, text, all) names."""
     return {"speech": [k for k in keys if k != "T"], "text": [k for k in keys if k == "T"], "all": keys}[norm_streams]
+
+
+def stream_default_norm(info: dict) -> str:
+    """The ``--norm`` a stream asks for when none is given, recorded in its info at extraction:
+    ``global`` for hand-crafted descriptors (eGeMAPS: Hz, dB and ratios on scales orders of
+    magnitude apart), ``none`` for encoder activations. Stores written before it was recorded:
+    by encoder (openSMILE → global)."""
+    return info.get("default_norm") or ("global" if info.get("encoder") == "opensmile" else "none")
+
+
+def with_store_defaults(fs: FeatureStore, cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``norm`` filled in from the store when it was not given: ``global`` when a
+    stream that ``--norm-streams`` covers asks for it (see ``stream_default_norm``), else ``none``."""
+    if cfg.norm is not None:
+        return cfg
+    streams = {cfg.text_stream if k == "T" else cfg.audio_stream for k in _norm_subset(cfg.keys(), cfg.norm_streams)}
+    wants = {stream_default_norm(fs.stream_info(s)) for s in streams if s in fs.streams}
+    return replace(cfg, norm="global" if "global" in wants else "none")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -313,6 +331,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
     resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
+        cfg = with_store_defaults(fs, cfg)
         _check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
     with run_lock(cfg.out, "train-head"):
         return _run_train(cfg, echo)
@@ -345,7 +364,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         echo(f"train-head {cfg.fusion} {'+'.join(cfg.keys())} ({cfg.head}): {len(data.ids)} utterances, classes "
              f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
              (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
-             f", training on {device}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+             f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
              (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
         timer, runs, preds, norms = Timer(), [], [], {}

@@ -1,0 +1,81 @@
+"""Defaults that do not mislead and error messages whose suggestions work: hand-crafted streams
+standardised by default, every --help default stated, --labels lists, validation before writing."""
+
+import argparse
+import json
+import os
+
+import pytest
+
+from emofuse import cli
+from emofuse.pipelines.train import TrainConfig, run_train, with_store_defaults
+from emofuse.store import FeatureStore
+from emofuse.testing.synthetic import make_synthetic_store
+
+
+@pytest.fixture(scope="module")
+def egemaps_store(tmp_path_factory):
+    """A store whose speech stream is named and described as an eGeMAPS stream (default_norm global)."""
+    path = tmp_path_factory.mktemp("egemaps") / "eg.h5"
+    make_synthetic_store(path, per_class=3, sessions=3, layers=1, dim=8, planted_layer=0, mean_seconds=1.0,
+                         audio_stream="egemaps", audio_info={"encoder": "opensmile", "default_norm": "global"})
+    return str(path)
+
+
+def _config(run_dir) -> dict:
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return json.load(f)
+
+
+def test_handcrafted_stream_is_standardised_by_default(egemaps_store, tmp_path):
+    common = ["--store", egemaps_store, "--fusion", "none", "--granularity", "F", "--audio-stream", "egemaps",
+              "--repeats", "1", "--epochs", "2", "--folds", "1", "--device", "cpu"]
+    assert cli.train_head(common + ["--out", str(tmp_path / "default")]) == 0
+    assert _config(tmp_path / "default")["identity"]["norm"] == "global"
+    assert cli.train_head(common + ["--out", str(tmp_path / "none"), "--norm", "none"]) == 0   # explicit wins
+    assert _config(tmp_path / "none")["identity"]["norm"] == "none"
+    # text (an encoder stream) keeps none; the eGeMAPS stream outside --norm-streams does not switch it on
+    with FeatureStore(egemaps_store) as fs:
+        t = with_store_defaults(fs, TrainConfig(store=egemaps_store, out="", fusion="none", granularity="T"))
+        assert t.norm == "none"
+        late = with_store_defaults(fs, TrainConfig(store=egemaps_store, out="", audio_stream="egemaps"))
+        assert late.norm == "global" and late.norm_keys() == ["F"]
+        old = with_store_defaults(fs, TrainConfig(store=egemaps_store, out="", fusion="none", granularity="F",
+                                                  audio_stream="egemaps", norm="speaker"))
+        assert old.norm == "speaker"
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser, captured at parse time."""
+    got = {}
+    orig = argparse.ArgumentParser.parse_args
+
+    def capture(self, *a, **k):
+        got.setdefault(self.prog, self)
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        for fn in (cli.extract_embeddings, cli.align_segments, cli.train_head, cli.ablate, cli.finetune, cli.report):
+            with pytest.raises(SystemExit):
+                fn([])
+    finally:
+        argparse.ArgumentParser.parse_args = orig
+    return got
+
+
+def test_every_help_states_every_default():
+    parsers = _parsers()
+    assert len(parsers) == 6
+    missing = []
+    for prog, ap in parsers.items():
+        for a in ap._actions:
+            if not a.option_strings or a.nargs == 0 or a.required:
+                continue
+            if a.default is not None and "default" not in (a.help or ""):
+                missing.append(f"{prog} {a.option_strings[0]}")
+            if a.default is not None and "default" in (a.help or "") and str(a.default) not in a.help \
+                    and not (isinstance(a.default, float) and f"{a.default:g}" in a.help):
+                missing.append(f"{prog} {a.option_strings[0]} (says another default than {a.default!r})")
+    assert not missing, missing
+    assert "global for hand-crafted" in " ".join((parsers["train-head"]._option_string_actions["--norm"].help,))
