@@ -57,7 +57,9 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo"], help="corpus reader")
     ap.add_argument("--root", help="IEMOCAP: the folder holding Session1 … Session5")
     ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file")
-    ap.add_argument("--labels", help="IEMOCAP label set: four (default) or six")
+    ap.add_argument("--labels", help="classes to keep: a named IEMOCAP set, four (default for IEMOCAP) or six, or a "
+                                     "comma list of labels, e.g. angry,happy,neutral,sad (raw:class merges, e.g. "
+                                     "exc:hap); other utterances are left out (default for manifests: every label)")
     ap.add_argument("--out", required=True, help="the store to write (STORE.h5)")
     ap.add_argument("--audio-model", default="facebook/wav2vec2-base",
                     help="hub id or local folder (wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper; Whisper takes "

@@ -79,3 +79,21 @@ def test_every_help_states_every_default():
                 missing.append(f"{prog} {a.option_strings[0]} (says another default than {a.default!r})")
     assert not missing, missing
     assert "global for hand-crafted" in " ".join((parsers["train-head"]._option_string_actions["--norm"].help,))
+
+
+def test_labels_on_the_command_line_for_a_manifest(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    rows = []
+    for k, label in enumerate(["angry", "happy", "neutral", "sad", "fear"]):
+        sf.write(tmp_path / f"u{k}.wav", (np.random.default_rng(k).standard_normal(8000) * 0.1).astype(np.float32),
+                 16000)
+        rows.append(f"u{k},u{k}.wav,hello,{label},s{k % 2},{k % 2 + 1}")
+    (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "s.h5"
+    assert cli.extract_embeddings(["--corpus", "manifest", "--manifest", str(tmp_path / "m.csv"), "--out", str(out),
+                                   "--audio-model", "opensmile:eGeMAPSv02", "--text-model", "none",
+                                   "--labels", "angry,happy,neutral,sad"]) == 0
+    with FeatureStore(out) as fs:
+        assert sorted(fs.utterances["label"]) == ["angry", "happy", "neutral", "sad"]
