@@ -97,3 +97,18 @@ def test_labels_on_the_command_line_for_a_manifest(tmp_path):
                                    "--labels", "angry,happy,neutral,sad"]) == 0
     with FeatureStore(out) as fs:
         assert sorted(fs.utterances["label"]) == ["angry", "happy", "neutral", "sad"]
+
+
+def test_train_head_refused_by_validation_writes_nothing(egemaps_store, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--store", egemaps_store, "--out", str(out), "--fusion", "none", "--granularity", "F",
+            "--audio-stream", "egemaps", "--repeats", "1", "--epochs", "2", "--device", "cpu"]
+    assert cli.train_head(base + ["--folds", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "no such session; the store's sessions are 1, 2, 3 (e.g. --folds 1,2)" in err and "np.str_" not in err
+    assert not out.exists()
+    assert cli.train_head(base + ["--layers", "3"]) == 2
+    assert not out.exists()
+    # the corrected command is not refused as "another configuration"
+    assert cli.train_head(base + ["--folds", "1"]) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "predictions.csv", "runs", "summary.json"]   # no run.lock left

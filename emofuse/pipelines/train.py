@@ -304,13 +304,19 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
 
 
 def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
-    sessions = sorted(set(data.sessions), key=lambda s: (len(s), s))
+    return _folds(data.sessions, cfg)
+
+
+def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:
+    """The test sessions of ``cfg`` among the utterances' sessions (plain strings, in order)."""
+    sessions = sorted({str(s) for s in sessions_of_utts}, key=lambda s: (len(s), s))
     if len(sessions) < 2:
         raise EmofuseError(f"leave-one-session-out needs at least two sessions; the store has {sessions}")
     if cfg.folds:
         bad = [f for f in cfg.folds if f not in sessions]
         if bad:
-            raise EmofuseError(f"--folds {','.join(bad)}: no such session; the store has {sessions}")
+            raise EmofuseError(f"--folds {','.join(bad)}: no such session; the store's sessions are "
+                               f"{', '.join(sessions)} (e.g. --folds {','.join(sessions[:2])})")
         return [s for s in sessions if s in cfg.folds]
     return sessions
 
@@ -341,6 +347,10 @@ def _check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
     """Streams present, layer selections valid and the head buildable at the store's widths.
     Returns key → (positions, encoder layer indices, width)."""
     chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
+    _folds(fs.utterances["session"], cfg)
+    labels = sorted({str(x) for x in fs.utterances["label"]})
+    if len(labels) < 2:
+        raise EmofuseError(f"{fs.path}: found only the label(s) {labels}; at least two classes are needed")
     with torch.device("meta"):   # structure only: no memory, no random numbers drawn
         cfg.build({k: (len(pos), D) for k, (pos, _, D) in chosen.items()}, 2)
     return chosen
@@ -355,8 +365,6 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
                   "identity": cfg.identity(), "fingerprints": fingerprints,
                   "layer_ids": {k: ids for k, (_, ids, _) in chosen.items()}}
         _check_run_dir(cfg.out, config)
-        os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
-        _write_json(os.path.join(cfg.out, "config.json"), config)
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
         data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget)
@@ -367,6 +375,8 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
              f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
              (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
+        os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
+        _write_json(os.path.join(cfg.out, "config.json"), config)
         timer, runs, preds, norms = Timer(), [], [], {}
         plan = [(r, s) for r in range(cfg.repeats) for s in folds]
         with tqdm(total=len(plan), unit="run", desc="train-head", disable=None, dynamic_ncols=True) as bar:
