@@ -128,7 +128,8 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
         description="Pool phone / syllable / word segment embeddings from forced alignments into the store. "
                     "Idempotent: re-running adds only what is missing.")
     ap.add_argument("--store", required=True, help="a store written by extract-embeddings")
-    ap.add_argument("--stream", default="audio", help="audio stream to pool (default: audio)")
+    ap.add_argument("--stream", help="audio stream to pool (default: audio, or the store's only stream with frames, "
+                                     "e.g. egemaps)")
     ap.add_argument("--source", default="auto", choices=["auto", "iemocap", "textgrid", "sphinx"],
                     help="alignments: the corpus's files (iemocap .wdseg/.phseg, or a manifest's TextGrids), or our "
                          "pocketsphinx aligner (default auto: the corpus's files, sphinx where there are none)")

@@ -112,3 +112,38 @@ def test_train_head_refused_by_validation_writes_nothing(egemaps_store, tmp_path
     # the corrected command is not refused as "another configuration"
     assert cli.train_head(base + ["--folds", "1"]) == 0
     assert sorted(os.listdir(out)) == ["config.json", "predictions.csv", "runs", "summary.json"]   # no run.lock left
+
+
+def test_ablate_refused_by_validation_writes_nothing(egemaps_store, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2}\ntables:\n  - name: a\n    rows:\n"
+                    "      - {label: ok, fusion: none, granularity: F, audio_stream: egemaps}\n"
+                    "      - {label: bad, fusion: none, granularity: F, audio_stream: egemaps, layers: '5'}\n")
+    out = tmp_path / "grid"
+    assert cli.ablate(["--store", egemaps_store, "--spec", str(spec), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "row 'bad'" in err and "layers [5] do not exist" in err
+    assert not out.exists()
+    assert cli.ablate(["--store", egemaps_store, "--spec", str(spec), "--out", str(out), "--device", "cpu",
+                       "--folds", "9"]) == 2
+    assert not out.exists()
+
+
+def test_extract_refused_by_validation_writes_no_store(tmp_path, capsys):
+    out = tmp_path / "s.h5"
+    assert cli.extract_embeddings(["--corpus", "demo", "--out", str(out), "--audio-model", "untrained:wav2vec2-small",
+                                   "--text-model", "none", "--layers", "99", "--limit", "2"]) == 2
+    assert "layers [99] do not exist" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_store_lock_and_skipped_list_per_store(egemaps_store, tmp_path):
+    from emofuse.pipelines.extract import skipped_tsv_path
+    from emofuse.store import StoreWriter
+
+    assert skipped_tsv_path(str(tmp_path / "a.h5")) == str(tmp_path / "a.skipped.tsv")
+    assert skipped_tsv_path(str(tmp_path / "a.h5"), "1/4") == str(tmp_path / "a.skipped.shard-1-of-4.tsv")
+    with StoreWriter(egemaps_store) as w:
+        assert os.path.exists(egemaps_store + ".lock")
+        w.finalize()
+    assert not os.path.exists(egemaps_store + ".lock")

@@ -25,7 +25,7 @@ from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .rundir import run_lock, write_json
-from .train import TrainConfig, run_combine, run_train, store_fingerprints, with_store_defaults
+from .train import TrainConfig, check_against_store, run_combine, run_train, store_fingerprints, with_store_defaults
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb"}
 ROW_EXTRA = {"label", "published", "combine", "same_as"}
@@ -134,11 +134,14 @@ def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[s
     """Run every configuration of the spec not yet finished; write tables. Returns table → rows.
     One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
     spec = load_spec(cfg.spec)
+    train_cfgs, key_of = _plan(cfg, spec)   # every row checked against the store before --out is created
     with run_lock(cfg.out, "ablate"):
-        return _run_ablate(cfg, spec, echo)
+        return _run_ablate(cfg, spec, train_cfgs, key_of, echo)
 
 
-def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> dict[str, pd.DataFrame]:
+def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
+    """The run configuration of every trained row (key → config) and each row's key, every row
+    checked against the store (streams, layers, folds, head sizes); nothing is written."""
     defaults = {k: v for k, v in (spec.get("defaults") or {}).items()}
     bad = set(defaults) - TRAIN_FIELDS
     if bad:
@@ -150,7 +153,6 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
     if cfg.folds is not None:
         defaults["folds"] = tuple(cfg.folds)
     runs_dir = os.path.join(cfg.out, "runs")
-    os.makedirs(runs_dir, exist_ok=True)
     train_cfgs: dict[str, TrainConfig] = {}
     key_of: dict[str, str] = {}
     with FeatureStore(cfg.store) as fs:
@@ -167,10 +169,21 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
             if "folds" in params and params["folds"] is not None:
                 params["folds"] = tuple(str(f) for f in params["folds"])
-            probe = with_store_defaults(fs, TrainConfig(store=cfg.store, out="", device=cfg.device, **params))
+            try:
+                probe = with_store_defaults(fs, TrainConfig(store=cfg.store, out="", device=cfg.device, **params))
+                check_against_store(fs, probe)
+            except EmofuseError as e:
+                raise EmofuseError(f"spec {spec.get('name', cfg.spec)!r}, row {label!r}: {e}") from None
             key = run_key(probe.identity(), store_fingerprints(fs, probe))
             key_of[label] = key
             train_cfgs[key] = replace(probe, out=os.path.join(runs_dir, key))
+    return train_cfgs, key_of
+
+
+def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[str, str],
+                echo: Callable[[str], None]) -> dict[str, pd.DataFrame]:
+    runs_dir = os.path.join(cfg.out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
     pending = [c for k, c in train_cfgs.items() if not _finished(c.out)]
     tuned = [c for c in pending if isinstance(c, ft.FinetuneConfig)]
     pending = [c for c in pending if not isinstance(c, ft.FinetuneConfig)]

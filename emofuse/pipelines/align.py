@@ -6,7 +6,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -28,7 +28,7 @@ SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
 @dataclass(frozen=True)
 class AlignConfig:
     store: str
-    stream: str = "audio"
+    stream: str | None = None          # None: "audio", or the store's only stream with frames (eGeMAPS)
     source: str = "auto"
     granularities: tuple[str, ...] = GRANULARITIES
     on_error: str = "skip"
@@ -193,14 +193,30 @@ def pooling_threads():
         torch.set_num_threads(before)
 
 
+def frames_stream(fs: FeatureStore, stream: str | None) -> str:
+    """The stream to pool: ``stream`` when it has frames; by default ``audio``, or the store's only
+    stream with frames. Refused in one sentence with the ``--stream`` that works."""
+    with_frames = [s for s in fs.streams if "frames" in fs.stream_info(s)["entries"]]
+    if stream is None and "audio" not in with_frames and len(with_frames) == 1:
+        return with_frames[0]
+    stream = stream or "audio"
+    if stream in with_frames:
+        return stream
+    what = (f"has no stream {stream!r}" if stream not in fs.streams else f"has no frames in stream {stream!r}")
+    if not with_frames:
+        raise EmofuseError(f"{fs.path} {what} and no stream with audio frames to pool (it has "
+                           f"{fs.streams or 'no streams'}); extract audio first")
+    pick = " or ".join(f"align-segments --store {fs.path} --stream {s}" for s in with_frames)
+    raise EmofuseError(f"{fs.path} {what}; pool a stream with audio frames: {pick}")
+
+
 def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=None) -> AlignSummary:
     """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent."""
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
     fs = FeatureStore(cfg.store)
     try:
+        cfg = replace(cfg, stream=frames_stream(fs, cfg.stream))
         info = fs.stream_info(cfg.stream)
-        if "frames" not in info["entries"]:
-            raise EmofuseError(f"stream {cfg.stream!r} of {cfg.store} has no frames to pool; extract audio first")
         hop, window = float(info["frame_hop_s"]), float(info["frame_window_s"])
         offset = float(info.get("frame_offset_s", 0.0))  # Whisper: frame t centred on t·hop
         records = _records(cfg, fs) if cfg.source != "sphinx" else {}

@@ -209,7 +209,7 @@ def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print) -> Extr
             os.rmdir(shard_dir)
             summary.store = cfg.out
             summary.store_bytes = store_bytes(cfg.out)
-            summary.skipped_tsv = write_skipped_tsv(cfg.out, os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "skipped.tsv"))
+            summary.skipped_tsv = write_skipped_tsv(cfg.out, skipped_tsv_path(cfg.out))
             echo(f"merged {world} rank shards into {cfg.out}")
         td.barrier()
         return summary
@@ -259,6 +259,7 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
     if cfg.text_model and cfg.text_model != "none":
         enc = load_text_encoder(cfg.text_model, device=cfg.device, dtype=cfg.dtype)
         jobs.append(("text", cfg.text_stream or "text", enc, cfg.store_dtype))
+    kept_pre = {name: kept_layers(cfg.layers, enc) for _, name, enc, _ in jobs}   # checked before the store opens
     src = cfg.root or cfg.manifest
     meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or ""}
     with StoreWriter(out, table=table, corpus_meta=meta, update_corpus=cfg.update_corpus) as writer:
@@ -273,7 +274,7 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
             # train-head's --norm when none is given (hand-crafted descriptors set "global")
             info = {"default_norm": "none", **enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
             fields = {**enc.fingerprint_fields(), "store_dtype": sdt}
-            kept = kept_layers(cfg.layers, enc)
+            kept = kept_pre[name]
             if kept is not None:  # part of the stream's identity: a subset never mixes with another
                 info["layers"] = fields["layers"] = kept
             kept_of[name] = kept
@@ -299,8 +300,7 @@ def _extract(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_sto
     summary.wall = time.perf_counter() - t_start
     summary.store_bytes = store_bytes(out)
     if main_store is None:
-        tsv = "skipped.tsv" if cfg.shard is None else f"skipped.shard-{cfg.shard.replace('/', '-of-')}.tsv"
-        summary.skipped_tsv = write_skipped_tsv(out, os.path.join(os.path.dirname(os.path.abspath(out)), tsv))
+        summary.skipped_tsv = write_skipped_tsv(out, skipped_tsv_path(out, cfg.shard))
     return summary
 
 
@@ -490,6 +490,13 @@ def _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s: StreamS
             s.time_write += time.perf_counter() - t2
             s.done += len(entries)
             bar.update(len(chunk))
+
+
+def skipped_tsv_path(store: str, shard: str | None = None) -> str:
+    """``STORE.skipped.tsv`` beside the store (``s.h5`` → ``s.skipped.tsv``; a shard:
+    ``s.skipped.shard-I-of-N.tsv``): two stores in one folder keep their own lists."""
+    stem = os.path.splitext(os.path.abspath(store))[0]
+    return stem + (".skipped.tsv" if shard is None else f".skipped.shard-{shard.replace('/', '-of-')}.tsv")
 
 
 def write_skipped_tsv(store: str, path: str) -> str | None:

@@ -338,12 +338,12 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         cfg = with_store_defaults(fs, cfg)
-        _check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
+        check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
     with run_lock(cfg.out, "train-head"):
         return _run_train(cfg, echo)
 
 
-def _check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
+def check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
     """Streams present, layer selections valid and the head buildable at the store's widths.
     Returns key → (positions, encoder layer indices, width)."""
     chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
