@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -206,7 +207,7 @@ def frames_stream(fs: FeatureStore, stream: str | None) -> str:
     if not with_frames:
         raise EmofuseError(f"{fs.path} {what} and no stream with audio frames to pool (it has "
                            f"{fs.streams or 'no streams'}); extract audio first")
-    pick = " or ".join(f"align-segments --store {fs.path} --stream {s}" for s in with_frames)
+    pick = " or ".join(f"align-segments --store {shlex.quote(fs.path)} --stream {s}" for s in with_frames)
     raise EmofuseError(f"{fs.path} {what}; pool a stream with audio frames: {pick}")
 
 
