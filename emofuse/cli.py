@@ -357,12 +357,32 @@ def report(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+#: the stage commands (also console scripts of their own); ``emofuse CMD …`` runs them
+STAGE_COMMANDS = {
+    "extract-embeddings": "run frozen audio and text encoders once and store every layer",
+    "align-segments": "pool phone / syllable / word segment embeddings into the store",
+    "train-head": "train a head on the cached tensors (leave-one-session-out, repeats)",
+    "ablate": "run a grid of train-head configurations from a spec and write its tables",
+    "finetune": "fine-tune wav2vec2 and/or BERT with the cross-modal attention head",
+    "report": "PNG figures and report.md for a run or a grid",
+}
+
+
+def _list_stage_commands(sub) -> None:
+    """List the stage commands in ``emofuse --help`` (they are dispatched before parsing)."""
+    for name, text in STAGE_COMMANDS.items():
+        sub.add_parser(name, help=text + f" (emofuse {name} --help)", add_help=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="emofuse", description="emofuse: speech + text emotion recognition tooling. The stages are also "
                                     "subcommands: emofuse extract-embeddings | align-segments | train-head | ablate | "
                                     "finetune | report … (each with --help).")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    from . import __version__
+    ap.add_argument("--version", action="version", version=f"emofuse {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _list_stage_commands(sub)
     d = sub.add_parser("demo", help="run every stage on the bundled demo corpus")
     d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
