@@ -37,8 +37,14 @@ def test_every_stage_command_is_a_console_script_and_a_subcommand():
 
 
 def test_build_prints_no_package_would_be_ignored_and_ships_the_data(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"   # a copy: the build writes build/ and *.egg-info beside setup.cfg
+    shutil.copytree(ROOT / "emofuse", src / "emofuse", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w",
-                        str(tmp_path), str(ROOT)], capture_output=True, text=True)
+                        str(tmp_path), str(src)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "would be ignored" not in r.stdout + r.stderr
     import zipfile
