@@ -147,3 +147,42 @@ def test_store_lock_and_skipped_list_per_store(egemaps_store, tmp_path):
         assert os.path.exists(egemaps_store + ".lock")
         w.finalize()
     assert not os.path.exists(egemaps_store + ".lock")
+
+
+def test_progress_lines_when_output_goes_to_a_file(egemaps_store, tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "emofuse", "train-head", "--store", egemaps_store, "--out",
+                            str(tmp_path / "run"), "--fusion", "none", "--granularity", "F", "--audio-stream", "egemaps",
+                            "--repeats", "2", "--epochs", "4", "--patience", "4", "--device", "cpu"],
+                           stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "EMOFUSE_PROGRESS_SECONDS": "0.2"})
+    text = log.read_text()
+    assert r.returncode == 0, text
+    lines = [x for x in text.splitlines() if x.startswith("train-head: ") and "runs (" in x]
+    assert len(lines) >= 2 and "\r" not in text, text
+    assert lines[-1].startswith("train-head: 6/6 runs (100%)") and lines[-1].endswith("(done)")
+    assert any("repeat" in x and "val UA" in x for x in lines)   # where training is, not only a count
+
+
+def test_short_jobs_print_no_progress_line_and_terminals_get_a_bar():
+    import io
+
+    from tqdm import tqdm
+
+    from emofuse.pipelines.progress import LineProgress, progress_bar
+
+    buf = io.StringIO()
+    with progress_bar(total=3, unit="utt", desc="x", file=buf) as bar:
+        assert isinstance(bar, LineProgress)
+        bar.update(3)
+    assert buf.getvalue() == ""   # shorter than the interval: silent
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    with progress_bar(total=3, unit="utt", desc="x", file=Tty()) as bar:
+        assert isinstance(bar, tqdm)

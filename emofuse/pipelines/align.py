@@ -12,7 +12,6 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..align.frames import segment_frames
 from ..align.pooling import pool_many
@@ -22,6 +21,7 @@ from ..corpora import load_corpus
 from ..errors import EmofuseError
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
                      segments_kind)
+from .progress import progress_bar
 
 SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
 
@@ -237,7 +237,7 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
         try:
             units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
             with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
-                    tqdm(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments", disable=None, dynamic_ncols=True) as bar:
+                    progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments") as bar:
                 for unit in units:
                     entries, skipped = _align_unit(frames, cfg, unit, done, records, utt_table, hop, window,
                                                    summary, aligner, offset)

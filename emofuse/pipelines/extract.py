@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from ..corpora import Utterance, load_corpus, utterance_table
 from ..errors import EmofuseError
@@ -18,6 +17,7 @@ from ..extract.batching import commit_units, length_batches
 from ..extract.encoders import load_audio_encoder, load_text_encoder
 from ..store import FeatureStore, StoreWriter, digest, merge_stores, remove_store, store_bytes
 from .describe import corpus_options
+from .progress import progress_bar
 
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -349,8 +349,8 @@ def _audio_phase(writer, name, enc, selection, done, durations, cfg, store_dtype
     units = [[[u for u in b if u not in done] for b in unit] for unit in plan if any(u not in done for b in unit for u in b)]
     units = [[b for b in unit if b] for unit in units]
     total = float(np.nansum([durations[u] for unit in units for b in unit for u in b]))
-    with tqdm(total=round(total, 1), unit="s", desc=f"{name}: audio", disable=None, dynamic_ncols=True,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
+    with progress_bar(total=round(total, 1), unit="audio-s", desc=f"{name}: audio",
+                      bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
         on_gpu = getattr(enc, "device", None) is not None and enc.device.type == "cuda"
         background = on_gpu if BACKGROUND_COMMITS is None else BACKGROUND_COMMITS
         commits = BackgroundCommits(s, background)
@@ -470,7 +470,7 @@ def _text_phase(writer, name, enc, selection, done, cfg, store_dtype, s: StreamS
     chunks = _mine([everything[k:k + cfg.text_batch] for k in range(0, len(everything), cfg.text_batch)], cfg.shard)
     todo_ids = {i for _, i, _ in items}
     chunks = [c for c in chunks if any(i in todo_ids for _, i, _ in c)]
-    with tqdm(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{name}: text", disable=None, dynamic_ncols=True) as bar:
+    with progress_bar(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{name}: text") as bar:
         if skipped:
             writer.commit(name, {}, skipped)
             s.skipped += len(skipped)

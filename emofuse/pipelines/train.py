@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .. import __version__
 from ..errors import EmofuseError
@@ -23,6 +22,7 @@ from ..heads.options import HEAD_NAMES, PLATEAU, head_defaults
 from ..store import FeatureStore
 from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require, select_layers
 from .metrics import format_summary, scores, summarise
+from .progress import progress_bar
 from .rundir import check_run_dir as _check_run_dir
 from .rundir import content_digest, predictions_roundtrip, read_predictions, run_lock, write_csv
 from .rundir import write_json as _write_json
@@ -379,7 +379,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         _write_json(os.path.join(cfg.out, "config.json"), config)
         timer, runs, preds, norms = Timer(), [], [], {}
         plan = [(r, s) for r in range(cfg.repeats) for s in folds]
-        with tqdm(total=len(plan), unit="run", desc="train-head", disable=None, dynamic_ncols=True) as bar:
+        with progress_bar(total=len(plan), unit="run", desc="train-head") as bar:
             for r, session in plan:
                 seed = cfg.seed + r
                 rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
