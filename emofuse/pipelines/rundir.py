@@ -113,6 +113,20 @@ def content_digest(fs, stream: str, kind: str) -> str:
     return _digests[key]
 
 
+# -- run folders -------------------------------------------------------------------------------
+def run_folder(repeat: int, session) -> str:
+    """The folder of one (repeat, test session) under ``runs/``: ``r0_s1`` for IEMOCAP's numbered
+    sessions (as always), ``r0_sess1`` for a named session (a manifest's ``sess1``), characters
+    unsafe in a folder name replaced and the name's digest added so that two never collide."""
+    s = str(session)
+    if s.isdigit():
+        return f"r{repeat}_s{s}"
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in s).strip("-.") or "session"
+    if safe != s:
+        safe += "-" + hashlib.sha256(s.encode()).hexdigest()[:6]
+    return f"r{repeat}_{safe}"
+
+
 # -- one process per run directory --------------------------------------------------------------
 def _holder(path: str) -> str:
     try:

@@ -24,7 +24,7 @@ from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_d
 from .metrics import format_summary, scores, summarise
 from .progress import progress_bar
 from .rundir import check_run_dir as _check_run_dir
-from .rundir import content_digest, predictions_roundtrip, read_predictions, run_lock, write_csv
+from .rundir import content_digest, predictions_roundtrip, read_predictions, run_folder, run_lock, write_csv
 from .rundir import write_json as _write_json
 
 HEADS = HEAD_NAMES
@@ -382,7 +382,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         with progress_bar(total=len(plan), unit="run", desc="train-head") as bar:
             for r, session in plan:
                 seed = cfg.seed + r
-                rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
+                rdir = os.path.join(cfg.out, "runs", run_folder(r, session))
                 if os.path.exists(os.path.join(rdir, "metrics.json")):
                     with open(os.path.join(rdir, "metrics.json")) as f:
                         runs.append(json.load(f))

@@ -25,12 +25,14 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
                          planted_stream: str = "audio", planted_layer: int = 3, strength: float = 1.0,
                          mean_seconds: float = 4.5, max_seconds: float = 20.0, fps: float = 50.0,
                          dtype=np.float16, seed: int = 0, empty_word_ids: int = 0,
-                         audio_stream: str = "audio", audio_info: dict | None = None) -> dict:
+                         audio_stream: str = "audio", audio_info: dict | None = None,
+                         session_prefix: str = "") -> dict:
     """Write the store; return its facts (ids, labels, lengths). ``per_class`` utterances of each
     class per session, two speakers per session. ``empty_word_ids``: that many utterances get no
     word segment (as after a failed alignment). ``audio_stream``: the speech stream's name
     (``planted_stream="audio"`` plants in it whatever its name); ``audio_info``: extra entries of
-    its stream info (e.g. ``{"default_norm": "global"}``, as an eGeMAPS stream records)."""
+    its stream info (e.g. ``{"default_norm": "global"}``, as an eGeMAPS stream records);
+    ``session_prefix``: sessions named ``<prefix>1`` … (a manifest's ``sess1``) instead of ``1`` …."""
     rng = np.random.default_rng(seed)
     text_layers, text_dim = text_layers or layers, text_dim or dim
     ids, labels, sess, spk, secs = [], [], [], [], []
@@ -39,7 +41,7 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
             for k in range(per_class):
                 g = "FM"[k % 2]
                 ids.append(f"Ses{s:02d}_{c}_{g}{k:03d}")
-                labels.append(c), sess.append(str(s)), spk.append(f"Ses{s:02d}{g}")
+                labels.append(c), sess.append(f"{session_prefix}{s}"), spk.append(f"Ses{s:02d}{g}")
                 secs.append(float(np.clip(rng.lognormal(np.log(mean_seconds), 0.6), 1.0, max_seconds)))
     order = np.argsort(ids)
     ids, labels, sess, spk, secs = ([x[i] for i in order] for x in (ids, labels, sess, spk, secs))
