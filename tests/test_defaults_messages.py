@@ -186,3 +186,27 @@ def test_short_jobs_print_no_progress_line_and_terminals_get_a_bar():
 
     with progress_bar(total=3, unit="utt", desc="x", file=Tty()) as bar:
         assert isinstance(bar, tqdm)
+
+
+def test_ablate_names_rows_by_what_they_train_and_indexes_run_folders(egemaps_store, tmp_path):
+    import pandas as pd
+
+    from emofuse.pipelines.ablate import AblateConfig, run_ablate
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 1, folds: [1, 2]}\ntables:\n  - name: a\n    rows:\n"
+                    "      - {label: co, fusion: coattention, granularity: F+P, audio_stream: egemaps, proj: 8, heads: 2}\n"
+                    "      - {label: cat, fusion: concat, granularity: F, audio_stream: egemaps, proj: 8, heads: 2}\n"
+                    "      - {label: both, combine: [co, cat]}\n")
+    msgs = []
+    run_ablate(AblateConfig(store=egemaps_store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"),
+               echo=msgs.append)
+    text = "\n".join(msgs)
+    assert "co: coattention F+P+T (F+P: egemaps, T: text)" in text and "cat: concat F+T (F: egemaps, T: text)" in text
+    assert "(linear)" not in text
+    idx = pd.read_csv(tmp_path / "g" / "runs.csv")
+    assert list(idx["label"]) == ["co", "cat", "both"] and idx["finished"].all()
+    for r in idx.itertuples():
+        assert (tmp_path / "g" / r.folder / "summary.json").exists()
+    assert idx.loc[2, "configuration"] == "score combination of co, cat"
+    assert "| co | `runs/" in (tmp_path / "g" / "runs.md").read_text()

@@ -200,7 +200,8 @@ def run_report(path: str, echo: Callable[[str], None] = print) -> str:
         with open(os.path.join(path, "tables.md")) as f:
             tables_md = f.read()
         lines += [f"# emofuse report: {grid['spec'].get('name', 'grid')}", "", f"Store: `{grid['store']}`", "",
-                  tables_md, "Tables also as LaTeX and CSV (with Wilcoxon p-values) in `tables/`.", ""]
+                  tables_md, "Tables also as LaTeX and CSV (with Wilcoxon p-values) in `tables/`; each row's run folder "
+                  "in `runs.md`.", ""]
         import pandas as pd
         for t in grid["spec"]["tables"]:
             df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv")).sort_values("ua_mean", ascending=False)

@@ -184,6 +184,20 @@ def _norm_subset(keys: list[str], norm_streams: str) -> list[str]:
     return {"speech": [k for k in keys if k != "T"], "text": [k for k in keys if k == "T"], "all": keys}[norm_streams]
 
 
+def describe_config(cfg: TrainConfig) -> str:
+    """One line naming what a configuration trains: fusion, streams and where each is read, and
+    the head (``none``/``late`` only: the other fusions have heads of their own), e.g.
+    ``coattention F+P+T (F+P: egemaps, T: text)`` or ``late F+T, linear branches (F: audio, T: text)``."""
+    keys = cfg.keys()
+    what = f"{cfg.fusion} {'+'.join(keys)}"
+    if cfg.fusion in ("none", "late"):
+        what += f", {cfg.head} " + ("head" if cfg.fusion == "none" else "branches")
+    speech = [k for k in keys if k != "T"]
+    streams = ([f"{'+'.join(speech)}: {cfg.audio_stream}"] if speech else []) + (
+        [f"T: {cfg.text_stream}"] if "T" in keys else [])
+    return f"{what} ({', '.join(streams)})"
+
+
 def stream_default_norm(info: dict) -> str:
     """The ``--norm`` a stream asks for when none is given, recorded in its info at extraction:
     ``global`` for hand-crafted descriptors (eGeMAPS: Hz, dB and ratios on scales orders of
@@ -369,7 +383,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
         data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget)
         t_load = time.perf_counter() - t0
-        echo(f"train-head {cfg.fusion} {'+'.join(cfg.keys())} ({cfg.head}): {len(data.ids)} utterances, classes "
+        echo(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
              f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
              (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
              f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
