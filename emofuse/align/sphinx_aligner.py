@@ -119,7 +119,8 @@ class SphinxAligner:
             raise EmofuseError("empty transcript: nothing to align")
         oov = sorted({w for w in words if self.decoder.lookup_word(w) is None})
         if oov:
-            spelled = "" if importlib.util.find_spec("num2words") else " (numbers are not spelled out: pip install num2words)"
+            spelled = ("" if importlib.util.find_spec("num2words") else
+                       " (numbers are not spelled out: pip install num2words)")
             raise EmofuseError(f"words missing from the pronunciation dictionary{spelled}: {', '.join(oov[:10])}"
                                + (f" and {len(oov) - 10} more" if len(oov) > 10 else ""))
         try:
