@@ -39,6 +39,16 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _with_defaults(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every option's help states its default: ``(default: X)`` is appended where the text does not say it."""
+    for a in ap._actions:
+        if (not a.option_strings or a.default is None or a.default is False or a.default == argparse.SUPPRESS
+                or a.nargs == 0 or "default" in (a.help or "")):
+            continue
+        a.help = ((a.help + " ") if a.help else "") + f"(default: {a.default})"
+    return ap
+
+
 def extract_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="extract-embeddings",
@@ -48,7 +58,9 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument("--root", help="IEMOCAP: the folder holding Session1 … Session5")
     ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file; lhotse: a CutSet, a SupervisionSet (its "
                                        "RecordingSet beside it) or a folder of them (.jsonl or .jsonl.gz)")
-    ap.add_argument("--labels", help="IEMOCAP label set: four (default) or six")
+    ap.add_argument("--labels", help="classes to keep: a named IEMOCAP set, four (default for IEMOCAP) or six, or a "
+                                     "comma list of labels, e.g. angry,happy,neutral,sad (raw:class merges, e.g. "
+                                     "exc:hap); other utterances are left out (default for manifests: every label)")
     ap.add_argument("--out", required=True, help="the store to write (STORE.h5)")
     ap.add_argument("--audio-model", default="facebook/wav2vec2-base",
                     help="hub id or local folder (wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper; Whisper takes "
@@ -71,14 +83,14 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shard", help="I/N: process only shard I of N (a disjoint subset); merge later with --merge")
     ap.add_argument("--on-error", default="skip", choices=["skip", "fail"],
                     help="bad input: skip it and record why (default), or stop with one clear sentence")
-    ap.add_argument("--limit", type=int, help="only the first N utterances (by id)")
+    ap.add_argument("--limit", type=int, help="only the first N utterances (by id; default: all)")
     ap.add_argument("--merge", nargs="+", metavar="SHARD", help="merge finished shard stores into --out and exit")
     ap.add_argument("--layers", help="keep only these encoder layers, e.g. 0,6,12 or 6-12 or last (0 = transformer "
                                      "input; default all). Stored layers keep the encoder's numbers everywhere downstream")
     ap.add_argument("--update-corpus", action="store_true",
                     help="the corpus changed since --out was written: drop the cached tensors of the utterances whose "
                          "audio, transcript or times changed (and of removed ones) and recompute them")
-    return ap
+    return _with_defaults(ap)
 
 
 def extract_embeddings(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +129,8 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
         description="Pool phone / syllable / word segment embeddings from forced alignments into the store. "
                     "Idempotent: re-running adds only what is missing.")
     ap.add_argument("--store", required=True, help="a store written by extract-embeddings")
-    ap.add_argument("--stream", default="audio", help="audio stream to pool (default: audio)")
+    ap.add_argument("--stream", help="audio stream to pool (default: audio, or the store's only stream with frames, "
+                                     "e.g. egemaps)")
     ap.add_argument("--source", default="auto", choices=["auto", "iemocap", "textgrid", "sphinx"],
                     help="alignments: the corpus's files (iemocap .wdseg/.phseg, or a manifest's TextGrids), or our "
                          "pocketsphinx aligner (default auto: the corpus's files, sphinx where there are none)")
@@ -131,7 +144,7 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--phone-tier", help="TextGrid phone tier name (default: phones/phone)")
     ap.add_argument("--write-alignments", metavar="DIR",
                     help="with the sphinx aligner: also write .wdseg/.phseg and TextGrid files here")
-    args = ap.parse_args(argv)
+    args = _with_defaults(ap).parse_args(argv)
     _quiet_libraries()
 
     def job():
@@ -172,14 +185,16 @@ def train_parser() -> argparse.ArgumentParser:
                          "cross-modal paper's unimodal systems cnn-blstm (audio) and proj-stats (text)")
     ap.add_argument("--audio-stream", default="audio")
     ap.add_argument("--text-stream", default="text")
-    ap.add_argument("--norm", default="none", choices=["none", "global", "speaker"],
-                    help="feature standardisation: global (training folds' statistics) or per speaker (default none)")
+    ap.add_argument("--norm", choices=["none", "global", "speaker"],
+                    help="feature standardisation: global (training folds' statistics) or per speaker (default: the "
+                         "stream's recorded default, global for hand-crafted descriptors such as eGeMAPS, none for "
+                         "encoder activations)")
     ap.add_argument("--norm-streams", default="speech", choices=["speech", "text", "all"],
                     help="streams that --norm standardises (default speech, as the multi-granularity paper)")
     ap.add_argument("--layers", help="encoder layers of both streams: all, last, 6, 1-12, 1- or 0,4,8 "
                                      "(default: all; last for cma, cnn-blstm and proj-stats)")
-    ap.add_argument("--audio-layers", help="encoder layers of the speech streams (overrides --layers)")
-    ap.add_argument("--text-layers", help="encoder layers of the text stream (overrides --layers)")
+    ap.add_argument("--audio-layers", help="encoder layers of the speech streams (default: --layers)")
+    ap.add_argument("--text-layers", help="encoder layers of the text stream (default: --layers)")
     ap.add_argument("--weighting", choices=["learned", "none"],
                     help="learned layer weights + LayerNorm (Eq. 1), or none: one layer as it is "
                          "(default: learned; none for cma, cnn-blstm and proj-stats)")
@@ -207,7 +222,7 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory-gb", type=float, help="memory budget for holding the data (default: 60%% of free)")
     ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="with --fusion combine: the runs to combine")
     add_tracking_options(ap)
-    return ap
+    return _with_defaults(ap)
 
 
 def train_head(argv: Sequence[str] | None = None) -> int:
@@ -256,16 +271,16 @@ def ablate(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="grid directory (runs/, tables/, tables.md)")
     ap.add_argument("--jobs", type=int, default=1, help="configurations trained in parallel processes")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, help="override the spec's repeats")
-    ap.add_argument("--epochs", type=int, help="override the spec's maximum epochs")
-    ap.add_argument("--folds", help="override the test sessions: a comma list (quick looks)")
+    ap.add_argument("--repeats", type=int, help="override the spec's repeats (default: the spec's)")
+    ap.add_argument("--epochs", type=int, help="override the spec's maximum epochs (default: the spec's)")
+    ap.add_argument("--folds", help="override the test sessions: a comma list (quick looks; default: every session)")
     ap.add_argument("--report", action="store_true", help="also write figures and report.md")
     ap.add_argument("--finetune", action="store_true",
                     help="also run the spec's fine-tuned rows (finetune: true; GPU hours each); without it they "
                          "are left out of the tables")
     ap.add_argument("--audio-model", help="fine-tuned rows: this audio checkpoint instead of the spec's (a folder)")
     ap.add_argument("--text-model", help="fine-tuned rows: this text checkpoint instead of the spec's (a folder)")
-    args = ap.parse_args(argv)
+    args = _with_defaults(ap).parse_args(argv)
     _quiet_libraries()
 
     def job():
@@ -317,7 +332,7 @@ def finetune_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder activations (GPU memory)")
     ap.add_argument("--save-encoders", action="store_true", help="also save the fine-tuned encoders per run")
     ap.add_argument("--device", default="auto")
-    return ap
+    return _with_defaults(ap)
 
 
 def finetune(argv: Sequence[str] | None = None) -> int:
@@ -446,12 +461,32 @@ def _use_command(args) -> int | None:
     return None
 
 
+#: the stage commands (also console scripts of their own); ``emofuse CMD …`` runs them
+STAGE_COMMANDS = {
+    "extract-embeddings": "run frozen audio and text encoders once and store every layer",
+    "align-segments": "pool phone / syllable / word segment embeddings into the store",
+    "train-head": "train a head on the cached tensors (leave-one-session-out, repeats)",
+    "ablate": "run a grid of train-head configurations from a spec and write its tables",
+    "finetune": "fine-tune wav2vec2 and/or BERT with the cross-modal attention head",
+    "report": "PNG figures and report.md for a run or a grid",
+}
+
+
+def _list_stage_commands(sub) -> None:
+    """List the stage commands in ``emofuse --help`` (they are dispatched before parsing)."""
+    for name, text in STAGE_COMMANDS.items():
+        sub.add_parser(name, help=text + f" (emofuse {name} --help)", add_help=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="emofuse", description="emofuse: speech + text emotion recognition tooling. The stages are also "
                                     "subcommands: emofuse extract-embeddings | align-segments | train-head | ablate | "
                                     "finetune | report … (each with --help).")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    from . import __version__
+    ap.add_argument("--version", action="version", version=f"emofuse {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _list_stage_commands(sub)
     d = sub.add_parser("demo", help="run every stage on the bundled demo corpus")
     d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")

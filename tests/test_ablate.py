@@ -43,6 +43,9 @@ def test_golden_content_is_right():
     assert "| 75.80 | +0.00 |" in md and "| — | — |" in md
     tex = (GOLDEN / "table.tex").read_text()
     assert r"\toprule" in tex and r"Text\_only \& 50\%" in tex and r"\textbf{75.80 $\pm$ 0.91}" in tex
+    assert tex.startswith(r"% needs \usepackage{booktabs}") and r"& Runs \\" in tex and r"& -- & -- & 25 \\" in tex
+    assert r"Mean $\pm$ standard deviation over the 25 runs (test folds $\times$ repeats)" in tex
+    assert "Mean ± standard deviation over the 25 runs" in md
     csv = pd.read_csv(GOLDEN / "table.csv")
     assert list(csv["p_vs_best"].round(4).fillna(-1)) == [-1, 0.0312, 0.0001]
 

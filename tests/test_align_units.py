@@ -152,3 +152,28 @@ def test_pool_many_granularities_in_one_pass_match_reference(T, counts, seed):
     assert [p.shape for p in pooled] == [(len(s), 2, 5) for s in sets]
     for p, s in zip(pooled, sets):
         assert p.dtype == np.float32 and np.allclose(p, slow_pool(frames, s), atol=1e-4)
+
+
+def test_numbers_are_spelled_out_as_said():
+    from emofuse.align.sphinx_aligner import spell_numbers, words_of
+
+    assert words_of("It's 44 kHz, 44kHz") == ["it's", "forty", "four", "khz", "forty", "four", "khz"]
+    assert words_of("the 3rd of 1990, the 1990s, 2.5 and 10%") == [
+        "the", "third", "of", "nineteen", "ninety", "the", "nineteen", "nineties", "two", "point", "five", "and",
+        "ten", "percent"]
+    assert words_of("1,000 people in 2000 and 1905, 101") == [
+        "one", "thousand", "people", "in", "two", "thousand", "and", "nineteen", "oh", "five", "one", "hundred",
+        "and", "one"]
+    assert spell_numbers("mp3") == "mp3"   # digits inside a word stay (reported as missing if not in the dictionary)
+
+
+def test_spelled_numbers_are_in_the_sphinx_dictionary():
+    pytest.importorskip("pocketsphinx")
+    from emofuse.align.sphinx_aligner import SphinxAligner, words_of
+
+    decoder = SphinxAligner().decoder
+    text = " ".join(f"{n} {n}th" if n else "0" for n in list(range(0, 1000)) + [1066, 1905, 1990, 2000, 2019, 12345]) + " 2.75 50%"
+    words = set(words_of(text))
+    assert not {w for w in words if decoder.lookup_word(w) is None}
+    with pytest.raises(Exception, match=r"missing from the pronunciation dictionary: khzz"):
+        SphinxAligner().align("x", "unused.wav", "44 khzz")   # what remains missing is named, the number is not

@@ -147,3 +147,31 @@ def test_file_name_too_long_is_one_sentence(wavs):
     msg = _refused(m, r"line 2: audio file .*cannot be looked up: File name too long")
     assert len(msg) < 400
     _refused(wavs / ("y" * 300 + ".csv"), r"manifest .* (cannot be looked up|does not exist)")
+
+
+def test_labels_option_keeps_listed_classes_never_characters(wavs):
+    m = write_csv(wavs / "m.csv", ["a,audio/a.wav,x,angry,s,1", "b,audio/b.wav,x,happy,s,1", "c,audio/c.wav,x,sad,s,2"])
+    utts = load_corpus("manifest", path=m, labels="angry,sad")
+    assert [(u.id, u.label) for u in utts] == [("a", "angry"), ("c", "sad")]
+    assert [u.label for u in load_corpus("manifest", path=m, labels="angry, happy:joy ,sad")] == ["angry", "joy", "sad"]
+    with pytest.raises(CorpusError, match=r"--labels names \['angri'\], which no row has; its labels are "
+                                          r"\['angry', 'happy', 'sad'\]"):
+        load_corpus("manifest", path=m, labels="angri,sad")
+    iem = write_csv(wavs / "i.csv", ["a,audio/a.wav,x,exc,s,1", "b,audio/b.wav,x,fru,s,1", "c,audio/c.wav,x,sad,s,2"])
+    assert [u.label for u in load_corpus("manifest", path=iem, labels="four")] == ["hap", "sad"]   # exc → hap
+    with pytest.raises(CorpusError, match="expected a named set"):
+        load_corpus("manifest", path=m, labels="angry,,sad")
+
+
+def test_labels_option_spelling_checked_before_leaving_rows_out(wavs):
+    m = write_csv(wavs / "m.csv", ["a,audio/a.wav,x,Ang,s,1", "b,audio/b.wav,x,ang,s,1", "c,audio/c.wav,x,sad,s,2"])
+    _refused_labels = pytest.raises(CorpusError, match="differ only in spelling")
+    with _refused_labels:
+        load_corpus("manifest", path=m, labels="ang,sad")
+
+
+def test_iemocap_labels_comma_list(fake_iemocap):
+    utts = load_corpus("iemocap", root=fake_iemocap.root, labels="ang,sad")
+    assert {u.label for u in utts} == {"ang", "sad"}
+    merged = load_corpus("iemocap", root=fake_iemocap.root, labels="ang,hap,exc:hap,neu,sad")
+    assert [u.label for u in merged] == [u.label for u in load_corpus("iemocap", root=fake_iemocap.root)]

@@ -262,7 +262,8 @@ def test_bad_input_is_skipped_with_reasons(tiny_models, tmp_path):
     assert "shorter than the encoder's receptive field" in reasons[("short", "frames")]
     assert "NaN or infinite" in reasons[("nan", "frames")]
     assert text_reasons == {"notext": "empty transcript", "latin": "transcript is not valid UTF-8 text (undecodable bytes)"}
-    tsv = pd.read_csv(tmp_path / "skipped.tsv", sep="\t")
+    tsv = pd.read_csv(tmp_path / "s.skipped.tsv", sep="\t")   # named after its store
+    assert not (tmp_path / "skipped.tsv").exists() and not (tmp_path / "s.h5.lock").exists()
     assert len(tsv) == 7 and set(tsv["stream"]) == {"audio", "text"}
     assert "7 skipped" not in r.stdout and "5 skipped" in r.stdout and "2 skipped" in r.stdout
 
@@ -297,6 +298,7 @@ def test_egemaps_stream(small_fake, tmp_path):
     with FeatureStore(out) as fs:
         info = fs.stream_info("egemaps")
         assert info["num_layers"] == 1 and info["dim"] == 25 and info["frame_hop_s"] == 0.01
+        assert info["default_norm"] == "global"   # train-head standardises it unless --norm says otherwise
         u = fs.ids("egemaps")[0]
         x = fs.frames("egemaps", u)
         dur = fs.utterances.loc[u, "duration"]

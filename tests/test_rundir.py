@@ -150,6 +150,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 def test_lock_without_flock_takes_over_a_dead_holder(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "fcntl", None)
     out = tmp_path / "run"
+    out.mkdir()
     with rundir.run_lock(str(out)):
         with pytest.raises(EmofuseError, match="is in use"):
             with rundir.run_lock(str(out)):
@@ -219,3 +220,19 @@ def test_ablate_workers_die_with_their_parent(stores, tmp_path):
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers), "orphaned ablate workers kept running"
+
+
+@pytest.mark.parametrize("flock", [True, False])
+def test_lock_file_removed_after_a_clean_run_and_an_unused_new_folder_too(tmp_path, monkeypatch, flock):
+    if not flock:
+        monkeypatch.setattr(rundir, "fcntl", None)
+    out = tmp_path / "run"
+    with rundir.run_lock(str(out)):
+        assert (out / "run.lock").exists()
+    assert not out.exists()                     # created by the lock, nothing written: removed again
+    with rundir.run_lock(str(out)):
+        (out / "config.json").write_text("{}")
+    assert os.listdir(out) == ["config.json"]   # the lock file is gone, the run's files stay
+    with rundir.run_lock(str(out)):             # and the next run takes the lock again
+        pass
+    assert os.listdir(out) == ["config.json"]

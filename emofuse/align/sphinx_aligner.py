@@ -34,9 +34,41 @@ def sphinx_available() -> bool:
     return importlib.util.find_spec("pocketsphinx") is not None
 
 
+NUMBER_RE = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(st|nd|rd|th|s)?(%)?")
+
+
+def _say_number(m: re.Match) -> str:
+    from num2words import num2words
+
+    whole, frac, suffix, percent = m.group(1).replace(",", ""), m.group(2), m.group(3), m.group(4)
+    n = int(whole)
+    if frac is not None:
+        said = num2words(n) + " point " + " ".join(num2words(int(d)) for d in frac)
+    elif suffix in ("st", "nd", "rd", "th"):
+        said = num2words(n, to="ordinal")
+    elif len(whole) == 4 and "," not in m.group(1) and 1100 <= n <= 2099 and n % 1000 >= 10:
+        said = num2words(n, to="year")       # 1990 → nineteen ninety (as said), 2019 → twenty nineteen
+    else:
+        said = num2words(n)
+    if suffix == "s":                         # the 1990s, 80s
+        said = said[:-1] + "ies" if said.endswith("y") else said + "s"
+    return " " + said + (" percent" if percent else "") + " "
+
+
+def spell_numbers(text: str) -> str:
+    """Numbers written as words, as they are spoken, so that the pronunciation dictionary has
+    them: ``44`` → forty four, ``3rd`` → third, ``2.5`` → two point five, ``10%`` → ten percent,
+    ``1990`` → nineteen ninety, ``44kHz`` → forty four khz. Unchanged when num2words is not
+    installed (the numbers are then reported as missing from the dictionary)."""
+    if importlib.util.find_spec("num2words") is None:
+        return text
+    return NUMBER_RE.sub(_say_number, text).replace("-", " ")
+
+
 def words_of(transcript: str) -> list[str]:
-    """Dictionary-style words: lower case, tags like ``[LAUGHTER]`` and punctuation removed."""
-    text = TAG_RE.sub(" ", transcript.lower())
+    """Dictionary-style words: lower case, tags like ``[LAUGHTER]`` and punctuation removed,
+    numbers spelled out (``spell_numbers``)."""
+    text = spell_numbers(TAG_RE.sub(" ", transcript.lower()))
     return [w.strip("'") for w in re.sub(r"[^a-z0-9' ]+", " ", text).split() if w.strip("'")]
 
 
@@ -87,7 +119,10 @@ class SphinxAligner:
             raise EmofuseError("empty transcript: nothing to align")
         oov = sorted({w for w in words if self.decoder.lookup_word(w) is None})
         if oov:
-            raise EmofuseError(f"words missing from the pronunciation dictionary: {', '.join(oov[:10])}")
+            spelled = ("" if importlib.util.find_spec("num2words") else
+                       " (numbers are not spelled out: pip install num2words)")
+            raise EmofuseError(f"words missing from the pronunciation dictionary{spelled}: {', '.join(oov[:10])}"
+                               + (f" and {len(oov) - 10} more" if len(oov) > 10 else ""))
         try:
             audio, sr = sf.read(audio_path, dtype="float32", always_2d=True)
         except Exception as e:

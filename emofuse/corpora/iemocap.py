@@ -31,10 +31,30 @@ SESSIONS = tuple(f"Session{i}" for i in range(1, 6))
 ALIGNMENT_SUFFIXES = {".wdseg": "word", ".phseg": "phone", ".syseg": "syllable"}
 
 
+def label_mapping(spec: str) -> dict[str, str]:
+    """``--labels`` as a mapping raw label → class: a named set (``four``, ``six``) or a comma
+    list of the classes to keep (``angry,happy,neutral,sad``), where ``raw:class`` merges a raw
+    label into a class (``ang,hap,exc:hap,neu,sad``). Never split into characters."""
+    if spec in LABEL_SETS:
+        return dict(LABEL_SETS[spec])
+    out: dict[str, str] = {}
+    for part in str(spec).split(","):
+        raw, _, cls = (x.strip() for x in part.partition(":"))
+        if not raw or (_ and not cls):
+            raise CorpusError(f"--labels {spec!r}: expected a named set ({', '.join(sorted(LABEL_SETS))}) or a "
+                              "comma list of classes such as angry,happy,neutral,sad (raw:class merges, e.g. exc:hap)")
+        out[raw] = cls or raw
+    return out
+
+
 def resolve_labels(labels: str | Mapping[str, str] | None) -> dict[str, str]:
-    """A label mapping (raw IEMOCAP code → label) from a preset name or a mapping."""
+    """A label mapping (raw IEMOCAP code → label) from a preset name, a ``--labels`` comma list
+    (``label_mapping``) or a mapping."""
     if labels is None:
         return dict(FOUR_CLASS)
+    if isinstance(labels, str) and labels not in LABEL_SETS and any(
+            c in ALL_CODES for c in label_mapping(labels)):
+        labels = label_mapping(labels)
     if isinstance(labels, str):
         if labels not in LABEL_SETS:
             raise CorpusError(

@@ -191,14 +191,17 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     return _read_csv(path, text, "\t" if suffix == ".tsv" else ",")
 
 
-def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list[Utterance]:
+def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -> list[Utterance]:
     """Read a manifest with columns ``id, audio, text, label, speaker, session`` (+ ``start, end,
     gender, textgrid``). Relative paths resolve against the manifest's folder. Column names are
     case-insensitive and take the common aliases in ``ALIASES`` (``wav``/``path`` for audio,
     ``transcript`` for text, ``emotion`` for label …).
 
     ``labels``: the allowed label set; a row with another label is an error. Without it, any
-    non-empty label is accepted. Every problem raises ``CorpusError`` naming the file and line.
+    non-empty label is accepted. A string is ``--labels``: a named set (``four``, ``six``: IEMOCAP
+    codes) or a comma list of classes to keep (``raw:class`` merges); rows with other labels are
+    left out (``iemocap.label_mapping``), and a listed label no row has is an error. Every problem
+    raises ``CorpusError`` naming the file and line.
     """
     path = Path(path)
     columns, rows = read_rows(path)
@@ -211,7 +214,12 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list
         raise CorpusError(f"manifest {path} lacks columns {missing}; expected at least {list(REQUIRED)} "
                           f"(or their aliases, e.g. wav/path for audio, transcript for text, emotion for label; "
                           f"found {columns[:10]})")
+    keep, spec = None, labels
+    if isinstance(labels, str):
+        from .iemocap import LABEL_SETS, label_mapping
+        keep, labels = label_mapping(labels), None
     allowed = set(labels) if labels is not None else None
+    seen_raw: set[str] = set()
     base = path.parent
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
@@ -227,6 +235,13 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list
         label = _text(row.get("label"))
         if not label:
             raise CorpusError(f"{where}: utterance {uid!r} has an empty label")
+        # spelling checked on the raw labels, kept or not: 'Ang' beside 'ang' is refused, never dropped
+        spellings["label"].append((_text(row.get("label")), label, f"line {line_no}"))
+        if keep is not None:
+            seen_raw.add(label)
+            if label not in keep:
+                continue
+            label = keep[label]
         if allowed is not None and label not in allowed:
             raise CorpusError(f"{where}: unknown label {label!r} for {uid!r}; expected one of {sorted(allowed)}")
         session = _session(row.get("session"))
@@ -234,7 +249,7 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list
             raise CorpusError(f"{where}: utterance {uid!r} has an empty session; every utterance needs its "
                               "session (the cross-validation fold)")
         speaker = _text(row.get("speaker"))
-        for column, canon in (("label", label), ("session", _same_session(session)), ("speaker", speaker)):
+        for column, canon in (("session", _same_session(session)), ("speaker", speaker)):
             spellings[column].append((_text(row.get(column)), canon, f"line {line_no}"))
         if _blank(row.get("audio")):
             raise CorpusError(f"{where}: utterance {uid!r} has an empty audio path")
@@ -265,6 +280,12 @@ def load_manifest(path: str | Path, labels: Iterable[str] | None = None) -> list
                 alignments=aligns,
             )
         )
+    if keep is not None and not utts:
+        raise CorpusError(f"manifest {path}: no row has a label of --labels {spec} ({sorted(keep)}); its labels are "
+                          f"{sorted(seen_raw)}")
+    if keep is not None and spec not in LABEL_SETS and set(keep) - seen_raw:
+        raise CorpusError(f"manifest {path}: --labels names {sorted(set(keep) - seen_raw)}, which no row has; its "
+                          f"labels are {sorted(seen_raw)}")
     for column, values in spellings.items():
         _one_spelling(values, column, path)
     utts.sort(key=lambda u: u.id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from typing import Callable
 
@@ -25,7 +25,8 @@ from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .rundir import run_lock, write_json
-from .train import TrainConfig, run_combine, run_train, store_fingerprints
+from .train import (TrainConfig, check_against_store, describe_config, run_combine, run_train, store_fingerprints,
+                    with_store_defaults)
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb"}
 ROW_EXTRA = {"label", "published", "combine", "same_as"}
@@ -134,11 +135,14 @@ def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[s
     """Run every configuration of the spec not yet finished; write tables. Returns table → rows.
     One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
     spec = load_spec(cfg.spec)
+    train_cfgs, key_of = _plan(cfg, spec)   # every row checked against the store before --out is created
     with run_lock(cfg.out, "ablate"):
-        return _run_ablate(cfg, spec, echo)
+        return _run_ablate(cfg, spec, train_cfgs, key_of, echo)
 
 
-def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> dict[str, pd.DataFrame]:
+def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
+    """The run configuration of every trained row (key → config) and each row's key, every row
+    checked against the store (streams, layers, folds, head sizes); nothing is written."""
     defaults = {k: v for k, v in (spec.get("defaults") or {}).items()}
     bad = set(defaults) - TRAIN_FIELDS
     if bad:
@@ -150,7 +154,6 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
     if cfg.folds is not None:
         defaults["folds"] = tuple(cfg.folds)
     runs_dir = os.path.join(cfg.out, "runs")
-    os.makedirs(runs_dir, exist_ok=True)
     train_cfgs: dict[str, TrainConfig] = {}
     key_of: dict[str, str] = {}
     with FeatureStore(cfg.store) as fs:
@@ -167,10 +170,21 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
             if "folds" in params and params["folds"] is not None:
                 params["folds"] = tuple(str(f) for f in params["folds"])
-            probe = TrainConfig(store=cfg.store, out="", device=cfg.device, **params)
+            try:
+                probe = with_store_defaults(fs, TrainConfig(store=cfg.store, out="", device=cfg.device, **params))
+                check_against_store(fs, probe)
+            except EmofuseError as e:
+                raise EmofuseError(f"spec {spec.get('name', cfg.spec)!r}, row {label!r}: {e}") from None
             key = run_key(probe.identity(), store_fingerprints(fs, probe))
             key_of[label] = key
-            train_cfgs[key] = TrainConfig(store=cfg.store, out=os.path.join(runs_dir, key), device=cfg.device, **params)
+            train_cfgs[key] = replace(probe, out=os.path.join(runs_dir, key))
+    return train_cfgs, key_of
+
+
+def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[str, str],
+                echo: Callable[[str], None]) -> dict[str, pd.DataFrame]:
+    runs_dir = os.path.join(cfg.out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
     pending = [c for k, c in train_cfgs.items() if not _finished(c.out)]
     tuned = [c for c in pending if isinstance(c, ft.FinetuneConfig)]
     pending = [c for c in pending if not isinstance(c, ft.FinetuneConfig)]
@@ -190,8 +204,11 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     else:
+        labels = {}
+        for label, key in key_of.items():
+            labels.setdefault(key, label)
         for k, c in enumerate(pending):
-            echo(f"  [{k + 1}/{len(pending)}] {c.fusion} {'+'.join(c.keys())} ({c.head}) → {c.out}")
+            echo(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
             run_train(c, echo=lambda m: echo("    " + m))
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         echo(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
@@ -208,6 +225,7 @@ def _run_ablate(cfg: AblateConfig, spec: dict, echo: Callable[[str], None]) -> d
                 run_combine(members, out, echo=lambda m: echo("    " + m))
     results = _collect(spec, key_of, runs_dir)
     _write_tables(spec, results, cfg.out)
+    _write_index(spec, key_of, train_cfgs, cfg.out)
     write_json(os.path.join(cfg.out, "ablate.json"),
                {"type": "emofuse.ablate", "spec": {k: v for k, v in spec.items() if k != "_labels"},
                 "store": os.path.abspath(cfg.store), "keys": key_of})
@@ -249,6 +267,30 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
         df["p_vs_best"] = [float("nan") if i == best else _paired_p(per_run[i], per_run[best]) for i in range(len(df))]
         out[t["name"]] = df
     return out
+
+
+def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str) -> None:
+    """``runs.md`` and ``runs.csv`` in the grid folder: each row label → its run folder (named by the
+    run's key, so that reuse is by content), the tables it appears in and what it trains."""
+    in_tables: dict[str, list[str]] = {}
+    for t in spec["tables"]:
+        for r in t["rows"]:
+            in_tables.setdefault(r["label"], []).append(t["name"])
+    rows = []
+    for label, key in key_of.items():
+        row, c = spec["_labels"][label], train_cfgs.get(key)
+        what = (f"score combination of {', '.join(row['combine'])}" if "combine" in row else
+                describe_config(c) if isinstance(c, TrainConfig) else f"fine-tuned {getattr(c, 'system', '')}".strip())
+        d = os.path.join(out, "runs", key)
+        rows.append({"label": label, "folder": os.path.join("runs", key), "tables": ",".join(in_tables.get(label, [])),
+                     "configuration": what, "finished": os.path.exists(os.path.join(d, "summary.json"))})
+    df = pd.DataFrame(rows, columns=["label", "folder", "tables", "configuration", "finished"])
+    df.to_csv(os.path.join(out, "runs.csv"), index=False, lineterminator="\n")
+    lines = ["| Label | Run folder | Tables | Configuration |", "|---|---|---|---|"]
+    lines += [f"| {r.label} | `{r.folder}` | {r.tables} | {r.configuration}" + ("" if r.finished else " (not run)") + " |"
+              for r in df.itertuples()]
+    with open(os.path.join(out, "runs.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def _write_tables(spec: dict, results: dict[str, pd.DataFrame], out: str) -> None:

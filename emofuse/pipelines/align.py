@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..align.frames import segment_frames
 from ..align.pooling import pool_many
@@ -22,6 +22,7 @@ from ..errors import EmofuseError
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
                      segments_kind)
 from .describe import corpus_options
+from .progress import progress_bar
 
 SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
 
@@ -29,7 +30,7 @@ SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
 @dataclass(frozen=True)
 class AlignConfig:
     store: str
-    stream: str = "audio"
+    stream: str | None = None          # None: "audio", or the store's only stream with frames (eGeMAPS)
     source: str = "auto"
     granularities: tuple[str, ...] = GRANULARITIES
     on_error: str = "skip"
@@ -203,6 +204,23 @@ def make_aligner(cfg: AlignConfig):
     return None
 
 
+def frames_stream(fs: FeatureStore, stream: str | None) -> str:
+    """The stream to pool: ``stream`` when it has frames; by default ``audio``, or the store's only
+    stream with frames. Refused in one sentence with the ``--stream`` that works."""
+    with_frames = [s for s in fs.streams if "frames" in fs.stream_info(s)["entries"]]
+    if stream is None and "audio" not in with_frames and len(with_frames) == 1:
+        return with_frames[0]
+    stream = stream or "audio"
+    if stream in with_frames:
+        return stream
+    what = (f"has no stream {stream!r}" if stream not in fs.streams else f"has no frames in stream {stream!r}")
+    if not with_frames:
+        raise EmofuseError(f"{fs.path} {what} and no stream with audio frames to pool (it has "
+                           f"{fs.streams or 'no streams'}); extract audio first")
+    pick = " or ".join(f"align-segments --store {shlex.quote(fs.path)} --stream {s}" for s in with_frames)
+    raise EmofuseError(f"{fs.path} {what}; pool a stream with audio frames: {pick}")
+
+
 def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=None) -> AlignSummary:
     """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent.
     ``aligner``: an object with ``align(id, audio_path, transcript) -> {tier: [AlignmentItem]}``
@@ -212,9 +230,8 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
     fs = FeatureStore(cfg.store)
     try:
+        cfg = replace(cfg, stream=frames_stream(fs, cfg.stream))
         info = fs.stream_info(cfg.stream)
-        if "frames" not in info["entries"]:
-            raise EmofuseError(f"stream {cfg.stream!r} of {cfg.store} has no frames to pool; extract audio first")
         hop, window = float(info["frame_hop_s"]), float(info["frame_window_s"])
         offset = float(info.get("frame_offset_s", 0.0))  # Whisper: frame t centred on t·hop
         records = _records(cfg, fs) if cfg.source != "sphinx" else {}
@@ -234,7 +251,7 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
         try:
             units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
             with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
-                    tqdm(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments", disable=None, dynamic_ncols=True) as bar:
+                    progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments") as bar:
                 for unit in units:
                     entries, skipped = _align_unit(frames, cfg, unit, done, records, utt_table, hop, window,
                                                    summary, aligner, offset)

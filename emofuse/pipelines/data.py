@@ -10,6 +10,7 @@ batch is read from the store instead (``StoreSource``).
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -209,24 +210,53 @@ def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray,
     return out
 
 
-def _missing_stream(fs: FeatureStore, stream: str, key: str) -> EmofuseError:
+def _corpus_flags(fs: FeatureStore) -> str:
+    """The extract-embeddings flags that read the store's corpus again (as its metadata records)."""
     meta = fs.corpus_meta
-    where = f"--corpus {meta.get('kind', 'iemocap')}" + (f" --root {meta['root']}" if meta.get("root") else "")
+    kind = meta.get("kind", "iemocap")
+    root = meta.get("root")
+    flag = {"iemocap": "--root", "manifest": "--manifest"}.get(kind)
+    labels = meta.get("labels")
+    return (f"--corpus {kind}" + (f" {flag} {shlex.quote(root)}" if flag and root else "")
+            + (f" --labels {labels}" if labels not in (None, "", "None") else ""))
+
+
+def _missing_stream(fs: FeatureStore, stream: str, key: str) -> EmofuseError:
+    """One sentence: what the store has, and the fix that works when pasted: another stream of
+    the store that has what is missing (``--audio-stream``/``--text-stream``) where there is one,
+    else the command that adds it."""
+    kind = KEY_KIND[key]
+    store = shlex.quote(fs.path)
+    option = "--text-stream" if key == "T" else "--audio-stream"
+    others = [s for s in fs.streams if s != stream and fs.has(s, kind)]
     if key == "T":
-        fix = f"extract-embeddings {where} --out {fs.path} --audio-model none --text-model bert-base-uncased"
         what = f"text tokens (stream {stream!r})"
+        add = (f"extract-embeddings {_corpus_flags(fs)} --out {store} --audio-model none "
+               f"--text-model bert-base-uncased" + (f" --text-stream {stream}" if stream != "text" else ""))
     elif key == "F":
-        fix = f"extract-embeddings {where} --out {fs.path} --text-model none"
         what = f"audio frames (stream {stream!r})"
+        add = (f"extract-embeddings {_corpus_flags(fs)} --out {store} --text-model none"
+               + (f" --audio-stream {stream}" if stream != "audio" else ""))
     else:
-        g = KEY_KIND[key].split("/")[1]
-        fix = f"align-segments --store {fs.path} --stream {stream} --granularities {g}"
+        g = kind.split("/")[1]
         what = f"{g} segments in stream {stream!r}"
+        add = f"align-segments --store {store} --stream {stream} --granularities {g}"
+        if stream not in fs.streams or not fs.has(stream, "frames"):   # nothing to pool: extract first
+            add = None
     have = []
     for s in fs.streams:
         info = fs.stream_info(s)
         have.append(f"{s}: " + ", ".join(info["entries"]))
-    return EmofuseError(f"{fs.path} has no {what}; it has {'; '.join(have) or 'no streams'}. Add it with: {fix}")
+    if others:
+        fix = "use " + " or ".join(f"{option} {s}" for s in others) + " (the same command with it)"
+    else:
+        fix = f"add it with: {add}"
+    if add is None and not others:   # segments of a stream without frames: pool a stream that has frames, then use it
+        src = [s for s in fs.streams if fs.has(s, "frames")]
+        fix = (f"add them with: align-segments --store {store} --stream {src[0]} --granularities {g}, then use "
+               f"--audio-stream {src[0]}" if src else
+               f"extract audio first: extract-embeddings {_corpus_flags(fs)} --out {store} --text-model none")
+    return EmofuseError(f"{fs.path} has no {what}; it has {'; '.join(have) or 'no streams'}. To fix: {fix}")
 
 
 def require(fs: FeatureStore, stream: str, key: str) -> None:

@@ -42,6 +42,7 @@ from ..heads.layers import MaskedBatchNorm1d
 from ..heads.options import PLATEAU
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
+from .rundir import run_folder
 from .train import _check_run_dir, _save_run, _write_json, folds_of, resolve_device, split
 
 SYSTEMS = ("cma", "audio", "text")   # joint (74.71), audio-only (60.01), text-only (71.01)
@@ -614,7 +615,7 @@ def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> di
     for r in range(cfg.repeats):
         for session in folds:
             seed = cfg.seed + r
-            rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
+            rdir = os.path.join(cfg.out, "runs", run_folder(r, session))
             if os.path.exists(os.path.join(rdir, "metrics.json")):
                 with open(os.path.join(rdir, "metrics.json")) as f:
                     runs.append(json.load(f))

@@ -40,25 +40,40 @@ def _save(plt, fig, path: str) -> None:
     plt.close(fig)
 
 
-def confusion_figure(summary: dict, path: str, title: str) -> None:
-    """Row-normalised confusion matrix summed over every run (recall on the diagonal)."""
+def fold_label(fold) -> str:
+    """A test fold as readers know it: IEMOCAP's numbered sessions as S1 … S5, any other
+    session name (a manifest's ``sess1``, ``spk03``) as written."""
+    f = str(fold)
+    return f"S{f}" if f.isdigit() else f
+
+
+def confusion_figure(summary: dict, path: str, title: str):
+    """Row-normalised confusion matrix summed over every run (recall on the diagonal), in percent
+    in the cells and on the colour bar. Returns the figure (closed)."""
     plt = _plt()
     cm = np.array(summary["confusion"], float)
-    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    classes = summary["classes"]
-    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=150)
-    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{100 * cm[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
+    cm = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    classes = [str(c) for c in summary["classes"]]
+    n = len(classes)
+    side = max(3.2, 0.55 * n + 1.6)
+    fig, ax = plt.subplots(figsize=(side + 0.6, side), dpi=150)
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=100)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > 60 else "black")
+    long = max((len(c) for c in classes), default=0) > 4 or n > 5
+    ax.set_xticks(range(n), classes, rotation=45 if long else 0, ha="right" if long else "center",
+                  rotation_mode="anchor")
+    ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("% of the true class", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     _save(plt, fig, path)
+    return fig
 
 
 def layer_ids_of(run: dict, key: str) -> list[int]:
@@ -68,15 +83,17 @@ def layer_ids_of(run: dict, key: str) -> list[int]:
     return list(ids) if ids is not None else list(range(len(run["layer_weights"][key])))
 
 
-def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
+def layer_weight_figure(runs: list[dict], path: str, title: str):
     """Learned layer weights, one panel per stream, mean ± std over folds and repeats, against the
-    encoder layer index each weight belongs to (0 = the transformer's input) and the uniform level."""
+    encoder layer index each weight belongs to (0 = the transformer's input) and the uniform level,
+    on a y axis from 0 (near-uniform weights look flat, not like structure). Returns the figure
+    (closed), or None when no stream has layers to weigh."""
     ws = [r for r in runs if r.get("layer_weights")]
     if not ws:
-        return False
+        return None
     keys = [k for k in ws[0]["layer_weights"] if len(ws[0]["layer_weights"][k]) > 1]   # one layer: nothing to weigh
     if not keys:
-        return False
+        return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 0.8, 2.6), dpi=150, squeeze=False)
     for ax, k in zip(axes[0], keys):
@@ -91,45 +108,66 @@ def layer_weight_figure(runs: list[dict], path: str, title: str) -> bool:
         ax.set_xlabel("encoder layer (0 = transformer input)", fontsize=7)
         ax.set_title(STREAM_NAMES.get(k, k), fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="lower right")   # each panel its own uniform level (1/L differs per stream)
     axes[0][0].set_ylabel("weight")
-    axes[0][-1].legend(fontsize=6)
     fig.suptitle(title, fontsize=8)
     _save(plt, fig, path)
-    return True
+    return fig
 
 
-def fold_figure(summary: dict, path: str, title: str) -> None:
-    """UA of every test fold, one dot per repeat, the mean as a bar."""
+def fold_figure(summary: dict, path: str, title: str):
+    """UA of every test fold, one dot per repeat, the mean as a bar. Returns the figure (closed)."""
     plt = _plt()
     runs = summary["runs"]
     folds = sorted({str(r["fold"]) for r in runs}, key=lambda s: (len(s), s))
-    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=150)
+    fig, ax = plt.subplots(figsize=(max(4.2, 0.5 * len(folds) + 1.5), 2.8), dpi=150)
     for i, f in enumerate(folds):
         v = [r["ua"] for r in runs if str(r["fold"]) == f]
-        ax.bar(i, np.mean(v), color="#9ecae1")
-        ax.plot([i] * len(v), v, "o", color="#08519c", ms=3)
-    ax.set_xticks(range(len(folds)), [f"S{f}" for f in folds])
+        ax.bar(i, np.mean(v), color="#9ecae1", label="mean over repeats" if i == 0 else None)
+        ax.plot([i] * len(v), v, "o", color="#08519c", ms=3, label="one repeat" if i == 0 else None)
+    labels = [fold_label(f) for f in folds]
+    long = sum(len(x) for x in labels) > 40   # rotate only when the names would not fit side by side
+    ax.set_xticks(range(len(folds)), labels, rotation=45 if long else 0, ha="right" if long else "center",
+                  rotation_mode="anchor")
     ax.set_ylabel("UA %")
-    ax.set_xlabel("test session")
+    ax.set_xlabel("test session (fold)")
     ax.set_ylim(0, 100)
+    ax.legend(fontsize=6, loc="lower right")
     ax.set_title(title, fontsize=8)
     _save(plt, fig, path)
+    return fig
 
 
-def curve_figure(runs: list[dict], path: str, title: str) -> bool:
-    """Validation UA per epoch of every run (the early-stopping signal)."""
-    hs = [r["history"] for r in runs if r.get("history")]
+def curve_figure(runs: list[dict], path: str, title: str):
+    """Validation UA per epoch (the early-stopping signal): per test fold, the mean over its
+    repeats with a ± one standard deviation band (at each epoch, over the runs still training).
+    Returns the figure (closed), or None without histories."""
+    hs = [(str(r["fold"]), r["history"]) for r in runs if r.get("history")]
     if not hs:
-        return False
+        return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=150)
-    for h in hs:
-        ax.plot([e["epoch"] + 1 for e in h], [e["val_ua"] for e in h], lw=0.8, alpha=0.7)
+    folds = sorted({f for f, _ in hs}, key=lambda s: (len(s), s))
+    fig, ax = plt.subplots(figsize=(4.8, 2.8), dpi=150)
+    colours = plt.get_cmap("tab10")
+    for k, f in enumerate(folds):
+        curves = [[e["val_ua"] for e in h] for g, h in hs if g == f]
+        T = max(len(c) for c in curves)
+        m, sd = np.full(T, np.nan), np.full(T, np.nan)
+        for t in range(T):
+            v = [c[t] for c in curves if len(c) > t]
+            m[t], sd[t] = np.mean(v), np.std(v)
+        x = np.arange(1, T + 1)
+        n = len(curves)
+        ax.plot(x, m, lw=1.2, color=colours(k % 10), label=f"{fold_label(f)} (mean of {n})" if n > 1 else fold_label(f))
+        if n > 1:
+            ax.fill_between(x, m - sd, m + sd, color=colours(k % 10), alpha=0.15, lw=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation UA %")
+    ax.legend(fontsize=6, title="test fold" + (" (band: ± std over repeats)" if any(
+        sum(g == f for g, _ in hs) > 1 for f in folds) else ""), title_fontsize=6, ncol=2 if len(folds) > 5 else 1)
     ax.set_title(title, fontsize=8)
     _save(plt, fig, path)
-    return True
+    return fig
 
 
 def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str) -> list[tuple[str, str]]:
@@ -140,13 +178,13 @@ def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str) -> list[tup
     out = []
     p = os.path.join(fig_dir, f"{prefix}confusion.png")
     confusion_figure(s, p, f"{title}: confusion (row %)")
-    out.append(("Normalised confusion matrix (all runs)", f"{rel}/{prefix}confusion.png"))
+    out.append(("Confusion matrix summed over all runs, % of each true class", f"{rel}/{prefix}confusion.png"))
     if layer_weight_figure(runs, os.path.join(fig_dir, f"{prefix}layers.png"), f"{title}: layer weights"):
         out.append(("Learned layer weights, mean ± std over runs", f"{rel}/{prefix}layers.png"))
     fold_figure(s, os.path.join(fig_dir, f"{prefix}folds.png"), f"{title}: UA per fold")
     out.append(("UA per test session", f"{rel}/{prefix}folds.png"))
     if curve_figure(runs, os.path.join(fig_dir, f"{prefix}curves.png"), f"{title}: validation curves"):
-        out.append(("Validation UA per epoch", f"{rel}/{prefix}curves.png"))
+        out.append(("Validation UA per epoch: mean ± std over repeats, per test fold", f"{rel}/{prefix}curves.png"))
     return out
 
 
@@ -162,7 +200,8 @@ def run_report(path: str, echo: Callable[[str], None] = print) -> str:
         with open(os.path.join(path, "tables.md")) as f:
             tables_md = f.read()
         lines += [f"# emofuse report: {grid['spec'].get('name', 'grid')}", "", f"Store: `{grid['store']}`", "",
-                  tables_md, "Tables also as LaTeX and CSV (with Wilcoxon p-values) in `tables/`.", ""]
+                  tables_md, "Tables also as LaTeX and CSV (with Wilcoxon p-values) in `tables/`; each row's run folder "
+                  "in `runs.md`.", ""]
         import pandas as pd
         for t in grid["spec"]["tables"]:
             df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv")).sort_values("ua_mean", ascending=False)

@@ -7,6 +7,7 @@ directory, files that appear whole, and outputs that read the same whether a run
 - ``run_lock``: an exclusive lock per directory (``run.lock`` holding the owner's pid). It is an
   ``flock`` where the platform has one (Linux, macOS): the kernel drops it when its process dies,
   so a killed run never leaves a stale lock. Elsewhere an ``O_EXCL`` file whose pid is checked.
+  The file is removed when the run ends (a killed run leaves it; the next run takes it over).
 - ``write_json`` / ``write_csv``: written to a temporary name unique to the process (pid and a
   random token), then renamed over the target: two processes never share a ``.tmp``.
 - ``predictions_roundtrip``: fresh predictions pass through the same CSV text as reused ones.
@@ -112,6 +113,20 @@ def content_digest(fs, stream: str, kind: str) -> str:
     return _digests[key]
 
 
+# -- run folders -------------------------------------------------------------------------------
+def run_folder(repeat: int, session) -> str:
+    """The folder of one (repeat, test session) under ``runs/``: ``r0_s1`` for IEMOCAP's numbered
+    sessions (as always), ``r0_sess1`` for a named session (a manifest's ``sess1``), characters
+    unsafe in a folder name replaced and the name's digest added so that two never collide."""
+    s = str(session)
+    if s.isdigit():
+        return f"r{repeat}_s{s}"
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in s).strip("-.") or "session"
+    if safe != s:
+        safe += "-" + hashlib.sha256(s.encode()).hexdigest()[:6]
+    return f"r{repeat}_{safe}"
+
+
 # -- one process per run directory --------------------------------------------------------------
 def _holder(path: str) -> str:
     try:
@@ -152,47 +167,68 @@ def _pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def run_lock(out: str, what: str = "a run") -> Iterator[None]:
-    """Hold ``out/run.lock`` exclusively; a second process gets one sentence naming the holder."""
+    """Hold ``out/run.lock`` exclusively; a second process gets one sentence naming the holder.
+    The lock file is removed on release (and ``out`` too when this call created it and it is still
+    empty: a run refused early leaves nothing behind)."""
+    created = not os.path.isdir(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise EmofuseError(f"cannot create the run directory {out}: {e.strerror or e}") from None
     path = os.path.join(out, LOCK_NAME)
     me = f"{os.getpid()} {socket.gethostname()}\n".encode()
-    if fcntl is not None:
-        fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
+    try:
+        if fcntl is not None:
+            for _ in range(100):
+                fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise _busy(out, path, what) from None
+                # the holder before us removes the file while it holds the lock: ours must still be the one at path
+                try:
+                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            else:
+                raise _busy(out, path, what)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, me)
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(path)   # still holding the flock: a newcomer that opened it sees it gone and retries
+                os.close(fd)
+            return
+        for _ in range(2):  # no flock: an O_EXCL file; one left by a dead process is taken over
+            try:
+                fd = _open_lock(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+                break
+            except FileExistsError:
+                holder = _holder(path).split()
+                pid = int(holder[1]) if len(holder) > 1 and holder[1].isdigit() else None
+                if pid is not None and _pid_alive(pid):
+                    raise _busy(out, path, what) from None
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        else:
+            raise _busy(out, path, what)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise _busy(out, path, what) from None
-        try:
-            os.ftruncate(fd, 0)
             os.write(fd, me)
+            os.close(fd)
             yield
         finally:
-            os.close(fd)  # releases the flock; the file stays (removing it would race a newcomer)
-        return
-    for _ in range(2):  # no flock: an O_EXCL file; one left by a dead process is taken over
-        try:
-            fd = _open_lock(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-            break
-        except FileExistsError:
-            holder = _holder(path).split()
-            pid = int(holder[1]) if len(holder) > 1 and holder[1].isdigit() else None
-            if pid is not None and _pid_alive(pid):
-                raise _busy(out, path, what) from None
             with contextlib.suppress(OSError):
                 os.remove(path)
-    else:
-        raise _busy(out, path, what)
-    try:
-        os.write(fd, me)
-        os.close(fd)
-        yield
     finally:
-        with contextlib.suppress(OSError):
-            os.remove(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)   # only when empty
 
 
 # -- reuse ------------------------------------------------------------------------------------

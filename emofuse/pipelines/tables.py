@@ -27,6 +27,13 @@ def _delta(ua: float, published: float) -> float:
     return round(ua - published, 2) + 0.0
 
 
+def spread_note(df: pd.DataFrame, pm: str = "±") -> str:
+    """What the ± of a table means: the standard deviation over each configuration's runs."""
+    ns = sorted({int(n) for n in df["n"]})
+    over = f"the {ns[0]} runs" if len(ns) == 1 else "each configuration's runs (column runs)"
+    return f"Mean {pm} standard deviation over {over} (test folds × repeats)"
+
+
 def _has_published(df: pd.DataFrame) -> bool:
     return "published" in df and df["published"].notna().any()
 
@@ -48,6 +55,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
             cells += [f"{p:.2f}" if ok else "—", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "—"]
         cells.append(str(int(r["n"])))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", spread_note(df) + "; best mean per metric in bold."]
     return "\n".join(lines) + "\n"
 
 
@@ -58,11 +66,16 @@ def _tex_escape(s: str) -> str:
 
 
 def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
-    """A booktabs table; the best mean per metric in bold; ± as $\\pm$."""
+    """A booktabs table (``\\usepackage{booktabs}`` in the preamble, as its first line says); the
+    best mean per metric in bold; ± as $\\pm$, the caption says what it is; a runs column."""
     pub = _has_published(df)
-    cols = "l" + "r" * (3 + (2 if pub else 0))
+    cols = "l" + "r" * (3 + (2 if pub else 0)) + "r"
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", r"$\Delta$ UA"] if pub else [])
-    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(title)}}}", rf"\label{{tab:{label}}}",
+    head.append("Runs")
+    note = spread_note(df, r"$\pm$").replace("×", r"$\times$")
+    caption = _tex_escape(title) + ". " + note + "; best mean per metric in bold."
+    out = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)", r"\begin{table}[t]", r"\centering",
+           rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
            rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
     for i, r in df.iterrows():
@@ -74,6 +87,7 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
             p = r.get("published")
             ok = p is not None and not (isinstance(p, float) and math.isnan(p))
             cells += [f"{p:.2f}" if ok else "--", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "--"]
+        cells.append(str(int(r["n"])))
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"

@@ -7,13 +7,12 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .. import __version__
 from ..devices import resolve_device
@@ -24,8 +23,9 @@ from ..heads.options import HEAD_NAMES, PLATEAU, head_defaults
 from ..store import FeatureStore
 from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require, select_layers
 from .metrics import format_summary, scores, summarise
+from .progress import progress_bar
 from .rundir import check_run_dir as _check_run_dir
-from .rundir import content_digest, predictions_roundtrip, read_predictions, run_lock, write_csv
+from .rundir import content_digest, predictions_roundtrip, read_predictions, run_folder, run_lock, write_csv
 from .rundir import write_json as _write_json
 
 HEADS = HEAD_NAMES
@@ -49,7 +49,7 @@ class TrainConfig:
     head: str = "linear"
     audio_stream: str = "audio"
     text_stream: str = "text"
-    norm: str = "none"
+    norm: str | None = None         # None: the streams' recorded default (global for eGeMAPS, else none)
     norm_streams: str = "speech"    # which streams --norm standardises: speech (the paper), text, all
     layers: str | None = None       # both streams; None: the head's default (all; last for the CMA paper's heads)
     audio_layers: str | None = None  # overrides layers for speech streams
@@ -80,7 +80,7 @@ class TrainConfig:
             raise EmofuseError(f"--fusion must be one of {list(FUSIONS) + ['combine']}, found {self.fusion!r}")
         if self.head not in HEADS:
             raise EmofuseError(f"--head must be one of {list(HEADS)}, found {self.head!r}")
-        if self.norm not in NORMS:
+        if self.norm is not None and self.norm not in NORMS:
             raise EmofuseError(f"--norm must be one of {list(NORMS)}, found {self.norm!r}")
         if self.norm_streams not in NORM_STREAMS:
             raise EmofuseError(f"--norm-streams must be one of {list(NORM_STREAMS)}, found {self.norm_streams!r}")
@@ -126,7 +126,7 @@ class TrainConfig:
             raise EmofuseError(f"--fusion cma takes exactly one speech granularity (e.g. F), found {'+'.join(speech)}")
         if self.fusion in ("late", "concat") and len(keys) < 2:
             raise EmofuseError(f"--fusion {self.fusion} needs at least two streams, found {'+'.join(keys)}")
-        if self.norm != "none":
+        if self.norm not in (None, "none"):
             if not _norm_subset(keys, self.norm_streams):
                 raise EmofuseError(f"--norm {self.norm} --norm-streams {self.norm_streams}: this configuration uses "
                                    f"no {self.norm_streams} stream ({'+'.join(keys)}); choose --norm-streams "
@@ -135,7 +135,7 @@ class TrainConfig:
 
     def norm_keys(self) -> list[str]:
         """The stream keys that --norm standardises."""
-        return _norm_subset(self.keys(), self.norm_streams) if self.norm != "none" else []
+        return _norm_subset(self.keys(), self.norm_streams) if self.norm not in (None, "none") else []
 
     def resolved(self) -> dict:
         """The head's options with every default filled in (HEAD_DEFAULTS, heads/options.py)."""
@@ -183,6 +183,38 @@ class TrainConfig:
 def _norm_subset(keys: list[str], norm_streams: str) -> list[str]:
     """The keys among ``keys`` that ``--norm-streams`` (speech, text, all) names."""
     return {"speech": [k for k in keys if k != "T"], "text": [k for k in keys if k == "T"], "all": keys}[norm_streams]
+
+
+def describe_config(cfg: TrainConfig) -> str:
+    """One line naming what a configuration trains: fusion, streams and where each is read, and
+    the head (``none``/``late`` only: the other fusions have heads of their own), e.g.
+    ``coattention F+P+T (F+P: egemaps, T: text)`` or ``late F+T, linear branches (F: audio, T: text)``."""
+    keys = cfg.keys()
+    what = f"{cfg.fusion} {'+'.join(keys)}"
+    if cfg.fusion in ("none", "late"):
+        what += f", {cfg.head} " + ("head" if cfg.fusion == "none" else "branches")
+    speech = [k for k in keys if k != "T"]
+    streams = ([f"{'+'.join(speech)}: {cfg.audio_stream}"] if speech else []) + (
+        [f"T: {cfg.text_stream}"] if "T" in keys else [])
+    return f"{what} ({', '.join(streams)})"
+
+
+def stream_default_norm(info: dict) -> str:
+    """The ``--norm`` a stream asks for when none is given, recorded in its info at extraction:
+    ``global`` for hand-crafted descriptors (eGeMAPS: Hz, dB and ratios on scales orders of
+    magnitude apart), ``none`` for encoder activations. Stores written before it was recorded:
+    by encoder (openSMILE → global)."""
+    return info.get("default_norm") or ("global" if info.get("encoder") == "opensmile" else "none")
+
+
+def with_store_defaults(fs: FeatureStore, cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``norm`` filled in from the store when it was not given: ``global`` when a
+    stream that ``--norm-streams`` covers asks for it (see ``stream_default_norm``), else ``none``."""
+    if cfg.norm is not None:
+        return cfg
+    streams = {cfg.text_stream if k == "T" else cfg.audio_stream for k in _norm_subset(cfg.keys(), cfg.norm_streams)}
+    wants = {stream_default_norm(fs.stream_info(s)) for s in streams if s in fs.streams}
+    return replace(cfg, norm="global" if "global" in wants else "none")
 
 
 def store_fingerprints(fs: FeatureStore, cfg: TrainConfig) -> dict:
@@ -276,13 +308,19 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
 
 
 def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
-    sessions = sorted(set(data.sessions), key=lambda s: (len(s), s))
+    return _folds(data.sessions, cfg)
+
+
+def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:
+    """The test sessions of ``cfg`` among the utterances' sessions (plain strings, in order)."""
+    sessions = sorted({str(s) for s in sessions_of_utts}, key=lambda s: (len(s), s))
     if len(sessions) < 2:
         raise EmofuseError(f"leave-one-session-out needs at least two sessions; the store has {sessions}")
     if cfg.folds:
         bad = [f for f in cfg.folds if f not in sessions]
         if bad:
-            raise EmofuseError(f"--folds {','.join(bad)}: no such session; the store has {sessions}")
+            raise EmofuseError(f"--folds {','.join(bad)}: no such session; the store's sessions are "
+                               f"{', '.join(sessions)} (e.g. --folds {','.join(sessions[:2])})")
         return [s for s in sessions if s in cfg.folds]
     return sessions
 
@@ -303,15 +341,20 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
     One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
     resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
-        _check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
+        cfg = with_store_defaults(fs, cfg)
+        check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
     with run_lock(cfg.out, "train-head"):
         return _run_train(cfg, echo)
 
 
-def _check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
+def check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
     """Streams present, layer selections valid and the head buildable at the store's widths.
     Returns key → (positions, encoder layer indices, width)."""
     chosen = select_layers(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
+    _folds(fs.utterances["session"], cfg)
+    labels = sorted({str(x) for x in fs.utterances["label"]})
+    if len(labels) < 2:
+        raise EmofuseError(f"{fs.path}: found only the label(s) {labels}; at least two classes are needed")
     with torch.device("meta"):   # structure only: no memory, no random numbers drawn
         cfg.build({k: (len(pos), D) for k, (pos, _, D) in chosen.items()}, 2)
     return chosen
@@ -326,24 +369,24 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
                   "identity": cfg.identity(), "fingerprints": fingerprints,
                   "layer_ids": {k: ids for k, (_, ids, _) in chosen.items()}}
         _check_run_dir(cfg.out, config)
-        os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
-        _write_json(os.path.join(cfg.out, "config.json"), config)
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
         data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget)
         t_load = time.perf_counter() - t0
-        echo(f"train-head {cfg.fusion} {'+'.join(cfg.keys())} ({cfg.head}): {len(data.ids)} utterances, classes "
+        echo(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
              f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
              (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
-             f", training on {device}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+             f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
              (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
+        os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
+        _write_json(os.path.join(cfg.out, "config.json"), config)
         timer, runs, preds, norms = Timer(), [], [], {}
         plan = [(r, s) for r in range(cfg.repeats) for s in folds]
-        with tqdm(total=len(plan), unit="run", desc="train-head", disable=None, dynamic_ncols=True) as bar:
+        with progress_bar(total=len(plan), unit="run", desc="train-head") as bar:
             for r, session in plan:
                 seed = cfg.seed + r
-                rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
+                rdir = os.path.join(cfg.out, "runs", run_folder(r, session))
                 if os.path.exists(os.path.join(rdir, "metrics.json")):
                     with open(os.path.join(rdir, "metrics.json")) as f:
                         runs.append(json.load(f))

@@ -13,7 +13,8 @@ How a kill -9 at any instant leaves the store at its last committed state:
   (*pending* parts); the next writer adopts them (``done_ids`` counts them), so a re-run computes
   only what is missing. Pending parts are always newer than the index they are adopted into.
 * One writer at a time: an ``flock`` on ``STORE.h5.lock`` (released by the kernel when a
-  process dies, so a killed writer never leaves a stale lock).
+  process dies, so a killed writer never leaves a stale lock). The file is removed when the
+  writer closes.
 """
 
 from __future__ import annotations
@@ -162,29 +163,38 @@ class StoreWriter:
     def _acquire_lock(self) -> int:
         folder = os.path.dirname(self.path) or "."
         lock = self.path + ".lock"
-        try:
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as e:
-            if os.path.islink(lock):
-                raise StoreError(f"the store's lock file {lock} is a symbolic link (to {os.readlink(lock)}); expected a "
-                                 "plain file: remove it (it holds nothing) and run again") from None
-            if os.path.isdir(lock):
-                raise StoreError(f"the store's lock file {lock} is a folder; expected a plain file: remove it (a lock "
-                                 "file holds nothing) and run again") from None
-            raise _io_error(e, lock, "create the lock file", kept="nothing was written") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(100):
+            try:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as e:
+                if os.path.islink(lock):
+                    raise StoreError(f"the store's lock file {lock} is a symbolic link (to {os.readlink(lock)}); "
+                                     "expected a plain file: remove it (it holds nothing) and run again") from None
+                if os.path.isdir(lock):
+                    raise StoreError(f"the store's lock file {lock} is a folder; expected a plain file: remove it (a "
+                                     "lock file holds nothing) and run again") from None
+                raise _io_error(e, lock, "create the lock file", kept="nothing was written") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreError(
+                    f"another process is writing {self.path} (it holds {self.path}.lock); "
+                    "wait for it to finish or write to another store"
+                ) from None
+            except OSError as e:
+                os.close(fd)
+                raise StoreError(f"cannot lock {lock}: this file system does not support locks ({e.strerror or e}); "
+                                 "put the store on a local disk") from None
+            try:   # the writer before us removes the file while holding it: ours must be the one at the path
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise StoreError(
-                f"another process is writing {self.path} (it holds {self.path}.lock); "
-                "wait for it to finish or write to another store"
-            ) from None
-        except OSError as e:
-            os.close(fd)
-            raise StoreError(f"cannot lock {lock}: this file system does not support locks ({e.strerror or e}); "
-                             "put the store on a local disk") from None
+        else:
+            raise StoreError(f"cannot take the lock {lock}: it keeps being replaced")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
@@ -524,8 +534,7 @@ class StoreWriter:
     def close(self) -> None:
         """Release the store without publishing: committed parts stay for the next writer."""
         if getattr(self, "_lock_fd", None) is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            _release_lock(self.path, self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> "StoreWriter":
@@ -557,8 +566,18 @@ class _Lock:
         self.fd = StoreWriter._acquire_lock(self)
 
     def close(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        _release_lock(self.path, self.fd)
+
+
+def _release_lock(path: str, fd: int) -> None:
+    """Remove ``PATH.lock`` while still holding it (a newcomer that opened it sees it gone and
+    retries), then release it: no lock file is left after a clean run."""
+    try:
+        os.remove(path + ".lock")
+    except OSError:
+        pass
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def upgrade_store(path: str | os.PathLike) -> str:

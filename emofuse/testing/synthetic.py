@@ -25,11 +25,14 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
                          planted_stream: str = "audio", planted_layer: int = 3, strength: float = 1.0,
                          mean_seconds: float = 4.5, max_seconds: float = 20.0, fps: float = 50.0,
                          dtype=np.float16, seed: int = 0, empty_word_ids: int = 0,
-                         audio_stream: str = "audio") -> dict:
+                         audio_stream: str = "audio", audio_info: dict | None = None,
+                         session_prefix: str = "") -> dict:
     """Write the store; return its facts (ids, labels, lengths). ``per_class`` utterances of each
     class per session, two speakers per session. ``empty_word_ids``: that many utterances get no
     word segment (as after a failed alignment). ``audio_stream``: the speech stream's name
-    (``planted_stream="audio"`` plants in it whatever its name)."""
+    (``planted_stream="audio"`` plants in it whatever its name); ``audio_info``: extra entries of
+    its stream info (e.g. ``{"default_norm": "global"}``, as an eGeMAPS stream records);
+    ``session_prefix``: sessions named ``<prefix>1`` … (a manifest's ``sess1``) instead of ``1`` …."""
     rng = np.random.default_rng(seed)
     text_layers, text_dim = text_layers or layers, text_dim or dim
     ids, labels, sess, spk, secs = [], [], [], [], []
@@ -38,7 +41,7 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
             for k in range(per_class):
                 g = "FM"[k % 2]
                 ids.append(f"Ses{s:02d}_{c}_{g}{k:03d}")
-                labels.append(c), sess.append(str(s)), spk.append(f"Ses{s:02d}{g}")
+                labels.append(c), sess.append(f"{session_prefix}{s}"), spk.append(f"Ses{s:02d}{g}")
                 secs.append(float(np.clip(rng.lognormal(np.log(mean_seconds), 0.6), 1.0, max_seconds)))
     order = np.argsort(ids)
     ids, labels, sess, spk, secs = ([x[i] for i in order] for x in (ids, labels, sess, spk, secs))
@@ -51,7 +54,7 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
     path = Path(path)
     with StoreWriter(path, table, {"kind": "synthetic"}) as w:
         w.add_stream(audio_stream, {"fingerprint": f"synthetic-audio-{seed}", "encoder_id": "synthetic", "num_layers": layers,
-                               "dim": dim, "frame_hop_s": 1 / fps, "frame_window_s": 1 / fps})
+                               "dim": dim, "frame_hop_s": 1 / fps, "frame_window_s": 1 / fps, **(audio_info or {})})
         w.add_stream("text", {"fingerprint": f"synthetic-text-{seed}", "encoder_id": "synthetic",
                               "num_layers": text_layers, "dim": text_dim})
         for k in range(0, len(ids), 64):

@@ -9,7 +9,7 @@ One job per module:
 - ``audio_phase`` / ``text_phase``: encode and commit one stream's audio or transcripts.
 - ``threads``: ``BackgroundCommits`` and ``Prefetch``, the two overlap utilities.
 - ``summary``: what was done, and the text the command prints.
-- ``skipped``: ``skipped.tsv`` beside the store.
+- ``skipped``: ``STORE.skipped.tsv`` beside the store.
 """
 
 from .config import STORE_DTYPES, ExtractConfig, parse_shard

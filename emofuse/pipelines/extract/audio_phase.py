@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from ...corpora import Utterance
 from ...extract.audio import BadInput, load_audio
 from ...extract.batching import commit_units, length_batches
 from .config import shard_part
+from ..progress import progress_bar
 from .stream import StreamJob
 from .threads import BackgroundCommits, Prefetch
 
@@ -47,8 +47,8 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
     units = [[[u for u in b if u not in done] for b in unit] for unit in plan if any(u not in done for b in unit for u in b)]
     units = [[b for b in unit if b] for unit in units]
     total = float(np.nansum([durations[u] for unit in units for b in unit for u in b]))
-    with tqdm(total=round(total, 1), unit="s", desc=f"{job.name}: audio", disable=None, dynamic_ncols=True,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
+    with progress_bar(total=round(total, 1), unit="audio-s", desc=f"{job.name}: audio",
+                      bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
         # background threads on a GPU (the CPU is idle then); on a CPU torch already uses every
         # core and a writer thread only slows both (measured: the write share rose from 4 % to
         # 6.5 % of the job on 2 cores)

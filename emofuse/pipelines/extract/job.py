@@ -67,6 +67,7 @@ def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main
     if cfg.text_model and cfg.text_model != "none":
         enc = load_text_encoder(cfg.text_model, device=cfg.device, dtype=cfg.dtype)
         encoders.append(("text", cfg.text_stream or enc.default_stream, enc, enc.stored_dtype or cfg.store_dtype))
+    kept_pre = {name: kept_layers(cfg.layers, enc) for _, name, enc, _ in encoders}   # checked before the store opens
     src = cfg.root or cfg.manifest
     meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or ""}
     with StoreWriter(out, table=table, corpus_meta=meta, update_corpus=cfg.update_corpus) as writer:
@@ -78,9 +79,10 @@ def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main
                  + f"; the cached tensors of {len(writer.dropped)} utterances are dropped and recomputed")
         jobs = []
         for kind, name, enc, sdt in encoders:
-            info = {**enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
+            # train-head's --norm when none is given (hand-crafted descriptors set "global")
+            info = {"default_norm": "none", **enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
             fields = {**enc.fingerprint_fields(), "store_dtype": sdt}
-            kept = kept_layers(cfg.layers, enc)
+            kept = kept_pre[name]
             if kept is not None:  # part of the stream's identity: a subset never mixes with another
                 info["layers"] = fields["layers"] = kept
             info["fingerprint"] = digest(fields, 32)

@@ -1,4 +1,4 @@
-"""``skipped.tsv`` beside the store: every skipped utterance of every stream, with its reason."""
+"""``STORE.skipped.tsv`` beside the store: every skipped utterance of every stream, with its reason."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def write_skipped_tsv(store: str, path: str) -> str | None:
 
 
 def skipped_tsv_path(store: str, shard: str | None = None) -> str:
-    """``skipped.tsv`` in the store's folder (``skipped.shard-I-of-N.tsv`` for a ``--shard`` run)."""
-    name = "skipped.tsv" if shard is None else f"skipped.shard-{shard.replace('/', '-of-')}.tsv"
-    return os.path.join(os.path.dirname(os.path.abspath(store)), name)
+    """``STORE.skipped.tsv`` beside the store (``s.h5`` → ``s.skipped.tsv``; a shard:
+    ``s.skipped.shard-I-of-N.tsv``): two stores in one folder keep their own lists."""
+    stem = os.path.splitext(os.path.abspath(store))[0]
+    return stem + (".skipped.tsv" if shard is None else f".skipped.shard-{shard.replace('/', '-of-')}.tsv")

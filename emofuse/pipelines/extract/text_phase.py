@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-from tqdm import tqdm
 
 from ...corpora import Utterance
 from ...errors import EmofuseError
 from ...extract.audio import BadInput, check_transcript
 from .config import parse_shard, shard_part
+from ..progress import progress_bar
 from .stream import StreamJob
 
 
@@ -43,8 +43,7 @@ def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -
                         cfg.shard)
     todo_ids = {i for _, i, _ in items}
     chunks = [c for c in chunks if any(i in todo_ids for _, i, _ in c)]
-    with tqdm(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{job.name}: text", disable=None,
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{job.name}: text") as bar:
         if skipped:
             job.writer.commit(job.name, {}, skipped)
             s.skipped += len(skipped)
