@@ -285,8 +285,20 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
     return model, history, best_epoch
 
 
+def sessions_of(data) -> list[str]:
+    """Every session (fold unit) of the usable utterances, in fold order (S2 before S10)."""
+    return sorted(set(data.sessions), key=lambda s: (len(s), s))
+
+
+def run_seed(data, seed: int, session: str) -> int:
+    """The seed of one run's initialisation, dropout and batch order: a function of (seed, test
+    session) only. The session's position is taken in the *full* session list, so a fold trained
+    under ``--folds`` draws exactly what it draws in a run of every fold."""
+    return seed * 1000 + sessions_of(data).index(session)
+
+
 def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
-    sessions = sorted(set(data.sessions), key=lambda s: (len(s), s))
+    sessions = sessions_of(data)
     if len(sessions) < 2:
         raise EmofuseError(f"leave-one-session-out needs at least two sessions; the store has {sessions}")
     if cfg.folds:
@@ -368,7 +380,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
                 norm = norms[nkey]
                 bar.set_postfix_str(f"repeat {r} fold {session}")
                 model, history, best_epoch = train_one(
-                    cfg, data, tr, va, seed * 1000 + folds.index(session), device, norm, timer,
+                    cfg, data, tr, va, run_seed(data, seed, session), device, norm, timer,
                     lambda s: bar.set_postfix_str(f"repeat {r} fold {session} {s}"))
                 logits = _predict(model, data, te, device, norm, timer)
                 m = scores(data.y[te], logits.argmax(1), len(data.classes))
