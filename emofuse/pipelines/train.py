@@ -26,6 +26,8 @@ from .metrics import format_summary, scores, summarise
 from .rundir import check_run_dir as _check_run_dir
 from .rundir import content_digest, predictions_roundtrip, read_predictions, run_lock, write_csv
 from .rundir import write_json as _write_json
+from .stacked import Job, train_stacked
+from ..heads.stacked import stackable
 
 HEADS = HEAD_NAMES
 NORMS = ("none", "global", "speaker")
@@ -33,7 +35,7 @@ NORM_STREAMS = ("speech", "text", "all")
 WEIGHTINGS = ("learned", "none")
 SCHEDULERS = ("none", "plateau", "plateau-ua")
 #: fields that do not change what is computed (left out of the run key)
-NOT_IN_KEY = ("out", "device", "memory_gb")
+NOT_IN_KEY = ("out", "device", "memory_gb", "runs_at_once")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class TrainConfig:
     folds: tuple[str, ...] | None = None   # test sessions to run (default: every session)
     device: str = "auto"
     memory_gb: float | None = None
+    runs_at_once: int | None = None   # runs trained together (stacked); 0 every run; None: auto (docs/stacked-training.md)
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -103,6 +106,8 @@ class TrainConfig:
             raise EmofuseError("--repeats, --epochs, --patience and --batch-size must be at least 1")
         if not 0 < self.val_fraction < 1:
             raise EmofuseError(f"--val-fraction must be in (0, 1), found {self.val_fraction}")
+        if self.runs_at_once is not None and (not isinstance(self.runs_at_once, int) or self.runs_at_once < 0):
+            raise EmofuseError(f"--runs-at-once must be 0 (every run) or a positive number, found {self.runs_at_once!r}")
         self.keys()
 
     def keys(self) -> list[str]:
@@ -360,45 +365,50 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
              f", training on {device}" + (f"; left out: {data.excluded}" if data.excluded else "") +
              (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
-        timer, runs, preds, norms = Timer(), [], [], {}
+        timer, done, norms = Timer(), {}, {}
         plan = [(r, s) for r in range(cfg.repeats) for s in folds]
-        with tqdm(total=len(plan), unit="run", desc="train-head", disable=None, dynamic_ncols=True) as bar:
-            for r, session in plan:
-                seed = cfg.seed + r
-                rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
-                if os.path.exists(os.path.join(rdir, "metrics.json")):
-                    with open(os.path.join(rdir, "metrics.json")) as f:
-                        runs.append(json.load(f))
-                    preds.append(read_predictions(os.path.join(rdir, "predictions.csv")))
-                    bar.update(1)
-                    continue
-                tr, va, te = split(data, session, seed, cfg.val_fraction)
-                # global statistics depend on the fold's training sessions; per-speaker ones do not
-                nkey = session if cfg.norm == "global" else None
-                if nkey not in norms:
-                    norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
-                norm = norms[nkey]
+        jobs = []
+        for r, session in plan:
+            seed = cfg.seed + r
+            rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
+            if os.path.exists(os.path.join(rdir, "metrics.json")):
+                with open(os.path.join(rdir, "metrics.json")) as f:
+                    done[(r, session)] = (json.load(f), read_predictions(os.path.join(rdir, "predictions.csv")))
+                continue
+            tr, va, te = split(data, session, seed, cfg.val_fraction)
+            # global statistics depend on the fold's training sessions; per-speaker ones do not
+            nkey = session if cfg.norm == "global" else None
+            if nkey not in norms:
+                norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
+            jobs.append(Job(key=(r, session), seed=run_seed(data, seed, session), train=tr, val=va, norm=norms[nkey]))
+        at_once = runs_at_once(cfg, device, len(jobs))
+        if at_once > 1 and len(jobs) > 1:
+            echo(f"train-head: {len(jobs)} runs stacked, {at_once} at a time (--runs-at-once 1 trains one at a time)")
+        elif len(jobs) > 1 and not stackable(cfg.fusion, cfg.head) and (cfg.runs_at_once not in (None, 1)
+                                                                        or device.type == "cuda"):
+            echo(f"train-head: --fusion {cfg.fusion} --head {cfg.head} holds an LSTM, which does not stack: "
+                 f"its {len(jobs)} runs train one at a time")
+
+        with tqdm(total=len(plan), initial=len(done), unit="run", desc="train-head", disable=None,
+                  dynamic_ncols=True) as bar:
+            def finish(job: Job, model, history: list, best_epoch: int) -> None:
+                done[job.key] = _finish_run(cfg, data, job, model, history, best_epoch, device, timer)
+                bar.update(1)
+
+            if at_once > 1:
+                for k in range(0, len(jobs), at_once):
+                    group = jobs[k:k + at_once]
+                    train_stacked(cfg, data, group, device, timer, finish,
+                                  lambda s, n=len(group): bar.set_postfix_str(f"{n} runs stacked, {s}"))
+            for job in (jobs if at_once <= 1 else []):
+                r, session = job.key
                 bar.set_postfix_str(f"repeat {r} fold {session}")
                 model, history, best_epoch = train_one(
-                    cfg, data, tr, va, run_seed(data, seed, session), device, norm, timer,
+                    cfg, data, job.train, job.val, job.seed, device, job.norm, timer,
                     lambda s: bar.set_postfix_str(f"repeat {r} fold {session} {s}"))
-                logits = _predict(model, data, te, device, norm, timer)
-                m = scores(data.y[te], logits.argmax(1), len(data.classes))
-                m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
-                         n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights=model.layer_weights(),
-                         layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()}, history=history)
-                p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
-                                  "label": np.array(data.classes)[data.y[te]],
-                                  "pred": np.array(data.classes)[logits.argmax(1)]})
-                for c, name in enumerate(data.classes):
-                    p[f"logit_{name}"] = logits[:, c]
-                # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
-                p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
-                _save_run(rdir, model, m, p, {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion,
-                                              "head": cfg.head, "keys": "+".join(cfg.keys())})
-                runs.append(m)
-                preds.append(p)
-                bar.update(1)
+                finish(job, model, history, best_epoch)
+        runs = [done[k][0] for k in plan]
+        preds = [done[k][1] for k in plan]
     summary = summarise(runs, data.classes)
     summary.update(type="emofuse.summary", fusion=cfg.fusion, keys=cfg.keys(), head=cfg.head,
                    excluded=data.excluded, empty_segments=data.empty,
@@ -410,6 +420,42 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
     _write_json(os.path.join(cfg.out, "summary.json"), summary)
     echo(f"{cfg.out}: " + format_summary(summary))
     return summary
+
+
+def runs_at_once(cfg: TrainConfig, device: torch.device, n_runs: int) -> int:
+    """How many runs train together: ``--runs-at-once`` (0: every run); by default every run on a
+    GPU and one at a time on a CPU (where a lone head already keeps the cores busy, and today's
+    numbers stay bit for bit). Heads with an LSTM always train one at a time."""
+    if not stackable(cfg.fusion, cfg.head):
+        return 1
+    n = cfg.runs_at_once
+    if n is None:
+        n = 0 if device.type == "cuda" else 1
+    return max(1, n_runs) if n == 0 else n
+
+
+def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, best_epoch: int, device,
+                timer: Timer) -> tuple[dict, pd.DataFrame]:
+    """Test a trained run on its held-out session and write its directory; (metrics, predictions)."""
+    r, session = job.key
+    seed = cfg.seed + r
+    te = np.flatnonzero(data.sessions == session)
+    logits = _predict(model, data, te, device, job.norm, timer)
+    m = scores(data.y[te], logits.argmax(1), len(data.classes))
+    m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
+             n_train=len(job.train), n_val=len(job.val), n_test=len(te), layer_weights=model.layer_weights(),
+             layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()}, history=history)
+    p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
+                      "label": np.array(data.classes)[data.y[te]],
+                      "pred": np.array(data.classes)[logits.argmax(1)]})
+    for c, name in enumerate(data.classes):
+        p[f"logit_{name}"] = logits[:, c]
+    # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
+    p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
+    _save_run(os.path.join(cfg.out, "runs", f"r{r}_s{session}"), model, m, p,
+              {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion, "head": cfg.head,
+               "keys": "+".join(cfg.keys())})
+    return m, p
 
 
 def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame, meta: dict | None = None) -> None:
