@@ -367,41 +367,51 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         folds = folds_of(data, cfg)
         timer, done, norms = Timer(), {}, {}
         plan = [(r, s) for r in range(cfg.repeats) for s in folds]
-        jobs = []
         for r, session in plan:
-            seed = cfg.seed + r
             rdir = os.path.join(cfg.out, "runs", f"r{r}_s{session}")
             if os.path.exists(os.path.join(rdir, "metrics.json")):
                 with open(os.path.join(rdir, "metrics.json")) as f:
                     done[(r, session)] = (json.load(f), read_predictions(os.path.join(rdir, "predictions.csv")))
-                continue
-            tr, va, te = split(data, session, seed, cfg.val_fraction)
+
+        def job_of(r: int, session: str) -> Job:
+            seed = cfg.seed + r
+            tr, va, _ = split(data, session, seed, cfg.val_fraction)
             # global statistics depend on the fold's training sessions; per-speaker ones do not
             nkey = session if cfg.norm == "global" else None
             if nkey not in norms:
                 norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
-            jobs.append(Job(key=(r, session), seed=run_seed(data, seed, session), train=tr, val=va, norm=norms[nkey]))
-        at_once = runs_at_once(cfg, device, len(jobs))
-        if at_once > 1 and len(jobs) > 1:
-            echo(f"train-head: {len(jobs)} runs stacked, {at_once} at a time (--runs-at-once 1 trains one at a time)")
-        elif len(jobs) > 1 and not stackable(cfg.fusion, cfg.head) and (cfg.runs_at_once not in (None, 1)
-                                                                        or device.type == "cuda"):
+            return Job(key=(r, session), seed=run_seed(data, seed, session), train=tr, val=va, norm=norms[nkey])
+
+        pending = [k for k in plan if k not in done]
+        at_once = runs_at_once(cfg, device, len(plan))
+        # stacked groups are fixed slices of the whole plan, so a resumed run trains beside the same
+        # runs as in an uninterrupted one (and its files come out byte-identical): a group with a
+        # run left to do trains whole again, and its finished runs' saved files are kept
+        groups = [plan[k:k + at_once] for k in range(0, len(plan), at_once)] if at_once > 1 else []
+        groups = [g for g in groups if any(k not in done for k in g)]
+        if groups:
+            again = sum(k in done for g in groups for k in g)
+            echo(f"train-head: {len(pending)} runs stacked, {at_once} at a time (--runs-at-once 1 trains one at a "
+                 "time)" + (f"; {again} finished runs of their groups train again beside them, their saved files "
+                            "kept" if again else ""))
+        elif len(pending) > 1 and not stackable(cfg.fusion, cfg.head) and (cfg.runs_at_once not in (None, 1)
+                                                                           or device.type == "cuda"):
             echo(f"train-head: --fusion {cfg.fusion} --head {cfg.head} holds an LSTM, which does not stack: "
-                 f"its {len(jobs)} runs train one at a time")
+                 f"its {len(pending)} runs train one at a time")
 
         with tqdm(total=len(plan), initial=len(done), unit="run", desc="train-head", disable=None,
                   dynamic_ncols=True) as bar:
             def finish(job: Job, model, history: list, best_epoch: int) -> None:
+                if job.key in done:   # trained again beside its group: the saved run stays as it is
+                    return
                 done[job.key] = _finish_run(cfg, data, job, model, history, best_epoch, device, timer)
                 bar.update(1)
 
-            if at_once > 1:
-                for k in range(0, len(jobs), at_once):
-                    group = jobs[k:k + at_once]
-                    train_stacked(cfg, data, group, device, timer, finish,
-                                  lambda s, n=len(group): bar.set_postfix_str(f"{n} runs stacked, {s}"))
-            for job in (jobs if at_once <= 1 else []):
-                r, session = job.key
+            for group in groups:
+                train_stacked(cfg, data, [job_of(*k) for k in group], device, timer, finish,
+                              lambda s, n=len(group): bar.set_postfix_str(f"{n} runs stacked, {s}"))
+            for r, session in (pending if at_once <= 1 else []):
+                job = job_of(r, session)
                 bar.set_postfix_str(f"repeat {r} fold {session}")
                 model, history, best_epoch = train_one(
                     cfg, data, job.train, job.val, job.seed, device, job.norm, timer,
