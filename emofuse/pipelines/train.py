@@ -325,14 +325,15 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
 
 
-def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
+def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print, cache: dict | None = None) -> dict:
     """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary.
-    One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
+    One process at a time per ``cfg.out`` (a second one is refused with a sentence). ``cache``: rows
+    held by an earlier configuration of the same process (``load_train_data``), reused."""
     resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         _check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
     with run_lock(cfg.out, "train-head"):
-        return _run_train(cfg, echo)
+        return _run_train(cfg, echo, cache)
 
 
 def _check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
@@ -344,7 +345,7 @@ def _check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
     return chosen
 
 
-def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
+def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None = None) -> dict:
     device = resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
@@ -357,7 +358,8 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         _write_json(os.path.join(cfg.out, "config.json"), config)
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
-        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget)
+        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget,
+                               cache)
         t_load = time.perf_counter() - t0
         echo(f"train-head {cfg.fusion} {'+'.join(cfg.keys())} ({cfg.head}): {len(data.ids)} utterances, classes "
              f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
