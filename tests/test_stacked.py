@@ -25,6 +25,7 @@ TOL = 1e-5
 HEADS = {
     "linear": dict(fusion="none", granularity="F"),
     "late": dict(fusion="late", granularity="F+S"),
+    "late-padded": dict(fusion="late", granularity="F+S"),   # the GPU's way: first layer on padded batches
     "single-layer": dict(fusion="none", granularity="F", weighting="none", layers="last"),
     "concat": dict(fusion="concat", granularity="F"),
     "transformer": dict(fusion="late", granularity="F", head="transformer", heads=2, depth=1, ff=16),
@@ -56,10 +57,10 @@ def _jobs(data, cfg, folds, seeds=(0,)):
     return out
 
 
-def _stacked(cfg, data, jobs):
+def _stacked(cfg, data, jobs, packed_first=None):
     got = {}
     train_stacked(cfg, data, jobs, torch.device("cpu"), Timer(),
-                  lambda j, m, h, b: got.__setitem__(j.key, (m, h, b)))
+                  lambda j, m, h, b: got.__setitem__(j.key, (m, h, b)), packed_first=packed_first)
     return got
 
 
@@ -85,7 +86,7 @@ def test_stacked_runs_equal_runs_trained_alone(store, tmp_path, name):
     assert stackable(cfg.fusion, cfg.head)
     data = _data(store, cfg)
     jobs = _jobs(data, cfg, ("1", "4"), seeds=(0, 1) if name == "late" else (0,))
-    got = _stacked(cfg, data, jobs)
+    got = _stacked(cfg, data, jobs, packed_first=False if name.endswith("-padded") else None)
     for j in jobs:
         alone = train_one(cfg, data, j.train, j.val, j.seed, torch.device("cpu"), None, Timer())
         _same_run(got[j.key], alone, data, j.key[1])

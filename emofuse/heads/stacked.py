@@ -130,16 +130,21 @@ class StackedHead:
     """R heads of one structure (``template``) as functions of stacked parameters ``P``
     (name → (R, …)); ``forward(P, inputs, step)`` → logits (R, Bmax, C)."""
 
-    def __init__(self, template: torch.nn.Module, fusion: str, head: str):
+    def __init__(self, template: torch.nn.Module, fusion: str, head: str, packed_first: bool = False):
         if not stackable(fusion, head):
             raise ValueError(f"--fusion {fusion} --head {head} holds an LSTM: it trains one run at a time")
         self.t, self.fusion, self.head = template, fusion, head
         self.keys = tuple(template.keys)
+        # linear branches: their first (position-wise, widest) layer applied run by run to the packed
+        # rows, before padding, so no padded position pays it (on a CPU, where arithmetic is the cost)
+        self.packed_first = packed_first and (head == "linear" if fusion in ("none", "late") else fusion == "concat")
 
     # -- inputs ----------------------------------------------------------------------------
-    def encode(self, P: Mapping[str, torch.Tensor], inputs: Sequence[Mapping], key: str, s: Step):
+    def encode(self, P: Mapping[str, torch.Tensor], inputs: Sequence[Mapping], key: str, s: Step,
+               first: str | None = None):
         """Per run, the lone head's layer weighting (same code, same numbers), padded and stacked:
-        x (R, Bmax, Tmax, D), mask (R, Bmax, Tmax)."""
+        x (R, Bmax, Tmax, D), mask (R, Bmax, Tmax). ``first``: a Linear (parameter prefix) applied
+        to each run's packed rows before padding (x is then (R, Bmax, Tmax, out))."""
         learned = getattr(self.t.weighting[key], "learned", False)
         xs, ms = [], []
         for r, inp in enumerate(inputs):
@@ -150,32 +155,46 @@ class StackedHead:
                                  P[f"weighting.{key}.norm.bias"][r], self.t.weighting[key].norm.eps)
             else:
                 u = weight_layers(rows, torch.ones(1, device=lengths.device))
+            if first is not None:
+                u = F.linear(u, P[first + "weight"][r], P[first + "bias"][r])
             x, m = pad_rows(u, lengths)
             T, B = s.Tmax[key] - x.shape[1], s.Bmax - x.shape[0]
             xs.append(F.pad(x, (0, 0, 0, T, 0, B)))
             ms.append(F.pad(m, (0, T, 0, B)))
         return torch.stack(xs), torch.stack(ms)
 
+    def _first(self, key: str, P) -> str | None:
+        if not self.packed_first:
+            return None
+        if self.fusion == "concat":
+            return None if f"proj.{key}.weight" in P else "branch.ff.0."
+        return f"branches.{key}.ff.0."
+
     def forward(self, P: Mapping[str, torch.Tensor], inputs: Sequence[Mapping], s: Step) -> torch.Tensor:
-        streams = {k: self.encode(P, inputs, k, s) for k in self.keys}
+        firsts = {k: self._first(k, P) for k in self.keys}
+        streams = {k: self.encode(P, inputs, k, s, firsts[k]) for k in self.keys}
         if self.fusion in ("none", "late"):
             if self.head == "proj-stats":
                 return self._proj_stats(P, streams)
-            branch = self._linear_branch if self.head == "linear" else self._transformer_branch
-            return torch.stack([branch(P, f"branches.{k}.", *streams[k], s.t_axis(k), s) for k in self.keys]).sum(0)
+            if self.head == "linear":
+                return torch.stack([self._linear_branch(P, f"branches.{k}.", *streams[k], s.t_axis(k), s,
+                                                        firsts[k] is not None) for k in self.keys]).sum(0)
+            return torch.stack([self._transformer_branch(P, f"branches.{k}.", *streams[k], s.t_axis(k), s)
+                                for k in self.keys]).sum(0)
         if self.fusion == "concat":
             return self._concat(P, streams, s)
         return self._coattention(P, streams, s)
 
     # -- pieces ----------------------------------------------------------------------------
-    def _ff(self, P, p: str, x, t_axis, s: Step):
-        """FeedForward: Linear, ReLU, Dropout, Linear, ReLU, Dropout on (R, B, T, ·)."""
+    def _ff(self, P, p: str, x, t_axis, s: Step, first_done: bool = False):
+        """FeedForward: Linear, ReLU, Dropout, Linear, ReLU, Dropout on (R, B, T, ·); with
+        ``first_done`` x has been through the first Linear already (``encode``)."""
         axes = (s.b_axis(), t_axis, None)
-        x = dropout(torch.relu(linear(x, P[p + "0.weight"], P[p + "0.bias"])), s, axes)
+        x = dropout(torch.relu(x if first_done else linear(x, P[p + "0.weight"], P[p + "0.bias"])), s, axes)
         return dropout(torch.relu(linear(x, P[p + "3.weight"], P[p + "3.bias"])), s, axes)
 
-    def _linear_branch(self, P, p: str, x, mask, t_axis, s: Step):
-        h = self._ff(P, p + "ff.", x, t_axis, s)
+    def _linear_branch(self, P, p: str, x, mask, t_axis, s: Step, first_done: bool = False):
+        h = self._ff(P, p + "ff.", x, t_axis, s, first_done)
         return linear(masked_mean(h, mask), P[p + "out.weight"], P[p + "out.bias"])
 
     def _transformer_branch(self, P, p: str, x, mask, t_axis, s: Step):
@@ -223,7 +242,8 @@ class StackedHead:
               linear(streams[k][0], P[f"proj.{k}.weight"], P[f"proj.{k}.bias"]) for k in self.keys]
         mask = torch.cat([streams[k][1] for k in self.keys], dim=2)
         t_axis = [(s.T[k], s.Tmax[k]) for k in self.keys]
-        return self._linear_branch(P, "branch.", torch.cat(xs, dim=2), mask, t_axis, s)
+        return self._linear_branch(P, "branch.", torch.cat(xs, dim=2), mask, t_axis, s,
+                                   self._first(self.keys[0], P) is not None)
 
     def _coattention(self, P, streams, s: Step):
         text = self.t.text

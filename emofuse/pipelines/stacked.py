@@ -95,9 +95,10 @@ def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) ->
 
 def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
                   on_done: Callable[[Job, torch.nn.Module, list, int], None],
-                  progress: Callable[[str], None] = lambda s: None) -> None:
+                  progress: Callable[[str], None] = lambda s: None, packed_first: bool | None = None) -> None:
     """Train ``jobs`` together; as each run stops (patience or the last epoch), ``on_done(job,
-    model at its best epoch, history, best epoch)`` receives it as ``train_one`` would return it."""
+    model at its best epoch, history, best epoch)`` receives it as ``train_one`` would return it.
+    ``packed_first``: linear branches' first layer run by run on packed rows (default: on a CPU)."""
     from .train import _sync
 
     n_classes = len(data.classes)
@@ -112,7 +113,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             g = torch.Generator(device=device).manual_seed(j.seed)
         gens.append(g)
     template = copy.deepcopy(models[0])
-    head = StackedHead(template, cfg.fusion, cfg.head)
+    head = StackedHead(template, cfg.fusion, cfg.head, packed_first=device.type == "cpu" if packed_first is None else packed_first)
     params, _ = stack_module_state(models)
     opt = StackedAdam(params, cfg.resolved_lr())
     scheduler = cfg.resolved()["scheduler"]
