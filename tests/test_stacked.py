@@ -133,3 +133,15 @@ def test_lstm_heads_fall_back_and_say_so(store, tmp_path):
                               proj=8, epochs=1, folds=("1", "2"), repeats=1, device="cpu", runs_at_once=0),
                   echo=msgs.append)
     assert s["ua"]["n"] == 2 and sum("does not stack" in m for m in msgs) == 1
+
+
+def test_memory_probe_runs_and_leaves_the_runs_random_numbers_alone(store, tmp_path):
+    from emofuse.pipelines.stacked import fit_runs, probe_step
+
+    cfg = TrainConfig(store=store, out=str(tmp_path), **HEADS["coattention"])
+    data = _data(store, cfg)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    assert probe_step(cfg, data, torch.device("cpu")) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+    assert fit_runs(cfg, data, torch.device("cpu"), 25) == (25, "every run")   # no statistics on a CPU

@@ -229,3 +229,49 @@ def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, ti
         timer.data += t1 - t0
         timer.compute += time.perf_counter() - t1
     return [torch.cat(o).numpy() for o in out]
+
+
+def probe_step(cfg, data, device: torch.device, runs: int = 2) -> int:
+    """One stacked training step of ``runs`` throwaway heads, each given the ``batch_size``
+    utterances with the most rows (a run's worst batch). Draws no random number a run uses (the
+    generators are forked). Returns the bytes of the heads' parameters, gradients and Adam moments."""
+    rows = sum(src.lengths for src in data.sources.values())
+    worst = np.sort(np.argsort(-rows, kind="stable")[:cfg.batch_size])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        models = [cfg.build(data.dims, len(data.classes)).to(device) for _ in range(runs)]
+        head = StackedHead(copy.deepcopy(models[0]), cfg.fusion, cfg.head, packed_first=device.type == "cpu")
+        params, _ = stack_module_state(models)
+        inputs, T = _batch_all(data, [worst] * runs, [Job(None, 0, worst, worst, None)] * runs, device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        s = Step(B=[len(worst)] * runs, T=T, gens=[gen] * runs, p=cfg.dropout, training=True)
+        y = torch.from_numpy(data.y[worst]).to(device).repeat(runs)
+        logits = head.forward(params, inputs, s)
+        torch.nn.functional.cross_entropy(logits.reshape(runs * len(worst), -1), y).backward()
+        return 4 * sum(p.numel() * p.element_size() for p in params.values())
+
+
+def step_memory(cfg, data, device: torch.device, runs: int = 2) -> int:
+    """Bytes one run adds to a stacked training step at its worst (``probe_step``: the peak
+    allocation above what was held before, plus Adam's moments, divided by ``runs``); 0 where the
+    device keeps no allocation statistics."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    state = probe_step(cfg, data, device, runs)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base + state // 2) // runs
+
+
+def fit_runs(cfg, data, device: torch.device, n_runs: int, share: float = 0.8) -> tuple[int, str]:
+    """How many runs to stack on ``device`` by default: all of them where ``share`` of the free
+    memory holds their worst step (``step_memory``), else as many as it holds (at least one).
+    Returns (number, a sentence saying why)."""
+    per_run = step_memory(cfg, data, device)
+    if per_run <= 0:
+        return n_runs, "every run"
+    free = torch.cuda.mem_get_info(device)[0]
+    n = int(max(1, min(n_runs, (free * share) // per_run)))
+    return n, (f"a run's worst step takes {per_run / 2**30:.2f} GiB and {free / 2**30:.1f} GiB are free: "
+               f"{n} of {n_runs} runs at a time")

@@ -26,7 +26,7 @@ from .metrics import format_summary, scores, summarise
 from .rundir import check_run_dir as _check_run_dir
 from .rundir import content_digest, predictions_roundtrip, read_predictions, run_lock, write_csv
 from .rundir import write_json as _write_json
-from .stacked import Job, train_stacked
+from .stacked import Job, fit_runs, train_stacked
 from ..heads.stacked import stackable
 
 HEADS = HEAD_NAMES
@@ -386,6 +386,9 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None
 
         pending = [k for k in plan if k not in done]
         at_once = runs_at_once(cfg, device, len(plan))
+        if at_once > 1 and cfg.runs_at_once is None and device.type == "cuda" and pending:
+            at_once, why = fit_runs(cfg, data, device, at_once)   # the default: as many as the GPU holds
+            echo(f"train-head: {why}")
         # stacked groups are fixed slices of the whole plan, so a resumed run trains beside the same
         # runs as in an uninterrupted one (and its files come out byte-identical): a group with a
         # run left to do trains whole again, and its finished runs' saved files are kept
