@@ -163,7 +163,10 @@ def _plan(cfg: AblateConfig, pending: list, echo: Callable[[str], None]) -> list
     groups: dict[tuple, list] = {}
     for c in pending:
         groups.setdefault(data_signature(c), []).append(c)
-    device = resolve_device(cfg.device)
+    import torch
+    # cluster jobs resolve the device on their node; the submitting machine may have no GPU
+    device = resolve_device(cfg.device) if cfg.executor == "local" else torch.device(
+        "cuda" if cfg.device.startswith("cuda") else "cpu" if cfg.device == "cpu" else "meta")
     stacked = [c for c in pending if runs_at_once(c, device, c.repeats * 5) > 1]
     lstm = [c for c in pending if not stackable(c.fusion, c.head)]
     if cfg.executor == "submitit":
@@ -173,7 +176,8 @@ def _plan(cfg: AblateConfig, pending: list, echo: Callable[[str], None]) -> list
         where = f"on this machine in {cfg.jobs} processes"
     else:
         where = "in this process"
-    echo(f"  plan: {len(pending)} configurations {where}, on {device}; {len(stacked)} with their runs stacked "
+    on = str(device) if device.type != "meta" else "the device each job finds (--device auto)"
+    echo(f"  plan: {len(pending)} configurations {where}, on {on}; {len(stacked)} with their runs stacked "
          f"(--runs-at-once), {len(pending) - len(stacked)} one run at a time"
          + (f" ({len(lstm)} LSTM heads, which do not stack)" if lstm and stacked else "")
          + f"; data read once per set of rows sharing streams: "
