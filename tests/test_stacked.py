@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from emofuse.heads.stacked import stackable
-from emofuse.pipelines.data import load_train_data
+from emofuse.pipelines.data import fit_normaliser, load_train_data
 from emofuse.pipelines.stacked import Job, train_stacked
 from emofuse.pipelines.train import Timer, TrainConfig, _predict, run_seed, run_train, split, train_one
 from emofuse.store import FeatureStore
@@ -25,7 +25,9 @@ TOL = 1e-5
 HEADS = {
     "linear": dict(fusion="none", granularity="F"),
     "late": dict(fusion="late", granularity="F+S"),
-    "late-padded": dict(fusion="late", granularity="F+S"),   # the GPU's way: first layer on padded batches
+    # the GPU's way: every run's layer sum from one read, first layer on padded batches; normalised
+    "late-gpu-way": dict(fusion="late", granularity="F+S", norm="global", norm_streams="all"),
+    "coattention-gpu-way": dict(fusion="coattention", granularity="F+P", heads=2, depth=1, ff=16, norm="speaker"),
     "single-layer": dict(fusion="none", granularity="F", weighting="none", layers="last"),
     "concat": dict(fusion="concat", granularity="F"),
     "transformer": dict(fusion="late", granularity="F", head="transformer", heads=2, depth=1, ff=16),
@@ -53,29 +55,31 @@ def _jobs(data, cfg, folds, seeds=(0,)):
     for seed in seeds:
         for f in folds:
             tr, va, _ = split(data, f, seed, cfg.val_fraction)
-            out.append(Job(key=(seed, f), seed=run_seed(data, seed, f), train=tr, val=va, norm=None))
+            norm = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
+            out.append(Job(key=(seed, f), seed=run_seed(data, seed, f), train=tr, val=va, norm=norm))
     return out
 
 
-def _stacked(cfg, data, jobs, packed_first=None):
+def _stacked(cfg, data, jobs, gpu_way=False):
     got = {}
     train_stacked(cfg, data, jobs, torch.device("cpu"), Timer(),
-                  lambda j, m, h, b: got.__setitem__(j.key, (m, h, b)), packed_first=packed_first)
+                  lambda j, m, h, b: got.__setitem__(j.key, (m, h, b)),
+                  packed_first=False if gpu_way else None, batched_encode=gpu_way)
     return got
 
 
-def _test_logits(model, data, fold):
+def _test_logits(model, data, fold, norm=None):
     te = np.flatnonzero(data.sessions == fold)
-    return _predict(model, data, te, torch.device("cpu"), None, Timer())
+    return _predict(model, data, te, torch.device("cpu"), norm, Timer())
 
 
-def _same_run(a, b, data, fold):
+def _same_run(a, b, data, fold, norm=None):
     (ma, ha, ba), (mb, hb, bb) = a, b
     assert len(ha) == len(hb) and ba == bb
     for x, y in zip(ha, hb):
         assert x["val_ua"] == y["val_ua"] and x["lr"] == y["lr"]
         assert abs(x["val_loss"] - y["val_loss"]) < TOL and abs(x["train_loss"] - y["train_loss"]) < TOL
-    la, lb = _test_logits(ma, data, fold), _test_logits(mb, data, fold)
+    la, lb = _test_logits(ma, data, fold, norm), _test_logits(mb, data, fold, norm)
     np.testing.assert_allclose(la, lb, atol=TOL)
     assert (la.argmax(1) == lb.argmax(1)).all()
 
@@ -86,10 +90,10 @@ def test_stacked_runs_equal_runs_trained_alone(store, tmp_path, name):
     assert stackable(cfg.fusion, cfg.head)
     data = _data(store, cfg)
     jobs = _jobs(data, cfg, ("1", "4"), seeds=(0, 1) if name == "late" else (0,))
-    got = _stacked(cfg, data, jobs, packed_first=False if name.endswith("-padded") else None)
+    got = _stacked(cfg, data, jobs, gpu_way=name.endswith("-gpu-way"))
     for j in jobs:
-        alone = train_one(cfg, data, j.train, j.val, j.seed, torch.device("cpu"), None, Timer())
-        _same_run(got[j.key], alone, data, j.key[1])
+        alone = train_one(cfg, data, j.train, j.val, j.seed, torch.device("cpu"), j.norm, Timer())
+        _same_run(got[j.key], alone, data, j.key[1], j.norm)
 
 
 def test_a_run_does_not_depend_on_its_companions(store, tmp_path):

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -126,11 +127,53 @@ def stats_pool(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> torch.
     return torch.cat([mean, (var + eps).sqrt()], dim=-1)
 
 
+#: bytes of float32 rows per chunk of the all-runs layer sum (a GPU: few, large kernels)
+STACK_CHUNK_BYTES = 512 << 20
+
+
+class _AllRunsLayerSum(torch.autograd.Function):
+    """Eq. 1's weighted sum for every run's rows at once, read from the one held table:
+    out[n] = Σ_l w[run[n], l] · x[n, l], x = table[index] (standardised per row when a normaliser
+    is given), never materialised whole; the backward pass reads the rows again."""
+
+    @staticmethod
+    def forward(ctx, w, table, index, run, mean, std, group):
+        n, (L, D) = len(index), table.shape[1:]
+        step = max(1, STACK_CHUNK_BYTES // (4 * L * D))
+        out = torch.empty((n, D), dtype=w.dtype, device=w.device)
+        for a in range(0, n, step):
+            x = _rows(table, index, mean, std, group, a, a + step)
+            out[a:a + step] = torch.bmm(w.index_select(0, run[a:a + step]).unsqueeze(1), x).squeeze(1)
+        ctx.save_for_backward(table, index, run, mean, std, group)
+        ctx.shape = w.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        table, index, run, mean, std, group = ctx.saved_tensors
+        n, (L, D) = len(index), table.shape[1:]
+        step = max(1, STACK_CHUNK_BYTES // (4 * L * D))
+        gw = torch.zeros(ctx.shape, dtype=grad.dtype, device=grad.device)
+        for a in range(0, n, step):
+            x = _rows(table, index, mean, std, group, a, a + step)
+            gw.index_add_(0, run[a:a + step], torch.bmm(x, grad[a:a + step].unsqueeze(2)).squeeze(2))
+        return gw, None, None, None, None, None, None
+
+
+def _rows(table, index, mean, std, group, a, b):
+    x = table.index_select(0, index[a:b]).float()
+    if mean is not None:
+        g = group[a:b]
+        x = (x - mean.index_select(0, g)) / std.index_select(0, g)
+    return x
+
+
 class StackedHead:
     """R heads of one structure (``template``) as functions of stacked parameters ``P``
     (name → (R, …)); ``forward(P, inputs, step)`` → logits (R, Bmax, C)."""
 
-    def __init__(self, template: torch.nn.Module, fusion: str, head: str, packed_first: bool = False):
+    def __init__(self, template: torch.nn.Module, fusion: str, head: str, packed_first: bool = False,
+                 batched_encode: bool = False):
         if not stackable(fusion, head):
             raise ValueError(f"--fusion {fusion} --head {head} holds an LSTM: it trains one run at a time")
         self.t, self.fusion, self.head = template, fusion, head
@@ -138,6 +181,8 @@ class StackedHead:
         # linear branches: their first (position-wise, widest) layer applied run by run to the packed
         # rows, before padding, so no padded position pays it (on a CPU, where arithmetic is the cost)
         self.packed_first = packed_first and (head == "linear" if fusion in ("none", "late") else fusion == "concat")
+        # every run's layer sum from one read of the held rows (a GPU: a few kernels, not R times a few)
+        self.batched_encode = batched_encode
 
     # -- inputs ----------------------------------------------------------------------------
     def encode(self, P: Mapping[str, torch.Tensor], inputs: Sequence[Mapping], key: str, s: Step,
@@ -146,6 +191,10 @@ class StackedHead:
         x (R, Bmax, Tmax, D), mask (R, Bmax, Tmax). ``first``: a Linear (parameter prefix) applied
         to each run's packed rows before padding (x is then (R, Bmax, Tmax, out))."""
         learned = getattr(self.t.weighting[key], "learned", False)
+        rows0 = inputs[0][key][0]
+        if (self.batched_encode and first is None and hasattr(rows0, "table")
+                and all(inp[key][0].table is rows0.table for inp in inputs)):
+            return self._encode_all(P, inputs, key, s, learned)
         xs, ms = [], []
         for r, inp in enumerate(inputs):
             rows, lengths = inp[key]
@@ -162,6 +211,43 @@ class StackedHead:
             xs.append(F.pad(x, (0, 0, 0, T, 0, B)))
             ms.append(F.pad(m, (0, T, 0, B)))
         return torch.stack(xs), torch.stack(ms)
+
+    def _encode_all(self, P, inputs, key: str, s: Step, learned: bool):
+        """``encode`` for every run at once: one gather of all runs' rows, the (R × L) weights
+        applied row by row, LayerNorm with each run's affine, one scatter into the padded batch."""
+        rows = [inp[key][0] for inp in inputs]
+        dev = rows[0].index.device
+        counts = torch.tensor([len(r.index) for r in rows])
+        run = torch.repeat_interleave(torch.arange(s.R), counts).to(dev)
+        index = torch.cat([r.index for r in rows])
+        mean = std = group = None
+        if rows[0].mean is not None:   # each run's normaliser (a fold's statistics, or per speaker)
+            offs = np.cumsum([0] + [len(r.mean) for r in rows[:-1]])
+            mean, std = torch.cat([r.mean for r in rows]), torch.cat([r.std for r in rows])
+            group = torch.cat([(r.group if r.group is not None else torch.zeros(len(r.index), dtype=torch.long,
+                                                                               device=dev)) + int(o)
+                               for r, o in zip(rows, offs)])
+        if learned:
+            w = torch.softmax(P[f"weighting.{key}.logits"], -1)
+        else:
+            w = torch.ones((s.R, 1), device=dev)
+        u = _AllRunsLayerSum.apply(w, rows[0].table, index, run, mean, std, group)
+        if learned:
+            norm = self.t.weighting[key].norm
+            u = F.layer_norm(u, u.shape[-1:], eps=norm.eps) * P[f"weighting.{key}.norm.weight"].index_select(0, run) \
+                + P[f"weighting.{key}.norm.bias"].index_select(0, run)
+        # where each row goes in the padded (R, Bmax, Tmax) batch
+        Bm, Tm, dest = s.Bmax, s.Tmax[key], []
+        for r, inp in enumerate(inputs):
+            lens = inp[key][1].cpu().numpy()
+            b = np.repeat(np.arange(len(lens)), lens)
+            t = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+            dest.append(r * Bm * Tm + b * Tm + t)
+        dest = torch.from_numpy(np.concatenate(dest)).to(dev)
+        x = u.new_zeros((s.R * Bm * Tm, u.shape[-1])).index_copy(0, dest, u).view(s.R, Bm, Tm, -1)
+        mask = torch.zeros(s.R * Bm * Tm, dtype=torch.bool, device=dev)
+        mask[dest] = True
+        return x, mask.view(s.R, Bm, Tm)
 
     def _first(self, key: str, P) -> str | None:
         if not self.packed_first:

@@ -66,14 +66,15 @@ class StackedAdam:
             self.steps[r] += 1
         step_size = [-(self.lr[r] / (1 - b1 ** self.steps[r])) for r in active]
         bc2 = [(1 - b2 ** self.steps[r]) ** 0.5 for r in active]
-        idx = None if full else torch.tensor(list(active), dtype=torch.long, device=next(iter(self.p.values())).device)
+        first = next(iter(self.p.values()))
+        idx = None if full else torch.tensor(list(active), dtype=torch.long, device=first.device)
+        scal = torch.tensor([step_size, bc2], dtype=first.dtype).to(first.device)   # one copy per step
         for n, p in self.p.items():
             g = p.grad
             if g is None:
                 continue
             view = (len(active),) + (1,) * (p.dim() - 1)
-            ss = torch.tensor(step_size, dtype=p.dtype, device=p.device).view(view)
-            c2 = torch.tensor(bc2, dtype=p.dtype, device=p.device).view(view)
+            ss, c2 = scal[0].view(view), scal[1].view(view)
             if full:
                 m, v, x = self.m[n], self.v[n], p
             else:
@@ -95,10 +96,12 @@ def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) ->
 
 def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
                   on_done: Callable[[Job, torch.nn.Module, list, int], None],
-                  progress: Callable[[str], None] = lambda s: None, packed_first: bool | None = None) -> None:
+                  progress: Callable[[str], None] = lambda s: None, packed_first: bool | None = None,
+                  batched_encode: bool | None = None) -> None:
     """Train ``jobs`` together; as each run stops (patience or the last epoch), ``on_done(job,
     model at its best epoch, history, best epoch)`` receives it as ``train_one`` would return it.
-    ``packed_first``: linear branches' first layer run by run on packed rows (default: on a CPU)."""
+    ``packed_first``: linear branches' first layer run by run on packed rows (default: on a CPU);
+    ``batched_encode``: every run's layer sum from one read of the held rows (default: on a GPU)."""
     from .train import _sync
 
     n_classes = len(data.classes)
@@ -113,7 +116,9 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             g = torch.Generator(device=device).manual_seed(j.seed)
         gens.append(g)
     template = copy.deepcopy(models[0])
-    head = StackedHead(template, cfg.fusion, cfg.head, packed_first=device.type == "cpu" if packed_first is None else packed_first)
+    head = StackedHead(template, cfg.fusion, cfg.head,
+                       packed_first=device.type == "cpu" if packed_first is None else packed_first,
+                       batched_encode=device.type == "cuda" if batched_encode is None else batched_encode)
     params, _ = stack_module_state(models)
     opt = StackedAdam(params, cfg.resolved_lr())
     scheduler = cfg.resolved()["scheduler"]
@@ -153,8 +158,11 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             y, valid = y.to(device), valid.to(device)
             _sync(device)
             t1 = time.perf_counter()
-            P = opt.p if len(active) == len(alive) else {
-                n: p.index_select(0, torch.tensor(active, device=p.device)) for n, p in opt.p.items()}
+            if len(active) == len(alive):
+                P = opt.p
+            else:
+                sel = torch.tensor(active, device=device)
+                P = {n: p.index_select(0, sel) for n, p in opt.p.items()}
             logits = head.forward(P, inputs, s)
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
                                                    reduction="none").view(len(active), s.Bmax)
@@ -239,7 +247,8 @@ def probe_step(cfg, data, device: torch.device, runs: int = 2) -> int:
     worst = np.sort(np.argsort(-rows, kind="stable")[:cfg.batch_size])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         models = [cfg.build(data.dims, len(data.classes)).to(device) for _ in range(runs)]
-        head = StackedHead(copy.deepcopy(models[0]), cfg.fusion, cfg.head, packed_first=device.type == "cpu")
+        head = StackedHead(copy.deepcopy(models[0]), cfg.fusion, cfg.head, packed_first=device.type == "cpu",
+                           batched_encode=device.type == "cuda")
         params, _ = stack_module_state(models)
         inputs, T = _batch_all(data, [worst] * runs, [Job(None, 0, worst, worst, None)] * runs, device)
         gen = torch.Generator(device=device).manual_seed(0)
