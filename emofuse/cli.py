@@ -217,7 +217,7 @@ def train_parser() -> argparse.ArgumentParser:
 def _add_runs_at_once(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--runs-at-once", type=int, metavar="N",
                     help="train N of the (repeat, fold) runs together, heads stacked (0: every run; 1: one at a "
-                         "time). Default: every run on a GPU, one at a time on a CPU. LSTM heads (cma, cnn-blstm) "
+                         "time). Default: as many as the GPU memory holds, one at a time on a CPU. LSTM heads (cma, cnn-blstm) "
                          "always train one at a time (docs/stacked-training.md)")
 
 
