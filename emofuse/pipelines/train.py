@@ -439,8 +439,9 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None
 
 def runs_at_once(cfg: TrainConfig, device: torch.device, n_runs: int) -> int:
     """How many runs train together: ``--runs-at-once`` (0: every run); by default every run on a
-    GPU and one at a time on a CPU (where a lone head already keeps the cores busy, and today's
-    numbers stay bit for bit). Heads with an LSTM always train one at a time."""
+    GPU (then capped by ``stacked.fit_runs`` to what its memory holds) and one at a time on a CPU
+    (where a lone head already keeps the cores busy, and today's numbers stay bit for bit). Heads
+    with an LSTM always train one at a time."""
     if not stackable(cfg.fusion, cfg.head):
         return 1
     n = cfg.runs_at_once
