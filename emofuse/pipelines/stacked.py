@@ -115,11 +115,12 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
         else:
             g = torch.Generator(device=device).manual_seed(j.seed)
         gens.append(g)
-    template = copy.deepcopy(models[0])
+    template = copy.deepcopy(models[0]).to("meta")   # structure only (names, sizes, attention heads)
     head = StackedHead(template, cfg.fusion, cfg.head,
                        packed_first=device.type == "cpu" if packed_first is None else packed_first,
                        batched_encode=device.type == "cuda" if batched_encode is None else batched_encode)
     params, _ = stack_module_state(models)
+    models = [m.to("cpu") for m in models]   # the stack holds the weights now; a run's head returns at its end
     opt = StackedAdam(params, cfg.resolved_lr())
     scheduler = cfg.resolved()["scheduler"]
     scheds = [None if scheduler == "none" else torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -188,7 +189,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
                                "val_ua": val["ua"], "lr": opt.lr[a], "seconds": round(seconds, 4)})
             score = (val["ua"], -val_loss)
             if score > best_score[i]:
-                best[i] = {n: p[a].detach().clone() for n, p in opt.p.items()}
+                best[i] = {n: p[a].detach().to("cpu", copy=True) for n, p in opt.p.items()}
                 best_score[i], best_epoch[i] = score, epoch
             elif epoch - best_epoch[i] >= cfg.patience:
                 done.append(a)
@@ -202,9 +203,9 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
         for a in done:
             i = alive[a]
             model = models[i]
-            model.load_state_dict({n: t for n, t in best[i].items()})
-            on_done(jobs[i], model, history[i], best_epoch[i])
-            best[i] = None
+            model.load_state_dict(best[i])
+            on_done(jobs[i], model.to(device), history[i], best_epoch[i])
+            best[i] = models[i] = None
         if done:
             keep = [a for a in range(len(alive)) if a not in done]
             alive = [alive[a] for a in keep]
