@@ -118,6 +118,12 @@ def main() -> None:
                 entry["speedup"] = round(entry["per-run_s_per_run_epoch"] / entry["stacked_s_per_run_epoch"], 2)
                 print(f"{label:<28} stacked is {entry['speedup']:.2f}x the per-run path", flush=True)
             out.append(entry)
+            # the rows so far, in case a long run is stopped: benchmarks/results/grid[-cuda].partial.json
+            partial = ROOT / "benchmarks" / "results" / f"grid{'-cuda' if device.type == 'cuda' else ''}.partial.json"
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"benchmark": "grid", "scale": args.scale, "utterances": n_utts,
+                                           "epochs_timed": args.epochs, "trials": args.trials,
+                                           "device": str(device), "rows": out}, indent=2) + "\n")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     res = {"benchmark": "grid", "spec": args.spec, "scale": args.scale, "utterances": n_utts, "repeats": args.repeats,
            "runs_per_row": 5 * args.repeats, "paths": paths, "trials": args.trials,
