@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from .functional import key_padding, pad_rows, weight_layers
 
-Axis = "list[tuple[Sequence[int], int]] | None"   # per-run sizes and padded size of each segment of an axis
 
 
 def stackable(fusion: str, head: str) -> bool:
