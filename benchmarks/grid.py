@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Grid benchmark: every training row of a bundled paper spec on a synthetic store with
-IEMOCAP's shapes, a fixed number of epochs (no early stopping), one seed × the 5 folds; per row
-the seconds per run-epoch and the peak GPU memory, and the whole grid extrapolated to the
-protocol's 25 runs per row at ``--grid-epochs`` epochs per run and to IEMOCAP's 5,531 utterances.
+IEMOCAP's shapes, a fixed number of epochs (no early stopping), ``--repeats`` seeds × the 5
+folds, trained one run at a time (``--runs-at-once 1``, the path before stacking) and with the
+row's runs stacked (``--runs-at-once 0``) side by side, alternated row by row in one process;
+per row and path the seconds per run-epoch and the peak GPU memory, the ratio, and the whole grid
+extrapolated to the protocol's 25 runs per row at ``--grid-epochs`` epochs per run and to
+IEMOCAP's 5,531 utterances (stacked: the row's 25 runs in one pass, so its per-run-epoch time
+measured with fewer runs is an upper bound there).
 
 Store: 13 layers × 768 audio (frames 50/s, phone/syllable/word segments) and text (4-24 tokens),
 float16, IEMOCAP's length distribution, ``--scale`` × 5,531 utterances. The per-epoch time is
 scaled to full size linearly in the number of utterances (the epoch is a pass over them).
 
-    python benchmarks/grid.py [--scale 0.02] [--epochs 2] [--device cpu] [--rows "Late F+S;Coattention F+P"]
+    python benchmarks/grid.py [--scale 0.02] [--epochs 2] [--repeats 1] [--device cpu] [--rows "Late F+S;Coattention F+P"]
+    python benchmarks/grid.py --paths stacked ...   # one path only (per-run, stacked)
 """
 
 from __future__ import annotations
@@ -45,8 +50,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rows", help="row labels separated by ; (default: every training row)")
     ap.add_argument("--store", help="reuse this synthetic store (created when missing)")
+    ap.add_argument("--repeats", type=int, default=1, help="seeds per fold (runs per row: 5 × repeats)")
+    ap.add_argument("--paths", default="per-run,stacked", help="per-run, stacked or both (default)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--trials", type=int, default=1,
+                    help="alternate the paths this many times per row and keep each path's fastest (a shared machine)")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
     defaults = dict(spec.get("defaults") or {})
     rows = {label: r for label, r in spec["_labels"].items() if "combine" not in r}
@@ -62,45 +74,73 @@ def main() -> None:
             make_synthetic_store(path, per_class=per_class, layers=13, dim=768, planted_layer=7, strength=0.3,
                                  seed=0)
         t_store = time.perf_counter() - t0
-        out, total_full = [], 0.0
+        paths = [p.strip() for p in args.paths.split(",")]
+        at_once = {"per-run": 1, "stacked": 0}
+        out, total_full = [], {p: 0.0 for p in paths}
         for label, row in rows.items():
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
-            params.update(repeats=1, epochs=args.epochs, patience=args.epochs + 1)
-            cfg = TrainConfig(store=path, out=os.path.join(tmp, "runs", str(len(out))), device=str(device), **params)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            t1 = time.perf_counter()
-            s = run_train(cfg, echo=lambda m: None)
-            wall = time.perf_counter() - t1
-            train_wall = wall - s["time"]["load_s"]
-            histories = [json.load(open(os.path.join(cfg.out, "runs", d, "metrics.json")))["history"]
-                         for d in sorted(os.listdir(os.path.join(cfg.out, "runs")))]
-            epochs = [e for h in histories for e in h]
-            per_epoch = sum(e["seconds"] for e in epochs) / len(epochs)   # training + validation of one epoch
-            full = per_epoch * IEMOCAP / n_utts
-            grid = full * args.grid_epochs * 25
-            total_full += grid
-            out.append({"row": label, "fusion": cfg.fusion, "keys": "+".join(cfg.keys()), "head": cfg.head,
-                        "s_per_run_epoch": round(per_epoch, 4), "s_per_run_epoch_full_scale": round(full, 3),
-                        "row_wall_25_runs_s": round(grid, 1), "load_s": round(s["time"]["load_s"], 2),
-                        "gpu_peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
-                        if device.type == "cuda" else None,
-                        "run_overhead_s": round((train_wall - sum(e["seconds"] for e in epochs)) / len(histories), 3),
-                        "compute_share": round(s["time"]["compute_s"] / max(train_wall, 1e-9), 3)})
-            print(f"{label:<28} {per_epoch:8.3f} s/run-epoch   full scale {full:7.2f} s   "
-                  f"25 runs × {args.grid_epochs} epochs {grid / 60:7.1f} min", flush=True)
+            params.update(repeats=args.repeats, epochs=args.epochs, patience=args.epochs + 1)
+            entry, best = {"row": label}, {}
+            for trial in range(args.trials):
+                for path_name in paths:
+                    cfg = TrainConfig(store=path, out=os.path.join(tmp, "runs", f"{len(out)}-{path_name}-{trial}"),
+                                      device=str(device), runs_at_once=at_once[path_name], **params)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    t1 = time.perf_counter()
+                    s = run_train(cfg, echo=lambda m: None)
+                    wall = time.perf_counter() - t1
+                    train_wall = wall - s["time"]["load_s"]
+                    histories = [json.load(open(os.path.join(cfg.out, "runs", d, "metrics.json")))["history"]
+                                 for d in sorted(os.listdir(os.path.join(cfg.out, "runs")))]
+                    n_epochs = sum(len(h) for h in histories)
+                    # the path's training wall per run-epoch (training, validation and the runs' test passes)
+                    per_epoch = train_wall / n_epochs
+                    print(f"{label:<28} {path_name:<8} {per_epoch:8.3f} s/run-epoch (trial {trial + 1})", flush=True)
+                    if path_name not in best or per_epoch < best[path_name][0]:
+                        best[path_name] = (per_epoch, s, train_wall,
+                                           torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None)
+            for path_name in paths:
+                per_epoch, s, train_wall, peak = best[path_name]
+                full = per_epoch * IEMOCAP / n_utts
+                grid = full * args.grid_epochs * 25
+                total_full[path_name] += grid
+                entry.update({"fusion": cfg.fusion, "keys": "+".join(cfg.keys()), "head": cfg.head,
+                              f"{path_name}_s_per_run_epoch": round(per_epoch, 4),
+                              f"{path_name}_s_per_run_epoch_full_scale": round(full, 3),
+                              f"{path_name}_row_wall_25_runs_s": round(grid, 1),
+                              f"{path_name}_gpu_peak_gb": round(peak, 2) if peak is not None else None,
+                              f"{path_name}_compute_share": round(s["time"]["compute_s"] / max(train_wall, 1e-9), 3),
+                              "load_s": round(s["time"]["load_s"], 2)})
+                print(f"{label:<28} {path_name:<8} {per_epoch:8.3f} s/run-epoch   full scale {full:7.2f} s   "
+                      f"25 runs × {args.grid_epochs} epochs {grid / 60:7.1f} min", flush=True)
+            if len(paths) == 2:
+                entry["speedup"] = round(entry["per-run_s_per_run_epoch"] / entry["stacked_s_per_run_epoch"], 2)
+                print(f"{label:<28} stacked is {entry['speedup']:.2f}x the per-run path", flush=True)
+            out.append(entry)
+            # the rows so far, in case a long run is stopped: benchmarks/results/grid[-cuda].partial.json
+            partial = ROOT / "benchmarks" / "results" / f"grid{'-cuda' if device.type == 'cuda' else ''}.partial.json"
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"benchmark": "grid", "scale": args.scale, "utterances": n_utts,
+                                           "epochs_timed": args.epochs, "trials": args.trials,
+                                           "device": str(device), "rows": out}, indent=2) + "\n")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    res = {"benchmark": "grid", "spec": args.spec, "scale": args.scale, "utterances": n_utts,
+    res = {"benchmark": "grid", "spec": args.spec, "scale": args.scale, "utterances": n_utts, "repeats": args.repeats,
+           "runs_per_row": 5 * args.repeats, "paths": paths, "trials": args.trials,
            "epochs_timed": args.epochs, "grid_epochs_assumed": args.grid_epochs, "device": str(device), "gpu": gpu,
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                      f"{torch.get_num_threads()} threads" + (f", {gpu}" if gpu else ""),
-           "store_build_s": round(t_store, 1), "rows": out, "grid_wall_full_scale_h": round(total_full / 3600, 2)}
-    slowest = max(out, key=lambda r: r["row_wall_25_runs_s"]) if out else None
+           "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, torch "
+                      f"{torch.__version__}, {torch.get_num_threads()} threads" + (f", {gpu}" if gpu else ""),
+           "store_build_s": round(t_store, 1), "rows": out,
+           "grid_wall_full_scale_h": {p: round(t / 3600, 2) for p, t in total_full.items()}}
+    if len(paths) == 2:
+        res["grid_speedup"] = round(total_full["per-run"] / total_full["stacked"], 2)
+    ratios = [r["speedup"] for r in out if "speedup" in r]
     row = (f"| grid | {time.strftime('%Y-%m-%d')} | {res['machine']} | {args.spec}, {len(out)} rows, {n_utts} utts "
-           f"({args.scale} × IEMOCAP), {args.epochs} epochs × 5 folds | whole grid at IEMOCAP size, 25 runs × "
-           f"{args.grid_epochs} epochs per row: {res['grid_wall_full_scale_h']} h"
-           + (f"; slowest row {slowest['row']} {slowest['s_per_run_epoch_full_scale']} s/epoch" if slowest else "")
-           + " | per-run path (one head at a time) | — | — | — |")
+           f"({args.scale} × IEMOCAP), {args.epochs} epochs × {5 * args.repeats} runs | whole grid at IEMOCAP size, "
+           f"25 runs × {args.grid_epochs} epochs per row: "
+           + ", ".join(f"{p} {h} h" for p, h in res["grid_wall_full_scale_h"].items())
+           + (f"; stacked {res['grid_speedup']}x the per-run path (rows {min(ratios)}–{max(ratios)}x)" if ratios else "")
+           + " | per-run vs stacked, side by side | — | — | — |")
     record("grid", res, row, str(device))
 
 

@@ -222,7 +222,15 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory-gb", type=float, help="memory budget for holding the data (default: 60%% of free)")
     ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="with --fusion combine: the runs to combine")
     add_tracking_options(ap)
+    _add_runs_at_once(ap)
     return _with_defaults(ap)
+
+
+def _add_runs_at_once(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--runs-at-once", type=int, metavar="N",
+                    help="train N of the (repeat, fold) runs together, heads stacked (0: every run; 1: one at a "
+                         "time). Default: as many as the GPU memory holds, one at a time on a CPU. LSTM heads (cma, cnn-blstm) "
+                         "always train one at a time (docs/stacked-training.md)")
 
 
 def train_head(argv: Sequence[str] | None = None) -> int:
@@ -249,7 +257,7 @@ def train_head(argv: Sequence[str] | None = None) -> int:
                           scheduler=args.scheduler, lr_factor=args.lr_factor, lr_patience=args.lr_patience,
                           dropout=args.dropout, val_fraction=args.val_fraction,
                           folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
-                          device=args.device, memory_gb=args.memory_gb)
+                          device=args.device, memory_gb=args.memory_gb, runs_at_once=args.runs_at_once)
         tensorboard = args.tensorboard
         if tensorboard:   # said before training, not 30 minutes later
             from .pipelines.runs import tensorboard_missing, write_tensorboard
@@ -280,6 +288,8 @@ def ablate(argv: Sequence[str] | None = None) -> int:
                          "are left out of the tables")
     ap.add_argument("--audio-model", help="fine-tuned rows: this audio checkpoint instead of the spec's (a folder)")
     ap.add_argument("--text-model", help="fine-tuned rows: this text checkpoint instead of the spec's (a folder)")
+    _add_runs_at_once(ap)
+    _add_executor(ap)
     args = _with_defaults(ap).parse_args(argv)
     _quiet_libraries()
 
@@ -292,13 +302,27 @@ def ablate(argv: Sequence[str] | None = None) -> int:
         run_ablate(AblateConfig(store=args.store, spec=args.spec, out=args.out, jobs=args.jobs, device=args.device,
                                 repeats=args.repeats, epochs=args.epochs, finetune=args.finetune,
                                 audio_model=args.audio_model, text_model=args.text_model,
-                                folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None))
+                                folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
+                                runs_at_once=args.runs_at_once, executor=args.executor, cluster=args.cluster,
+                                cluster_options=tuple(args.cluster_option or ())))
         with open(f"{args.out}/tables.md") as f:
             print(f.read())
         if args.report:
             run_report(args.out)
 
     return _run(job)
+
+
+def _add_executor(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--executor", default="local", choices=["local", "submitit"],
+                    help="local: this machine (--jobs processes); submitit: one cluster job per set of rows "
+                         "sharing data (Slurm; needs pip install 'emofuse[cluster]')")
+    ap.add_argument("--cluster", choices=["slurm", "local", "debug"],
+                    help="with --executor submitit: the submitit cluster (default: Slurm when there is one, "
+                         "else local processes)")
+    ap.add_argument("--cluster-option", action="append", metavar="KEY=VALUE",
+                    help="with --executor submitit, repeatable: a submitit parameter, e.g. timeout_min=120, "
+                         "slurm_partition=gpu, gpus_per_node=1, cpus_per_task=8, slurm_mem_gb=64")
 
 
 def finetune_parser() -> argparse.ArgumentParser:

@@ -163,3 +163,47 @@ def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_pat
     for d, t in stamp.items():
         assert (d / "summary.json").stat().st_mtime == t
     assert len(res["a"]) == 3 and (out / "tables.md").exists()
+
+
+def test_rows_sharing_streams_read_them_once_and_the_plan_is_printed(store, tmp_path, monkeypatch):
+    from emofuse.store import FeatureStore
+
+    reads = []
+    load = FeatureStore.load
+    monkeypatch.setattr(FeatureStore, "load", lambda self, s, kind, **kw: reads.append((s, kind)) or load(self, s, kind, **kw))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    msgs = []
+    run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"), echo=msgs.append)
+    # the frames are read once for both rows
+    assert sorted(reads) == [("audio", "frames"), ("audio", "segments/syllable"), ("text", "tokens")]
+    plan = [m for m in msgs if "plan:" in m]
+    assert len(plan) == 1 and "2 configurations in this process, on cpu" in plan[0] and "F × 1, F+S+T × 1" in plan[0]
+
+
+def test_submitit_local_executor_runs_the_grid_and_resumes(store, tmp_path):
+    pytest.importorskip("submitit")   # a test extra (setup.cfg), installed by CI
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    local = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "a"), device="cpu"),
+                       echo=lambda m: None)
+    out = tmp_path / "c"
+    msgs = []
+    sent = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", executor="submitit",
+                                   cluster="local", cluster_options=("timeout_min=10",)), echo=msgs.append)
+    assert sum("submitit jobs" in m for m in msgs) == 1 and sum(" finished" in m and "job " in m for m in msgs) == 2
+    cols = ["label", "ua_mean", "wa_mean", "f1_mean", "key"]
+    pd.testing.assert_frame_equal(local["a"][cols], sent["a"][cols])
+    # a run lost on the cluster: resubmitted alone, its finished folds kept
+    victim = sent["a"].loc[sent["a"]["label"] == "Late F+S", "key"].item()
+    os.remove(out / "runs" / victim / "summary.json")
+    os.remove(out / "runs" / victim / "runs" / "r0_s1" / "metrics.json")
+    kept = os.path.getmtime(out / "runs" / victim / "runs" / "r1_s2" / "model.safetensors")
+    msgs = []
+    again = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", executor="submitit",
+                                    cluster="local"), echo=msgs.append)
+    assert "2 configurations, 1 already finished, 1 to run" in msgs[0]
+    assert os.path.getmtime(out / "runs" / victim / "runs" / "r1_s2" / "model.safetensors") == kept
+    pd.testing.assert_frame_equal(sent["a"][cols], again["a"][cols])
+    with pytest.raises(EmofuseError, match="KEY=VALUE"):
+        AblateConfig(store=store, spec=str(spec), out=str(out), executor="submitit", cluster_options=("oops",))

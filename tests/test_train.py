@@ -72,6 +72,20 @@ def test_same_config_same_seed_identical_metrics(planted, tmp_path):
     pd.testing.assert_frame_equal(pa, pb)
 
 
+def test_a_fold_trained_alone_equals_the_same_fold_of_a_full_run(planted, tmp_path):
+    """A run's initialisation, dropout and batch order depend on (seed, test session) only: the
+    fold picked with --folds gives the numbers it gives in a run of every fold."""
+    store, _ = planted
+    cfg = dict(fusion="none", granularity="F", epochs=2, repeats=1, seed=4)
+    full = run_train(quick(store, tmp_path / "full", **cfg), echo=lambda m: None)
+    alone = run_train(quick(store, tmp_path / "alone", folds=("3",), **cfg), echo=lambda m: None)
+    pick = lambda s: [r for r in s["runs"] if r["fold"] == "3"]  # noqa: E731
+    assert len(pick(alone)) == 1 and pick(alone) == pick(full)
+    pf = pd.read_csv(tmp_path / "full" / "predictions.csv", dtype={"fold": str})
+    pa = pd.read_csv(tmp_path / "alone" / "predictions.csv", dtype={"fold": str})
+    pd.testing.assert_frame_equal(pf[pf.fold == "3"].reset_index(drop=True), pa.reset_index(drop=True))
+
+
 def test_protocol_folds_and_validation(planted):
     store, facts = planted
     with FeatureStore(store) as fs:

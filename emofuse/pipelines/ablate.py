@@ -21,6 +21,7 @@ from scipy.stats import wilcoxon
 
 from ..errors import EmofuseError
 from ..hashing import sha256_hex
+from ..heads.stacked import stackable
 from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
@@ -28,7 +29,8 @@ from .rundir import run_lock, write_json
 from .train import (TrainConfig, check_against_store, describe_config, run_combine, run_train, store_fingerprints,
                     with_store_defaults)
 
-TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb"}
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb", "runs_at_once"}
+EXECUTORS = ("local", "submitit")
 ROW_EXTRA = {"label", "published", "combine", "same_as"}
 BUNDLED = ("paper-multilevel", "paper-cma", "demo")
 
@@ -46,6 +48,18 @@ class AblateConfig:
     audio_model: str | None = None   # replace fine-tuned rows' audio encoder (e.g. a local folder)
     text_model: str | None = None    # replace fine-tuned rows' text encoder
     finetune: bool = False           # also run rows with finetune: true (GPU hours each); else they are left out
+    runs_at_once: int | None = None  # train-head --runs-at-once for every row (None: its default)
+    executor: str = "local"          # local (this machine, --jobs processes) or submitit (cluster jobs)
+    cluster: str | None = None       # submitit: None = Slurm when there is one, else local; "local", "slurm", "debug"
+    cluster_options: tuple[str, ...] = ()   # submitit: KEY=VALUE parameters (timeout_min=60, slurm_partition=gpu …)
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise EmofuseError(f"--executor must be one of {list(EXECUTORS)}, found {self.executor!r}")
+        bad = [o for o in self.cluster_options if "=" not in o]
+        if bad:
+            raise EmofuseError(f"--cluster-option takes KEY=VALUE (e.g. timeout_min=120, slurm_partition=gpu), "
+                               f"found {bad[0]!r}")
 
 
 def load_spec(spec: str) -> dict:
@@ -120,11 +134,87 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="emofuse-parent-watch", daemon=True).start()
 
 
-def _train_worker(cfg: TrainConfig, threads: int) -> str:
+_WORKER_CACHE: dict = {}   # rows held by a worker process for the next configuration that reads them
+
+
+def _train_worker(cfg: TrainConfig, threads: int | None) -> str:
     import torch
-    torch.set_num_threads(threads)
-    run_train(cfg, echo=lambda m: None)
+    if threads:
+        torch.set_num_threads(threads)
+    run_train(cfg, echo=lambda m: None, cache=_WORKER_CACHE)
     return cfg.out
+
+
+def _train_rows(cfgs: list, threads: int | None = None) -> list[str]:
+    """One cluster job: configurations that read the same streams, trained one after the other
+    with their data read once."""
+    return [_train_worker(c, threads) for c in cfgs]
+
+
+def data_signature(c: TrainConfig) -> tuple:
+    """What a configuration holds in memory: the streams, granularities and layers it reads."""
+    return (c.store, c.audio_stream, c.text_stream, tuple(c.keys()), json.dumps(c.layer_specs(), sort_keys=True),
+            c.memory_gb)
+
+
+def _place_rows(cfg: AblateConfig, pending: list, echo: Callable[[str], None]) -> list[list]:
+    """Order the configurations so that those reading the same data follow each other; say once
+    what runs where. Returns the groups that share data."""
+    from .train import resolve_device, runs_at_once
+    groups: dict[tuple, list] = {}
+    for c in pending:
+        groups.setdefault(data_signature(c), []).append(c)
+    import torch
+    # cluster jobs resolve the device on their node; the submitting machine may have no GPU
+    device = resolve_device(cfg.device) if cfg.executor == "local" else torch.device(
+        "cuda" if cfg.device.startswith("cuda") else "cpu" if cfg.device == "cpu" else "meta")
+    stacked = [c for c in pending if runs_at_once(c, device, c.repeats * 5) > 1]
+    lstm = [c for c in pending if not stackable(c.fusion, c.head)]
+    if cfg.executor == "submitit":
+        where = (f"as {len(groups)} submitit jobs (one per set of rows sharing data; cluster "
+                 f"{cfg.cluster or 'auto: Slurm when present, else this machine'}), logs in {cfg.out}/submitit")
+    elif cfg.jobs > 1 and len(pending) > 1:
+        where = f"on this machine in {cfg.jobs} processes"
+    else:
+        where = "in this process"
+    on = str(device) if device.type != "meta" else "the device each job finds (--device auto)"
+    echo(f"  plan: {len(pending)} configurations {where}, on {on}; {len(stacked)} with their runs stacked "
+         f"(--runs-at-once), {len(pending) - len(stacked)} one run at a time"
+         + (f" ({len(lstm)} LSTM heads, which do not stack)" if lstm and stacked else "")
+         + f"; data read once per set of rows sharing streams: "
+         + ", ".join(f"{'+'.join(sig[3])}" + (f" [{sig[1]}]" if sig[1] != "audio" else "") + f" × {len(g)}"
+                     for sig, g in groups.items()))
+    return list(groups.values())
+
+
+def _submit(cfg: AblateConfig, groups: list[list], echo: Callable[[str], None]) -> None:
+    """Send each group of rows as one job through submitit; wait for them all."""
+    try:
+        import submitit
+    except ImportError:
+        raise EmofuseError("ablate --executor submitit needs submitit: pip install 'emofuse[cluster]'") from None
+    params = {}
+    for o in cfg.cluster_options:
+        k, _, v = o.partition("=")
+        params[k.strip()] = yaml.safe_load(v)
+    ex = submitit.AutoExecutor(folder=os.path.join(cfg.out, "submitit", "%j"), cluster=cfg.cluster)
+    try:
+        ex.update_parameters(name="emofuse-ablate", **params)
+    except Exception as e:   # submitit names the unknown parameter and the allowed ones
+        raise EmofuseError(f"--cluster-option: {e}") from None
+    jobs = [ex.submit(_train_rows, g) for g in groups]
+    for job, g in zip(jobs, groups):
+        echo(f"  job {job.job_id}: {len(g)} configurations ({', '.join(os.path.basename(c.out) for c in g)})")
+    failed = []
+    for job, g in zip(jobs, groups):
+        try:
+            job.result()
+            echo(f"  job {job.job_id} finished")
+        except Exception as e:
+            failed.append(f"job {job.job_id} ({len(g)} configurations): {str(e).strip().splitlines()[-1]}")
+    if failed:
+        raise EmofuseError(f"{len(failed)} cluster jobs failed; their logs are in {cfg.out}/submitit: "
+                           + "; ".join(failed) + ". Run the same ablate again to resume (finished runs are kept)")
 
 
 def _finished(d: str) -> bool:
@@ -171,7 +261,8 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
             if "folds" in params and params["folds"] is not None:
                 params["folds"] = tuple(str(f) for f in params["folds"])
             try:
-                probe = with_store_defaults(fs, TrainConfig(store=cfg.store, out="", device=cfg.device, **params))
+                probe = with_store_defaults(fs, TrainConfig(store=cfg.store, out="", device=cfg.device,
+                                                            runs_at_once=cfg.runs_at_once, **params))
                 check_against_store(fs, probe)
             except EmofuseError as e:
                 raise EmofuseError(f"spec {spec.get('name', cfg.spec)!r}, row {label!r}: {e}") from None
@@ -190,7 +281,11 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
     pending = [c for c in pending if not isinstance(c, ft.FinetuneConfig)]
     echo(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {len(train_cfgs) - len(pending)} "
          f"already finished, {len(pending)} to run" + (f" on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
-    if cfg.jobs > 1 and len(pending) > 1:
+    groups = _place_rows(cfg, pending, echo) if pending else []
+    pending = [c for g in groups for c in g]   # rows reading the same data follow each other
+    if cfg.executor == "submitit" and pending:
+        _submit(cfg, groups, echo)
+    elif cfg.jobs > 1 and len(pending) > 1:
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         import multiprocessing as mp
         with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn"),
@@ -207,9 +302,11 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
         labels = {}
         for label, key in key_of.items():
             labels.setdefault(key, label)
+        cache: dict = {}   # rows held for the next configuration that reads the same streams
         for k, c in enumerate(pending):
             echo(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
-            run_train(c, echo=lambda m: echo("    " + m))
+            run_train(c, echo=lambda m: echo("    " + m), cache=cache)
+        cache.clear()
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         echo(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
         ft.run_finetune(c, echo=lambda m: echo("    " + m))

@@ -288,9 +288,15 @@ def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text
 
 def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text_stream: str,
                     layers: str | Mapping[str, str | None] | None = None,
-                    device: torch.device = torch.device("cpu"), memory_budget: int | None = None) -> TrainData:
+                    device: torch.device = torch.device("cpu"), memory_budget: int | None = None,
+                    cache: dict | None = None) -> TrainData:
     """Read what ``keys`` need from the store: only those streams, granularities and layers
-    (``layers``: one spec for every stream, or ``{"audio": spec, "text": spec}``)."""
+    (``layers``: one spec for every stream, or ``{"audio": spec, "text": spec}``).
+
+    ``cache`` (a dict kept by the caller, e.g. ``ablate`` across its rows) holds the rows read in
+    memory by earlier calls: a key whose stream, layers, utterances and store content match is not
+    read again; what this call does not use is dropped from it first (so it holds one row's data
+    at most, shared with the next row that reads the same streams)."""
     utts = fs.utterances
     ids = np.asarray(utts.index)
     stream_of = {k: (text_stream if k == "T" else audio_stream) for k in keys}
@@ -324,22 +330,35 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
         lsel[k] = chosen[k][1]   # encoder layer numbers: what FeatureStore.load takes
         dims[k] = (len(lsel[k]), D)
         total += int(lens[k].sum()) * len(lsel[k]) * D * itemsize
+    ckey = {k: (fs.path, fs.stream_info(stream_of[k]).get("fingerprint"), stream_of[k], KEY_KIND[k],
+                tuple(lsel[k]), hash(tuple(ids[present[k]]))) for k in keys}
+    if cache is not None:   # drop what this call does not use before measuring the free memory
+        for old in [c for c in cache if c not in ckey.values()]:
+            del cache[old]
     # Where the rows live: on the GPU when they fit there, else in RAM (batches moved to the GPU),
     # else read from the store per batch. An explicit budget applies to the compute device.
+    held = {c[0].device.type: 0 for c in (cache or {}).values()}
+    for c in (cache or {}).values():   # rows already held in memory take no more of it
+        held[c[0].device.type] += c[0].numel() * c[0].element_size()
     if memory_budget is not None:
         home = device if total <= memory_budget else None
-    elif device.type == "cuda" and total <= int(torch.cuda.mem_get_info(device)[0] * 0.6):
+    elif device.type == "cuda" and total - held.get("cuda", 0) <= int(torch.cuda.mem_get_info(device)[0] * 0.6):
         home = device
     else:
-        home = torch.device("cpu") if total <= int(available_memory() * 0.6) else None
+        home = torch.device("cpu") if total - held.get("cpu", 0) <= int(available_memory() * 0.6) else None
     in_memory = home is not None
     sources = {}
     for k in keys:
-        if in_memory:
+        if in_memory and cache is not None and ckey[k] in cache and cache[ckey[k]][0].device == home:
+            rows, offsets = cache[ckey[k]]
+            sources[k] = MemorySource(rows, offsets, lens[k])
+        elif in_memory:
             r = fs.load(stream_of[k], KEY_KIND[k], ids=list(ids[present[k]]), layers=lsel[k])
             offsets = np.zeros(len(ids), np.int64)
             offsets[present[k]] = r.offsets
             sources[k] = MemorySource(torch.from_numpy(r.data).to(home), offsets, lens[k])
+            if cache is not None:
+                cache[ckey[k]] = (sources[k].rows, offsets)
         else:
             sources[k] = StoreSource(fs, stream_of[k], KEY_KIND[k], ids, present[k], lens[k], lsel[k])
     empty = {k: int((lens[k] == 0).sum()) for k in keys if (lens[k] == 0).any()}

@@ -43,7 +43,7 @@ from ..heads.options import PLATEAU
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
 from .rundir import run_folder
-from .train import _check_run_dir, _save_run, _write_json, folds_of, resolve_device, split
+from .train import _check_run_dir, _save_run, _write_json, folds_of, resolve_device, run_seed, split
 
 SYSTEMS = ("cma", "audio", "text")   # joint (74.71), audio-only (60.01), text-only (71.01)
 TRAINING_OPTIONS = ("off", "checkpoint")
@@ -628,7 +628,7 @@ def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> di
                 dist.barrier()
             tr, va, te = split(data, session, seed, cfg.val_fraction)
             model, fenc, history, best_epoch = train_fold(
-                cfg, factory, data, tr, va, seed * 1000 + folds.index(session), device, rdir, rank, world,
+                cfg, factory, data, tr, va, run_seed(data, seed, session), device, rdir, rank, world,
                 lambda s: echo(f"  repeat {r} fold {session}: {s}"), timer)
             pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
             logits = predict(model, data, te, cfg, device, rank, world, pad)

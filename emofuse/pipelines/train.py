@@ -27,6 +27,8 @@ from .progress import progress_bar
 from .rundir import check_run_dir as _check_run_dir
 from .rundir import content_digest, predictions_roundtrip, read_predictions, run_folder, run_lock, write_csv
 from .rundir import write_json as _write_json
+from .stacked import Job, fit_runs, train_stacked
+from ..heads.stacked import stackable
 
 HEADS = HEAD_NAMES
 NORMS = ("none", "global", "speaker")
@@ -34,7 +36,7 @@ NORM_STREAMS = ("speech", "text", "all")
 WEIGHTINGS = ("learned", "none")
 SCHEDULERS = ("none", "plateau", "plateau-ua")
 #: fields that do not change what is computed (left out of the run key)
-NOT_IN_KEY = ("out", "device", "memory_gb")
+NOT_IN_KEY = ("out", "device", "memory_gb", "runs_at_once")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class TrainConfig:
     folds: tuple[str, ...] | None = None   # test sessions to run (default: every session)
     device: str = "auto"
     memory_gb: float | None = None
+    runs_at_once: int | None = None   # runs trained together (stacked); 0 every run; None: auto (docs/stacked-training.md)
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -104,6 +107,8 @@ class TrainConfig:
             raise EmofuseError("--repeats, --epochs, --patience and --batch-size must be at least 1")
         if not 0 < self.val_fraction < 1:
             raise EmofuseError(f"--val-fraction must be in (0, 1), found {self.val_fraction}")
+        if self.runs_at_once is not None and (not isinstance(self.runs_at_once, int) or self.runs_at_once < 0):
+            raise EmofuseError(f"--runs-at-once must be 0 (every run) or a positive number, found {self.runs_at_once!r}")
         self.keys()
 
     def keys(self) -> list[str]:
@@ -307,13 +312,30 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
     return model, history, best_epoch
 
 
+def sessions_of(data) -> list[str]:
+    """Every session (fold unit) of the usable utterances, in fold order (S2 before S10)."""
+    return _sessions(data.sessions)
+
+
+def _sessions(sessions_of_utts) -> list[str]:
+    """The distinct sessions as plain strings, in fold order (S2 before S10)."""
+    return sorted({str(s) for s in sessions_of_utts}, key=lambda s: (len(s), s))
+
+
+def run_seed(data, seed: int, session: str) -> int:
+    """The seed of one run's initialisation, dropout and batch order: a function of (seed, test
+    session) only. The session's position is taken in the *full* session list, so a fold trained
+    under ``--folds`` draws exactly what it draws in a run of every fold."""
+    return seed * 1000 + sessions_of(data).index(session)
+
+
 def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
     return _folds(data.sessions, cfg)
 
 
 def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:
     """The test sessions of ``cfg`` among the utterances' sessions (plain strings, in order)."""
-    sessions = sorted({str(s) for s in sessions_of_utts}, key=lambda s: (len(s), s))
+    sessions = _sessions(sessions_of_utts)
     if len(sessions) < 2:
         raise EmofuseError(f"leave-one-session-out needs at least two sessions; the store has {sessions}")
     if cfg.folds:
@@ -336,15 +358,16 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
 
 
-def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
+def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print, cache: dict | None = None) -> dict:
     """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary.
-    One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
+    One process at a time per ``cfg.out`` (a second one is refused with a sentence). ``cache``: rows
+    held by an earlier configuration of the same process (``load_train_data``), reused."""
     resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         cfg = with_store_defaults(fs, cfg)
         check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
     with run_lock(cfg.out, "train-head"):
-        return _run_train(cfg, echo)
+        return _run_train(cfg, echo, cache)
 
 
 def check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
@@ -360,7 +383,7 @@ def check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
     return chosen
 
 
-def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
+def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None = None) -> dict:
     device = resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
@@ -371,7 +394,8 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         _check_run_dir(cfg.out, config)
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
-        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget)
+        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget,
+                               cache)
         t_load = time.perf_counter() - t0
         echo(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
              f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
@@ -381,45 +405,64 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
         folds = folds_of(data, cfg)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
         _write_json(os.path.join(cfg.out, "config.json"), config)
-        timer, runs, preds, norms = Timer(), [], [], {}
+        timer, done, norms = Timer(), {}, {}
         plan = [(r, s) for r in range(cfg.repeats) for s in folds]
+        for r, session in plan:
+            rdir = os.path.join(cfg.out, "runs", run_folder(r, session))
+            if os.path.exists(os.path.join(rdir, "metrics.json")):
+                with open(os.path.join(rdir, "metrics.json")) as f:
+                    done[(r, session)] = (json.load(f), read_predictions(os.path.join(rdir, "predictions.csv")))
+
+        def job_of(r: int, session: str) -> Job:
+            seed = cfg.seed + r
+            tr, va, _ = split(data, session, seed, cfg.val_fraction)
+            # global statistics depend on the fold's training sessions; per-speaker ones do not
+            nkey = session if cfg.norm == "global" else None
+            if nkey not in norms:
+                norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
+            return Job(key=(r, session), seed=run_seed(data, seed, session), train=tr, val=va, norm=norms[nkey])
+
+        pending = [k for k in plan if k not in done]
+        at_once = runs_at_once(cfg, device, len(plan))
+        if at_once > 1 and cfg.runs_at_once is None and device.type == "cuda" and pending:
+            at_once, why = fit_runs(cfg, data, device, at_once)   # the default: as many as the GPU holds
+            echo(f"train-head: {why}")
+        # stacked groups are fixed slices of the whole plan, so a resumed run trains beside the same
+        # runs as in an uninterrupted one (and its files come out byte-identical): a group with a
+        # run left to do trains whole again, and its finished runs' saved files are kept
+        groups = [plan[k:k + at_once] for k in range(0, len(plan), at_once)] if at_once > 1 else []
+        groups = [g for g in groups if any(k not in done for k in g)]
+        if groups:
+            again = sum(k in done for g in groups for k in g)
+            echo(f"train-head: {len(pending)} runs stacked, {at_once} at a time (--runs-at-once 1 trains one at a "
+                 "time)" + (f"; {again} finished runs of their groups train again beside them, their saved files "
+                            "kept" if again else ""))
+        elif len(pending) > 1 and not stackable(cfg.fusion, cfg.head) and (cfg.runs_at_once not in (None, 1)
+                                                                           or device.type == "cuda"):
+            echo(f"train-head: --fusion {cfg.fusion} --head {cfg.head} holds an LSTM, which does not stack: "
+                 f"its {len(pending)} runs train one at a time")
+
         with progress_bar(total=len(plan), unit="run", desc="train-head") as bar:
-            for r, session in plan:
-                seed = cfg.seed + r
-                rdir = os.path.join(cfg.out, "runs", run_folder(r, session))
-                if os.path.exists(os.path.join(rdir, "metrics.json")):
-                    with open(os.path.join(rdir, "metrics.json")) as f:
-                        runs.append(json.load(f))
-                    preds.append(read_predictions(os.path.join(rdir, "predictions.csv")))
-                    bar.update(1)
-                    continue
-                tr, va, te = split(data, session, seed, cfg.val_fraction)
-                # global statistics depend on the fold's training sessions; per-speaker ones do not
-                nkey = session if cfg.norm == "global" else None
-                if nkey not in norms:
-                    norms[nkey] = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
-                norm = norms[nkey]
+            if done:
+                bar.update(len(done))
+            def finish(job: Job, model, history: list, best_epoch: int) -> None:
+                if job.key in done:   # trained again beside its group: the saved run stays as it is
+                    return
+                done[job.key] = _finish_run(cfg, data, job, model, history, best_epoch, device, timer)
+                bar.update(1)
+
+            for group in groups:
+                train_stacked(cfg, data, [job_of(*k) for k in group], device, timer, finish,
+                              lambda s, n=len(group): bar.set_postfix_str(f"{n} runs stacked, {s}"))
+            for r, session in (pending if at_once <= 1 else []):
+                job = job_of(r, session)
                 bar.set_postfix_str(f"repeat {r} fold {session}")
                 model, history, best_epoch = train_one(
-                    cfg, data, tr, va, seed * 1000 + folds.index(session), device, norm, timer,
+                    cfg, data, job.train, job.val, job.seed, device, job.norm, timer,
                     lambda s: bar.set_postfix_str(f"repeat {r} fold {session} {s}"))
-                logits = _predict(model, data, te, device, norm, timer)
-                m = scores(data.y[te], logits.argmax(1), len(data.classes))
-                m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
-                         n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights=model.layer_weights(),
-                         layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()}, history=history)
-                p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
-                                  "label": np.array(data.classes)[data.y[te]],
-                                  "pred": np.array(data.classes)[logits.argmax(1)]})
-                for c, name in enumerate(data.classes):
-                    p[f"logit_{name}"] = logits[:, c]
-                # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
-                p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
-                _save_run(rdir, model, m, p, {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion,
-                                              "head": cfg.head, "keys": "+".join(cfg.keys())})
-                runs.append(m)
-                preds.append(p)
-                bar.update(1)
+                finish(job, model, history, best_epoch)
+        runs = [done[k][0] for k in plan]
+        preds = [done[k][1] for k in plan]
     summary = summarise(runs, data.classes)
     summary.update(type="emofuse.summary", fusion=cfg.fusion, keys=cfg.keys(), head=cfg.head,
                    excluded=data.excluded, empty_segments=data.empty,
@@ -431,6 +474,43 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None]) -> dict:
     _write_json(os.path.join(cfg.out, "summary.json"), summary)
     echo(f"{cfg.out}: " + format_summary(summary))
     return summary
+
+
+def runs_at_once(cfg: TrainConfig, device: torch.device, n_runs: int) -> int:
+    """How many runs train together: ``--runs-at-once`` (0: every run); by default every run on a
+    GPU (then capped by ``stacked.fit_runs`` to what its memory holds) and one at a time on a CPU
+    (where a lone head already keeps the cores busy, and today's numbers stay bit for bit). Heads
+    with an LSTM always train one at a time."""
+    if not stackable(cfg.fusion, cfg.head):
+        return 1
+    n = cfg.runs_at_once
+    if n is None:
+        n = 0 if device.type == "cuda" else 1
+    return max(1, n_runs) if n == 0 else n
+
+
+def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, best_epoch: int, device,
+                timer: Timer) -> tuple[dict, pd.DataFrame]:
+    """Test a trained run on its held-out session and write its directory; (metrics, predictions)."""
+    r, session = job.key
+    seed = cfg.seed + r
+    te = np.flatnonzero(data.sessions == session)
+    logits = _predict(model, data, te, device, job.norm, timer)
+    m = scores(data.y[te], logits.argmax(1), len(data.classes))
+    m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
+             n_train=len(job.train), n_val=len(job.val), n_test=len(te), layer_weights=model.layer_weights(),
+             layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()}, history=history)
+    p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
+                      "label": np.array(data.classes)[data.y[te]],
+                      "pred": np.array(data.classes)[logits.argmax(1)]})
+    for c, name in enumerate(data.classes):
+        p[f"logit_{name}"] = logits[:, c]
+    # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
+    p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
+    _save_run(os.path.join(cfg.out, "runs", run_folder(r, session)), model, m, p,
+              {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion, "head": cfg.head,
+               "keys": "+".join(cfg.keys())})
+    return m, p
 
 
 def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame, meta: dict | None = None) -> None:

@@ -15,8 +15,8 @@ One job per module:
 from .config import STORE_DTYPES, ExtractConfig, parse_shard
 from .distributed import run_extract
 from .job import extract_into, kept_layers
-from .skipped import write_skipped_tsv
+from .skipped import skipped_tsv_path, write_skipped_tsv
 from .summary import ExtractSummary, StreamSummary
 
 __all__ = ["ExtractConfig", "STORE_DTYPES", "parse_shard", "run_extract", "extract_into", "kept_layers",
-           "write_skipped_tsv", "ExtractSummary", "StreamSummary"]
+           "write_skipped_tsv", "skipped_tsv_path", "ExtractSummary", "StreamSummary"]

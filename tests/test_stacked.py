@@ -1,0 +1,151 @@
+"""Stacked training (train-head --runs-at-once): every head that stacks trains run for run as it
+trains alone (same initial weights, batches and dropout masks; losses equal to float rounding),
+a run's numbers do not depend on which runs share its pass, and the run directory is the one the
+one-at-a-time path writes."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emofuse.heads.stacked import stackable
+from emofuse.pipelines.data import fit_normaliser, load_train_data
+from emofuse.pipelines.stacked import Job, train_stacked
+from emofuse.pipelines.train import Timer, TrainConfig, _predict, run_seed, run_train, split, train_one
+from emofuse.store import FeatureStore
+from emofuse.testing.synthetic import make_synthetic_store
+
+#: float tolerance of a stacked run against the same run alone on a CPU: batched matrix products
+#: over padded batches sum in another order (measured: ≤ 4e-7 on losses after 4 epochs)
+TOL = 1e-5
+
+HEADS = {
+    "linear": dict(fusion="none", granularity="F"),
+    "late": dict(fusion="late", granularity="F+S"),
+    # the GPU's way: every run's layer sum from one read, first layer on padded batches; normalised
+    "late-gpu-way": dict(fusion="late", granularity="F+S", norm="global", norm_streams="all"),
+    "coattention-gpu-way": dict(fusion="coattention", granularity="F+P", heads=2, depth=1, ff=16, norm="speaker"),
+    "single-layer": dict(fusion="none", granularity="F", weighting="none", layers="last"),
+    "concat": dict(fusion="concat", granularity="F"),
+    "transformer": dict(fusion="late", granularity="F", head="transformer", heads=2, depth=1, ff=16),
+    "coattention": dict(fusion="coattention", granularity="F+P", heads=2, depth=1, ff=16),
+    "proj-stats": dict(fusion="none", granularity="T", head="proj-stats", proj=8, scheduler="plateau",
+                       lr=1e-2, lr_patience=0),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stacked") / "s.h5"
+    make_synthetic_store(path, per_class=3, layers=3, dim=8, planted_layer=1, strength=1.0, mean_seconds=0.8,
+                         empty_word_ids=2, seed=3)
+    return str(path)
+
+
+def _data(store, cfg):
+    with FeatureStore(store) as fs:
+        return load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
+
+
+def _jobs(data, cfg, folds, seeds=(0,)):
+    out = []
+    for seed in seeds:
+        for f in folds:
+            tr, va, _ = split(data, f, seed, cfg.val_fraction)
+            norm = fit_normaliser(data, cfg.norm, np.sort(np.concatenate([tr, va])), cfg.norm_keys())
+            out.append(Job(key=(seed, f), seed=run_seed(data, seed, f), train=tr, val=va, norm=norm))
+    return out
+
+
+def _stacked(cfg, data, jobs, gpu_way=False):
+    got = {}
+    train_stacked(cfg, data, jobs, torch.device("cpu"), Timer(),
+                  lambda j, m, h, b: got.__setitem__(j.key, (m, h, b)),
+                  packed_first=False if gpu_way else None, batched_encode=gpu_way)
+    return got
+
+
+def _test_logits(model, data, fold, norm=None):
+    te = np.flatnonzero(data.sessions == fold)
+    return _predict(model, data, te, torch.device("cpu"), norm, Timer())
+
+
+def _same_run(a, b, data, fold, norm=None):
+    (ma, ha, ba), (mb, hb, bb) = a, b
+    assert len(ha) == len(hb) and ba == bb
+    for x, y in zip(ha, hb):
+        assert x["val_ua"] == y["val_ua"] and x["lr"] == y["lr"]
+        assert abs(x["val_loss"] - y["val_loss"]) < TOL and abs(x["train_loss"] - y["train_loss"]) < TOL
+    la, lb = _test_logits(ma, data, fold, norm), _test_logits(mb, data, fold, norm)
+    np.testing.assert_allclose(la, lb, atol=TOL)
+    assert (la.argmax(1) == lb.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_stacked_runs_equal_runs_trained_alone(store, tmp_path, name):
+    cfg = TrainConfig(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS[name])
+    assert stackable(cfg.fusion, cfg.head)
+    data = _data(store, cfg)
+    jobs = _jobs(data, cfg, ("1", "4"), seeds=(0, 1) if name == "late" else (0,))
+    got = _stacked(cfg, data, jobs, gpu_way=name.endswith("-gpu-way"))
+    for j in jobs:
+        alone = train_one(cfg, data, j.train, j.val, j.seed, torch.device("cpu"), j.norm, Timer())
+        _same_run(got[j.key], alone, data, j.key[1], j.norm)
+
+
+def test_a_run_does_not_depend_on_its_companions(store, tmp_path):
+    cfg = TrainConfig(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS["coattention"])
+    data = _data(store, cfg)
+    crowd = _stacked(cfg, data, _jobs(data, cfg, ("1", "2", "3", "5"), seeds=(0, 2)))
+    alone = _stacked(cfg, data, _jobs(data, cfg, ("3",), seeds=(2,)))
+    _same_run(crowd[(2, "3")], alone[(2, "3")], data, "3")
+
+
+def test_run_directory_the_same_files_and_resumed(store, tmp_path, capsys):
+    kw = dict(store=store, fusion="late", granularity="F+T", epochs=3, patience=2, repeats=2, folds=("2", "3"),
+              device="cpu")
+    one = run_train(TrainConfig(out=str(tmp_path / "one"), runs_at_once=1, **kw), echo=lambda m: None)
+    msgs = []
+    many = run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw), echo=msgs.append)
+    assert any("4 runs stacked" in m for m in msgs)
+    listing = lambda d: sorted(os.path.relpath(os.path.join(p, f), d) for p, _, fs in os.walk(d) for f in fs)  # noqa
+    assert listing(tmp_path / "one") == listing(tmp_path / "many")
+    assert [r["ua"] for r in one["runs"]] == [r["ua"] for r in many["runs"]]
+    a = pd.read_csv(tmp_path / "one" / "predictions.csv", dtype={"fold": str})
+    b = pd.read_csv(tmp_path / "many" / "predictions.csv", dtype={"fold": str})
+    pd.testing.assert_frame_equal(a.drop(columns=[c for c in a if c.startswith("logit_")]),
+                                  b.drop(columns=[c for c in b if c.startswith("logit_")]))
+    np.testing.assert_allclose(a.filter(like="logit_").to_numpy(), b.filter(like="logit_").to_numpy(), atol=TOL)
+    # resume: two runs lost, trained again (stacked) from the rest; the files equal the uninterrupted run's
+    before = {f: (tmp_path / "many" / f).read_bytes() for f in ("predictions.csv", "runs/r1_s3/predictions.csv")}
+    for f in ("summary.json", "runs/r1_s3/metrics.json", "runs/r0_s2/metrics.json"):
+        os.remove(tmp_path / "many" / f)
+    run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw), echo=msgs.append)
+    assert any("2 runs stacked" in m and "2 finished runs of their groups train again" in m for m in msgs)
+    for f, blob in before.items():
+        assert (tmp_path / "many" / f).read_bytes() == blob
+    assert json.loads((tmp_path / "many" / "summary.json").read_text())["ua"]["n"] == 4
+
+
+def test_lstm_heads_fall_back_and_say_so(store, tmp_path):
+    assert not stackable("cma", "linear") and not stackable("none", "cnn-blstm")
+    msgs = []
+    s = run_train(TrainConfig(store=store, out=str(tmp_path / "c"), fusion="none", granularity="F", head="cnn-blstm",
+                              proj=8, epochs=1, folds=("1", "2"), repeats=1, device="cpu", runs_at_once=0),
+                  echo=msgs.append)
+    assert s["ua"]["n"] == 2 and sum("does not stack" in m for m in msgs) == 1
+
+
+def test_memory_probe_runs_and_leaves_the_runs_random_numbers_alone(store, tmp_path):
+    from emofuse.pipelines.stacked import fit_runs, probe_step
+
+    cfg = TrainConfig(store=store, out=str(tmp_path), **HEADS["coattention"])
+    data = _data(store, cfg)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    assert probe_step(cfg, data, torch.device("cpu")) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+    assert fit_runs(cfg, data, torch.device("cpu"), 25) == (25, "every run")   # no statistics on a CPU
