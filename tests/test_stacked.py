@@ -14,7 +14,8 @@ import torch
 from emofuse.heads.stacked import stackable
 from emofuse.pipelines.data import fit_normaliser, load_train_data
 from emofuse.pipelines.stacked import Job, train_stacked
-from emofuse.pipelines.train import Timer, TrainConfig, _predict, run_seed, run_train, split, train_one
+from emofuse.pipelines.train import (Timer, TrainConfig, _predict, run_seed, run_train, split, train_one,
+                                    with_store_defaults)
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
 
@@ -43,6 +44,13 @@ def store(tmp_path_factory):
     make_synthetic_store(path, per_class=3, layers=3, dim=8, planted_layer=1, strength=1.0, mean_seconds=0.8,
                          empty_word_ids=2, seed=3)
     return str(path)
+
+
+def _resolved(**kw) -> TrainConfig:
+    """A config as run_train resolves it: --norm from the store's streams when not given."""
+    cfg = TrainConfig(**kw)
+    with FeatureStore(cfg.store) as fs:
+        return with_store_defaults(fs, cfg)
 
 
 def _data(store, cfg):
@@ -86,7 +94,7 @@ def _same_run(a, b, data, fold, norm=None):
 
 @pytest.mark.parametrize("name", list(HEADS))
 def test_stacked_runs_equal_runs_trained_alone(store, tmp_path, name):
-    cfg = TrainConfig(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS[name])
+    cfg = _resolved(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS[name])
     assert stackable(cfg.fusion, cfg.head)
     data = _data(store, cfg)
     jobs = _jobs(data, cfg, ("1", "4"), seeds=(0, 1) if name == "late" else (0,))
@@ -97,7 +105,7 @@ def test_stacked_runs_equal_runs_trained_alone(store, tmp_path, name):
 
 
 def test_a_run_does_not_depend_on_its_companions(store, tmp_path):
-    cfg = TrainConfig(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS["coattention"])
+    cfg = _resolved(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS["coattention"])
     data = _data(store, cfg)
     crowd = _stacked(cfg, data, _jobs(data, cfg, ("1", "2", "3", "5"), seeds=(0, 2)))
     alone = _stacked(cfg, data, _jobs(data, cfg, ("3",), seeds=(2,)))
@@ -142,7 +150,7 @@ def test_lstm_heads_fall_back_and_say_so(store, tmp_path):
 def test_memory_probe_runs_and_leaves_the_runs_random_numbers_alone(store, tmp_path):
     from emofuse.pipelines.stacked import fit_runs, probe_step
 
-    cfg = TrainConfig(store=store, out=str(tmp_path), **HEADS["coattention"])
+    cfg = _resolved(store=store, out=str(tmp_path), **HEADS["coattention"])
     data = _data(store, cfg)
     torch.manual_seed(5)
     before = torch.get_rng_state()

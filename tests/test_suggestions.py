@@ -123,3 +123,18 @@ def test_on_error_skip_suggestion_works(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "run with --on-error skip" in err, err
     assert cli.extract_embeddings(argv[:-1] + ["skip"]) == 0
+
+
+def test_store_reader_names_the_align_command(egemaps_only):
+    """The store's own message for segments not pooled yet: the align-segments command, which works."""
+    from emofuse.errors import StoreError
+
+    with FeatureStore(egemaps_only) as fs:
+        uid = fs.ids("egemaps")[0]
+        with pytest.raises(StoreError) as e:
+            fs.segments("egemaps", "syllable", uid)
+    cmds = suggested_commands(str(e.value))
+    assert cmds == [f"align-segments --store {egemaps_only} --stream egemaps --granularities syllable"], str(e.value)
+    assert run_pasted(cmds[0]) == 0
+    with FeatureStore(egemaps_only) as fs:
+        assert fs.segments("egemaps", "syllable", uid) is not None

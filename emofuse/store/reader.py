@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import shlex
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -425,7 +426,8 @@ class FeatureStore:
             if stream not in self._idx.streams:
                 raise StoreError(f"stream {stream!r} is not in {self.path}; it has {self.streams or 'no streams'}")
             have = list(self.stream_info(stream)["entries"])
-            hint = " (run align-segments to add segments)" if kind.startswith("segments") else ""
+            hint = (f"; add them with: align-segments --store {shlex.quote(self.path)} --stream {shlex.quote(stream)} "
+                    f"--granularities {kind.split('/', 1)[1]}" if kind.startswith("segments/") else "")
             raise StoreError(f"stream {stream!r} of {self.path} has no {kind}; it has {have}{hint}")
         return t
 
