@@ -53,6 +53,16 @@ def test_recordings_supervisions_and_cuts_read_alike(lhotse_dir, which):
         ["rec0-a", "rec1-b", "rec3"]
 
 
+def test_labels_as_the_manifest_reader_takes_them(lhotse_dir):
+    """--labels means what it means for manifests: raw:class merges, and a listed label that no
+    supervision has (a typo would silently drop a class) is refused with the labels there are."""
+    path = str(lhotse_dir / "cuts.jsonl")
+    merged = load_corpus("lhotse", path=path, labels="ang:sad,sad")
+    assert [u.id for u in merged] == ["rec0-a", "rec1-b", "rec3"] and {u.label for u in merged} == {"sad"}
+    with pytest.raises(CorpusError, match=r"--labels names \['angry'\], which no supervision has; its labels are"):
+        load_corpus("lhotse", path=path, labels="angry,sad")
+
+
 def _rewrite(path: Path, edit) -> None:
     lines = [json.loads(x) for x in gzip.open(path, "rt")]
     edit(lines)

@@ -143,11 +143,15 @@ def _label(sup: dict) -> str:
 
 def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> list[Utterance]:
     """Utterances of a lhotse CutSet, a SupervisionSet (with its RecordingSet beside it), or a
-    folder of them. ``labels``: keep only these labels (a list or a comma string); without it
-    every label is kept. Sorted by id."""
-    if isinstance(labels, str):
-        labels = [x.strip() for x in labels.split(",") if x.strip()]
-    allowed = set(labels) if labels is not None else None
+    folder of them. ``labels``: keep only these labels, a list or ``--labels`` as the manifest
+    reader takes it (a named set, or a comma list where ``raw:class`` merges; a listed label no
+    supervision has is refused); without it every label is kept. Sorted by id."""
+    from .iemocap import LABEL_SETS, label_mapping
+
+    keep = label_mapping(labels) if isinstance(labels, str) else (
+        {x: x for x in labels} if labels is not None else None)
+    allowed = set(keep) if keep is not None else None
+    seen_raw: set[str] = set()
     items: list[tuple[dict, dict, float, str, Path]] = []   # (supervision, recording, offset, where, folder)
     for kind, f, rec_file in manifest_files(path):
         if kind == "supervisions":
@@ -185,8 +189,11 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
         label = _label(s)
         if not label:
             raise CorpusError(f"{where}: supervision {sid!r} has no emotion label (custom 'emotion' or 'label')")
-        if allowed is not None and label not in allowed:
-            continue
+        if keep is not None:
+            seen_raw.add(label)
+            if label not in keep:
+                continue
+            label = keep[label]
         speaker = str(s.get("speaker") or "").strip()
         session = str((s.get("custom") or {}).get("session", "")).strip() if use_session else speaker
         if not session:
@@ -210,6 +217,10 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
     for column, values in spellings.items():
         _one_spelling(values, column, Path(path))
     if not utts:
-        raise CorpusError(f"lhotse manifest {path} holds no supervision" + (f" with a label in {sorted(allowed)}"
+        raise CorpusError(f"lhotse manifest {path} holds no supervision" + (f" with a label in {sorted(allowed)} "
+                                                                            f"(its labels are {sorted(seen_raw)})"
                                                                             if allowed is not None else ""))
+    if isinstance(labels, str) and labels not in LABEL_SETS and allowed - seen_raw:
+        raise CorpusError(f"lhotse manifest {path}: --labels names {sorted(allowed - seen_raw)}, which no supervision "
+                          f"has; its labels are {sorted(seen_raw)}")
     return sorted((u for u, _ in utts.values()), key=lambda u: u.id)
