@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from .errors import EmofuseError
+from .options import add_config_options, add_options, config_from_args, config_yaml, parse_with_config
 
 
 def _run(fn: Callable[[], object]) -> int:
@@ -50,46 +51,14 @@ def _with_defaults(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def extract_parser() -> argparse.ArgumentParser:
+    from .pipelines.extract.config import ExtractConfig
+
     ap = argparse.ArgumentParser(
         prog="extract-embeddings",
         description="Run frozen audio and text encoders once over a corpus and store every layer's activations. "
                     "Crash-safe and resumable: run the same command again after an interruption.")
-    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], help="corpus reader")
-    ap.add_argument("--root", help="IEMOCAP: the folder holding Session1 … Session5")
-    ap.add_argument("--manifest", help="manifest: a .csv or .jsonl file; lhotse: a CutSet, a SupervisionSet (its "
-                                       "RecordingSet beside it) or a folder of them (.jsonl or .jsonl.gz)")
-    ap.add_argument("--labels", help="classes to keep: a named IEMOCAP set, four (default for IEMOCAP) or six, or a "
-                                     "comma list of labels, e.g. angry,happy,neutral,sad (raw:class merges, e.g. "
-                                     "exc:hap); other utterances are left out (default for manifests: every label)")
-    ap.add_argument("--out", required=True, help="the store to write (STORE.h5)")
-    ap.add_argument("--audio-model", default="facebook/wav2vec2-base",
-                    help="hub id or local folder (wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper; Whisper takes "
-                         "#window=SECONDS for windows shorter than its standard 30 s), opensmile:eGeMAPSv02, "
-                         "untrained:wav2vec2-small, or none (default: facebook/wav2vec2-base)")
-    ap.add_argument("--text-model", default="bert-base-uncased",
-                    help="hub id or local folder: a bidirectional encoder (BERT, RoBERTa, MiniLM …) or a decoder-only "
-                         "causal LM (GPT-2, Llama, Qwen2 …), or none (default: bert-base-uncased)")
-    ap.add_argument("--audio-stream", help="stream name for the audio encoder (default: audio, or egemaps)")
-    ap.add_argument("--text-stream", help="stream name for the text encoder (default: text)")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute precision")
-    ap.add_argument("--store-dtype", default="float16", choices=["float16", "float32"], help="stored precision")
-    ap.add_argument("--batch-seconds", type=float, default=None,
-                    help="padded audio seconds per forward pass (default: 120 on CUDA; on CPU one utterance per "
-                         "forward, which measured fastest there)")
-    ap.add_argument("--commit-seconds", type=float, default=60.0,
-                    help="audio seconds per atomic commit: at most this much is recomputed after a crash (default 60)")
-    ap.add_argument("--text-batch", type=int, default=32, help="transcripts per text batch (default 32)")
-    ap.add_argument("--shard", help="I/N: process only shard I of N (a disjoint subset); merge later with --merge")
-    ap.add_argument("--on-error", default="skip", choices=["skip", "fail"],
-                    help="bad input: skip it and record why (default), or stop with one clear sentence")
-    ap.add_argument("--limit", type=int, help="only the first N utterances (by id; default: all)")
+    add_options(ap, ExtractConfig)
     ap.add_argument("--merge", nargs="+", metavar="SHARD", help="merge finished shard stores into --out and exit")
-    ap.add_argument("--layers", help="keep only these encoder layers, e.g. 0,6,12 or 6-12 or last (0 = transformer "
-                                     "input; default all). Stored layers keep the encoder's numbers everywhere downstream")
-    ap.add_argument("--update-corpus", action="store_true",
-                    help="the corpus changed since --out was written: drop the cached tensors of the utterances whose "
-                         "audio, transcript or times changed (and of removed ones) and recompute them")
     return _with_defaults(ap)
 
 
@@ -108,14 +77,7 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
             return
         if not args.corpus:
             raise EmofuseError("extract-embeddings needs --corpus iemocap|manifest|lhotse|demo (or --merge SHARD …)")
-        none = lambda v: None if v in (None, "none", "") else v  # noqa: E731
-        cfg = ExtractConfig(corpus=args.corpus, out=args.out, root=args.root, manifest=args.manifest,
-                            labels=args.labels, audio_model=none(args.audio_model), text_model=none(args.text_model),
-                            audio_stream=args.audio_stream, text_stream=args.text_stream, device=args.device,
-                            dtype=args.dtype, store_dtype=args.store_dtype, batch_seconds=args.batch_seconds,
-                            commit_seconds=args.commit_seconds,
-                            text_batch=args.text_batch, shard=args.shard, on_error=args.on_error, limit=args.limit,
-                            update_corpus=args.update_corpus, layers=args.layers)
+        cfg = config_from_args(ExtractConfig, args)
         summary = run_extract(cfg)
         if summary is not None:
             print("extract-embeddings finished:\n" + summary.text())
@@ -124,41 +86,28 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
 
 
 def align_segments(argv: Sequence[str] | None = None) -> int:
+    from .pipelines.align import AlignConfig
+
     ap = argparse.ArgumentParser(
         prog="align-segments",
         description="Pool phone / syllable / word segment embeddings from forced alignments into the store. "
                     "Idempotent: re-running adds only what is missing.")
-    ap.add_argument("--store", required=True, help="a store written by extract-embeddings")
-    ap.add_argument("--stream", help="audio stream to pool (default: audio, or the store's only stream with frames, "
-                                     "e.g. egemaps)")
-    ap.add_argument("--source", default="auto", choices=["auto", "iemocap", "textgrid", "sphinx"],
-                    help="alignments: the corpus's files (iemocap .wdseg/.phseg, or a manifest's TextGrids), or our "
-                         "pocketsphinx aligner (default auto: the corpus's files, sphinx where there are none)")
-    ap.add_argument("--granularities", default="phone,syllable,word", help="comma list (default phone,syllable,word)")
-    ap.add_argument("--keep-silence", action="store_true", help="keep silence and filler segments")
-    ap.add_argument("--on-error", default="skip", choices=["skip", "fail"])
-    ap.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], help="where the corpus lives now, if it moved")
-    ap.add_argument("--root")
-    ap.add_argument("--manifest")
+    add_options(ap, AlignConfig, skip=("write_alignments",))
     ap.add_argument("--word-tier", help="TextGrid word tier name (default: words/word)")
     ap.add_argument("--phone-tier", help="TextGrid phone tier name (default: phones/phone)")
-    ap.add_argument("--write-alignments", metavar="DIR",
-                    help="with the sphinx aligner: also write .wdseg/.phseg and TextGrid files here")
+    add_options(ap, AlignConfig, only=("write_alignments",))
     args = _with_defaults(ap).parse_args(argv)
     _quiet_libraries()
 
     def job():
-        from .pipelines.align import AlignConfig, run_align
+        from .pipelines.align import run_align
 
         tiers = {}
         if args.word_tier:
             tiers["word"] = (args.word_tier,)
         if args.phone_tier:
             tiers["phone"] = (args.phone_tier,)
-        cfg = AlignConfig(store=args.store, stream=args.stream, source=args.source,
-                          granularities=tuple(g.strip() for g in args.granularities.split(",") if g.strip()),
-                          on_error=args.on_error, keep_silence=args.keep_silence, corpus=args.corpus, root=args.root,
-                          manifest=args.manifest, tier_names=tiers, write_alignments=args.write_alignments)
+        cfg = config_from_args(AlignConfig, args, tier_names=tiers)
         summary = run_align(cfg)
         print("align-segments finished:\n" + summary.text())
 
@@ -166,79 +115,33 @@ def align_segments(argv: Sequence[str] | None = None) -> int:
 
 
 def train_parser() -> argparse.ArgumentParser:
+    from .pipelines.train import TrainConfig
+
     ap = argparse.ArgumentParser(
         prog="train-head",
         description="Train a head on cached tensors under leave-one-session-out cross-validation (docs/design.md, "
                     "Protocol), or combine finished runs' scores (--fusion combine --runs A B …).")
-    ap.add_argument("--store", help="a store written by extract-embeddings (and align-segments for P/S/W)")
-    ap.add_argument("--out", required=True, help="run directory (finished folds in it are reused)")
-    ap.add_argument("--fusion", default="late", choices=["none", "late", "concat", "coattention", "cma", "combine"],
-                    help="none: one stream; late: a branch per stream, logits summed; concat: one sequence; "
-                         "coattention; cma (cross-modal attention); combine: average finished runs' logits")
-    ap.add_argument("--granularity", default="F", help="'+' list of F, P, S, W (frames, phone, syllable, word "
-                                                       "segments) and T (text), e.g. F+S (default F)")
-    text = ap.add_mutually_exclusive_group()
-    text.add_argument("--text", dest="text", action="store_true", default=None, help="add the text stream (T)")
-    text.add_argument("--no-text", dest="text", action="store_false", help="speech only")
-    ap.add_argument("--head", default="linear", choices=["linear", "transformer", "cnn-blstm", "proj-stats"],
-                    help="branch of none/late fusion: linear (default), transformer; with --fusion none also the "
-                         "cross-modal paper's unimodal systems cnn-blstm (audio) and proj-stats (text)")
-    ap.add_argument("--audio-stream", default="audio")
-    ap.add_argument("--text-stream", default="text")
-    ap.add_argument("--norm", choices=["none", "global", "speaker"],
-                    help="feature standardisation: global (training folds' statistics) or per speaker (default: the "
-                         "stream's recorded default, global for hand-crafted descriptors such as eGeMAPS, none for "
-                         "encoder activations)")
-    ap.add_argument("--norm-streams", default="speech", choices=["speech", "text", "all"],
-                    help="streams that --norm standardises (default speech, as the multi-granularity paper)")
-    ap.add_argument("--layers", help="encoder layers of both streams: all, last, 6, 1-12, 1- or 0,4,8 "
-                                     "(default: all; last for cma, cnn-blstm and proj-stats)")
-    ap.add_argument("--audio-layers", help="encoder layers of the speech streams (default: --layers)")
-    ap.add_argument("--text-layers", help="encoder layers of the text stream (default: --layers)")
-    ap.add_argument("--weighting", choices=["learned", "none"],
-                    help="learned layer weights + LayerNorm (Eq. 1), or none: one layer as it is "
-                         "(default: learned; none for cma, cnn-blstm and proj-stats)")
-    ap.add_argument("--repeats", type=int, default=5, help="seeds per fold (default 5: 25 runs)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
-    ap.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, help="default: 1e-3 feed-forward heads, 5e-5 attention heads, 1e-5 CMA")
-    ap.add_argument("--hidden", type=int, help="linear branch width (default 128)")
-    ap.add_argument("--proj", type=int, help="project streams to this width first; 0 = no projection (default: 0; "
-                                             "256 for cma, cnn-blstm, proj-stats)")
-    ap.add_argument("--heads", type=int, help="attention heads (default 8)")
-    ap.add_argument("--ff", type=int, help="feed-forward width inside attention blocks (default 4 x width; cma 256)")
-    ap.add_argument("--depth", type=int, help="attention blocks per branch (default 3; cma 1)")
-    ap.add_argument("--scheduler", choices=["none", "plateau", "plateau-ua"],
-                    help="learning-rate decay: plateau of validation loss, or of validation UA "
-                         "(default: none; plateau for cma, cnn-blstm and proj-stats)")
-    ap.add_argument("--lr-factor", type=float, default=0.5, help="decay factor of --scheduler (default 0.5)")
-    ap.add_argument("--lr-patience", type=int, default=2, help="epochs without improvement before a decay (default 2)")
-    ap.add_argument("--dropout", type=float, default=0.2)
-    ap.add_argument("--val-fraction", type=float, default=0.1)
-    ap.add_argument("--folds", help="comma list of test sessions to run (default: all)")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--memory-gb", type=float, help="memory budget for holding the data (default: 60%% of free)")
+    add_options(ap, TrainConfig, skip=("runs_at_once",))
     ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="with --fusion combine: the runs to combine")
     add_tracking_options(ap)
-    _add_runs_at_once(ap)
+    add_options(ap, TrainConfig, only=("runs_at_once",))
+    add_config_options(ap)
     return _with_defaults(ap)
 
 
-def _add_runs_at_once(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--runs-at-once", type=int, metavar="N",
-                    help="train N of the (repeat, fold) runs together, heads stacked (0: every run; 1: one at a "
-                         "time). Default: as many as the GPU memory holds, one at a time on a CPU. LSTM heads (cma, cnn-blstm) "
-                         "always train one at a time (docs/stacked-training.md)")
-
-
 def train_head(argv: Sequence[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+    from .pipelines.train import TrainConfig
+
+    ap = train_parser()
+    try:
+        args = parse_with_config(ap, TrainConfig, argv)
+    except EmofuseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _quiet_libraries()
 
     def job():
-        from .pipelines.train import TrainConfig, run_combine, run_train
+        from .pipelines.train import run_combine, run_train
 
         if args.fusion == "combine":
             run_combine(args.runs or [], args.out)
@@ -247,17 +150,10 @@ def train_head(argv: Sequence[str] | None = None) -> int:
             raise EmofuseError("--runs only goes with --fusion combine")
         if not args.store:
             raise EmofuseError("train-head needs --store STORE.h5")
-        cfg = TrainConfig(store=args.store, out=args.out, fusion=args.fusion, granularity=args.granularity,
-                          text=args.text, head=args.head, audio_stream=args.audio_stream, text_stream=args.text_stream,
-                          norm=args.norm, norm_streams=args.norm_streams, layers=args.layers,
-                          audio_layers=args.audio_layers, text_layers=args.text_layers, weighting=args.weighting,
-                          repeats=args.repeats, seed=args.seed,
-                          epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                          hidden=args.hidden, proj=args.proj, heads=args.heads, ff=args.ff, depth=args.depth,
-                          scheduler=args.scheduler, lr_factor=args.lr_factor, lr_patience=args.lr_patience,
-                          dropout=args.dropout, val_fraction=args.val_fraction,
-                          folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
-                          device=args.device, memory_gb=args.memory_gb, runs_at_once=args.runs_at_once)
+        cfg = config_from_args(TrainConfig, args)
+        print("train-head configuration (train-head --config accepts it):\n" + train_config_yaml(cfg), end="")
+        if args.print_config:
+            return
         tensorboard = args.tensorboard
         if tensorboard:   # said before training, not 30 minutes later
             from .pipelines.runs import tensorboard_missing, write_tensorboard
@@ -270,41 +166,41 @@ def train_head(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+def train_config_yaml(cfg) -> str:
+    """A train-head configuration as YAML, every field written; a ``null`` that a head default
+    fills says which value it resolves to (heads/options.py)."""
+    r = cfg.resolved()
+    notes = {k: f"{cfg.fusion} {cfg.head if cfg.fusion in ('none', 'late') else ''}".strip() + f": {r[k]}"
+             for k in ("lr", "hidden", "proj", "heads", "ff", "depth", "weighting", "scheduler")
+             if getattr(cfg, k) is None and r[k] is not None}
+    if cfg.layers is None:
+        notes["layers"] = f"audio {r['audio_layers']}, text {r['text_layers']}"
+    if cfg.text is None:
+        notes["text"] = "with text" if "T" in cfg.keys() else "without text"
+    if cfg.norm is None:
+        notes["norm"] = "the stream's recorded default"
+    return config_yaml(cfg, notes)
+
+
 def ablate(argv: Sequence[str] | None = None) -> int:
+    from .pipelines.ablate import AblateConfig
+
     ap = argparse.ArgumentParser(
         prog="ablate", description="Run a grid of train-head configurations from a spec and write its tables "
                                    "(Markdown, LaTeX, CSV). Finished runs are reused: a killed grid resumes.")
-    ap.add_argument("--store", required=True)
-    ap.add_argument("--spec", required=True, help="paper-multilevel, paper-cma, demo, or a YAML file")
-    ap.add_argument("--out", required=True, help="grid directory (runs/, tables/, tables.md)")
-    ap.add_argument("--jobs", type=int, default=1, help="configurations trained in parallel processes")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, help="override the spec's repeats (default: the spec's)")
-    ap.add_argument("--epochs", type=int, help="override the spec's maximum epochs (default: the spec's)")
-    ap.add_argument("--folds", help="override the test sessions: a comma list (quick looks; default: every session)")
+    add_options(ap, AblateConfig, skip=("audio_model", "text_model", "runs_at_once", "executor", "cluster",
+                                        "cluster_options"))
     ap.add_argument("--report", action="store_true", help="also write figures and report.md")
-    ap.add_argument("--finetune", action="store_true",
-                    help="also run the spec's fine-tuned rows (finetune: true; GPU hours each); without it they "
-                         "are left out of the tables")
-    ap.add_argument("--audio-model", help="fine-tuned rows: this audio checkpoint instead of the spec's (a folder)")
-    ap.add_argument("--text-model", help="fine-tuned rows: this text checkpoint instead of the spec's (a folder)")
-    _add_runs_at_once(ap)
-    _add_executor(ap)
+    add_options(ap, AblateConfig, only=("audio_model", "text_model", "runs_at_once", "executor", "cluster",
+                                        "cluster_options"))
     args = _with_defaults(ap).parse_args(argv)
     _quiet_libraries()
 
     def job():
-        from .pipelines.ablate import AblateConfig, run_ablate
+        from .pipelines.ablate import run_ablate
         from .pipelines.report import run_report
 
-        if args.jobs < 1:
-            raise EmofuseError(f"--jobs must be at least 1, found {args.jobs}")
-        run_ablate(AblateConfig(store=args.store, spec=args.spec, out=args.out, jobs=args.jobs, device=args.device,
-                                repeats=args.repeats, epochs=args.epochs, finetune=args.finetune,
-                                audio_model=args.audio_model, text_model=args.text_model,
-                                folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
-                                runs_at_once=args.runs_at_once, executor=args.executor, cluster=args.cluster,
-                                cluster_options=tuple(args.cluster_option or ())))
+        run_ablate(config_from_args(AblateConfig, args))
         with open(f"{args.out}/tables.md") as f:
             print(f.read())
         if args.report:
@@ -313,62 +209,36 @@ def ablate(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
-def _add_executor(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--executor", default="local", choices=["local", "submitit"],
-                    help="local: this machine (--jobs processes); submitit: one cluster job per set of rows "
-                         "sharing data (Slurm; needs pip install 'emofuse[cluster]')")
-    ap.add_argument("--cluster", choices=["slurm", "local", "debug"],
-                    help="with --executor submitit: the submitit cluster (default: Slurm when there is one, "
-                         "else local processes)")
-    ap.add_argument("--cluster-option", action="append", metavar="KEY=VALUE",
-                    help="with --executor submitit, repeatable: a submitit parameter, e.g. timeout_min=120, "
-                         "slurm_partition=gpu, gpus_per_node=1, cpus_per_task=8, slurm_mem_gb=64")
-
-
 def finetune_parser() -> argparse.ArgumentParser:
     from .pipelines.finetune import FinetuneConfig
 
-    d = FinetuneConfig(store="", out="", audio_model="-", text_model="-")
     ap = argparse.ArgumentParser(
         prog="finetune",
         description="Fine-tune wav2vec2 and/or BERT with the cross-modal attention paper's head (or its unimodal "
                     "heads) under train-head's protocol and run-directory layout; runs under torchrun too "
                     "(data parallel). A killed run resumes at its last epoch.")
-    ap.add_argument("--store", required=True, help="a store: its utterance table gives ids, labels, sessions, "
-                                                   "transcripts and audio paths")
-    ap.add_argument("--out", required=True, help="run directory (finished folds and epoch checkpoints are reused)")
-    ap.add_argument("--system", default="cma", choices=["cma", "audio", "text"],
-                    help="cma: both encoders + CMA head (74.71); audio: wav2vec2 + CNN + BLSTM (60.01); "
-                         "text: BERT + projection + statistics pooling (71.01)")
-    ap.add_argument("--audio-model", help="wav2vec2-style checkpoint (folder or hub id)")
-    ap.add_argument("--text-model", help="BERT-style checkpoint with a fast tokenizer")
-    ap.add_argument("--freeze", default=d.freeze, help="comma list: cnn (always frozen), audio, text, "
-                                                      "audio-layers:N, text-layers:N (first N blocks)")
-    ap.add_argument("--training-options", default=d.training_options, choices=["off", "checkpoint"],
-                    help="the audio checkpoint's SpecAugment masking and layer drop: off (default) or as it ships")
-    for name in ("repeats", "seed", "epochs", "patience", "batch_size", "micro_batch", "lr_patience", "proj",
-                 "heads", "ff"):
-        ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "lr_factor", "dropout", "val_fraction", "max_audio_s"):
-        ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    ap.add_argument("--folds", help="comma list of test sessions (default: all)")
-    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
-    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder activations (GPU memory)")
-    ap.add_argument("--save-encoders", action="store_true", help="also save the fine-tuned encoders per run")
-    ap.add_argument("--device", default="auto")
+    add_options(ap, FinetuneConfig)
+    add_config_options(ap)
     return _with_defaults(ap)
 
 
 def finetune(argv: Sequence[str] | None = None) -> int:
-    args = finetune_parser().parse_args(argv)
+    from .pipelines.finetune import FinetuneConfig
+
+    try:
+        args = parse_with_config(finetune_parser(), FinetuneConfig, argv)
+    except EmofuseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _quiet_libraries()
 
     def job():
-        from .pipelines.finetune import FinetuneConfig, run_finetune
+        from .pipelines.finetune import run_finetune
 
-        kw = {k: v for k, v in vars(args).items() if k != "folds"}
-        run_finetune(FinetuneConfig(folds=tuple(f.strip() for f in args.folds.split(",")) if args.folds else None,
-                                    **kw))
+        cfg = config_from_args(FinetuneConfig, args)
+        print("finetune configuration (finetune --config accepts it):\n" + config_yaml(cfg), end="")
+        if not args.print_config:
+            run_finetune(cfg)
 
     return _run(job)
 
@@ -512,8 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _list_stage_commands(sub)
     d = sub.add_parser("demo", help="run every stage on the bundled demo corpus")
-    d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    from .pipelines.demo import DemoConfig
+    add_options(d, DemoConfig)
     i = sub.add_parser("info", help="describe a feature store")
     i.add_argument("store")
     st = sub.add_parser("store", help="maintain a feature store: upgrade a v1 store, compact one for shipping")
@@ -545,8 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
 
     if args.cmd == "demo":
-        from .pipelines.demo import DemoConfig, run_demo
-        return _run(lambda: run_demo(DemoConfig(out=args.out, device=args.device)))
+        from .pipelines.demo import run_demo
+        return _run(lambda: run_demo(config_from_args(DemoConfig, args)))
     if args.cmd == "info":
         from .pipelines.describe import describe_store
         return _run(lambda: print(describe_store(args.store)))

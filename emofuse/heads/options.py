@@ -51,6 +51,11 @@ HEAD_DEFAULTS: dict[str, dict] = {
 #: rate can halve a few times inside the early-stopping patience of 10 epochs.
 PLATEAU = {"factor": 0.5, "patience": 2}
 
+#: the protocol's training defaults shared by ``train-head`` and ``finetune`` (MG §3.2: dropout
+#: 0.2, batch 32; 5 repeats per fold, at most 100 epochs, early stopping after 10, 10 % validation)
+PROTOCOL = {"repeats": 5, "seed": 0, "epochs": 100, "patience": 10, "batch_size": 32, "dropout": 0.2,
+            "val_fraction": 0.1}
+
 SOURCES: dict[str, dict[str, str]] = {
     "linear": {
         "hidden": "not stated in MG (it adopts Pepino's model); 128 as in Pepino et al.'s downstream model",
@@ -96,3 +101,33 @@ def head_name(fusion: str, head: str) -> str:
 
 def head_defaults(fusion: str, head: str) -> dict:
     return dict(HEAD_DEFAULTS[head_name(fusion, head)])
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) and v < 0.01:
+        return f"{v:.0e}".replace("e-0", "e-")    # 1e-3, 5e-5
+    return str(v)
+
+
+def default_text(option: str) -> str:
+    """What ``option`` defaults to, read from ``HEAD_DEFAULTS`` for help texts: the default head's
+    (late fusion, linear branches; else the first head that sets it), then the heads that differ,
+    e.g. ``none; plateau for cma, cnn-blstm and proj-stats``. ``ff`` left unset is ``N x width``."""
+    def value(d):
+        if option == "ff" and d["ff"] is None and d["ff_mult"]:
+            return f"{d['ff_mult']} x width"
+        return d[option]
+
+    by_value: dict = {}
+    for name, d in HEAD_DEFAULTS.items():
+        if value(d) is not None:
+            by_value.setdefault(value(d), []).append(name)
+    first = value(HEAD_DEFAULTS["linear"])
+    if first is None:
+        first = next(iter(by_value))
+    parts = [_fmt(first)]
+    for v, names in by_value.items():
+        if v != first:
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            parts.append(f"{_fmt(v)} for {listed}")
+    return "; ".join(parts)

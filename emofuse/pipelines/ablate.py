@@ -20,40 +20,53 @@ import yaml
 from scipy.stats import wilcoxon
 
 from ..errors import EmofuseError
+from ..options import build, check_field, opt
 from ..hashing import sha256_hex
 from ..heads.stacked import stackable
 from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .rundir import run_lock, write_json
-from .train import (TrainConfig, check_against_store, describe_config, run_combine, run_train, store_fingerprints,
+from .train import (RUNS_AT_ONCE_HELP, TrainConfig, check_against_store, describe_config, run_combine, run_train, store_fingerprints,
                     with_store_defaults)
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb", "runs_at_once"}
 EXECUTORS = ("local", "submitit")
+CLUSTERS = ("slurm", "local", "debug")
 ROW_EXTRA = {"label", "published", "combine", "same_as"}
 BUNDLED = ("paper-multilevel", "paper-cma", "demo")
 
 
 @dataclass(frozen=True)
 class AblateConfig:
-    store: str
-    spec: str                     # a bundled spec name or a YAML file
-    out: str
-    jobs: int = 1
-    device: str = "auto"
-    repeats: int | None = None    # override the spec's repeats (quick looks)
-    epochs: int | None = None
-    folds: tuple[str, ...] | None = None   # override the test sessions (quick looks)
-    audio_model: str | None = None   # replace fine-tuned rows' audio encoder (e.g. a local folder)
-    text_model: str | None = None    # replace fine-tuned rows' text encoder
-    finetune: bool = False           # also run rows with finetune: true (GPU hours each); else they are left out
-    runs_at_once: int | None = None  # train-head --runs-at-once for every row (None: its default)
-    executor: str = "local"          # local (this machine, --jobs processes) or submitit (cluster jobs)
-    cluster: str | None = None       # submitit: None = Slurm when there is one, else local; "local", "slurm", "debug"
-    cluster_options: tuple[str, ...] = ()   # submitit: KEY=VALUE parameters (timeout_min=60, slurm_partition=gpu …)
+    store: str = opt()
+    spec: str = opt(help="paper-multilevel, paper-cma, demo, or a YAML file")
+    out: str = opt(help="grid directory (runs/, tables/, tables.md)")
+    jobs: int = opt(1, help="configurations trained in parallel processes")
+    device: str = opt("auto")
+    repeats: int | None = opt(None, help="override the spec's repeats (default: the spec's)")
+    epochs: int | None = opt(None, help="override the spec's maximum epochs (default: the spec's)")
+    folds: tuple[str, ...] | None = opt(None, help="override the test sessions: a comma list (quick looks; default: "
+                                                   "every session)")
+    audio_model: str | None = opt(None, help="fine-tuned rows: this audio checkpoint instead of the spec's (a folder)")
+    text_model: str | None = opt(None, help="fine-tuned rows: this text checkpoint instead of the spec's (a folder)")
+    finetune: bool = opt(False, help="also run the spec's fine-tuned rows (finetune: true; GPU hours each); without "
+                                     "it they are left out of the tables")
+    runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # train-head's, for every row
+    executor: str = opt("local", choices=EXECUTORS,
+                        help="local: this machine (--jobs processes); submitit: one cluster job per set of rows "
+                             "sharing data (Slurm; needs pip install 'emofuse[cluster]')")
+    cluster: str | None = opt(None, choices=CLUSTERS,
+                              help="with --executor submitit: the submitit cluster (default: Slurm when there is one, "
+                                   "else local processes)")
+    cluster_options: tuple[str, ...] = opt((), flag="--cluster-option", action="append", metavar="KEY=VALUE",
+                                           help="with --executor submitit, repeatable: a submitit parameter, e.g. "
+                                                "timeout_min=120, slurm_partition=gpu, gpus_per_node=1, "
+                                                "cpus_per_task=8, slurm_mem_gb=64")
 
     def __post_init__(self):
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise EmofuseError(f"--jobs must be at least 1, found {self.jobs}")
         if self.executor not in EXECUTORS:
             raise EmofuseError(f"--executor must be one of {list(EXECUTORS)}, found {self.executor!r}")
         bad = [o for o in self.cluster_options if "=" not in o]
@@ -92,6 +105,7 @@ def load_spec(spec: str) -> dict:
                 if r["label"] in labels:
                     raise EmofuseError(f"{where}: label {r['label']!r} is defined twice (use same_as to repeat a row)")
                 labels[r["label"]] = r
+    _check_rows(d, labels, where)
     for t in d["tables"]:
         for r in t["rows"]:
             refs = r.get("combine", []) + ([r["same_as"]] if "same_as" in r else [])
@@ -101,6 +115,36 @@ def load_spec(spec: str) -> dict:
     d["_labels"] = labels
     return d
 
+
+def _check_rows(d: dict, labels: dict, where: str) -> None:
+    """Build every trained row's configuration now (spec defaults under the row), so that a value
+    of the wrong type (``epochs: ten``) or a configuration its config refuses is one sentence at
+    load time, naming the file, the row, the key, the value and what is expected. The checked
+    values replace the written ones (``folds: [1, 2]`` → ``("1", "2")``); a value that already has
+    its field's type is kept as written, so run keys do not change."""
+    defaults = d.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise EmofuseError(f"{where}: 'defaults' must be a mapping of train-head options, found {defaults!r}")
+    bad = set(defaults) - TRAIN_FIELDS - ft.ROW_FIELDS
+    if bad:
+        raise EmofuseError(f"{where}: spec defaults have unknown keys {sorted(bad)}")
+    for label, r in labels.items():
+        if "combine" in r:
+            continue
+        if r.get("finetune"):
+            cls, names = ft.FinetuneConfig, ft.ROW_FIELDS
+            # the encoders may come from ablate --audio-model/--text-model: stand-ins for the check
+            values = {"audio_model": "-", "text_model": "-"}
+            fixed = {"store": "", "out": ""}
+        else:
+            cls, names, values, fixed = TrainConfig, TRAIN_FIELDS, {}, {"store": "", "out": ""}
+        values.update({k: v for k, v in defaults.items() if k in names})
+        values.update({k: v for k, v in r.items() if k in names})
+        cfg = build(cls, values, f"{where}, row {label!r}", allowed=names, fixed=fixed)
+        r.update({k: getattr(cfg, k) for k in r if k in names})
+    for k, v in list(defaults.items()):   # the defaults in their fields' form too
+        defaults[k] = check_field(TrainConfig if k in TRAIN_FIELDS else ft.FinetuneConfig, k, v,
+                                  f"{where}, defaults")
 
 def run_key(identity: dict, fingerprints: dict) -> str:
     blob = json.dumps({"identity": identity, "fingerprints": fingerprints}, sort_keys=True)

@@ -19,28 +19,35 @@ from ..align.records import is_silence
 from ..align.tiers import check_within_audio, complete_tiers, read_alignment
 from ..corpora import KINDS, load_corpus
 from ..errors import EmofuseError
+from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
                      segments_kind)
 from .describe import corpus_options
 from .progress import progress_bar
 
 SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
+ON_ERROR = ("skip", "fail")
 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    store: str
-    stream: str | None = None          # None: "audio", or the store's only stream with frames (eGeMAPS)
-    source: str = "auto"
-    granularities: tuple[str, ...] = GRANULARITIES
-    on_error: str = "skip"
-    keep_silence: bool = False
-    corpus: str | None = None          # override where the corpus is read from (it moved)
-    root: str | None = None
-    manifest: str | None = None
-    commit_utterances: int = 200
-    tier_names: dict = field(default_factory=dict)
-    write_alignments: str | None = None   # with the sphinx aligner: also write .wdseg/.phseg/TextGrid here
+    store: str = opt(help="a store written by extract-embeddings")
+    stream: str | None = opt(None, help="audio stream to pool (default: audio, or the store's only stream with "
+                                        "frames, e.g. egemaps)")
+    source: str = opt("auto", choices=SOURCES,
+                      help="alignments: the corpus's files (iemocap .wdseg/.phseg, or a manifest's TextGrids), or our "
+                           "pocketsphinx aligner (default auto: the corpus's files, sphinx where there are none)")
+    granularities: tuple[str, ...] = opt(GRANULARITIES, help="comma list (default phone,syllable,word)")
+    keep_silence: bool = opt(False, help="keep silence and filler segments")
+    on_error: str = opt("skip", choices=ON_ERROR)
+    corpus: str | None = opt(None, choices=KINDS, help="where the corpus lives now, if it moved")
+    root: str | None = opt(None)
+    manifest: str | None = opt(None)
+    commit_utterances: int = opt(200, cli=False)   # utterances per atomic commit (Python only)
+    tier_names: dict = opt(default_factory=dict, cli=False)   # from --word-tier / --phone-tier
+    write_alignments: str | None = opt(None, metavar="DIR",
+                                       help="with the sphinx aligner: also write .wdseg/.phseg and TextGrid files "
+                                            "here")
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -48,7 +55,7 @@ class AlignConfig:
         bad = [g for g in self.granularities if g not in GRANULARITIES]
         if bad or not self.granularities:
             raise EmofuseError(f"--granularities takes a comma list of {list(GRANULARITIES)}, found {list(self.granularities)}")
-        if self.on_error not in ("skip", "fail"):
+        if self.on_error not in ON_ERROR:
             raise EmofuseError(f"--on-error must be 'skip' or 'fail', found {self.on_error!r}")
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..corpora import demo_root, load_corpus
+from ..options import opt
 from .ablate import AblateConfig, run_ablate
 from .align import AlignConfig, run_align
 from .describe import describe_store
@@ -21,8 +22,8 @@ DEMO_AUDIO_MODEL = "untrained:wav2vec2-small"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out: str = "demo-out"
-    device: str = "cpu"
+    out: str = opt("demo-out", help="output folder (default: demo-out)")
+    device: str = opt("cpu", help="cpu (default), cuda or auto")
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> str:

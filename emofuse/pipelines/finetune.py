@@ -39,7 +39,8 @@ from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_fi
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
 from ..heads.functional import lengths_to_mask
 from ..heads.layers import MaskedBatchNorm1d
-from ..heads.options import PLATEAU
+from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
+from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
 from .rundir import run_folder
@@ -47,45 +48,46 @@ from .train import _check_run_dir, _save_run, _write_json, folds_of, resolve_dev
 
 SYSTEMS = ("cma", "audio", "text")   # joint (74.71), audio-only (60.01), text-only (71.01)
 TRAINING_OPTIONS = ("off", "checkpoint")
+CMA = HEAD_DEFAULTS["cma"]   # the head's sizes and learning rate (heads/options.py)
 #: fields that do not change what is computed (left out of the run key)
 NOT_IN_KEY = ("store", "out", "device", "grad_checkpointing", "save_encoders")
-#: ablate row keys a fine-tuned row may carry besides ``finetune: true`` (and label/published)
-ROW_FIELDS = {"system", "audio_model", "text_model", "freeze", "training_options", "repeats", "seed", "epochs",
-              "patience", "batch_size", "micro_batch", "lr", "lr_factor", "lr_patience", "dropout", "proj", "heads",
-              "ff", "val_fraction", "folds", "max_audio_s", "bf16"}
-
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One fine-tuning configuration; saved in ``config.json`` of the run directory."""
 
-    store: str
-    out: str
-    system: str = "cma"
-    audio_model: str | None = None      # a wav2vec2-style checkpoint folder or hub id (cma, audio)
-    text_model: str | None = None       # a BERT-style checkpoint with a fast tokenizer (cma, text)
-    freeze: str = "cnn"                 # comma list: cnn (always), audio, text, audio-layers:N, text-layers:N
-    training_options: str = "off"       # off: SpecAugment time/feature masking and layer drop off; checkpoint: its own
-    repeats: int = 5
-    seed: int = 0
-    epochs: int = 100
-    patience: int = 10
-    batch_size: int = 32                # the protocol's (effective) batch
-    micro_batch: int = 8                # utterances per forward pass (gradient accumulation up to batch_size)
-    lr: float = 1e-5
-    lr_factor: float = PLATEAU["factor"]
-    lr_patience: int = PLATEAU["patience"]
-    dropout: float = 0.2
-    proj: int = 256
-    heads: int = 8
-    ff: int = 256
-    val_fraction: float = 0.1
-    folds: tuple[str, ...] | None = None
-    max_audio_s: float = 60.0           # longer utterances are refused (never cut silently)
-    bf16: bool = False                  # bfloat16 autocast (GPU)
-    grad_checkpointing: bool = False    # recompute encoder activations in the backward pass (GPU memory)
-    save_encoders: bool = False         # also save the fine-tuned encoders per (repeat, fold): 1.6 GB each for large+base
-    device: str = "auto"
+    store: str = opt(help="a store: its utterance table gives ids, labels, sessions, transcripts and audio paths")
+    out: str = opt(help="run directory (finished folds and epoch checkpoints are reused)")
+    system: str = opt("cma", choices=SYSTEMS,
+                      help="cma: both encoders + CMA head (74.71); audio: wav2vec2 + CNN + BLSTM (60.01); "
+                           "text: BERT + projection + statistics pooling (71.01)")
+    audio_model: str | None = opt(None, help="wav2vec2-style checkpoint (folder or hub id)")
+    text_model: str | None = opt(None, help="BERT-style checkpoint with a fast tokenizer")
+    freeze: str = opt("cnn", help="comma list: cnn (always frozen), audio, text, audio-layers:N, text-layers:N "
+                                  "(first N blocks)")
+    training_options: str = opt("off", choices=TRAINING_OPTIONS,
+                                help="the audio checkpoint's SpecAugment masking and layer drop: off (default) or as "
+                                     "it ships")
+    repeats: int = opt(PROTOCOL["repeats"])
+    seed: int = opt(PROTOCOL["seed"])
+    epochs: int = opt(PROTOCOL["epochs"])
+    patience: int = opt(PROTOCOL["patience"])
+    batch_size: int = opt(PROTOCOL["batch_size"])   # the protocol's (effective) batch
+    micro_batch: int = opt(8)                # utterances per forward pass (gradient accumulation up to batch_size)
+    lr: float = opt(CMA["lr"])
+    lr_factor: float = opt(PLATEAU["factor"])
+    lr_patience: int = opt(PLATEAU["patience"])
+    dropout: float = opt(PROTOCOL["dropout"])
+    proj: int = opt(CMA["proj"])
+    heads: int = opt(CMA["heads"])
+    ff: int = opt(CMA["ff"])
+    val_fraction: float = opt(PROTOCOL["val_fraction"])
+    folds: tuple[str, ...] | None = opt(None, help="comma list of test sessions (default: all)")
+    max_audio_s: float = opt(60.0)           # longer utterances are refused (never cut silently)
+    bf16: bool = opt(False, help="bfloat16 autocast (GPU)")
+    grad_checkpointing: bool = opt(False, help="recompute encoder activations (GPU memory)")
+    save_encoders: bool = opt(False, help="also save the fine-tuned encoders per run")   # 1.6 GB each, large+base
+    device: str = opt("auto")
 
     def __post_init__(self):
         if self.system not in SYSTEMS:
@@ -144,6 +146,10 @@ class FinetuneConfig:
     @property
     def head(self) -> str:
         return {"cma": "cma", "audio": "cnn-blstm", "text": "proj-stats"}[self.system]
+
+
+#: ablate row keys a fine-tuned row may carry besides ``finetune: true`` (and label/published)
+ROW_FIELDS = {f.name for f in fields(FinetuneConfig)} - set(NOT_IN_KEY)
 
 
 # -- data ----------------------------------------------------------------------------------------

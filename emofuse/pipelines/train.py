@@ -19,7 +19,8 @@ from ..devices import resolve_device
 from ..errors import EmofuseError
 from ..hashing import sha256_int
 from ..heads import FUSIONS, build_head
-from ..heads.options import HEAD_NAMES, PLATEAU, head_defaults
+from ..heads.options import HEAD_NAMES, PLATEAU, PROTOCOL, default_text, head_defaults
+from ..options import opt
 from ..store import FeatureStore
 from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require, select_layers
 from .metrics import format_summary, scores, summarise
@@ -37,46 +38,67 @@ WEIGHTINGS = ("learned", "none")
 SCHEDULERS = ("none", "plateau", "plateau-ua")
 #: fields that do not change what is computed (left out of the run key)
 NOT_IN_KEY = ("out", "device", "memory_gb", "runs_at_once")
+RUNS_AT_ONCE_HELP = ("train N of the (repeat, fold) runs together, heads stacked (0: every run; 1: one at a time). "
+                     "Default: as many as the GPU memory holds, one at a time on a CPU. LSTM heads (cma, cnn-blstm) "
+                     "always train one at a time (docs/stacked-training.md)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One ``train-head`` configuration; saved as ``config.json`` in the run directory."""
 
-    store: str
-    out: str
-    fusion: str = "late"
-    granularity: str = "F"
-    text: bool | None = None        # None: with text for late/concat/coattention/cma, without for none
-    head: str = "linear"
-    audio_stream: str = "audio"
-    text_stream: str = "text"
-    norm: str | None = None         # None: the streams' recorded default (global for eGeMAPS, else none)
-    norm_streams: str = "speech"    # which streams --norm standardises: speech (the paper), text, all
-    layers: str | None = None       # both streams; None: the head's default (all; last for the CMA paper's heads)
-    audio_layers: str | None = None  # overrides layers for speech streams
-    text_layers: str | None = None   # overrides layers for the text stream
-    weighting: str | None = None    # learned (Eq. 1) or none (one layer as it is); None: the head's default
-    repeats: int = 5
-    seed: int = 0
-    epochs: int = 100
-    patience: int = 10
-    batch_size: int = 32
-    lr: float | None = None         # None: the protocol's (1e-3 feed-forward, 5e-5 attention, 1e-5 CMA)
-    hidden: int | None = None       # sizes left at None take heads/options.py HEAD_DEFAULTS
-    proj: int | None = None         # 0: no projection (the encoders' width)
-    heads: int | None = None
-    ff: int | None = None
-    depth: int | None = None
-    scheduler: str | None = None    # none, plateau (decay on validation loss), plateau-ua (on validation UA)
-    lr_factor: float = PLATEAU["factor"]
-    lr_patience: int = PLATEAU["patience"]
-    dropout: float = 0.2
-    val_fraction: float = 0.1
-    folds: tuple[str, ...] | None = None   # test sessions to run (default: every session)
-    device: str = "auto"
-    memory_gb: float | None = None
-    runs_at_once: int | None = None   # runs trained together (stacked); 0 every run; None: auto (docs/stacked-training.md)
+    store: str = opt(required=False, help="a store written by extract-embeddings (and align-segments for P/S/W)")
+    out: str = opt(help="run directory (finished folds in it are reused)")
+    fusion: str = opt("late", choices=(*FUSIONS, "combine"),
+                      help="none: one stream; late: a branch per stream, logits summed; concat: one sequence; "
+                           "coattention; cma (cross-modal attention); combine: average finished runs' logits")
+    granularity: str = opt("F", help="'+' list of F, P, S, W (frames, phone, syllable, word segments) and T (text), "
+                                     "e.g. F+S (default F)")
+    text: bool | None = opt(None, negatable="speech only", help="add the text stream (T)")
+    # (None: with text for late/concat/coattention/cma, without for none)
+    head: str = opt("linear", choices=HEADS,
+                    help="branch of none/late fusion: linear (default), transformer; with --fusion none also the "
+                         "cross-modal paper's unimodal systems cnn-blstm (audio) and proj-stats (text)")
+    audio_stream: str = opt("audio")
+    text_stream: str = opt("text")
+    norm: str | None = opt(None, choices=NORMS,
+                           help="feature standardisation: global (training folds' statistics) or per speaker "
+                                "(default: the stream's recorded default, global for hand-crafted descriptors such "
+                                "as eGeMAPS, none for encoder activations)")
+    norm_streams: str = opt("speech", choices=NORM_STREAMS,
+                            help="streams that --norm standardises (default speech, as the multi-granularity paper)")
+    layers: str | None = opt(None, help="encoder layers of both streams: all, last, 6, 1-12, 1- or 0,4,8 "
+                                        f"(default: {default_text('layers')})")
+    audio_layers: str | None = opt(None, help="encoder layers of the speech streams (default: --layers)")
+    text_layers: str | None = opt(None, help="encoder layers of the text stream (default: --layers)")
+    weighting: str | None = opt(None, choices=WEIGHTINGS,
+                                help="learned layer weights + LayerNorm (Eq. 1), or none: one layer as it is "
+                                     f"(default: {default_text('weighting')})")
+    repeats: int = opt(PROTOCOL["repeats"], help=f"seeds per fold (default {PROTOCOL['repeats']}: "
+                                                 f"{PROTOCOL['repeats'] * 5} runs)")
+    seed: int = opt(PROTOCOL["seed"])
+    epochs: int = opt(PROTOCOL["epochs"], help="maximum epochs")
+    patience: int = opt(PROTOCOL["patience"], help="early-stopping patience in epochs")
+    batch_size: int = opt(PROTOCOL["batch_size"])
+    # sizes and training options left at None take heads/options.py HEAD_DEFAULTS (resolved())
+    lr: float | None = opt(None, help=f"learning rate (default: {default_text('lr')})")
+    hidden: int | None = opt(None, help=f"linear branch width (default {default_text('hidden')})")
+    proj: int | None = opt(None, help="project streams to this width first; 0 = no projection "
+                                      f"(default: {default_text('proj')})")
+    heads: int | None = opt(None, help=f"attention heads (default {default_text('heads')})")
+    ff: int | None = opt(None, help=f"feed-forward width inside attention blocks (default {default_text('ff')})")
+    depth: int | None = opt(None, help=f"attention blocks per branch (default {default_text('depth')})")
+    scheduler: str | None = opt(None, choices=SCHEDULERS,
+                                help="learning-rate decay: plateau of validation loss, or of validation UA "
+                                     f"(default: {default_text('scheduler')})")
+    lr_factor: float = opt(PLATEAU["factor"], help="decay factor of --scheduler")
+    lr_patience: int = opt(PLATEAU["patience"], help="epochs without improvement before a decay")
+    dropout: float = opt(PROTOCOL["dropout"])
+    val_fraction: float = opt(PROTOCOL["val_fraction"])
+    folds: tuple[str, ...] | None = opt(None, help="comma list of test sessions to run (default: all)")
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
+    memory_gb: float | None = opt(None, help="memory budget for holding the data (default: 60%% of free)")
+    runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # None: auto
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
