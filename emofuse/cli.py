@@ -50,6 +50,17 @@ def _with_defaults(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return ap
 
 
+#: the options that are not fields of the stage's config (everything else is declared once, in the
+#: config dataclass, and derived by emofuse/options.py); tests/test_options.py keeps this list true
+CLI_ONLY = {
+    "extract-embeddings": ("merge",),                       # a different job: merge shard stores
+    "align-segments": ("word_tier", "phone_tier"),          # → AlignConfig.tier_names
+    "train-head": ("runs", "tensorboard", "config", "print_config"),   # combine's inputs; after the run; files
+    "ablate": ("report",),                                  # after the grid: report's figures
+    "finetune": ("config", "print_config"),
+}
+
+
 def extract_parser() -> argparse.ArgumentParser:
     from .pipelines.extract.config import ExtractConfig
 
@@ -85,18 +96,23 @@ def extract_embeddings(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
-def align_segments(argv: Sequence[str] | None = None) -> int:
+def align_parser() -> argparse.ArgumentParser:
     from .pipelines.align import AlignConfig
 
     ap = argparse.ArgumentParser(
         prog="align-segments",
         description="Pool phone / syllable / word segment embeddings from forced alignments into the store. "
                     "Idempotent: re-running adds only what is missing.")
-    add_options(ap, AlignConfig, skip=("write_alignments",))
-    ap.add_argument("--word-tier", help="TextGrid word tier name (default: words/word)")
+    add_options(ap, AlignConfig)
+    ap.add_argument("--word-tier", help="TextGrid word tier name (default: words/word)")   # → tier_names
     ap.add_argument("--phone-tier", help="TextGrid phone tier name (default: phones/phone)")
-    add_options(ap, AlignConfig, only=("write_alignments",))
-    args = _with_defaults(ap).parse_args(argv)
+    return _with_defaults(ap)
+
+
+def align_segments(argv: Sequence[str] | None = None) -> int:
+    from .pipelines.align import AlignConfig
+
+    args = align_parser().parse_args(argv)
     _quiet_libraries()
 
     def job():
@@ -182,18 +198,21 @@ def train_config_yaml(cfg) -> str:
     return config_yaml(cfg, notes)
 
 
-def ablate(argv: Sequence[str] | None = None) -> int:
+def ablate_parser() -> argparse.ArgumentParser:
     from .pipelines.ablate import AblateConfig
 
     ap = argparse.ArgumentParser(
         prog="ablate", description="Run a grid of train-head configurations from a spec and write its tables "
                                    "(Markdown, LaTeX, CSV). Finished runs are reused: a killed grid resumes.")
-    add_options(ap, AblateConfig, skip=("audio_model", "text_model", "runs_at_once", "executor", "cluster",
-                                        "cluster_options"))
+    add_options(ap, AblateConfig)
     ap.add_argument("--report", action="store_true", help="also write figures and report.md")
-    add_options(ap, AblateConfig, only=("audio_model", "text_model", "runs_at_once", "executor", "cluster",
-                                        "cluster_options"))
-    args = _with_defaults(ap).parse_args(argv)
+    return _with_defaults(ap)
+
+
+def ablate(argv: Sequence[str] | None = None) -> int:
+    from .pipelines.ablate import AblateConfig
+
+    args = ablate_parser().parse_args(argv)
     _quiet_libraries()
 
     def job():

@@ -128,6 +128,9 @@ def _check_rows(d: dict, labels: dict, where: str) -> None:
     bad = set(defaults) - TRAIN_FIELDS - ft.ROW_FIELDS
     if bad:
         raise EmofuseError(f"{where}: spec defaults have unknown keys {sorted(bad)}")
+    for k, v in list(defaults.items()):   # the defaults in their fields' form too
+        defaults[k] = check_field(TrainConfig if k in TRAIN_FIELDS else ft.FinetuneConfig, k, v,
+                                  f"{where}, defaults")
     for label, r in labels.items():
         if "combine" in r:
             continue
@@ -142,9 +145,7 @@ def _check_rows(d: dict, labels: dict, where: str) -> None:
         values.update({k: v for k, v in r.items() if k in names})
         cfg = build(cls, values, f"{where}, row {label!r}", allowed=names, fixed=fixed)
         r.update({k: getattr(cfg, k) for k in r if k in names})
-    for k, v in list(defaults.items()):   # the defaults in their fields' form too
-        defaults[k] = check_field(TrainConfig if k in TRAIN_FIELDS else ft.FinetuneConfig, k, v,
-                                  f"{where}, defaults")
+
 
 def run_key(identity: dict, fingerprints: dict) -> str:
     blob = json.dumps({"identity": identity, "fingerprints": fingerprints}, sort_keys=True)
