@@ -21,7 +21,7 @@ from .branches import BRANCHES
 from .cma import AudioOnlyModel, CMAModel, TextOnlyModel
 from .functional import masked_mean
 from .layers import WEIGHTINGS, AttentionBlock
-from .options import FUSION_HEADS, HEAD_NAMES, head_defaults
+from .options import FUSION_HEADS, HEAD_NAMES, PROTOCOL, head_defaults
 
 Inputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Padded = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -191,7 +191,7 @@ def default_lr(fusion: str, head: str) -> float:
 
 
 def build_head(fusion: str, dims: Dims, keys: Sequence[str], n_classes: int, head: str = "linear",
-               hidden: int | None = None, dropout: float = 0.2, *, proj: int | None = None,
+               hidden: int | None = None, dropout: float = PROTOCOL["dropout"], *, proj: int | None = None,
                heads: int | None = None, ff: int | None = None, depth: int | None = None,
                weighting: str | None = None) -> Head:
     """The head for a ``train-head`` configuration. ``fusion``: none (one stream), late, concat,

@@ -27,10 +27,11 @@ from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .rundir import run_lock, write_json
+from .train import NOT_IN_KEY as TRAIN_NOT_IN_KEY
 from .train import (RUNS_AT_ONCE_HELP, TrainConfig, check_against_store, describe_config, run_combine, run_train, store_fingerprints,
                     with_store_defaults)
 
-TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", "out", "device", "memory_gb", "runs_at_once"}
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", *TRAIN_NOT_IN_KEY}   # what a spec row may set
 EXECUTORS = ("local", "submitit")
 CLUSTERS = ("slurm", "local", "debug")
 ROW_EXTRA = {"label", "published", "combine", "same_as"}
