@@ -10,6 +10,8 @@ from .errors import EmofuseError
 
 
 def _run(fn: Callable[[], object]) -> int:
+    from .logs import show_messages
+    show_messages()
     try:
         fn()
         return 0

@@ -30,7 +30,7 @@ import pandas as pd
 from .. import __version__
 from ..arrays import offsets_from_lengths
 from ..errors import StoreError
-from .fingerprint import corpus_changes, corpus_fingerprint
+from .fingerprint import corpus_changes, corpus_fingerprint, locations_differ
 from .h5io import STR, file_header, fsync_path, set_info, write_entry_table, writing_h5
 from .index import StoreIndex, data_dir, load_index, next_seq, part_path, save_index
 from .lock import WriterLock
@@ -84,7 +84,9 @@ class StoreWriter:
                                  "(it copies no activation) and run this command again")
             self.index = idx
             if fp is not None and fp != idx.fingerprint:
-                self._reconcile(table, fp, update)
+                self._reconcile(table, fp, update, corpus_meta)
+            elif table is not None and locations_differ(idx.table, table):
+                self._take_table(table, fp, corpus_meta)   # same corpus, read from elsewhere
         else:
             if table is None:
                 raise StoreError(f"{self.path} does not exist; run extract-embeddings to create it")
@@ -114,13 +116,19 @@ class StoreWriter:
             self._pending.append(pend)
         self._seq = next_seq(known | {p.name for p in self._pending})
 
-    def _reconcile(self, table: pd.DataFrame, fp: str, update: bool) -> None:
+    def _take_table(self, table: pd.DataFrame, fp: str, corpus_meta: Mapping[str, Any]) -> None:
+        """The next index carries ``table`` (and how it was read: ``corpus_meta``, where given)."""
+        self.index.table, self.index.fingerprint, self._dirty = table.reset_index(drop=True), fp, True
+        if corpus_meta:
+            self.index.meta = {k: str(v) for k, v in corpus_meta.items()}
+
+    def _reconcile(self, table: pd.DataFrame, fp: str, update: bool, corpus_meta: Mapping[str, Any]) -> None:
         """The run's corpus differs from the store's: adopt audio digests a v1 table lacked,
         else refuse with the list of changes, or (``update``) drop what changed."""
         old = self.index.table
         changes = corpus_changes(old, table)
         if not changes:  # only digests the old table did not record: take them
-            self.index.table, self.index.fingerprint, self._dirty = table.reset_index(drop=True), fp, True
+            self._take_table(table, fp, corpus_meta)
             return
         if not update:
             shown = "; ".join(f"{i}: {what}" for i, what in changes[:8])
@@ -132,7 +140,7 @@ class StoreWriter:
             )
         self.changes = changes
         self.dropped = {i for i, what in changes if what != "label, session or speaker changed"}
-        self.index.table, self.index.fingerprint, self._dirty = table.reset_index(drop=True), fp, True
+        self._take_table(table, fp, corpus_meta)
 
     def _check_stream(self, name: str, info: Mapping[str, Any], where: str) -> None:
         known = self.stream_infos.get(name)
