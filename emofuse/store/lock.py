@@ -15,7 +15,6 @@ Either way the file holds ``PID HOST`` while a writer runs and is gone after a c
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 

@@ -14,8 +14,8 @@ import numpy as np
 from .. import __version__
 from ..arrays import offsets_from_lengths
 from ..errors import StoreError
-from .h5io import BIG_USERBLOCK, STR, file_header, fsync_path, layer_checksums, row_arrays, set_info, write_checksums, \
-    writing_h5
+from .h5io import (BIG_USERBLOCK, STR, file_header, fsync_path, layer_checksums, row_arrays, set_info, write_checksums,
+                   writing_h5)
 from .index import SELF, EntryTable, data_dir, load_index, next_seq, part_path, save_index
 from .lock import WriterLock
 from .schema import DATA, PART_TYPE, chunk_rows, entry_path
