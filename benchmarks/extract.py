@@ -97,7 +97,7 @@ def ours(model_dir: str, manifest: Path, out: Path, dtype: str, device: str = "c
                         dtype=dtype, device=device)  # default batching: one utterance per forward on CPU, 120 s on CUDA
     io0 = _written()
     t0 = time.perf_counter()
-    s = run_extract(cfg, echo=lambda *_: None)
+    s = run_extract(cfg)
     wall = time.perf_counter() - t0
     st = s.streams[0]
     return {"wall_s": wall, "written_bytes": _written() - io0, "store_bytes": s.store_bytes, "audio_s": st.audio_seconds, "write_s": st.time_write + s.time_finalize,
@@ -163,7 +163,7 @@ import sys
 sys.path.insert(0, {root!r})
 from emofuse.pipelines.extract import ExtractConfig, run_extract
 run_extract(ExtractConfig(corpus="manifest", manifest={manifest!r}, out={out!r}, audio_model={model!r},
-            text_model=None, device={device!r}), echo=lambda *_: None)
+            text_model=None, device={device!r}))
 print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 

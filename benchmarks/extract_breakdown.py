@@ -188,7 +188,7 @@ def whole_run(model_dir: str, manifest: Path, out: Path, dtype: str, device: str
     t0 = time.perf_counter()
     if profile:
         pr.enable()
-    s = run_extract(cfg, echo=lambda *_: None)
+    s = run_extract(cfg)
     pr.disable()
     wall = time.perf_counter() - t0
     st = s.streams[0]

@@ -54,7 +54,7 @@ def main() -> None:
     store, run, model_dir = (os.path.join(work, n) for n in ("demo.h5", "run", "model"))
     stream = "egemaps" if args.audio_model.startswith("opensmile:") else "audio"
     run_extract(ExtractConfig(corpus="demo", out=store, audio_model=args.audio_model, text_model=args.text_model,
-                              device=args.device, limit=args.limit), echo=quiet)
+                              device=args.device, limit=args.limit))
     run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", audio_stream=stream, norm="global",
                           repeats=args.repeats, epochs=args.epochs, patience=args.epochs, device=args.device),
               echo=quiet)

@@ -11,6 +11,8 @@ from .options import add_config_options, add_options, config_from_args, config_y
 
 
 def _run(fn: Callable[[], object]) -> int:
+    from .logs import show_messages
+    show_messages()
     try:
         fn()
         return 0

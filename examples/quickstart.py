@@ -47,7 +47,7 @@ def main(out: str = "quickstart-out", echo=print) -> dict:
     # 2. Extraction: every layer of both encoders, once, into one store (as extract-embeddings).
     store = os.path.join(out, "quickstart.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(corpus.root), out=store, audio_model=audio_model,
-                              text_model=text_model), echo=quiet)
+                              text_model=text_model))
 
     # 3. The store: what it holds, the utterance table, tensors per utterance or in bulk.
     with FeatureStore(store) as fs:

@@ -245,7 +245,7 @@ def test_sphinx_source_from_python_chooses_its_aligner(extracted, tmp_path):
     cfg = AlignConfig(store=str(store), source="sphinx", granularities=("word",), write_alignments=str(written))
     assert type(make_aligner(cfg)).__name__ == "SphinxAligner"
     assert make_aligner(AlignConfig(store=str(store), source="iemocap")) is None
-    summary = run_align(cfg, echo=lambda m: None)
+    summary = run_align(cfg)
     assert summary.utterances + sum(summary.skipped.values()) == 25
     assert summary.utterances > 0, summary.skipped
     with FeatureStore(store) as fs:

@@ -111,7 +111,7 @@ def test_lhotse_corpus_extracts(lhotse_dir, tmp_path, tiny_models):
 
     out = str(tmp_path / "l.h5")
     run_extract(ExtractConfig(corpus="lhotse", manifest=str(lhotse_dir / "cuts.jsonl.gz"), out=out,
-                              audio_model=tiny_models["group"], text_model=None), echo=lambda *_: None)
+                              audio_model=tiny_models["group"], text_model=None))
     with FeatureStore(out) as fs:
         assert sorted(fs.ids("audio")) == sorted(EXPECTED)
         assert fs.corpus_meta["kind"] == "lhotse"

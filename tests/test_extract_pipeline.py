@@ -327,7 +327,7 @@ def test_background_commits_give_the_same_store(reference, small_fake, tiny_mode
     out = tmp_path / "bg.h5"
     cfg = px.ExtractConfig(corpus="iemocap", root=str(small_fake.root), out=str(out), audio_model=tiny_models["group"],
                            text_model=tiny_models["bert"], store_dtype="float32", batch_seconds=4, commit_seconds=3)
-    summary = px.run_extract(cfg, echo=lambda *_: None, background=True)
+    summary = px.run_extract(cfg, background=True)
     assert summary.streams[0].done == 25 and summary.streams[0].time_write_busy > 0
     assert_same_store(out, reference)
     write_bad_manifest(tmp_path)
@@ -337,7 +337,7 @@ def test_background_commits_give_the_same_store(reference, small_fake, tiny_mode
     cfg = px.ExtractConfig(corpus="manifest", manifest=str(m), out=str(tmp_path / "f.h5"), audio_model=tiny_models["group"],
                            text_model=None, on_error="fail", batch_seconds=0.6, commit_seconds=0.1)
     with pytest.raises(EmofuseError, match="NaN or infinite"):
-        px.run_extract(cfg, echo=lambda *_: None, background=True)
+        px.run_extract(cfg, background=True)
     with FeatureStore(tmp_path / "f.h5") as fs:
         assert fs.ids("audio") == ["long"]
 
@@ -394,3 +394,21 @@ def test_checkpoint_with_a_malicious_pickle_is_one_sentence(tiny_models, tmp_pat
     assert r.stderr.startswith(f"error: could not load the audio model from {bad}: its pickled weights file holds "
                                "more than tensors and was refused")
     assert not (tmp_path / "ran.txt").exists() and not Path("ran.txt").exists()
+
+
+def test_only_rank_0_speaks_under_torchrun(capsys):
+    """Messages go through logging (emofuse.logs); under torchrun the other ranks' extraction
+    messages are dropped, and the process's setting is restored afterwards."""
+    import logging
+
+    from emofuse.logs import show_messages
+    from emofuse.pipelines.extract import distributed, job
+    show_messages()
+    with distributed._silenced(True):
+        job.log.info("from another rank")
+        job.log.warning("note: from another rank")
+    with distributed._silenced(False):
+        job.log.info("from rank 0")
+    distributed.log.info("merged 2 rank shards")
+    assert capsys.readouterr().out.splitlines() == ["from rank 0", "merged 2 rank shards"]
+    assert logging.getLogger("emofuse.pipelines.extract").level == logging.NOTSET

@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
          "bert": tiny_bert(base / "bert")}
     store = str(base / "s.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(base / "iemo"), out=store, audio_model=m["layer"],
-                              text_model=m["bert"], audio_stream="w2v2-large", device="cpu"), echo=lambda s: None)
+                              text_model=m["bert"], audio_stream="w2v2-large", device="cpu"))
     return {"base": base, "store": store, **m}
 
 

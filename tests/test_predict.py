@@ -26,7 +26,7 @@ def trained(tmp_path_factory, tiny_models):
     corpus = make_fake_iemocap(base / "iemo", counts=COUNTS, seconds=0.8, seed=3)
     store = str(base / "s.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(corpus.root), out=store, audio_model=tiny_models["group"],
-                              text_model=tiny_models["bert"]), echo=quiet)
+                              text_model=tiny_models["bert"]))
     run = str(base / "run")
     run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", norm="global", layers="1-",
                           repeats=1, epochs=3, patience=2, folds=("1", "2"), device="cpu"), echo=quiet)
@@ -109,7 +109,7 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
                                                                  for s in range(1, 3)}, seconds=0.8, seed=9)
     other = str(tmp_path / "o.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=other, labels="six",
-                              audio_model=tiny_models["group"], text_model=tiny_models["bert"]), echo=quiet)
+                              audio_model=tiny_models["group"], text_model=tiny_models["bert"]))
     ev = str(tmp_path / "ev")
     with pytest.raises(EmofuseError, match=r"labels \['fru'\].*--label-map fru="):
         run_evaluate(trained["run"], other, ev, echo=quiet)
@@ -140,7 +140,7 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
         run_evaluate(trained["run"], trained["store"], str(tmp_path / "ev3"), echo=quiet)
     wrong = str(tmp_path / "w.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=wrong, labels="six",
-                              audio_model=tiny_models["layer"], text_model=None), echo=quiet)
+                              audio_model=tiny_models["layer"], text_model=None))
     with pytest.raises(EmofuseError, match="needs the same encoders"):
         run_evaluate(trained["run"], wrong, str(tmp_path / "ev4"), label_map="fru=ang", echo=quiet)
 
@@ -150,7 +150,7 @@ def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_mo
     store = str(tmp_path / "e.h5")
     root = str(trained["corpus"].root)
     run_extract(ExtractConfig(corpus="iemocap", root=root, out=store, audio_model="opensmile:eGeMAPSv02",
-                              text_model=tiny_models["bert"]), echo=quiet)
+                              text_model=tiny_models["bert"]))
     run = str(tmp_path / "run")
     run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", audio_stream="egemaps",
                           norm="global", repeats=1, epochs=2, patience=1, folds=("3",), device="cpu"), echo=quiet)

@@ -6,6 +6,7 @@ Entry point: ``load_corpus(kind, **options)`` with kind ``"iemocap"`` (``root=``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from .iemocap import FOUR_CLASS, SIX_CLASS, load_iemocap
 from .lhotse_manifests import load_lhotse
 from .manifest import load_manifest
 from .records import Utterance
-from .table import utterance_table
+from .table import ALIGNMENTS, alignment_paths, resolve_path, utterance_table
 
 KINDS = ("iemocap", "manifest", "demo", "lhotse")
 
@@ -22,6 +23,20 @@ KINDS = ("iemocap", "manifest", "demo", "lhotse")
 def demo_root() -> Path:
     """Folder of the bundled demo corpus (IEMOCAP layout)."""
     return Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+def corpus_base(kind: str, **options) -> str:
+    """The folder a corpus's files are kept relative to in a store (its alignment paths): IEMOCAP's
+    root, the bundled demo's folder, a manifest's folder (or the folder given). A moved corpus is
+    this folder moved: ``align-segments --root NEW`` resolves the same relative paths under NEW."""
+    if kind == "iemocap":
+        return os.path.abspath(options["root"])
+    if kind == "demo":
+        return str(demo_root())
+    if kind in ("manifest", "lhotse"):
+        path = os.path.abspath(options["path"])
+        return path if os.path.isdir(path) else os.path.dirname(path)
+    raise CorpusError(f"unknown corpus kind {kind!r}; expected one of {list(KINDS)}")
 
 
 def load_corpus(kind: str, **options) -> Sequence[Utterance]:
@@ -48,4 +63,5 @@ def load_corpus(kind: str, **options) -> Sequence[Utterance]:
 
 
 __all__ = ["Utterance", "load_corpus", "load_iemocap", "load_manifest", "utterance_table", "demo_root",
-           "FOUR_CLASS", "SIX_CLASS", "KINDS", "load_lhotse"]
+           "FOUR_CLASS", "SIX_CLASS", "KINDS", "load_lhotse", "corpus_base", "ALIGNMENTS", "alignment_paths",
+           "resolve_path"]

@@ -1,18 +1,65 @@
-"""The utterance table a store keeps: one row per record, plus cheap audio facts."""
+"""The utterance table a store keeps: one row per record, plus cheap audio facts and where each
+utterance's alignment files are (so a store is self-sufficient: align-segments reads them from
+the store, not from the corpus)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 import soundfile as sf
 
 from .records import Utterance
 
+#: the column holding each utterance's alignment files: a JSON object ``{tier: path}`` (tiers as in
+#: ``Utterance.alignments``), a path relative to the corpus's base folder (``corpus_base``) with
+#: ``/`` separators where the file lies inside it, else absolute; ``{}`` when it has none
+ALIGNMENTS = "alignments"
 COLUMNS = ("id", "label", "session", "speaker", "gender", "transcript", "audio_path", "start", "end",
-           "duration", "audio_bytes", "audio_digest")
+           "duration", "audio_bytes", "audio_digest", ALIGNMENTS)
+
+
+def _inside(path: str, base: str) -> bool:
+    try:
+        return os.path.commonpath([path, base]) == base
+    except ValueError:   # another drive (Windows), or one relative and one absolute
+        return False
+
+
+def stored_path(path: str, base: str | None) -> str:
+    """``path`` as the store keeps it: relative to ``base`` (``/``-separated) where it lies inside
+    it, else absolute."""
+    path = os.path.abspath(path)
+    if base:
+        base = os.path.abspath(base)
+        if _inside(path, base):
+            return os.path.relpath(path, base).replace(os.sep, "/")
+    return path
+
+
+def resolve_path(stored: str, base: str | None, recorded_base: str | None = None) -> str:
+    """Where a path the store keeps lies now: a relative one under ``base`` (the corpus's folder
+    today); an absolute one inside ``recorded_base`` (the folder at extraction) moved under
+    ``base`` with it; any other absolute path as it is."""
+    if not os.path.isabs(stored):
+        return os.path.join(base or ".", *stored.split("/"))
+    if base and recorded_base and os.path.abspath(base) != os.path.abspath(recorded_base) \
+            and _inside(os.path.abspath(stored), os.path.abspath(recorded_base)):
+        return os.path.join(base, os.path.relpath(os.path.abspath(stored), os.path.abspath(recorded_base)))
+    return stored
+
+
+def alignments_cell(paths: Mapping[str, str], base: str | None) -> str:
+    """The ``alignments`` column's value for one utterance."""
+    return json.dumps({tier: stored_path(p, base) for tier, p in sorted(paths.items())}, ensure_ascii=False)
+
+
+def alignment_paths(cell: str, base: str | None, recorded_base: str | None = None) -> dict[str, str]:
+    """``{tier: path now}`` from an ``alignments`` value (see ``resolve_path``)."""
+    return {tier: resolve_path(p, base, recorded_base) for tier, p in json.loads(cell or "{}").items()}
 
 
 def audio_digest(path: str) -> str:
@@ -47,9 +94,10 @@ def _audio_facts(u: Utterance) -> tuple[float, int]:
         return float("nan"), size
 
 
-def utterance_table(utts: Sequence[Utterance]) -> pd.DataFrame:
+def utterance_table(utts: Sequence[Utterance], base: str | None = None) -> pd.DataFrame:
     """DataFrame with the columns in ``COLUMNS`` (``session`` as string, so folds of any
-    manifest compare equal), in record order."""
+    manifest compare equal), in record order. ``base``: the corpus's folder (``corpus_base``),
+    against which alignment paths are kept relative (absolute without it)."""
     rows = []
     digests: dict[str, str] = {}  # several utterances may cut one file
     for u in utts:
@@ -62,5 +110,6 @@ def utterance_table(utts: Sequence[Utterance]) -> pd.DataFrame:
             "start": float("nan") if u.start is None else u.start,
             "end": float("nan") if u.end is None else u.end,
             "duration": dur, "audio_bytes": size, "audio_digest": digests[u.audio_path],
+            ALIGNMENTS: alignments_cell(u.alignments, base),
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))

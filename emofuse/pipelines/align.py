@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,13 +18,16 @@ from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.tiers import check_within_audio, complete_tiers, read_alignment
-from ..corpora import KINDS, load_corpus
+from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus, resolve_path
+from ..corpora.table import audio_digest
 from ..errors import EmofuseError
 from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
                      segments_kind)
 from .describe import corpus_options
 from .progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "iemocap", "textgrid", "sphinx")
 ON_ERROR = ("skip", "fail")
@@ -86,6 +90,80 @@ class AlignSummary:
         return "\n".join(lines)
 
 
+@dataclass
+class UtteranceInputs:
+    """Where each utterance's alignment inputs are now: ``alignments[id]`` its files by tier,
+    ``audio[id]`` its audio file (for the sphinx aligner). ``from_store``: read from the store's
+    utterance table (stores written since it keeps them), else from the corpus (older stores)."""
+
+    alignments: dict[str, dict[str, str]]
+    audio: dict[str, str]
+    from_store: bool
+    base: str | None = None     # the corpus's folder now (store-kept paths resolve under it)
+
+
+def utterance_inputs(cfg: AlignConfig, fs: FeatureStore) -> UtteranceInputs:
+    """The alignment files and audio of every utterance: from the store when its table keeps them
+    (the corpus is not read; a moved corpus is ``--root NEW``, or ``--manifest NEW`` for a manifest),
+    else from the corpus (``_records``: read and checked against the store's fingerprint)."""
+    table = fs.utterances
+    if ALIGNMENTS in table.columns:
+        meta = fs.corpus_meta
+        recorded = meta.get("base") or None
+        base = _corpus_folder_now(cfg, meta) or recorded
+        return UtteranceInputs(
+            alignments={uid: alignment_paths(cell, base, recorded) for uid, cell in zip(table.index, table[ALIGNMENTS])},
+            audio={uid: resolve_path(str(p), base, recorded) for uid, p in zip(table.index, table["audio_path"])},
+            from_store=True, base=base)
+    records = _records(cfg, fs) if cfg.source != "sphinx" else {}
+    return UtteranceInputs(alignments={uid: dict(u.alignments) for uid, u in records.items()},
+                           audio={uid: str(p) for uid, p in zip(table.index, table["audio_path"])}, from_store=False)
+
+
+def _corpus_folder_now(cfg: AlignConfig, meta: dict) -> str | None:
+    """Where the corpus lives now, when the command says so (``--root``, ``--manifest``) or it is
+    the bundled demo (wherever emofuse is installed); None: where it was at extraction."""
+    if cfg.root:
+        return os.path.abspath(cfg.root)
+    if cfg.manifest:
+        path = os.path.abspath(cfg.manifest)
+        return path if os.path.isdir(path) else os.path.dirname(path)
+    if (cfg.corpus or meta.get("kind")) == "demo":
+        return str(demo_root())
+    return None
+
+
+def check_audio(fs: FeatureStore, inputs: UtteranceInputs, ids: Sequence[str]) -> None:
+    """The audio of the utterances about to be pooled is the audio the store was extracted from
+    (its digest): alignment files of another copy of the corpus, or of re-recorded audio, never
+    meet frames they do not describe. Only the utterances pooled in this run are read."""
+    table = fs.utterances
+    if "audio_digest" not in table.columns:
+        return
+    seen: dict[str, str] = {}
+    changes = []
+    for uid in ids:
+        want = str(table.at[uid, "audio_digest"])
+        path = inputs.audio[uid]
+        if not want:
+            continue
+        if path not in seen:
+            seen[path] = audio_digest(path) if os.path.exists(path) else "missing"
+        if seen[path] != want:
+            changes.append((uid, "audio file missing" if seen[path] == "missing" else "audio content changed"))
+    if changes:
+        kinds: dict[str, int] = {}
+        for _, what in changes:
+            kinds[what] = kinds.get(what, 0) + 1
+        counts = ", ".join(f"{n} {what}" for what, n in sorted(kinds.items()))
+        shown = "; ".join(f"{i}: {what} ({inputs.audio[i]})" for i, what in changes[:3])
+        where = inputs.base or "its recorded location"
+        raise EmofuseError(
+            f"the corpus at {where} is not the one {fs.path} was built from: {len(changes)} utterances differ "
+            f"({counts}; e.g. {shown}); pass --root/--manifest of that copy, or run extract-embeddings with "
+            "--update-corpus first")
+
+
 def _records(cfg: AlignConfig, fs: FeatureStore):
     """The corpus records behind the store (for alignment paths), checked against its fingerprint."""
     meta = fs.corpus_meta
@@ -124,7 +202,7 @@ def _file_bytes_digest(paths) -> str:
     return h.hexdigest()[:16]
 
 
-def alignment_inputs(cfg: AlignConfig, ids, records, utt_table, aligner) -> dict[str, str]:
+def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, aligner) -> dict[str, str]:
     """Per utterance, a digest of everything its segments are pooled from: the bytes of its
     alignment files (``.wdseg/.phseg/.syseg``, TextGrid) or, for the sphinx aligner, the aligner,
     its version and the utterance's audio digest and transcript; plus the options that change
@@ -139,7 +217,7 @@ def alignment_inputs(cfg: AlignConfig, ids, records, utt_table, aligner) -> dict
             sphinx = {"aligner": type(aligner).__name__}
     out = {}
     for uid in ids:
-        paths = dict(records[uid].alignments) if uid in records else {}
+        paths = inputs.alignments.get(uid, {})
         if cfg.source == "sphinx" or (cfg.source == "auto" and not paths and aligner):
             row = utt_table.loc[uid]
             src = {**(sphinx or {}), "audio": str(row.get("audio_digest", "")), "transcript": str(row["transcript"])}
@@ -228,7 +306,7 @@ def frames_stream(fs: FeatureStore, stream: str | None) -> str:
     raise EmofuseError(f"{fs.path} {what}; pool a stream with audio frames: {pick}")
 
 
-def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=None) -> AlignSummary:
+def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
     """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent.
     ``aligner``: an object with ``align(id, audio_path, transcript) -> {tier: [AlignmentItem]}``
     used instead of the one ``cfg.source`` names (``make_aligner``)."""
@@ -239,29 +317,33 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
     try:
         cfg = replace(cfg, stream=frames_stream(fs, cfg.stream))
         info = fs.stream_info(cfg.stream)
-        hop, window = float(info["frame_hop_s"]), float(info["frame_window_s"])
-        offset = float(info.get("frame_offset_s", 0.0))  # Whisper: frame t centred on t·hop
-        records = _records(cfg, fs) if cfg.source != "sphinx" else {}
+        where = utterance_inputs(cfg, fs)
+        if not where.from_store:
+            log.info(f"{fs.path} predates stores that keep their alignment paths: the corpus was read for them "
+                     "(run extract-embeddings on it once to record them)")
         ids = fs.ids(cfg.stream, "frames")
-        utt_table = fs.utterances
+        job = _AlignJob(cfg, where, fs.utterances, float(info["frame_hop_s"]), float(info["frame_window_s"]),
+                        float(info.get("frame_offset_s", 0.0)), aligner, summary)
     except BaseException:
         fs.close()
         raise
     with StoreWriter(cfg.store) as writer:
         writer.add_stream(cfg.stream, writer.stream_infos[cfg.stream])
-        inputs = alignment_inputs(cfg, ids, records, utt_table, aligner)
-        done = {g: writer.done_ids(cfg.stream, segments_kind(g), inputs) for g in cfg.granularities}
+        inputs = alignment_inputs(cfg, ids, where, job.utt_table, aligner)
+        job.done = {g: writer.done_ids(cfg.stream, segments_kind(g), inputs) for g in cfg.granularities}
         recorded = {g: writer.recorded_inputs(cfg.stream, segments_kind(g)) for g in cfg.granularities}
-        todo = [i for i in ids if any(i not in done[g] for g in cfg.granularities)]
+        todo = [i for i in ids if any(i not in job.done[g] for g in cfg.granularities)]
         summary.reused = len(ids) - len(todo)
-        summary.changed = sum(1 for i in todo if any(i in recorded[g] and i not in done[g] for g in cfg.granularities))
+        summary.changed = sum(1 for i in todo if any(i in recorded[g] and i not in job.done[g]
+                                                     for g in cfg.granularities))
         try:
+            if where.from_store:
+                check_audio(fs, where, todo)
             units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
             with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
                     progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments") as bar:
                 for unit in units:
-                    entries, skipped = _align_unit(frames, cfg, unit, done, records, utt_table, hop, window,
-                                                   summary, aligner, offset)
+                    entries, skipped = _align_unit(job, frames, unit)
                     writer.commit(cfg.stream, entries, skipped, inputs={i: inputs[i] for i in unit})
                     bar.update(len(unit))
         finally:
@@ -270,25 +352,45 @@ def run_align(cfg: AlignConfig, echo: Callable[[str], None] = print, aligner=Non
     return summary
 
 
+@dataclass
+class _AlignJob:
+    """What pooling one unit of utterances needs besides their frames."""
+
+    cfg: AlignConfig
+    where: UtteranceInputs        # alignment files and audio per utterance
+    utt_table: object             # the store's utterance table (pandas, indexed by id)
+    hop: float                    # frame hop, window and offset of the stream, seconds
+    window: float
+    offset: float
+    aligner: object | None        # the forced aligner, for utterances without alignment files
+    summary: AlignSummary
+    done: dict = field(default_factory=dict)   # granularity -> ids already pooled with these inputs
+
+    def uses_aligner(self, uid: str) -> bool:
+        return self.cfg.source == "sphinx" or (self.cfg.source == "auto" and not self.where.alignments.get(uid)
+                                               and self.aligner is not None)
+
+
 def _audio_seconds(utt_table, uid: str, n_frames: int, hop: float, window: float) -> float:
     """The utterance's audio length: the corpus table's duration, else what the frames cover."""
     dur = float(utt_table.loc[uid, "duration"]) if "duration" in utt_table.columns else float("nan")
     return dur if np.isfinite(dur) and dur > 0 else (n_frames - 1) * hop + window
 
 
-def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, summary, aligner, offset=0.0):
+def _align_unit(job: _AlignJob, frames_iter, unit):
+    cfg, summary = job.cfg, job.summary
     entries = {segments_kind(g): {} for g in cfg.granularities}
     skipped = []
     for uid in unit:
         read_id, frames = next(frames_iter)
         assert read_id == uid, (read_id, uid)
-        wanted = [g for g in cfg.granularities if uid not in done[g]]
+        wanted = [g for g in cfg.granularities if uid not in job.done[g]]
         try:
-            if cfg.source == "sphinx" or (cfg.source == "auto" and not records[uid].alignments and aligner):
-                tiers = aligner.align(uid, utt_table.loc[uid, "audio_path"], utt_table.loc[uid, "transcript"])
+            if job.uses_aligner(uid):
+                tiers = job.aligner.align(uid, job.where.audio[uid], job.utt_table.loc[uid, "transcript"])
                 source = "from the aligner"
             else:
-                paths = records[uid].alignments
+                paths = job.where.alignments.get(uid, {})
                 if cfg.source == "textgrid" and "textgrid" not in paths:
                     raise EmofuseError("no TextGrid for this utterance (manifest column textgrid)")
                 if not paths:
@@ -296,8 +398,8 @@ def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, s
                 tiers = read_alignment(paths, cfg.tier_names)
                 source = paths
             tiers = complete_tiers(tiers, wanted)
-            check_within_audio({g: tiers[g] for g in wanted}, _audio_seconds(utt_table, uid, len(frames), hop, window),
-                               source)
+            check_within_audio({g: tiers[g] for g in wanted},
+                               _audio_seconds(job.utt_table, uid, len(frames), job.hop, job.window), source)
         except EmofuseError as e:
             if cfg.on_error == "fail":
                 raise EmofuseError(f"{uid}: {e}") from e
@@ -311,8 +413,8 @@ def _align_unit(frames_iter, cfg, unit, done, records, utt_table, hop, window, s
             kept[g] = items
             if items:
                 spans_of[g], clipped = segment_frames(np.array([i.start for i in items]),
-                                                      np.array([i.end for i in items]), len(frames), hop, window,
-                                                      offset)
+                                                      np.array([i.end for i in items]), len(frames), job.hop,
+                                                      job.window, job.offset)
                 summary.clipped += clipped
             else:
                 spans_of[g] = np.zeros((0, 2), np.int64)

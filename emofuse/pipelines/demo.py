@@ -40,10 +40,10 @@ def run_demo(cfg: DemoConfig, echo=print) -> str:
                          text_model=DEMO_TEXT_MODEL)
     for step in (base, ExtractConfig(corpus="demo", out=path, device=cfg.device,
                                      audio_model="opensmile:eGeMAPSv02", text_model=None)):
-        echo(run_extract(step, echo=echo).text())
+        echo(run_extract(step).text())
     echo("stage 2/4: align-segments (the corpus's ForcedAlignment files, made by our pocketsphinx aligner)")
     for stream in ("audio", "egemaps"):
-        echo(f"stream {stream!r}:\n" + run_align(AlignConfig(store=path, stream=stream, source="iemocap"), echo=echo).text())
+        echo(f"stream {stream!r}:\n" + run_align(AlignConfig(store=path, stream=stream, source="iemocap")).text())
     echo(describe_store(path))
     grid = os.path.join(cfg.out, "grid")
     echo("stage 3/4: ablate --spec demo (linear, late-fusion and coattention heads, 5 folds)")

@@ -4,7 +4,9 @@ from .fingerprint import corpus_changes, corpus_fingerprint, digest
 from .index import copy_store, remove_store, store_bytes
 from .reader import FeatureStore, Ragged, Segments, Tokens, UncheckedStoreWarning
 from .schema import FRAMES, GRANULARITIES, SCHEMA_VERSION, TOKENS, segments_kind
-from .writer import StoreWriter, compact_store, merge_stores, upgrade_store
+from .maintenance import compact_store, upgrade_store
+from .merge import merge_stores
+from .writer import StoreWriter
 
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "compact_store", "copy_store",
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",

@@ -36,6 +36,22 @@ def digest(obj: Any, n: int = 16) -> str:
 
 #: the utterance table's column holding a digest of each audio file's bytes (schema v2)
 AUDIO_DIGEST = "audio_digest"
+#: columns that say where a corpus's files are, not what they hold (outside the fingerprint):
+#: a store takes a table whose locations differ (a moved corpus, alignment paths it did not keep)
+LOCATION_COLUMNS = ("audio_path", "alignments")
+
+
+def locations_differ(old: pd.DataFrame, new: pd.DataFrame) -> bool:
+    """Whether ``new`` (a table of the same corpus) says something else about where the files are
+    than ``old``: a location column ``old`` lacks, or other values in one both have."""
+    for c in LOCATION_COLUMNS:
+        if c not in new.columns:
+            continue
+        if c not in old.columns:
+            return True
+        if dict(zip(old["id"], map(str, old[c]))) != dict(zip(new["id"], map(str, new[c]))):
+            return True
+    return False
 
 
 def corpus_fingerprint(table: pd.DataFrame) -> str:

@@ -366,6 +366,10 @@ def read_index(g: h5py.Group) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def fsync_path(path: str) -> None:
+    """Make a file, or a folder's entries (a rename), durable. Windows opens no folder as a file
+    (its file systems journal renames themselves): there a folder is left as it is."""
+    if os.name == "nt" and os.path.isdir(path):
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,16 @@ def part_path(index_path: str, name: str) -> str:
     """Where part ``name`` of the store indexed by ``index_path`` lives: ``STORE.h5.d/name``
     (names are relative to the store's folder, so index and folder move and rename together)."""
     return os.path.abspath(index_path) if name == SELF else os.path.join(data_dir(os.path.abspath(index_path)), name)
+
+
+#: the sequence number that begins every part file's name (``00000012-4711-audio.h5``)
+PART_SEQ = re.compile(r"^(\d+)-")
+
+
+def next_seq(names) -> int:
+    """The sequence number after every one in ``names`` (part file names or paths): commit
+    order is name order."""
+    return max((int(m.group(1)) for n in names if (m := PART_SEQ.match(os.path.basename(n)))), default=-1) + 1
 
 
 def _entry_kinds(sg) -> list[str]:
@@ -208,4 +219,5 @@ def remove_store(path: str) -> None:
     shutil.rmtree(data_dir(os.path.abspath(path)), ignore_errors=True)
 
 
-__all__ = ["store_bytes", "remove_store", "copy_store", "SELF", "EntryTable", "StoreIndex", "load_index", "save_index", "data_dir", "part_path", "referenced_parts"]
+__all__ = ["store_bytes", "remove_store", "copy_store", "SELF", "EntryTable", "StoreIndex", "load_index", "save_index", "data_dir", "part_path", "referenced_parts",
+           "next_seq"]

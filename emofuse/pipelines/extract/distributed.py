@@ -3,16 +3,20 @@ by rank 0 into the requested store (bit-identical to a single process with the s
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Callable
+from typing import Iterator
 
 from ...store import merge_stores, remove_store, store_bytes
 from .config import ExtractConfig
 from .job import extract_into
 from .skipped import skipped_tsv_path, write_skipped_tsv
 from .summary import ExtractSummary
+
+log = logging.getLogger(__name__)
 
 
 def torchrun_rank() -> tuple[int, int, int] | None:
@@ -23,14 +27,27 @@ def torchrun_rank() -> tuple[int, int, int] | None:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print,
-                background: bool | None = None) -> ExtractSummary:
+@contextlib.contextmanager
+def _silenced(quiet: bool) -> Iterator[None]:
+    """Under torchrun only rank 0 speaks: the other ranks' extraction messages are dropped (the
+    setting of this process, a torchrun worker, is restored on the way out)."""
+    logger = logging.getLogger(__package__)
+    before = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def run_extract(cfg: ExtractConfig, background: bool | None = None) -> ExtractSummary:
     """Extract under torchrun (each rank a shard, merged by rank 0) or in one process.
     ``background``: store commits and audio reads in background threads (None: when the encoder
     runs on a GPU; forcing it on a CPU gives the same store, more slowly)."""
     dist = torchrun_rank()
     if dist is None:
-        return extract_into(cfg, cfg.out, echo, background=background)
+        return extract_into(cfg, cfg.out, background=background)
     import torch
     import torch.distributed as td
 
@@ -45,8 +62,8 @@ def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print,
         os.makedirs(shard_dir, exist_ok=True)
         shard_path = os.path.join(shard_dir, f"rank{rank}-of-{world}.h5")
         sub = ExtractConfig(**{**asdict(cfg), "shard": f"{rank}/{world}", "device": device})
-        summary = extract_into(sub, shard_path, echo if rank == 0 else (lambda s: None), main_store=cfg.out,
-                               background=background)
+        with _silenced(rank != 0):
+            summary = extract_into(sub, shard_path, main_store=cfg.out, background=background)
         td.barrier()
         if rank == 0:
             shards = [os.path.join(shard_dir, f"rank{r}-of-{world}.h5") for r in range(world)]
@@ -59,7 +76,7 @@ def run_extract(cfg: ExtractConfig, echo: Callable[[str], None] = print,
             summary.store = cfg.out
             summary.store_bytes = store_bytes(cfg.out)
             summary.skipped_tsv = write_skipped_tsv(cfg.out, skipped_tsv_path(cfg.out))
-            echo(f"merged {world} rank shards into {cfg.out}")
+            log.info(f"merged {world} rank shards into {cfg.out}")
         td.barrier()
         return summary
     finally:

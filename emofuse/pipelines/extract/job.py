@@ -3,12 +3,12 @@ audio and text phases into one store (a whole store, or one shard of it), and su
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Callable
 
-from ...corpora import load_corpus, utterance_table
+from ...corpora import corpus_base, load_corpus, utterance_table
 from ...errors import EmofuseError
 from ...extract.encoders import load_audio_encoder, load_text_encoder
 from ...store import FeatureStore, StoreWriter, digest, store_bytes
@@ -19,6 +19,8 @@ from .skipped import skipped_tsv_path, write_skipped_tsv
 from .stream import StreamJob
 from .summary import ExtractSummary, StreamSummary
 from .text_phase import run_text_phase
+
+log = logging.getLogger(__name__)
 
 
 def kept_layers(spec: str | None, enc) -> list[int] | None:
@@ -44,7 +46,7 @@ def _already_done(main_store: str | None, stream: str, kind: str) -> set[str]:
         return done | set(sk.loc[sk["kind"] == kind, "id"])
 
 
-def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main_store: str | None = None,
+def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
                  background: bool | None = None) -> ExtractSummary:
     """Extract ``cfg`` into the store ``out`` in this process. ``main_store``: under torchrun, the
     store the rank shards merge into (what it holds is not recomputed; no skipped.tsv per rank).
@@ -56,7 +58,8 @@ def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main
     utts = load_corpus(cfg.corpus, **options)
     if not utts:
         raise EmofuseError(f"the {cfg.corpus} corpus holds no labelled utterance; nothing to extract")
-    table = utterance_table(utts)
+    base = corpus_base(cfg.corpus, **options)
+    table = utterance_table(utts, base)
     selection = list(utts[: cfg.limit] if cfg.limit else utts)
     durations = dict(zip(table["id"], table["duration"].astype(float)))
     summary = ExtractSummary(store=out)
@@ -69,14 +72,15 @@ def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main
         encoders.append(("text", cfg.text_stream or enc.default_stream, enc, enc.stored_dtype or cfg.store_dtype))
     kept_pre = {name: kept_layers(cfg.layers, enc) for _, name, enc, _ in encoders}   # checked before the store opens
     src = cfg.root or cfg.manifest
-    meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or ""}
+    meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or "",
+            "base": base}
     with StoreWriter(out, table=table, corpus_meta=meta, update_corpus=cfg.update_corpus) as writer:
         if writer.changes:
             kinds: dict[str, int] = {}
             for _, what in writer.changes:
                 kinds[what] = kinds.get(what, 0) + 1
-            echo(f"the corpus changed since {out} was written: " + ", ".join(f"{n} {w}" for w, n in kinds.items())
-                 + f"; the cached tensors of {len(writer.dropped)} utterances are dropped and recomputed")
+            log.info(f"the corpus changed since {out} was written: " + ", ".join(f"{n} {w}" for w, n in kinds.items())
+                     + f"; the cached tensors of {len(writer.dropped)} utterances are dropped and recomputed")
         jobs = []
         for kind, name, enc, sdt in encoders:
             # train-head's --norm when none is given (hand-crafted descriptors set "global")
@@ -95,8 +99,8 @@ def extract_into(cfg: ExtractConfig, out: str, echo: Callable[[str], None], main
                 done = writer.done_ids(job.name, entry_kind) | _already_done(main_store, job.name, entry_kind)
                 summary.streams.append(job.summary)
                 if job.summary.untrained:
-                    echo(f"note: audio encoder {job.summary.encoder} has UNTRAINED random weights (seed 0); "
-                         "its activations are a smoke test, not features")
+                    log.warning(f"note: audio encoder {job.summary.encoder} has UNTRAINED random weights (seed 0); "
+                                "its activations are a smoke test, not features")
                 if kind == "audio":
                     run_audio_phase(job, selection, done, durations)
                 else:

@@ -1,0 +1,186 @@
+"""The store keeps each utterance's alignment files (relative to the corpus's folder), so
+align-segments never reads the corpus again: a moved corpus is ``--root NEW``; stores written
+before this keep working by reading the corpus as they did."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import emofuse.corpora
+import emofuse.corpora.iemocap
+import emofuse.pipelines.align as pa
+from emofuse.errors import EmofuseError
+from emofuse.pipelines.align import AlignConfig, run_align
+from emofuse.pipelines.extract import ExtractConfig, run_extract
+from emofuse.store import FeatureStore, copy_store
+from emofuse.store.index import load_index, save_index
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd, *args):
+    return subprocess.run([str(BIN / cmd), *map(str, args)], capture_output=True, text=True)
+
+
+def extract(root, out, model):
+    run_extract(ExtractConfig(corpus="iemocap", root=str(root), out=str(out), audio_model=model, text_model="none",
+                              store_dtype="float32", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def moved(small_fake, tiny_models, tmp_path_factory):
+    """A store extracted from a copy of the corpus that was then moved elsewhere."""
+    base = tmp_path_factory.mktemp("moved")
+    before = base / "before" / "corpus"
+    shutil.copytree(small_fake.root, before)
+    store = base / "s.h5"
+    extract(before, store, tiny_models["group"])
+    after = base / "after" / "corpus"
+    after.parent.mkdir()
+    shutil.move(str(before), str(after))
+    return {"store": store, "before": before, "after": after, "model": tiny_models["group"]}
+
+
+def store_copy(moved, tmp_path):
+    store = tmp_path / "s.h5"
+    copy_store(moved["store"], store)
+    return store
+
+
+def no_corpus_reading(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the corpus was read")
+    for module, name in ((pa, "load_corpus"), (emofuse.corpora, "load_corpus"), (emofuse.corpora, "load_iemocap"),
+                         (emofuse.corpora.iemocap, "load_iemocap")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def as_old_store(path):
+    """What a store written before it kept alignment paths looks like: no column, no base."""
+    idx = load_index(str(path))
+    idx.table = idx.table.drop(columns=["alignments"])
+    idx.meta.pop("base")
+    save_index(idx, str(path), "0.1.0")
+
+
+def segments(path):
+    with FeatureStore(path) as fs:
+        return {(g, i): fs.segments("audio", g, i) for g in ("phone", "syllable", "word")
+                for i in fs.ids("audio", f"segments/{g}")}
+
+
+def test_the_store_keeps_alignment_paths_relative_to_the_corpus_folder(moved, small_fake):
+    idx = load_index(str(moved["store"]))
+    assert idx.meta["base"] == str(moved["before"])
+    table = idx.table.set_index("id")
+    for u in small_fake.utterances:
+        if u.id not in table.index:
+            continue
+        kept = json.loads(table.at[u.id, "alignments"])
+        if u.has_alignment:
+            assert {"word", "phone"} <= set(kept) and not any(os.path.isabs(p) for p in kept.values())
+            assert kept["word"].endswith(f"{u.id}.wdseg") and "\\" not in kept["word"]
+        else:
+            assert kept == {}
+
+
+def test_align_reads_the_store_not_the_corpus(moved, tmp_path, monkeypatch):
+    """Before: align-segments loaded and fingerprinted the whole corpus (every audio file
+    hashed) to learn where the alignment files are."""
+    store = store_copy(moved, tmp_path)
+    old = tmp_path / "old.h5"
+    copy_store(moved["store"], old)
+    as_old_store(old)
+    reference = run_align(AlignConfig(store=str(old), source="iemocap", root=str(moved["after"])))   # reads the corpus
+    with monkeypatch.context() as m:
+        no_corpus_reading(m)
+        with pytest.raises(AssertionError, match="the corpus was read"):   # the old store needs the corpus
+            run_align(AlignConfig(store=str(old), source="iemocap", root=str(moved["after"])))
+        summary = run_align(AlignConfig(store=str(store), source="iemocap", root=str(moved["after"])))
+    assert summary.utterances == reference.utterances == 24 and summary.segments == reference.segments
+    got, want = segments(store), segments(old)
+    assert got.keys() == want.keys() and len(got) == 72
+    for k in want:
+        assert list(got[k].symbols) == list(want[k].symbols)
+        assert np.array_equal(got[k].spans, want[k].spans) and np.array_equal(got[k].values, want[k].values)
+
+
+def test_a_moved_corpus_is_its_new_root(moved, tmp_path):
+    store = store_copy(moved, tmp_path)
+    r = run("align-segments", "--store", store, "--source", "iemocap")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"the corpus at {moved['before']} is not the one" in r.stderr and "25 audio file missing" in r.stderr
+    assert "pass --root/--manifest of that copy" in r.stderr
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", moved["after"])
+    assert r.returncode == 0, r.stderr
+    assert "24 utterances aligned" in r.stdout and "skipped 1: no forced alignment" in r.stdout
+    # an edited alignment file at the new root: exactly that utterance again
+    victim = sorted(Path(moved["after"]).rglob("*.phseg"))[0]
+    text = victim.read_text()
+    try:
+        victim.write_text(text + "\n")
+        r = run("align-segments", "--store", store, "--source", "iemocap", "--root", moved["after"])
+        assert r.returncode == 0, r.stderr
+        assert "1 utterances aligned (24 already in the store)" in r.stdout
+        assert "1 utterances were pooled again: their alignment inputs changed" in r.stdout
+    finally:
+        victim.write_text(text)
+
+
+def test_sphinx_gets_the_audio_at_the_new_root(moved, tmp_path, monkeypatch):
+    """The aligner needs audio and transcripts: the store's, its audio path moved with the corpus."""
+    from emofuse.align.records import AlignmentItem
+    store = store_copy(moved, tmp_path)
+    seen = {}
+
+    class Aligner:
+        def align(self, uid, audio_path, transcript):
+            seen[uid] = (audio_path, transcript)
+            return {"word": [AlignmentItem("w", 0.1, 0.3)], "phone": [AlignmentItem("W", 0.1, 0.3)]}
+    no_corpus_reading(monkeypatch)
+    summary = run_align(AlignConfig(store=str(store), source="sphinx", granularities=("word",),
+                                    root=str(moved["after"])), aligner=Aligner())
+    assert summary.utterances == 25 == len(seen)
+    with FeatureStore(store) as fs:
+        table = fs.utterances
+    for uid, (audio, transcript) in seen.items():
+        assert Path(audio).is_relative_to(moved["after"]) and os.path.isfile(audio)
+        assert transcript == table.at[uid, "transcript"]
+
+
+def test_an_old_store_aligns_and_learns_the_paths_at_its_next_extraction(moved, tmp_path, monkeypatch, caplog):
+    store = store_copy(moved, tmp_path)
+    as_old_store(store)
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", moved["after"])
+    assert r.returncode == 0, r.stderr
+    assert "24 utterances aligned" in r.stdout
+    assert "predates stores that keep their alignment paths: the corpus was read for them" in r.stdout
+    extract(moved["after"], store, moved["model"])   # nothing to compute; the store takes the paths
+    idx = load_index(str(store))
+    assert "alignments" in idx.table.columns and idx.meta["base"] == str(moved["after"])
+    no_corpus_reading(monkeypatch)
+    caplog.set_level(logging.INFO, "emofuse")
+    summary = run_align(AlignConfig(store=str(store), source="iemocap"))
+    assert summary.utterances == 0 and summary.reused == 25
+    assert not [r for r in caplog.records if "predates" in r.getMessage()]
+
+
+def test_a_store_of_another_corpus_copy_is_refused_before_pooling(moved, tmp_path):
+    """Alignment files are never pooled onto frames of other audio: the audio of the utterances
+    about to be pooled must be the audio the store was extracted from."""
+    other = tmp_path / "other"
+    shutil.copytree(moved["after"], other)
+    wav = sorted(other.rglob("*.wav"))[3]
+    wav.write_bytes(wav.read_bytes()[:-2] + b"\x01\x02")
+    store = store_copy(moved, tmp_path)
+    with pytest.raises(EmofuseError, match=rf"1 utterances differ \(1 audio content changed; e\.g\. {wav.stem}: "):
+        run_align(AlignConfig(store=str(store), source="iemocap", root=str(other)))
+    with FeatureStore(store) as fs:
+        assert not fs.has("audio", "segments/word")
