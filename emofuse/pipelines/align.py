@@ -44,9 +44,10 @@ class AlignConfig:
     granularities: tuple[str, ...] = opt(GRANULARITIES, help="comma list (default phone,syllable,word)")
     keep_silence: bool = opt(False, help="keep silence and filler segments")
     on_error: str = opt("skip", choices=ON_ERROR)
-    corpus: str | None = opt(None, choices=KINDS, help="where the corpus lives now, if it moved")
-    root: str | None = opt(None)
-    manifest: str | None = opt(None)
+    corpus: str | None = opt(None, choices=KINDS, help="the corpus reader, if the corpus moved (with --root or --manifest)")
+    root: str | None = opt(None, help="where the corpus lives now, if it moved: IEMOCAP's root (the folder holding "
+                                      "Session1 …) or a manifest's folder")
+    manifest: str | None = opt(None, help="where the manifest lives now, if the corpus moved")
     commit_utterances: int = opt(200, cli=False)   # utterances per atomic commit (Python only)
     tier_names: dict = opt(default_factory=dict, cli=False)   # from --word-tier / --phone-tier
     write_alignments: str | None = opt(None, metavar="DIR",
