@@ -10,6 +10,8 @@ from .errors import EmofuseError
 
 
 def _run(fn: Callable[[], object]) -> int:
+    from .logs import show_messages
+    show_messages()
     try:
         fn()
         return 0
@@ -238,7 +240,8 @@ def train_head(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
 
     def job():
-        from .pipelines.train import TrainConfig, run_combine, run_train
+        from .pipelines.combine import run_combine
+        from .pipelines.train import TrainConfig, run_train
 
         if args.fusion == "combine":
             run_combine(args.runs or [], args.out)

@@ -17,9 +17,9 @@ def test_whisper_and_causal_lms_extract_align_train(small_fake, tiny_models, tmp
     quiet = lambda m: None  # noqa: E731
     common = dict(corpus="iemocap", root=str(small_fake.root), out=store, device="cpu", store_dtype="float32")
     run_extract(ExtractConfig(**common, audio_model=tiny_models["whisper"], text_model=tiny_models["llama"],
-                              batch_seconds=4), echo=quiet)
-    run_extract(ExtractConfig(**common, audio_model=None, text_model=tiny_models["gpt2"], text_stream="gpt2"), echo=quiet)
-    run_align(AlignConfig(store=store, stream="audio", source="iemocap"), echo=quiet)
+                              batch_seconds=4))
+    run_extract(ExtractConfig(**common, audio_model=None, text_model=tiny_models["gpt2"], text_stream="gpt2"))
+    run_align(AlignConfig(store=store, stream="audio", source="iemocap"))
     with FeatureStore(store) as fs:
         info = fs.stream_info("audio")
         assert info["model_type"] == "whisper" and info["frame_hop_s"] == 0.02 and info["window_s"] == 30.0
@@ -40,7 +40,7 @@ def test_whisper_and_causal_lms_extract_align_train(small_fake, tiny_models, tmp
                      ("coatt", dict(fusion="coattention", granularity="F", text_stream="gpt2")),
                      ("frames", dict(fusion="none", granularity="F"))):
         s = run_train(TrainConfig(store=store, out=str(tmp_path / name), repeats=1, epochs=2, patience=2,
-                                  folds=("1",), device="cpu", **kw), echo=quiet)
+                                  folds=("1",), device="cpu", **kw))
         assert s["ua"]["n"] == 1
         p = pd.read_csv(tmp_path / name / "predictions.csv")   # UA as its predictions give it
         recall = [(g["pred"] == label).mean() for label, g in p.groupby("label")]
