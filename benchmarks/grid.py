@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emofuse.pipelines.ablate import TRAIN_FIELDS, load_spec  # noqa: E402
-from emofuse.pipelines.train import TrainConfig, resolve_device, run_train  # noqa: E402
+from emofuse.devices import resolve_device  # noqa: E402
+from emofuse.pipelines.train import TrainConfig, run_train  # noqa: E402
 from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
 from common import record  # noqa: E402
 
@@ -88,7 +89,7 @@ def main() -> None:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     t1 = time.perf_counter()
-                    s = run_train(cfg, echo=lambda m: None)
+                    s = run_train(cfg)
                     wall = time.perf_counter() - t1
                     train_wall = wall - s["time"]["load_s"]
                     histories = [json.load(open(os.path.join(cfg.out, "runs", d, "metrics.json")))["history"]

@@ -56,8 +56,7 @@ def main() -> None:
     run_extract(ExtractConfig(corpus="demo", out=store, audio_model=args.audio_model, text_model=args.text_model,
                               device=args.device, limit=args.limit))
     run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", audio_stream=stream, norm="global",
-                          repeats=args.repeats, epochs=args.epochs, patience=args.epochs, device=args.device),
-              echo=quiet)
+                          repeats=args.repeats, epochs=args.epochs, patience=args.epochs, device=args.device))
     if not os.path.exists(model_dir):
         export_run(run, model_dir)
     model = load_model(model_dir)

@@ -28,7 +28,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emofuse.heads import build_head  # noqa: E402
-from emofuse.pipelines.train import TrainConfig, resolve_device, run_train, split  # noqa: E402
+from emofuse.logs import show_messages  # noqa: E402
+from emofuse.devices import resolve_device  # noqa: E402
+from emofuse.pipelines.protocol import split  # noqa: E402
+from emofuse.pipelines.train import TrainConfig, run_train  # noqa: E402
 from emofuse.pipelines.data import load_train_data  # noqa: E402
 from emofuse.store import FeatureStore, store_bytes  # noqa: E402
 from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
@@ -119,7 +122,8 @@ def main() -> None:
         cfg = TrainConfig(store=path, out=os.path.join(tmp, "run"), fusion="late", granularity="F+S", repeats=1,
                           epochs=args.epochs, patience=args.epochs, device=str(device))
         t0 = time.perf_counter()
-        s = run_train(cfg, echo=print)
+        show_messages()
+        s = run_train(cfg)
         ours_wall = time.perf_counter() - t0
         base = baseline(path, args.epochs, device)
     n_folds = 5

@@ -159,7 +159,8 @@ def train_head(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
 
     def job():
-        from .pipelines.train import run_combine, run_train
+        from .pipelines.combine import run_combine
+        from .pipelines.train import TrainConfig, run_train
 
         if args.fusion == "combine":
             run_combine(args.runs or [], args.out)

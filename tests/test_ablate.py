@@ -1,5 +1,6 @@
 """ablate and report: golden tables, reuse and resume, spec errors, figures."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from emofuse.pipelines.report import run_report
 from emofuse.testing.synthetic import make_synthetic_store
 
 GOLDEN = Path(__file__).parent / "golden"
+
+
+def _messages(caplog) -> list[str]:
+    """The sentences the stages logged (what the command-line tools print)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
 
 
 def golden_frame():
@@ -70,11 +76,12 @@ def store(tmp_path_factory):
     return str(path)
 
 
-def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path):
+def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     out = tmp_path / "grid"
-    res = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=lambda m: None)
+    res = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
     df = res["a"]
     assert list(df["label"]) == ["Frame", "Late F+S", "Both"] and (df["n"] == 4).all()
     assert df["best"].sum() == 1 and np.isnan(df.loc[df["best"], "p_vs_best"]).all()
@@ -85,8 +92,9 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path):
     os.remove(out / "runs" / victim / "summary.json")
     os.remove(out / "runs" / victim / "runs" / "r1_s2" / "metrics.json")
     kept = os.path.getmtime(out / "runs" / victim / "runs" / "r0_s1" / "model.safetensors")
-    msgs = []
-    res2 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
+    caplog.clear()
+    res2 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
+    msgs = _messages(caplog)
     assert "2 configurations, 1 already finished, 1 to run" in msgs[0]
     assert os.path.getmtime(out / "runs" / victim / "runs" / "r0_s1" / "model.safetensors") == kept
     for r, t in runs.items():
@@ -95,10 +103,11 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path):
     pd.testing.assert_frame_equal(res["a"], res2["a"])      # same numbers after the resume
     # a grown spec computes only the new row
     spec.write_text(SPEC + '      - {label: "Text", fusion: none, granularity: T}\n')
-    msgs = []
-    res3 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
+    caplog.clear()
+    res3 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
+    msgs = _messages(caplog)
     assert "3 configurations, 2 already finished, 1 to run" in msgs[0] and len(res3["a"]) == 4
-    report = run_report(str(out), echo=lambda m: None)
+    report = run_report(str(out))
     text = Path(report).read_text()
     assert "| Configuration |" in text and "figures/a-confusion.png" in text
     for name in ("a-confusion.png", "a-layers.png", "a-folds.png", "a-curves.png"):
@@ -108,9 +117,8 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path):
 def test_parallel_jobs_give_the_same_numbers(store, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    a = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "a"), device="cpu"), echo=lambda m: None)
-    b = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "b"), device="cpu", jobs=2),
-                   echo=lambda m: None)
+    a = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "a"), device="cpu"))
+    b = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "b"), device="cpu", jobs=2))
     cols = ["label", "ua_mean", "wa_mean", "f1_mean"]
     pd.testing.assert_frame_equal(a["a"][cols], b["a"][cols])
 
@@ -132,7 +140,8 @@ def test_bundled_specs_load_and_bad_specs_are_refused(tmp_path):
         load_spec("no-such-spec")
 
 
-def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_path):
+def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     """Kill -9 the ablate process once a first configuration has finished; the re-run keeps it."""
     import signal
     import subprocess
@@ -157,15 +166,17 @@ def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_pat
     assert proc.wait() == -signal.SIGKILL, "the grid ended before the kill landed"
     stamp = {d: (d / "summary.json").stat().st_mtime for d in finished}
     assert not (out / "tables.md").exists()
-    msgs = []
-    res = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
+    caplog.clear()
+    res = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
+    msgs = _messages(caplog)
     assert f"{len(finished)} already finished" in msgs[0]
     for d, t in stamp.items():
         assert (d / "summary.json").stat().st_mtime == t
     assert len(res["a"]) == 3 and (out / "tables.md").exists()
 
 
-def test_rows_sharing_streams_read_them_once_and_the_plan_is_printed(store, tmp_path, monkeypatch):
+def test_rows_sharing_streams_read_them_once_and_the_plan_is_printed(store, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     from emofuse.store import FeatureStore
 
     reads = []
@@ -173,24 +184,26 @@ def test_rows_sharing_streams_read_them_once_and_the_plan_is_printed(store, tmp_
     monkeypatch.setattr(FeatureStore, "load", lambda self, s, kind, **kw: reads.append((s, kind)) or load(self, s, kind, **kw))
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    msgs = []
-    run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"), echo=msgs.append)
+    caplog.clear()
+    run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"))
+    msgs = _messages(caplog)
     # the frames are read once for both rows
     assert sorted(reads) == [("audio", "frames"), ("audio", "segments/syllable"), ("text", "tokens")]
     plan = [m for m in msgs if "plan:" in m]
     assert len(plan) == 1 and "2 configurations in this process, on cpu" in plan[0] and "F × 1, F+S+T × 1" in plan[0]
 
 
-def test_submitit_local_executor_runs_the_grid_and_resumes(store, tmp_path):
+def test_submitit_local_executor_runs_the_grid_and_resumes(store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     pytest.importorskip("submitit")   # a test extra (setup.cfg), installed by CI
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    local = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "a"), device="cpu"),
-                       echo=lambda m: None)
+    local = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "a"), device="cpu"))
     out = tmp_path / "c"
-    msgs = []
+    caplog.clear()
     sent = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", executor="submitit",
-                                   cluster="local", cluster_options=("timeout_min=10",)), echo=msgs.append)
+                                   cluster="local", cluster_options=("timeout_min=10",)))
+    msgs = _messages(caplog)
     assert sum("submitit jobs" in m for m in msgs) == 1 and sum(" finished" in m and "job " in m for m in msgs) == 2
     cols = ["label", "ua_mean", "wa_mean", "f1_mean", "key"]
     pd.testing.assert_frame_equal(local["a"][cols], sent["a"][cols])
@@ -199,9 +212,10 @@ def test_submitit_local_executor_runs_the_grid_and_resumes(store, tmp_path):
     os.remove(out / "runs" / victim / "summary.json")
     os.remove(out / "runs" / victim / "runs" / "r0_s1" / "metrics.json")
     kept = os.path.getmtime(out / "runs" / victim / "runs" / "r1_s2" / "model.safetensors")
-    msgs = []
+    caplog.clear()
     again = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", executor="submitit",
-                                    cluster="local"), echo=msgs.append)
+                                    cluster="local"))
+    msgs = _messages(caplog)
     assert "2 configurations, 1 already finished, 1 to run" in msgs[0]
     assert os.path.getmtime(out / "runs" / victim / "runs" / "r1_s2" / "model.safetensors") == kept
     pd.testing.assert_frame_equal(sent["a"][cols], again["a"][cols])

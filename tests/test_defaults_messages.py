@@ -1,6 +1,7 @@
 """Defaults that do not mislead and error messages whose suggestions work: hand-crafted streams
 standardised by default, every --help default stated, --labels lists, validation before writing."""
 
+import logging
 import argparse
 import json
 import os
@@ -11,6 +12,11 @@ from emofuse import cli
 from emofuse.pipelines.train import TrainConfig, run_train, with_store_defaults
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
+
+
+def _messages(caplog) -> list[str]:
+    """The sentences the stages logged (what the command-line tools print)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +194,8 @@ def test_short_jobs_print_no_progress_line_and_terminals_get_a_bar():
         assert isinstance(bar, tqdm)
 
 
-def test_ablate_names_rows_by_what_they_train_and_indexes_run_folders(egemaps_store, tmp_path):
+def test_ablate_names_rows_by_what_they_train_and_indexes_run_folders(egemaps_store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     import pandas as pd
 
     from emofuse.pipelines.ablate import AblateConfig, run_ablate
@@ -198,9 +205,9 @@ def test_ablate_names_rows_by_what_they_train_and_indexes_run_folders(egemaps_st
                     "      - {label: co, fusion: coattention, granularity: F+P, audio_stream: egemaps, proj: 8, heads: 2}\n"
                     "      - {label: cat, fusion: concat, granularity: F, audio_stream: egemaps, proj: 8, heads: 2}\n"
                     "      - {label: both, combine: [co, cat]}\n")
-    msgs = []
-    run_ablate(AblateConfig(store=egemaps_store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"),
-               echo=msgs.append)
+    caplog.clear()
+    run_ablate(AblateConfig(store=egemaps_store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"))
+    msgs = _messages(caplog)
     text = "\n".join(msgs)
     assert "co: coattention F+P+T (F+P: egemaps, T: text)" in text and "cat: concat F+T (F: egemaps, T: text)" in text
     assert "(linear)" not in text

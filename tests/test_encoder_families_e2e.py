@@ -40,7 +40,7 @@ def test_whisper_and_causal_lms_extract_align_train(small_fake, tiny_models, tmp
                      ("coatt", dict(fusion="coattention", granularity="F", text_stream="gpt2")),
                      ("frames", dict(fusion="none", granularity="F"))):
         s = run_train(TrainConfig(store=store, out=str(tmp_path / name), repeats=1, epochs=2, patience=2,
-                                  folds=("1",), device="cpu", **kw), echo=quiet)
+                                  folds=("1",), device="cpu", **kw))
         assert s["ua"]["n"] == 1
         p = pd.read_csv(tmp_path / name / "predictions.csv")   # UA as its predictions give it
         recall = [(g["pred"] == label).mean() for label, g in p.groupby("label")]

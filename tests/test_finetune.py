@@ -169,7 +169,7 @@ def reference(setup, tmp_path_factory):
     """One uninterrupted run, in this process (threads as set by the test run)."""
     out = tmp_path_factory.mktemp("ref") / "run"
     torch.set_num_threads(1)
-    ft.run_finetune(_cfg(setup, out=str(out)), echo=lambda s: None)
+    ft.run_finetune(_cfg(setup, out=str(out)))
     return out
 
 
@@ -183,13 +183,13 @@ def test_run_layout_same_seed_identical_and_head_reloads(setup, reference, tmp_p
     assert config["training_options"]["audio_used"]["layerdrop"] == 0.0
     assert config["frozen_parameters"]["audio"]["frozen"] > 0
     again = tmp_path / "again"
-    ft.run_finetune(_cfg(setup, out=str(again)), echo=lambda s: None)
+    ft.run_finetune(_cfg(setup, out=str(again)))
     assert _metrics(again) == _metrics(reference)
     # the saved head + the pretrained encoders it was trained with are not enough to reproduce the
     # logits (the encoders were fine-tuned too): the run saves them on request and they reload
     enc_out = tmp_path / "enc"
     cfg = _cfg(setup, out=str(enc_out), save_encoders=True, folds=("1",), epochs=1)
-    ft.run_finetune(cfg, echo=lambda s: None)
+    ft.run_finetune(cfg)
     from safetensors.torch import load_file
     rdir = enc_out / "runs" / "r0_s1"
     enc = ft.Encoders(replace(cfg, audio_model=str(rdir / "audio_encoder"), text_model=setup["bert"]))
@@ -294,10 +294,9 @@ def test_ablate_runs_the_three_fine_tuned_rows_of_paper_cma(setup, tmp_path):
     assert sorted(r["published"] for r in tuned) == [60.01, 71.01, 74.71]
     cfg = AblateConfig(store=setup["store"], spec="paper-cma", out=str(tmp_path / "g"), device="cpu", repeats=1,
                        epochs=1, folds=("1",))
-    res = run_ablate(cfg, echo=lambda s: None)   # without --finetune: frozen rows only, no failure
+    res = run_ablate(cfg)   # without --finetune: frozen rows only, no failure
     assert len(res["cma"]) == 4
-    res = run_ablate(replace(cfg, finetune=True, audio_model=setup["layer"], text_model=setup["bert"]),
-                     echo=lambda s: None)
+    res = run_ablate(replace(cfg, finetune=True, audio_model=setup["layer"], text_model=setup["bert"]))
     df = res["cma"]
     assert len(df) == 7 and df["ua_mean"].notna().all()
     assert set(df["published"].dropna()) >= {74.71, 60.01, 71.01}

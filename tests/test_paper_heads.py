@@ -15,7 +15,8 @@ from emofuse.errors import EmofuseError
 from emofuse.heads.cma import AudioFeatureEncoder, TextProjection
 from emofuse.pipelines.ablate import AblateConfig, load_spec, run_ablate
 from emofuse.pipelines.data import fit_normaliser, load_train_data
-from emofuse.pipelines.train import TrainConfig, run_train, split
+from emofuse.pipelines.protocol import split
+from emofuse.pipelines.train import TrainConfig, run_train
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
 
@@ -218,7 +219,7 @@ def test_layer_subset_run_is_labelled_with_true_layers(mg_store, tmp_path, monke
     path, _ = mg_store
     cfg = TrainConfig(store=path, out=str(tmp_path / "run"), fusion="none", granularity="F", layers="6-12",
                       repeats=1, epochs=2, folds=("1", "2"), device="cpu")
-    s = run_train(cfg, echo=lambda m: None)
+    s = run_train(cfg)
     m = json.loads((tmp_path / "run" / "runs" / "r0_s1" / "metrics.json").read_text())
     assert m["layer_ids"] == {"F": list(range(6, 13))} and len(m["layer_weights"]["F"]) == 7
     from safetensors import safe_open
@@ -246,8 +247,7 @@ def test_bad_head_options_refused_before_anything_is_written(tmp_path, kw, match
     make_synthetic_store(path, per_class=1, layers=13, dim=16, seed=6)
     out = tmp_path / "out"
     with pytest.raises(EmofuseError, match=match):
-        run_train(TrainConfig(store=str(path), out=str(out), repeats=1, epochs=1, device="cpu", **kw),
-                  echo=lambda m: None)
+        run_train(TrainConfig(store=str(path), out=str(out), repeats=1, epochs=1, device="cpu", **kw))
     assert not out.exists()
 
 
@@ -256,12 +256,12 @@ def test_last_on_a_one_layer_stream_is_refused(tmp_path):
     make_synthetic_store(path, per_class=1, layers=1, dim=8, planted_layer=0, seed=7)
     with pytest.raises(EmofuseError, match="single layer"):
         run_train(TrainConfig(store=str(path), out=str(tmp_path / "o"), fusion="none", granularity="F",
-                              layers="last", device="cpu"), echo=lambda m: None)
+                              layers="last", device="cpu"))
     # the CMA heads' default 'last' takes a one-layer stream's layer (eGeMAPS + the audio-only head)
     cfg = TrainConfig(store=str(path), out=str(tmp_path / "c"), fusion="none", granularity="F", head="cnn-blstm",
                       proj=8, repeats=1, epochs=1, folds=("1", "2"), device="cpu")
     assert cfg.layer_specs()["defaults"] == ("audio", "text")
-    s = run_train(cfg, echo=lambda m: None)
+    s = run_train(cfg)
     assert s["ua"]["n"] == 2
 
 
@@ -303,7 +303,7 @@ def test_paper_specs_run_end_to_end(mg_store, cma_store, tmp_path):
     small = tmp_path / "mg-small.yaml"
     small.write_text(yaml.safe_dump({k: v for k, v in s.items() if k != "_labels"}))
     res = run_ablate(AblateConfig(store=path, spec=str(small), out=str(tmp_path / "mg"), repeats=1, epochs=1,
-                                  folds=("1", "2"), device="cpu"), echo=lambda m: None)
+                                  folds=("1", "2"), device="cpu"))
     assert set(res) == {"table1", "table2", "table3"}
     assert res["table3"]["published"].tolist() == [71.29, 74.57, 75.80, 76.31]
     for df in res.values():
@@ -313,7 +313,7 @@ def test_paper_specs_run_end_to_end(mg_store, cma_store, tmp_path):
     m = json.loads(open(os.path.join(some, "runs", "r0_s1", "metrics.json")).read())
     assert m["layer_ids"] and all(ids == list(range(1, 13)) for ids in m["layer_ids"].values())
     res = run_ablate(AblateConfig(store=cma_store, spec="paper-cma", out=str(tmp_path / "cma"), repeats=1, epochs=1,
-                                  folds=("1", "2"), device="cpu"), echo=lambda m: None)
+                                  folds=("1", "2"), device="cpu"))
     df = res["cma"]
     assert len(df) == 4 and df["published"].iloc[0] == 71.20 and df["n"].eq(2).all()
     cfg = json.loads(open(os.path.join(df.iloc[0]["run_dir"], "config.json")).read())

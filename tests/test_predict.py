@@ -29,7 +29,7 @@ def trained(tmp_path_factory, tiny_models):
                               text_model=tiny_models["bert"]))
     run = str(base / "run")
     run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", norm="global", layers="1-",
-                          repeats=1, epochs=3, patience=2, folds=("1", "2"), device="cpu"), echo=quiet)
+                          repeats=1, epochs=3, patience=2, folds=("1", "2"), device="cpu"))
     return {"base": base, "corpus": corpus, "store": store, "run": run}
 
 
@@ -112,7 +112,7 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
                               audio_model=tiny_models["group"], text_model=tiny_models["bert"]))
     ev = str(tmp_path / "ev")
     with pytest.raises(EmofuseError, match=r"labels \['fru'\].*--label-map fru="):
-        run_evaluate(trained["run"], other, ev, echo=quiet)
+        run_evaluate(trained["run"], other, ev)
     assert main(["evaluate", trained["run"], "--store", other, "--out", ev, "--label-map", "fru=ang"]) == 0
     s = json.loads(open(os.path.join(ev, "summary.json")).read())
     assert s["ua"]["n"] == 2 and s["absent_classes"] == ["hap"] and "ensemble" in s
@@ -126,23 +126,23 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     table = open(os.path.join(ev, "table.md")).read()
     assert f"| {s['ua']['mean']:.2f} ± {s['ua']['std']:.2f} |" in table and "their ensemble" in table and "hap" in table
     from emofuse.pipelines.report import run_report
-    run_report(ev, echo=quiet)
+    run_report(ev)
     assert os.path.exists(os.path.join(ev, "report.md"))
     with pytest.raises(EmofuseError, match=r"--label-map maps to \['frustrated'\], which are not classes"):
-        run_evaluate(trained["run"], other, str(tmp_path / "ev5"), label_map="fru=frustrated", echo=quiet)
+        run_evaluate(trained["run"], other, str(tmp_path / "ev5"), label_map="fru=frustrated")
     # an exported model evaluates the same
     exp = str(tmp_path / "model")
     export_run(trained["run"], exp)
-    s2 = run_evaluate(exp, other, str(tmp_path / "ev2"), label_map="fru=ang", echo=quiet)
+    s2 = run_evaluate(exp, other, str(tmp_path / "ev2"), label_map="fru=ang")
     assert [r["ua"] for r in s2["runs"]] == pytest.approx([r["ua"] for r in s["runs"]])
     # the training corpus itself, and another encoder, are refused
     with pytest.raises(EmofuseError, match="cross-corpus evaluation needs another corpus"):
-        run_evaluate(trained["run"], trained["store"], str(tmp_path / "ev3"), echo=quiet)
+        run_evaluate(trained["run"], trained["store"], str(tmp_path / "ev3"))
     wrong = str(tmp_path / "w.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=wrong, labels="six",
                               audio_model=tiny_models["layer"], text_model=None))
     with pytest.raises(EmofuseError, match="needs the same encoders"):
-        run_evaluate(trained["run"], wrong, str(tmp_path / "ev4"), label_map="fru=ang", echo=quiet)
+        run_evaluate(trained["run"], wrong, str(tmp_path / "ev4"), label_map="fru=ang")
 
 
 def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_models):
@@ -153,7 +153,7 @@ def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_mo
                               text_model=tiny_models["bert"]))
     run = str(tmp_path / "run")
     run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+T", audio_stream="egemaps",
-                          norm="global", repeats=1, epochs=2, patience=1, folds=("3",), device="cpu"), echo=quiet)
+                          norm="global", repeats=1, epochs=2, patience=1, folds=("3",), device="cpu"))
     model = load_model(run)
     assert model.spec["streams"]["F"]["stream"] == "egemaps" and model.spec["streams"]["F"]["layer_ids"] == [0]
     preds = pd.read_csv(os.path.join(run, "predictions.csv"), dtype={"id": str}).set_index("id")
@@ -167,7 +167,7 @@ def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_mo
 def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_path):
     run = str(tmp_path / "spk")
     run_train(TrainConfig(store=trained["store"], out=run, fusion="none", granularity="F", norm="speaker",
-                          repeats=1, epochs=2, patience=1, folds=("2",), device="cpu"), echo=quiet)
+                          repeats=1, epochs=2, patience=1, folds=("2",), device="cpu"))
     model = load_model(run)
     preds = pd.read_csv(os.path.join(run, "predictions.csv"), dtype={"id": str}).set_index("id")
     with FeatureStore(trained["store"]) as fs:

@@ -2,6 +2,7 @@
 directory, unique temporary names, ablate workers die with their parent, resumed outputs are
 byte-identical to uninterrupted ones."""
 
+import logging
 import json
 import os
 import shutil  # noqa: F401
@@ -22,6 +23,11 @@ from emofuse.pipelines.ablate import AblateConfig, run_ablate
 from emofuse.pipelines.train import TrainConfig, run_train
 from emofuse.store import FeatureStore, StoreWriter
 from emofuse.testing.synthetic import make_synthetic_store
+
+
+def _messages(caplog) -> list[str]:
+    """The sentences the stages logged (what the command-line tools print)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +78,18 @@ def test_changed_segments_never_reuse_stale_folds(stores, tmp_path):
     store = tmp_path / "s.h5"
     copy_store(str(a), str(store))
     out = tmp_path / "run"
-    run_train(quick(store, out), echo=lambda m: None)
+    run_train(quick(store, out))
     remove_store(str(store))
     copy_store(str(b), str(store))  # the store's segments were re-aligned
     with pytest.raises(EmofuseError, match=r"another configuration \(differs in store content"):
-        run_train(quick(store, out), echo=lambda m: None)
+        run_train(quick(store, out))
     with FeatureStore(a) as fa, FeatureStore(b) as fb:
         assert rundir.content_digest(fa, "audio", "segments/word") != rundir.content_digest(fb, "audio", "segments/word")
         assert rundir.content_digest(fa, "audio", "frames") == rundir.content_digest(fb, "audio", "frames")
 
 
-def test_ablate_keys_follow_the_store_content(stores, tmp_path):
+def test_ablate_keys_follow_the_store_content(stores, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     a, b = stores
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2, patience: 2}\ntables:\n  - name: x\n    rows:\n"
@@ -90,11 +97,12 @@ def test_ablate_keys_follow_the_store_content(stores, tmp_path):
     store = tmp_path / "s.h5"
     copy_store(str(a), str(store))
     out = tmp_path / "grid"
-    first = run_ablate(AblateConfig(store=str(store), spec=str(spec), out=str(out), device="cpu"), echo=lambda m: None)
+    first = run_ablate(AblateConfig(store=str(store), spec=str(spec), out=str(out), device="cpu"))
     remove_store(str(store))
     copy_store(str(b), str(store))
-    msgs = []
-    second = run_ablate(AblateConfig(store=str(store), spec=str(spec), out=str(out), device="cpu"), echo=msgs.append)
+    caplog.clear()
+    second = run_ablate(AblateConfig(store=str(store), spec=str(spec), out=str(out), device="cpu"))
+    msgs = _messages(caplog)
     assert "1 configurations, 0 already finished, 1 to run" in msgs[0]
     assert first["x"]["key"].item() != second["x"]["key"].item()
 
@@ -105,12 +113,12 @@ def test_resumed_predictions_are_byte_identical(stores, tmp_path):
     a, _ = stores
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     cfg = dict(fusion="late", granularity="F+W", text=False, repeats=1, epochs=3)
-    run_train(quick(a, whole, **cfg), echo=lambda m: None)
-    run_train(quick(a, resumed, **cfg), echo=lambda m: None)
+    run_train(quick(a, whole, **cfg))
+    run_train(quick(a, resumed, **cfg))
     for victim in ("r0_s2",):  # as if killed before this fold finished
         os.remove(resumed / "runs" / victim / "metrics.json")
     (resumed / "predictions.csv").unlink()
-    run_train(quick(a, resumed, **cfg), echo=lambda m: None)
+    run_train(quick(a, resumed, **cfg))
     assert (whole / "predictions.csv").read_bytes() == (resumed / "predictions.csv").read_bytes()
     for d in os.listdir(whole / "runs"):
         assert (whole / "runs" / d / "predictions.csv").read_bytes() == \
@@ -124,12 +132,12 @@ def test_second_process_on_the_same_out_gets_one_sentence(stores, tmp_path):
     with rundir.run_lock(str(out)):
         with pytest.raises(EmofuseError, match=rf"{out} is in use: process {os.getpid()} on \S+ is running train-head "
                                                rf"there \(it holds {out}/run.lock\); wait for it to finish or choose"):
-            run_train(quick(a, out), echo=lambda m: None)
+            run_train(quick(a, out))
         r = subprocess.run([sys.executable, "-m", "emofuse", "train-head", "--store", str(a), "--out", str(out),
                             "--fusion", "none", "--granularity", "W", "--epochs", "1", "--device", "cpu"],
                            capture_output=True, text=True)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "is in use" in r.stderr
-    run_train(quick(a, out), echo=lambda m: None)  # released
+    run_train(quick(a, out))  # released
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):

@@ -18,12 +18,10 @@ def tree(tmp_path_factory):
     make_synthetic_store(store, per_class=4, layers=3, dim=8, planted_layer=1, strength=1.0, mean_seconds=1.0, seed=0)
     root = base / "exp"
     common = dict(store=store, repeats=1, epochs=3, patience=2, folds=("1",), device="cpu")
-    run_train(TrainConfig(out=str(root / "a"), fusion="none", granularity="F", **common), echo=lambda *_: None)
-    run_train(TrainConfig(out=str(root / "b"), fusion="none", granularity="F", norm="global", lr=3e-3, **common),
-              echo=lambda *_: None)
+    run_train(TrainConfig(out=str(root / "a"), fusion="none", granularity="F", **common))
+    run_train(TrainConfig(out=str(root / "b"), fusion="none", granularity="F", norm="global", lr=3e-3, **common))
     grid = root / "grid"
-    run_train(TrainConfig(out=str(grid / "runs" / "0123abcd"), fusion="none", granularity="T", **common),
-              echo=lambda *_: None)
+    run_train(TrainConfig(out=str(grid / "runs" / "0123abcd"), fusion="none", granularity="T", **common))
     (grid / "ablate.json").write_text(json.dumps({"type": "emofuse.ablate", "keys": {"Text linear": "0123abcd"}}))
     os.makedirs(root / "c" / "runs")   # unfinished: a config and no summary
     os.makedirs(root / "exported" / "training")   # an export's copy of a run's records is not a run
@@ -88,7 +86,7 @@ def test_tensorboard_said_once_when_missing_and_written_when_present(tree, tmp_p
         def close(self):
             pass
     monkeypatch.setattr(pr, "_summary_writer", lambda: Writer)
-    assert pr.write_tensorboard([str(tree / "a")], str(tmp_path / "tb2"), echo=lambda *_: None) == 1
+    assert pr.write_tensorboard([str(tree / "a")], str(tmp_path / "tb2")) == 1
     m = json.loads((tree / "a" / "runs" / "r0_s1" / "metrics.json").read_text())
     got = [(t, v, s) for d, t, v, s in scalars if d == os.path.join("a", "r0_s1") and t == "ua/validation"]
     assert got == [("ua/validation", h["val_ua"], h["epoch"]) for h in m["history"]]

@@ -37,7 +37,7 @@ def test_key_and_seed_recipes_never_change():
 def test_validation_split_still_draws_what_it_drew():
     from types import SimpleNamespace
 
-    from emofuse.pipelines.train import split
+    from emofuse.pipelines.protocol import split
     data = SimpleNamespace(sessions=np.array(["1", "2", "3"] * 10))
     tr, va, te = split(data, "1", 0, 0.1)
     key = 4269095081

@@ -3,6 +3,7 @@ trains alone (same initial weights, batches and dropout masks; losses equal to f
 a run's numbers do not depend on which runs share its pass, and the run directory is the one the
 one-at-a-time path writes."""
 
+import logging
 import json
 import os
 
@@ -14,8 +15,9 @@ import torch
 from emofuse.heads.stacked import stackable
 from emofuse.pipelines.data import fit_normaliser, load_train_data
 from emofuse.pipelines.stacked import Job, train_stacked
-from emofuse.pipelines.train import (Timer, TrainConfig, _predict, run_seed, run_train, split, train_one,
-                                    with_store_defaults)
+from emofuse.pipelines.loop import Timer, _predict, train_one
+from emofuse.pipelines.protocol import run_seed, split
+from emofuse.pipelines.train import TrainConfig, run_train, with_store_defaults
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
 
@@ -36,6 +38,11 @@ HEADS = {
     "proj-stats": dict(fusion="none", granularity="T", head="proj-stats", proj=8, scheduler="plateau",
                        lr=1e-2, lr_patience=0),
 }
+
+
+def _messages(caplog) -> list[str]:
+    """The sentences the stages logged (what the command-line tools print)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +119,14 @@ def test_a_run_does_not_depend_on_its_companions(store, tmp_path):
     _same_run(crowd[(2, "3")], alone[(2, "3")], data, "3")
 
 
-def test_run_directory_the_same_files_and_resumed(store, tmp_path, capsys):
+def test_run_directory_the_same_files_and_resumed(store, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     kw = dict(store=store, fusion="late", granularity="F+T", epochs=3, patience=2, repeats=2, folds=("2", "3"),
               device="cpu")
-    one = run_train(TrainConfig(out=str(tmp_path / "one"), runs_at_once=1, **kw), echo=lambda m: None)
-    msgs = []
-    many = run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw), echo=msgs.append)
+    one = run_train(TrainConfig(out=str(tmp_path / "one"), runs_at_once=1, **kw))
+    caplog.clear()
+    many = run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw))
+    msgs = _messages(caplog)
     assert any("4 runs stacked" in m for m in msgs)
     listing = lambda d: sorted(os.path.relpath(os.path.join(p, f), d) for p, _, fs in os.walk(d) for f in fs)  # noqa
     assert listing(tmp_path / "one") == listing(tmp_path / "many")
@@ -131,19 +140,21 @@ def test_run_directory_the_same_files_and_resumed(store, tmp_path, capsys):
     before = {f: (tmp_path / "many" / f).read_bytes() for f in ("predictions.csv", "runs/r1_s3/predictions.csv")}
     for f in ("summary.json", "runs/r1_s3/metrics.json", "runs/r0_s2/metrics.json"):
         os.remove(tmp_path / "many" / f)
-    run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw), echo=msgs.append)
+    run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw))
+    msgs = _messages(caplog)
     assert any("2 runs stacked" in m and "2 finished runs of their groups train again" in m for m in msgs)
     for f, blob in before.items():
         assert (tmp_path / "many" / f).read_bytes() == blob
     assert json.loads((tmp_path / "many" / "summary.json").read_text())["ua"]["n"] == 4
 
 
-def test_lstm_heads_fall_back_and_say_so(store, tmp_path):
+def test_lstm_heads_fall_back_and_say_so(store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "emofuse")
     assert not stackable("cma", "linear") and not stackable("none", "cnn-blstm")
-    msgs = []
+    caplog.clear()
     s = run_train(TrainConfig(store=store, out=str(tmp_path / "c"), fusion="none", granularity="F", head="cnn-blstm",
-                              proj=8, epochs=1, folds=("1", "2"), repeats=1, device="cpu", runs_at_once=0),
-                  echo=msgs.append)
+                              proj=8, epochs=1, folds=("1", "2"), repeats=1, device="cpu", runs_at_once=0))
+    msgs = _messages(caplog)
     assert s["ua"]["n"] == 2 and sum("does not stack" in m for m in msgs) == 1
 
 

@@ -11,7 +11,9 @@ import pytest
 from emofuse.cli import train_head
 from emofuse.errors import EmofuseError
 from emofuse.pipelines.data import load_train_data, parse_layers
-from emofuse.pipelines.train import TrainConfig, run_combine, run_train, split
+from emofuse.pipelines.combine import run_combine
+from emofuse.pipelines.protocol import split
+from emofuse.pipelines.train import TrainConfig, run_train
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
 
@@ -32,7 +34,7 @@ def quick(store, out, **kw):
 
 def test_planted_layer_is_learned_and_weighted(planted, tmp_path):
     store, _ = planted
-    s = run_train(quick(store, tmp_path / "run", fusion="none", granularity="F"), echo=lambda m: None)
+    s = run_train(quick(store, tmp_path / "run", fusion="none", granularity="F"))
     assert s["ua"]["mean"] >= 95.0 and s["ua"]["n"] == 5
     for r in s["runs"]:
         w = r["layer_weights"]["F"]
@@ -51,16 +53,16 @@ def test_text_planted_store_learns_from_text_not_audio(tmp_path):
     path = tmp_path / "t.h5"
     make_synthetic_store(path, per_class=6, layers=3, dim=8, planted_stream="text", planted_layer=1, strength=1.5,
                          mean_seconds=1.0, seed=2)
-    text = run_train(quick(str(path), tmp_path / "t", fusion="none", granularity="T", epochs=30), echo=lambda m: None)
-    audio = run_train(quick(str(path), tmp_path / "a", fusion="none", granularity="F", epochs=5), echo=lambda m: None)
+    text = run_train(quick(str(path), tmp_path / "t", fusion="none", granularity="T", epochs=30))
+    audio = run_train(quick(str(path), tmp_path / "a", fusion="none", granularity="F", epochs=5))
     assert text["ua"]["mean"] >= 95.0 and audio["ua"]["mean"] < 60.0
 
 
 def test_same_config_same_seed_identical_metrics(planted, tmp_path):
     store, _ = planted
     cfg = dict(fusion="late", granularity="F+S", epochs=4, folds=("1", "3"), repeats=2)
-    a = run_train(quick(store, tmp_path / "a", **cfg), echo=lambda m: None)
-    b = run_train(quick(store, tmp_path / "b", **cfg), echo=lambda m: None)
+    a = run_train(quick(store, tmp_path / "a", **cfg))
+    b = run_train(quick(store, tmp_path / "b", **cfg))
     assert a["runs"] == b["runs"] and len(a["runs"]) == 4
     # every run's own record too, its training curve included (less the wall-clock seconds per epoch)
     for run in os.listdir(tmp_path / "a" / "runs"):
@@ -77,8 +79,8 @@ def test_a_fold_trained_alone_equals_the_same_fold_of_a_full_run(planted, tmp_pa
     fold picked with --folds gives the numbers it gives in a run of every fold."""
     store, _ = planted
     cfg = dict(fusion="none", granularity="F", epochs=2, repeats=1, seed=4)
-    full = run_train(quick(store, tmp_path / "full", **cfg), echo=lambda m: None)
-    alone = run_train(quick(store, tmp_path / "alone", folds=("3",), **cfg), echo=lambda m: None)
+    full = run_train(quick(store, tmp_path / "full", **cfg))
+    alone = run_train(quick(store, tmp_path / "alone", folds=("3",), **cfg))
     pick = lambda s: [r for r in s["runs"] if r["fold"] == "3"]  # noqa: E731
     assert len(pick(alone)) == 1 and pick(alone) == pick(full)
     pf = pd.read_csv(tmp_path / "full" / "predictions.csv", dtype={"fold": str})
@@ -99,8 +101,7 @@ def test_protocol_folds_and_validation(planted):
 
 def test_segments_missing_for_some_utterances_are_masked_and_counted(planted, tmp_path):
     store, facts = planted
-    s = run_train(quick(store, tmp_path / "w", fusion="late", granularity="F+W", epochs=2, folds=("1",)),
-                  echo=lambda m: None)
+    s = run_train(quick(store, tmp_path / "w", fusion="late", granularity="F+W", epochs=2, folds=("1",)))
     assert s["empty_segments"] == {"W": 3} and s["data"]["utterances"] == 160
 
 
@@ -128,19 +129,19 @@ def test_reading_only_needed_layers_and_streaming_equals_memory(planted, tmp_pat
 def test_normalisation_options_train(planted, tmp_path, norm):
     store, _ = planted
     s = run_train(quick(store, tmp_path / norm, fusion="none", granularity="F", norm=norm, epochs=10,
-                        folds=("1", "2")), echo=lambda m: None)
+                        folds=("1", "2")))
     assert s["ua"]["mean"] >= 90.0
 
 
 def test_finished_runs_are_reused_and_other_configs_refused(planted, tmp_path):
     store, _ = planted
     out = tmp_path / "run"
-    run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)), echo=lambda m: None)
+    run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)))
     stamp = os.path.getmtime(out / "runs" / "r0_s1" / "model.safetensors")
-    s = run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)), echo=lambda m: None)
+    s = run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)))
     assert os.path.getmtime(out / "runs" / "r0_s1" / "model.safetensors") == stamp and s["ua"]["n"] == 1
     with pytest.raises(EmofuseError, match="another configuration .*epochs"):
-        run_train(quick(store, out, fusion="none", granularity="F", epochs=3, folds=("1",)), echo=lambda m: None)
+        run_train(quick(store, out, fusion="none", granularity="F", epochs=3, folds=("1",)))
 
 
 def test_score_combination_averages_logits_and_refuses_mismatched_runs(planted, tmp_path):
@@ -148,15 +149,14 @@ def test_score_combination_averages_logits_and_refuses_mismatched_runs(planted, 
     kw = dict(epochs=3, folds=("1", "2"))
     a = tmp_path / "a"
     b = tmp_path / "b"
-    run_train(quick(store, a, fusion="none", granularity="F", **kw), echo=lambda m: None)
-    run_train(quick(store, b, fusion="late", granularity="S", text=True, **kw), echo=lambda m: None)
-    s = run_combine([str(a), str(b)], str(tmp_path / "c"), echo=lambda m: None)
+    run_train(quick(store, a, fusion="none", granularity="F", **kw))
+    run_train(quick(store, b, fusion="late", granularity="S", text=True, **kw))
+    s = run_combine([str(a), str(b)], str(tmp_path / "c"))
     pa, pb, pc = (pd.read_csv(tmp_path / d / "predictions.csv").sort_values(["fold", "id"]) for d in "abc")
     cols = [c for c in pa.columns if c.startswith("logit_")]
     assert np.allclose(pc[cols].to_numpy(), (pa[cols].to_numpy() + pb[cols].to_numpy()) / 2)
     assert s["ua"]["n"] == 2
-    run_train(quick(store, tmp_path / "d", fusion="none", granularity="F", epochs=3, folds=("1", "2"), seed=7),
-              echo=lambda m: None)
+    run_train(quick(store, tmp_path / "d", fusion="none", granularity="F", epochs=3, folds=("1", "2"), seed=7))
     with pytest.raises(EmofuseError, match="do not share folds, seeds"):
         run_combine([str(a), str(tmp_path / "d")], str(tmp_path / "e"))
 
@@ -194,7 +194,7 @@ def test_bad_input_one_sentence(tmp_path, capsys):
 def test_every_fusion_runs_end_to_end(planted, tmp_path, fusion, gran, head):
     store, _ = planted
     s = run_train(quick(store, tmp_path / fusion, fusion=fusion, granularity=gran, head=head, epochs=2,
-                        folds=("1",)), echo=lambda m: None)
+                        folds=("1",)))
     assert s["ua"]["n"] == 1
     assert_scores_match_predictions(s, tmp_path / fusion)
 

@@ -7,29 +7,35 @@ are kept too), and a grown spec computes only what is new.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from importlib import resources
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import yaml
 from scipy.stats import wilcoxon
 
+from ..devices import resolve_device
 from ..errors import EmofuseError
 from ..options import build, check_field, opt
 from ..hashing import sha256_hex
 from ..heads.stacked import stackable
+from ..logs import ROOT, show_messages
 from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
-from .rundir import run_lock, write_json
+from .combine import run_combine
+from .rundir import is_finished, read_summary, run_lock, write_json
 from .train import NOT_IN_KEY as TRAIN_NOT_IN_KEY
-from .train import (RUNS_AT_ONCE_HELP, TrainConfig, check_against_store, describe_config, run_combine, run_train, store_fingerprints,
-                    with_store_defaults)
+from .train import (RUNS_AT_ONCE_HELP, TrainConfig, check_against_store, describe_config, run_train, runs_at_once,
+                    store_fingerprints, with_store_defaults)
+
+log = logging.getLogger(__name__)
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"store", *TRAIN_NOT_IN_KEY}   # what a spec row may set
 EXECUTORS = ("local", "submitit")
@@ -183,18 +189,47 @@ def _die_with_parent(parent: int) -> None:
 _WORKER_CACHE: dict = {}   # rows held by a worker process for the next configuration that reads them
 
 
-def _train_worker(cfg: TrainConfig, threads: int | None) -> str:
+def _train_worker(cfg: TrainConfig, threads: int | None, level: int | None = None) -> str:
+    """One configuration in a worker process (a fresh interpreter: logging is set up again here,
+    at ``level``, when the parent shows messages)."""
     import torch
+    if level is not None:
+        show_messages(level)
     if threads:
         torch.set_num_threads(threads)
-    run_train(cfg, echo=lambda m: None, cache=_WORKER_CACHE)
+    run_train(cfg, cache=_WORKER_CACHE)
     return cfg.out
 
 
 def _train_rows(cfgs: list, threads: int | None = None) -> list[str]:
     """One cluster job: configurations that read the same streams, trained one after the other
-    with their data read once."""
-    return [_train_worker(c, threads) for c in cfgs]
+    with their data read once. Its messages go to the job's own log (submitit's folder)."""
+    return [_train_worker(c, threads, logging.INFO) for c in cfgs]
+
+
+def _worker_level() -> int | None:
+    """What ``--jobs`` workers show: warnings, when this process shows messages (their progress
+    lines would interleave; this process says when each configuration finishes)."""
+    return logging.WARNING if logging.getLogger(ROOT).handlers else None
+
+
+@contextlib.contextmanager
+def _indented(prefix: str = "    "):
+    """The messages of the stages ablate runs (train-head, finetune, combine), indented under
+    ablate's own line for the row."""
+    old = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = old(*args, **kwargs)
+        if record.name.startswith(ROOT + ".") and record.name != __name__:
+            record.msg = prefix + str(record.msg)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(old)
 
 
 def data_signature(c: TrainConfig) -> tuple:
@@ -203,10 +238,9 @@ def data_signature(c: TrainConfig) -> tuple:
             c.memory_gb)
 
 
-def _place_rows(cfg: AblateConfig, pending: list, echo: Callable[[str], None]) -> list[list]:
+def _place_rows(cfg: AblateConfig, pending: list) -> list[list]:
     """Order the configurations so that those reading the same data follow each other; say once
     what runs where. Returns the groups that share data."""
-    from .train import resolve_device, runs_at_once
     groups: dict[tuple, list] = {}
     for c in pending:
         groups.setdefault(data_signature(c), []).append(c)
@@ -224,16 +258,16 @@ def _place_rows(cfg: AblateConfig, pending: list, echo: Callable[[str], None]) -
     else:
         where = "in this process"
     on = str(device) if device.type != "meta" else "the device each job finds (--device auto)"
-    echo(f"  plan: {len(pending)} configurations {where}, on {on}; {len(stacked)} with their runs stacked "
-         f"(--runs-at-once), {len(pending) - len(stacked)} one run at a time"
-         + (f" ({len(lstm)} LSTM heads, which do not stack)" if lstm and stacked else "")
-         + f"; data read once per set of rows sharing streams: "
-         + ", ".join(f"{'+'.join(sig[3])}" + (f" [{sig[1]}]" if sig[1] != "audio" else "") + f" × {len(g)}"
+    log.info(f"  plan: {len(pending)} configurations {where}, on {on}; {len(stacked)} with their runs stacked "
+             f"(--runs-at-once), {len(pending) - len(stacked)} one run at a time"
+             + (f" ({len(lstm)} LSTM heads, which do not stack)" if lstm and stacked else "")
+             + f"; data read once per set of rows sharing streams: "
+             + ", ".join(f"{'+'.join(sig[3])}" + (f" [{sig[1]}]" if sig[1] != "audio" else "") + f" × {len(g)}"
                      for sig, g in groups.items()))
     return list(groups.values())
 
 
-def _submit(cfg: AblateConfig, groups: list[list], echo: Callable[[str], None]) -> None:
+def _submit(cfg: AblateConfig, groups: list[list]) -> None:
     """Send each group of rows as one job through submitit; wait for them all."""
     try:
         import submitit
@@ -250,12 +284,12 @@ def _submit(cfg: AblateConfig, groups: list[list], echo: Callable[[str], None]) 
         raise EmofuseError(f"--cluster-option: {e}") from None
     jobs = [ex.submit(_train_rows, g) for g in groups]
     for job, g in zip(jobs, groups):
-        echo(f"  job {job.job_id}: {len(g)} configurations ({', '.join(os.path.basename(c.out) for c in g)})")
+        log.info(f"  job {job.job_id}: {len(g)} configurations ({', '.join(os.path.basename(c.out) for c in g)})")
     failed = []
     for job, g in zip(jobs, groups):
         try:
             job.result()
-            echo(f"  job {job.job_id} finished")
+            log.info(f"  job {job.job_id} finished")
         except Exception as e:
             failed.append(f"job {job.job_id} ({len(g)} configurations): {str(e).strip().splitlines()[-1]}")
     if failed:
@@ -263,17 +297,13 @@ def _submit(cfg: AblateConfig, groups: list[list], echo: Callable[[str], None]) 
                            + "; ".join(failed) + ". Run the same ablate again to resume (finished runs are kept)")
 
 
-def _finished(d: str) -> bool:
-    return os.path.exists(os.path.join(d, "summary.json"))
-
-
-def run_ablate(cfg: AblateConfig, echo: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
+def run_ablate(cfg: AblateConfig) -> dict[str, pd.DataFrame]:
     """Run every configuration of the spec not yet finished; write tables. Returns table → rows.
     One process at a time per ``cfg.out`` (a second one is refused with a sentence)."""
     spec = load_spec(cfg.spec)
     train_cfgs, key_of = _plan(cfg, spec)   # every row checked against the store before --out is created
     with run_lock(cfg.out, "ablate"):
-        return _run_ablate(cfg, spec, train_cfgs, key_of, echo)
+        return _run_ablate(cfg, spec, train_cfgs, key_of)
 
 
 def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
@@ -318,27 +348,27 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
     return train_cfgs, key_of
 
 
-def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[str, str],
-                echo: Callable[[str], None]) -> dict[str, pd.DataFrame]:
+def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[str, str]) -> dict[str, pd.DataFrame]:
     runs_dir = os.path.join(cfg.out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
-    pending = [c for k, c in train_cfgs.items() if not _finished(c.out)]
+    pending = [c for k, c in train_cfgs.items() if not is_finished(c.out)]
     tuned = [c for c in pending if isinstance(c, ft.FinetuneConfig)]
     pending = [c for c in pending if not isinstance(c, ft.FinetuneConfig)]
-    echo(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {len(train_cfgs) - len(pending)} "
-         f"already finished, {len(pending)} to run" + (f" on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
-    groups = _place_rows(cfg, pending, echo) if pending else []
+    log.info(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {len(train_cfgs) - len(pending)} "
+             f"already finished, {len(pending)} to run" + (f" on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
+    groups = _place_rows(cfg, pending) if pending else []
     pending = [c for g in groups for c in g]   # rows reading the same data follow each other
     if cfg.executor == "submitit" and pending:
-        _submit(cfg, groups, echo)
+        _submit(cfg, groups)
     elif cfg.jobs > 1 and len(pending) > 1:
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         import multiprocessing as mp
         with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             try:
-                for k, out in enumerate(pool.map(_train_worker, pending, [threads] * len(pending))):
-                    echo(f"  [{k + 1}/{len(pending)}] {out} finished")
+                for k, out in enumerate(pool.map(_train_worker, pending, [threads] * len(pending),
+                                                 [_worker_level()] * len(pending))):
+                    log.info(f"  [{k + 1}/{len(pending)}] {out} finished")
             except BaseException:  # interrupted or a worker failed: stop the others now, not after their runs
                 for proc in list(getattr(pool, "_processes", {}).values()):
                     proc.terminate()
@@ -350,22 +380,25 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
             labels.setdefault(key, label)
         cache: dict = {}   # rows held for the next configuration that reads the same streams
         for k, c in enumerate(pending):
-            echo(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
-            run_train(c, echo=lambda m: echo("    " + m), cache=cache)
+            log.info(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
+            with _indented():
+                run_train(c, cache=cache)
         cache.clear()
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
-        echo(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
-        ft.run_finetune(c, echo=lambda m: echo("    " + m))
+        log.info(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
+        with _indented():
+            ft.run_finetune(c)
     if tuned and not cfg.finetune:
-        echo(f"  {len(tuned)} fine-tuned rows not run (they need ablate --finetune and the encoders; GPU hours)")
+        log.info(f"  {len(tuned)} fine-tuned rows not run (they need ablate --finetune and the encoders; GPU hours)")
     for label, row in spec["_labels"].items():
         if "combine" in row:
             members = [os.path.join(runs_dir, key_of[m]) for m in row["combine"]]
             key = sha256_hex("+".join(key_of[m] for m in row["combine"]), 12)
             key_of[label] = key
             out = os.path.join(runs_dir, key)
-            if not _finished(out):
-                run_combine(members, out, echo=lambda m: echo("    " + m))
+            if not is_finished(out):
+                with _indented():
+                    run_combine(members, out)
     results = _collect(spec, key_of, runs_dir)
     _write_tables(spec, results, cfg.out)
     _write_index(spec, key_of, train_cfgs, cfg.out)
@@ -393,10 +426,9 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
         for r in t["rows"]:
             src = r.get("same_as", r["label"])
             d = os.path.join(runs_dir, key_of[src])
-            if not os.path.exists(os.path.join(d, "summary.json")) and spec["_labels"][src].get("finetune"):
+            if not is_finished(d) and spec["_labels"][src].get("finetune"):
                 continue   # a fine-tuned row not run (ablate --finetune)
-            with open(os.path.join(d, "summary.json")) as f:
-                s = json.load(f)
+            s = read_summary(d)
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
                          "n": s["ua"]["n"], "published": r.get("published", spec["_labels"][src].get("published")),
                          "key": key_of[src], "run_dir": d})
@@ -426,7 +458,7 @@ def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str)
                 describe_config(c) if isinstance(c, TrainConfig) else f"fine-tuned {getattr(c, 'system', '')}".strip())
         d = os.path.join(out, "runs", key)
         rows.append({"label": label, "folder": os.path.join("runs", key), "tables": ",".join(in_tables.get(label, [])),
-                     "configuration": what, "finished": os.path.exists(os.path.join(d, "summary.json"))})
+                     "configuration": what, "finished": is_finished(d)})
     df = pd.DataFrame(rows, columns=["label", "folder", "tables", "configuration", "finished"])
     df.to_csv(os.path.join(out, "runs.csv"), index=False, lineterminator="\n")
     lines = ["| Label | Run folder | Tables | Configuration |", "|---|---|---|---|"]

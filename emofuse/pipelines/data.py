@@ -21,10 +21,9 @@ from ..arrays import offsets_from_lengths
 from ..errors import EmofuseError
 from ..heads.functional import GatheredRows
 from ..store import FeatureStore
+from .keys import KEY_KIND, KEY_NAME
+from .keys import stream_of as _stream_of
 
-KEY_KIND = {"F": "frames", "P": "segments/phone", "S": "segments/syllable", "W": "segments/word", "T": "tokens"}
-KEY_NAME = {"F": "frames", "P": "phone segments", "S": "syllable segments", "W": "word segments", "T": "text tokens"}
-SPEECH_KEYS = ("F", "P", "S", "W")
 
 
 def parse_layers(spec: str | None, n_layers: int, layer_ids: Sequence[int] | None = None,
@@ -274,7 +273,7 @@ def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text
     out = {}
     for k in keys:
         side = "text" if k == "T" else "audio"
-        stream = text_stream if k == "T" else audio_stream
+        stream = _stream_of(k, audio_stream, text_stream)
         spec = layers.get(side) if isinstance(layers, Mapping) else layers
         require(fs, stream, k)
         L, D, _ = fs.row_shape(stream, KEY_KIND[k])
@@ -299,7 +298,7 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
     at most, shared with the next row that reads the same streams)."""
     utts = fs.utterances
     ids = np.asarray(utts.index)
-    stream_of = {k: (text_stream if k == "T" else audio_stream) for k in keys}
+    stream_of = {k: _stream_of(k, audio_stream, text_stream) for k in keys}
     indexes, excluded = {}, {}
     for k in keys:
         require(fs, stream_of[k], k)

@@ -17,9 +17,9 @@ i ≡ rank mod world size), give the same step as one process running the global
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import copy
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +32,7 @@ from torch import nn
 
 from .. import __version__
 from ..corpora import Utterance
+from ..devices import resolve_device
 from ..errors import EmofuseError
 from ..hashing import sha256_int
 from ..extract.audio import BadInput, load_audio
@@ -43,8 +44,10 @@ from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
 from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
-from .rundir import run_folder
-from .train import _check_run_dir, _save_run, _write_json, folds_of, resolve_device, run_seed, split
+from .rundir import check_run_dir, fold_dir, read_fold, save_fold, write_config, write_predictions, write_summary
+from .protocol import folds_of, run_seed, split
+
+log = logging.getLogger(__name__)
 
 SYSTEMS = ("cma", "audio", "text")   # joint (74.71), audio-only (60.01), text-only (71.01)
 TRAINING_OPTIONS = ("off", "checkpoint")
@@ -585,15 +588,16 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
     return model, enc, state["history"], state["best_epoch"]
 
 
-def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> dict:
+def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused."""
     rank, world = dist_info()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    say = log.info
     if rank != 0:
-        echo = lambda m: None   # noqa: E731
+        say = lambda m: None   # noqa: E731  (one process speaks: rank 0)
     with FeatureStore(cfg.store) as fs:
         fingerprints = {"corpus": fs.corpus_fingerprint}
     enc = Encoders(cfg)   # checks the checkpoints before anything is written
@@ -602,15 +606,15 @@ def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> di
               "training_options": enc.options, "world_size": world,
               "frozen_parameters": _count_frozen(enc)}
     if rank == 0:
-        _check_run_dir(cfg.out, config)
+        check_run_dir(cfg.out, config)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
-        _write_json(os.path.join(cfg.out, "config.json"), config)
+        write_config(cfg.out, config)
     t0 = time.perf_counter()
     data = load_finetune_data(cfg.store, cfg, enc)
     t_load = time.perf_counter() - t0
-    echo(f"finetune {cfg.system}: {len(data.ids)} utterances, classes {', '.join(data.classes)}, training on "
-         f"{device}" + (f" x {world} processes" if world > 1 else "") +
-         (f"; left out: {data.excluded}" if data.excluded else ""))
+    say(f"finetune {cfg.system}: {len(data.ids)} utterances, classes {', '.join(data.classes)}, training on "
+        f"{device}" + (f" x {world} processes" if world > 1 else "") +
+        (f"; left out: {data.excluded}" if data.excluded else ""))
     folds = folds_of(data, cfg)
     runs, preds, timer = [], [], Timer()
     first = [enc]
@@ -621,11 +625,11 @@ def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> di
     for r in range(cfg.repeats):
         for session in folds:
             seed = cfg.seed + r
-            rdir = os.path.join(cfg.out, "runs", run_folder(r, session))
-            if os.path.exists(os.path.join(rdir, "metrics.json")):
-                with open(os.path.join(rdir, "metrics.json")) as f:
-                    runs.append(json.load(f))
-                preds.append(pd.read_csv(os.path.join(rdir, "predictions.csv"), dtype={"fold": str}))
+            rdir = fold_dir(cfg.out, r, session)
+            finished = read_fold(rdir)
+            if finished is not None:
+                runs.append(finished[0])
+                preds.append(finished[1])
                 continue
             if rank == 0:
                 os.makedirs(rdir, exist_ok=True)
@@ -635,7 +639,7 @@ def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> di
             tr, va, te = split(data, session, seed, cfg.val_fraction)
             model, fenc, history, best_epoch = train_fold(
                 cfg, factory, data, tr, va, run_seed(data, seed, session), device, rdir, rank, world,
-                lambda s: echo(f"  repeat {r} fold {session}: {s}"), timer)
+                lambda s: say(f"  repeat {r} fold {session}: {s}"), timer)
             pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
             logits = predict(model, data, te, cfg, device, rank, world, pad)
             m = scores(data.y[te], logits.argmax(1), len(data.classes))
@@ -651,14 +655,14 @@ def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> di
                     for name, m_ in (("audio_encoder", model.audio), ("text_encoder", model.text)):
                         if m_ is not None:
                             m_.save_pretrained(os.path.join(rdir, name))
-                _save_run(rdir, model.head, m, p, {"fusion": cfg.fusion, "head": cfg.head, "keys": "+".join(cfg.keys()),
+                save_fold(rdir, model.head, m, p, {"fusion": cfg.fusion, "head": cfg.head, "keys": "+".join(cfg.keys()),
                                                    "finetune": cfg.system})
                 ck = os.path.join(rdir, "checkpoint.pt")
                 if os.path.exists(ck):
                     os.remove(ck)
             runs.append(m)
             preds.append(p)
-            echo(f"  repeat {r} fold {session}: test UA {m['ua']:.2f}")
+            say(f"  repeat {r} fold {session}: test UA {m['ua']:.2f}")
     summary = summarise(runs, data.classes)
     summary.update(type="emofuse.summary", fusion=cfg.fusion, keys=cfg.keys(), head=cfg.head, finetune=cfg.system,
                    excluded=data.excluded, empty_segments={},
@@ -667,9 +671,9 @@ def run_finetune(cfg: FinetuneConfig, echo: Callable[[str], None] = print) -> di
                          "train_audio_s_per_s": timer.audio_s / timer.compute if timer.compute else None},
                    runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
     if rank == 0:
-        pd.concat(preds).to_csv(os.path.join(cfg.out, "predictions.csv"), index=False)
-        _write_json(os.path.join(cfg.out, "summary.json"), summary)
-    echo(f"{cfg.out}: " + format_summary(summary))
+        write_predictions(cfg.out, pd.concat(preds))
+        write_summary(cfg.out, summary)
+    say(f"{cfg.out}: " + format_summary(summary))
     return summary
 
 

@@ -21,6 +21,7 @@ Exported folder (``export_run``; reload with ``emofuse.load_model``)::
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import os
@@ -34,16 +35,22 @@ import pandas as pd
 import torch
 
 from .. import __version__
+from ..devices import resolve_device
 from ..errors import EmofuseError
 from ..store import FeatureStore
-from .data import KEY_KIND, KEY_NAME, MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
+from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
+from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
 from .metrics import format_summary, scores, summarise
-from .rundir import predictions_roundtrip, run_lock, write_csv, write_json
+from .rundir import (CONFIG, SUMMARY, fold_metrics, has_config, is_finished, predictions_roundtrip, read_config,
+                     read_summary, run_lock, write_config, write_csv, write_fold, write_json, write_predictions,
+                     write_summary)
+
+log = logging.getLogger(__name__)
 
 MODEL_TYPE = "emofuse.model"
 FORMAT_VERSION = 1
 #: stream keys ``predict`` can compute from audio and text alone (segments need forced alignments)
-PREDICT_KEYS = ("F", "T")
+PREDICT_KEYS = (FRAME_KEY, TEXT_KEY)
 
 
 def _sha256(path: str) -> str:
@@ -100,12 +107,10 @@ class TrainedModel:
         c = dict(config["config"])
         c["folds"] = tuple(c["folds"]) if c.get("folds") else None
         cfg = TrainConfig(**c)
-        summary_path = os.path.join(run_dir, "summary.json")
-        if not os.path.exists(summary_path):
+        if not is_finished(run_dir):
             raise EmofuseError(f"{run_dir} is not a finished train-head run (no summary.json): run its train-head "
                                "command again to finish it first")
-        with open(summary_path) as f:
-            summary = json.load(f)
+        summary = read_summary(run_dir)
         store_path = store or cfg.store
         if not os.path.exists(store_path):
             raise EmofuseError(f"the store {store_path} that {run_dir} was trained on is not there; pass its "
@@ -119,7 +124,7 @@ class TrainedModel:
             layer_ids = config["layer_ids"]
             streams, encoders = {}, {}
             for k in keys:
-                s = cfg.text_stream if k == "T" else cfg.audio_stream
+                s = stream_of(k, cfg.audio_stream, cfg.text_stream)
                 info = fs.stream_info(s)
                 L, D, _ = fs.row_shape(s, KEY_KIND[k])
                 streams[k] = {"stream": s, "kind": KEY_KIND[k], "layer_ids": [int(x) for x in layer_ids[k]], "dim": D}
@@ -139,10 +144,8 @@ class TrainedModel:
                 "summary": {m: summary[m] for m in ("ua", "wa", "f1")}}
         folders = {}   # (repeat, fold) → the folder of that run (found by its metrics, whatever its name)
         rdir = os.path.join(run_dir, "runs")
-        for name in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []:
-            m = _load_json(os.path.join(rdir, name, "metrics.json"))
-            if m is not None:
-                folders[(int(m["repeat"]), str(m["fold"]))] = name
+        for name, m in fold_metrics(run_dir, strict=False):
+            folders[(int(m["repeat"]), str(m["fold"]))] = name
         members = []
         for r in sorted(summary["runs"], key=lambda r: (r["repeat"], str(r["fold"]))):
             name = folders.get((int(r["repeat"]), str(r["fold"])))
@@ -214,11 +217,11 @@ class TrainedModel:
     def features(self, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
                  ids: Sequence[str] | None = None, speakers: Sequence[str] | None = None,
                  device: str = "cpu", audio_model: str | None = None, text_model: str | None = None,
-                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
-                 echo: Callable[[str], None] = lambda s: None) -> TrainData:
+                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None
+                 ) -> TrainData:
         """Run the model's encoders on new audio files and transcripts (the extraction code path:
         same loading, resampling, preprocessing, compute and stored dtypes, layer selection)."""
-        return encode_new(self, audio, text, ids, speakers, device, audio_model, text_model, starts, ends, echo)
+        return encode_new(self, audio, text, ids, speakers, device, audio_model, text_model, starts, ends)
 
     def predict(self, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
                 ids: Sequence[str] | None = None, speakers: Sequence[str] | None = None, device: str = "cpu",
@@ -239,20 +242,10 @@ def _short(ids: Sequence[int]) -> str:
     return ",".join(map(str, ids))
 
 
-def _load_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _read_run_config(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
+    config = read_config(run_dir)
+    if config is None:
         raise EmofuseError(f"{run_dir} is not a train-head run directory (no config.json)")
-    with open(path) as f:
-        config = json.load(f)
     if config.get("type") != "emofuse.train-head":
         raise EmofuseError(f"{run_dir} holds {config.get('type')!r}, not a train-head run")
     if config.get("kind") == "finetune":
@@ -287,7 +280,7 @@ def _build_head(spec: dict, path: str) -> torch.nn.Module:
 def load_model(path: str) -> TrainedModel:
     """Reload an exported model folder (``emofuse export``), or a finished ``train-head`` run
     directory (its store must still be there when it used ``--norm global``)."""
-    if os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(os.path.join(path, "model.json")):
+    if has_config(path) and not os.path.exists(os.path.join(path, "model.json")):
         return TrainedModel.from_run(path)
     mpath = os.path.join(path, "model.json")
     if not os.path.exists(mpath):
@@ -331,7 +324,7 @@ def export_run(run_dir: str, out: str, store: str | None = None) -> str:
     try:
         model.save(tmp)
         os.makedirs(os.path.join(tmp, "training"))
-        for name in ("config.json", "summary.json"):
+        for name in (CONFIG, SUMMARY):
             shutil.copyfile(os.path.join(run_dir, name), os.path.join(tmp, "training", name))
         if os.path.isdir(out):
             os.rmdir(out)
@@ -380,7 +373,7 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
 
 
 def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_model, text_model, starts=None,
-               ends=None, echo=lambda s: None) -> TrainData:
+               ends=None) -> TrainData:
     from ..corpora import Utterance
     from ..extract.audio import BadInput, check_transcript, load_audio
 
@@ -444,7 +437,7 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                 for j, o in zip(chunk, enc.encode([texts[j] for j in chunk])):
                     out[j] = np.ascontiguousarray(o["data"].astype(sdt)[:, lids])
             rows[k] = out
-        echo(f"{KEY_NAME[k]}: {model.spec['encoders'][s['stream']].get('encoder_id')} on {n} utterances")
+        log.debug(f"{KEY_NAME[k]}: {model.spec['encoders'][s['stream']].get('encoder_id')} on {n} utterances")
     return _as_data(model, ids, rows, speakers)
 
 
@@ -500,11 +493,9 @@ def _num(v):
 def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
                 manifest: str | None = None, out: str | None = None, device: str = "cpu",
                 audio_model: str | None = None, text_model: str | None = None,
-                echo: Callable[[str], None] = print,
                 note: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> pd.DataFrame:
     """``emofuse predict``: probabilities per utterance, printed as CSV or written to ``out``;
     notes go to ``note`` (stderr), so the printed CSV stays clean."""
-    from .train import resolve_device
 
     resolve_device(device)
     if manifest and (audio or text):
@@ -538,9 +529,9 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
                         audio_model=audio_model, text_model=text_model, starts=starts, ends=ends)
     if out:
         write_csv(out, res)
-        echo(f"wrote {len(res)} predictions to {out}")
+        log.info(f"wrote {len(res)} predictions to {out}")
     else:
-        echo(res.to_csv(index=False, float_format="%.6f").rstrip("\n"))
+        print(res.to_csv(index=False, float_format="%.6f").rstrip("\n"))   # the command's output
     return res
 
 
@@ -558,12 +549,11 @@ def _label_map(spec: str | None) -> dict:
 
 
 def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = None, device: str = "cpu",
-                 train_store: str | None = None, echo: Callable[[str], None] = print) -> dict:
+                 train_store: str | None = None) -> dict:
     """``emofuse evaluate RUN --store OTHER.h5 --out DIR``: every fold model of ``run`` (a run
     directory or an exported model) on every utterance of another corpus's store, scored as
     train-head scores its folds (UA, WA, macro-F1, confusion; mean ± std over the members), plus
     the ensemble's scores."""
-    from .train import resolve_device
 
     dev = resolve_device(device)
     lm = _label_map(label_map) if not isinstance(label_map, dict) else dict(label_map)
@@ -615,10 +605,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
             for j, name in enumerate(model.classes):
                 p[f"logit_{name}"] = lg[:, j]
             p = predictions_roundtrip(p)
-            rdir = os.path.join(out, "runs", m.name)
-            os.makedirs(rdir, exist_ok=True)
-            write_csv(os.path.join(rdir, "predictions.csv"), p)
-            write_json(os.path.join(rdir, "metrics.json"), s)
+            write_fold(os.path.join(out, "runs", m.name), s, p)
             runs.append(s)
             preds.append(p)
         probs = model.probabilities(logits)
@@ -628,16 +615,16 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                        head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store),
                        label_map=lm, absent_classes=absent, ensemble=ens,
                        runs=runs)
-        write_json(os.path.join(out, "config.json"),
-                   {"type": "emofuse.evaluate", "emofuse_version": __version__, "model": os.path.abspath(run),
-                    "store": os.path.abspath(store), "corpus_fingerprint": corpus_fp, "label_map": lm,
-                    "config": c, "identity": model.spec["identity"]})
-        write_csv(os.path.join(out, "predictions.csv"), pd.concat(preds))
+        write_config(out,
+                     {"type": "emofuse.evaluate", "emofuse_version": __version__, "model": os.path.abspath(run),
+                      "store": os.path.abspath(store), "corpus_fingerprint": corpus_fp, "label_map": lm,
+                      "config": c, "identity": model.spec["identity"]})
+        write_predictions(out, pd.concat(preds))
         ens_df = pd.DataFrame({"id": data.ids, "label": mapped, "pred": np.array(model.classes)[probs.argmax(1)]})
         for j, name in enumerate(model.classes):
             ens_df[f"prob_{name}"] = probs[:, j]
         write_csv(os.path.join(out, "ensemble.csv"), ens_df)
-        write_json(os.path.join(out, "summary.json"), summary)
+        write_summary(out, summary)
         cell = lambda m: f"{summary[m]['mean']:.2f} ± {summary[m]['std']:.2f}"  # noqa: E731
         with open(os.path.join(out, "table.md"), "w") as f:
             f.write(f"**{os.path.basename(os.path.normpath(run))} on {os.path.basename(store)} (cross-corpus): %**\n\n"
@@ -648,7 +635,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                     f"{ens['f1']:.2f} | 1 |\n\n± is the standard deviation over the fold models."
                     + (f" Classes absent from the store: {', '.join(absent)} (UA averages the others)." if absent else "")
                     + "\n")
-    echo(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
-         + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
-         + (f"; classes absent from {store} (UA averages the others): {absent}" if absent else ""))
+    log.info(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
+             + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
+             + (f"; classes absent from {store} (UA averages the others): {absent}" if absent else ""))
     return summary

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import json
 import os
-from typing import Callable
 
 import numpy as np
 
 from ..errors import EmofuseError
+from .keys import SHORT_NAME
+from .rundir import fold_metrics, is_finished, read_summary
 
-STREAM_NAMES = {"F": "frames", "P": "phones", "S": "syllables", "W": "words", "T": "text"}
-
+log = logging.getLogger(__name__)
 
 def _plt():
     import matplotlib
@@ -21,16 +22,8 @@ def _plt():
 
 
 def _load(run_dir: str) -> tuple[dict, list[dict]]:
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        s = json.load(f)
-    runs = []
-    rdir = os.path.join(run_dir, "runs")
-    if os.path.isdir(rdir):
-        for name in sorted(os.listdir(rdir)):
-            p = os.path.join(rdir, name, "metrics.json")
-            if os.path.exists(p):
-                with open(p) as f:
-                    runs.append(json.load(f))
+    s = read_summary(run_dir)
+    runs = [m for _, m in fold_metrics(run_dir)]
     return s, runs or s["runs"]
 
 
@@ -106,7 +99,7 @@ def layer_weight_figure(runs: list[dict], path: str, title: str):
         ax.set_ylim(0, hi * 1.25)
         ax.set_xticks(layers if len(layers) <= 13 else layers[::2])
         ax.set_xlabel("encoder layer (0 = transformer input)", fontsize=7)
-        ax.set_title(STREAM_NAMES.get(k, k), fontsize=8)
+        ax.set_title(SHORT_NAME.get(k, k), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="lower right")   # each panel its own uniform level (1/L differs per stream)
     axes[0][0].set_ylabel("weight")
@@ -188,7 +181,7 @@ def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str) -> list[tup
     return out
 
 
-def run_report(path: str, echo: Callable[[str], None] = print) -> str:
+def run_report(path: str) -> str:
     """Write figures and ``report.md`` into ``path`` (a run or grid directory). Returns report.md."""
     from .metrics import format_summary
 
@@ -215,7 +208,7 @@ def run_report(path: str, echo: Callable[[str], None] = print) -> str:
                 prefix = f"{t['name']}-" if k == 0 else f"{t['name']}-trained-"
                 for cap, rel in run_figures(best["run_dir"], fig_dir, prefix, str(best["label"])):
                     lines += [f"![{cap}]({rel})", ""]
-    elif os.path.exists(os.path.join(path, "summary.json")):
+    elif is_finished(path):
         s, _ = _load(path)
         name = s.get("fusion", "run") + " " + "+".join(s.get("keys", []))
         lines += [f"# emofuse report: {name}", "", format_summary(s), ""]
@@ -226,5 +219,5 @@ def run_report(path: str, echo: Callable[[str], None] = print) -> str:
     out = os.path.join(path, "report.md")
     with open(out, "w") as f:
         f.write("\n".join(lines))
-    echo(f"report: {out}")
+    log.info(f"report: {out}")
     return out

@@ -1,5 +1,19 @@
-"""Run directories of ``train-head`` and ``ablate``: what a run read (its key), one process per
-directory, files that appear whole, and outputs that read the same whether a run was resumed or not.
+"""Run directories of ``train-head``, ``finetune``, ``ablate``, score combination and ``evaluate``:
+the one module that reads and writes them. What a run read (its key), one process per directory,
+files that appear whole, and outputs that read the same whether a run was resumed or not.
+
+A run directory::
+
+    config.json          what the run is (type, configuration, identity, store fingerprints)
+    runs/<fold>/         one per (repeat, test session), named by ``run_folder``:
+      model.safetensors    the head at its best epoch (its metadata names the layers it read)
+      predictions.csv      test logits
+      metrics.json         scores and history; written last, so its presence marks the fold finished
+    predictions.csv      every fold's test logits
+    summary.json         mean ± std over the folds; its presence marks the run finished
+
+- ``read_config`` / ``read_summary`` / ``fold_metrics`` / ``read_fold`` read them back,
+  ``write_config`` / ``write_summary`` / ``write_predictions`` / ``save_fold`` write them.
 
 - ``content_digest``: a digest of the exact store content a run reads for one stream and kind
   (the index of utterances, rows and storage offsets, and for segments their frame spans and
@@ -64,6 +78,15 @@ def write_json(path: str, obj) -> None:
 
 def write_csv(path: str, df: pd.DataFrame) -> None:
     _replace_with(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def load_json(path: str):
+    """The JSON object at ``path``, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 # -- predictions ------------------------------------------------------------------------------
@@ -235,7 +258,7 @@ def run_lock(out: str, what: str = "a run") -> Iterator[None]:
 def check_run_dir(out: str, config: dict) -> None:
     """Refuse ``out`` when it holds another kind of artefact, or a run of another configuration
     or of other store content (fingerprints and content digests)."""
-    path = os.path.join(out, "config.json")
+    path = os.path.join(out, CONFIG)
     if not os.path.exists(path):
         return
     try:
@@ -253,3 +276,116 @@ def check_run_dir(out: str, config: dict) -> None:
     if diff:
         raise EmofuseError(f"{out} holds a run of another configuration (differs in {', '.join(sorted(diff))}); "
                            f"choose another --out or delete it")
+
+
+# -- the files of a run directory ---------------------------------------------------------------
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+CHECKPOINT = "model.safetensors"
+RUNS = "runs"
+
+
+def has_config(run_dir: str) -> bool:
+    return os.path.exists(os.path.join(run_dir, CONFIG))
+
+
+def is_finished(run_dir: str) -> bool:
+    """A run whose summary is written (every fold finished)."""
+    return os.path.exists(os.path.join(run_dir, SUMMARY))
+
+
+def read_config(run_dir: str, strict: bool = True) -> dict | None:
+    """``config.json`` of a run; None when it is missing (or unreadable, with ``strict=False``)."""
+    path = os.path.join(run_dir, CONFIG)
+    if not strict:
+        return load_json(path)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_summary(run_dir: str, strict: bool = True) -> dict | None:
+    """``summary.json`` of a run; None when it is missing (or unreadable, with ``strict=False``)."""
+    path = os.path.join(run_dir, SUMMARY)
+    if not strict:
+        return load_json(path)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_run_predictions(run_dir: str) -> pd.DataFrame:
+    return read_predictions(os.path.join(run_dir, PREDICTIONS))
+
+
+def write_config(run_dir: str, config: dict) -> None:
+    write_json(os.path.join(run_dir, CONFIG), config)
+
+
+def write_summary(run_dir: str, summary: dict) -> None:
+    write_json(os.path.join(run_dir, SUMMARY), summary)
+
+
+def write_predictions(run_dir: str, preds: pd.DataFrame) -> None:
+    write_csv(os.path.join(run_dir, PREDICTIONS), preds)
+
+
+def fold_dir(run_dir: str, repeat: int, session) -> str:
+    """The folder of one (repeat, test session) of a run."""
+    return os.path.join(run_dir, RUNS, run_folder(repeat, session))
+
+
+def finished_folds(run_dir: str) -> list[str]:
+    """The folder names of a run's finished folds (those with their metrics.json), in order."""
+    rdir = os.path.join(run_dir, RUNS)
+    return [name for name in sorted(os.listdir(rdir)) if os.path.exists(os.path.join(rdir, name, METRICS))] \
+        if os.path.isdir(rdir) else []
+
+
+def fold_metrics(run_dir: str, strict: bool = True) -> list[tuple[str, dict]]:
+    """(folder name, metrics) of every finished fold of a run, in folder order. ``strict=False``
+    skips a metrics.json that cannot be read."""
+    out = []
+    for name in finished_folds(run_dir):
+        path = os.path.join(run_dir, RUNS, name, METRICS)
+        if strict:
+            with open(path) as f:
+                m = json.load(f)
+        else:
+            m = load_json(path)
+            if m is None:
+                continue
+        out.append((name, m))
+    return out
+
+
+def read_fold(fdir: str) -> tuple[dict, pd.DataFrame] | None:
+    """(metrics, predictions) of a finished fold folder; None while it is not finished."""
+    path = os.path.join(fdir, METRICS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metrics = json.load(f)
+    return metrics, read_predictions(os.path.join(fdir, PREDICTIONS))
+
+
+def write_fold(fdir: str, metrics: dict, preds: pd.DataFrame) -> None:
+    """A fold's predictions, then its metrics.json last (its presence marks the fold finished)."""
+    os.makedirs(fdir, exist_ok=True)
+    write_csv(os.path.join(fdir, PREDICTIONS), preds)
+    write_json(os.path.join(fdir, METRICS), metrics)
+
+
+def save_fold(fdir: str, model, metrics: dict, preds: pd.DataFrame, meta: dict | None = None) -> None:
+    """A finished (repeat, fold): checkpoint (its metadata names the encoder layers each stream
+    read), predictions, then metrics.json last (its presence marks the run finished)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(fdir, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(fdir, CHECKPOINT), metadata={"type": "emofuse.head", **(meta or {})})
+    write_fold(fdir, metrics, preds)

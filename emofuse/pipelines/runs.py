@@ -4,23 +4,18 @@ TensorBoard when it is installed."""
 
 from __future__ import annotations
 
+import logging
 import json
 import os
-from typing import Callable
 
 from ..errors import EmofuseError
+from .rundir import CONFIG, finished_folds, fold_metrics, load_json, read_config, read_summary
+
+log = logging.getLogger(__name__)
 
 SORTS = ("path", "label", "ua", "wa", "f1", "n")
 #: configuration values shown in the listing (from the run's resolved identity)
 SHOWN = ("fusion", "keys", "head", "norm", "audio_layers", "text_layers", "weighting", "lr", "epochs", "repeats")
-
-
-def _load(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _grid_labels(root: str) -> dict[str, str]:
@@ -28,7 +23,7 @@ def _grid_labels(root: str) -> dict[str, str]:
     out = {}
     for d, _, files in os.walk(root):
         if "ablate.json" in files:
-            a = _load(os.path.join(d, "ablate.json")) or {}
+            a = load_json(os.path.join(d, "ablate.json")) or {}
             for label, key in (a.get("keys") or {}).items():
                 p = os.path.realpath(os.path.join(d, "runs", key))
                 out[p] = out[p] + " = " + label if p in out else label
@@ -67,15 +62,14 @@ def find_runs(root: str) -> list[dict]:
         if "model.json" in files:   # an exported model: its training/ records are a copy of a run's
             dirs[:] = []
             continue
-        if "config.json" not in files:
+        if CONFIG not in files:
             continue
-        c = _load(os.path.join(d, "config.json"))
+        c = read_config(d, strict=False)
         if not isinstance(c, dict) or c.get("type") != "emofuse.train-head":
             continue
         dirs[:] = []   # a run's runs/ folder holds its folds, not runs
-        s = _load(os.path.join(d, "summary.json"))
-        done = len([x for x in os.listdir(os.path.join(d, "runs")) if os.path.exists(os.path.join(d, "runs", x, "metrics.json"))]) \
-            if os.path.isdir(os.path.join(d, "runs")) else 0
+        s = read_summary(d, strict=False)
+        done = len(finished_folds(d))
         rel = os.path.relpath(d, root)
         row = {"path": rel, "label": labels.get(os.path.realpath(d), rel), "identity": c.get("identity") or {},
                "config": config_summary(c.get("identity") or {}), "finished": s is not None,
@@ -110,7 +104,7 @@ def format_runs(rows: list[dict], sort: str = "path") -> str:
 
 def diff_runs(a: str, b: str) -> str:
     """The configuration values (resolved identity) and store content that differ between two runs."""
-    ca, cb = (_load(os.path.join(p, "config.json")) for p in (a, b))
+    ca, cb = (read_config(p, strict=False) for p in (a, b))
     for p, c in ((a, ca), (b, cb)):
         if not isinstance(c, dict) or c.get("type") != "emofuse.train-head":
             raise EmofuseError(f"{p} is not a train-head run directory (no readable config.json of a train-head run)")
@@ -135,29 +129,27 @@ def _summary_writer():
     return SummaryWriter
 
 
-def tensorboard_missing(logdir: str, echo: Callable[[str], None] = print) -> bool:
+def tensorboard_missing(logdir: str) -> bool:
     """True (after one sentence) when tensorboard is not installed."""
     if _summary_writer() is not None:
         return False
-    echo(f"note: --tensorboard {logdir}: tensorboard is not installed (pip install tensorboard), so no curves are "
-         "written there; every fold's curves are in its runs/*/metrics.json (history)")
+    log.warning(f"note: --tensorboard {logdir}: tensorboard is not installed (pip install tensorboard), so no curves are "
+                "written there; every fold's curves are in its runs/*/metrics.json (history)")
     return True
 
 
-def write_tensorboard(run_dirs: list[str], logdir: str, echo: Callable[[str], None] = print,
+def write_tensorboard(run_dirs: list[str], logdir: str,
                       names: list[str] | None = None) -> int | None:
     """Each finished fold's training curves (train and validation loss, validation UA, learning
     rate per epoch, from its metrics.json) as TensorBoard scalars under ``logdir/<run>/<fold>``.
     Returns the number of folds written, or None (and one sentence) when tensorboard is missing."""
-    if tensorboard_missing(logdir, echo):
+    if tensorboard_missing(logdir):
         return None
     writer_cls = _summary_writer()
     n = 0
     for i, d in enumerate(run_dirs):
         name = (names[i] if names else os.path.basename(os.path.normpath(d))).replace(os.sep, "_")
-        runs = os.path.join(d, "runs")
-        for fold in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
-            m = _load(os.path.join(runs, fold, "metrics.json"))
+        for fold, m in fold_metrics(d, strict=False):
             if not m or not m.get("history"):
                 continue
             w = writer_cls(log_dir=os.path.join(logdir, name, fold))
@@ -171,5 +163,5 @@ def write_tensorboard(run_dirs: list[str], logdir: str, echo: Callable[[str], No
             finally:
                 w.close()
             n += 1
-    echo(f"TensorBoard: the curves of {n} folds in {logdir} (tensorboard --logdir {logdir})")
+    log.info(f"TensorBoard: the curves of {n} folds in {logdir} (tensorboard --logdir {logdir})")
     return n

@@ -102,7 +102,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
     model at its best epoch, history, best epoch)`` receives it as ``train_one`` would return it.
     ``packed_first``: linear branches' first layer run by run on packed rows (default: on a CPU);
     ``batched_encode``: every run's layer sum from one read of the held rows (default: on a GPU)."""
-    from .train import _sync
+    from .loop import BatchClock
 
     n_classes = len(data.classes)
     models, gens = [], []
@@ -142,10 +142,12 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             m.train()
         run_orders = [jobs[i].train[torch.randperm(len(jobs[i].train), generator=orders[i]).numpy()] for i in alive]
         n_steps = [(len(o) + cfg.batch_size - 1) // cfg.batch_size for o in run_orders]
-        totals, counts = [0.0] * len(alive), [0] * len(alive)
+        # summed losses stay on the device (float64: the sums Python floats make), read once per epoch
+        totals, counts = torch.zeros(len(alive), dtype=torch.float64, device=device), [0] * len(alive)
+        clock = BatchClock(device, timer)
         for k in range(max(n_steps)):
             active = [a for a in range(len(alive)) if k < n_steps[a]]
-            t0 = time.perf_counter()
+            t0 = clock.mark()
             idxs = [run_orders[a][k * cfg.batch_size:(k + 1) * cfg.batch_size] for a in active]
             sub = [jobs[alive[a]] for a in active]
             inputs, T = _batch_all(data, idxs, sub, device)
@@ -157,8 +159,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
                 y[a, :len(idx)] = y_all[idx]
                 valid[a, :len(idx)] = 1.0 / len(idx)
             y, valid = y.to(device), valid.to(device)
-            _sync(device)
-            t1 = time.perf_counter()
+            t1 = clock.mark()
             if len(active) == len(alive):
                 P = opt.p
             else:
@@ -172,12 +173,14 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
                 opt.p[n].grad = None
             per_run.sum().backward()
             opt.step(active)
-            for a, lo in zip(active, per_run.detach().cpu().tolist()):
-                totals[a] += lo * len(idxs[active.index(a)])
-                counts[a] += len(idxs[active.index(a)])
-            _sync(device)
-            timer.data += t1 - t0
-            timer.compute += time.perf_counter() - t1
+            sizes = [len(i) for i in idxs]
+            at = torch.tensor(active, device=device)
+            totals[at] += per_run.detach().double() * torch.tensor(sizes, dtype=torch.float64, device=device)
+            for a, size in zip(active, sizes):
+                counts[a] += size
+            clock.add(t0, t1, clock.mark())
+        totals = totals.tolist()
+        clock.flush()
         val_logits = _predict_stacked(head, opt.p, data, [jobs[i] for i in alive], device, timer)
         seconds = (time.perf_counter() - t_epoch) / len(alive)
         done = []
@@ -217,27 +220,27 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
 def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, timer, batch: int = 64) -> list:
     """Validation logits of every run on its own validation utterances, in batches of ``batch``
     as ``train._predict`` groups them; (n_val, C) float32 numpy arrays, one per run."""
-    from .train import _sync
+    from .loop import BatchClock
 
     out = [[] for _ in jobs]
+    clock = BatchClock(device, timer)
     longest = max(len(j.val) for j in jobs)
     for k in range(0, longest, batch):
         active = [a for a, j in enumerate(jobs) if k < len(j.val)]
-        t0 = time.perf_counter()
+        t0 = clock.mark()
         idxs = [jobs[a].val[k:k + batch] for a in active]
         inputs, T = _batch_all(data, idxs, [jobs[a] for a in active], device)
         s = Step(B=[len(i) for i in idxs], T=T, gens=[], p=0.0, training=False)
-        _sync(device)
-        t1 = time.perf_counter()
+        t1 = clock.mark()
         Pa = P if len(active) == len(jobs) else {
             n: p.index_select(0, torch.tensor(active, device=p.device)) for n, p in P.items()}
-        logits = head.forward(Pa, inputs, s).float().cpu()
+        logits = head.forward(Pa, inputs, s).float()
         for a, idx in zip(range(len(active)), idxs):
             out[active[a]].append(logits[a, :len(idx)])
-        _sync(device)
-        timer.data += t1 - t0
-        timer.compute += time.perf_counter() - t1
-    return [torch.cat(o).numpy() for o in out]
+        clock.add(t0, t1, clock.mark())
+    logits = [torch.cat(o).cpu().numpy() for o in out]   # to the host once, at the end
+    clock.flush()
+    return logits
 
 
 def probe_step(cfg, data, device: torch.device, runs: int = 2) -> int:

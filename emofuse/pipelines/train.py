@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import copy
+import logging
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,19 +16,22 @@ import torch
 from .. import __version__
 from ..devices import resolve_device
 from ..errors import EmofuseError
-from ..hashing import sha256_int
 from ..heads import FUSIONS, build_head
 from ..heads.options import HEAD_NAMES, PLATEAU, PROTOCOL, default_text, head_defaults
 from ..options import opt
 from ..store import FeatureStore
-from .data import KEY_KIND, SPEECH_KEYS, TrainData, fit_normaliser, load_train_data, require, select_layers
+from .data import TrainData, fit_normaliser, load_train_data, require, select_layers
+from .keys import KEY_KIND, SPEECH_KEYS, stream_of
+from .loop import Timer, _predict, train_one
 from .metrics import format_summary, scores, summarise
 from .progress import progress_bar
-from .rundir import check_run_dir as _check_run_dir
-from .rundir import content_digest, predictions_roundtrip, read_predictions, run_folder, run_lock, write_csv
-from .rundir import write_json as _write_json
+from .protocol import _folds, folds_of, run_seed, split
+from .rundir import (check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
+                     write_config, write_predictions, write_summary)
 from .stacked import Job, fit_runs, train_stacked
 from ..heads.stacked import stackable
+
+log = logging.getLogger(__name__)
 
 HEADS = HEAD_NAMES
 NORMS = ("none", "global", "speaker")
@@ -239,7 +241,7 @@ def with_store_defaults(fs: FeatureStore, cfg: TrainConfig) -> TrainConfig:
     stream that ``--norm-streams`` covers asks for it (see ``stream_default_norm``), else ``none``."""
     if cfg.norm is not None:
         return cfg
-    streams = {cfg.text_stream if k == "T" else cfg.audio_stream for k in _norm_subset(cfg.keys(), cfg.norm_streams)}
+    streams = {stream_of(k, cfg.audio_stream, cfg.text_stream) for k in _norm_subset(cfg.keys(), cfg.norm_streams)}
     wants = {stream_default_norm(fs.stream_info(s)) for s in streams if s in fs.streams}
     return replace(cfg, norm="global" if "global" in wants else "none")
 
@@ -249,138 +251,14 @@ def store_fingerprints(fs: FeatureStore, cfg: TrainConfig) -> dict:
     content (utterances, rows, segment spans and symbols), so changed segments are a new key."""
     out = {"corpus": fs.corpus_fingerprint}
     for k in cfg.keys():
-        s = cfg.text_stream if k == "T" else cfg.audio_stream
+        s = stream_of(k, cfg.audio_stream, cfg.text_stream)
         require(fs, s, k)
         out[s] = fs.stream_info(s).get("fingerprint")
         out[f"{s}/{KEY_KIND[k]}"] = content_digest(fs, s, KEY_KIND[k])
     return out
 
 
-@dataclass
-class Timer:
-    data: float = 0.0
-    compute: float = 0.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _predict(model, data: TrainData, idx: np.ndarray, device, norm, timer: Timer, batch: int = 64) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for k in range(0, len(idx), batch):
-            t0 = time.perf_counter()
-            inputs = data.batch(idx[k:k + batch], device, norm)
-            _sync(device)
-            t1 = time.perf_counter()
-            out.append(model(inputs).float().cpu())
-            _sync(device)
-            timer.data += t1 - t0
-            timer.compute += time.perf_counter() - t1
-    return torch.cat(out).numpy()
-
-
-def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx: np.ndarray, seed: int,
-              device: torch.device, norm, timer: Timer, progress: Callable[[str], None] = lambda s: None) -> tuple:
-    """Train one head with early stopping on validation UA (ties: lower validation loss). Returns
-    (model at its best epoch, history, best epoch); each history entry records the learning rate."""
-    torch.manual_seed(seed)
-    model = cfg.build(data.dims, len(data.classes)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr())
-    scheduler = cfg.resolved()["scheduler"]
-    sched = None if scheduler == "none" else torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min" if scheduler == "plateau" else "max", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    gen = torch.Generator().manual_seed(seed)
-    y_all = torch.from_numpy(data.y)
-    best, best_score, best_epoch, history = None, (-1.0, float("-inf")), -1, []
-    for epoch in range(cfg.epochs):
-        t_epoch = time.perf_counter()
-        model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        total, n = 0.0, 0
-        for k in range(0, len(order), cfg.batch_size):
-            idx = order[k:k + cfg.batch_size]
-            t0 = time.perf_counter()
-            inputs = data.batch(idx, device, norm)
-            y = y_all[idx].to(device)
-            _sync(device)
-            t1 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(inputs), y)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
-            _sync(device)
-            timer.data += t1 - t0
-            timer.compute += time.perf_counter() - t1
-        logits = _predict(model, data, val_idx, device, norm, timer)
-        val = scores(data.y[val_idx], logits.argmax(1), len(data.classes))
-        val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y_all[val_idx]))
-        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_ua": val["ua"],
-                        "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t_epoch, 4)})
-        progress(f"epoch {epoch + 1} val UA {val['ua']:.1f}")
-        score = (val["ua"], -val_loss)   # validation UA, ties broken by validation loss
-        if score > best_score:
-            best, best_score, best_epoch = copy.deepcopy(model.state_dict()), score, epoch
-        elif epoch - best_epoch >= cfg.patience:
-            break
-        if sched is not None:   # decay on validation loss (plateau) or UA (plateau-ua); never the test set
-            sched.step(val_loss if scheduler == "plateau" else val["ua"])
-    model.load_state_dict(best)
-    return model, history, best_epoch
-
-
-def sessions_of(data) -> list[str]:
-    """Every session (fold unit) of the usable utterances, in fold order (S2 before S10)."""
-    return _sessions(data.sessions)
-
-
-def _sessions(sessions_of_utts) -> list[str]:
-    """The distinct sessions as plain strings, in fold order (S2 before S10)."""
-    return sorted({str(s) for s in sessions_of_utts}, key=lambda s: (len(s), s))
-
-
-def run_seed(data, seed: int, session: str) -> int:
-    """The seed of one run's initialisation, dropout and batch order: a function of (seed, test
-    session) only. The session's position is taken in the *full* session list, so a fold trained
-    under ``--folds`` draws exactly what it draws in a run of every fold."""
-    return seed * 1000 + sessions_of(data).index(session)
-
-
-def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
-    return _folds(data.sessions, cfg)
-
-
-def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:
-    """The test sessions of ``cfg`` among the utterances' sessions (plain strings, in order)."""
-    sessions = _sessions(sessions_of_utts)
-    if len(sessions) < 2:
-        raise EmofuseError(f"leave-one-session-out needs at least two sessions; the store has {sessions}")
-    if cfg.folds:
-        bad = [f for f in cfg.folds if f not in sessions]
-        if bad:
-            raise EmofuseError(f"--folds {','.join(bad)}: no such session; the store's sessions are "
-                               f"{', '.join(sessions)} (e.g. --folds {','.join(sessions[:2])})")
-        return [s for s in sessions if s in cfg.folds]
-    return sessions
-
-
-def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, validation, test) utterance indices: test = the session, validation = a random
-    ``val_fraction`` of the other sessions' utterances (seeded by repeat seed and session)."""
-    test = np.flatnonzero(data.sessions == session)
-    rest = np.flatnonzero(data.sessions != session)
-    key = sha256_int(f"{seed}/{session}", 4)
-    perm = np.random.default_rng(key).permutation(rest)
-    n_val = max(1, int(round(val_fraction * len(rest))))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
-
-
-def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print, cache: dict | None = None) -> dict:
+def run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
     """Train every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. Returns the summary.
     One process at a time per ``cfg.out`` (a second one is refused with a sentence). ``cache``: rows
     held by an earlier configuration of the same process (``load_train_data``), reused."""
@@ -389,7 +267,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = print, cache: dict
         cfg = with_store_defaults(fs, cfg)
         check_against_store(fs, cfg)   # before anything is written (the lock creates cfg.out)
     with run_lock(cfg.out, "train-head"):
-        return _run_train(cfg, echo, cache)
+        return _run_train(cfg, cache)
 
 
 def check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
@@ -405,7 +283,7 @@ def check_against_store(fs: FeatureStore, cfg: TrainConfig) -> dict:
     return chosen
 
 
-def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None = None) -> dict:
+def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
     device = resolve_device(cfg.device)
     with FeatureStore(cfg.store) as fs:
         fingerprints = store_fingerprints(fs, cfg)
@@ -413,27 +291,26 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None
         config = {"type": "emofuse.train-head", "emofuse_version": __version__, "config": asdict(cfg),
                   "identity": cfg.identity(), "fingerprints": fingerprints,
                   "layer_ids": {k: ids for k, (_, ids, _) in chosen.items()}}
-        _check_run_dir(cfg.out, config)
+        check_run_dir(cfg.out, config)
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
         data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget,
                                cache)
         t_load = time.perf_counter() - t0
-        echo(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
-             f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
-             (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
-             f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
-             (f"; no segments (masked): {data.empty}" if data.empty else ""))
+        log.info(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
+                 f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
+                 (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
+                 f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+                 (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
-        _write_json(os.path.join(cfg.out, "config.json"), config)
+        write_config(cfg.out, config)
         timer, done, norms = Timer(), {}, {}
         plan = [(r, s) for r in range(cfg.repeats) for s in folds]
         for r, session in plan:
-            rdir = os.path.join(cfg.out, "runs", run_folder(r, session))
-            if os.path.exists(os.path.join(rdir, "metrics.json")):
-                with open(os.path.join(rdir, "metrics.json")) as f:
-                    done[(r, session)] = (json.load(f), read_predictions(os.path.join(rdir, "predictions.csv")))
+            finished = read_fold(fold_dir(cfg.out, r, session))
+            if finished is not None:
+                done[(r, session)] = finished
 
         def job_of(r: int, session: str) -> Job:
             seed = cfg.seed + r
@@ -448,7 +325,7 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None
         at_once = runs_at_once(cfg, device, len(plan))
         if at_once > 1 and cfg.runs_at_once is None and device.type == "cuda" and pending:
             at_once, why = fit_runs(cfg, data, device, at_once)   # the default: as many as the GPU holds
-            echo(f"train-head: {why}")
+            log.info(f"train-head: {why}")
         # stacked groups are fixed slices of the whole plan, so a resumed run trains beside the same
         # runs as in an uninterrupted one (and its files come out byte-identical): a group with a
         # run left to do trains whole again, and its finished runs' saved files are kept
@@ -456,13 +333,13 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None
         groups = [g for g in groups if any(k not in done for k in g)]
         if groups:
             again = sum(k in done for g in groups for k in g)
-            echo(f"train-head: {len(pending)} runs stacked, {at_once} at a time (--runs-at-once 1 trains one at a "
-                 "time)" + (f"; {again} finished runs of their groups train again beside them, their saved files "
+            log.info(f"train-head: {len(pending)} runs stacked, {at_once} at a time (--runs-at-once 1 trains one at a "
+                     "time)" + (f"; {again} finished runs of their groups train again beside them, their saved files "
                             "kept" if again else ""))
         elif len(pending) > 1 and not stackable(cfg.fusion, cfg.head) and (cfg.runs_at_once not in (None, 1)
                                                                            or device.type == "cuda"):
-            echo(f"train-head: --fusion {cfg.fusion} --head {cfg.head} holds an LSTM, which does not stack: "
-                 f"its {len(pending)} runs train one at a time")
+            log.info(f"train-head: --fusion {cfg.fusion} --head {cfg.head} holds an LSTM, which does not stack: "
+                     f"its {len(pending)} runs train one at a time")
 
         with progress_bar(total=len(plan), unit="run", desc="train-head") as bar:
             if done:
@@ -492,9 +369,9 @@ def _run_train(cfg: TrainConfig, echo: Callable[[str], None], cache: dict | None
                          "held_in": data.home, "device": str(device)},
                    time={"load_s": t_load, "data_s": timer.data, "compute_s": timer.compute},
                    runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
-    write_csv(os.path.join(cfg.out, "predictions.csv"), pd.concat(preds))
-    _write_json(os.path.join(cfg.out, "summary.json"), summary)
-    echo(f"{cfg.out}: " + format_summary(summary))
+    write_predictions(cfg.out, pd.concat(preds))
+    write_summary(cfg.out, summary)
+    log.info(f"{cfg.out}: " + format_summary(summary))
     return summary
 
 
@@ -529,80 +406,7 @@ def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, be
         p[f"logit_{name}"] = logits[:, c]
     # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
     p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
-    _save_run(os.path.join(cfg.out, "runs", run_folder(r, session)), model, m, p,
+    save_fold(fold_dir(cfg.out, r, session), model, m, p,
               {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion, "head": cfg.head,
                "keys": "+".join(cfg.keys())})
     return m, p
-
-
-def _save_run(rdir: str, model, metrics: dict, preds: pd.DataFrame, meta: dict | None = None) -> None:
-    """A finished (repeat, fold): checkpoint (its metadata names the encoder layers each stream
-    read), predictions, then metrics.json last (its presence marks the run finished)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(rdir, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(rdir, "model.safetensors"), metadata={"type": "emofuse.head", **(meta or {})})
-    write_csv(os.path.join(rdir, "predictions.csv"), preds)
-    _write_json(os.path.join(rdir, "metrics.json"), metrics)
-
-
-# -- score combination -------------------------------------------------------------------------
-def run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None] = print) -> dict:
-    """Average the test logits of finished runs per (repeat, fold, utterance) and score them.
-    The runs must share the corpus, classes, folds, seeds and test utterances."""
-    with run_lock(out, "train-head --fusion combine"):
-        return _run_combine(run_dirs, out, echo)
-
-
-def _run_combine(run_dirs: Sequence[str], out: str, echo: Callable[[str], None]) -> dict:
-    if len(run_dirs) < 2:
-        raise EmofuseError("--fusion combine needs at least two --runs")
-    configs, preds = [], []
-    for d in run_dirs:
-        for name in ("config.json", "predictions.csv"):
-            if not os.path.exists(os.path.join(d, name)):
-                raise EmofuseError(f"{d} is not a finished train-head run (no {name})")
-        with open(os.path.join(d, "config.json")) as f:
-            configs.append(json.load(f))
-        preds.append(read_predictions(os.path.join(d, "predictions.csv")))
-    corpus = {c["fingerprints"]["corpus"] for c in configs}
-    if len(corpus) != 1:
-        raise EmofuseError(f"runs {list(run_dirs)} come from different corpora; refusing to combine them")
-    cols = [list(p.columns) for p in preds]
-    if any(c != cols[0] for c in cols):
-        raise EmofuseError(f"runs {list(run_dirs)} have different classes; refusing to combine them")
-    key = ["repeat", "seed", "fold", "id"]
-    ref = preds[0].set_index(key).sort_index()
-    logit_cols = [c for c in ref.columns if c.startswith("logit_")]
-    total = ref[logit_cols].to_numpy(dtype=np.float64)
-    for d, p in zip(run_dirs[1:], preds[1:]):
-        p = p.set_index(key).sort_index()
-        if not p.index.equals(ref.index):
-            raise EmofuseError(f"{d} and {run_dirs[0]} do not share folds, seeds and test utterances "
-                               "(same --repeats, --seed and store needed); refusing to combine them")
-        total += p[logit_cols].to_numpy(dtype=np.float64)
-    classes = [c[len("logit_"):] for c in logit_cols]
-    comb = ref[["label"]].copy()
-    avg = total / len(run_dirs)
-    comb["pred"] = np.array(classes)[avg.argmax(1)]
-    for j, c in enumerate(logit_cols):
-        comb[c] = avg[:, j]
-    comb = comb.reset_index()
-    runs = []
-    for (r, seed, fold), g in comb.groupby(["repeat", "seed", "fold"], sort=True):
-        m = scores(g["label"].map(classes.index).to_numpy(), g["pred"].map(classes.index).to_numpy(), len(classes))
-        m.update(repeat=int(r), seed=int(seed), fold=str(fold), n_test=len(g))
-        runs.append(m)
-    os.makedirs(out, exist_ok=True)
-    config = {"type": "emofuse.train-head", "emofuse_version": __version__,
-              "config": {"fusion": "combine", "runs": [os.path.abspath(d) for d in run_dirs]},
-              "identity": {"fusion": "combine", "members": [c["identity"] for c in configs]},
-              "fingerprints": configs[0]["fingerprints"]}
-    _write_json(os.path.join(out, "config.json"), config)
-    write_csv(os.path.join(out, "predictions.csv"), comb)
-    summary = summarise(runs, classes)
-    summary.update(type="emofuse.summary", fusion="combine", members=[os.path.abspath(d) for d in run_dirs], runs=runs)
-    _write_json(os.path.join(out, "summary.json"), summary)
-    echo(f"{out}: " + format_summary(summary))
-    return summary

@@ -1,0 +1,61 @@
+"""The evaluation protocol of docs/design.md: leave-one-session-out folds, the validation draw
+and the seed of each (repeat, fold) run. Shared by ``train-head`` and ``finetune``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import EmofuseError
+from ..hashing import sha256_int
+
+if TYPE_CHECKING:
+    from .data import TrainData
+    from .train import TrainConfig
+
+
+def sessions_of(data) -> list[str]:
+    """Every session (fold unit) of the usable utterances, in fold order (S2 before S10)."""
+    return _sessions(data.sessions)
+
+
+def _sessions(sessions_of_utts) -> list[str]:
+    """The distinct sessions as plain strings, in fold order (S2 before S10)."""
+    return sorted({str(s) for s in sessions_of_utts}, key=lambda s: (len(s), s))
+
+
+def run_seed(data, seed: int, session: str) -> int:
+    """The seed of one run's initialisation, dropout and batch order: a function of (seed, test
+    session) only. The session's position is taken in the *full* session list, so a fold trained
+    under ``--folds`` draws exactly what it draws in a run of every fold."""
+    return seed * 1000 + sessions_of(data).index(session)
+
+
+def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
+    return _folds(data.sessions, cfg)
+
+
+def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:
+    """The test sessions of ``cfg`` among the utterances' sessions (plain strings, in order)."""
+    sessions = _sessions(sessions_of_utts)
+    if len(sessions) < 2:
+        raise EmofuseError(f"leave-one-session-out needs at least two sessions; the store has {sessions}")
+    if cfg.folds:
+        bad = [f for f in cfg.folds if f not in sessions]
+        if bad:
+            raise EmofuseError(f"--folds {','.join(bad)}: no such session; the store's sessions are "
+                               f"{', '.join(sessions)} (e.g. --folds {','.join(sessions[:2])})")
+        return [s for s in sessions if s in cfg.folds]
+    return sessions
+
+
+def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) utterance indices: test = the session, validation = a random
+    ``val_fraction`` of the other sessions' utterances (seeded by repeat seed and session)."""
+    test = np.flatnonzero(data.sessions == session)
+    rest = np.flatnonzero(data.sessions != session)
+    key = sha256_int(f"{seed}/{session}", 4)
+    perm = np.random.default_rng(key).permutation(rest)
+    n_val = max(1, int(round(val_fraction * len(rest))))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
