@@ -296,26 +296,25 @@ def is_finished(run_dir: str) -> bool:
     return os.path.exists(os.path.join(run_dir, SUMMARY))
 
 
-def read_config(run_dir: str, strict: bool = True) -> dict | None:
-    """``config.json`` of a run; None when it is missing (or unreadable, with ``strict=False``)."""
-    path = os.path.join(run_dir, CONFIG)
+def _read_run_json(run_dir: str, name: str, strict: bool) -> dict | None:
+    """``name`` of a run; None when it is missing (or unreadable, with ``strict=False``)."""
+    path = os.path.join(run_dir, name)
     if not strict:
         return load_json(path)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def read_config(run_dir: str, strict: bool = True) -> dict | None:
+    """``config.json`` of a run; None when it is missing (or unreadable, with ``strict=False``)."""
+    return _read_run_json(run_dir, CONFIG, strict)
 
 
 def read_summary(run_dir: str, strict: bool = True) -> dict | None:
     """``summary.json`` of a run; None when it is missing (or unreadable, with ``strict=False``)."""
-    path = os.path.join(run_dir, SUMMARY)
-    if not strict:
-        return load_json(path)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return _read_run_json(run_dir, SUMMARY, strict)
 
 
 def read_run_predictions(run_dir: str) -> pd.DataFrame:
