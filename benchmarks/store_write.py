@@ -5,10 +5,17 @@ One extraction commit (``--seconds`` of audio, default 60: frames 50/s × 13 lay
 is written by ``StoreWriter.commit`` (a part file: HDF5, chunked per layer, checksums, seal, fsync,
 rename) and, alternately, the same bytes by a plain ``write`` + ``fsync`` of one file: the ceiling
 for one writer on this disk. Reports the best of ``--repeats`` of each, in MB/s, and their ratio.
-With ``--baseline-rev REV`` the store code of that git revision is measured the same way in a
-child process (e.g. the commit before a change to the writer).
 
-    python benchmarks/store_write.py [--seconds 60] [--repeats 7] [--tmp DIR] [--baseline-rev REV]
+Then a stream of ``--stream`` commits in a row, as extraction issues them: one after the other
+(``commit``), and through extraction's two-stage pipeline (``BackgroundCommits``: the next part is
+staged while the previous one is fsynced), against the same number of plain write + fsync files;
+total MB/s of each and their ratio to the plain files (alternated ``--trials`` times, best).
+With ``--baseline-rev REV`` the store code of that git revision is measured the same way in a
+child process (e.g. the commit before a change to the writer; its pipeline, if it has none, is
+its ``commit`` in one background thread).
+
+    python benchmarks/store_write.py [--seconds 60] [--repeats 7] [--stream 8] [--trials 3]
+                                     [--tmp DIR] [--baseline-rev REV]
 """
 
 from __future__ import annotations
@@ -27,65 +34,118 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS, DIM, FPS, SECONDS = 13, 768, 50, 4.5
 
 
-def measure(folder: str, seconds: float, repeats: int) -> dict:
+def _unit(ids, block):
+    return {i: {"data": block} for i in ids}
+
+
+def _plain(folder: str, raw: bytes, name: str) -> float:
+    t = time.perf_counter()
+    path = os.path.join(folder, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    view = memoryview(raw)
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+    os.fsync(fd)
+    os.close(fd)
+    return time.perf_counter() - t
+
+
+def _pipelined(w, units) -> float:
+    """Commit ``units`` as extraction does on a GPU: through ``BackgroundCommits`` (two-stage when
+    the writer has ``stage``/``publish``, else ``commit`` in one background thread)."""
+    from emofuse.pipelines.extract.threads import BackgroundCommits
+    from emofuse.pipelines.extract.summary import StreamSummary
+    bc = BackgroundCommits(StreamSummary("audio", "audio", "synthetic", False), background=True)
+    two_stage = hasattr(w, "stage")
+    t = time.perf_counter()
+    for unit in units:
+        if two_stage:
+            def stage(unit=unit):
+                staged = w.stage("audio", {"frames": unit})
+                return lambda: w.publish(staged)
+            bc.submit(stage)
+        else:
+            bc.submit(lambda unit=unit: w.commit("audio", {"frames": unit}))
+    bc.close()
+    return time.perf_counter() - t
+
+
+def measure(folder: str, seconds: float, repeats: int, stream: int, trials: int) -> dict:
     import numpy as np
     import pandas as pd
 
     from emofuse.store import StoreWriter
     n = max(1, int(seconds / SECONDS))
     frames = int(SECONDS * FPS)
-    ids = [f"u{i:05d}" for i in range(n * (repeats + 1))]
+    units_needed = repeats + 1 + 2 * stream * trials
+    ids = [f"u{i:06d}" for i in range(n * units_needed)]
     table = pd.DataFrame({"id": ids, "label": "neu", "session": "1", "speaker": "s", "gender": "F",
                           "transcript": "synthetic", "audio_path": [f"/synthetic/{i}.wav" for i in ids],
                           "start": np.nan, "end": np.nan, "duration": SECONDS, "audio_bytes": 1})
     rng = np.random.default_rng(0)
     block = rng.standard_normal((frames, LAYERS, DIM)).astype(np.float16)
     nbytes = n * block.nbytes
+    raw = np.concatenate([block] * n).tobytes()
     store = os.path.join(folder, "w.h5")
     plain, commit = [], []
-    with StoreWriter(store, table, {"kind": "synthetic"}) as w:
+    serial, piped, plains = [], [], []
+    with StoreWriter(store, table) as w:
         w.add_stream("audio", {"fingerprint": "bench", "encoder_id": "synthetic"})
+        next_unit = iter(range(units_needed))
+
+        def take():
+            k = next(next_unit)
+            return _unit(ids[k * n:(k + 1) * n], block)
         for k in range(repeats + 1):
-            unit = {i: {"data": block} for i in ids[k * n:(k + 1) * n]}
+            unit = take()
             t = time.perf_counter()
             w.commit("audio", {"frames": unit})
             commit.append(time.perf_counter() - t)
-            raw = np.concatenate([block] * n).tobytes()
-            t = time.perf_counter()
-            fd = os.open(os.path.join(folder, f"plain{k}.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            view = memoryview(raw)
-            done = 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
-            os.fsync(fd)
-            os.close(fd)
-            plain.append(time.perf_counter() - t)
+            plain.append(_plain(folder, raw, f"plain{k}.bin"))
             os.remove(os.path.join(folder, f"plain{k}.bin"))
+        for _ in range(trials):
+            units = [take() for _ in range(stream)]
+            t = time.perf_counter()
+            for unit in units:
+                w.commit("audio", {"frames": unit})
+            serial.append(time.perf_counter() - t)
+            plains.append(sum(_plain(folder, raw, f"s{j}.bin") for j in range(stream)))
+            for j in range(stream):
+                os.remove(os.path.join(folder, f"s{j}.bin"))
+            piped.append(_pipelined(w, [take() for _ in range(stream)]))
+    total = stream * nbytes
     return {"bytes": nbytes, "commit_best_s": min(commit[1:]), "plain_best_s": min(plain[1:]),
             "commit_mb_s": nbytes / min(commit[1:]) / 1e6, "plain_mb_s": nbytes / min(plain[1:]) / 1e6,
-            "ratio": min(plain[1:]) / min(commit[1:])}
+            "ratio": min(plain[1:]) / min(commit[1:]),
+            "stream": {"commits": stream, "bytes": total, "serial_mb_s": total / min(serial) / 1e6,
+                       "pipelined_mb_s": total / min(piped) / 1e6, "plain_mb_s": total / min(plains) / 1e6,
+                       "serial_ratio": min(plains) / min(serial), "pipelined_ratio": min(plains) / min(piped),
+                       "two_stage": "stage" in dir(StoreWriter)}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--stream", type=int, default=8, help="commits in a row for the throughput comparison")
+    ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--baseline-rev", default=None)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         if args.worker:
-            print(json.dumps(measure(tmp, args.seconds, args.repeats)))
+            print(json.dumps(measure(tmp, args.seconds, args.repeats, args.stream, args.trials)))
             return
-        res = {"current": measure(tmp, args.seconds, args.repeats)}
+        res = {"current": measure(tmp, args.seconds, args.repeats, args.stream, args.trials)}
     if args.baseline_rev:
         with tempfile.TemporaryDirectory(dir=args.tmp) as code:
             archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev, "emofuse"],
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", code], input=archive, check=True)
             r = subprocess.run([sys.executable, __file__, "--worker", "--seconds", str(args.seconds), "--repeats",
-                                str(args.repeats)] + (["--tmp", args.tmp] if args.tmp else []),
+                                str(args.repeats), "--stream", str(args.stream), "--trials", str(args.trials)] + (["--tmp", args.tmp] if args.tmp else []),
                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code}, cwd=code)
             if r.returncode:
                 raise SystemExit(r.stderr)
@@ -93,6 +153,11 @@ def main() -> None:
     for name, got in res.items():
         print(f"{name}: commit {got['commit_mb_s']:.0f} MB/s, plain write+fsync {got['plain_mb_s']:.0f} MB/s, "
               f"commit/ceiling {got['ratio']:.2f} ({got['bytes'] / 1e6:.0f} MB per commit)")
+        st = got.get("stream")
+        if st:
+            print(f"{name}: {st['commits']} commits in a row: one after the other {st['serial_mb_s']:.0f} MB/s "
+                  f"({st['serial_ratio']:.2f} of plain), pipelined {st['pipelined_mb_s']:.0f} MB/s "
+                  f"({st['pipelined_ratio']:.2f} of plain), plain write+fsync {st['plain_mb_s']:.0f} MB/s")
     out = ROOT / "benchmarks" / "results" / "store_write.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
 

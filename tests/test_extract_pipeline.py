@@ -97,6 +97,39 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_m
         assert fs.pending_parts == []
 
 
+BACKGROUND_CHILD = """
+import sys
+from emofuse.pipelines import extract as px
+root, out, audio, text = sys.argv[1:5]
+px.run_extract(px.ExtractConfig(corpus="iemocap", root=root, out=out, audio_model=audio, text_model=text,
+                                store_dtype="float32", batch_seconds=4, commit_seconds=3), background=True)
+"""
+
+
+def test_resume_after_sigkill_of_the_background_commit_pipeline(reference, small_fake, tiny_models, tmp_path):
+    """The GPU path stages one unit while the previous one is made durable: a kill in the middle
+    leaves staged-but-unpublished .tmp parts, which the next run removes; it then computes exactly
+    what no published part holds, and the store equals an uninterrupted run's."""
+    out = tmp_path / "s.h5"
+    proc = subprocess.Popen([sys.executable, "-c", BACKGROUND_CHILD, str(small_fake.root), str(out),
+                             tiny_models["group"], tiny_models["bert"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = Path(str(out) + ".d")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("*.h5"))) < 2:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill landed"
+    with StoreWriter(out) as w:  # what survived the kill: published parts only
+        survived = len(w.done_ids("audio", "frames"))
+        assert not list(parts.glob("*.tmp"))
+    assert 0 < survived < 25
+    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["group"],
+            "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4", "--commit-seconds", "3")
+    assert r.returncode == 0, r.stderr
+    assert f"{survived} already in the store" in r.stdout
+    assert_same_store(out, reference)
+
+
 def test_layer_subset_keeps_the_encoders_layer_numbers(reference, small_fake, tiny_models, tmp_path):
     """--layers keeps a subset; everything downstream names layers as the encoder does."""
     from emofuse.errors import StoreError
@@ -375,6 +408,54 @@ def test_prefetch_returns_every_batch_in_order_and_reads_ahead_at_most_depth(bac
     finally:
         p.close()
     assert read_log == [i for b in batches for i in b]
+
+
+def test_background_commits_stage_while_the_previous_unit_is_published_and_keep_order():
+    """Unit k+1 is staged while unit k is still being made durable; units are published in the
+    order they were staged; never more than one unit waits to be published; an error in either
+    stage reaches the caller, and close() still publishes everything staged before it."""
+    import threading
+    from emofuse.pipelines.extract.summary import StreamSummary
+    from emofuse.pipelines.extract.threads import BackgroundCommits
+    log, lock = [], threading.Lock()
+    release = {k: threading.Event() for k in range(5)}
+    staged_while = {}
+
+    def unit(k, fail_publish=False):
+        def stage():
+            with lock:
+                staged_while[k] = [e for e in log if e[0] == "publish-start" and (("publish-end", e[1]) not in log)]
+                log.append(("staged", k))
+
+            def publish():
+                with lock:
+                    log.append(("publish-start", k))
+                assert release[k].wait(10)
+                if fail_publish:
+                    raise OSError(28, "No space left on device")
+                with lock:
+                    log.append(("publish-end", k))
+            return publish
+        return stage
+    bc = BackgroundCommits(StreamSummary("audio", "audio", "x", False), background=True)
+    bc.submit(unit(0))
+    time.sleep(0.1)
+    bc.submit(unit(1))      # stages while unit 0 waits for its fsync
+    time.sleep(0.1)
+    assert staged_while[1] == [("publish-start", 0)]
+    release[0].set()
+    release[1].set()
+    bc.submit(unit(2, fail_publish=True))
+    release[2].set()
+    time.sleep(0.1)
+    with pytest.raises(OSError, match="No space"):
+        bc.submit(unit(3))
+    release[3].set()
+    bc.close()
+    ends = [k for what, k in log if what == "publish-end"]
+    assert ends == [0, 1]
+    assert [k for what, k in log if what == "staged"] == [0, 1, 2]
+    assert bc.s.time_write_busy > 0
 
 
 class _RunsCode:

@@ -300,3 +300,46 @@ def test_write_errors_name_the_path_and_keep_the_store(tmp_path, monkeypatch, er
         monkeypatch.undo()
     assert not list(Path(str(path) + ".d").glob("*.tmp"))
     assert_frames(path, ids[:4])
+
+
+def test_part_file_holds_each_layer_contiguously_with_the_checksums_of_its_rows(tmp_path):
+    """A part's rows are written chunk by chunk straight from a layer-major copy (no HDF5
+    selection): the data reads back exactly, whatever the strides of the arrays handed in, a
+    layer's chunks lie one after the other in the file, and the checksums are those of each
+    utterance's rows of each layer."""
+    from emofuse.store.h5io import rows_checksum
+    from emofuse.store.index import part_path
+    table = make_table(6)
+    ids = list(table["id"])
+    rng = np.random.default_rng(3)
+    frames = {i: rng.standard_normal((300 + 97 * k, 4, 96)).astype(np.float16) for k, i in enumerate(ids[:5])}
+    frames[ids[1]] = np.ascontiguousarray(frames[ids[1]].transpose(1, 0, 2)).transpose(1, 0, 2)  # layer-major view
+    frames[ids[5]] = np.zeros((0, 4, 96), np.float16)  # an utterance with no rows
+    store = tmp_path / "s.h5"
+    with StoreWriter(store, table) as w:
+        w.add_stream("audio", {"fingerprint": "f"})
+        part = w.commit("audio", {"frames": {i: {"data": frames[i]} for i in ids}})
+        w.finalize()
+    with FeatureStore(store) as fs:
+        for i in ids:
+            got = fs.frames("audio", i)
+            assert got.dtype == np.float16 and np.array_equal(got, frames[i])
+        np.testing.assert_array_equal(fs.load("audio", ids=[ids[2]], layers=[3]).data, frames[ids[2]][:, 3:4])
+    with h5py.File(part_path(str(store), os.path.basename(part)), "r") as f:
+        g = f["streams/audio/frames"]
+        ds = g["data"]
+        assert ds.chunks[1:] == (1, 96) and ds.shape == (sum(len(a) for a in frames.values()), 4, 96)
+        infos = [ds.id.get_chunk_info(c) for c in range(ds.id.get_num_chunks())]
+        order = sorted(infos, key=lambda c: c.byte_offset)
+        assert [c.chunk_offset[1] for c in order] == sorted(c.chunk_offset[1] for c in order)  # layer after layer
+        assert all(a.byte_offset + a.size == b.byte_offset for a, b in zip(order, order[1:]))  # back to back
+        want = np.array([[rows_checksum(np.ascontiguousarray(frames[i][:, l])) for l in range(4)] for i in ids], np.uint64)
+        assert np.array_equal(g["checksum"][...], want) and g["data"].attrs["finite"]
+
+
+def test_a_wrong_call_is_a_type_error_not_damage(tmp_path):
+    table = make_table(3)
+    build(tmp_path / "s.h5", table)
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        with pytest.raises(TypeError, match="layers"):
+            fs.frames("audio", "u0000", layers=[0])

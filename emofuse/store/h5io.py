@@ -194,8 +194,9 @@ class _WriteThrough(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def writing_h5(path: str, userblock: int = USERBLOCK):
-    """A new HDF5 file at ``path``, open for writing, closed (and fsynced) on the way out; an OS
+def writing_h5(path: str, userblock: int = USERBLOCK, durable: bool = True):
+    """A new HDF5 file at ``path``, open for writing, sealed, closed and (``durable``) fsynced on
+    the way out (without ``durable`` the caller fsyncs it later, e.g. ``StoreWriter.publish``); an OS
     error while writing it (disk full, file size limit, I/O error) is raised as that ``OSError``
     after HDF5 has closed the file (see ``_WriteThrough``). The caller removes ``path`` then."""
     raw = _WriteThrough(path)
@@ -210,7 +211,8 @@ def writing_h5(path: str, userblock: int = USERBLOCK):
         if raw.error is None:
             try:
                 _write_seal(raw.file, skip, userblock)
-                os.fsync(raw.file.fileno())
+                if durable:
+                    os.fsync(raw.file.fileno())
             except OSError as e:
                 raw.error = e
     except (OSError, RuntimeError, ValueError, KeyError, TypeError):
@@ -298,53 +300,88 @@ def rows_checksum(rows: np.ndarray) -> int:
     return xxhash.xxh3_64_intdigest(np.ascontiguousarray(rows))
 
 
+def layer_major(parts: list[np.ndarray]) -> np.ndarray:
+    """Rows ``(T_u, L, D)`` of several utterances, back to back and layer-major: one ``(L, ΣT, D)``
+    C-order array, so that an utterance's rows of one layer, and a chunk of them, are contiguous
+    (what the checksums hash and the chunks hold, with no further copy)."""
+    parts = [np.asarray(p) for p in parts]
+    tail = parts[0].shape[1:]
+    if any(p.ndim != 3 or p.shape[1:] != tail for p in parts):
+        raise ValueError(f"rows of one entry table must share their (layers, dim) shape, found "
+                         f"{sorted({p.shape[1:] for p in parts})}")
+    out = np.empty((tail[0], sum(len(p) for p in parts), tail[1]), dtype=np.result_type(*parts))
+    o = 0
+    for p in parts:
+        out[:, o:o + len(p), :] = p.transpose(1, 0, 2)
+        o += len(p)
+    return out
+
+
+def _checksums_layer_major(lm: np.ndarray, lengths: list[int] | np.ndarray) -> np.ndarray:
+    """``(U, L)`` uint64 checksums (``rows_checksum``) of layer-major rows ``(L, ΣT, D)``."""
+    lengths = np.asarray(lengths, np.int64)
+    out = np.zeros((len(lengths), lm.shape[0]), np.uint64)
+    for u, (o, n) in enumerate(zip(offsets_from_lengths(lengths), lengths)):
+        for l in range(lm.shape[0]):
+            out[u, l] = rows_checksum(lm[l, o:o + n])
+    return out
+
+
 def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.ndarray:
     """``(U, L)`` uint64: the checksum of utterance ``u``'s rows of layer ``l`` for rows
     ``(ΣT, L, D)`` holding the utterances back to back."""
-    return checked_layers(data, lengths)[0]
+    return _checksums_layer_major(layer_major([data]), lengths)
 
 
-def checked_layers(data: np.ndarray, lengths: list[int] | np.ndarray) -> tuple[np.ndarray, bool]:
-    """``layer_checksums`` and whether every value is finite, in one pass per utterance: its
-    rows are transposed to ``(L, T, D)`` (a copy small enough to stay in the CPU cache), then
-    each layer hashed and the copy tested for NaN/Inf."""
-    lengths = np.asarray(lengths, np.int64)
-    offsets = offsets_from_lengths(lengths)
-    out = np.zeros((len(lengths), data.shape[1]), np.uint64)
-    finite = True
-    for u, (o, n) in enumerate(zip(offsets, lengths)):
-        rows = np.ascontiguousarray(data[o:o + n].transpose(1, 0, 2))
-        for l in range(data.shape[1]):
-            out[u, l] = rows_checksum(rows[l])
-        finite = finite and not nonfinite(rows)
-    return out, finite
+def _write_layer_chunks(g: h5py.Group, name: str, lm: np.ndarray) -> h5py.Dataset:
+    """Dataset ``name`` of shape ``(N, L, D)`` from layer-major rows ``lm`` ``(L, N, D)``, chunked
+    (≈256 KiB of rows, 1 layer, D) so that reading a subset of layers reads only those layers.
+    Each chunk is handed to the file as it is (``write_direct_chunk``: no HDF5 selection or
+    conversion, the chunk is already contiguous in ``lm``), one layer after the other, so a
+    layer's chunks also lie one after the other in the file."""
+    L, N, D = lm.shape
+    rows = min(N, chunk_rows((L, D), lm.dtype.itemsize))
+    ds = g.create_dataset(name, shape=(N, L, D), dtype=lm.dtype, chunks=(rows, 1, D))
+    last = np.zeros((rows, D), lm.dtype)  # the last chunk of a layer, zero-padded to a whole chunk
+    for l in range(L):
+        for r in range(0, N, rows):
+            block = lm[l, r:r + rows]
+            if len(block) < rows:
+                last[:len(block)] = block
+                block = last
+            ds.id.write_direct_chunk((r, l, 0), block)
+    return ds
 
 
-def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int], arrays: Mapping[str, np.ndarray],
-                      inputs: list[str] | None = None) -> None:
-    """A complete entry table of a part file, written once. Arrays of rows ``(n, L, D)`` are
-    chunked as (≈256 KiB of rows, 1 layer, D) so that reading a subset of layers reads only those
-    layers; small arrays are contiguous. ``inputs``: per utterance, the digest of what it was
-    computed from ("" when not tracked). ``data`` gets ``checksum`` (U, L): per utterance and
-    layer, the checksum of its rows (``layer_checksums``), which the reader verifies."""
+def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int],
+                      arrays: Mapping[str, list[np.ndarray]], inputs: list[str] | None = None) -> None:
+    """A complete entry table of a part file, written once, from ``arrays``: per name, the
+    utterances' arrays in ``ids`` order. Arrays of rows ``(n, L, D)`` are stored chunked per layer
+    (``_write_layer_chunks``); small arrays are contiguous. ``inputs``: per utterance, the digest of
+    what it was computed from ("" when not tracked). ``data`` gets ``checksum`` (U, L): per
+    utterance and layer, the checksum of its rows, which the reader verifies, and ``finite``."""
     g = f.require_group(path)
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
     g.create_dataset("offset", data=offsets_from_lengths(lengths))
     g.create_dataset("length", data=np.asarray(lengths, dtype=np.int64))
     g.create_dataset("inputs", data=np.array(inputs if inputs is not None else [""] * len(ids), dtype=object), dtype=STR)
-    for name, arr in arrays.items():
-        arr = np.asarray(arr)
+    for name, parts in arrays.items():
+        first = np.asarray(parts[0])
+        if first.ndim == 3 and first.dtype.kind not in "OUS":
+            lm = layer_major(parts)
+            if lm.shape[1]:
+                _write_layer_chunks(g, name, lm)
+            else:  # no rows at all: nothing to chunk
+                g.create_dataset(name, data=lm.transpose(1, 0, 2))
+            if name == DATA:
+                write_checksums(g, _checksums_layer_major(lm, lengths))
+                g[DATA].attrs["finite"] = not nonfinite(lm)  # with the checksums, spares the reader its NaN test
+            continue
+        arr = np.concatenate([np.asarray(p) for p in parts])
         if arr.dtype.kind in "OUS":
             g.create_dataset(name, data=arr.astype(object), dtype=STR)
-        elif arr.ndim == 3 and len(arr):
-            rows = min(len(arr), chunk_rows(arr.shape[1:], arr.dtype.itemsize))
-            g.create_dataset(name, data=arr, chunks=(rows, 1, arr.shape[2]))
         else:
             g.create_dataset(name, data=arr)
-        if name == DATA and arr.ndim == 3:
-            sums, finite = checked_layers(arr, lengths)
-            write_checksums(g, sums)
-            g[DATA].attrs["finite"] = finite  # with the checksums, spares the reader its NaN test
 
 
 def write_checksums(g: h5py.Group, sums: np.ndarray) -> None:

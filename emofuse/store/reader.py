@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import inspect
 import os
 import shlex
 import warnings
@@ -82,9 +83,13 @@ class Ragged:
 
 
 def _guarded(method):
-    """A damaged file met while reading gives one sentence (``StoreError``), not h5py's traceback."""
+    """A damaged file met while reading gives one sentence (``StoreError``), not h5py's traceback.
+    A call with wrong arguments stays the caller's ``TypeError`` (never reported as damage)."""
+    signature = inspect.signature(method)
+
     @functools.wraps(method)
     def call(self, *args, **kwargs):
+        signature.bind(self, *args, **kwargs)
         try:
             return method(self, *args, **kwargs)
         except StoreError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -40,6 +41,14 @@ from .write_errors import WRITE_ERRORS, check_free, io_error, is_hdf5_bug, remov
 
 #: ``{kind: {utt_id: {array name: rows}}}``: what one commit adds to one stream. ``data`` is required.
 Entries = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    """A part file written and sealed under its ``.tmp`` name, waiting for ``publish``."""
+    tmp: str
+    final: str
+    part: PendingPart
 
 
 class StoreWriter:
@@ -206,7 +215,17 @@ class StoreWriter:
                inputs: Mapping[str, str] | None = None) -> str:
         """Atomically commit one unit of work for ``stream``: entries per kind, and skipped
         utterances as ``(utt_id, kind, reason)`` triples; ``inputs``: per utterance, the digest of
-        what its entries were computed from. Returns the part file's path."""
+        what its entries were computed from. Returns the part file's path. The same as
+        ``publish(stage(...))``."""
+        return self.publish(self.stage(stream, entries, skipped, inputs))
+
+    def stage(self, stream: str, entries: Entries, skipped: Iterable[tuple[str, str, str]] = (),
+              inputs: Mapping[str, str] | None = None) -> "StagedPart":
+        """The first half of ``commit``: write and seal the part file under its ``.tmp`` name, not
+        yet durable and not yet committed (a kill now loses it; the next writer removes it).
+        ``publish`` completes it. Parts are published in the order they were staged, so a
+        pipeline may stage the next part while the previous one is made durable (extraction on a
+        GPU: the CPU work of one commit hides behind the disk flush of the one before)."""
         if stream not in self.stream_infos:
             raise StoreError(f"stream {stream!r} was not declared with add_stream()")
         inputs = inputs or {}
@@ -218,7 +237,7 @@ class StoreWriter:
         try:
             os.makedirs(self.parts_dir, exist_ok=True)
             check_free(self.parts_dir, int(needed * 1.02) + (1 << 20), final)
-            with writing_h5(tmp) as f:
+            with writing_h5(tmp, durable=False) as f:
                 file_header(f, PART_TYPE, self.fingerprint, __version__)
                 sg = f.create_group(f"streams/{stream}")
                 set_info(sg, self.stream_infos[stream])
@@ -230,7 +249,7 @@ class StoreWriter:
                     if DATA not in first:
                         raise ValueError(f"entries of kind {kind!r} need a {DATA!r} array")
                     lengths = [len(per_utt[i][DATA]) for i in ids]
-                    arrays = {k: np.concatenate([np.asarray(per_utt[i][k]) for i in ids]) for k in first}
+                    arrays = {k: [per_utt[i][k] for i in ids] for k in first}
                     digests = [inputs.get(i, "") for i in ids]
                     write_entry_table(f, entry_path(stream, kind), ids, lengths, arrays, digests)
                     offs = offsets_from_lengths(lengths)
@@ -241,20 +260,31 @@ class StoreWriter:
                     for col, nm in enumerate(("ids", "kind", "reason", "inputs")):
                         g.create_dataset(nm, data=np.array([r[col] for r in skips], dtype=object),
                                          dtype=STR)
-                    fsync_path(tmp)
-            os.replace(tmp, final)
-            fsync_path(self.parts_dir)
         except WRITE_ERRORS as e:
             remove_quietly(tmp)
             if is_hdf5_bug(e):
                 raise
             raise io_error(e, final, "write") from None
         except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            remove_quietly(tmp)
             raise
-        self._pending.append(PendingPart(name, tables, {stream: skips}, {stream: self.stream_infos[stream]}))
-        return final
+        return StagedPart(tmp, final, PendingPart(name, tables, {stream: skips}, {stream: self.stream_infos[stream]}))
+
+    def publish(self, staged: "StagedPart") -> str:
+        """The second half of ``commit``: make the staged part durable (fsync), give it its final
+        name (rename, then fsync of the folder) and count it as committed. Returns its path."""
+        try:
+            fsync_path(staged.tmp)
+            os.replace(staged.tmp, staged.final)
+            fsync_path(self.parts_dir)
+        except WRITE_ERRORS as e:
+            remove_quietly(staged.tmp)
+            raise io_error(e, staged.final, "write") from None
+        except BaseException:
+            remove_quietly(staged.tmp)
+            raise
+        self._pending.append(staged.part)
+        return staged.final
 
     def finalize(self, extra_sources: Iterable[str] = ()) -> dict[str, int]:
         """Publish everything committed (and ``extra_sources``: other finished stores of the same

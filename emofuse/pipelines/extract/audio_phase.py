@@ -109,8 +109,12 @@ def _audio_unit(job: StreamJob, unit: list[list[str]], by_id: dict[str, Utteranc
             s.time_encode += t2 - t1
     finally:
         if entries or skipped:
-            def commit():
-                job.writer.commit(job.name, {"frames": entries}, skipped)
-                s.done += len(entries)
-                s.skipped += len(skipped)
-            commits.submit(commit)
+            def stage():
+                staged = job.writer.stage(job.name, {"frames": entries}, skipped)
+
+                def publish():
+                    job.writer.publish(staged)
+                    s.done += len(entries)
+                    s.skipped += len(skipped)
+                return publish
+            commits.submit(stage)

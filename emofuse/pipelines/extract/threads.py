@@ -1,59 +1,90 @@
-"""The two overlap utilities of extraction: store commits in a background thread while the next
+"""The two overlap utilities of extraction: store commits in background threads while the next
 unit is encoded, and audio read ahead while the current batch is encoded."""
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from .summary import StreamSummary
 
 
 class BackgroundCommits:
-    """Store commits in one background thread, one at a time, so the next unit is encoded while
-    the previous one is written (h5py releases the GIL while it writes). A commit's error is
-    raised in the main thread at the next ``submit`` or at ``close``; ``close`` waits for the
-    last commit, so nothing encoded before a failure is lost. With ``background=False`` each
-    commit runs at once, in the caller's thread. Times go to ``s.time_write`` (the caller
-    waited) and ``s.time_write_busy`` (the writer worked)."""
+    """Store commits off the encoding thread, in two stages: a writer thread stages a unit's part
+    (``StoreWriter.stage``: layout, checksums, the write into the page cache), and a syncer thread
+    publishes it (``StoreWriter.publish``: fsync, rename), so one unit's CPU work overlaps the
+    previous unit's disk flush and both overlap encoding. Units are published in order; at most
+    one is being staged and one published while the next is encoded (a kill loses at most those
+    and the one being encoded). ``submit(stage)``: ``stage()`` runs in the writer thread and
+    returns the function to run in the syncer thread (or None). An error of either is raised in
+    the main thread at the next ``submit`` or at ``close``; ``close`` waits for every unit, so
+    nothing encoded before a failure is lost. With ``background=False`` both run at once, in the
+    caller's thread. Times go to ``s.time_write`` (the caller waited) and ``s.time_write_busy``
+    (the two threads worked, together)."""
 
     def __init__(self, s: StreamSummary, background: bool):
-        self.s, self.pending = s, None
-        self.pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self.s = s
+        self.staging: Future | None = None     # the unit being staged
+        self.publishing: list[Future] = []      # units staged, being published, in order
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-stage") if background else None
+        self.syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync") if background else None
+        self.lock = threading.Lock()
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        self.wait()
-        if self.pool is None:
+    def _busy(self, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            with self.lock:
+                self.s.time_write_busy += time.perf_counter() - t0
+
+    def submit(self, stage: Callable[[], Callable[[], None] | None]) -> None:
+        if self.writer is None:
             t0 = time.perf_counter()
             try:
-                fn()
+                publish = self._busy(stage)
+                if publish is not None:
+                    self._busy(publish)
             finally:
                 self.s.time_write += time.perf_counter() - t0
-                self.s.time_write_busy += time.perf_counter() - t0
             return
+        self._wait(keep=1)
 
-        def timed():
-            t0 = time.perf_counter()
-            fn()
-            self.s.time_write_busy += time.perf_counter() - t0
-        self.pending = self.pool.submit(timed)
+        def staged() -> None:
+            publish = self._busy(stage)
+            if publish is not None:
+                self.publishing.append(self.syncer.submit(self._busy, publish))
+        self.staging = self.writer.submit(staged)
+
+    def _wait(self, keep: int) -> None:
+        """Wait for the unit being staged, and until at most ``keep`` units are being published;
+        raise the first error of either."""
+        t0 = time.perf_counter()
+        try:
+            if self.staging is not None:
+                staging, self.staging = self.staging, None
+                staging.result()
+            while len(self.publishing) > keep:
+                self.publishing.pop(0).result()
+            for done in [f for f in self.publishing if f.done()]:
+                self.publishing.remove(done)
+                done.result()
+        finally:
+            self.s.time_write += time.perf_counter() - t0
 
     def wait(self) -> None:
-        if self.pending is not None:
-            t0 = time.perf_counter()
-            pending, self.pending = self.pending, None
-            try:
-                pending.result()
-            finally:
-                self.s.time_write += time.perf_counter() - t0
+        """Wait until every unit submitted is committed."""
+        self._wait(keep=0)
 
     def close(self) -> None:
         try:
             self.wait()
         finally:
-            if self.pool is not None:
-                self.pool.shutdown()
+            for pool in (self.writer, self.syncer):
+                if pool is not None:
+                    pool.shutdown()
 
 
 class Prefetch:
