@@ -346,16 +346,25 @@ def build_head(cfg: FinetuneConfig, enc: Encoders, n_classes: int) -> nn.Module:
     return TextOnlyModel(t, n_classes, proj=cfg.proj)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the device: to a GPU through page-locked
+    memory, asynchronously (a copy from pageable memory makes the host wait for every kernel
+    queued before it)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def collate(data: FinetuneData, idx: np.ndarray, device: torch.device, pad_token: int = 0,
             padding_value: float = 0.0) -> dict:
     """Pad the utterances ``idx`` to their longest (audio samples, tokens)."""
-    out = {"y": torch.from_numpy(data.y[idx]).to(device)}
+    out = {"y": _to_device(torch.from_numpy(data.y[idx]), device)}
     if data.waves is not None:
         lengths = torch.tensor([len(data.waves[i]) for i in idx])
         x = torch.full((len(idx), int(lengths.max())), padding_value)
         for b, i in enumerate(idx):
             x[b, :len(data.waves[i])] = torch.from_numpy(data.waves[i])
-        out.update(audio=x.to(device), audio_lengths=lengths.to(device))
+        out.update(audio=_to_device(x, device), audio_lengths=_to_device(lengths, device))
     if data.tokens is not None:
         n = max(len(data.tokens[i]) for i in idx)
         ids = torch.full((len(idx), n), pad_token, dtype=torch.long)
@@ -363,7 +372,7 @@ def collate(data: FinetuneData, idx: np.ndarray, device: torch.device, pad_token
         for b, i in enumerate(idx):
             ids[b, :len(data.tokens[i])] = torch.tensor(data.tokens[i])
             m[b, :len(data.tokens[i])] = True
-        out.update(input_ids=ids.to(device), text_mask=m.to(device))
+        out.update(input_ids=_to_device(ids, device), text_mask=_to_device(m, device))
     return out
 
 
@@ -452,14 +461,17 @@ def _oom(cfg: FinetuneConfig, n: int, e: Exception) -> EmofuseError:
 
 def train_step(model: FinetuneModel, wrapped: nn.Module, opt, data: FinetuneData, idx: np.ndarray,
                cfg: FinetuneConfig, device: torch.device, step_seed: int, rank: int = 0, world: int = 1,
-               group: bool = True, pad_token: int = 0, timer: Timer | None = None) -> float:
-    """One optimizer step on the global batch ``idx``; returns its mean training loss."""
+               group: bool = True, pad_token: int = 0, timer: Timer | None = None) -> torch.Tensor:
+    """One optimizer step on the global batch ``idx``; returns its mean training loss as a 0-dim
+    float64 tensor on the device. Nothing here waits for the device (no ``.item()``, no copy to
+    the host): the loss sum and the BatchNorm statistics stay on the device, and the caller reads
+    the losses once per epoch."""
     micro = micro_batches(idx, data.seconds, cfg.micro_batch, group)
     mine = [(i, m) for i, m in enumerate(micro) if i % world == rank]
     idle = not mine
     if idle:    # this process still takes part in the gradient all-reduce, with a zero loss
         mine = [(0, micro[0])]
-    stats, total = [], torch.zeros(1, dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     bn_rows = None
     for j, (i, mb) in enumerate(mine):
         torch.manual_seed(_seed_of(step_seed, i))   # dropout: the same whichever process runs micro-batch i
@@ -475,20 +487,20 @@ def train_step(model: FinetuneModel, wrapped: nn.Module, opt, data: FinetuneData
         except torch.OutOfMemoryError as e:
             raise _oom(cfg, len(mb), e) from None
         if not idle:
-            total += float(loss.detach())
+            total += loss.detach().double()
             if got:
                 if bn_rows is None:
-                    bn_rows = torch.zeros(len(micro), got[0].numel())
-                bn_rows[i] = got[0].cpu()
+                    bn_rows = torch.zeros(len(micro), got[0].numel(), device=device)
+                bn_rows[i] = got[0]
             if timer is not None and data.waves is not None:
                 timer.audio_s += float(data.seconds[mb].sum())
     if _bns(model):
         if bn_rows is None:
-            bn_rows = torch.zeros(len(micro), sum(2 * b.num_features for b in _bns(model)))
-        apply_bn(model, _all_sum(bn_rows.to(device), world).cpu())
+            bn_rows = torch.zeros(len(micro), sum(2 * b.num_features for b in _bns(model)), device=device)
+        apply_bn(model, _all_sum(bn_rows, world))
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(_all_sum(total.to(device), world).cpu()) / len(idx)
+    return _all_sum(total, world) / len(idx)
 
 
 @torch.no_grad()
@@ -556,12 +568,13 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
         model.train()
         gen = torch.Generator().manual_seed(_seed_of(seed, epoch))   # data order: a function of (seed, epoch)
         order = tr[torch.randperm(len(tr), generator=gen).numpy()]
-        total = 0.0
+        losses = []
         t0 = time.perf_counter()
         for s, k in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[k:k + cfg.batch_size]
-            total += train_step(model, wrapped, opt, data, idx, cfg, device, _seed_of(seed, epoch, s), rank, world,
-                                pad_token=pad, timer=timer) * len(idx)
+            losses.append(train_step(model, wrapped, opt, data, idx, cfg, device, _seed_of(seed, epoch, s), rank, world,
+                                     pad_token=pad, timer=timer) * len(idx))
+        total = float(sum(float(x) for x in torch.stack(losses).cpu())) if losses else 0.0   # one copy per epoch
         if timer is not None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
