@@ -3,7 +3,7 @@
 
 (a) a plain per-utterance loop (batch 1, float32, output_hidden_states=True, as a typical script does)
 (b) extract-embeddings at float32 (the whole job: load, encode, store writes, merge)
-(c) extract-embeddings at bfloat16
+(c) extract-embeddings at bfloat16 (where bfloat16 is native: a GPU, or a CPU with AVX-512 BF16 / AMX)
 each run in a fresh process, alternated (a, b, c, a, b, c …), medians.
 
 Reports audio-seconds per second and ratios to (a), the fraction of this machine's dense-matmul
@@ -11,7 +11,7 @@ rate reached (torch.matmul measured in the same run), the share of time spent wr
 per-layer cosine similarity of (c) to (b), and peak RSS of (b) for two corpus sizes.
 Writes benchmarks/results/extract.json (extract-cuda.json on a GPU) and a row in BENCHMARKS.md.
 
-    python benchmarks/extract.py [--seconds 90] [--repeats 3] [--device cuda]
+    python benchmarks/extract.py [--seconds 90] [--repeats 3] [--device cuda] [--bf16 auto|yes|no]
 """
 
 from __future__ import annotations
@@ -174,11 +174,24 @@ def peak_rss_mb(model_dir: str, manifest: Path, out: Path, device: str = "cpu") 
     return int(r.stdout.strip().splitlines()[-1]) / 1024
 
 
+def native_bf16(device: str) -> bool:
+    """Whether bfloat16 matmuls run natively here (any GPU; on a CPU, oneDNN's AVX-512 BF16 or AMX)."""
+    if device.startswith("cuda"):
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=90.0, help="audio seconds for the side-by-side runs")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--repeats", type=int, default=3, help="(a), (b), (c) alternated this many times; medians")
+    ap.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                    help="run (c) at bfloat16: auto = on a GPU, or on a CPU with native bfloat16 (an emulated "
+                         "bfloat16 is many times slower and measures nothing useful)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one measured run, in its own process (see in_child)
@@ -190,69 +203,74 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    ours_runs = {"b": "float32"}
+    if args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16(args.device)):
+        ours_runs["c"] = "bfloat16"
+    else:
+        print("(c) bfloat16 skipped: " + ("--bf16 no" if args.bf16 == "no" else
+              "this CPU has no native bfloat16 (AVX-512 BF16 / AMX), so it would measure an emulation"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = base_model(tmp / "w2v2-base")
         manifest = make_corpus(tmp / "c1", args.seconds)
         dev = args.device
-        runs: dict[str, list] = {"a": [], "b": [], "c": []}
+        runs: dict[str, list] = {"a": [], **{k: [] for k in ours_runs}}
         for k in range(args.repeats):  # alternated, so drifts of a noisy machine hit all three alike
             runs["a"].append(in_child("plain_loop", model, manifest, dev))
-            for key, dt in (("b", "float32"), ("c", "bfloat16")):
+            for key, dt in ours_runs.items():
                 for f in tmp.glob(f"{key}.h5*"):
                     shutil.rmtree(f) if f.is_dir() else os.remove(f)
                 runs[key].append(in_child("ours", model, manifest, tmp / f"{key}.h5", dt, dev))
         wall_a, audio_a, loop_a = sorted(runs["a"])[len(runs["a"]) // 2]
-        b, c = (sorted(runs[k], key=lambda r: r["wall_s"])[len(runs[k]) // 2] for k in ("b", "c"))
-        cos = layer_cosines(tmp / "b.h5", tmp / "c.h5")
-        mm32, mm16 = matmul_rate(torch.float32, device=dev), matmul_rate(torch.bfloat16, device=dev)
+        got = {k: sorted(runs[k], key=lambda r: r["wall_s"])[len(runs[k]) // 2] for k in ours_runs}
+        cos = layer_cosines(tmp / "b.h5", tmp / "c.h5") if "c" in got else []
+        mm = {dt: matmul_rate(getattr(torch, dt), device=dev) for dt in ours_runs.values()}
         flops = model_flops_per_audio_second(model)
         small = make_corpus(tmp / "c2", args.seconds / 2, seed=1)
         large = make_corpus(tmp / "c3", args.seconds * 2, seed=2)
         rss_small, rss_large = peak_rss_mb(model, small, tmp / "r1.h5", dev), peak_rss_mb(model, large, tmp / "r2.h5", dev)
-    tput = {"a_plain_loop": audio_a / wall_a, "b_ours_float32": b["audio_s"] / b["wall_s"],
-            "c_ours_bfloat16": c["audio_s"] / c["wall_s"]}
+    name = {"b": "b_ours_float32", "c": "c_ours_bfloat16"}
+    short = {"b": "b_float32", "c": "c_bfloat16"}
+    tput = {"a_plain_loop": audio_a / wall_a, **{name[k]: r["audio_s"] / r["wall_s"] for k, r in got.items()}}
     res = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         "audio_seconds": round(audio_a, 1), "repeats": args.repeats,
-        "wall_s_all_runs": {"a": [round(w, 2) for w, _, _ in runs["a"]], **{k: [round(r["wall_s"], 2) for r in runs[k]] for k in "bc"}},
+        "wall_s_all_runs": {"a": [round(w, 2) for w, _, _ in runs["a"]], **{k: [round(r["wall_s"], 2) for r in runs[k]] for k in got}},
         "model": "wav2vec2-base architecture, random weights (95 M parameters)",
         "throughput_audio_s_per_s": {k: round(v, 2) for k, v in tput.items()},
         "ratio_to_plain_loop": {k: round(v / tput["a_plain_loop"], 2) for k, v in tput.items()},
         # per utterance, once set up: (a)'s loop vs ours' read + encode + waiting on the store,
         # without the one-time costs (model load, weights hash, the final merge)
         "steady_state_ratio_to_plain_loop": {
-            k: round(audio_a / (r["encode_s"] + r["load_s"] + r["write_s"] - r["finalize_s"]) / (audio_a / loop_a), 2)
-            for k, r in (("b_ours_float32", b), ("c_ours_bfloat16", c))},
+            name[k]: round(audio_a / (r["encode_s"] + r["load_s"] + r["write_s"] - r["finalize_s"]) / (audio_a / loop_a), 2)
+            for k, r in got.items()},
         "model_gflop_per_audio_second": round(flops / 1e9, 2),
-        "matmul_gflops": {"float32": round(mm32 / 1e9, 1), "bfloat16": round(mm16 / 1e9, 1)},
-        "fraction_of_matmul_rate": {"b_float32": round(tput["b_ours_float32"] * flops / mm32, 3),
-                                    "c_bfloat16": round(tput["c_ours_bfloat16"] * flops / mm16, 3)},
+        "matmul_gflops": {dt: round(v / 1e9, 1) for dt, v in mm.items()},
+        "fraction_of_matmul_rate": {short[k]: round(tput[name[k]] * flops / mm[ours_runs[k]], 3) for k in got},
         # the job held up by the store (waiting on a background commit, and the final merge) ...
-        "store_write_share": {"b_float32": round(b["write_s"] / b["wall_s"], 4),
-                              "c_bfloat16": round(c["write_s"] / c["wall_s"], 4)},
+        "store_write_share": {short[k]: round(r["write_s"] / r["wall_s"], 4) for k, r in got.items()},
         # ... and the time the store was being written at all (mostly hidden behind encoding)
-        "store_write_busy_share": {"b_float32": round(b["write_busy_s"] / b["wall_s"], 4),
-                                   "c_bfloat16": round(c["write_busy_s"] / c["wall_s"], 4)},
-        "encode_share": {"b_float32": round(b["encode_s"] / b["wall_s"], 4), "c_bfloat16": round(c["encode_s"] / c["wall_s"], 4)},
+        "store_write_busy_share": {short[k]: round(r["write_busy_s"] / r["wall_s"], 4) for k, r in got.items()},
+        "encode_share": {short[k]: round(r["encode_s"] / r["wall_s"], 4) for k, r in got.items()},
         # every activation byte is written once (store v2): written / stored ≈ 1
-        "written_bytes_per_audio_s": {"b_float32": round(b["written_bytes"] / b["audio_s"]),
-                                      "c_bfloat16": round(c["written_bytes"] / c["audio_s"])},
-        "written_over_store_bytes": {"b_float32": round(b["written_bytes"] / b["store_bytes"], 3),
-                                     "c_bfloat16": round(c["written_bytes"] / c["store_bytes"], 3)},
+        "written_bytes_per_audio_s": {short[k]: round(r["written_bytes"] / r["audio_s"]) for k, r in got.items()},
+        "written_over_store_bytes": {short[k]: round(r["written_bytes"] / r["store_bytes"], 3) for k, r in got.items()},
         "bf16_cosine_per_layer": [round(x, 5) for x in cos],
         "peak_rss_mb": {f"{args.seconds / 2:.0f}s_audio": round(rss_small), f"{args.seconds * 2:.0f}s_audio": round(rss_large)},
     }
+    ratio, steady, frac = res["ratio_to_plain_loop"], res["steady_state_ratio_to_plain_loop"], res["fraction_of_matmul_rate"]
+    c_tput = (f"(c) {tput['c_ours_bfloat16']:.2f} ({ratio['c_ours_bfloat16']}×)" if "c" in got
+              else "(c) not run (no native bfloat16 on this CPU)")
     row = (f"| extract | {res['date']} | {res['machine']} | {res['audio_seconds']} s audio | "
-           f"(a) {tput['a_plain_loop']:.2f}, (b) {tput['b_ours_float32']:.2f} ({res['ratio_to_plain_loop']['b_ours_float32']}×), "
-           f"(c) {tput['c_ours_bfloat16']:.2f} ({res['ratio_to_plain_loop']['c_ours_bfloat16']}×) audio-s/s; per utterance "
-           f"once set up b {res['steady_state_ratio_to_plain_loop']['b_ours_float32']}×, "
-           f"c {res['steady_state_ratio_to_plain_loop']['c_ours_bfloat16']}× | "
-           f"matmul fraction b {res['fraction_of_matmul_rate']['b_float32']}, c {res['fraction_of_matmul_rate']['c_bfloat16']} | "
+           f"(a) {tput['a_plain_loop']:.2f}, (b) {tput['b_ours_float32']:.2f} ({ratio['b_ours_float32']}×), "
+           f"{c_tput} audio-s/s; per utterance once set up b {steady['b_ours_float32']}×"
+           + (f", c {steady['c_ours_bfloat16']}×" if "c" in got else "") + " | "
+           f"matmul fraction b {frac['b_float32']}" + (f", c {frac['c_bfloat16']}" if "c" in got else "") + " | "
            f"store writes stall {100 * res['store_write_share']['b_float32']:.1f} % (busy "
-           f"{100 * res['store_write_busy_share']['b_float32']:.1f} %) | min bf16 cosine {min(cos):.4f} | "
+           f"{100 * res['store_write_busy_share']['b_float32']:.1f} %) | "
+           + (f"min bf16 cosine {min(cos):.4f}" if cos else "no bf16 run") + " | "
            f"peak RSS {round(rss_small)} / {round(rss_large)} MB; written "
            f"{res['written_bytes_per_audio_s']['b_float32'] / 1e6:.2f} MB per audio-s "
            f"({res['written_over_store_bytes']['b_float32']}× the store) |")
