@@ -7,6 +7,7 @@ import json
 import os
 import shutil  # noqa: F401
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from emofuse.align.pooling import pool_many
 from emofuse.store.index import copy_store, remove_store
+from emofuse import locks
 from emofuse.errors import EmofuseError
 from emofuse.pipelines import rundir
 from emofuse.pipelines.ablate import AblateConfig, run_ablate
@@ -156,7 +158,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 
 
 def test_lock_without_flock_takes_over_a_dead_holder(tmp_path, monkeypatch):
-    monkeypatch.setattr(rundir, "fcntl", None)
+    monkeypatch.setattr(locks, "fcntl", None)
     out = tmp_path / "run"
     out.mkdir()
     with rundir.run_lock(str(out)):
@@ -165,9 +167,13 @@ def test_lock_without_flock_takes_over_a_dead_holder(tmp_path, monkeypatch):
                 pass
     assert not (out / "run.lock").exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / "run.lock").write_text(f"{dead.stdout.strip()} somehost\n")
+    (out / "run.lock").write_text(f"{dead.stdout.strip()} {socket.gethostname()}\n")
     with rundir.run_lock(str(out)):
         assert (out / "run.lock").read_text().split()[0] == str(os.getpid())
+    (out / "run.lock").write_text("4242 some-other-host\n")   # another host's process cannot be checked from here
+    with pytest.raises(EmofuseError, match="is in use: process 4242 on some-other-host is running"):
+        with rundir.run_lock(str(out)):
+            pass
 
 
 @pytest.mark.parametrize("kind", ["folder", "dangling symlink"])
@@ -179,7 +185,7 @@ def test_lock_path_that_is_not_a_file_is_one_sentence(tmp_path, kind):
         match = "is a folder; expected a plain file: remove it"
     else:
         os.symlink(tmp_path / "nowhere" / "x", out / "run.lock")
-        match = "is a symbolic link; expected a plain file: remove it"
+        match = r"is a symbolic link \(to .*nowhere/x\); expected a plain file: remove it"
     with pytest.raises(EmofuseError, match=rf"the run's lock file {out}/run.lock {match}"):
         with rundir.run_lock(str(out)):
             pass
@@ -233,7 +239,7 @@ def test_ablate_workers_die_with_their_parent(stores, tmp_path):
 @pytest.mark.parametrize("flock", [True, False])
 def test_lock_file_removed_after_a_clean_run_and_an_unused_new_folder_too(tmp_path, monkeypatch, flock):
     if not flock:
-        monkeypatch.setattr(rundir, "fcntl", None)
+        monkeypatch.setattr(locks, "fcntl", None)
     out = tmp_path / "run"
     with rundir.run_lock(str(out)):
         assert (out / "run.lock").exists()

@@ -1,6 +1,6 @@
 """The store's writer lock on both of its paths: ``flock`` (Linux, macOS) and the ``O_EXCL`` file
 whose pid is checked, used where ``fcntl`` does not exist (Windows). The fallback is forced here
-by removing ``fcntl`` from ``emofuse.store.lock``."""
+by removing ``fcntl`` from ``emofuse.locks``."""
 
 import os
 import socket
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import emofuse.store.lock as lock_module
+import emofuse.locks as lock_module
 from emofuse.errors import StoreError
 from emofuse.store import StoreWriter, compact_store, upgrade_store
 from emofuse.store.lock import WriterLock
@@ -65,7 +65,7 @@ def test_fallback_takes_over_the_lock_of_a_killed_writer(tmp_path, monkeypatch):
     child = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import emofuse.store.lock as lock_module
+        import emofuse.locks as lock_module
         lock_module.fcntl = None
         from emofuse.store import StoreWriter
         from test_store_v2 import frames_of

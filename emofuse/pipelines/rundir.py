@@ -18,10 +18,11 @@ A run directory::
 - ``content_digest``: a digest of the exact store content a run reads for one stream and kind
   (the index of utterances, rows and storage offsets, and for segments their frame spans and
   symbols), so a store whose segments were re-aligned never hands its stale folds to a new run.
-- ``run_lock``: an exclusive lock per directory (``run.lock`` holding the owner's pid). It is an
-  ``flock`` where the platform has one (Linux, macOS): the kernel drops it when its process dies,
-  so a killed run never leaves a stale lock. Elsewhere an ``O_EXCL`` file whose pid is checked.
-  The file is removed when the run ends (a killed run leaves it; the next run takes it over).
+- ``run_lock``: an exclusive lock per directory (``run.lock`` holding the owner's pid and host),
+  the same mechanism as a store's writer lock (``emofuse.locks``): an ``flock`` where the platform
+  has one (Linux, macOS), which the kernel drops when its process dies, so a killed run never
+  leaves a stale lock; elsewhere an ``O_EXCL`` file, taken over when its pid no longer runs here.
+  The file is removed when the run ends.
 - ``write_json`` / ``write_csv``: written to a temporary name unique to the process (pid and a
   random token), then renamed over the target: two processes never share a ``.tmp``.
 - ``predictions_roundtrip``: fresh predictions pass through the same CSV text as reused ones.
@@ -30,24 +31,18 @@ A run directory::
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
 import os
 import secrets
-import socket
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from ..errors import EmofuseError
-
-try:
-    import fcntl
-except ImportError:  # Windows: the O_EXCL fallback below
-    fcntl = None
+from ..locks import LockFile
 
 LOCK_NAME = "run.lock"
 
@@ -151,103 +146,27 @@ def run_folder(repeat: int, session) -> str:
 
 
 # -- one process per run directory --------------------------------------------------------------
-def _holder(path: str) -> str:
-    try:
-        with open(path) as f:
-            text = f.read(200).split()
-    except OSError:
-        return "another process"
-    return f"process {text[0]}" + (f" on {text[1]}" if len(text) > 1 else "") if text else "another process"
-
-
-def _busy(out: str, path: str, what: str) -> EmofuseError:
-    return EmofuseError(f"{out} is in use: {_holder(path)} is running {what} there (it holds {path}); "
-                        "wait for it to finish or choose another --out")
-
-
-def _open_lock(path: str, flags: int) -> int:
-    try:
-        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as e:
-        if os.path.islink(path):
-            raise EmofuseError(f"the run's lock file {path} is a symbolic link; expected a plain file: remove it") from None
-        if os.path.isdir(path):
-            raise EmofuseError(f"the run's lock file {path} is a folder; expected a plain file: remove it") from None
-        if e.errno == errno.EEXIST:
-            raise
-        raise EmofuseError(f"cannot create the run's lock file {path}: {e.strerror or e}") from None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def run_lock(out: str, what: str = "a run") -> Iterator[None]:
-    """Hold ``out/run.lock`` exclusively; a second process gets one sentence naming the holder.
-    The lock file is removed on release (and ``out`` too when this call created it and it is still
-    empty: a run refused early leaves nothing behind)."""
+    """Hold ``out/run.lock`` exclusively (``emofuse.locks.LockFile``); a second process gets one
+    sentence naming the holder. The lock file is removed on release (and ``out`` too when this
+    call created it and it is still empty: a run refused early leaves nothing behind)."""
     created = not os.path.isdir(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise EmofuseError(f"cannot create the run directory {out}: {e.strerror or e}") from None
     path = os.path.join(out, LOCK_NAME)
-    me = f"{os.getpid()} {socket.gethostname()}\n".encode()
+
+    def busy(pid: int | None, host: str | None) -> EmofuseError:
+        holder = f"process {pid}" + (f" on {host}" if host else "") if pid is not None else "another process"
+        return EmofuseError(f"{out} is in use: {holder} is running {what} there (it holds {path}); "
+                            "wait for it to finish or choose another --out")
     try:
-        if fcntl is not None:
-            for _ in range(100):
-                fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
-                    raise _busy(out, path, what) from None
-                # the holder before us removes the file while it holds the lock: ours must still be the one at path
-                try:
-                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    break
-                os.close(fd)
-            else:
-                raise _busy(out, path, what)
-            try:
-                os.ftruncate(fd, 0)
-                os.write(fd, me)
-                yield
-            finally:
-                with contextlib.suppress(OSError):
-                    os.remove(path)   # still holding the flock: a newcomer that opened it sees it gone and retries
-                os.close(fd)
-            return
-        for _ in range(2):  # no flock: an O_EXCL file; one left by a dead process is taken over
-            try:
-                fd = _open_lock(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-                break
-            except FileExistsError:
-                holder = _holder(path).split()
-                pid = int(holder[1]) if len(holder) > 1 and holder[1].isdigit() else None
-                if pid is not None and _pid_alive(pid):
-                    raise _busy(out, path, what) from None
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-        else:
-            raise _busy(out, path, what)
-        try:
-            os.write(fd, me)
-            os.close(fd)
+        with LockFile(path, "the run's lock file", busy, EmofuseError,
+                      lambda e: EmofuseError(f"cannot create the run's lock file {path}: {e.strerror or e}"),
+                      where="the run directory"):
             yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.remove(path)
     finally:
         if created:
             with contextlib.suppress(OSError):

@@ -1,178 +1,42 @@
 """The writer lock of a store: ``STORE.h5.lock``, held by one writer (``StoreWriter``,
-``upgrade_store``, ``compact_store``) at a time.
-
-- Where the platform has ``flock`` (Linux, macOS, other POSIX): an exclusive ``flock`` on the
-  file. The kernel drops it when its process dies, so a killed writer never leaves a stale lock.
-  A writer removes the file when it closes, while still holding it; a newcomer that opened the
-  file just before checks that the file it locked is still the one at the path, else retries.
-- Elsewhere (Windows): the file is created with ``O_EXCL`` and holds the owner's pid and host
-  name. A file left by a process that no longer runs (a killed writer) is taken over; one whose
-  owner runs, or runs on another host (whose processes cannot be checked from here), is refused.
-
-Either way the file holds ``PID HOST`` while a writer runs and is gone after a clean close.
-"""
+``upgrade_store``, ``compact_store``) at a time. The mechanism (``flock`` where the platform has
+it, else an ``O_EXCL`` file holding ``PID HOST``, taken over from a holder that died) is
+``emofuse.locks.LockFile``, shared with run directories; this module gives it the store's
+sentences."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 
 from ..errors import StoreError
+from .. import locks
+from ..locks import LockFile
 from .write_errors import io_error
-
-try:
-    import fcntl
-except ImportError:  # Windows: the O_EXCL fallback
-    fcntl = None
-
-#: open flags of the lock file: never follow a symbolic link planted at its path
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def lock_path(store_path: str) -> str:
     return store_path + ".lock"
 
 
-class WriterLock:
+class WriterLock(LockFile):
     """Hold ``STORE.h5.lock`` exclusively from construction to ``release()``; a second writer gets
     one sentence (``StoreError``) and holds nothing."""
 
     def __init__(self, store_path: str):
         self.store_path = store_path
-        self.path = lock_path(store_path)
-        self._me = f"{os.getpid()} {socket.gethostname()}\n".encode()
-        self._fd: int | None = self._acquire_flock() if fcntl is not None else self._acquire_exclusive()
+        path = lock_path(store_path)
 
-    # -- flock ----------------------------------------------------------------------------------
-    def _acquire_flock(self) -> int:
-        for _ in range(100):
-            fd = self._open(os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise self._busy() from None
-            except OSError as e:
-                os.close(fd)
-                raise StoreError(f"cannot lock {self.path}: this file system does not support locks "
-                                 f"({e.strerror or e}); put the store on a local disk") from None
-            try:   # the writer before us removes the file while holding it: ours must be the one at the path
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        else:
-            raise StoreError(f"cannot take the lock {self.path}: it keeps being replaced")
-        os.ftruncate(fd, 0)
-        os.write(fd, self._me)
-        return fd
+        def busy(pid: int | None, host: str | None) -> StoreError:
+            if locks.fcntl is None and pid is not None and host is not None and host != socket.gethostname():
+                return StoreError(f"another process is writing {store_path} (process {pid} on {host} holds "
+                                  f"{path}); wait for it to finish, or remove {path} if it no longer runs")
+            return StoreError(f"another process is writing {store_path} (it holds {path}); "
+                              "wait for it to finish or write to another store")
+        super().__init__(path, "the store's lock file", busy, StoreError,
+                         lambda e: io_error(e, path, "create the lock file", kept="nothing was written"),
+                         where="the store")
 
-    # -- O_EXCL fallback --------------------------------------------------------------------------
-    def _acquire_exclusive(self) -> int:
-        for _ in range(2):
-            try:
-                fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
-            except FileExistsError:
-                pid, host = self._holder()
-                if pid is None or host != socket.gethostname() or _pid_alive(pid):
-                    raise self._busy(pid, host) from None
-                with contextlib.suppress(OSError):   # left by a writer that died: take it over
-                    os.remove(self.path)
-                continue
-            os.write(fd, self._me)
-            return fd
-        raise self._busy(*self._holder())
-
-    def _holder(self) -> tuple[int | None, str | None]:
-        try:
-            with open(self.path, "rb") as f:
-                words = f.read(300).decode("utf-8", "replace").split()
-        except OSError:
-            return None, None
-        pid = int(words[0]) if words and words[0].isdigit() else None
-        return pid, (words[1] if len(words) > 1 else None)
-
-    # -- both -------------------------------------------------------------------------------------
-    def _open(self, flags: int) -> int:
-        try:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            return os.open(self.path, flags | _NOFOLLOW, 0o644)
-        except OSError as e:
-            self._refuse_if_not_a_file()
-            if isinstance(e, FileExistsError):
-                raise   # O_EXCL: another writer's lock file
-            raise io_error(e, self.path, "create the lock file", kept="nothing was written") from None
-
-    def _refuse_if_not_a_file(self) -> None:
-        """A symbolic link or a folder at the lock's path: one sentence."""
-        lock = self.path
-        if os.path.islink(lock):
-            raise StoreError(f"the store's lock file {lock} is a symbolic link (to {os.readlink(lock)}); "
-                             "expected a plain file: remove it (it holds nothing) and run again") from None
-        if os.path.isdir(lock):
-            raise StoreError(f"the store's lock file {lock} is a folder; expected a plain file: remove it (a "
-                             "lock file holds nothing) and run again") from None
-
-    def _busy(self, pid: int | None = None, host: str | None = None) -> StoreError:
-        if fcntl is None and pid is not None and host is not None and host != socket.gethostname():
-            return StoreError(f"another process is writing {self.store_path} (process {pid} on {host} holds "
-                              f"{self.path}); wait for it to finish, or remove {self.path} if it no longer runs")
-        return StoreError(f"another process is writing {self.store_path} (it holds {self.path}); "
-                          "wait for it to finish or write to another store")
-
-    def release(self) -> None:
-        """Give the lock up and remove its file (idempotent)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        if fcntl is not None:
-            # removed while still held: a newcomer that opened it sees it gone and retries
-            with contextlib.suppress(OSError):
-                os.remove(self.path)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-        else:
-            os.close(fd)   # first: Windows cannot remove a file that is open
-            with contextlib.suppress(OSError):
-                os.remove(self.path)
-
-    close = release
-
-    def __enter__(self) -> "WriterLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host (when in doubt: yes)."""
-    if os.name == "nt":   # os.kill(pid, 0) would terminate the process there
-        return _windows_pid_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True   # it exists but belongs to someone else (EPERM)
-    return True
-
-
-def _windows_pid_alive(pid: int) -> bool:
-    import ctypes
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    handle = kernel32.OpenProcess(0x1000, False, pid)   # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return ctypes.get_last_error() == 5   # ERROR_ACCESS_DENIED: it exists; else there is no such process
-    try:
-        code = ctypes.c_ulong()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-            return True
-        return code.value == 259   # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)
+    close = LockFile.release
 
 
 __all__ = ["WriterLock", "lock_path"]
