@@ -13,13 +13,9 @@ from emofuse.pipelines import tables
 from emofuse.pipelines.ablate import AblateConfig, load_spec, run_ablate
 from emofuse.pipelines.report import run_report
 from emofuse.testing.synthetic import make_synthetic_store
+from emofuse.testing import logged_messages
 
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def _messages(caplog) -> list[str]:
-    """The sentences the stages logged (what the command-line tools print)."""
-    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
 
 
 def golden_frame():
@@ -94,7 +90,7 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     kept = os.path.getmtime(out / "runs" / victim / "runs" / "r0_s1" / "model.safetensors")
     caplog.clear()
     res2 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert "2 configurations, 1 already finished, 1 to run" in msgs[0]
     assert os.path.getmtime(out / "runs" / victim / "runs" / "r0_s1" / "model.safetensors") == kept
     for r, t in runs.items():
@@ -105,7 +101,7 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     spec.write_text(SPEC + '      - {label: "Text", fusion: none, granularity: T}\n')
     caplog.clear()
     res3 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert "3 configurations, 2 already finished, 1 to run" in msgs[0] and len(res3["a"]) == 4
     report = run_report(str(out))
     text = Path(report).read_text()
@@ -168,7 +164,7 @@ def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_pat
     assert not (out / "tables.md").exists()
     caplog.clear()
     res = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert f"{len(finished)} already finished" in msgs[0]
     for d, t in stamp.items():
         assert (d / "summary.json").stat().st_mtime == t
@@ -186,7 +182,7 @@ def test_rows_sharing_streams_read_them_once_and_the_plan_is_printed(store, tmp_
     spec.write_text(SPEC)
     caplog.clear()
     run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     # the frames are read once for both rows
     assert sorted(reads) == [("audio", "frames"), ("audio", "segments/syllable"), ("text", "tokens")]
     plan = [m for m in msgs if "plan:" in m]
@@ -203,7 +199,7 @@ def test_submitit_local_executor_runs_the_grid_and_resumes(store, tmp_path, capl
     caplog.clear()
     sent = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", executor="submitit",
                                    cluster="local", cluster_options=("timeout_min=10",)))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert sum("submitit jobs" in m for m in msgs) == 1 and sum(" finished" in m and "job " in m for m in msgs) == 2
     cols = ["label", "ua_mean", "wa_mean", "f1_mean", "key"]
     pd.testing.assert_frame_equal(local["a"][cols], sent["a"][cols])
@@ -215,7 +211,7 @@ def test_submitit_local_executor_runs_the_grid_and_resumes(store, tmp_path, capl
     caplog.clear()
     again = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", executor="submitit",
                                     cluster="local"))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert "2 configurations, 1 already finished, 1 to run" in msgs[0]
     assert os.path.getmtime(out / "runs" / victim / "runs" / "r1_s2" / "model.safetensors") == kept
     pd.testing.assert_frame_equal(sent["a"][cols], again["a"][cols])

@@ -12,11 +12,7 @@ from emofuse import cli
 from emofuse.pipelines.train import TrainConfig, run_train, with_store_defaults
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
-
-
-def _messages(caplog) -> list[str]:
-    """The sentences the stages logged (what the command-line tools print)."""
-    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
+from emofuse.testing import logged_messages
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +203,7 @@ def test_ablate_names_rows_by_what_they_train_and_indexes_run_folders(egemaps_st
                     "      - {label: both, combine: [co, cat]}\n")
     caplog.clear()
     run_ablate(AblateConfig(store=egemaps_store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     text = "\n".join(msgs)
     assert "co: coattention F+P+T (F+P: egemaps, T: text)" in text and "cat: concat F+T (F: egemaps, T: text)" in text
     assert "(linear)" not in text

@@ -25,11 +25,7 @@ from emofuse.pipelines.ablate import AblateConfig, run_ablate
 from emofuse.pipelines.train import TrainConfig, run_train
 from emofuse.store import FeatureStore, StoreWriter
 from emofuse.testing.synthetic import make_synthetic_store
-
-
-def _messages(caplog) -> list[str]:
-    """The sentences the stages logged (what the command-line tools print)."""
-    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
+from emofuse.testing import logged_messages
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +100,7 @@ def test_ablate_keys_follow_the_store_content(stores, tmp_path, caplog):
     copy_store(str(b), str(store))
     caplog.clear()
     second = run_ablate(AblateConfig(store=str(store), spec=str(spec), out=str(out), device="cpu"))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert "1 configurations, 0 already finished, 1 to run" in msgs[0]
     assert first["x"]["key"].item() != second["x"]["key"].item()
 

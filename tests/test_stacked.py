@@ -20,6 +20,7 @@ from emofuse.pipelines.protocol import run_seed, split
 from emofuse.pipelines.train import TrainConfig, run_train, with_store_defaults
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
+from emofuse.testing import logged_messages
 
 #: float tolerance of a stacked run against the same run alone on a CPU: batched matrix products
 #: over padded batches sum in another order (measured: ≤ 4e-7 on losses after 4 epochs)
@@ -38,11 +39,6 @@ HEADS = {
     "proj-stats": dict(fusion="none", granularity="T", head="proj-stats", proj=8, scheduler="plateau",
                        lr=1e-2, lr_patience=0),
 }
-
-
-def _messages(caplog) -> list[str]:
-    """The sentences the stages logged (what the command-line tools print)."""
-    return [r.getMessage() for r in caplog.records if r.name.startswith("emofuse")]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +122,7 @@ def test_run_directory_the_same_files_and_resumed(store, tmp_path, capsys, caplo
     one = run_train(TrainConfig(out=str(tmp_path / "one"), runs_at_once=1, **kw))
     caplog.clear()
     many = run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert any("4 runs stacked" in m for m in msgs)
     listing = lambda d: sorted(os.path.relpath(os.path.join(p, f), d) for p, _, fs in os.walk(d) for f in fs)  # noqa
     assert listing(tmp_path / "one") == listing(tmp_path / "many")
@@ -141,7 +137,7 @@ def test_run_directory_the_same_files_and_resumed(store, tmp_path, capsys, caplo
     for f in ("summary.json", "runs/r1_s3/metrics.json", "runs/r0_s2/metrics.json"):
         os.remove(tmp_path / "many" / f)
     run_train(TrainConfig(out=str(tmp_path / "many"), runs_at_once=0, **kw))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert any("2 runs stacked" in m and "2 finished runs of their groups train again" in m for m in msgs)
     for f, blob in before.items():
         assert (tmp_path / "many" / f).read_bytes() == blob
@@ -154,7 +150,7 @@ def test_lstm_heads_fall_back_and_say_so(store, tmp_path, caplog):
     caplog.clear()
     s = run_train(TrainConfig(store=store, out=str(tmp_path / "c"), fusion="none", granularity="F", head="cnn-blstm",
                               proj=8, epochs=1, folds=("1", "2"), repeats=1, device="cpu", runs_at_once=0))
-    msgs = _messages(caplog)
+    msgs = logged_messages(caplog)
     assert s["ua"]["n"] == 2 and sum("does not stack" in m for m in msgs) == 1
 
 
