@@ -342,7 +342,7 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
                 check_audio(fs, where, todo)
             units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
             with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
-                    progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: segments") as bar:
+                    progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: pooling segments") as bar:
                 for unit in units:
                     entries, skipped = _align_unit(job, frames, unit)
                     writer.commit(cfg.stream, entries, skipped, inputs={i: inputs[i] for i in unit})

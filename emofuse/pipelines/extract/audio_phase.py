@@ -47,7 +47,7 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
     units = [[[u for u in b if u not in done] for b in unit] for unit in plan if any(u not in done for b in unit for u in b)]
     units = [[b for b in unit if b] for unit in units]
     total = float(np.nansum([durations[u] for unit in units for b in unit for u in b]))
-    with progress_bar(total=round(total, 1), unit="audio-s", desc=f"{job.name}: audio",
+    with progress_bar(total=round(total, 1), unit="audio-s", desc=f"{job.name}: encoding audio",
                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
         # background threads on a GPU (the CPU is idle then); on a CPU torch already uses every
         # core and a writer thread only slows both (measured: the write share rose from 4 % to

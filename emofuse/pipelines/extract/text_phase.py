@@ -43,7 +43,7 @@ def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -
                         cfg.shard)
     todo_ids = {i for _, i, _ in items}
     chunks = [c for c in chunks if any(i in todo_ids for _, i, _ in c)]
-    with progress_bar(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{job.name}: text") as bar:
+    with progress_bar(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{job.name}: encoding text") as bar:
         if skipped:
             job.writer.commit(job.name, {}, skipped)
             s.skipped += len(skipped)
