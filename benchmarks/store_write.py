@@ -15,7 +15,7 @@ child process (e.g. the commit before a change to the writer; its pipeline, if i
 its ``commit`` in one background thread).
 
     python benchmarks/store_write.py [--seconds 60] [--repeats 7] [--stream 8] [--trials 3]
-                                     [--tmp DIR] [--baseline-rev REV]
+                                     [--tmp DIR] [--baseline-rev REV | --baseline-tar F] [--name NAME]
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--baseline-rev", default=None)
+    ap.add_argument("--baseline-tar", default=None,
+                    help="the baseline's emofuse/ as a tar file (`git archive REV emofuse > F`), where git is not at hand")
+    ap.add_argument("--name", default="store_write", help="results file: benchmarks/results/NAME.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -139,17 +142,18 @@ def main() -> None:
             print(json.dumps(measure(tmp, args.seconds, args.repeats, args.stream, args.trials)))
             return
         res = {"current": measure(tmp, args.seconds, args.repeats, args.stream, args.trials)}
-    if args.baseline_rev:
+    if args.baseline_rev or args.baseline_tar:
         with tempfile.TemporaryDirectory(dir=args.tmp) as code:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev, "emofuse"],
-                                     capture_output=True, check=True).stdout
+            archive = (Path(args.baseline_tar).read_bytes() if args.baseline_tar else
+                       subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev, "emofuse"],
+                                      capture_output=True, check=True).stdout)
             subprocess.run(["tar", "-x", "-C", code], input=archive, check=True)
             r = subprocess.run([sys.executable, __file__, "--worker", "--seconds", str(args.seconds), "--repeats",
                                 str(args.repeats), "--stream", str(args.stream), "--trials", str(args.trials)] + (["--tmp", args.tmp] if args.tmp else []),
                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code}, cwd=code)
             if r.returncode:
                 raise SystemExit(r.stderr)
-            res[args.baseline_rev] = json.loads(r.stdout.strip().splitlines()[-1])
+            res[args.baseline_rev or Path(args.baseline_tar).stem] = json.loads(r.stdout.strip().splitlines()[-1])
     for name, got in res.items():
         print(f"{name}: commit {got['commit_mb_s']:.0f} MB/s, plain write+fsync {got['plain_mb_s']:.0f} MB/s, "
               f"commit/ceiling {got['ratio']:.2f} ({got['bytes'] / 1e6:.0f} MB per commit)")
@@ -158,7 +162,7 @@ def main() -> None:
             print(f"{name}: {st['commits']} commits in a row: one after the other {st['serial_mb_s']:.0f} MB/s "
                   f"({st['serial_ratio']:.2f} of plain), pipelined {st['pipelined_mb_s']:.0f} MB/s "
                   f"({st['pipelined_ratio']:.2f} of plain), plain write+fsync {st['plain_mb_s']:.0f} MB/s")
-    out = ROOT / "benchmarks" / "results" / "store_write.json"
+    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
 
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU figures the open work still needs, one stage per call, each under ~9 minutes, so that a
+# session lent a GPU for a short while spends it on measuring and not on setting up.
+#
+#   bash benchmarks/gpu_checks.sh STAGE [OUT]
+#
+# STAGE (in priority order):
+#   grid      the paper-multilevel grid, one run at a time vs stacked (train-head --runs-at-once)
+#   finetune  joint fine-tuning throughput: wav2vec2-large + BERT-base sized, bf16, vs a plain loop
+#   extract   extract-embeddings on 30 min of audio vs the plain loop, and the store's commits vs
+#             the disk's plain write (serial, pipelined, and the code before pipelining)
+#   all       the three, one after the other (needs ~25 minutes)
+# OUT (default $OUT, else ./gpu-out): where each stage's log and a tar of its result files go
+# (benchmarks/results/*.json and the rows it appended to BENCHMARKS.md).
+#
+# Set up once per machine: Python packages the GPU image lacks are installed from .whl/ (wheels
+# for the image's Python, fetched beforehand with `pip download --python-version 3.12
+# --only-binary=:all: --no-deps -d .whl soundfile soxr cffi pycparser praatio`; carry `.whl`),
+# and emofuse is imported from this checkout. For `extract`, carry `.baseline/` too, holding the
+# store code before the two-stage commits: `mkdir -p .baseline && git archive 7127853 emofuse >
+# .baseline/emofuse-before-pipelining.tar` (7127853: the last commit before them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage=${1:?usage: gpu_checks.sh grid|finetune|extract|all [OUT]}
+out=${2:-${OUT:-./gpu-out}}
+case $stage in grid|finetune|extract|all) ;; *) echo "unknown stage $stage: expected grid, finetune, extract or all" >&2; exit 2 ;; esac
+mkdir -p "$out"
+
+if [ -d .whl ] && ! python3 -c "import soundfile, soxr, praatio" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+python3 - <<'PY'
+import torch, emofuse
+assert torch.cuda.is_available(), "no CUDA device here"
+print(f"emofuse {emofuse.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}")
+PY
+
+keep() {  # keep the stage's results: its log is already in $out
+  local name=$1
+  tar -cf "$out/$name-results.tar" BENCHMARKS.md benchmarks/results
+}
+
+run_grid() {
+  timeout 560 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 2 2>&1 | tee "$out/grid.log"
+  keep grid
+}
+
+run_finetune() {
+  timeout 560 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 --micro-batch 8 \
+    --profile 2>&1 | tee "$out/finetune.log"
+  keep finetune
+}
+
+run_extract() {
+  local base=()
+  if [ -f .baseline/emofuse-before-pipelining.tar ]; then
+    base=(--baseline-tar .baseline/emofuse-before-pipelining.tar)
+  fi
+  timeout 200 python3 benchmarks/store_write.py --seconds 60 --repeats 5 --stream 8 --trials 3 "${base[@]}" \
+    --name store_write-gpu-host 2>&1 | tee "$out/store_write.log"
+  timeout 360 python3 benchmarks/extract.py --seconds 1800 --device cuda 2>&1 | tee "$out/extract.log"
+  keep extract
+}
+
+case $stage in
+  grid) run_grid ;;
+  finetune) run_finetune ;;
+  extract) run_extract ;;
+  all) run_grid; run_finetune; run_extract ;;
+esac
