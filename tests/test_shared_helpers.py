@@ -76,3 +76,36 @@ def test_untrained_encoder_leaves_the_callers_random_state_alone():
     enc = HFAudioEncoder("untrained:wav2vec2-small", device="cpu")
     assert torch.equal(torch.rand(3), expected)
     assert enc.info["weights_hash"] == "40826f6b8ad3dfe1960c0a6aa81e1482"
+
+
+def test_cuda_device_comes_back_with_its_index_and_a_missing_gpu_is_one_sentence(monkeypatch):
+    """Tensors report cuda:N, and torch.device("cuda") != torch.device("cuda:0"): a device without
+    its index made every "rows already on the device" test fail on a GPU."""
+    import torch
+    from emofuse.devices import resolve_device
+    from emofuse.errors import EmofuseError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 0) == resolve_device("auto")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(EmofuseError, match="has 1 CUDA device"):
+        resolve_device("cuda:3")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_global_statistics_read_in_slices_equal_one_pass():
+    """On a GPU the fold's rows are standardised from slices (the float64 copy of a whole fold
+    does not fit beside the rows); the statistics are those of one pass."""
+    import numpy as np
+    import torch
+    from emofuse.pipelines.data import MemorySource, _chunked_moments, _moments
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 40, 50)
+    rows = torch.from_numpy(rng.standard_normal((int(lengths.sum()), 3, 8)).astype(np.float16) * 4 + 1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    src = MemorySource(rows, offsets, lengths)
+    idx = np.arange(3, 47)
+    m1, s1 = _moments(src.all_rows(idx))
+    m2, s2 = _chunked_moments(src, idx, per=7)
+    assert torch.allclose(m1, m2, rtol=1e-6, atol=1e-6) and torch.allclose(s1, s2, rtol=1e-6, atol=1e-6)

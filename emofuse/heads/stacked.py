@@ -44,6 +44,7 @@ class Step:
     gens: list[torch.Generator]
     p: float
     training: bool
+    lengths: dict[str, list[np.ndarray]] | None = None   # per key and run, on the host (where known)
     Bmax: int = 0
     Tmax: dict[str, int] = field(default_factory=dict)
 
@@ -238,7 +239,7 @@ class StackedHead:
         # where each row goes in the padded (R, Bmax, Tmax) batch
         Bm, Tm, dest = s.Bmax, s.Tmax[key], []
         for r, inp in enumerate(inputs):
-            lens = inp[key][1].cpu().numpy()
+            lens = s.lengths[key][r] if s.lengths is not None else inp[key][1].cpu().numpy()
             b = np.repeat(np.arange(len(lens)), lens)
             t = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
             dest.append(r * Bm * Tm + b * Tm + t)

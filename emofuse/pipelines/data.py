@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..arrays import offsets_from_lengths
+from ..devices import gpu_free_bytes, to_device
 from ..errors import EmofuseError
 from ..heads.functional import GatheredRows
 from ..store import FeatureStore
@@ -114,7 +115,7 @@ class MemorySource:
         return np.repeat(self.offsets[idx] - offsets_from_lengths(lens), lens) + np.arange(lens.sum())
 
     def all_rows(self, idx: np.ndarray) -> torch.Tensor:
-        return self.rows.index_select(0, torch.from_numpy(self.flat_index(idx)).to(self.rows.device))
+        return self.rows.index_select(0, to_device(torch.from_numpy(self.flat_index(idx)), self.rows.device))
 
 
 class StoreSource:
@@ -155,12 +156,12 @@ class TrainData:
         for k, src in self.sources.items():
             lens = src.lengths[idx]
             if isinstance(src, MemorySource) and src.rows.device == device:
-                table, index = src.rows, torch.from_numpy(src.flat_index(idx)).to(device)
+                table, index = src.rows, to_device(torch.from_numpy(src.flat_index(idx)), device)
             else:
-                table = src.all_rows(idx).to(device, non_blocking=True)
+                table = to_device(src.all_rows(idx), device)
                 index = torch.arange(len(table), device=device)
             stats = norm[k].for_rows(np.repeat(idx, lens), device) if norm is not None and k in norm else {}
-            out[k] = (GatheredRows(table, index, **stats), torch.from_numpy(lens).to(device))
+            out[k] = (GatheredRows(table, index, **stats), to_device(torch.from_numpy(lens), device))
         return out
 
 
@@ -174,13 +175,32 @@ class Normaliser:
 
     def for_rows(self, utt_of_row: np.ndarray, device) -> dict:
         """``GatheredRows`` arguments that standardise rows of these utterances."""
-        group = None if self.group is None else torch.from_numpy(self.group[utt_of_row]).to(device)
-        return {"mean": self.mean.to(device), "std": self.std.to(device), "group": group}
+        group = None if self.group is None else to_device(torch.from_numpy(self.group[utt_of_row]), device)
+        return {"mean": to_device(self.mean, device), "std": to_device(self.std, device), "group": group}
 
 
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = rows.double()
     return x.mean(0).float(), x.std(0, unbiased=False).clamp(min=1e-5).float()
+
+
+def _source_moments(src, idx: np.ndarray, per: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_moments`` of the rows of utterances ``idx``. Rows held on a GPU are read ``per``
+    utterances at a time in two passes (mean, then squared deviations), so the float64 copy never
+    holds more than a slice: the rows of a whole fold in float64 are 4× their float16 size, more
+    than the GPU has left once the rows are on it. Elsewhere one pass over one copy, as always
+    (CPU figures unchanged to the bit)."""
+    if not (isinstance(src, MemorySource) and src.rows.device.type == "cuda") or len(idx) <= per:
+        return _moments(src.all_rows(idx))
+    return _chunked_moments(src, idx, per)
+
+
+def _chunked_moments(src, idx: np.ndarray, per: int) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [idx[a:a + per] for a in range(0, len(idx), per)]
+    n = int(src.lengths[idx].sum())
+    mean = sum(src.all_rows(p).double().sum(0) for p in parts) / n
+    var = sum(((src.all_rows(p).double() - mean) ** 2).sum(0) for p in parts) / n
+    return mean.float(), var.sqrt().clamp(min=1e-5).float()
 
 
 def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray,
@@ -197,14 +217,20 @@ def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray,
         if keys is not None and k not in keys:
             continue
         if kind == "global":
-            m, s = _moments(src.all_rows(train_idx))
+            m, s = _source_moments(src, train_idx)
             out[k] = Normaliser(m[None], s[None], None)
         else:
             speakers, group = np.unique(data.speakers, return_inverse=True)
             stats = []
             for g in range(len(speakers)):
-                rows = src.all_rows(np.flatnonzero(group == g))
-                stats.append(_moments(rows) if len(rows) > 1 else (torch.zeros(rows.shape[1:]), torch.ones(rows.shape[1:])))
+                mine = np.flatnonzero(group == g)
+                n_rows = int(src.lengths[mine].sum())
+                if n_rows > 1:
+                    stats.append(_source_moments(src, mine))
+                else:   # at most one row: identity, on the rows' device (stacked with the others below)
+                    rows = src.all_rows(mine)
+                    stats.append((torch.zeros(rows.shape[1:], device=rows.device),
+                                  torch.ones(rows.shape[1:], device=rows.device)))
             out[k] = Normaliser(torch.stack([a for a, _ in stats]), torch.stack([b for _, b in stats]), group)
     return out
 
@@ -341,7 +367,7 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
         held[c[0].device.type] += c[0].numel() * c[0].element_size()
     if memory_budget is not None:
         home = device if total <= memory_budget else None
-    elif device.type == "cuda" and total - held.get("cuda", 0) <= int(torch.cuda.mem_get_info(device)[0] * 0.6):
+    elif device.type == "cuda" and total - held.get("cuda", 0) <= int(gpu_free_bytes(device) * 0.6):
         home = device
     else:
         home = torch.device("cpu") if total - held.get("cpu", 0) <= int(available_memory() * 0.6) else None

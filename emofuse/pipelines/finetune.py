@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import __version__
 from ..corpora import Utterance
-from ..devices import resolve_device
+from ..devices import resolve_device, to_device
 from ..errors import EmofuseError
 from ..hashing import sha256_int
 from ..extract.audio import BadInput, load_audio
@@ -346,25 +346,16 @@ def build_head(cfg: FinetuneConfig, enc: Encoders, n_classes: int) -> nn.Module:
     return TextOnlyModel(t, n_classes, proj=cfg.proj)
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without waiting for the device: to a GPU through page-locked
-    memory, asynchronously (a copy from pageable memory makes the host wait for every kernel
-    queued before it)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def collate(data: FinetuneData, idx: np.ndarray, device: torch.device, pad_token: int = 0,
             padding_value: float = 0.0) -> dict:
     """Pad the utterances ``idx`` to their longest (audio samples, tokens)."""
-    out = {"y": _to_device(torch.from_numpy(data.y[idx]), device)}
+    out = {"y": to_device(torch.from_numpy(data.y[idx]), device)}
     if data.waves is not None:
         lengths = torch.tensor([len(data.waves[i]) for i in idx])
         x = torch.full((len(idx), int(lengths.max())), padding_value)
         for b, i in enumerate(idx):
             x[b, :len(data.waves[i])] = torch.from_numpy(data.waves[i])
-        out.update(audio=_to_device(x, device), audio_lengths=_to_device(lengths, device))
+        out.update(audio=to_device(x, device), audio_lengths=to_device(lengths, device))
     if data.tokens is not None:
         n = max(len(data.tokens[i]) for i in idx)
         ids = torch.full((len(idx), n), pad_token, dtype=torch.long)
@@ -372,7 +363,7 @@ def collate(data: FinetuneData, idx: np.ndarray, device: torch.device, pad_token
         for b, i in enumerate(idx):
             ids[b, :len(data.tokens[i])] = torch.tensor(data.tokens[i])
             m[b, :len(data.tokens[i])] = True
-        out.update(input_ids=_to_device(ids, device), text_mask=_to_device(m, device))
+        out.update(input_ids=to_device(ids, device), text_mask=to_device(m, device))
     return out
 
 
@@ -424,13 +415,14 @@ def apply_bn(model: nn.Module, stats: torch.Tensor) -> None:
 
 
 # -- distributed -----------------------------------------------------------------------------------
-def dist_info() -> tuple[int, int]:
-    """(rank, world size): under torchrun, the process group is set up here (gloo on CPU, nccl on CUDA)."""
+def dist_info(device_type: str = "cpu") -> tuple[int, int]:
+    """(rank, world size): under torchrun, the process group is set up here for the device the
+    run trains on (nccl on CUDA, gloo on CPU, also on a machine that has a GPU)."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return 0, 1
     import torch.distributed as dist
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -603,8 +595,8 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused."""
-    rank, world = dist_info()
     device = resolve_device(cfg.device)
+    rank, world = dist_info(device.type)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)

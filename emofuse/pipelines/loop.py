@@ -36,14 +36,15 @@ class BatchClock:
     """
 
     def __init__(self, device: torch.device, timer: Timer):
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self.timer = timer
         self.pending: list[tuple] = []
 
     def mark(self):
         if self.cuda:
             e = torch.cuda.Event(enable_timing=True)
-            e.record()
+            e.record(torch.cuda.current_stream(self.device))   # the run's GPU, whichever is current
             return e
         return time.perf_counter()
 

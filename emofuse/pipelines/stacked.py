@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.func import stack_module_state
 
+from ..devices import gpu_free_bytes, to_device
 from ..heads.stacked import StackedHead, Step
 from .metrics import scores
 
@@ -67,8 +68,8 @@ class StackedAdam:
         step_size = [-(self.lr[r] / (1 - b1 ** self.steps[r])) for r in active]
         bc2 = [(1 - b2 ** self.steps[r]) ** 0.5 for r in active]
         first = next(iter(self.p.values()))
-        idx = None if full else torch.tensor(list(active), dtype=torch.long, device=first.device)
-        scal = torch.tensor([step_size, bc2], dtype=first.dtype).to(first.device)   # one copy per step
+        idx = None if full else to_device(torch.tensor(list(active), dtype=torch.long), first.device)
+        scal = to_device(torch.tensor([step_size, bc2], dtype=first.dtype), first.device)   # one copy per step
         for n, p in self.p.items():
             g = p.grad
             if g is None:
@@ -88,10 +89,13 @@ class StackedAdam:
                 p.detach()[idx] = x
 
 
-def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) -> tuple[list, dict[str, list[int]]]:
+def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) -> tuple[list, dict, dict]:
+    """Every run's batch, its sequence lengths per key and run (host arrays: the shapes of the
+    step are known without asking the device), and each key's longest sequence per run."""
     inputs = [data.batch(idx, device, j.norm) for idx, j in zip(idxs, jobs)]
-    T = {k: [max(1, int(inp[k][1].max())) if len(inp[k][1]) else 1 for inp in inputs] for k in data.sources}
-    return inputs, T
+    lens = {k: [src.lengths[idx] for idx in idxs] for k, src in data.sources.items()}
+    T = {k: [max(1, int(x.max())) if len(x) else 1 for x in v] for k, v in lens.items()}
+    return inputs, T, lens
 
 
 def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
@@ -150,20 +154,20 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             t0 = clock.mark()
             idxs = [run_orders[a][k * cfg.batch_size:(k + 1) * cfg.batch_size] for a in active]
             sub = [jobs[alive[a]] for a in active]
-            inputs, T = _batch_all(data, idxs, sub, device)
+            inputs, T, lens = _batch_all(data, idxs, sub, device)
             s = Step(B=[len(i) for i in idxs], T=T, gens=[gens[alive[a]] for a in active], p=cfg.dropout,
-                     training=True)
+                     training=True, lengths=lens)
             y = torch.zeros((len(active), s.Bmax), dtype=torch.long)
             valid = torch.zeros((len(active), s.Bmax))
             for a, idx in enumerate(idxs):
                 y[a, :len(idx)] = y_all[idx]
                 valid[a, :len(idx)] = 1.0 / len(idx)
-            y, valid = y.to(device), valid.to(device)
+            y, valid = to_device(y, device), to_device(valid, device)
             t1 = clock.mark()
             if len(active) == len(alive):
                 P = opt.p
             else:
-                sel = torch.tensor(active, device=device)
+                sel = to_device(torch.tensor(active), device)
                 P = {n: p.index_select(0, sel) for n, p in opt.p.items()}
             logits = head.forward(P, inputs, s)
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
@@ -174,8 +178,8 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             per_run.sum().backward()
             opt.step(active)
             sizes = [len(i) for i in idxs]
-            at = torch.tensor(active, device=device)
-            totals[at] += per_run.detach().double() * torch.tensor(sizes, dtype=torch.float64, device=device)
+            at = to_device(torch.tensor(active), device)
+            totals[at] += per_run.detach().double() * to_device(torch.tensor(sizes, dtype=torch.float64), device)
             for a, size in zip(active, sizes):
                 counts[a] += size
             clock.add(t0, t1, clock.mark())
@@ -229,11 +233,11 @@ def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, ti
         active = [a for a, j in enumerate(jobs) if k < len(j.val)]
         t0 = clock.mark()
         idxs = [jobs[a].val[k:k + batch] for a in active]
-        inputs, T = _batch_all(data, idxs, [jobs[a] for a in active], device)
-        s = Step(B=[len(i) for i in idxs], T=T, gens=[], p=0.0, training=False)
+        inputs, T, lens = _batch_all(data, idxs, [jobs[a] for a in active], device)
+        s = Step(B=[len(i) for i in idxs], T=T, gens=[], p=0.0, training=False, lengths=lens)
         t1 = clock.mark()
         Pa = P if len(active) == len(jobs) else {
-            n: p.index_select(0, torch.tensor(active, device=p.device)) for n, p in P.items()}
+            n: p.index_select(0, to_device(torch.tensor(active), p.device)) for n, p in P.items()}
         logits = head.forward(Pa, inputs, s).float()
         for a, idx in zip(range(len(active)), idxs):
             out[active[a]].append(logits[a, :len(idx)])
@@ -254,9 +258,9 @@ def probe_step(cfg, data, device: torch.device, runs: int = 2) -> int:
         head = StackedHead(copy.deepcopy(models[0]), cfg.fusion, cfg.head, packed_first=device.type == "cpu",
                            batched_encode=device.type == "cuda")
         params, _ = stack_module_state(models)
-        inputs, T = _batch_all(data, [worst] * runs, [Job(None, 0, worst, worst, None)] * runs, device)
+        inputs, T, lens = _batch_all(data, [worst] * runs, [Job(None, 0, worst, worst, None)] * runs, device)
         gen = torch.Generator(device=device).manual_seed(0)
-        s = Step(B=[len(worst)] * runs, T=T, gens=[gen] * runs, p=cfg.dropout, training=True)
+        s = Step(B=[len(worst)] * runs, T=T, gens=[gen] * runs, p=cfg.dropout, training=True, lengths=lens)
         y = torch.from_numpy(data.y[worst]).to(device).repeat(runs)
         logits = head.forward(params, inputs, s)
         torch.nn.functional.cross_entropy(logits.reshape(runs * len(worst), -1), y).backward()
@@ -284,7 +288,7 @@ def fit_runs(cfg, data, device: torch.device, n_runs: int, share: float = 0.8) -
     per_run = step_memory(cfg, data, device)
     if per_run <= 0:
         return n_runs, "every run"
-    free = torch.cuda.mem_get_info(device)[0]
+    free = gpu_free_bytes(device)
     n = int(max(1, min(n_runs, (free * share) // per_run)))
     return n, (f"a run's worst step takes {per_run / 2**30:.2f} GiB and {free / 2**30:.1f} GiB are free: "
                f"{n} of {n_runs} runs at a time")

@@ -327,8 +327,9 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
             at_once, why = fit_runs(cfg, data, device, at_once)   # the default: as many as the GPU holds
             log.info(f"train-head: {why}")
         # stacked groups are fixed slices of the whole plan, so a resumed run trains beside the same
-        # runs as in an uninterrupted one (and its files come out byte-identical): a group with a
-        # run left to do trains whole again, and its finished runs' saved files are kept
+        # runs as in an uninterrupted one (and on a CPU its files come out byte-identical; on a GPU
+        # the stacked gradient sums use atomic adds, whose order varies from run to run): a group
+        # with a run left to do trains whole again, and its finished runs' saved files are kept
         groups = [plan[k:k + at_once] for k in range(0, len(plan), at_once)] if at_once > 1 else []
         groups = [g for g in groups if any(k not in done for k in g)]
         if groups:
