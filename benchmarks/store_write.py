@@ -9,7 +9,8 @@ for one writer on this disk. Reports the best of ``--repeats`` of each, in MB/s,
 Then a stream of ``--stream`` commits in a row, as extraction issues them: one after the other
 (``commit``), and through extraction's two-stage pipeline (``BackgroundCommits``: the next part is
 staged while the previous one is fsynced), against the same number of plain write + fsync files;
-total MB/s of each and their ratio to the plain files (alternated ``--trials`` times, best).
+total MB/s of each and their ratio to the plain files, and the same bytes written as one file with
+one fsync (the disk's streaming rate); alternated ``--trials`` times, best of each.
 With ``--baseline-rev REV`` the store code of that git revision is measured the same way in a
 child process (e.g. the commit before a change to the writer; its pipeline, if it has none, is
 its ``commit`` in one background thread).
@@ -89,7 +90,7 @@ def measure(folder: str, seconds: float, repeats: int, stream: int, trials: int)
     raw = np.concatenate([block] * n).tobytes()
     store = os.path.join(folder, "w.h5")
     plain, commit = [], []
-    serial, piped, plains = [], [], []
+    serial, piped, plains, streams = [], [], [], []
     with StoreWriter(store, table) as w:
         w.add_stream("audio", {"fingerprint": "bench", "encoder_id": "synthetic"})
         next_unit = iter(range(units_needed))
@@ -113,6 +114,8 @@ def measure(folder: str, seconds: float, repeats: int, stream: int, trials: int)
             plains.append(sum(_plain(folder, raw, f"s{j}.bin") for j in range(stream)))
             for j in range(stream):
                 os.remove(os.path.join(folder, f"s{j}.bin"))
+            streams.append(_plain(folder, raw * stream, "one.bin"))   # the disk streaming: one file, one fsync
+            os.remove(os.path.join(folder, "one.bin"))
             piped.append(_pipelined(w, [take() for _ in range(stream)]))
     total = stream * nbytes
     return {"bytes": nbytes, "commit_best_s": min(commit[1:]), "plain_best_s": min(plain[1:]),
@@ -120,6 +123,7 @@ def measure(folder: str, seconds: float, repeats: int, stream: int, trials: int)
             "ratio": min(plain[1:]) / min(commit[1:]),
             "stream": {"commits": stream, "bytes": total, "serial_mb_s": total / min(serial) / 1e6,
                        "pipelined_mb_s": total / min(piped) / 1e6, "plain_mb_s": total / min(plains) / 1e6,
+                       "one_file_mb_s": total / min(streams) / 1e6, "pipelined_over_one_file": min(streams) / min(piped),
                        "serial_ratio": min(plains) / min(serial), "pipelined_ratio": min(plains) / min(piped),
                        "two_stage": "stage" in dir(StoreWriter)}}
 
@@ -161,7 +165,9 @@ def main() -> None:
         if st:
             print(f"{name}: {st['commits']} commits in a row: one after the other {st['serial_mb_s']:.0f} MB/s "
                   f"({st['serial_ratio']:.2f} of plain), pipelined {st['pipelined_mb_s']:.0f} MB/s "
-                  f"({st['pipelined_ratio']:.2f} of plain), plain write+fsync {st['plain_mb_s']:.0f} MB/s")
+                  f"({st['pipelined_ratio']:.2f} of plain), plain write+fsync {st['plain_mb_s']:.0f} MB/s; "
+                  f"the same bytes as one file, one fsync {st.get('one_file_mb_s', float('nan')):.0f} MB/s "
+                  f"(pipelined {st.get('pipelined_over_one_file', float('nan')):.2f} of it)")
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
 
