@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default=None)
     ap.add_argument("--baseline-tar", default=None,
                     help="the baseline's emofuse/ as a tar file (`git archive REV emofuse > F`), where git is not at hand")
-    ap.add_argument("--name", default="store_write", help="results file: benchmarks/results/NAME.json")
+    ap.add_argument("--name", default="store_write", help="results file NAME.json in benchmarks/results/")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
