@@ -133,6 +133,9 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--max-seconds", type=float, default=20.0)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--pos-conv", choices=("conv", "matmul"), default="conv",
+                    help="wav2vec2's positional convolution in both loops: cuDNN's grouped convolution, or "
+                         "unfolded into batched products (finetune --pos-conv)")
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one global batch (torch.profiler): the top operators by self time on the "
@@ -143,6 +146,9 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     w, b, wc = models(args.size)
+    if args.pos_conv == "matmul":
+        from emofuse.extract.posconv import use_matmul_pos_conv
+        use_matmul_pos_conv(w)
     enc = types.SimpleNamespace(audio=w, text=b, group_norm=None, kernels=list(wc.conv_kernel),
                                 strides=list(wc.conv_stride))
     model = ft.FinetuneModel(enc, CMAModel(w.config.hidden_size, b.config.hidden_size, 4)).to(device)
@@ -158,7 +164,7 @@ def main() -> None:
     res = {"device": machine + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
            "size": args.size, "parameters_trained": sum(p.numel() for p in params), "utterances": args.utterances,
            "audio_s": float(d.seconds[timed].sum()), "micro_batch": args.micro_batch, "bf16": args.bf16,
-           "grad_checkpointing": args.grad_checkpointing}
+           "grad_checkpointing": args.grad_checkpointing, "pos_conv": args.pos_conv}
 
     # matmul work per audio second (padding included), counted on one global batch
     from torch.utils.flop_counter import FlopCounterMode
@@ -218,13 +224,14 @@ def main() -> None:
                iemocap_run_h=run_s / 3600, paper_cma_row_25_runs_h=25 * run_s / 3600)
     row = (f"| finetune (CMA joint, {args.size}) | {time.strftime('%Y-%m-%d')} | {res['device']} | "
            f"{args.utterances} utts, {res['audio_s']:.0f} s audio, micro-batch {args.micro_batch}"
-           f"{', bf16' if args.bf16 else ''} | {res['finetune']['audio_s_per_s']:.2f} audio-s/s "
+           f"{', bf16' if args.bf16 else ''}{', positional conv as matmuls' if args.pos_conv == 'matmul' else ''} | "
+           f"{res['finetune']['audio_s_per_s']:.2f} audio-s/s "
            f"({res['speedup_vs_plain']:.2f}x the plain loop's {res['plain']['audio_s_per_s']:.2f}) | "
            f"{100 * res['finetune']['matmul_fraction']:.1f} % of matmul rate (plain "
            f"{100 * res['plain']['matmul_fraction']:.1f} %) | 25-run row ≈ {res['paper_cma_row_25_runs_h']:.1f} h (this model) at "
            f"{args.epochs_per_run:g} epochs/run | exact accumulation (tests) | peak "
            f"{res['finetune']['peak_memory_gb']:.2f} GB (plain {res['plain']['peak_memory_gb']:.2f}) |")
-    record("finetune", res, row, args.device)
+    record("finetune" + ("-posconv-matmul" if args.pos_conv == "matmul" else ""), res, row, args.device)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 #
 # STAGE (in priority order):
 #   grid      the paper-multilevel grid, one run at a time vs stacked (train-head --runs-at-once)
-#   finetune  joint fine-tuning throughput: wav2vec2-large + BERT-base sized, bf16, vs a plain loop
+#   finetune  joint fine-tuning throughput: wav2vec2-large + BERT-base sized, bf16, vs a plain loop;
+#             profiled, then again with the positional convolution as matmuls (--pos-conv matmul)
 #   extract   extract-embeddings on 30 min of audio vs the plain loop, and the store's commits vs
 #             the disk's plain write (serial, pipelined, and the code before pipelining)
 #   all       the three, one after the other (needs ~25 minutes)
@@ -47,8 +48,12 @@ run_grid() {
 }
 
 run_finetune() {
-  timeout 560 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 --micro-batch 8 \
+  # the profile says where a step's time goes; the second run tries the suspect named there in
+  # BENCHMARKS.md (cuDNN's grouped positional convolution) computed as batched matmuls instead
+  timeout 330 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 --micro-batch 8 \
     --profile 2>&1 | tee "$out/finetune.log"
+  timeout 230 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 --micro-batch 8 \
+    --pos-conv matmul 2>&1 | tee "$out/finetune-matmul.log"
   keep finetune
 }
 

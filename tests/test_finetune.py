@@ -300,3 +300,31 @@ def test_ablate_runs_the_three_fine_tuned_rows_of_paper_cma(setup, tmp_path):
     df = res["cma"]
     assert len(df) == 7 and df["ua_mean"].notna().all()
     assert set(df["published"].dropna()) >= {74.71, 60.01, 71.01}
+
+
+def test_positional_convolution_as_matmul_equals_the_convolution(tiny_models):
+    """--pos-conv matmul: the grouped convolution unfolded into batched products gives the
+    convolution's values and gradients (float64: to the last bits), and switches exactly the
+    wav2vec2 positional convolution of a loaded model, leaving its parameters and names alone."""
+    import torch.nn.functional as F
+    from transformers import AutoModel
+    from emofuse.extract.posconv import grouped_conv1d_matmul, use_matmul_pos_conv
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 64, 50, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(64, 16, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(64, dtype=torch.float64, generator=g, requires_grad=True)
+    up = torch.randn(3, 64, 51, dtype=torch.float64, generator=g)
+    y1 = F.conv1d(x, w, b, padding=8, groups=4)
+    y2 = grouped_conv1d_matmul(x, w, b, 8, 4)
+    assert y1.shape == y2.shape and torch.allclose(y1, y2, rtol=0, atol=1e-12)
+    for a, c in zip(torch.autograd.grad((y1 * up).sum(), (x, w, b)), torch.autograd.grad((y2 * up).sum(), (x, w, b))):
+        assert torch.allclose(a, c, rtol=0, atol=1e-11)
+    model = AutoModel.from_pretrained(tiny_models["group"]).double().eval()
+    names = [n for n, _ in model.named_parameters()]
+    wave = torch.randn(2, 8000, dtype=torch.float64, generator=g)
+    before = model(wave).last_hidden_state
+    assert use_matmul_pos_conv(model) == 1 and [n for n, _ in model.named_parameters()] == names
+    assert torch.allclose(model(wave).last_hidden_state, before, rtol=0, atol=1e-10)
+    assert use_matmul_pos_conv(AutoModel.from_pretrained(tiny_models["bert"])) == 0
+    with pytest.raises(EmofuseError, match="--pos-conv must be conv or matmul"):
+        ft.FinetuneConfig(store="s.h5", out="o", audio_model="a", text_model="t", pos_conv="fft")

@@ -37,6 +37,7 @@ from ..errors import EmofuseError
 from ..hashing import sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_field
+from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
 from ..heads.functional import lengths_to_mask
 from ..heads.layers import MaskedBatchNorm1d
@@ -89,6 +90,10 @@ class FinetuneConfig:
     max_audio_s: float = opt(60.0)           # longer utterances are refused (never cut silently)
     bf16: bool = opt(False, help="bfloat16 autocast (GPU)")
     grad_checkpointing: bool = opt(False, help="recompute encoder activations (GPU memory)")
+    pos_conv: str = opt("conv", choices=("conv", "matmul"),
+                        help="how wav2vec2's positional convolution (kernel 128, 16 groups) is computed: conv "
+                             "(cuDNN's grouped convolution) or matmul (unfolded into batched matrix products: "
+                             "tensor cores, more memory); the same values to float rounding")
     save_encoders: bool = opt(False, help="also save the fine-tuned encoders per run")   # 1.6 GB each, large+base
     device: str = opt("auto")
 
@@ -98,6 +103,8 @@ class FinetuneConfig:
         if self.training_options not in TRAINING_OPTIONS:
             raise EmofuseError(f"--training-options must be one of {list(TRAINING_OPTIONS)}, found "
                                f"{self.training_options!r}")
+        if self.pos_conv not in ("conv", "matmul"):
+            raise EmofuseError(f"--pos-conv must be conv or matmul, found {self.pos_conv!r}")
         if self.system in ("cma", "audio") and not self.audio_model:
             raise EmofuseError(f"--system {self.system} needs --audio-model (a wav2vec2-style checkpoint)")
         if self.system in ("cma", "text") and not self.text_model:
@@ -134,6 +141,8 @@ class FinetuneConfig:
 
     def identity(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
+        if d["pos_conv"] == "conv":
+            del d["pos_conv"]   # the default is not written: run keys from before the option stay valid
         d["folds"] = list(self.folds) if self.folds else None
         if self.system == "audio":
             d["text_model"] = None
@@ -255,6 +264,9 @@ class Encoders:
                 layer0 = self.audio.feature_extractor.conv_layers[0]
                 self.group_norm = MaskedGroupNorm(layer0.layer_norm)
                 layer0.layer_norm = self.group_norm
+            if cfg.pos_conv == "matmul" and not use_matmul_pos_conv(self.audio):
+                raise EmofuseError(f"--pos-conv matmul: --audio-model {cfg.audio_model} has no wav2vec2-style "
+                                   "positional convolution (pos_conv_embed.conv); use --pos-conv conv")
             if cfg.training_options == "off" and hasattr(self.audio, "masked_spec_embed"):
                 self.audio.masked_spec_embed.requires_grad_(False)   # unused without SpecAugment masking
         if cfg.system in ("cma", "text"):
