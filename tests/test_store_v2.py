@@ -343,3 +343,34 @@ def test_a_wrong_call_is_a_type_error_not_damage(tmp_path):
     with FeatureStore(tmp_path / "s.h5") as fs:
         with pytest.raises(TypeError, match="layers"):
             fs.frames("audio", "u0000", layers=[0])
+
+
+def test_after_a_failed_publish_later_staged_parts_are_not_committed(tmp_path, monkeypatch):
+    """Extraction stages unit k+1 while unit k is fsynced. If k's fsync fails, k+1 must not become
+    committed behind it (the next writer would adopt k's leftovers out of order): its publish is
+    refused and its .tmp removed; what was committed before stays and is published."""
+    import emofuse.store.writer as writer_module
+    table = make_table(9)
+    ids = list(table["id"])
+    path = tmp_path / "s.h5"
+    real = writer_module.fsync_path
+    with StoreWriter(path, table) as w:
+        w.add_stream("audio", {"fingerprint": "f"})
+        w.commit("audio", {"frames": {i: {"data": frames_of(i)} for i in ids[:3]}})
+        a = w.stage("audio", {"frames": {i: {"data": frames_of(i)} for i in ids[3:6]}})
+        b = w.stage("audio", {"frames": {i: {"data": frames_of(i)} for i in ids[6:]}})
+
+        def failing(p):
+            if p == a.tmp:
+                raise OSError(errno.EIO, "Input/output error")
+            real(p)
+        monkeypatch.setattr(writer_module, "fsync_path", failing)
+        with pytest.raises(StoreError, match="could not write"):
+            w.publish(a)
+        with pytest.raises(StoreError, match="not committed: an earlier commit of this run failed"):
+            w.publish(b)
+        assert not os.path.exists(a.tmp) and not os.path.exists(b.tmp) and not os.path.exists(b.final)
+        w.finalize()
+    monkeypatch.setattr(writer_module, "fsync_path", real)
+    with FeatureStore(path) as fs:
+        assert fs.ids("audio") == ids[:3]

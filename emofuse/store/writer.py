@@ -115,6 +115,7 @@ class StoreWriter:
                 os.remove(p)
         known = set(self.index.parts) | set(self.index.retired)
         self._pending: list[PendingPart] = []
+        self._publish_failed: str | None = None   # why a publish failed (later ones are refused)
         for p in sorted(glob.glob(os.path.join(self.parts_dir, "*.h5"))):
             name = os.path.basename(p)
             if name in known:
@@ -272,17 +273,33 @@ class StoreWriter:
 
     def publish(self, staged: "StagedPart") -> str:
         """The second half of ``commit``: make the staged part durable (fsync), give it its final
-        name (rename, then fsync of the folder) and count it as committed. Returns its path."""
+        name (rename, then fsync of the folder) and count it as committed. Returns its path.
+        Once a publish has failed, later ones are refused (their ``.tmp`` removed): parts become
+        committed in staging order or not at all, so a part the next writer adopts is never older
+        than one an index already lists."""
+        if self._publish_failed is not None:
+            remove_quietly(staged.tmp)
+            raise StoreError(f"{staged.final} was not committed: an earlier commit of this run failed "
+                             f"({self._publish_failed})")
         try:
             fsync_path(staged.tmp)
             os.replace(staged.tmp, staged.final)
-            fsync_path(self.parts_dir)
         except WRITE_ERRORS as e:
             remove_quietly(staged.tmp)
-            raise io_error(e, staged.final, "write") from None
-        except BaseException:
+            err = io_error(e, staged.final, "write")
+            self._publish_failed = str(err)
+            raise err from None
+        except BaseException as e:
             remove_quietly(staged.tmp)
+            self._publish_failed = f"{type(e).__name__}"
             raise
+        try:
+            fsync_path(self.parts_dir)
+        except WRITE_ERRORS as e:   # the part is whole under its name; only the name may not survive a power cut
+            err = io_error(e, self.parts_dir, "make durable the new part's name in",
+                           kept=f"the part {os.path.basename(staged.final)} is whole and the next run adopts it")
+            self._publish_failed = str(err)
+            raise err from None
         self._pending.append(staged.part)
         return staged.final
 

@@ -111,10 +111,11 @@ def _audio_unit(job: StreamJob, unit: list[list[str]], by_id: dict[str, Utteranc
         if entries or skipped:
             def stage():
                 staged = job.writer.stage(job.name, {"frames": entries}, skipped)
+                n_done, n_skipped = len(entries), len(skipped)   # the arrays need not outlive the staging
 
                 def publish():
                     job.writer.publish(staged)
-                    s.done += len(entries)
-                    s.skipped += len(skipped)
+                    s.done += n_done
+                    s.skipped += n_skipped
                 return publish
             commits.submit(stage)

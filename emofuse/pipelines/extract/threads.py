@@ -58,19 +58,34 @@ class BackgroundCommits:
                 self.publishing.append(self.syncer.submit(self._busy, publish))
         self.staging = self.writer.submit(staged)
 
+    def _await(self, f: Future) -> None:
+        """Wait for ``f`` and raise its error; forget it once it is done (an interrupt while it
+        runs leaves it to be waited for again, never unobserved)."""
+        try:
+            f.result()
+        except BaseException:
+            if f.done():
+                self._forget(f)
+            raise
+        self._forget(f)
+
+    def _forget(self, f: Future) -> None:
+        if f is self.staging:
+            self.staging = None
+        elif f in self.publishing:
+            self.publishing.remove(f)
+
     def _wait(self, keep: int) -> None:
         """Wait for the unit being staged, and until at most ``keep`` units are being published;
         raise the first error of either."""
         t0 = time.perf_counter()
         try:
             if self.staging is not None:
-                staging, self.staging = self.staging, None
-                staging.result()
+                self._await(self.staging)   # after this, its publish (if any) is in self.publishing
             while len(self.publishing) > keep:
-                self.publishing.pop(0).result()
+                self._await(self.publishing[0])
             for done in [f for f in self.publishing if f.done()]:
-                self.publishing.remove(done)
-                done.result()
+                self._await(done)
         finally:
             self.s.time_write += time.perf_counter() - t0
 
@@ -79,12 +94,29 @@ class BackgroundCommits:
         self._wait(keep=0)
 
     def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            for pool in (self.writer, self.syncer):
-                if pool is not None:
+        """Wait for every unit (also through Ctrl-C: the threads are writing into the store, and
+        the store must not be published or unlocked under them), then raise the first error, or
+        the interrupt."""
+        error: BaseException | None = None
+        interrupted = False
+        while self.staging is not None or self.publishing:
+            try:
+                self._wait(keep=0)
+            except KeyboardInterrupt:
+                interrupted = True
+            except BaseException as e:   # noqa: BLE001 (raised below, once every unit is done)
+                error = error or e
+        for pool in (self.writer, self.syncer):
+            while pool is not None:
+                try:
                     pool.shutdown()
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True
+        if error is not None:
+            raise error
+        if interrupted:
+            raise KeyboardInterrupt
 
 
 class Prefetch:
