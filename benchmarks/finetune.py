@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--max-seconds", type=float, default=20.0)
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--pos-conv", choices=("conv", "matmul"), default="conv",
+    ap.add_argument("--pos-conv", choices=ft.POS_CONV, default="conv",
                     help="wav2vec2's positional convolution in both loops: cuDNN's grouped convolution, or "
                          "unfolded into batched products (finetune --pos-conv)")
     ap.add_argument("--grad-checkpointing", action="store_true")

@@ -72,24 +72,36 @@ def test_store_holds_every_layer_with_stream_info(reference, small_fake, tiny_mo
         assert fs.stream_info("text")["max_tokens"] == 64
 
 
-def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_models, tmp_path):
-    out = tmp_path / "s.h5"
-    args = [str(BIN / "extract-embeddings"), "--corpus", "iemocap", "--root", str(small_fake.root), "--out", str(out),
-            "--audio-model", tiny_models["group"], "--text-model", tiny_models["bert"], "--store-dtype", "float32",
+def _extract_args(small_fake, tiny_models, out) -> list[str]:
+    """extract-embeddings' arguments for the kill tests: small commit units, so a kill lands mid-way."""
+    return ["--corpus", "iemocap", "--root", str(small_fake.root), "--out", str(out), "--audio-model",
+            tiny_models["group"], "--text-model", tiny_models["bert"], "--store-dtype", "float32",
             "--batch-seconds", "4", "--commit-seconds", "3"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = Path(str(out) + ".d")
+
+
+def _sigkill_after_parts(cmd: list[str], out: Path, parts: int, poll: float) -> Path:
+    """Run ``cmd``, SIGKILL it once the store's folder holds ``parts`` committed part files;
+    returns that folder."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = Path(str(out) + ".d")
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("*.h5"))) < 3:
-        time.sleep(0.01)
+    while time.time() < deadline and len(list(folder.glob("*.h5"))) < parts:
+        time.sleep(poll)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before the kill landed"
+    return folder
+
+
+def test_resume_after_sigkill_equals_uninterrupted(reference, small_fake, tiny_models, tmp_path):
+    out = tmp_path / "s.h5"
+    args = _extract_args(small_fake, tiny_models, out)
+    parts = _sigkill_after_parts([str(BIN / "extract-embeddings"), *args], out, 3, 0.01)
     committed = len(list(parts.glob("*.h5")))
     assert committed >= 3, "the run ended before it could be killed mid-way"
     with StoreWriter(out) as w:  # what survived the kill
         survived = len(w.done_ids("audio", "frames"))
     assert 0 < survived < 25
-    r = cli(*args[1:])
+    r = cli(*args)
     assert r.returncode == 0, r.stderr
     assert f"{survived} already in the store" in r.stdout  # only the unit in flight was recomputed
     assert_same_store(out, reference)
@@ -111,20 +123,13 @@ def test_resume_after_sigkill_of_the_background_commit_pipeline(reference, small
     leaves staged-but-unpublished .tmp parts, which the next run removes; it then computes exactly
     what no published part holds, and the store equals an uninterrupted run's."""
     out = tmp_path / "s.h5"
-    proc = subprocess.Popen([sys.executable, "-c", BACKGROUND_CHILD, str(small_fake.root), str(out),
-                             tiny_models["group"], tiny_models["bert"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = Path(str(out) + ".d")
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("*.h5"))) < 2:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill landed"
+    parts = _sigkill_after_parts([sys.executable, "-c", BACKGROUND_CHILD, str(small_fake.root), str(out),
+                                  tiny_models["group"], tiny_models["bert"]], out, 2, 0.005)
     with StoreWriter(out) as w:  # what survived the kill: published parts only
         survived = len(w.done_ids("audio", "frames"))
         assert not list(parts.glob("*.tmp"))
     assert 0 < survived < 25
-    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["group"],
-            "--text-model", tiny_models["bert"], "--store-dtype", "float32", "--batch-seconds", "4", "--commit-seconds", "3")
+    r = cli(*_extract_args(small_fake, tiny_models, out))
     assert r.returncode == 0, r.stderr
     assert f"{survived} already in the store" in r.stdout
     assert_same_store(out, reference)

@@ -36,19 +36,22 @@ def stackable(fusion: str, head: str) -> bool:
 
 @dataclass
 class Step:
-    """The shapes of one stacked step: per run its batch size and each key's sequence length,
-    the padded sizes, the runs' dropout generators and whether dropout is on."""
+    """The shapes of one stacked step: per run its batch size and, per key, its utterances'
+    sequence lengths (host arrays: the step's shapes are known without asking the device), each
+    run's longest sequence and the padded sizes; the runs' dropout generators and whether dropout
+    is on."""
 
     B: list[int]
-    T: dict[str, list[int]]
+    lengths: dict[str, list[np.ndarray]]
     gens: list[torch.Generator]
     p: float
     training: bool
-    lengths: dict[str, list[np.ndarray]] | None = None   # per key and run, on the host (where known)
-    Bmax: int = 0
-    Tmax: dict[str, int] = field(default_factory=dict)
+    T: dict[str, list[int]] = field(init=False)   # per key and run: the longest sequence (at least 1)
+    Bmax: int = field(init=False)
+    Tmax: dict[str, int] = field(init=False)
 
     def __post_init__(self):
+        self.T = {k: [max(1, int(x.max())) if len(x) else 1 for x in v] for k, v in self.lengths.items()}
         self.Bmax = max(self.B)
         self.Tmax = {k: max(v) for k, v in self.T.items()}
 
@@ -239,7 +242,7 @@ class StackedHead:
         # where each row goes in the padded (R, Bmax, Tmax) batch
         Bm, Tm, dest = s.Bmax, s.Tmax[key], []
         for r, inp in enumerate(inputs):
-            lens = s.lengths[key][r] if s.lengths is not None else inp[key][1].cpu().numpy()
+            lens = s.lengths[key][r]
             b = np.repeat(np.arange(len(lens)), lens)
             t = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
             dest.append(r * Bm * Tm + b * Tm + t)

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 SYSTEMS = ("cma", "audio", "text")   # joint (74.71), audio-only (60.01), text-only (71.01)
 TRAINING_OPTIONS = ("off", "checkpoint")
+#: how wav2vec2's positional convolution is computed (extract/posconv.py)
+POS_CONV = ("conv", "matmul")
 CMA = HEAD_DEFAULTS["cma"]   # the head's sizes and learning rate (heads/options.py)
 #: fields that do not change what is computed (left out of the run key)
 NOT_IN_KEY = ("store", "out", "device", "grad_checkpointing", "save_encoders")
@@ -90,7 +92,7 @@ class FinetuneConfig:
     max_audio_s: float = opt(60.0)           # longer utterances are refused (never cut silently)
     bf16: bool = opt(False, help="bfloat16 autocast (GPU)")
     grad_checkpointing: bool = opt(False, help="recompute encoder activations (GPU memory)")
-    pos_conv: str = opt("conv", choices=("conv", "matmul"),
+    pos_conv: str = opt("conv", choices=POS_CONV,
                         help="how wav2vec2's positional convolution (kernel 128, 16 groups) is computed: conv "
                              "(cuDNN's grouped convolution) or matmul (unfolded into batched matrix products: "
                              "tensor cores, more memory); the same values to float rounding")
@@ -103,7 +105,7 @@ class FinetuneConfig:
         if self.training_options not in TRAINING_OPTIONS:
             raise EmofuseError(f"--training-options must be one of {list(TRAINING_OPTIONS)}, found "
                                f"{self.training_options!r}")
-        if self.pos_conv not in ("conv", "matmul"):
+        if self.pos_conv not in POS_CONV:
             raise EmofuseError(f"--pos-conv must be conv or matmul, found {self.pos_conv!r}")
         if self.system in ("cma", "audio") and not self.audio_model:
             raise EmofuseError(f"--system {self.system} needs --audio-model (a wav2vec2-style checkpoint)")

@@ -89,13 +89,10 @@ class StackedAdam:
                 p.detach()[idx] = x
 
 
-def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) -> tuple[list, dict, dict]:
-    """Every run's batch, its sequence lengths per key and run (host arrays: the shapes of the
-    step are known without asking the device), and each key's longest sequence per run."""
+def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) -> tuple[list, dict]:
+    """Every run's batch, and its sequence lengths per key and run (host arrays, for ``Step``)."""
     inputs = [data.batch(idx, device, j.norm) for idx, j in zip(idxs, jobs)]
-    lens = {k: [src.lengths[idx] for idx in idxs] for k, src in data.sources.items()}
-    T = {k: [max(1, int(x.max())) if len(x) else 1 for x in v] for k, v in lens.items()}
-    return inputs, T, lens
+    return inputs, {k: [src.lengths[idx] for idx in idxs] for k, src in data.sources.items()}
 
 
 def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
@@ -154,9 +151,9 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             t0 = clock.mark()
             idxs = [run_orders[a][k * cfg.batch_size:(k + 1) * cfg.batch_size] for a in active]
             sub = [jobs[alive[a]] for a in active]
-            inputs, T, lens = _batch_all(data, idxs, sub, device)
-            s = Step(B=[len(i) for i in idxs], T=T, gens=[gens[alive[a]] for a in active], p=cfg.dropout,
-                     training=True, lengths=lens)
+            inputs, lens = _batch_all(data, idxs, sub, device)
+            s = Step(B=[len(i) for i in idxs], lengths=lens, gens=[gens[alive[a]] for a in active], p=cfg.dropout,
+                     training=True)
             y = torch.zeros((len(active), s.Bmax), dtype=torch.long)
             valid = torch.zeros((len(active), s.Bmax))
             for a, idx in enumerate(idxs):
@@ -233,8 +230,8 @@ def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, ti
         active = [a for a, j in enumerate(jobs) if k < len(j.val)]
         t0 = clock.mark()
         idxs = [jobs[a].val[k:k + batch] for a in active]
-        inputs, T, lens = _batch_all(data, idxs, [jobs[a] for a in active], device)
-        s = Step(B=[len(i) for i in idxs], T=T, gens=[], p=0.0, training=False, lengths=lens)
+        inputs, lens = _batch_all(data, idxs, [jobs[a] for a in active], device)
+        s = Step(B=[len(i) for i in idxs], lengths=lens, gens=[], p=0.0, training=False)
         t1 = clock.mark()
         Pa = P if len(active) == len(jobs) else {
             n: p.index_select(0, to_device(torch.tensor(active), p.device)) for n, p in P.items()}
@@ -258,9 +255,9 @@ def probe_step(cfg, data, device: torch.device, runs: int = 2) -> int:
         head = StackedHead(copy.deepcopy(models[0]), cfg.fusion, cfg.head, packed_first=device.type == "cpu",
                            batched_encode=device.type == "cuda")
         params, _ = stack_module_state(models)
-        inputs, T, lens = _batch_all(data, [worst] * runs, [Job(None, 0, worst, worst, None)] * runs, device)
+        inputs, lens = _batch_all(data, [worst] * runs, [Job(None, 0, worst, worst, None)] * runs, device)
         gen = torch.Generator(device=device).manual_seed(0)
-        s = Step(B=[len(worst)] * runs, T=T, gens=[gen] * runs, p=cfg.dropout, training=True, lengths=lens)
+        s = Step(B=[len(worst)] * runs, lengths=lens, gens=[gen] * runs, p=cfg.dropout, training=True)
         y = torch.from_numpy(data.y[worst]).to(device).repeat(runs)
         logits = head.forward(params, inputs, s)
         torch.nn.functional.cross_entropy(logits.reshape(runs * len(worst), -1), y).backward()
