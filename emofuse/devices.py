@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .errors import EmofuseError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -29,6 +33,27 @@ def resolve_device(spec: str) -> torch.device:
             raise EmofuseError(f"--device {spec} was asked for, but this machine has {torch.cuda.device_count()} "
                                f"CUDA device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return dev
+
+
+def rank_device(spec: str, local_rank: int) -> torch.device:
+    """The device of one torchrun process. A GPU request (``auto`` on a GPU machine, ``cuda``,
+    ``cuda:N``) means this process's own GPU, ``cuda:<LOCAL_RANK>``, the torchrun convention of
+    one process per GPU: a fixed ``cuda:N`` would put every process of the node on one GPU. An
+    explicit other index is overridden, with one warning from the node's first process; more
+    processes on a node than it has GPUs is one sentence. ``cpu`` stays ``cpu``."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if not spec.startswith("cuda"):
+        return resolve_device(spec)
+    resolve_device(spec.split(":")[0])   # the sentence when torch sees no GPU at all
+    n = torch.cuda.device_count()
+    if local_rank >= n:
+        raise EmofuseError(f"torchrun started local rank {local_rank}, but this machine has {n} CUDA device(s); "
+                           f"start at most {n} process(es) per node (--nproc-per-node {n})")
+    if spec not in ("cuda", f"cuda:{local_rank}") and local_rank == 0:
+        log.warning(f"--device {spec} under torchrun: each process uses its own GPU (cuda:<LOCAL_RANK>), "
+                    "as with --device cuda")
+    return torch.device("cuda", local_rank)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -94,6 +94,35 @@ def test_cuda_device_comes_back_with_its_index_and_a_missing_gpu_is_one_sentence
     assert resolve_device("cpu") == torch.device("cpu")
 
 
+def test_each_torchrun_process_takes_its_own_gpu(monkeypatch, caplog):
+    """Under torchrun an explicit --device cuda:0 used to put every rank of the node on GPU 0
+    (extraction); now any GPU request means cuda:<LOCAL_RANK>, for extraction and fine-tuning alike."""
+    import logging
+    import torch
+    from emofuse.devices import rank_device
+    from emofuse.errors import EmofuseError
+    from emofuse.pipelines import finetune
+    from emofuse.pipelines.extract import distributed
+    assert finetune.rank_device is distributed.rank_device is rank_device
+    assert rank_device("cpu", 3) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert rank_device("auto", 1) == torch.device("cpu")
+        with pytest.raises(EmofuseError, match="--device cuda was asked for, but torch .* sees no CUDA device"):
+            rank_device("cuda:0", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    caplog.set_level(logging.INFO, "emofuse")
+    for spec in ("auto", "cuda", "cuda:2"):
+        assert rank_device(spec, 2) == torch.device("cuda", 2)
+    assert not caplog.records                  # local rank 2 never warns
+    assert rank_device("cuda:0", 0) == torch.device("cuda", 0) and not caplog.records
+    assert rank_device("cuda:1", 0) == torch.device("cuda", 0)
+    assert ["each process uses its own GPU" in r.getMessage() for r in caplog.records] == [True]
+    with pytest.raises(EmofuseError, match="local rank 4, but this machine has 4 CUDA device.*--nproc-per-node 4"):
+        rank_device("cuda", 4)
+
+
 def test_global_statistics_read_in_slices_equal_one_pass():
     """On a GPU the fold's rows are standardised from slices (the float64 copy of a whole fold
     does not fit beside the rows); the statistics are those of one pass."""

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import __version__
 from ..corpora import Utterance
-from ..devices import resolve_device, to_device
+from ..devices import rank_device, resolve_device, to_device
 from ..errors import EmofuseError
 from ..hashing import sha256_int
 from ..extract.audio import BadInput, load_audio
@@ -609,11 +609,13 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused."""
-    device = resolve_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun: this process's own GPU
+        device = rank_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        device = resolve_device(cfg.device)
     rank, world = dist_info(device.type)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
     say = log.info
     if rank != 0:
         say = lambda m: None   # noqa: E731  (one process speaks: rank 0)

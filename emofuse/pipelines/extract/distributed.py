@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Iterator
 
+from ...devices import rank_device
 from ...store import merge_stores, remove_store, store_bytes
 from .config import ExtractConfig
 from .job import extract_into
@@ -52,11 +53,11 @@ def run_extract(cfg: ExtractConfig, background: bool | None = None) -> ExtractSu
     import torch.distributed as td
 
     rank, world, local = dist
-    device = cfg.device
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{local}"
-        torch.cuda.set_device(local)
-    td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    dev = rank_device(cfg.device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    device = str(dev)
+    td.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         shard_dir = cfg.out + ".shards"
         os.makedirs(shard_dir, exist_ok=True)
