@@ -86,6 +86,36 @@ def test_changed_segments_never_reuse_stale_folds(stores, tmp_path):
         assert rundir.content_digest(fa, "audio", "frames") == rundir.content_digest(fb, "audio", "frames")
 
 
+def test_a_reader_open_across_a_writers_swap_files_no_stale_digest(stores, tmp_path):
+    """Before: the digest cache was keyed by the index file at the path *now* while hashing the
+    index the reader opened: a reader opened before a writer's commit and asked after it filed the
+    old content under the new index, and every later reader in the process (ablate, a notebook)
+    took a run of the old segments as matching the new ones."""
+    a, b = stores
+    store = tmp_path / "s.h5"
+    copy_store(str(a), str(store))
+    with FeatureStore(b) as fb:   # the re-aligned segments, written as align-segments would
+        table = fb.utterances.reset_index()
+        info = {k: v for k, v in fb.stream_info("audio").items() if k not in ("entries", "granularities")}
+        seg = {i: {"data": fb._rows("audio", "segments/word", i, "data"), "symbols": fb.segments("audio", "word", i).symbols,
+                   "spans": np.asarray(fb.segments("audio", "word", i).spans, np.int32)}
+               for i in fb.ids("audio", "segments/word")}
+    old = FeatureStore(store)
+    try:
+        with StoreWriter(store, table, {"kind": "synthetic"}) as w:
+            w.add_stream("audio", info)
+            w.commit("audio", {"segments/word": seg}, inputs={i: "re-aligned" for i in seg})
+            w.finalize()
+        seen_by_old = rundir.content_digest(old, "audio", "segments/word")   # asked after the swap
+    finally:
+        old.close()
+    with FeatureStore(store) as new:
+        seen_by_new = rundir.content_digest(new, "audio", "segments/word")
+        rundir._digests.clear()
+        assert seen_by_new == rundir.content_digest(new, "audio", "segments/word") != seen_by_old
+        assert new.index_identity != old.index_identity
+
+
 def test_ablate_keys_follow_the_store_content(stores, tmp_path, caplog):
     caplog.set_level(logging.INFO, "emofuse")
     a, b = stores

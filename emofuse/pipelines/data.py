@@ -24,6 +24,7 @@ from ..heads.functional import GatheredRows
 from ..store import FeatureStore
 from .keys import KEY_KIND, KEY_NAME
 from .keys import stream_of as _stream_of
+from .rundir import content_digest
 
 
 
@@ -355,8 +356,11 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
         lsel[k] = chosen[k][1]   # encoder layer numbers: what FeatureStore.load takes
         dims[k] = (len(lsel[k]), D)
         total += int(lens[k].sum()) * len(lsel[k]) * D * itemsize
-    ckey = {k: (fs.path, fs.stream_info(stream_of[k]).get("fingerprint"), stream_of[k], KEY_KIND[k],
-                tuple(lsel[k]), hash(tuple(ids[present[k]]))) for k in keys}
+    # Keyed by the exact content read (rundir.content_digest: fingerprint, rows, spans, input
+    # digests), not only the stream's fingerprint: segments pooled again from changed alignments
+    # keep their stream's fingerprint, and rows held from before must not serve them.
+    ckey = {k: (os.path.realpath(fs.path), content_digest(fs, stream_of[k], KEY_KIND[k]), stream_of[k], KEY_KIND[k],
+                tuple(lsel[k]), tuple(ids[present[k]])) for k in keys}
     if cache is not None:   # drop what this call does not use before measuring the free memory
         for old in [c for c in cache if c not in ckey.values()]:
             del cache[old]
@@ -375,7 +379,11 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
     sources = {}
     for k in keys:
         if in_memory and cache is not None and ckey[k] in cache and cache[ckey[k]][0].device == home:
-            rows, offsets = cache[ckey[k]]
+            # The cache keeps the offsets of the utterances that have rows (the key's id list);
+            # this row's utterance list may hold others without rows, at other positions.
+            rows, held_offsets = cache[ckey[k]]
+            offsets = np.zeros(len(ids), np.int64)
+            offsets[present[k]] = held_offsets
             sources[k] = MemorySource(rows, offsets, lens[k])
         elif in_memory:
             r = fs.load(stream_of[k], KEY_KIND[k], ids=list(ids[present[k]]), layers=lsel[k])
@@ -383,7 +391,7 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
             offsets[present[k]] = r.offsets
             sources[k] = MemorySource(torch.from_numpy(r.data).to(home), offsets, lens[k])
             if cache is not None:
-                cache[ckey[k]] = (sources[k].rows, offsets)
+                cache[ckey[k]] = (sources[k].rows, np.asarray(r.offsets, np.int64))
         else:
             sources[k] = StoreSource(fs, stream_of[k], KEY_KIND[k], ids, present[k], lens[k], lsel[k])
     empty = {k: int((lens[k] == 0).sum()) for k in keys if (lens[k] == 0).any()}

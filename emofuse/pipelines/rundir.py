@@ -113,9 +113,10 @@ _digests: dict[tuple, str] = {}
 def content_digest(fs, stream: str, kind: str) -> str:
     """sha256 (32 hex) of what a run reads of ``kind`` in ``stream``: the stream's fingerprint,
     its utterances, rows and storage offsets, the row shape and dtype, and for segments their
-    spans and symbols. Cached per store file version (path, inode, size, modification time)."""
-    st = os.stat(fs.path)
-    key = (os.path.realpath(fs.path), st.st_ino, st.st_size, st.st_mtime_ns, stream, kind)
+    spans and symbols. Cached per version of the index file ``fs`` was opened on (path, inode,
+    size, modification time, taken when it was read): never under a newer index a writer swapped
+    in while ``fs`` was open."""
+    key = fs.index_identity + (stream, kind)
     if key not in _digests:
         h = hashlib.sha256()
         info = fs.stream_info(stream)
@@ -190,8 +191,15 @@ def check_run_dir(out: str, config: dict) -> None:
                            "choose another --out")
     ident_old = old.get("identity") or {}
     diff = [k for k in set(ident_old) | set(config["identity"]) if ident_old.get(k) != config["identity"].get(k)]
-    if old.get("fingerprints") != config["fingerprints"]:
-        diff.append("store content (fingerprints or segment digests)")
+    fp_old, fp_new = old.get("fingerprints") or {}, config["fingerprints"]
+    if fp_old != fp_new:
+        changed = sorted(k for k in set(fp_old) | set(fp_new) if fp_old.get(k) != fp_new.get(k))
+        checkpoints = [k for k in changed if k.endswith("_checkpoint")]
+        if checkpoints:
+            diff.append(f"encoder checkpoint files ({', '.join(checkpoints)})")
+        if len(checkpoints) < len(changed):
+            diff.append("store content (fingerprints or segment digests: "
+                        + ", ".join(k for k in changed if k not in checkpoints) + ")")
     if diff:
         raise EmofuseError(f"{out} holds a run of another configuration (differs in {', '.join(sorted(diff))}); "
                            f"choose another --out or delete it")

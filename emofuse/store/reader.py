@@ -82,6 +82,24 @@ class Ragged:
         return x, mask
 
 
+def _file_identity(path: str) -> tuple:
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _load_stable(path: str, tries: int = 5):
+    """The store's index and the identity (real path, inode, size, modification time) of the very
+    index file it was read from: a writer may swap the index in while it is read, and a cache keyed
+    on the file now at the path would then file this older content under the newer index."""
+    for _ in range(tries):
+        before = _file_identity(path)
+        idx = load_index(path)
+        if _file_identity(path) == before:
+            return idx, before
+    raise StoreError(f"{path} was replaced {tries} times while its index was read (a writer commits "
+                     "very often); open it again once the writer has finished")
+
+
 def _guarded(method):
     """A damaged file met while reading gives one sentence (``StoreError``), not h5py's traceback.
     A call with wrong arguments stays the caller's ``TypeError`` (never reported as damage)."""
@@ -120,7 +138,7 @@ class FeatureStore:
             pending = glob.glob(data_dir(os.path.abspath(self.path)) + "/*.h5")
             hint = " (an interrupted run left parts: run the same command again to finish)" if pending else ""
             raise StoreError(f"feature store {self.path} does not exist{hint}")
-        self._idx = load_index(self.path)
+        self._idx, self.index_identity = _load_stable(self.path)
         self.schema_version = self._idx.version
         self.corpus_fingerprint = self._idx.fingerprint
         #: how the corpus was read (kind, root, labels): lets later stages re-read it

@@ -26,13 +26,15 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
                          mean_seconds: float = 4.5, max_seconds: float = 20.0, fps: float = 50.0,
                          dtype=np.float16, seed: int = 0, empty_word_ids: int = 0,
                          audio_stream: str = "audio", audio_info: dict | None = None,
-                         session_prefix: str = "") -> dict:
+                         session_prefix: str = "", no_frames: int = 0) -> dict:
     """Write the store; return its facts (ids, labels, lengths). ``per_class`` utterances of each
     class per session, two speakers per session. ``empty_word_ids``: that many utterances get no
     word segment (as after a failed alignment). ``audio_stream``: the speech stream's name
     (``planted_stream="audio"`` plants in it whatever its name); ``audio_info``: extra entries of
     its stream info (e.g. ``{"default_norm": "global"}``, as an eGeMAPS stream records);
-    ``session_prefix``: sessions named ``<prefix>1`` … (a manifest's ``sess1``) instead of ``1`` …."""
+    ``session_prefix``: sessions named ``<prefix>1`` … (a manifest's ``sess1``) instead of ``1`` ….
+    ``no_frames``: the first that many utterances get nothing in the speech stream (as after an
+    extraction that skipped their audio); they keep their text tokens."""
     rng = np.random.default_rng(seed)
     text_layers, text_dim = text_layers or layers, text_dim or dim
     ids, labels, sess, spk, secs = [], [], [], [], []
@@ -88,6 +90,9 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
                                        "offsets": np.stack([np.arange(N), np.arange(N) + 1], 1).astype(np.int32),
                                        "special": np.zeros(N, bool)}
                 lengths[uid] = T
+            for entries in audio.values():
+                for uid in ids[:no_frames]:
+                    entries.pop(uid, None)
             w.commit(audio_stream, audio)
             w.commit("text", text)
         w.finalize()
