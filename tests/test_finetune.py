@@ -302,6 +302,35 @@ def test_ablate_runs_the_three_fine_tuned_rows_of_paper_cma(setup, tmp_path):
     assert set(df["published"].dropna()) >= {74.71, 60.01, 71.01}
 
 
+def test_new_weights_under_the_same_folder_are_another_run(setup, tmp_path, caplog):
+    """Before: a run was keyed by the checkpoint's name, so new weights saved under the same folder
+    got the old folds back as their results, from finetune and from ablate alike."""
+    import logging
+    import shutil
+    from emofuse.pipelines.ablate import AblateConfig, run_ablate
+    from emofuse.testing.tiny_models import tiny_bert
+    bert = str(tmp_path / "bert")
+    shutil.copytree(setup["bert"], bert)
+    cfg = _cfg(setup, out=str(tmp_path / "run"), system="text", text_model=bert, epochs=1, folds=("1",))
+    ft.run_finetune(cfg)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 1, folds: ['1'], batch_size: 8, "
+                    "proj: 16}\ntables:\n  - name: x\n    rows:\n      - {label: text, finetune: true, system: text}\n")
+    acfg = AblateConfig(store=setup["store"], spec=str(spec), out=str(tmp_path / "g"), device="cpu", finetune=True,
+                        text_model=bert)
+    first = run_ablate(acfg)["x"]
+    shutil.rmtree(bert)
+    tiny_bert(bert, seed=7)   # other weights, same folder, same name
+    with pytest.raises(EmofuseError, match=r"another configuration \(differs in encoder checkpoint files "
+                                           r"\(text_checkpoint\)\)"):
+        ft.run_finetune(cfg)
+    caplog.set_level(logging.INFO, "emofuse")
+    second = run_ablate(acfg)["x"]
+    assert any("1 configurations, 0 already finished, 1 to run (1 fine-tuned)" in r.getMessage() for r in caplog.records)
+    assert first["ua_mean"].notna().all() and second["ua_mean"].notna().all()
+    assert len(os.listdir(tmp_path / "g" / "runs")) == 2   # a new row folder, the old one kept
+
+
 def test_positional_convolution_as_matmul_equals_the_convolution(tiny_models):
     """--pos-conv matmul: the grouped convolution unfolded into batched products gives the
     convolution's values and gradients (float64: to the last bits), and switches exactly the

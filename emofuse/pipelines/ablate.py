@@ -328,7 +328,7 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
                 continue
             if row.get("finetune"):   # fine-tuned encoders: pipelines/finetune.py
                 c = ft.ablate_config(cfg.store, "", defaults, row, cfg.device, cfg.audio_model, cfg.text_model)
-                key = run_key(c.identity(), {"corpus": fs.corpus_fingerprint})
+                key = run_key(c.identity(), ft.run_fingerprints(fs, c))
                 key_of[label] = key
                 train_cfgs[key] = ft.ablate_config(cfg.store, os.path.join(runs_dir, key), defaults, row, cfg.device,
                                                    cfg.audio_model, cfg.text_model)
@@ -352,10 +352,13 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
     runs_dir = os.path.join(cfg.out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     pending = [c for k, c in train_cfgs.items() if not is_finished(c.out)]
+    n_finished = len(train_cfgs) - len(pending)
     tuned = [c for c in pending if isinstance(c, ft.FinetuneConfig)]
     pending = [c for c in pending if not isinstance(c, ft.FinetuneConfig)]
-    log.info(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {len(train_cfgs) - len(pending)} "
-             f"already finished, {len(pending)} to run" + (f" on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
+    log.info(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {n_finished} "
+             f"already finished, {len(pending) + len(tuned)} to run"
+             + (f" ({len(tuned)} fine-tuned)" if tuned else "")
+             + (f", frozen rows on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
     groups = _place_rows(cfg, pending) if pending else []
     pending = [c for g in groups for c in g]   # rows reading the same data follow each other
     if cfg.executor == "submitit" and pending:

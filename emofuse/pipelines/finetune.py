@@ -36,6 +36,7 @@ from ..devices import rank_device, resolve_device, to_device
 from ..errors import EmofuseError
 from ..hashing import sha256_int
 from ..extract.audio import BadInput, load_audio
+from ..extract.checkpoints import checkpoint_digest
 from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
@@ -607,6 +608,18 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
     return model, enc, state["history"], state["best_epoch"]
 
 
+def run_fingerprints(fs: FeatureStore, cfg: FinetuneConfig) -> dict:
+    """What a fine-tuned run's results depend on besides its configuration: the corpus (the
+    store's fingerprint) and the bytes of each encoder checkpoint it starts from (new weights
+    saved under the same folder, or a hub id at another revision, are another run)."""
+    out = {"corpus": fs.corpus_fingerprint}
+    if cfg.system in ("cma", "audio"):
+        out["audio_checkpoint"] = checkpoint_digest(cfg.audio_model)
+    if cfg.system in ("cma", "text"):
+        out["text_checkpoint"] = checkpoint_digest(cfg.text_model)
+    return out
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun: this process's own GPU
@@ -620,7 +633,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if rank != 0:
         say = lambda m: None   # noqa: E731  (one process speaks: rank 0)
     with FeatureStore(cfg.store) as fs:
-        fingerprints = {"corpus": fs.corpus_fingerprint}
+        fingerprints = run_fingerprints(fs, cfg)
     enc = Encoders(cfg)   # checks the checkpoints before anything is written
     config = {"type": "emofuse.train-head", "kind": "finetune", "emofuse_version": __version__,
               "config": asdict(cfg), "identity": cfg.identity(), "fingerprints": fingerprints,
