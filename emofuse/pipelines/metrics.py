@@ -13,14 +13,18 @@ METRICS = ("ua", "wa", "f1")
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
-    """{'ua', 'wa', 'f1'} in percent and the confusion matrix (rows: true class)."""
+    """{'ua', 'wa', 'f1'} in percent and the confusion matrix (rows: true class, all ``n_classes``).
+    UA averages the recall of the classes in ``y_true``; macro-F1 the F1 of the classes in
+    ``y_true`` or ``y_pred``."""
     labels = list(range(n_classes))
     with warnings.catch_warnings():   # a small validation set may lack a class: recall over those present
         warnings.simplefilter("ignore", UserWarning)
         ua = 100 * float(balanced_accuracy_score(y_true, y_pred))
     return {"ua": ua,
             "wa": 100 * float(accuracy_score(y_true, y_pred)),
-            "f1": 100 * float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+            # over the classes that occur (truth or prediction), as sklearn's default: a class absent
+            # from a test fold and never predicted is no F1 of 0 (UA leaves it out likewise)
+            "f1": 100 * float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
             "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
 
 
