@@ -184,3 +184,38 @@ def test_a_store_of_another_corpus_copy_is_refused_before_pooling(moved, tmp_pat
         run_align(AlignConfig(store=str(store), source="iemocap", root=str(other)))
     with FeatureStore(store) as fs:
         assert not fs.has("audio", "segments/word")
+
+
+def test_a_relative_root_keeps_absolute_audio_paths(moved, tmp_path, monkeypatch):
+    """Before: extraction with a relative --root kept each audio path relative to the working
+    directory, align-segments resolved it under the corpus's folder (the path doubled) and refused
+    every utterance as 'audio file missing', even from the same working directory."""
+    corpus = tmp_path / "data" / "corpus"
+    shutil.copytree(moved["after"], corpus)
+    monkeypatch.chdir(tmp_path)
+    extract(Path("data/corpus"), "s.h5", moved["model"])
+    with FeatureStore("s.h5") as fs:
+        paths = list(fs.utterances["audio_path"])
+    assert all(os.path.isabs(p) and Path(p).is_relative_to(corpus) and os.path.isfile(p) for p in paths)
+    monkeypatch.chdir(tmp_path / "data")   # any working directory
+    summary = run_align(AlignConfig(store=str(tmp_path / "s.h5"), source="iemocap"))
+    assert summary.utterances == 24 and not any("audio" in r for r in summary.skipped)
+
+
+def test_a_store_holding_working_directory_relative_audio_paths_still_aligns(moved, tmp_path, monkeypatch):
+    """Stores written before the fix keep ``data/corpus/Session1/…``: its part naming the
+    corpus's folder is recognised, wherever align-segments runs and wherever the corpus moved."""
+    from emofuse.corpora.table import resolve_audio_path
+    store = store_copy(moved, tmp_path)
+    before = Path(moved["before"])
+    idx = load_index(str(store))
+    idx.table["audio_path"] = [os.path.join("..", before.parent.name, before.name, os.path.relpath(p, before))
+                               for p in idx.table["audio_path"]]
+    save_index(idx, str(store), "0.1.0")
+    assert resolve_audio_path("../before/corpus/Session1/a.wav", "/new/corpus", str(before)) == \
+        os.path.join("/new/corpus", "Session1", "a.wav")
+    assert resolve_audio_path("Session1/a.wav", "/new/corpus", str(before)) == os.path.join("/new/corpus", "Session1", "a.wav")
+    monkeypatch.chdir(tmp_path)
+    no_corpus_reading(monkeypatch)
+    summary = run_align(AlignConfig(store=str(store), source="iemocap", root=str(moved["after"])))
+    assert summary.utterances == 24 and not any("audio" in r for r in summary.skipped)

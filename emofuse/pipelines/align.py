@@ -18,8 +18,8 @@ from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.tiers import check_within_audio, complete_tiers, read_alignment
-from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus, resolve_path
-from ..corpora.table import audio_digest
+from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
+from ..corpora.table import audio_digest, resolve_audio_path
 from ..errors import EmofuseError
 from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
@@ -114,7 +114,7 @@ def utterance_inputs(cfg: AlignConfig, fs: FeatureStore) -> UtteranceInputs:
         base = _corpus_folder_now(cfg, meta) or recorded
         return UtteranceInputs(
             alignments={uid: alignment_paths(cell, base, recorded) for uid, cell in zip(table.index, table[ALIGNMENTS])},
-            audio={uid: resolve_path(str(p), base, recorded) for uid, p in zip(table.index, table["audio_path"])},
+            audio={uid: resolve_audio_path(str(p), base, recorded) for uid, p in zip(table.index, table["audio_path"])},
             from_store=True, base=base)
     records = _records(cfg, fs) if cfg.source != "sphinx" else {}
     return UtteranceInputs(alignments={uid: dict(u.alignments) for uid, u in records.items()},
