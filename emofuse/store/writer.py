@@ -51,6 +51,25 @@ class StagedPart:
     part: PendingPart
 
 
+def corpus_update(path: str, old: pd.DataFrame, table: pd.DataFrame, update: bool) -> tuple[list, set[str]]:
+    """What a run reading the corpus as ``table`` does to the store at ``path`` whose utterance
+    table is ``old`` (their fingerprints differ): ``(changes, stale)``, the changed utterances
+    (``corpus_changes``) and those whose cached tensors go (all but label/session/speaker changes);
+    none when only audio digests a v1 table lacked differ. Without ``update`` a change is refused
+    in one sentence listing them (the rank processes of torchrun ask this of the main store before
+    they extract, the writer when it opens it)."""
+    changes = corpus_changes(old, table)
+    if changes and not update:
+        shown = "; ".join(f"{i}: {what}" for i, what in changes[:8])
+        more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
+        raise StoreError(
+            f"{path} was built from another corpus, or another version of it: {len(changes)} utterances "
+            f"differ ({shown}{more}); pass --update-corpus to drop their cached tensors and recompute them, "
+            "or write to a new store"
+        )
+    return changes, {i for i, what in changes if what != "label, session or speaker changed"}
+
+
 class StoreWriter:
     """Exclusive writer of one store.
 
@@ -136,21 +155,8 @@ class StoreWriter:
     def _reconcile(self, table: pd.DataFrame, fp: str, update: bool, corpus_meta: Mapping[str, Any]) -> None:
         """The run's corpus differs from the store's: adopt audio digests a v1 table lacked,
         else refuse with the list of changes, or (``update``) drop what changed."""
-        old = self.index.table
-        changes = corpus_changes(old, table)
-        if not changes:  # only digests the old table did not record: take them
-            self._take_table(table, fp, corpus_meta)
-            return
-        if not update:
-            shown = "; ".join(f"{i}: {what}" for i, what in changes[:8])
-            more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
-            raise StoreError(
-                f"{self.path} was built from another corpus, or another version of it: {len(changes)} utterances "
-                f"differ ({shown}{more}); pass --update-corpus to drop their cached tensors and recompute them, "
-                "or write to a new store"
-            )
-        self.changes = changes
-        self.dropped = {i for i, what in changes if what != "label, session or speaker changed"}
+        changes, stale = corpus_update(self.path, self.index.table, table, update)
+        self.changes, self.dropped = changes, stale
         self._take_table(table, fp, corpus_meta)
 
     def _check_stream(self, name: str, info: Mapping[str, Any], source: str | None = None) -> None:
