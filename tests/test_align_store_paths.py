@@ -184,3 +184,104 @@ def test_a_store_of_another_corpus_copy_is_refused_before_pooling(moved, tmp_pat
         run_align(AlignConfig(store=str(store), source="iemocap", root=str(other)))
     with FeatureStore(store) as fs:
         assert not fs.has("audio", "segments/word")
+
+
+def test_a_relative_root_keeps_absolute_audio_paths(moved, tmp_path, monkeypatch):
+    """Before: extraction with a relative --root kept each audio path relative to the working
+    directory, align-segments resolved it under the corpus's folder (the path doubled) and refused
+    every utterance as 'audio file missing', even from the same working directory."""
+    corpus = tmp_path / "data" / "corpus"
+    shutil.copytree(moved["after"], corpus)
+    monkeypatch.chdir(tmp_path)
+    extract(Path("data/corpus"), "s.h5", moved["model"])
+    with FeatureStore("s.h5") as fs:
+        paths = list(fs.utterances["audio_path"])
+    assert all(os.path.isabs(p) and Path(p).is_relative_to(corpus) and os.path.isfile(p) for p in paths)
+    monkeypatch.chdir(tmp_path / "data")   # any working directory
+    summary = run_align(AlignConfig(store=str(tmp_path / "s.h5"), source="iemocap"))
+    assert summary.utterances == 24 and not any("audio" in r for r in summary.skipped)
+
+
+def test_a_store_holding_working_directory_relative_audio_paths_still_aligns(moved, tmp_path, monkeypatch):
+    """Stores written before the fix keep ``data/corpus/Session1/…``: its part naming the
+    corpus's folder is recognised, wherever align-segments runs and wherever the corpus moved."""
+    from emofuse.corpora.table import resolve_audio_path
+    store = store_copy(moved, tmp_path)
+    before = Path(moved["before"])
+    idx = load_index(str(store))
+    idx.table["audio_path"] = [os.path.join("..", before.parent.name, before.name, os.path.relpath(p, before))
+                               for p in idx.table["audio_path"]]
+    save_index(idx, str(store), "0.1.0")
+    assert resolve_audio_path("../before/corpus/Session1/a.wav", "/new/corpus", str(before)) == \
+        os.path.join("/new/corpus", "Session1", "a.wav")
+    assert resolve_audio_path("Session1/a.wav", "/new/corpus", str(before)) == os.path.join("/new/corpus", "Session1", "a.wav")
+    monkeypatch.chdir(tmp_path)
+    no_corpus_reading(monkeypatch)
+    summary = run_align(AlignConfig(store=str(store), source="iemocap", root=str(moved["after"])))
+    assert summary.utterances == 24 and not any("audio" in r for r in summary.skipped)
+
+
+def write_alignment(wav: Path, words):
+    """``.wdseg``/``.phseg`` for ``wav`` where IEMOCAP keeps them: ``words`` tiling its 10 ms frames."""
+    import soundfile as sf
+    n = sf.info(str(wav)).frames // 160
+    fa = wav.parent.parent.parent / "ForcedAlignment" / wav.parent.name / wav.stem
+    cuts = [round(i * n / len(words)) for i in range(len(words) + 1)]
+    for ext, head in ((".wdseg", "Word"), (".phseg", "Phone")):
+        rows = "".join(f"\t{cuts[i]:5d} {cuts[i + 1] - 1:5d} {-1000:10d} {w}\n" for i, w in enumerate(words))
+        Path(str(fa) + ext).write_text(f"\t SFrm  EFrm    SegAScr {head}\n" + rows + " Total score: -5000\n")
+
+
+def test_alignment_files_added_after_extraction_are_used(moved, small_fake, tmp_path, monkeypatch, caplog):
+    """Before: align-segments took alignment paths from the store's table only, so a .wdseg/.phseg
+    added for an utterance that had none was never used (it stayed skipped, or kept pocketsphinx
+    segments). Utterances the store records none for are looked up by the reader's own rule (one
+    listing of their dialog's ForcedAlignment folder), the corpus is not read."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(moved["after"], corpus)
+    store = store_copy(moved, tmp_path)
+    cfg = AlignConfig(store=str(store), source="iemocap", granularities=("word",), root=str(corpus))
+    first = run_align(cfg)
+    assert first.utterances == 24 and first.skipped == {"no forced alignment for this utterance (use --source sphinx "
+                                                        "to align it)": 1}
+    victim = next(u for u in small_fake.utterances if not u.has_alignment)
+    wav = next(corpus.rglob(f"{victim.id}.wav"))
+    write_alignment(wav, ["<s>", "GREAT", "NEWS", "TODAY", "</s>"])
+    no_corpus_reading(monkeypatch)
+    caplog.set_level(logging.INFO, "emofuse")
+    again = run_align(cfg)
+    assert again.utterances == 1 and again.reused == 24 and not again.skipped
+    assert any("1 utterances have alignment files added to the corpus since extraction" in r.getMessage()
+               for r in caplog.records)
+    with FeatureStore(store) as fs:
+        assert list(fs.segments("audio", "word", victim.id).symbols) == ["GREAT", "NEWS", "TODAY"]
+    assert run_align(cfg).utterances == 0   # pooled once: the next run has nothing to do
+
+
+def test_a_textgrid_added_to_a_manifest_after_extraction_is_used(tiny_models, tmp_path, caplog):
+    """A manifest's utterance that had no TextGrid gets one (a new ``textgrid`` cell): the
+    manifest file is read again (not its audio) and the TextGrid pooled."""
+    import soundfile as sf
+    from emofuse.align.records import AlignmentItem
+    from emofuse.align.textgrid import write_textgrid
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(tmp_path / f"u{i}.wav", (rng.standard_normal(19200) * 0.1).astype(np.float32), 16000)
+    rows = ["id,audio,text,label,speaker,session"] + [f"u{i},u{i}.wav,hello there,neu,s{i},{i % 2 + 1}" for i in range(3)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s.h5"
+    run_extract(ExtractConfig(corpus="manifest", manifest=str(manifest), out=str(store), audio_model=tiny_models["group"],
+                              text_model="none", store_dtype="float32", device="cpu"))
+    cfg = AlignConfig(store=str(store), source="textgrid", granularities=("word",))
+    assert run_align(cfg).skipped == {"no TextGrid for this utterance (manifest column textgrid)": 3}
+    write_textgrid(tmp_path / "u1.TextGrid", {"word": [AlignmentItem("hello", 0.1, 0.4), AlignmentItem("there", 0.5, 0.5)],
+                                              "phone": [AlignmentItem("HH", 0.1, 0.4), AlignmentItem("DH", 0.5, 0.5)]}, 1.2)
+    manifest.write_text("\n".join([rows[0] + ",textgrid"] + [r + (",u1.TextGrid" if r.startswith("u1,") else ",")
+                                                              for r in rows[1:]]) + "\n")
+    caplog.set_level(logging.INFO, "emofuse")
+    again = run_align(cfg)
+    assert again.utterances == 1 and again.reused == 2 and not again.skipped
+    assert any("1 utterances have alignment files added" in r.getMessage() for r in caplog.records)
+    with FeatureStore(store) as fs:
+        assert list(fs.segments("audio", "word", "u1").symbols) == ["hello", "there"]

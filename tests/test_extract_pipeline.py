@@ -257,6 +257,44 @@ def test_torchrun_two_processes_equals_single_run(small_fake, tiny_models, tmp_p
     assert not Path(str(out) + ".shards").exists()
 
 
+def test_torchrun_update_corpus_equals_the_single_run(small_fake, tiny_models, tmp_path):
+    """Before: under torchrun every rank took what the main store held as done, the utterance
+    --update-corpus drops included (computed by no rank), and rank 0's merge opened the main store
+    without --update-corpus and failed."""
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    args = ["--corpus", "iemocap", "--root", str(root), "--audio-model", tiny_models["group"], "--text-model", "none",
+            "--store-dtype", "float32", "--batch-seconds", "4", "--device", "cpu"]
+    one = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    single, dist = tmp_path / "single.h5", tmp_path / "dist.h5"
+    r = subprocess.run([str(BIN / "extract-embeddings"), *args, "--out", str(single)], capture_output=True, text=True, env=one)
+    assert r.returncode == 0, r.stderr
+    copy_store(single, dist)
+    victim = sorted(root.rglob("*.wav"))[5]
+    wave, sr = sf.read(victim, dtype="int16")
+    sf.write(victim, -wave, sr, subtype="PCM_16")   # same name and size, other content
+    with FeatureStore(single) as fs:
+        before = fs.frames("audio", victim.stem)
+    r = subprocess.run([str(BIN / "extract-embeddings"), *args, "--out", str(single), "--update-corpus"],
+                       capture_output=True, text=True, env=one)
+    assert r.returncode == 0, r.stderr
+
+    def torchrun(*more):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                               str(free_port()), "-m", "emofuse", "extract-embeddings", *args, "--out", str(dist), *more],
+                              capture_output=True, text=True, env=one, timeout=300)
+    r = torchrun()   # refused before any rank extracts, as a single process is
+    assert r.returncode != 0 and f"{victim.stem}: audio content changed" in r.stderr and "--update-corpus" in r.stderr
+    assert not Path(str(dist) + ".shards").exists() or not list(Path(str(dist) + ".shards").glob("*.h5.d/*.h5"))
+    r = torchrun("--update-corpus")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 audio content changed; the cached tensors of 1 utterances are dropped and recomputed" in r.stdout
+    assert "merged 2 rank shards" in r.stdout
+    assert_same_store(dist, single, streams=("audio",))
+    with FeatureStore(dist) as fs:
+        assert not np.array_equal(fs.frames("audio", victim.stem), before)
+
+
 def write_bad_manifest(folder: Path) -> Path:
     sr = 16000
     rng = np.random.default_rng(0)

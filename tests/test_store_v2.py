@@ -374,3 +374,30 @@ def test_after_a_failed_publish_later_staged_parts_are_not_committed(tmp_path, m
     monkeypatch.setattr(writer_module, "fsync_path", real)
     with FeatureStore(path) as fs:
         assert fs.ids("audio") == ids[:3]
+
+
+def test_a_refused_encoder_names_the_file_each_encoder_is_in(tmp_path):
+    """Before: merging shard b1 (encoder B) after a0 (encoder A) said 'stream in b1.h5 holds A;
+    this run brings B', naming the wrong file for each encoder."""
+    table = make_table(8)
+    ids = list(table["id"])
+    for name, enc, part in (("a0", "encA", ids[0::2]), ("b1", "encB", ids[1::2])):
+        with StoreWriter(tmp_path / f"{name}.h5", table) as w:
+            w.add_stream("audio", {"fingerprint": f"fp-{enc}", "encoder_id": enc})
+            w.commit("audio", {"frames": {i: {"data": frames_of(i)} for i in part}})
+            w.finalize()
+    a0, b1 = tmp_path / "a0.h5", tmp_path / "b1.h5"
+    with pytest.raises(StoreError) as e:
+        merge_stores(tmp_path / "m.h5", [a0, b1])
+    msg = str(e.value)
+    assert msg.startswith(f"stream 'audio' in {a0} holds encA (fingerprint fp-encA); {b1} holds encB "
+                          "(fingerprint fp-encB) [encoder_id: 'encA' in a0.h5, 'encB' in b1.h5]"), msg
+    assert "cannot be merged" in msg
+    with pytest.raises(StoreError) as e:   # in the other order, the other way round
+        merge_stores(tmp_path / "m2.h5", [b1, a0])
+    assert str(e.value).startswith(f"stream 'audio' in {b1} holds encB (fingerprint fp-encB); {a0} holds encA"), str(e.value)
+    with StoreWriter(b1, table) as w, pytest.raises(StoreError) as e:   # extraction into a store
+        w.add_stream("audio", {"fingerprint": "fp-encA", "encoder_id": "encA"})
+    assert str(e.value) == (f"stream 'audio' in {b1} holds encB (fingerprint fp-encB); this run brings encA "
+                            "(fingerprint fp-encA) [encoder_id: 'encB' in b1.h5, 'encA' in this run]: name another "
+                            "stream or write a new store")

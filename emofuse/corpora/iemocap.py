@@ -134,6 +134,26 @@ def _alignment_index(fa_dir: Path) -> dict[str, dict[str, str]]:
     return index
 
 
+def alignments_beside(audio: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``{utterance id: {tier: path}}`` for the utterances of ``audio`` (``{id: wav path now}``)
+    whose ``.wdseg/.phseg/.syseg`` files lie where ``load_iemocap`` looks for them
+    (``SessionN/sentences/ForcedAlignment/<dialog>/<id>.*`` beside ``.../wav/<dialog>/<id>.wav``):
+    one folder listing per dialog, nothing else read. Utterances with none are left out."""
+    listed: dict[Path, dict[str, dict[str, str]]] = {}
+    out = {}
+    for uid, wav in audio.items():
+        wav_dir = Path(wav).parent
+        if wav_dir.parent.name != "wav":
+            continue
+        fa_dir = wav_dir.parent.parent / "ForcedAlignment" / wav_dir.name
+        if fa_dir not in listed:
+            listed[fa_dir] = _alignment_index(fa_dir)
+        found = listed[fa_dir].get(uid)
+        if found:
+            out[uid] = found
+    return out
+
+
 def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None) -> list[Utterance]:
     """Read an IEMOCAP copy into ``Utterance`` records sorted by id.
 

@@ -52,6 +52,29 @@ def resolve_path(stored: str, base: str | None, recorded_base: str | None = None
     return stored
 
 
+def resolve_audio_path(stored: str, base: str | None, recorded_base: str | None = None) -> str:
+    """Where an utterance's audio lies now, from the table's ``audio_path``: absolute since
+    emofuse keeps it so (see ``resolve_path``). A relative one is from a store extracted with a
+    relative ``--root`` before that: it was relative to the working directory of extraction,
+    i.e. ``ROOT_AS_GIVEN/REST``. The longest leading part of it that names the tail of
+    ``recorded_base`` (leading ``..`` aside) is that root (none: the root was ``.``); ``REST``
+    then lies under ``base`` (the corpus's folder now). Without ``recorded_base``, the path as it
+    reads from the working directory."""
+    if os.path.isabs(stored):
+        return resolve_path(stored, base, recorded_base)
+    parts = [p for p in stored.split("/") if p not in ("", ".")]
+    if recorded_base:
+        tail = [p for p in os.path.abspath(recorded_base).split(os.sep) if p]
+        for i in range(len(parts) - 1, -1, -1):
+            prefix = parts[:i]
+            while prefix and prefix[0] == "..":
+                prefix = prefix[1:]
+            if ".." in prefix or len(prefix) > len(tail) or tail[len(tail) - len(prefix):] != prefix:
+                continue
+            return os.path.join(base or recorded_base, *parts[i:])
+    return os.path.abspath(stored)
+
+
 def alignments_cell(paths: Mapping[str, str], base: str | None) -> str:
     """The ``alignments`` column's value for one utterance."""
     return json.dumps({tier: stored_path(p, base) for tier, p in sorted(paths.items())}, ensure_ascii=False)
@@ -102,14 +125,17 @@ def utterance_table(utts: Sequence[Utterance], base: str | None = None) -> pd.Da
     digests: dict[str, str] = {}  # several utterances may cut one file
     for u in utts:
         dur, size = _audio_facts(u)
-        if u.audio_path not in digests:
-            digests[u.audio_path] = audio_digest(u.audio_path)
+        # absolute: a reader given a relative --root would otherwise keep paths relative to the
+        # working directory of extraction, which no later command can resolve
+        audio = os.path.abspath(u.audio_path)
+        if audio not in digests:
+            digests[audio] = audio_digest(audio)
         rows.append({
             "id": u.id, "label": u.label, "session": str(u.session), "speaker": u.speaker,
-            "gender": u.gender or "", "transcript": u.transcript, "audio_path": u.audio_path,
+            "gender": u.gender or "", "transcript": u.transcript, "audio_path": audio,
             "start": float("nan") if u.start is None else u.start,
             "end": float("nan") if u.end is None else u.end,
-            "duration": dur, "audio_bytes": size, "audio_digest": digests[u.audio_path],
+            "duration": dur, "audio_bytes": size, "audio_digest": digests[audio],
             ALIGNMENTS: alignments_cell(u.alignments, base),
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -18,8 +18,10 @@ from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.tiers import check_within_audio, complete_tiers, read_alignment
-from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus, resolve_path
-from ..corpora.table import audio_digest
+from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
+from ..corpora.iemocap import alignments_beside
+from ..corpora.manifest import load_manifest
+from ..corpora.table import audio_digest, resolve_audio_path
 from ..errors import EmofuseError
 from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
@@ -101,6 +103,7 @@ class UtteranceInputs:
     audio: dict[str, str]
     from_store: bool
     base: str | None = None     # the corpus's folder now (store-kept paths resolve under it)
+    added: int = 0              # utterances whose alignment files were added to the corpus after extraction
 
 
 def utterance_inputs(cfg: AlignConfig, fs: FeatureStore) -> UtteranceInputs:
@@ -112,13 +115,43 @@ def utterance_inputs(cfg: AlignConfig, fs: FeatureStore) -> UtteranceInputs:
         meta = fs.corpus_meta
         recorded = meta.get("base") or None
         base = _corpus_folder_now(cfg, meta) or recorded
-        return UtteranceInputs(
+        inputs = UtteranceInputs(
             alignments={uid: alignment_paths(cell, base, recorded) for uid, cell in zip(table.index, table[ALIGNMENTS])},
-            audio={uid: resolve_path(str(p), base, recorded) for uid, p in zip(table.index, table["audio_path"])},
+            audio={uid: resolve_audio_path(str(p), base, recorded) for uid, p in zip(table.index, table["audio_path"])},
             from_store=True, base=base)
+        if cfg.source != "sphinx":
+            added = added_alignments(cfg, meta, inputs)
+            inputs.alignments.update(added)
+            inputs.added = len(added)
+        return inputs
     records = _records(cfg, fs) if cfg.source != "sphinx" else {}
     return UtteranceInputs(alignments={uid: dict(u.alignments) for uid, u in records.items()},
                            audio={uid: str(p) for uid, p in zip(table.index, table["audio_path"])}, from_store=False)
+
+
+def added_alignments(cfg: AlignConfig, meta: dict, inputs: UtteranceInputs) -> dict[str, dict[str, str]]:
+    """Alignment files added to the corpus after extraction, for the utterances the store records
+    none for, found by the corpus reader's own rule without reading the corpus again: for IEMOCAP's
+    layout (and the demo) one listing of each such dialog's ``ForcedAlignment`` folder; for a
+    manifest its ``textgrid`` column, the manifest file read again (its rows, no audio). An
+    unreadable manifest adds nothing (the store's paths stand)."""
+    without = {uid: inputs.audio[uid] for uid, paths in inputs.alignments.items() if not paths}
+    if not without:
+        return {}
+    kind = cfg.corpus or meta.get("kind")
+    if kind in ("iemocap", "demo"):
+        return alignments_beside(without)
+    if kind == "manifest":
+        path = cfg.manifest or meta.get("root")
+        if not path or not os.path.isfile(path):
+            return {}
+        labels = meta.get("labels")
+        try:
+            utts = load_manifest(path, labels=None if labels in (None, "", "None") else labels)
+        except EmofuseError:
+            return {}
+        return {u.id: dict(u.alignments) for u in utts if u.id in without and u.alignments}
+    return {}
 
 
 def _corpus_folder_now(cfg: AlignConfig, meta: dict) -> str | None:
@@ -322,6 +355,9 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
         if not where.from_store:
             log.info(f"{fs.path} predates stores that keep their alignment paths: the corpus was read for them "
                      "(run extract-embeddings on it once to record them)")
+        if where.added:
+            log.info(f"{where.added} utterances have alignment files added to the corpus since extraction (the "
+                     "store recorded none for them): their segments are pooled from them")
         ids = fs.ids(cfg.stream, "frames")
         job = _AlignJob(cfg, where, fs.utterances, float(info["frame_hop_s"]), float(info["frame_window_s"]),
                         float(info.get("frame_offset_s", 0.0)), aligner, summary)

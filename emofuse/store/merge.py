@@ -226,9 +226,12 @@ def link_part(src: str, final: str) -> None:
     fsync_path(folder)
 
 
-def merge_stores(out: str | os.PathLike, shards: Iterable[str | os.PathLike]) -> dict[str, int]:
+def merge_stores(out: str | os.PathLike, shards: Iterable[str | os.PathLike], update_corpus: bool = False
+                 ) -> dict[str, int]:
     """Merge finished stores of one corpus (e.g. ``--shard i/n`` outputs) into ``out``: their
-    part files are hard-linked into ``out``'s folder, no activation is copied."""
+    part files are hard-linked into ``out``'s folder, no activation is copied. ``update_corpus``:
+    ``out`` may hold an older version of the shards' corpus; what changed is dropped from it
+    (the shards bring it recomputed), as ``extract-embeddings --update-corpus`` does."""
     from .writer import StoreWriter   # the commit protocol publishes what this module builds
     shards = [os.fspath(s) for s in shards]
     if not shards:
@@ -237,7 +240,7 @@ def merge_stores(out: str | os.PathLike, shards: Iterable[str | os.PathLike]) ->
         if not os.path.exists(s):
             raise StoreError(f"shard store {s} does not exist")
     first = load_index(shards[0])
-    with StoreWriter(out, table=first.table, corpus_meta=first.meta) as w:
+    with StoreWriter(out, table=first.table, corpus_meta=first.meta, update_corpus=update_corpus) as w:
         return w.finalize(extra_sources=shards)
 
 

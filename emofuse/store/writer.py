@@ -51,6 +51,25 @@ class StagedPart:
     part: PendingPart
 
 
+def corpus_update(path: str, old: pd.DataFrame, table: pd.DataFrame, update: bool) -> tuple[list, set[str]]:
+    """What a run reading the corpus as ``table`` does to the store at ``path`` whose utterance
+    table is ``old`` (their fingerprints differ): ``(changes, stale)``, the changed utterances
+    (``corpus_changes``) and those whose cached tensors go (all but label/session/speaker changes);
+    none when only audio digests a v1 table lacked differ. Without ``update`` a change is refused
+    in one sentence listing them (the rank processes of torchrun ask this of the main store before
+    they extract, the writer when it opens it)."""
+    changes = corpus_changes(old, table)
+    if changes and not update:
+        shown = "; ".join(f"{i}: {what}" for i, what in changes[:8])
+        more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
+        raise StoreError(
+            f"{path} was built from another corpus, or another version of it: {len(changes)} utterances "
+            f"differ ({shown}{more}); pass --update-corpus to drop their cached tensors and recompute them, "
+            "or write to a new store"
+        )
+    return changes, {i for i, what in changes if what != "label, session or speaker changed"}
+
+
 class StoreWriter:
     """Exclusive writer of one store.
 
@@ -109,6 +128,7 @@ class StoreWriter:
         self.fingerprint = self.index.fingerprint
         self.table = self.index.table
         self.stream_infos = {s: dict(i) for s, i in self.index.streams.items()}
+        self._stream_origin: dict[str, str | None] = {s: self.path for s in self.stream_infos}
         for name in self.index.retired:  # a compaction was killed before it deleted these
             p = part_path(self.path, name)
             if os.path.exists(p):
@@ -122,7 +142,7 @@ class StoreWriter:
                 continue
             pend = read_part(p, name, self.fingerprint)
             for s, info in pend.infos.items():
-                self._check_stream(s, info, where=p)
+                self._check_stream(s, info, source=p)
             self._pending.append(pend)
         self._seq = next_seq(known | {p.name for p in self._pending})
 
@@ -135,38 +155,41 @@ class StoreWriter:
     def _reconcile(self, table: pd.DataFrame, fp: str, update: bool, corpus_meta: Mapping[str, Any]) -> None:
         """The run's corpus differs from the store's: adopt audio digests a v1 table lacked,
         else refuse with the list of changes, or (``update``) drop what changed."""
-        old = self.index.table
-        changes = corpus_changes(old, table)
-        if not changes:  # only digests the old table did not record: take them
-            self._take_table(table, fp, corpus_meta)
-            return
-        if not update:
-            shown = "; ".join(f"{i}: {what}" for i, what in changes[:8])
-            more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
-            raise StoreError(
-                f"{self.path} was built from another corpus, or another version of it: {len(changes)} utterances "
-                f"differ ({shown}{more}); pass --update-corpus to drop their cached tensors and recompute them, "
-                "or write to a new store"
-            )
-        self.changes = changes
-        self.dropped = {i for i, what in changes if what != "label, session or speaker changed"}
+        changes, stale = corpus_update(self.path, self.index.table, table, update)
+        self.changes, self.dropped = changes, stale
         self._take_table(table, fp, corpus_meta)
 
-    def _check_stream(self, name: str, info: Mapping[str, Any], where: str) -> None:
+    def _check_stream(self, name: str, info: Mapping[str, Any], source: str | None = None) -> None:
+        """``info`` of stream ``name`` comes from ``source`` (a pending part, a store being merged;
+        None: this run): refused when the stream already holds another encoder. The sentence names
+        the file each encoder is in (``_stream_origin``: where the known one came from)."""
         known = self.stream_infos.get(name)
         if known is None:
             self.stream_infos[name] = dict(info)
+            self._stream_origin[name] = source
         elif known.get("fingerprint") != info.get("fingerprint"):
+            origin = self._stream_origin.get(name, self.path)
             keys = sorted(k for k in set(known) | set(info)
                           if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint")
                           and known.get(k) != info.get(k))
-            diff = "; ".join(f"{k}: {known.get(k)!r} there, {info.get(k)!r} here" for k in keys[:4])
-            raise StoreError(
-                f"stream {name!r} in {where} holds {known.get('encoder_id', '?')} (fingerprint "
-                f"{str(known.get('fingerprint'))[:12]}); this run brings {info.get('encoder_id', '?')} "
-                f"(fingerprint {str(info.get('fingerprint'))[:12]})" + (f" [{diff}]" if diff else "")
-                + ": name another stream or write a new store"
-            )
+            there = f"in {os.path.basename(origin)}" if origin else "in this run"
+            here = f"in {os.path.basename(source)}" if source else "in this run"
+            if there == here:
+                there, here = "there", "here"
+            diff = "; ".join(f"{k}: {known.get(k)!r} {there}, {info.get(k)!r} {here}" for k in keys[:4])
+
+            def holds(where, inf):
+                what = f"{inf.get('encoder_id', '?')} (fingerprint {str(inf.get('fingerprint'))[:12]})"
+                return f"{where} holds {what}" if where else f"this run brings {what}"
+            first = f"stream {name!r} in {holds(origin, known)}" if origin else \
+                f"stream {name!r}: {holds(origin, known)}"
+            second = holds(source, info)
+            if source is None:
+                advice = "name another stream or write a new store"
+            else:
+                advice = "stores whose stream of one name holds different encoders cannot be merged (extract " \
+                         "every shard with the same model and options)"
+            raise StoreError(f"{first}; {second}" + (f" [{diff}]" if diff else "") + f": {advice}")
 
     # -- public API -----------------------------------------------------------------------
     def add_stream(self, name: str, info: Mapping[str, Any]) -> None:
@@ -177,7 +200,7 @@ class StoreWriter:
         if not name or "/" in name:
             raise StoreError(f"stream name {name!r} is not allowed; use letters, digits, '-' or '_'")
         info = {**info, "corpus_fingerprint": self.fingerprint}
-        self._check_stream(name, info, where=self.path)
+        self._check_stream(name, info)
 
     def _records(self, stream: str, kind: str) -> dict[str, str]:
         """``{utt_id: inputs digest}`` of the latest record (entry or skip) per utterance for
@@ -310,7 +333,7 @@ class StoreWriter:
         sources = open_sources([os.path.abspath(os.fspath(p)) for p in extra_sources], self.fingerprint, self.path)
         for src, sidx in sources:
             for stream, info in sidx.streams.items():
-                self._check_stream(stream, info, where=src)
+                self._check_stream(stream, info, source=src)
         if not self._pending and not sources and not self._dirty and not self.dropped:
             return {}
         merged = build_index(MergeInputs(self.index, self._pending, sources, self.stream_infos, self.dropped),

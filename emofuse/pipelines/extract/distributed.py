@@ -69,7 +69,7 @@ def run_extract(cfg: ExtractConfig, background: bool | None = None) -> ExtractSu
         if rank == 0:
             shards = [os.path.join(shard_dir, f"rank{r}-of-{world}.h5") for r in range(world)]
             t0 = time.perf_counter()
-            merge_stores(cfg.out, shards)
+            merge_stores(cfg.out, shards, update_corpus=cfg.update_corpus)
             summary.time_finalize += time.perf_counter() - t0
             for s in shards:  # their parts live on as hard links in the merged store's folder
                 remove_store(s)

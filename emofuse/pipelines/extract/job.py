@@ -11,7 +11,7 @@ from dataclasses import asdict
 from ...corpora import corpus_base, load_corpus, utterance_table
 from ...errors import EmofuseError
 from ...extract.encoders import load_audio_encoder, load_text_encoder
-from ...store import FeatureStore, StoreWriter, digest, store_bytes
+from ...store import FeatureStore, StoreWriter, corpus_fingerprint, corpus_update, digest, store_bytes
 from ..describe import corpus_options
 from .audio_phase import run_audio_phase
 from .config import STORE_DTYPES, ExtractConfig
@@ -34,8 +34,22 @@ def kept_layers(spec: str | None, enc) -> list[int] | None:
     return None if kept == list(range(n)) else kept
 
 
-def _already_done(main_store: str | None, stream: str, kind: str) -> set[str]:
-    """Ids a finished main store already holds (so rank shards skip them on a resumed run)."""
+def _main_store_state(main_store: str | None, table, update: bool) -> tuple[list, set[str]]:
+    """Under torchrun, what this run's corpus (``table``) changes in the main store the rank
+    shards merge into: ``(changes, stale ids)`` (``corpus_update``: refused without
+    ``--update-corpus``, before any rank extracts). Nothing when it does not exist yet."""
+    if not main_store or not os.path.exists(main_store):
+        return [], set()
+    with FeatureStore(main_store) as fs:
+        if fs.corpus_fingerprint == corpus_fingerprint(table):
+            return [], set()
+        old = fs.utterances.rename_axis("id").reset_index()
+    return corpus_update(main_store, old, table, update)
+
+
+def _already_done(main_store: str | None, stream: str, kind: str, stale: set[str]) -> set[str]:
+    """Ids a finished main store already holds (so rank shards skip them on a resumed run), but
+    those ``--update-corpus`` drops from it (``stale``): the ranks recompute them."""
     if not main_store or not os.path.exists(main_store):
         return set()
     with FeatureStore(main_store) as fs:
@@ -43,7 +57,7 @@ def _already_done(main_store: str | None, stream: str, kind: str) -> set[str]:
             return set()
         done = set(fs.ids(stream, kind)) if fs.has(stream, kind) else set()
         sk = fs.skipped(stream)
-        return done | set(sk.loc[sk["kind"] == kind, "id"])
+        return (done | set(sk.loc[sk["kind"] == kind, "id"])) - stale
 
 
 def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
@@ -74,13 +88,17 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
     src = cfg.root or cfg.manifest
     meta = {"kind": cfg.corpus, "root": os.path.abspath(src) if src else "bundled demo", "labels": cfg.labels or "",
             "base": base}
+    main_changes, stale = _main_store_state(main_store, table, cfg.update_corpus)
     with StoreWriter(out, table=table, corpus_meta=meta, update_corpus=cfg.update_corpus) as writer:
-        if writer.changes:
+        changes, dropped, changed_store = ((writer.changes, writer.dropped, out) if writer.changes
+                                           else (main_changes, stale, main_store))
+        if changes:
             kinds: dict[str, int] = {}
-            for _, what in writer.changes:
+            for _, what in changes:
                 kinds[what] = kinds.get(what, 0) + 1
-            log.info(f"the corpus changed since {out} was written: " + ", ".join(f"{n} {w}" for w, n in kinds.items())
-                     + f"; the cached tensors of {len(writer.dropped)} utterances are dropped and recomputed")
+            log.info(f"the corpus changed since {changed_store} was written: "
+                     + ", ".join(f"{n} {w}" for w, n in kinds.items())
+                     + f"; the cached tensors of {len(dropped)} utterances are dropped and recomputed")
         jobs = []
         for kind, name, enc, sdt in encoders:
             # train-head's --norm when none is given (hand-crafted descriptors set "global")
@@ -96,7 +114,7 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
         try:
             for kind, job in jobs:
                 entry_kind = "frames" if kind == "audio" else "tokens"
-                done = writer.done_ids(job.name, entry_kind) | _already_done(main_store, job.name, entry_kind)
+                done = writer.done_ids(job.name, entry_kind) | _already_done(main_store, job.name, entry_kind, stale)
                 summary.streams.append(job.summary)
                 if job.summary.untrained:
                     log.warning(f"note: audio encoder {job.summary.encoder} has UNTRAINED random weights (seed 0); "
