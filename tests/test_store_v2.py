@@ -401,3 +401,21 @@ def test_a_refused_encoder_names_the_file_each_encoder_is_in(tmp_path):
     assert str(e.value) == (f"stream 'audio' in {b1} holds encB (fingerprint fp-encB); this run brings encA "
                             "(fingerprint fp-encA) [encoder_id: 'encB' in b1.h5, 'encA' in this run]: name another "
                             "stream or write a new store")
+
+
+def test_a_text_stream_windowed_otherwise_is_refused_like_another_encoder(tmp_path):
+    """Before: a tokenizer whose model_max_length changed (its hash does not cover it) kept the
+    stream's fingerprint, and a resumed or extended extraction added utterances windowed at the new
+    length to a stream recorded with the old one, without a word."""
+    table = make_table(4)
+    ids = list(table["id"])
+    info = {"fingerprint": "fp-bert", "encoder_id": "bert", "max_tokens": 64, "window_stride": 31}
+    with StoreWriter(tmp_path / "s.h5", table) as w:
+        w.add_stream("text", info)
+        w.commit("text", {"frames": {i: {"data": frames_of(i)} for i in ids[:2]}})
+        w.finalize()
+    with StoreWriter(tmp_path / "s.h5", table) as w:
+        w.add_stream("text", dict(info))   # the same windowing: accepted
+    with StoreWriter(tmp_path / "s.h5", table) as w, pytest.raises(StoreError) as e:
+        w.add_stream("text", {**info, "max_tokens": 5, "window_stride": 1})
+    assert "[max_tokens: 64 in s.h5, 5 in this run; window_stride: 31 in s.h5, 1 in this run]" in str(e.value), str(e.value)

@@ -39,6 +39,12 @@ from .merge import MergeInputs, PendingPart, build_index, link_part, open_source
 from .schema import DATA, PART_TYPE, entry_path
 from .write_errors import WRITE_ERRORS, check_free, io_error, is_hdf5_bug, remove_quietly
 
+#: stream info that changes the stored tensors but is not in the encoder's fingerprint (kept out of
+#: it so that fingerprints, and the run keys built on them, stay as they were): the text windowing
+#: follows the tokenizer's ``model_max_length``, which the tokenizer hash does not cover. A stream
+#: recorded with other values is refused like another encoder.
+SHAPING_INFO = ("max_tokens", "window_stride")
+
 #: ``{kind: {utt_id: {array name: rows}}}``: what one commit adds to one stream. ``data`` is required.
 Entries = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
 
@@ -167,7 +173,8 @@ class StoreWriter:
         if known is None:
             self.stream_infos[name] = dict(info)
             self._stream_origin[name] = source
-        elif known.get("fingerprint") != info.get("fingerprint"):
+        elif known.get("fingerprint") != info.get("fingerprint") or any(
+                k in known and k in info and known[k] != info[k] for k in SHAPING_INFO):
             origin = self._stream_origin.get(name, self.path)
             keys = sorted(k for k in set(known) | set(info)
                           if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint")
