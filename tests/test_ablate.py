@@ -134,6 +134,13 @@ def test_bundled_specs_load_and_bad_specs_are_refused(tmp_path):
         load_spec(str(bad))
     with pytest.raises(EmofuseError, match="neither a bundled spec"):
         load_spec("no-such-spec")
+    # before: a misspelt 'defaults' (or a table key) was ignored and the grid trained 5 x 100 epochs
+    bad.write_text("defualts: {repeats: 1}\ntables:\n  - name: x\n    rows:\n      - {label: a, fusion: none, granularity: F}\n")
+    with pytest.raises(EmofuseError, match="bad.yaml: unknown top-level keys \\['defualts'\\]"):
+        load_spec(str(bad))
+    bad.write_text("tables:\n  - name: x\n    rowz: []\n    rows:\n      - {label: a, fusion: none, granularity: F}\n")
+    with pytest.raises(EmofuseError, match="table 'x': unknown keys \\['rowz'\\]"):
+        load_spec(str(bad))
 
 
 def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_path, caplog):

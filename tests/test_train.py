@@ -247,3 +247,12 @@ def test_macro_f1_averages_the_classes_that_occur_as_ua_does():
     assert s["confusion"][3] == [0, 0, 0, 0] and len(s["confusion"]) == 4   # the matrix keeps every class
     pred = np.array([0, 3, 1, 1, 2, 0])   # a class predicted that the fold does not hold counts (F1 0)
     assert scores(y, pred, 4)["f1"] == pytest.approx(100 * f1_score(y, pred, average="macro"))
+
+
+@pytest.mark.parametrize("lr", [-1.0, 0.0])
+def test_a_learning_rate_that_cannot_train_is_one_sentence(tmp_path, lr):
+    """Before: --lr -1 was torch's traceback after config.json was written, and --lr 0 'trained'
+    and reported the initial weights as a result."""
+    with pytest.raises(EmofuseError, match=f"--lr must be a positive learning rate, found {lr}"):
+        TrainConfig(store="s.h5", out=str(tmp_path / "o"), lr=lr)
+    assert not (tmp_path / "o").exists()

@@ -82,6 +82,11 @@ class AblateConfig:
                                f"found {bad[0]!r}")
 
 
+#: the keys a spec file and each of its tables may have (rows are checked against their configs)
+SPEC_KEYS = {"name", "description", "defaults", "tables"}
+TABLE_KEYS = {"name", "title", "description", "rows"}
+
+
 def load_spec(spec: str) -> dict:
     """A bundled spec (``paper-multilevel``, ``paper-cma``, ``demo``) or a YAML file, checked."""
     if spec in BUNDLED:
@@ -99,10 +104,16 @@ def load_spec(spec: str) -> dict:
         raise EmofuseError(f"{where} is not valid YAML: {e}") from None
     if not isinstance(d, dict) or not isinstance(d.get("tables"), list) or not d["tables"]:
         raise EmofuseError(f"{where}: expected a mapping with a non-empty 'tables' list")
+    bad = set(d) - SPEC_KEYS   # a misspelt 'defaults' would silently train the built-in defaults
+    if bad:
+        raise EmofuseError(f"{where}: unknown top-level keys {sorted(bad)} (allowed: {sorted(SPEC_KEYS)})")
     labels = {}
     for t in d["tables"]:
         if not isinstance(t, dict) or "name" not in t or not isinstance(t.get("rows"), list):
             raise EmofuseError(f"{where}: every table needs 'name' and a 'rows' list, found {t!r}")
+        bad = set(t) - TABLE_KEYS
+        if bad:
+            raise EmofuseError(f"{where}, table {t['name']!r}: unknown keys {sorted(bad)} (allowed: {sorted(TABLE_KEYS)})")
         for r in t["rows"]:
             bad = set(r) - (ft.ROW_FIELDS | {"finetune"} if r.get("finetune") else TRAIN_FIELDS) - ROW_EXTRA
             if bad or "label" not in r:

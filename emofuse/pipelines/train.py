@@ -131,6 +131,10 @@ class TrainConfig:
             raise EmofuseError("--repeats, --epochs, --patience and --batch-size must be at least 1")
         if not 0 < self.val_fraction < 1:
             raise EmofuseError(f"--val-fraction must be in (0, 1), found {self.val_fraction}")
+        if self.lr is not None and not self.lr > 0:   # 0 "trains" nothing and reports the initial weights
+            raise EmofuseError(f"--lr must be a positive learning rate, found {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise EmofuseError(f"--dropout must be in [0, 1), found {self.dropout}")
         if self.runs_at_once is not None and (not isinstance(self.runs_at_once, int) or self.runs_at_once < 0):
             raise EmofuseError(f"--runs-at-once must be 0 (every run) or a positive number, found {self.runs_at_once!r}")
         self.keys()
