@@ -339,7 +339,15 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
                 continue
             if row.get("finetune"):   # fine-tuned encoders: pipelines/finetune.py
                 c = ft.ablate_config(cfg.store, "", defaults, row, cfg.device, cfg.audio_model, cfg.text_model)
-                key = run_key(c.identity(), ft.run_fingerprints(fs, c))
+                try:
+                    fps = ft.run_fingerprints(fs, c)
+                except EmofuseError:
+                    if cfg.finetune:
+                        raise
+                    # not run without --finetune: a checkpoint that cannot be read here only means
+                    # that results of it cannot be shown (a key no finished row has)
+                    fps = {"corpus": fs.corpus_fingerprint, "checkpoints": "not available"}
+                key = run_key(c.identity(), fps)
                 key_of[label] = key
                 train_cfgs[key] = ft.ablate_config(cfg.store, os.path.join(runs_dir, key), defaults, row, cfg.device,
                                                    cfg.audio_model, cfg.text_model)
