@@ -145,13 +145,18 @@ def added_alignments(cfg: AlignConfig, meta: dict, inputs: UtteranceInputs) -> d
         path = cfg.manifest or meta.get("root")
         if not path or not os.path.isfile(path):
             return {}
-        labels = meta.get("labels")
         try:
-            utts = load_manifest(path, labels=None if labels in (None, "", "None") else labels)
+            utts = load_manifest(path, labels=_recorded_labels(meta))
         except EmofuseError:
             return {}
         return {u.id: dict(u.alignments) for u in utts if u.id in without and u.alignments}
     return {}
+
+
+def _recorded_labels(meta: dict) -> str | None:
+    """The ``--labels`` extraction read the corpus with (the store records "" or "None" for none)."""
+    labels = meta.get("labels")
+    return None if labels in (None, "", "None") else labels
 
 
 def _corpus_folder_now(cfg: AlignConfig, meta: dict) -> str | None:
@@ -206,8 +211,8 @@ def _records(cfg: AlignConfig, fs: FeatureStore):
         raise EmofuseError(f"{fs.path} does not say which corpus it holds; pass --corpus and --root/--manifest")
     # the store records where the corpus was read from (a folder or a manifest) as "root"
     opts = corpus_options(kind, cfg.root or meta.get("root"), cfg.manifest or meta.get("root"))
-    if meta.get("labels") not in (None, "", "None"):
-        opts["labels"] = meta["labels"]
+    if _recorded_labels(meta) is not None:
+        opts["labels"] = _recorded_labels(meta)
     utts = load_corpus(kind, **opts)
     from ..corpora import utterance_table
     table = utterance_table(utts)

@@ -360,7 +360,7 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
     # digests), not only the stream's fingerprint: segments pooled again from changed alignments
     # keep their stream's fingerprint, and rows held from before must not serve them.
     ckey = {k: (os.path.realpath(fs.path), content_digest(fs, stream_of[k], KEY_KIND[k]), stream_of[k], KEY_KIND[k],
-                tuple(lsel[k]), tuple(ids[present[k]])) for k in keys}
+                tuple(lsel[k]), tuple(ids[present[k]])) for k in keys} if cache is not None else {}
     if cache is not None:   # drop what this call does not use before measuring the free memory
         for old in [c for c in cache if c not in ckey.values()]:
             del cache[old]
@@ -378,20 +378,18 @@ def load_train_data(fs: FeatureStore, keys: Sequence[str], audio_stream: str, te
     in_memory = home is not None
     sources = {}
     for k in keys:
-        if in_memory and cache is not None and ckey[k] in cache and cache[ckey[k]][0].device == home:
-            # The cache keeps the offsets of the utterances that have rows (the key's id list);
-            # this row's utterance list may hold others without rows, at other positions.
-            rows, held_offsets = cache[ckey[k]]
+        if in_memory:
+            # (rows, offsets of the utterances that have rows: the key's id list); this call's
+            # utterance list may hold others without rows, at other positions
+            held = cache.get(ckey[k]) if cache is not None else None
+            if held is None or held[0].device != home:
+                r = fs.load(stream_of[k], KEY_KIND[k], ids=list(ids[present[k]]), layers=lsel[k])
+                held = (torch.from_numpy(r.data).to(home), np.asarray(r.offsets, np.int64))
+                if cache is not None:
+                    cache[ckey[k]] = held
             offsets = np.zeros(len(ids), np.int64)
-            offsets[present[k]] = held_offsets
-            sources[k] = MemorySource(rows, offsets, lens[k])
-        elif in_memory:
-            r = fs.load(stream_of[k], KEY_KIND[k], ids=list(ids[present[k]]), layers=lsel[k])
-            offsets = np.zeros(len(ids), np.int64)
-            offsets[present[k]] = r.offsets
-            sources[k] = MemorySource(torch.from_numpy(r.data).to(home), offsets, lens[k])
-            if cache is not None:
-                cache[ckey[k]] = (sources[k].rows, np.asarray(r.offsets, np.int64))
+            offsets[present[k]] = held[1]
+            sources[k] = MemorySource(held[0], offsets, lens[k])
         else:
             sources[k] = StoreSource(fs, stream_of[k], KEY_KIND[k], ids, present[k], lens[k], lsel[k])
     empty = {k: int((lens[k] == 0).sum()) for k in keys if (lens[k] == 0).any()}

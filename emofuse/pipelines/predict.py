@@ -37,7 +37,7 @@ import torch
 from .. import __version__
 from ..devices import resolve_device
 from ..errors import EmofuseError
-from ..store import FeatureStore
+from ..store import FeatureStore, shaping_differs
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
 from .metrics import format_summary, scores, summarise
@@ -369,12 +369,12 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
                            f"fingerprint {info['fingerprint'][:12]}; found weights "
                            f"{str(enc.info.get('weights_hash'))[:12]}, fingerprint {got[:12]}): pass the checkpoint "
                            f"extraction used with --{side}-model")
-    from ..store.writer import SHAPING_INFO
-    for k in SHAPING_INFO:   # the text windowing follows model_max_length, which the fingerprint misses
-        if k in info and k in enc.info and info[k] != enc.info[k]:
-            raise EmofuseError(f"the {side} encoder {spec} windows text differently from the one this model was "
-                               f"trained on ({k} {enc.info[k]}, the model's stream {stream!r} has {info[k]}): its "
-                               "tokenizer's model_max_length changed; restore it or pass the checkpoint extraction used")
+    differs = shaping_differs(info, enc.info)   # the text windowing follows model_max_length, outside the fingerprint
+    if differs:
+        k = differs[0]
+        raise EmofuseError(f"the {side} encoder {spec} windows text differently from the one this model was "
+                           f"trained on ({k} {enc.info[k]}, the model's stream {stream!r} has {info[k]}): its "
+                           "tokenizer's model_max_length changed; restore it or pass the checkpoint extraction used")
     return enc
 
 

@@ -6,9 +6,9 @@ from .reader import FeatureStore, Ragged, Segments, Tokens, UncheckedStoreWarnin
 from .schema import FRAMES, GRANULARITIES, SCHEMA_VERSION, TOKENS, segments_kind
 from .maintenance import compact_store, upgrade_store
 from .merge import merge_stores
-from .writer import StoreWriter, corpus_update
+from .writer import StoreWriter, corpus_update, shaping_differs
 
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "compact_store", "copy_store",
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",
-           "corpus_update", "digest", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION",
+           "corpus_update", "shaping_differs", "digest", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION",
            "segments_kind", "UncheckedStoreWarning"]

@@ -45,6 +45,12 @@ from .write_errors import WRITE_ERRORS, check_free, io_error, is_hdf5_bug, remov
 #: recorded with other values is refused like another encoder.
 SHAPING_INFO = ("max_tokens", "window_stride")
 
+
+def shaping_differs(known: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
+    """The ``SHAPING_INFO`` entries two stream infos both record with different values."""
+    return [k for k in SHAPING_INFO if k in known and k in info and known[k] != info[k]]
+
+
 #: ``{kind: {utt_id: {array name: rows}}}``: what one commit adds to one stream. ``data`` is required.
 Entries = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
 
@@ -173,8 +179,7 @@ class StoreWriter:
         if known is None:
             self.stream_infos[name] = dict(info)
             self._stream_origin[name] = source
-        elif known.get("fingerprint") != info.get("fingerprint") or any(
-                k in known and k in info and known[k] != info[k] for k in SHAPING_INFO):
+        elif known.get("fingerprint") != info.get("fingerprint") or shaping_differs(known, info):
             origin = self._stream_origin.get(name, self.path)
             keys = sorted(k for k in set(known) | set(info)
                           if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint")
