@@ -45,11 +45,30 @@ def test_golden_content_is_right():
     assert "| 75.80 | +0.00 |" in md and "| — | — |" in md
     tex = (GOLDEN / "table.tex").read_text()
     assert r"\toprule" in tex and r"Text\_only \& 50\%" in tex and r"\textbf{75.80 $\pm$ 0.91}" in tex
-    assert tex.startswith(r"% needs \usepackage{booktabs}") and r"& Runs \\" in tex and r"& -- & -- & 25 \\" in tex
+    assert tex.startswith(r"% needs \usepackage{booktabs}") and r"& runs \\" in tex and r"& -- & -- & 25 \\" in tex
+    assert r"& 75.80 & $+0.00$ & 25" in tex       # the sign in math mode (a text "-" prints as a hyphen)
     assert r"Mean $\pm$ standard deviation over the 25 runs (test folds $\times$ repeats)" in tex
     assert "Mean ± standard deviation over the 25 runs" in md
     csv = pd.read_csv(GOLDEN / "table.csv")
     assert list(csv["p_vs_best"].round(4).fillna(-1)) == [-1, 0.0312, 0.0001]
+
+
+def test_a_row_on_fewer_folds_is_marked_and_never_bold():
+    df = golden_frame().drop(columns=["best"])
+    df.loc[2, ["ua_mean", "wa_mean", "f1_mean"]] = [90.0, 90.0, 90.0]   # best numbers, on one fold only
+    df["folds"] = ["1,2,3,4,5", "1,2,3,4,5", "1"]
+    df["partial"] = [False, False, True]
+    df.loc[2, "n"] = 5
+    md = tables.to_markdown(df, "T")
+    assert "| Text_only & 50% † | 90.00 ± 2.00 |" in md and "| **75.80 ± 0.91** |" in md
+    assert "† run on fewer test folds than the table's 5 (1, 2, 3, 4, 5), so not compared for bold." in md
+    tex = tables.to_latex(df, "T", "t")
+    assert r"Text\_only \& 50\%$^\dagger$ & 90.00 $\pm$ 2.00" in tex and r"\textbf{75.80 $\pm$ 0.91}" in tex
+    assert r"$^\dagger$ run on fewer test folds" in tex
+    delta = tables.to_latex(df.assign(published=[76.3, np.nan, np.nan]), "T", "t")
+    assert r"& 76.30 & $-0.50$ &" in delta
+    assert "partial" in tables.to_csv(df).splitlines()[0]
+    assert tables.to_markdown(df.drop(columns=["folds", "partial"]), "T").count("**90.00") == 3   # no fold info: as before
 
 
 SPEC = """
@@ -108,6 +127,20 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     assert "| Configuration |" in text and "figures/a-confusion.png" in text
     for name in ("a-confusion.png", "a-layers.png", "a-folds.png", "a-curves.png"):
         assert (out / "figures" / name).stat().st_size > 5000
+
+
+def test_grid_best_is_a_full_row_and_a_combination_report_names_its_members(store, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC + '      - {label: "Text S1", fusion: none, granularity: T, folds: [1]}\n')
+    out = tmp_path / "grid"
+    df = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))["a"]
+    part = df.set_index("label")["partial"]
+    assert part["Text S1"] and not part[["Frame", "Late F+S", "Both"]].any()
+    assert not df.set_index("label").loc["Text S1", "best"] and df["best"].sum() == 1
+    assert "Text S1 †" in (out / "tables" / "a.md").read_text()
+    both = out / "runs" / df.set_index("label").loc["Both", "key"]
+    text = Path(run_report(str(both))).read_text()
+    assert text.startswith("# emofuse report: score combination of none F, late F+S+T\n")
 
 
 def test_parallel_jobs_give_the_same_numbers(store, tmp_path):

@@ -451,15 +451,21 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
             if not is_finished(d) and spec["_labels"][src].get("finetune"):
                 continue   # a fine-tuned row not run (ablate --finetune)
             s = read_summary(d)
+            folds = sorted({str(x["fold"]) for x in s["runs"]}, key=lambda f: (len(f), f))
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
-                         "n": s["ua"]["n"], "published": r.get("published", spec["_labels"][src].get("published")),
+                         "n": s["ua"]["n"], "folds": ",".join(folds),
+                         "published": r.get("published", spec["_labels"][src].get("published")),
                          "key": key_of[src], "run_dir": d})
             per_run.append({(x["repeat"], x["seed"], str(x["fold"])): x["ua"] for x in s["runs"]})
         if not rows:
             continue
         df = pd.DataFrame(rows)
         df["published"] = pd.to_numeric(df["published"])
-        best = int(df["ua_mean"].idxmax())
+        # a row run on fewer test folds than the table holds (a spec's folds:) has its mean over
+        # other test data: marked, and never the table's best
+        every = set().union(*(set(f.split(",")) for f in df["folds"]))
+        df["partial"] = [set(f.split(",")) != every for f in df["folds"]]
+        best = int(tables.comparable(df)["ua_mean"].idxmax())
         df["best"] = df.index == best
         df["p_vs_best"] = [float("nan") if i == best else _paired_p(per_run[i], per_run[best]) for i in range(len(df))]
         out[t["name"]] = df

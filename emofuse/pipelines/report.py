@@ -27,6 +27,17 @@ def _load(run_dir: str) -> tuple[dict, list[dict]]:
     return s, runs or s["runs"]
 
 
+def run_name(s: dict) -> str:
+    """A finished run's configuration in a few words, from its summary: ``late F+S+T``; a score
+    combination names its members (``score combination of late F+S, linear T``)."""
+    if s.get("fusion") == "combine" and s.get("members"):
+        members = [(d, read_summary(d, strict=False)) for d in s["members"]]
+        # a member moved or removed since: its folder name
+        names = [run_name(m) if m else os.path.basename(os.path.normpath(d)) for d, m in members]
+        return "score combination of " + ", ".join(names)
+    return (s.get("fusion", "run") + " " + "+".join(s.get("keys", []))).strip()
+
+
 def _save(plt, fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
@@ -197,7 +208,10 @@ def run_report(path: str) -> str:
                   "in `runs.md`.", ""]
         import pandas as pd
         for t in grid["spec"]["tables"]:
-            df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv")).sort_values("ua_mean", ascending=False)
+            df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv"))
+            # the table's best: rows run on fewer test folds (†) come after every full row
+            partial = df["partial"].astype(bool) if "partial" in df else pd.Series(False, index=df.index)
+            df = df.assign(_partial=partial).sort_values(["_partial", "ua_mean"], ascending=[True, False])
             trained = [os.path.exists(os.path.join(d, "runs")) for d in df["run_dir"]]
             picks = [df.iloc[0]]
             if not trained[0] and any(trained):   # a score combination has no layer weights or curves of its own
@@ -210,7 +224,7 @@ def run_report(path: str) -> str:
                     lines += [f"![{cap}]({rel})", ""]
     elif is_finished(path):
         s, _ = _load(path)
-        name = s.get("fusion", "run") + " " + "+".join(s.get("keys", []))
+        name = run_name(s)
         lines += [f"# emofuse report: {name}", "", format_summary(s), ""]
         for cap, rel in run_figures(path, fig_dir, "", name):
             lines += [f"![{cap}]({rel})", ""]

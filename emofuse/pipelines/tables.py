@@ -1,7 +1,10 @@
 """Result tables: Markdown, LaTeX (booktabs) and CSV from one DataFrame of configurations.
 
 Input columns: ``label``, ``ua_mean ua_std wa_mean wa_std f1_mean f1_std n`` (percent), optional
-``published`` (UA %), ``p_vs_best`` (Wilcoxon signed-rank against the table's best UA).
+``published`` (UA %), ``p_vs_best`` (Wilcoxon signed-rank against the table's best UA), ``folds``
+(the test folds a row was run on, comma-separated) and ``partial`` (True for a row run on fewer
+test folds than the table holds: its mean is over other test data, so it is marked † and never
+bold).
 """
 
 from __future__ import annotations
@@ -17,9 +20,31 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose means may compete for bold: those run on all the table's test folds (every
+    row when none is)."""
+    if "partial" not in df or df["partial"].all():
+        return df
+    return df[~df["partial"].astype(bool)]
+
+
 def _best(df: pd.DataFrame, m: str) -> set:
-    top = df[f"{m}_mean"].max()
-    return set(df.index[df[f"{m}_mean"] == top])
+    rows = comparable(df)
+    top = rows[f"{m}_mean"].max()
+    return set(rows.index[rows[f"{m}_mean"] == top])
+
+
+def _partial(df: pd.DataFrame) -> pd.Series:
+    return df["partial"].astype(bool) if "partial" in df else pd.Series(False, index=df.index)
+
+
+def _partial_note(df: pd.DataFrame) -> str:
+    """The footnote of † rows: which test folds the table holds; empty when no row is partial."""
+    if not _partial(df).any():
+        return ""
+    every = sorted({f for fs in df["folds"] for f in str(fs).split(",")}, key=lambda f: (len(f), f))
+    return (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
+            "so not compared for bold")
 
 
 def _delta(ua: float, published: float) -> float:
@@ -44,8 +69,9 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", "Δ UA"] if pub else []) + ["runs"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
+    partial = _partial(df)
     for i, r in df.iterrows():
-        cells = [str(r["label"])]
+        cells = [str(r["label"]) + (" †" if partial[i] else "")]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"])
             cells.append(f"**{c}**" if i in best[m] else c)
@@ -55,7 +81,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
             cells += [f"{p:.2f}" if ok else "—", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "—"]
         cells.append(str(int(r["n"])))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", spread_note(df) + "; best mean per metric in bold."]
+    lines += ["", spread_note(df) + "; best mean per metric in bold" + _partial_note(df) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -71,22 +97,25 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     pub = _has_published(df)
     cols = "l" + "r" * (3 + (2 if pub else 0)) + "r"
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", r"$\Delta$ UA"] if pub else [])
-    head.append("Runs")
+    head.append("runs")   # the name the caption's note uses
     note = spread_note(df, r"$\pm$").replace("×", r"$\times$")
-    caption = _tex_escape(title) + ". " + note + "; best mean per metric in bold."
+    caption = (_tex_escape(title) + ". " + note + "; best mean per metric in bold"
+               + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$") + ".")
     out = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)", r"\begin{table}[t]", r"\centering",
            rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
            rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
+    partial = _partial(df)
     for i, r in df.iterrows():
-        cells = [_tex_escape(str(r["label"]))]
+        cells = [_tex_escape(str(r["label"])) + (r"$^\dagger$" if partial[i] else "")]
         for m in METRIC_NAMES:
             c = f"{r[f'{m}_mean']:.2f} $\\pm$ {r[f'{m}_std']:.2f}"
             cells.append(rf"\textbf{{{c}}}" if i in best[m] else c)
         if pub:
             p = r.get("published")
             ok = p is not None and not (isinstance(p, float) and math.isnan(p))
-            cells += [f"{p:.2f}" if ok else "--", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "--"]
+            # the sign in math mode: a text-mode "-" would print as a hyphen
+            cells += [f"{p:.2f}" if ok else "--", f"${_delta(r['ua_mean'], p):+.2f}$" if ok else "--"]
         cells.append(str(int(r["n"])))
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -96,7 +125,7 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
 def to_csv(df: pd.DataFrame) -> str:
     """Every number, unrounded beyond 4 decimals, with the Wilcoxon p-values."""
     cols = ["label"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n"]
-    cols += [c for c in ("published", "p_vs_best", "best", "key", "run_dir") if c in df]
+    cols += [c for c in ("folds", "partial", "published", "p_vs_best", "best", "key", "run_dir") if c in df]
     out = df[cols].copy()
     if _has_published(df):
         out.insert(out.columns.get_loc("published") + 1, "delta_ua", df["ua_mean"] - df["published"])
