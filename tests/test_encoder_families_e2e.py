@@ -45,3 +45,19 @@ def test_whisper_and_causal_lms_extract_align_train(small_fake, tiny_models, tmp
         p = pd.read_csv(tmp_path / name / "predictions.csv")   # UA as its predictions give it
         recall = [(g["pred"] == label).mean() for label, g in p.groupby("label")]
         assert len(recall) >= 2 and s["ua"]["mean"] == pytest.approx(100 * np.mean(recall), abs=1e-9)
+
+
+def test_egemaps_frames_are_where_opensmile_says():
+    """The hop and window recorded for eGeMAPS (and used to pool its frames into segments) are the
+    start/end times openSMILE itself gives each low-level-descriptor frame."""
+    from emofuse.extract.encoders import OpenSmileEncoder
+    enc = OpenSmileEncoder("opensmile:eGeMAPSv02")
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    df = enc.smile.process_signal(wave, enc.sample_rate)
+    start = df.index.get_level_values("start").total_seconds().to_numpy()
+    end = df.index.get_level_values("end").total_seconds().to_numpy()
+    t = np.arange(len(df))
+    hop, window = enc.info["frame_hop_s"], enc.info["frame_window_s"]
+    np.testing.assert_allclose(start, t * hop, atol=1e-6)
+    np.testing.assert_allclose(end[:-1], t[:-1] * hop + window, atol=1e-6)   # the last frame is cut at the audio's end
+    assert enc.encode([wave])[0].shape == (len(df), 1, enc.dim)
