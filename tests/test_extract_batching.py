@@ -27,8 +27,16 @@ def test_batched_equals_single(tiny_models, kind):
     fe = AutoFeatureExtractor.from_pretrained(tiny_models[kind])
     with torch.no_grad():
         x = torch.from_numpy(fe(ws[0], sampling_rate=16000, return_tensors="np")["input_values"])
-        ref = torch.stack(model(x, output_hidden_states=True).hidden_states, 2)[0].numpy()
-    assert np.abs(ref - single[0]).max() <= 1e-4
+        out = model(x, output_hidden_states=True)
+    ref = torch.stack(out.hidden_states[:-1], 2)[0].numpy()
+    assert np.abs(ref - single[0][:, :-1]).max() <= 1e-4
+    # the last layer is the model's output; for a pre-LayerNorm ("layer") model transformers 5's
+    # hidden_states[-1] is the last block before the final LayerNorm, not what a paper calls the last layer
+    assert np.abs(out.last_hidden_state[0].numpy() - single[0][:, -1]).max() <= 1e-4
+    if getattr(model.config, "do_stable_layer_norm", False):
+        assert enc.info["last_layer"] == "last_hidden_state" and "last_layer" in enc.fingerprint_fields()
+    else:
+        assert "last_layer" not in enc.fingerprint_fields()   # fingerprints of stores from before unchanged
 
 
 def test_naive_padding_would_change_group_norm_outputs(tiny_models):

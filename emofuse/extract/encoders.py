@@ -118,6 +118,12 @@ def resolve_spec(spec: str) -> str:
 LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError)
 
 
+def transformers_version() -> str:
+    """Recorded in each stream's info: which library computed the activations."""
+    import transformers
+    return transformers.__version__
+
+
 def _load_error(kind: str, spec: str, e: Exception) -> EmofuseError:
     if isinstance(e, pickle.UnpicklingError):
         return EmofuseError(f"could not load the {kind} model from {spec}: its pickled weights file holds more than "
@@ -139,6 +145,16 @@ def _prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def stacked_layers(out) -> torch.Tensor:
+    """``(B, T, L, D)``: a transformers model's hidden states, the last one being the model's
+    output ``last_hidden_state``. For models that normalise after their last block
+    (pre-LayerNorm: wav2vec2-large-lv60 and the other ``do_stable_layer_norm`` speech models)
+    transformers 5 returns that block's un-normalised output as ``hidden_states[-1]``, where
+    transformers 4 and the model's own output give the normalised one: the "last layer" a paper
+    means, and what fine-tuning reads. Elsewhere the two are the same tensor."""
+    return torch.stack((*out.hidden_states[:-1], out.last_hidden_state), dim=2)
 
 
 def _host(t: torch.Tensor, dtype: Any) -> np.ndarray:
@@ -230,11 +246,16 @@ class HFAudioEncoder:
             "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": self.window / self.sample_rate,
             "feat_extract_norm": getattr(config, "feat_extract_norm", "layer"), "preprocessing": preprocessing,
             "compute_dtype": dtype, "untrained": self.untrained, "notes": "; ".join(notes),
-            "emofuse_version": __version__,
+            "transformers_version": transformers_version(), "emofuse_version": __version__,
         }
+        if getattr(config, "do_stable_layer_norm", False):
+            # the last layer is the normalised model output (stacked_layers); stores written before
+            # emofuse did so hold the un-normalised block output there and must not be mixed in
+            self.info["last_layer"] = "last_hidden_state"
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        return {k: self.info[k] for k in ("weights_hash", "config_hash", "preprocessing", "compute_dtype")}
+        return {k: self.info[k] for k in ("weights_hash", "config_hash", "preprocessing", "compute_dtype", "last_layer")
+                if k in self.info}
 
     def check(self, wave: np.ndarray) -> None:
         if len(wave) < self.window:
@@ -255,7 +276,7 @@ class HFAudioEncoder:
         if len(feats) == 1:  # nothing to pad: the plain forward, no mask (faster on CPU, exact by construction)
             x = torch.from_numpy(np.asarray(feats[0], dtype=np.float32))[None]
             out = self.model(x.to(self.device, self.dtype), output_hidden_states=True)
-            return [_host(torch.stack(out.hidden_states, dim=2)[0], out_dtype)]
+            return [_host(stacked_layers(out)[0], out_dtype)]
         lengths = torch.tensor([len(f) for f in feats])
         x = torch.full((len(feats), int(lengths.max())), float(self.info["preprocessing"]["padding_value"]))
         for i, f in enumerate(feats):
@@ -267,7 +288,7 @@ class HFAudioEncoder:
         pos_ctx = (self.pos_stack.valid_lengths(n_frames) if self.pos_stack is not None else contextlib.nullcontext())
         with norm_ctx, pos_ctx:
             out = self.model(x.to(self.device, self.dtype), attention_mask=mask.to(self.device), output_hidden_states=True)
-        hs = _host(torch.stack(out.hidden_states, dim=2), out_dtype)  # (B, T, L, D)
+        hs = _host(stacked_layers(out), out_dtype)  # (B, T, L, D)
         return [hs[i, :int(n)] for i, n in enumerate(n_frames)]
 
 
@@ -382,7 +403,8 @@ class HFTextEncoder:
                      "revision": getattr(config, "_commit_hash", None) or "local", "weights_hash": w_hash,
                      "config_hash": digest(config.to_dict()), "tokenizer_hash": tok_hash, "num_layers": self.num_layers,
                      "dim": self.dim, "max_tokens": self.max_len, "window_stride": (self.max_len - self.n_special) // 2,
-                     "compute_dtype": dtype, "untrained": False, "emofuse_version": __version__}
+                     "compute_dtype": dtype, "untrained": False, "transformers_version": transformers_version(),
+                     "emofuse_version": __version__}
 
     def fingerprint_fields(self) -> dict[str, Any]:
         return {k: self.info[k] for k in ("weights_hash", "config_hash", "tokenizer_hash", "compute_dtype")}
@@ -402,7 +424,7 @@ class HFTextEncoder:
             x[b, :len(seq)] = torch.tensor(seq)
             m[b, :len(seq)] = 1
         out = self.model(input_ids=x.to(self.device), attention_mask=m.to(self.device), output_hidden_states=True)
-        hs = _host(torch.stack(out.hidden_states, dim=2), np.float32)
+        hs = _host(stacked_layers(out), np.float32)
         return [hs[b, :len(seq)] for b, seq in enumerate(ids)]
 
     def encode(self, texts: list[str]) -> list[dict[str, np.ndarray]]:

@@ -24,7 +24,7 @@ from ..errors import EmofuseError
 from ..store import digest
 from .audio import BadInput
 from ..devices import resolve_device
-from .encoders import DTYPES, _host, _load_error, _prepare, weights_hash
+from .encoders import DTYPES, _host, _load_error, _prepare, stacked_layers, transformers_version, weights_hash
 from .families import AUDIO_FAMILIES
 
 #: Windows per forward (each a full window of activations before trimming).
@@ -121,7 +121,7 @@ class WhisperAudioEncoder:
             "window_s": self.window_samples / self.sample_rate, "standard_window": self.standard,
             "long_audio": "consecutive windows, each encoded alone, frames concatenated",
             "preprocessing": preprocessing, "compute_dtype": dtype, "untrained": False, "notes": "; ".join(notes),
-            "emofuse_version": __version__,
+            "transformers_version": transformers_version(), "emofuse_version": __version__,
         }
 
     def fingerprint_fields(self) -> dict[str, Any]:
@@ -149,7 +149,7 @@ class WhisperAudioEncoder:
         """(B, bins, frames) → (B, T, L, D) hidden states."""
         if self.standard:  # transformers' own forward: the standard activations by construction
             out = self.model(mel, output_hidden_states=True)
-            return torch.stack(out.hidden_states, dim=2)
+            return stacked_layers(out)
         enc = self.model  # the same computation on a shorter window (transformers insists on 30 s)
         x = torch.nn.functional.gelu(enc.conv1(mel))
         x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)

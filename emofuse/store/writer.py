@@ -46,6 +46,11 @@ from .write_errors import WRITE_ERRORS, check_free, io_error, is_hdf5_bug, remov
 SHAPING_INFO = ("max_tokens", "window_stride")
 
 
+#: Stream-info fields that identify an encoder's activations, in the order a refusal names them.
+IDENTITY_INFO = ("encoder_id", "weights_hash", "config_hash", "tokenizer_hash", "preprocessing", "compute_dtype",
+                 "last_layer") + SHAPING_INFO
+
+
 def shaping_differs(known: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
     """The ``SHAPING_INFO`` entries two stream infos both record with different values."""
     return [k for k in SHAPING_INFO if k in known and k in info and known[k] != info[k]]
@@ -181,9 +186,11 @@ class StoreWriter:
             self._stream_origin[name] = source
         elif known.get("fingerprint") != info.get("fingerprint") or shaping_differs(known, info):
             origin = self._stream_origin.get(name, self.path)
-            keys = sorted(k for k in set(known) | set(info)
-                          if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint")
-                          and known.get(k) != info.get(k))
+            # what identifies the encoder first (the message names four), descriptive fields after
+            keys = sorted((k for k in set(known) | set(info)
+                           if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint")
+                           and known.get(k) != info.get(k)),
+                          key=lambda k: (k not in IDENTITY_INFO, IDENTITY_INFO.index(k) if k in IDENTITY_INFO else 0, k))
             there = f"in {os.path.basename(origin)}" if origin else "in this run"
             here = f"in {os.path.basename(source)}" if source else "in this run"
             if there == here:
