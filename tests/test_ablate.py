@@ -143,6 +143,40 @@ def test_grid_best_is_a_full_row_and_a_combination_report_names_its_members(stor
     assert text.startswith("# emofuse report: score combination of none F, late F+S+T\n")
 
 
+def test_a_combination_of_a_fine_tuned_row_not_run_is_left_out(store, tmp_path, caplog):
+    """Before: every frozen row trained, then the combination failed on its unrun fine-tuned
+    member ("not a finished train-head run") and no table was written."""
+    caplog.set_level(logging.INFO, "emofuse")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2, folds: [1, 2]}\ntables:\n  - name: a\n    rows:\n"
+                    '      - {label: "Frame", fusion: none, granularity: F}\n'
+                    '      - {label: "FT text", finetune: true, system: text, text_model: /nonexistent/bert}\n'
+                    '      - {label: "Both", combine: ["Frame", "FT text"]}\n')
+    df = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"))["a"]
+    assert list(df["label"]) == ["Frame"]
+    assert any("Both not combined: FT text (fine-tuned) not run" in m for m in logged_messages(caplog))
+    assert "| Both |" in (tmp_path / "g" / "runs.md").read_text() and "(not run)" in (tmp_path / "g" / "runs.md").read_text()
+
+
+def test_planning_without_finetune_downloads_no_checkpoint(monkeypatch):
+    """ablate without --finetune keys its fine-tuned rows from the local hub cache only: a hub
+    checkpoint (1.2 GB for wav2vec2-large) is not fetched to plan a row that will not run."""
+    import huggingface_hub
+    from emofuse.extract.checkpoints import checkpoint_digest
+    calls = []
+
+    def fake(repo_id, local_files_only=False, **kw):
+        calls.append(local_files_only)
+        raise FileNotFoundError("not cached")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    with pytest.raises(EmofuseError, match="neither a local folder nor in the hub cache"):
+        checkpoint_digest("someone/some-model", fetch=False)
+    assert calls == [True]
+    with pytest.raises(EmofuseError, match="hub checkpoint that can be fetched"):
+        checkpoint_digest("someone/some-model")
+    assert calls == [True, True, False]
+
+
 def test_parallel_jobs_give_the_same_numbers(store, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)

@@ -159,6 +159,16 @@ def test_score_combination_averages_logits_and_refuses_mismatched_runs(planted, 
     run_train(quick(store, tmp_path / "d", fusion="none", granularity="F", epochs=3, folds=("1", "2"), seed=7))
     with pytest.raises(EmofuseError, match="do not share folds, seeds"):
         run_combine([str(a), str(tmp_path / "d")], str(tmp_path / "e"))
+    # an --out holding a finished run, one of the members, or another combination is never overwritten
+    before = {d: (tmp_path / d / "summary.json").read_bytes() for d in "abcd"}
+    with pytest.raises(EmofuseError, match="holds a run of another configuration"):
+        run_combine([str(a), str(b)], str(tmp_path / "d"))
+    with pytest.raises(EmofuseError, match="is one of the runs to combine"):
+        run_combine([str(a), str(b)], str(a))
+    with pytest.raises(EmofuseError, match="holds a run of another configuration"):
+        run_combine([str(b), str(a)], str(tmp_path / "c"))
+    assert before == {d: (tmp_path / d / "summary.json").read_bytes() for d in "abcd"}
+    assert run_combine([str(a), str(b)], str(tmp_path / "c"))["ua"] == s["ua"]   # the same combination again
 
 
 def test_bad_input_one_sentence(tmp_path, capsys):

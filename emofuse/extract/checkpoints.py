@@ -36,7 +36,7 @@ def _file_digest(path: str) -> str:
 HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
 
 
-def _local_folder(spec: str) -> str:
+def _local_folder(spec: str, fetch: bool = True) -> str:
     path = resolve_spec(spec)
     if os.path.isdir(path):
         return path
@@ -44,7 +44,8 @@ def _local_folder(spec: str) -> str:
     try:   # a hub id: the snapshot transformers loads it from, fetched first when not cached
         return snapshot_download(repo_id=path, local_files_only=True)
     except Exception:   # noqa: BLE001 — not in the cache (or no hub id): fetch below
-        pass
+        if not fetch:
+            raise EmofuseError(f"model {spec!r} is neither a local folder nor in the hub cache") from None
     try:
         return snapshot_download(repo_id=path, allow_patterns=HUB_FILES)
     except Exception as e:   # noqa: BLE001 — offline, unknown id, no access: one sentence
@@ -53,13 +54,14 @@ def _local_folder(spec: str) -> str:
                            "give the folder it was saved to") from None
 
 
-def checkpoint_digest(spec: str | None) -> str | None:
+def checkpoint_digest(spec: str | None, fetch: bool = True) -> str | None:
     """sha256 (32 hex) of a checkpoint's files (the names and bytes of its folder's non-hidden
     files), for a local folder, a ``packaged:`` model or a hub id (its snapshot in the local
-    cache, fetched first when it is not there, as loading it would). ``None`` for no model."""
+    cache, fetched first when it is not there, as loading it would; ``fetch=False``: refused
+    instead). ``None`` for no model."""
     if not spec:
         return None
-    folder = _local_folder(spec)
+    folder = _local_folder(spec, fetch)
     h = hashlib.sha256()
     for name in sorted(os.listdir(folder)):
         p = os.path.join(folder, name)

@@ -340,7 +340,8 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
             if row.get("finetune"):   # fine-tuned encoders: pipelines/finetune.py
                 c = ft.ablate_config(cfg.store, "", defaults, row, cfg.device, cfg.audio_model, cfg.text_model)
                 try:
-                    fps = ft.run_fingerprints(fs, c)
+                    # without --finetune a hub checkpoint is not downloaded (gigabytes) only to plan
+                    fps = ft.run_fingerprints(fs, c, fetch=cfg.finetune)
                 except EmofuseError:
                     if cfg.finetune:
                         raise
@@ -418,6 +419,10 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
             key = sha256_hex("+".join(key_of[m] for m in row["combine"]), 12)
             key_of[label] = key
             out = os.path.join(runs_dir, key)
+            unrun = [m for m, d in zip(row["combine"], members) if not is_finished(d)]
+            if unrun and not cfg.finetune and all(spec["_labels"][m].get("finetune") for m in unrun):
+                log.info(f"  {label} not combined: {', '.join(unrun)} (fine-tuned) not run")
+                continue
             if not is_finished(out):
                 with _indented():
                     run_combine(members, out)
@@ -448,8 +453,8 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
         for r in t["rows"]:
             src = r.get("same_as", r["label"])
             d = os.path.join(runs_dir, key_of[src])
-            if not is_finished(d) and spec["_labels"][src].get("finetune"):
-                continue   # a fine-tuned row not run (ablate --finetune)
+            if not is_finished(d) and (spec["_labels"][src].get("finetune") or "combine" in spec["_labels"][src]):
+                continue   # a fine-tuned row not run (ablate --finetune), or a combination of one
             s = read_summary(d)
             folds = sorted({str(x["fold"]) for x in s["runs"]}, key=lambda f: (len(f), f))
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},

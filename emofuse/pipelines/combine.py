@@ -12,7 +12,7 @@ import numpy as np
 from .. import __version__
 from ..errors import EmofuseError
 from .metrics import format_summary, scores, summarise
-from .rundir import (CONFIG, PREDICTIONS, read_config, read_run_predictions, run_lock, write_config,
+from .rundir import (CONFIG, PREDICTIONS, check_run_dir, read_config, read_run_predictions, run_lock, write_config,
                      write_predictions, write_summary)
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ def run_combine(run_dirs: Sequence[str], out: str) -> dict:
 def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
     if len(run_dirs) < 2:
         raise EmofuseError("--fusion combine needs at least two --runs")
+    inside = [d for d in run_dirs if os.path.realpath(d) == os.path.realpath(out)]
+    if inside:
+        raise EmofuseError(f"--out {out} is one of the runs to combine ({inside[0]}): it would overwrite that run's "
+                           "results; choose another --out")
     configs, preds = [], []
     for d in run_dirs:
         for name in (CONFIG, PREDICTIONS):
@@ -68,6 +72,7 @@ def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
               "config": {"fusion": "combine", "runs": [os.path.abspath(d) for d in run_dirs]},
               "identity": {"fusion": "combine", "members": [c["identity"] for c in configs]},
               "fingerprints": configs[0]["fingerprints"]}
+    check_run_dir(out, config)   # a finished train-head run or another combination there is not overwritten
     write_config(out, config)
     write_predictions(out, comb)
     summary = summarise(runs, classes)

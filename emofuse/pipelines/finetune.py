@@ -608,15 +608,16 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
     return model, enc, state["history"], state["best_epoch"]
 
 
-def run_fingerprints(fs: FeatureStore, cfg: FinetuneConfig) -> dict:
+def run_fingerprints(fs: FeatureStore, cfg: FinetuneConfig, fetch: bool = True) -> dict:
     """What a fine-tuned run's results depend on besides its configuration: the corpus (the
     store's fingerprint) and the bytes of each encoder checkpoint it starts from (new weights
-    saved under the same folder, or a hub id at another revision, are another run)."""
+    saved under the same folder, or a hub id at another revision, are another run).
+    ``fetch=False``: a hub checkpoint not in the local cache is refused, not downloaded."""
     out = {"corpus": fs.corpus_fingerprint}
     if cfg.system in ("cma", "audio"):
-        out["audio_checkpoint"] = checkpoint_digest(cfg.audio_model)
+        out["audio_checkpoint"] = checkpoint_digest(cfg.audio_model, fetch)
     if cfg.system in ("cma", "text"):
-        out["text_checkpoint"] = checkpoint_digest(cfg.text_model)
+        out["text_checkpoint"] = checkpoint_digest(cfg.text_model, fetch)
     return out
 
 
