@@ -138,6 +138,20 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     # the training corpus itself, and another encoder, are refused
     with pytest.raises(EmofuseError, match="cross-corpus evaluation needs another corpus"):
         run_evaluate(trained["run"], trained["store"], str(tmp_path / "ev3"))
+    # the training corpus with one transcript edited (another corpus fingerprint, the same
+    # recordings): before, scored as cross-corpus on utterances the fold models were trained on
+    import shutil
+    part = tmp_path / "part"
+    shutil.copytree(trained["corpus"].root, part)
+    tr = sorted((part / "Session5").glob("*/transcriptions/*.txt"))[0]
+    tr.write_bytes(tr.read_bytes().replace(b"]: ", b"]: well, ", 1))
+    sub = str(tmp_path / "sub.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(part), out=sub, audio_model=tiny_models["group"],
+                              text_model=tiny_models["bert"]))
+    for m in (trained["run"], exp):
+        with pytest.raises(EmofuseError, match=r"40 of the 40 utterances of .*sub.h5 are recordings .* was trained on"):
+            run_evaluate(m, sub, str(tmp_path / "ev6"))
+    assert s["utterances"] == n and s["excluded"] == {}
     wrong = str(tmp_path / "w.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=wrong, labels="six",
                               audio_model=tiny_models["layer"], text_model=None))

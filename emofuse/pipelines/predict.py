@@ -13,7 +13,9 @@ CPU cores (BENCHMARKS.md, "predict"); the encoders run once whatever the number 
 Exported folder (``export_run``; reload with ``emofuse.load_model``)::
 
     model.json                 classes, stream keys, layer selection, normalisation, the encoders'
-                               ids, hashes and fingerprints, the members, sha256 of every file
+                               ids, hashes and fingerprints, the members, sha256 of every file,
+                               a short digest of each recording of the training store (so that
+                               ``evaluate`` refuses a store that shares recordings with it)
     heads/r<repeat>_s<fold>.safetensors   one head per member
     norm/s<fold>.safetensors   training-fold mean/std per stream key (--norm global)
     training/config.json, training/summary.json   the run's own records
@@ -46,6 +48,19 @@ from .rundir import (CONFIG, SUMMARY, fold_metrics, has_config, is_finished, pre
                      write_summary)
 
 log = logging.getLogger(__name__)
+
+def recording_keys(table: pd.DataFrame) -> pd.Series:
+    """Per utterance (indexed by id) a 16-hex digest of what it is, wherever the corpus lies:
+    its audio file's content digest (its name and size in a store written before digests) and
+    its segment times. Two stores share an utterance when they share its key."""
+    cols = [c for c in ("audio_digest", "start", "end") if c in table.columns]
+    if "audio_digest" not in table.columns:
+        names = table["audio_path"].map(lambda p: os.path.basename(str(p)))
+        table = table.assign(_name=names)
+        cols = ["_name", "audio_bytes"] + [c for c in ("start", "end") if c in table.columns]
+    rows = ["|".join(map(str, r)) for r in table[cols].itertuples(index=False, name=None)]
+    return pd.Series([hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows], index=table.index)
+
 
 MODEL_TYPE = "emofuse.model"
 FORMAT_VERSION = 1
@@ -121,6 +136,7 @@ class TrainedModel:
                                    "fingerprints or segment digests differ); the normalisation statistics cannot "
                                    "be recomputed from it")
             keys = cfg.keys()
+            training = sorted(set(recording_keys(fs.utterances)))   # every recording of the training store
             layer_ids = config["layer_ids"]
             streams, encoders = {}, {}
             for k in keys:
@@ -141,7 +157,8 @@ class TrainedModel:
                 "classes": list(summary["classes"]), "keys": keys, "streams": streams, "encoders": encoders,
                 "norm": cfg.norm, "norm_keys": norm_keys, "config": config["config"], "identity": config["identity"],
                 "fingerprints": config["fingerprints"], "ensemble": "mean of the members' softmax probabilities",
-                "summary": {m: summary[m] for m in ("ua", "wa", "f1")}}
+                "summary": {m: summary[m] for m in ("ua", "wa", "f1")},
+                "training_recordings": training}
         folders = {}   # (repeat, fold) → the folder of that run (found by its metrics, whatever its name)
         rdir = os.path.join(run_dir, "runs")
         for name, m in fold_metrics(run_dir, strict=False):
@@ -587,6 +604,18 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                                     if (k == "T") == (side == "text")), None)
         data = load_train_data(fs, model.keys, c["audio_stream"], c["text_stream"],
                                {"audio": ids_of("audio"), "text": ids_of("text")}, torch.device("cpu"))
+        trained_on = model.spec.get("training_recordings")
+        if trained_on is None:
+            log.warning(f"{run} was exported before emofuse recorded its training recordings: whether {store} "
+                        "shares utterances with its training data is not checked")
+        else:
+            keys, trained_on = recording_keys(fs.utterances).reindex(data.ids), set(trained_on)
+            shared = [u for u, k in zip(data.ids, keys) if k in trained_on]
+            if shared:
+                raise EmofuseError(
+                    f"{len(shared)} of the {len(data.ids)} utterances of {store} are recordings {run} was trained on "
+                    f"(same audio content and times; e.g. {', '.join(map(str, shared[:3]))}): their scores would not "
+                    "be cross-corpus; evaluate a store without them")
         names = [str(x) for x in np.array(data.classes)[data.y]]
         unknown = sorted(set(names) - set(lm) - set(model.classes))
         if unknown:
@@ -619,8 +648,8 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         summary = summarise(runs, model.classes)
         summary.update(type="emofuse.summary", evaluation="cross-corpus", fusion=c["fusion"], keys=model.keys,
                        head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store),
-                       label_map=lm, absent_classes=absent, ensemble=ens,
-                       runs=runs)
+                       label_map=lm, absent_classes=absent, ensemble=ens, utterances=len(data.ids),
+                       excluded=data.excluded, runs=runs)
         write_config(out,
                      {"type": "emofuse.evaluate", "emofuse_version": __version__, "model": os.path.abspath(run),
                       "store": os.path.abspath(store), "corpus_fingerprint": corpus_fp, "label_map": lm,
