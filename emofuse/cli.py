@@ -10,6 +10,24 @@ from .errors import EmofuseError
 from .options import add_config_options, add_options, config_from_args, config_yaml, parse_with_config
 
 
+INTERRUPTED = "interrupted: committed work is kept; run the same command again to resume"
+
+
+def _interruptible(entry: Callable[..., int]) -> Callable[..., int]:
+    """A console entry point that answers Ctrl-C with one line and exit status 130 at any moment,
+    also while it is still importing torch and building its parser (before ``_run``)."""
+    import functools
+
+    @functools.wraps(entry)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return entry(*args, **kwargs)
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+    return wrapped
+
+
 def _run(fn: Callable[[], object]) -> int:
     from .logs import show_messages
     show_messages()
@@ -20,7 +38,7 @@ def _run(fn: Callable[[], object]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: committed work is kept; run the same command again to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 
@@ -75,6 +93,7 @@ def extract_parser() -> argparse.ArgumentParser:
     return _with_defaults(ap)
 
 
+@_interruptible
 def extract_embeddings(argv: Sequence[str] | None = None) -> int:
     args = extract_parser().parse_args(argv)
     _quiet_libraries()
@@ -111,6 +130,7 @@ def align_parser() -> argparse.ArgumentParser:
     return _with_defaults(ap)
 
 
+@_interruptible
 def align_segments(argv: Sequence[str] | None = None) -> int:
     from .pipelines.align import AlignConfig
 
@@ -147,6 +167,7 @@ def train_parser() -> argparse.ArgumentParser:
     return _with_defaults(ap)
 
 
+@_interruptible
 def train_head(argv: Sequence[str] | None = None) -> int:
     from .pipelines.train import TrainConfig
 
@@ -212,6 +233,7 @@ def ablate_parser() -> argparse.ArgumentParser:
     return _with_defaults(ap)
 
 
+@_interruptible
 def ablate(argv: Sequence[str] | None = None) -> int:
     from .pipelines.ablate import AblateConfig
 
@@ -244,6 +266,7 @@ def finetune_parser() -> argparse.ArgumentParser:
     return _with_defaults(ap)
 
 
+@_interruptible
 def finetune(argv: Sequence[str] | None = None) -> int:
     from .pipelines.finetune import FinetuneConfig
 
@@ -265,6 +288,7 @@ def finetune(argv: Sequence[str] | None = None) -> int:
     return _run(job)
 
 
+@_interruptible
 def report(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="report", description="PNG figures and report.md for a run or a grid")
     ap.add_argument("path", help="a train-head run directory or an ablate grid directory")
@@ -394,6 +418,7 @@ def _list_stage_commands(sub) -> None:
         sub.add_parser(name, help=text + f" (emofuse {name} --help)", add_help=False)
 
 
+@_interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="emofuse", description="emofuse: speech + text emotion recognition tooling. The stages are also "

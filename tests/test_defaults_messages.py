@@ -213,3 +213,17 @@ def test_ablate_names_rows_by_what_they_train_and_indexes_run_folders(egemaps_st
         assert (tmp_path / "g" / r.folder / "summary.json").exists()
     assert idx.loc[2, "configuration"] == "score combination of co, cat"
     assert "| co | `runs/" in (tmp_path / "g" / "runs.md").read_text()
+
+
+@pytest.mark.parametrize("entry, builder", [("extract_embeddings", "extract_parser"), ("align_segments", "align_parser"),
+                                            ("train_head", "train_parser"), ("ablate", "ablate_parser"),
+                                            ("finetune", "finetune_parser")])
+def test_ctrl_c_while_starting_is_one_line_and_status_130(entry, builder, monkeypatch, capsys):
+    """Before: Ctrl-C while a stage was still importing torch and building its parser printed a
+    KeyboardInterrupt traceback (the stage's own handler only covers the job)."""
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, builder, interrupted)
+    assert getattr(cli, entry)(["--help"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == cli.INTERRUPTED
