@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import EmofuseError
 from .keys import SHORT_NAME
 from .rundir import fold_metrics, is_finished, read_summary
+from .tables import partial_rows
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,7 @@ def run_report(path: str) -> str:
         for t in grid["spec"]["tables"]:
             df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv"))
             # the table's best: rows run on fewer test folds (†) come after every full row
-            partial = df["partial"].astype(bool) if "partial" in df else pd.Series(False, index=df.index)
-            df = df.assign(_partial=partial).sort_values(["_partial", "ua_mean"], ascending=[True, False])
+            df = df.assign(_partial=partial_rows(df)).sort_values(["_partial", "ua_mean"], ascending=[True, False])
             trained = [os.path.exists(os.path.join(d, "runs")) for d in df["run_dir"]]
             picks = [df.iloc[0]]
             if not trained[0] and any(trained):   # a score combination has no layer weights or curves of its own

@@ -20,12 +20,16 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
+def partial_rows(df: pd.DataFrame) -> pd.Series:
+    """True for each row run on fewer test folds than its table holds (column ``partial``)."""
+    return df["partial"].astype(bool) if "partial" in df else pd.Series(False, index=df.index)
+
+
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
     """The rows whose means may compete for bold: those run on all the table's test folds (every
     row when none is)."""
-    if "partial" not in df or df["partial"].all():
-        return df
-    return df[~df["partial"].astype(bool)]
+    partial = partial_rows(df)
+    return df if partial.all() else df[~partial]
 
 
 def _best(df: pd.DataFrame, m: str) -> set:
@@ -34,13 +38,9 @@ def _best(df: pd.DataFrame, m: str) -> set:
     return set(rows.index[rows[f"{m}_mean"] == top])
 
 
-def _partial(df: pd.DataFrame) -> pd.Series:
-    return df["partial"].astype(bool) if "partial" in df else pd.Series(False, index=df.index)
-
-
 def _partial_note(df: pd.DataFrame) -> str:
     """The footnote of † rows: which test folds the table holds; empty when no row is partial."""
-    if not _partial(df).any():
+    if not partial_rows(df).any():
         return ""
     every = sorted({f for fs in df["folds"] for f in str(fs).split(",")}, key=lambda f: (len(f), f))
     return (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
@@ -69,7 +69,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", "Δ UA"] if pub else []) + ["runs"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
-    partial = _partial(df)
+    partial = partial_rows(df)
     for i, r in df.iterrows():
         cells = [str(r["label"]) + (" †" if partial[i] else "")]
         for m in METRIC_NAMES:
@@ -105,7 +105,7 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
            rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
            rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
-    partial = _partial(df)
+    partial = partial_rows(df)
     for i, r in df.iterrows():
         cells = [_tex_escape(str(r["label"])) + (r"$^\dagger$" if partial[i] else "")]
         for m in METRIC_NAMES:
