@@ -153,8 +153,12 @@ def stacked_layers(out) -> torch.Tensor:
     (pre-LayerNorm: wav2vec2-large-lv60 and the other ``do_stable_layer_norm`` speech models)
     transformers 5 returns that block's un-normalised output as ``hidden_states[-1]``, where
     transformers 4 and the model's own output give the normalised one: the "last layer" a paper
-    means, and what fine-tuning reads. Elsewhere the two are the same tensor."""
-    return torch.stack((*out.hidden_states[:-1], out.last_hidden_state), dim=2)
+    means, and what fine-tuning reads. Elsewhere the two are the same tensor (a model whose output
+    has another shape, e.g. after a wav2vec2 adapter, keeps its last hidden state)."""
+    last = out.last_hidden_state
+    if last is None or last.shape != out.hidden_states[-1].shape:
+        last = out.hidden_states[-1]
+    return torch.stack((*out.hidden_states[:-1], last), dim=2)
 
 
 def _host(t: torch.Tensor, dtype: Any) -> np.ndarray:
