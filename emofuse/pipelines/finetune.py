@@ -211,12 +211,11 @@ def check_audio(store: str, utts: pd.DataFrame) -> None:
     if "audio_digest" not in utts.columns:
         return
     changes = []
-    for uid, r in utts.iterrows():
-        want = "" if pd.isna(r["audio_digest"]) else str(r["audio_digest"])
-        now = _digest_now(str(r["audio_path"]))
+    for uid, path, want in zip(utts.index, utts["audio_path"].astype(str), utts["audio_digest"]):
+        want = "" if pd.isna(want) else str(want)
+        now = _digest_now(path)
         if now != want:
-            changes.append((str(uid), "audio file missing or unreadable" if not now else "audio content changed",
-                            str(r["audio_path"])))
+            changes.append((str(uid), "audio file missing or unreadable" if not now else "audio content changed", path))
     if changes:
         kinds: dict[str, int] = {}
         for _, what, _ in changes:
