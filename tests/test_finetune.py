@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -219,6 +220,7 @@ def test_sigkill_and_resume_equals_uninterrupted(setup, reference, tmp_path):
     assert done.returncode == 0, log
     assert "resumed after epoch" in log
     assert _metrics(out) == _metrics(reference)
+    assert (out / "predictions.csv").read_bytes() == (reference / "predictions.csv").read_bytes()
 
 
 def _free_port() -> int:
@@ -357,3 +359,100 @@ def test_positional_convolution_as_matmul_equals_the_convolution(tiny_models):
     assert use_matmul_pos_conv(AutoModel.from_pretrained(tiny_models["bert"])) == 0
     with pytest.raises(EmofuseError, match="--pos-conv must be conv or matmul"):
         ft.FinetuneConfig(store="s.h5", out="o", audio_model="a", text_model="t", pos_conv="fft")
+
+
+def test_changed_or_missing_audio_is_refused_before_training(setup, tmp_path):
+    """Before: the wavs were read from the store's paths unchecked, so changed audio was trained on
+    silently (new --out) or an existing --out reused folds trained on the old audio, and a wav gone
+    after fold 1 left later folds on another utterance set. Now: one sentence, nothing trained."""
+    import soundfile as sf
+    from emofuse.store import FeatureStore
+    cfg = _cfg(setup, out=str(tmp_path / "run"), system="audio", epochs=1, folds=("1",))
+    ft.run_finetune(cfg)
+    with FeatureStore(setup["store"]) as fs:
+        table = fs.utterances
+    uid = next(i for i in table.index if str(table.at[i, "session"]) == "2")   # a training utterance of fold 1
+    wav = str(table.at[uid, "audio_path"])
+    saved = open(wav, "rb").read()
+    x, sr = sf.read(wav)
+    fresh = tmp_path / "fresh"
+    try:
+        sf.write(wav, np.random.default_rng(0).standard_normal(len(x)) * 0.1, sr)   # re-recorded: same length
+        changed = rf"1 utterances differ from the store \(1 audio content changed; e\.g\. {uid}: audio content changed"
+        for out in (cfg.out, str(fresh)):
+            with pytest.raises(EmofuseError, match=changed + r".*--update-corpus"):
+                ft.run_finetune(replace(cfg, out=out))
+        assert not fresh.exists()   # refused before anything is written
+        with pytest.raises(EmofuseError, match=changed):
+            ft.load_finetune_data(cfg.store, cfg, ft.Encoders(cfg))
+        os.remove(wav)   # gone between folds: a resumed run would train the next folds without it
+        missing = rf"1 utterances differ from the store \(1 audio file missing or unreadable; e\.g\. {uid}: "
+        with pytest.raises(EmofuseError, match=missing + rf"audio file missing or unreadable \({re.escape(wav)}\)"):
+            ft.run_finetune(replace(cfg, folds=("1", "2")))
+    finally:
+        with open(wav, "wb") as f:
+            f.write(saved)
+    ft.check_audio(setup["store"], table)   # the same bytes again: accepted
+    # a file extraction could not read (no digest) that still cannot be read is no change: left out as before
+    gone = table.copy()
+    gone.loc[uid, ["audio_path", "audio_digest"]] = [str(tmp_path / "never.wav"), ""]
+    ft.check_audio(setup["store"], gone)
+    gone.loc[uid, "audio_digest"] = table.at[uid, "audio_digest"]
+    with pytest.raises(EmofuseError, match="1 utterances differ"):
+        ft.check_audio(setup["store"], gone)
+    # the text system reads no audio: not checked
+    assert len(ft.load_finetune_data(cfg.store, replace(cfg, system="text"),
+                                     ft.Encoders(replace(cfg, system="text"))).ids) == 32
+
+
+def test_saved_group_norm_encoder_reloads_as_trained(setup, tmp_path):
+    """--save-encoders on a group-norm wav2vec2: before, the first conv layer's GroupNorm was saved
+    under the MaskedGroupNorm's names (layer_norm.norm.*) and from_pretrained re-initialised it."""
+    from transformers import AutoModel
+    from emofuse.extract.masking import MaskedGroupNorm
+    cfg = _cfg(setup, system="audio", audio_model=setup["group"])
+    enc = ft.Encoders(cfg)
+    model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, 4))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # "trained": every weight moved, the GroupNorm's affine ones included
+        for p in model.audio.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    ft.save_encoders(model, str(tmp_path))
+    assert isinstance(model.audio.feature_extractor.conv_layers[0].layer_norm, MaskedGroupNorm)   # put back
+    reloaded = AutoModel.from_pretrained(tmp_path / "audio_encoder").eval()
+    trained = {k.replace(".layer_norm.norm.", ".layer_norm."): v for k, v in model.audio.state_dict().items()}
+    got = reloaded.state_dict()
+    assert sorted(got) == sorted(trained)
+    for k in trained:
+        assert torch.equal(got[k], trained[k]), k
+    wave = torch.randn(2, 8000, generator=g)
+    with torch.no_grad():
+        assert torch.equal(reloaded(wave).last_hidden_state, model.audio.eval()(wave).last_hidden_state)
+
+
+def test_a_second_run_on_the_same_out_is_refused(setup, tmp_path):
+    from emofuse.pipelines.rundir import run_lock
+    out = tmp_path / "run"
+    with run_lock(str(out), "finetune"):
+        with pytest.raises(EmofuseError, match=rf"{out} is in use: process {os.getpid()} on \S+ is running finetune "
+                                               rf"there \(it holds {out}/run.lock\); wait for it to finish or choose"):
+            ft.run_finetune(_cfg(setup, out=str(out), system="text", epochs=1, folds=("1",)))
+        assert sorted(os.listdir(out)) == ["run.lock"]   # nothing written by the refused run
+
+
+def test_resume_from_finished_folds_equals_uninterrupted_byte_for_byte(setup, reference, tmp_path):
+    """Before: a reused fold read back from its CSV was float64 and a fresh one float32, so the
+    resumed run's predictions.csv printed other digits than the uninterrupted run's."""
+    import shutil
+    out = tmp_path / "resumed"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "runs" / "r0_s2")
+    for name in ("predictions.csv", "summary.json"):
+        os.remove(out / name)
+    ft.run_finetune(_cfg(setup, out=str(out)))
+    assert (out / "predictions.csv").read_bytes() == (reference / "predictions.csv").read_bytes()
+    for name in ("predictions.csv", "metrics.json"):
+        assert (out / "runs" / "r0_s2" / name).read_bytes() == (reference / "runs" / "r0_s2" / name).read_bytes()
+    with open(out / "summary.json") as f, open(reference / "summary.json") as g:
+        a, b = json.load(f), json.load(g)
+    assert a["runs"] == b["runs"] and a["ua"] == b["ua"]

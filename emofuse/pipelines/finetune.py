@@ -17,9 +17,10 @@ i ≡ rank mod world size), give the same step as one process running the global
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import copy
+import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +33,7 @@ from torch import nn
 
 from .. import __version__
 from ..corpora import Utterance
+from ..corpora.table import audio_digest
 from ..devices import rank_device, resolve_device, to_device
 from ..errors import EmofuseError
 from ..hashing import sha256_int
@@ -46,7 +48,8 @@ from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
 from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
-from .rundir import check_run_dir, fold_dir, read_fold, save_fold, write_config, write_predictions, write_summary
+from .rundir import (check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold, write_config,
+                     write_predictions, write_summary)
 from .protocol import folds_of, run_seed, split
 
 log = logging.getLogger(__name__)
@@ -182,9 +185,54 @@ class FinetuneData:
     excluded: dict = field(default_factory=dict)
 
 
+#: (path, inode, size, modification time) → the file's digest: each audio file hashed once per process
+_audio_digests: dict[tuple, str] = {}
+
+
+def _digest_now(path: str) -> str:
+    """``audio_digest`` of the file at ``path`` as it is now ("" when it cannot be read), cached
+    per version of the file (a rewritten file is hashed again)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _audio_digests:
+        _audio_digests[key] = audio_digest(path)
+    return _audio_digests[key]
+
+
+def check_audio(store: str, utts: pd.DataFrame) -> None:
+    """The audio files the store's utterance table points to hold the bytes the store recorded
+    at extraction (``audio_digest``), else one sentence naming how many utterances differ and a
+    few of them: fine-tuning reads the audio itself, so changed or missing files would train
+    another corpus under the same run key. A file extraction could not read (digest "") and that
+    still cannot be read is no change: that utterance stays left out, as extraction left it out."""
+    if "audio_digest" not in utts.columns:
+        return
+    changes = []
+    for uid, path, want in zip(utts.index, utts["audio_path"].astype(str), utts["audio_digest"]):
+        want = "" if pd.isna(want) else str(want)
+        now = _digest_now(path)
+        if now != want:
+            changes.append((str(uid), "audio file missing or unreadable" if not now else "audio content changed", path))
+    if changes:
+        kinds: dict[str, int] = {}
+        for _, what, _ in changes:
+            kinds[what] = kinds.get(what, 0) + 1
+        counts = ", ".join(f"{n} {what}" for what, n in sorted(kinds.items()))
+        shown = "; ".join(f"{i}: {what} ({path})" for i, what, path in changes[:3])
+        raise EmofuseError(
+            f"the audio files of {store}'s utterance table are not those it was built from: {len(changes)} "
+            f"utterances differ from the store ({counts}; e.g. {shown}); restore them, or run extract-embeddings "
+            "with --update-corpus on this store first (fine-tuning trains on the audio the store records)")
+
+
 def load_finetune_data(store: str, cfg: FinetuneConfig, enc: "Encoders") -> FinetuneData:
     with FeatureStore(store) as fs:
         utts = fs.utterances
+    if enc.audio is not None:
+        check_audio(store, utts)   # before any audio is read
     ids, excluded = [], {}
     waves, tokens = [], []
     for uid, r in utts.iterrows():
@@ -622,7 +670,9 @@ def run_fingerprints(fs: FeatureStore, cfg: FinetuneConfig, fetch: bool = True) 
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
-    """Fine-tune every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused."""
+    """Fine-tune every (repeat, fold) of ``cfg``; finished ones in ``cfg.out`` are reused. One
+    run at a time per ``cfg.out`` (a second one is refused with a sentence; under torchrun the
+    rank-0 process holds the lock for all)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun: this process's own GPU
         device = rank_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         if device.type == "cuda":
@@ -630,12 +680,20 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     else:
         device = resolve_device(cfg.device)
     rank, world = dist_info(device.type)
+    with FeatureStore(cfg.store) as fs:
+        fingerprints = run_fingerprints(fs, cfg)
+        if cfg.system in ("cma", "audio"):
+            check_audio(cfg.store, fs.utterances)   # before anything is written (the lock creates cfg.out)
+    enc = Encoders(cfg)   # checks the checkpoints before anything is written
+    with run_lock(cfg.out, "finetune") if rank == 0 else contextlib.nullcontext():
+        return _run_finetune(cfg, device, rank, world, fingerprints, enc)
+
+
+def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: int, fingerprints: dict,
+                  enc: Encoders) -> dict:
     say = log.info
     if rank != 0:
         say = lambda m: None   # noqa: E731  (one process speaks: rank 0)
-    with FeatureStore(cfg.store) as fs:
-        fingerprints = run_fingerprints(fs, cfg)
-    enc = Encoders(cfg)   # checks the checkpoints before anything is written
     config = {"type": "emofuse.train-head", "kind": "finetune", "emofuse_version": __version__,
               "config": asdict(cfg), "identity": cfg.identity(), "fingerprints": fingerprints,
               "training_options": enc.options, "world_size": world,
@@ -685,11 +743,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                               "pred": np.array(data.classes)[logits.argmax(1)]})
             for c, name in enumerate(data.classes):
                 p[f"logit_{name}"] = logits[:, c]
+            # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
+            p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
             if rank == 0:
                 if cfg.save_encoders:
-                    for name, m_ in (("audio_encoder", model.audio), ("text_encoder", model.text)):
-                        if m_ is not None:
-                            m_.save_pretrained(os.path.join(rdir, name))
+                    save_encoders(model, rdir)
                 save_fold(rdir, model.head, m, p, {"fusion": cfg.fusion, "head": cfg.head, "keys": "+".join(cfg.keys()),
                                                    "finetune": cfg.system})
                 ck = os.path.join(rdir, "checkpoint.pt")
@@ -710,6 +768,33 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         write_summary(cfg.out, summary)
     say(f"{cfg.out}: " + format_summary(summary))
     return summary
+
+
+def save_encoders(model: FinetuneModel, rdir: str) -> None:
+    """The fine-tuned encoders of ``model`` as transformers checkpoints (``rdir/audio_encoder``,
+    ``rdir/text_encoder``) that ``AutoModel.from_pretrained`` reloads: a group-norm wav2vec2 is
+    saved with its first conv layer's plain ``GroupNorm`` in place of the ``MaskedGroupNorm``
+    training wraps it in (else its weights would be saved under names the model does not have)."""
+    for name, m in (("audio_encoder", model.audio), ("text_encoder", model.text)):
+        if m is None:
+            continue
+        with _plain_group_norm(m if m is model.audio else None, model._group_norm):
+            m.save_pretrained(os.path.join(rdir, name))
+
+
+@contextlib.contextmanager
+def _plain_group_norm(audio: nn.Module | None, masked: MaskedGroupNorm | None) -> Iterator[None]:
+    """While inside: ``audio``'s first conv layer holds the plain ``GroupNorm`` that ``masked`` wraps."""
+    if audio is None or masked is None:
+        yield
+        return
+    layer0 = audio.feature_extractor.conv_layers[0]
+    assert layer0.layer_norm is masked
+    layer0.layer_norm = masked.norm
+    try:
+        yield
+    finally:
+        layer0.layer_norm = masked
 
 
 def _count_frozen(enc: Encoders) -> dict:
