@@ -91,7 +91,8 @@ def test_duplicate_id_across_dialog_files_is_refused(tmp_path):
     emo = tmp_path / "Session1" / "dialog" / "EmoEvaluation"
     src = sorted(p for p in emo.iterdir() if p.suffix == ".txt" and not p.name.startswith("."))[0]
     shutil.copy(src, emo / "Ses01F_impro09.txt")
-    with pytest.raises(CorpusError, match="appears twice"):
+    with pytest.raises(CorpusError, match=f"appears twice in the EmoEvaluation files, in {src} and in "
+                                          f"{emo / 'Ses01F_impro09.txt'};"):
         load_corpus("iemocap", root=tmp_path)
 
 

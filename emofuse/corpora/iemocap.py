@@ -205,12 +205,15 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
 
     ``labels`` maps raw codes to labels (default: the four-class set, ``exc`` → ``hap``);
     utterances whose code is not in the mapping are left out. Raises ``CorpusError`` for a
-    root without Session1–5, a session without EmoEvaluation files, or a missing sentence wav.
+    root without Session1–5, a session without EmoEvaluation files, a damaged EmoEvaluation or
+    transcription file (``parse_emo_evaluation``, ``parse_transcription``), an id listed in two
+    files, or a missing sentence wav. Sentence wavs that no summary line lists are counted in a
+    warning.
     """
     mapping = resolve_labels(labels)
     base = find_root(root)
     utts: list[Utterance] = []
-    listed: dict[str, str] = {}  # every id with a summary line, whatever its code
+    listed: dict[str, str] = {}  # every id with a summary line, whatever its code → its file
     for s_idx, session in enumerate(SESSIONS, start=1):
         dialog_dir = base / session / "dialog"
         emo_dir = dialog_dir / "EmoEvaluation"
@@ -223,7 +226,11 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
         align_cache: dict[str, dict[str, dict[str, str]]] = {}
         for emo in emo_files:
             codes = parse_emo_evaluation(emo)
-            listed.update(codes)
+            for utt_id in codes:
+                if utt_id in listed:
+                    raise CorpusError(f"utterance id {utt_id} appears twice in the EmoEvaluation files, in "
+                                      f"{listed[utt_id]} and in {emo}; each utterance has one summary line")
+                listed[utt_id] = str(emo)
             trans_path = dialog_dir / "transcriptions" / f"{emo.stem}.txt"
             texts = parse_transcription(trans_path) if trans_path.is_file() else {}
             for utt_id, code in codes.items():
@@ -250,9 +257,6 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                     )
                 )
     utts.sort(key=lambda u: u.id)
-    for a, b in zip(utts, utts[1:]):
-        if a.id == b.id:
-            raise CorpusError(f"utterance id {a.id} appears twice in the EmoEvaluation files under {base}")
     unlabelled = _unlabelled_wavs(base, listed)
     if unlabelled:
         log.warning(f"{len(unlabelled)} sentence wav(s) under {base}/Session*/sentences/wav have no summary line in "
