@@ -195,3 +195,14 @@ def test_transcript_listed_twice_with_another_text_is_refused(tmp_path):
     with pytest.raises(CorpusError, match=r"t\.txt, line 3: Ses01F_impro01_F000 is transcribed again with another "
                                           r"text \(first on line 1\)"):
         parse_transcription(p)
+
+
+def test_fake_with_sessions_left_out_is_still_a_readable_copy(tmp_path):
+    """A test corpus of fewer sessions (counts for 1 and 2 only) writes one `xxx` utterance in each
+    other session and no files for a dialog without utterances, so the reader, which refuses an
+    EmoEvaluation file with no summary line, reads it; the four classes come from sessions 1-2."""
+    fake = make_fake_iemocap(tmp_path, counts={1: {"ang": 1}, 2: {"sad": 2}}, seconds=0.05, alignments=False)
+    assert sorted(u.code for u in fake.utterances) == ["ang", "sad", "sad", "xxx", "xxx", "xxx"]
+    assert len(list((tmp_path / "Session1" / "dialog" / "EmoEvaluation").glob("Ses*.txt"))) == 1
+    utts = load_corpus("iemocap", root=tmp_path)
+    assert as_dicts(utts) == fake.expected() and {u.session for u in utts} == {1, 2}
