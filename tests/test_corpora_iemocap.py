@@ -121,7 +121,8 @@ EMO_OK = (EMO_HEAD + "[1.5000 - 2.6171]\tSes01F_impro01_M000\tang\t[1.5000, 4.00
 @pytest.mark.parametrize("text,match", [
     (EMO_OK + "\n[9.0 - 10.0]\tSes01F_impro01_M000\tsad\t[1.0, 1.0, 1.0]\n",
      r"line 10: Ses01F_impro01_M000 is listed again \(first on line 3\)"),
-    (EMO_OK.replace("\tang\t", "\tsadd\t"), r"line 3: Ses01F_impro01_M000 has emotion code 'sadd', which is not one of"),
+    (EMO_OK.replace("\tang\t", "\tsadd\t"),
+     r"line 3: Ses01F_impro01_M000 has emotion code 'sadd', which is not one of"),
     (EMO_OK.replace("\tang\t", "\tAng\t"), r"line 3: .*'Ang'.*\(codes are lower case\)"),
     (EMO_OK.replace("]\tSes01F_impro01_F000", "] Ses01F_impro01_F000"),
      r"line 7: .* starts like the summary line of Ses01F_impro01_F000 but does not have its form"),

@@ -54,7 +54,8 @@ def wav_truncation(f: BinaryIO, head: bytes) -> str | None:
             if block_align:
                 return (f"truncated wav: its header declares {n // block_align} samples, the file holds "
                         f"{present // block_align} (an interrupted copy?)")
-            return f"truncated wav: its header declares {n} bytes of audio, the file holds {present} (an interrupted copy?)"
+            return (f"truncated wav: its header declares {n} bytes of audio, the file holds {present} "
+                    "(an interrupted copy?)")
         pos += 8 + n + (n & 1)  # chunks are padded to an even size
     return None
 

@@ -194,7 +194,7 @@ def make_fake_iemocap(root: str | Path, counts: Mapping[int, Mapping[str, int]] 
                     start=start, end=end, n_samples=n, has_alignment=has_align, audio_path=str(wav),
                     words=w_rows, phones=p_rows))
             if not per_dialog[dialog]:
-                continue  # no utterance: no files (every real dialog has utterances; an empty EmoEvaluation file is refused)
+                continue  # no files: every real dialog has utterances, and an empty EmoEvaluation file is refused
             eol = "\r\n" if d_idx == 2 else "\n"
             (emo_dir / f"{dialog}.txt").write_bytes(eol.join(emo_lines).encode())
             (emo_dir / "Categorical" / f"{dialog}_e1_cat.txt").write_text("\n".join(cat_lines) + "\n")
