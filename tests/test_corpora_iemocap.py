@@ -91,7 +91,8 @@ def test_duplicate_id_across_dialog_files_is_refused(tmp_path):
     emo = tmp_path / "Session1" / "dialog" / "EmoEvaluation"
     src = sorted(p for p in emo.iterdir() if p.suffix == ".txt" and not p.name.startswith("."))[0]
     shutil.copy(src, emo / "Ses01F_impro09.txt")
-    with pytest.raises(CorpusError, match="appears twice"):
+    with pytest.raises(CorpusError, match=f"appears twice in the EmoEvaluation files, in {src} and in "
+                                          f"{emo / 'Ses01F_impro09.txt'};"):
         load_corpus("iemocap", root=tmp_path)
 
 
@@ -109,3 +110,100 @@ def test_record_round_trip_and_immutability(fake_iemocap):
 def test_unknown_corpus_kind():
     with pytest.raises(CorpusError, match="iemocap"):
         load_corpus("librispeech")
+
+
+EMO_HEAD = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+EMO_OK = (EMO_HEAD + "[1.5000 - 2.6171]\tSes01F_impro01_M000\tang\t[1.5000, 4.0000, 4.0000]\nC-E1:\tAnger;\t()\n"
+          "A-E3:\tval 3; act 2; dom  ;\t(a comment, with commas)\n\n"
+          "[3.6152 - 4.9432]\tSes01F_impro01_F000\txxx\t[4.0000, 3.5000, 3.0000]\nC-F1:\tNeutral; Anger;\t()\n")
+
+
+@pytest.mark.parametrize("text,match", [
+    (EMO_OK + "\n[9.0 - 10.0]\tSes01F_impro01_M000\tsad\t[1.0, 1.0, 1.0]\n",
+     r"line 10: Ses01F_impro01_M000 is listed again \(first on line 3\)"),
+    (EMO_OK.replace("\tang\t", "\tsadd\t"),
+     r"line 3: Ses01F_impro01_M000 has emotion code 'sadd', which is not one of"),
+    (EMO_OK.replace("\tang\t", "\tAng\t"), r"line 3: .*'Ang'.*\(codes are lower case\)"),
+    (EMO_OK.replace("]\tSes01F_impro01_F000", "] Ses01F_impro01_F000"),
+     r"line 7: .* starts like the summary line of Ses01F_impro01_F000 but does not have its form"),
+    (EMO_OK.replace("\t[1.5000, 4.0000, 4.0000]", ""), r"line 3: .*summary line of Ses01F_impro01_M000"),
+    (EMO_OK.replace("\tang\t", "\t\t"), r"line 3: .*summary line of Ses01F_impro01_M000"),
+    ("", r"is empty \(0 bytes\)"),
+    (EMO_HEAD, r"holds no summary line"),
+    (EMO_OK.encode("utf-16"), r"holds NUL bytes \(UTF-16 text\?\) and no summary line"),
+])
+def test_damaged_emo_evaluation_is_refused_with_file_and_line(tmp_path, text, match):
+    """A repeated id, a code IEMOCAP does not use, a summary line without its TABs or [V, A, D],
+    or a file with no summary line at all: one sentence naming the file (and line), never a
+    silently changed or dropped label."""
+    from emofuse.corpora.iemocap import parse_emo_evaluation
+    p = tmp_path / "Ses01F_impro01.txt"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(CorpusError, match=match) as e:
+        parse_emo_evaluation(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_emo_evaluation_quirks_and_other_lines_are_read(tmp_path):
+    """What real files hold stays accepted: CRLF, latin-1 annotator comments, an empty dom value,
+    annotator and header lines, and lines starting with a bracket that are not about an utterance."""
+    from emofuse.corpora.iemocap import parse_emo_evaluation
+    p = tmp_path / "e.txt"
+    text = EMO_OK + "C-E2:\tOther;\t(caf\xe9 [laughs] Ses01F_impro01_F000)\n[note]\tnot an utterance id\n"
+    p.write_bytes(text.replace("\n", "\r\n").encode("latin-1"))
+    assert parse_emo_evaluation(p) == {"Ses01F_impro01_M000": "ang", "Ses01F_impro01_F000": "xxx"}
+
+
+def test_damaged_emo_evaluation_stops_emofuse_corpus(tmp_path, capsys):
+    """The whole reader and the command line: a dialog's labels re-saved as UTF-16 no longer make
+    the dialog (or its session) vanish; `emofuse corpus` exits non-zero with one sentence."""
+    from emofuse.cli import main
+    make_fake_iemocap(tmp_path, seed=6)
+    emo = tmp_path / "Session2" / "dialog" / "EmoEvaluation" / "Ses02F_impro01.txt"
+    emo.write_bytes(emo.read_text().encode("utf-16"))
+    assert main(["corpus", "--corpus", "iemocap", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {emo} holds NUL bytes") and len(err.splitlines()) == 1
+
+
+def test_wavs_without_a_label_line_are_counted_not_refused(tmp_path, caplog):
+    """A sentence wav whose summary line is gone is left out with a warning that counts such wavs
+    (the real corpus has a line for each of its wavs, so an intact copy says nothing)."""
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    with caplog.at_level("WARNING", logger="emofuse"):
+        assert as_dicts(load_corpus("iemocap", root=tmp_path)) == fake.expected()
+    assert not caplog.records
+    dialogs = collections.Counter(u.dialog for u in fake.utterances)
+    victim = next(u for u in fake.utterances if u.code == "ang" and dialogs[u.dialog] > 1)
+    emo = tmp_path / f"Session{victim.session}" / "dialog" / "EmoEvaluation" / f"{victim.dialog}.txt"
+    lines = emo.read_bytes().decode().split("\n")
+    emo.write_bytes("\n".join(l for l in lines if f"\t{victim.id}\t" not in l).encode())
+    with caplog.at_level("WARNING", logger="emofuse"):
+        utts = load_corpus("iemocap", root=tmp_path)
+    assert victim.id not in {u.id for u in utts} and len(utts) == len(fake.expected()) - 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 sentence wav(s) under {tmp_path}/Session*/sentences/wav have no summary line in any EmoEvaluation file "
+        f"and are left out, e.g. {victim.audio_path} (the real corpus has none)"]
+
+
+def test_transcript_listed_twice_with_another_text_is_refused(tmp_path):
+    from emofuse.corpora.iemocap import parse_transcription
+    p = tmp_path / "t.txt"
+    first = "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.\nM: Yeah.\n"
+    p.write_text(first + first)  # the same line repeated: read once
+    assert parse_transcription(p) == {"Ses01F_impro01_F000": "Excuse me."}
+    p.write_text(first + "Ses01F_impro01_F000 [009.0000-010.0000]: Something else entirely.\n")
+    with pytest.raises(CorpusError, match=r"t\.txt, line 3: Ses01F_impro01_F000 is transcribed again with another "
+                                          r"text \(first on line 1\)"):
+        parse_transcription(p)
+
+
+def test_fake_with_sessions_left_out_is_still_a_readable_copy(tmp_path):
+    """A test corpus of fewer sessions (counts for 1 and 2 only) writes one `xxx` utterance in each
+    other session and no files for a dialog without utterances, so the reader, which refuses an
+    EmoEvaluation file with no summary line, reads it; the four classes come from sessions 1-2."""
+    fake = make_fake_iemocap(tmp_path, counts={1: {"ang": 1}, 2: {"sad": 2}}, seconds=0.05, alignments=False)
+    assert sorted(u.code for u in fake.utterances) == ["ang", "sad", "sad", "xxx", "xxx", "xxx"]
+    assert len(list((tmp_path / "Session1" / "dialog" / "EmoEvaluation").glob("Ses*.txt"))) == 1
+    utts = load_corpus("iemocap", root=tmp_path)
+    assert as_dicts(utts) == fake.expected() and {u.session for u in utts} == {1, 2}

@@ -310,11 +310,14 @@ def write_bad_manifest(folder: Path) -> Path:
     nan[100] = np.nan
     sf.write(folder / "a" / "nan.wav", nan, sr, subtype="FLOAT")
     sf.write(folder / "a" / "stereo44k.flac", np.stack([good(44100), good(44100)], 1), 44100)
+    sf.write(folder / "a" / "cut.wav", good(sr), sr, subtype="PCM_16")
+    cut = (folder / "a" / "cut.wav").read_bytes()
+    (folder / "a" / "cut.wav").write_bytes(cut[:44 + 2 * 6000])   # an interrupted copy: 6000 of 16000 samples
     rows = [("ok1", "a/ok1.wav", "hello there", "neu"), ("ok2", "a/ok2.wav", "good morning", "hap"),
             ("junk", "a/._junk.wav", "x", "ang"), ("broken", "a/broken.wav", "x", "ang"),
             ("empty", "a/empty.wav", "x", "sad"), ("short", "a/short.wav", "x", "sad"),
             ("nan", "a/nan.wav", "x", "neu"), ("stereo", "a/stereo44k.flac", "fine words", "hap"),
-            ("notext", "a/ok1.wav", "", "neu")]
+            ("notext", "a/ok1.wav", "", "neu"), ("cut", "a/cut.wav", "half a sentence", "ang")]
     lines = ["id,audio,text,label,speaker,session"] + [f"{i},{a},{t},{l},spk,{k % 2 + 1}" for k, (i, a, t, l) in enumerate(rows)]
     data = ("\n".join(lines) + "\n").encode() + b"latin,a/ok2.wav,caf\xe9 au lait,neu,spk,1\n"
     (folder / "m.csv").write_bytes(data)
@@ -329,7 +332,8 @@ def test_bad_input_is_skipped_with_reasons(tiny_models, tmp_path):
     assert r.returncode == 0, r.stderr
     with FeatureStore(out) as fs:
         assert sorted(fs.ids("audio")) == ["latin", "notext", "ok1", "ok2", "stereo"]
-        assert sorted(fs.ids("text", "tokens")) == ["broken", "empty", "junk", "nan", "ok1", "ok2", "short", "stereo"]
+        assert sorted(fs.ids("text", "tokens")) == ["broken", "cut", "empty", "junk", "nan", "ok1", "ok2", "short",
+                                                    "stereo"]
         reasons = {(r.id, r.kind): r.reason for r in fs.skipped("audio").itertuples()}
         text_reasons = {r.id: r.reason for r in fs.skipped("text").itertuples()}
     assert "AppleDouble" in reasons[("junk", "frames")]
@@ -337,11 +341,66 @@ def test_bad_input_is_skipped_with_reasons(tiny_models, tmp_path):
     assert "empty audio" in reasons[("empty", "frames")]
     assert "shorter than the encoder's receptive field" in reasons[("short", "frames")]
     assert "NaN or infinite" in reasons[("nan", "frames")]
+    assert reasons[("cut", "frames")] == "truncated wav: its header declares 16000 samples, the file holds 6000 (an interrupted copy?)"
     assert text_reasons == {"notext": "empty transcript", "latin": "transcript is not valid UTF-8 text (undecodable bytes)"}
     tsv = pd.read_csv(tmp_path / "s.skipped.tsv", sep="\t")   # named after its store
     assert not (tmp_path / "skipped.tsv").exists() and not (tmp_path / "s.h5.lock").exists()
-    assert len(tsv) == 7 and set(tsv["stream"]) == {"audio", "text"}
-    assert "7 skipped" not in r.stdout and "5 skipped" in r.stdout and "2 skipped" in r.stdout
+    assert len(tsv) == 8 and set(tsv["stream"]) == {"audio", "text"}
+    assert "8 skipped" not in r.stdout and "6 skipped" in r.stdout and "2 skipped" in r.stdout
+
+
+def _wav_bytes(samples: np.ndarray, channels: int = 1, before_fmt: bytes = b"", before_data: bytes = b"",
+               data_size: int | None = None, riff_size: int | None = None) -> bytes:
+    """A 16 kHz PCM16 RIFF/WAVE file built chunk by chunk (extra chunks, sizes as a writer left them)."""
+    import struct
+    data = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, channels, 16000, 16000 * 2 * channels, 2 * channels, 16)
+    body = (b"WAVE" + before_fmt + b"fmt " + struct.pack("<I", len(fmt)) + fmt + before_data + b"data"
+            + struct.pack("<I", len(data) if data_size is None else data_size) + data)
+    return b"RIFF" + struct.pack("<I", len(body) if riff_size is None else riff_size) + body
+
+
+def test_truncated_wav_is_told_from_its_header(tmp_path):
+    """A wav holding less audio than its header declares (an interrupted copy) is BadInput with both
+    counts, wherever its data chunk lies (after LIST chunks, an odd-sized one padded); what is not a
+    clear truncation is left to soundfile: sizes left open by a streaming writer, RF64, FLAC, a file
+    cut inside its header, extra bytes after the data."""
+    import struct
+
+    from emofuse.corpora import Utterance
+    from emofuse.extract.audio import BadInput, load_audio, wav_truncation
+
+    x = (np.random.default_rng(0).standard_normal(1000) * 3000).astype(np.int16)
+    info = b"LIST" + struct.pack("<I", 17) + b"INFOISFT" + struct.pack("<I", 5) + b"emof\x00" + b"\x00"  # odd: padded
+    junk = b"JUNK" + struct.pack("<I", 9) + b"123456789" + b"\x00"
+
+    def load(name, data):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return load_audio(Utterance(id=name, audio_path=str(path), transcript="", label="neu", session=1,
+                                    speaker="s", gender="F"), 16000)
+
+    for name, whole, samples in [("plain.wav", _wav_bytes(x), 1000),
+                                 ("list.wav", _wav_bytes(x, before_fmt=info, before_data=junk + info), 1000),
+                                 ("stereo.wav", _wav_bytes(np.repeat(x, 2), channels=2), 1000)]:
+        assert len(load(name, whole)) == samples
+        assert len(load(name, whole + b"tail bytes")) == samples
+        with pytest.raises(BadInput, match=f"^truncated wav: its header declares {samples} samples, the file holds "
+                                           f"{samples - 301} "):
+            load(name, whole[:len(whole) - 301 * 2 * (2 if name == "stereo.wav" else 1)])
+    cut = _wav_bytes(x)[:1000]
+    for name, data in [("open.wav", _wav_bytes(x, data_size=0xFFFFFFFF, riff_size=0xFFFFFFFF)[:1000]),
+                       ("zero.wav", _wav_bytes(x, data_size=0, riff_size=0)[:1000]),
+                       ("riff-open.wav", _wav_bytes(x, riff_size=0xFFFFFFFF)[:1000]),
+                       ("rf64.wav", b"RF64" + cut[4:]), ("header-cut.wav", cut[:30])]:
+        with open(tmp_path / name, "wb") as f:
+            f.write(data)
+        with open(tmp_path / name, "rb") as f:
+            assert wav_truncation(f, f.read(12)) is None, name
+    assert len(load("open.wav", _wav_bytes(x, data_size=0xFFFFFFFF, riff_size=0xFFFFFFFF)[:1000])) > 0
+    sf.write(tmp_path / "a.flac", x, 16000)
+    with open(tmp_path / "a.flac", "rb") as f:
+        assert wav_truncation(f, f.read(12)) is None
 
 
 def test_fail_mode_stops_with_one_sentence_and_keeps_work(tiny_models, tmp_path):

@@ -5,6 +5,7 @@ Only this module knows the IEMOCAP layout; everything downstream sees ``Utteranc
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,11 +15,17 @@ from ..errors import CorpusError
 from .records import Utterance
 from .textio import read_lines, visible
 
+log = logging.getLogger(__name__)
+
 UTT_RE = re.compile(
     r"^Ses0([1-5])([FM])_(impro|script)(\d\d)([ab]?)(?:_(\d)([ab]?))?_([FM])(\d{3})$"
 )
 SUMMARY_RE = re.compile(r"^\[([\d.]+) - ([\d.]+)\]\t(\S+)\t(\w+)\t\[([^\]]*)\]")
 TRANSCRIPT_RE = re.compile(r"^(\S+) \[([\d.]+)-([\d.]+)\]:\s?(.*)$")
+#: What a summary line starts with: a bracket at the line start, then the utterance id as the
+#: first token after it. A line of this shape whose token is an utterance id but which
+#: ``SUMMARY_RE`` does not match is a damaged summary line.
+SUMMARY_LIKE_RE = re.compile(r"^\s*\[[^\]]*\]\s*([^\s\[\]]+)")
 
 #: The standard four-class set: excited merged into happy (5,531 utterances).
 FOUR_CLASS: Mapping[str, str] = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
@@ -94,27 +101,66 @@ def find_root(root: str | Path) -> Path:
 def parse_emo_evaluation(path: Path) -> dict[str, str]:
     """``{utterance id: emotion code}`` from one consensus EmoEvaluation file. The times of a
     summary line are positions in the dialog wav, which we do not read (each sentence wav is
-    already cut); times that are not numbers mark a damaged file and raise ``CorpusError``."""
+    already cut). A damaged file raises ``CorpusError`` naming the file and line: times that are
+    not numbers, a code IEMOCAP does not use (``sadd``, ``Sad``), an id listed twice, a line that
+    starts like a summary line (``[start - end]`` and an utterance id) but does not have its
+    form, and a file with no summary line at all (empty, or re-saved as UTF-16)."""
     out: dict[str, str] = {}
-    for no, line in enumerate(read_lines(path), start=1):
+    first_line: dict[str, int] = {}
+    lines = read_lines(path)
+    for no, line in enumerate(lines, start=1):
         m = SUMMARY_RE.match(line)
-        if m and UTT_RE.match(m.group(3)):
-            try:
-                float(m.group(1)), float(m.group(2))
-            except ValueError:
-                raise CorpusError(f"{path}, line {no}: times [{m.group(1)[:20]} - {m.group(2)[:20]}] of {m.group(3)} "
-                                  "are not numbers of seconds") from None
-            out[m.group(3)] = m.group(4)
+        if not (m and UTT_RE.match(m.group(3))):
+            like = SUMMARY_LIKE_RE.match(line)
+            if like and UTT_RE.match(like.group(1)):
+                raise CorpusError(f"{path}, line {no}: {line[:120]!r} starts like the summary line of "
+                                  f"{like.group(1)} but does not have its form "
+                                  "'[START - END]<TAB>ID<TAB>CODE<TAB>[V, A, D]' (TABs between the fields)")
+            continue
+        uid, code = m.group(3), m.group(4)
+        try:
+            float(m.group(1)), float(m.group(2))
+        except ValueError:
+            raise CorpusError(f"{path}, line {no}: times [{m.group(1)[:20]} - {m.group(2)[:20]}] of {uid} "
+                              "are not numbers of seconds") from None
+        if code not in ALL_CODES:
+            hint = " (codes are lower case)" if code.lower() in ALL_CODES else ""
+            raise CorpusError(f"{path}, line {no}: {uid} has emotion code {code[:40]!r}, which is not one of "
+                              f"IEMOCAP's codes {' '.join(ALL_CODES)}{hint}")
+        if uid in out:
+            raise CorpusError(f"{path}, line {no}: {uid} is listed again (first on line {first_line[uid]}); "
+                              "each utterance has one summary line")
+        out[uid] = code
+        first_line[uid] = no
+    if not out:
+        if lines == [""]:
+            what = "is empty (0 bytes)"
+        elif any("\x00" in line for line in lines):
+            what = "holds NUL bytes (UTF-16 text?) and no summary line"
+        else:
+            what = "holds no summary line"
+        raise CorpusError(f"{path} {what}: expected UTF-8 or latin-1 text with one "
+                          "'[START - END]<TAB>ID<TAB>CODE<TAB>[V, A, D]' line per utterance of its dialog")
     return out
 
 
 def parse_transcription(path: Path) -> dict[str, str]:
-    """``{utterance id: text}``; XX lines and untimed ``M:``/``F:`` lines are skipped."""
+    """``{utterance id: text}``; XX lines and untimed ``M:``/``F:`` lines are skipped. An id
+    transcribed twice with different texts raises ``CorpusError`` naming the file and line (the
+    same line repeated is harmless and read once)."""
     out: dict[str, str] = {}
-    for line in read_lines(path):
+    first_line: dict[str, int] = {}
+    for no, line in enumerate(read_lines(path), start=1):
         m = TRANSCRIPT_RE.match(line)
         if m and UTT_RE.match(m.group(1)):
-            out[m.group(1)] = m.group(4).strip()
+            uid, text = m.group(1), m.group(4).strip()
+            if uid in out:
+                if out[uid] != text:
+                    raise CorpusError(f"{path}, line {no}: {uid} is transcribed again with another text (first on "
+                                      f"line {first_line[uid]}); each utterance has one transcript line")
+                continue
+            out[uid] = text
+            first_line[uid] = no
     return out
 
 
@@ -159,11 +205,15 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
 
     ``labels`` maps raw codes to labels (default: the four-class set, ``exc`` → ``hap``);
     utterances whose code is not in the mapping are left out. Raises ``CorpusError`` for a
-    root without Session1–5, a session without EmoEvaluation files, or a missing sentence wav.
+    root without Session1–5, a session without EmoEvaluation files, a damaged EmoEvaluation or
+    transcription file (``parse_emo_evaluation``, ``parse_transcription``), an id listed in two
+    files, or a missing sentence wav. Sentence wavs that no summary line lists are counted in a
+    warning.
     """
     mapping = resolve_labels(labels)
     base = find_root(root)
     utts: list[Utterance] = []
+    listed: dict[str, str] = {}  # every id with a summary line, whatever its code → its file
     for s_idx, session in enumerate(SESSIONS, start=1):
         dialog_dir = base / session / "dialog"
         emo_dir = dialog_dir / "EmoEvaluation"
@@ -176,6 +226,11 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
         align_cache: dict[str, dict[str, dict[str, str]]] = {}
         for emo in emo_files:
             codes = parse_emo_evaluation(emo)
+            for utt_id in codes:
+                if utt_id in listed:
+                    raise CorpusError(f"utterance id {utt_id} appears twice in the EmoEvaluation files, in "
+                                      f"{listed[utt_id]} and in {emo}; each utterance has one summary line")
+                listed[utt_id] = str(emo)
             trans_path = dialog_dir / "transcriptions" / f"{emo.stem}.txt"
             texts = parse_transcription(trans_path) if trans_path.is_file() else {}
             for utt_id, code in codes.items():
@@ -202,7 +257,25 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                     )
                 )
     utts.sort(key=lambda u: u.id)
-    for a, b in zip(utts, utts[1:]):
-        if a.id == b.id:
-            raise CorpusError(f"utterance id {a.id} appears twice in the EmoEvaluation files under {base}")
+    unlabelled = _unlabelled_wavs(base, listed)
+    if unlabelled:
+        log.warning(f"{len(unlabelled)} sentence wav(s) under {base}/Session*/sentences/wav have no summary line in "
+                    f"any EmoEvaluation file and are left out, e.g. {unlabelled[0]} (the real corpus has none)")
     return utts
+
+
+def _unlabelled_wavs(base: Path, listed: Mapping[str, str]) -> list[str]:
+    """Sorted paths of the sentence wavs whose id no EmoEvaluation summary line lists (one
+    listing per dialog folder). The real corpus has a line for every one of its 10,039 wavs."""
+    out = []
+    for session in SESSIONS:
+        wav_root = base / session / "sentences" / "wav"
+        if not wav_root.is_dir():
+            continue
+        with os.scandir(wav_root) as dialogs:
+            folders = [d.path for d in dialogs if visible(d.name) and d.is_dir()]
+        for folder in folders:
+            with os.scandir(folder) as it:
+                out += [e.path for e in it if visible(e.name) and e.name.endswith(".wav")
+                        and e.name[:-4] not in listed]
+    return sorted(out)

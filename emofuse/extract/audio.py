@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -21,19 +23,60 @@ class BadInput(Exception):
         self.reason = reason
 
 
+def wav_truncation(f: BinaryIO, head: bytes) -> str | None:
+    """One sentence when ``f`` (an open file whose first 12 bytes are ``head``) is a RIFF/WAVE
+    file whose data chunk declares more bytes than the file holds (an interrupted copy, which
+    soundfile reads silently as a shorter recording); else None. Reads only the chunk headers
+    up to the data chunk. Only a clear truncation is judged: other formats (RF64, RIFX, FLAC …),
+    a size left open by a streaming writer (0 or 0xFFFFFFFF, in the RIFF or the data header), a
+    RIFF size that disagrees with the data chunk, or chunks that cannot be walked give None
+    (soundfile then reads the file or refuses it itself)."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    riff_size = struct.unpack("<I", head[4:8])[0]
+    size = os.fstat(f.fileno()).st_size
+    pos, block_align = 12, 0
+    for _ in range(64):  # a wav has a handful of chunks before its data
+        f.seek(pos)
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None
+        cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"fmt ":
+            fmt = f.read(16)
+            if len(fmt) >= 14:
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+        elif cid == b"data":
+            present = size - (pos + 8)
+            open_size = n in (0, 0xFFFFFFFF) or riff_size in (0, 0xFFFFFFFF)
+            if open_size or present >= n or 8 + riff_size < pos + 8 + n:
+                return None
+            if block_align:
+                return (f"truncated wav: its header declares {n // block_align} samples, the file holds "
+                        f"{present // block_align} (an interrupted copy?)")
+            return (f"truncated wav: its header declares {n} bytes of audio, the file holds {present} "
+                    "(an interrupted copy?)")
+        pos += 8 + n + (n & 1)  # chunks are padded to an even size
+    return None
+
+
 def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
     """Mono float32 samples of ``utt`` at ``target_sr`` (its ``start``/``end`` segment if given).
 
-    Raises ``BadInput`` for AppleDouble junk, unreadable or empty audio, a segment outside the
-    file, and NaN/inf samples.
+    Raises ``BadInput`` for AppleDouble junk, a truncated wav (``wav_truncation``), unreadable
+    or empty audio, a segment outside the file, and NaN/inf samples.
     """
     path = utt.audio_path
     if os.path.basename(path).startswith("._"):
         raise BadInput("AppleDouble metadata file (name starts with '._'), not audio")
     try:
         with open(path, "rb") as f:
-            if f.read(4) == APPLEDOUBLE_MAGIC:
+            head = f.read(12)
+            if head[:4] == APPLEDOUBLE_MAGIC:
                 raise BadInput("AppleDouble metadata file (bytes 00 05 16 07), not audio")
+            truncated = wav_truncation(f, head)
+            if truncated:
+                raise BadInput(truncated)
         info = sf.info(path)
         start = 0 if utt.start is None else int(round(utt.start * info.samplerate))
         stop = None if utt.end is None else int(round(utt.end * info.samplerate))

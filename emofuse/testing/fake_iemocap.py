@@ -109,8 +109,10 @@ def make_fake_iemocap(root: str | Path, counts: Mapping[int, Mapping[str, int]] 
                       seconds: float = 0.3, nested: bool = False, seed: int = 0,
                       alignments: bool = True) -> FakeCorpus:
     """Write a fake corpus under ``root``; ``counts[session][code]`` utterances per raw code
-    (default: a few of each, with ``fru``, ``xxx`` and ``sur`` beside the four classes).
-    Audio: a label-dependent tone plus noise, ``seconds`` long (±30 %)."""
+    (default: a few of each, with ``fru``, ``xxx`` and ``sur`` beside the four classes). A session
+    given no utterances gets one ``xxx`` (outside every standard label set), and a dialog given
+    none gets no files, as in the real corpus: the reader refuses an EmoEvaluation file without
+    utterances. Audio: a label-dependent tone plus noise, ``seconds`` long (±30 %)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     base = root / "IEMOCAP_full_release" / "IEMOCAP_full_release" if nested else root
@@ -121,6 +123,8 @@ def make_fake_iemocap(root: str | Path, counts: Mapping[int, Mapping[str, int]] 
         sdir = base / f"Session{session}"
         dialogs = _dialogs(session)
         codes = [c for c, n in sorted(counts.get(session, {}).items()) for _ in range(n)]
+        if not codes:  # every real session has labelled dialogs, and the reader refuses an empty one
+            codes = ["xxx"]
         rng.shuffle(codes)
         per_dialog: dict[str, list[str]] = {d: [] for d in dialogs}
         for i, c in enumerate(codes):
@@ -189,6 +193,8 @@ def make_fake_iemocap(root: str | Path, counts: Mapping[int, Mapping[str, int]] 
                     id=uid, dialog=dialog, code=code, transcript=text, session=session, gender=gender,
                     start=start, end=end, n_samples=n, has_alignment=has_align, audio_path=str(wav),
                     words=w_rows, phones=p_rows))
+            if not per_dialog[dialog]:
+                continue  # no files: every real dialog has utterances, and an empty EmoEvaluation file is refused
             eol = "\r\n" if d_idx == 2 else "\n"
             (emo_dir / f"{dialog}.txt").write_bytes(eol.join(emo_lines).encode())
             (emo_dir / "Categorical" / f"{dialog}_e1_cat.txt").write_text("\n".join(cat_lines) + "\n")
