@@ -30,12 +30,14 @@ def wav_truncation(f: BinaryIO, head: bytes) -> str | None:
     up to the data chunk. Only a clear truncation is judged: other formats (RF64, RIFX, FLAC …),
     a size left open by a streaming writer (0 or 0xFFFFFFFF, in the RIFF or the data header), a
     RIFF size that disagrees with the data chunk, or chunks that cannot be walked give None
-    (soundfile then reads the file or refuses it itself)."""
+    (soundfile then reads the file or refuses it itself). A shortfall of at most 10 ms of audio
+    is let through too: some writers round the sizes in their headers, and an interrupted copy
+    loses far more (it stops at a buffer's end)."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     riff_size = struct.unpack("<I", head[4:8])[0]
     size = os.fstat(f.fileno()).st_size
-    pos, block_align = 12, 0
+    pos, block_align, byte_rate = 12, 0, 0
     for _ in range(64):  # a wav has a handful of chunks before its data
         f.seek(pos)
         chunk = f.read(8)
@@ -45,11 +47,11 @@ def wav_truncation(f: BinaryIO, head: bytes) -> str | None:
         if cid == b"fmt ":
             fmt = f.read(16)
             if len(fmt) >= 14:
-                block_align = struct.unpack("<H", fmt[12:14])[0]
+                byte_rate, block_align = struct.unpack("<IH", fmt[8:14])
         elif cid == b"data":
             present = size - (pos + 8)
             open_size = n in (0, 0xFFFFFFFF) or riff_size in (0, 0xFFFFFFFF)
-            if open_size or present >= n or 8 + riff_size < pos + 8 + n:
+            if open_size or present + byte_rate // 100 >= n or 8 + riff_size < pos + 8 + n:
                 return None
             if block_align:
                 return (f"truncated wav: its header declares {n // block_align} samples, the file holds "
