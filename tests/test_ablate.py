@@ -177,6 +177,30 @@ def test_planning_without_finetune_downloads_no_checkpoint(monkeypatch):
     assert calls == [True, True, False]
 
 
+def test_a_store_changed_while_the_grid_trains_is_never_filed_under_the_old_key(store, tmp_path, monkeypatch):
+    """ablate plans its keys from the store, then trains: a commit in between (align-segments
+    while the grid runs) made a run of the new content sit under the old content's key, and the
+    tables mixed the two."""
+    import json
+    import emofuse.pipelines.train as train_mod
+    from emofuse.pipelines.ablate import run_key
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2, folds: [1, 2]}\ntables:\n  - name: a\n    rows:\n"
+                    '      - {label: "Frame", fusion: none, granularity: F}\n')
+    real = train_mod.store_fingerprints
+    monkeypatch.setattr(train_mod, "store_fingerprints", lambda fs, cfg: {**real(fs, cfg), "F": "new segments"})
+    cfg = AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu")
+    with pytest.raises(EmofuseError, match="changed while ablate ran: 1 configuration.*no table was written"):
+        run_ablate(cfg)
+    (moved,) = os.listdir(tmp_path / "g" / "runs")
+    config = json.loads((tmp_path / "g" / "runs" / moved / "config.json").read_text())
+    assert moved == run_key(config["identity"], config["fingerprints"])   # filed under what it read
+    assert not (tmp_path / "g" / "tables").exists()
+    monkeypatch.setattr(train_mod, "store_fingerprints", real)
+    df = run_ablate(cfg)["a"]            # the store as planned: trained again under its own key
+    assert len(os.listdir(tmp_path / "g" / "runs")) == 2 and df["ua_mean"].notna().all()
+
+
 def test_parallel_jobs_give_the_same_numbers(store, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from importlib import resources
@@ -30,7 +31,7 @@ from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .combine import run_combine
-from .rundir import is_finished, read_summary, run_lock, write_json
+from .rundir import is_finished, read_config, read_summary, run_lock, write_json
 from .train import NOT_IN_KEY as TRAIN_NOT_IN_KEY
 from .train import (RUNS_AT_ONCE_HELP, TrainConfig, check_against_store, describe_config, run_train, runs_at_once,
                     store_fingerprints, with_store_defaults)
@@ -407,6 +408,7 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
             with _indented():
                 run_train(c, cache=cache)
         cache.clear()
+    _check_trained_content(pending, cfg.store)
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         log.info(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
         with _indented():
@@ -433,6 +435,31 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
                {"type": "emofuse.ablate", "spec": {k: v for k, v in spec.items() if k != "_labels"},
                 "store": os.path.abspath(cfg.store), "keys": key_of})
     return results
+
+
+def _check_trained_content(trained: list[TrainConfig], store: str) -> None:
+    """Each row just trained read the store content its key was planned from. The plan and the
+    training see the store at two moments: a commit in between (an ``align-segments`` run while
+    the grid trains) would file a run of the new content under the old content's key, and the
+    tables would mix the two. Such a run is moved to the folder its own content keys (kept for a
+    later grid), and the grid stops with one sentence: run again to build tables on one content."""
+    moved = []
+    for c in trained:
+        if not is_finished(c.out):
+            continue
+        key = run_key(c.identity(), read_config(c.out)["fingerprints"])
+        if key == os.path.basename(c.out):
+            continue
+        dest = os.path.join(os.path.dirname(c.out), key)
+        if os.path.exists(dest):
+            shutil.rmtree(c.out)
+        else:
+            os.replace(c.out, dest)
+        moved.append(describe_config(c))
+    if moved:
+        raise EmofuseError(f"{store} changed while ablate ran: {len(moved)} configuration(s) ({'; '.join(moved[:3])}) "
+                           "trained on other store content than the grid was planned on; their runs are kept under "
+                           "the content they read, and no table was written: run the same command again")
 
 
 def _paired_p(a: dict, b: dict) -> float:
