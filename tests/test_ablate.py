@@ -69,6 +69,9 @@ def test_a_row_on_fewer_folds_is_marked_and_never_bold():
     assert r"& 76.30 & $-0.50$ &" in delta
     assert "partial" in tables.to_csv(df).splitlines()[0]
     assert tables.to_markdown(df.drop(columns=["folds", "partial"]), "T").count("**90.00") == 3   # no fold info: as before
+    # no row covers every fold: bold among all, and the note says what that compares
+    split = df.assign(folds=["1,2,3,4", "1,2,3,4", "5"], partial=True)
+    assert "no row covers them all, so bold compares means over different test folds" in tables.to_markdown(split, "T")
 
 
 SPEC = """

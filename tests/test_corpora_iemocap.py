@@ -186,6 +186,18 @@ def test_wavs_without_a_label_line_are_counted_not_refused(tmp_path, caplog):
         f"and are left out, e.g. {victim.audio_path} (the real corpus has none)"]
 
 
+def test_a_stray_text_file_beside_the_label_files_is_left_alone(tmp_path, caplog):
+    """Only files named after a dialog are label files: a user's notes.txt (no summary line) in
+    EmoEvaluation/ is said once and ignored, not refused as a damaged label file."""
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    notes = tmp_path / "Session2" / "dialog" / "EmoEvaluation" / "notes.txt"
+    notes.write_text("which dialogs I listened to\n")
+    with caplog.at_level("WARNING", logger="emofuse"):
+        assert as_dicts(load_corpus("iemocap", root=tmp_path)) == fake.expected()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{notes} is not named after a dialog (Ses0N…); it is not read as a label file"]
+
+
 def test_transcript_listed_twice_with_another_text_is_refused(tmp_path):
     from emofuse.corpora.iemocap import parse_transcription
     p = tmp_path / "t.txt"

@@ -104,6 +104,20 @@ def test_refusals_one_sentence(trained, tmp_path, tiny_models, capsys):
         model.features(audio=["x.wav"])
 
 
+def test_recording_keys_compare_only_what_has_a_digest():
+    """An utterance extraction could not read has no digest: it matches nothing (before, every
+    such utterance of two corpora shared one key and the evaluation was refused); a store
+    without digests gives no keys (a file name and size would call two corpora's 0001.wav one
+    recording)."""
+    from emofuse.pipelines.predict import recording_keys
+    t = pd.DataFrame({"audio_digest": ["ab" * 16, "", "ab" * 16], "start": [np.nan, np.nan, 1.0],
+                      "end": [np.nan, np.nan, 2.0], "audio_path": ["a.wav", "b.wav", "a.wav"]},
+                     index=["u1", "u2", "u3"])
+    k = recording_keys(t)
+    assert k["u2"] == "" and k["u1"] and k["u3"] and k["u1"] != k["u3"]   # another segment of the same file
+    assert recording_keys(t.drop(columns=["audio_digest"])) is None
+
+
 def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     other_corpus = make_fake_iemocap(tmp_path / "other", counts={s: {"ang": 1, "neu": 2, "sad": 1, "fru": 1}
                                                                  for s in range(1, 3)}, seconds=0.8, seed=9)

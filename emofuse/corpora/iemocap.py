@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 UTT_RE = re.compile(
     r"^Ses0([1-5])([FM])_(impro|script)(\d\d)([ab]?)(?:_(\d)([ab]?))?_([FM])(\d{3})$"
 )
+#: the name of a dialog (and of its EmoEvaluation and transcription files): an utterance id
+#: without its speaker part
+DIALOG_NAME_RE = re.compile(r"^Ses0[1-5][FM]_(impro|script)\d\d[ab]?(?:_\d[ab]?)?$")
 SUMMARY_RE = re.compile(r"^\[([\d.]+) - ([\d.]+)\]\t(\S+)\t(\w+)\t\[([^\]]*)\]")
 TRANSCRIPT_RE = re.compile(r"^(\S+) \[([\d.]+)-([\d.]+)\]:\s?(.*)$")
 #: What a summary line starts with: a bracket at the line start, then the utterance id as the
@@ -217,10 +220,14 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
     for s_idx, session in enumerate(SESSIONS, start=1):
         dialog_dir = base / session / "dialog"
         emo_dir = dialog_dir / "EmoEvaluation"
-        emo_files = sorted(
-            p for p in (emo_dir.iterdir() if emo_dir.is_dir() else [])
-            if p.is_file() and visible(p.name) and p.suffix == ".txt"
-        )
+        txt = sorted(p for p in (emo_dir.iterdir() if emo_dir.is_dir() else [])
+                     if p.is_file() and visible(p.name) and p.suffix == ".txt")
+        # a dialog's file is named after the dialog (Ses01F_impro01.txt); another .txt there (a
+        # user's notes) is no label file: said once and left alone, never refused or parsed
+        emo_files = [p for p in txt if DIALOG_NAME_RE.match(p.stem)]
+        for p in txt:
+            if not DIALOG_NAME_RE.match(p.stem):
+                log.warning(f"{p} is not named after a dialog (Ses0N…); it is not read as a label file")
         if not emo_files:
             raise CorpusError(f"{emo_dir} holds no EmoEvaluation/<dialog>.txt files; expected one per dialog")
         align_cache: dict[str, dict[str, dict[str, str]]] = {}

@@ -49,17 +49,19 @@ from .rundir import (CONFIG, SUMMARY, fold_metrics, has_config, is_finished, pre
 
 log = logging.getLogger(__name__)
 
-def recording_keys(table: pd.DataFrame) -> pd.Series:
+def recording_keys(table: pd.DataFrame) -> pd.Series | None:
     """Per utterance (indexed by id) a 16-hex digest of what it is, wherever the corpus lies:
-    its audio file's content digest (its name and size in a store written before digests) and
-    its segment times. Two stores share an utterance when they share its key."""
-    cols = [c for c in ("audio_digest", "start", "end") if c in table.columns]
+    its audio file's content digest and its segment times; two stores share an utterance when
+    they share its key. "" for an utterance whose audio could not be read at extraction (no
+    digest: nothing to compare). None for a store written before audio digests (a file name and
+    size would call two corpora's ``0001.wav`` the same recording)."""
     if "audio_digest" not in table.columns:
-        names = table["audio_path"].map(lambda p: os.path.basename(str(p)))
-        table = table.assign(_name=names)
-        cols = ["_name", "audio_bytes"] + [c for c in ("start", "end") if c in table.columns]
+        return None
+    cols = [c for c in ("audio_digest", "start", "end") if c in table.columns]
     rows = ["|".join(map(str, r)) for r in table[cols].itertuples(index=False, name=None)]
-    return pd.Series([hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows], index=table.index)
+    keys = [hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows]
+    digests = table["audio_digest"].fillna("").astype(str).to_numpy()
+    return pd.Series([k if d else "" for k, d in zip(keys, digests)], index=table.index)
 
 
 MODEL_TYPE = "emofuse.model"
@@ -136,7 +138,8 @@ class TrainedModel:
                                    "fingerprints or segment digests differ); the normalisation statistics cannot "
                                    "be recomputed from it")
             keys = cfg.keys()
-            training = sorted(set(recording_keys(fs.utterances)))   # every recording of the training store
+            keys_now = recording_keys(fs.utterances)   # every recording of the training store
+            training = None if keys_now is None else sorted(set(keys_now) - {""})
             layer_ids = config["layer_ids"]
             streams, encoders = {}, {}
             for k in keys:
@@ -380,6 +383,12 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
     load = load_audio_encoder if side == "audio" else load_text_encoder
     enc = load(spec, device=device, dtype=ec.get("dtype", "float32"))
     got = _fingerprint(enc, info)
+    if got != info["fingerprint"] and "last_layer" in enc.info and "last_layer" not in info \
+            and enc.info.get("weights_hash") == info.get("weights_hash"):
+        raise EmofuseError(f"this model's {side} stream {stream!r} ({info.get('encoder_id')}) was extracted before "
+                           "emofuse stored a pre-LayerNorm model's normalised output as its last layer "
+                           "(docs/encoders.md); its last layer is another tensor than this encoder gives now: "
+                           "extract the store again and retrain the model")
     if got != info["fingerprint"]:
         raise EmofuseError(f"the {side} encoder {spec} does not match the one this model was trained on (stream "
                            f"{stream!r}: {info.get('encoder_id')}, weights {str(info.get('weights_hash'))[:12]}, "
@@ -604,13 +613,13 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                                     if (k == "T") == (side == "text")), None)
         data = load_train_data(fs, model.keys, c["audio_stream"], c["text_stream"],
                                {"audio": ids_of("audio"), "text": ids_of("text")}, torch.device("cpu"))
-        trained_on = model.spec.get("training_recordings")
-        if trained_on is None:
-            log.warning(f"{run} was exported before emofuse recorded its training recordings: whether {store} "
-                        "shares utterances with its training data is not checked")
+        trained_on, keys = model.spec.get("training_recordings"), recording_keys(fs.utterances)
+        if trained_on is None or keys is None:
+            log.warning(f"{run if trained_on is None else store} records no audio digests (written by an older "
+                        f"emofuse): whether {store} shares utterances with {run}'s training data is not checked")
         else:
-            keys, trained_on = recording_keys(fs.utterances).reindex(data.ids), set(trained_on)
-            shared = [u for u, k in zip(data.ids, keys) if k in trained_on]
+            keys, trained_on = keys.reindex(data.ids), set(trained_on)
+            shared = [u for u, k in zip(data.ids, keys) if k and k in trained_on]
             if shared:
                 raise EmofuseError(
                     f"{len(shared)} of the {len(data.ids)} utterances of {store} are recordings {run} was trained on "

@@ -43,6 +43,9 @@ def _partial_note(df: pd.DataFrame) -> str:
     if not partial_rows(df).any():
         return ""
     every = sorted({f for fs in df["folds"] for f in str(fs).split(",")}, key=lambda f: (len(f), f))
+    if partial_rows(df).all():
+        return (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}); no row covers "
+                "them all, so bold compares means over different test folds")
     return (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
             "so not compared for bold")
 
