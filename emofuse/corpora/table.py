@@ -85,6 +85,17 @@ def alignment_paths(cell: str, base: str | None, recorded_base: str | None = Non
     return {tier: resolve_path(p, base, recorded_base) for tier, p in json.loads(cell or "{}").items()}
 
 
+def changes_text(changes: list[tuple[str, str, str]]) -> str:
+    """``(id, what changed, path)`` of utterances whose audio differs from a store's record, as
+    the counts per kind and a few examples: ``2 audio content changed; e.g. u1: … (path); …``."""
+    kinds: dict[str, int] = {}
+    for _, what, _ in changes:
+        kinds[what] = kinds.get(what, 0) + 1
+    counts = ", ".join(f"{n} {what}" for what, n in sorted(kinds.items()))
+    shown = "; ".join(f"{i}: {what} ({path})" for i, what, path in changes[:3])
+    return f"{counts}; e.g. {shown}"
+
+
 def audio_digest(path: str) -> str:
     """sha256 (32 hex) of an audio file's bytes: a re-recorded or re-cut file of the same name
     and size is noticed. "" when the file cannot be read (extraction reports it per utterance).

@@ -13,24 +13,8 @@ import json
 import os
 
 from ..errors import EmofuseError
+from ..hashing import file_sha256
 from .encoders import resolve_spec
-
-#: (real path, inode, size, modification time) → sha256 of the file: a large checkpoint is read
-#: once per process, and again only when the file changes
-_file_digests: dict[tuple, str] = {}
-
-
-def _file_digest(path: str) -> str:
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _file_digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _file_digests[key] = h.hexdigest()
-    return _file_digests[key]
-
 
 #: the files ``from_pretrained`` reads from a hub snapshot (weights, configs, tokenizer)
 HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
@@ -67,5 +51,5 @@ def checkpoint_digest(spec: str | None, fetch: bool = True) -> str | None:
         p = os.path.join(folder, name)
         if name.startswith(".") or not os.path.isfile(p):
             continue
-        h.update(json.dumps([name, _file_digest(p)]).encode())
+        h.update(json.dumps([name, file_sha256(p)]).encode())
     return h.hexdigest()[:32]

@@ -21,7 +21,7 @@ from ..align.tiers import check_within_audio, complete_tiers, read_alignment
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import alignments_beside
 from ..corpora.manifest import load_manifest
-from ..corpora.table import audio_digest, resolve_audio_path
+from ..corpora.table import audio_digest, changes_text, resolve_audio_path
 from ..errors import EmofuseError
 from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
@@ -189,17 +189,12 @@ def check_audio(fs: FeatureStore, inputs: UtteranceInputs, ids: Sequence[str]) -
         if path not in seen:
             seen[path] = audio_digest(path) if os.path.exists(path) else "missing"
         if seen[path] != want:
-            changes.append((uid, "audio file missing" if seen[path] == "missing" else "audio content changed"))
+            changes.append((uid, "audio file missing" if seen[path] == "missing" else "audio content changed", path))
     if changes:
-        kinds: dict[str, int] = {}
-        for _, what in changes:
-            kinds[what] = kinds.get(what, 0) + 1
-        counts = ", ".join(f"{n} {what}" for what, n in sorted(kinds.items()))
-        shown = "; ".join(f"{i}: {what} ({inputs.audio[i]})" for i, what in changes[:3])
         where = inputs.base or "its recorded location"
         raise EmofuseError(
             f"the corpus at {where} is not the one {fs.path} was built from: {len(changes)} utterances differ "
-            f"({counts}; e.g. {shown}); pass --root/--manifest of that copy, or run extract-embeddings with "
+            f"({changes_text(changes)}); pass --root/--manifest of that copy, or run extract-embeddings with "
             "--update-corpus first")
 
 

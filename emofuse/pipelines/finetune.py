@@ -33,10 +33,10 @@ from torch import nn
 
 from .. import __version__
 from ..corpora import Utterance
-from ..corpora.table import audio_digest
+from ..corpora.table import changes_text
 from ..devices import rank_device, resolve_device, to_device
 from ..errors import EmofuseError
-from ..hashing import sha256_int
+from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.checkpoints import checkpoint_digest
 from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_field
@@ -185,21 +185,13 @@ class FinetuneData:
     excluded: dict = field(default_factory=dict)
 
 
-#: (path, inode, size, modification time) → the file's digest: each audio file hashed once per process
-_audio_digests: dict[tuple, str] = {}
-
-
 def _digest_now(path: str) -> str:
-    """``audio_digest`` of the file at ``path`` as it is now ("" when it cannot be read), cached
-    per version of the file (a rewritten file is hashed again)."""
+    """``audio_digest`` of the file at ``path`` as it is now ("" when it cannot be read), each
+    version of a file hashed once per process (``file_sha256``: the same recipe)."""
     try:
-        st = os.stat(path)
+        return file_sha256(path)[:32]
     except OSError:
         return ""
-    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _audio_digests:
-        _audio_digests[key] = audio_digest(path)
-    return _audio_digests[key]
 
 
 def check_audio(store: str, utts: pd.DataFrame) -> None:
@@ -217,14 +209,9 @@ def check_audio(store: str, utts: pd.DataFrame) -> None:
         if now != want:
             changes.append((str(uid), "audio file missing or unreadable" if not now else "audio content changed", path))
     if changes:
-        kinds: dict[str, int] = {}
-        for _, what, _ in changes:
-            kinds[what] = kinds.get(what, 0) + 1
-        counts = ", ".join(f"{n} {what}" for what, n in sorted(kinds.items()))
-        shown = "; ".join(f"{i}: {what} ({path})" for i, what, path in changes[:3])
         raise EmofuseError(
             f"the audio files of {store}'s utterance table are not those it was built from: {len(changes)} "
-            f"utterances differ from the store ({counts}; e.g. {shown}); restore them, or run extract-embeddings "
+            f"utterances differ from the store ({changes_text(changes)}); restore them, or run extract-embeddings "
             "with --update-corpus on this store first (fine-tuning trains on the audio the store records)")
 
 
