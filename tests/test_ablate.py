@@ -146,15 +146,21 @@ def test_grid_best_is_a_full_row_and_a_combination_report_names_its_members(stor
     assert text.startswith("# emofuse report: score combination of none F, late F+S+T\n")
 
 
+def one_table_spec(tmp_path, *rows: str) -> Path:
+    """spec.yaml: one table ``a`` of ``rows`` (YAML flow mappings), 1 repeat × 2 epochs on folds 1-2."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2, folds: [1, 2]}\ntables:\n  - name: a\n    rows:\n"
+                    + "".join(f"      - {r}\n" for r in rows))
+    return spec
+
+
 def test_a_combination_of_a_fine_tuned_row_not_run_is_left_out(store, tmp_path, caplog):
     """Before: every frozen row trained, then the combination failed on its unrun fine-tuned
     member ("not a finished train-head run") and no table was written."""
     caplog.set_level(logging.INFO, "emofuse")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2, folds: [1, 2]}\ntables:\n  - name: a\n    rows:\n"
-                    '      - {label: "Frame", fusion: none, granularity: F}\n'
-                    '      - {label: "FT text", finetune: true, system: text, text_model: /nonexistent/bert}\n'
-                    '      - {label: "Both", combine: ["Frame", "FT text"]}\n')
+    spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
+                          '{label: "FT text", finetune: true, system: text, text_model: /nonexistent/bert}',
+                          '{label: "Both", combine: ["Frame", "FT text"]}')
     df = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu"))["a"]
     assert list(df["label"]) == ["Frame"]
     assert any("Both not combined: FT text (fine-tuned) not run" in m for m in logged_messages(caplog))
@@ -187,9 +193,7 @@ def test_a_store_changed_while_the_grid_trains_is_never_filed_under_the_old_key(
     import json
     import emofuse.pipelines.train as train_mod
     from emofuse.pipelines.ablate import run_key
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 2, folds: [1, 2]}\ntables:\n  - name: a\n    rows:\n"
-                    '      - {label: "Frame", fusion: none, granularity: F}\n')
+    spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}')
     real = train_mod.store_fingerprints
     monkeypatch.setattr(train_mod, "store_fingerprints", lambda fs, cfg: {**real(fs, cfg), "F": "new segments"})
     cfg = AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu")
