@@ -219,3 +219,38 @@ def test_fake_with_sessions_left_out_is_still_a_readable_copy(tmp_path):
     assert len(list((tmp_path / "Session1" / "dialog" / "EmoEvaluation").glob("Ses*.txt"))) == 1
     utts = load_corpus("iemocap", root=tmp_path)
     assert as_dicts(utts) == fake.expected() and {u.session for u in utts} == {1, 2}
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda t: t.encode("utf-16"), r"holds NUL bytes \(UTF-16 text\?\) and no transcript line"),
+    (lambda t: b"", r"is empty \(0 bytes\)"),
+])
+def test_a_transcription_file_with_no_transcript_line_is_refused(tmp_path, capsys, damage, match):
+    """A dialog's transcription re-saved as UTF-16 (or emptied) no longer leaves its utterances
+    without text, which text streams then skipped: `emofuse corpus` exits with one sentence."""
+    from emofuse.cli import main
+    make_fake_iemocap(tmp_path, seed=6)
+    trans = tmp_path / "Session2" / "dialog" / "transcriptions" / "Ses02F_impro01.txt"
+    trans.write_bytes(damage(trans.read_text()))
+    assert main(["corpus", "--corpus", "iemocap", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {trans} ") and len(err.splitlines()) == 1
+    with pytest.raises(CorpusError, match=match):
+        load_corpus("iemocap", root=tmp_path)
+
+
+def test_labelled_utterances_without_a_transcript_line_are_counted(tmp_path, caplog):
+    """An utterance whose transcript line is gone (or whose dialog has no transcription file) is
+    kept for speech with an empty text, and one warning counts such utterances and names one."""
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    dialogs = collections.Counter(u.dialog for u in fake.utterances)
+    victim = next(u for u in fake.utterances if u.code == "ang" and dialogs[u.dialog] > 1)
+    trans = tmp_path / f"Session{victim.session}" / "dialog" / "transcriptions" / f"{victim.dialog}.txt"
+    lines = trans.read_bytes().split(b"\n")
+    trans.write_bytes(b"\n".join(l for l in lines if not l.startswith(victim.id.encode() + b" ")))
+    with caplog.at_level("WARNING", logger="emofuse"):
+        utts = load_corpus("iemocap", root=tmp_path)
+    assert {u.id: u.transcript for u in utts}[victim.id] == "" and len(utts) == len(fake.expected())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 labelled utterance(s) have no line in their dialog's transcription file and no text, e.g. "
+        f"{victim.id} ({trans}); text streams skip them (the real corpus has none)"]

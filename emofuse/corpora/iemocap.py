@@ -136,24 +136,29 @@ def parse_emo_evaluation(path: Path) -> dict[str, str]:
         out[uid] = code
         first_line[uid] = no
     if not out:
-        if lines == [""]:
-            what = "is empty (0 bytes)"
-        elif any("\x00" in line for line in lines):
-            what = "holds NUL bytes (UTF-16 text?) and no summary line"
-        else:
-            what = "holds no summary line"
-        raise CorpusError(f"{path} {what}: expected UTF-8 or latin-1 text with one "
+        raise CorpusError(f"{path} {_why_no_lines(lines, 'summary line')}: expected UTF-8 or latin-1 text with one "
                           "'[START - END]<TAB>ID<TAB>CODE<TAB>[V, A, D]' line per utterance of its dialog")
     return out
+
+
+def _why_no_lines(lines: list[str], what: str) -> str:
+    """Why a corpus text file yielded none of the lines it exists for: empty, UTF-16, or neither."""
+    if lines == [""]:
+        return "is empty (0 bytes)"
+    if any("\x00" in line for line in lines):
+        return f"holds NUL bytes (UTF-16 text?) and no {what}"
+    return f"holds no {what}"
 
 
 def parse_transcription(path: Path) -> dict[str, str]:
     """``{utterance id: text}``; XX lines and untimed ``M:``/``F:`` lines are skipped. An id
     transcribed twice with different texts raises ``CorpusError`` naming the file and line (the
-    same line repeated is harmless and read once)."""
+    same line repeated is harmless and read once), and so does a file with no transcript line at
+    all (empty, or re-saved as UTF-16): its dialog's utterances would silently lose their text."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for no, line in enumerate(read_lines(path), start=1):
+    lines = read_lines(path)
+    for no, line in enumerate(lines, start=1):
         m = TRANSCRIPT_RE.match(line)
         if m and UTT_RE.match(m.group(1)):
             uid, text = m.group(1), m.group(4).strip()
@@ -164,6 +169,9 @@ def parse_transcription(path: Path) -> dict[str, str]:
                 continue
             out[uid] = text
             first_line[uid] = no
+    if not out:
+        raise CorpusError(f"{path} {_why_no_lines(lines, 'transcript line')}: expected UTF-8 or latin-1 text with "
+                          "one 'ID [START-END]: TEXT' line per utterance of its dialog")
     return out
 
 
@@ -217,6 +225,7 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
     base = find_root(root)
     utts: list[Utterance] = []
     listed: dict[str, str] = {}  # every id with a summary line, whatever its code → its file
+    untranscribed: list[str] = []  # kept utterances that no transcription line covers
     for s_idx, session in enumerate(SESSIONS, start=1):
         dialog_dir = base / session / "dialog"
         emo_dir = dialog_dir / "EmoEvaluation"
@@ -250,6 +259,8 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                 wav = base / session / "sentences" / "wav" / dialog / f"{utt_id}.wav"
                 if not wav.is_file():
                     raise CorpusError(f"missing audio file {wav} for labelled utterance {utt_id} (listed in {emo})")
+                if utt_id not in texts:
+                    untranscribed.append(f"{utt_id} ({trans_path if trans_path.is_file() else f'no {trans_path}'})")
                 gender = utt_id.rsplit("_", 1)[1][0]
                 utts.append(
                     Utterance(
@@ -264,6 +275,9 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                     )
                 )
     utts.sort(key=lambda u: u.id)
+    if untranscribed:
+        log.warning(f"{len(untranscribed)} labelled utterance(s) have no line in their dialog's transcription file "
+                    f"and no text, e.g. {untranscribed[0]}; text streams skip them (the real corpus has none)")
     unlabelled = _unlabelled_wavs(base, listed)
     if unlabelled:
         log.warning(f"{len(unlabelled)} sentence wav(s) under {base}/Session*/sentences/wav have no summary line in "
