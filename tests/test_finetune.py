@@ -405,6 +405,28 @@ def test_changed_or_missing_audio_is_refused_before_training(setup, tmp_path):
                                      ft.Encoders(replace(cfg, system="text"))).ids) == 32
 
 
+def test_a_moved_corpus_is_found_with_root(setup, tmp_path):
+    """Before: finetune read each wav where extraction found it, so a corpus moved since then was
+    refused as missing with no way on but re-running extract-embeddings. Now --root names the new
+    folder: the same wavs (digests still checked), the same run key, the same data."""
+    cfg = _cfg(setup, system="audio")
+    enc = ft.Encoders(cfg)
+    before = ft.load_finetune_data(cfg.store, cfg, enc)
+    old, new = setup["base"] / "iemo", tmp_path / "moved"
+    os.rename(old, new)
+    try:
+        with pytest.raises(EmofuseError, match=r"32 utterances differ .*audio file missing.*pass --root of the folder"):
+            ft.load_finetune_data(cfg.store, cfg, enc)
+        moved = replace(cfg, root=str(new))
+        assert moved.identity() == cfg.identity()   # where the corpus lies is no part of the run key
+        after = ft.load_finetune_data(cfg.store, moved, enc)
+        assert list(after.ids) == list(before.ids) and all(np.array_equal(a, b) for a, b in zip(after.waves, before.waves))
+        with pytest.raises(EmofuseError, match=r"--root .*nowhere is not a folder"):
+            ft.load_finetune_data(cfg.store, replace(cfg, root=str(tmp_path / "nowhere")), enc)
+    finally:
+        os.rename(new, old)
+
+
 def test_saved_group_norm_encoder_reloads_as_trained(setup, tmp_path):
     """--save-encoders on a group-norm wav2vec2: before, the first conv layer's GroupNorm was saved
     under the MaskedGroupNorm's names (layer_norm.norm.*) and from_pretrained re-initialised it."""

@@ -160,14 +160,20 @@ def _recorded_labels(meta: dict) -> str | None:
 
 
 def _corpus_folder_now(cfg: AlignConfig, meta: dict) -> str | None:
-    """Where the corpus lives now, when the command says so (``--root``, ``--manifest``) or it is
-    the bundled demo (wherever emofuse is installed); None: where it was at extraction."""
-    if cfg.root:
-        return os.path.abspath(cfg.root)
-    if cfg.manifest:
-        path = os.path.abspath(cfg.manifest)
+    return corpus_folder_now(meta, cfg.root, cfg.manifest, cfg.corpus)
+
+
+def corpus_folder_now(meta: dict, root: str | None = None, manifest: str | None = None,
+                      kind: str | None = None) -> str | None:
+    """Where the corpus of a store (``meta``: its corpus attributes) lives now, when the command
+    says so (``--root``, ``--manifest``) or it is the bundled demo (wherever emofuse is installed);
+    None: where it was at extraction."""
+    if root:
+        return os.path.abspath(root)
+    if manifest:
+        path = os.path.abspath(manifest)
         return path if os.path.isdir(path) else os.path.dirname(path)
-    if (cfg.corpus or meta.get("kind")) == "demo":
+    if (kind or meta.get("kind")) == "demo":
         return str(demo_root())
     return None
 

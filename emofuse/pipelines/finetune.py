@@ -33,7 +33,7 @@ from torch import nn
 
 from .. import __version__
 from ..corpora import Utterance
-from ..corpora.table import changes_text
+from ..corpora.table import changes_text, resolve_audio_path
 from ..devices import rank_device, resolve_device, to_device
 from ..errors import EmofuseError
 from ..hashing import file_sha256, sha256_int
@@ -60,7 +60,7 @@ TRAINING_OPTIONS = ("off", "checkpoint")
 POS_CONV = ("conv", "matmul")
 CMA = HEAD_DEFAULTS["cma"]   # the head's sizes and learning rate (heads/options.py)
 #: fields that do not change what is computed (left out of the run key)
-NOT_IN_KEY = ("store", "out", "device", "grad_checkpointing", "save_encoders")
+NOT_IN_KEY = ("store", "out", "root", "device", "grad_checkpointing", "save_encoders")
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -68,6 +68,9 @@ class FinetuneConfig:
 
     store: str = opt(help="a store: its utterance table gives ids, labels, sessions, transcripts and audio paths")
     out: str = opt(help="run directory (finished folds and epoch checkpoints are reused)")
+    root: str | None = opt(None, help="where the corpus lives now, if it moved since extraction: the folder "
+                                      "extraction's --root named (IEMOCAP's root, or the folder of a manifest); "
+                                      "each wav is still checked against the store's digest")
     system: str = opt("cma", choices=SYSTEMS,
                       help="cma: both encoders + CMA head (74.71); audio: wav2vec2 + CNN + BLSTM (60.01); "
                            "text: BERT + projection + statistics pooling (71.01)")
@@ -194,6 +197,20 @@ def _digest_now(path: str) -> str:
         return ""
 
 
+def audio_paths_now(utts: pd.DataFrame, meta: dict, root: str | None) -> pd.DataFrame:
+    """The utterance table with ``audio_path`` where each wav lies now: under ``root`` when the
+    corpus moved (``--root``), the bundled demo wherever emofuse is installed, else as recorded
+    (a relative path of an older store resolved as align-segments resolves it)."""
+    from .align import corpus_folder_now
+    base = corpus_folder_now(meta, root)
+    recorded = meta.get("base") or None
+    if root and not os.path.isdir(base):
+        raise EmofuseError(f"--root {root} is not a folder; give the folder the corpus was moved to")
+    utts = utts.copy()
+    utts["audio_path"] = [resolve_audio_path(str(p), base, recorded) for p in utts["audio_path"]]
+    return utts
+
+
 def check_audio(store: str, utts: pd.DataFrame) -> None:
     """The audio files the store's utterance table points to hold the bytes the store recorded
     at extraction (``audio_digest``), else one sentence naming how many utterances differ and a
@@ -211,14 +228,17 @@ def check_audio(store: str, utts: pd.DataFrame) -> None:
     if changes:
         raise EmofuseError(
             f"the audio files of {store}'s utterance table are not those it was built from: {len(changes)} "
-            f"utterances differ from the store ({changes_text(changes)}); restore them, or run extract-embeddings "
-            "with --update-corpus on this store first (fine-tuning trains on the audio the store records)")
+            f"utterances differ from the store ({changes_text(changes)}); restore them, pass --root of the folder "
+            "the corpus moved to, or run extract-embeddings with --update-corpus on this store first (fine-tuning "
+            "trains on the audio the store records)")
 
 
 def load_finetune_data(store: str, cfg: FinetuneConfig, enc: "Encoders") -> FinetuneData:
     with FeatureStore(store) as fs:
         utts = fs.utterances
+        meta = fs.corpus_meta
     if enc.audio is not None:
+        utts = audio_paths_now(utts, meta, cfg.root)
         check_audio(store, utts)   # before any audio is read
     ids, excluded = [], {}
     waves, tokens = [], []
@@ -670,7 +690,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     with FeatureStore(cfg.store) as fs:
         fingerprints = run_fingerprints(fs, cfg)
         if cfg.system in ("cma", "audio"):
-            check_audio(cfg.store, fs.utterances)   # before anything is written (the lock creates cfg.out)
+            # before anything is written (the lock creates cfg.out)
+            check_audio(cfg.store, audio_paths_now(fs.utterances, fs.corpus_meta, cfg.root))
     enc = Encoders(cfg)   # checks the checkpoints before anything is written
     with run_lock(cfg.out, "finetune") if rank == 0 else contextlib.nullcontext():
         return _run_finetune(cfg, device, rank, world, fingerprints, enc)
