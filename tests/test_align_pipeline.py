@@ -155,6 +155,39 @@ def test_sphinx_aligner_on_demo_speech(tmp_path):
         aligner.align("x", utts[0].audio_path, "hello zzqxv")
 
 
+def test_sphinx_aligns_the_slice_an_utterance_is_not_its_whole_file(tiny_models, tmp_path):
+    """Before: a manifest utterance cut from its file (start/end) was aligned on the whole file, so
+    its word times were file-relative and pooled onto frames that start at `start`: 90 ms of
+    lead-in shifted every word 4-5 frames without a word (and several slices of one file were all
+    skipped as 'past the audio'). Now the aligner reads the slice extraction encodes."""
+    import csv
+
+    import soundfile as sf
+    x, sr = sf.read(next(u for u in load_corpus("demo")).audio_path, dtype="float32")
+    x = x[: len(x) // 16 * 16]
+    lead = np.zeros(int(0.09 * sr), np.float32)
+    sf.write(tmp_path / "a.wav", np.concatenate([lead, x, lead]), sr, subtype="PCM_16")
+    sf.write(tmp_path / "b.wav", x, sr, subtype="PCM_16")
+    text = next(u for u in load_corpus("demo")).transcript
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "audio", "text", "label", "speaker", "session", "start", "end"])
+        w.writerow(["sliced", "a.wav", text, "neu", "s1", "1", 0.09, round(0.09 + len(x) / sr, 4)])
+        w.writerow(["plain", "b.wav", text, "ang", "s2", "2", "", ""])
+    store = tmp_path / "s.h5"
+    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
+            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    r = run("align-segments", "--store", store, "--source", "sphinx", "--granularities", "word,phone")
+    assert r.returncode == 0 and "2 utterances aligned" in r.stdout, r.stdout + r.stderr
+    with FeatureStore(store) as fs:
+        assert np.allclose(fs.frames("audio", "sliced"), fs.frames("audio", "plain"), atol=1e-4)
+        for g in ("word", "phone"):
+            a, b = fs.segments("audio", g, "sliced"), fs.segments("audio", g, "plain")
+            assert list(a.symbols) == list(b.symbols) and len(a.symbols) > 3
+            assert np.array_equal(a.spans, b.spans)
+
+
 def test_committed_demo_alignments_cover_the_corpus():
     """scripts/align_demo_corpus.py wrote these files: every demo word has its alignment."""
     from emofuse.align.sphinx_aligner import words_of

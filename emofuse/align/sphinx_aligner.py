@@ -15,6 +15,7 @@ import soundfile as sf
 import soxr
 
 from ..errors import EmofuseError
+from ..extract.audio import BadInput, segment_samples
 from .records import AlignmentItem
 from .sphinx_seg import ALTERNATE_RE, FRAME_RATE, write_seg
 from .textgrid import write_textgrid
@@ -99,21 +100,25 @@ class SphinxAligner:
         except RuntimeError as e:  # the search failed inside pocketsphinx
             raise _SearchFailed(f"the aligner failed on this audio ({e})") from e
 
-    def align(self, uid: str, audio_path: str, transcript: str) -> dict[str, list[AlignmentItem]]:
-        """``{"word": items, "phone": items}`` in seconds from the start of the audio. A failed
-        search is tried once more with a fresh decoder and wider beams."""
+    def align(self, uid: str, audio_path: str, transcript: str, start: float | None = None,
+              end: float | None = None) -> dict[str, list[AlignmentItem]]:
+        """``{"word": items, "phone": items}`` in seconds from the start of the utterance: its
+        ``start``/``end`` segment of the file when given (cut as extraction cuts it, so the times
+        meet the frames), else the whole file. A failed search is tried once more with a fresh
+        decoder and wider beams."""
         try:
-            return self._align(uid, audio_path, transcript)
+            return self._align(uid, audio_path, transcript, start, end)
         except _SearchFailed:
             self._new_decoder(wide=True)
             try:
-                return self._align(uid, audio_path, transcript)
+                return self._align(uid, audio_path, transcript, start, end)
             except _SearchFailed as e:
                 raise EmofuseError(str(e)) from None
             finally:
                 self._new_decoder()
 
-    def _align(self, uid: str, audio_path: str, transcript: str) -> dict[str, list[AlignmentItem]]:
+    def _align(self, uid: str, audio_path: str, transcript: str, start: float | None = None,
+               end: float | None = None) -> dict[str, list[AlignmentItem]]:
         words = words_of(transcript)
         if not words:
             raise EmofuseError("empty transcript: nothing to align")
@@ -124,7 +129,10 @@ class SphinxAligner:
             raise EmofuseError(f"words missing from the pronunciation dictionary{spelled}: {', '.join(oov[:10])}"
                                + (f" and {len(oov) - 10} more" if len(oov) > 10 else ""))
         try:
-            audio, sr = sf.read(audio_path, dtype="float32", always_2d=True)
+            first, stop = segment_samples(start, end, sf.info(audio_path))
+            audio, sr = sf.read(audio_path, start=first, stop=stop, dtype="float32", always_2d=True)
+        except BadInput as e:
+            raise EmofuseError(e.reason) from None
         except Exception as e:
             raise EmofuseError(f"unreadable audio for alignment ({type(e).__name__})") from e
         audio = audio.mean(axis=1)

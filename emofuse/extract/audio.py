@@ -62,6 +62,17 @@ def wav_truncation(f: BinaryIO, head: bytes) -> str | None:
     return None
 
 
+def segment_samples(start_s: float | None, end_s: float | None, info) -> tuple[int, int | None]:
+    """``(start, stop)`` sample indices of the segment [start_s, end_s) seconds of a file
+    (``info``: its ``soundfile.info``; None: from the beginning / to the end), as extraction and
+    the aligner both cut it; ``BadInput`` for a segment outside the file (10 ms of slack at the end)."""
+    start = 0 if start_s is None else int(round(start_s * info.samplerate))
+    stop = None if end_s is None else int(round(end_s * info.samplerate))
+    if start > info.frames or (stop is not None and stop > info.frames + info.samplerate // 100):
+        raise BadInput(f"segment [{start_s}, {end_s}] s lies outside the file ({info.frames / info.samplerate:.3f} s)")
+    return start, stop
+
+
 def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
     """Mono float32 samples of ``utt`` at ``target_sr`` (its ``start``/``end`` segment if given).
 
@@ -80,10 +91,7 @@ def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
             if truncated:
                 raise BadInput(truncated)
         info = sf.info(path)
-        start = 0 if utt.start is None else int(round(utt.start * info.samplerate))
-        stop = None if utt.end is None else int(round(utt.end * info.samplerate))
-        if start > info.frames or (stop is not None and stop > info.frames + info.samplerate // 100):
-            raise BadInput(f"segment [{utt.start}, {utt.end}] s lies outside the file ({info.frames / info.samplerate:.3f} s)")
+        start, stop = segment_samples(utt.start, utt.end, info)
         audio, sr = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     except BadInput:
         raise

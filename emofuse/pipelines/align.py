@@ -261,10 +261,21 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
         if cfg.source == "sphinx" or (cfg.source == "auto" and not paths and aligner):
             row = utt_table.loc[uid]
             src = {**(sphinx or {}), "audio": str(row.get("audio_digest", "")), "transcript": str(row["transcript"])}
+            start, end = _segment_of(row)
+            if start is not None or end is not None:   # a slice of its file (unsliced: the digest as before)
+                src["segment"] = [start, end]
         else:
             src = {"files": _file_bytes_digest(paths)}
         out[uid] = digest({**opts, **src}, 16)
     return out
+
+
+def _segment_of(row) -> tuple[float | None, float | None]:
+    """An utterance's ``start``/``end`` in its file (seconds; None where the table holds none)."""
+    def value(name):
+        v = row.get(name)
+        return None if v is None or v != v else float(v)   # v != v: NaN
+    return value("start"), value("end")
 
 
 def prefetched(fs: FeatureStore, units: Sequence[Sequence[str]], stream: str = "audio") -> Iterator:
@@ -430,7 +441,8 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
         wanted = [g for g in cfg.granularities if uid not in job.done[g]]
         try:
             if job.uses_aligner(uid):
-                tiers = job.aligner.align(uid, job.where.audio[uid], job.utt_table.loc[uid, "transcript"])
+                row = job.utt_table.loc[uid]
+                tiers = job.aligner.align(uid, job.where.audio[uid], row["transcript"], *_segment_of(row))
                 source = "from the aligner"
             else:
                 paths = job.where.alignments.get(uid, {})
