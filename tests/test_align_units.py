@@ -39,6 +39,45 @@ def test_syllabifier_ignores_stress_digits():
     assert syllabify(["EH1", "K", "S", "T", "R", "AH0"]) == [[0, 1], [2, 3, 4, 5]]
 
 
+# the same words in the IPA phones of MFA's english_mfa model: the same syllables. Before, no IPA
+# phone counted as a vowel, so every word was one "syllable" and S equalled W without a word.
+IPA_SYLLABLES = {
+    "banana": "b ə | n æ | n ə", "extra": "ɛ k | s t ɹ ə", "hello": "h ə | l ow", "button": "b ʌ | t n̩",
+    "create": "kʰ ɹ iː | ej t", "beautiful": "b j uː | ɾ ə | f ə l", "children": "tʃ ɪ l | d ɹ ə n",
+    "quiet": "kʷ w aj | ə t", "hmm": "h m̩", "eye": "aj",
+}
+
+
+@pytest.mark.parametrize("word", sorted(IPA_SYLLABLES))
+def test_syllabifier_reads_ipa_phones(word):
+    expected = [s.split() for s in IPA_SYLLABLES[word].split(" | ")]
+    phones = [p for s in expected for p in s]
+    assert [[phones[i] for i in group] for group in syllabify(phones)] == expected
+
+
+def test_a_phone_set_neither_arpabet_nor_ipa_is_refused_not_one_syllable_per_word():
+    from emofuse.align.syllabify import UnknownPhone
+    from emofuse.errors import EmofuseError
+    assert syllabify(["hh", "ah0", "l", "ow1"]) == [[0, 1], [2, 3]]   # lower-case ARPAbet is ARPAbet
+    with pytest.raises(UnknownPhone):
+        syllabify(["h", "@", "l", "@U"])   # X-SAMPA
+    words = [AlignmentItem("HELLO", 0.0, 0.4)]
+    phones = [AlignmentItem(p, 0.1 * k, 0.1) for k, p in enumerate(["h", "@", "l", "@U"])]
+    with pytest.raises(EmofuseError, match=r"phone '@' of the word 'HELLO' is neither ARPAbet nor IPA"):
+        syllables_from(words, phones)
+
+
+def test_kept_silence_is_kept_in_derived_syllables_too():
+    """--keep-silence kept silence and fillers in the word and phone tiers but the syllables built
+    from them still dropped them; now a silent word is one syllable-tier segment of its own."""
+    words = [AlignmentItem("<s>", 0, 0.1), AlignmentItem("OK", 0.1, 0.2), AlignmentItem("++LAUGHTER++", 0.3, 0.2)]
+    phones = [AlignmentItem("SIL", 0, 0.1), AlignmentItem("OW", 0.1, 0.1), AlignmentItem("K", 0.2, 0.1),
+              AlignmentItem("+LAUGHTER+", 0.3, 0.2)]
+    assert [s.symbol for s in syllables_from(words, phones)] == ["OW_K"]
+    assert [(s.symbol, s.start, round(s.end, 6)) for s in syllables_from(words, phones, keep_silence=True)] == [
+        ("<s>", 0, 0.1), ("OW_K", 0.1, 0.3), ("++LAUGHTER++", 0.3, 0.5)]
+
+
 def test_sphinx_seg_reader(tmp_path):
     p = tmp_path / "u.wdseg"
     p.write_text("\t SFrm  EFrm    SegAScr Word\n\t    0    40     -81234 <s>\n\t   41    72     -17530 WHAT(2)\n"

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 from ..errors import EmofuseError
 from .records import AlignmentItem, is_silence
 from .sphinx_seg import read_seg
-from .syllabify import syllabify
+from .syllabify import UnknownPhone, syllabify
 from .textgrid import read_textgrid
 
 
@@ -20,30 +20,42 @@ def read_alignment(paths: Mapping[str, str], tier_names: Mapping[str, Sequence[s
     return {tier: read_seg(p, tier) for tier, p in paths.items() if tier in ("word", "phone", "syllable")}
 
 
-def syllables_from(words: Sequence[AlignmentItem], phones: Sequence[AlignmentItem]) -> list[AlignmentItem]:
-    """Syllables of each non-silent word, from the phones whose midpoints fall inside it."""
+def syllables_from(words: Sequence[AlignmentItem], phones: Sequence[AlignmentItem],
+                   keep_silence: bool = False) -> list[AlignmentItem]:
+    """Syllables of each non-silent word, from the phones whose midpoints fall inside it; with
+    ``keep_silence`` a silence or filler word is kept as one segment of its own, as in the word
+    and phone tiers. ``EmofuseError`` for phones that are neither ARPAbet nor IPA."""
     out: list[AlignmentItem] = []
     speech = [p for p in phones if not is_silence(p.symbol)]
     j = 0
     for w in words:
         if is_silence(w.symbol):
+            if keep_silence:
+                out.append(w)
             continue
         inside = []
         while j < len(speech) and (speech[j].start + speech[j].end) / 2 < w.end:
             if (speech[j].start + speech[j].end) / 2 >= w.start:
                 inside.append(speech[j])
             j += 1
-        for group in syllabify([p.symbol for p in inside]):
+        try:
+            groups = syllabify([p.symbol for p in inside])
+        except UnknownPhone as e:
+            raise EmofuseError(f"phone {str(e)[:40]!r} of the word {w.symbol[:40]!r} is neither ARPAbet nor IPA, so "
+                               "syllables cannot be built from the phones; give a syllable tier, or align without "
+                               "the syllable granularity") from None
+        for group in groups:
             ps = [inside[i] for i in group]
             out.append(AlignmentItem("_".join(p.symbol for p in ps), ps[0].start, ps[-1].end - ps[0].start))
     return out
 
 
-def complete_tiers(tiers: dict[str, list[AlignmentItem]], wanted: Sequence[str]) -> dict[str, list[AlignmentItem]]:
+def complete_tiers(tiers: dict[str, list[AlignmentItem]], wanted: Sequence[str],
+                   keep_silence: bool = False) -> dict[str, list[AlignmentItem]]:
     """Add a syllable tier derived from words and phones when one is wanted and missing."""
     if "syllable" in wanted and "syllable" not in tiers:
         if "word" in tiers and "phone" in tiers:
-            tiers = {**tiers, "syllable": syllables_from(tiers["word"], tiers["phone"])}
+            tiers = {**tiers, "syllable": syllables_from(tiers["word"], tiers["phone"], keep_silence)}
     missing = [g for g in wanted if g not in tiers]
     if missing:
         raise EmofuseError(f"no {'/'.join(missing)} tier (found {sorted(tiers)})")

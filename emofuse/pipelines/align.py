@@ -84,7 +84,7 @@ class AlignSummary:
         if any(self.empty.values()):
             lines.append("  utterances left with no segment: " + ", ".join(f"{g} {n}" for g, n in self.empty.items() if n))
         if self.clipped:
-            lines.append(f"  {self.clipped} segments ran past the audio and were clipped")
+            lines.append(f"  {self.clipped} segments end after the stream's last frame (their span stops at it)")
         ranked = sorted(self.skipped.items(), key=lambda kv: -kv[1])
         for reason, n in ranked[:5]:
             lines.append(f"  skipped {n}: {reason}")
@@ -266,6 +266,10 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
                 src["segment"] = [start, end]
         else:
             src = {"files": _file_bytes_digest(paths)}
+            if "textgrid" in paths:
+                src["syllables"] = "ipa"   # TextGrid phones may be IPA: pooled again once IPA was read
+        if cfg.keep_silence:
+            src["silent_syllables"] = "kept"   # derived syllables keep silence, as the word tier does
         out[uid] = digest({**opts, **src}, 16)
     return out
 
@@ -360,7 +364,9 @@ def frames_stream(fs: FeatureStore, stream: str | None) -> str:
 def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
     """Pool segments for every utterance with frames in ``cfg.stream``. Re-running is idempotent.
     ``aligner``: an object with ``align(id, audio_path, transcript) -> {tier: [AlignmentItem]}``
-    used instead of the one ``cfg.source`` names (``make_aligner``)."""
+    used instead of the one ``cfg.source`` names (``make_aligner``); for an utterance that is a
+    slice of its file it is called with the slice's ``start, end`` (seconds) too, and its times
+    are seconds from ``start``."""
     if aligner is None:
         aligner = make_aligner(cfg)
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
@@ -442,7 +448,9 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
         try:
             if job.uses_aligner(uid):
                 row = job.utt_table.loc[uid]
-                tiers = job.aligner.align(uid, job.where.audio[uid], row["transcript"], *_segment_of(row))
+                segment = _segment_of(row)   # a slice of its file: aligned on the slice, as it was encoded
+                tiers = job.aligner.align(uid, job.where.audio[uid], row["transcript"],
+                                          *(segment if segment != (None, None) else ()))
                 source = "from the aligner"
             else:
                 paths = job.where.alignments.get(uid, {})
@@ -452,7 +460,7 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
                     raise EmofuseError("no forced alignment for this utterance (use --source sphinx to align it)")
                 tiers = read_alignment(paths, cfg.tier_names)
                 source = paths
-            tiers = complete_tiers(tiers, wanted)
+            tiers = complete_tiers(tiers, wanted, cfg.keep_silence)
             check_within_audio({g: tiers[g] for g in wanted},
                                _audio_seconds(job.utt_table, uid, len(frames), job.hop, job.window), source)
         except EmofuseError as e:
