@@ -27,7 +27,7 @@ def frames_of(uid, layers=3, dim=64):
     return np.random.default_rng(k).standard_normal((40 + 9 * (k % 5), layers, dim)).astype(np.float16)
 
 
-def build(path, n=12, per_commit=4, nan_in=None):
+def build(path, n=12, per_commit=4, nan_in=None, scale=1):
     table = make_table(n)
     ids = list(table["id"])
     with StoreWriter(path, table, {"kind": "synthetic"}) as w:
@@ -35,7 +35,7 @@ def build(path, n=12, per_commit=4, nan_in=None):
         for k in range(0, n, per_commit):
             entries = {}
             for i in ids[k:k + per_commit]:
-                x = frames_of(i)
+                x = frames_of(i) * np.float16(scale)
                 if i == nan_in:
                     x[3, 1, 5] = np.nan
                 entries[i] = {"data": x}
@@ -175,3 +175,56 @@ def test_info_on_a_damaged_index_is_one_sentence(tmp_path):
     r = subprocess.run([sys.executable, "-m", "emofuse", "info", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith(f"error: {path}") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_part_file_or_index_of_another_store_is_refused_never_read(tmp_path):
+    """Before: a part was checked only against itself (seal, table, checksums), so an intact part of
+    another store under the same name (two extractions as PID 1 in containers name their parts
+    alike; or a store's .h5 copied without its folder) was read, trained on and compacted under the
+    original model's run key. Now the index records each part's seal and the reader compares."""
+    import glob
+    import shutil
+
+    from emofuse.store import compact_store
+    from emofuse.store.h5io import reseal
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    build(a)
+    build(b, scale=2)   # another model's values, the same utterances and rows
+    parts_a = sorted(glob.glob(f"{a}.d/*.h5"))
+    assert [os.path.basename(p) for p in parts_a] == [os.path.basename(p) for p in sorted(glob.glob(f"{b}.d/*.h5"))]
+    want = read_all(a)
+    shutil.copyfile(b, tmp_path / "b-index.h5")
+    shutil.copyfile(a, b)   # b's folder under a's index
+    with pytest.raises(StoreError, match=r"is not the one its index was built on .*copy a store's \.h5 and its \.h5\.d"):
+        read_all(b)
+    with pytest.raises(StoreError, match="is not the one its index was built on"):
+        compact_store(b)   # never launders the foreign part with fresh checksums
+    shutil.copyfile(tmp_path / "b-index.h5", a)   # a's folder under b's index
+    with pytest.raises(StoreError, match="is not the one its index was built on"), FeatureStore(a) as fs:
+        load_train_data(fs, ["F"], "audio", "text")
+    # an index written before seals were recorded still reads (nothing to compare)
+    shutil.copyfile(b, a)
+    with h5py.File(a, "r+") as f:
+        del f["parts/seals"]
+    reseal(str(a))
+    for x, y in zip(read_all(a), want):
+        assert all(np.array_equal(u, v) for u, v in zip(x, y)) if isinstance(x, list) else np.array_equal(x, y)
+
+
+def test_a_reader_opened_before_a_compact_is_not_told_the_store_is_damaged(tmp_path):
+    """Before: a part deleted by compact after the reader opened it read as 'damaged … re-extract'."""
+    from emofuse.store import compact_store
+    path = tmp_path / "s.h5"
+    ids = build(path)
+    fs = FeatureStore(path)
+    try:
+        first = fs.frames("audio", ids[0])   # opens the first part only
+        compact_store(path)
+        assert np.array_equal(fs.frames("audio", ids[0]), first)   # a part already open reads on
+        with pytest.raises(StoreError, match=r"was rewritten \(compacted\) since this reader opened it.*open the "
+                                             r"store again \(nothing is damaged\)"):
+            fs.frames("audio", ids[-1])
+    finally:
+        fs.close()
+    with FeatureStore(path) as fs:
+        assert np.array_equal(fs.frames("audio", ids[-1]), frames_of(ids[-1]))

@@ -31,8 +31,9 @@ BIG_USERBLOCK = 1 << 20
 
 def open_h5(path: str, mode: str = "r", verify: bool = True) -> h5py.File:
     """Open a store file. For reading, its seal is verified first (``check_file_seal``), so HDF5
-    never parses damaged metadata (HDF5 2.0 can segfault on it); ``f.emofuse_sealed`` says
-    whether the file had a seal (files written before seals existed are read unverified)."""
+    never parses damaged metadata (HDF5 2.0 can segfault on it); ``f.emofuse_sealed`` is the
+    seal's digest, or False for a file written before seals existed (read unverified) or opened
+    unverified."""
     if mode == "r" and os.path.isdir(path):
         raise StoreError(f"{path} is a folder; expected a feature store file (STORE.h5, beside its folder STORE.h5.d)")
     sealed = check_file_seal(path) if verify and mode == "r" and os.path.isfile(path) else False
@@ -99,9 +100,10 @@ def _write_seal(fh, skip: list[list[int]], userblock: int = USERBLOCK) -> None:
     fh.write(raw.ljust(userblock, b"\0"))
 
 
-def check_file_seal(path: str) -> bool:
-    """Verify a store file's seal before HDF5 reads it: ``True`` when sealed and intact, ``False``
-    for a file written before seals (it starts with HDF5's signature), ``StoreError`` otherwise."""
+def check_file_seal(path: str) -> str | bool:
+    """Verify a store file's seal before HDF5 reads it: the seal's digest (a non-empty string)
+    when sealed and intact, ``False`` for a file written before seals (it starts with HDF5's
+    signature), ``StoreError`` otherwise."""
     def bad(why: str) -> StoreError:
         return StoreError(f"{path} is damaged ({why}); restore the store from a copy, or re-extract")
     with open(path, "rb") as fh:
@@ -127,7 +129,22 @@ def check_file_seal(path: str) -> bool:
             raise bad("its seal lists impossible byte ranges")
         if _seal_digest(fh, size, skip, userblock) != want:
             raise bad("its metadata bytes do not match the seal written with them")
-    return True
+    return want
+
+
+def seal_of(path: str) -> str:
+    """The digest a store file's seal records ("" for a file without a seal, or none readable),
+    read from its first bytes without verifying it: what an index records of each of its parts."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(USERBLOCK)
+            if not first.startswith(SEAL_MAGIC):
+                return ""
+            if b"\n" not in first[len(SEAL_MAGIC):]:
+                first += fh.read(1 << 20)
+        return str(json.loads(first[len(SEAL_MAGIC):].split(b"\n", 1)[0])["xxh3_128"])
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return ""
 
 
 def reseal(path: str) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import StoreError
 from .h5io import (STR, atomic_publish, check_header, file_header, get_info, open_h5, read_index,
-                   read_table, set_info, write_table, writing_h5)
+                   read_table, seal_of, set_info, write_table, writing_h5)
 from .schema import DATA_DIR_SUFFIX, READABLE_VERSIONS, STORE_TYPE
 
 
@@ -50,6 +50,9 @@ class StoreIndex:
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream name -> info
     tables: dict[tuple[str, str], EntryTable] = field(default_factory=dict)  # (stream, kind) -> entries
     skipped: dict[str, list[tuple[str, str, str, str]]] = field(default_factory=dict)  # stream -> (id, kind, reason, inputs)
+    #: part name -> the digest of its seal when the index was written: binds the index to the
+    #: exact part files it was built on (a part of another store under the same name is refused)
+    seals: dict[str, str] = field(default_factory=dict)
 
 
 def data_dir(path: str) -> str:
@@ -131,6 +134,11 @@ def _load_index(path: str) -> StoreIndex:
         else:
             idx.parts = list(f["parts/files"].asstr()[...]) if "parts" in f else []
             idx.retired = list(f["parts/retired"].asstr()[...]) if "parts" in f and "retired" in f["parts"] else []
+            if "parts" in f and "seals" in f["parts"]:
+                seals = list(f["parts/seals"].asstr()[...])
+                if len(seals) != len(idx.parts):
+                    raise StoreError(f"{path} is damaged: it lists {len(idx.parts)} part files and {len(seals)} seals")
+                idx.seals = {n: s for n, s in zip(idx.parts, seals) if s}
         n_parts = len(idx.parts)
         for s, sg in f.get("streams", {}).items():
             idx.streams[s] = get_info(sg)
@@ -155,8 +163,11 @@ def _load_index(path: str) -> StoreIndex:
 
 
 def save_index(idx: StoreIndex, path: str, version: str) -> None:
-    """Write ``idx`` as a v2 index to ``path + '.tmp'``, fsync it and rename it over ``path``."""
+    """Write ``idx`` as a v2 index to ``path + '.tmp'``, fsync it and rename it over ``path``. Each
+    part's seal digest is recorded beside its name (``idx.seals``, else read from the part file
+    now), so readers refuse a part file that is not the one this index was built on."""
     tmp = path + ".tmp"
+    idx.seals = {n: idx.seals.get(n) or seal_of(part_path(path, n)) for n in idx.parts if n != SELF}
     with writing_h5(tmp) as f:
         file_header(f, STORE_TYPE, idx.fingerprint, version)
         for k, v in idx.meta.items():
@@ -165,6 +176,7 @@ def save_index(idx: StoreIndex, path: str, version: str) -> None:
         pg = f.create_group("parts")
         pg.create_dataset("files", data=np.array(idx.parts, dtype=object), dtype=STR)
         pg.create_dataset("retired", data=np.array(idx.retired, dtype=object), dtype=STR)
+        pg.create_dataset("seals", data=np.array([idx.seals.get(n, "") for n in idx.parts], dtype=object), dtype=STR)
         for s in sorted(idx.streams):
             sg = f.create_group(f"streams/{s}")
             set_info(sg, idx.streams[s])

@@ -52,7 +52,7 @@ def upgrade_store(path: str | os.PathLike) -> str:
             os.replace(final + ".tmp", final)
             how = "copied (this file system has no hard links)"
         fsync_path(folder)
-        idx.version, idx.parts = 2, [name]
+        idx.version, idx.parts, idx.seals = 2, [name], {}
         save_index(idx, path, __version__)
         return f"{path} upgraded to schema v2: its v1 file was {how} to {final}"
 
@@ -89,7 +89,7 @@ def compact_store(path: str | os.PathLike, block_bytes: int = 64 << 20) -> str:
         for t in tables.values():
             t.part = [0] * len(t.ids)
         old = [n for n in idx.parts + idx.retired if n != SELF]  # a v1 file is unlinked by the swap itself
-        idx.version, idx.parts, idx.retired, idx.tables = 2, [name], old, tables
+        idx.version, idx.parts, idx.retired, idx.tables, idx.seals = 2, [name], old, tables, {}
         save_index(idx, path, __version__)
         for n in old:
             p = part_path(path, n)

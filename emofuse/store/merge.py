@@ -137,6 +137,7 @@ def build_index(inp: MergeInputs, link: Callable[[str], str]) -> Merged:
     this store's folder (called only for parts that contribute an entry, once each)."""
     old = inp.current
     parts = list(old.parts)
+    seals = dict(old.seals)   # what the published index recorded of its parts; new ones are read at the swap
     recs = _Records()
     for key, t in old.tables.items():
         for i, p, r, n, d in zip(t.ids, t.part, t.row, t.length, t.inputs):
@@ -164,6 +165,7 @@ def build_index(inp: MergeInputs, link: Callable[[str], str]) -> Merged:
 
     part_no: dict[tuple[str, str], int] = {}   # (source store, its part name) -> part number here
     offered = []
+    shard_index = dict(inp.sources)
     for k, (src, sidx) in enumerate(inp.sources):
         for key, t in sidx.tables.items():
             offered += [(i, key, k, ("entry", (src, sidx.parts[p]), r, n, d)) for i, p, r, n, d in
@@ -176,9 +178,12 @@ def build_index(inp: MergeInputs, link: Callable[[str], str]) -> Merged:
             continue  # a repeat: nothing to link
         if rec[0] == "entry":
             src, name = rec[1]
+            sidx = shard_index[src]
             if rec[1] not in part_no:
                 part_no[rec[1]] = len(parts)
                 parts.append(link(part_path(src, name)))
+                if sidx.seals.get(name):   # the shard's own record of its part, not the file as it is now
+                    seals[parts[-1]] = sidx.seals[name]
             rec = ("entry", part_no[rec[1]]) + rec[2:]
         recs.offer(key, i, rec)
 
@@ -200,7 +205,8 @@ def build_index(inp: MergeInputs, link: Callable[[str], str]) -> Merged:
     infos = {s: {**info, "corpus_fingerprint": old.fingerprint} for s, info in inp.stream_infos.items()
              if any(k[0] == s for k in tables) or skipped.get(s)}
     index = StoreIndex(version=2, fingerprint=old.fingerprint, meta=dict(old.meta), table=old.table,
-                       parts=parts, retired=retired, streams=infos, tables=tables, skipped=skipped)
+                       parts=parts, retired=retired, streams=infos, tables=tables, skipped=skipped,
+                       seals={n: seals[n] for n in parts if seals.get(n)})
     return Merged(index, recs.added)
 
 

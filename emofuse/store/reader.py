@@ -391,7 +391,7 @@ class FeatureStore:
         got = self._entries.get(key)
         if got is None:
             g = self._file(p).get(entry_path(stream, kind))
-            limit = os.path.getsize(self._part_name(p))
+            limit = self._file(p).id.get_filesize()
             try:
                 if g is None or any(g[c].shape[0] > limit for c in ("ids", "offset", "length")):
                     raise KeyError(entry_path(stream, kind))
@@ -467,15 +467,35 @@ class FeatureStore:
         if f is None:
             path = self._reading
             if not os.path.exists(path):
-                raise StoreError(f"{self.path} refers to the part file {path}, which is missing: the store's folder "
-                                 f"{os.path.basename(data_dir(self.path))}/ must stay beside it (copy or move both)")
-            f = open_h5(path, "r", verify=self.verify)
+                raise self._missing_part(path)
+            try:
+                f = open_h5(path, "r", verify=self.verify)
+            except FileNotFoundError:
+                raise self._missing_part(path) from None
+            want = self._idx.seals.get(self._idx.parts[p])
+            if self.verify and want and f.emofuse_sealed != want:
+                f.close()
+                raise StoreError(f"{self.path} is damaged: its part file {path} is not the one its index was built "
+                                 "on (the part's seal differs from the one the index recorded), so the index and "
+                                 "its folder come from two different stores or copies; copy a store's .h5 and its "
+                                 ".h5.d folder together, restore both from a copy, or re-extract")
             if self.verify and not f.emofuse_sealed and self._idx.parts[p] != "":
                 self._warn_unchecked(path)
         self._files[p] = f
         while len(self._files) > self._max_open:
             self._files.popitem(last=False)[1].close()
         return f
+
+    def _missing_part(self, path: str) -> StoreError:
+        try:
+            now = load_index(self.path).parts
+        except (StoreError, OSError):
+            now = None
+        if now is not None and os.path.basename(path) not in now:   # a compact (or merge) retired it
+            return StoreError(f"{self.path} was rewritten (compacted) since this reader opened it: its part file "
+                              f"{path} is gone; open the store again (nothing is damaged)")
+        return StoreError(f"{self.path} refers to the part file {path}, which is missing: the store's folder "
+                          f"{os.path.basename(data_dir(self.path))}/ must stay beside it (copy or move both)")
 
     def _dataset(self, p: int, stream: str, kind: str, name: str):
         f = self._file(p)
