@@ -322,3 +322,44 @@ def test_submitit_local_executor_runs_the_grid_and_resumes(store, tmp_path, capl
     pd.testing.assert_frame_equal(sent["a"][cols], again["a"][cols])
     with pytest.raises(EmofuseError, match="KEY=VALUE"):
         AblateConfig(store=store, spec=str(spec), out=str(out), executor="submitit", cluster_options=("oops",))
+
+
+def test_one_configuration_spelt_several_ways_is_one_key_and_canonical_keys_are_unchanged():
+    """Before: 'S+F', 'f+s', an explicit text equal to its default and folds in another order each
+    got a key of their own (retrained, the same numbers). Keys of the usual spellings stay."""
+    from emofuse.pipelines.ablate import run_key
+    from emofuse.pipelines.train import TrainConfig
+
+    def key(**kw):
+        return run_key(TrainConfig(store="s", out="o", **kw).identity(), {"a": "b"})
+    late = key(fusion="late", granularity="F+S")
+    assert late == "2da57d7351f8"   # the key this configuration has always had
+    assert late == key(fusion="late", granularity="S+F") == key(fusion="late", granularity="f+s") \
+        == key(fusion="late", granularity="F+S", text=True)
+    assert late != key(fusion="late", granularity="F+S", text=False)
+    assert key(fusion="late", granularity="F+S", folds=("1", "2")) == "33183e08ce41" \
+        == key(fusion="late", granularity="F+S", folds=("2", "1"))
+
+
+def test_table_csv_names_run_folders_relative_to_the_grid():
+    """Before: the csv's run_dir was --out as typed (a relative one was relative to where ablate ran)."""
+    df = golden_frame().assign(key=["aaa", "bbb", "ccc"], run_dir=["/abs/grid/runs/aaa", "grid/runs/bbb", "x/runs/ccc"])
+    assert list(pd.read_csv(__import__("io").StringIO(tables.to_csv(df)))["run_dir"]) == \
+        ["runs/aaa", "runs/bbb", "runs/ccc"]
+
+
+def test_a_resume_on_another_cpu_thread_count_is_said(caplog):
+    """ablate --jobs N trains on cores / N threads; CPU sums round differently with the thread count,
+    so a grid resumed with another --jobs mixes folds of two arithmetics: said, once per run."""
+    import torch
+
+    from emofuse.pipelines.train import warn_other_threads
+    now = torch.get_num_threads()
+    with caplog.at_level(logging.WARNING, logger="emofuse"):
+        warn_other_threads("RUN", [{"cpu_threads": now}, {"cpu_threads": None}, {}])
+        assert not caplog.records
+        warn_other_threads("RUN", [{"cpu_threads": now}, {"cpu_threads": now + 3}])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"RUN: some finished runs were trained on {now + 3} CPU thread(s), this process uses {now}; CPU results "
+        "differ in the last digits with the thread count, so this configuration's runs will not be bit-identical to "
+        "an uninterrupted run's (resume with the same --jobs, or the same OMP_NUM_THREADS, for that)"]

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -425,6 +426,20 @@ def test_a_moved_corpus_is_found_with_root(setup, tmp_path):
             ft.load_finetune_data(cfg.store, replace(cfg, root=str(tmp_path / "nowhere")), enc)
     finally:
         os.rename(new, old)
+
+
+def test_a_checkpoint_folder_is_keyed_by_its_bytes_not_its_path_spelling(setup, tmp_path, monkeypatch):
+    """Before: the same checkpoint folder named by a relative path (or moved) was 'another
+    configuration' and a finished fine-tuning was refused or trained again."""
+    cfg = _cfg(setup, system="audio")
+    monkeypatch.chdir(os.path.dirname(setup["layer"]))
+    rel = replace(cfg, audio_model=os.path.basename(setup["layer"]))
+    assert rel.identity() == cfg.identity() and rel.identity()["audio_model"] is None
+    moved = tmp_path / "moved-w2v"
+    shutil.copytree(setup["layer"], moved)
+    assert replace(cfg, audio_model=str(moved)).identity() == cfg.identity()
+    assert replace(cfg, audio_model="facebook/wav2vec2-large-lv60").identity()["audio_model"] == \
+        "facebook/wav2vec2-large-lv60"   # a hub id is a name: kept
 
 
 def test_saved_group_norm_encoder_reloads_as_trained(setup, tmp_path):

@@ -50,7 +50,8 @@ class AblateConfig:
     store: str = opt()
     spec: str = opt(help="paper-multilevel, paper-cma, demo, or a YAML file")
     out: str = opt(help="grid directory (runs/, tables/, tables.md)")
-    jobs: int = opt(1, help="configurations trained in parallel processes")
+    jobs: int = opt(1, help="configurations trained in parallel processes, each on cores / N threads (CPU results "
+                            "differ in the last digits with the thread count: resume a grid with the same --jobs)")
     device: str = opt("auto")
     repeats: int | None = opt(None, help="override the spec's repeats (default: the spec's)")
     epochs: int | None = opt(None, help="override the spec's maximum epochs (default: the spec's)")

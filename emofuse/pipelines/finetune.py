@@ -157,6 +157,9 @@ class FinetuneConfig:
             d["text_model"] = None
         if self.system == "text":
             d["audio_model"] = None
+        for k in ("audio_model", "text_model"):
+            if d[k] and os.path.isdir(d[k]):
+                d[k] = None   # a local folder: its bytes are keyed (run_fingerprints), not how its path was typed
         return d
 
     # what ablate and report read from a run's config like train-head's

@@ -130,6 +130,8 @@ def to_csv(df: pd.DataFrame) -> str:
     cols = ["label"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n"]
     cols += [c for c in ("folds", "partial", "published", "p_vs_best", "best", "key", "run_dir") if c in df]
     out = df[cols].copy()
+    if "run_dir" in out and "key" in out:   # relative to the grid folder (as runs.csv), however --out was typed
+        out["run_dir"] = ["runs/" + str(k) for k in out["key"]]
     if _has_published(df):
         out.insert(out.columns.get_loc("published") + 1, "delta_ua", df["ua_mean"] - df["published"])
     return out.to_csv(index=False, float_format="%.4f", lineterminator="\n")

@@ -207,10 +207,20 @@ class TrainConfig:
     def identity(self) -> dict:
         """What determines the results (the run key): every field but out/device/memory, resolved."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
-        d["folds"] = list(self.folds) if self.folds else None
+        d["folds"] = sorted(self.folds, key=_session_order) if self.folds else None
+        # one spelling per configuration: "S+F" and "f+s" are "F+S", an explicit text equal to its default is the default
+        parts = {p.strip().upper() for p in self.granularity.replace(",", "+").split("+") if p.strip()}
+        d["granularity"] = "+".join(k for k in (*SPEECH_KEYS, "T") if k in parts)
+        if self.text is not None and self.text == ("T" in replace(self, text=None).keys()):
+            d["text"] = None
         d.update(self.resolved())
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
         return d
+
+
+def _session_order(s):
+    """Sessions in their natural order (2 before 10), names after numbers."""
+    return (0, int(s), "") if str(s).isdigit() else (1, 0, str(s))
 
 
 def _norm_subset(keys: list[str], norm_streams: str) -> list[str]:
@@ -326,6 +336,8 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
             return Job(key=(r, session), seed=run_seed(data, seed, session), train=tr, val=va, norm=norms[nkey])
 
         pending = [k for k in plan if k not in done]
+        if pending and device.type == "cpu":
+            warn_other_threads(cfg.out, [m for m, _ in done.values()])
         at_once = runs_at_once(cfg, device, len(plan))
         if at_once > 1 and cfg.runs_at_once is None and device.type == "cuda" and pending:
             at_once, why = fit_runs(cfg, data, device, at_once)   # the default: as many as the GPU holds
@@ -380,6 +392,20 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
     return summary
 
 
+def warn_other_threads(out: str, finished: list[dict]) -> None:
+    """Say once when finished runs of ``out`` were trained on another number of CPU threads than
+    this process uses: sums on a CPU round differently with the thread count (logits in the last
+    digits, now and then a prediction), so the resumed configuration is not bit for bit an
+    uninterrupted one (``ablate --jobs N`` gives each worker cores / N threads)."""
+    now = torch.get_num_threads()
+    other = sorted({int(m["cpu_threads"]) for m in finished if m.get("cpu_threads") not in (None, now)})
+    if other:
+        log.warning(f"{out}: some finished runs were trained on {', '.join(map(str, other))} CPU thread(s), this "
+                    f"process uses {now}; CPU results differ in the last digits with the thread count, so this "
+                    "configuration's runs will not be bit-identical to an uninterrupted run's (resume with the same "
+                    "--jobs, or the same OMP_NUM_THREADS, for that)")
+
+
 def runs_at_once(cfg: TrainConfig, device: torch.device, n_runs: int) -> int:
     """How many runs train together: ``--runs-at-once`` (0: every run); by default every run on a
     GPU (then capped by ``stacked.fit_runs`` to what its memory holds) and one at a time on a CPU
@@ -403,6 +429,7 @@ def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, be
     m = scores(data.y[te], logits.argmax(1), len(data.classes))
     m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
              n_train=len(job.train), n_val=len(job.val), n_test=len(te), layer_weights=model.layer_weights(),
+             cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
              layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()}, history=history)
     p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
                       "label": np.array(data.classes)[data.y[te]],
