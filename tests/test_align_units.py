@@ -216,3 +216,19 @@ def test_spelled_numbers_are_in_the_sphinx_dictionary():
     assert not {w for w in words if decoder.lookup_word(w) is None}
     with pytest.raises(Exception, match=r"missing from the pronunciation dictionary: khzz"):
         SphinxAligner().align("x", "unused.wav", "44 khzz")   # what remains missing is named, the number is not
+
+
+def test_only_derived_syllables_carry_the_new_syllable_rules_in_their_digest():
+    """The IPA and --keep-silence syllable rules re-pool derived syllables once. Before the review,
+    they were folded into every granularity's digest, so phone and word segments were pooled again
+    too and every P/W run key changed; .syseg syllables and unaligned utterances were re-done too."""
+    from emofuse.pipelines.align import AlignConfig, UtteranceInputs, syllable_inputs
+    where = UtteranceInputs(alignments={"tg": {"textgrid": "a.TextGrid"}, "seg": {"word": "a.wdseg", "phone": "a.phseg"},
+                                        "syseg": {"word": "b.wdseg", "phone": "b.phseg", "syllable": "b.syseg"},
+                                        "none": {}}, audio={}, from_store=True)
+    inputs = {u: f"d-{u}" for u in where.alignments}
+    plain = syllable_inputs(AlignConfig(store="s"), inputs, where, None)
+    assert {u for u in inputs if plain[u] != inputs[u]} == {"tg"}   # IPA may be in a TextGrid's phones
+    kept = syllable_inputs(AlignConfig(store="s", keep_silence=True), inputs, where, None)
+    assert {u for u in inputs if kept[u] != inputs[u]} == {"tg", "seg"}   # derived syllables only
+    assert kept["tg"] != plain["tg"]

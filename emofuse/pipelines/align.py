@@ -9,7 +9,7 @@ import shlex
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -266,11 +266,29 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
                 src["segment"] = [start, end]
         else:
             src = {"files": _file_bytes_digest(paths)}
-            if "textgrid" in paths:
-                src["syllables"] = "ipa"   # TextGrid phones may be IPA: pooled again once IPA was read
-        if cfg.keep_silence:
-            src["silent_syllables"] = "kept"   # derived syllables keep silence, as the word tier does
         out[uid] = digest({**opts, **src}, 16)
+    return out
+
+
+def syllable_inputs(cfg: AlignConfig, inputs: Mapping[str, str], where: UtteranceInputs, aligner) -> dict[str, str]:
+    """The input digests of the syllable segments: ``inputs`` (what every granularity is pooled
+    from), plus, where the syllables are built from words and phones (no ``.syseg``), two rules
+    that changed how: TextGrid phones may be IPA (read since), and under ``--keep-silence`` a
+    silent word is a syllable segment too (since). So syllables pooled before either change are
+    pooled again once; phone and word segments, and their run keys, are left as they are."""
+    out = {}
+    for uid, d in inputs.items():
+        paths = where.alignments.get(uid, {})
+        sphinx = cfg.source == "sphinx" or (cfg.source == "auto" and not paths and aligner)
+        marks = []
+        if not paths and not sphinx:   # nothing to pool from: skipped as before, under the same digest
+            out[uid] = d
+            continue
+        if "textgrid" in paths and not sphinx:
+            marks.append("ipa phones read")
+        if cfg.keep_silence and (sphinx or "syllable" not in paths):
+            marks.append("silent words kept")
+        out[uid] = digest({"inputs": d, "syllables": marks}, 16) if marks else d
     return out
 
 
@@ -390,7 +408,9 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
     with StoreWriter(cfg.store) as writer:
         writer.add_stream(cfg.stream, writer.stream_infos[cfg.stream])
         inputs = alignment_inputs(cfg, ids, where, job.utt_table, aligner)
-        job.done = {g: writer.done_ids(cfg.stream, segments_kind(g), inputs) for g in cfg.granularities}
+        syllables = syllable_inputs(cfg, inputs, where, aligner)
+        of = {g: syllables if g == "syllable" else inputs for g in cfg.granularities}
+        job.done = {g: writer.done_ids(cfg.stream, segments_kind(g), of[g]) for g in cfg.granularities}
         recorded = {g: writer.recorded_inputs(cfg.stream, segments_kind(g)) for g in cfg.granularities}
         todo = [i for i in ids if any(i not in job.done[g] for g in cfg.granularities)]
         summary.reused = len(ids) - len(todo)
@@ -404,7 +424,8 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
                     progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: pooling segments") as bar:
                 for unit in units:
                     entries, skipped = _align_unit(job, frames, unit)
-                    writer.commit(cfg.stream, entries, skipped, inputs={i: inputs[i] for i in unit})
+                    writer.commit(cfg.stream, entries, skipped, inputs={i: inputs[i] for i in unit},
+                                  kind_inputs={segments_kind("syllable"): {i: syllables[i] for i in unit}})
                     bar.update(len(unit))
         finally:
             fs.close()

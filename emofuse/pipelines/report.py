@@ -210,6 +210,9 @@ def run_report(path: str) -> str:
         import pandas as pd
         for t in grid["spec"]["tables"]:
             df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv"))
+            # run folders relative to the grid (older tables: as ablate's --out was typed, or absolute)
+            df["run_dir"] = [os.path.join(path, d) if os.path.isdir(os.path.join(path, d)) else d
+                             for d in df["run_dir"].astype(str)]
             # the table's best: rows run on fewer test folds (†) come after every full row
             df = df.assign(_partial=partial_rows(df)).sort_values(["_partial", "ua_mean"], ascending=[True, False])
             trained = [os.path.exists(os.path.join(d, "runs")) for d in df["run_dir"]]

@@ -255,15 +255,17 @@ class StoreWriter:
         return os.path.join(self.parts_dir, name), name
 
     def commit(self, stream: str, entries: Entries, skipped: Iterable[tuple[str, str, str]] = (),
-               inputs: Mapping[str, str] | None = None) -> str:
+               inputs: Mapping[str, str] | None = None,
+               kind_inputs: Mapping[str, Mapping[str, str]] | None = None) -> str:
         """Atomically commit one unit of work for ``stream``: entries per kind, and skipped
         utterances as ``(utt_id, kind, reason)`` triples; ``inputs``: per utterance, the digest of
-        what its entries were computed from. Returns the part file's path. The same as
-        ``publish(stage(...))``."""
-        return self.publish(self.stage(stream, entries, skipped, inputs))
+        what its entries were computed from (``kind_inputs[kind]`` instead, for a kind computed
+        from more). Returns the part file's path. The same as ``publish(stage(...))``."""
+        return self.publish(self.stage(stream, entries, skipped, inputs, kind_inputs))
 
     def stage(self, stream: str, entries: Entries, skipped: Iterable[tuple[str, str, str]] = (),
-              inputs: Mapping[str, str] | None = None) -> "StagedPart":
+              inputs: Mapping[str, str] | None = None,
+              kind_inputs: Mapping[str, Mapping[str, str]] | None = None) -> "StagedPart":
         """The first half of ``commit``: write and seal the part file under its ``.tmp`` name, not
         yet durable and not yet committed (a kill now loses it; the next writer removes it).
         ``publish`` completes it. Parts are published in the order they were staged, so a
@@ -272,6 +274,7 @@ class StoreWriter:
         if stream not in self.stream_infos:
             raise StoreError(f"stream {stream!r} was not declared with add_stream()")
         inputs = inputs or {}
+        of_kind = lambda k: (kind_inputs or {}).get(k, inputs)   # noqa: E731
         final, name = self._next_name(stream)
         tmp = final + ".tmp"
         tables, skips = {}, []
@@ -293,11 +296,11 @@ class StoreWriter:
                         raise ValueError(f"entries of kind {kind!r} need a {DATA!r} array")
                     lengths = [len(per_utt[i][DATA]) for i in ids]
                     arrays = {k: [per_utt[i][k] for i in ids] for k in first}
-                    digests = [inputs.get(i, "") for i in ids]
+                    digests = [of_kind(kind).get(i, "") for i in ids]
                     write_entry_table(f, entry_path(stream, kind), ids, lengths, arrays, digests)
                     offs = offsets_from_lengths(lengths)
                     tables[(stream, kind)] = (np.array(ids, dtype=object), offs, np.asarray(lengths, np.int64), digests)
-                skips = [(i, k, r, inputs.get(i, "")) for i, k, r in sorted(skipped)]
+                skips = [(i, k, r, of_kind(k).get(i, "")) for i, k, r in sorted(skipped)]
                 if skips:
                     g = sg.create_group("skipped")
                     for col, nm in enumerate(("ids", "kind", "reason", "inputs")):
