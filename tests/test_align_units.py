@@ -45,6 +45,8 @@ IPA_SYLLABLES = {
     "banana": "b ə | n æ | n ə", "extra": "ɛ k | s t ɹ ə", "hello": "h ə | l ow", "button": "b ʌ | t n̩",
     "create": "kʰ ɹ iː | ej t", "beautiful": "b j uː | ɾ ə | f ə l", "children": "tʃ ɪ l | d ɹ ə n",
     "quiet": "kʷ w aj | ə t", "hmm": "h m̩", "eye": "aj",
+    "water (MFA English India)": "w ɔ | ʈ ə", "very (MFA English India)": "ʋ ɛ | ɹ i",
+    "tutu (French: y is a vowel, not ARPAbet Y)": "t y | t y", "by": "b aj",
 }
 
 

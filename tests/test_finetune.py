@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -440,6 +440,13 @@ def test_a_checkpoint_folder_is_keyed_by_its_bytes_not_its_path_spelling(setup, 
     assert replace(cfg, audio_model=str(moved)).identity() == cfg.identity()
     assert replace(cfg, audio_model="facebook/wav2vec2-large-lv60").identity()["audio_model"] == \
         "facebook/wav2vec2-large-lv60"   # a hub id is a name: kept
+    # a run folder recorded before (the path in its identity) resumes: its config is read as keyed now
+    from emofuse.pipelines.rundir import check_run_dir
+    older = {**cfg.identity(), "audio_model": cfg.audio_model}
+    (tmp_path / "config.json").write_text(json.dumps({"type": "emofuse.train-head", "identity": older,
+                                                      "fingerprints": {}, "config": asdict(cfg)}, default=list))
+    now = {"type": "emofuse.train-head", "identity": json.loads(json.dumps(cfg.identity())), "fingerprints": {}}
+    check_run_dir(str(tmp_path), now, lambda c: ft.FinetuneConfig(**c).identity())
 
 
 def test_saved_group_norm_encoder_reloads_as_trained(setup, tmp_path):

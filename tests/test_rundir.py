@@ -276,3 +276,29 @@ def test_lock_file_removed_after_a_clean_run_and_an_unused_new_folder_too(tmp_pa
     with rundir.run_lock(str(out)):             # and the next run takes the lock again
         pass
     assert os.listdir(out) == ["config.json"]
+
+
+def test_a_run_recorded_under_an_older_spelling_of_its_configuration_resumes(tmp_path):
+    """Run keys now read one configuration spelt several ways as one (S+F = s+f, a checkpoint
+    folder by its bytes). A run folder recorded before, under the older spelling, resumes: its
+    recorded configuration is read the way this version keys it. Another configuration is still
+    refused."""
+    import json
+    from dataclasses import asdict, replace
+
+    from emofuse.errors import EmofuseError
+    from emofuse.pipelines.rundir import check_run_dir
+    from emofuse.pipelines.train import TrainConfig
+    cfg = TrainConfig(store="s.h5", out=str(tmp_path), fusion="late", granularity="s+f", text=True, folds=("2", "1"))
+    older = {**cfg.identity(), "granularity": "s+f", "text": True, "folds": ["2", "1"]}   # as recorded before
+    fps = {"corpus": "c"}
+    (tmp_path / "config.json").write_text(json.dumps({"type": "emofuse.train-head", "identity": older,
+                                                      "fingerprints": fps, "config": asdict(cfg)}))
+    now = {"type": "emofuse.train-head", "identity": json.loads(json.dumps(cfg.identity())), "fingerprints": fps}
+    with pytest.raises(EmofuseError, match=r"differs in folds, granularity, text"):
+        check_run_dir(str(tmp_path), now)
+    check_run_dir(str(tmp_path), now, lambda c: TrainConfig(**c).identity())   # the same configuration: resumes
+    other = replace(cfg, lr=0.5)
+    with pytest.raises(EmofuseError, match=r"differs in lr"):
+        check_run_dir(str(tmp_path), {**now, "identity": json.loads(json.dumps(other.identity()))},
+                      lambda c: TrainConfig(**c).identity())

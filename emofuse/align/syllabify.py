@@ -38,7 +38,7 @@ ONSETS = {
 CONSONANTS = {"B", "CH", "D", "DH", "DX", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "NX", "P", "Q", "R", "S",
               "SH", "T", "TH", "V", "W", "WH", "Y", "Z", "ZH"}
 #: IPA vowel letters (a phone holding one is a nucleus: ``ow``, ``aj``, ``iː``, ``ɚ``)
-IPA_VOWELS = set("aeiouyæɑɒɐəɚɛɜɝɞɪʊɔʌɤɯɨʉøœɶɵɘʏ")
+IPA_VOWELS = set("aeiouyæɑɒɐəɚɛɜɝɞɪʊɔʌɤɯɨʉøœɶɵɘʏᵻᵿ")
 SYLLABIC_MARKS = ("\u0329", "\u030d")   # combining vertical line below / above: n̩, l̩
 #: IPA consonants → the ARPAbet consonant whose onset rules they follow
 IPA_CONSONANTS = {
@@ -47,9 +47,13 @@ IPA_CONSONANTS = {
     "ç": "HH", "x": "HH", "ɣ": "G", "χ": "HH", "ʁ": "R", "m": "M", "ɱ": "M", "n": "N", "ɲ": "N", "ɳ": "N",
     "ŋ": "NG", "l": "L", "ɫ": "L", "ʎ": "L", "ɭ": "L", "ɹ": "R", "r": "R", "ɾ": "DX", "ɽ": "DX", "ʀ": "R",
     "w": "W", "ʍ": "WH", "j": "Y", "ɥ": "Y", "tʃ": "CH", "dʒ": "JH", "ts": "T", "dz": "D", "pf": "P",
+    # MFA's English (India, nonnative) and other languages' dictionaries
+    "ʈ": "T", "ɖ": "D", "ʋ": "V", "β": "V", "ɸ": "F", "ɕ": "SH", "ʑ": "ZH", "ʂ": "SH", "ʐ": "ZH", "ʝ": "Y",
+    "ɬ": "L", "ɮ": "L", "ħ": "HH", "ʕ": "HH", "ɴ": "NG", "ɢ": "G", "ɰ": "W", "ʧ": "CH", "ʤ": "JH", "tɕ": "CH",
+    "dʑ": "JH", "ʈʂ": "CH", "ɖʐ": "JH", "ɟʝ": "JH", "cç": "CH", "ʃʲ": "SH", "ɺ": "DX",
 }
 #: marks that do not change a phone's class: length, stress, aspiration, secondary articulations, ties
-IPA_MARKS = set("ːˑˈˌʰʷʲˠˤ̃̚͡‿") | {"\u0303", "\u031a", "\u0361", "\u032a", "\u0325", "\u0324", "\u0330",
+IPA_MARKS = set("ːˑˈˌʰʷʲˠˤʼʱⁿˡ̃̚͡‿") | {"\u0303", "\u031a", "\u0361", "\u032a", "\u0325", "\u0324", "\u0330",
                                    "\u0339", "\u031c", "\u031f", "\u0320", "\u0318", "\u0319", "\u02de"}
 
 
@@ -79,11 +83,16 @@ def _ipa_class(p: str) -> str:
 
 def phone_classes(phones: Sequence[str]) -> list[str]:
     """Per phone, ``NUCLEUS`` or its ARPAbet consonant: the word's phones read as ARPAbet
-    when every one is an ARPAbet phone (any case, stress digits aside), else as IPA. Raises
-    ``UnknownPhone`` naming the first phone that is neither."""
+    when every one is an ARPAbet phone (any case, stress digits aside) and the word looks like
+    ARPAbet (an upper-case letter, a stress digit or a two-letter symbol: lower-case ``t y t y``
+    is IPA, where ``y`` is a vowel), else as IPA. Raises ``UnknownPhone`` naming the first phone
+    that is neither."""
     arpa = [base_phone(p) for p in phones]
-    if all(b in VOWELS or b in CONSONANTS for b in arpa):
+    looks = any(p != p.lower() or p[-1:].isdigit() or len(b) > 1 for p, b in zip(phones, arpa))
+    if looks and all(b in VOWELS or b in CONSONANTS for b in arpa) or not phones:
         return [NUCLEUS if b in VOWELS else b for b in arpa]
+    if all(b in CONSONANTS for b in arpa) and not any("y" in p for p in phones):
+        return arpa   # single-letter consonants: the same in both sets
     return [_ipa_class(p) for p in phones]
 
 

@@ -710,7 +710,7 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
               "training_options": enc.options, "world_size": world,
               "frozen_parameters": _count_frozen(enc)}
     if rank == 0:
-        check_run_dir(cfg.out, config)
+        check_run_dir(cfg.out, config, lambda c: FinetuneConfig(**c).identity())
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
         write_config(cfg.out, config)
     t0 = time.perf_counter()

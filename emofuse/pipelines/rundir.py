@@ -36,7 +36,7 @@ import io
 import json
 import os
 import secrets
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -175,9 +175,12 @@ def run_lock(out: str, what: str = "a run") -> Iterator[None]:
 
 
 # -- reuse ------------------------------------------------------------------------------------
-def check_run_dir(out: str, config: dict) -> None:
+def check_run_dir(out: str, config: dict, identity_of: Callable[[dict], dict] | None = None) -> None:
     """Refuse ``out`` when it holds another kind of artefact, or a run of another configuration
-    or of other store content (fingerprints and content digests)."""
+    or of other store content (fingerprints and content digests). ``identity_of`` (the
+    configuration's class, from a recorded ``config``) reads an older run's recorded
+    configuration the way this version keys it, so a run recorded under an older spelling of the
+    same configuration (``S+F``; a checkpoint folder's path) resumes instead of being refused."""
     path = os.path.join(out, CONFIG)
     if not os.path.exists(path):
         return
@@ -190,6 +193,11 @@ def check_run_dir(out: str, config: dict) -> None:
         raise EmofuseError(f"{out} holds something else ({old.get('type') if isinstance(old, dict) else old!r}); "
                            "choose another --out")
     ident_old = old.get("identity") or {}
+    if ident_old != config["identity"] and identity_of is not None and isinstance(old.get("config"), dict):
+        try:
+            ident_old = json.loads(json.dumps(identity_of(old["config"])))
+        except Exception:   # a configuration this version cannot read: compared as recorded
+            pass
     diff = [k for k in set(ident_old) | set(config["identity"]) if ident_old.get(k) != config["identity"].get(k)]
     fp_old, fp_new = old.get("fingerprints") or {}, config["fingerprints"]
     if fp_old != fp_new:

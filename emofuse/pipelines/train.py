@@ -305,7 +305,7 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
         config = {"type": "emofuse.train-head", "emofuse_version": __version__, "config": asdict(cfg),
                   "identity": cfg.identity(), "fingerprints": fingerprints,
                   "layer_ids": {k: ids for k, (_, ids, _) in chosen.items()}}
-        check_run_dir(cfg.out, config)
+        check_run_dir(cfg.out, config, lambda c: TrainConfig(**c).identity())
         t0 = time.perf_counter()
         budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
         data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs(), device, budget,
