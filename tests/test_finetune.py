@@ -500,3 +500,12 @@ def test_resume_from_finished_folds_equals_uninterrupted_byte_for_byte(setup, re
     with open(out / "summary.json") as f, open(reference / "summary.json") as g:
         a, b = json.load(f), json.load(g)
     assert a["runs"] == b["runs"] and a["ua"] == b["ua"]
+
+
+def test_ablate_passes_root_to_fine_tuned_rows_outside_their_key():
+    """`ablate --root` reaches a fine-tuned row (the check_audio message names --root), and where
+    the corpus lies is no part of its key."""
+    row = {"finetune": True, "system": "text", "text_model": "bert-base-uncased"}
+    here = ft.ablate_config("s.h5", "o", {}, row, "cpu")
+    moved = ft.ablate_config("s.h5", "o", {}, row, "cpu", root="/new/place")
+    assert moved.root == "/new/place" and moved.identity() == here.identity()

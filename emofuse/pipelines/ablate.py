@@ -59,6 +59,8 @@ class AblateConfig:
                                                    "every session)")
     audio_model: str | None = opt(None, help="fine-tuned rows: this audio checkpoint instead of the spec's (a folder)")
     text_model: str | None = opt(None, help="fine-tuned rows: this text checkpoint instead of the spec's (a folder)")
+    root: str | None = opt(None, help="fine-tuned rows: where the corpus lives now, if it moved since extraction "
+                                      "(finetune --root)")
     finetune: bool = opt(False, help="also run the spec's fine-tuned rows (finetune: true; GPU hours each); without "
                                      "it they are left out of the tables")
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # train-head's, for every row
@@ -340,7 +342,8 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
             if "combine" in row:
                 continue
             if row.get("finetune"):   # fine-tuned encoders: pipelines/finetune.py
-                c = ft.ablate_config(cfg.store, "", defaults, row, cfg.device, cfg.audio_model, cfg.text_model)
+                c = ft.ablate_config(cfg.store, "", defaults, row, cfg.device, cfg.audio_model, cfg.text_model,
+                                     cfg.root)
                 try:
                     # without --finetune a hub checkpoint is not downloaded (gigabytes) only to plan
                     fps = ft.run_fingerprints(fs, c, fetch=cfg.finetune)
@@ -353,7 +356,7 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
                 key = run_key(c.identity(), fps)
                 key_of[label] = key
                 train_cfgs[key] = ft.ablate_config(cfg.store, os.path.join(runs_dir, key), defaults, row, cfg.device,
-                                                   cfg.audio_model, cfg.text_model)
+                                                   cfg.audio_model, cfg.text_model, cfg.root)
                 continue
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
             if "folds" in params and params["folds"] is not None:

@@ -819,9 +819,11 @@ def _count_frozen(enc: Encoders) -> dict:
 
 # -- ablate hook -----------------------------------------------------------------------------------
 def ablate_config(store: str, out_dir: str, defaults: dict, row: dict, device: str,
-                  audio_model: str | None = None, text_model: str | None = None) -> FinetuneConfig:
+                  audio_model: str | None = None, text_model: str | None = None,
+                  root: str | None = None) -> FinetuneConfig:
     """The FinetuneConfig of a spec row with ``finetune: true`` (spec defaults it knows apply;
-    ``audio_model``/``text_model`` replace the row's encoder ids, e.g. local folders)."""
+    ``audio_model``/``text_model`` replace the row's encoder ids, e.g. local folders; ``root``:
+    where a moved corpus lives now)."""
     params = {k: v for k, v in defaults.items() if k in ROW_FIELDS}
     params.update({k: v for k, v in row.items() if k in ROW_FIELDS})
     if audio_model:
@@ -830,4 +832,4 @@ def ablate_config(store: str, out_dir: str, defaults: dict, row: dict, device: s
         params["text_model"] = text_model
     if params.get("folds") is not None:
         params["folds"] = tuple(str(f) for f in params["folds"])
-    return FinetuneConfig(store=store, out=out_dir, device=device, **params)
+    return FinetuneConfig(store=store, out=out_dir, device=device, root=root, **params)
