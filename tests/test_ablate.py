@@ -125,9 +125,12 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     res3 = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu"))
     msgs = logged_messages(caplog)
     assert "3 configurations, 2 already finished, 1 to run" in msgs[0] and len(res3["a"]) == 4
+    (out / "figures").mkdir(exist_ok=True)
+    (out / "figures" / "a-trained-layers.png").write_bytes(b"an earlier report's best row")
     report = run_report(str(out))
     text = Path(report).read_text()
     assert "| Configuration |" in text and "figures/a-confusion.png" in text
+    assert not (out / "figures" / "a-trained-layers.png").exists()   # an earlier report's figure: gone
     for name in ("a-confusion.png", "a-layers.png", "a-folds.png", "a-curves.png"):
         assert (out / "figures" / name).stat().st_size > 5000
 
@@ -363,3 +366,18 @@ def test_a_resume_on_another_cpu_thread_count_is_said(caplog):
         f"RUN: some finished runs were trained on {now + 3} CPU thread(s), this process uses {now}; CPU results "
         "differ in the last digits with the thread count, so this configuration's runs will not be bit-identical to "
         "an uninterrupted run's (resume with the same --jobs, or the same OMP_NUM_THREADS, for that)"]
+
+
+@pytest.mark.parametrize("second,match", [
+    ("a", r"two tables are named 'a'; each table needs a name of its own"),
+    ("my table", r"table name 'my table' cannot name its files"),
+    ("../x", r"table name '../x' cannot name its files"),
+])
+def test_table_names_are_unique_file_names(tmp_path, second, match):
+    """Before: a second table named like the first overwrote its results; tables.md printed the
+    second table twice and the first nowhere, and report drew one section twice (exit 0)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("tables:\n  - name: a\n    rows:\n      - {label: X, fusion: none, granularity: F}\n"
+                    f"  - name: '{second}'\n    rows:\n      - {{label: Y, fusion: none, granularity: T}}\n")
+    with pytest.raises(EmofuseError, match=match):
+        load_spec(str(spec))

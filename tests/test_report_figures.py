@@ -76,3 +76,14 @@ def test_run_folders_readable_and_unchanged_for_iemocap():
     assert run_folder(0, "sess1") == "r0_sess1" and run_folder(2, "spk_03") == "r2_spk_03"
     a, b = run_folder(0, "a/b"), run_folder(0, "a b")
     assert a != b and "/" not in a and " " not in b and a.startswith("r0_a-b-")
+
+
+def test_error_bars_and_bands_use_the_tables_std(tmp_path):
+    """Before: figures drew the std with ddof=0 (0.91x the tables' ddof=1 std on 6 runs, 0.71x on 2)
+    under the same 'mean ± std' caption."""
+    runs = _runs(["1", "2"])
+    fig = report.layer_weight_figure(runs, str(tmp_path / "l.png"), "t")
+    segs = fig.axes[0].containers[0].lines[2][0].get_segments()
+    half = [(s[1][1] - s[0][1]) / 2 for s in segs]
+    w = np.array([r["layer_weights"]["F"] for r in runs])
+    assert np.allclose(half, w.std(0, ddof=1))

@@ -88,7 +88,9 @@ def test_tensorboard_said_once_when_missing_and_written_when_present(tree, tmp_p
     monkeypatch.setattr(pr, "_summary_writer", lambda: Writer)
     assert pr.write_tensorboard([str(tree / "a")], str(tmp_path / "tb2")) == 1
     m = json.loads((tree / "a" / "runs" / "r0_s1" / "metrics.json").read_text())
-    got = [(t, v, s) for d, t, v, s in scalars if d == os.path.join("a", "r0_s1") and t == "ua/validation"]
+    import hashlib
+    name = "a-" + hashlib.sha256(os.path.realpath(tree / "a").encode()).hexdigest()[:6]   # one folder per run
+    got = [(t, v, s) for d, t, v, s in scalars if d == os.path.join(name, "r0_s1") and t == "ua/validation"]
     assert got == [("ua/validation", h["val_ua"], h["epoch"]) for h in m["history"]]
 
 
@@ -105,3 +107,20 @@ def test_finetune_runs_are_listed_and_refused_by_export(tmp_path):
     assert rows["config"] == "finetune cma (w2v, bert), lr 1e-05" and rows["ua"] is None
     with pytest.raises(EmofuseError, match="is a finetune run"):
         export_run(str(d), str(tmp_path / "out"))
+
+
+def test_listing_tells_apart_what_changes_the_numbers_and_one_run_has_no_std():
+    """Before: runs on one fold, on another encoder's stream or with other protocol numbers read as
+    the same configuration in `emofuse runs`; one run printed '± 0.00' as if it had no spread."""
+    from emofuse.pipelines.metrics import format_summary
+    base = {"fusion": "none", "keys": ["F"], "head": "linear", "audio_layers": "all", "text_layers": "all",
+            "weighting": "learned", "lr": 0.001, "audio_stream": "audio", "text_stream": "text", "folds": None,
+            "repeats": 5, "epochs": 100, "seed": 0, "dropout": 0.2}
+    one = pr.config_summary(base)
+    other = pr.config_summary({**base, "audio_stream": "w2v2-large", "folds": ["1"], "epochs": 2, "seed": 7})
+    assert "audio stream w2v2-large" in other and "folds 1 only" in other and "epochs 2" in other and "seed 7" in other
+    assert not any(w in one for w in ("stream", "folds", "epochs", "seed"))
+    assert pr.config_summary({"fusion": "combine", "members": ["/g/runs/aaa", "/g/runs/bbb"]}) == \
+        "combine of 2 runs (aaa, bbb)"
+    s = {m: {"mean": 61.0, "std": 0.0, "n": 1} for m in ("ua", "wa", "f1")}
+    assert format_summary(s) == "UA 61.00  WA 61.00  F1 61.00  (1 run: no std)"

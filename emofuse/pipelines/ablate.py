@@ -111,10 +111,19 @@ def load_spec(spec: str) -> dict:
     bad = set(d) - SPEC_KEYS   # a misspelt 'defaults' would silently train the built-in defaults
     if bad:
         raise EmofuseError(f"{where}: unknown top-level keys {sorted(bad)} (allowed: {sorted(SPEC_KEYS)})")
-    labels = {}
+    labels, names = {}, set()
     for t in d["tables"]:
         if not isinstance(t, dict) or "name" not in t or not isinstance(t.get("rows"), list):
             raise EmofuseError(f"{where}: every table needs 'name' and a 'rows' list, found {t!r}")
+        # a table's name is its files' name (tables/NAME.md, figures/NAME-*.png): one table each
+        name = str(t["name"])
+        if name in names:
+            raise EmofuseError(f"{where}: two tables are named {name!r}; each table needs a name of its own (its "
+                               "files are tables/NAME.md|.tex|.csv)")
+        if not name or name.startswith(".") or any(c in name for c in '/\\:*?"<>| \t\n'):
+            raise EmofuseError(f"{where}: table name {name!r} cannot name its files (tables/NAME.md, "
+                               "figures/NAME-*.png); use letters, digits, '-', '_' or '.' (a 'title:' may hold any text)")
+        names.add(name)
         bad = set(t) - TABLE_KEYS
         if bad:
             raise EmofuseError(f"{where}, table {t['name']!r}: unknown keys {sorted(bad)} (allowed: {sorted(TABLE_KEYS)})")

@@ -42,4 +42,8 @@ def summarise(runs: Sequence[dict], classes: Sequence[str]) -> dict:
 
 
 def format_summary(s: dict) -> str:
-    return "  ".join(f"{m.upper()} {s[m]['mean']:.2f} ± {s[m]['std']:.2f}" for m in METRICS) + f"  ({s['ua']['n']} runs)"
+    """One line of mean ± std per metric; one run has no std to show (not ± 0.00)."""
+    n = s["ua"]["n"]
+    if n == 1:
+        return "  ".join(f"{m.upper()} {s[m]['mean']:.2f}" for m in METRICS) + "  (1 run: no std)"
+    return "  ".join(f"{m.upper()} {s[m]['mean']:.2f} ± {s[m]['std']:.2f}" for m in METRICS) + f"  ({n} runs)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import json
 import os
@@ -103,7 +104,7 @@ def layer_weight_figure(runs: list[dict], path: str, title: str):
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 0.8, 2.6), dpi=150, squeeze=False)
     for ax, k in zip(axes[0], keys):
         w = np.array([r["layer_weights"][k] for r in ws])
-        m, s = w.mean(0), w.std(0)
+        m, s = w.mean(0), (w.std(0, ddof=1) if len(w) > 1 else np.zeros(w.shape[1]))   # as the tables' std
         layers = layer_ids_of(ws[0], k)
         ax.errorbar(layers, m, yerr=s, marker="o", ms=3, capsize=2, label="learned (mean ± std)")
         ax.axhline(1 / len(m), color="grey", lw=0.8, ls=":", label=f"uniform (1/{len(m)})")
@@ -160,7 +161,7 @@ def curve_figure(runs: list[dict], path: str, title: str):
         m, sd = np.full(T, np.nan), np.full(T, np.nan)
         for t in range(T):
             v = [c[t] for c in curves if len(c) > t]
-            m[t], sd[t] = np.mean(v), np.std(v)
+            m[t], sd[t] = np.mean(v), (np.std(v, ddof=1) if len(v) > 1 else 0.0)   # as the tables' std
         x = np.arange(1, T + 1)
         n = len(curves)
         ax.plot(x, m, lw=1.2, color=colours(k % 10), label=f"{fold_label(f)} (mean of {n})" if n > 1 else fold_label(f))
@@ -198,6 +199,9 @@ def run_report(path: str) -> str:
     from .metrics import format_summary
 
     fig_dir = os.path.join(path, "figures")
+    # report owns figures/: what an earlier report drew (another best row, a renamed table) goes
+    for old in glob.glob(os.path.join(fig_dir, "*.png")):
+        os.remove(old)
     lines = []
     if os.path.exists(os.path.join(path, "ablate.json")):
         with open(os.path.join(path, "ablate.json")) as f:

@@ -4,6 +4,8 @@ TensorBoard when it is installed."""
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
 import json
 import os
@@ -14,8 +16,6 @@ from .rundir import CONFIG, finished_folds, fold_metrics, load_json, read_config
 log = logging.getLogger(__name__)
 
 SORTS = ("path", "label", "ua", "wa", "f1", "n")
-#: configuration values shown in the listing (from the run's resolved identity)
-SHOWN = ("fusion", "keys", "head", "norm", "audio_layers", "text_layers", "weighting", "lr", "epochs", "repeats")
 
 
 def _grid_labels(root: str) -> dict[str, str]:
@@ -30,12 +30,17 @@ def _grid_labels(root: str) -> dict[str, str]:
     return out
 
 
-def config_summary(identity: dict) -> str:
-    """A short line of the values that tell configurations apart."""
+def config_summary(identity: dict, config: dict | None = None) -> str:
+    """A short line of the values that tell configurations apart (``config``: the run's recorded
+    configuration, for what its identity keys by content, e.g. a fine-tuned checkpoint folder)."""
+    config = config or {}
     if identity.get("fusion") == "combine":
-        return f"combine of {len(identity.get('members') or [])} runs"
+        members = [os.path.basename(os.path.normpath(str(m))) for m in identity.get("members") or []]
+        return f"combine of {len(members)} runs ({', '.join(members)})"
     if "system" in identity:   # a finetune run
-        models = [str(identity.get(k)) for k in ("audio_model", "text_model") if identity.get(k)]
+        models = [str(identity.get(k) or config.get(k)) for k in ("audio_model", "text_model")
+                  if identity.get(k) or (config.get(k) and k.split("_")[0] in {"cma": "audio text", "audio": "audio",
+                                                                                "text": "text"}[identity["system"]])]
         return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}"
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
     if identity.get("fusion") in ("none", "late"):
@@ -47,6 +52,16 @@ def config_summary(identity: dict) -> str:
                  if len(layers) > 1 else f"layers {layers.pop()}")
     parts.append(f"{identity.get('weighting')} weights")
     parts.append(f"lr {identity.get('lr'):g}" if isinstance(identity.get("lr"), (int, float)) else "")
+    # what else tells two runs apart in a listing: other streams, test folds, the protocol's numbers
+    for k, default in (("audio_stream", "audio"), ("text_stream", "text")):
+        if identity.get(k) not in (None, default) and (k == "audio_stream" or "T" in (identity.get("keys") or [])):
+            parts.append(f"{k.split('_')[0]} stream {identity[k]}")
+    if identity.get("folds"):
+        parts.append(f"folds {','.join(map(str, identity['folds']))} only")
+    from ..heads.options import PROTOCOL
+    for k in ("repeats", "epochs", "patience", "batch_size", "dropout", "seed", "val_fraction"):
+        if k in identity and k in PROTOCOL and identity[k] != PROTOCOL[k]:
+            parts.append(f"{k.replace('_', ' ')} {identity[k]}")
     return ", ".join(p for p in parts if p)
 
 
@@ -72,7 +87,7 @@ def find_runs(root: str) -> list[dict]:
         done = len(finished_folds(d))
         rel = os.path.relpath(d, root)
         row = {"path": rel, "label": labels.get(os.path.realpath(d), rel), "identity": c.get("identity") or {},
-               "config": config_summary(c.get("identity") or {}), "finished": s is not None,
+               "config": config_summary(c.get("identity") or {}, c.get("config") or {}), "finished": s is not None,
                "n": s["ua"]["n"] if s else done}
         for m in ("ua", "wa", "f1"):
             row[m] = (s[m]["mean"], s[m]["std"]) if s else None
@@ -149,10 +164,16 @@ def write_tensorboard(run_dirs: list[str], logdir: str,
     n = 0
     for i, d in enumerate(run_dirs):
         name = (names[i] if names else os.path.basename(os.path.normpath(d))).replace(os.sep, "_")
+        # one folder per run folder: TensorBoard merges every event file of a folder into one run, so
+        # two runs of one label (two grids) or one --out basename (two train-heads) must not share it
+        name += "-" + hashlib.sha256(os.path.realpath(d).encode()).hexdigest()[:6]
         for fold, m in fold_metrics(d, strict=False):
             if not m or not m.get("history"):
                 continue
-            w = writer_cls(log_dir=os.path.join(logdir, name, fold))
+            fold_log = os.path.join(logdir, name, fold)
+            for old in glob.glob(os.path.join(fold_log, "events.out.tfevents.*")):   # written again: not twice
+                os.remove(old)
+            w = writer_cls(log_dir=fold_log)
             try:
                 for h in m["history"]:
                     for tag, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
