@@ -133,3 +133,14 @@ def test_manifest_column_aliases(tmp_path):
     j.write_text(json.dumps({"id": "u1", "audio_path": "a.wav", "text": "hi", "emotion": "sad", "speaker": "s",
                              "session": "2"}) + "\n")
     assert load_manifest(j)[0].label == "sad"
+
+
+def test_one_channel_of_a_multichannel_file_is_refused_not_mixed(lhotse_dir):
+    """Before: a recording naming one channel of a stereo file was read as the mix of both channels
+    (the other speaker's channel mixed in at half level), without a word."""
+    x = np.random.default_rng(1).standard_normal((32000, 2)).astype(np.float32) * 0.1
+    sf.write(lhotse_dir / "audio" / "rec0.wav", x, 16000)
+    _rewrite(lhotse_dir / "recordings.jsonl.gz", lambda lines: lines[0].update(channel_ids=[1]))
+    with pytest.raises(CorpusError, match=r"recording 'rec0' is channel 1 of .*rec0\.wav, which holds 2 channels; "
+                                          r"emofuse reads every channel of a file"):
+        load_corpus("lhotse", path=str(lhotse_dir / "supervisions.jsonl.gz"))

@@ -597,3 +597,43 @@ def test_only_rank_0_speaks_under_torchrun(capsys):
     distributed.log.info("merged 2 rank shards")
     assert capsys.readouterr().out.splitlines() == ["from rank 0", "merged 2 rank shards"]
     assert logging.getLogger("emofuse.pipelines.extract").level == logging.NOTSET
+
+
+def test_a_segment_is_cut_as_written_or_refused(tmp_path):
+    """Slices (manifest/lhotse start, end): a blank cell (NaN) is no bound (predict --manifest with
+    some rows sliced failed on NaN); a start a few ms before the file is its start; a start further
+    before it (lhotse allows supervisions sticking out) was read from the END of the file by
+    soundfile, now refused; an empty segment is refused."""
+    import soundfile as sf
+
+    from emofuse.extract.audio import BadInput, segment_samples
+    sf.write(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+    info = sf.info(str(tmp_path / "a.wav"))
+    assert segment_samples(float("nan"), float("nan"), info) == (0, None)
+    assert segment_samples(-0.004, 0.5, info) == (0, 8000)
+    for start, end, match in ((-0.05, 0.5, "lies outside the file"), (0.5, 0.5, "is empty"), (0.6, 0.5, "is empty")):
+        with pytest.raises(BadInput, match=match):
+            segment_samples(start, end, info)
+
+
+def test_slice_keys_and_durations(tmp_path):
+    """A whole file and the same file given as [0, its length] (a lhotse manifest's way) are one
+    recording for evaluate's overlap check (before: keys 'nan|nan' and '0.0|1.3' never met, and a
+    model was scored on its own training audio as cross-corpus); a slice given by its end alone
+    lasts until its end (before: the whole file's length, so the past-audio check let through
+    alignments running past the slice)."""
+    import pandas as pd
+    import soundfile as sf
+
+    from emofuse.corpora import Utterance, utterance_table
+    from emofuse.pipelines.predict import recording_keys
+    sf.write(tmp_path / "a.wav", np.zeros(20800, np.float32), 16000)   # 1.3 s
+    mk = lambda i, s, e: Utterance(id=i, audio_path=str(tmp_path / "a.wav"), transcript="x", label="neu",  # noqa: E731
+                                   session="1", speaker="s", start=s, end=e)
+    t = utterance_table([mk("whole", None, None), mk("span", 0.0, 1.3), mk("end", None, 0.7), mk("mid", 0.2, 0.7)])
+    d = dict(zip(t["id"], t["duration"].astype(float)))
+    assert d["end"] == pytest.approx(0.7) and d["whole"] == pytest.approx(1.3)
+    keys = recording_keys(t.set_index("id", drop=False))
+    assert keys["whole"] == keys["span"] and len({keys["whole"], keys["end"], keys["mid"]}) == 3
+    legacy = recording_keys(t.set_index("id", drop=False), legacy=True)   # what older exports recorded
+    assert legacy["whole"] != legacy["span"] and isinstance(legacy, pd.Series)

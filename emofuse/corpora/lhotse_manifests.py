@@ -24,11 +24,14 @@ supervision listed twice with different content, a label/session/speaker written
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
 from pathlib import Path
 from typing import Iterable
+
+import soundfile as sf
 
 from ..errors import CorpusError
 from .manifest import _one_spelling
@@ -129,7 +132,23 @@ def _audio(rec: dict, where: str, base: Path) -> str:
     src = Path(str(sources[0]["source"]))
     if not src.is_absolute() and not src.exists() and (base / src).exists():
         src = base / src
-    return str(src.absolute()) if not src.is_absolute() else str(src)
+    path = str(src.absolute()) if not src.is_absolute() else str(src)
+    held = _channels_in(path)
+    if held > 1:   # one channel of a multi-channel file: extraction would mix every channel
+        raise CorpusError(f"{where}: recording {rec.get('id')!r} is channel {channels[0]} of {path}, which holds "
+                          f"{held} channels; emofuse reads every channel of a file (mixed to mono), so give the "
+                          "recording a file of that channel alone")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _channels_in(path: str) -> int:
+    """How many channels an audio file holds (its header); 1 when it cannot be read here (extraction
+    reports an unreadable file per utterance)."""
+    try:
+        return int(sf.info(path).channels)
+    except Exception:
+        return 1
 
 
 def _label(sup: dict) -> str:

@@ -121,6 +121,8 @@ def _audio_facts(u: Utterance) -> tuple[float, int]:
     try:
         info = sf.info(u.audio_path)
         dur = info.frames / info.samplerate
+        if u.end is not None:   # a slice given by its end only: from the file's start
+            dur = min(dur, u.end)
         if u.start is not None:
             dur -= u.start
         return dur, size

@@ -66,10 +66,16 @@ def segment_samples(start_s: float | None, end_s: float | None, info) -> tuple[i
     """``(start, stop)`` sample indices of the segment [start_s, end_s) seconds of a file
     (``info``: its ``soundfile.info``; None: from the beginning / to the end), as extraction and
     the aligner both cut it; ``BadInput`` for a segment outside the file (10 ms of slack at the end)."""
+    start_s = None if start_s is None or start_s != start_s else start_s   # NaN (a blank table cell): none
+    end_s = None if end_s is None or end_s != end_s else end_s
     start = 0 if start_s is None else int(round(start_s * info.samplerate))
     stop = None if end_s is None else int(round(end_s * info.samplerate))
-    if start > info.frames or (stop is not None and stop > info.frames + info.samplerate // 100):
+    if -info.samplerate // 100 <= start < 0:   # a few ms before the file (rounding in a manifest): from its start
+        start = 0
+    if start < 0 or start > info.frames or (stop is not None and stop > info.frames + info.samplerate // 100):
         raise BadInput(f"segment [{start_s}, {end_s}] s lies outside the file ({info.frames / info.samplerate:.3f} s)")
+    if stop is not None and stop <= start:
+        raise BadInput(f"segment [{start_s}, {end_s}] s is empty (its end is not after its start)")
     return start, stop
 
 

@@ -49,16 +49,24 @@ from .rundir import (CONFIG, SUMMARY, fold_metrics, has_config, is_finished, pre
 
 log = logging.getLogger(__name__)
 
-def recording_keys(table: pd.DataFrame) -> pd.Series | None:
+def recording_keys(table: pd.DataFrame, legacy: bool = False) -> pd.Series | None:
     """Per utterance (indexed by id) a 16-hex digest of what it is, wherever the corpus lies:
-    its audio file's content digest and its segment times; two stores share an utterance when
-    they share its key. "" for an utterance whose audio could not be read at extraction (no
-    digest: nothing to compare). None for a store written before audio digests (a file name and
-    size would call two corpora's ``0001.wav`` the same recording)."""
+    its audio file's content digest and the span of the file it covers, in 10 ms (no start: 0;
+    no end: where its audio ends), so a whole file and the same file given as [0, its length]
+    (a lhotse manifest's way) are one recording; two stores share an utterance when they share
+    its key. "" for an utterance whose audio could not be read at extraction (no digest: nothing
+    to compare). None for a store written before audio digests (a file name and size would call
+    two corpora's ``0001.wav`` the same recording). ``legacy``: the keys exports recorded before
+    the span was normalised (the raw start and end)."""
     if "audio_digest" not in table.columns:
         return None
-    cols = [c for c in ("audio_digest", "start", "end") if c in table.columns]
-    rows = ["|".join(map(str, r)) for r in table[cols].itertuples(index=False, name=None)]
+    if legacy or "duration" not in table.columns:
+        cols = [c for c in ("audio_digest", "start", "end") if c in table.columns]
+        rows = ["|".join(map(str, r)) for r in table[cols].itertuples(index=False, name=None)]
+    else:
+        start = pd.to_numeric(table["start"], errors="coerce").fillna(0.0) if "start" in table.columns else 0.0
+        end = start + pd.to_numeric(table["duration"], errors="coerce")
+        rows = [f"{d}|{s:.2f}|{e:.2f}" for d, s, e in zip(table["audio_digest"].astype(str), start, end)]
     keys = [hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows]
     digests = table["audio_digest"].fillna("").astype(str).to_numpy()
     return pd.Series([k if d else "" for k, d in zip(keys, digests)], index=table.index)
@@ -618,8 +626,10 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
             log.warning(f"{run if trained_on is None else store} records no audio digests (written by an older "
                         f"emofuse): whether {store} shares utterances with {run}'s training data is not checked")
         else:
+            # both spellings of a key: an export written before the span was normalised recorded raw times
             keys, trained_on = keys.reindex(data.ids), set(trained_on)
-            shared = [u for u, k in zip(data.ids, keys) if k and k in trained_on]
+            legacy = recording_keys(fs.utterances, legacy=True).reindex(data.ids)
+            shared = [u for u, k, k0 in zip(data.ids, keys, legacy) if k and (k in trained_on or k0 in trained_on)]
             if shared:
                 raise EmofuseError(
                     f"{len(shared)} of the {len(data.ids)} utterances of {store} are recordings {run} was trained on "
