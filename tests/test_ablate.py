@@ -127,10 +127,15 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     assert "3 configurations, 2 already finished, 1 to run" in msgs[0] and len(res3["a"]) == 4
     (out / "figures").mkdir(exist_ok=True)
     (out / "figures" / "a-trained-layers.png").write_bytes(b"an earlier report's best row")
+    (out / "figures" / "my-own-plot.png").write_bytes(b"the user's")
+    with pytest.raises(EmofuseError):
+        run_report(str(out / "figures"))   # not a run or grid: refused before anything is removed
+    assert (out / "figures" / "a-trained-layers.png").exists()
     report = run_report(str(out))
     text = Path(report).read_text()
     assert "| Configuration |" in text and "figures/a-confusion.png" in text
     assert not (out / "figures" / "a-trained-layers.png").exists()   # an earlier report's figure: gone
+    assert (out / "figures" / "my-own-plot.png").exists()            # not one report draws: kept
     for name in ("a-confusion.png", "a-layers.png", "a-folds.png", "a-curves.png"):
         assert (out / "figures" / name).stat().st_size > 5000
 
@@ -370,6 +375,8 @@ def test_a_resume_on_another_cpu_thread_count_is_said(caplog):
 
 @pytest.mark.parametrize("second,match", [
     ("a", r"two tables are named 'a'; each table needs a name of its own"),
+    ("A", r"two tables are named 'A' and 'a'"),
+    ("a-trained", r"two tables are named 'a-trained' and 'a'"),   # figures a-trained-*.png would collide
     ("my table", r"table name 'my table' cannot name its files"),
     ("../x", r"table name '../x' cannot name its files"),
 ])

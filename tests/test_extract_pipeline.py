@@ -611,7 +611,8 @@ def test_a_segment_is_cut_as_written_or_refused(tmp_path):
     info = sf.info(str(tmp_path / "a.wav"))
     assert segment_samples(float("nan"), float("nan"), info) == (0, None)
     assert segment_samples(-0.004, 0.5, info) == (0, 8000)
-    for start, end, match in ((-0.05, 0.5, "lies outside the file"), (0.5, 0.5, "is empty"), (0.6, 0.5, "is empty")):
+    for start, end, match in ((-0.05, 0.5, "lies outside the file"), (0.5, 0.5, "is empty"), (0.6, 0.5, "is empty"),
+                              (1.0, None, "is empty")):
         with pytest.raises(BadInput, match=match):
             segment_samples(start, end, info)
 
@@ -635,5 +636,9 @@ def test_slice_keys_and_durations(tmp_path):
     assert d["end"] == pytest.approx(0.7) and d["whole"] == pytest.approx(1.3)
     keys = recording_keys(t.set_index("id", drop=False))
     assert keys["whole"] == keys["span"] and len({keys["whole"], keys["end"], keys["mid"]}) == 3
+    old = t.set_index("id", drop=False)
+    old.loc["end", "duration"] = 1.3   # a store written before: the end-only slice had the file's length
+    assert recording_keys(old)["end"] == keys["end"]   # keyed by its recorded end
+    assert recording_keys(old.drop(columns=["start"]))["whole"] == keys["whole"]
     legacy = recording_keys(t.set_index("id", drop=False), legacy=True)   # what older exports recorded
     assert legacy["whole"] != legacy["span"] and isinstance(legacy, pd.Series)

@@ -117,9 +117,12 @@ def load_spec(spec: str) -> dict:
             raise EmofuseError(f"{where}: every table needs 'name' and a 'rows' list, found {t!r}")
         # a table's name is its files' name (tables/NAME.md, figures/NAME-*.png): one table each
         name = str(t["name"])
-        if name in names:
-            raise EmofuseError(f"{where}: two tables are named {name!r}; each table needs a name of its own (its "
-                               "files are tables/NAME.md|.tex|.csv)")
+        clash = {n for n in names if n.lower() in (name.lower(), name.lower() + "-trained")
+                 or name.lower() == n.lower() + "-trained"}   # figures NAME-*.png and NAME-trained-*.png
+        if name in names or clash:
+            raise EmofuseError(f"{where}: two tables are named {name!r}" + (f" and {sorted(clash)[0]!r}" if clash and
+                               name not in names else "") + "; each table needs a name of its own (its files are "
+                               "tables/NAME.md|.tex|.csv and figures/NAME-*.png, NAME-trained-*.png)")
         if not name or name.startswith(".") or any(c in name for c in '/\\:*?"<>| \t\n'):
             raise EmofuseError(f"{where}: table name {name!r} cannot name its files (tables/NAME.md, "
                                "figures/NAME-*.png); use letters, digits, '-', '_' or '.' (a 'title:' may hold any text)")

@@ -455,6 +455,9 @@ class _AlignJob:
 def _audio_seconds(utt_table, uid: str, n_frames: int, hop: float, window: float) -> float:
     """The utterance's audio length: the corpus table's duration, else what the frames cover."""
     dur = float(utt_table.loc[uid, "duration"]) if "duration" in utt_table.columns else float("nan")
+    start, end = _segment_of(utt_table.loc[uid])
+    if start is None and end is not None:   # a slice by its end (stores before it recorded the file's length)
+        dur = min(dur, end) if np.isfinite(dur) else end
     return dur if np.isfinite(dur) and dur > 0 else (n_frames - 1) * hop + window
 
 

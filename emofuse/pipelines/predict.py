@@ -64,8 +64,10 @@ def recording_keys(table: pd.DataFrame, legacy: bool = False) -> pd.Series | Non
         cols = [c for c in ("audio_digest", "start", "end") if c in table.columns]
         rows = ["|".join(map(str, r)) for r in table[cols].itertuples(index=False, name=None)]
     else:
-        start = pd.to_numeric(table["start"], errors="coerce").fillna(0.0) if "start" in table.columns else 0.0
-        end = start + pd.to_numeric(table["duration"], errors="coerce")
+        num = lambda c: (pd.to_numeric(table[c], errors="coerce") if c in table.columns  # noqa: E731
+                         else pd.Series(np.nan, index=table.index))
+        start = num("start").fillna(0.0)
+        end = num("end").fillna(start + num("duration"))   # no end: where its audio ends
         rows = [f"{d}|{s:.2f}|{e:.2f}" for d, s, e in zip(table["audio_digest"].astype(str), start, end)]
     keys = [hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows]
     digests = table["audio_digest"].fillna("").astype(str).to_numpy()
@@ -169,7 +171,7 @@ class TrainedModel:
                 "norm": cfg.norm, "norm_keys": norm_keys, "config": config["config"], "identity": config["identity"],
                 "fingerprints": config["fingerprints"], "ensemble": "mean of the members' softmax probabilities",
                 "summary": {m: summary[m] for m in ("ua", "wa", "f1")},
-                "training_recordings": training}
+                "training_recordings": training, "recording_keys": "span"}
         folders = {}   # (repeat, fold) → the folder of that run (found by its metrics, whatever its name)
         rdir = os.path.join(run_dir, "runs")
         for name, m in fold_metrics(run_dir, strict=False):
@@ -627,6 +629,10 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                         f"emofuse): whether {store} shares utterances with {run}'s training data is not checked")
         else:
             # both spellings of a key: an export written before the span was normalised recorded raw times
+            if model.spec.get("recording_keys") != "span":
+                log.warning(f"{run} was exported before recordings were keyed by their span: the same audio given "
+                            "as a whole file in one corpus and as [0, its length] in the other (a lhotse manifest) "
+                            "is not recognised as shared; export the run again to check that too")
             keys, trained_on = keys.reindex(data.ids), set(trained_on)
             legacy = recording_keys(fs.utterances, legacy=True).reindex(data.ids)
             shared = [u for u, k, k0 in zip(data.ids, keys, legacy) if k and (k in trained_on or k0 in trained_on)]
@@ -679,7 +685,8 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
             ens_df[f"prob_{name}"] = probs[:, j]
         write_csv(os.path.join(out, "ensemble.csv"), ens_df)
         write_summary(out, summary)
-        cell = lambda m: f"{summary[m]['mean']:.2f} ± {summary[m]['std']:.2f}"  # noqa: E731
+        cell = lambda m: (f"{summary[m]['mean']:.2f}" if summary[m]["n"] == 1  # noqa: E731
+                          else f"{summary[m]['mean']:.2f} ± {summary[m]['std']:.2f}")
         with open(os.path.join(out, "table.md"), "w") as f:
             f.write(f"**{os.path.basename(os.path.normpath(run))} on {os.path.basename(store)} (cross-corpus): %**\n\n"
                     "| Configuration | UA | WA | Macro-F1 | runs |\n|---|---:|---:|---:|---:|\n"

@@ -176,6 +176,10 @@ def curve_figure(runs: list[dict], path: str, title: str):
     return fig
 
 
+#: the endings of the figure files report draws (``[PREFIX]confusion.png`` …)
+FIGURE_NAMES = ("confusion.png", "layers.png", "folds.png", "curves.png")
+
+
 def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str) -> list[tuple[str, str]]:
     """Every figure of one run; returns (caption, path relative to fig_dir's parent)."""
     s, runs = _load(run_dir)
@@ -199,10 +203,12 @@ def run_report(path: str) -> str:
     from .metrics import format_summary
 
     fig_dir = os.path.join(path, "figures")
-    # report owns figures/: what an earlier report drew (another best row, a renamed table) goes
-    for old in glob.glob(os.path.join(fig_dir, "*.png")):
-        os.remove(old)
     lines = []
+    if os.path.exists(os.path.join(path, "ablate.json")) or is_finished(path):
+        # what an earlier report drew (another best row, a renamed table) goes; other files stay
+        for old in glob.glob(os.path.join(fig_dir, "*.png")):
+            if os.path.basename(old).endswith(FIGURE_NAMES):
+                os.remove(old)
     if os.path.exists(os.path.join(path, "ablate.json")):
         with open(os.path.join(path, "ablate.json")) as f:
             grid = json.load(f)

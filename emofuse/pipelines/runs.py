@@ -106,10 +106,11 @@ def format_runs(rows: list[dict], sort: str = "path") -> str:
         rows = sorted(rows, key=lambda r: (-r["n"], r["path"]))
     else:
         rows = sorted(rows, key=lambda r: (r[sort], r["path"]))
-    cell = lambda v: f"{v[0]:.2f} ± {v[1]:.2f}" if v else "unfinished"  # noqa: E731
+    cell = lambda v, n: ("unfinished" if not v else f"{v[0]:.2f}" if n == 1  # noqa: E731
+                         else f"{v[0]:.2f} ± {v[1]:.2f}")
     table = [("label", "configuration", "UA", "WA", "Macro-F1", "runs", "path")]
-    table += [(r["label"], r["config"], cell(r["ua"]), cell(r["wa"]), cell(r["f1"]), str(r["n"]), r["path"])
-              for r in rows]
+    table += [(r["label"], r["config"], cell(r["ua"], r["n"]), cell(r["wa"], r["n"]), cell(r["f1"], r["n"]), str(r["n"]),
+               r["path"]) for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
     lines = ["  ".join(v.ljust(w) if i in (0, 1, 6) else v.rjust(w) for i, (v, w) in enumerate(zip(t, widths))).rstrip()
              for t in table]
