@@ -74,7 +74,7 @@ def segment_samples(start_s: float | None, end_s: float | None, info) -> tuple[i
         start = 0
     if start < 0 or start > info.frames or (stop is not None and stop > info.frames + info.samplerate // 100):
         raise BadInput(f"segment [{start_s}, {end_s}] s lies outside the file ({info.frames / info.samplerate:.3f} s)")
-    if stop is not None and stop <= start or stop is None and start >= info.frames:
+    if stop is not None and stop <= start or stop is None and start_s is not None and start >= info.frames:
         raise BadInput(f"segment [{start_s}, {end_s}] s is empty (its end is not after its start)")
     return start, stop
 
