@@ -258,7 +258,7 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
     out = {}
     for uid in ids:
         paths = inputs.alignments.get(uid, {})
-        if cfg.source == "sphinx" or (cfg.source == "auto" and not paths and aligner):
+        if _aligned(cfg, paths, aligner):
             row = utt_table.loc[uid]
             src = {**(sphinx or {}), "audio": str(row.get("audio_digest", "")), "transcript": str(row["transcript"])}
             start, end = _segment_of(row)
@@ -279,17 +279,22 @@ def syllable_inputs(cfg: AlignConfig, inputs: Mapping[str, str], where: Utteranc
     out = {}
     for uid, d in inputs.items():
         paths = where.alignments.get(uid, {})
-        sphinx = cfg.source == "sphinx" or (cfg.source == "auto" and not paths and aligner)
-        marks = []
+        sphinx = _aligned(cfg, paths, aligner)
         if not paths and not sphinx:   # nothing to pool from: skipped as before, under the same digest
             out[uid] = d
             continue
+        marks = []
         if "textgrid" in paths and not sphinx:
             marks.append("ipa phones read")
         if cfg.keep_silence and (sphinx or "syllable" not in paths):
             marks.append("silent words kept")
         out[uid] = digest({"inputs": d, "syllables": marks}, 16) if marks else d
     return out
+
+
+def _aligned(cfg: AlignConfig, paths: Mapping[str, str], aligner) -> bool:
+    """Whether an utterance with alignment files ``paths`` is aligned by the forced aligner."""
+    return cfg.source == "sphinx" or (cfg.source == "auto" and not paths and aligner is not None)
 
 
 def _segment_of(row) -> tuple[float | None, float | None]:
@@ -448,14 +453,14 @@ class _AlignJob:
     done: dict = field(default_factory=dict)   # granularity -> ids already pooled with these inputs
 
     def uses_aligner(self, uid: str) -> bool:
-        return self.cfg.source == "sphinx" or (self.cfg.source == "auto" and not self.where.alignments.get(uid)
-                                               and self.aligner is not None)
+        return _aligned(self.cfg, self.where.alignments.get(uid, {}), self.aligner)
 
 
 def _audio_seconds(utt_table, uid: str, n_frames: int, hop: float, window: float) -> float:
     """The utterance's audio length: the corpus table's duration, else what the frames cover."""
-    dur = float(utt_table.loc[uid, "duration"]) if "duration" in utt_table.columns else float("nan")
-    start, end = _segment_of(utt_table.loc[uid])
+    row = utt_table.loc[uid]
+    dur = float(row["duration"]) if "duration" in row.index else float("nan")
+    start, end = _segment_of(row)
     if start is None and end is not None:   # a slice by its end (stores before it recorded the file's length)
         dur = min(dur, end) if np.isfinite(dur) else end
     return dur if np.isfinite(dur) and dur > 0 else (n_frames - 1) * hop + window

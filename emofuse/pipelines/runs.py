@@ -38,9 +38,9 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
         members = [os.path.basename(os.path.normpath(str(m))) for m in identity.get("members") or []]
         return f"combine of {len(members)} runs ({', '.join(members)})"
     if "system" in identity:   # a finetune run
-        models = [str(identity.get(k) or config.get(k)) for k in ("audio_model", "text_model")
-                  if identity.get(k) or (config.get(k) and k.split("_")[0] in {"cma": "audio text", "audio": "audio",
-                                                                                "text": "text"}[identity["system"]])]
+        used = {"cma": ("audio_model", "text_model"), "audio": ("audio_model",), "text": ("text_model",)}
+        models = [str(identity.get(k) or config.get(k)) for k in used.get(identity["system"], ())
+                  if identity.get(k) or config.get(k)]
         return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}"
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
     if identity.get("fusion") in ("none", "late"):

@@ -133,17 +133,12 @@ def check_file_seal(path: str) -> str | bool:
 
 
 def seal_of(path: str) -> str:
-    """The digest a store file's seal records ("" for a file without a seal, or none readable),
-    read from its first bytes without verifying it: what an index records of each of its parts."""
+    """The digest of a store file's intact seal ("" for a file without one, damaged or missing):
+    what an index records of each of its parts (``check_file_seal``, which reads only the
+    file's non-tensor bytes)."""
     try:
-        with open(path, "rb") as fh:
-            first = fh.read(USERBLOCK)
-            if not first.startswith(SEAL_MAGIC):
-                return ""
-            if b"\n" not in first[len(SEAL_MAGIC):]:
-                first += fh.read(1 << 20)
-        return str(json.loads(first[len(SEAL_MAGIC):].split(b"\n", 1)[0])["xxh3_128"])
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return check_file_seal(path) or ""
+    except (StoreError, OSError):
         return ""
 
 
