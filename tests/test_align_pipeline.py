@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from emofuse.align.frames import segment_frames
-from emofuse.align.records import is_silence
+from emofuse.align.records import AlignmentItem, is_silence
 from emofuse.corpora import load_corpus
 from emofuse.store import FeatureStore, copy_store
 
@@ -186,6 +186,53 @@ def test_sphinx_aligns_the_slice_an_utterance_is_not_its_whole_file(tiny_models,
             a, b = fs.segments("audio", g, "sliced"), fs.segments("audio", g, "plain")
             assert list(a.symbols) == list(b.symbols) and len(a.symbols) > 3
             assert np.array_equal(a.spans, b.spans)
+
+
+def test_a_textgrid_of_the_whole_file_is_cut_to_the_utterance_slice(tiny_models, tmp_path):
+    """Before: a TextGrid timed from its file's start (MFA run on a long recording writes one per
+    file) was read as timed from the utterance's start. With 90 ms before the slice every word was
+    pooled 4-5 frames late, silently (it overshot the slice by less than the 0.1 s refusal). Now a
+    TextGrid whose declared end is the file's length, not the slice's, is cut to the slice; one
+    timed from the slice is read as before."""
+    import csv
+
+    import soundfile as sf
+
+    from emofuse.align.sphinx_seg import read_seg
+    from emofuse.align.textgrid import write_textgrid
+    u = next(u for u in load_corpus("demo"))
+    fa = Path(u.audio_path).parents[2] / "ForcedAlignment" / u.id.rsplit("_", 1)[0]
+    tiers = {t: read_seg(fa / f"{u.id}.{ext}", t) for t, ext in (("word", "wdseg"), ("phone", "phseg"))}
+    x, sr = sf.read(u.audio_path, dtype="float32")
+    x = x[: len(x) // 16 * 16]
+    lead, tail = np.zeros(int(0.09 * sr), np.float32), np.zeros(sr, np.float32)
+    sf.write(tmp_path / "long.wav", np.concatenate([lead, x, tail]), sr, subtype="PCM_16")
+    sf.write(tmp_path / "alone.wav", x, sr, subtype="PCM_16")
+    n, total = len(x) / sr, (len(lead) + len(x) + len(tail)) / sr
+    shifted = {t: [AlignmentItem(i.symbol, i.start + 0.09, i.duration) for i in items] for t, items in tiers.items()}
+    write_textgrid(tmp_path / "file.TextGrid", shifted, total)     # as MFA writes for the long file
+    write_textgrid(tmp_path / "slice.TextGrid", tiers, n)          # timed from the slice's start
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "audio", "text", "label", "speaker", "session", "start", "end", "textgrid"])
+        w.writerow(["plain", "alone.wav", u.transcript, "ang", "s1", "1", "", "", "slice.TextGrid"])
+        w.writerow(["file-timed", "long.wav", u.transcript, "neu", "s2", "2", 0.09, round(0.09 + n, 4), "file.TextGrid"])
+        w.writerow(["slice-timed", "long.wav", u.transcript, "sad", "s3", "3", 0.09, round(0.09 + n, 4), "slice.TextGrid"])
+    store = tmp_path / "s.h5"
+    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
+            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    r = run("align-segments", "--store", store, "--source", "textgrid", "--granularities", "word,phone")
+    assert r.returncode == 0 and "3 utterances aligned" in r.stdout, r.stdout + r.stderr
+    assert "1 utterances are slices of a file whose TextGrid is timed from the file's start" in r.stdout, r.stdout
+    with FeatureStore(store) as fs:
+        for g in ("word", "phone"):
+            plain = fs.segments("audio", g, "plain")
+            assert len(plain.symbols) > 3
+            for uid in ("file-timed", "slice-timed"):
+                got = fs.segments("audio", g, uid)
+                assert list(got.symbols) == list(plain.symbols), (uid, g)
+                assert np.array_equal(got.spans, plain.spans), (uid, g)
 
 
 def test_committed_demo_alignments_cover_the_corpus():

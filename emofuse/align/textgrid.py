@@ -44,6 +44,18 @@ def read_textgrid(path: str | Path, tier_names: Mapping[str, Sequence[str]] | No
     return out
 
 
+def textgrid_end(path: str | Path) -> float | None:
+    """The end time (``xmax``) a TextGrid declares for itself (an aligner writes its audio file's
+    length there); None when the file cannot be read (reading its tiers says why)."""
+    from praatio import textgrid
+
+    try:
+        end = float(textgrid.openTextgrid(str(path), includeEmptyIntervals=True).maxTimestamp)
+    except Exception:
+        return None
+    return end if math.isfinite(end) else None
+
+
 def write_textgrid(path: str | Path, tiers: Mapping[str, Sequence[AlignmentItem]], duration: float) -> None:
     from praatio import textgrid
     from praatio.utilities.constants import Interval

@@ -62,6 +62,21 @@ def complete_tiers(tiers: dict[str, list[AlignmentItem]], wanted: Sequence[str],
     return tiers
 
 
+def cut_to_slice(tiers: Mapping[str, Sequence[AlignmentItem]], start: float, end: float
+                 ) -> dict[str, list[AlignmentItem]]:
+    """Tiers timed from the start of a whole file, cut to its slice ``start..end`` (seconds) and
+    timed from ``start``: an item overlapping the slice is kept, clipped to it; the rest dropped."""
+    out = {}
+    for tier, items in tiers.items():
+        kept = []
+        for it in items:
+            a, b = max(it.start, start), min(it.end, end)
+            if b > a:
+                kept.append(AlignmentItem(it.symbol, a - start, b - a))
+        out[tier] = kept
+    return out
+
+
 #: How far (seconds) an alignment may run past the end of the audio before it is refused. Sphinx
 #: rounds to 10 ms frames and aligners pad the last silence by a frame or two; an alignment in the
 #: wrong unit (milliseconds, frames ×10) or of another file overshoots by far more.

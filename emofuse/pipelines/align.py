@@ -17,7 +17,8 @@ import torch
 from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
-from ..align.tiers import check_within_audio, complete_tiers, read_alignment
+from ..align.textgrid import textgrid_end
+from ..align.tiers import PAST_AUDIO_TOLERANCE_S, check_within_audio, complete_tiers, cut_to_slice, read_alignment
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import alignments_beside
 from ..corpora.manifest import load_manifest
@@ -75,6 +76,7 @@ class AlignSummary:
     empty: dict = field(default_factory=dict)
     clipped: int = 0
     skipped: dict = field(default_factory=dict)   # reason -> count
+    cut: int = 0          # utterances whose TextGrid is timed from its file's start, cut to the slice
 
     def text(self) -> str:
         seg = ", ".join(f"{g} {n:,}" for g, n in self.segments.items())
@@ -83,6 +85,9 @@ class AlignSummary:
             lines.append(f"  {self.changed} utterances were pooled again: their alignment inputs changed since")
         if any(self.empty.values()):
             lines.append("  utterances left with no segment: " + ", ".join(f"{g} {n}" for g, n in self.empty.items() if n))
+        if self.cut:
+            lines.append(f"  {self.cut} utterances are slices of a file whose TextGrid is timed from the file's start "
+                         "(it spans the whole file): cut to each utterance's slice")
         if self.clipped:
             lines.append(f"  {self.clipped} segments end after the stream's last frame (their span stops at it)")
         ranked = sorted(self.skipped.items(), key=lambda kv: -kv[1])
@@ -104,6 +109,7 @@ class UtteranceInputs:
     from_store: bool
     base: str | None = None     # the corpus's folder now (store-kept paths resolve under it)
     added: int = 0              # utterances whose alignment files were added to the corpus after extraction
+    cut: dict = field(default_factory=dict)   # id -> (start, end): its TextGrid covers its whole file
 
 
 def utterance_inputs(cfg: AlignConfig, fs: FeatureStore) -> UtteranceInputs:
@@ -255,7 +261,7 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
             sphinx = {"aligner": type(aligner).__name__, "pocketsphinx": version("pocketsphinx")}
         except Exception:
             sphinx = {"aligner": type(aligner).__name__}
-    out = {}
+    out, slices = {}, _slices(utt_table)
     for uid in ids:
         paths = inputs.alignments.get(uid, {})
         if _aligned(cfg, paths, aligner):
@@ -266,8 +272,51 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
                 src["segment"] = [start, end]
         else:
             src = {"files": _file_bytes_digest(paths)}
+            if "textgrid" in paths and uid in slices:
+                cut = whole_file_textgrid(paths["textgrid"], inputs.audio.get(uid), *slices[uid])
+                if cut is not None:   # pooled from the slice's part of it (before: read as slice-timed)
+                    inputs.cut[uid] = cut
+                    src["cut to the slice"] = list(cut)
         out[uid] = digest({**opts, **src}, 16)
     return out
+
+
+def _slices(utt_table) -> dict[str, tuple[float | None, float | None]]:
+    """``{id: (start, end)}`` of the utterances that are slices of their file."""
+    cols = [c for c in ("start", "end") if c in utt_table.columns]
+    if not cols:
+        return {}
+    part = utt_table[cols].astype(float)
+    part = part[part.notna().any(axis=1)]
+    return {uid: _segment_of(row) for uid, row in part.iterrows()}
+
+
+#: How close (seconds) a TextGrid's declared end must come to its audio file's length to be taken
+#: as timed from the file's start (aligners write the file's length there, to the sample).
+WHOLE_FILE_TOLERANCE_S = 0.05
+
+
+def whole_file_textgrid(textgrid: str, audio: str | None, start: float | None, end: float | None
+                        ) -> tuple[float, float] | None:
+    """For an utterance that is the slice ``start..end`` of its audio file: the slice (seconds in the
+    file) when its TextGrid is timed from the file's start rather than the slice's, else None. An
+    aligner run on a long recording (MFA) writes the whole file's length as the TextGrid's end; a
+    TextGrid of the slice ends at the slice's length. Where the two lengths are alike (a slice
+    from 0 to about the file's end) both readings agree and None is returned."""
+    import soundfile as sf
+
+    xmax = textgrid_end(textgrid)
+    try:
+        info = sf.info(audio) if audio else None
+    except Exception:
+        info = None
+    if xmax is None or info is None or not info.samplerate:
+        return None
+    length = info.frames / info.samplerate
+    s, e = (start or 0.0), (length if end is None else min(end, length))
+    if abs(xmax - length) <= WHOLE_FILE_TOLERANCE_S and abs(xmax - (e - s)) > PAST_AUDIO_TOLERANCE_S:
+        return s, e
+    return None
 
 
 def syllable_inputs(cfg: AlignConfig, inputs: Mapping[str, str], where: UtteranceInputs, aligner) -> dict[str, str]:
@@ -488,6 +537,9 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
                 if not paths:
                     raise EmofuseError("no forced alignment for this utterance (use --source sphinx to align it)")
                 tiers = read_alignment(paths, cfg.tier_names)
+                if uid in job.where.cut:
+                    tiers = cut_to_slice(tiers, *job.where.cut[uid])
+                    summary.cut += 1
                 source = paths
             tiers = complete_tiers(tiers, wanted, cfg.keep_silence)
             check_within_audio({g: tiers[g] for g in wanted},
