@@ -65,6 +65,25 @@ def test_diff_names_the_values_that_differ(tree, capsys):
     assert "not a train-head run directory" in capsys.readouterr().err
 
 
+def test_diff_of_two_combinations_names_a_later_member_s_store_content(tree, tmp_path, capsys):
+    """Before: a combination recorded only its first member's fingerprints, so two combinations
+    whose second members read different store content were "the same configuration and the same
+    store content". Each member's fingerprints are recorded now and the diff names them."""
+    import shutil
+
+    from emofuse.pipelines.combine import run_combine
+    run_combine([str(tree / "a"), str(tree / "b")], str(tmp_path / "c1"))
+    config = json.loads((tmp_path / "c1" / "config.json").read_text())
+    assert config["member_fingerprints"] == [json.loads((tree / d / "config.json").read_text())["fingerprints"]
+                                             for d in ("a", "b")]
+    shutil.copytree(tmp_path / "c1", tmp_path / "c2")
+    config["member_fingerprints"][1]["audio/frames"] = "0" * 32   # b re-extracted: other content
+    (tmp_path / "c2" / "config.json").write_text(json.dumps(config))
+    assert main(["runs", "--diff", str(tmp_path / "c1"), str(tmp_path / "c2")]) == 0
+    out = capsys.readouterr().out
+    assert "member 2 store: audio/frames" in out and "same configuration" not in out
+
+
 def test_tensorboard_said_once_when_missing_and_written_when_present(tree, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pr, "_summary_writer", lambda: None)
     assert main(["runs", str(tree), "--tensorboard", str(tmp_path / "tb")]) == 0

@@ -71,7 +71,8 @@ def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
     config = {"type": "emofuse.train-head", "emofuse_version": __version__,
               "config": {"fusion": "combine", "runs": [os.path.abspath(d) for d in run_dirs]},
               "identity": {"fusion": "combine", "members": [c["identity"] for c in configs]},
-              "fingerprints": configs[0]["fingerprints"]}
+              "fingerprints": configs[0]["fingerprints"],   # as recorded since the first combinations
+              "member_fingerprints": [c["fingerprints"] for c in configs]}
     check_run_dir(out, config)   # a finished train-head run or another combination there is not overwritten
     write_config(out, config)
     write_predictions(out, comb)

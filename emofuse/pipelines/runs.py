@@ -129,6 +129,11 @@ def diff_runs(a: str, b: str) -> str:
     fa, fb = ca.get("fingerprints") or {}, cb.get("fingerprints") or {}
     rows += [(f"store: {k}", fa.get(k, "(none)"), fb.get(k, "(none)")) for k in sorted(set(fa) | set(fb))
              if fa.get(k) != fb.get(k)]
+    ma, mb = ca.get("member_fingerprints") or [], cb.get("member_fingerprints") or []   # combinations
+    for j in range(1, min(len(ma), len(mb))):   # the first member's are the run's own, compared above
+        fa, fb = ma[j] or {}, mb[j] or {}
+        rows += [(f"member {j + 1} store: {k}", fa.get(k, "(none)"), fb.get(k, "(none)"))
+                 for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
     if not rows:
         return f"{a} and {b} have the same configuration and read the same store content"
     w = max(len(r[0]) for r in rows)
