@@ -154,7 +154,9 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", code], input=archive, check=True)
             r = subprocess.run([sys.executable, __file__, "--worker", "--seconds", str(args.seconds), "--repeats",
                                 str(args.repeats), "--stream", str(args.stream), "--trials", str(args.trials)] + (["--tmp", args.tmp] if args.tmp else []),
-                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code}, cwd=code)
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                   [code] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))},
+                               cwd=code)   # the baseline first; packages installed beside it stay reachable
             if r.returncode:
                 raise SystemExit(r.stderr)
             res[args.baseline_rev or Path(args.baseline_tar).stem] = json.loads(r.stdout.strip().splitlines()[-1])
