@@ -1,5 +1,6 @@
 import collections
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,70 @@ def test_labelled_utterances_without_a_transcript_line_are_counted(tmp_path, cap
     assert [r.getMessage() for r in caplog.records] == [
         f"1 labelled utterance(s) have no line in their dialog's transcription file and no text, e.g. "
         f"{victim.id} ({trans}); text streams skip them (the real corpus has none)"]
+
+
+@pytest.mark.parametrize("eol", [b"\r", b"\r\n", b"\n"])
+def test_lone_cr_line_ends_are_line_ends_in_every_corpus_text_file(tmp_path, eol):
+    """Old-Mac (CR only) line ends: a transcript no longer swallows the lines after it, an
+    EmoEvaluation file keeps every summary line, and a .wdseg file reads its rows (every reader
+    goes through `textio.read_lines`). Nothing but CR, LF and CRLF ends a line."""
+    from emofuse.align.sphinx_seg import read_seg
+    from emofuse.corpora.textio import read_lines
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    want = as_dicts(load_corpus("iemocap", root=tmp_path))
+    reads = []
+    for u in load_corpus("iemocap", root=tmp_path)[:6]:
+        reads += [(p, tier, read_seg(p, tier)) for tier, p in sorted(u.alignments.items())]
+    assert reads
+    for sub in ("EmoEvaluation", "transcriptions"):
+        for p in (tmp_path / "Session1" / "dialog" / sub).glob("Ses*.txt"):
+            p.write_bytes(p.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", eol))
+    for p, _, _ in reads:
+        Path(p).write_bytes(Path(p).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", eol))
+    assert as_dicts(load_corpus("iemocap", root=tmp_path)) == want == fake.expected()
+    for p, tier, items in reads:
+        assert read_seg(p, tier) == items
+    odd = tmp_path / "odd.txt"
+    odd.write_bytes("a\x0bb\x0cc\x1cd\u2028e\u2029f\x85g\rh\r\ni\nj".encode())
+    assert read_lines(odd) == ["a\x0bb\x0cc\x1cd\u2028e\u2029f\x85g", "h", "i", "j"]
+    odd.write_bytes(b"caf\xe9 \x85 ok\rnext")  # latin-1 bytes (0x85: a cp1252 ellipsis) end no line
+    assert read_lines(odd) == ["caf\xe9 \x85 ok", "next"]
+
+
+def test_a_utf8_byte_order_mark_is_dropped_in_every_corpus_text_file(tmp_path, caplog):
+    """A file re-saved 'UTF-8 with BOM' (transcription, EmoEvaluation, .wdseg/.phseg) keeps its
+    first line: the first utterance keeps its text and label, no false 'no line' warning."""
+    from emofuse.align.sphinx_seg import read_seg
+    from emofuse.corpora.textio import read_lines
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    want = as_dicts(load_corpus("iemocap", root=tmp_path))
+    u = next(u for u in load_corpus("iemocap", root=tmp_path) if u.session == 1 and u.alignments)
+    reads = [(p, tier, read_seg(p, tier)) for tier, p in sorted(u.alignments.items())]
+    for sub in ("EmoEvaluation", "transcriptions"):
+        for p in (tmp_path / "Session1" / "dialog" / sub).glob("Ses*.txt"):
+            p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    for p, _, _ in reads:
+        Path(p).write_bytes(b"\xef\xbb\xbf" + Path(p).read_bytes())
+    trans = tmp_path / "Session1" / "dialog" / "transcriptions" / "Ses01F_impro01.txt"
+    assert read_lines(trans)[0].startswith("Ses01F_impro01_")
+    with caplog.at_level("WARNING", logger="emofuse"):
+        assert as_dicts(load_corpus("iemocap", root=tmp_path)) == want == fake.expected()
+    assert not caplog.records
+    for p, tier, items in reads:
+        assert read_seg(p, tier) == items
+
+
+def test_one_latin1_byte_leaves_the_utf8_lines_of_its_file_alone(tmp_path):
+    """A file that is UTF-8 but for one latin-1 byte is decoded line by line: the UTF-8 lines stay
+    UTF-8 (no 'CafÃ©' mojibake), the line with the latin-1 byte is read as latin-1."""
+    from emofuse.corpora.iemocap import parse_transcription
+    from emofuse.corpora.textio import read_lines
+    p = tmp_path / "Ses01F_impro01.txt"
+    p.write_bytes("Ses01F_impro01_F000 [002.0000-002.3413]: Café – “great” news.\r\n".encode()
+                  + b"Ses01F_impro01_M000 [002.8413-003.1614]: Stop that now\xe9!\r\n")
+    assert parse_transcription(p) == {"Ses01F_impro01_F000": "Café – “great” news.",
+                                      "Ses01F_impro01_M000": "Stop that nowé!"}
+    p.write_bytes("caf\xe9\nnaïve\n".encode("latin-1"))  # all latin-1: read as before
+    assert read_lines(p) == ["caf\xe9", "naïve", ""]
+    p.write_bytes("café\nnaïve\n".encode())
+    assert read_lines(p) == ["café", "naïve", ""]
