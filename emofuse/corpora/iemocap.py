@@ -27,8 +27,11 @@ SUMMARY_RE = re.compile(r"^\[([\d.]+) - ([\d.]+)\]\t(\S+)\t(\w+)\t\[([^\]]*)\]")
 TRANSCRIPT_RE = re.compile(r"^(\S+) \[([\d.]+)-([\d.]+)\]:\s?(.*)$")
 #: What a summary line starts with: a bracket at the line start, then the utterance id as the
 #: first token after it. A line of this shape whose token is an utterance id but which
-#: ``SUMMARY_RE`` does not match is a damaged summary line.
+#: ``SUMMARY_RE`` does not match is a damaged summary line, and so is one whose token starts
+#: like an id (``ID_LIKE_PREFIX``, in any case) but is not one (``Ses01F_impro01_M000;``,
+#: ``…_F0000``, ``ses01f_impro01_f000``).
 SUMMARY_LIKE_RE = re.compile(r"^\s*\[[^\]]*\]\s*([^\s\[\]]+)")
+ID_LIKE_PREFIX = "Ses0"
 
 #: The standard four-class set: excited merged into happy (5,531 utterances).
 FOUR_CLASS: Mapping[str, str] = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
@@ -107,7 +110,9 @@ def parse_emo_evaluation(path: Path) -> dict[str, str]:
     already cut). A damaged file raises ``CorpusError`` naming the file and line: times that are
     not numbers, a code IEMOCAP does not use (``sadd``, ``Sad``), an id listed twice, a line that
     starts like a summary line (``[start - end]`` and an utterance id) but does not have its
-    form, and a file with no summary line at all (empty, or re-saved as UTF-16)."""
+    form, a summary line whose id starts like one (``Ses0``) but is not one
+    (``Ses01F_impro01_M000;``), and a file with no summary line at all (empty, or re-saved as
+    UTF-16)."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
     lines = read_lines(path)
@@ -115,6 +120,11 @@ def parse_emo_evaluation(path: Path) -> dict[str, str]:
         m = SUMMARY_RE.match(line)
         if not (m and UTT_RE.match(m.group(3))):
             like = SUMMARY_LIKE_RE.match(line)
+            token = (m.group(3) if m else like.group(1)) if (m or like) else ""
+            if token[:len(ID_LIKE_PREFIX)].lower() == ID_LIKE_PREFIX.lower() and not UTT_RE.match(token):
+                raise CorpusError(f"{path}, line {no}: {line[:120]!r} is a summary line whose id {token[:60]!r} "
+                                  "is not an IEMOCAP utterance id (expected the form Ses0<n><F|M>_<impro|script>"
+                                  "<NN>…_<F|M><NNN>, e.g. Ses01F_impro01_F000)")
             if like and UTT_RE.match(like.group(1)):
                 raise CorpusError(f"{path}, line {no}: {line[:120]!r} starts like the summary line of "
                                   f"{like.group(1)} but does not have its form "
