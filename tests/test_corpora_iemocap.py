@@ -329,3 +329,27 @@ def test_one_latin1_byte_leaves_the_utf8_lines_of_its_file_alone(tmp_path):
     assert read_lines(p) == ["caf\xe9", "naïve", ""]
     p.write_bytes("café\nnaïve\n".encode())
     assert read_lines(p) == ["café", "naïve", ""]
+
+
+def test_a_dialog_filed_under_another_sessions_folder_is_refused(tmp_path, capsys):
+    """The id decides session and speaker (the leave-one-session-out fold): a Ses02 dialog moved
+    into Session1/ was read as session 1 with speakers Ses01F/Ses01M, silently the wrong fold; it
+    is refused with one sentence naming the file and the folder."""
+    from emofuse.cli import main
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    utts = load_corpus("iemocap", root=tmp_path)
+    assert all(u.session == int(u.id[3:5]) and u.speaker == u.id[:5] + u.gender for u in utts)
+    d = "Ses02F_impro01"
+    assert any(u.dialog == d for u in fake.utterances)
+    for sub in ("dialog/EmoEvaluation", "dialog/transcriptions"):
+        shutil.move(tmp_path / "Session2" / sub / f"{d}.txt", tmp_path / "Session1" / sub / f"{d}.txt")
+    for sub in ("sentences/wav", "sentences/ForcedAlignment"):
+        shutil.move(tmp_path / "Session2" / sub / d, tmp_path / "Session1" / sub / d)
+    emo = tmp_path / "Session1" / "dialog" / "EmoEvaluation" / f"{d}.txt"
+    with pytest.raises(CorpusError, match=f"^{emo} lists {d}_[FM]00[0-9], an utterance of session 2 \\(by its id\\), "
+                                          f"but lies in the folder {tmp_path / 'Session1'};.*move the dialog's files "
+                                          "to Session2$"):
+        load_corpus("iemocap", root=tmp_path)
+    assert main(["corpus", "--corpus", "iemocap", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {emo} lists ") and len(err.splitlines()) == 1

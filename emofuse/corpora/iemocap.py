@@ -228,7 +228,8 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
     utterances whose code is not in the mapping are left out. Raises ``CorpusError`` for a
     root without Session1–5, a session without EmoEvaluation files, a damaged EmoEvaluation or
     transcription file (``parse_emo_evaluation``, ``parse_transcription``), an id listed in two
-    files, or a missing sentence wav. Sentence wavs that no summary line lists are counted in a
+    files, an id of another session than the ``SessionN`` folder its file lies in, or a missing
+    sentence wav. Session and speaker come from the id (``Ses02F_…_M003``: session 2, ``Ses02M``). Sentence wavs that no summary line lists are counted in a
     warning.
     """
     mapping = resolve_labels(labels)
@@ -253,6 +254,10 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
         for emo in emo_files:
             codes = parse_emo_evaluation(emo)
             for utt_id in codes:
+                if _session_of(utt_id) != s_idx:
+                    raise CorpusError(f"{emo} lists {utt_id}, an utterance of session {_session_of(utt_id)} (by its "
+                                      f"id), but lies in the folder {base / session}; the id decides the session "
+                                      f"(the fold): move the dialog's files to Session{_session_of(utt_id)}")
                 if utt_id in listed:
                     raise CorpusError(f"utterance id {utt_id} appears twice in the EmoEvaluation files, in "
                                       f"{listed[utt_id]} and in {emo}; each utterance has one summary line")
@@ -278,8 +283,8 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                         audio_path=str(wav),
                         transcript=texts.get(utt_id, ""),
                         label=mapping[code],
-                        session=s_idx,
-                        speaker=f"Ses{s_idx:02d}{gender}",
+                        session=_session_of(utt_id),
+                        speaker=f"Ses{_session_of(utt_id):02d}{gender}",
                         gender=gender,
                         alignments=aligns.get(utt_id, {}),
                     )
@@ -293,6 +298,11 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
         log.warning(f"{len(unlabelled)} sentence wav(s) under {base}/Session*/sentences/wav have no summary line in "
                     f"any EmoEvaluation file and are left out, e.g. {unlabelled[0]} (the real corpus has none)")
     return utts
+
+
+def _session_of(utt_id: str) -> int:
+    """The session of an utterance id (``Ses02F_…`` → 2): the id decides it, not the folder."""
+    return int(utt_id[3:5])
 
 
 def _unlabelled_wavs(base: Path, listed: Mapping[str, str]) -> list[str]:
