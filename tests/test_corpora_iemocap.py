@@ -353,3 +353,38 @@ def test_a_dialog_filed_under_another_sessions_folder_is_refused(tmp_path, capsy
     assert main(["corpus", "--corpus", "iemocap", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {emo} lists ") and len(err.splitlines()) == 1
+
+
+def test_a_root_holding_two_copies_is_refused_a_nested_copy_is_one(tmp_path, capsys):
+    """`--root` above two IEMOCAP copies (an old partial `IEMOCAP/` beside `IEMOCAP_full_release/`)
+    used the alphabetically first, silently; it is refused naming both. A copy nested in another
+    (`IEMOCAP_full_release/IEMOCAP_full_release/`) is still one copy, read as before."""
+    from emofuse.cli import main
+    from emofuse.corpora.iemocap import find_root
+    small = dict(counts={1: {"ang": 1}, 2: {"sad": 1}}, seconds=0.05, alignments=False)
+    full = make_fake_iemocap(tmp_path / "data" / "IEMOCAP_full_release", **small)
+    shutil.copytree(full.root, tmp_path / "data" / "IEMOCAP")
+    a, b = tmp_path / "data" / "IEMOCAP", tmp_path / "data" / "IEMOCAP_full_release"
+    with pytest.raises(CorpusError, match=f"^--root {tmp_path / 'data'} holds two IEMOCAP copies \\(folders holding "
+                                          f"Session1 … Session5\\): {a} and {b}; point --root at one$"):
+        load_corpus("iemocap", root=tmp_path / "data")
+    assert main(["corpus", "--corpus", "iemocap", "--root", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --root {tmp_path / 'data'} holds two") and len(err.splitlines()) == 1
+    assert as_dicts(load_corpus("iemocap", root=b)) == full.expected()  # each copy alone reads
+    # copies at different depths that are not one inside the other are two copies too
+    (tmp_path / "data" / "backup").mkdir()
+    shutil.move(a, tmp_path / "data" / "backup" / "IEMOCAP")
+    with pytest.raises(CorpusError, match=f"holds two IEMOCAP copies .*: {tmp_path / 'data' / 'IEMOCAP_full_release'} "
+                                          f"and {tmp_path / 'data' / 'backup' / 'IEMOCAP'};"):
+        find_root(tmp_path / "data")
+    # nested: the outer folder holds the inner copy only, or is itself a copy holding another
+    nest = tmp_path / "nest"
+    inner = nest / "IEMOCAP_full_release" / "IEMOCAP_full_release"
+    shutil.copytree(full.root, inner)
+    assert find_root(nest) == inner and find_root(nest / "IEMOCAP_full_release") == inner
+    shutil.copytree(full.root / "Session1", nest / "IEMOCAP_full_release" / "Session1")
+    assert find_root(nest) == inner  # one session beside the inner copy: not a copy
+    for s in range(2, 6):
+        shutil.copytree(full.root / f"Session{s}", nest / "IEMOCAP_full_release" / f"Session{s}")
+    assert find_root(nest) == nest / "IEMOCAP_full_release"  # a copy holding a copy: the outer one, as before

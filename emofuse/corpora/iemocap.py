@@ -82,26 +82,51 @@ def resolve_labels(labels: str | Mapping[str, str] | None) -> dict[str, str]:
 
 
 def find_root(root: str | Path) -> Path:
-    """The folder holding Session1..Session5: ``root`` itself or a folder up to two levels below."""
+    """The folder holding Session1..Session5: ``root`` itself or a folder up to two levels below.
+    Every such folder up to that depth is looked for (a copy's own folders are not searched: a
+    copy nested in another, ``IEMOCAP_full_release/IEMOCAP_full_release/``, is one copy); two
+    copies side by side (``IEMOCAP/`` and ``IEMOCAP_full_release/``) are refused, never one of
+    them taken by its name."""
     root = Path(root)
     if not root.is_dir():
         raise CorpusError(f"IEMOCAP root {root} is not a folder; expected the folder that holds Session1 … Session5")
+    found: list[Path] = []
     candidates = [root]
-    for depth in range(2):
+    for depth in range(3):
         nxt = []
         for c in candidates:
-            if all((c / s).is_dir() for s in SESSIONS):
-                return c
-            nxt += sorted(p for p in c.iterdir() if p.is_dir() and visible(p.name))
+            if _holds_sessions(c):
+                found.append(c)
+            elif depth < 2:
+                nxt += _subfolders(c)
         candidates = nxt
-    for c in candidates:
-        if all((c / s).is_dir() for s in SESSIONS):
-            return c
+    if len(found) == 1:
+        return found[0]
+    if found:
+        found.sort()
+        names = [str(p) for p in found]
+        listed = " and ".join(names) if len(names) == 2 else f"{', '.join(names[:-1])} and {names[-1]}"
+        raise CorpusError(f"--root {root} holds {'two' if len(found) == 2 else len(found)} IEMOCAP copies "
+                          f"(folders holding Session1 … Session5): {listed}; point --root at one")
     present = sorted(p.name for p in root.iterdir() if visible(p.name))[:8]
     raise CorpusError(
         f"{root} does not look like an IEMOCAP copy: expected a folder holding Session1 … Session5 "
         f"(here or up to two levels below), found {present or 'nothing'}"
     )
+
+
+def _holds_sessions(folder: Path) -> bool:
+    try:
+        return all((folder / s).is_dir() for s in SESSIONS)
+    except OSError:  # a folder we may not look into holds no copy we could read
+        return False
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if visible(p.name) and p.is_dir())
+    except OSError:
+        return []
 
 
 def parse_emo_evaluation(path: Path) -> dict[str, str]:
