@@ -254,8 +254,8 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
     root without Session1–5, a session without EmoEvaluation files, a damaged EmoEvaluation or
     transcription file (``parse_emo_evaluation``, ``parse_transcription``), an id listed in two
     files, an id of another session than the ``SessionN`` folder its file lies in, or a missing
-    sentence wav. Session and speaker come from the id (``Ses02F_…_M003``: session 2, ``Ses02M``). Sentence wavs that no summary line lists are counted in a
-    warning.
+    sentence wav. Session and speaker come from the id (``Ses02F_…_M003``: session 2, speaker
+    ``Ses02M``). Sentence wavs that no summary line lists are counted in a warning.
     """
     mapping = resolve_labels(labels)
     base = find_root(root)
