@@ -1,5 +1,6 @@
 import collections
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -128,6 +129,14 @@ EMO_OK = (EMO_HEAD + "[1.5000 - 2.6171]\tSes01F_impro01_M000\tang\t[1.5000, 4.00
      r"line 7: .* starts like the summary line of Ses01F_impro01_F000 but does not have its form"),
     (EMO_OK.replace("\t[1.5000, 4.0000, 4.0000]", ""), r"line 3: .*summary line of Ses01F_impro01_M000"),
     (EMO_OK.replace("\tang\t", "\t\t"), r"line 3: .*summary line of Ses01F_impro01_M000"),
+    (EMO_OK.replace("\tSes01F_impro01_M000\t", "\tSes01F_impro01_M000;\t"),
+     r"line 3: .* is a summary line whose id 'Ses01F_impro01_M000;' is not an IEMOCAP utterance id"),
+    (EMO_OK.replace("\tSes01F_impro01_F000\t", "\tSes01F_impro01_F0000\t"),
+     r"line 7: .* id 'Ses01F_impro01_F0000' is not an IEMOCAP utterance id \(expected the form Ses0<n>"),
+    (EMO_OK.replace("\tSes01F_impro01_F000\t", "\tses01f_impro01_f000\t"),
+     r"line 7: .* id 'ses01f_impro01_f000' is not"),
+    (EMO_OK.replace("]\tSes01F_impro01_F000\txxx", "] Ses01F_impro01_F00 xxx"),
+     r"line 7: .* id 'Ses01F_impro01_F00' is not an IEMOCAP utterance id"),
     ("", r"is empty \(0 bytes\)"),
     (EMO_HEAD, r"holds no summary line"),
     (EMO_OK.encode("utf-16"), r"holds NUL bytes \(UTF-16 text\?\) and no summary line"),
@@ -254,3 +263,129 @@ def test_labelled_utterances_without_a_transcript_line_are_counted(tmp_path, cap
     assert [r.getMessage() for r in caplog.records] == [
         f"1 labelled utterance(s) have no line in their dialog's transcription file and no text, e.g. "
         f"{victim.id} ({trans}); text streams skip them (the real corpus has none)"]
+
+
+@pytest.mark.parametrize("eol", [b"\r", b"\r\n", b"\n"])
+def test_lone_cr_line_ends_are_line_ends_in_every_corpus_text_file(tmp_path, eol):
+    """Old-Mac (CR only) line ends: a transcript no longer swallows the lines after it, an
+    EmoEvaluation file keeps every summary line, and a .wdseg file reads its rows (every reader
+    goes through `textio.read_lines`). Nothing but CR, LF and CRLF ends a line."""
+    from emofuse.align.sphinx_seg import read_seg
+    from emofuse.corpora.textio import read_lines
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    want = as_dicts(load_corpus("iemocap", root=tmp_path))
+    reads = []
+    for u in load_corpus("iemocap", root=tmp_path)[:6]:
+        reads += [(p, tier, read_seg(p, tier)) for tier, p in sorted(u.alignments.items())]
+    assert reads
+    for sub in ("EmoEvaluation", "transcriptions"):
+        for p in (tmp_path / "Session1" / "dialog" / sub).glob("Ses*.txt"):
+            p.write_bytes(p.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", eol))
+    for p, _, _ in reads:
+        Path(p).write_bytes(Path(p).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", eol))
+    assert as_dicts(load_corpus("iemocap", root=tmp_path)) == want == fake.expected()
+    for p, tier, items in reads:
+        assert read_seg(p, tier) == items
+    odd = tmp_path / "odd.txt"
+    odd.write_bytes("a\x0bb\x0cc\x1cd\u2028e\u2029f\x85g\rh\r\ni\nj".encode())
+    assert read_lines(odd) == ["a\x0bb\x0cc\x1cd\u2028e\u2029f\x85g", "h", "i", "j"]
+    odd.write_bytes(b"caf\xe9 \x85 ok\rnext")  # latin-1 bytes (0x85: a cp1252 ellipsis) end no line
+    assert read_lines(odd) == ["caf\xe9 \x85 ok", "next"]
+
+
+def test_a_utf8_byte_order_mark_is_dropped_in_every_corpus_text_file(tmp_path, caplog):
+    """A file re-saved 'UTF-8 with BOM' (transcription, EmoEvaluation, .wdseg/.phseg) keeps its
+    first line: the first utterance keeps its text and label, no false 'no line' warning."""
+    from emofuse.align.sphinx_seg import read_seg
+    from emofuse.corpora.textio import read_lines
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    want = as_dicts(load_corpus("iemocap", root=tmp_path))
+    u = next(u for u in load_corpus("iemocap", root=tmp_path) if u.session == 1 and u.alignments)
+    reads = [(p, tier, read_seg(p, tier)) for tier, p in sorted(u.alignments.items())]
+    for sub in ("EmoEvaluation", "transcriptions"):
+        for p in (tmp_path / "Session1" / "dialog" / sub).glob("Ses*.txt"):
+            p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    for p, _, _ in reads:
+        Path(p).write_bytes(b"\xef\xbb\xbf" + Path(p).read_bytes())
+    trans = tmp_path / "Session1" / "dialog" / "transcriptions" / "Ses01F_impro01.txt"
+    assert read_lines(trans)[0].startswith("Ses01F_impro01_")
+    with caplog.at_level("WARNING", logger="emofuse"):
+        assert as_dicts(load_corpus("iemocap", root=tmp_path)) == want == fake.expected()
+    assert not caplog.records
+    for p, tier, items in reads:
+        assert read_seg(p, tier) == items
+
+
+def test_one_latin1_byte_leaves_the_utf8_lines_of_its_file_alone(tmp_path):
+    """A file that is UTF-8 but for one latin-1 byte is decoded line by line: the UTF-8 lines stay
+    UTF-8 (no 'CafÃ©' mojibake), the line with the latin-1 byte is read as latin-1."""
+    from emofuse.corpora.iemocap import parse_transcription
+    from emofuse.corpora.textio import read_lines
+    p = tmp_path / "Ses01F_impro01.txt"
+    p.write_bytes("Ses01F_impro01_F000 [002.0000-002.3413]: Café – “great” news.\r\n".encode()
+                  + b"Ses01F_impro01_M000 [002.8413-003.1614]: Stop that now\xe9!\r\n")
+    assert parse_transcription(p) == {"Ses01F_impro01_F000": "Café – “great” news.",
+                                      "Ses01F_impro01_M000": "Stop that nowé!"}
+    p.write_bytes("caf\xe9\nnaïve\n".encode("latin-1"))  # all latin-1: read as before
+    assert read_lines(p) == ["caf\xe9", "naïve", ""]
+    p.write_bytes("café\nnaïve\n".encode())
+    assert read_lines(p) == ["café", "naïve", ""]
+
+
+def test_a_dialog_filed_under_another_sessions_folder_is_refused(tmp_path, capsys):
+    """The id decides session and speaker (the leave-one-session-out fold): a Ses02 dialog moved
+    into Session1/ was read as session 1 with speakers Ses01F/Ses01M, silently the wrong fold; it
+    is refused with one sentence naming the file and the folder."""
+    from emofuse.cli import main
+    fake = make_fake_iemocap(tmp_path, seed=7)
+    utts = load_corpus("iemocap", root=tmp_path)
+    assert all(u.session == int(u.id[3:5]) and u.speaker == u.id[:5] + u.gender for u in utts)
+    d = "Ses02F_impro01"
+    assert any(u.dialog == d for u in fake.utterances)
+    for sub in ("dialog/EmoEvaluation", "dialog/transcriptions"):
+        shutil.move(tmp_path / "Session2" / sub / f"{d}.txt", tmp_path / "Session1" / sub / f"{d}.txt")
+    for sub in ("sentences/wav", "sentences/ForcedAlignment"):
+        shutil.move(tmp_path / "Session2" / sub / d, tmp_path / "Session1" / sub / d)
+    emo = tmp_path / "Session1" / "dialog" / "EmoEvaluation" / f"{d}.txt"
+    with pytest.raises(CorpusError, match=f"^{emo} lists {d}_[FM]00[0-9], an utterance of session 2 \\(by its id\\), "
+                                          f"but lies in the folder {tmp_path / 'Session1'};.*move the dialog's files "
+                                          "to Session2$"):
+        load_corpus("iemocap", root=tmp_path)
+    assert main(["corpus", "--corpus", "iemocap", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {emo} lists ") and len(err.splitlines()) == 1
+
+
+def test_a_root_holding_two_copies_is_refused_a_nested_copy_is_one(tmp_path, capsys):
+    """`--root` above two IEMOCAP copies (an old partial `IEMOCAP/` beside `IEMOCAP_full_release/`)
+    used the alphabetically first, silently; it is refused naming both. A copy nested in another
+    (`IEMOCAP_full_release/IEMOCAP_full_release/`) is still one copy, read as before."""
+    from emofuse.cli import main
+    from emofuse.corpora.iemocap import find_root
+    small = dict(counts={1: {"ang": 1}, 2: {"sad": 1}}, seconds=0.05, alignments=False)
+    full = make_fake_iemocap(tmp_path / "data" / "IEMOCAP_full_release", **small)
+    shutil.copytree(full.root, tmp_path / "data" / "IEMOCAP")
+    a, b = tmp_path / "data" / "IEMOCAP", tmp_path / "data" / "IEMOCAP_full_release"
+    with pytest.raises(CorpusError, match=f"^--root {tmp_path / 'data'} holds two IEMOCAP copies \\(folders holding "
+                                          f"Session1 … Session5\\): {a} and {b}; point --root at one$"):
+        load_corpus("iemocap", root=tmp_path / "data")
+    assert main(["corpus", "--corpus", "iemocap", "--root", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --root {tmp_path / 'data'} holds two") and len(err.splitlines()) == 1
+    assert as_dicts(load_corpus("iemocap", root=b)) == full.expected()  # each copy alone reads
+    # copies at different depths that are not one inside the other are two copies too
+    (tmp_path / "data" / "backup").mkdir()
+    shutil.move(a, tmp_path / "data" / "backup" / "IEMOCAP")
+    with pytest.raises(CorpusError, match=f"holds two IEMOCAP copies .*: {tmp_path / 'data' / 'IEMOCAP_full_release'} "
+                                          f"and {tmp_path / 'data' / 'backup' / 'IEMOCAP'};"):
+        find_root(tmp_path / "data")
+    # nested: the outer folder holds the inner copy only, or is itself a copy holding another
+    nest = tmp_path / "nest"
+    inner = nest / "IEMOCAP_full_release" / "IEMOCAP_full_release"
+    shutil.copytree(full.root, inner)
+    assert find_root(nest) == inner and find_root(nest / "IEMOCAP_full_release") == inner
+    shutil.copytree(full.root / "Session1", nest / "IEMOCAP_full_release" / "Session1")
+    assert find_root(nest) == inner  # one session beside the inner copy: not a copy
+    for s in range(2, 6):
+        shutil.copytree(full.root / f"Session{s}", nest / "IEMOCAP_full_release" / f"Session{s}")
+    assert find_root(nest) == nest / "IEMOCAP_full_release"  # a copy holding a copy: the outer one, as before

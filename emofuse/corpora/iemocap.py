@@ -27,8 +27,11 @@ SUMMARY_RE = re.compile(r"^\[([\d.]+) - ([\d.]+)\]\t(\S+)\t(\w+)\t\[([^\]]*)\]")
 TRANSCRIPT_RE = re.compile(r"^(\S+) \[([\d.]+)-([\d.]+)\]:\s?(.*)$")
 #: What a summary line starts with: a bracket at the line start, then the utterance id as the
 #: first token after it. A line of this shape whose token is an utterance id but which
-#: ``SUMMARY_RE`` does not match is a damaged summary line.
+#: ``SUMMARY_RE`` does not match is a damaged summary line, and so is one whose token starts
+#: like an id (``ID_LIKE_PREFIX``, in any case) but is not one (``Ses01F_impro01_M000;``,
+#: ``…_F0000``, ``ses01f_impro01_f000``).
 SUMMARY_LIKE_RE = re.compile(r"^\s*\[[^\]]*\]\s*([^\s\[\]]+)")
+ID_LIKE_PREFIX = "Ses0"
 
 #: The standard four-class set: excited merged into happy (5,531 utterances).
 FOUR_CLASS: Mapping[str, str] = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
@@ -79,26 +82,51 @@ def resolve_labels(labels: str | Mapping[str, str] | None) -> dict[str, str]:
 
 
 def find_root(root: str | Path) -> Path:
-    """The folder holding Session1..Session5: ``root`` itself or a folder up to two levels below."""
+    """The folder holding Session1..Session5: ``root`` itself or a folder up to two levels below.
+    Every such folder up to that depth is looked for (a copy's own folders are not searched: a
+    copy nested in another, ``IEMOCAP_full_release/IEMOCAP_full_release/``, is one copy); two
+    copies side by side (``IEMOCAP/`` and ``IEMOCAP_full_release/``) are refused, never one of
+    them taken by its name."""
     root = Path(root)
     if not root.is_dir():
         raise CorpusError(f"IEMOCAP root {root} is not a folder; expected the folder that holds Session1 … Session5")
+    found: list[Path] = []
     candidates = [root]
-    for depth in range(2):
+    for depth in range(3):
         nxt = []
         for c in candidates:
-            if all((c / s).is_dir() for s in SESSIONS):
-                return c
-            nxt += sorted(p for p in c.iterdir() if p.is_dir() and visible(p.name))
+            if _holds_sessions(c):
+                found.append(c)
+            elif depth < 2:
+                nxt += _subfolders(c)
         candidates = nxt
-    for c in candidates:
-        if all((c / s).is_dir() for s in SESSIONS):
-            return c
+    if len(found) == 1:
+        return found[0]
+    if found:
+        found.sort()
+        names = [str(p) for p in found]
+        listed = " and ".join(names) if len(names) == 2 else f"{', '.join(names[:-1])} and {names[-1]}"
+        raise CorpusError(f"--root {root} holds {'two' if len(found) == 2 else len(found)} IEMOCAP copies "
+                          f"(folders holding Session1 … Session5): {listed}; point --root at one")
     present = sorted(p.name for p in root.iterdir() if visible(p.name))[:8]
     raise CorpusError(
         f"{root} does not look like an IEMOCAP copy: expected a folder holding Session1 … Session5 "
         f"(here or up to two levels below), found {present or 'nothing'}"
     )
+
+
+def _holds_sessions(folder: Path) -> bool:
+    try:
+        return all((folder / s).is_dir() for s in SESSIONS)
+    except OSError:  # a folder we may not look into holds no copy we could read
+        return False
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if visible(p.name) and p.is_dir())
+    except OSError:
+        return []
 
 
 def parse_emo_evaluation(path: Path) -> dict[str, str]:
@@ -107,7 +135,9 @@ def parse_emo_evaluation(path: Path) -> dict[str, str]:
     already cut). A damaged file raises ``CorpusError`` naming the file and line: times that are
     not numbers, a code IEMOCAP does not use (``sadd``, ``Sad``), an id listed twice, a line that
     starts like a summary line (``[start - end]`` and an utterance id) but does not have its
-    form, and a file with no summary line at all (empty, or re-saved as UTF-16)."""
+    form, a summary line whose id starts like one (``Ses0``) but is not one
+    (``Ses01F_impro01_M000;``), and a file with no summary line at all (empty, or re-saved as
+    UTF-16)."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
     lines = read_lines(path)
@@ -115,6 +145,11 @@ def parse_emo_evaluation(path: Path) -> dict[str, str]:
         m = SUMMARY_RE.match(line)
         if not (m and UTT_RE.match(m.group(3))):
             like = SUMMARY_LIKE_RE.match(line)
+            token = (m.group(3) if m else like.group(1)) if (m or like) else ""
+            if token[:len(ID_LIKE_PREFIX)].lower() == ID_LIKE_PREFIX.lower() and not UTT_RE.match(token):
+                raise CorpusError(f"{path}, line {no}: {line[:120]!r} is a summary line whose id {token[:60]!r} "
+                                  "is not an IEMOCAP utterance id (expected the form Ses0<n><F|M>_<impro|script>"
+                                  "<NN>…_<F|M><NNN>, e.g. Ses01F_impro01_F000)")
             if like and UTT_RE.match(like.group(1)):
                 raise CorpusError(f"{path}, line {no}: {line[:120]!r} starts like the summary line of "
                                   f"{like.group(1)} but does not have its form "
@@ -218,8 +253,9 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
     utterances whose code is not in the mapping are left out. Raises ``CorpusError`` for a
     root without Session1–5, a session without EmoEvaluation files, a damaged EmoEvaluation or
     transcription file (``parse_emo_evaluation``, ``parse_transcription``), an id listed in two
-    files, or a missing sentence wav. Sentence wavs that no summary line lists are counted in a
-    warning.
+    files, an id of another session than the ``SessionN`` folder its file lies in, or a missing
+    sentence wav. Session and speaker come from the id (``Ses02F_…_M003``: session 2, speaker
+    ``Ses02M``). Sentence wavs that no summary line lists are counted in a warning.
     """
     mapping = resolve_labels(labels)
     base = find_root(root)
@@ -243,6 +279,10 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
         for emo in emo_files:
             codes = parse_emo_evaluation(emo)
             for utt_id in codes:
+                if _session_of(utt_id) != s_idx:
+                    raise CorpusError(f"{emo} lists {utt_id}, an utterance of session {_session_of(utt_id)} (by its "
+                                      f"id), but lies in the folder {base / session}; the id decides the session "
+                                      f"(the fold): move the dialog's files to Session{_session_of(utt_id)}")
                 if utt_id in listed:
                     raise CorpusError(f"utterance id {utt_id} appears twice in the EmoEvaluation files, in "
                                       f"{listed[utt_id]} and in {emo}; each utterance has one summary line")
@@ -268,8 +308,8 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                         audio_path=str(wav),
                         transcript=texts.get(utt_id, ""),
                         label=mapping[code],
-                        session=s_idx,
-                        speaker=f"Ses{s_idx:02d}{gender}",
+                        session=_session_of(utt_id),
+                        speaker=f"Ses{_session_of(utt_id):02d}{gender}",
                         gender=gender,
                         alignments=aligns.get(utt_id, {}),
                     )
@@ -283,6 +323,11 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
         log.warning(f"{len(unlabelled)} sentence wav(s) under {base}/Session*/sentences/wav have no summary line in "
                     f"any EmoEvaluation file and are left out, e.g. {unlabelled[0]} (the real corpus has none)")
     return utts
+
+
+def _session_of(utt_id: str) -> int:
+    """The session of an utterance id (``Ses02F_…`` → 2): the id decides it, not the folder."""
+    return int(utt_id[3:5])
 
 
 def _unlabelled_wavs(base: Path, listed: Mapping[str, str]) -> list[str]:

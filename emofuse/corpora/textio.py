@@ -1,24 +1,48 @@
-"""Lenient text reading for corpus files (latin-1 bytes, CRLF line ends)."""
+"""Lenient text reading for corpus files (latin-1 bytes, any line ends, a byte-order mark)."""
 
 from __future__ import annotations
 
+import codecs
+import re
 from pathlib import Path
 
 from ..errors import CorpusError
 
+#: The line ends of corpus text files: CRLF (Windows), LF, and a lone CR (classic Mac, or a file
+#: whose lines were edited on different systems). Nothing else ends a line: Python's
+#: ``str.splitlines`` also splits on \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029, and \x85 is
+#: what a cp1252 ellipsis (…) reads as in latin-1, so a transcript holding one would be cut.
+LINE_END_RE = re.compile(r"\r\n|\r|\n")
+LINE_END_BYTES_RE = re.compile(rb"\r\n|\r|\n")
+
 
 def read_lines(path: str | Path) -> list[str]:
-    """Lines of a text file: UTF-8 when it decodes, else latin-1; ``\\r`` stripped. A file that
-    cannot be read (a folder, no permission, a name too long) raises ``CorpusError``."""
+    """Lines of a text file, split at ``\\r\\n``, ``\\n`` and a lone ``\\r`` (see ``LINE_END_RE``;
+    a file ending in a line end gives a last empty line, an empty file ``[""]``). A UTF-8
+    byte-order mark at the start is dropped. The file is decoded as UTF-8 when it all decodes;
+    otherwise each line is decoded on its own, as UTF-8 when it decodes and as latin-1 when not,
+    so one latin-1 byte does not turn every UTF-8 character of the file into mojibake. A file
+    that cannot be read (a folder, no permission, a name too long) raises ``CorpusError``."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise CorpusError(f"{str(path)[:300]} cannot be read: {e.strerror or e}") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
     try:
-        text = raw.decode("utf-8")
+        return LINE_END_RE.split(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return [line.rstrip("\r") for line in text.replace("\r\n", "\n").split("\n")]
+        pass
+    # CR and LF bytes are the same in both encodings and never inside a UTF-8 sequence, so the
+    # bytes can be split into lines before they are decoded
+    return [_decode_line(line) for line in LINE_END_BYTES_RE.split(raw)]
+
+
+def _decode_line(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def visible(name: str) -> bool:
