@@ -42,6 +42,18 @@ def test_jsonl(wavs):
     assert [(u.id, u.session) for u in utts] == [("a", "B"), ("c", "A")]
 
 
+def test_jsonl_transcript_holding_a_unicode_line_separator(wavs):
+    """Before: lines were split with str.splitlines, which also splits at U+2028/U+2029 (valid
+    unescaped inside a JSON string, as json.dumps(..., ensure_ascii=False) writes them), so such
+    a row was refused as 'not valid JSON'. Only CRLF, LF and CR end a line now."""
+    m = wavs / "m.jsonl"
+    m.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"id": "a", "audio": "audio/a.wav", "text": "one\u2028two\x85three", "label": "neu", "speaker": "s", "session": "1"},
+        {"id": "b", "audio": "audio/b.wav", "text": "y", "label": "sad", "speaker": "s", "session": "2"}]), encoding="utf-8")
+    utts = load_corpus("manifest", path=m)
+    assert [(u.id, u.transcript) for u in utts] == [("a", "one\u2028two\x85three"), ("b", "y")]
+
+
 @pytest.mark.parametrize("rows,match", [
     (["a,audio/a.wav,x,ang,s,1", "a,audio/b.wav,y,ang,s,1"], r"line 3: duplicate id 'a' \(first seen on line 2\)"),
     (["a,audio/zz.wav,x,ang,s,1"], r"line 2: missing audio file .*zz.wav"),

@@ -36,6 +36,7 @@ import soundfile as sf
 from ..errors import CorpusError
 from .manifest import _one_spelling
 from .records import Utterance
+from .textio import LINE_END_RE
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
@@ -58,7 +59,7 @@ def _read(path: Path) -> list[tuple[int, dict]]:
             raise CorpusError(f"lhotse manifest {path} is not valid JSON: {e}") from None
         return [(i + 1, o) for i, o in enumerate(items)]
     out = []
-    for no, line in enumerate(text.splitlines(), start=1):
+    for no, line in enumerate(LINE_END_RE.split(text), start=1):
         if not line.strip():
             continue
         try:

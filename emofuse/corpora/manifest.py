@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from ..errors import CorpusError
 from .records import Utterance
+from .textio import LINE_END_RE
 
 REQUIRED = ("id", "audio", "text", "label", "speaker", "session")
 OPTIONAL = ("start", "end", "gender", "textgrid")
@@ -49,7 +50,7 @@ def _decode(path: Path) -> str:
 
 def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
     rows, columns = [], []
-    for no, line in enumerate(text.splitlines(), start=1):
+    for no, line in enumerate(LINE_END_RE.split(text), start=1):
         if not line.strip():
             continue
         try:
