@@ -713,3 +713,46 @@ def test_inf_in_a_float16_store_names_the_float32_store_dtype(overflowing, tmp_p
         fs.load("audio")
     assert ("into a new store with --store-dtype float32 (this one keeps float16, whose largest value is 65504), "
             "or restore" in str(e.value)) == (dtype == "float16")
+
+
+def test_a_roberta_stream_windowed_at_2_fewer_tokens_keeps_its_windows(tmp_path, monkeypatch):
+    """emofuse took 2 tokens fewer than RoBERTa's limit before (roberta-base: 510 of 512). A store
+    (or a model trained on one) recorded so keeps those windows when extraction resumes or
+    predict encodes: the fingerprint is the same, and nothing is refused or mixed."""
+    import types
+    from emofuse.errors import EmofuseError
+    from emofuse.extract import encoders
+    from emofuse.pipelines import extract as px
+    from emofuse.pipelines.predict import _load_encoder
+    from emofuse.testing import tiny_models as tm
+    rob = tm.tiny_roberta(tmp_path / "rob", tokenizer_max=64)   # 66 positions: 64 tokens
+    enc = encoders.load_text_encoder(rob, device="cpu")
+    assert enc.max_len == 64
+    words = "Okay, fine. I can't believe you did that again! the quick brown fox " * 12
+    text = next(words[:k] for k in range(len(words)) if enc.n_tokens(words[:k]) == 64)   # one window now
+    sf.write(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+    (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session\na,a.wav,Hi there,ang,s1,1\n"
+                                    f'b,a.wav,"{text}",neu,s2,2\n')
+    cfg = dict(corpus="manifest", manifest=str(tmp_path / "m.csv"), audio_model=None, text_model=rob,
+               store_dtype="float32")
+    new = tmp_path / "new.h5"
+    px.run_extract(px.ExtractConfig(out=str(new), **cfg))
+    old_limit = encoders.token_limit
+    monkeypatch.setattr(encoders, "token_limit", lambda *a: old_limit(*a) - 2)   # what an older emofuse did
+    old = tmp_path / "old.h5"
+    px.run_extract(px.ExtractConfig(out=str(old), limit=1, **cfg))
+    monkeypatch.setattr(encoders, "token_limit", old_limit)
+    px.run_extract(px.ExtractConfig(out=str(old), **cfg))   # resumed with this emofuse: accepted, windows at 62
+    enc.window_at(62)
+    with FeatureStore(old) as fo, FeatureStore(new) as fn:
+        info = fo.stream_info("text")
+        assert (info["max_tokens"], info["window_stride"], fn.stream_info("text")["max_tokens"]) == (62, 30, 64)
+        assert info["fingerprint"] == fn.stream_info("text")["fingerprint"]
+        assert np.array_equal(fo.tokens("text", "b").values, enc.encode([text])[0]["data"])
+        assert not np.allclose(fo.tokens("text", "b").values, fn.tokens("text", "b").values, atol=1e-3)
+    model = types.SimpleNamespace(spec={"encoders": {"text": info}})
+    assert _load_encoder(model, "text", "text", None, "cpu").max_len == 62   # predict windows as trained
+    model.spec["encoders"]["text"] = {**info, "max_tokens": 70, "window_stride": 34}
+    with pytest.raises(EmofuseError, match=r"windows text differently .*\(max_tokens 64, the model's stream 'text' "
+                                           r"has 70\)"):
+        _load_encoder(model, "text", "text", None, "cpu")

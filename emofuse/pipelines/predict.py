@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from typing import Callable, Sequence
 
 import numpy as np
@@ -406,6 +407,11 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
                            f"{str(enc.info.get('weights_hash'))[:12]}, fingerprint {got[:12]}): pass the checkpoint "
                            f"extraction used with --{side}-model")
     differs = shaping_differs(info, enc.info)   # the text windowing follows model_max_length, outside the fingerprint
+    recorded = info.get("max_tokens")
+    if differs and hasattr(enc, "window_at") and isinstance(recorded, Integral) \
+            and enc.n_special + 1 < recorded < enc.limit:
+        enc.window_at(recorded)   # windows the model was trained on (RoBERTa: 510 tokens before emofuse took 512)
+        differs = shaping_differs(info, enc.info)
     if differs:
         k = differs[0]
         raise EmofuseError(f"the {side} encoder {spec} windows text differently from the one this model was "
