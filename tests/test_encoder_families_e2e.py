@@ -61,3 +61,58 @@ def test_egemaps_frames_are_where_opensmile_says():
     np.testing.assert_allclose(start, t * hop, atol=1e-6)
     np.testing.assert_allclose(end[:-1], t[:-1] * hop + window, atol=1e-6)   # the last frame is cut at the audio's end
     assert enc.encode([wave])[0].shape == (len(df), 1, enc.dim)
+
+
+def _text_of(enc, n):
+    """A transcript of exactly ``n`` tokens (special tokens included)."""
+    words = " ".join(["Okay, fine. I can't believe you did that again! the quick brown fox"] * 12)
+    for k in range(len(words)):
+        if enc.n_tokens(words[:k]) == n:
+            return words[:k]
+    raise AssertionError(f"no prefix of {n} tokens")
+
+
+@pytest.mark.parametrize("family, max_positions, tokenizer_max, limit", [
+    ("bert", 64, 64, 64),                 # bert-base: 512 positions, tokenizer 512 -> 512, as before
+    ("roberta", 66, 64, 64),              # roberta-base: 514 positions, tokenizer 512 -> 512 (was 510)
+    ("roberta", 66, None, 64),            # position ids start after the padding index 1
+    ("xlm-roberta", 66, 64, 64),
+    ("camembert", 66, None, 64),          # was 66: a 65-token transcript went past the positions
+    ("data2vec-text", 66, None, 64),
+    ("mpnet", 66, None, 64),
+    ("ibert", 66, None, 64),
+    ("gpt2", 64, 64, 64),
+    ("llama", 64, 64, 64),
+])
+def test_a_transcript_at_the_models_token_limit_is_one_window(tmp_path, family, max_positions, tokenizer_max, limit):
+    """Exactly the model's limit goes through in one forward (the plain model's activations);
+    one token more is windowed (each window within the limit). RoBERTa-style models embed
+    positions from padding index + 1: roberta-base takes 512 tokens, not 510."""
+    import torch
+    from transformers import AutoModel
+    from emofuse.extract.encoders import load_text_encoder, stacked_layers
+    from emofuse.testing import tiny_models as tm
+    if family in ("bert", "gpt2", "llama"):
+        path = getattr(tm, f"tiny_{family}")(tmp_path / family, max_positions=max_positions)
+    else:
+        path = tm.tiny_roberta(tmp_path / family, family, max_positions=max_positions, tokenizer_max=tokenizer_max)
+    enc = load_text_encoder(path, device="cpu")
+    assert enc.max_len == enc.info["max_tokens"] == limit
+    forwards = []
+    run = enc._run
+    enc._run = lambda ids: forwards.append([len(i) for i in ids]) or run(ids)
+    model = AutoModel.from_pretrained(path).eval()
+    text = _text_of(enc, limit)
+    got = enc.encode([text])[0]["data"]
+    assert forwards == [[limit]]
+    with torch.no_grad():
+        ids = torch.tensor([enc.tok(text)["input_ids"]])
+        plain = stacked_layers(model(input_ids=ids, output_hidden_states=True))[0].numpy()
+        np.testing.assert_allclose(got, plain, atol=1e-5)
+        longer = _text_of(enc, limit + 1)
+        if family != "llama":   # rotary positions have no table to run past
+            with pytest.raises((IndexError, RuntimeError)):
+                model(input_ids=torch.tensor([enc.tok(longer)["input_ids"]]))
+    forwards.clear()
+    assert len(enc.encode([longer])[0]["data"]) == limit + 1
+    assert len(forwards[0]) >= 2 and max(forwards[0]) <= limit

@@ -480,7 +480,7 @@ def test_background_commits_give_the_same_store(reference, small_fake, tiny_mode
 
 
 def test_all_finite_reads_float16_exponent_bits():
-    from emofuse.pipelines.extract.audio_phase import all_finite as _all_finite
+    from emofuse.pipelines.extract.stream import all_finite as _all_finite
     a = np.random.default_rng(0).standard_normal((50, 3, 8)).astype(np.float16)
     assert _all_finite(a) and _all_finite(a[:0]) and _all_finite(np.float16([65504.0, -65504.0]))
     for bad in (np.inf, -np.inf, np.nan):
@@ -642,3 +642,117 @@ def test_slice_keys_and_durations(tmp_path):
     assert recording_keys(old.drop(columns=["start"]))["whole"] == keys["whole"]
     legacy = recording_keys(t.set_index("id", drop=False), legacy=True)   # what older exports recorded
     assert legacy["whole"] != legacy["span"] and isinstance(legacy, pd.Series)
+
+
+@pytest.fixture(scope="module")
+def overflowing(tmp_path_factory):
+    """A 4-utterance corpus and tiny encoders whose hidden state 0 alone exceeds float16's 65504
+    (its LayerNorm weight scaled by 1e6; the later layers normalise it back)."""
+    from transformers import AutoModel
+    from emofuse.testing import make_fake_iemocap
+    from emofuse.testing import tiny_models as tm
+    base = tmp_path_factory.mktemp("overflow")
+    corpus = make_fake_iemocap(base / "c", counts={s: {"ang": 1, "neu": 1} for s in (1, 2)}, seconds=1.0, seed=4)
+    bert, w2v = tm.tiny_bert(base / "bert"), tm.tiny_wav2vec2(base / "w2v", "group")
+    for path, norm in ((bert, lambda m: m.embeddings.LayerNorm), (w2v, lambda m: m.encoder.layer_norm)):
+        m = AutoModel.from_pretrained(path)
+        norm(m).weight.data *= 1e6
+        m.save_pretrained(path)
+    return {"root": str(corpus.root), "bert": bert, "w2v": w2v}
+
+
+def test_text_beyond_float16_is_skipped_like_audio(overflowing, tmp_path):
+    """Text activations beyond float16's range were stored as inf (no skip, a numpy RuntimeWarning,
+    and every later read refused the stream); now the transcript is skipped with the audio's
+    reason, and under --on-error fail the run stops with it."""
+    import warnings
+    from emofuse.errors import EmofuseError
+    from emofuse.pipelines import extract as px
+    cfg = dict(corpus="iemocap", root=overflowing["root"], audio_model=None, text_model=overflowing["bert"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        summary = px.run_extract(px.ExtractConfig(out=str(tmp_path / "s.h5"), **cfg))
+    assert (summary.streams[0].done, summary.streams[0].skipped) == (0, 4)
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        reasons = set(fs.skipped("text")["reason"])
+    assert reasons == {"the encoder produced no token, or values that are not finite in the store's dtype, for this "
+                       "transcript (--store-dtype float32 keeps values beyond float16's range)"}
+    with pytest.raises(EmofuseError, match=r"transcript \(--store-dtype float32 keeps values beyond float16's range\)"):
+        px.run_extract(px.ExtractConfig(out=str(tmp_path / "f.h5"), on_error="fail", **cfg))
+    px.run_extract(px.ExtractConfig(out=str(tmp_path / "f32.h5"), store_dtype="float32", **cfg))
+    with FeatureStore(tmp_path / "f32.h5") as fs:
+        assert len(fs.ids("text", "tokens")) == 4 and np.abs(fs.load("text", "tokens").data).max() > 65504
+
+
+def test_layers_check_only_what_is_kept(overflowing, tmp_path):
+    """With --layers, an overflow in a layer not kept skipped the whole utterance (audio); the
+    check runs on the kept layers, so layers 1-2 of both streams are stored for every utterance."""
+    from emofuse.pipelines import extract as px
+    out = tmp_path / "k.h5"
+    summary = px.run_extract(px.ExtractConfig(corpus="iemocap", root=overflowing["root"], out=str(out), layers="1-2",
+                                              audio_model=overflowing["w2v"], text_model=overflowing["bert"]))
+    assert [(s.done, s.skipped) for s in summary.streams] == [(4, 0), (4, 0)]
+    with FeatureStore(out) as fs:
+        for s, kind in (("audio", "frames"), ("text", "tokens")):
+            assert fs.layer_ids(s, kind) == [1, 2] and np.isfinite(fs.load(s, kind).data.astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_inf_in_a_float16_store_names_the_float32_store_dtype(overflowing, tmp_path, dtype):
+    """A store written by an older emofuse can hold inf where float16 overflowed: the read's
+    refusal says to extract into a float32 store (re-extracting into float16 gives inf again)."""
+    from emofuse.corpora import corpus_base, utterance_table
+    from emofuse.errors import StoreError
+    utts = load_corpus("iemocap", root=overflowing["root"])
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, utterance_table(utts, corpus_base("iemocap", root=overflowing["root"])), {}) as w:
+        w.add_stream("audio", {"fingerprint": "enc", "encoder_id": "test", "store_dtype": dtype})
+        w.commit("audio", {"frames": {u.id: {"data": np.full((3, 2, 4), np.inf, np.dtype(dtype))} for u in utts}})
+        w.finalize()
+    with FeatureStore(path) as fs, pytest.raises(StoreError, match="hold NaN or infinite values") as e:
+        fs.load("audio")
+    assert ("into a new store with --store-dtype float32 (this one keeps float16, whose largest value is 65504), "
+            "or restore" in str(e.value)) == (dtype == "float16")
+
+
+def test_a_roberta_stream_windowed_at_2_fewer_tokens_keeps_its_windows(tmp_path, monkeypatch):
+    """emofuse took 2 tokens fewer than RoBERTa's limit before (roberta-base: 510 of 512). A store
+    (or a model trained on one) recorded so keeps those windows when extraction resumes or
+    predict encodes: the fingerprint is the same, and nothing is refused or mixed."""
+    import types
+    from emofuse.errors import EmofuseError
+    from emofuse.extract import encoders
+    from emofuse.pipelines import extract as px
+    from emofuse.pipelines.predict import _load_encoder
+    from emofuse.testing import tiny_models as tm
+    rob = tm.tiny_roberta(tmp_path / "rob", tokenizer_max=64)   # 66 positions: 64 tokens
+    enc = encoders.load_text_encoder(rob, device="cpu")
+    assert enc.max_len == 64
+    words = "Okay, fine. I can't believe you did that again! the quick brown fox " * 12
+    text = next(words[:k] for k in range(len(words)) if enc.n_tokens(words[:k]) == 64)   # one window now
+    sf.write(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+    (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session\na,a.wav,Hi there,ang,s1,1\n"
+                                    f'b,a.wav,"{text}",neu,s2,2\n')
+    cfg = dict(corpus="manifest", manifest=str(tmp_path / "m.csv"), audio_model=None, text_model=rob,
+               store_dtype="float32")
+    new = tmp_path / "new.h5"
+    px.run_extract(px.ExtractConfig(out=str(new), **cfg))
+    old_limit = encoders.token_limit
+    monkeypatch.setattr(encoders, "token_limit", lambda *a: old_limit(*a) - 2)   # what an older emofuse did
+    old = tmp_path / "old.h5"
+    px.run_extract(px.ExtractConfig(out=str(old), limit=1, **cfg))
+    monkeypatch.setattr(encoders, "token_limit", old_limit)
+    px.run_extract(px.ExtractConfig(out=str(old), **cfg))   # resumed with this emofuse: accepted, windows at 62
+    enc.window_at(62)
+    with FeatureStore(old) as fo, FeatureStore(new) as fn:
+        info = fo.stream_info("text")
+        assert (info["max_tokens"], info["window_stride"], fn.stream_info("text")["max_tokens"]) == (62, 30, 64)
+        assert info["fingerprint"] == fn.stream_info("text")["fingerprint"]
+        assert np.array_equal(fo.tokens("text", "b").values, enc.encode([text])[0]["data"])
+        assert not np.allclose(fo.tokens("text", "b").values, fn.tokens("text", "b").values, atol=1e-3)
+    model = types.SimpleNamespace(spec={"encoders": {"text": info}})
+    assert _load_encoder(model, "text", "text", None, "cpu").max_len == 62   # predict windows as trained
+    model.spec["encoders"]["text"] = {**info, "max_tokens": 70, "window_stride": 34}
+    with pytest.raises(EmofuseError, match=r"windows text differently .*\(max_tokens 64, the model's stream 'text' "
+                                           r"has 70\)"):
+        _load_encoder(model, "text", "text", None, "cpu")

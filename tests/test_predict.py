@@ -207,3 +207,40 @@ def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_pat
     # without speakers each utterance is its own group: other numbers, and predict says so
     alone = model.features(audio=list(utts["audio_path"]), ids=list(preds.index))
     assert not np.allclose(model.member_logits(alone)[0], want, atol=1e-3)
+
+
+def test_only_the_layers_the_model_reads_must_be_finite(trained, monkeypatch):
+    """The model reads layers 1-2: an overflow (inf in float16) in layer 0 of the audio or text
+    encoder's output is not its concern; one in a layer it reads is refused in one sentence (the
+    text side let it through into the head before)."""
+    from emofuse.extract import encoders
+    model = load_model(trained["run"])
+    with FeatureStore(trained["store"]) as fs:
+        u = fs.utterances.iloc[0]
+    where = {"layer": 0}
+    audio_encode, text_encode = encoders.HFAudioEncoder.encode, encoders.HFTextEncoder.encode
+
+    def audio_inf(self, *a, **kw):
+        outs = audio_encode(self, *a, **kw)
+        for o in outs:
+            o[:, where["layer"]] = np.inf
+        return outs
+
+    def text_big(self, texts):
+        outs = text_encode(self, texts)
+        for o in outs:
+            o["data"][:, where["layer"]] = 1e6   # beyond float16's 65504: inf in the model's float16
+        return outs
+    monkeypatch.setattr(encoders.HFAudioEncoder, "encode", audio_inf)
+    monkeypatch.setattr(encoders.HFTextEncoder, "encode", text_big)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        data = model.features(audio=[u["audio_path"]], text=[u["transcript"]], ids=["x"])
+    assert np.isfinite(model.member_logits(data)).all()
+    where["layer"] = 1
+    with pytest.raises(EmofuseError, match="the encoder produced no frame, or values that are not finite in float16"):
+        model.features(audio=[u["audio_path"]], text=[u["transcript"]], ids=["x"])
+    monkeypatch.setattr(encoders.HFAudioEncoder, "encode", audio_encode)
+    with pytest.raises(EmofuseError, match="utterance x: the text encoder produced values that are not finite"):
+        model.features(audio=[u["audio_path"]], text=[u["transcript"]], ids=["x"])

@@ -363,6 +363,31 @@ def _load_checkpoint_audio(spec: str, device: str = "auto", dtype: str = "float3
     return HFAudioEncoder(spec, device=device, dtype=dtype)
 
 
+#: what a tokenizer without a maximum of its own reports as ``model_max_length`` (transformers' 1e30)
+NO_TOKENIZER_MAX = int(1e18)
+
+
+def position_limit(config, model: torch.nn.Module) -> int:
+    """Tokens one forward can take, from the positions the model embeds: ``max_position_embeddings``,
+    less ``padding_idx + 1`` where the position ids start after the padding index (RoBERTa,
+    XLM-R, CamemBERT, data2vec-text, MPNet, Longformer, I-BERT …: their absolute position
+    embedding is built with a ``padding_idx``; roberta-base's 514 positions take 512 tokens)."""
+    for name, m in model.named_modules():
+        weight = getattr(m, "weight", None)
+        if name.split(".")[-1] == "position_embeddings" and getattr(m, "padding_idx", None) is not None \
+                and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return int(weight.shape[0]) - int(m.padding_idx) - 1
+    return int(getattr(config, "max_position_embeddings", 512))
+
+
+def token_limit(config, model: torch.nn.Module, tok) -> int:
+    """Tokens per forward (special tokens included): the model's ``position_limit``, capped by the
+    tokenizer's ``model_max_length`` when it states one (bert-base 512, roberta-base 512)."""
+    limit = position_limit(config, model)
+    own = int(tok.model_max_length)
+    return min(limit, own) if own < NO_TOKENIZER_MAX else limit
+
+
 class HFTextEncoder:
     """A transformers text encoder, bidirectional (BERT …) or a decoder-only causal LM (GPT-2,
     Llama …): every hidden state per token, with token strings, word ids and character offsets.
@@ -393,11 +418,11 @@ class HFTextEncoder:
             raise EmofuseError(f"text model {spec!r} has no fast tokenizer; character offsets need one")
         w_hash = weights_hash(model)
         self.model = _prepare(model, self.device, self.dtype)
-        limit = min(int(getattr(config, "max_position_embeddings", 512)), int(self.tok.model_max_length))
-        self.max_len = limit - (2 if config.model_type in ("roberta", "xlm-roberta") else 0)
+        self.max_len = token_limit(config, model, self.tok)
         self.n_special = self.tok.num_special_tokens_to_add()
         if self.max_len <= self.n_special + 1:
             raise EmofuseError(f"text model {spec!r}: a maximum of {self.max_len} tokens leaves no room for text")
+        self.limit = self.max_len   # what the model takes; ``window_at`` may window at less
         self.num_layers, self.dim = config.num_hidden_layers + 1, config.hidden_size
         tok_hash = digest(self.tok.backend_tokenizer.to_str())
         family_name = "causal LM" if self.family == "causal" else "bidirectional encoder"
@@ -412,6 +437,14 @@ class HFTextEncoder:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         return {k: self.info[k] for k in ("weights_hash", "config_hash", "tokenizer_hash", "compute_dtype")}
+
+    def window_at(self, max_tokens: int) -> None:
+        """Window at ``max_tokens`` (at most ``limit``) instead, as a stream or model recorded it:
+        an older emofuse windowed RoBERTa and XLM-R at 2 tokens fewer than they take."""
+        if not self.n_special + 1 < max_tokens <= self.limit:
+            raise ValueError(f"{max_tokens} tokens per window: outside {self.n_special + 2}..{self.limit}")
+        self.max_len = max_tokens
+        self.info["max_tokens"], self.info["window_stride"] = max_tokens, (max_tokens - self.n_special) // 2
 
     def n_tokens(self, text: str) -> int:
         return len(self.tok(text, add_special_tokens=True)["input_ids"])

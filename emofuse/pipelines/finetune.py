@@ -39,6 +39,7 @@ from ..errors import EmofuseError
 from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.checkpoints import checkpoint_digest
+from ..extract.encoders import token_limit
 from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
@@ -340,8 +341,7 @@ class Encoders:
             if not self.tok.is_fast:
                 raise EmofuseError(f"--text-model {cfg.text_model} has no fast tokenizer (tokenizer.json); "
                                    "emofuse needs one")
-            limit = min(int(getattr(conf, "max_position_embeddings", 512)), int(self.tok.model_max_length))
-            self.max_tokens = limit - (2 if conf.model_type in ("roberta", "xlm-roberta") else 0)
+            self.max_tokens = token_limit(conf, self.text, self.tok)   # as extraction: RoBERTa's 514 positions take 512
             self.options["text_checkpoint"] = {"hidden_dropout_prob": getattr(conf, "hidden_dropout_prob", None)}
             pooler = getattr(self.text, "pooler", None)
             if pooler is not None:

@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from typing import Callable, Sequence
 
 import numpy as np
@@ -406,6 +407,11 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
                            f"{str(enc.info.get('weights_hash'))[:12]}, fingerprint {got[:12]}): pass the checkpoint "
                            f"extraction used with --{side}-model")
     differs = shaping_differs(info, enc.info)   # the text windowing follows model_max_length, outside the fingerprint
+    recorded = info.get("max_tokens")
+    if differs and hasattr(enc, "window_at") and isinstance(recorded, Integral) \
+            and enc.n_special + 1 < recorded < enc.limit:
+        enc.window_at(recorded)   # windows the model was trained on (RoBERTa: 510 tokens before emofuse took 512)
+        differs = shaping_differs(info, enc.info)
     if differs:
         k = differs[0]
         raise EmofuseError(f"the {side} encoder {spec} windows text differently from the one this model was "
@@ -458,10 +464,11 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                     o = enc.encode([enc.preprocess(w)], out_dtype=sdt, preprocessed=True)[0]
                 except BadInput as e:
                     raise EmofuseError(f"{path}: {e.reason}") from None
+                o = np.ascontiguousarray(o[:, lids])   # only the layers the model reads must be finite
                 if len(o) == 0 or not np.isfinite(o.astype(np.float32)).all():
                     raise EmofuseError(f"{path}: the encoder produced no frame, or values that are not finite in "
                                        f"{info['store_dtype']}")
-                out.append(np.ascontiguousarray(o[:, lids].astype(sdt)))
+                out.append(o)
             rows[k] = out
         else:
             enc = _load_encoder(model, s["stream"], "text", text_model, device)
@@ -477,7 +484,11 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
             for a in range(0, n, batch):
                 chunk = order[a:a + batch]
                 for j, o in zip(chunk, enc.encode([texts[j] for j in chunk])):
-                    out[j] = np.ascontiguousarray(o["data"].astype(sdt)[:, lids])
+                    with np.errstate(over="ignore", invalid="ignore"):   # beyond float16: inf, refused below
+                        out[j] = np.ascontiguousarray(o["data"][:, lids].astype(sdt))
+                    if not np.isfinite(out[j].astype(np.float32)).all():
+                        raise EmofuseError(f"utterance {ids[j]}: the text encoder produced values that are not finite "
+                                           f"in {info['store_dtype']} for this transcript")
             rows[k] = out
         log.debug(f"{KEY_NAME[k]}: {model.spec['encoders'][s['stream']].get('encoder_id')} on {n} utterances")
     return _as_data(model, ids, rows, speakers)

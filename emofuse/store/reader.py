@@ -430,9 +430,12 @@ class FeatureStore:
         return got[1]
 
     def _nonfinite_error(self, stream: str, kind: str, utt_id: str, l: int, p: int) -> StoreError:
+        fp16 = self._idx.streams[stream].get("store_dtype") == "float16"   # inf is where float16 overflowed
         return StoreError(f"{kind} of utterance {utt_id!r} in stream {stream!r} of {self.path} hold NaN or infinite "
                           f"values (layer position {l}, part file {self._part_name(p)}); they cannot be used for "
-                          "training: re-extract this utterance, or restore the store from a copy")
+                          "training: re-extract this utterance" + (" into a new store with --store-dtype float32 "
+                          "(this one keeps float16, whose largest value is 65504)" if fp16 else "")
+                          + ", or restore the store from a copy")
 
     def _check_rows(self, rows: np.ndarray, sums, l: int, stream: str, kind: str, utt_id: str, p: int) -> None:
         if sums is None or not self.verify:

@@ -145,3 +145,31 @@ def tiny_llama(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int =
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+def tiny_roberta(folder: str | Path, model_type: str = "roberta", seed: int = 0, layers: int = 2, hidden: int = 32,
+                 max_positions: int = 66, tokenizer_max: int | None = None) -> str:
+    """A RoBERTa-style checkpoint folder of ``model_type`` (``roberta``, ``xlm-roberta``,
+    ``camembert``, ``data2vec-text``, ``mpnet`` …: position ids start after the padding index 1,
+    so ``max_positions`` positions take ``max_positions - 2`` tokens) with a tiny byte-level BPE
+    tokenizer adding ``<s> … </s>``; ``tokenizer_max``: its ``model_max_length`` (None: none stated)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_TOKENIZER_TEXT, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
+                                                      add_prefix_space=False)
+    extra = {} if tokenizer_max is None else {"model_max_length": tokenizer_max}
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  cls_token="<s>", sep_token="</s>", **extra)
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                               num_attention_heads=2, intermediate_size=2 * hidden,
+                               max_position_embeddings=max_positions, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(seed)
+    AutoModel.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import asdict
+from numbers import Integral
 
 from ...corpora import corpus_base, load_corpus, utterance_table
 from ...errors import EmofuseError
@@ -60,6 +61,24 @@ def _already_done(main_store: str | None, stream: str, kind: str, stale: set[str
         return (done | set(sk.loc[sk["kind"] == kind, "id"])) - stale
 
 
+def _stream_info(store: str | None, stream: str) -> dict:
+    """Stream ``stream``'s info in ``store`` (under torchrun, the main store), or nothing."""
+    if not store or not os.path.exists(store):
+        return {}
+    with FeatureStore(store) as fs:
+        return fs.stream_info(stream) if stream in fs.streams else {}
+
+
+def _keep_recorded_window(enc, fingerprint: str, known: dict) -> None:
+    """A text stream of this encoder (same fingerprint) recorded with fewer tokens per window than
+    the model takes keeps that windowing when extended or resumed (stores of RoBERTa and XLM-R
+    written before emofuse took their 512 tokens were windowed at 510)."""
+    recorded = known.get("max_tokens")
+    if hasattr(enc, "window_at") and known.get("fingerprint") == fingerprint and isinstance(recorded, Integral) \
+            and enc.n_special + 1 < recorded < enc.limit:
+        enc.window_at(recorded)
+
+
 def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
                  background: bool | None = None) -> ExtractSummary:
     """Extract ``cfg`` into the store ``out`` in this process. ``main_store``: under torchrun, the
@@ -101,13 +120,17 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
                      + f"; the cached tensors of {len(dropped)} utterances are dropped and recomputed")
         jobs = []
         for kind, name, enc, sdt in encoders:
-            # train-head's --norm when none is given (hand-crafted descriptors set "global")
-            info = {"default_norm": "none", **enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
             fields = {**enc.fingerprint_fields(), "store_dtype": sdt}
             kept = kept_pre[name]
             if kept is not None:  # part of the stream's identity: a subset never mixes with another
-                info["layers"] = fields["layers"] = kept
-            info["fingerprint"] = digest(fields, 32)
+                fields["layers"] = kept
+            fingerprint = digest(fields, 32)
+            _keep_recorded_window(enc, fingerprint, writer.stream_infos.get(name) or _stream_info(main_store, name))
+            # train-head's --norm when none is given (hand-crafted descriptors set "global")
+            info = {"default_norm": "none", **enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
+            if kept is not None:
+                info["layers"] = kept
+            info["fingerprint"] = fingerprint
             writer.add_stream(name, info)
             s = StreamSummary(stream=name, kind=kind, encoder=enc.info["encoder_id"], untrained=enc.info["untrained"])
             jobs.append((kind, StreamJob(writer, name, enc, cfg, STORE_DTYPES[sdt], kept, s, background)))

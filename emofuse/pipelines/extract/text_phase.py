@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import time
 
-
 from ...corpora import Utterance
 from ...errors import EmofuseError
 from ...extract.audio import BadInput, check_transcript
 from .config import parse_shard, shard_part
 from ..progress import progress_bar
-from .stream import StreamJob
+from .stream import StreamJob, not_finite
 
 
 def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -> None:
     """Encode the transcript of every utterance of ``selection`` not in ``done``."""
     enc, cfg, s = job.encoder, job.cfg, job.summary
+    by_id = {u.id: u for u in selection}
     items = []
     skipped = []
     i_shard, n_shard = parse_shard(cfg.shard)
@@ -52,14 +52,24 @@ def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -
             t1 = time.perf_counter()
             outs = enc.encode([t for _, _, t in chunk])
             t2 = time.perf_counter()
-            entries = {}
-            for (_, uid, _), o in zip(chunk, outs):
-                if uid not in todo_ids:  # computed only to keep the chunk's composition
-                    continue
-                entries[uid] = {**o, "data": job.keep(o["data"])}
-                s.rows += len(o["data"])
-            job.writer.commit(job.name, {"tokens": entries})
+            entries, bad = {}, []
+            try:
+                for (_, uid, _), o in zip(chunk, outs):
+                    if uid not in todo_ids:  # computed only to keep the chunk's composition
+                        continue
+                    kept = job.keep_finite(o["data"])
+                    if kept is None:   # e.g. beyond float16's range, which the cast turns into inf
+                        err = not_finite("tokens", "transcript")
+                        job.bad(by_id[uid], err, "text")
+                        bad.append((uid, "tokens", err.reason))
+                        continue
+                    entries[uid] = {**o, "data": kept}
+                    s.rows += len(kept)
+            finally:   # under --on-error fail, what was encoded before the bad one is committed
+                if entries or bad:
+                    job.writer.commit(job.name, {"tokens": entries}, bad)
+                    s.done += len(entries)
+                    s.skipped += len(bad)
             s.time_encode += t2 - t1
             s.time_write += time.perf_counter() - t2
-            s.done += len(entries)
             bar.update(len(chunk))
