@@ -71,6 +71,10 @@ def test_export_reloads_and_reproduces_the_runs_test_logits(trained, tmp_path):
     # one file from the command line, printed
     a, t = utts.loc[ids[0], "audio_path"], utts.loc[ids[0], "transcript"]
     assert main(["predict", out, "--audio", a, "--text", t]) == 0
+    # --device auto (as --help offers; before: a traceback from torch.device("auto") after encoding)
+    assert main(["predict", out, "--audio", a, "--text", t, "--out", str(tmp_path / "auto.csv"),
+                 "--device", "auto"]) == 0
+    assert list(pd.read_csv(tmp_path / "auto.csv", dtype={"id": str})["pred"])
 
 
 def test_refusals_one_sentence(trained, tmp_path, tiny_models, capsys):

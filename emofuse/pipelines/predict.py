@@ -550,7 +550,7 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
     """``emofuse predict``: probabilities per utterance, printed as CSV or written to ``out``;
     notes go to ``note`` (stderr), so the printed CSV stays clean."""
 
-    resolve_device(device)
+    device = str(resolve_device(device))   # "auto" resolved once: the encoders and the heads run on it
     if manifest and (audio or text):
         raise EmofuseError("give either --manifest or --audio/--text, not both")
     model = load_model(model_path)
