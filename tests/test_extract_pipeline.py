@@ -677,6 +677,12 @@ def test_text_beyond_float16_is_skipped_like_audio(overflowing, tmp_path):
         reasons = set(fs.skipped("text")["reason"])
     assert reasons == {"the encoder produced no token, or values that are not finite in the store's dtype, for this "
                        "transcript (--store-dtype float32 keeps values beyond float16's range)"}
+    # training on it names the skips, not an extraction of bert-base-uncased (which the store was not)
+    from emofuse.pipelines.data import require
+    with FeatureStore(tmp_path / "s.h5") as fs, pytest.raises(EmofuseError) as e:
+        require(fs, "text", "T")
+    assert "stream 'text' was extracted but all 4 utterances were skipped (most often: the encoder produced" in str(e.value)
+    assert "bert-base-uncased" not in str(e.value)
     with pytest.raises(EmofuseError, match=r"transcript \(--store-dtype float32 keeps values beyond float16's range\)"):
         px.run_extract(px.ExtractConfig(out=str(tmp_path / "f.h5"), on_error="fail", **cfg))
     px.run_extract(px.ExtractConfig(out=str(tmp_path / "f32.h5"), store_dtype="float32", **cfg))
