@@ -191,7 +191,9 @@ def train_head(argv: Sequence[str] | None = None) -> int:
         if not args.store:
             raise EmofuseError("train-head needs --store STORE.h5")
         cfg = config_from_args(TrainConfig, args)
-        print("train-head configuration (train-head --config accepts it):\n" + train_config_yaml(cfg), end="")
+        # a YAML comment: the whole output, saved to a file, is what --config reads back
+        print("# train-head configuration (train-head --config FILE reads this output back)\n" + train_config_yaml(cfg),
+              end="")
         if args.print_config:
             return
         tensorboard = args.tensorboard
@@ -281,7 +283,7 @@ def finetune(argv: Sequence[str] | None = None) -> int:
         from .pipelines.finetune import run_finetune
 
         cfg = config_from_args(FinetuneConfig, args)
-        print("finetune configuration (finetune --config accepts it):\n" + config_yaml(cfg), end="")
+        print("# finetune configuration (finetune --config FILE reads this output back)\n" + config_yaml(cfg), end="")
         if not args.print_config:
             run_finetune(cfg)
 

@@ -74,6 +74,21 @@ def test_a_row_on_fewer_folds_is_marked_and_never_bold():
     assert "no row covers them all, so bold compares means over different test folds" in tables.to_markdown(split, "T")
 
 
+def test_a_single_run_shows_its_value_without_a_spread():
+    """Before: a row of one run (one fold, one repeat) printed "± 0.00" in Markdown and LaTeX, a
+    spread a reader takes for runs that agreed; now its value stands alone and the note says so."""
+    df = golden_frame().drop(columns=["best"])
+    df["n"] = [5, 1, 5]
+    md = tables.to_markdown(df, "T")
+    one = next(line for line in md.splitlines() if line.startswith(f"| {df.loc[1, 'label']} |"))
+    assert "±" not in one and f"| {df.loc[1, 'ua_mean']:.2f} |" in one and one.endswith("| 1 |")
+    assert "a single run shows its value alone" in md
+    tex = tables.to_latex(df, "T", "t")
+    assert r"$\pm$ 0.00" not in tex and "a single run shows its value alone" in tex
+    alone = tables.to_markdown(df.assign(n=1), "T")
+    assert "±" not in alone and "One run per configuration (one test fold, one repeat): no standard deviation" in alone
+
+
 SPEC = """
 name: t
 defaults: {repeats: 2, epochs: 3, patience: 2, folds: [1, 2]}

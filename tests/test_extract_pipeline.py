@@ -157,6 +157,9 @@ def test_layer_subset_keeps_the_encoders_layer_numbers(reference, small_fake, ti
         assert data.layers == {"F": [2], "T": [2]}
         data = load_train_data(fs, ["F"], "audio", "text", None, torch.device("cpu"))
         assert data.layers["F"] == [0, 2]
+    # emofuse info names the kept layers (before: "3 layers x 32", as if all were stored)
+    from emofuse.pipelines.describe import describe_store
+    assert "(layers [0, 2] of 3 x " in describe_store(str(out)), describe_store(str(out))
     r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", tmp_path / "x.h5", "--audio-model",
             tiny_models["group"], "--text-model", "none", "--layers", "0,7")
     assert r.returncode == 2 and "layers [7] do not exist" in r.stderr

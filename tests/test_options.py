@@ -128,7 +128,8 @@ def test_spec_row_of_the_wrong_type_fails_at_load(tmp_path):
 
 
 def _printed(out: str) -> dict:
-    return yaml.safe_load(out.split("accepts it):\n", 1)[1])
+    assert out.startswith("# ") and "--config FILE reads this output back" in out.splitlines()[0]
+    return yaml.safe_load(out)   # the whole output: its header is a YAML comment
 
 
 def test_yaml_config_round_trip_with_a_cli_override(tmp_path, capsys):
@@ -141,9 +142,11 @@ def test_yaml_config_round_trip_with_a_cli_override(tmp_path, capsys):
     assert (printed["batch_size"], printed["lr"], printed["folds"]) == (16, 1e-3, ["1", "3"])
     assert printed["dropout"] == TrainConfig.__dataclass_fields__["dropout"].default   # defaults filled in
     assert set(printed) == {f.name for f in dataclasses.fields(TrainConfig)}
-    # the printed configuration read back is the same configuration
+    # the printed configuration read back is the same configuration: the output saved as it is
+    # (before: its first line was plain text, which --config refused as an unknown option)
+    assert cli.train_head(["--config", str(cfg), "--epochs", "3", "--print-config"]) == 0
     again = tmp_path / "again.yaml"
-    again.write_text(yaml.safe_dump(printed))
+    again.write_text(capsys.readouterr().out)
     assert cli.train_head(["--config", str(again), "--print-config"]) == 0
     assert _printed(capsys.readouterr().out) == printed
     want = TrainConfig(store="s.h5", out="run", fusion="none", batch_size=16, lr=1e-3, folds=("1", "3"), epochs=3)
@@ -171,8 +174,13 @@ def test_finetune_config_file(tmp_path, capsys):
     cfg = tmp_path / "ft.yaml"
     cfg.write_text("store: s.h5\nout: run\nsystem: text\ntext-model: t\nmicro_batch: 4\n")
     assert cli.finetune(["--config", str(cfg), "--print-config", "--epochs", "2"]) == 0
-    printed = _printed(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    printed = _printed(out)
     assert (printed["system"], printed["micro_batch"], printed["epochs"], printed["lr"]) == ("text", 4, 2, 1e-5)
+    again = tmp_path / "again.yaml"
+    again.write_text(out)   # the output saved as it is reads back as the same configuration
+    assert cli.finetune(["--config", str(again), "--print-config"]) == 0
+    assert _printed(capsys.readouterr().out) == printed
 
 
 def test_build_refuses_unknown_keys_with_a_sentence():

@@ -82,6 +82,9 @@ def test_diff_of_two_combinations_names_a_later_member_s_store_content(tree, tmp
     assert main(["runs", "--diff", str(tmp_path / "c1"), str(tmp_path / "c2")]) == 0
     out = capsys.readouterr().out
     assert "member 2 store: audio/frames" in out and "same configuration" not in out
+    # the listing names a combination's members by their folders (before: their whole identities)
+    rows = {r["path"]: r for r in pr.find_runs(str(tmp_path))}
+    assert rows["c1"]["config"] == "combine of 2 runs (a, b)", rows["c1"]["config"]
 
 
 def test_tensorboard_said_once_when_missing_and_written_when_present(tree, tmp_path, capsys, monkeypatch):

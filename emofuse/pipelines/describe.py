@@ -63,7 +63,10 @@ def describe_store(path: str) -> str:
         for s in fs.streams:
             info = fs.stream_info(s)
             desc = ", ".join(f"{k} {v}" for k, v in info["entries"].items())
-            lines.append(f"  stream {s!r}: {info.get('encoder_id', '?')} ({info.get('num_layers', '?')} layers x "
+            kept = info.get("layers")   # a --layers subset: which encoder layers the store holds
+            layers = (f"layers {list(kept)} of {info.get('num_layers', '?')}" if kept is not None
+                      else f"{info.get('num_layers', '?')} layers")
+            lines.append(f"  stream {s!r}: {info.get('encoder_id', '?')} ({layers} x "
                          f"{info.get('dim', '?')}, {info.get('store_dtype', '?')}); {desc}")
             lines.append("    " + encoder_line(info))
             sk = fs.skipped(s)

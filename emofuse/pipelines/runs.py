@@ -34,9 +34,10 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
     """A short line of the values that tell configurations apart (``config``: the run's recorded
     configuration, for what its identity keys by content, e.g. a fine-tuned checkpoint folder)."""
     config = config or {}
-    if identity.get("fusion") == "combine":
-        members = [os.path.basename(os.path.normpath(str(m))) for m in identity.get("members") or []]
-        return f"combine of {len(members)} runs ({', '.join(members)})"
+    if identity.get("fusion") == "combine":   # its identity holds the members' identities, its config their folders
+        members = [os.path.basename(os.path.normpath(str(m))) for m in config.get("runs") or []]
+        n = len(members) or len(identity.get("members") or [])
+        return f"combine of {n} runs" + (f" ({', '.join(members)})" if members else "")
     if "system" in identity:   # a finetune run
         used = {"cma": ("audio_model", "text_model"), "audio": ("audio_model",), "text": ("text_model",)}
         models = [str(identity.get(k) or config.get(k)) for k in used.get(identity["system"], ())

@@ -16,8 +16,10 @@ import pandas as pd
 METRIC_NAMES = {"ua": "UA", "wa": "WA", "f1": "Macro-F1"}
 
 
-def _cell(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± {std:.2f}"
+def _cell(mean: float, std: float, n: int, pm: str = "±") -> str:
+    """``mean ± std``; one run has no standard deviation, so its mean stands alone (never "± 0.00",
+    which a reader takes for runs that agreed)."""
+    return f"{mean:.2f}" if int(n) < 2 else f"{mean:.2f} {pm} {std:.2f}"
 
 
 def partial_rows(df: pd.DataFrame) -> pd.Series:
@@ -58,8 +60,11 @@ def _delta(ua: float, published: float) -> float:
 def spread_note(df: pd.DataFrame, pm: str = "±") -> str:
     """What the ± of a table means: the standard deviation over each configuration's runs."""
     ns = sorted({int(n) for n in df["n"]})
+    if ns == [1]:
+        return "One run per configuration (one test fold, one repeat): no standard deviation"
     over = f"the {ns[0]} runs" if len(ns) == 1 else "each configuration's runs (column runs)"
-    return f"Mean {pm} standard deviation over {over} (test folds × repeats)"
+    single = "; a single run shows its value alone" if ns[0] == 1 else ""
+    return f"Mean {pm} standard deviation over {over} (test folds × repeats){single}"
 
 
 def _has_published(df: pd.DataFrame) -> bool:
@@ -76,7 +81,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     for i, r in df.iterrows():
         cells = [str(r["label"]) + (" †" if partial[i] else "")]
         for m in METRIC_NAMES:
-            c = _cell(r[f"{m}_mean"], r[f"{m}_std"])
+            c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"])
             cells.append(f"**{c}**" if i in best[m] else c)
         if pub:
             p = r.get("published")
@@ -112,7 +117,7 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     for i, r in df.iterrows():
         cells = [_tex_escape(str(r["label"])) + (r"$^\dagger$" if partial[i] else "")]
         for m in METRIC_NAMES:
-            c = f"{r[f'{m}_mean']:.2f} $\\pm$ {r[f'{m}_std']:.2f}"
+            c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"], r"$\pm$")
             cells.append(rf"\textbf{{{c}}}" if i in best[m] else c)
         if pub:
             p = r.get("published")
