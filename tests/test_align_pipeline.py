@@ -208,28 +208,32 @@ def test_a_textgrid_of_the_whole_file_is_cut_to_the_utterance_slice(tiny_models,
     lead, tail = np.zeros(int(0.09 * sr), np.float32), np.zeros(sr, np.float32)
     sf.write(tmp_path / "long.wav", np.concatenate([lead, x, tail]), sr, subtype="PCM_16")
     sf.write(tmp_path / "alone.wav", x, sr, subtype="PCM_16")
+    sf.write(tmp_path / "notail.wav", np.concatenate([lead, x]), sr, subtype="PCM_16")
     n, total = len(x) / sr, (len(lead) + len(x) + len(tail)) / sr
     shifted = {t: [AlignmentItem(i.symbol, i.start + 0.09, i.duration) for i in items] for t, items in tiers.items()}
     write_textgrid(tmp_path / "file.TextGrid", shifted, total)     # as MFA writes for the long file
     write_textgrid(tmp_path / "slice.TextGrid", tiers, n)          # timed from the slice's start
+    write_textgrid(tmp_path / "notail.TextGrid", shifted, 0.09 + n)  # its file ends with the slice
     with open(tmp_path / "m.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "audio", "text", "label", "speaker", "session", "start", "end", "textgrid"])
         w.writerow(["plain", "alone.wav", u.transcript, "ang", "s1", "1", "", "", "slice.TextGrid"])
         w.writerow(["file-timed", "long.wav", u.transcript, "neu", "s2", "2", 0.09, round(0.09 + n, 4), "file.TextGrid"])
         w.writerow(["slice-timed", "long.wav", u.transcript, "sad", "s3", "3", 0.09, round(0.09 + n, 4), "slice.TextGrid"])
+        # 90 ms into a file with no tail (end: the file's end): the two lengths differ by 0.09 s only
+        w.writerow(["no-tail", "notail.wav", u.transcript, "hap", "s4", "4", 0.09, "", "notail.TextGrid"])
     store = tmp_path / "s.h5"
     r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
             "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
     assert r.returncode == 0, r.stderr
     r = run("align-segments", "--store", store, "--source", "textgrid", "--granularities", "word,phone")
-    assert r.returncode == 0 and "3 utterances aligned" in r.stdout, r.stdout + r.stderr
-    assert "1 utterances are slices of a file whose TextGrid is timed from the file's start" in r.stdout, r.stdout
+    assert r.returncode == 0 and "4 utterances aligned" in r.stdout, r.stdout + r.stderr
+    assert "2 utterances are slices of a file whose TextGrid is timed from the file's start" in r.stdout, r.stdout
     with FeatureStore(store) as fs:
         for g in ("word", "phone"):
             plain = fs.segments("audio", g, "plain")
             assert len(plain.symbols) > 3
-            for uid in ("file-timed", "slice-timed"):
+            for uid in ("file-timed", "slice-timed", "no-tail"):
                 got = fs.segments("audio", g, uid)
                 assert list(got.symbols) == list(plain.symbols), (uid, g)
                 assert np.array_equal(got.spans, plain.spans), (uid, g)

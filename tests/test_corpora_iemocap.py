@@ -293,6 +293,23 @@ def test_lone_cr_line_ends_are_line_ends_in_every_corpus_text_file(tmp_path, eol
     assert read_lines(odd) == ["caf\xe9 \x85 ok", "next"]
 
 
+def test_a_line_break_inside_a_transcript_is_warned_not_silent(tmp_path, caplog):
+    """A CR inside a transcript line ends the line (CR-only files read right), so the text after it
+    is a line of its own that no rule reads: the file is named in a warning with that line, not
+    dropped in silence. Untimed M:/F: lines stay silent, as the corpus documents them."""
+    import logging
+    make_fake_iemocap(tmp_path, seed=7)
+    p = sorted((tmp_path / "Session1" / "dialog" / "transcriptions").glob("Ses*.txt"))[0]
+    lines = p.read_bytes().split(b"\n")
+    lines[0] = lines[0].rstrip(b"\r") + b"\rand the rest of it."
+    p.write_bytes(b"\n".join(lines[:1] + [b"M: Yeah."] + lines[1:]))
+    with caplog.at_level(logging.WARNING, logger="emofuse.corpora.iemocap"):
+        load_corpus("iemocap", root=tmp_path)
+    warned = [r.getMessage() for r in caplog.records if str(p) in r.getMessage()]
+    assert len(warned) == 1 and "1 line(s) are neither transcript lines nor untimed speaker lines" in warned[0]
+    assert "line 2: 'and the rest of it.'" in warned[0]
+
+
 def test_a_utf8_byte_order_mark_is_dropped_in_every_corpus_text_file(tmp_path, caplog):
     """A file re-saved 'UTF-8 with BOM' (transcription, EmoEvaluation, .wdseg/.phseg) keeps its
     first line: the first utterance keeps its text and label, no false 'no line' warning."""
@@ -389,3 +406,16 @@ def test_a_root_holding_two_copies_is_refused_a_nested_copy_is_one(tmp_path, cap
     for s in range(2, 6):
         shutil.copytree(full.root / f"Session{s}", nest / "IEMOCAP_full_release" / f"Session{s}")
     assert find_root(nest) == nest / "IEMOCAP_full_release"  # a copy holding a copy: the outer one, as before
+    # one copy reached twice is one copy: a convenience symlink beside its target, and the
+    # __MACOSX mirror (only ._ files) a macOS zip unpacks beside the copy
+    link = tmp_path / "linked"
+    shutil.copytree(full.root, link / "IEMOCAP_full_release")
+    (link / "IEMOCAP").symlink_to(link / "IEMOCAP_full_release", target_is_directory=True)
+    assert find_root(link) == link / "IEMOCAP"   # the first found, as before the two-copy check
+    mac = tmp_path / "mac"
+    shutil.copytree(full.root, mac / "IEMOCAP_full_release")
+    for s in range(1, 6):
+        d = mac / "__MACOSX" / "IEMOCAP_full_release" / f"Session{s}"
+        d.mkdir(parents=True)
+        (d / "._dialog").write_bytes(b"\0\5\26\7")
+    assert find_root(mac) == mac / "IEMOCAP_full_release"

@@ -82,6 +82,14 @@ def test_diff_of_two_combinations_names_a_later_member_s_store_content(tree, tmp
     assert main(["runs", "--diff", str(tmp_path / "c1"), str(tmp_path / "c2")]) == 0
     out = capsys.readouterr().out
     assert "member 2 store: audio/frames" in out and "same configuration" not in out
+    # a combination written before member fingerprints were recorded is not "the same store content"
+    old = json.loads((tmp_path / "c1" / "config.json").read_text())
+    del old["member_fingerprints"]
+    shutil.copytree(tmp_path / "c1", tmp_path / "c0")
+    (tmp_path / "c0" / "config.json").write_text(json.dumps(old))
+    assert main(["runs", "--diff", str(tmp_path / "c0"), str(tmp_path / "c1")]) == 0
+    out = capsys.readouterr().out
+    assert "not recorded: combined by an older emofuse" in out and "same configuration" not in out
     # the listing names a combination's members by their folders (before: their whole identities)
     rows = {r["path"]: r for r in pr.find_runs(str(tmp_path))}
     assert rows["c1"]["config"] == "combine of 2 runs (a, b)", rows["c1"]["config"]

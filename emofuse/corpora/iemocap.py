@@ -25,6 +25,8 @@ UTT_RE = re.compile(
 DIALOG_NAME_RE = re.compile(r"^Ses0[1-5][FM]_(impro|script)\d\d[ab]?(?:_\d[ab]?)?$")
 SUMMARY_RE = re.compile(r"^\[([\d.]+) - ([\d.]+)\]\t(\S+)\t(\w+)\t\[([^\]]*)\]")
 TRANSCRIPT_RE = re.compile(r"^(\S+) \[([\d.]+)-([\d.]+)\]:\s?(.*)$")
+#: An untimed line of a transcription file (``M: Yeah.``): skipped, as the corpus documents.
+SPEAKER_LINE_RE = re.compile(r"^\s*\S+:")
 #: What a summary line starts with: a bracket at the line start, then the utterance id as the
 #: first token after it. A line of this shape whose token is an utterance id but which
 #: ``SUMMARY_RE`` does not match is a damaged summary line, and so is one whose token starts
@@ -100,6 +102,10 @@ def find_root(root: str | Path) -> Path:
             elif depth < 2:
                 nxt += _subfolders(c)
         candidates = nxt
+    seen: dict[str, Path] = {}   # one copy reached twice (a symlink beside its target) is one copy
+    for p in found:
+        seen.setdefault(os.path.realpath(p), p)
+    found = list(seen.values())
     if len(found) == 1:
         return found[0]
     if found:
@@ -124,7 +130,8 @@ def _holds_sessions(folder: Path) -> bool:
 
 def _subfolders(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if visible(p.name) and p.is_dir())
+        # __MACOSX: the AppleDouble mirror a macOS zip unpacks beside the copy (only ._ files)
+        return sorted(p for p in folder.iterdir() if visible(p.name) and p.name != "__MACOSX" and p.is_dir())
     except OSError:
         return []
 
@@ -192,9 +199,12 @@ def parse_transcription(path: Path) -> dict[str, str]:
     all (empty, or re-saved as UTF-16): its dialog's utterances would silently lose their text."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
+    stray: list[int] = []
     lines = read_lines(path)
     for no, line in enumerate(lines, start=1):
         m = TRANSCRIPT_RE.match(line)
+        if not m and line.strip() and not SPEAKER_LINE_RE.match(line):
+            stray.append(no)
         if m and UTT_RE.match(m.group(1)):
             uid, text = m.group(1), m.group(4).strip()
             if uid in out:
@@ -207,6 +217,10 @@ def parse_transcription(path: Path) -> dict[str, str]:
     if not out:
         raise CorpusError(f"{path} {_why_no_lines(lines, 'transcript line')}: expected UTF-8 or latin-1 text with "
                           "one 'ID [START-END]: TEXT' line per utterance of its dialog")
+    if stray:   # e.g. the rest of a transcript after a line break (a CR) inside it: its text is not read
+        log.warning(f"{path}: {len(stray)} line(s) are neither transcript lines nor untimed speaker lines, and are "
+                    f"not read (first, line {stray[0]}: {lines[stray[0] - 1].strip()[:60]!r}); a line break inside "
+                    "a transcript?")
     return out
 
 

@@ -18,7 +18,7 @@ from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.textgrid import textgrid_end
-from ..align.tiers import PAST_AUDIO_TOLERANCE_S, check_within_audio, complete_tiers, cut_to_slice, read_alignment
+from ..align.tiers import check_within_audio, complete_tiers, cut_to_slice, read_alignment
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import alignments_beside
 from ..corpora.manifest import load_manifest
@@ -301,8 +301,8 @@ def whole_file_textgrid(textgrid: str, audio: str | None, start: float | None, e
     """For an utterance that is the slice ``start..end`` of its audio file: the slice (seconds in the
     file) when its TextGrid is timed from the file's start rather than the slice's, else None. An
     aligner run on a long recording (MFA) writes the whole file's length as the TextGrid's end; a
-    TextGrid of the slice ends at the slice's length. Where the two lengths are alike (a slice
-    from 0 to about the file's end) both readings agree and None is returned."""
+    TextGrid of the slice ends at the slice's length; the nearer one decides (a slice 90 ms into
+    a file with no tail is told apart too). A slice from 0 to the file's end is both: None."""
     import soundfile as sf
 
     xmax = textgrid_end(textgrid)
@@ -314,7 +314,9 @@ def whole_file_textgrid(textgrid: str, audio: str | None, start: float | None, e
         return None
     length = info.frames / info.samplerate
     s, e = (start or 0.0), (length if end is None else min(end, length))
-    if abs(xmax - length) <= WHOLE_FILE_TOLERANCE_S and abs(xmax - (e - s)) > PAST_AUDIO_TOLERANCE_S:
+    # the file's length, and nearer it than the slice's: only a slice from 0 to the file's end
+    # (where both readings are one) keeps its TextGrid as it is
+    if abs(xmax - length) <= WHOLE_FILE_TOLERANCE_S and abs(xmax - length) < abs(xmax - (e - s)):
         return s, e
     return None
 

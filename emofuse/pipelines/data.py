@@ -279,9 +279,10 @@ def _missing_stream(fs: FeatureStore, stream: str, key: str) -> EmofuseError:
         fix = f"add it with: {add}"
     skipped = fs.skipped(stream) if key in ("F", "T") and stream in fs.streams else None
     if skipped is not None and len(skipped) and not others:   # extracted, every utterance skipped: extracting
-        reasons = skipped["reason"].value_counts()              # again the same way skips them again
-        fix = (f"stream {stream!r} was extracted but all {len(skipped)} utterances were skipped (most often: "
-               f"{str(reasons.index[0])[:200]}); `emofuse info {store}` lists them")
+        from .extract.skipped import skipped_tsv_path           # again the same way skips them again
+        n, tsv = skipped["id"].nunique(), shlex.quote(skipped_tsv_path(fs.path))
+        fix = (f"stream {stream!r} was extracted but its {n} utterances were all skipped (e.g. "
+               f"{str(skipped['reason'].iloc[0])[:200]}); `emofuse info {store}` sums up why, {tsv} lists each")
     if add is None and not others:   # segments of a stream without frames: pool a stream that has frames, then use it
         src = [s for s in fs.streams if fs.has(s, "frames")]
         fix = (f"add them with: align-segments --store {store} --stream {src[0]} --granularities {g}, then use "

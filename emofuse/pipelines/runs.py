@@ -135,6 +135,10 @@ def diff_runs(a: str, b: str) -> str:
         fa, fb = ma[j] or {}, mb[j] or {}
         rows += [(f"member {j + 1} store: {k}", fa.get(k, "(none)"), fb.get(k, "(none)"))
                  for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    combos = [c for c in (ca, cb) if (c.get("identity") or {}).get("fusion") == "combine"]
+    if combos and any(not c.get("member_fingerprints") for c in combos):   # combined before they were recorded
+        rows.append(("later members' store content", "recorded" if ma else "(not recorded: combined by an older emofuse)",
+                     "recorded" if mb else "(not recorded: combined by an older emofuse)"))
     if not rows:
         return f"{a} and {b} have the same configuration and read the same store content"
     w = max(len(r[0]) for r in rows)
