@@ -154,6 +154,34 @@ def test_resumed_predictions_are_byte_identical(stores, tmp_path):
     assert not list(resumed.rglob("*.tmp"))
 
 
+def test_a_run_scored_under_the_older_f1_is_scored_again_when_read(stores, tmp_path, caplog):
+    """Runs written before macro-F1 counted only the classes present (no metrics_version in their
+    files) were reused by train-head and ablate with their old F1 printed as today's, and a resumed
+    run averaged the two definitions. Reading such a run scores it again from its predictions."""
+    common = dict(store=str(stores[0]), fusion="none", granularity="F", repeats=1, epochs=2, patience=2,
+                  device="cpu")
+    today = run_train(TrainConfig(out=str(tmp_path / "today"), **common))
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "today", old)
+    # as an older emofuse wrote it: no version, and another F1 in every file
+    for path in [old / "summary.json"] + sorted(old.glob("runs/*/metrics.json")):
+        d = json.loads(path.read_text())
+        d.pop("metrics_version")
+        for run in d.get("runs", [d]):
+            run["f1"] = 1.0
+        if "runs" in d:
+            d["f1"] = {"mean": 1.0, "std": 0.0, "n": d["f1"]["n"]}
+        path.write_text(json.dumps(d))
+    got = rundir.read_summary(str(old))
+    assert got["f1"] == today["f1"] and [r["f1"] for r in got["runs"]] == [r["f1"] for r in today["runs"]]
+    # train-head reusing the old run (every fold finished, or one fold left to run) reports today's F1
+    again = run_train(TrainConfig(out=str(old), **common))
+    assert again["f1"] == today["f1"]
+    shutil.rmtree(sorted(old.glob("runs/*"))[-1])
+    (old / "summary.json").unlink()
+    assert run_train(TrainConfig(out=str(old), **common))["f1"] == today["f1"]
+
+
 def test_second_process_on_the_same_out_gets_one_sentence(stores, tmp_path):
     a, _ = stores
     out = tmp_path / "run"

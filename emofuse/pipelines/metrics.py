@@ -28,6 +28,18 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
             "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
 
 
+#: The definition of the scores run files hold. 2: macro-F1 over the classes that occur in a
+#: fold's truth or predictions. Files without it (written before) hold an older F1 and are scored
+#: again from their predictions when read (``pipelines.rundir``), never shown as today's.
+METRICS_VERSION = 2
+
+
+def scores_of_predictions(preds, classes: Sequence[str]) -> dict:
+    """``scores`` of a predictions table (columns ``label``, ``pred``: class names)."""
+    index = {c: i for i, c in enumerate(classes)}
+    return scores(preds["label"].map(index).to_numpy(), preds["pred"].map(index).to_numpy(), len(classes))
+
+
 def mean_std(values: Sequence[float]) -> dict:
     v = np.asarray(values, dtype=float)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}

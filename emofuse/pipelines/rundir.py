@@ -43,6 +43,7 @@ import pandas as pd
 
 from ..errors import EmofuseError
 from ..locks import LockFile
+from .metrics import METRICS_VERSION
 
 LOCK_NAME = "run.lock"
 
@@ -248,8 +249,31 @@ def read_config(run_dir: str, strict: bool = True) -> dict | None:
 
 
 def read_summary(run_dir: str, strict: bool = True) -> dict | None:
-    """``summary.json`` of a run; None when it is missing (or unreadable, with ``strict=False``)."""
-    return _read_run_json(run_dir, SUMMARY, strict)
+    """``summary.json`` of a run; None when it is missing (or unreadable, with ``strict=False``).
+    A summary written under an older definition of the scores (``METRICS_VERSION``) comes back
+    scored again from the run's predictions: the tables never show an older F1 as today's."""
+    s = _read_run_json(run_dir, SUMMARY, strict)
+    if isinstance(s, dict) and s.get("metrics_version") != METRICS_VERSION:
+        s = _rescored_summary(run_dir, s)
+    return s
+
+
+def _rescored_summary(run_dir: str, s: dict) -> dict:
+    """``s`` with each run's scores, and their means, computed again from the run's predictions
+    (as recorded when a run lacks them; the file itself is left as it is)."""
+    from .metrics import scores_of_predictions, summarise
+
+    path = os.path.join(run_dir, PREDICTIONS)
+    classes, runs = s.get("classes"), s.get("runs")
+    if not classes or not isinstance(runs, list) or not runs or not os.path.exists(path):
+        return s
+    preds = read_predictions(path)
+    groups = {(int(r), int(seed), str(f)): g for (r, seed, f), g in preds.groupby(["repeat", "seed", "fold"])}
+    fresh = []
+    for run in runs:
+        g = groups.get((int(run["repeat"]), int(run["seed"]), str(run["fold"])))
+        fresh.append({**run, **scores_of_predictions(g, classes)} if g is not None and len(g) else run)
+    return {**s, **summarise(fresh, classes), "runs": fresh, "metrics_version": METRICS_VERSION}
 
 
 def read_run_predictions(run_dir: str) -> pd.DataFrame:
@@ -261,7 +285,7 @@ def write_config(run_dir: str, config: dict) -> None:
 
 
 def write_summary(run_dir: str, summary: dict) -> None:
-    write_json(os.path.join(run_dir, SUMMARY), summary)
+    write_json(os.path.join(run_dir, SUMMARY), {**summary, "metrics_version": METRICS_VERSION})
 
 
 def write_predictions(run_dir: str, preds: pd.DataFrame) -> None:
@@ -298,20 +322,27 @@ def fold_metrics(run_dir: str, strict: bool = True) -> list[tuple[str, dict]]:
 
 
 def read_fold(fdir: str) -> tuple[dict, pd.DataFrame] | None:
-    """(metrics, predictions) of a finished fold folder; None while it is not finished."""
+    """(metrics, predictions) of a finished fold folder; None while it is not finished. A fold
+    scored under an older definition (``METRICS_VERSION``) is scored again from its predictions,
+    so a resumed run never averages two definitions."""
     path = os.path.join(fdir, METRICS)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         metrics = json.load(f)
-    return metrics, read_predictions(os.path.join(fdir, PREDICTIONS))
+    preds = read_predictions(os.path.join(fdir, PREDICTIONS))
+    if metrics.get("metrics_version") != METRICS_VERSION and len(preds):
+        from .metrics import scores_of_predictions
+        classes = [c[len("logit_"):] for c in preds.columns if c.startswith("logit_")]
+        metrics = {**metrics, **scores_of_predictions(preds, classes), "metrics_version": METRICS_VERSION}
+    return metrics, preds
 
 
 def write_fold(fdir: str, metrics: dict, preds: pd.DataFrame) -> None:
     """A fold's predictions, then its metrics.json last (its presence marks the fold finished)."""
     os.makedirs(fdir, exist_ok=True)
     write_csv(os.path.join(fdir, PREDICTIONS), preds)
-    write_json(os.path.join(fdir, METRICS), metrics)
+    write_json(os.path.join(fdir, METRICS), {**metrics, "metrics_version": METRICS_VERSION})
 
 
 def save_fold(fdir: str, model, metrics: dict, preds: pd.DataFrame, meta: dict | None = None) -> None:
