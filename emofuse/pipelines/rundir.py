@@ -331,10 +331,10 @@ def read_fold(fdir: str) -> tuple[dict, pd.DataFrame] | None:
     with open(path) as f:
         metrics = json.load(f)
     preds = read_predictions(os.path.join(fdir, PREDICTIONS))
-    if metrics.get("metrics_version") != METRICS_VERSION and len(preds):
+    if metrics.pop("metrics_version", None) != METRICS_VERSION and len(preds):   # the file's, not the fold's
         from .metrics import scores_of_predictions
         classes = [c[len("logit_"):] for c in preds.columns if c.startswith("logit_")]
-        metrics = {**metrics, **scores_of_predictions(preds, classes), "metrics_version": METRICS_VERSION}
+        metrics = {**metrics, **scores_of_predictions(preds, classes)}
     return metrics, preds
 
 

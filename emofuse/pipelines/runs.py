@@ -35,8 +35,10 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
     configuration, for what its identity keys by content, e.g. a fine-tuned checkpoint folder)."""
     config = config or {}
     if identity.get("fusion") == "combine":   # its identity holds the members' identities, its config their folders
-        members = [os.path.basename(os.path.normpath(str(m))) for m in config.get("runs") or []]
-        n = len(members) or len(identity.get("members") or [])
+        listed = identity.get("members") or []
+        paths = config.get("runs") or [m for m in listed if isinstance(m, str)]   # identities are dicts
+        members = [os.path.basename(os.path.normpath(str(m))) for m in paths]
+        n = len(members) or len(listed)
         return f"combine of {n} runs" + (f" ({', '.join(members)})" if members else "")
     if "system" in identity:   # a finetune run
         used = {"cma": ("audio_model", "text_model"), "audio": ("audio_model",), "text": ("text_model",)}
