@@ -164,3 +164,19 @@ def test_memory_probe_runs_and_leaves_the_runs_random_numbers_alone(store, tmp_p
     assert probe_step(cfg, data, torch.device("cpu")) > 0
     assert torch.equal(torch.get_rng_state(), before)
     assert fit_runs(cfg, data, torch.device("cpu"), 25) == (25, "every run")   # no statistics on a CPU
+
+
+def test_default_runs_at_once_stacks_attention_heads_only_when_asked():
+    """On a GPU the default stacked every stackable head; on an H100 stacked transformer and
+    coattention heads ran slower than one at a time, and the frame transformer ran out of memory.
+    The default now stacks them only when --runs-at-once asks; a CPU trains one at a time."""
+    import torch
+
+    from emofuse.pipelines.train import TrainConfig, runs_at_once
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")   # a device object only: nothing runs on it
+    late = TrainConfig(store="s.h5", out="o", fusion="late", granularity="F+S")
+    assert runs_at_once(late, gpu, 25) == 25 and runs_at_once(late, cpu, 25) == 1
+    for attention in (TrainConfig(store="s.h5", out="o", fusion="none", granularity="F", head="transformer"),
+                      TrainConfig(store="s.h5", out="o", fusion="coattention", granularity="F+P")):
+        assert runs_at_once(attention, gpu, 25) == 1
+        assert runs_at_once(TrainConfig(**{**attention.__dict__, "runs_at_once": 0}), gpu, 25) == 25

@@ -41,8 +41,10 @@ SCHEDULERS = ("none", "plateau", "plateau-ua")
 #: fields that do not change what is computed (left out of the run key)
 NOT_IN_KEY = ("out", "device", "memory_gb", "runs_at_once")
 RUNS_AT_ONCE_HELP = ("train N of the (repeat, fold) runs together, heads stacked (0: every run; 1: one at a time). "
-                     "Default: as many as the GPU memory holds, one at a time on a CPU. LSTM heads (cma, cnn-blstm) "
-                     "always train one at a time (docs/stacked-training.md)")
+                     "Default: on a GPU as many as its memory holds for linear and proj-stats heads (late, "
+                     "concatenation), one at a time for attention heads (transformer, coattention: stacked "
+                     "they measured slower on an H100) and on a CPU. LSTM heads (cma, cnn-blstm) always train "
+                     "one at a time (docs/stacked-training.md)")
 
 
 @dataclass(frozen=True)
@@ -408,14 +410,17 @@ def warn_other_threads(out: str, finished: list[dict]) -> None:
 
 def runs_at_once(cfg: TrainConfig, device: torch.device, n_runs: int) -> int:
     """How many runs train together: ``--runs-at-once`` (0: every run); by default every run on a
-    GPU (then capped by ``stacked.fit_runs`` to what its memory holds) and one at a time on a CPU
+    GPU for heads without attention (then capped by ``stacked.fit_runs`` to what its memory
+    holds), one at a time for attention heads (transformer, coattention) and on a CPU
     (where a lone head already keeps the cores busy, and today's numbers stay bit for bit). Heads
     with an LSTM always train one at a time."""
     if not stackable(cfg.fusion, cfg.head):
         return 1
     n = cfg.runs_at_once
-    if n is None:
-        n = 0 if device.type == "cuda" else 1
+    if n is None:   # attention heads stacked ran 0.76-0.87x the one-at-a-time path on an H100, and
+        # the frame transformer ran out of memory (BENCHMARKS.md, 2026-11-24): stacked only when asked
+        attention = cfg.head == "transformer" or cfg.fusion == "coattention"
+        n = 0 if device.type == "cuda" and not attention else 1
     return max(1, n_runs) if n == 0 else n
 
 
