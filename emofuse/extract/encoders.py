@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+from numbers import Integral
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -386,6 +387,16 @@ def token_limit(config, model: torch.nn.Module, tok) -> int:
     limit = position_limit(config, model)
     own = int(tok.model_max_length)
     return min(limit, own) if own < NO_TOKENIZER_MAX else limit
+
+
+def window_as_recorded(enc, recorded) -> bool:
+    """Make a text encoder window at ``recorded`` tokens (a stream's or a model's ``max_tokens``)
+    when that is fewer than the model takes, as emofuse windowed RoBERTa and XLM-R (510) before it
+    took their 512; True when it did. Other encoders and other values are left as they are."""
+    if hasattr(enc, "window_at") and isinstance(recorded, Integral) and enc.n_special + 1 < recorded < enc.limit:
+        enc.window_at(recorded)
+        return True
+    return False
 
 
 class HFTextEncoder:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import EmofuseError
-from .metrics import format_summary, scores, summarise
+from .metrics import format_summary, scores_of_predictions, summarise
 from .rundir import (CONFIG, PREDICTIONS, check_run_dir, read_config, read_run_predictions, run_lock, write_config,
                      write_predictions, write_summary)
 
@@ -64,7 +64,7 @@ def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
     comb = comb.reset_index()
     runs = []
     for (r, seed, fold), g in comb.groupby(["repeat", "seed", "fold"], sort=True):
-        m = scores(g["label"].map(classes.index).to_numpy(), g["pred"].map(classes.index).to_numpy(), len(classes))
+        m = scores_of_predictions(g, classes)
         m.update(repeat=int(r), seed=int(seed), fold=str(fold), n_test=len(g))
         runs.append(m)
     os.makedirs(out, exist_ok=True)

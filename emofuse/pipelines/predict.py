@@ -30,7 +30,6 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
-from numbers import Integral
 from typing import Callable, Sequence
 
 import numpy as np
@@ -40,7 +39,7 @@ import torch
 from .. import __version__
 from ..devices import resolve_device
 from ..errors import EmofuseError
-from ..store import FeatureStore, shaping_differs
+from ..store import FeatureStore, nonfinite, shaping_differs
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
 from .metrics import format_summary, scores, summarise
@@ -386,7 +385,7 @@ def _fingerprint(enc, info: dict) -> str:
 
 def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | None, device: str):
     """The stream's encoder, checked against the fingerprint the model was trained with."""
-    from ..extract.encoders import load_audio_encoder, load_text_encoder
+    from ..extract.encoders import load_audio_encoder, load_text_encoder, window_as_recorded
 
     info = model.spec["encoders"][stream]
     ec = info.get("extract_config") or {}
@@ -407,10 +406,7 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
                            f"{str(enc.info.get('weights_hash'))[:12]}, fingerprint {got[:12]}): pass the checkpoint "
                            f"extraction used with --{side}-model")
     differs = shaping_differs(info, enc.info)   # the text windowing follows model_max_length, outside the fingerprint
-    recorded = info.get("max_tokens")
-    if differs and hasattr(enc, "window_at") and isinstance(recorded, Integral) \
-            and enc.n_special + 1 < recorded < enc.limit:
-        enc.window_at(recorded)   # windows the model was trained on (RoBERTa: 510 tokens before emofuse took 512)
+    if differs and window_as_recorded(enc, info.get("max_tokens")):   # the windows the model was trained on
         differs = shaping_differs(info, enc.info)
     if differs:
         k = differs[0]
@@ -465,7 +461,7 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                 except BadInput as e:
                     raise EmofuseError(f"{path}: {e.reason}") from None
                 o = np.ascontiguousarray(o[:, lids])   # only the layers the model reads must be finite
-                if len(o) == 0 or not np.isfinite(o.astype(np.float32)).all():
+                if len(o) == 0 or nonfinite(o):
                     raise EmofuseError(f"{path}: the encoder produced no frame, or values that are not finite in "
                                        f"{info['store_dtype']}")
                 out.append(o)
@@ -486,7 +482,7 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                 for j, o in zip(chunk, enc.encode([texts[j] for j in chunk])):
                     with np.errstate(over="ignore", invalid="ignore"):   # beyond float16: inf, refused below
                         out[j] = np.ascontiguousarray(o["data"][:, lids].astype(sdt))
-                    if not np.isfinite(out[j].astype(np.float32)).all():
+                    if nonfinite(out[j]):
                         raise EmofuseError(f"utterance {ids[j]}: the text encoder produced values that are not finite "
                                            f"in {info['store_dtype']} for this transcript")
             rows[k] = out

@@ -43,7 +43,7 @@ import pandas as pd
 
 from ..errors import EmofuseError
 from ..locks import LockFile
-from .metrics import METRICS_VERSION
+from .metrics import METRICS_VERSION, scores_of_predictions, summarise
 
 LOCK_NAME = "run.lock"
 
@@ -261,8 +261,6 @@ def read_summary(run_dir: str, strict: bool = True) -> dict | None:
 def _rescored_summary(run_dir: str, s: dict) -> dict:
     """``s`` with each run's scores, and their means, computed again from the run's predictions
     (as recorded when a run lacks them; the file itself is left as it is)."""
-    from .metrics import scores_of_predictions, summarise
-
     path = os.path.join(run_dir, PREDICTIONS)
     classes, runs = s.get("classes"), s.get("runs")
     if not classes or not isinstance(runs, list) or not runs or not os.path.exists(path):
@@ -332,7 +330,6 @@ def read_fold(fdir: str) -> tuple[dict, pd.DataFrame] | None:
         metrics = json.load(f)
     preds = read_predictions(os.path.join(fdir, PREDICTIONS))
     if metrics.pop("metrics_version", None) != METRICS_VERSION and len(preds):   # the file's, not the fold's
-        from .metrics import scores_of_predictions
         classes = [c[len("logit_"):] for c in preds.columns if c.startswith("logit_")]
         metrics = {**metrics, **scores_of_predictions(preds, classes)}
     return metrics, preds

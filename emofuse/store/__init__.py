@@ -1,6 +1,7 @@
 """The HDF5 feature store (schema v2, docs/store-format.md). The only package that imports h5py."""
 
 from .fingerprint import corpus_changes, corpus_fingerprint, digest
+from .h5io import nonfinite
 from .index import copy_store, remove_store, store_bytes
 from .reader import FeatureStore, Ragged, Segments, Tokens, UncheckedStoreWarning
 from .schema import FRAMES, GRANULARITIES, SCHEMA_VERSION, TOKENS, segments_kind
@@ -11,4 +12,4 @@ from .writer import StoreWriter, corpus_update, shaping_differs
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "compact_store", "copy_store",
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",
            "corpus_update", "shaping_differs", "digest", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION",
-           "segments_kind", "UncheckedStoreWarning"]
+           "segments_kind", "UncheckedStoreWarning", "nonfinite"]

@@ -7,11 +7,10 @@ import logging
 import os
 import time
 from dataclasses import asdict
-from numbers import Integral
 
 from ...corpora import corpus_base, load_corpus, utterance_table
 from ...errors import EmofuseError
-from ...extract.encoders import load_audio_encoder, load_text_encoder
+from ...extract.encoders import load_audio_encoder, load_text_encoder, window_as_recorded
 from ...store import FeatureStore, StoreWriter, corpus_fingerprint, corpus_update, digest, store_bytes
 from ..describe import corpus_options
 from .audio_phase import run_audio_phase
@@ -73,10 +72,8 @@ def _keep_recorded_window(enc, fingerprint: str, known: dict) -> None:
     """A text stream of this encoder (same fingerprint) recorded with fewer tokens per window than
     the model takes keeps that windowing when extended or resumed (stores of RoBERTa and XLM-R
     written before emofuse took their 512 tokens were windowed at 510)."""
-    recorded = known.get("max_tokens")
-    if hasattr(enc, "window_at") and known.get("fingerprint") == fingerprint and isinstance(recorded, Integral) \
-            and enc.n_special + 1 < recorded < enc.limit:
-        enc.window_at(recorded)
+    if known.get("fingerprint") == fingerprint:
+        window_as_recorded(enc, known.get("max_tokens"))
 
 
 def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,

@@ -10,17 +10,15 @@ import numpy as np
 from ...corpora import Utterance
 from ...errors import EmofuseError
 from ...extract.audio import BadInput
-from ...store import StoreWriter
+from ...store import StoreWriter, nonfinite
 from .config import ExtractConfig
 from .summary import StreamSummary
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """No NaN or inf in ``a``. For float16 from the exponent bits (all ones: inf or NaN), 9× faster
-    than ``np.isfinite``, which computes float16 in software."""
-    if a.dtype == np.float16:
-        return a.size == 0 or int(np.max(a.view(np.uint16) & 0x7C00)) != 0x7C00
-    return bool(np.isfinite(a).all())
+    """No NaN or inf in ``a``: the store's own test (``nonfinite``, from the exponent bits, many
+    times faster than ``np.isfinite`` for float16, which numpy computes in software)."""
+    return not nonfinite(a)
 
 
 def not_finite(rows: str, what: str) -> BadInput:
