@@ -36,6 +36,10 @@ HEADS = {
     "concat": dict(fusion="concat", granularity="F"),
     "transformer": dict(fusion="late", granularity="F", head="transformer", heads=2, depth=1, ff=16),
     "coattention": dict(fusion="coattention", granularity="F+P", heads=2, depth=1, ff=16),
+    # attention through scaled_dot_product_attention (the GPU's way), each run's dropout at its own
+    # shape from its own generator: on a CPU the masks the lone head's attention draws
+    "transformer-fused": dict(fusion="late", granularity="F", head="transformer", heads=2, depth=2, ff=16),
+    "coattention-fused": dict(fusion="coattention", granularity="F+P", heads=2, depth=1, ff=16),
     "proj-stats": dict(fusion="none", granularity="T", head="proj-stats", proj=8, scheduler="plateau",
                        lr=1e-2, lr_patience=0),
 }
@@ -71,11 +75,11 @@ def _jobs(data, cfg, folds, seeds=(0,)):
     return out
 
 
-def _stacked(cfg, data, jobs, gpu_way=False):
+def _stacked(cfg, data, jobs, gpu_way=False, fused=None):
     got = {}
     train_stacked(cfg, data, jobs, torch.device("cpu"), Timer(),
                   lambda j, m, h, b: got.__setitem__(j.key, (m, h, b)),
-                  packed_first=False if gpu_way else None, batched_encode=gpu_way)
+                  packed_first=False if gpu_way else None, batched_encode=gpu_way, fused_attention=fused)
     return got
 
 
@@ -101,7 +105,7 @@ def test_stacked_runs_equal_runs_trained_alone(store, tmp_path, name):
     assert stackable(cfg.fusion, cfg.head)
     data = _data(store, cfg)
     jobs = _jobs(data, cfg, ("1", "4"), seeds=(0, 1) if name == "late" else (0,))
-    got = _stacked(cfg, data, jobs, gpu_way=name.endswith("-gpu-way"))
+    got = _stacked(cfg, data, jobs, gpu_way=name.endswith("-gpu-way"), fused=name.endswith("-fused") or None)
     for j in jobs:
         alone = train_one(cfg, data, j.train, j.val, j.seed, torch.device("cpu"), j.norm, Timer())
         _same_run(got[j.key], alone, data, j.key[1], j.norm)
@@ -112,6 +116,16 @@ def test_a_run_does_not_depend_on_its_companions(store, tmp_path):
     data = _data(store, cfg)
     crowd = _stacked(cfg, data, _jobs(data, cfg, ("1", "2", "3", "5"), seeds=(0, 2)))
     alone = _stacked(cfg, data, _jobs(data, cfg, ("3",), seeds=(2,)))
+    _same_run(crowd[(2, "3")], alone[(2, "3")], data, "3")
+
+
+def test_fused_attention_a_run_does_not_depend_on_its_companions(store, tmp_path):
+    """The GPU's attention path, forced on a CPU: a run's masks come from its own generator at its
+    own shapes, whatever the batches and sequence lengths of the runs beside it."""
+    cfg = _resolved(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS["transformer-fused"])
+    data = _data(store, cfg)
+    crowd = _stacked(cfg, data, _jobs(data, cfg, ("1", "2", "3", "5"), seeds=(0, 2)), fused=True)
+    alone = _stacked(cfg, data, _jobs(data, cfg, ("3",), seeds=(2,)), fused=True)
     _same_run(crowd[(2, "3")], alone[(2, "3")], data, "3")
 
 

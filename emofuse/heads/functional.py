@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from ..devices import to_device
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
@@ -20,11 +23,26 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.
 
 def pad_rows(rows: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """rows (N, D) packed, lengths (B,) with Σ lengths = N → padded (B, T, D) zeros after each
-    sequence, mask (B, T). T = max(1, max length), so an empty sequence still has a (masked) slot."""
-    if rows.shape[0] != int(lengths.sum()):
-        raise ValueError(f"rows has {rows.shape[0]} rows but lengths sum to {int(lengths.sum())}")
+    sequence, mask (B, T) on rows' device. T = max(1, max length), so an empty sequence still has a
+    (masked) slot.
+
+    Lengths on the host (what ``TrainData.batch`` gives) make this free of device round trips: T,
+    the mask and each row's place are computed on the host and copied to the device
+    asynchronously, so a GPU batch never waits for the device to answer ``max`` or to turn a mask
+    into indices (on a CPU the same copy, the same numbers). Lengths on a GPU work too (each of
+    those steps then waits for the device)."""
+    n = int(lengths.sum())
+    if rows.shape[0] != n:
+        raise ValueError(f"rows has {rows.shape[0]} rows but lengths sum to {n}")
     B = len(lengths)
     T = max(1, int(lengths.max().item()) if B else 1)
+    if lengths.device.type == "cpu":
+        lens = lengths.numpy()
+        dest = np.repeat(np.arange(B) * T - np.cumsum(lens) + lens, lens) + np.arange(n)
+        mask = to_device(lengths_to_mask(lengths, T), rows.device)
+        flat = rows.new_zeros((B * T,) + tuple(rows.shape[1:]))
+        out = flat.index_copy(0, to_device(torch.from_numpy(dest), rows.device), rows)
+        return out.view((B, T) + tuple(rows.shape[1:])), mask
     mask = lengths_to_mask(lengths, T)
     out = rows.new_zeros((B, T) + tuple(rows.shape[1:]))
     out[mask] = rows
@@ -123,10 +141,9 @@ def weight_layers(rows: torch.Tensor | GatheredRows, weights: torch.Tensor) -> t
 def key_padding(mask: torch.Tensor) -> torch.Tensor:
     """mask (B, T) True at real positions → ``key_padding_mask`` for ``nn.MultiheadAttention``
     (True at padding). A fully padded row (an utterance with no segment) keeps its first slot so
-    attention stays defined; that slot holds zeros and is masked out of every pooling."""
+    attention stays defined; that slot holds zeros and is masked out of every pooling. Computed
+    without asking the device whether any row is empty (no host round trip on a GPU)."""
     pad = ~mask
-    empty = pad.all(1)
-    if empty.any():
-        pad = pad.clone()
-        pad[empty, 0] = False
+    if pad.shape[-1]:
+        pad[..., 0] &= ~pad.all(-1)
     return pad

@@ -171,12 +171,38 @@ def _rows(table, index, mean, std, group, a, b):
     return x
 
 
+def _own(axis, r: int) -> int:
+    """Run r's own length along a padded sequence axis (``Step.t_axis``: one segment)."""
+    ((sizes, _),) = axis
+    return sizes[r]
+
+
+class _generator_as_default:
+    """Make ``gen`` the device's default generator for the duration (kernels such as fused
+    attention draw their dropout from the default one), then hand its advanced state back to
+    ``gen`` and restore the default's own. Host-side states only: nothing waits for the device."""
+
+    def __init__(self, gen: torch.Generator, device: torch.device):
+        self.gen = gen
+        self.default = (torch.cuda.default_generators[device.index if device.index is not None
+                                                      else torch.cuda.current_device()]
+                        if device.type == "cuda" else torch.default_generator)
+
+    def __enter__(self):
+        self.saved = self.default.get_state()
+        self.default.set_state(self.gen.get_state())
+
+    def __exit__(self, *exc):
+        self.gen.set_state(self.default.get_state())
+        self.default.set_state(self.saved)
+
+
 class StackedHead:
     """R heads of one structure (``template``) as functions of stacked parameters ``P``
     (name → (R, …)); ``forward(P, inputs, step)`` → logits (R, Bmax, C)."""
 
     def __init__(self, template: torch.nn.Module, fusion: str, head: str, packed_first: bool = False,
-                 batched_encode: bool = False):
+                 batched_encode: bool = False, fused_attention: bool | None = None):
         if not stackable(fusion, head):
             raise ValueError(f"--fusion {fusion} --head {head} holds an LSTM: it trains one run at a time")
         self.t, self.fusion, self.head = template, fusion, head
@@ -186,6 +212,8 @@ class StackedHead:
         self.packed_first = packed_first and (head == "linear" if fusion in ("none", "late") else fusion == "concat")
         # every run's layer sum from one read of the held rows (a GPU: a few kernels, not R times a few)
         self.batched_encode = batched_encode
+        # attention through the fused kernel (None: on a GPU); else written out as the CPU math path
+        self.fused_attention = fused_attention
 
     # -- inputs ----------------------------------------------------------------------------
     def encode(self, P: Mapping[str, torch.Tensor], inputs: Sequence[Mapping], key: str, s: Step,
@@ -206,7 +234,7 @@ class StackedHead:
                 u = F.layer_norm(u, u.shape[-1:], P[f"weighting.{key}.norm.weight"][r],
                                  P[f"weighting.{key}.norm.bias"][r], self.t.weighting[key].norm.eps)
             else:
-                u = weight_layers(rows, torch.ones(1, device=lengths.device))
+                u = weight_layers(rows, torch.ones(1, device=P[next(iter(P))].device))
             if first is not None:
                 u = F.linear(u, P[first + "weight"][r], P[first + "bias"][r])
             x, m = pad_rows(u, lengths)
@@ -309,6 +337,9 @@ class StackedHead:
         R, B, Tq, Tk = x.shape[0], x.shape[1], x.shape[2], ctx.shape[2]
         split = lambda t, T: t.reshape(R, B, T, H, E // H).transpose(2, 3)  # noqa: E731  (R, B, H, T, hd)
         q, k, v = split(q, Tq), split(k, Tk), split(v, Tk)
+        if self.fused_attention if self.fused_attention is not None else x.device.type == "cuda":
+            out = self._fused(q, k, v, ctx_mask, q_axis, k_axis, s, mod.dropout if s.training else 0.0)
+            return linear(out.transpose(2, 3).reshape(R, B, Tq, E), P[p + "out_proj.weight"], P[p + "out_proj.bias"])
         scale = math.sqrt(1.0 / math.sqrt(E // H))
         attn = torch.matmul(q * scale, k.transpose(-2, -1) * scale)
         pad = key_padding(ctx_mask.reshape(R * B, Tk)).reshape(R, B, 1, 1, Tk)
@@ -316,6 +347,28 @@ class StackedHead:
         attn = dropout(attn, s, (s.b_axis(), None, q_axis, k_axis)) if s.training and mod.dropout else attn
         out = torch.matmul(attn, v).transpose(2, 3).reshape(R, B, Tq, E)
         return linear(out, P[p + "out_proj.weight"], P[p + "out_proj.bias"])
+
+    def _fused(self, q, k, v, ctx_mask, q_axis, k_axis, s: Step, p: float) -> torch.Tensor:
+        """Attention through ``scaled_dot_product_attention`` (a fused kernel on a GPU: the
+        (B, H, Tq, Tk) weights and their dropout masks are never held in memory): q (R, B, H, Tq,
+        hd), k, v (R, B, H, Tk, hd) → (R, B, H, Tq, hd). Without dropout one call for every run.
+        With dropout each run at its own shape (its batch, its longest sequences) with its own
+        generator as the kernel's random source, so its masks do not depend on its companions."""
+        R, B, H, Tq, hd = q.shape
+        keep = ~key_padding(ctx_mask.reshape(R * B, -1))   # True where a key takes part
+        if p == 0:
+            out = F.scaled_dot_product_attention(q.reshape(R * B, H, Tq, hd), k.reshape(R * B, H, -1, hd),
+                                                 v.reshape(R * B, H, -1, hd), attn_mask=keep[:, None, None, :])
+            return out.view(R, B, H, Tq, hd)
+        keep = keep.view(R, B, -1)
+        out = q.new_zeros(q.shape)
+        for r in range(R):
+            b, tq, tk = s.B[r], _own(q_axis, r), _own(k_axis, r)
+            qr, kr, vr = q[r, :b, :, :tq], k[r, :b, :, :tk], v[r, :b, :, :tk]
+            with _generator_as_default(s.gens[r], q.device):
+                out[r, :b, :, :tq] = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=keep[r, :b, None, None, :tk],
+                                                                    dropout_p=p)
+        return out
 
     def _block(self, P, p: str, x, ctx, ctx_mask, q_axis, k_axis, s: Step):
         """AttentionBlock, post-LN: LN(x + drop(attn)), LN(x + drop(ff))."""

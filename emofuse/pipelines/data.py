@@ -152,7 +152,8 @@ class TrainData:
 
     def batch(self, idx: np.ndarray, device: torch.device, norm: dict | None = None) -> dict:
         """Inputs for the heads: {key: (rows ``GatheredRows`` (N, L, D), lengths (B,))}. Rows held
-        on ``device`` are not copied at all; others are gathered (or read) and moved as stored."""
+        on ``device`` are not copied at all; others are gathered (or read) and moved as stored.
+        Lengths stay on the host: the heads pad from them without asking the device (``pad_rows``)."""
         out = {}
         for k, src in self.sources.items():
             lens = src.lengths[idx]
@@ -162,7 +163,7 @@ class TrainData:
                 table = to_device(src.all_rows(idx), device)
                 index = torch.arange(len(table), device=device)
             stats = norm[k].for_rows(np.repeat(idx, lens), device) if norm is not None and k in norm else {}
-            out[k] = (GatheredRows(table, index, **stats), to_device(torch.from_numpy(lens), device))
+            out[k] = (GatheredRows(table, index, **stats), torch.from_numpy(lens))   # lengths stay on the host
         return out
 
 

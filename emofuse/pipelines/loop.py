@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from ..devices import to_device
 from .data import TrainData
 from .metrics import scores
 
@@ -109,7 +110,7 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
             idx = order[k:k + cfg.batch_size]
             t0 = clock.mark()
             inputs = data.batch(idx, device, norm)
-            y = y_all[idx].to(device)
+            y = to_device(y_all[idx], device)   # pinned, asynchronous: no wait for the device
             t1 = clock.mark()
             opt.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(model(inputs), y)

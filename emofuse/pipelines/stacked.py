@@ -98,11 +98,12 @@ def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) ->
 def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
                   on_done: Callable[[Job, torch.nn.Module, list, int], None],
                   progress: Callable[[str], None] = lambda s: None, packed_first: bool | None = None,
-                  batched_encode: bool | None = None) -> None:
+                  batched_encode: bool | None = None, fused_attention: bool | None = None) -> None:
     """Train ``jobs`` together; as each run stops (patience or the last epoch), ``on_done(job,
     model at its best epoch, history, best epoch)`` receives it as ``train_one`` would return it.
     ``packed_first``: linear branches' first layer run by run on packed rows (default: on a CPU);
-    ``batched_encode``: every run's layer sum from one read of the held rows (default: on a GPU)."""
+    ``batched_encode``: every run's layer sum from one read of the held rows (default: on a GPU);
+    ``fused_attention``: attention through ``scaled_dot_product_attention`` (default: on a GPU)."""
     from .loop import BatchClock
 
     n_classes = len(data.classes)
@@ -119,7 +120,8 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
     template = copy.deepcopy(models[0]).to("meta")   # structure only (names, sizes, attention heads)
     head = StackedHead(template, cfg.fusion, cfg.head,
                        packed_first=device.type == "cpu" if packed_first is None else packed_first,
-                       batched_encode=device.type == "cuda" if batched_encode is None else batched_encode)
+                       batched_encode=device.type == "cuda" if batched_encode is None else batched_encode,
+                       fused_attention=fused_attention)
     params, _ = stack_module_state(models)
     models = [m.to("cpu") for m in models]   # the stack holds the weights now; a run's head returns at its end
     opt = StackedAdam(params, cfg.resolved_lr())
