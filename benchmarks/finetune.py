@@ -130,7 +130,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", choices=["tiny", "large"], default="tiny")
     ap.add_argument("--utterances", type=int, default=64, help="per timed epoch (global batches of 32)")
-    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=8, help="ours: utterances per forward pass at most")
+    ap.add_argument("--micro-batch-seconds", type=float, default=0.0,
+                    help="ours: padded audio seconds per forward pass at most (finetune --micro-batch-seconds; 0: off)")
+    ap.add_argument("--plain-micro-batch", type=int,
+                    help="the plain loop's batch (an optimizer step each; default: --micro-batch)")
     ap.add_argument("--max-seconds", type=float, default=20.0)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--pos-conv", choices=ft.POS_CONV, default="conv",
@@ -143,6 +147,7 @@ def main() -> None:
     ap.add_argument("--epochs-per-run", type=float, default=20.0,
                     help="assumed epochs per run (early stopping) for the extrapolation")
     args = ap.parse_args()
+    args.plain_micro_batch = args.plain_micro_batch or args.micro_batch
     device = torch.device(args.device)
     torch.manual_seed(0)
     w, b, wc = models(args.size)
@@ -158,12 +163,19 @@ def main() -> None:
     d = data(args.utterances + 32, args.max_seconds, b.config.vocab_size)
     warm, timed = np.arange(32), np.arange(32, 32 + args.utterances)
     cfg = ft.FinetuneConfig(store="", out="", audio_model="random", text_model="random", batch_size=32,
-                            micro_batch=args.micro_batch, bf16=args.bf16, device=args.device)
+                            micro_batch=args.micro_batch, micro_batch_seconds=args.micro_batch_seconds,
+                            bf16=args.bf16, device=args.device)
     params = [p for p in model.parameters() if p.requires_grad]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     res = {"device": machine + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
            "size": args.size, "parameters_trained": sum(p.numel() for p in params), "utterances": args.utterances,
-           "audio_s": float(d.seconds[timed].sum()), "micro_batch": args.micro_batch, "bf16": args.bf16,
+           "audio_s": float(d.seconds[timed].sum()), "micro_batch": args.micro_batch,
+           "micro_batch_seconds": args.micro_batch_seconds, "plain_micro_batch": args.plain_micro_batch,
+           "micro_batches_per_global_batch": float(np.mean([len(ft.micro_batches(timed[k:k + 32], d.seconds,
+                                                                                 args.micro_batch, True,
+                                                                                 args.micro_batch_seconds))
+                                                            for k in range(0, len(timed), 32)])),
+           "bf16": args.bf16,
            "grad_checkpointing": args.grad_checkpointing, "pos_conv": args.pos_conv}
 
     # matmul work per audio second (padding included), counted on one global batch
@@ -184,8 +196,8 @@ def main() -> None:
     def run_plain():
         model.train()
         order = np.random.default_rng(1).permutation(timed)
-        for k in range(0, len(order), args.micro_batch):
-            batch = ft.collate(d, order[k:k + args.micro_batch], device)
+        for k in range(0, len(order), args.plain_micro_batch):
+            batch = ft.collate(d, order[k:k + args.plain_micro_batch], device)
             loss = torch.nn.functional.cross_entropy(model(batch), batch["y"])
             loss.backward()
             opt.step()
@@ -195,7 +207,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if name == "plain":   # one warm-up step (the finetune step was warmed up by the FLOP count)
-            batch = ft.collate(d, warm[:args.micro_batch], device)
+            batch = ft.collate(d, warm[:args.plain_micro_batch], device)
             torch.nn.functional.cross_entropy(model(batch), batch["y"]).backward()
             opt.zero_grad(set_to_none=True)
         sync(device)
@@ -224,6 +236,8 @@ def main() -> None:
                iemocap_run_h=run_s / 3600, paper_cma_row_25_runs_h=25 * run_s / 3600)
     row = (f"| finetune (CMA joint, {args.size}) | {time.strftime('%Y-%m-%d')} | {res['device']} | "
            f"{args.utterances} utts, {res['audio_s']:.0f} s audio, micro-batch {args.micro_batch}"
+           f"{f' (≤ {args.micro_batch_seconds:g} padded s)' if args.micro_batch_seconds else ''}"
+           f"{f', plain {args.plain_micro_batch}' if args.plain_micro_batch != args.micro_batch else ''}"
            f"{', bf16' if args.bf16 else ''}{', positional conv as matmuls' if args.pos_conv == 'matmul' else ''} | "
            f"{res['finetune']['audio_s_per_s']:.2f} audio-s/s "
            f"({res['speedup_vs_plain']:.2f}x the plain loop's {res['plain']['audio_s_per_s']:.2f}) | "
@@ -231,7 +245,8 @@ def main() -> None:
            f"{100 * res['plain']['matmul_fraction']:.1f} %) | 25-run row ≈ {res['paper_cma_row_25_runs_h']:.1f} h (this model) at "
            f"{args.epochs_per_run:g} epochs/run | exact accumulation (tests) | peak "
            f"{res['finetune']['peak_memory_gb']:.2f} GB (plain {res['plain']['peak_memory_gb']:.2f}) |")
-    record("finetune" + ("-posconv-matmul" if args.pos_conv == "matmul" else ""), res, row, args.device)
+    record("finetune" + ("-posconv-matmul" if args.pos_conv == "matmul" else "") +
+           ("-budget" if args.micro_batch_seconds else ""), res, row, args.device)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@
 #             profiled, then again with the positional convolution as matmuls (--pos-conv matmul)
 #   extract   extract-embeddings on 30 min of audio vs the plain loop, and the store's commits vs
 #             the disk's plain write (serial, pipelined, and the code before pipelining)
-#   all       the three, one after the other (needs ~25 minutes)
+#   grid-ab   four grid rows, today's code vs the code before fused stacked attention and the
+#             sync-free padding (aa2d0bf, from .baseline/emofuse-aa2d0bf.tar: carry `.baseline`)
+#   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
+#   breakdown extraction stage by stage on an hour of audio, next to the disk's ceiling
+#   all       grid, finetune and extract, one after the other (needs ~25 minutes)
 # OUT (default $OUT, else ./gpu-out): where each stage's log and a tar of its result files go
 # (benchmarks/results/*.json and the rows it appended to BENCHMARKS.md).
 #
@@ -24,7 +28,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh grid|finetune|extract|all [OUT]}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|finetune|extract|all) ;; *) echo "unknown stage $stage: expected grid, finetune, extract or all" >&2; exit 2 ;; esac
+case $stage in grid|grid-ab|sync|finetune|extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, grid-ab, sync, finetune, extract, breakdown or all" >&2; exit 2 ;; esac
 mkdir -p "$out"
 
 if [ -d .whl ] && ! python3 -c "import soundfile, soxr, praatio" 2>/dev/null; then
@@ -63,13 +68,34 @@ run_grid() {
 }
 
 run_finetune() {
-  # the profile says where a step's time goes; the second run tries the suspect named there in
-  # BENCHMARKS.md (cuDNN's grouped positional convolution) computed as batched matmuls instead
-  step finetune.log 330 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 \
-    --micro-batch 8 --profile
-  step finetune-matmul.log 230 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 \
-    --micro-batch 8 --pos-conv matmul
+  # the 2026-11-24 profile: the device busy 15 % of a step, the host launching ~100k operators per
+  # global batch; fewer, larger passes (a padded-seconds cap instead of 8 utterances) against the
+  # plain loop's 8, profiled
+  step finetune.log 400 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 \
+    --micro-batch 32 --micro-batch-seconds 480 --plain-micro-batch 8 --pos-conv matmul --profile
   keep finetune
+}
+
+ROWS_AB="Frame, linear;Frame, transformer;Coattention F+P;Late F+P+S+W"
+run_grid_ab() {
+  local old=/tmp/emofuse-before
+  rm -rf "$old" && mkdir -p "$old" && tar -xf .baseline/emofuse-aa2d0bf.tar -C "$old"
+  step grid-before.log 270 python3 "$old/benchmarks/grid.py" --device cuda --scale 0.05 --epochs 2 --store /tmp/g.h5 \
+    --rows "$ROWS_AB"
+  cp "$old/benchmarks/results/grid-cuda.partial.json" "$out/grid-before.json" 2>/dev/null || true
+  step grid-after.log 270 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 2 --store /tmp/g.h5 \
+    --rows "$ROWS_AB"
+  cp benchmarks/results/grid-cuda.partial.json "$out/grid-after.json" 2>/dev/null || true
+}
+
+run_sync() {
+  step sync.log 300 python3 benchmarks/sync_check.py
+  cp benchmarks/results/sync-cuda.json "$out/" 2>/dev/null || true
+}
+
+run_breakdown() {
+  step breakdown.log 540 python3 benchmarks/extract_breakdown.py --seconds 3600 --device cuda --dtype float32 bfloat16
+  cp benchmarks/results/extract-breakdown-cuda.json "$out/" 2>/dev/null || true
 }
 
 run_extract() {
@@ -85,6 +111,9 @@ run_extract() {
 
 case $stage in
   grid) run_grid ;;
+  grid-ab) run_grid_ab ;;
+  sync) run_sync ;;
+  breakdown) run_breakdown ;;
   finetune) run_finetune ;;
   extract) run_extract ;;
   all) run_grid; run_finetune; run_extract ;;

@@ -129,6 +129,41 @@ def test_accumulated_micro_batches_equal_one_batch(setup):
         assert torch.allclose(out[0][1][k], out[1][1][k], atol=1e-5), k
 
 
+def test_micro_batches_under_a_padded_seconds_cap():
+    secs = np.array([1.0, 9.0, 2.0, 4.0, 3.0, 1.5, 30.0, 2.5])
+    idx = np.arange(8)
+    assert [m.tolist() for m in ft.micro_batches(idx, secs, 3)] == [[6, 1, 3], [4, 7, 2], [5, 0]]
+    got = ft.micro_batches(idx, secs, 4, max_seconds=10.0)
+    # longest first; each micro-batch's utterances × its longest ≤ 10 s, at most 4; 30 s goes alone
+    assert [m.tolist() for m in got] == [[6], [1], [3, 4], [7, 2, 5, 0]]
+    assert sorted(np.concatenate(got).tolist()) == idx.tolist()
+    for m in got:
+        assert len(m) == 1 or len(m) * secs[m].max() <= 10.0
+
+
+def test_a_padded_seconds_cap_accumulates_to_the_same_step_and_keys_only_when_set(setup):
+    """The cap changes how a global batch is cut, not what its step computes (text system: no
+    BatchNorm, dropout off); left at 0 it stays out of the run key (older keys stay valid)."""
+    cfg1 = _cfg(setup, system="text", dropout=0.0, micro_batch=4)
+    cfg2 = replace(cfg1, micro_batch_seconds=float(1e-3))   # every utterance alone
+    out = []
+    for cfg in (cfg1, cfg2):
+        enc, data, model = _model(cfg)
+        model.train()
+        model.text.eval()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        loss = ft.train_step(model, model, opt, data, np.array([0, 5, 9, 14]), cfg, torch.device("cpu"), 7)
+        logits = ft.predict(model, data, np.arange(8), cfg, torch.device("cpu"))
+        out.append((loss, {k: v.clone() for k, v in model.state_dict().items()}, logits))
+    assert abs(out[0][0] - out[1][0]) < 1e-5
+    for k in out[0][1]:
+        assert torch.allclose(out[0][1][k], out[1][1][k], atol=1e-5), k
+    np.testing.assert_allclose(out[0][2], out[1][2], atol=1e-5)
+    assert "micro_batch_seconds" not in cfg1.identity() and cfg2.identity()["micro_batch_seconds"] == 1e-3
+    with pytest.raises(EmofuseError, match="--micro-batch-seconds must be 0"):
+        replace(cfg1, micro_batch_seconds=-1.0)
+
+
 def test_overfits_32_utterances(setup):
     cfg = _cfg(setup, dropout=0.0, lr=5e-3, batch_size=32, micro_batch=32)
     enc, data, model = _model(cfg)

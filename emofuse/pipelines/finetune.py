@@ -88,6 +88,9 @@ class FinetuneConfig:
     patience: int = opt(PROTOCOL["patience"])
     batch_size: int = opt(PROTOCOL["batch_size"])   # the protocol's (effective) batch
     micro_batch: int = opt(8)                # utterances per forward pass (gradient accumulation up to batch_size)
+    micro_batch_seconds: float = opt(0.0, help="also cap a micro-batch's padded audio (utterances × the longest, in "
+                                               "seconds); with a large --micro-batch, short utterances go through "
+                                               "in few large passes and long ones in small ones (0: off)")
     lr: float = opt(CMA["lr"])
     lr_factor: float = opt(PLATEAU["factor"])
     lr_patience: int = opt(PLATEAU["patience"])
@@ -123,6 +126,9 @@ class FinetuneConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise EmofuseError(f"--{name.replace('_', '-')} must be a positive integer, found {v!r}")
+        if not self.micro_batch_seconds >= 0:
+            raise EmofuseError(f"--micro-batch-seconds must be 0 (off) or a positive number of seconds, found "
+                               f"{self.micro_batch_seconds!r}")
         if self.micro_batch > self.batch_size:
             raise EmofuseError(f"--micro-batch ({self.micro_batch}) cannot exceed --batch-size ({self.batch_size})")
         if not 0 < self.val_fraction < 1:
@@ -151,8 +157,9 @@ class FinetuneConfig:
 
     def identity(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
-        if d["pos_conv"] == "conv":
-            del d["pos_conv"]   # the default is not written: run keys from before the option stay valid
+        for name, default in (("pos_conv", "conv"), ("micro_batch_seconds", 0.0)):
+            if d[name] == default:
+                del d[name]   # defaults are not written: run keys from before the option stay valid
         d["folds"] = list(self.folds) if self.folds else None
         if self.system == "audio":
             d["text_model"] = None
@@ -440,12 +447,24 @@ def collate(data: FinetuneData, idx: np.ndarray, device: torch.device, pad_token
     return out
 
 
-def micro_batches(idx: np.ndarray, seconds: np.ndarray, size: int, group: bool = True) -> list[np.ndarray]:
+def micro_batches(idx: np.ndarray, seconds: np.ndarray, size: int, group: bool = True,
+                  max_seconds: float = 0.0) -> list[np.ndarray]:
     """Cut a global batch into micro-batches of at most ``size``; ``group``: sorted by length
-    first (longest first), so each micro-batch pads to a similar length."""
+    first (longest first), so each micro-batch pads to a similar length. ``max_seconds`` > 0 also
+    caps each micro-batch's padded audio (its utterances × its longest): a micro-batch of short
+    utterances holds more of them, one utterance longer than the cap goes alone."""
     if group:
         idx = idx[np.argsort(-seconds[idx], kind="stable")]
-    return [idx[k:k + size] for k in range(0, len(idx), size)]
+    if max_seconds <= 0:
+        return [idx[k:k + size] for k in range(0, len(idx), size)]
+    out, k = [], 0
+    while k < len(idx):
+        n = 1
+        while k + n < len(idx) and n < size and (n + 1) * max(seconds[idx[k:k + n + 1]]) <= max_seconds:
+            n += 1
+        out.append(idx[k:k + n])
+        k += n
+    return out
 
 
 # -- BatchNorm statistics per global step ----------------------------------------------------------
@@ -518,9 +537,11 @@ class Timer:
 
 
 def _oom(cfg: FinetuneConfig, n: int, e: Exception) -> EmofuseError:
-    return EmofuseError(f"the device ran out of memory on a micro-batch of {n} utterances; lower --micro-batch "
-                        f"(now {cfg.micro_batch}; the effective batch stays --batch-size {cfg.batch_size} through "
-                        f"gradient accumulation) or add --grad-checkpointing / --bf16; finished folds and the last "
+    lower = (f"lower --micro-batch-seconds (now {cfg.micro_batch_seconds:g}) or --micro-batch (now {cfg.micro_batch})"
+             if cfg.micro_batch_seconds > 0 else f"lower --micro-batch (now {cfg.micro_batch})")
+    return EmofuseError(f"the device ran out of memory on a micro-batch of {n} utterances; {lower} (the effective "
+                        f"batch stays --batch-size {cfg.batch_size} through gradient accumulation) or add "
+                        f"--grad-checkpointing / --bf16; finished folds and the last "
                         f"epoch's checkpoint are kept, run the same command again to resume")
 
 
@@ -531,7 +552,7 @@ def train_step(model: FinetuneModel, wrapped: nn.Module, opt, data: FinetuneData
     float64 tensor on the device. Nothing here waits for the device (no ``.item()``, no copy to
     the host): the loss sum and the BatchNorm statistics stay on the device, and the caller reads
     the losses once per epoch."""
-    micro = micro_batches(idx, data.seconds, cfg.micro_batch, group)
+    micro = micro_batches(idx, data.seconds, cfg.micro_batch, group, cfg.micro_batch_seconds)
     mine = [(i, m) for i, m in enumerate(micro) if i % world == rank]
     idle = not mine
     if idle:    # this process still takes part in the gradient all-reduce, with a zero loss
@@ -574,14 +595,13 @@ def predict(model: nn.Module, data: FinetuneData, idx: np.ndarray, cfg: Finetune
     """Logits (len(idx), C) in eval mode; processes share the micro-batches and sum the results."""
     model.eval()
     out = torch.zeros(len(idx), len(data.classes), dtype=torch.float32, device=device)
-    order = np.argsort(-data.seconds[idx], kind="stable")
-    for i, k in enumerate(range(0, len(order), cfg.micro_batch)):
+    parts = micro_batches(np.arange(len(idx)), data.seconds[idx], cfg.micro_batch, True, cfg.micro_batch_seconds)
+    for i, pos in enumerate(parts):
         if i % world != rank:
             continue
-        pos = order[k:k + cfg.micro_batch]
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                out[torch.from_numpy(pos).to(device)] = model(collate(data, idx[pos], device, pad_token)).float()
+                out[to_device(torch.from_numpy(pos), device)] = model(collate(data, idx[pos], device, pad_token)).float()
         except torch.OutOfMemoryError as e:
             raise _oom(cfg, len(pos), e) from None
     return _all_sum(out, world).cpu().numpy()
