@@ -129,6 +129,28 @@ def test_fused_attention_a_run_does_not_depend_on_its_companions(store, tmp_path
     _same_run(crowd[(2, "3")], alone[(2, "3")], data, "3")
 
 
+def test_a_stacked_group_out_of_memory_is_one_sentence_and_keeps_finished_runs(store, tmp_path, monkeypatch):
+    import emofuse.pipelines.train as train_mod
+    from emofuse.errors import EmofuseError
+
+    kw = dict(store=store, fusion="late", granularity="F", epochs=2, patience=2, repeats=1, folds=("2", "3", "4", "5"),
+              device="cpu", out=str(tmp_path), runs_at_once=2)
+    real = train_mod.train_stacked
+    calls = []
+
+    def second_group_runs_out(cfg, data, jobs, *a, **k):
+        calls.append(len(jobs))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.80 GiB")
+        return real(cfg, data, jobs, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_stacked", second_group_runs_out)
+    with pytest.raises(EmofuseError, match=r"ran out of memory training 2 runs stacked; pass --runs-at-once 1 .*"
+                                           r"the 2 finished runs are kept"):
+        run_train(TrainConfig(**kw))
+    assert sorted(os.listdir(tmp_path / "runs")) == ["r0_s2", "r0_s3"]
+
+
 def test_run_directory_the_same_files_and_resumed(store, tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO, "emofuse")
     kw = dict(store=store, fusion="late", granularity="F+T", epochs=3, patience=2, repeats=2, folds=("2", "3"),

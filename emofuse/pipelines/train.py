@@ -370,8 +370,14 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
                 bar.update(1)
 
             for group in groups:
-                train_stacked(cfg, data, [job_of(*k) for k in group], device, timer, finish,
-                              lambda s, n=len(group): bar.set_postfix_str(f"{n} runs stacked, {s}"))
+                try:
+                    train_stacked(cfg, data, [job_of(*k) for k in group], device, timer, finish,
+                                  lambda s, n=len(group): bar.set_postfix_str(f"{n} runs stacked, {s}"))
+                except torch.OutOfMemoryError:
+                    raise EmofuseError(
+                        f"{cfg.out}: the device ran out of memory training {len(group)} runs stacked; pass "
+                        f"--runs-at-once {max(1, len(group) // 2)} (fewer runs at a time; 1 trains one at a time) "
+                        f"and run the same command again: the {len(done)} finished runs are kept") from None
             for r, session in (pending if at_once <= 1 else []):
                 job = job_of(r, session)
                 bar.set_postfix_str(f"repeat {r} fold {session}")
