@@ -5,7 +5,8 @@ folds, trained one run at a time (``--runs-at-once 1``, the path before stacking
 row's runs stacked (``--runs-at-once 0``) side by side, alternated row by row in one process;
 per row and path the seconds per run-epoch and the peak GPU memory, the ratio, and the whole grid
 extrapolated to the protocol's 25 runs per row at ``--grid-epochs`` epochs per run and to
-IEMOCAP's 5,531 utterances (stacked: the row's 25 runs in one pass, so its per-run-epoch time
+IEMOCAP's 5,531 utterances, and per row how far a run-epoch is from its memory-read limit (one
+read of the row's held training and validation rows at the device's measured memory bandwidth) (stacked: the row's 25 runs in one pass, so its per-run-epoch time
 measured with fewer runs is an upper bound there).
 
 Store: 13 layers × 768 audio (frames 50/s, phone/syllable/word segments) and text (4-24 tokens),
@@ -42,6 +43,24 @@ from common import record  # noqa: E402
 IEMOCAP = 5531
 
 
+def memory_bandwidth(device: torch.device) -> float:
+    """Bytes per second the device's memory moves (read + write) in one large copy, best of 5."""
+    n = (1 << 30) if device.type == "cuda" else (256 << 20)
+    x = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        y.copy_(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    del x, y
+    return 2 * n / best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default="paper-multilevel")
@@ -76,6 +95,8 @@ def main() -> None:
                                  seed=0)
         t_store = time.perf_counter() - t0
         paths = [p.strip() for p in args.paths.split(",")]
+        bandwidth = memory_bandwidth(device)
+        print(f"memory bandwidth (one large copy, read + write): {bandwidth / 1e9:.0f} GB/s", flush=True)
         at_once = {"per-run": 1, "stacked": 0}
         out, total_full = [], {p: 0.0 for p in paths}
         # one untimed run of each path first: the process's one-time costs (CUDA context, kernels
@@ -112,8 +133,13 @@ def main() -> None:
                     if path_name not in best or per_epoch < best[path_name][0]:
                         best[path_name] = (per_epoch, s, train_wall,
                                            torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None)
+            # the row's memory-read limit per run-epoch: one read of its held rows (the training and
+            # validation utterances, 80 % of them) at the device's memory bandwidth
+            read_limit = 0.8 * s["data"]["bytes"] / bandwidth
+            entry.update(bytes_held=s["data"]["bytes"], read_limit_s_per_run_epoch=round(read_limit, 6))
             for path_name in paths:
                 per_epoch, s, train_wall, peak = best[path_name]
+                entry[f"{path_name}_x_read_limit"] = round(per_epoch / read_limit, 1)
                 full = per_epoch * IEMOCAP / n_utts
                 grid = full * args.grid_epochs * 25
                 total_full[path_name] += grid
@@ -125,7 +151,8 @@ def main() -> None:
                               f"{path_name}_compute_share": round(s["time"]["compute_s"] / max(train_wall, 1e-9), 3),
                               "load_s": round(s["time"]["load_s"], 2)})
                 print(f"{label:<28} {path_name:<8} {per_epoch:8.3f} s/run-epoch   full scale {full:7.2f} s   "
-                      f"25 runs × {args.grid_epochs} epochs {grid / 60:7.1f} min", flush=True)
+                      f"25 runs × {args.grid_epochs} epochs {grid / 60:7.1f} min   "
+                      f"{per_epoch / read_limit:8.1f}x its memory-read limit", flush=True)
             if len(paths) == 2:
                 entry["speedup"] = round(entry["per-run_s_per_run_epoch"] / entry["stacked_s_per_run_epoch"], 2)
                 print(f"{label:<28} stacked is {entry['speedup']:.2f}x the per-run path", flush=True)
@@ -142,7 +169,7 @@ def main() -> None:
            "epochs_timed": args.epochs, "grid_epochs_assumed": args.grid_epochs, "device": str(device), "gpu": gpu,
            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, torch "
                       f"{torch.__version__}, {torch.get_num_threads()} threads" + (f", {gpu}" if gpu else ""),
-           "store_build_s": round(t_store, 1), "rows": out,
+           "store_build_s": round(t_store, 1), "memory_bandwidth_gb_s": round(bandwidth / 1e9, 1), "rows": out,
            "grid_wall_full_scale_h": {p: round(t / 3600, 2) for p, t in total_full.items()}}
     if len(paths) == 2:
         res["grid_speedup"] = round(total_full["per-run"] / total_full["stacked"], 2)
