@@ -90,7 +90,7 @@ run_grid_ab() {
 
 run_sync() {
   step sync.log 300 python3 benchmarks/sync_check.py
-  cp benchmarks/results/sync-cuda.json "$out/" 2>/dev/null || true
+  cp benchmarks/results/sync-*.json "$out/" 2>/dev/null || true
 }
 
 run_breakdown() {
