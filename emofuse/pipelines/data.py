@@ -174,11 +174,16 @@ class Normaliser:
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, group_of_utt: np.ndarray | None):
         self.mean, self.std, self.group = mean, std, group_of_utt   # (G, L, D) each
+        self._on: dict = {}   # device → (mean, std) there: copied once, not once per batch
 
     def for_rows(self, utt_of_row: np.ndarray, device) -> dict:
         """``GatheredRows`` arguments that standardise rows of these utterances."""
         group = None if self.group is None else to_device(torch.from_numpy(self.group[utt_of_row]), device)
-        return {"mean": to_device(self.mean, device), "std": to_device(self.std, device), "group": group}
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = (to_device(self.mean, device), to_device(self.std, device))
+        mean, std = self._on[key]
+        return {"mean": mean, "std": std, "group": group}
 
 
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
