@@ -141,6 +141,9 @@ def main() -> None:
                     help="wav2vec2's positional convolution in both loops: cuDNN's grouped convolution, or "
                          "unfolded into batched products (finetune --pos-conv)")
     ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile each transformer block, in both loops (finetune --compile); the compile "
+                         "happens in the untimed warm-up")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one global batch (torch.profiler): the top operators by self time on the "
                          "device (CPU when no GPU), written to benchmarks/results/finetune-profile[-cuda].txt")
@@ -176,7 +179,7 @@ def main() -> None:
                                                                                  args.micro_batch_seconds))
                                                             for k in range(0, len(timed), 32)])),
            "bf16": args.bf16,
-           "grad_checkpointing": args.grad_checkpointing, "pos_conv": args.pos_conv}
+           "grad_checkpointing": args.grad_checkpointing, "pos_conv": args.pos_conv, "compile": args.compile}
 
     # matmul work per audio second (padding included), counted on one global batch
     from torch.utils.flop_counter import FlopCounterMode
@@ -185,6 +188,17 @@ def main() -> None:
     with FlopCounterMode(display=False) as fc:
         ft.train_step(model, model, opt, d, warm, cfg, device, 0)
     flops_per_s = fc.get_total_flops() / float(d.seconds[warm].sum())
+    if args.compile:   # after the count (compiled kernels are not counted); compiled here, untimed: the
+        # first call compiles for its shapes, the second for any length (dynamic)
+        ft.compile_blocks(w, b)
+        t = time.perf_counter()
+        for part in (warm[:16], warm[16:]):
+            ft.train_step(model, model, opt, d, part, cfg, device, 0)
+        for part in (warm[:8], warm[8:]):   # and evaluation's graphs (eval mode: no dropout)
+            ft.predict(model, d, part, cfg, device)
+        model.train()
+        sync(device)
+        res["compile_warmup_s"] = time.perf_counter() - t
     peak = peak_rate(device, torch.bfloat16 if (device.type == "cuda") else torch.float32)
     res.update(matmul_flops_per_audio_s=flops_per_s, device_matmul_rate=peak)
 
@@ -236,6 +250,7 @@ def main() -> None:
                iemocap_run_h=run_s / 3600, paper_cma_row_25_runs_h=25 * run_s / 3600)
     row = (f"| finetune (CMA joint, {args.size}) | {time.strftime('%Y-%m-%d')} | {res['device']} | "
            f"{args.utterances} utts, {res['audio_s']:.0f} s audio, micro-batch {args.micro_batch}"
+           f"{', compiled blocks' if args.compile else ''}"
            f"{f' (≤ {args.micro_batch_seconds:g} padded s)' if args.micro_batch_seconds else ''}"
            f"{f', plain {args.plain_micro_batch}' if args.plain_micro_batch != args.micro_batch else ''}"
            f"{', bf16' if args.bf16 else ''}{', positional conv as matmuls' if args.pos_conv == 'matmul' else ''} | "
@@ -246,7 +261,8 @@ def main() -> None:
            f"{args.epochs_per_run:g} epochs/run | exact accumulation (tests) | peak "
            f"{res['finetune']['peak_memory_gb']:.2f} GB (plain {res['plain']['peak_memory_gb']:.2f}) |")
     record("finetune" + ("-posconv-matmul" if args.pos_conv == "matmul" else "") +
-           ("-budget" if args.micro_batch_seconds else ""), res, row, args.device)
+           ("-budget" if args.micro_batch_seconds else "") + ("-compile" if args.compile else ""), res, row,
+           args.device)
 
 
 if __name__ == "__main__":

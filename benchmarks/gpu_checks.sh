@@ -13,6 +13,7 @@
 #   grid-ab   four grid rows, today's code vs the code before fused stacked attention and the
 #             sync-free padding (aa2d0bf, from .baseline/emofuse-aa2d0bf.tar: carry `.baseline`)
 #   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
+#   finetune-compile  the finetune stage's run with every transformer block compiled (--compile)
 #   breakdown extraction stage by stage on an hour of audio, next to the disk's ceiling
 #   all       grid, finetune and extract, one after the other (needs ~25 minutes)
 # OUT (default $OUT, else ./gpu-out): where each stage's log and a tar of its result files go
@@ -28,8 +29,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh grid|finetune|extract|all [OUT]}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|grid-ab|sync|finetune|extract|breakdown|all) ;;
-  *) echo "unknown stage $stage: expected grid, grid-ab, sync, finetune, extract, breakdown or all" >&2; exit 2 ;; esac
+case $stage in grid|grid-ab|sync|finetune|finetune-compile|extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, grid-ab, sync, finetune, finetune-compile, extract, breakdown or all" >&2
+     exit 2 ;; esac
 mkdir -p "$out"
 
 if [ -d .whl ] && ! python3 -c "import soundfile, soxr, praatio" 2>/dev/null; then
@@ -76,6 +78,14 @@ run_finetune() {
   keep finetune
 }
 
+run_finetune_compile() {
+  # the same with every transformer block compiled (torch.compile, finetune --compile); a step of
+  # a larger length compiles again in the warm-up only when dynamo sees a new shape class
+  step finetune-compile.log 560 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 \
+    --micro-batch 32 --micro-batch-seconds 480 --plain-micro-batch 8 --pos-conv matmul --compile
+  cp benchmarks/results/finetune-*compile*.json "$out/" 2>/dev/null || true
+}
+
 ROWS_AB="Frame, linear;Frame, transformer;Coattention F+P;Late F+P+S+W"
 run_grid_ab() {
   local old=/tmp/emofuse-before
@@ -115,6 +125,7 @@ case $stage in
   sync) run_sync ;;
   breakdown) run_breakdown ;;
   finetune) run_finetune ;;
+  finetune-compile) run_finetune_compile ;;
   extract) run_extract ;;
   all) run_grid; run_finetune; run_extract ;;
 esac

@@ -61,7 +61,7 @@ TRAINING_OPTIONS = ("off", "checkpoint")
 POS_CONV = ("conv", "matmul")
 CMA = HEAD_DEFAULTS["cma"]   # the head's sizes and learning rate (heads/options.py)
 #: fields that do not change what is computed (left out of the run key)
-NOT_IN_KEY = ("store", "out", "root", "device", "grad_checkpointing", "save_encoders")
+NOT_IN_KEY = ("store", "out", "root", "device", "grad_checkpointing", "save_encoders", "compile")
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -103,6 +103,9 @@ class FinetuneConfig:
     max_audio_s: float = opt(60.0)           # longer utterances are refused (never cut silently)
     bf16: bool = opt(False, help="bfloat16 autocast (GPU)")
     grad_checkpointing: bool = opt(False, help="recompute encoder activations (GPU memory)")
+    compile: bool = opt(False, help="torch.compile each transformer block of the encoders (a GPU: fewer, fused "
+                                    "kernels for a host that cannot launch them fast enough; the first steps compile "
+                                    "for a minute or two; the same values to float rounding)")
     pos_conv: str = opt("conv", choices=POS_CONV,
                         help="how wav2vec2's positional convolution (kernel 128, 16 groups) is computed: conv "
                              "(cuDNN's grouped convolution) or matmul (unfolded into batched matrix products: "
@@ -297,6 +300,26 @@ def _not_a_model(kind: str, spec: str, e: Exception) -> EmofuseError:
                         f"weights; {str(e).splitlines()[0][:160]})")
 
 
+def compile_blocks(*models: nn.Module | None, backend: str = "inductor") -> int:
+    """``torch.compile`` every transformer block of these encoders in place (``Module.compile``:
+    the parameters and their names stay as they are, so checkpoints, freezing and DDP see the same
+    model). Blocks, not whole models: a block compiles once for every sequence length
+    (``dynamic=True``), where wav2vec2's front end (its convolution lengths) does not. Returns
+    how many blocks."""
+    n = 0
+    for m in models:
+        if m is None:
+            continue
+        enc = getattr(m, "encoder", None)
+        blocks = getattr(enc, "layers", None) or getattr(enc, "layer", None)
+        if blocks is None:
+            raise EmofuseError(f"--compile: {type(m).__name__} has no encoder.layers / encoder.layer blocks to compile")
+        for block in blocks:
+            block.compile(dynamic=True, backend=backend)
+            n += 1
+    return n
+
+
 class Encoders:
     """The trainable encoders of a configuration, loaded with their training-time options set."""
 
@@ -354,6 +377,8 @@ class Encoders:
             if pooler is not None:
                 pooler.requires_grad_(False)   # unused: the head reads the output tokens
         self._freeze(cfg)
+        if cfg.compile:
+            compile_blocks(self.audio, self.text)
 
     def _freeze(self, cfg: FinetuneConfig) -> None:
         f = cfg.frozen()
