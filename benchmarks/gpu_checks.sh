@@ -10,8 +10,9 @@
 #             profiled, then again with the positional convolution as matmuls (--pos-conv matmul)
 #   extract   extract-embeddings on 30 min of audio vs the plain loop, and the store's commits vs
 #             the disk's plain write (serial, pipelined, and the code before pipelining)
-#   grid-ab   four grid rows, today's code vs the code before fused stacked attention and the
-#             sync-free padding (aa2d0bf, from .baseline/emofuse-aa2d0bf.tar: carry `.baseline`)
+#   grid-before, grid-after  four grid rows, one process each: the code before fused stacked
+#             attention and the sync-free padding (aa2d0bf, from .baseline/emofuse-aa2d0bf.tar:
+#             carry `.baseline`), then today's, on the same store (one device call each)
 #   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
 #   finetune-compile  the finetune stage's run with every transformer block compiled (--compile)
 #   breakdown extraction stage by stage on an hour of audio, next to the disk's ceiling
@@ -29,8 +30,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh grid|finetune|extract|all [OUT]}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|grid-ab|sync|finetune|finetune-compile|extract|breakdown|all) ;;
-  *) echo "unknown stage $stage: expected grid, grid-ab, sync, finetune, finetune-compile, extract, breakdown or all" >&2
+case $stage in grid|grid-before|grid-after|sync|finetune|finetune-compile|extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, sync, finetune, finetune-compile, extract," \
+       "breakdown or all" >&2
      exit 2 ;; esac
 mkdir -p "$out"
 
@@ -86,16 +88,26 @@ run_finetune_compile() {
   cp benchmarks/results/finetune-*compile*.json "$out/" 2>/dev/null || true
 }
 
-ROWS_AB="Frame, linear;Frame, transformer;Coattention F+P;Late F+P+S+W"
-run_grid_ab() {
+ROWS_AB=("Frame, linear" "Frame, transformer" "Coattention F+P" "Late F+P+S+W")
+grid_rows() {  # grid_rows TREE NAME: each row in its own process (a row that fails, e.g. out of
+               # memory, leaves the others measured), on one shared store built beforehand
+  local tree=$1 name=$2 i=0
+  python3 -c "from emofuse.testing.synthetic import make_synthetic_store as m; import os
+if not os.path.exists('/tmp/g.h5'): m('/tmp/g.h5.part', per_class=14, layers=13, dim=768, planted_layer=7, strength=0.3, seed=0); os.replace('/tmp/g.h5.part', '/tmp/g.h5')"
+  for row in "${ROWS_AB[@]}"; do
+    i=$((i + 1))
+    step "grid-$name-$i.log" 130 python3 "$tree/benchmarks/grid.py" --device cuda --scale 0.05 --epochs 2 \
+      --store /tmp/g.h5 --rows "$row"
+  done
+  grep -h "stacked is\|s/run-epoch  " "$out"/grid-"$name"-*.log > "$out/grid-$name.txt" || true
+}
+run_grid_before() {  # the code before this session's GPU changes (aa2d0bf)
   local old=/tmp/emofuse-before
   rm -rf "$old" && mkdir -p "$old" && tar -xf .baseline/emofuse-aa2d0bf.tar -C "$old"
-  step grid-before.log 270 python3 "$old/benchmarks/grid.py" --device cuda --scale 0.05 --epochs 2 --store /tmp/g.h5 \
-    --rows "$ROWS_AB"
-  cp "$old/benchmarks/results/grid-cuda.partial.json" "$out/grid-before.json" 2>/dev/null || true
-  step grid-after.log 270 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 2 --store /tmp/g.h5 \
-    --rows "$ROWS_AB"
-  cp benchmarks/results/grid-cuda.partial.json "$out/grid-after.json" 2>/dev/null || true
+  grid_rows "$old" before
+}
+run_grid_after() {
+  grid_rows "$PWD" after
 }
 
 run_sync() {
@@ -121,7 +133,8 @@ run_extract() {
 
 case $stage in
   grid) run_grid ;;
-  grid-ab) run_grid_ab ;;
+  grid-before) run_grid_before ;;
+  grid-after) run_grid_after ;;
   sync) run_sync ;;
   breakdown) run_breakdown ;;
   finetune) run_finetune ;;

@@ -37,7 +37,7 @@ def pad_rows(rows: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, t
     B = len(lengths)
     T = max(1, int(lengths.max().item()) if B else 1)
     if lengths.device.type == "cpu":
-        lens = lengths.numpy()
+        lens = lengths.numpy().astype(np.int64)
         dest = np.repeat(np.arange(B) * T - np.cumsum(lens) + lens, lens) + np.arange(n)
         mask = to_device(lengths_to_mask(lengths, T), rows.device)
         flat = rows.new_zeros((B * T,) + tuple(rows.shape[1:]))

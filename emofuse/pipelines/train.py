@@ -376,7 +376,7 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
                 except torch.OutOfMemoryError:
                     raise EmofuseError(
                         f"{cfg.out}: the device ran out of memory training {len(group)} runs stacked; pass "
-                        f"--runs-at-once {max(1, len(group) // 2)} (fewer runs at a time; 1 trains one at a time) "
+                        f"--runs-at-once {max(1, at_once // 2)} (fewer runs at a time; 1 trains one at a time) "
                         f"and run the same command again: the {len(done)} finished runs are kept") from None
             for r, session in (pending if at_once <= 1 else []):
                 job = job_of(r, session)
