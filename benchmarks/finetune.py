@@ -91,6 +91,23 @@ def peak_rate(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
+def count_ops(fn) -> int:
+    """Operators dispatched by ``fn()`` (each one a kernel launch or more on a GPU, and the host's
+    cost per launch): counted below autograd, so the backward pass's operators count too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -188,6 +205,18 @@ def main() -> None:
     with FlopCounterMode(display=False) as fc:
         ft.train_step(model, model, opt, d, warm, cfg, device, 0)
     flops_per_s = fc.get_total_flops() / float(d.seconds[warm].sum())
+    # the host's work: operators per audio second, ours (its micro-batches) vs the plain loop's batches
+    ours_ops = count_ops(lambda: ft.train_step(model, model, opt, d, warm, cfg, device, 0))
+    plain_ops = 0
+    for k in range(0, len(warm), args.plain_micro_batch):
+        def plain_step(idx=warm[k:k + args.plain_micro_batch]):
+            batch = ft.collate(d, idx, device)
+            torch.nn.functional.cross_entropy(model(batch), batch["y"]).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        plain_ops += count_ops(plain_step)
+    warm_s = float(d.seconds[warm].sum())
+    res.update(operators_per_audio_s={"finetune": ours_ops / warm_s, "plain": plain_ops / warm_s})
     if args.compile:   # after the count (compiled kernels are not counted); compiled here, untimed: the
         # first call compiles for its shapes, the second for any length (dynamic)
         ft.compile_blocks(w, b)
