@@ -235,8 +235,9 @@ class TrainedModel:
             chunks = []
             with torch.no_grad():
                 for a in range(0, len(idx), batch):
-                    chunks.append(head(data.batch(idx[a:a + batch], device, norm)).float().cpu())
-            out.append(torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), np.float32))
+                    chunks.append(head(data.batch(idx[a:a + batch], device, norm)).float())
+            # to the host once per member, not once per chunk (each copy would wait for the device)
+            out.append(torch.cat(chunks).cpu().numpy() if chunks else np.zeros((0, len(self.classes)), np.float32))
         return np.stack(out)
 
     @staticmethod
