@@ -368,6 +368,23 @@ def test_ablate_runs_the_three_fine_tuned_rows_of_paper_cma(setup, tmp_path):
     assert set(df["published"].dropna()) >= {74.71, 60.01, 71.01}
 
 
+def test_ablate_passes_how_options_to_fine_tuned_rows_without_changing_their_keys(setup, tmp_path, monkeypatch):
+    """ablate --grad-checkpointing / --compile reach the fine-tuned rows' configurations and leave
+    their run keys (the row folders) as they are: they change how, not what, is computed."""
+    from emofuse.pipelines.ablate import AblateConfig, run_ablate
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 1, folds: ['1'], batch_size: 8, "
+                    "proj: 16}\ntables:\n  - name: x\n    rows:\n      - {label: text, finetune: true, system: text}\n")
+    seen = []
+    monkeypatch.setattr(ft, "run_finetune", lambda c: seen.append(c))
+    base = AblateConfig(store=setup["store"], spec=str(spec), out=str(tmp_path / "g"), device="cpu", finetune=True,
+                        text_model=setup["bert"])
+    run_ablate(base)
+    run_ablate(replace(base, grad_checkpointing=True, compile=True))
+    assert [(c.grad_checkpointing, c.compile) for c in seen] == [(False, False), (True, True)]
+    assert seen[0].out == seen[1].out
+
+
 def test_new_weights_under_the_same_folder_are_another_run(setup, tmp_path, caplog):
     """Before: a run was keyed by the checkpoint's name, so new weights saved under the same folder
     got the old folds back as their results, from finetune and from ablate alike."""

@@ -63,6 +63,10 @@ class AblateConfig:
                                       "(finetune --root)")
     finetune: bool = opt(False, help="also run the spec's fine-tuned rows (finetune: true; GPU hours each); without "
                                      "it they are left out of the tables")
+    grad_checkpointing: bool = opt(False, help="fine-tuned rows: recompute encoder activations (finetune "
+                                               "--grad-checkpointing; not part of a row's key)")
+    compile: bool = opt(False, help="fine-tuned rows: torch.compile each transformer block (finetune --compile; not "
+                                    "part of a row's key)")
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # train-head's, for every row
     executor: str = opt("local", choices=EXECUTORS,
                         help="local: this machine (--jobs processes); submitit: one cluster job per set of rows "
@@ -367,8 +371,9 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
                     fps = {"corpus": fs.corpus_fingerprint, "checkpoints": "not available"}
                 key = run_key(c.identity(), fps)
                 key_of[label] = key
-                train_cfgs[key] = ft.ablate_config(cfg.store, os.path.join(runs_dir, key), defaults, row, cfg.device,
-                                                   cfg.audio_model, cfg.text_model, cfg.root)
+                train_cfgs[key] = replace(ft.ablate_config(cfg.store, os.path.join(runs_dir, key), defaults, row,
+                                                           cfg.device, cfg.audio_model, cfg.text_model, cfg.root),
+                                          grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
                 continue
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
             if "folds" in params and params["folds"] is not None:
