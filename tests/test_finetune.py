@@ -160,6 +160,11 @@ def test_a_padded_seconds_cap_accumulates_to_the_same_step_and_keys_only_when_se
         assert torch.allclose(out[0][1][k], out[1][1][k], atol=1e-5), k
     np.testing.assert_allclose(out[0][2], out[1][2], atol=1e-5)
     assert "micro_batch_seconds" not in cfg1.identity() and cfg2.identity()["micro_batch_seconds"] == 1e-3
+    # an integer from a spec keys as the same number from the command line
+    from emofuse.pipelines.ablate import run_key
+    assert (run_key(replace(cfg1, micro_batch_seconds=480).identity(), {}) ==
+            run_key(replace(cfg1, micro_batch_seconds=480.0).identity(), {}))
+    assert isinstance(replace(cfg1, micro_batch_seconds=480).micro_batch_seconds, float)
     with pytest.raises(EmofuseError, match="--micro-batch-seconds must be 0"):
         replace(cfg1, micro_batch_seconds=-1.0)
 

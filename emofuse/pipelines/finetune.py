@@ -129,9 +129,12 @@ class FinetuneConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise EmofuseError(f"--{name.replace('_', '-')} must be a positive integer, found {v!r}")
-        if not self.micro_batch_seconds >= 0:
+        if (isinstance(self.micro_batch_seconds, bool) or not isinstance(self.micro_batch_seconds, (int, float))
+                or not self.micro_batch_seconds >= 0):
             raise EmofuseError(f"--micro-batch-seconds must be 0 (off) or a positive number of seconds, found "
                                f"{self.micro_batch_seconds!r}")
+        # one value, one key: 480 from a spec and 480.0 from the command line are the same configuration
+        object.__setattr__(self, "micro_batch_seconds", float(self.micro_batch_seconds))
         if self.micro_batch > self.batch_size:
             raise EmofuseError(f"--micro-batch ({self.micro_batch}) cannot exceed --batch-size ({self.batch_size})")
         if not 0 < self.val_fraction < 1:
