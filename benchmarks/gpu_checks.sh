@@ -6,8 +6,8 @@
 #
 # STAGE (in priority order):
 #   grid      the paper-multilevel grid, one run at a time vs stacked (train-head --runs-at-once)
-#   finetune  joint fine-tuning throughput: wav2vec2-large + BERT-base sized, bf16, vs a plain loop;
-#             profiled, then again with the positional convolution as matmuls (--pos-conv matmul)
+#   finetune  joint fine-tuning throughput: wav2vec2-large + BERT-base sized, bf16, micro-batches
+#             capped at 480 padded seconds (--micro-batch-seconds), vs a plain loop at 8; profiled
 #   extract   extract-embeddings on 30 min of audio vs the plain loop, and the store's commits vs
 #             the disk's plain write (serial, pipelined, and the code before pipelining)
 #   grid-before, grid-after  four grid rows, one process each: the code before fused stacked
@@ -28,7 +28,7 @@
 # .baseline/emofuse-before-pipelining.tar` (7127853: the last commit before them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_checks.sh grid|finetune|extract|all [OUT]}
+stage=${1:?usage: gpu_checks.sh STAGE [OUT] (see the comment at the top for the stages)}
 out=${2:-${OUT:-./gpu-out}}
 case $stage in grid|grid-before|grid-after|sync|finetune|finetune-compile|extract|breakdown|all) ;;
   *) echo "unknown stage $stage: expected grid, grid-before, grid-after, sync, finetune, finetune-compile, extract," \
