@@ -91,7 +91,7 @@ def dropout(x: torch.Tensor, s: Step, axes: Sequence, time_major: bool = False) 
     returned batch-first), so the generator fills it in the same order."""
     if not s.training or s.p == 0:
         return x
-    masks = []
+    mask = torch.empty_like(x)   # filled run by run: one padded mask at a time besides it, not R and a stack
     for r in range(s.R):
         shape = [sum(seg[0][r] for seg in ax) if ax is not None else x.shape[1 + d] for d, ax in enumerate(axes)]
         if time_major:
@@ -99,8 +99,8 @@ def dropout(x: torch.Tensor, s: Step, axes: Sequence, time_major: bool = False) 
         else:
             noise = torch.empty(shape, device=x.device)
         noise.bernoulli_(1 - s.p, generator=s.gens[r]).div_(1 - s.p)
-        masks.append(_place(noise, axes, r))
-    return x * torch.stack(masks)
+        mask[r] = _place(noise, axes, r)
+    return x * mask
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
