@@ -171,8 +171,8 @@ def test_a_padded_seconds_cap_accumulates_to_the_same_step_and_keys_only_when_se
 
 def test_compiled_blocks_train_the_same_step(setup):
     """--compile: every transformer block compiled in place (traced by dynamo with dynamic shapes;
-    the aot_eager backend here, no C compiler needed) gives the eager step's loss and weights, the
-    parameter names unchanged; two micro-batch shapes in a row reuse the one compiled graph."""
+    the aot_eager backend here, no C compiler needed) gives the eager step's loss and weights over
+    two micro-batches of different lengths, the parameter names unchanged."""
     cfg = _cfg(setup, dropout=0.0, micro_batch=2)
     out = []
     for compiled in (False, True):
