@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..devices import to_device
@@ -36,14 +35,11 @@ def pad_rows(rows: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, t
         raise ValueError(f"rows has {rows.shape[0]} rows but lengths sum to {n}")
     B = len(lengths)
     T = max(1, int(lengths.max().item()) if B else 1)
-    if lengths.device.type == "cpu":
-        lens = lengths.numpy().astype(np.int64)
-        dest = np.repeat(np.arange(B) * T - np.cumsum(lens) + lens, lens) + np.arange(n)
-        mask = to_device(lengths_to_mask(lengths, T), rows.device)
-        flat = rows.new_zeros((B * T,) + tuple(rows.shape[1:]))
-        out = flat.index_copy(0, to_device(torch.from_numpy(dest), rows.device), rows)
-        return out.view((B, T) + tuple(rows.shape[1:])), mask
     mask = lengths_to_mask(lengths, T)
+    if lengths.device.type == "cpu":   # each row's place in the flattened (B·T) batch, found on the host
+        dest = to_device(mask.view(-1).nonzero().squeeze(1), rows.device)
+        out = rows.new_zeros((B * T,) + tuple(rows.shape[1:])).index_copy(0, dest, rows)
+        return out.view((B, T) + tuple(rows.shape[1:])), to_device(mask, rows.device)
     out = rows.new_zeros((B, T) + tuple(rows.shape[1:]))
     out[mask] = rows
     return out, mask
