@@ -99,10 +99,12 @@ class AttentionBlock(nn.Module):
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm over channels whose batch statistics ignore padding.
 
-    forward(x (B, C, T), mask (B, T)) → (B, C, T), zeros at padded positions.
+    forward(x (B, C, T), mask (B, T)) → (B, C, T), zeros at padded positions. Computed in the
+    statistics' own dtype (float32 under bfloat16 autocast, as autocast runs a normalisation).
     """
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.to(self.running_mean.dtype)   # a no-op in float32
         m = mask[:, None, :].to(x.dtype)
         if self.training:
             n = m.sum().clamp(min=1.0)

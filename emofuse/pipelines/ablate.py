@@ -68,6 +68,9 @@ class AblateConfig:
     compile: bool = opt(False, help="fine-tuned rows: torch.compile each transformer block (finetune --compile; not "
                                     "part of a row's key)")
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # train-head's, for every row
+    bf16: bool = opt(False, help="every row, trained and fine-tuned, with bfloat16 autocast (train-head/finetune "
+                                 "--bf16, as a spec's defaults: bf16: true). Part of each row's key: float32 "
+                                 "results are never shown for it")
     executor: str = opt("local", choices=EXECUTORS,
                         help="local: this machine (--jobs processes); submitit: one cluster job per set of rows "
                              "sharing data (Slurm; needs pip install 'emofuse[cluster]')")
@@ -350,6 +353,8 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
         defaults["epochs"] = cfg.epochs
     if cfg.folds is not None:
         defaults["folds"] = tuple(cfg.folds)
+    if cfg.bf16:
+        defaults["bf16"] = True
     runs_dir = os.path.join(cfg.out, "runs")
     train_cfgs: dict[str, TrainConfig] = {}
     key_of: dict[str, str] = {}

@@ -67,13 +67,14 @@ class BatchClock:
             self.pending.clear()
 
 
-def _predict(model, data: TrainData, idx: np.ndarray, device, norm, timer: Timer, batch: int = 64) -> np.ndarray:
-    """Logits (N, C) float32 of the utterances ``idx``, in batches of ``batch``; copied to the
-    host once, at the end."""
+def _predict(model, data: TrainData, idx: np.ndarray, device, norm, timer: Timer, batch: int = 64,
+             bf16: bool = False) -> np.ndarray:
+    """Logits (N, C) float32 of the utterances ``idx``, in batches of ``batch`` (under bfloat16
+    autocast with ``bf16``, as the run trained); copied to the host once, at the end."""
     model.eval()
     out = []
     clock = BatchClock(device, timer)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
         for k in range(0, len(idx), batch):
             t0 = clock.mark()
             inputs = data.batch(idx[k:k + batch], device, norm)
@@ -113,7 +114,9 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
             y = to_device(y_all[idx], device)   # pinned, asynchronous: no wait for the device
             t1 = clock.mark()
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(inputs), y)
+            with cfg.autocast(device):
+                logits = model(inputs)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)   # float32 (a no-op without --bf16)
             loss.backward()
             opt.step()
             total += loss.detach().double() * len(idx)
@@ -121,7 +124,7 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
             clock.add(t0, t1, clock.mark())
         total = float(total)
         clock.flush()
-        logits = _predict(model, data, val_idx, device, norm, timer)
+        logits = _predict(model, data, val_idx, device, norm, timer, bf16=cfg.bf16)
         val = scores(data.y[val_idx], logits.argmax(1), len(data.classes))
         val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y_all[val_idx]))
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_ua": val["ua"],

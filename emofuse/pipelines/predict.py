@@ -233,7 +233,8 @@ class TrainedModel:
                 {k: Normaliser(mean, std, None) for k, (mean, std) in m.norm.items()} or None)
             head = m.head.to(device).eval()
             chunks = []
-            with torch.no_grad():
+            bf16 = bool(self.spec["config"].get("bf16"))   # computed as the run computed its test logits
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 for a in range(0, len(idx), batch):
                     chunks.append(head(data.batch(idx[a:a + batch], device, norm)).float())
             # to the host once per member, not once per chunk (each copy would wait for the device)

@@ -168,8 +168,9 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             else:
                 sel = to_device(torch.tensor(active), device)
                 P = {n: p.index_select(0, sel) for n, p in opt.p.items()}
-            logits = head.forward(P, inputs, s)
-            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
+            with cfg.autocast(device):
+                logits = head.forward(P, inputs, s)
+            ce = torch.nn.functional.cross_entropy(logits.float().reshape(-1, n_classes), y.reshape(-1),
                                                    reduction="none").view(len(active), s.Bmax)
             per_run = (ce * valid).sum(1)
             for n in opt.p:
@@ -184,7 +185,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             clock.add(t0, t1, clock.mark())
         totals = totals.tolist()
         clock.flush()
-        val_logits = _predict_stacked(head, opt.p, data, [jobs[i] for i in alive], device, timer)
+        val_logits = _predict_stacked(head, opt.p, data, [jobs[i] for i in alive], device, timer, bf16=cfg.bf16)
         seconds = (time.perf_counter() - t_epoch) / len(alive)
         done = []
         for a, i in enumerate(alive):
@@ -220,9 +221,11 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
 
 
 @torch.no_grad()
-def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, timer, batch: int = 64) -> list:
+def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, timer, batch: int = 64,
+                     bf16: bool = False) -> list:
     """Validation logits of every run on its own validation utterances, in batches of ``batch``
-    as ``train._predict`` groups them; (n_val, C) float32 numpy arrays, one per run."""
+    as ``train._predict`` groups them (under bfloat16 autocast with ``bf16``); (n_val, C) float32
+    numpy arrays, one per run."""
     from .loop import BatchClock
 
     out = [[] for _ in jobs]
@@ -237,7 +240,8 @@ def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, ti
         t1 = clock.mark()
         Pa = P if len(active) == len(jobs) else {
             n: p.index_select(0, to_device(torch.tensor(active), p.device)) for n, p in P.items()}
-        logits = head.forward(Pa, inputs, s).float()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            logits = head.forward(Pa, inputs, s).float()
         for a, idx in zip(range(len(active)), idxs):
             out[active[a]].append(logits[a, :len(idx)])
         clock.add(t0, t1, clock.mark())
@@ -261,8 +265,9 @@ def probe_step(cfg, data, device: torch.device, runs: int = 2) -> int:
         gen = torch.Generator(device=device).manual_seed(0)
         s = Step(B=[len(worst)] * runs, lengths=lens, gens=[gen] * runs, p=cfg.dropout, training=True)
         y = torch.from_numpy(data.y[worst]).to(device).repeat(runs)
-        logits = head.forward(params, inputs, s)
-        torch.nn.functional.cross_entropy(logits.reshape(runs * len(worst), -1), y).backward()
+        with cfg.autocast(device):
+            logits = head.forward(params, inputs, s)
+        torch.nn.functional.cross_entropy(logits.float().reshape(runs * len(worst), -1), y).backward()
         return 4 * sum(p.numel() * p.element_size() for p in params.values())
 
 

@@ -103,6 +103,9 @@ class TrainConfig:
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     memory_gb: float | None = opt(None, help="memory budget for holding the data (default: 60%% of free)")
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # None: auto
+    bf16: bool = opt(False, help="bfloat16 autocast for the head's matrix products and attention (a GPU's tensor "
+                                 "cores; weights, optimizer, normalisations and losses stay float32). Changes the "
+                                 "numbers in their last digits, so it is part of the run key (docs/stacked-training.md)")
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -137,6 +140,8 @@ class TrainConfig:
             raise EmofuseError(f"--lr must be a positive learning rate, found {self.lr}")
         if not 0 <= self.dropout < 1:
             raise EmofuseError(f"--dropout must be in [0, 1), found {self.dropout}")
+        if not isinstance(self.bf16, bool):
+            raise EmofuseError(f"--bf16 is a switch (true or false), found {self.bf16!r}")
         if self.runs_at_once is not None and (not isinstance(self.runs_at_once, int) or self.runs_at_once < 0):
             raise EmofuseError(f"--runs-at-once must be 0 (every run) or a positive number, found {self.runs_at_once!r}")
         self.keys()
@@ -217,7 +222,14 @@ class TrainConfig:
             d["text"] = None
         d.update(self.resolved())
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
+        if not self.bf16:   # float32, as every run before the option: its key is unchanged
+            del d["bf16"]
         return d
+
+    def autocast(self, device: torch.device):
+        """The context every forward pass of this configuration's runs goes through: bfloat16
+        autocast with ``--bf16``, else nothing (float32)."""
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
 
 def _session_order(s):
@@ -316,7 +328,7 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
         log.info(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
                  f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
                  (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
-                 f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+                 f", training on {device}" + (" under bfloat16 autocast" if cfg.bf16 else "") + f"; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
                  (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
@@ -436,7 +448,7 @@ def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, be
     r, session = job.key
     seed = cfg.seed + r
     te = np.flatnonzero(data.sessions == session)
-    logits = _predict(model, data, te, device, job.norm, timer)
+    logits = _predict(model, data, te, device, job.norm, timer, bf16=cfg.bf16)
     m = scores(data.y[te], logits.argmax(1), len(data.classes))
     m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
              n_train=len(job.train), n_val=len(job.val), n_test=len(te), layer_weights=model.layer_weights(),
