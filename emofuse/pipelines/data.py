@@ -179,11 +179,15 @@ class Normaliser:
     def for_rows(self, utt_of_row: np.ndarray, device) -> dict:
         """``GatheredRows`` arguments that standardise rows of these utterances."""
         group = None if self.group is None else to_device(torch.from_numpy(self.group[utt_of_row]), device)
+        mean, std = self.on(device)
+        return {"mean": mean, "std": std, "group": group}
+
+    def on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) on ``device``, copied there once."""
         key = str(device)
         if key not in self._on:
             self._on[key] = (to_device(self.mean, device), to_device(self.std, device))
-        mean, std = self._on[key]
-        return {"mean": mean, "std": std, "group": group}
+        return self._on[key]
 
 
 def _moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
