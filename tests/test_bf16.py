@@ -114,3 +114,21 @@ def test_ablate_bf16_puts_every_row_in_another_key(store, tmp_path):
     assert set(plain[1]) == set(bf16[1]) == {"late", "one"}
     assert not set(plain[1].values()) & set(bf16[1].values())
     assert all(c.bf16 for c in bf16[0].values()) and not any(c.bf16 for c in plain[0].values())
+
+
+def test_tables_mark_bf16_rows_and_float32_tables_stay_as_they_were():
+    from emofuse.pipelines import tables
+    from test_ablate import golden_frame
+
+    df = golden_frame().drop(columns=["best"])
+    plain = {"md": tables.to_markdown(df, "T"), "tex": tables.to_latex(df, "T", "t"), "csv": tables.to_csv(df)}
+    f32 = df.assign(bf16=False)   # ablate records the column for every grid: float32 tables unchanged
+    assert {"md": tables.to_markdown(f32, "T"), "tex": tables.to_latex(f32, "T", "t"), "csv": tables.to_csv(f32)} == plain
+    mixed = df.assign(bf16=[False, True, False])
+    md, tex = tables.to_markdown(mixed, "T"), tables.to_latex(mixed, "T", "t")
+    label = str(df.loc[1, "label"])
+    assert f"| {label} ‡ |" in md and "‡ trained under bfloat16 autocast (--bf16)." in md
+    assert r"$^\ddagger$ trained under bfloat16 autocast (--bf16)" in tex
+    assert list(pd.read_csv(__import__("io").StringIO(tables.to_csv(mixed)))["bf16"]) == [False, True, False]
+    every = tables.to_markdown(df.assign(bf16=True), "T")
+    assert "‡" not in every and "every row trained under bfloat16 autocast (--bf16)." in every

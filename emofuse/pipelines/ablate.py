@@ -512,6 +512,7 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
             folds = sorted({str(x["fold"]) for x in s["runs"]}, key=lambda f: (len(f), f))
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
                          "n": s["ua"]["n"], "folds": ",".join(folds),
+                         "bf16": bool(((read_config(d) or {}).get("identity") or {}).get("bf16")),
                          "published": r.get("published", spec["_labels"][src].get("published")),
                          "key": key_of[src], "run_dir": d})
             per_run.append({(x["repeat"], x["seed"], str(x["fold"])): x["ua"] for x in s["runs"]})

@@ -52,6 +52,25 @@ def _partial_note(df: pd.DataFrame) -> str:
             "so not compared for bold")
 
 
+def bf16_rows(df: pd.DataFrame) -> pd.Series:
+    """True for each row trained under bfloat16 autocast (``--bf16``; column ``bf16``)."""
+    return df["bf16"].astype(bool) if "bf16" in df else pd.Series(False, index=df.index)
+
+
+def _bf16_note(df: pd.DataFrame) -> str:
+    """The footnote of ‡ rows; empty when every row is float32."""
+    if not bf16_rows(df).any():
+        return ""
+    return "; ‡ trained under bfloat16 autocast (--bf16)" if not bf16_rows(df).all() else \
+        "; every row trained under bfloat16 autocast (--bf16)"
+
+
+def _mark(df: pd.DataFrame, i, dagger: str, ddagger: str) -> str:
+    """The marks after a row's label: † partial folds, ‡ bfloat16 among float32 rows."""
+    some = bf16_rows(df)
+    return (dagger if partial_rows(df)[i] else "") + (ddagger if some[i] and not some.all() else "")
+
+
 def _delta(ua: float, published: float) -> float:
     """UA − published, rounded to the 2 decimals shown (never "-0.00")."""
     return round(ua - published, 2) + 0.0
@@ -77,9 +96,8 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", "Δ UA"] if pub else []) + ["runs"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
-    partial = partial_rows(df)
     for i, r in df.iterrows():
-        cells = [str(r["label"]) + (" †" if partial[i] else "")]
+        cells = [str(r["label"]) + _mark(df, i, " †", " ‡")]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"])
             cells.append(f"**{c}**" if i in best[m] else c)
@@ -89,7 +107,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
             cells += [f"{p:.2f}" if ok else "—", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "—"]
         cells.append(str(int(r["n"])))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", spread_note(df) + "; best mean per metric in bold" + _partial_note(df) + "."]
+    lines += ["", spread_note(df) + "; best mean per metric in bold" + _partial_note(df) + _bf16_note(df) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -108,14 +126,14 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     head.append("runs")   # the name the caption's note uses
     note = spread_note(df, r"$\pm$").replace("×", r"$\times$")
     caption = (_tex_escape(title) + ". " + note + "; best mean per metric in bold"
-               + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$") + ".")
+               + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$")
+               + _tex_escape(_bf16_note(df)).replace("‡", r"$^\ddagger$") + ".")
     out = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)", r"\begin{table}[t]", r"\centering",
            rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
            rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
-    partial = partial_rows(df)
     for i, r in df.iterrows():
-        cells = [_tex_escape(str(r["label"])) + (r"$^\dagger$" if partial[i] else "")]
+        cells = [_tex_escape(str(r["label"])) + _mark(df, i, r"$^\dagger$", r"$^\ddagger$")]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"], r"$\pm$")
             cells.append(rf"\textbf{{{c}}}" if i in best[m] else c)
@@ -134,6 +152,8 @@ def to_csv(df: pd.DataFrame) -> str:
     """Every number, unrounded beyond 4 decimals, with the Wilcoxon p-values."""
     cols = ["label"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n"]
     cols += [c for c in ("folds", "partial", "published", "p_vs_best", "best", "key", "run_dir") if c in df]
+    if bf16_rows(df).any():   # a column only where some row used it: float32 grids' files stay as they were
+        cols.insert(cols.index("partial") + 1 if "partial" in cols else len(cols), "bf16")
     out = df[cols].copy()
     if "run_dir" in out and "key" in out:   # relative to the grid folder (as runs.csv), however --out was typed
         out["run_dir"] = ["runs/" + str(k) for k in out["key"]]
