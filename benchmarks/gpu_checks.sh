@@ -13,6 +13,7 @@
 #   grid-before, grid-after  four grid rows, one process each: the code before fused stacked
 #             attention and the sync-free padding (aa2d0bf, from .baseline/emofuse-aa2d0bf.tar:
 #             carry `.baseline`), then today's, on the same store (one device call each)
+#   grid-bf16 the same four rows with train-head --bf16 (bfloat16 autocast for the heads)
 #   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
 #   finetune-compile  the finetune stage's run with every transformer block compiled (--compile)
 #   breakdown extraction stage by stage on an hour of audio, next to the disk's ceiling
@@ -30,8 +31,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh STAGE [OUT] (see the comment at the top for the stages)}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|grid-before|grid-after|sync|finetune|finetune-compile|extract|breakdown|all) ;;
-  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, sync, finetune, finetune-compile, extract," \
+case $stage in grid|grid-before|grid-after|grid-bf16|sync|finetune|finetune-compile|extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, grid-bf16, sync, finetune, finetune-compile, extract," \
        "breakdown or all" >&2
      exit 2 ;; esac
 mkdir -p "$out"
@@ -89,15 +90,16 @@ run_finetune_compile() {
 }
 
 ROWS_AB=("Frame, linear" "Frame, transformer" "Coattention F+P" "Late F+P+S+W")
-grid_rows() {  # grid_rows TREE NAME: each row in its own process (a row that fails, e.g. out of
-               # memory, leaves the others measured), on one shared store built beforehand
+grid_rows() {  # grid_rows TREE NAME [grid.py options]: each row in its own process (a row that fails,
+               # e.g. out of memory, leaves the others measured), on one shared store built beforehand
   local tree=$1 name=$2 i=0
+  shift 2
   python3 -c "from emofuse.testing.synthetic import make_synthetic_store as m; import os
 if not os.path.exists('/tmp/g.h5'): m('/tmp/g.h5.part', per_class=14, layers=13, dim=768, planted_layer=7, strength=0.3, seed=0); os.replace('/tmp/g.h5.part', '/tmp/g.h5')"
   for row in "${ROWS_AB[@]}"; do
     i=$((i + 1))
     step "grid-$name-$i.log" 130 python3 "$tree/benchmarks/grid.py" --device cuda --scale 0.05 --epochs 2 \
-      --store /tmp/g.h5 --rows "$row"
+      --store /tmp/g.h5 --rows "$row" "$@"
   done
   grep -h "stacked is\|s/run-epoch  " "$out"/grid-"$name"-*.log > "$out/grid-$name.txt" || true
 }
@@ -108,6 +110,9 @@ run_grid_before() {  # the code before this session's GPU changes (aa2d0bf)
 }
 run_grid_after() {
   grid_rows "$PWD" after
+}
+run_grid_bf16() {  # the same rows with train-head --bf16 (bfloat16 autocast), today's code
+  grid_rows "$PWD" bf16 --bf16
 }
 
 run_sync() {
@@ -135,6 +140,7 @@ case $stage in
   grid) run_grid ;;
   grid-before) run_grid_before ;;
   grid-after) run_grid_after ;;
+  grid-bf16) run_grid_bf16 ;;
   sync) run_sync ;;
   breakdown) run_breakdown ;;
   finetune) run_finetune ;;

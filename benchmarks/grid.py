@@ -5,9 +5,14 @@ folds, trained one run at a time (``--runs-at-once 1``, the path before stacking
 row's runs stacked (``--runs-at-once 0``) side by side, alternated row by row in one process;
 per row and path the seconds per run-epoch and the peak GPU memory, the ratio, and the whole grid
 extrapolated to the protocol's 25 runs per row at ``--grid-epochs`` epochs per run and to
-IEMOCAP's 5,531 utterances, and per row how far a run-epoch is from its memory-read limit (one
-read of the row's held training and validation rows at the device's measured memory bandwidth) (stacked: the row's 25 runs in one pass, so its per-run-epoch time
-measured with fewer runs is an upper bound there).
+IEMOCAP's 5,531 utterances, and per row how far a run-epoch is from its limit: the larger of its
+memory-read limit (one read of the row's held training and validation rows at the device's
+measured memory bandwidth) and its arithmetic limit (the run-epoch's matmul operations, counted
+on meta tensors, at the device's measured matmul rate) (stacked: the row's 25 runs in one pass,
+so its per-run-epoch time measured with fewer runs is an upper bound there).
+
+``--floor-only`` trains nothing: it counts every row's arithmetic and prints the whole grid's
+floor at a device's peak rates (``--peak-tflops``, default an H100's data sheet), on any machine.
 
 Store: 13 layers × 768 audio (frames 50/s, phone/syllable/word segments) and text (4-24 tokens),
 float16, IEMOCAP's length distribution, ``--scale`` × 5,531 utterances. The per-epoch time is
@@ -15,6 +20,8 @@ scaled to full size linearly in the number of utterances (the epoch is a pass ov
 
     python benchmarks/grid.py [--scale 0.02] [--epochs 2] [--repeats 1] [--device cpu] [--rows "Late F+S;Coattention F+P"]
     python benchmarks/grid.py --paths stacked ...   # one path only (per-run, stacked)
+    python benchmarks/grid.py --bf16 ...            # every row trained with train-head --bf16
+    python benchmarks/grid.py --floor-only --scale 0.05 [--peak-tflops 67,989] [--floor-batch 1]
 """
 
 from __future__ import annotations
@@ -36,7 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emofuse.pipelines.ablate import TRAIN_FIELDS, load_spec  # noqa: E402
 from emofuse.devices import resolve_device  # noqa: E402
+from emofuse.pipelines.data import load_train_data  # noqa: E402
+from emofuse.pipelines.protocol import sessions_of, split  # noqa: E402
 from emofuse.pipelines.train import TrainConfig, run_train  # noqa: E402
+from emofuse.store import FeatureStore  # noqa: E402
 from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
 from common import record  # noqa: E402
 
@@ -61,6 +71,89 @@ def memory_bandwidth(device: torch.device) -> float:
     return 2 * n / best
 
 
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """Floating-point operations per second of one large square matmul in ``dtype``, best of 5
+    (float32 as PyTorch runs it by default: IEEE, no TF32)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(6):   # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    del a, b
+    return 2 * n ** 3 / best
+
+
+def epoch_flops(cfg: TrainConfig, batch: int | None = None) -> float:
+    """Floating-point operations of one run-epoch of ``cfg`` as train-head computes it: the first
+    fold's training split forward and backward in shuffled batches of ``batch_size`` (padded to
+    each batch's longest, as trained) and its validation split forward in batches of 64. Counted by
+    torch's FlopCounterMode (matmuls, convolutions, attention) on meta tensors: shapes only,
+    nothing is computed, so a full-size head is counted in seconds on any machine. ``batch``
+    (e.g. 1: no padding at all) replaces both batch sizes."""
+    from torch.utils.flop_counter import FlopCounterMode
+    meta = torch.device("meta")
+    with FeatureStore(cfg.store) as fs:
+        data = load_train_data(fs, cfg.keys(), cfg.audio_stream, cfg.text_stream, cfg.layer_specs())
+    with meta:
+        model = cfg.build(data.dims, len(data.classes))
+    tr, va, _ = split(data, sessions_of(data)[0], cfg.seed, cfg.val_fraction)
+    order = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed)).numpy()]
+    train_batch, val_batch = (cfg.batch_size, 64) if batch is None else (batch, batch)
+    with FlopCounterMode(display=False) as count:
+        for k in range(0, len(order), train_batch):
+            model(data.batch(order[k:k + train_batch], meta)).sum().backward()
+        with torch.no_grad():
+            for k in range(0, len(va), val_batch):
+                model(data.batch(va[k:k + val_batch], meta))
+    return float(count.get_total_flops())
+
+
+def floor_only(args, rows: dict, defaults: dict) -> None:
+    """``--floor-only``: each row's arithmetic per run-epoch and the whole grid's floor at the
+    given peak rates (a device's data sheet), without training anything."""
+    rates = [float(x) * 1e12 for x in args.peak_tflops.split(",")]
+    names = ["float32", "bfloat16"][:len(rates)]
+    per_class = max(1, round(args.scale * IEMOCAP / 20))
+    n_utts = per_class * 20
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.store or os.path.join(tmp, "grid.h5")
+        if not os.path.exists(path):
+            make_synthetic_store(path, per_class=per_class, layers=13, dim=768, planted_layer=7, strength=0.3,
+                                 seed=0)
+        out, total = [], 0.0
+        for label, row in rows.items():
+            params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
+            flops = epoch_flops(TrainConfig(store=path, out=os.path.join(tmp, "x"), **params),
+                                args.floor_batch) * IEMOCAP / n_utts
+            total += flops
+            out.append({"row": label, "tflop_per_run_epoch_full_scale": round(flops / 1e12, 2),
+                        **{f"floor_s_per_run_epoch_{n}": round(flops / r, 3) for n, r in zip(names, rates)}})
+            print(f"{label:<28} {flops / 1e12:9.2f} TFLOP per run-epoch at IEMOCAP size   "
+                  + "   ".join(f"{n} floor {flops / r:7.3f} s" for n, r in zip(names, rates)), flush=True)
+    floors = {n: round(total * 25 * args.grid_epochs / r / 3600, 2) for n, r in zip(names, rates)}
+    print(f"whole grid, 25 runs × {args.grid_epochs} epochs per row, at the peak rates: "
+          + ", ".join(f"{n} {h} h" for n, h in floors.items()), flush=True)
+    res = {"benchmark": "grid-floor", "spec": args.spec, "scale": args.scale, "utterances": n_utts,
+           "batch": args.floor_batch or "the protocol's (32; validation 64)",
+           "peak_tflops": dict(zip(names, [r / 1e12 for r in rates])), "grid_epochs_assumed": args.grid_epochs,
+           "rows": out, "grid_floor_h": floors,
+           "grid_pflop": round(total * 25 * args.grid_epochs / 1e15, 1)}
+    row = (f"| grid floor | {time.strftime('%Y-%m-%d')} | arithmetic only (FlopCounterMode on meta tensors) | "
+           f"{args.spec}, {len(out)} rows, counted at {n_utts} utts, scaled to IEMOCAP"
+           + (f", batches of {args.floor_batch}" if args.floor_batch else "") + " | whole grid, 25 runs × "
+           f"{args.grid_epochs} epochs per row: {res['grid_pflop']} PFLOP; at "
+           + ", ".join(f"{n} {r / 1e12:g} TFLOP/s {floors[n]} h" for n, r in zip(names, rates))
+           + " | — | — | — | — |")
+    record("grid-floor" + (f"-batch{args.floor_batch}" if args.floor_batch else ""), res, row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default="paper-multilevel")
@@ -75,6 +168,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--trials", type=int, default=1,
                     help="alternate the paths this many times per row and keep each path's fastest (a shared machine)")
+    ap.add_argument("--bf16", action="store_true", help="train every row with --bf16 (bfloat16 autocast)")
+    ap.add_argument("--floor-only", action="store_true",
+                    help="count each row's arithmetic and print the grid's floor at --peak-tflops; train nothing")
+    ap.add_argument("--peak-tflops", default="67,989",
+                    help="with --floor-only: the peak float32[,bfloat16] rates in TFLOP/s (default: an H100 SXM's "
+                         "data sheet, dense: 67 and 989)")
+    ap.add_argument("--floor-batch", type=int,
+                    help="with --floor-only: count at this batch size instead of the protocol's (1: no padding)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     if args.threads:
@@ -85,6 +186,8 @@ def main() -> None:
     if args.rows:
         wanted = [x.strip() for x in args.rows.split(";")]
         rows = {k: rows[k] for k in wanted}
+    if args.floor_only:
+        return floor_only(args, rows, defaults)
     per_class = max(1, round(args.scale * IEMOCAP / 20))    # 4 classes × 5 sessions
     n_utts = per_class * 20
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +200,10 @@ def main() -> None:
         paths = [p.strip() for p in args.paths.split(",")]
         bandwidth = memory_bandwidth(device)
         print(f"memory bandwidth (one large copy, read + write): {bandwidth / 1e9:.0f} GB/s", flush=True)
+        precision = torch.bfloat16 if args.bf16 else torch.float32
+        rate = matmul_rate(device, precision)
+        print(f"matmul rate ({str(precision).removeprefix('torch.')}, one large square product): "
+              f"{rate / 1e12:.1f} TFLOP/s", flush=True)
         at_once = {"per-run": 1, "stacked": 0}
         out, total_full = [], {p: 0.0 for p in paths}
         # one untimed run of each path first: the process's one-time costs (CUDA context, kernels
@@ -108,6 +215,7 @@ def main() -> None:
             params.update(repeats=1, epochs=1, patience=2, folds=("1",))
             for path_name in paths:
                 run_train(TrainConfig(store=path, out=os.path.join(tmp, "warm-up", path_name), device=str(device),
+                                      **({"bf16": True} if args.bf16 else {}),
                                       runs_at_once=at_once[path_name], **params))
             print("warm-up: one untimed run of each path done", flush=True)
         for label, row in rows.items():
@@ -117,6 +225,7 @@ def main() -> None:
             for trial in range(args.trials):
                 for path_name in paths:
                     cfg = TrainConfig(store=path, out=os.path.join(tmp, "runs", f"{len(out)}-{path_name}-{trial}"),
+                                      **({"bf16": True} if args.bf16 else {}),
                                       device=str(device), runs_at_once=at_once[path_name], **params)
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
@@ -136,10 +245,18 @@ def main() -> None:
             # the row's memory-read limit per run-epoch: one read of its held rows (the training and
             # validation utterances, 80 % of them) at the device's memory bandwidth
             read_limit = 0.8 * s["data"]["bytes"] / bandwidth
-            entry.update(bytes_held=s["data"]["bytes"], read_limit_s_per_run_epoch=round(read_limit, 6))
+            # and its arithmetic limit: the run-epoch's matmul operations (counted on meta tensors) at
+            # the device's measured matmul rate; the row's limit is the larger of the two
+            flops = epoch_flops(cfg)
+            arith_limit = flops / rate
+            limit = max(read_limit, arith_limit)
+            entry.update(bytes_held=s["data"]["bytes"], read_limit_s_per_run_epoch=round(read_limit, 6),
+                         tflop_per_run_epoch=round(flops / 1e12, 4), arithmetic_limit_s_per_run_epoch=round(arith_limit, 6),
+                         bound="arithmetic" if arith_limit > read_limit else "memory read")
             for path_name in paths:
                 per_epoch, s, train_wall, peak = best[path_name]
                 entry[f"{path_name}_x_read_limit"] = round(per_epoch / read_limit, 1)
+                entry[f"{path_name}_x_limit"] = round(per_epoch / limit, 1)
                 full = per_epoch * IEMOCAP / n_utts
                 grid = full * args.grid_epochs * 25
                 total_full[path_name] += grid
@@ -152,7 +269,7 @@ def main() -> None:
                               "load_s": round(s["time"]["load_s"], 2)})
                 print(f"{label:<28} {path_name:<8} {per_epoch:8.3f} s/run-epoch   full scale {full:7.2f} s   "
                       f"25 runs × {args.grid_epochs} epochs {grid / 60:7.1f} min   "
-                      f"{per_epoch / read_limit:8.1f}x its memory-read limit", flush=True)
+                      f"{per_epoch / limit:8.1f}x its {entry['bound']} limit", flush=True)
             if len(paths) == 2:
                 entry["speedup"] = round(entry["per-run_s_per_run_epoch"] / entry["stacked_s_per_run_epoch"], 2)
                 print(f"{label:<28} stacked is {entry['speedup']:.2f}x the per-run path", flush=True)
@@ -169,7 +286,8 @@ def main() -> None:
            "epochs_timed": args.epochs, "grid_epochs_assumed": args.grid_epochs, "device": str(device), "gpu": gpu,
            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, torch "
                       f"{torch.__version__}, {torch.get_num_threads()} threads" + (f", {gpu}" if gpu else ""),
-           "store_build_s": round(t_store, 1), "memory_bandwidth_gb_s": round(bandwidth / 1e9, 1), "rows": out,
+           "store_build_s": round(t_store, 1), "memory_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+           "matmul_tflops": round(rate / 1e12, 2), "bf16": args.bf16, "rows": out,
            "grid_wall_full_scale_h": {p: round(t / 3600, 2) for p, t in total_full.items()}}
     if len(paths) == 2:
         res["grid_speedup"] = round(total_full["per-run"] / total_full["stacked"], 2)

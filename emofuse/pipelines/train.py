@@ -105,7 +105,7 @@ class TrainConfig:
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # None: auto
     bf16: bool = opt(False, help="bfloat16 autocast for the head's matrix products and attention (a GPU's tensor "
                                  "cores; weights, optimizer, normalisations and losses stay float32). Changes the "
-                                 "numbers in their last digits, so it is part of the run key (docs/stacked-training.md)")
+                                 "numbers (8 significant bits), so it is part of the run key (docs/stacked-training.md)")
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
