@@ -14,6 +14,8 @@
 #             attention and the sync-free padding (aa2d0bf, from .baseline/emofuse-aa2d0bf.tar:
 #             carry `.baseline`), then today's, on the same store (one device call each)
 #   grid-bf16 the same four rows with train-head --bf16 (bfloat16 autocast for the heads)
+#   grid-runs25  the launch-bound rows (linear, late, concatenation) with 25 runs to stack, as in
+#             the real grid, one at a time vs stacked
 #   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
 #   finetune-compile  the finetune stage's run with every transformer block compiled (--compile)
 #   breakdown extraction stage by stage on an hour of audio, next to the disk's ceiling
@@ -31,8 +33,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh STAGE [OUT] (see the comment at the top for the stages)}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|grid-before|grid-after|grid-bf16|sync|finetune|finetune-compile|extract|breakdown|all) ;;
-  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, grid-bf16, sync, finetune, finetune-compile, extract," \
+case $stage in grid|grid-before|grid-after|grid-bf16|grid-runs25|sync|finetune|finetune-compile|extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, grid-bf16, grid-runs25, sync, finetune, finetune-compile, extract," \
        "breakdown or all" >&2
      exit 2 ;; esac
 mkdir -p "$out"
@@ -114,6 +116,12 @@ run_grid_after() {
 run_grid_bf16() {  # the same rows with train-head --bf16 (bfloat16 autocast), today's code
   grid_rows "$PWD" bf16 --bf16
 }
+run_grid_runs25() {  # the launch-bound rows with a real row's 25 runs (5 seeds x 5 folds) to stack,
+                     # not 5: what stacking buys them in the grid
+  step grid-runs25.log 540 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 2 --repeats 5 \
+    --rows "Frame, linear;Late F+P+S+W;Concatenation F+P"
+  keep grid-runs25
+}
 
 run_sync() {
   step sync.log 300 python3 benchmarks/sync_check.py
@@ -141,6 +149,7 @@ case $stage in
   grid-before) run_grid_before ;;
   grid-after) run_grid_after ;;
   grid-bf16) run_grid_bf16 ;;
+  grid-runs25) run_grid_runs25 ;;
   sync) run_sync ;;
   breakdown) run_breakdown ;;
   finetune) run_finetune ;;
