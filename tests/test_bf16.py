@@ -128,7 +128,7 @@ def test_tables_mark_bf16_rows_and_float32_tables_stay_as_they_were():
     md, tex = tables.to_markdown(mixed, "T"), tables.to_latex(mixed, "T", "t")
     label = str(df.loc[1, "label"])
     assert f"| {label} ‡ |" in md and "‡ trained under bfloat16 autocast (--bf16)." in md
-    assert r"$^\ddagger$ trained under bfloat16 autocast (--bf16)" in tex
+    assert r"$^\ddagger$ trained under bfloat16 autocast (-{}-bf16)" in tex
     assert list(pd.read_csv(__import__("io").StringIO(tables.to_csv(mixed)))["bf16"]) == [False, True, False]
     every = tables.to_markdown(df.assign(bf16=True), "T")
     assert "‡" not in every and "every row trained under bfloat16 autocast (--bf16)." in every

@@ -40,6 +40,9 @@ HEADS = {
     # shape from its own generator: on a CPU the masks the lone head's attention draws
     "transformer-fused": dict(fusion="late", granularity="F", head="transformer", heads=2, depth=2, ff=16),
     "coattention-fused": dict(fusion="coattention", granularity="F+P", heads=2, depth=1, ff=16),
+    # length-grouped batches (--group-by-length): every run's batches grouped as alone
+    "transformer-grouped": dict(fusion="late", granularity="F+W", head="transformer", heads=2, depth=1, ff=16,
+                                group_by_length=True, batch_size=4),
     "proj-stats": dict(fusion="none", granularity="T", head="proj-stats", proj=8, scheduler="plateau",
                        lr=1e-2, lr_patience=0),
 }

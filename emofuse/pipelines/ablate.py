@@ -68,6 +68,8 @@ class AblateConfig:
     compile: bool = opt(False, help="fine-tuned rows: torch.compile each transformer block (finetune --compile; not "
                                     "part of a row's key)")
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # train-head's, for every row
+    group_by_length: bool = opt(False, help="every train-head row on length-grouped batches (train-head "
+                                            "--group-by-length; part of each row's key)")
     bf16: bool = opt(False, help="every row, trained and fine-tuned, with bfloat16 autocast (train-head/finetune "
                                  "--bf16, as a spec's defaults: bf16: true). Part of each row's key: float32 "
                                  "results are never shown for it")
@@ -353,8 +355,9 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
         defaults["epochs"] = cfg.epochs
     if cfg.folds is not None:
         defaults["folds"] = tuple(cfg.folds)
-    if cfg.bf16:
-        defaults["bf16"] = True
+    for option in ("bf16", "group_by_length"):
+        if getattr(cfg, option):
+            defaults[option] = True
     runs_dir = os.path.join(cfg.out, "runs")
     train_cfgs: dict[str, TrainConfig] = {}
     key_of: dict[str, str] = {}
@@ -499,6 +502,12 @@ def _paired_p(a: dict, b: dict) -> float:
     return float(wilcoxon(x, y).pvalue)
 
 
+def _departures(run_dir: str) -> dict[str, bool]:
+    """Which of the options a table marks (``tables.DEPARTURES``) the run in ``run_dir`` used."""
+    identity = (read_config(run_dir) or {}).get("identity") or {}
+    return {option: bool(identity.get(option)) for option in tables.DEPARTURES}
+
+
 def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]:
     out = {}
     for t in spec["tables"]:
@@ -512,7 +521,7 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
             folds = sorted({str(x["fold"]) for x in s["runs"]}, key=lambda f: (len(f), f))
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
                          "n": s["ua"]["n"], "folds": ",".join(folds),
-                         "bf16": bool(((read_config(d) or {}).get("identity") or {}).get("bf16")),
+                         **_departures(d),
                          "published": r.get("published", spec["_labels"][src].get("published")),
                          "key": key_of[src], "run_dir": d})
             per_run.append({(x["repeat"], x["seed"], str(x["fold"])): x["ua"] for x in s["runs"]})

@@ -14,6 +14,7 @@ import torch
 from ..devices import to_device
 from .data import TrainData
 from .metrics import scores
+from .protocol import epoch_order, utterance_rows
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -98,11 +99,12 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
         opt, mode="min" if scheduler == "plateau" else "max", factor=cfg.lr_factor, patience=cfg.lr_patience)
     gen = torch.Generator().manual_seed(seed)
     y_all = torch.from_numpy(data.y)
+    lengths = utterance_rows(data) if cfg.group_by_length else None
     best, best_score, best_epoch, history = None, (-1.0, float("-inf")), -1, []
     for epoch in range(cfg.epochs):
         t_epoch = time.perf_counter()
         model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        order = epoch_order(train_idx, gen, cfg.batch_size, lengths)
         # the summed training loss stays on the device (float64: the same sums as Python floats) and
         # is read once per epoch; no batch waits for the device
         total, n = torch.zeros((), dtype=torch.float64, device=device), 0

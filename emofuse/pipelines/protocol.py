@@ -59,3 +59,29 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
     perm = np.random.default_rng(key).permutation(rest)
     n_val = max(1, int(round(val_fraction * len(rest))))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
+
+
+#: batches per length group of ``--group-by-length`` (transformers' LengthGroupedSampler: 50)
+GROUP_BATCHES = 50
+
+
+def epoch_order(train: np.ndarray, gen, batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
+    """One epoch's order of the training utterances ``train``: a permutation drawn from ``gen``
+    (the run's generator), consecutive ``batch_size`` slices being the batches. With ``lengths``
+    (rows per utterance, ``--group-by-length``) the shuffled order is cut into groups of
+    ``GROUP_BATCHES`` batches and each group sorted longest first (stable), so each batch holds
+    utterances of similar length; the draws from ``gen`` are the same either way."""
+    import torch
+
+    order = train[torch.randperm(len(train), generator=gen).numpy()]
+    if lengths is None:
+        return order
+    size = GROUP_BATCHES * batch_size
+    return np.concatenate([g[np.argsort(-lengths[g], kind="stable")] for g in np.split(order, range(size, len(order), size))]) \
+        if len(order) else order
+
+
+def utterance_rows(data) -> np.ndarray:
+    """(U,) rows an utterance brings to a batch, summed over the configuration's streams: the
+    length ``--group-by-length`` groups by."""
+    return sum(src.lengths for src in data.sources.values())

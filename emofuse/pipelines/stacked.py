@@ -25,6 +25,7 @@ from ..heads.functional import GatheredRows
 from ..heads.stacked import StackedHead, Step
 from .data import MemorySource
 from .metrics import scores
+from .protocol import epoch_order, utterance_rows
 
 
 @dataclass
@@ -158,6 +159,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
         mode="min" if scheduler == "plateau" else "max", factor=cfg.lr_factor, patience=cfg.lr_patience)
         for _ in jobs]
     orders = [torch.Generator().manual_seed(j.seed) for j in jobs]
+    lengths = utterance_rows(data) if cfg.group_by_length else None
     y_all = torch.from_numpy(data.y)
     alive = list(range(len(jobs)))        # job numbers still training, in stack order
     best = [None] * len(jobs)
@@ -170,7 +172,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
         t_epoch = time.perf_counter()
         for m in models:
             m.train()
-        run_orders = [jobs[i].train[torch.randperm(len(jobs[i].train), generator=orders[i]).numpy()] for i in alive]
+        run_orders = [epoch_order(jobs[i].train, orders[i], cfg.batch_size, lengths) for i in alive]
         n_steps = [(len(o) + cfg.batch_size - 1) // cfg.batch_size for o in run_orders]
         # summed losses stay on the device (float64: the sums Python floats make), read once per epoch
         totals, counts = torch.zeros(len(alive), dtype=torch.float64, device=device), [0] * len(alive)

@@ -52,23 +52,43 @@ def _partial_note(df: pd.DataFrame) -> str:
             "so not compared for bold")
 
 
+#: run options that change how a row was computed, each with its mark and what it means: a table
+#: says which rows used them (column, mark and footnote), and says nothing where none did
+DEPARTURES = {"bf16": ("‡", r"$^\ddagger$", "trained under bfloat16 autocast (--bf16)"),
+              "group_by_length": ("§", r"$^\S$", "trained on length-grouped batches (--group-by-length)")}
+
+
+def option_rows(df: pd.DataFrame, option: str) -> pd.Series:
+    """True for each row trained with ``option`` (a ``DEPARTURES`` key; the column of that name)."""
+    return df[option].fillna(False).astype(bool) if option in df else pd.Series(False, index=df.index)
+
+
 def bf16_rows(df: pd.DataFrame) -> pd.Series:
     """True for each row trained under bfloat16 autocast (``--bf16``; column ``bf16``)."""
-    return df["bf16"].astype(bool) if "bf16" in df else pd.Series(False, index=df.index)
+    return option_rows(df, "bf16")
 
 
-def _bf16_note(df: pd.DataFrame) -> str:
-    """The footnote of ‡ rows; empty when every row is float32."""
-    if not bf16_rows(df).any():
-        return ""
-    return "; ‡ trained under bfloat16 autocast (--bf16)" if not bf16_rows(df).all() else \
-        "; every row trained under bfloat16 autocast (--bf16)"
+def _options_note(df: pd.DataFrame, latex: bool = False) -> str:
+    """The footnotes of the options some rows used ("every row …" when all did); empty when none did."""
+    out = ""
+    for option, (mark, tex, text) in DEPARTURES.items():
+        rows = option_rows(df, option)
+        if rows.all():
+            out += f"; every row {text}"
+        elif rows.any():
+            out += f"; {tex if latex else mark} {text}"
+    return out
 
 
-def _mark(df: pd.DataFrame, i, dagger: str, ddagger: str) -> str:
-    """The marks after a row's label: † partial folds, ‡ bfloat16 among float32 rows."""
-    some = bf16_rows(df)
-    return (dagger if partial_rows(df)[i] else "") + (ddagger if some[i] and not some.all() else "")
+def _mark(df: pd.DataFrame, i, dagger: str, latex: bool = False) -> str:
+    """The marks after a row's label: † partial folds, then one per option it used that not every
+    row of the table used (‡ --bf16, § --group-by-length)."""
+    out = dagger if partial_rows(df)[i] else ""
+    for option, (mark, tex, _) in DEPARTURES.items():
+        rows = option_rows(df, option)
+        if rows[i] and not rows.all():
+            out += tex if latex else " " + mark
+    return out
 
 
 def _delta(ua: float, published: float) -> float:
@@ -97,7 +117,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
     for i, r in df.iterrows():
-        cells = [str(r["label"]) + _mark(df, i, " †", " ‡")]
+        cells = [str(r["label"]) + _mark(df, i, " †")]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"])
             cells.append(f"**{c}**" if i in best[m] else c)
@@ -107,7 +127,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
             cells += [f"{p:.2f}" if ok else "—", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "—"]
         cells.append(str(int(r["n"])))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", spread_note(df) + "; best mean per metric in bold" + _partial_note(df) + _bf16_note(df) + "."]
+    lines += ["", spread_note(df) + "; best mean per metric in bold" + _partial_note(df) + _options_note(df) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -127,13 +147,13 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     note = spread_note(df, r"$\pm$").replace("×", r"$\times$")
     caption = (_tex_escape(title) + ". " + note + "; best mean per metric in bold"
                + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$")
-               + _tex_escape(_bf16_note(df)).replace("‡", r"$^\ddagger$") + ".")
+               + _options_note(df, latex=True).replace("--", "-{}-") + ".")
     out = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)", r"\begin{table}[t]", r"\centering",
            rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
            rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
     for i, r in df.iterrows():
-        cells = [_tex_escape(str(r["label"])) + _mark(df, i, r"$^\dagger$", r"$^\ddagger$")]
+        cells = [_tex_escape(str(r["label"])) + _mark(df, i, r"$^\dagger$", latex=True)]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"], r"$\pm$")
             cells.append(rf"\textbf{{{c}}}" if i in best[m] else c)
@@ -152,8 +172,10 @@ def to_csv(df: pd.DataFrame) -> str:
     """Every number, unrounded beyond 4 decimals, with the Wilcoxon p-values."""
     cols = ["label"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n"]
     cols += [c for c in ("folds", "partial", "published", "p_vs_best", "best", "key", "run_dir") if c in df]
-    if bf16_rows(df).any():   # a column only where some row used it: float32 grids' files stay as they were
-        cols.insert(cols.index("partial") + 1 if "partial" in cols else len(cols), "bf16")
+    at = cols.index("partial") + 1 if "partial" in cols else len(cols)
+    for option in reversed(list(DEPARTURES)):   # a column only where some row used it: other grids' files unchanged
+        if option_rows(df, option).any():
+            cols.insert(at, option)
     out = df[cols].copy()
     if "run_dir" in out and "key" in out:   # relative to the grid folder (as runs.csv), however --out was typed
         out["run_dir"] = ["runs/" + str(k) for k in out["key"]]

@@ -25,7 +25,7 @@ from .keys import KEY_KIND, SPEECH_KEYS, stream_of
 from .loop import Timer, _predict, train_one
 from .metrics import format_summary, scores, summarise
 from .progress import progress_bar
-from .protocol import _folds, folds_of, run_seed, split
+from .protocol import GROUP_BATCHES, _folds, folds_of, run_seed, split
 from .rundir import (check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
                      write_config, write_predictions, write_summary)
 from .stacked import Job, fit_runs, train_stacked
@@ -103,6 +103,11 @@ class TrainConfig:
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     memory_gb: float | None = opt(None, help="memory budget for holding the data (default: 60%% of free)")
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # None: auto
+    group_by_length: bool = opt(False, help="batches of similar lengths: each epoch's shuffled order is cut into "
+                                            f"groups of {GROUP_BATCHES} batches, each sorted longest first, so a batch "
+                                            "pads little (as transformers' Trainer group_by_length); about a third "
+                                            "of the attention heads' arithmetic on IEMOCAP's frames. Other batches "
+                                            "than the protocol's random ones, so part of the run key")
     bf16: bool = opt(False, help="bfloat16 autocast for the head's matrix products and attention (a GPU's tensor "
                                  "cores; weights, optimizer, normalisations and losses stay float32). Changes the "
                                  "numbers (8 significant bits), so it is part of the run key (docs/stacked-training.md)")
@@ -140,8 +145,9 @@ class TrainConfig:
             raise EmofuseError(f"--lr must be a positive learning rate, found {self.lr}")
         if not 0 <= self.dropout < 1:
             raise EmofuseError(f"--dropout must be in [0, 1), found {self.dropout}")
-        if not isinstance(self.bf16, bool):
-            raise EmofuseError(f"--bf16 is a switch (true or false), found {self.bf16!r}")
+        for name in ("bf16", "group_by_length"):
+            if not isinstance(getattr(self, name), bool):
+                raise EmofuseError(f"--{name.replace('_', '-')} is a switch (true or false), found {getattr(self, name)!r}")
         if self.runs_at_once is not None and (not isinstance(self.runs_at_once, int) or self.runs_at_once < 0):
             raise EmofuseError(f"--runs-at-once must be 0 (every run) or a positive number, found {self.runs_at_once!r}")
         self.keys()
@@ -222,8 +228,9 @@ class TrainConfig:
             d["text"] = None
         d.update(self.resolved())
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
-        if not self.bf16:   # float32, as every run before the option: its key is unchanged
-            del d["bf16"]
+        for name in ("bf16", "group_by_length"):   # off, as every run before the options: keys unchanged
+            if not getattr(self, name):
+                del d[name]
         return d
 
     def autocast(self, device: torch.device):
