@@ -14,6 +14,7 @@
 #             attention and the sync-free padding (aa2d0bf, from .baseline/emofuse-aa2d0bf.tar:
 #             carry `.baseline`), then today's, on the same store (one device call each)
 #   grid-bf16 the same four rows with train-head --bf16 (bfloat16 autocast for the heads)
+#   grid-fast the same four rows with --bf16 --group-by-length (batches of similar lengths)
 #   grid-runs25  the launch-bound rows (linear, late, concatenation) with 25 runs to stack, as in
 #             the real grid, one at a time vs stacked
 #   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
@@ -33,8 +34,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh STAGE [OUT] (see the comment at the top for the stages)}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|grid-before|grid-after|grid-bf16|grid-runs25|sync|finetune|finetune-compile|extract|breakdown|all) ;;
-  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, grid-bf16, grid-runs25, sync, finetune, finetune-compile, extract," \
+case $stage in grid|grid-before|grid-after|grid-bf16|grid-fast|grid-runs25|sync|finetune|finetune-compile|extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, grid-bf16, grid-fast, grid-runs25, sync, finetune, finetune-compile, extract," \
        "breakdown or all" >&2
      exit 2 ;; esac
 mkdir -p "$out"
@@ -116,6 +117,9 @@ run_grid_after() {
 run_grid_bf16() {  # the same rows with train-head --bf16 (bfloat16 autocast), today's code
   grid_rows "$PWD" bf16 --bf16
 }
+run_grid_fast() {  # and with both levers the attention rows have: --bf16 and --group-by-length
+  grid_rows "$PWD" fast --bf16 --group-by-length
+}
 run_grid_runs25() {  # the launch-bound rows with a real row's 25 runs (5 seeds x 5 folds) to stack,
                      # not 5: what stacking buys them in the grid
   step grid-runs25.log 540 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 2 --repeats 5 \
@@ -150,6 +154,7 @@ case $stage in
   grid-after) run_grid_after ;;
   grid-bf16) run_grid_bf16 ;;
   grid-runs25) run_grid_runs25 ;;
+  grid-fast) run_grid_fast ;;
   sync) run_sync ;;
   breakdown) run_breakdown ;;
   finetune) run_finetune ;;

@@ -21,6 +21,7 @@ scaled to full size linearly in the number of utterances (the epoch is a pass ov
     python benchmarks/grid.py [--scale 0.02] [--epochs 2] [--repeats 1] [--device cpu] [--rows "Late F+S;Coattention F+P"]
     python benchmarks/grid.py --paths stacked ...   # one path only (per-run, stacked)
     python benchmarks/grid.py --bf16 ...            # every row trained with train-head --bf16
+    python benchmarks/grid.py --group-by-length ... # every row on length-grouped batches
     python benchmarks/grid.py --floor-only --scale 0.05 [--peak-tflops 67,989] [--floor-batch 1]
 """
 
@@ -35,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emofuse.pipelines.ablate import TRAIN_FIELDS, load_spec  # noqa: E402
 from emofuse.devices import resolve_device  # noqa: E402
 from emofuse.pipelines.data import load_train_data  # noqa: E402
-from emofuse.pipelines.protocol import sessions_of, split  # noqa: E402
+from emofuse.pipelines.protocol import epoch_order, sessions_of, split, utterance_rows  # noqa: E402
 from emofuse.pipelines.train import TrainConfig, run_train  # noqa: E402
 from emofuse.store import FeatureStore  # noqa: E402
 from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
@@ -93,7 +95,8 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
 def epoch_flops(cfg: TrainConfig, batch: int | None = None) -> float:
     """Floating-point operations of one run-epoch of ``cfg`` as train-head computes it: the first
     fold's training split forward and backward in shuffled batches of ``batch_size`` (padded to
-    each batch's longest, as trained) and its validation split forward in batches of 64. Counted by
+    each batch's longest, as trained, grouped by length with --group-by-length) and its validation
+    split forward in batches of 64. Counted by
     torch's FlopCounterMode (matmuls, convolutions, attention) on meta tensors: shapes only,
     nothing is computed, so a full-size head is counted in seconds on any machine. ``batch``
     (e.g. 1: no padding at all) replaces both batch sizes."""
@@ -104,7 +107,8 @@ def epoch_flops(cfg: TrainConfig, batch: int | None = None) -> float:
     with meta:
         model = cfg.build(data.dims, len(data.classes))
     tr, va, _ = split(data, sessions_of(data)[0], cfg.seed, cfg.val_fraction)
-    order = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed)).numpy()]
+    order = epoch_order(tr, torch.Generator().manual_seed(cfg.seed), cfg.batch_size,
+                        utterance_rows(data) if cfg.group_by_length else None)
     train_batch, val_batch = (cfg.batch_size, 64) if batch is None else (batch, batch)
     with FlopCounterMode(display=False) as count:
         for k in range(0, len(order), train_batch):
@@ -113,6 +117,28 @@ def epoch_flops(cfg: TrainConfig, batch: int | None = None) -> float:
             for k in range(0, len(va), val_batch):
                 model(data.batch(va[k:k + val_batch], meta))
     return float(count.get_total_flops())
+
+
+def options(args) -> dict:
+    """The train-head options the benchmark's flags set for every row."""
+    return {k: True for k in ("bf16", "group_by_length") if getattr(args, k)}
+
+
+def padding_at_iemocap_size(path: str, batch: int = 32, seed: int = 0) -> dict:
+    """Padded frames ÷ real frames of one epoch's training batches at IEMOCAP's size (one fold's
+    training split, 72 % of 5,531 utterances, lengths resampled from the store's frames), in the
+    protocol's shuffled batches and with --group-by-length. Larger epochs group more tightly than
+    the small store the rows are counted on, so this is what the grouping buys at full size."""
+    with FeatureStore(path) as fs:
+        frames = load_train_data(fs, ["F"], "audio", "text", {"audio": "last", "text": "last"}).sources["F"].lengths
+    rng = np.random.default_rng(seed)
+    L = rng.choice(np.asarray(frames), size=int(0.72 * IEMOCAP))
+    out = {}
+    for name, lengths in (("shuffled", None), ("grouped", L)):
+        o = epoch_order(np.arange(len(L)), torch.Generator().manual_seed(seed), batch, lengths)
+        padded = sum(int(L[o[k:k + batch]].max()) * len(o[k:k + batch]) for k in range(0, len(o), batch))
+        out[name] = round(padded / int(L.sum()), 2)
+    return out
 
 
 def floor_only(args, rows: dict, defaults: dict) -> None:
@@ -130,28 +156,33 @@ def floor_only(args, rows: dict, defaults: dict) -> None:
         out, total = [], 0.0
         for label, row in rows.items():
             params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
-            flops = epoch_flops(TrainConfig(store=path, out=os.path.join(tmp, "x"), **params),
+            flops = epoch_flops(TrainConfig(store=path, out=os.path.join(tmp, "x"), **options(args), **params),
                                 args.floor_batch) * IEMOCAP / n_utts
             total += flops
             out.append({"row": label, "tflop_per_run_epoch_full_scale": round(flops / 1e12, 2),
                         **{f"floor_s_per_run_epoch_{n}": round(flops / r, 3) for n, r in zip(names, rates)}})
             print(f"{label:<28} {flops / 1e12:9.2f} TFLOP per run-epoch at IEMOCAP size   "
                   + "   ".join(f"{n} floor {flops / r:7.3f} s" for n, r in zip(names, rates)), flush=True)
+        padding = padding_at_iemocap_size(path)
     floors = {n: round(total * 25 * args.grid_epochs / r / 3600, 2) for n, r in zip(names, rates)}
     print(f"whole grid, 25 runs × {args.grid_epochs} epochs per row, at the peak rates: "
           + ", ".join(f"{n} {h} h" for n, h in floors.items()), flush=True)
+    print(f"frames padded ÷ real at IEMOCAP size (batches of 32): shuffled {padding['shuffled']}, "
+          f"grouped by length {padding['grouped']}", flush=True)
     res = {"benchmark": "grid-floor", "spec": args.spec, "scale": args.scale, "utterances": n_utts,
-           "batch": args.floor_batch or "the protocol's (32; validation 64)",
+           "batch": args.floor_batch or "the protocol's (32; validation 64)", "group_by_length": args.group_by_length,
            "peak_tflops": dict(zip(names, [r / 1e12 for r in rates])), "grid_epochs_assumed": args.grid_epochs,
-           "rows": out, "grid_floor_h": floors,
+           "rows": out, "grid_floor_h": floors, "padding_at_iemocap_size": padding,
            "grid_pflop": round(total * 25 * args.grid_epochs / 1e15, 1)}
     row = (f"| grid floor | {time.strftime('%Y-%m-%d')} | arithmetic only (FlopCounterMode on meta tensors) | "
            f"{args.spec}, {len(out)} rows, counted at {n_utts} utts, scaled to IEMOCAP"
-           + (f", batches of {args.floor_batch}" if args.floor_batch else "") + " | whole grid, 25 runs × "
+           + (f", batches of {args.floor_batch}" if args.floor_batch else "")
+           + (", --group-by-length" if args.group_by_length else "") + " | whole grid, 25 runs × "
            f"{args.grid_epochs} epochs per row: {res['grid_pflop']} PFLOP; at "
            + ", ".join(f"{n} {r / 1e12:g} TFLOP/s {floors[n]} h" for n, r in zip(names, rates))
            + " | — | — | — | — |")
-    record("grid-floor" + (f"-batch{args.floor_batch}" if args.floor_batch else ""), res, row)
+    record("grid-floor" + (f"-batch{args.floor_batch}" if args.floor_batch else "")
+           + ("-grouped" if args.group_by_length else ""), res, row)
 
 
 def main() -> None:
@@ -169,6 +200,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=1,
                     help="alternate the paths this many times per row and keep each path's fastest (a shared machine)")
     ap.add_argument("--bf16", action="store_true", help="train every row with --bf16 (bfloat16 autocast)")
+    ap.add_argument("--group-by-length", action="store_true",
+                    help="train (or count) every row with --group-by-length (batches of similar lengths)")
     ap.add_argument("--floor-only", action="store_true",
                     help="count each row's arithmetic and print the grid's floor at --peak-tflops; train nothing")
     ap.add_argument("--peak-tflops", default="67,989",
@@ -215,7 +248,7 @@ def main() -> None:
             params.update(repeats=1, epochs=1, patience=2, folds=("1",))
             for path_name in paths:
                 run_train(TrainConfig(store=path, out=os.path.join(tmp, "warm-up", path_name), device=str(device),
-                                      **({"bf16": True} if args.bf16 else {}),
+                                      **options(args),
                                       runs_at_once=at_once[path_name], **params))
             print("warm-up: one untimed run of each path done", flush=True)
         for label, row in rows.items():
@@ -225,7 +258,7 @@ def main() -> None:
             for trial in range(args.trials):
                 for path_name in paths:
                     cfg = TrainConfig(store=path, out=os.path.join(tmp, "runs", f"{len(out)}-{path_name}-{trial}"),
-                                      **({"bf16": True} if args.bf16 else {}),
+                                      **options(args),
                                       device=str(device), runs_at_once=at_once[path_name], **params)
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
@@ -287,13 +320,15 @@ def main() -> None:
            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, torch "
                       f"{torch.__version__}, {torch.get_num_threads()} threads" + (f", {gpu}" if gpu else ""),
            "store_build_s": round(t_store, 1), "memory_bandwidth_gb_s": round(bandwidth / 1e9, 1),
-           "matmul_tflops": round(rate / 1e12, 2), "bf16": args.bf16, "rows": out,
+           "matmul_tflops": round(rate / 1e12, 2), "bf16": args.bf16, "group_by_length": args.group_by_length,
+           "rows": out,
            "grid_wall_full_scale_h": {p: round(t / 3600, 2) for p, t in total_full.items()}}
     if len(paths) == 2:
         res["grid_speedup"] = round(total_full["per-run"] / total_full["stacked"], 2)
     ratios = [r["speedup"] for r in out if "speedup" in r]
     row = (f"| grid | {time.strftime('%Y-%m-%d')} | {res['machine']} | {args.spec}, {len(out)} rows, {n_utts} utts "
-           f"({args.scale} × IEMOCAP), {args.epochs} epochs × {5 * args.repeats} runs | whole grid at IEMOCAP size, "
+           f"({args.scale} × IEMOCAP), {args.epochs} epochs × {5 * args.repeats} runs"
+           + "".join(f", --{k.replace('_', '-')}" for k in options(args)) + " | whole grid at IEMOCAP size, "
            f"25 runs × {args.grid_epochs} epochs per row: "
            + ", ".join(f"{p} {h} h" for p, h in res["grid_wall_full_scale_h"].items())
            + (f"; stacked {res['grid_speedup']}x the per-run path (rows {min(ratios)}–{max(ratios)}x)" if ratios else "")
