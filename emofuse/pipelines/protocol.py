@@ -1,11 +1,13 @@
 """The evaluation protocol of docs/design.md: leave-one-session-out folds, the validation draw
-and the seed of each (repeat, fold) run. Shared by ``train-head`` and ``finetune``."""
+and the seed of each (repeat, fold) run, and the order of an epoch's batches. Shared by ``train-head``
+and ``finetune``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ..errors import EmofuseError
 from ..hashing import sha256_int
@@ -71,8 +73,6 @@ def epoch_order(train: np.ndarray, gen, batch_size: int, lengths: np.ndarray | N
     (rows per utterance, ``--group-by-length``) the shuffled order is cut into groups of
     ``GROUP_BATCHES`` batches and each group sorted longest first (stable), so each batch holds
     utterances of similar length; the draws from ``gen`` are the same either way."""
-    import torch
-
     order = train[torch.randperm(len(train), generator=gen).numpy()]
     if lengths is None:
         return order

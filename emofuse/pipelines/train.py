@@ -335,7 +335,8 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
         log.info(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
                  f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
                  (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
-                 f", training on {device}" + (" under bfloat16 autocast" if cfg.bf16 else "") + f"; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+                 f", training on {device}" + (" under bfloat16 autocast" if cfg.bf16 else "")
+                 + (" on length-grouped batches" if cfg.group_by_length else "") + f"; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
                  (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
