@@ -114,6 +114,21 @@ def test_stacked_runs_equal_runs_trained_alone(store, tmp_path, name):
         _same_run(got[j.key], alone, data, j.key[1], j.norm)
 
 
+@pytest.mark.parametrize("name", ["proj-stats", "single-layer"])
+def test_runs_that_stop_at_different_epochs_leave_the_stack_and_the_rest_go_on(store, tmp_path, name):
+    """Early stopping ends runs at different epochs (the normal case at patience 10): a run that
+    stopped leaves the stack and the others train on, run for run as one at a time."""
+    kw = dict(store=store, epochs=8, patience=1, repeats=2, folds=("1", "3", "4"), device="cpu", **HEADS[name])
+    stacked = run_train(TrainConfig(out=str(tmp_path / "stacked"), runs_at_once=0, **kw))
+    alone = run_train(TrainConfig(out=str(tmp_path / "alone"), runs_at_once=1, **kw))
+    epochs = [r["epochs"] for r in stacked["runs"]]
+    assert len(set(epochs)) > 1 and min(epochs) < 8   # some runs stopped while others went on
+    assert epochs == [r["epochs"] for r in alone["runs"]]
+    assert [r["best_epoch"] for r in stacked["runs"]] == [r["best_epoch"] for r in alone["runs"]]
+    for a, b in zip(stacked["runs"], alone["runs"]):
+        assert abs(a["ua"] - b["ua"]) < 1e-9
+
+
 def test_a_run_does_not_depend_on_its_companions(store, tmp_path):
     cfg = _resolved(store=store, out=str(tmp_path), epochs=3, patience=1, **HEADS["coattention"])
     data = _data(store, cfg)

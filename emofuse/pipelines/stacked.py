@@ -170,8 +170,8 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
         if not alive:
             break
         t_epoch = time.perf_counter()
-        for m in models:
-            m.train()
+        for i in alive:   # (a run that stopped has handed its head on: models[i] is None)
+            models[i].train()
         run_orders = [epoch_order(jobs[i].train, orders[i], cfg.batch_size, lengths) for i in alive]
         n_steps = [(len(o) + cfg.batch_size - 1) // cfg.batch_size for o in run_orders]
         # summed losses stay on the device (float64: the sums Python floats make), read once per epoch
