@@ -132,3 +132,21 @@ def test_tables_mark_bf16_rows_and_float32_tables_stay_as_they_were():
     assert list(pd.read_csv(__import__("io").StringIO(tables.to_csv(mixed)))["bf16"]) == [False, True, False]
     every = tables.to_markdown(df.assign(bf16=True), "T")
     assert "‡" not in every and "every row trained under bfloat16 autocast (--bf16)." in every
+
+
+def test_ablate_bf16_overrides_a_rows_own_setting_and_marks_combinations(store, tmp_path):
+    from emofuse.pipelines.ablate import run_ablate
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 1, folds: ['1']}\ntables:\n- name: a\n  rows:\n"
+                    "  - {label: one, fusion: none, granularity: F, bf16: false}\n"
+                    "  - {label: late, fusion: late, granularity: F+S}\n"
+                    "  - {label: both, combine: [one, late]}\n")
+    cfgs, keys = _plan(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), bf16=True),
+                       load_spec(str(spec)))
+    assert all(c.bf16 for c in cfgs.values())   # "--bf16: every row", a row's bf16: false included
+    got = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), bf16=True, device="cpu"))
+    df = got["a"].set_index("label")
+    assert df["bf16"].tolist() == [True, True, True]   # the combination of bf16 runs is a bf16 row
+    md = (tmp_path / "g" / "tables.md").read_text()
+    assert "every row trained under bfloat16 autocast (--bf16)" in md

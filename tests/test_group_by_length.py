@@ -104,3 +104,13 @@ def test_training_uses_the_grouped_order_alone_and_stacked(store, tmp_path, monk
         train_one(cfg, data, jobs[0].train, jobs[0].val, jobs[0].seed, torch.device("cpu"), jobs[0].norm, Timer())
         _stacked(cfg, data, jobs)
         assert seen == [grouped] * (2 + 2 * 2)   # 2 epochs alone, 2 epochs × 2 runs stacked
+
+
+def test_listings_name_the_options(store, tmp_path):  # noqa: F811
+    from emofuse.pipelines.runs import config_summary
+    from emofuse.pipelines.train import describe_config
+
+    cfg = TrainConfig(store=store, out=str(tmp_path), fusion="late", granularity="F+S")
+    on = replace(cfg, bf16=True, group_by_length=True)
+    assert describe_config(on) == describe_config(cfg) + ", bf16, length-grouped batches"
+    assert config_summary(on.identity()) == config_summary(cfg.identity()) + ", bf16, length-grouped batches"

@@ -69,10 +69,10 @@ class AblateConfig:
                                     "part of a row's key)")
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # train-head's, for every row
     group_by_length: bool = opt(False, help="every train-head row on length-grouped batches (train-head "
-                                            "--group-by-length; part of each row's key)")
+                                            "--group-by-length, over a row's own setting; part of each row's key)")
     bf16: bool = opt(False, help="every row, trained and fine-tuned, with bfloat16 autocast (train-head/finetune "
-                                 "--bf16, as a spec's defaults: bf16: true). Part of each row's key: float32 "
-                                 "results are never shown for it")
+                                 "--bf16, over a row's own setting). Part of each row's key: float32 results are "
+                                 "never shown for it")
     executor: str = opt("local", choices=EXECUTORS,
                         help="local: this machine (--jobs processes); submitit: one cluster job per set of rows "
                              "sharing data (Slurm; needs pip install 'emofuse[cluster]')")
@@ -355,9 +355,9 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
         defaults["epochs"] = cfg.epochs
     if cfg.folds is not None:
         defaults["folds"] = tuple(cfg.folds)
-    for option in ("bf16", "group_by_length"):
-        if getattr(cfg, option):
-            defaults[option] = True
+    # --bf16 / --group-by-length apply to every row, over a row's own setting (unlike a spec's defaults)
+    forced = {option: True for option in ("bf16", "group_by_length") if getattr(cfg, option)}
+    forced_ft = {k: v for k, v in forced.items() if k in ft.ROW_FIELDS}   # fine-tuned rows: bf16 only
     runs_dir = os.path.join(cfg.out, "runs")
     train_cfgs: dict[str, TrainConfig] = {}
     key_of: dict[str, str] = {}
@@ -366,6 +366,7 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
             if "combine" in row:
                 continue
             if row.get("finetune"):   # fine-tuned encoders: pipelines/finetune.py
+                row = {**row, **forced_ft}
                 c = ft.ablate_config(cfg.store, "", defaults, row, cfg.device, cfg.audio_model, cfg.text_model,
                                      cfg.root)
                 try:
@@ -383,7 +384,7 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
                                                            cfg.device, cfg.audio_model, cfg.text_model, cfg.root),
                                           grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
                 continue
-            params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}}
+            params = {**defaults, **{k: v for k, v in row.items() if k in TRAIN_FIELDS}, **forced}
             if "folds" in params and params["folds"] is not None:
                 params["folds"] = tuple(str(f) for f in params["folds"])
             try:
@@ -503,9 +504,12 @@ def _paired_p(a: dict, b: dict) -> float:
 
 
 def _departures(run_dir: str) -> dict[str, bool]:
-    """Which of the options a table marks (``tables.DEPARTURES``) the run in ``run_dir`` used."""
+    """Which of the options a table marks (``tables.DEPARTURES``) the run in ``run_dir`` used; a
+    score combination used those that any of its members did (its identity holds theirs)."""
     identity = (read_config(run_dir) or {}).get("identity") or {}
-    return {option: bool(identity.get(option)) for option in tables.DEPARTURES}
+    members = identity.get("members") if identity.get("fusion") == "combine" else None
+    used = members if isinstance(members, list) else [identity]
+    return {option: any(bool((m or {}).get(option)) for m in used) for option in tables.DEPARTURES}
 
 
 def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]:

@@ -65,6 +65,7 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
     for k in ("repeats", "epochs", "patience", "batch_size", "dropout", "seed", "val_fraction"):
         if k in identity and k in PROTOCOL and identity[k] != PROTOCOL[k]:
             parts.append(f"{k.replace('_', ' ')} {identity[k]}")
+    parts += [text for k, text in (("bf16", "bf16"), ("group_by_length", "length-grouped batches")) if identity.get(k)]
     return ", ".join(p for p in parts if p)
 
 

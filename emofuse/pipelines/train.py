@@ -252,7 +252,8 @@ def _norm_subset(keys: list[str], norm_streams: str) -> list[str]:
 def describe_config(cfg: TrainConfig) -> str:
     """One line naming what a configuration trains: fusion, streams and where each is read, and
     the head (``none``/``late`` only: the other fusions have heads of their own), e.g.
-    ``coattention F+P+T (F+P: egemaps, T: text)`` or ``late F+T, linear branches (F: audio, T: text)``."""
+    ``coattention F+P+T (F+P: egemaps, T: text)`` or ``late F+T, linear branches (F: audio, T: text)``;
+    then `, bf16` and `, length-grouped batches` when those options are on."""
     keys = cfg.keys()
     what = f"{cfg.fusion} {'+'.join(keys)}"
     if cfg.fusion in ("none", "late"):
@@ -260,7 +261,8 @@ def describe_config(cfg: TrainConfig) -> str:
     speech = [k for k in keys if k != "T"]
     streams = ([f"{'+'.join(speech)}: {cfg.audio_stream}"] if speech else []) + (
         [f"T: {cfg.text_stream}"] if "T" in keys else [])
-    return f"{what} ({', '.join(streams)})"
+    how = "".join(text for on, text in ((cfg.bf16, ", bf16"), (cfg.group_by_length, ", length-grouped batches")) if on)
+    return f"{what} ({', '.join(streams)}){how}"
 
 
 def stream_default_norm(info: dict) -> str:
@@ -335,8 +337,7 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
         log.info(f"train-head {describe_config(cfg)}: {len(data.ids)} utterances, classes "
                  f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
                  (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
-                 f", training on {device}" + (" under bfloat16 autocast" if cfg.bf16 else "")
-                 + (" on length-grouped batches" if cfg.group_by_length else "") + f"; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
+                 f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
                  (f"; no segments (masked): {data.empty}" if data.empty else ""))
         folds = folds_of(data, cfg)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
