@@ -141,12 +141,15 @@ def test_ablate_bf16_overrides_a_rows_own_setting_and_marks_combinations(store, 
     spec.write_text("name: t\ndefaults: {repeats: 1, epochs: 1, folds: ['1']}\ntables:\n- name: a\n  rows:\n"
                     "  - {label: one, fusion: none, granularity: F, bf16: false}\n"
                     "  - {label: late, fusion: late, granularity: F+S}\n"
-                    "  - {label: both, combine: [one, late]}\n")
+                    "  - {label: syl, fusion: none, granularity: S}\n"
+                    "  - {label: both, combine: [one, late]}\n"
+                    "  - {label: both2, combine: [late, syl]}\n"
+                    "  - {label: nested, combine: [both, both2]}\n")
     cfgs, keys = _plan(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), bf16=True),
                        load_spec(str(spec)))
     assert all(c.bf16 for c in cfgs.values())   # "--bf16: every row", a row's bf16: false included
     got = run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), bf16=True, device="cpu"))
     df = got["a"].set_index("label")
-    assert df["bf16"].tolist() == [True, True, True]   # the combination of bf16 runs is a bf16 row
+    assert df["bf16"].tolist() == [True] * 6   # a combination (of combinations too) of bf16 runs is a bf16 row
     md = (tmp_path / "g" / "tables.md").read_text()
     assert "every row trained under bfloat16 autocast (--bf16)" in md

@@ -505,11 +505,17 @@ def _paired_p(a: dict, b: dict) -> float:
 
 def _departures(run_dir: str) -> dict[str, bool]:
     """Which of the options a table marks (``tables.DEPARTURES``) the run in ``run_dir`` used; a
-    score combination used those that any of its members did (its identity holds theirs)."""
-    identity = (read_config(run_dir) or {}).get("identity") or {}
-    members = identity.get("members") if identity.get("fusion") == "combine" else None
-    used = members if isinstance(members, list) else [identity]
-    return {option: any(bool((m or {}).get(option)) for m in used) for option in tables.DEPARTURES}
+    score combination used those that any run beneath it did (its identity holds its members',
+    combinations of combinations included)."""
+    def used(identity) -> set:
+        if not isinstance(identity, dict):
+            return set()
+        if identity.get("fusion") == "combine":
+            return set().union(*(used(m) for m in identity.get("members") or []))
+        return {option for option in tables.DEPARTURES if identity.get(option)}
+
+    found = used((read_config(run_dir) or {}).get("identity") or {})
+    return {option: option in found for option in tables.DEPARTURES}
 
 
 def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]:
@@ -555,7 +561,8 @@ def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str)
     for label, key in key_of.items():
         row, c = spec["_labels"][label], train_cfgs.get(key)
         what = (f"score combination of {', '.join(row['combine'])}" if "combine" in row else
-                describe_config(c) if isinstance(c, TrainConfig) else f"fine-tuned {getattr(c, 'system', '')}".strip())
+                describe_config(c) if isinstance(c, TrainConfig) else (f"fine-tuned {getattr(c, 'system', '')}".strip()
+                                                                      + (", bf16" if getattr(c, "bf16", False) else "")))
         d = os.path.join(out, "runs", key)
         rows.append({"label": label, "folder": os.path.join("runs", key), "tables": ",".join(in_tables.get(label, [])),
                      "configuration": what, "finished": is_finished(d)})

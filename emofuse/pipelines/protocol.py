@@ -63,7 +63,7 @@ def split(data: TrainData, session: str, seed: int, val_fraction: float) -> tupl
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
 
 
-#: batches per length group of ``--group-by-length`` (transformers' LengthGroupedSampler: 50)
+#: batches per length group of ``--group-by-length`` (transformers' LengthGroupedSampler: at most 50)
 GROUP_BATCHES = 50
 
 

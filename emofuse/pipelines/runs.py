@@ -44,7 +44,8 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
         used = {"cma": ("audio_model", "text_model"), "audio": ("audio_model",), "text": ("text_model",)}
         models = [str(identity.get(k) or config.get(k)) for k in used.get(identity["system"], ())
                   if identity.get(k) or config.get(k)]
-        return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}"
+        return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}" + (
+            ", bf16" if identity.get("bf16") else "")
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
     if identity.get("fusion") in ("none", "late"):
         parts.append(str(identity.get("head")))

@@ -105,9 +105,9 @@ class TrainConfig:
     runs_at_once: int | None = opt(None, metavar="N", help=RUNS_AT_ONCE_HELP)   # None: auto
     group_by_length: bool = opt(False, help="batches of similar lengths: each epoch's shuffled order is cut into "
                                             f"groups of {GROUP_BATCHES} batches, each sorted longest first, so a batch "
-                                            "pads little (as transformers' Trainer group_by_length); about a third "
-                                            "of the attention heads' arithmetic on IEMOCAP's frames. Other batches "
-                                            "than the protocol's random ones, so part of the run key")
+                                            "pads little (after transformers' Trainer group_by_length); about a "
+                                            "third of the attention heads' arithmetic on IEMOCAP's frames. Other "
+                                            "batches than the protocol's random ones, so part of the run key")
     bf16: bool = opt(False, help="bfloat16 autocast for the head's matrix products and attention (a GPU's tensor "
                                  "cores; weights, optimizer, normalisations and losses stay float32). Changes the "
                                  "numbers (8 significant bits), so it is part of the run key (docs/stacked-training.md)")
