@@ -17,23 +17,14 @@ from emofuse.pipelines.loop import Timer, _predict, train_one
 from emofuse.pipelines.predict import load_model
 from emofuse.pipelines.train import TrainConfig, run_train
 from emofuse.store import FeatureStore
-from emofuse.testing.synthetic import make_synthetic_store
 
-from test_stacked import HEADS, _data, _jobs, _resolved, _stacked
+from test_stacked import HEADS, _data, _jobs, _resolved, _stacked, store  # noqa: F401  (its store fixture)
 
 CPU = torch.device("cpu")
 #: every head of both papers, the stacking ones (test_stacked.HEADS) and the LSTM ones
 ALL_HEADS = {**{k: v for k, v in HEADS.items() if not k.endswith("-gpu-way")},
              "cma": dict(fusion="cma", granularity="F", heads=2, proj=8, ff=8),
              "cnn-blstm": dict(fusion="none", granularity="F", head="cnn-blstm", proj=8)}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bf16") / "s.h5"
-    make_synthetic_store(path, per_class=3, layers=3, dim=8, planted_layer=1, strength=1.0, mean_seconds=0.8,
-                         empty_word_ids=2, seed=3)
-    return str(path)
 
 
 def test_bf16_enters_the_run_key_only_when_set(store, tmp_path):
