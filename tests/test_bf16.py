@@ -92,6 +92,11 @@ def test_a_bf16_run_reloads_and_reproduces_its_test_logits(store, tmp_path):
     # read in float32 instead, the same weights give other logits: bf16 was really used and recorded
     model.spec["config"] = {**model.spec["config"], "bf16": False}
     assert not np.allclose(model.member_logits(data, idx)[0], want, atol=2e-4)
+    # and the run's report says how it was computed
+    from emofuse.pipelines.report import run_report
+    with open(run_report(run)) as f:
+        head = f.read().split("\n\n")[1]
+    assert head.endswith("; trained under bfloat16 autocast (--bf16)")
 
 
 def test_ablate_bf16_puts_every_row_in_another_key(store, tmp_path):

@@ -507,14 +507,7 @@ def _departures(run_dir: str) -> dict[str, bool]:
     """Which of the options a table marks (``tables.DEPARTURES``) the run in ``run_dir`` used; a
     score combination used those that any run beneath it did (its identity holds its members',
     combinations of combinations included)."""
-    def used(identity) -> set:
-        if not isinstance(identity, dict):
-            return set()
-        if identity.get("fusion") == "combine":
-            return set().union(*(used(m) for m in identity.get("members") or []))
-        return {option for option in tables.DEPARTURES if identity.get(option)}
-
-    found = used((read_config(run_dir) or {}).get("identity") or {})
+    found = tables.options_used((read_config(run_dir) or {}).get("identity") or {})
     return {option: option in found for option in tables.DEPARTURES}
 
 

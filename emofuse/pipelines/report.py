@@ -11,8 +11,8 @@ import numpy as np
 
 from ..errors import EmofuseError
 from .keys import SHORT_NAME
-from .rundir import fold_metrics, is_finished, read_summary
-from .tables import partial_rows
+from .rundir import fold_metrics, is_finished, read_config, read_summary
+from .tables import DEPARTURES, options_used, partial_rows
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,9 @@ def run_report(path: str) -> str:
     elif is_finished(path):
         s, _ = _load(path)
         name = run_name(s)
-        lines += [f"# emofuse report: {name}", "", format_summary(s), ""]
+        used = options_used((read_config(path) or {}).get("identity"))   # how it was computed, where not the default
+        how = "".join(f"; {DEPARTURES[o][2]}" for o in DEPARTURES if o in used)
+        lines += [f"# emofuse report: {name}", "", format_summary(s) + how, ""]
         for cap, rel in run_figures(path, fig_dir, "", name):
             lines += [f"![{cap}]({rel})", ""]
     else:

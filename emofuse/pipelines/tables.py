@@ -58,6 +58,16 @@ DEPARTURES = {"bf16": ("‡", r"$^\ddagger$", "trained under bfloat16 autocast (
               "group_by_length": ("§", r"$^\S$", "trained on length-grouped batches (--group-by-length)")}
 
 
+def options_used(identity) -> set:
+    """The ``DEPARTURES`` options a run's recorded identity used; a score combination's are those of
+    any run beneath it (its identity holds its members', combinations of combinations included)."""
+    if not isinstance(identity, dict):
+        return set()
+    if identity.get("fusion") == "combine":
+        return set().union(*(options_used(m) for m in identity.get("members") or []))
+    return {option for option in DEPARTURES if identity.get(option)}
+
+
 def option_rows(df: pd.DataFrame, option: str) -> pd.Series:
     """True for each row trained with ``option`` (a ``DEPARTURES`` key; the column of that name)."""
     return df[option].fillna(False).astype(bool) if option in df else pd.Series(False, index=df.index)
