@@ -73,11 +73,6 @@ def option_rows(df: pd.DataFrame, option: str) -> pd.Series:
     return df[option].fillna(False).astype(bool) if option in df else pd.Series(False, index=df.index)
 
 
-def bf16_rows(df: pd.DataFrame) -> pd.Series:
-    """True for each row trained under bfloat16 autocast (``--bf16``; column ``bf16``)."""
-    return option_rows(df, "bf16")
-
-
 def _options_note(df: pd.DataFrame, latex: bool = False) -> str:
     """The footnotes of the options some rows used ("every row …" when all did); empty when none did."""
     out = ""
