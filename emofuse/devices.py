@@ -65,6 +65,12 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def bf16_autocast(device, enabled: bool):
+    """bfloat16 autocast on ``device``'s type when ``enabled`` (``--bf16``), else a context that
+    changes nothing: the one way train-head, its stacked runs, predict and finetune switch it on."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def gpu_free_bytes(device: torch.device) -> int:
     """Bytes a new allocation on GPU ``device`` can use: what the driver reports free plus what
     torch's caching allocator holds reserved but unused (freed tensors it keeps for reuse, which

@@ -34,7 +34,7 @@ from torch import nn
 from .. import __version__
 from ..corpora import Utterance
 from ..corpora.table import changes_text, resolve_audio_path
-from ..devices import rank_device, resolve_device, to_device
+from ..devices import bf16_autocast, rank_device, resolve_device, to_device
 from ..errors import EmofuseError
 from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
@@ -594,7 +594,7 @@ def train_step(model: FinetuneModel, wrapped: nn.Module, opt, data: FinetuneData
         got: list = []
         try:
             with sync, capture_bn(model, got):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                with bf16_autocast(device, cfg.bf16):
                     logits = wrapped(batch)
                 loss = nn.functional.cross_entropy(logits.float(), batch["y"], reduction="sum")
                 (loss * (0.0 if idle else world / len(idx))).backward()
@@ -628,7 +628,7 @@ def predict(model: nn.Module, data: FinetuneData, idx: np.ndarray, cfg: Finetune
         if i % world != rank:
             continue
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with bf16_autocast(device, cfg.bf16):
                 out[to_device(torch.from_numpy(pos), device)] = model(collate(data, idx[pos], device, pad_token)).float()
         except torch.OutOfMemoryError as e:
             raise _oom(cfg, len(pos), e) from None

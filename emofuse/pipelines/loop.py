@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ..devices import to_device
+from ..devices import bf16_autocast, to_device
 from .data import TrainData
 from .metrics import scores
 from .protocol import epoch_order, utterance_rows
@@ -75,7 +75,7 @@ def _predict(model, data: TrainData, idx: np.ndarray, device, norm, timer: Timer
     model.eval()
     out = []
     clock = BatchClock(device, timer)
-    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), bf16_autocast(device, bf16):
         for k in range(0, len(idx), batch):
             t0 = clock.mark()
             inputs = data.batch(idx[k:k + batch], device, norm)
@@ -116,7 +116,7 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
             y = to_device(y_all[idx], device)   # pinned, asynchronous: no wait for the device
             t1 = clock.mark()
             opt.zero_grad(set_to_none=True)
-            with cfg.autocast(device):
+            with bf16_autocast(device, cfg.bf16):
                 logits = model(inputs)
             loss = torch.nn.functional.cross_entropy(logits.float(), y)   # float32 (a no-op without --bf16)
             loss.backward()

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..devices import resolve_device
+from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
 from ..store import FeatureStore, nonfinite, shaping_differs
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
@@ -234,7 +234,7 @@ class TrainedModel:
             head = m.head.to(device).eval()
             chunks = []
             bf16 = bool(self.spec["config"].get("bf16"))   # computed as the run computed its test logits
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad(), bf16_autocast(device, bf16):
                 for a in range(0, len(idx), batch):
                     chunks.append(head(data.batch(idx[a:a + batch], device, norm)).float())
             # to the host once per member, not once per chunk (each copy would wait for the device)

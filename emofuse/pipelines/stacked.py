@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import stack_module_state
 
-from ..devices import gpu_free_bytes, to_device
+from ..devices import bf16_autocast, gpu_free_bytes, to_device
 from ..heads.functional import GatheredRows
 from ..heads.stacked import StackedHead, Step
 from .data import MemorySource
@@ -197,7 +197,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             else:
                 sel = to_device(torch.tensor(active), device)
                 P = {n: p.index_select(0, sel) for n, p in opt.p.items()}
-            with cfg.autocast(device):
+            with bf16_autocast(device, cfg.bf16):
                 logits = head.forward(P, inputs, s)
             ce = torch.nn.functional.cross_entropy(logits.float().reshape(-1, n_classes), y.reshape(-1),
                                                    reduction="none").view(len(active), s.Bmax)
@@ -269,7 +269,7 @@ def _predict_stacked(head: StackedHead, P, data, jobs: Sequence[Job], device, ti
         t1 = clock.mark()
         Pa = P if len(active) == len(jobs) else {
             n: p.index_select(0, to_device(torch.tensor(active), p.device)) for n, p in P.items()}
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(device, bf16):
             logits = head.forward(Pa, inputs, s).float()
         for a, idx in zip(range(len(active)), idxs):
             out[active[a]].append(logits[a, :len(idx)])
@@ -294,7 +294,7 @@ def probe_step(cfg, data, device: torch.device, runs: int = 2) -> int:
         gen = torch.Generator(device=device).manual_seed(0)
         s = Step(B=[len(worst)] * runs, lengths=lens, gens=[gen] * runs, p=cfg.dropout, training=True)
         y = torch.from_numpy(data.y[worst]).to(device).repeat(runs)
-        with cfg.autocast(device):
+        with bf16_autocast(device, cfg.bf16):
             logits = head.forward(params, inputs, s)
         torch.nn.functional.cross_entropy(logits.float().reshape(runs * len(worst), -1), y).backward()
         return 4 * sum(p.numel() * p.element_size() for p in params.values())

@@ -233,11 +233,6 @@ class TrainConfig:
                 del d[name]
         return d
 
-    def autocast(self, device: torch.device):
-        """The context every forward pass of this configuration's runs goes through: bfloat16
-        autocast with ``--bf16``, else nothing (float32)."""
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.bf16)
-
 
 def _session_order(s):
     """Sessions in their natural order (2 before 10), names after numbers."""
