@@ -234,3 +234,24 @@ def test_default_runs_at_once_stacks_attention_heads_only_when_asked():
                       TrainConfig(store="s.h5", out="o", fusion="coattention", granularity="F+P")):
         assert runs_at_once(attention, gpu, 25) == 1
         assert runs_at_once(TrainConfig(**{**attention.__dict__, "runs_at_once": 0}), gpu, 25) == 25
+
+
+def test_batch_runs_gives_each_run_the_batch_it_gets_alone(store, tmp_path):
+    """``TrainData.batch_runs`` (one copy per key for every run of a step) hands each run the
+    rows, row numbers, normaliser and lengths that ``TrainData.batch`` gives it alone."""
+    cfg = _resolved(store=store, out=str(tmp_path), fusion="late", granularity="F+W", norm="speaker",
+                    norm_streams="all")
+    data = _data(store, cfg)
+    jobs = _jobs(data, cfg, ("1", "3"))
+    norms = [jobs[0].norm, None]    # one run standardised per speaker, one not
+    idxs = [jobs[0].train[:5], jobs[1].train[3:4]]
+    for got, idx, norm in zip(data.batch_runs(idxs, torch.device("cpu"), norms), idxs, norms):
+        want = data.batch(idx, torch.device("cpu"), norm)
+        assert set(got) == set(want)
+        for k in want:
+            (g, gl), (w, wl) = got[k], want[k]
+            assert g.table is w.table and torch.equal(g.index, w.index) and torch.equal(gl, wl)
+            for name in ("mean", "std", "group"):
+                a, b = getattr(g, name), getattr(w, name)
+                assert (a is None and b is None) or torch.equal(a, b.to(a.dtype))
+            assert torch.equal(g.materialise(), w.materialise())

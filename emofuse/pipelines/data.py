@@ -166,6 +166,32 @@ class TrainData:
             out[k] = (GatheredRows(table, index, **stats), torch.from_numpy(lens))   # lengths stay on the host
         return out
 
+    def batch_runs(self, idxs: Sequence[np.ndarray], device: torch.device, norms: Sequence[dict | None]) -> list[dict]:
+        """``batch(idxs[r], device, norms[r])`` for every run r of a stacked step. Rows held on
+        ``device`` are indexed where they are: every run's row numbers (and normaliser groups) of a
+        key go to the device in one copy, each run's batch a view of it (the same values, R times
+        fewer copies). Rows held elsewhere: ``batch`` run by run."""
+        device = torch.device(device)
+        if not all(isinstance(src, MemorySource) and src.rows.device == device for src in self.sources.values()):
+            return [self.batch(idx, device, n) for idx, n in zip(idxs, norms)]
+        out = [{} for _ in idxs]
+        for k, src in self.sources.items():
+            lens = [src.lengths[idx] for idx in idxs]
+            stats = [n[k] if n is not None and k in n else None for n in norms]
+            parts = [src.flat_index(idx) for idx in idxs]
+            grouped = [s is not None and s.group is not None for s in stats]
+            parts += [s.group[np.repeat(idx, n)] for s, idx, n, g in zip(stats, idxs, lens, grouped) if g]
+            views = to_device(torch.from_numpy(np.concatenate(parts).astype(np.int64)), device).split(
+                [len(p) for p in parts])
+            groups = iter(views[len(idxs):])   # each run's normaliser groups rode in the same copy
+            for r in range(len(idxs)):
+                extra = {}
+                if stats[r] is not None:
+                    mean, std = stats[r].on(device)
+                    extra = {"mean": mean, "std": std, "group": next(groups) if grouped[r] else None}
+                out[r][k] = (GatheredRows(src.rows, views[r], **extra), torch.from_numpy(lens[r]))
+        return out
+
 
 class Normaliser:
     """Per-(layer, dim) standardisation of one key's rows: one mean/std (``global``, from the

@@ -21,9 +21,7 @@ import torch
 from torch.func import stack_module_state
 
 from ..devices import bf16_autocast, gpu_free_bytes, to_device
-from ..heads.functional import GatheredRows
 from ..heads.stacked import StackedHead, Step
-from .data import MemorySource
 from .metrics import scores
 from .protocol import epoch_order, utterance_rows
 
@@ -93,34 +91,10 @@ class StackedAdam:
 
 
 def _batch_all(data, idxs: Sequence[np.ndarray], jobs: Sequence[Job], device) -> tuple[list, dict]:
-    """Every run's batch, and its sequence lengths per key and run (host arrays, for ``Step``).
-
-    Rows held on ``device`` are indexed where they are: every run's row numbers (and normaliser
-    groups) of a key go to the device in one copy, each run's batch a view of it (the values
-    ``data.batch`` gives, R times fewer copies). Other rows: ``data.batch`` run by run."""
+    """Every run's batch (``TrainData.batch_runs``), and its sequence lengths per key and run
+    (host arrays, for ``Step``)."""
     lens = {k: [src.lengths[idx] for idx in idxs] for k, src in data.sources.items()}
-    held = all(isinstance(src, MemorySource) and src.rows.device == torch.device(device)
-               for src in data.sources.values())
-    if not held:
-        return [data.batch(idx, device, j.norm) for idx, j in zip(idxs, jobs)], lens
-    inputs = [{} for _ in idxs]
-    for k, src in data.sources.items():
-        parts = [src.flat_index(idx) for idx in idxs]
-        norms = [j.norm[k] if j.norm is not None and k in j.norm else None for j in jobs]
-        grouped = [n is not None and n.group is not None for n in norms]
-        for r, idx in enumerate(idxs):   # each run's normaliser groups ride in the same copy
-            if grouped[r]:
-                parts.append(norms[r].group[np.repeat(idx, lens[k][r])])
-        sizes = [len(p) for p in parts]
-        views = to_device(torch.from_numpy(np.concatenate(parts).astype(np.int64)), device).split(sizes)
-        groups = iter(views[len(idxs):])
-        for r in range(len(idxs)):
-            stats = {}
-            if norms[r] is not None:
-                mean, std = norms[r].on(device)
-                stats = {"mean": mean, "std": std, "group": next(groups) if grouped[r] else None}
-            inputs[r][k] = (GatheredRows(src.rows, views[r], **stats), torch.from_numpy(lens[k][r]))
-    return inputs, lens
+    return data.batch_runs(idxs, device, [j.norm for j in jobs]), lens
 
 
 def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
