@@ -47,6 +47,7 @@ from emofuse.pipelines.ablate import TRAIN_FIELDS, load_spec  # noqa: E402
 from emofuse.devices import resolve_device  # noqa: E402
 from emofuse.pipelines.data import load_train_data  # noqa: E402
 from emofuse.pipelines.protocol import epoch_order, sessions_of, split, utterance_rows  # noqa: E402
+from emofuse.pipelines.tables import DEPARTURES  # noqa: E402
 from emofuse.pipelines.train import TrainConfig, run_train  # noqa: E402
 from emofuse.store import FeatureStore  # noqa: E402
 from emofuse.testing.synthetic import make_synthetic_store  # noqa: E402
@@ -121,7 +122,7 @@ def epoch_flops(cfg: TrainConfig, batch: int | None = None) -> float:
 
 def options(args) -> dict:
     """The train-head options the benchmark's flags set for every row."""
-    return {k: True for k in ("bf16", "group_by_length") if getattr(args, k)}
+    return {k: True for k in DEPARTURES if getattr(args, k)}
 
 
 def padding_at_iemocap_size(path: str, batch: int = 32, seed: int = 0) -> dict:

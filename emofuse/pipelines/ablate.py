@@ -356,7 +356,7 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
     if cfg.folds is not None:
         defaults["folds"] = tuple(cfg.folds)
     # --bf16 / --group-by-length apply to every row, over a row's own setting (unlike a spec's defaults)
-    forced = {option: True for option in ("bf16", "group_by_length") if getattr(cfg, option)}
+    forced = {option: True for option in tables.DEPARTURES if getattr(cfg, option)}
     forced_ft = {k: v for k, v in forced.items() if k in ft.ROW_FIELDS}   # fine-tuned rows: bf16 only
     runs_dir = os.path.join(cfg.out, "runs")
     train_cfgs: dict[str, TrainConfig] = {}
@@ -553,9 +553,9 @@ def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str)
     rows = []
     for label, key in key_of.items():
         row, c = spec["_labels"][label], train_cfgs.get(key)
+        tuned = f"fine-tuned {getattr(c, 'system', '')}".strip() + tables.departure_names(lambda o: getattr(c, o, False))
         what = (f"score combination of {', '.join(row['combine'])}" if "combine" in row else
-                describe_config(c) if isinstance(c, TrainConfig) else (f"fine-tuned {getattr(c, 'system', '')}".strip()
-                                                                      + (", bf16" if getattr(c, "bf16", False) else "")))
+                describe_config(c) if isinstance(c, TrainConfig) else tuned)
         d = os.path.join(out, "runs", key)
         rows.append({"label": label, "folder": os.path.join("runs", key), "tables": ",".join(in_tables.get(label, [])),
                      "configuration": what, "finished": is_finished(d)})

@@ -239,7 +239,7 @@ def run_report(path: str) -> str:
         s, _ = _load(path)
         name = run_name(s)
         used = options_used((read_config(path) or {}).get("identity"))   # how it was computed, where not the default
-        how = "".join(f"; {DEPARTURES[o][2]}" for o in DEPARTURES if o in used)
+        how = "".join(f"; {d.note}" for o, d in DEPARTURES.items() if o in used)
         lines += [f"# emofuse report: {name}", "", format_summary(s) + how, ""]
         for cap, rel in run_figures(path, fig_dir, "", name):
             lines += [f"![{cap}]({rel})", ""]

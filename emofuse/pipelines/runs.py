@@ -12,6 +12,7 @@ import os
 
 from ..errors import EmofuseError
 from .rundir import CONFIG, finished_folds, fold_metrics, load_json, read_config, read_summary
+from .tables import departure_names
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
         used = {"cma": ("audio_model", "text_model"), "audio": ("audio_model",), "text": ("text_model",)}
         models = [str(identity.get(k) or config.get(k)) for k in used.get(identity["system"], ())
                   if identity.get(k) or config.get(k)]
-        return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}" + (
-            ", bf16" if identity.get("bf16") else "")
+        return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}" + departure_names(
+            identity.get)
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
     if identity.get("fusion") in ("none", "late"):
         parts.append(str(identity.get("head")))
@@ -66,8 +67,7 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
     for k in ("repeats", "epochs", "patience", "batch_size", "dropout", "seed", "val_fraction"):
         if k in identity and k in PROTOCOL and identity[k] != PROTOCOL[k]:
             parts.append(f"{k.replace('_', ' ')} {identity[k]}")
-    parts += [text for k, text in (("bf16", "bf16"), ("group_by_length", "length-grouped batches")) if identity.get(k)]
-    return ", ".join(p for p in parts if p)
+    return ", ".join(p for p in parts if p) + departure_names(identity.get)
 
 
 def find_runs(root: str) -> list[dict]:

@@ -10,6 +10,7 @@ bold).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -52,10 +53,28 @@ def _partial_note(df: pd.DataFrame) -> str:
             "so not compared for bold")
 
 
-#: run options that change how a row was computed, each with its mark and what it means: a table
-#: says which rows used them (column, mark and footnote), and says nothing where none did
-DEPARTURES = {"bf16": ("‡", r"$^\ddagger$", "trained under bfloat16 autocast (--bf16)"),
-              "group_by_length": ("§", r"$^\S$", "trained on length-grouped batches (--group-by-length)")}
+class Departure(NamedTuple):
+    """How tables and listings show a run option: its mark (Markdown, LaTeX), its footnote, and
+    its name in one-line listings."""
+
+    mark: str
+    tex: str
+    note: str
+    name: str
+
+
+#: the run options that change how a row is computed, off by default: each is in a run's key only
+#: when on (train.TrainConfig.identity), and a table says which rows used them (column, mark and
+#: footnote) and says nothing where none did; listings name them
+DEPARTURES = {"bf16": Departure("‡", r"$^\ddagger$", "trained under bfloat16 autocast (--bf16)", "bf16"),
+              "group_by_length": Departure("§", r"$^\S$", "trained on length-grouped batches (--group-by-length)",
+                                           "length-grouped batches")}
+
+
+def departure_names(used) -> str:
+    """``", bf16, length-grouped batches"``: the names of the options ``used(option)`` says a run
+    used (a config's ``getattr``, an identity's ``get``), for one-line listings; empty for none."""
+    return "".join(f", {d.name}" for option, d in DEPARTURES.items() if used(option))
 
 
 def options_used(identity) -> set:
@@ -76,12 +95,12 @@ def option_rows(df: pd.DataFrame, option: str) -> pd.Series:
 def _options_note(df: pd.DataFrame, latex: bool = False) -> str:
     """The footnotes of the options some rows used ("every row …" when all did); empty when none did."""
     out = ""
-    for option, (mark, tex, text) in DEPARTURES.items():
+    for option, d in DEPARTURES.items():
         rows = option_rows(df, option)
         if rows.all():
-            out += f"; every row {text}"
+            out += f"; every row {d.note}"
         elif rows.any():
-            out += f"; {tex if latex else mark} {text}"
+            out += f"; {d.tex if latex else d.mark} {d.note}"
     return out
 
 
@@ -89,10 +108,10 @@ def _mark(df: pd.DataFrame, i, dagger: str, latex: bool = False) -> str:
     """The marks after a row's label: † partial folds, then one per option it used that not every
     row of the table used (‡ --bf16, § --group-by-length)."""
     out = dagger if partial_rows(df)[i] else ""
-    for option, (mark, tex, _) in DEPARTURES.items():
+    for option, d in DEPARTURES.items():
         rows = option_rows(df, option)
         if rows[i] and not rows.all():
-            out += tex if latex else " " + mark
+            out += d.tex if latex else " " + d.mark
     return out
 
 

@@ -29,6 +29,7 @@ from .protocol import GROUP_BATCHES, _folds, folds_of, run_seed, split
 from .rundir import (check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
                      write_config, write_predictions, write_summary)
 from .stacked import Job, fit_runs, train_stacked
+from .tables import DEPARTURES, departure_names
 from ..heads.stacked import stackable
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class TrainConfig:
             raise EmofuseError(f"--lr must be a positive learning rate, found {self.lr}")
         if not 0 <= self.dropout < 1:
             raise EmofuseError(f"--dropout must be in [0, 1), found {self.dropout}")
-        for name in ("bf16", "group_by_length"):
+        for name in DEPARTURES:
             if not isinstance(getattr(self, name), bool):
                 raise EmofuseError(f"--{name.replace('_', '-')} is a switch (true or false), found {getattr(self, name)!r}")
         if self.runs_at_once is not None and (not isinstance(self.runs_at_once, int) or self.runs_at_once < 0):
@@ -228,7 +229,7 @@ class TrainConfig:
             d["text"] = None
         d.update(self.resolved())
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
-        for name in ("bf16", "group_by_length"):   # off, as every run before the options: keys unchanged
+        for name in DEPARTURES:   # off, as every run before the options: keys unchanged
             if not getattr(self, name):
                 del d[name]
         return d
@@ -256,8 +257,7 @@ def describe_config(cfg: TrainConfig) -> str:
     speech = [k for k in keys if k != "T"]
     streams = ([f"{'+'.join(speech)}: {cfg.audio_stream}"] if speech else []) + (
         [f"T: {cfg.text_stream}"] if "T" in keys else [])
-    how = "".join(text for on, text in ((cfg.bf16, ", bf16"), (cfg.group_by_length, ", length-grouped batches")) if on)
-    return f"{what} ({', '.join(streams)}){how}"
+    return f"{what} ({', '.join(streams)})" + departure_names(lambda option: getattr(cfg, option))
 
 
 def stream_default_norm(info: dict) -> str:
