@@ -9,6 +9,12 @@ from emofuse.errors import CorpusError
 from emofuse.testing import REAL_FOUR_CLASS_COUNTS, make_fake_iemocap
 
 
+def reader_messages(caplog):
+    """The reader's warnings but the one every small fake gets: four-class counts other than the
+    full release's (its own test is test_a_copy_whose_four_class_counts_are_not_the_full_releases_is_warned)."""
+    return [r.getMessage() for r in caplog.records if "the full release has 5,531" not in r.getMessage()]
+
+
 def as_dicts(utts):
     return [{k: v for k, v in u.to_dict().items() if k not in ("type", "schema_version")} for u in utts]
 
@@ -181,7 +187,7 @@ def test_wavs_without_a_label_line_are_counted_not_refused(tmp_path, caplog):
     fake = make_fake_iemocap(tmp_path, seed=7)
     with caplog.at_level("WARNING", logger="emofuse"):
         assert as_dicts(load_corpus("iemocap", root=tmp_path)) == fake.expected()
-    assert not caplog.records
+    assert not reader_messages(caplog)
     dialogs = collections.Counter(u.dialog for u in fake.utterances)
     victim = next(u for u in fake.utterances if u.code == "ang" and dialogs[u.dialog] > 1)
     emo = tmp_path / f"Session{victim.session}" / "dialog" / "EmoEvaluation" / f"{victim.dialog}.txt"
@@ -190,7 +196,7 @@ def test_wavs_without_a_label_line_are_counted_not_refused(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="emofuse"):
         utts = load_corpus("iemocap", root=tmp_path)
     assert victim.id not in {u.id for u in utts} and len(utts) == len(fake.expected()) - 1
-    assert [r.getMessage() for r in caplog.records] == [
+    assert reader_messages(caplog) == [
         f"1 sentence wav(s) under {tmp_path}/Session*/sentences/wav have no summary line in any EmoEvaluation file "
         f"and are left out, e.g. {victim.audio_path} (the real corpus has none)"]
 
@@ -203,7 +209,7 @@ def test_a_stray_text_file_beside_the_label_files_is_left_alone(tmp_path, caplog
     notes.write_text("which dialogs I listened to\n")
     with caplog.at_level("WARNING", logger="emofuse"):
         assert as_dicts(load_corpus("iemocap", root=tmp_path)) == fake.expected()
-    assert [r.getMessage() for r in caplog.records] == [
+    assert reader_messages(caplog) == [
         f"{notes} is not named after a dialog (Ses0N…); it is not read as a label file"]
 
 
@@ -260,9 +266,9 @@ def test_labelled_utterances_without_a_transcript_line_are_counted(tmp_path, cap
     with caplog.at_level("WARNING", logger="emofuse"):
         utts = load_corpus("iemocap", root=tmp_path)
     assert {u.id: u.transcript for u in utts}[victim.id] == "" and len(utts) == len(fake.expected())
-    assert [r.getMessage() for r in caplog.records] == [
-        f"1 labelled utterance(s) have no line in their dialog's transcription file and no text, e.g. "
-        f"{victim.id} ({trans}); text streams skip them (the real corpus has none)"]
+    assert reader_messages(caplog) == [
+        f"1 labelled utterance(s) have no text (no line, or an empty one, in their dialog's transcription file), "
+        f"e.g. {victim.id} (no line in {trans}); text streams skip them (the real corpus has none)"]
 
 
 @pytest.mark.parametrize("eol", [b"\r", b"\r\n", b"\n"])
@@ -289,8 +295,8 @@ def test_lone_cr_line_ends_are_line_ends_in_every_corpus_text_file(tmp_path, eol
     odd = tmp_path / "odd.txt"
     odd.write_bytes("a\x0bb\x0cc\x1cd\u2028e\u2029f\x85g\rh\r\ni\nj".encode())
     assert read_lines(odd) == ["a\x0bb\x0cc\x1cd\u2028e\u2029f\x85g", "h", "i", "j"]
-    odd.write_bytes(b"caf\xe9 \x85 ok\rnext")  # latin-1 bytes (0x85: a cp1252 ellipsis) end no line
-    assert read_lines(odd) == ["caf\xe9 \x85 ok", "next"]
+    odd.write_bytes(b"caf\xe9 \x85 ok\rnext")  # cp1252 bytes (0x85: an ellipsis) end no line
+    assert read_lines(odd) == ["caf\xe9 \u2026 ok", "next"]
 
 
 def test_a_line_break_inside_a_transcript_is_warned_not_silent(tmp_path, caplog):
@@ -328,7 +334,7 @@ def test_a_utf8_byte_order_mark_is_dropped_in_every_corpus_text_file(tmp_path, c
     assert read_lines(trans)[0].startswith("Ses01F_impro01_")
     with caplog.at_level("WARNING", logger="emofuse"):
         assert as_dicts(load_corpus("iemocap", root=tmp_path)) == want == fake.expected()
-    assert not caplog.records
+    assert not reader_messages(caplog)
     for p, tier, items in reads:
         assert read_seg(p, tier) == items
 
@@ -419,3 +425,70 @@ def test_a_root_holding_two_copies_is_refused_a_nested_copy_is_one(tmp_path, cap
         d.mkdir(parents=True)
         (d / "._dialog").write_bytes(b"\0\5\26\7")
     assert find_root(mac) == mac / "IEMOCAP_full_release"
+
+
+@pytest.mark.parametrize("line", [
+    "Ses01F_impro01_F000  [006.2901-008.2357]: Excuse me.",      # two spaces after the id
+    "Ses01F_impro01_F000\t[006.2901-008.2357]: Excuse me.",      # a tab
+    "Ses01F_impro01_F000 [006.2901 - 008.2357]: Excuse me.",     # spaces around the dash
+    " Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.",      # a leading space
+    "Ses01F_impro01_F000 [006.2901-008.2357] : Excuse me.",      # a space before the colon
+])
+def test_transcript_lines_with_other_whitespace_keep_their_text(tmp_path, line):
+    """A re-saved transcription file's whitespace never costs an utterance its text (text and
+    fusion runs would then test on fewer utterances than audio runs, with only a warning)."""
+    from emofuse.corpora.iemocap import parse_transcription
+    p = tmp_path / "Ses01F_impro01.txt"
+    p.write_text(line + "\nSes01F_impro01_MXX0 [009.0000-010.0000]: Not labelled.\nM: Yeah.\n")
+    assert parse_transcription(p) == {"Ses01F_impro01_F000": "Excuse me."}
+
+
+@pytest.mark.parametrize("line", [
+    "Ses01F_impro01_F000: Excuse me.",                 # no times
+    "Ses01F_impro01_F000 [006.2901-]: Excuse me.",     # no end time
+    "Ses01F_impro01_F000 (006.2901-008.2357): Excuse me.",
+])
+def test_a_damaged_transcript_line_of_an_utterance_is_refused_with_file_and_line(tmp_path, line):
+    from emofuse.corpora.iemocap import parse_transcription
+    p = tmp_path / "Ses01F_impro01.txt"
+    p.write_text("Ses01F_impro01_M000 [002.0000-003.0000]: Hello.\n" + line + "\n")
+    with pytest.raises(CorpusError, match=r"Ses01F_impro01\.txt, line 2: Ses01F_impro01_F000's transcript line does "
+                                          r"not have the form 'ID \[START-END\]: TEXT'"):
+        parse_transcription(p)
+
+
+def test_windows_punctuation_in_a_non_utf8_line_is_read_as_cp1252(tmp_path):
+    """cp1252's typographic bytes (0x80-0x9F) are punctuation, not the invisible control
+    characters latin-1 reads there, which BERT's tokenizer drops without a word."""
+    from emofuse.corpora.iemocap import parse_transcription
+    p = tmp_path / "Ses01F_impro01.txt"
+    p.write_bytes(b"Ses01F_impro01_F000 [002.0000-002.3413]: Don\x92t know\x85 caf\xe9 \x93ok\x94 \x81\n")
+    assert parse_transcription(p) == {"Ses01F_impro01_F000": "Don\u2019t know\u2026 caf\u00e9 \u201cok\u201d \x81"}
+
+
+def test_a_label_list_naming_a_code_twice_is_refused(fake_iemocap):
+    with pytest.raises(CorpusError, match=r"names 'hap' twice \(hap:hap and hap:neu\)"):
+        load_corpus("iemocap", root=fake_iemocap.root, labels="ang,hap,exc:hap,neu,sad,hap:neu")
+
+
+def test_a_copy_whose_four_class_counts_are_not_the_full_releases_is_warned(tmp_path, caplog):
+    """A copy missing a whole dialog (labels, transcripts, wavs) reads without any other message;
+    the per-session counts of the four classes tell, in one warning; the full counts tell nothing."""
+    from emofuse.corpora.iemocap import FULL_RELEASE_FOUR_CLASS
+    assert FULL_RELEASE_FOUR_CLASS == tuple(sum(c.values()) for _, c in sorted(REAL_FOUR_CLASS_COUNTS.items()))
+    make_fake_iemocap(tmp_path / "full", counts=REAL_FOUR_CLASS_COUNTS, seconds=0.02, alignments=False)
+    with caplog.at_level("WARNING", logger="emofuse"):
+        assert len(load_corpus("iemocap", root=tmp_path / "full")) == 5531
+    assert not caplog.records
+    make_fake_iemocap(tmp_path / "part", counts={1: {"ang": 2, "sad": 1}, 2: {"neu": 1}}, seconds=0.05,
+                      alignments=False)
+    with caplog.at_level("WARNING", logger="emofuse"):
+        load_corpus("iemocap", root=tmp_path / "part")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'part'} reads as 4 utterances in the four classes (3/1/0/0/0 per session); the full release "
+        "has 5,531 (1085/1023/1151/1031/1241): a partial or edited copy, whose numbers do not compare with "
+        "published ones"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="emofuse"):
+        load_corpus("iemocap", root=tmp_path / "part", labels="six")
+    assert not caplog.records

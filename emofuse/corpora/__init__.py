@@ -54,7 +54,7 @@ def load_corpus(kind: str, **options) -> Sequence[Utterance]:
             raise CorpusError("the manifest corpus needs path=<file.csv|file.jsonl>")
         return load_manifest(**options)
     if kind == "demo":
-        return load_iemocap(demo_root(), **options)
+        return load_iemocap(demo_root(), full_release=False, **options)
     if kind == "lhotse":
         if "path" not in options:
             raise CorpusError("the lhotse corpus needs path=<CutSet or SupervisionSet .jsonl[.gz], or a folder>")

@@ -24,7 +24,13 @@ UTT_RE = re.compile(
 #: without its speaker part
 DIALOG_NAME_RE = re.compile(r"^Ses0[1-5][FM]_(impro|script)\d\d[ab]?(?:_\d[ab]?)?$")
 SUMMARY_RE = re.compile(r"^\[([\d.]+) - ([\d.]+)\]\t(\S+)\t(\w+)\t\[([^\]]*)\]")
-TRANSCRIPT_RE = re.compile(r"^(\S+) \[([\d.]+)-([\d.]+)\]:\s?(.*)$")
+#: A transcript line: ``ID [START-END]: TEXT``. The corpus writes one space after the id and none
+#: inside the brackets; other whitespace there (two spaces, a tab, ``[3.0 - 3.2]``, a leading
+#: space) is accepted too, as other public IEMOCAP readers do, so a re-saved file keeps its text.
+TRANSCRIPT_RE = re.compile(r"^\s*([^\s\[]+)\s*\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s*:\s?(.*)$")
+#: The first token of a line (up to whitespace, a bracket or a colon): a line whose first token is
+#: an utterance id but which ``TRANSCRIPT_RE`` does not match is a damaged transcript line.
+FIRST_TOKEN_RE = re.compile(r"^\s*([^\s\[:]+)")
 #: An untimed line of a transcription file (``M: Yeah.``): skipped, as the corpus documents.
 SPEAKER_LINE_RE = re.compile(r"^\s*\S+:")
 #: What a summary line starts with: a bracket at the line start, then the utterance id as the
@@ -40,6 +46,9 @@ FOUR_CLASS: Mapping[str, str] = {"ang": "ang", "hap": "hap", "exc": "hap", "neu"
 #: The six-class set (7,380 utterances): excited kept apart, frustrated added.
 SIX_CLASS: Mapping[str, str] = {c: c for c in ("ang", "hap", "exc", "neu", "sad", "fru")}
 LABEL_SETS: Mapping[str, Mapping[str, str]] = {"four": FOUR_CLASS, "six": SIX_CLASS}
+#: Utterances of the full release in the four classes, per session (5,531 in all): a copy read
+#: with other counts is partial or edited, and its numbers do not compare with published ones.
+FULL_RELEASE_FOUR_CLASS = (1085, 1023, 1151, 1031, 1241)
 ALL_CODES = ("ang", "hap", "exc", "neu", "sad", "fru", "sur", "fea", "oth", "dis", "xxx")
 
 SESSIONS = tuple(f"Session{i}" for i in range(1, 6))
@@ -58,6 +67,9 @@ def label_mapping(spec: str) -> dict[str, str]:
         if not raw or (_ and not cls):
             raise CorpusError(f"--labels {spec!r}: expected a named set ({', '.join(sorted(LABEL_SETS))}) or a "
                               "comma list of classes such as angry,happy,neutral,sad (raw:class merges, e.g. exc:hap)")
+        if raw in out:   # the later one would win silently: hap,…,hap:neu relabels every hap
+            raise CorpusError(f"--labels {spec!r} names {raw!r} twice ({raw}:{out[raw]} and {raw}:{cls or raw}); "
+                              "each raw label goes to one class")
         out[raw] = cls or raw
     return out
 
@@ -203,6 +215,11 @@ def parse_transcription(path: Path) -> dict[str, str]:
     lines = read_lines(path)
     for no, line in enumerate(lines, start=1):
         m = TRANSCRIPT_RE.match(line)
+        if not m:
+            first = FIRST_TOKEN_RE.match(line)
+            if first and UTT_RE.match(first.group(1)):   # its utterance would silently lose its text
+                raise CorpusError(f"{path}, line {no}: {first.group(1)}'s transcript line does not have the form "
+                                  f"'ID [START-END]: TEXT' ({line.strip()[:80]!r}); correct the line")
         if not m and line.strip() and not SPEAKER_LINE_RE.match(line):
             stray.append(no)
         if m and UTT_RE.match(m.group(1)):
@@ -260,7 +277,8 @@ def alignments_beside(audio: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None) -> list[Utterance]:
+def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None,
+                 full_release: bool = True) -> list[Utterance]:
     """Read an IEMOCAP copy into ``Utterance`` records sorted by id.
 
     ``labels`` maps raw codes to labels (default: the four-class set, ``exc`` → ``hap``);
@@ -269,7 +287,9 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
     transcription file (``parse_emo_evaluation``, ``parse_transcription``), an id listed in two
     files, an id of another session than the ``SessionN`` folder its file lies in, or a missing
     sentence wav. Session and speaker come from the id (``Ses02F_…_M003``: session 2, speaker
-    ``Ses02M``). Sentence wavs that no summary line lists are counted in a warning.
+    ``Ses02M``). Sentence wavs that no summary line lists are counted in a warning, and so are
+    four-class counts per session other than the full release's (unless not ``full_release``:
+    the bundled demo, which has IEMOCAP's layout and its own size).
     """
     mapping = resolve_labels(labels)
     base = find_root(root)
@@ -313,8 +333,9 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                 wav = base / session / "sentences" / "wav" / dialog / f"{utt_id}.wav"
                 if not wav.is_file():
                     raise CorpusError(f"missing audio file {wav} for labelled utterance {utt_id} (listed in {emo})")
-                if utt_id not in texts:
-                    untranscribed.append(f"{utt_id} ({trans_path if trans_path.is_file() else f'no {trans_path}'})")
+                if not texts.get(utt_id):
+                    why = "an empty text" if utt_id in texts else "no line"
+                    untranscribed.append(f"{utt_id} ({why} in {trans_path if trans_path.is_file() else f'no {trans_path}'})")
                 gender = utt_id.rsplit("_", 1)[1][0]
                 utts.append(
                     Utterance(
@@ -330,8 +351,16 @@ def load_iemocap(root: str | Path, labels: str | Mapping[str, str] | None = None
                 )
     utts.sort(key=lambda u: u.id)
     if untranscribed:
-        log.warning(f"{len(untranscribed)} labelled utterance(s) have no line in their dialog's transcription file "
-                    f"and no text, e.g. {untranscribed[0]}; text streams skip them (the real corpus has none)")
+        log.warning(f"{len(untranscribed)} labelled utterance(s) have no text (no line, or an empty one, in their "
+                    f"dialog's transcription file), e.g. {untranscribed[0]}; text streams skip them (the real corpus "
+                    "has none)")
+    if full_release and mapping == FOUR_CLASS:
+        counts = tuple(sum(u.session == i for u in utts) for i in range(1, 6))
+        if counts != FULL_RELEASE_FOUR_CLASS:
+            log.warning(f"{base} reads as {len(utts):,} utterances in the four classes ({'/'.join(map(str, counts))} per "
+                        f"session); the full release has {sum(FULL_RELEASE_FOUR_CLASS):,} "
+                        f"({'/'.join(map(str, FULL_RELEASE_FOUR_CLASS))}): a partial or edited copy, whose numbers do "
+                        "not compare with published ones")
     unlabelled = _unlabelled_wavs(base, listed)
     if unlabelled:
         log.warning(f"{len(unlabelled)} sentence wav(s) under {base}/Session*/sentences/wav have no summary line in "

@@ -20,7 +20,8 @@ def read_lines(path: str | Path) -> list[str]:
     """Lines of a text file, split at ``\\r\\n``, ``\\n`` and a lone ``\\r`` (see ``LINE_END_RE``;
     a file ending in a line end gives a last empty line, an empty file ``[""]``). A UTF-8
     byte-order mark at the start is dropped. The file is decoded as UTF-8 when it all decodes;
-    otherwise each line is decoded on its own, as UTF-8 when it decodes and as latin-1 when not,
+    otherwise each line is decoded on its own, as UTF-8 when it decodes and as cp1252 (latin-1's
+    superset) when not,
     so one latin-1 byte does not turn every UTF-8 character of the file into mojibake. A file
     that cannot be read (a folder, no permission, a name too long) raises ``CorpusError``."""
     try:
@@ -38,11 +39,22 @@ def read_lines(path: str | Path) -> list[str]:
     return [_decode_line(line) for line in LINE_END_BYTES_RE.split(raw)]
 
 
+def _latin1_for_undefined(err: UnicodeDecodeError) -> tuple[str, int]:
+    """The five bytes cp1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) read as latin-1."""
+    return err.object[err.start:err.end].decode("latin-1"), err.end
+
+
+codecs.register_error("emofuse-latin1", _latin1_for_undefined)
+
+
 def _decode_line(raw: bytes) -> str:
+    """A line as UTF-8 when it decodes, else as cp1252 (Windows' Western text: latin-1 with
+    typographic punctuation in 0x80-0x9F, so ``\x92`` is ’ and ``\x85`` …, where latin-1 would
+    give invisible control characters that a tokenizer drops without a word)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        return raw.decode("cp1252", errors="emofuse-latin1")
 
 
 def visible(name: str) -> bool:
