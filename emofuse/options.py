@@ -93,8 +93,9 @@ class _Mismatch(Exception):
 def check_value(tp, v):
     """``v`` checked against the annotation ``tp`` and brought to the field's form: a list or a
     comma string for ``tuple[str, ...]`` becomes a tuple of strings; a YAML 1.1 exponent written
-    without a dot (``1e-3``, read as a string) becomes a float. Anything else that does not have the
-    type raises ``_Mismatch``; values that have it are returned unchanged (so run keys are too)."""
+    without a dot (``1e-3``, read as a string) becomes a float, and so does an int given for a float
+    (one run key for ``lr: 1`` and ``lr: 1.0``). Anything else that does not have the type raises
+    ``_Mismatch``; other values that have it are returned unchanged."""
     base, optional = _split_optional(tp)
     if v is None:
         if optional:
@@ -108,7 +109,7 @@ def check_value(tp, v):
             return v
     elif base is float:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return v
+            return float(v)   # one spelling: ``lr: 1`` (YAML's int) is the run of ``--lr 1`` and ``lr: 1.0``
         if isinstance(v, str):
             try:
                 return float(v)

@@ -353,15 +353,20 @@ def test_one_configuration_spelt_several_ways_is_one_key_and_canonical_keys_are_
     from emofuse.pipelines.ablate import run_key
     from emofuse.pipelines.train import TrainConfig
 
-    def key(**kw):
-        return run_key(TrainConfig(store="s", out="o", **kw).identity(), {"a": "b"})
+    def key(versioned=True, **kw):
+        ident = TrainConfig(store="s", out="o", **kw).identity()
+        if not versioned:
+            del ident["results_version"]
+        return run_key(ident, {"a": "b"})
+    # the key this configuration has always had, but for the results version (rundir.RESULTS_VERSION)
+    assert key(False, fusion="late", granularity="F+S") == "2da57d7351f8"
+    assert key(False, fusion="late", granularity="F+S", folds=("1", "2")) == "33183e08ce41"
     late = key(fusion="late", granularity="F+S")
-    assert late == "2da57d7351f8"   # the key this configuration has always had
+    assert late == "d0760185c9ad"
     assert late == key(fusion="late", granularity="S+F") == key(fusion="late", granularity="f+s") \
         == key(fusion="late", granularity="F+S", text=True)
     assert late != key(fusion="late", granularity="F+S", text=False)
-    assert key(fusion="late", granularity="F+S", folds=("1", "2")) == "33183e08ce41" \
-        == key(fusion="late", granularity="F+S", folds=("2", "1"))
+    assert key(fusion="late", granularity="F+S", folds=("1", "2")) == key(fusion="late", granularity="F+S", folds=("2", "1"))
 
 
 def test_table_csv_names_run_folders_relative_to_the_grid():

@@ -14,6 +14,7 @@ from emofuse.errors import EmofuseError
 from emofuse.hashing import sha256_hex
 from emofuse.options import add_options, config_from_args, opt
 from emofuse.pipelines.ablate import AblateConfig, load_spec
+from emofuse.pipelines.rundir import RESULTS_VERSION
 from emofuse.pipelines.align import AlignConfig
 from emofuse.pipelines.demo import DemoConfig
 from emofuse.pipelines.extract import ExtractConfig
@@ -89,10 +90,24 @@ def test_head_defaults_in_help_come_from_the_table(monkeypatch):
 
 
 def test_run_keys_unchanged():
-    """The run key of the default configuration, as it was before options were derived."""
-    key = sha256_hex(json.dumps(TrainConfig(store="s", out="o").identity(), sort_keys=True), 12)
-    cma = sha256_hex(json.dumps(TrainConfig(store="s", out="o", fusion="cma").identity(), sort_keys=True), 12)
-    assert (key, cma) == (KEY_DEFAULT, KEY_CMA)
+    """The run key of the default configuration, as it was before options were derived, but for
+    the results version every identity now holds (rundir.RESULTS_VERSION)."""
+    def key(cfg, version=True):
+        ident = cfg.identity()
+        assert ident.pop("results_version") == RESULTS_VERSION
+        return sha256_hex(json.dumps(ident if not version else cfg.identity(), sort_keys=True), 12)
+    default, cma = TrainConfig(store="s", out="o"), TrainConfig(store="s", out="o", fusion="cma")
+    assert (key(default, False), key(cma, False)) == (KEY_DEFAULT, KEY_CMA)
+    assert (key(default), key(cma)) == ("8b70dfec10ac", "e113972bbfe1")
+
+
+def test_an_int_given_for_a_float_option_is_the_same_run(tmp_path):
+    """Before: a spec's ``lr: 1`` (YAML's int) kept a key of its own beside ``--lr 1`` (argparse's
+    float) and ``lr: 1.0``: the same training, run twice under two keys."""
+    d = load_spec(_spec(tmp_path, "{label: r, lr: 1, dropout: 0}"))
+    assert isinstance(d["_labels"]["r"]["lr"], float) and isinstance(d["_labels"]["r"]["dropout"], float)
+    assert TrainConfig(store="s", out="o", lr=d["_labels"]["r"]["lr"]).identity() == \
+        TrainConfig(store="s", out="o", lr=1.0).identity()
 
 
 KEY_DEFAULT, KEY_CMA = "0f735445569f", "7b06ae011658"   # computed with the code before this change

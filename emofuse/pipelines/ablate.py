@@ -31,7 +31,8 @@ from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .combine import run_combine
-from .rundir import is_finished, read_config, read_summary, run_lock, write_json
+from .rundir import (is_finished, predictions_digest, read_config, read_run_predictions, read_summary, run_lock,
+                     write_json)
 from .train import NOT_IN_KEY as TRAIN_NOT_IN_KEY
 from .train import (RUNS_AT_ONCE_HELP, TrainConfig, check_against_store, describe_config, run_train, runs_at_once,
                     store_fingerprints, with_store_defaults)
@@ -53,10 +54,12 @@ class AblateConfig:
     jobs: int = opt(1, help="configurations trained in parallel processes, each on cores / N threads (CPU results "
                             "differ in the last digits with the thread count: resume a grid with the same --jobs)")
     device: str = opt("auto")
-    repeats: int | None = opt(None, help="override the spec's repeats (default: the spec's)")
-    epochs: int | None = opt(None, help="override the spec's maximum epochs (default: the spec's)")
-    folds: tuple[str, ...] | None = opt(None, help="override the test sessions: a comma list (quick looks; default: "
-                                                   "every session)")
+    repeats: int | None = opt(None, help="every row's repeats, over the spec's and a row's own (default: the spec's); "
+                                         "the tables' notes say so")
+    epochs: int | None = opt(None, help="every row's maximum epochs, over the spec's and a row's own (default: the "
+                                        "spec's); the tables name it and show no Δ against published numbers")
+    folds: tuple[str, ...] | None = opt(None, help="every row's test sessions: a comma list (quick looks; default: "
+                                                   "every session); the tables name them and show no Δ")
     audio_model: str | None = opt(None, help="fine-tuned rows: this audio checkpoint instead of the spec's (a folder)")
     text_model: str | None = opt(None, help="fine-tuned rows: this text checkpoint instead of the spec's (a folder)")
     root: str | None = opt(None, help="fine-tuned rows: where the corpus lives now, if it moved since extraction "
@@ -144,6 +147,10 @@ def load_spec(spec: str) -> dict:
             if bad or "label" not in r:
                 raise EmofuseError(f"{where}, table {t['name']!r}: row {r!r} " + (
                     f"has unknown keys {sorted(bad)} (allowed: {sorted(TRAIN_FIELDS | ROW_EXTRA)})" if bad else "needs a label"))
+            pub = r.get("published")
+            if pub is not None and (isinstance(pub, bool) or not isinstance(pub, (int, float))):
+                raise EmofuseError(f"{where}, table {t['name']!r}: row {r['label']!r} has published: {pub!r}; expected "
+                                   "the published UA in percent as a number (68.12), or no published key")
             if "same_as" not in r:
                 if r["label"] in labels:
                     raise EmofuseError(f"{where}: label {r['label']!r} is defined twice (use same_as to repeat a row)")
@@ -342,6 +349,18 @@ def run_ablate(cfg: AblateConfig) -> dict[str, pd.DataFrame]:
         return _run_ablate(cfg, spec, train_cfgs, key_of)
 
 
+def protocol_overrides(cfg: AblateConfig) -> dict:
+    """The protocol settings ``ablate`` was told to override for every row (``--repeats``,
+    ``--epochs``, ``--folds``), in their fields' form."""
+    return {k: tuple(str(f) for f in v) if k == "folds" else v
+            for k, v in (("repeats", cfg.repeats), ("epochs", cfg.epochs), ("folds", cfg.folds)) if v is not None}
+
+
+def overrides_note(cfg: AblateConfig) -> str:
+    """``--epochs 4, --folds 1,2``: the protocol overrides as typed, for the tables' notes; empty for none."""
+    return ", ".join(f"--{k} {','.join(v) if k == 'folds' else v}" for k, v in protocol_overrides(cfg).items())
+
+
 def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
     """The run configuration of every trained row (key → config) and each row's key, every row
     checked against the store (streams, layers, folds, head sizes); nothing is written."""
@@ -349,15 +368,10 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
     bad = set(defaults) - TRAIN_FIELDS
     if bad:
         raise EmofuseError(f"spec defaults have unknown keys {sorted(bad)}")
-    if cfg.repeats is not None:
-        defaults["repeats"] = cfg.repeats
-    if cfg.epochs is not None:
-        defaults["epochs"] = cfg.epochs
-    if cfg.folds is not None:
-        defaults["folds"] = tuple(cfg.folds)
-    # --bf16 / --group-by-length apply to every row, over a row's own setting (unlike a spec's defaults)
-    forced = {option: True for option in tables.DEPARTURES if getattr(cfg, option)}
-    forced_ft = {k: v for k, v in forced.items() if k in ft.ROW_FIELDS}   # fine-tuned rows: bf16 only
+    # --repeats/--epochs/--folds and --bf16/--group-by-length apply to every row, over a row's own
+    # setting (unlike a spec's defaults): a quick look is quick for every row, and says so in its tables
+    forced = {**protocol_overrides(cfg), **{option: True for option in tables.DEPARTURES if getattr(cfg, option)}}
+    forced_ft = {k: v for k, v in forced.items() if k in ft.ROW_FIELDS}
     runs_dir = os.path.join(cfg.out, "runs")
     train_cfgs: dict[str, TrainConfig] = {}
     key_of: dict[str, str] = {}
@@ -402,6 +416,9 @@ def _plan(cfg: AblateConfig, spec: dict) -> tuple[dict, dict[str, str]]:
 def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[str, str]) -> dict[str, pd.DataFrame]:
     runs_dir = os.path.join(cfg.out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
+    for key, c in train_cfgs.items():
+        if is_finished(c.out):
+            check_keyed_run(c.out, key)
     pending = [c for k, c in train_cfgs.items() if not is_finished(c.out)]
     n_finished = len(train_cfgs) - len(pending)
     tuned = [c for c in pending if isinstance(c, ft.FinetuneConfig)]
@@ -455,10 +472,12 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
             if unrun and not cfg.finetune and all(spec["_labels"][m].get("finetune") for m in unrun):
                 log.info(f"  {label} not combined: {', '.join(unrun)} (fine-tuned) not run")
                 continue
-            if not is_finished(out):
+            if is_finished(out):
+                check_keyed_run(out, key)
+            if not is_finished(out) or members_changed(out, members):
                 with _indented():
                     run_combine(members, out)
-    results = _collect(spec, key_of, runs_dir)
+    results = _collect(spec, key_of, runs_dir, overrides_note(cfg))
     _write_tables(spec, results, cfg.out)
     _write_index(spec, key_of, train_cfgs, cfg.out)
     write_json(os.path.join(cfg.out, "ablate.json"),
@@ -492,6 +511,40 @@ def _check_trained_content(trained: list[TrainConfig], store: str) -> None:
                            "the content they read, and no table was written: run the same command again")
 
 
+def _key_of_recorded(config: dict) -> str | None:
+    """The key a run folder's recorded ``config.json`` gives (a score combination: from its
+    members' identities and fingerprints, as ablate keys it); None for another kind of file."""
+    if not isinstance(config, dict) or config.get("type") not in ("emofuse.train-head", "emofuse.finetune"):
+        return None
+    identity, fps = config.get("identity"), config.get("fingerprints")
+    if not isinstance(identity, dict) or not isinstance(fps, dict):
+        return None
+    if identity.get("fusion") == "combine":
+        members, member_fps = identity.get("members"), config.get("member_fingerprints")
+        if not isinstance(members, list) or not isinstance(member_fps, list) or len(members) != len(member_fps):
+            return None
+        return sha256_hex("+".join(run_key(m, f) for m, f in zip(members, member_fps)), 12)
+    return run_key(identity, fps)
+
+
+def check_keyed_run(run_dir: str, key: str) -> None:
+    """A finished run folder of the grid holds the run its name (its key) says: what its
+    ``config.json`` records gives that key. Another command writing there (``evaluate --out``
+    pointed at it, a copy, a hand edit) would otherwise have ablate show its numbers as the row's."""
+    got = _key_of_recorded(read_config(run_dir, strict=False))
+    if got != key:
+        raise EmofuseError(f"{run_dir} should hold the run of key {key}, but its config.json records "
+                           + (f"the run of key {got}" if got else "something else (no train-head or finetune run)")
+                           + ": another command wrote there; move or delete the folder and run ablate again")
+
+
+def members_changed(out: str, members: list[str]) -> bool:
+    """A finished score combination was made from other results than its members hold now (a
+    member trained again in place, e.g. after its folder was deleted): it is combined again."""
+    recorded = (read_config(out, strict=False) or {}).get("member_predictions")
+    return recorded != [predictions_digest(d) for d in members]
+
+
 def _paired_p(a: dict, b: dict) -> float:
     """Wilcoxon signed-rank p over runs matched on (repeat, seed, fold); NaN when fewer than 2 pairs."""
     common = sorted(set(a) & set(b))
@@ -511,8 +564,28 @@ def _departures(run_dir: str) -> dict[str, bool]:
     return {option: option in found for option in tables.DEPARTURES}
 
 
-def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]:
+def _test_set(run_dir: str, label: str, classes: list, warned: set) -> tuple[str, int]:
+    """A run's test utterances, as (digest of its (fold, id) pairs, their number); warns once per
+    row when a test fold lacks a class (that fold's UA averages the recall of the others)."""
+    preds = read_run_predictions(run_dir)
+    pairs = sorted(set(zip(preds["fold"].astype(str), preds["id"].astype(str))))
+    if label not in warned:
+        for fold, g in preds.groupby(preds["fold"].astype(str)):
+            missing = [c for c in classes if c not in set(g["label"])]
+            if missing:
+                warned.add(label)
+                log.warning(f"{label}: test session {fold} holds no {', '.join(repr(c) for c in missing)} utterance; "
+                            "its UA averages the recall of the other classes")
+                break
+    return sha256_hex("\n".join(f"{f}\t{i}" for f, i in pairs), 16), len(pairs)
+
+
+def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "") -> dict[str, pd.DataFrame]:
+    """Each table's rows from their runs' summaries: the metrics, the test folds and utterances
+    each row was scored on, the options it used, its published number and its Wilcoxon p-value
+    against the table's best. ``overrides``: the protocol overrides ablate ran with (a note)."""
     out = {}
+    warned: set = set()
     for t in spec["tables"]:
         rows, per_run = [], []
         for r in t["rows"]:
@@ -522,8 +595,9 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
                 continue   # a fine-tuned row not run (ablate --finetune), or a combination of one
             s = read_summary(d)
             folds = sorted({str(x["fold"]) for x in s["runs"]}, key=lambda f: (len(f), f))
+            test_set, n_test = _test_set(d, r["label"], list(s.get("classes") or []), warned)
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
-                         "n": s["ua"]["n"], "folds": ",".join(folds),
+                         "n": s["ua"]["n"], "folds": ",".join(folds), "n_test": n_test, "_test_set": test_set,
                          **_departures(d),
                          "published": r.get("published", spec["_labels"][src].get("published")),
                          "key": key_of[src], "run_dir": d})
@@ -536,9 +610,19 @@ def _collect(spec: dict, key_of: dict, runs_dir: str) -> dict[str, pd.DataFrame]
         # other test data: marked, and never the table's best
         every = set().union(*(set(f.split(",")) for f in df["folds"]))
         df["partial"] = [set(f.split(",")) != every for f in df["folds"]]
+        # so does a row run on every fold but on other utterances (some left out: no frames,
+        # segments or tokens for them): the test set most of the full rows share is the table's
+        full = df[~df["partial"]]
+        counts = full.groupby("_test_set")["n_test"].agg(["size", "max"]).sort_values(["size", "max"], ascending=False)
+        df["other_test"] = (~df["partial"]) & (df["_test_set"] != counts.index[0])
+        df = df.drop(columns="_test_set")
+        if overrides:
+            df["override"] = overrides
         best = int(tables.comparable(df)["ua_mean"].idxmax())
         df["best"] = df.index == best
-        df["p_vs_best"] = [float("nan") if i == best else _paired_p(per_run[i], per_run[best]) for i in range(len(df))]
+        # runs on other test utterances are not paired with the best's
+        df["p_vs_best"] = [float("nan") if i == best or df["other_test"][i] else _paired_p(per_run[i], per_run[best])
+                           for i in range(len(df))]
         out[t["name"]] = df
     return out
 
@@ -573,7 +657,10 @@ def _write_tables(spec: dict, results: dict[str, pd.DataFrame], out: str) -> Non
     os.makedirs(tdir, exist_ok=True)
     md = []
     for t in spec["tables"]:
-        if t["name"] not in results:
+        if t["name"] not in results:   # no row of it ran (fine-tuned rows without --finetune):
+            for ext in ("md", "tex", "csv"):   # an earlier grid's files of it would pass for this one's
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(tdir, f"{t['name']}.{ext}"))
             continue
         df, title = results[t["name"]], t.get("title", t["name"])
         text = tables.to_markdown(df, title)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import __version__
 from ..errors import EmofuseError
 from .metrics import format_summary, scores_of_predictions, summarise
-from .rundir import (CONFIG, PREDICTIONS, check_run_dir, read_config, read_run_predictions, run_lock, write_config,
+from .rundir import (CONFIG, PREDICTIONS, check_run_dir, predictions_digest, read_config, read_run_predictions, run_lock, write_config,
                      write_predictions, write_summary)
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
               "config": {"fusion": "combine", "runs": [os.path.abspath(d) for d in run_dirs]},
               "identity": {"fusion": "combine", "members": [c["identity"] for c in configs]},
               "fingerprints": configs[0]["fingerprints"],   # as recorded since the first combinations
-              "member_fingerprints": [c["fingerprints"] for c in configs]}
+              "member_fingerprints": [c["fingerprints"] for c in configs],
+              # what each member held when combined: ablate combines again when a member changed since
+              "member_predictions": [predictions_digest(d) for d in run_dirs]}
     check_run_dir(out, config)   # a finished train-head run or another combination there is not overwritten
     write_config(out, config)
     write_predictions(out, comb)

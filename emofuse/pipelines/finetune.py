@@ -49,7 +49,7 @@ from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
 from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
-from .rundir import (check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold, write_config,
+from .rundir import (RESULTS_VERSION, check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold, write_config,
                      write_predictions, write_summary)
 from .protocol import folds_of, run_seed, split
 
@@ -166,7 +166,10 @@ class FinetuneConfig:
         for name, default in (("pos_conv", "conv"), ("micro_batch_seconds", 0.0)):
             if d[name] == default:
                 del d[name]   # defaults are not written: run keys from before the option stay valid
-        d["folds"] = list(self.folds) if self.folds else None
+        # one spelling per configuration: folds in session order (as train-head's), --freeze as parsed
+        d["folds"] = sorted(self.folds, key=lambda f: (0, int(f), "") if str(f).isdigit() else (1, 0, str(f))) \
+            if self.folds else None
+        d["freeze"] = self.frozen()
         if self.system == "audio":
             d["text_model"] = None
         if self.system == "text":
@@ -174,6 +177,7 @@ class FinetuneConfig:
         for k in ("audio_model", "text_model"):
             if d[k] and os.path.isdir(d[k]):
                 d[k] = None   # a local folder: its bytes are keyed (run_fingerprints), not how its path was typed
+        d["results_version"] = RESULTS_VERSION
         return d
 
     # what ablate and report read from a run's config like train-head's

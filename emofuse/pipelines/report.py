@@ -219,7 +219,10 @@ def run_report(path: str) -> str:
                   "in `runs.md`.", ""]
         import pandas as pd
         for t in grid["spec"]["tables"]:
-            df = pd.read_csv(os.path.join(path, "tables", f"{t['name']}.csv"))
+            csv = os.path.join(path, "tables", f"{t['name']}.csv")
+            if not os.path.exists(csv):   # no row of it ran (fine-tuned rows without ablate --finetune)
+                continue
+            df = pd.read_csv(csv)
             # run folders relative to the grid (older tables: as ablate's --out was typed, or absolute)
             df["run_dir"] = [os.path.join(path, d) if os.path.isdir(os.path.join(path, d)) else d
                              for d in df["run_dir"].astype(str)]

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import EmofuseError
+from ..store import SHAPING_INFO
 from ..locks import LockFile
 from .metrics import METRICS_VERSION, scores_of_predictions, summarise
 
@@ -122,6 +123,9 @@ def content_digest(fs, stream: str, kind: str) -> str:
         h = hashlib.sha256()
         info = fs.stream_info(stream)
         h.update(json.dumps([stream, kind, info.get("fingerprint"), list(fs.row_shape(stream, kind))]).encode())
+        shaping = {k: info[k] for k in SHAPING_INFO if k in info}
+        if shaping:   # the text windowing: outside the encoder's fingerprint, yet it shapes the tokens' rows
+            h.update(json.dumps(shaping, sort_keys=True).encode())
         index = fs.index(stream, kind)
         h.update("\0".join(index).encode())
         h.update(np.asarray(list(index.values()), dtype=np.int64).tobytes())
@@ -176,6 +180,16 @@ def run_lock(out: str, what: str = "a run") -> Iterator[None]:
 
 
 # -- reuse ------------------------------------------------------------------------------------
+#: The version of what training computes: part of every run's identity (train-head and finetune;
+#: a score combination through its members' keys), so part of every run key. Bump it with any
+#: change that makes one configuration on one store give other numbers (a fix above all), so that
+#: a grid kept across an upgrade trains again instead of showing results of the code before the
+#: fix beside results after it. A recorded identity without it is version 0 (emofuse before it).
+#: 1: the first version recorded (every run before it came from code that has since had fixes
+#: that change numbers, e.g. rows held for the next configuration of a grid).
+RESULTS_VERSION = 1
+
+
 def check_run_dir(out: str, config: dict, identity_of: Callable[[dict], dict] | None = None) -> None:
     """Refuse ``out`` when it holds another kind of artefact, or a run of another configuration
     or of other store content (fingerprints and content digests). ``identity_of`` (the
@@ -193,13 +207,17 @@ def check_run_dir(out: str, config: dict, identity_of: Callable[[dict], dict] | 
     if not isinstance(old, dict) or old.get("type") != config["type"]:
         raise EmofuseError(f"{out} holds something else ({old.get('type') if isinstance(old, dict) else old!r}); "
                            "choose another --out")
-    ident_old = old.get("identity") or {}
+    recorded = ident_old = old.get("identity") or {}
     if ident_old != config["identity"] and identity_of is not None and isinstance(old.get("config"), dict):
         try:
-            ident_old = json.loads(json.dumps(identity_of(old["config"])))
+            ident_old = reread_identity(recorded, old["config"], json.loads(json.dumps(identity_of(old["config"]))))
         except Exception:   # a configuration this version cannot read: compared as recorded
             pass
     diff = [k for k in set(ident_old) | set(config["identity"]) if ident_old.get(k) != config["identity"].get(k)]
+    if "results_version" in diff:
+        raise EmofuseError(f"{out} holds a run of an older emofuse (results version {recorded.get('results_version', 0)}, "
+                           f"now {RESULTS_VERSION}: a change since gives other numbers for the same configuration); "
+                           "choose another --out or delete it")
     fp_old, fp_new = old.get("fingerprints") or {}, config["fingerprints"]
     if fp_old != fp_new:
         changed = sorted(k for k in set(fp_old) | set(fp_new) if fp_old.get(k) != fp_new.get(k))
@@ -212,6 +230,20 @@ def check_run_dir(out: str, config: dict, identity_of: Callable[[dict], dict] | 
     if diff:
         raise EmofuseError(f"{out} holds a run of another configuration (differs in {', '.join(sorted(diff))}); "
                            f"choose another --out or delete it")
+
+
+def reread_identity(recorded: dict, config: dict, today: dict) -> dict:
+    """A run's identity as this version keys it (``today``: its recorded ``config`` read by this
+    version), for a run recorded under an older spelling of the same configuration. Only the
+    spelling of what the run's config set is read anew: an option it left unset takes the value
+    its recorded identity resolved it to then (a default this version changed is a change, never
+    the same run), and its results version stays the recorded one (0 when none)."""
+    out = dict(today)
+    for k, v in recorded.items():
+        if k in out and out[k] != v and config.get(k) is None:
+            out[k] = v
+    out["results_version"] = recorded.get("results_version", 0)
+    return out
 
 
 # -- the files of a run directory ---------------------------------------------------------------
@@ -276,6 +308,19 @@ def _rescored_summary(run_dir: str, s: dict) -> dict:
 
 def read_run_predictions(run_dir: str) -> pd.DataFrame:
     return read_predictions(os.path.join(run_dir, PREDICTIONS))
+
+
+def predictions_digest(run_dir: str) -> str | None:
+    """sha256 (16 hex) of a run's predictions file (None without one): what a score combination
+    records of each member, to know when a member holds other results than it was made from."""
+    path = os.path.join(run_dir, PREDICTIONS)
+    if not os.path.exists(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def write_config(run_dir: str, config: dict) -> None:

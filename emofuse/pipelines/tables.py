@@ -2,9 +2,13 @@
 
 Input columns: ``label``, ``ua_mean ua_std wa_mean wa_std f1_mean f1_std n`` (percent), optional
 ``published`` (UA %), ``p_vs_best`` (Wilcoxon signed-rank against the table's best UA), ``folds``
-(the test folds a row was run on, comma-separated) and ``partial`` (True for a row run on fewer
-test folds than the table holds: its mean is over other test data, so it is marked † and never
-bold).
+(the test folds a row was run on, comma-separated; the note names them), ``n_test`` (its test
+utterances over those folds), ``partial`` (True for a row run on fewer test folds than the table
+holds) and ``other_test`` (True for a row run on every fold but on other test utterances: some
+left out for want of frames, segments or tokens). Either way its mean is over other test data, so
+it is marked †, never bold, and shows no Δ against a published number. ``override``: the protocol
+overrides the grid ran with (``--epochs 4, --folds 1,2``), named in the note; under ``--epochs``
+or ``--folds`` no Δ is shown either (the published numbers are of the full protocol).
 """
 
 from __future__ import annotations
@@ -23,9 +27,22 @@ def _cell(mean: float, std: float, n: int, pm: str = "±") -> str:
     return f"{mean:.2f}" if int(n) < 2 else f"{mean:.2f} {pm} {std:.2f}"
 
 
+def _flag(df: pd.DataFrame, column: str) -> pd.Series:
+    return df[column].fillna(False).astype(bool) if column in df else pd.Series(False, index=df.index)
+
+
 def partial_rows(df: pd.DataFrame) -> pd.Series:
-    """True for each row run on fewer test folds than its table holds (column ``partial``)."""
-    return df["partial"].astype(bool) if "partial" in df else pd.Series(False, index=df.index)
+    """True for each row tested on other data than its table's full rows: fewer test folds
+    (column ``partial``) or other test utterances (column ``other_test``); marked †."""
+    return _flag(df, "partial") | _flag(df, "other_test")
+
+
+def delta_shown(df: pd.DataFrame) -> pd.Series:
+    """True for each row whose UA may be set against its published number: tested on the table's
+    full test data (not †), under the protocol (no ``--epochs``/``--folds`` override)."""
+    overridden = df["override"].fillna("").astype(str).str.contains("--epochs|--folds") if "override" in df \
+        else pd.Series(False, index=df.index)
+    return ~partial_rows(df) & ~overridden
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
@@ -36,21 +53,48 @@ def comparable(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _best(df: pd.DataFrame, m: str) -> set:
+    """The rows whose mean of ``m`` is the best as printed (2 decimals): every row that ties is bold."""
     rows = comparable(df)
-    top = rows[f"{m}_mean"].max()
-    return set(rows.index[rows[f"{m}_mean"] == top])
+    shown = rows[f"{m}_mean"].round(2)
+    return set(rows.index[shown == shown.max()])
+
+
+def _sessions(df: pd.DataFrame) -> list[str]:
+    return sorted({f for fs in df["folds"] for f in str(fs).split(",")}, key=lambda f: (len(f), f))
 
 
 def _partial_note(df: pd.DataFrame) -> str:
-    """The footnote of † rows: which test folds the table holds; empty when no row is partial."""
-    if not partial_rows(df).any():
-        return ""
-    every = sorted({f for fs in df["folds"] for f in str(fs).split(",")}, key=lambda f: (len(f), f))
-    if partial_rows(df).all():
-        return (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}); no row covers "
-                "them all, so bold compares means over different test folds")
-    return (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
-            "so not compared for bold")
+    """The footnote of † rows: which test folds the table holds, or that a row's test utterances
+    are other than the table's; empty when no row is †."""
+    out = ""
+    if _flag(df, "partial").any():
+        every = _sessions(df)
+        if _flag(df, "partial").all():
+            out += (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}); no row covers "
+                    "them all, so bold compares means over different test folds")
+        else:
+            out += (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
+                    "so not compared for bold")
+    if _flag(df, "other_test").any():
+        rows = df[_flag(df, "other_test")]
+        full = df[~partial_rows(df)]
+        counts = "" if "n_test" not in df or full.empty else (
+            f" ({', '.join(str(int(n)) for n in rows['n_test'])} against {int(full['n_test'].iloc[0])})")
+        out += (f"; † tested on other utterances than the table's other rows{counts}: some left out for want of "
+                "frames, segments or tokens in the store, so not compared for bold")
+    return out
+
+
+def _protocol_note(df: pd.DataFrame) -> str:
+    """The test sessions the table's rows were tested on, and the protocol overrides the grid ran
+    with: a table says what it measured, quick looks included."""
+    out = f"Test sessions {', '.join(_sessions(df))}. " if "folds" in df else ""
+    if "override" in df and df["override"].fillna("").astype(str).str.len().gt(0).any():
+        over = str(df["override"].dropna().iloc[0])
+        out += f"Run with ablate {over}, not the spec's protocol" + (
+            "; Δ UA against published numbers, which are of the full protocol, is not shown. "
+            if not delta_shown(df).any() and _has_published(df) else ". ")
+    return out
 
 
 class Departure(NamedTuple):
@@ -116,8 +160,9 @@ def _mark(df: pd.DataFrame, i, dagger: str, latex: bool = False) -> str:
 
 
 def _delta(ua: float, published: float) -> float:
-    """UA − published, rounded to the 2 decimals shown (never "-0.00")."""
-    return round(ua - published, 2) + 0.0
+    """UA as shown (2 decimals) − published, rounded to 2 decimals (never "-0.00"): the difference
+    of the two numbers printed beside it."""
+    return round(float(f"{ua:.2f}") - published, 2) + 0.0
 
 
 def spread_note(df: pd.DataFrame, pm: str = "±") -> str:
@@ -140,6 +185,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", "Δ UA"] if pub else []) + ["runs"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
+    shown = delta_shown(df)
     for i, r in df.iterrows():
         cells = [str(r["label"]) + _mark(df, i, " †")]
         for m in METRIC_NAMES:
@@ -148,10 +194,11 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
         if pub:
             p = r.get("published")
             ok = p is not None and not (isinstance(p, float) and math.isnan(p))
-            cells += [f"{p:.2f}" if ok else "—", f"{_delta(r['ua_mean'], p):+.2f}" if ok else "—"]
+            cells += [f"{p:.2f}" if ok else "—", f"{_delta(r['ua_mean'], p):+.2f}" if ok and shown[i] else "—"]
         cells.append(str(int(r["n"])))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", spread_note(df) + "; best mean per metric in bold" + _partial_note(df) + _options_note(df) + "."]
+    lines += ["", _protocol_note(df) + spread_note(df) + "; best mean per metric in bold" + _partial_note(df)
+              + _options_note(df) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +215,8 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     cols = "l" + "r" * (3 + (2 if pub else 0)) + "r"
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", r"$\Delta$ UA"] if pub else [])
     head.append("runs")   # the name the caption's note uses
-    note = spread_note(df, r"$\pm$").replace("×", r"$\times$")
+    note = (_tex_escape(_protocol_note(df)).replace("Δ", r"$\Delta$").replace("--", "-{}-")
+            + spread_note(df, r"$\pm$").replace("×", r"$\times$"))
     caption = (_tex_escape(title) + ". " + note + "; best mean per metric in bold"
                + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$")
                + _options_note(df, latex=True).replace("--", "-{}-") + ".")
@@ -176,6 +224,7 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
            rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
            rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     best = {m: _best(df, m) for m in METRIC_NAMES}
+    shown = delta_shown(df)
     for i, r in df.iterrows():
         cells = [_tex_escape(str(r["label"])) + _mark(df, i, r"$^\dagger$", latex=True)]
         for m in METRIC_NAMES:
@@ -185,7 +234,7 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
             p = r.get("published")
             ok = p is not None and not (isinstance(p, float) and math.isnan(p))
             # the sign in math mode: a text-mode "-" would print as a hyphen
-            cells += [f"{p:.2f}" if ok else "--", f"${_delta(r['ua_mean'], p):+.2f}$" if ok else "--"]
+            cells += [f"{p:.2f}" if ok else "--", f"${_delta(r['ua_mean'], p):+.2f}$" if ok and shown[i] else "--"]
         cells.append(str(int(r["n"])))
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -195,7 +244,8 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
 def to_csv(df: pd.DataFrame) -> str:
     """Every number, unrounded beyond 4 decimals, with the Wilcoxon p-values."""
     cols = ["label"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n"]
-    cols += [c for c in ("folds", "partial", "published", "p_vs_best", "best", "key", "run_dir") if c in df]
+    cols += [c for c in ("folds", "n_test", "partial", "other_test", "override", "published", "p_vs_best", "best",
+                         "key", "run_dir") if c in df]
     at = cols.index("partial") + 1 if "partial" in cols else len(cols)
     for option in reversed(list(DEPARTURES)):   # a column only where some row used it: other grids' files unchanged
         if option_rows(df, option).any():
@@ -203,6 +253,9 @@ def to_csv(df: pd.DataFrame) -> str:
     out = df[cols].copy()
     if "run_dir" in out and "key" in out:   # relative to the grid folder (as runs.csv), however --out was typed
         out["run_dir"] = ["runs/" + str(k) for k in out["key"]]
-    if _has_published(df):
-        out.insert(out.columns.get_loc("published") + 1, "delta_ua", df["ua_mean"] - df["published"])
+    if _has_published(df):   # unrounded; empty where the table shows no Δ
+        out.insert(out.columns.get_loc("published") + 1, "delta_ua",
+                   (df["ua_mean"] - df["published"]).where(delta_shown(df)))
+    if "p_vs_best" in out:   # 4 significant digits: a small p is never "0.0000"
+        out["p_vs_best"] = [f"{p:.4g}" if isinstance(p, float) and not math.isnan(p) else "" for p in out["p_vs_best"]]
     return out.to_csv(index=False, float_format="%.4f", lineterminator="\n")

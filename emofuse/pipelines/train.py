@@ -26,7 +26,7 @@ from .loop import Timer, _predict, train_one
 from .metrics import format_summary, scores, summarise
 from .progress import progress_bar
 from .protocol import GROUP_BATCHES, _folds, folds_of, run_seed, split
-from .rundir import (check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
+from .rundir import (RESULTS_VERSION, check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
                      write_config, write_predictions, write_summary)
 from .stacked import Job, fit_runs, train_stacked
 from .tables import DEPARTURES, departure_names
@@ -232,6 +232,7 @@ class TrainConfig:
         for name in DEPARTURES:   # off, as every run before the options: keys unchanged
             if not getattr(self, name):
                 del d[name]
+        d["results_version"] = RESULTS_VERSION
         return d
 
 

@@ -7,7 +7,7 @@ from .reader import FeatureStore, Ragged, Segments, Tokens, UncheckedStoreWarnin
 from .schema import FRAMES, GRANULARITIES, SCHEMA_VERSION, TOKENS, segments_kind
 from .maintenance import compact_store, upgrade_store
 from .merge import merge_stores
-from .writer import StoreWriter, corpus_update, shaping_differs
+from .writer import SHAPING_INFO, StoreWriter, corpus_update, shaping_differs
 
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "compact_store", "copy_store",
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",
