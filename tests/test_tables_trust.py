@@ -248,3 +248,11 @@ def test_the_text_windowing_is_part_of_what_a_run_read():
     b = content_digest(_Store({**base, "max_tokens": 64, "window_stride": 32}), "text", "tokens")
     assert a != b
     assert content_digest(_Store(base), "audio", "frames") == content_digest(_Store(dict(base)), "audio", "frames")
+
+
+def test_a_table_whose_rows_each_cover_other_folds_is_still_written(clean, tmp_path):
+    spec = spec_file(tmp_path, '{label: "One", fusion: none, granularity: F, folds: [1]}',
+                     '{label: "Two", fusion: none, granularity: F, folds: [2]}')
+    df = run_ablate(AblateConfig(store=clean, spec=spec, out=str(tmp_path / "g"), device="cpu"))["a"]
+    assert df["partial"].all() and not df["other_test"].any()
+    assert "no row covers them all" in (tmp_path / "g" / "tables" / "a.md").read_text()

@@ -613,8 +613,12 @@ def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "") -> di
         # so does a row run on every fold but on other utterances (some left out: no frames,
         # segments or tokens for them): the test set most of the full rows share is the table's
         full = df[~df["partial"]]
-        counts = full.groupby("_test_set")["n_test"].agg(["size", "max"]).sort_values(["size", "max"], ascending=False)
-        df["other_test"] = (~df["partial"]) & (df["_test_set"] != counts.index[0])
+        if len(full):
+            counts = full.groupby("_test_set")["n_test"].agg(["size", "max"]).sort_values(["size", "max"],
+                                                                                         ascending=False)
+            df["other_test"] = (~df["partial"]) & (df["_test_set"] != counts.index[0])
+        else:   # no row covers every fold (the note says what bold then compares)
+            df["other_test"] = False
         df = df.drop(columns="_test_set")
         if overrides:
             df["override"] = overrides
