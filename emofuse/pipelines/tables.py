@@ -55,7 +55,7 @@ def comparable(df: pd.DataFrame) -> pd.DataFrame:
 def _best(df: pd.DataFrame, m: str) -> set:
     """The rows whose mean of ``m`` is the best as printed (2 decimals): every row that ties is bold."""
     rows = comparable(df)
-    shown = rows[f"{m}_mean"].round(2)
+    shown = rows[f"{m}_mean"].map(lambda v: float(f"{v:.2f}"))   # as _cell prints it
     return set(rows.index[shown == shown.max()])
 
 
