@@ -336,3 +336,97 @@ def test_sphinx_source_from_python_chooses_its_aligner(extracted, tmp_path):
         aligned = fs.ids("audio", "segments/word")
     assert len(aligned) == summary.utterances
     assert sorted(p.stem for p in written.glob("*.wdseg")) == sorted(aligned)
+
+
+def test_alignment_of_a_shorter_utterance_is_refused(extracted, small_fake, tmp_path):
+    """Before: only an alignment running past the audio was refused; the .wdseg/.phseg of another,
+    shorter utterance copied over an utterance's own were pooled onto its first frames, silently.
+    Now an alignment ending more than 0.1 s before the audio skips its utterance, with the file."""
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    aligned = sorted((u for u in small_fake.utterances if u.has_alignment and u.code in ("ang", "hap", "exc", "neu", "sad")),
+                     key=lambda u: u.n_samples)
+    short, long = aligned[0], aligned[-1]
+    assert short.words[-1][2] < long.n_samples / 16000 - 0.1
+    mine = {}
+    for ext in ("wdseg", "phseg"):
+        [src] = root.rglob(f"{short.id}.{ext}")
+        [dst] = root.rglob(f"{long.id}.{ext}")
+        mine[ext] = dst
+        shutil.copy(src, dst)
+    store = tmp_path / "s.h5"
+    copy_store(extracted, store)
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root, "--on-error", "fail")
+    assert r.returncode == 2 and f"{long.id}: alignment {mine['phseg']}" in r.stderr
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert "23 utterances aligned" in r.stdout, r.stdout
+    with FeatureStore(store) as fs:
+        assert long.id not in fs.ids("audio", "segments/word") and short.id in fs.ids("audio", "segments/word")
+        reason = dict(zip(fs.skipped("audio")["id"], fs.skipped("audio")["reason"]))[long.id]
+    dur = long.n_samples / 16000
+    assert reason.startswith(f"alignment {mine['phseg']}, {mine['wdseg']} end before the audio: its last row (")
+    assert f"before the audio's end at {dur:.2f} s (more than 0.1 s); another utterance's file?" in reason
+
+
+def test_alignments_ending_within_the_tolerance_are_pooled():
+    """Sphinx's last frame ends some 16-26 ms before the wav; 0.1 s short is still this file's."""
+    from emofuse.align.tiers import alignment_ends, check_covers_audio
+    from emofuse.errors import EmofuseError
+    tiers = {"word": [AlignmentItem("<s>", 0.0, 0.3), AlignmentItem("HI", 0.3, 0.88)],
+             "phone": [AlignmentItem("SIL", 0.0, 0.3), AlignmentItem("HH", 0.3, 0.4), AlignmentItem("AY", 0.7, 0.5)]}
+    paths = {"word": "u.wdseg", "phone": "u.phseg"}
+    ends = alignment_ends(paths, tiers, ["word"])
+    assert ends == {"u.wdseg": (1.18, "its last row (word 'HI')")}
+    assert set(alignment_ends(paths, tiers, ["syllable"])) == {"u.wdseg", "u.phseg"}   # derived from both
+    check_covers_audio(alignment_ends(paths, tiers, ["word", "phone"]), 1.2)
+    with pytest.raises(EmofuseError, match=r"^alignment u.wdseg ends before the audio: its last row \(word 'HI'\) "
+                                           r"ends at 1.18 s, 0.12 s before the audio's end at 1.30 s"):
+        check_covers_audio(alignment_ends(paths, tiers, ["word", "phone"]), 1.3)
+
+
+def test_a_textgrid_ending_before_its_audio_or_slice_is_refused(tiny_models, tmp_path):
+    """Before: a TextGrid whose declared end (its audio's length) is shorter than the utterance was
+    pooled as if it were the utterance's. Now it is refused, unsliced against the audio's length,
+    sliced against the slice's; a TextGrid of the whole file cut to a slice covers it."""
+    import csv
+
+    import soundfile as sf
+
+    from emofuse.align.sphinx_seg import read_seg
+    from emofuse.align.textgrid import write_textgrid
+    u = next(u for u in load_corpus("demo"))
+    fa = Path(u.audio_path).parents[2] / "ForcedAlignment" / u.id.rsplit("_", 1)[0]
+    tiers = {t: read_seg(fa / f"{u.id}.{ext}", t) for t, ext in (("word", "wdseg"), ("phone", "phseg"))}
+    x, sr = sf.read(u.audio_path, dtype="float32")
+    x = x[: len(x) // 16 * 16]
+    n = len(x) / sr
+    lead, tail = np.zeros(int(0.09 * sr), np.float32), np.zeros(int(0.5 * sr), np.float32)
+    sf.write(tmp_path / "alone.wav", x, sr, subtype="PCM_16")
+    sf.write(tmp_path / "longer.wav", np.concatenate([x, tail]), sr, subtype="PCM_16")
+    sf.write(tmp_path / "long.wav", np.concatenate([lead, x, tail]), sr, subtype="PCM_16")
+    shifted = {t: [AlignmentItem(i.symbol, i.start + 0.09, i.duration) for i in items] for t, items in tiers.items()}
+    write_textgrid(tmp_path / "own.TextGrid", tiers, n)
+    write_textgrid(tmp_path / "file.TextGrid", shifted, 0.09 + n + 0.5)
+    sliced_longer = round(0.09 + n + 0.4, 4)
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "audio", "text", "label", "speaker", "session", "start", "end", "textgrid"])
+        w.writerow(["own", "alone.wav", u.transcript, "ang", "s1", "1", "", "", "own.TextGrid"])
+        w.writerow(["longer", "longer.wav", u.transcript, "neu", "s2", "2", "", "", "own.TextGrid"])
+        w.writerow(["slice-longer", "long.wav", u.transcript, "sad", "s3", "3", 0.09, sliced_longer, "own.TextGrid"])
+        w.writerow(["file-timed", "long.wav", u.transcript, "hap", "s4", "4", 0.09, sliced_longer, "file.TextGrid"])
+    store = tmp_path / "s.h5"
+    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
+            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    r = run("align-segments", "--store", store, "--source", "textgrid", "--granularities", "word,phone")
+    assert r.returncode == 0 and "2 utterances aligned" in r.stdout, r.stdout + r.stderr
+    with FeatureStore(store) as fs:
+        assert sorted(fs.ids("audio", "segments/word")) == ["file-timed", "own"]
+        reasons = dict(zip(fs.skipped("audio")["id"], fs.skipped("audio")["reason"]))
+    own = tmp_path / "own.TextGrid"
+    assert reasons["longer"].startswith(f"alignment {own} ends before the audio: its declared end (xmax) ends at "
+                                        f"{n:.2f} s, 0.50 s before the audio's end at {n + 0.5:.2f} s")
+    assert f"0.40 s before the audio's end at {n + 0.4:.2f} s" in reasons["slice-longer"]
+

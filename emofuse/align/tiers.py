@@ -8,7 +8,7 @@ from ..errors import EmofuseError
 from .records import AlignmentItem, is_silence
 from .sphinx_seg import read_seg
 from .syllabify import UnknownPhone, syllabify
-from .textgrid import read_textgrid
+from .textgrid import read_textgrid, textgrid_end
 
 
 def read_alignment(paths: Mapping[str, str], tier_names: Mapping[str, Sequence[str]] | None = None
@@ -101,3 +101,47 @@ def check_within_audio(tiers: Mapping[str, Sequence[AlignmentItem]], duration: f
         raise EmofuseError(f"alignment {source} runs past the audio: {n} segments end after {duration:.2f} s + "
                            f"{tolerance:g} s (the latest, {tier} {it.symbol!r}, at {it.start:.2f}..{it.end:.2f} s); "
                            "wrong time unit or another utterance's file?")
+
+
+#: How far (seconds) an alignment may end before the end of the audio before it is refused.
+#: Sphinx-3 files tile the utterance from frame 0 to its last frame: its front end (10 ms hop,
+#: 25.6 ms window) gives ``(samples - 410) // 160 + 1`` frames, so the last row ends 16-26 ms
+#: before the wav does (the demo's pocketsphinx files: within 7 ms); a TextGrid from MFA or Praat
+#: declares its audio's length to the sample. 0.1 s is four times Sphinx's shortfall, and an
+#: alignment of another, shorter utterance (or cut short) ends earlier than that.
+SHORT_OF_AUDIO_TOLERANCE_S = 0.1
+
+
+def alignment_ends(paths: Mapping[str, str], tiers: Mapping[str, Sequence[AlignmentItem]],
+                   wanted: Sequence[str]) -> dict[str, tuple[float, str]]:
+    """Where each alignment file an utterance's ``wanted`` granularities are pooled from ends
+    (``check_covers_audio``'s ``ends``), from ``tiers`` as read, silence not yet dropped: a Sphinx
+    file's last row (its rows tile the utterance from frame 0, header and trailer aside), a
+    TextGrid's declared end (``xmax``: its audio's length). Derived syllables count their word
+    and phone files."""
+    if "textgrid" in paths:
+        end = textgrid_end(paths["textgrid"])
+        return {} if end is None else {paths["textgrid"]: (end, "its declared end (xmax)")}
+    used = set(wanted) | ({"word", "phone"} if "syllable" in wanted and "syllable" not in tiers else set())
+    out = {}
+    for tier in sorted(used):
+        if tier in paths and tiers.get(tier):
+            last = tiers[tier][-1]
+            out[paths[tier]] = (last.end, f"its last row ({tier} {last.symbol!r})")
+    return out
+
+
+def check_covers_audio(ends: Mapping[str, tuple[float, str]], duration: float,
+                       tolerance: float = SHORT_OF_AUDIO_TOLERANCE_S) -> None:
+    """Refuse an alignment that ends more than ``tolerance`` seconds before ``duration`` (the
+    audio's length, or its slice's): it describes another, shorter utterance (or a cut-short
+    file), and its segments would be pooled onto frames they do not describe, silently.
+    ``ends``: ``{file: (where it ends, in seconds; what ends there)}``, silence counted (a Sphinx
+    file's last row, a TextGrid's declared end)."""
+    short = {f: e for f, e in ends.items() if e[0] < duration - tolerance}
+    if short:
+        end, what = min(short.values())
+        files = ", ".join(sorted(short))
+        raise EmofuseError(f"alignment {files} {'ends' if len(short) == 1 else 'end'} before the audio: {what} ends "
+                           f"at {end:.2f} s, {duration - end:.2f} s before the audio's end at {duration:.2f} s (more "
+                           f"than {tolerance:g} s); another utterance's file?")

@@ -18,7 +18,8 @@ from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.textgrid import textgrid_end
-from ..align.tiers import check_within_audio, complete_tiers, cut_to_slice, read_alignment
+from ..align.tiers import (alignment_ends, check_covers_audio, check_within_audio, complete_tiers, cut_to_slice,
+                           read_alignment)
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import alignments_beside
 from ..corpora.manifest import load_manifest
@@ -525,6 +526,7 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
         read_id, frames = next(frames_iter)
         assert read_id == uid, (read_id, uid)
         wanted = [g for g in cfg.granularities if uid not in job.done[g]]
+        seconds = _audio_seconds(job.utt_table, uid, len(frames), job.hop, job.window)
         try:
             if job.uses_aligner(uid):
                 row = job.utt_table.loc[uid]
@@ -539,13 +541,14 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
                 if not paths:
                     raise EmofuseError("no forced alignment for this utterance (use --source sphinx to align it)")
                 tiers = read_alignment(paths, cfg.tier_names)
-                if uid in job.where.cut:
+                if uid in job.where.cut:   # a TextGrid of its whole file: it covers the slice
                     tiers = cut_to_slice(tiers, *job.where.cut[uid])
                     summary.cut += 1
+                else:   # not one of another, shorter utterance (silence counts: not dropped yet)
+                    check_covers_audio(alignment_ends(paths, tiers, wanted), seconds)
                 source = paths
             tiers = complete_tiers(tiers, wanted, cfg.keep_silence)
-            check_within_audio({g: tiers[g] for g in wanted},
-                               _audio_seconds(job.utt_table, uid, len(frames), job.hop, job.window), source)
+            check_within_audio({g: tiers[g] for g in wanted}, seconds, source)
         except EmofuseError as e:
             if cfg.on_error == "fail":
                 raise EmofuseError(f"{uid}: {e}") from e
