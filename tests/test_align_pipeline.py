@@ -430,3 +430,19 @@ def test_a_textgrid_ending_before_its_audio_or_slice_is_refused(tiny_models, tmp
                                         f"{n:.2f} s, 0.50 s before the audio's end at {n + 0.5:.2f} s")
     assert f"0.40 s before the audio's end at {n + 0.4:.2f} s" in reasons["slice-longer"]
 
+
+def test_pooled_again_counts_only_the_utterances_pooled(extracted, small_fake, tmp_path):
+    """Before: after deleting an utterance's .wdseg the summary said '0 utterances aligned' and
+    '1 utterances were pooled again' (it counted every changed digest, skipped ones too)."""
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    store = tmp_path / "s.h5"
+    copy_store(extracted, store)
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0 and "24 utterances aligned" in r.stdout, r.stderr
+    wdseg = sorted(root.rglob("*.wdseg"))[0]
+    wdseg.unlink()
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert "0 utterances aligned (24 already in the store)" in r.stdout and "pooled again" not in r.stdout, r.stdout
+    assert f"{wdseg}" in r.stdout

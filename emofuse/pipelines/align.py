@@ -72,7 +72,7 @@ class AlignConfig:
 class AlignSummary:
     utterances: int = 0
     reused: int = 0
-    changed: int = 0      # utterances whose alignment inputs changed since their segments were pooled
+    changed: int = 0      # utterances pooled again: their alignment inputs changed since they were pooled
     segments: dict = field(default_factory=dict)
     empty: dict = field(default_factory=dict)
     clipped: int = 0
@@ -471,8 +471,8 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
         recorded = {g: writer.recorded_inputs(cfg.stream, segments_kind(g)) for g in cfg.granularities}
         todo = [i for i in ids if any(i not in job.done[g] for g in cfg.granularities)]
         summary.reused = len(ids) - len(todo)
-        summary.changed = sum(1 for i in todo if any(i in recorded[g] and i not in job.done[g]
-                                                     for g in cfg.granularities))
+        # counted once pooled (one whose changed inputs are now skipped was not pooled again)
+        job.again = {i for i in todo if any(i in recorded[g] and i not in job.done[g] for g in cfg.granularities)}
         try:
             if where.from_store:
                 check_audio(fs, where, todo)
@@ -503,6 +503,7 @@ class _AlignJob:
     aligner: object | None        # the forced aligner, for utterances without alignment files
     summary: AlignSummary
     done: dict = field(default_factory=dict)   # granularity -> ids already pooled with these inputs
+    again: set = field(default_factory=set)    # ids recorded with other inputs: pooled again if pooled now
 
     def uses_aligner(self, uid: str) -> bool:
         return _aligned(self.cfg, self.where.alignments.get(uid, {}), self.aligner)
@@ -576,4 +577,5 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
                                               "symbols": np.array([i.symbol for i in kept[g]], dtype=object),
                                               "spans": spans_of[g].astype(np.int32)}
         summary.utterances += 1
+        summary.changed += uid in job.again
     return entries, skipped
