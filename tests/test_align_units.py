@@ -234,3 +234,39 @@ def test_only_derived_syllables_carry_the_new_syllable_rules_in_their_digest():
     kept = syllable_inputs(AlignConfig(store="s", keep_silence=True), inputs, where, None)
     assert {u for u in inputs if kept[u] != inputs[u]} == {"tg", "seg"}   # derived syllables only
     assert kept["tg"] != plain["tg"]
+
+
+def test_the_sphinx_aligners_settings_are_in_its_digest(monkeypatch):
+    """Before: the aligner's digest named its class and pocketsphinx's version, not its padding,
+    noise floor or beams, so a change to them reused alignments made under the old ones. Now its
+    settings are in the digest where they differ from those of every digest so far (those keep
+    theirs, and the run keys that read them)."""
+    from importlib.metadata import version
+
+    import pandas as pd
+
+    from emofuse.align import sphinx_aligner
+    from emofuse.pipelines.align import AlignConfig, UtteranceInputs, alignment_inputs
+    from emofuse.store import digest
+    aligner = object.__new__(sphinx_aligner.SphinxAligner)   # no decoder: only its settings are read
+    table = pd.DataFrame({"transcript": ["hello there"], "audio_digest": ["ab12"]}, index=["u"])
+    where = UtteranceInputs(alignments={"u": {}}, audio={"u": "u.wav"}, from_store=True)
+    cfg = AlignConfig(store="s", source="sphinx")
+
+    def got():
+        return alignment_inputs(cfg, ["u"], where, table, aligner)["u"]
+
+    before = {"source": "sphinx", "keep_silence": False, "tiers": {}, "aligner": "SphinxAligner",
+              "pocketsphinx": version("pocketsphinx"), "audio": "ab12", "transcript": "hello there"}
+    assert sphinx_aligner.settings() == sphinx_aligner.DIGEST_BASELINE
+    assert got() == digest(before, 16)   # as every digest so far
+    seen = {got()}
+    for name, value in (("PAD_S", 0.25), ("DITHER", 1e-4), ("BEAM", 1e-40), ("WIDE_BEAM", 1e-70), ("RULES", 2)):
+        with monkeypatch.context() as m:
+            m.setattr(sphinx_aligner, name, value)
+            seen.add(got())
+    with monkeypatch.context() as m:   # numbers left as digits (skipped as missing words) without num2words
+        real = sphinx_aligner.importlib.util.find_spec
+        m.setattr(sphinx_aligner.importlib.util, "find_spec", lambda n, *a: None if n == "num2words" else real(n, *a))
+        seen.add(got())
+    assert len(seen) == 7   # each setting changes the digest

@@ -24,7 +24,17 @@ PAD_S = 0.5  # silence added around the audio: the decoder needs lead-in to sett
 DITHER = 1e-3  # noise floor (-60 dBFS) added before aligning: digital silence (exact zeros, in the
 # padding and in synthetic or gated recordings) throws the decoder's live cepstral normalisation off.
 # The noise is seeded by the length, so an alignment is reproducible.
+BEAM, WIDE_BEAM = 1e-48, 1e-80   # the decoder's beams, and the wider ones of the second try
 TAG_RE = re.compile(r"\[[^\]]*\]|\{[^}]*\}|<[^>]*>")
+#: Bump when a rule of this module that changes alignments changes and no setting below names it
+#: (how transcripts become words, how times are rounded): ``settings()`` carries it.
+RULES = 1
+#: ``settings()`` as they were when align-segments' digests first named the aligner (pocketsphinx's
+#: version) but not its settings: an aligner whose settings equal these adds nothing to a digest,
+#: so segments pooled since keep theirs; any change (a setting, ``RULES``, num2words installed or
+#: not) changes the digest of every utterance the aligner aligns, and they are aligned again.
+DIGEST_BASELINE = {"pad_s": 0.5, "dither": 1e-3, "beam": 1e-48, "wide_beam": 1e-80, "bestpath": False,
+                   "rules": 1, "numbers_spelled": True}
 
 
 class _SearchFailed(Exception):
@@ -33,6 +43,14 @@ class _SearchFailed(Exception):
 
 def sphinx_available() -> bool:
     return importlib.util.find_spec("pocketsphinx") is not None
+
+
+def settings() -> dict:
+    """What of this aligner, besides pocketsphinx's version, decides the alignments it gives: the
+    padding, noise floor and beams, the rules' version, and whether numbers are spelled out
+    (num2words installed). align-segments digests them (``DIGEST_BASELINE``)."""
+    return {"pad_s": PAD_S, "dither": DITHER, "beam": BEAM, "wide_beam": WIDE_BEAM, "bestpath": False,
+            "rules": RULES, "numbers_spelled": importlib.util.find_spec("num2words") is not None}
 
 
 NUMBER_RE = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(st|nd|rd|th|s)?(%)?")
@@ -89,7 +107,7 @@ class SphinxAligner:
         # re-segments the result from a lattice that can give a phone fewer frames than its HMM has
         # states (the second pass then fails: cmusphinx/pocketsphinx#500), and a word beam narrower
         # than the state beam empties word segments (#464). Upstream's alignment settings, here:
-        beam = 1e-80 if wide else 1e-48
+        beam = WIDE_BEAM if wide else BEAM
         self.decoder = Decoder(lm=None, loglevel="FATAL", bestpath=False, beam=beam, pbeam=beam, wbeam=beam)
 
     def _run(self, pcm: bytes) -> None:

@@ -252,16 +252,11 @@ def _file_bytes_digest(paths) -> str:
 def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, aligner) -> dict[str, str]:
     """Per utterance, a digest of everything its segments are pooled from: the bytes of its
     alignment files (``.wdseg/.phseg/.syseg``, TextGrid) or, for the sphinx aligner, the aligner,
-    its version and the utterance's audio digest and transcript; plus the options that change
+    its version and settings (``aligner_digest``) and the utterance's audio digest and transcript;
+    plus the options that change
     segments (source, silence, tier names). A segment whose digest differs is recomputed."""
     opts = {"source": cfg.source, "keep_silence": cfg.keep_silence, "tiers": {k: list(v) for k, v in cfg.tier_names.items()}}
-    sphinx = None
-    if aligner is not None:
-        try:
-            from importlib.metadata import version
-            sphinx = {"aligner": type(aligner).__name__, "pocketsphinx": version("pocketsphinx")}
-        except Exception:
-            sphinx = {"aligner": type(aligner).__name__}
+    sphinx = aligner_digest(aligner) if aligner is not None else None
     out, slices = {}, _slices(utt_table)
     for uid in ids:
         paths = inputs.alignments.get(uid, {})
@@ -279,6 +274,27 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
                     inputs.cut[uid] = cut
                     src["cut to the slice"] = list(cut)
         out[uid] = digest({**opts, **src}, 16)
+    return out
+
+
+def aligner_digest(aligner) -> dict:
+    """What of the forced aligner an utterance's digest names: its class, pocketsphinx's version
+    and, for ours, its settings where they differ from ``DIGEST_BASELINE`` (the settings of every
+    digest before they were named: those segments keep their digests). Another aligner (Python
+    callers) may say its own with a ``settings()`` method."""
+    out = {"aligner": type(aligner).__name__}
+    try:
+        from importlib.metadata import version
+        out["pocketsphinx"] = version("pocketsphinx")
+    except Exception:
+        pass
+    from ..align import sphinx_aligner
+    if isinstance(aligner, sphinx_aligner.SphinxAligner):
+        now = sphinx_aligner.settings()
+        if now != sphinx_aligner.DIGEST_BASELINE:
+            out["settings"] = now
+    elif callable(getattr(aligner, "settings", None)):
+        out["settings"] = aligner.settings()
     return out
 
 
