@@ -285,3 +285,76 @@ def test_a_textgrid_added_to_a_manifest_after_extraction_is_used(tiny_models, tm
     assert any("1 utterances have alignment files added" in r.getMessage() for r in caplog.records)
     with FeatureStore(store) as fs:
         assert list(fs.segments("audio", "word", "u1").symbols) == ["hello", "there"]
+
+
+@pytest.fixture(scope="module")
+def nested(tiny_models, tmp_path_factory):
+    """A copy nested as ``OUTER/IEMOCAP_full_release/IEMOCAP_full_release/Session1 …``, extracted
+    with ``--root OUTER``; and the same store as written before stores kept paths relative to the
+    sessions folder (relative to OUTER, as given)."""
+    from emofuse.testing import make_fake_iemocap
+    base = tmp_path_factory.mktemp("nested")
+    fake = make_fake_iemocap(base / "outer", counts={s: {"ang": 1, "neu": 1} for s in range(1, 6)}, seconds=1.0,
+                             nested=True, seed=4)
+    new, old = base / "new.h5", base / "old.h5"
+    extract(fake.root, new, tiny_models["group"])
+    with pytest.MonkeyPatch.context() as m:   # corpus_base as it was: the --root given
+        m.setattr("emofuse.pipelines.extract.job.corpus_base", lambda kind, **o: os.path.abspath(o["root"]))
+        extract(fake.root, old, tiny_models["group"])
+    return {"fake": fake, "new": new, "old": old, "model": tiny_models["group"]}
+
+
+def test_a_nested_copy_is_kept_relative_to_its_sessions_folder(nested):
+    """Before: a store extracted with --root above the sessions folder kept its paths relative to
+    that folder. The fingerprint holds no path: the two stores are of one corpus."""
+    fake = nested["fake"]
+    new, old = load_index(str(nested["new"])), load_index(str(nested["old"]))
+    assert new.meta["base"] == str(fake.base) and old.meta["base"] == str(fake.root)
+    assert new.meta["root"] == old.meta["root"] == str(fake.root)
+    cells = [json.loads(c) for c in new.table["alignments"] if c != "{}"]
+    assert cells and all(p.startswith("Session") for c in cells for p in c.values())
+    assert new.fingerprint == old.fingerprint
+
+
+@pytest.mark.parametrize("which", ["new", "old"])
+def test_a_nested_copy_aligns_given_its_outer_or_inner_folder(nested, which, tmp_path):
+    """Before: align-segments --root <the folder holding Session1 …> (as its help asks) on a store
+    extracted with --root above it resolved every path doubled and refused the corpus: '… is not
+    the one … was built from: 10 audio file missing'. Now the sessions folder is found under any
+    --root, here, moved, or moved and given by its inner folder."""
+    fake = nested["fake"]
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(fake.root, moved)
+    inner = Path(*moved.parts, *fake.base.relative_to(fake.root).parts)
+    for root in (fake.base, fake.root, moved, inner):
+        store = tmp_path / f"{root.name}-{len(root.parts)}.h5"
+        copy_store(nested[which], store)
+        summary = run_align(AlignConfig(store=str(store), source="iemocap", granularities=("word",), root=str(root)))
+        assert summary.utterances == 9 and list(summary.skipped.values()) == [1], (root, summary.skipped)
+        assert "no forced alignment" in next(iter(summary.skipped))
+    from emofuse.pipelines.finetune import audio_paths_now   # finetune finds the audio alike
+    with FeatureStore(nested[which]) as fs:
+        utts, meta = fs.utterances, fs.corpus_meta
+    for root in (inner, moved):
+        paths = audio_paths_now(utts, meta, str(root))["audio_path"]
+        assert all(Path(p).is_relative_to(inner) and os.path.isfile(p) for p in paths)
+
+
+def test_an_old_store_of_a_copy_whose_nesting_changed_is_refused_in_one_sentence(nested, tmp_path):
+    """The sessions folder moved out of its IEMOCAP_full_release/IEMOCAP_full_release/: a new store
+    resolves its paths under it; one written before names the folders its paths start with."""
+    flat = tmp_path / "flat"
+    shutil.copytree(nested["fake"].base, flat)
+    store = tmp_path / "n.h5"
+    copy_store(nested["new"], store)
+    assert run_align(AlignConfig(store=str(store), source="iemocap", granularities=("word",), root=str(flat))).utterances == 9
+    copy_store(nested["old"], tmp_path / "o.h5")
+    with pytest.raises(EmofuseError, match=r"^the store keeps its IEMOCAP paths under IEMOCAP_full_release/"
+                                           r"IEMOCAP_full_release/ of the folder it was read from .*, but --root "
+                                           rf"{flat} holds Session1 … Session5 in {flat}, not under folders of those names; "
+                                           r"run extract-embeddings on the store again with --root"):
+        run_align(AlignConfig(store=str(tmp_path / "o.h5"), source="iemocap", root=str(flat)))
+    extract(flat, tmp_path / "o.h5", nested["model"])   # as the sentence says: the store takes the new paths
+    assert load_index(str(tmp_path / "o.h5")).meta["base"] == str(flat)
+    assert run_align(AlignConfig(store=str(tmp_path / "o.h5"), source="iemocap", granularities=("word",),
+                                 root=str(flat))).utterances == 9

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import CorpusError
-from .iemocap import FOUR_CLASS, SIX_CLASS, load_iemocap
+from .iemocap import FOUR_CLASS, SIX_CLASS, find_root, load_iemocap
 from .lhotse_manifests import load_lhotse
 from .manifest import load_manifest
 from .records import Utterance
@@ -27,10 +27,12 @@ def demo_root() -> Path:
 
 def corpus_base(kind: str, **options) -> str:
     """The folder a corpus's files are kept relative to in a store (its alignment paths): IEMOCAP's
-    root, the bundled demo's folder, a manifest's folder (or the folder given). A moved corpus is
-    this folder moved: ``align-segments --root NEW`` resolves the same relative paths under NEW."""
+    folder holding Session1 … Session5 (``find_root``: ``--root`` may be up to two levels above
+    it), the bundled demo's folder, a manifest's folder (or the folder given). A moved corpus is
+    this folder moved: ``align-segments --root NEW`` resolves the same relative paths under NEW
+    (for IEMOCAP, under the sessions folder ``NEW`` holds)."""
     if kind == "iemocap":
-        return os.path.abspath(options["root"])
+        return os.path.abspath(find_root(options["root"]))
     if kind == "demo":
         return str(demo_root())
     if kind in ("manifest", "lhotse"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shlex
@@ -21,7 +22,7 @@ from ..align.textgrid import textgrid_end
 from ..align.tiers import (alignment_ends, check_covers_audio, check_within_audio, complete_tiers, cut_to_slice,
                            read_alignment)
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
-from ..corpora.iemocap import alignments_beside
+from ..corpora.iemocap import SESSIONS, alignments_beside, find_root
 from ..corpora.manifest import load_manifest
 from ..corpora.table import audio_digest, changes_text, resolve_audio_path
 from ..errors import EmofuseError
@@ -50,7 +51,7 @@ class AlignConfig:
     on_error: str = opt("skip", choices=ON_ERROR)
     corpus: str | None = opt(None, choices=KINDS, help="the corpus reader, if the corpus moved (with --root or --manifest)")
     root: str | None = opt(None, help="where the corpus lives now, if it moved: IEMOCAP's root (the folder holding "
-                                      "Session1 …) or a manifest's folder")
+                                      "Session1 …, or one up to two levels above it) or a manifest's folder")
     manifest: str | None = opt(None, help="where the manifest lives now, if the corpus moved")
     commit_utterances: int = opt(200, cli=False)   # utterances per atomic commit (Python only)
     tier_names: dict = opt(default_factory=dict, cli=False)   # from --word-tier / --phone-tier
@@ -121,7 +122,7 @@ def utterance_inputs(cfg: AlignConfig, fs: FeatureStore) -> UtteranceInputs:
     if ALIGNMENTS in table.columns:
         meta = fs.corpus_meta
         recorded = meta.get("base") or None
-        base = _corpus_folder_now(cfg, meta) or recorded
+        base = _corpus_folder_now(cfg, meta, table) or recorded
         inputs = UtteranceInputs(
             alignments={uid: alignment_paths(cell, base, recorded) for uid, cell in zip(table.index, table[ALIGNMENTS])},
             audio={uid: resolve_audio_path(str(p), base, recorded) for uid, p in zip(table.index, table["audio_path"])},
@@ -166,16 +167,19 @@ def _recorded_labels(meta: dict) -> str | None:
     return None if labels in (None, "", "None") else labels
 
 
-def _corpus_folder_now(cfg: AlignConfig, meta: dict) -> str | None:
-    return corpus_folder_now(meta, cfg.root, cfg.manifest, cfg.corpus)
+def _corpus_folder_now(cfg: AlignConfig, meta: dict, table=None) -> str | None:
+    return corpus_folder_now(meta, cfg.root, cfg.manifest, cfg.corpus, table)
 
 
 def corpus_folder_now(meta: dict, root: str | None = None, manifest: str | None = None,
-                      kind: str | None = None) -> str | None:
-    """Where the corpus of a store (``meta``: its corpus attributes) lives now, when the command
-    says so (``--root``, ``--manifest``) or it is the bundled demo (wherever emofuse is installed);
-    None: where it was at extraction."""
+                      kind: str | None = None, table=None) -> str | None:
+    """Where the corpus of a store (``meta``: its corpus attributes; ``table``: its utterance
+    table) lives now, when the command says so (``--root``, ``--manifest``) or it is the bundled
+    demo (wherever emofuse is installed); None: where it was at extraction. For IEMOCAP, ``root``
+    may be the folder holding the sessions or one up to two levels above it (``iemocap_folder_now``)."""
     if root:
+        if (kind or meta.get("kind")) == "iemocap":
+            return iemocap_folder_now(root, meta.get("base") or None, table)
         return os.path.abspath(root)
     if manifest:
         path = os.path.abspath(manifest)
@@ -183,6 +187,56 @@ def corpus_folder_now(meta: dict, root: str | None = None, manifest: str | None 
     if (kind or meta.get("kind")) == "demo":
         return str(demo_root())
     return None
+
+
+def iemocap_folder_now(root: str, recorded: str | None, table=None) -> str:
+    """The folder a store's kept IEMOCAP paths resolve under in the copy at ``root`` (the folder
+    holding Session1 … Session5, or one up to two levels above it: ``find_root``). Stores keep
+    them relative to the sessions folder: that folder. A store written before kept them relative
+    to the ``--root`` it was given, which may have been above the sessions folder
+    (``IEMOCAP_full_release/IEMOCAP_full_release/``): its paths start with those extra folders,
+    and resolve under the folder the sessions folder found now sits in under the same names
+    (given the outer folder or the inner one). Refused in one sentence when it does not."""
+    if not os.path.isdir(root):
+        raise EmofuseError(f"--root {root} is not a folder; give the folder the corpus was moved to (the one holding "
+                           "Session1 … Session5, or one up to two levels above it)")
+    sessions = os.path.abspath(find_root(root))
+    extra = _extra_folders(recorded, table)
+    if not extra:
+        return sessions
+    parts = sessions.split(os.sep)
+    if len(parts) > len(extra) and parts[-len(extra):] == extra:
+        return os.sep.join(parts[:-len(extra)]) or os.sep
+    raise EmofuseError(
+        f"the store keeps its IEMOCAP paths under {'/'.join(extra)}/ of the folder it was read from "
+        f"({recorded}), but --root {root} holds Session1 … Session5 in {sessions}, not under folders of those "
+        f"names; run extract-embeddings on the store again with --root {shlex.quote(root)} (and its encoders: "
+        "nothing it holds is recomputed) to record where the corpus is now")
+
+
+def _extra_folders(recorded: str | None, table) -> list[str]:
+    """The folders between a store's recorded corpus folder and the IEMOCAP sessions folder in
+    the paths it keeps (``[]`` when it kept them relative to the sessions folder), read from a
+    kept alignment path (relative to the recorded folder) or an audio path inside that folder
+    (``…/Session<n>/sentences/…``)."""
+    if not recorded or table is None:
+        return []
+    top = os.path.abspath(recorded)
+    kept: list[list[str]] = []
+    if ALIGNMENTS in table.columns:
+        for cell in table[ALIGNMENTS]:
+            kept += [p.split("/") for p in json.loads(cell or "{}").values() if not os.path.isabs(p)][:1]
+            if kept:
+                break
+    if "audio_path" in table.columns:
+        kept += [os.path.relpath(p, top).split(os.sep) for p in table["audio_path"].astype(str).iloc[:1]
+                 if os.path.isabs(p)]
+    for parts in kept:
+        if parts and parts[0] != os.pardir:
+            for i in range(len(parts) - 1):
+                if parts[i] in SESSIONS and parts[i + 1] == "sentences":
+                    return parts[:i]
+    return []
 
 
 def check_audio(fs: FeatureStore, inputs: UtteranceInputs, ids: Sequence[str]) -> None:

@@ -223,7 +223,7 @@ def audio_paths_now(utts: pd.DataFrame, meta: dict, root: str | None) -> pd.Data
     corpus moved (``--root``), the bundled demo wherever emofuse is installed, else as recorded
     (a relative path of an older store resolved as align-segments resolves it)."""
     from .align import corpus_folder_now
-    base = corpus_folder_now(meta, root)
+    base = corpus_folder_now(meta, root, table=utts)
     recorded = meta.get("base") or None
     if root and not os.path.isdir(base):
         raise EmofuseError(f"--root {root} is not a folder; give the folder the corpus was moved to")
