@@ -27,7 +27,7 @@ import torch
 from .. import __version__
 from ..devices import resolve_device
 from ..errors import EmofuseError
-from ..store import digest
+from ..store import canonical_json, config_hash, digest
 from .audio import BadInput
 from .families import AUDIO_FAMILIES, audio_family, text_family
 from .masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
@@ -117,6 +117,24 @@ def resolve_spec(spec: str) -> str:
 #: what loading a checkpoint raises for a bad folder (not our bug): a pickled weights file holding
 #: more than tensors is refused by torch's weights-only unpickler (it could run code)
 LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError)
+
+
+#: a configuration whose JSON is longer than this (characters) is not recorded in the stream info
+#: (an HDF5 attribute holds 64 KiB; encoder configurations take 1-3 thousand), only its hash
+MAX_RECORDED_CONFIG = 16000
+
+
+def config_identity(config) -> dict[str, Any]:
+    """What a stream records of a transformers checkpoint's configuration: ``config_hash`` (of
+    what the model computes: not the path it was loaded from nor the transformers version, see
+    ``store.fingerprint.CONFIG_PROVENANCE``) and ``config``, the ``to_dict()`` it was loaded with
+    (as canonical JSON reads back), from which a fingerprint of the recipe before, which hashed
+    the whole ``to_dict()``, can be recomputed (``store.same_encoder``)."""
+    import json
+
+    text = canonical_json(config.to_dict())
+    d = json.loads(text)
+    return {"config_hash": config_hash(d), **({"config": d} if len(text) <= MAX_RECORDED_CONFIG else {})}
 
 
 def transformers_version() -> str:
@@ -246,7 +264,7 @@ class HFAudioEncoder:
         self.info: dict[str, Any] = {
             "kind": "audio", "encoder": "transformers", "encoder_id": spec, "model_type": config.model_type,
             "family": AUDIO_FAMILIES[config.model_type][0], "exact_batching": True,
-            "revision": revision, "weights_hash": self.info_weights_hash, "config_hash": digest(config.to_dict()),
+            "revision": revision, "weights_hash": self.info_weights_hash, **config_identity(config),
             "num_layers": self.num_layers, "dim": self.dim, "sample_rate": self.sample_rate,
             "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": self.window / self.sample_rate,
             "feat_extract_norm": getattr(config, "feat_extract_norm", "layer"), "preprocessing": preprocessing,
@@ -441,7 +459,7 @@ class HFTextEncoder:
                      "family": f"{config.model_type} ({family_name})", "causal": self.family == "causal",
                      "exact_batching": True,
                      "revision": getattr(config, "_commit_hash", None) or "local", "weights_hash": w_hash,
-                     "config_hash": digest(config.to_dict()), "tokenizer_hash": tok_hash, "num_layers": self.num_layers,
+                     **config_identity(config), "tokenizer_hash": tok_hash, "num_layers": self.num_layers,
                      "dim": self.dim, "max_tokens": self.max_len, "window_stride": (self.max_len - self.n_special) // 2,
                      "compute_dtype": dtype, "untrained": False, "transformers_version": transformers_version(),
                      "emofuse_version": __version__}

@@ -21,10 +21,10 @@ import torch
 
 from .. import __version__
 from ..errors import EmofuseError
-from ..store import digest
 from .audio import BadInput
 from ..devices import resolve_device
-from .encoders import DTYPES, _host, _load_error, _prepare, stacked_layers, transformers_version, weights_hash
+from .encoders import (DTYPES, _host, _load_error, _prepare, config_identity, stacked_layers, transformers_version,
+                       weights_hash)
 from .families import AUDIO_FAMILIES
 
 #: Windows per forward (each a full window of activations before trimming).
@@ -114,7 +114,7 @@ class WhisperAudioEncoder:
         self.info: dict[str, Any] = {
             "kind": "audio", "encoder": "transformers-whisper", "encoder_id": spec, "model_type": "whisper",
             "family": AUDIO_FAMILIES["whisper"][0], "exact_batching": True, "revision": revision,
-            "weights_hash": self.info_weights_hash, "config_hash": digest(config.to_dict()),
+            "weights_hash": self.info_weights_hash, **config_identity(config),
             "num_layers": self.num_layers, "dim": self.dim, "sample_rate": self.sample_rate,
             "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": window / self.sample_rate,
             "frame_offset_s": -window / 2 / self.sample_rate,

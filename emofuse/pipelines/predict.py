@@ -39,7 +39,7 @@ import torch
 from .. import __version__
 from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
-from ..store import FeatureStore, nonfinite, shaping_differs
+from ..store import FeatureStore, nonfinite, same_encoder, shaping_differs, stream_fingerprint
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
 from .metrics import format_summary, scores, summarise
@@ -377,12 +377,7 @@ def _check_keys(model: TrainedModel) -> None:
 
 
 def _fingerprint(enc, info: dict) -> str:
-    from ..store import digest
-
-    fields = {**enc.fingerprint_fields(), "store_dtype": info["store_dtype"]}
-    if info.get("layers") is not None:
-        fields["layers"] = info["layers"]
-    return digest(fields, 32)
+    return stream_fingerprint(enc.fingerprint_fields(), info["store_dtype"], info.get("layers"))
 
 
 def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | None, device: str):
@@ -395,13 +390,16 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
     load = load_audio_encoder if side == "audio" else load_text_encoder
     enc = load(spec, device=device, dtype=ec.get("dtype", "float32"))
     got = _fingerprint(enc, info)
-    if got != info["fingerprint"] and "last_layer" in enc.info and "last_layer" not in info \
+    # a model trained on a store fingerprinted by the recipe before (store.same_encoder) keeps its fingerprint
+    same = same_encoder(info, {**enc.info, "store_dtype": info["store_dtype"], "layers": info.get("layers"),
+                               "fingerprint": got})
+    if not same and "last_layer" in enc.info and "last_layer" not in info \
             and enc.info.get("weights_hash") == info.get("weights_hash"):
         raise EmofuseError(f"this model's {side} stream {stream!r} ({info.get('encoder_id')}) was extracted before "
                            "emofuse stored a pre-LayerNorm model's normalised output as its last layer "
                            "(docs/encoders.md); its last layer is another tensor than this encoder gives now: "
                            "extract the store again and retrain the model")
-    if got != info["fingerprint"]:
+    if not same:
         raise EmofuseError(f"the {side} encoder {spec} does not match the one this model was trained on (stream "
                            f"{stream!r}: {info.get('encoder_id')}, weights {str(info.get('weights_hash'))[:12]}, "
                            f"fingerprint {info['fingerprint'][:12]}; found weights "
@@ -620,7 +618,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                 raise EmofuseError(f"{store} has no stream {s['stream']!r} (the model reads {KEY_NAME[k]} of "
                                    f"{want.get('encoder_id')}); extract it with the same encoder first")
             got = fs.stream_info(s["stream"])
-            if got.get("fingerprint") != want["fingerprint"]:
+            if not same_encoder(want, got):   # either may be fingerprinted by the recipe before
                 raise EmofuseError(
                     f"{store}'s stream {s['stream']!r} was extracted by {got.get('encoder_id')} (fingerprint "
                     f"{str(got.get('fingerprint'))[:12]}), the model's by {want.get('encoder_id')} (fingerprint "

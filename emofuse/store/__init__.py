@@ -1,6 +1,7 @@
 """The HDF5 feature store (schema v2, docs/store-format.md). The only package that imports h5py."""
 
-from .fingerprint import corpus_changes, corpus_fingerprint, digest
+from .fingerprint import (canonical_json, config_hash, corpus_changes, corpus_fingerprint, digest, same_encoder,
+                          stream_fingerprint)
 from .h5io import nonfinite
 from .index import copy_store, remove_store, store_bytes
 from .reader import FeatureStore, Ragged, Segments, Tokens, UncheckedStoreWarning
@@ -11,5 +12,6 @@ from .writer import SHAPING_INFO, StoreWriter, corpus_update, shaping_differs
 
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "compact_store", "copy_store",
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",
-           "corpus_update", "shaping_differs", "digest", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION",
-           "segments_kind", "UncheckedStoreWarning", "nonfinite"]
+           "corpus_update", "shaping_differs", "digest", "canonical_json", "config_hash", "same_encoder",
+           "stream_fingerprint", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION", "segments_kind",
+           "UncheckedStoreWarning", "nonfinite"]

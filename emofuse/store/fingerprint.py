@@ -98,3 +98,76 @@ def corpus_changes(old: pd.DataFrame, new: pd.DataFrame) -> list[tuple[str, str]
             out.append((i, "label, session or speaker changed"))
     return sorted(out)
 
+
+# -- encoders ---------------------------------------------------------------------------------
+#: keys of a transformers ``config.to_dict()`` that say where the checkpoint was loaded from (the
+#: path or hub id as typed) and with which library (the running transformers version), not what the
+#: model computes: outside ``config_hash``, so one checkpoint typed as ``bert64`` or ``$PWD/bert64``,
+#: or loaded after a transformers upgrade, is one encoder
+CONFIG_PROVENANCE = ("_name_or_path", "transformers_version", "_commit_hash")
+#: the stream-info fields a transformers encoder's fingerprint covers where it records them (the
+#: encoders' ``fingerprint_fields``), besides ``store_dtype`` and ``layers``
+ENCODER_FIELDS = ("weights_hash", "config_hash", "tokenizer_hash", "preprocessing", "compute_dtype", "last_layer")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Digest of a transformers ``config.to_dict()`` without its ``CONFIG_PROVENANCE`` keys."""
+    return digest({k: v for k, v in config.items() if k not in CONFIG_PROVENANCE})
+
+
+def stream_fingerprint(fields: Mapping[str, Any], store_dtype: Any, layers: Any = None) -> str:
+    """A stream's fingerprint: its encoder's fingerprint fields, the stored dtype, and the kept
+    layers where ``--layers`` kept a subset (a subset never mixes with another)."""
+    out = {**fields, "store_dtype": store_dtype}
+    if layers is not None:
+        out["layers"] = list(layers)
+    return digest(out, 32)
+
+
+def _loaded_names(info: Mapping[str, Any]) -> set[str]:
+    """What a stream's checkpoint may have been loaded as (``_name_or_path``): its spec as typed,
+    without Whisper's ``#window=…``, and the empty name of a config built in code (``untrained:``)."""
+    ec = info.get("extract_config") if isinstance(info.get("extract_config"), Mapping) else {}
+    names = {""}
+    for spec in (info.get("encoder_id"), ec.get("audio_model"), ec.get("text_model")):
+        if isinstance(spec, str):
+            names |= {spec, spec.partition("#")[0]}
+    return names
+
+
+def _old_recipe_matches(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether ``old``'s fingerprint is what emofuse computed before ``CONFIG_PROVENANCE`` was
+    left out (``config_hash`` over the whole ``to_dict()``, the path as typed and the running
+    transformers version with it) for the encoder of ``new``, a stream info that records its
+    configuration (``config``, the ``to_dict()`` it was loaded with). Both the path ``old``'s
+    checkpoint was typed as and the one ``new``'s was are tried, with the transformers version
+    ``old`` records: the hash is over content, so a match means the same configuration."""
+    config = new.get("config")
+    if "config" in old or not isinstance(config, Mapping) or not old.get("config_hash") \
+            or config_hash(config) != new.get("config_hash"):
+        return False
+    fields = {k: new[k] for k in ENCODER_FIELDS if k in new}
+    if stream_fingerprint(fields, new.get("store_dtype"), new.get("layers")) != new.get("fingerprint"):
+        return False   # fields this function does not know make the fingerprint: nothing to rebuild it from
+    names = _loaded_names(old) | {config.get("_name_or_path")}
+    versions = {old.get("transformers_version"), config.get("transformers_version")}
+    for name in names:
+        for version in versions:
+            if not isinstance(name, str) or not isinstance(version, str):
+                continue
+            h = digest({**config, "_name_or_path": name, "transformers_version": version})
+            if h == old["config_hash"] and \
+                    stream_fingerprint({**fields, "config_hash": h}, new.get("store_dtype"), new.get("layers")) \
+                    == old.get("fingerprint"):
+                return True
+    return False
+
+
+def same_encoder(known: Mapping[str, Any], info: Mapping[str, Any]) -> bool:
+    """Whether two stream infos identify the same encoder's activations: the same fingerprint, or
+    one of them fingerprinted before ``CONFIG_PROVENANCE`` was left out of the config hash and the
+    other (which records its ``config``) the same encoder by that recipe. Stores and models
+    written before keep their fingerprints, and the run keys built on them."""
+    if known.get("fingerprint") == info.get("fingerprint"):
+        return True
+    return _old_recipe_matches(known, info) or _old_recipe_matches(info, known)

@@ -31,7 +31,7 @@ import pandas as pd
 from .. import __version__
 from ..arrays import offsets_from_lengths
 from ..errors import StoreError
-from .fingerprint import corpus_changes, corpus_fingerprint, locations_differ
+from .fingerprint import corpus_changes, corpus_fingerprint, locations_differ, same_encoder
 from .h5io import STR, file_header, fsync_path, set_info, write_entry_table, writing_h5
 from .index import StoreIndex, data_dir, load_index, next_seq, part_path, save_index
 from .lock import WriterLock
@@ -178,17 +178,19 @@ class StoreWriter:
 
     def _check_stream(self, name: str, info: Mapping[str, Any], source: str | None = None) -> None:
         """``info`` of stream ``name`` comes from ``source`` (a pending part, a store being merged;
-        None: this run): refused when the stream already holds another encoder. The sentence names
-        the file each encoder is in (``_stream_origin``: where the known one came from)."""
+        None: this run): refused when the stream already holds another encoder (``same_encoder``:
+        a stream fingerprinted by the recipe before is the same encoder; it keeps the info it has).
+        The sentence names the file each encoder is in (``_stream_origin``: where the known one
+        came from)."""
         known = self.stream_infos.get(name)
         if known is None:
             self.stream_infos[name] = dict(info)
             self._stream_origin[name] = source
-        elif known.get("fingerprint") != info.get("fingerprint") or shaping_differs(known, info):
+        elif not same_encoder(known, info) or shaping_differs(known, info):
             origin = self._stream_origin.get(name, self.path)
             # what identifies the encoder first (the message names four), descriptive fields after
             keys = sorted((k for k in set(known) | set(info)
-                           if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint")
+                           if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint", "config")
                            and known.get(k) != info.get(k)),
                           key=lambda k: (k not in IDENTITY_INFO, IDENTITY_INFO.index(k) if k in IDENTITY_INFO else 0, k))
             there = f"in {os.path.basename(origin)}" if origin else "in this run"

@@ -11,7 +11,8 @@ from dataclasses import asdict
 from ...corpora import corpus_base, load_corpus, utterance_table
 from ...errors import EmofuseError
 from ...extract.encoders import load_audio_encoder, load_text_encoder, window_as_recorded
-from ...store import FeatureStore, StoreWriter, corpus_fingerprint, corpus_update, digest, store_bytes
+from ...store import (FeatureStore, StoreWriter, corpus_fingerprint, corpus_update, same_encoder, store_bytes,
+                      stream_fingerprint)
 from ..describe import corpus_options
 from .audio_phase import run_audio_phase
 from .config import STORE_DTYPES, ExtractConfig
@@ -76,6 +77,17 @@ def _keep_recorded_window(enc, fingerprint: str, known: dict) -> None:
         window_as_recorded(enc, known.get("max_tokens"))
 
 
+def _recorded_identity(info: dict, known: dict) -> dict:
+    """The recorded ``fingerprint`` and ``config_hash`` a stream of this encoder (``info``) keeps
+    where ``known`` (the stream's recorded info) fingerprinted the same encoder by the recipe
+    before (its config hash held the checkpoint's path as typed and the transformers version:
+    ``store.same_encoder``), so the stream, and the run keys built on it, stay as they are and
+    torchrun's rank shards merge into it; nothing otherwise."""
+    if not known or known.get("fingerprint") == info["fingerprint"] or not same_encoder(known, info):
+        return {}
+    return {"fingerprint": known["fingerprint"], "config_hash": known.get("config_hash")}
+
+
 def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
                  background: bool | None = None) -> ExtractSummary:
     """Extract ``cfg`` into the store ``out`` in this process. ``main_store``: under torchrun, the
@@ -117,17 +129,20 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
                      + f"; the cached tensors of {len(dropped)} utterances are dropped and recomputed")
         jobs = []
         for kind, name, enc, sdt in encoders:
-            fields = {**enc.fingerprint_fields(), "store_dtype": sdt}
-            kept = kept_pre[name]
-            if kept is not None:  # part of the stream's identity: a subset never mixes with another
-                fields["layers"] = kept
-            fingerprint = digest(fields, 32)
-            _keep_recorded_window(enc, fingerprint, writer.stream_infos.get(name) or _stream_info(main_store, name))
+            kept = kept_pre[name]   # part of the stream's identity: a subset never mixes with another
+            fingerprint = stream_fingerprint(enc.fingerprint_fields(), sdt, kept)
+            known = writer.stream_infos.get(name) or _stream_info(main_store, name)
+            recorded = _recorded_identity({**enc.info, "store_dtype": sdt, "layers": kept, "fingerprint": fingerprint},
+                                          known)
+            _keep_recorded_window(enc, recorded.get("fingerprint", fingerprint), known)
             # train-head's --norm when none is given (hand-crafted descriptors set "global")
             info = {"default_norm": "none", **enc.info, "store_dtype": sdt, "extract_config": asdict(cfg)}
             if kept is not None:
                 info["layers"] = kept
             info["fingerprint"] = fingerprint
+            if recorded:   # what the recorded config hash covers is not this configuration dict
+                info.pop("config", None)
+                info.update(recorded)
             writer.add_stream(name, info)
             s = StreamSummary(stream=name, kind=kind, encoder=enc.info["encoder_id"], untrained=enc.info["untrained"])
             jobs.append((kind, StreamJob(writer, name, enc, cfg, STORE_DTYPES[sdt], kept, s, background)))
