@@ -177,6 +177,42 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
         run_evaluate(trained["run"], wrong, str(tmp_path / "ev4"), label_map="fru=ang")
 
 
+def test_evaluate_writes_only_into_its_own_folders(trained, tmp_path, tiny_models):
+    """--out pointed at a train-head or ablate run: before, its config.json, summary.json and fold
+    metrics were overwritten with cross-corpus scores (ablate then showed them as that row's
+    in-corpus numbers). Re-evaluating into an evaluation's folder leaves no fold of a member the
+    model does not have."""
+    other_corpus = make_fake_iemocap(tmp_path / "other", counts={s: {"ang": 1, "neu": 1, "sad": 1, "hap": 1}
+                                                                 for s in range(1, 3)}, seconds=0.8, seed=9)
+    other = str(tmp_path / "o.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=other,
+                              audio_model=tiny_models["group"], text_model=tiny_models["bert"]))
+    run = trained["run"]
+    files = {n: open(os.path.join(run, n), "rb").read() for n in ("config.json", "summary.json")}
+    metrics = open(os.path.join(run, "runs", "r0_s1", "metrics.json"), "rb").read()
+    with pytest.raises(EmofuseError, match=r"holds a run of type emofuse.train-head \(its config.json\), not an "
+                                           r"evaluation.*choose another --out"):
+        run_evaluate(run, other, run)
+    assert {n: open(os.path.join(run, n), "rb").read() for n in files} == files
+    assert open(os.path.join(run, "runs", "r0_s1", "metrics.json"), "rb").read() == metrics
+    abl = tmp_path / "ablate"
+    abl.mkdir()
+    (abl / "config.json").write_text(json.dumps({"type": "emofuse.ablate"}))
+    with pytest.raises(EmofuseError, match="holds a run of type emofuse.ablate"):
+        run_evaluate(run, other, str(abl))
+    exp = str(tmp_path / "model")
+    export_run(run, exp)
+    with pytest.raises(EmofuseError, match="holds model.json but no config.json of an evaluation"):
+        run_evaluate(run, other, exp)
+
+    ev = tmp_path / "ev"
+    run_evaluate(run, other, str(ev))
+    import shutil
+    shutil.copytree(ev / "runs" / "r0_s1", ev / "runs" / "r1_s4")   # a member of a model evaluated there before
+    s = run_evaluate(exp, other, str(ev))
+    assert sorted(os.listdir(ev / "runs")) == ["r0_s1", "r0_s2"] and len(s["runs"]) == 2
+
+
 def test_egemaps_and_text_model_predicts_like_its_run(trained, tmp_path, tiny_models):
     """A hand-crafted descriptor stream (openSMILE, float32, one layer) goes through the same path."""
     store = str(tmp_path / "e.h5")

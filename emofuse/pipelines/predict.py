@@ -43,9 +43,9 @@ from ..store import FeatureStore, nonfinite, same_encoder, shaping_differs, stre
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
 from .metrics import format_summary, scores, summarise
-from .rundir import (CONFIG, SUMMARY, fold_metrics, has_config, is_finished, predictions_roundtrip, read_config,
-                     read_summary, run_lock, write_config, write_csv, write_fold, write_json, write_predictions,
-                     write_summary)
+from .rundir import (CONFIG, RUNS, SUMMARY, fold_metrics, has_config, is_finished, predictions_roundtrip,
+                     read_config, read_summary, run_lock, write_config, write_csv, write_fold, write_json,
+                     write_predictions, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -597,13 +597,55 @@ def _label_map(spec: str | None) -> dict:
     return out
 
 
+EVALUATE_TYPE = "emofuse.evaluate"
+
+
+def _check_evaluation_folder(out: str) -> None:
+    """Refuse an ``--out`` that holds something other than an evaluation: a train-head or ablate
+    run (its ``config.json`` names another type), whose config.json, summary.json and fold
+    metrics the evaluation would overwrite (ablate then showed the cross-corpus numbers as that
+    run's), or an exported model or a run's files without a config.json."""
+    path = os.path.join(out, CONFIG)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                kind = json.load(f).get("type")
+        except (OSError, ValueError, AttributeError) as e:
+            raise EmofuseError(f"{path} cannot be read as a run's configuration ({e}); choose another --out for "
+                               "the evaluation") from None
+        if kind != EVALUATE_TYPE:
+            what = f"a run of type {kind}" if kind else "a run of no recorded type"
+            raise EmofuseError(f"{out} holds {what} (its config.json), not an evaluation: evaluating into it would "
+                               "overwrite that run's config.json, summary.json and fold metrics; choose another --out")
+        return
+    found = [n for n in ("model.json", SUMMARY, RUNS) if os.path.exists(os.path.join(out, n))]
+    if found:
+        raise EmofuseError(f"{out} holds {', '.join(found)} but no config.json of an evaluation: evaluate writes "
+                           "only into a new folder or one of its own evaluations; choose another --out")
+
+
+def _remove_stale_members(out: str, members: list[str]) -> None:
+    """Fold folders under ``out/runs/`` that a previous evaluation into ``out`` wrote for members
+    this model does not have (another run evaluated there before): gone, so the folder holds only
+    this evaluation's folds."""
+    rdir = os.path.join(out, RUNS)
+    if not os.path.isdir(rdir):
+        return
+    for name in sorted(set(os.listdir(rdir)) - set(members)):
+        path = os.path.join(rdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+
+
 def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = None, device: str = "cpu",
                  train_store: str | None = None) -> dict:
     """``emofuse evaluate RUN --store OTHER.h5 --out DIR``: every fold model of ``run`` (a run
     directory or an exported model) on every utterance of another corpus's store, scored as
     train-head scores its folds (UA, WA, macro-F1, confusion; mean ± std over the members), plus
-    the ensemble's scores."""
+    the ensemble's scores. ``out`` is a new folder or one of evaluate's own (re-evaluated: the
+    folds of members this model lacks are removed); a run of another kind there is refused."""
 
+    _check_evaluation_folder(out)   # before the work; again under the folder's lock
     dev = resolve_device(device)
     lm = _label_map(label_map) if not isinstance(label_map, dict) else dict(label_map)
     model = (load_model(run) if os.path.exists(os.path.join(run, "model.json"))
@@ -663,6 +705,14 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         logits = model.member_logits(data, device=dev)
         corpus_fp = fs.corpus_fingerprint
     with run_lock(out, "emofuse evaluate"):
+        _check_evaluation_folder(out)
+        if os.path.exists(os.path.join(out, SUMMARY)):   # a previous evaluation's: unfinished until this one is
+            os.remove(os.path.join(out, SUMMARY))
+        config = {"type": EVALUATE_TYPE, "emofuse_version": __version__, "model": os.path.abspath(run),
+                  "store": os.path.abspath(store), "corpus_fingerprint": corpus_fp, "label_map": lm,
+                  "config": c, "identity": model.spec["identity"]}
+        write_config(out, config)   # first: an interrupted evaluation is still one of evaluate's folders
+        _remove_stale_members(out, [m.name for m in model.members])
         runs, preds = [], []
         for m, lg in zip(model.members, logits):
             s = scores(y, lg.argmax(1), len(model.classes))
@@ -682,10 +732,6 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                        head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store),
                        label_map=lm, absent_classes=absent, ensemble=ens, utterances=len(data.ids),
                        excluded=data.excluded, runs=runs)
-        write_config(out,
-                     {"type": "emofuse.evaluate", "emofuse_version": __version__, "model": os.path.abspath(run),
-                      "store": os.path.abspath(store), "corpus_fingerprint": corpus_fp, "label_map": lm,
-                      "config": c, "identity": model.spec["identity"]})
         write_predictions(out, pd.concat(preds))
         ens_df = pd.DataFrame({"id": data.ids, "label": mapped, "pred": np.array(model.classes)[probs.argmax(1)]})
         for j, name in enumerate(model.classes):
