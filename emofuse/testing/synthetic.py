@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..align.pooling import pool_many
-from ..store import StoreWriter
+from ..store import StoreWriter, digest
 
 CLASSES = ("ang", "hap", "neu", "sad")
 RATES = {"phone": 12.0, "syllable": 4.5, "word": 3.0}   # segments per second, as in IEMOCAP speech
@@ -47,17 +47,32 @@ def make_synthetic_store(path: str | Path, per_class: int = 10, sessions: int = 
                 secs.append(float(np.clip(rng.lognormal(np.log(mean_seconds), 0.6), 1.0, max_seconds)))
     order = np.argsort(ids)
     ids, labels, sess, spk, secs = ([x[i] for i in order] for x in (ids, labels, sess, spk, secs))
+    # audio_bytes: a 16 kHz 16-bit WAV's size for the duration, so that the corpus fingerprint
+    # follows the durations (the seed, mean_seconds, max_seconds) as a real corpus's follows its files
     table = pd.DataFrame({"id": ids, "label": labels, "session": sess, "speaker": spk, "gender": [x[-1] for x in spk],
                           "transcript": "synthetic", "audio_path": [f"/synthetic/{i}.wav" for i in ids],
-                          "start": np.nan, "end": np.nan, "duration": secs, "audio_bytes": 1})
+                          "start": np.nan, "end": np.nan, "duration": secs,
+                          "audio_bytes": [44 + 2 * int(round(x * 16000)) for x in secs]})
     centres = {"audio": rng.standard_normal((len(CLASSES), dim)), "text": rng.standard_normal((len(CLASSES), text_dim))}
     no_words = set(rng.choice(ids, size=empty_word_ids, replace=False)) if empty_word_ids else set()
     lengths = {}
     path = Path(path)
+    # every parameter that changes what a stream holds is in its fingerprint (the random draws of
+    # both streams come from one generator, so the shapes and counts of either change the other's
+    # values; the planted signal only the planted stream's): stores of other content never share
+    # a run key, and a grid never reuses another store's results
+    drawn = {"seed": seed, "per_class": per_class, "sessions": sessions, "session_prefix": session_prefix,
+             "layers": layers, "dim": dim, "text_layers": text_layers, "text_dim": text_dim,
+             "mean_seconds": mean_seconds, "max_seconds": max_seconds, "fps": fps, "dtype": np.dtype(dtype).name,
+             "empty_word_ids": empty_word_ids}
+    planted = {"planted_layer": planted_layer, "strength": strength}
+    audio_fp = digest({**drawn, "no_frames": no_frames, **(planted if planted_stream == "audio" else {})}, 32)
+    text_fp = digest({**drawn, **(planted if planted_stream == "text" else {})}, 32)
     with StoreWriter(path, table, {"kind": "synthetic"}) as w:
-        w.add_stream(audio_stream, {"fingerprint": f"synthetic-audio-{seed}", "encoder_id": "synthetic", "num_layers": layers,
-                               "dim": dim, "frame_hop_s": 1 / fps, "frame_window_s": 1 / fps, **(audio_info or {})})
-        w.add_stream("text", {"fingerprint": f"synthetic-text-{seed}", "encoder_id": "synthetic",
+        w.add_stream(audio_stream, {"fingerprint": f"synthetic-audio-{audio_fp}", "encoder_id": "synthetic",
+                                    "num_layers": layers, "dim": dim, "frame_hop_s": 1 / fps, "frame_window_s": 1 / fps,
+                                    **(audio_info or {})})
+        w.add_stream("text", {"fingerprint": f"synthetic-text-{text_fp}", "encoder_id": "synthetic",
                               "num_layers": text_layers, "dim": text_dim})
         for k in range(0, len(ids), 64):
             audio = {"frames": {}, **{f"segments/{g}": {} for g in RATES}}
