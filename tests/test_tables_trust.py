@@ -198,7 +198,7 @@ def test_a_run_of_an_older_results_version_is_never_resumed(tmp_path):
     del old["identity"]["results_version"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     new = {"type": "emofuse.train-head", "identity": cfg.identity(), "fingerprints": {"corpus": "c"}}
-    with pytest.raises(EmofuseError, match=rf"holds a run of an older emofuse \(results version 0, now {RESULTS_VERSION}"):
+    with pytest.raises(EmofuseError, match=rf"holds a run of another emofuse \(results version 0, now {RESULTS_VERSION}"):
         check_run_dir(str(tmp_path), new, lambda c: TrainConfig(**c).identity())
     (tmp_path / "config.json").write_text(json.dumps(_recorded(cfg)))
     check_run_dir(str(tmp_path), new, lambda c: TrainConfig(**c).identity())   # the same version: resumed
