@@ -47,25 +47,34 @@ def clean(tmp_path_factory):
     return str(path)
 
 
-def test_a_row_scored_on_other_test_utterances_is_marked_never_bold_and_shows_no_delta(store, tmp_path, caplog):
-    """Before: the frame row, tested on 3 utterances fewer than the text row (no frames for them),
-    was an ordinary row: bold when best, a Δ against the published number, a Wilcoxon p-value
-    pairing runs on different test sets; only the log said so."""
-    spec = spec_file(tmp_path, '{label: "Text", fusion: none, granularity: T}',
-                     '{label: "Frame", fusion: none, granularity: F, published: 40.0}')
+def test_a_row_scored_on_fewer_test_utterances_is_marked_never_bold_and_shows_no_delta(store, tmp_path):
+    """Before: the frame rows, tested on 3 utterances fewer than the text row (no frames for
+    them), were ordinary rows: bold when best, a Δ against the published number, a Wilcoxon
+    p-value pairing runs on different test sets; only the log said so. The row holding every
+    utterance is never the one marked, whichever rows are more numerous."""
+    spec = spec_file(tmp_path, '{label: "Frame", fusion: none, granularity: F, published: 40.0}',
+                     '{label: "Late F+T", fusion: late, granularity: F+T}',
+                     '{label: "Text", fusion: none, granularity: T, published: 50.0}', defaults="{repeats: 1, epochs: 2}")
     df = run_ablate(AblateConfig(store=store, spec=spec, out=str(tmp_path / "g"), device="cpu"))["a"].set_index("label")
-    assert df.loc["Text", "n_test"] == df.loc["Frame", "n_test"] + 3
-    assert df.loc["Frame", "other_test"] and not df.loc["Text", "other_test"]
-    assert df.loc["Text", "best"] and np.isnan(df.loc["Frame", "p_vs_best"])
+    n_text, n_frame = int(df.loc["Text", "n_test"]), int(df.loc["Frame", "n_test"])
+    assert n_text == n_frame + 3 == df.loc["Late F+T", "n_test"] + 3
+    assert df["other_test"].to_dict() == {"Frame": True, "Late F+T": True, "Text": False}
+    assert not df["off_protocol"].any()   # every session, the spec's epochs
+    assert df.loc["Text", "best"] and not df.loc[["Frame", "Late F+T"], "best"].any()
+    assert np.isnan(df.loc["Frame", "p_vs_best"]) and np.isnan(df.loc["Late F+T", "p_vs_best"])
     md = (tmp_path / "g" / "tables" / "a.md").read_text()
     frame = next(line for line in md.splitlines() if line.startswith("| Frame"))
-    assert frame.startswith("| Frame † |") and "**" not in frame and frame.endswith("| 40.00 | — | 2 |")
-    n_frame, n_text = int(df.loc["Frame", "n_test"]), int(df.loc["Text", "n_test"])
-    assert (f"† tested on other utterances than the table's other rows ({n_frame} against {n_text}): some left out "
-            "for want of frames, segments or tokens in the store, so not compared for bold") in md
-    assert md.splitlines()[-1].startswith("Test sessions 1, 2. Mean ± standard deviation over the 2 runs")
+    assert frame.startswith("| Frame ¶ |") and "**" not in frame and frame.endswith("| 40.00 | — | 5 |")
+    text = next(line for line in md.splitlines() if line.startswith("| Text"))
+    assert text.startswith("| Text |") and text.endswith(f"| 50.00 | {float(text.split(' | ')[1].split(' ± ')[0].strip('*')) - 50:+.2f} | 5 |")
+    assert (f"¶ scored on fewer of the test sessions' utterances than the other rows ({n_frame}, {n_frame} of {n_text}): "
+            "the others have no frames or tokens for them in the store, so not compared for bold") in md
+    assert md.splitlines()[-1].startswith(f"Test sessions 1, 2, 3, 4, 5 ({n_text} utterances). Mean ± standard deviation")
+    tex = (tmp_path / "g" / "tables" / "a.tex").read_text()
+    assert r"Frame$^\P$ &" in tex and r"$^\P$ scored on fewer" in tex
     csv = pd.read_csv(tmp_path / "g" / "tables" / "a.csv").set_index("label")
     assert csv.loc["Frame", "n_test"] == n_frame and np.isnan(csv.loc["Frame", "delta_ua"])
+    assert not np.isnan(csv.loc["Text", "delta_ua"])
 
 
 def test_a_test_fold_without_a_class_is_said(tmp_path, caplog):
@@ -81,23 +90,34 @@ def test_a_test_fold_without_a_class_is_said(tmp_path, caplog):
 def test_protocol_overrides_apply_over_a_rows_own_setting_and_the_tables_say_so(store, tmp_path):
     """Before: ``ablate --epochs 1`` left a row that sets its own epochs at its value, and tables of
     a quick look (--folds 1) named no test session and printed Δ against the full protocol's numbers."""
-    spec = spec_file(tmp_path, '{label: "Text", fusion: none, granularity: T, epochs: 3, published: 50.0}')
+    spec = spec_file(tmp_path, '{label: "Text", fusion: none, granularity: T, epochs: 3, published: 50.0}',
+                     defaults="{repeats: 1, epochs: 2}")
     out = tmp_path / "g"
     df = run_ablate(AblateConfig(store=store, spec=spec, out=str(out), device="cpu", epochs=1, folds=("1",)))["a"]
     config = json.loads((Path(df.loc[0, "run_dir"]) / "config.json").read_text())
     assert config["config"]["epochs"] == 1 and config["config"]["folds"] == ["1"]
     md = (out / "tables" / "a.md").read_text()
     assert md.splitlines()[-1].startswith(
-        "Test sessions 1. Run with ablate --epochs 1, --folds 1, not the spec's protocol; Δ UA against published "
-        "numbers, which are of the full protocol, is not shown. One run per configuration")
+        f"Test sessions 1 ({int(df.loc[0, 'n_test'])} utterances). Run with ablate --epochs 1, --folds 1, not the spec's "
+        "protocol. No Δ UA for a row tested on fewer sessions than its store holds or trained under --epochs: the "
+        "published numbers are of the full protocol. One run per configuration")
     assert next(line for line in md.splitlines() if line.startswith("| Text")).endswith("| 50.00 | — | 1 |")
     tex = (out / "tables" / "a.tex").read_text()
-    assert r"Run with ablate -{}-epochs 1, -{}-folds 1, not the spec's protocol; $\Delta$ UA" in tex
+    assert r"Run with ablate -{}-epochs 1, -{}-folds 1, not the spec's protocol. No $\Delta$ UA" in tex
     assert pd.read_csv(out / "tables" / "a.csv")["override"].tolist() == ["--epochs 1, --folds 1"]
-    # --repeats alone estimates the same quantity with fewer runs: Δ stays, the note names it
-    df = run_ablate(AblateConfig(store=store, spec=spec, out=str(tmp_path / "r"), device="cpu", repeats=1))["a"]
+    # --epochs alone: every session, yet not the protocol's training
+    run_ablate(AblateConfig(store=store, spec=spec, out=str(tmp_path / "e"), device="cpu", epochs=1))
+    assert "| 50.00 | — |" in (tmp_path / "e" / "tables" / "a.md").read_text()
+    # --repeats alone estimates the same quantity with fewer runs: Δ stays, the note names it;
+    # and a spec's own folds: of fewer sessions than the store holds show no Δ (no flag needed)
+    run_ablate(AblateConfig(store=store, spec=spec, out=str(tmp_path / "r"), device="cpu", repeats=1))
     md = (tmp_path / "r" / "tables" / "a.md").read_text()
     assert "Run with ablate --repeats 1, not the spec's protocol. " in md and "| 50.00 | — |" not in md
+    two = spec_file(tmp_path, '{label: "Text", fusion: none, granularity: T, folds: [1, 2], published: 50.0}',
+                    defaults="{repeats: 1, epochs: 2}")
+    run_ablate(AblateConfig(store=store, spec=two, out=str(tmp_path / "t"), device="cpu"))
+    md = (tmp_path / "t" / "tables" / "a.md").read_text()
+    assert "| 50.00 | — |" in md and "No Δ UA for a row tested on fewer sessions than its store holds" in md
 
 
 def test_delta_is_the_difference_of_the_printed_numbers_and_ties_as_printed_are_all_bold():
@@ -111,7 +131,7 @@ def test_delta_is_the_difference_of_the_printed_numbers_and_ties_as_printed_are_
         assert f"{float(shown) - 71.01:+.2f}" == delta, (ua, row)
     # two means that print alike (the same sum added in another order) are both the best
     tie = base.assign(ua_mean=[94.58333333333334, 94.58333333333333], published=np.nan)
-    assert tables.to_markdown(tie, "T").count("**94.58 ± 1.00**") == 2
+    assert tables.to_markdown(tie, "T").count("**94.58 ± 1.00**") == 2 and tables.best_rows(tie, "ua") == {0, 1}
 
 
 def test_a_small_p_value_is_not_written_as_zero():
@@ -256,3 +276,18 @@ def test_a_table_whose_rows_each_cover_other_folds_is_still_written(clean, tmp_p
     df = run_ablate(AblateConfig(store=clean, spec=spec, out=str(tmp_path / "g"), device="cpu"))["a"]
     assert df["partial"].all() and not df["other_test"].any()
     assert "no row covers them all" in (tmp_path / "g" / "tables" / "a.md").read_text()
+
+
+def test_a_grid_with_a_combination_of_a_combination_resumes(clean, tmp_path, caplog):
+    """Before the key check read a combination's members from their folders: a combination of a
+    combination was rebuilt under another key, and the grid refused to resume."""
+    caplog.set_level(logging.INFO, "emofuse")
+    spec = spec_file(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
+                     '{label: "Text", fusion: none, granularity: T}', '{label: "Both", combine: ["Frame", "Text"]}',
+                     '{label: "Again", combine: ["Both", "Frame"]}')
+    out = tmp_path / "g"
+    first = run_ablate(AblateConfig(store=clean, spec=spec, out=str(out), device="cpu"))["a"]
+    caplog.clear()
+    again = run_ablate(AblateConfig(store=clean, spec=spec, out=str(out), device="cpu"))["a"]
+    assert "2 configurations, 2 already finished, 0 to run" in logged_messages(caplog)[0]
+    pd.testing.assert_frame_equal(first, again)

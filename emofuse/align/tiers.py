@@ -8,7 +8,7 @@ from ..errors import EmofuseError
 from .records import AlignmentItem, is_silence
 from .sphinx_seg import read_seg
 from .syllabify import UnknownPhone, syllabify
-from .textgrid import read_textgrid, textgrid_end
+from .textgrid import read_textgrid
 
 
 def read_alignment(paths: Mapping[str, str], tier_names: Mapping[str, Sequence[str]] | None = None
@@ -116,12 +116,13 @@ def alignment_ends(paths: Mapping[str, str], tiers: Mapping[str, Sequence[Alignm
                    wanted: Sequence[str]) -> dict[str, tuple[float, str]]:
     """Where each alignment file an utterance's ``wanted`` granularities are pooled from ends
     (``check_covers_audio``'s ``ends``), from ``tiers`` as read, silence not yet dropped: a Sphinx
-    file's last row (its rows tile the utterance from frame 0, header and trailer aside), a
-    TextGrid's declared end (``xmax``: its audio's length). Derived syllables count their word
-    and phone files."""
-    if "textgrid" in paths:
-        end = textgrid_end(paths["textgrid"])
-        return {} if end is None else {paths["textgrid"]: (end, "its declared end (xmax)")}
+    file's last row (its rows tile the utterance from frame 0, header and trailer aside). Derived
+    syllables count their word and phone files. A TextGrid has none: its declared end (``xmax``)
+    is the audio's length when MFA or Praat wrote it, but many converters (from word timestamps,
+    Gentle, CTC aligners) write the last word's end there, so an utterance with trailing silence
+    would be refused; only its running past the audio is checked (``check_within_audio``)."""
+    if "textgrid" in paths:   # its xmax is no audio length: converters write the last word's end there
+        return {}
     used = set(wanted) | ({"word", "phone"} if "syllable" in wanted and "syllable" not in tiers else set())
     out = {}
     for tier in sorted(used):

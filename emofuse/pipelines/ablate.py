@@ -477,7 +477,9 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
             if not is_finished(out) or members_changed(out, members):
                 with _indented():
                     run_combine(members, out)
-    results = _collect(spec, key_of, runs_dir, overrides_note(cfg))
+    with FeatureStore(cfg.store) as fs:
+        sessions = sorted(set(fs.utterances["session"].astype(str)))
+    results = _collect(spec, key_of, runs_dir, overrides_note(cfg), sessions, cfg.epochs is not None)
     _write_tables(spec, results, cfg.out)
     _write_index(spec, key_of, train_cfgs, cfg.out)
     write_json(os.path.join(cfg.out, "ablate.json"),
@@ -512,18 +514,19 @@ def _check_trained_content(trained: list[TrainConfig], store: str) -> None:
 
 
 def _key_of_recorded(config: dict) -> str | None:
-    """The key a run folder's recorded ``config.json`` gives (a score combination: from its
-    members' identities and fingerprints, as ablate keys it); None for another kind of file."""
+    """The key a run folder's recorded ``config.json`` gives (a score combination: from the run
+    folders it combined, named by their keys, which are checked in their turn, combinations of
+    combinations too); None for another kind of file."""
     if not isinstance(config, dict) or config.get("type") not in ("emofuse.train-head", "emofuse.finetune"):
         return None
     identity, fps = config.get("identity"), config.get("fingerprints")
     if not isinstance(identity, dict) or not isinstance(fps, dict):
         return None
-    if identity.get("fusion") == "combine":
-        members, member_fps = identity.get("members"), config.get("member_fingerprints")
-        if not isinstance(members, list) or not isinstance(member_fps, list) or len(members) != len(member_fps):
+    if identity.get("fusion") == "combine":   # keyed by its members' keys: the names of its members' folders
+        runs = (config.get("config") or {}).get("runs")
+        if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
             return None
-        return sha256_hex("+".join(run_key(m, f) for m, f in zip(members, member_fps)), 12)
+        return sha256_hex("+".join(os.path.basename(os.path.normpath(r)) for r in runs), 12)
     return run_key(identity, fps)
 
 
@@ -564,9 +567,9 @@ def _departures(run_dir: str) -> dict[str, bool]:
     return {option: option in found for option in tables.DEPARTURES}
 
 
-def _test_set(run_dir: str, label: str, classes: list, warned: set) -> tuple[str, int]:
-    """A run's test utterances, as (digest of its (fold, id) pairs, their number); warns once per
-    row when a test fold lacks a class (that fold's UA averages the recall of the others)."""
+def _test_set(run_dir: str, label: str, classes: list, warned: set) -> frozenset:
+    """A run's test utterances, its (fold, id) pairs; warns once per row when a test fold lacks a
+    class (that fold's UA averages the recall of the others)."""
     preds = read_run_predictions(run_dir)
     pairs = sorted(set(zip(preds["fold"].astype(str), preds["id"].astype(str))))
     if label not in warned:
@@ -577,17 +580,20 @@ def _test_set(run_dir: str, label: str, classes: list, warned: set) -> tuple[str
                 log.warning(f"{label}: test session {fold} holds no {', '.join(repr(c) for c in missing)} utterance; "
                             "its UA averages the recall of the other classes")
                 break
-    return sha256_hex("\n".join(f"{f}\t{i}" for f, i in pairs), 16), len(pairs)
+    return frozenset(pairs)
 
 
-def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "") -> dict[str, pd.DataFrame]:
+def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "", sessions: list | None = None,
+             epochs_overridden: bool = False) -> dict[str, pd.DataFrame]:
     """Each table's rows from their runs' summaries: the metrics, the test folds and utterances
     each row was scored on, the options it used, its published number and its Wilcoxon p-value
-    against the table's best. ``overrides``: the protocol overrides ablate ran with (a note)."""
+    against the table's best. ``overrides``: the protocol overrides ablate ran with (a note);
+    ``sessions``: the store's sessions (a row tested on fewer is off the published protocol, and
+    so is every row under ``epochs_overridden``)."""
     out = {}
     warned: set = set()
     for t in spec["tables"]:
-        rows, per_run = [], []
+        rows, per_run, sets = [], [], []
         for r in t["rows"]:
             src = r.get("same_as", r["label"])
             d = os.path.join(runs_dir, key_of[src])
@@ -595,13 +601,14 @@ def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "") -> di
                 continue   # a fine-tuned row not run (ablate --finetune), or a combination of one
             s = read_summary(d)
             folds = sorted({str(x["fold"]) for x in s["runs"]}, key=lambda f: (len(f), f))
-            test_set, n_test = _test_set(d, r["label"], list(s.get("classes") or []), warned)
+            test_set = _test_set(d, r["label"], list(s.get("classes") or []), warned)
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
-                         "n": s["ua"]["n"], "folds": ",".join(folds), "n_test": n_test, "_test_set": test_set,
+                         "n": s["ua"]["n"], "folds": ",".join(folds), "n_test": len(test_set),
                          **_departures(d),
                          "published": r.get("published", spec["_labels"][src].get("published")),
                          "key": key_of[src], "run_dir": d})
             per_run.append({(x["repeat"], x["seed"], str(x["fold"])): x["ua"] for x in s["runs"]})
+            sets.append(test_set)
         if not rows:
             continue
         df = pd.DataFrame(rows)
@@ -610,20 +617,21 @@ def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "") -> di
         # other test data: marked, and never the table's best
         every = set().union(*(set(f.split(",")) for f in df["folds"]))
         df["partial"] = [set(f.split(",")) != every for f in df["folds"]]
-        # so does a row run on every fold but on other utterances (some left out: no frames,
-        # segments or tokens for them): the test set most of the full rows share is the table's
-        full = df[~df["partial"]]
-        if len(full):
-            counts = full.groupby("_test_set")["n_test"].agg(["size", "max"]).sort_values(["size", "max"],
-                                                                                         ascending=False)
-            df["other_test"] = (~df["partial"]) & (df["_test_set"] != counts.index[0])
-        else:   # no row covers every fold (the note says what bold then compares)
-            df["other_test"] = False
-        df = df.drop(columns="_test_set")
+        # so does a row run on every fold but on fewer of their utterances (the others have no
+        # frames or tokens for some): the union of the full rows' test utterances is the table's,
+        # so a row is never marked for holding more of them than another
+        full = [sets[i] for i in range(len(df)) if not df["partial"][i]]
+        every_utt = frozenset().union(*full) if full else frozenset()
+        df["other_test"] = [not df["partial"][i] and sets[i] != every_utt for i in range(len(df))]
+        if sessions is not None:   # the published numbers are of every session, trained for the spec's epochs
+            whole = {str(x) for x in sessions}
+            df["off_protocol"] = [epochs_overridden or set(f.split(",")) != whole for f in df["folds"]]
         if overrides:
             df["override"] = overrides
-        best = int(tables.comparable(df)["ua_mean"].idxmax())
-        df["best"] = df.index == best
+        # the best as printed: every row that ties with it is "best" too; p-values against the top one
+        tied = tables.best_rows(df, "ua")
+        best = max(tied, key=lambda i: (df["ua_mean"][i], -i))
+        df["best"] = df.index.isin(tied)
         # runs on other test utterances are not paired with the best's
         df["p_vs_best"] = [float("nan") if i == best or df["other_test"][i] else _paired_p(per_run[i], per_run[best])
                            for i in range(len(df))]

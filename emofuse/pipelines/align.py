@@ -535,6 +535,8 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
     with StoreWriter(cfg.store) as writer:
         writer.add_stream(cfg.stream, writer.stream_infos[cfg.stream])
         inputs = alignment_inputs(cfg, ids, where, job.utt_table, aligner)
+        for uid in _short_of_audio(job, ids):   # its digest names the refusal: segments pooled before it go
+            inputs[uid] = digest({"inputs": inputs[uid], "refused": "ends before the audio"}, 16)
         syllables = syllable_inputs(cfg, inputs, where, aligner)
         of = {g: syllables if g == "syllable" else inputs for g in cfg.granularities}
         job.done = {g: writer.done_ids(cfg.stream, segments_kind(g), of[g]) for g in cfg.granularities}
@@ -558,6 +560,28 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
             fs.close()
             writer.finalize()
     return summary
+
+
+def _short_of_audio(job: "_AlignJob", ids: list[str]) -> list[str]:
+    """The utterances among ``ids`` whose Sphinx files end before their audio
+    (``check_covers_audio``; only the files are read). Their input digests name the refusal, so
+    that segments pooled from such files before align-segments checked it (same files, same
+    digest: reused) are replaced by the refusal rather than kept."""
+    out = []
+    for uid in ids:
+        paths = job.where.alignments.get(uid, {})
+        if not paths or "textgrid" in paths or job.uses_aligner(uid) or uid in job.where.cut:
+            continue
+        row = job.utt_table.loc[uid]
+        seconds = float(row["duration"]) if "duration" in row.index else float("nan")
+        if not np.isfinite(seconds) or _segment_of(row) != (None, None):
+            continue
+        try:
+            tiers = read_alignment(paths, job.cfg.tier_names)
+            check_covers_audio(alignment_ends(paths, tiers, job.cfg.granularities), seconds)
+        except EmofuseError:
+            out.append(uid)
+    return out
 
 
 @dataclass

@@ -4,11 +4,12 @@ Input columns: ``label``, ``ua_mean ua_std wa_mean wa_std f1_mean f1_std n`` (pe
 ``published`` (UA %), ``p_vs_best`` (Wilcoxon signed-rank against the table's best UA), ``folds``
 (the test folds a row was run on, comma-separated; the note names them), ``n_test`` (its test
 utterances over those folds), ``partial`` (True for a row run on fewer test folds than the table
-holds) and ``other_test`` (True for a row run on every fold but on other test utterances: some
-left out for want of frames, segments or tokens). Either way its mean is over other test data, so
-it is marked †, never bold, and shows no Δ against a published number. ``override``: the protocol
-overrides the grid ran with (``--epochs 4, --folds 1,2``), named in the note; under ``--epochs``
-or ``--folds`` no Δ is shown either (the published numbers are of the full protocol).
+holds: marked †), ``other_test`` (True for a row run on every fold but on fewer of its utterances
+than the table's other rows, some having no frames or tokens in the store: marked ¶); either way
+its mean is over other test data, so it is never bold. ``off_protocol`` (True for a row tested
+on fewer sessions than its store holds, or trained under ``ablate --epochs``): no Δ against a
+published number (those are of the full protocol), nor for a † or ¶ row. ``override``: the
+protocol overrides the grid ran with (``--epochs 4, --folds 1,2``), named in the note.
 """
 
 from __future__ import annotations
@@ -33,16 +34,14 @@ def _flag(df: pd.DataFrame, column: str) -> pd.Series:
 
 def partial_rows(df: pd.DataFrame) -> pd.Series:
     """True for each row tested on other data than its table's full rows: fewer test folds
-    (column ``partial``) or other test utterances (column ``other_test``); marked †."""
+    (column ``partial``, marked †) or fewer utterances (column ``other_test``, marked ¶)."""
     return _flag(df, "partial") | _flag(df, "other_test")
 
 
 def delta_shown(df: pd.DataFrame) -> pd.Series:
     """True for each row whose UA may be set against its published number: tested on the table's
-    full test data (not †), under the protocol (no ``--epochs``/``--folds`` override)."""
-    overridden = df["override"].fillna("").astype(str).str.contains("--epochs|--folds") if "override" in df \
-        else pd.Series(False, index=df.index)
-    return ~partial_rows(df) & ~overridden
+    full test data (not † or ¶), under the protocol (column ``off_protocol``)."""
+    return ~partial_rows(df) & ~_flag(df, "off_protocol")
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +51,7 @@ def comparable(df: pd.DataFrame) -> pd.DataFrame:
     return df if partial.all() else df[~partial]
 
 
-def _best(df: pd.DataFrame, m: str) -> set:
+def best_rows(df: pd.DataFrame, m: str) -> set:
     """The rows whose mean of ``m`` is the best as printed (2 decimals): every row that ties is bold."""
     rows = comparable(df)
     shown = rows[f"{m}_mean"].map(lambda v: float(f"{v:.2f}"))   # as _cell prints it
@@ -64,36 +63,41 @@ def _sessions(df: pd.DataFrame) -> list[str]:
 
 
 def _partial_note(df: pd.DataFrame) -> str:
-    """The footnote of † rows: which test folds the table holds, or that a row's test utterances
-    are other than the table's; empty when no row is †."""
+    """The footnotes of † rows (which test folds the table holds) and ¶ rows (how many of the
+    table's test utterances they were scored on); empty when no row is either."""
+    dagger, para = "†", "¶"
     out = ""
     if _flag(df, "partial").any():
         every = _sessions(df)
         if _flag(df, "partial").all():
-            out += (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}); no row covers "
-                    "them all, so bold compares means over different test folds")
+            out += (f"; {dagger} run on fewer test folds than the table's {len(every)} ({', '.join(every)}); no row "
+                    "covers them all, so bold compares means over different test folds")
         else:
-            out += (f"; † run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
+            out += (f"; {dagger} run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
                     "so not compared for bold")
     if _flag(df, "other_test").any():
         rows = df[_flag(df, "other_test")]
         full = df[~partial_rows(df)]
         counts = "" if "n_test" not in df or full.empty else (
-            f" ({', '.join(str(int(n)) for n in rows['n_test'])} against {int(full['n_test'].iloc[0])})")
-        out += (f"; † tested on other utterances than the table's other rows{counts}: some left out for want of "
-                "frames, segments or tokens in the store, so not compared for bold")
+            f" ({', '.join(str(int(n)) for n in rows['n_test'])} of {int(full['n_test'].max())})")
+        out += (f"; {para} scored on fewer of the test sessions' utterances than the other rows{counts}: the others "
+                "have no frames or tokens for them in the store, so not compared for bold")
     return out
 
 
 def _protocol_note(df: pd.DataFrame) -> str:
-    """The test sessions the table's rows were tested on, and the protocol overrides the grid ran
-    with: a table says what it measured, quick looks included."""
-    out = f"Test sessions {', '.join(_sessions(df))}. " if "folds" in df else ""
+    """The test sessions and utterances the table's full rows were tested on, the protocol
+    overrides the grid ran with, and why some rows show no Δ: a table says what it measured."""
+    out = ""
+    if "folds" in df:
+        full = df[~partial_rows(df)]
+        n = f" ({int(full['n_test'].max()):,} utterances)" if "n_test" in df and len(full) else ""
+        out += f"Test sessions {', '.join(_sessions(df))}{n}. "
     if "override" in df and df["override"].fillna("").astype(str).str.len().gt(0).any():
-        over = str(df["override"].dropna().iloc[0])
-        out += f"Run with ablate {over}, not the spec's protocol" + (
-            "; Δ UA against published numbers, which are of the full protocol, is not shown. "
-            if not delta_shown(df).any() and _has_published(df) else ". ")
+        out += f"Run with ablate {df['override'].dropna().iloc[0]}, not the spec's protocol. "
+    if _has_published(df) and _flag(df, "off_protocol").any():
+        out += ("No Δ UA for a row tested on fewer sessions than its store holds or trained under --epochs: the "
+                "published numbers are of the full protocol. ")
     return out
 
 
@@ -148,10 +152,11 @@ def _options_note(df: pd.DataFrame, latex: bool = False) -> str:
     return out
 
 
-def _mark(df: pd.DataFrame, i, dagger: str, latex: bool = False) -> str:
-    """The marks after a row's label: † partial folds, then one per option it used that not every
-    row of the table used (‡ --bf16, § --group-by-length)."""
-    out = dagger if partial_rows(df)[i] else ""
+def _mark(df: pd.DataFrame, i, latex: bool = False) -> str:
+    """The marks after a row's label: † partial folds, ¶ fewer test utterances, then one per
+    option it used that not every row of the table used (‡ --bf16, § --group-by-length)."""
+    out = (r"$^\dagger$" if latex else " †") if _flag(df, "partial")[i] else ""
+    out += (r"$^\P$" if latex else " ¶") if _flag(df, "other_test")[i] else ""
     for option, d in DEPARTURES.items():
         rows = option_rows(df, option)
         if rows[i] and not rows.all():
@@ -184,10 +189,10 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     pub = _has_published(df)
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", "Δ UA"] if pub else []) + ["runs"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    best = {m: _best(df, m) for m in METRIC_NAMES}
+    best = {m: best_rows(df, m) for m in METRIC_NAMES}
     shown = delta_shown(df)
     for i, r in df.iterrows():
-        cells = [str(r["label"]) + _mark(df, i, " †")]
+        cells = [str(r["label"]) + _mark(df, i)]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"])
             cells.append(f"**{c}**" if i in best[m] else c)
@@ -218,15 +223,15 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     note = (_tex_escape(_protocol_note(df)).replace("Δ", r"$\Delta$").replace("--", "-{}-")
             + spread_note(df, r"$\pm$").replace("×", r"$\times$"))
     caption = (_tex_escape(title) + ". " + note + "; best mean per metric in bold"
-               + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$")
+               + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$").replace("¶", r"$^\P$")
                + _options_note(df, latex=True).replace("--", "-{}-") + ".")
     out = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)", r"\begin{table}[t]", r"\centering",
            rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
            rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
-    best = {m: _best(df, m) for m in METRIC_NAMES}
+    best = {m: best_rows(df, m) for m in METRIC_NAMES}
     shown = delta_shown(df)
     for i, r in df.iterrows():
-        cells = [_tex_escape(str(r["label"])) + _mark(df, i, r"$^\dagger$", latex=True)]
+        cells = [_tex_escape(str(r["label"])) + _mark(df, i, latex=True)]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"], r"$\pm$")
             cells.append(rf"\textbf{{{c}}}" if i in best[m] else c)
@@ -244,8 +249,8 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
 def to_csv(df: pd.DataFrame) -> str:
     """Every number, unrounded beyond 4 decimals, with the Wilcoxon p-values."""
     cols = ["label"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n"]
-    cols += [c for c in ("folds", "n_test", "partial", "other_test", "override", "published", "p_vs_best", "best",
-                         "key", "run_dir") if c in df]
+    cols += [c for c in ("folds", "n_test", "partial", "other_test", "off_protocol", "override", "published",
+                         "p_vs_best", "best", "key", "run_dir") if c in df]
     at = cols.index("partial") + 1 if "partial" in cols else len(cols)
     for option in reversed(list(DEPARTURES)):   # a column only where some row used it: other grids' files unchanged
         if option_rows(df, option).any():
