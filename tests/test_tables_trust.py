@@ -291,3 +291,14 @@ def test_a_grid_with_a_combination_of_a_combination_resumes(clean, tmp_path, cap
     again = run_ablate(AblateConfig(store=clean, spec=spec, out=str(out), device="cpu"))["a"]
     assert "2 configurations, 2 already finished, 0 to run" in logged_messages(caplog)[0]
     pd.testing.assert_frame_equal(first, again)
+
+
+def test_the_attention_blocks_default_width_is_in_the_key(monkeypatch):
+    """Before: a coattention or transformer head's feed-forward width (ff_mult × width by default)
+    was in no key (the identity held ff=None), so a changed multiple reused old runs."""
+    from emofuse.heads import options
+    cfg = TrainConfig(store="s", out="o", fusion="coattention", granularity="F+P")
+    before = cfg.identity()
+    monkeypatch.setitem(options.HEAD_DEFAULTS, "coattention", {**options.HEAD_DEFAULTS["coattention"], "ff_mult": 2})
+    assert before["ff_mult"] == 4 and cfg.identity()["ff_mult"] == 2
+    assert "ff_mult" not in TrainConfig(store="s", out="o", fusion="coattention", granularity="F+P", ff=64).identity()

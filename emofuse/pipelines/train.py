@@ -228,6 +228,9 @@ class TrainConfig:
         if self.text is not None and self.text == ("T" in replace(self, text=None).keys()):
             d["text"] = None
         d.update(self.resolved())
+        ff_mult = head_defaults(self.fusion, self.head).get("ff_mult")
+        if d["ff"] is None and ff_mult:   # attention blocks' width as a multiple of theirs: a default too
+            d["ff_mult"] = ff_mult
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
         for name in DEPARTURES:   # off, as every run before the options: keys unchanged
             if not getattr(self, name):
