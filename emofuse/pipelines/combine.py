@@ -12,8 +12,8 @@ import numpy as np
 from .. import __version__
 from ..errors import EmofuseError
 from .metrics import format_summary, scores_of_predictions, summarise
-from .rundir import (CONFIG, PREDICTIONS, check_run_dir, predictions_digest, read_config, read_run_predictions, run_lock, write_config,
-                     write_predictions, write_summary)
+from .rundir import (CONFIG, PREDICTIONS, check_run_dir, predictions_digest, read_config, read_run_predictions,
+                     run_lock, write_config, write_predictions, write_summary)
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
 from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
-from .rundir import (RESULTS_VERSION, check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold, write_config,
-                     write_predictions, write_summary)
+from .rundir import (RESULTS_VERSION, check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
+                     write_config, write_predictions, write_summary)
 from .protocol import folds_of, run_seed, split
 
 log = logging.getLogger(__name__)

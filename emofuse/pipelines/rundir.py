@@ -216,8 +216,8 @@ def check_run_dir(out: str, config: dict, identity_of: Callable[[dict], dict] | 
     diff = [k for k in set(ident_old) | set(config["identity"]) if ident_old.get(k) != config["identity"].get(k)]
     if diff == ["results_version"] and "results_version" in config["identity"]:   # the same run, of older code
         raise EmofuseError(f"{out} holds a run of another emofuse (results version {recorded.get('results_version', 0)}, "
-                           f"now {config['identity']['results_version']}: a change since gives other numbers for the same configuration); "
-                           "choose another --out or delete it")
+                           f"now {config['identity']['results_version']}: a change since gives other numbers for the "
+                           "same configuration); choose another --out or delete it")
     fp_old, fp_new = old.get("fingerprints") or {}, config["fingerprints"]
     if fp_old != fp_new:
         changed = sorted(k for k in set(fp_old) | set(fp_new) if fp_old.get(k) != fp_new.get(k))
