@@ -26,8 +26,8 @@ from .loop import Timer, _predict, train_one
 from .metrics import format_summary, scores, summarise
 from .progress import progress_bar
 from .protocol import GROUP_BATCHES, _folds, folds_of, run_seed, split
-from .rundir import (RESULTS_VERSION, check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
-                     write_config, write_predictions, write_summary)
+from .rundir import (RESULTS_VERSION, check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold,
+                     run_lock, save_fold, write_config, write_predictions, write_summary)
 from .stacked import Job, fit_runs, train_stacked
 from .tables import DEPARTURES, departure_names
 from ..heads.stacked import stackable
