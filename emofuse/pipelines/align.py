@@ -578,6 +578,9 @@ def _short_of_audio(job: "_AlignJob", ids: list[str]) -> list[str]:
             continue
         try:
             tiers = read_alignment(paths, job.cfg.tier_names)
+        except EmofuseError:   # unreadable: refused for that when pooled, its digest as it is
+            continue
+        try:
             check_covers_audio(alignment_ends(paths, tiers, job.cfg.granularities), seconds)
         except EmofuseError:
             out.append(uid)
