@@ -18,7 +18,7 @@ from emofuse.pipelines import tables
 from emofuse.pipelines.ablate import AblateConfig, load_spec, run_ablate
 from emofuse.pipelines.report import run_report
 from emofuse.pipelines.rundir import RESULTS_VERSION, check_run_dir, content_digest
-from emofuse.pipelines.train import TrainConfig
+from emofuse.pipelines.train import TrainConfig, run_train
 from emofuse.testing import logged_messages
 from emofuse.testing.synthetic import make_synthetic_store
 
@@ -85,6 +85,13 @@ def test_a_test_fold_without_a_class_is_said(tmp_path, caplog):
         run_ablate(AblateConfig(store=str(path), spec=spec, out=str(tmp_path / "g"), device="cpu"))
     assert any(m.startswith("Frame: test session 1 holds no ") and m.endswith(
         "utterance; its UA averages the recall of the other classes") for m in logged_messages(caplog))
+    caplog.clear()   # a lone train-head says it too, naming its run folder
+    out = str(tmp_path / "lone")
+    with caplog.at_level(logging.WARNING, logger="emofuse"):
+        run_train(TrainConfig(store=str(path), out=out, fusion="none", granularity="F", epochs=1, repeats=1,
+                              folds=("1",), device="cpu"))
+    assert f"{out}: test session 1 holds no 'ang' utterance; its UA averages the recall of the other classes" in \
+        logged_messages(caplog)
 
 
 def test_protocol_overrides_apply_over_a_rows_own_setting_and_the_tables_say_so(store, tmp_path):

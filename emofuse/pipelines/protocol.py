@@ -4,6 +4,7 @@ and ``finetune``."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 
 from ..errors import EmofuseError
 from ..hashing import sha256_int
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .data import TrainData
@@ -35,7 +38,17 @@ def run_seed(data, seed: int, session: str) -> int:
 
 
 def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
-    return _folds(data.sessions, cfg)
+    """The test sessions of ``cfg``; warns when one of them holds no utterance of some class (that
+    fold's UA then averages the recall of the other classes only)."""
+    folds = _folds(data.sessions, cfg)
+    sessions, y = np.asarray(data.sessions).astype(str), np.asarray(data.y)
+    for s in folds:
+        present = set(y[sessions == s].tolist())
+        missing = [c for i, c in enumerate(data.classes) if i not in present]
+        if missing:
+            log.warning(f"{cfg.out}: test session {s} holds no {', '.join(repr(str(c)) for c in missing)} utterance; its "
+                        "UA averages the recall of the other classes")
+    return folds
 
 
 def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:
