@@ -28,13 +28,13 @@ def setup(tmp_path_factory):
     """32 utterances (2 sessions x 4 classes x 4), a store (table + frozen streams), tiny encoders."""
     from emofuse.pipelines.extract import ExtractConfig, run_extract
     from emofuse.testing import make_fake_iemocap
-    from emofuse.testing.tiny_models import tiny_bert, tiny_wav2vec2
+    from emofuse.testing.tiny_models import tiny_bert, tiny_data2vec_audio, tiny_wav2vec2
 
     base = tmp_path_factory.mktemp("ft")
     counts = {s: {"ang": 4, "hap": 4, "neu": 4, "sad": 4} for s in (1, 2)}
     make_fake_iemocap(base / "iemo", counts=counts, seconds=0.4, seed=3)
     m = {"layer": tiny_wav2vec2(base / "w2v", "layer"), "group": tiny_wav2vec2(base / "w2vg", "group"),
-         "bert": tiny_bert(base / "bert")}
+         "d2v": tiny_data2vec_audio(base / "d2v"), "bert": tiny_bert(base / "bert")}
     store = str(base / "s.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(base / "iemo"), out=store, audio_model=m["layer"],
                               text_model=m["bert"], audio_stream="w2v2-large", device="cpu"))
@@ -80,10 +80,11 @@ def test_gradients_reach_encoders_and_head_and_the_cnn_stays_frozen(setup):
     assert any(k.startswith("head.") for k in changed)
 
 
-@pytest.mark.parametrize("kind", ["layer", "group"])
+@pytest.mark.parametrize("kind", ["layer", "group", "d2v"])
 def test_padded_batch_equals_one_at_a_time(setup, kind):
     """Loss and gradients of a padded batch = the sum over its utterances alone (eval mode: no
-    dropout, BatchNorm on running statistics), within 1e-5."""
+    dropout, BatchNorm on running statistics), within 1e-5. data2vec-audio: before, its stack of
+    positional convolutions read the padding (logits 2.7e-3 apart)."""
     cfg = _cfg(setup, audio_model=setup[kind])
     enc, data, model = _model(cfg)
     model.eval()
@@ -107,6 +108,56 @@ def test_padded_batch_equals_one_at_a_time(setup, kind):
     assert abs(l1 - l2) < 1e-5 * max(1, abs(l1))
     worst = max(float((a - b).abs().max()) for a, b in zip(g1, g2))
     assert worst < 1e-5, worst
+
+
+def test_checkpoint_training_options_are_reproducible_from_the_seed(setup):
+    """--training-options checkpoint: transformers draws SpecAugment's masks with numpy's global
+    generator. Before, nothing seeded it: the same seed gave another loss in every process."""
+    cfg = _cfg(setup, system="audio", training_options="checkpoint")
+    losses = []
+    for draw in range(2):
+        enc, data, model = _model(cfg)
+        assert enc.options["audio_used"]["mask_time_prob"] > 0   # the tiny checkpoint masks
+        model.train()
+        np.random.seed(draw)   # whatever drew from numpy before
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        losses.append([float(ft.train_step(model, model, opt, data, np.arange(8), cfg, torch.device("cpu"), s))
+                       for s in range(3)])
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("kind", ["layer", "group"])
+def test_freezing_the_first_blocks_freezes_what_lies_beneath_them(setup, kind):
+    """--freeze audio-layers:N: before, the positional convolution (and a post-LN model's LayerNorm
+    before the first block) below the frozen blocks still trained."""
+    cfg = _cfg(setup, system="audio", audio_model=setup[kind], freeze="cnn,audio-layers:2")   # both blocks
+    enc, _, model = _model(cfg)
+    trained = [n for n, p in model.audio.named_parameters() if p.requires_grad]
+    # large-style (stable) models normalise after the last block: that LayerNorm is above the frozen ones
+    assert trained == (["encoder.layer_norm.weight", "encoder.layer_norm.bias"] if kind == "layer" else [])
+
+
+def test_frozen_encoders_run_in_eval_mode_while_the_rest_trains(setup):
+    """--freeze audio,text is the frozen system: before, the frozen encoders kept their dropout on."""
+    cfg = _cfg(setup, freeze="cnn,audio,text")
+    enc, data, model = _model(cfg)
+    model.train()
+    assert model.head.training and not model.audio.training and not model.text.training
+    assert not any(m.training for m in model.audio.modules()) and not any(m.training for m in model.text.modules())
+    assert all(v in (0.0, None) for v in enc.options["audio_used"].values())
+    assert all(v in (0.0, None) for v in enc.options["text_used"].values())
+    b = ft.collate(data, np.arange(4), torch.device("cpu"))
+    with torch.no_grad():   # the encoders' outputs do not depend on the draw
+        torch.manual_seed(1)
+        a1 = model.audio(b["audio"]).last_hidden_state
+        torch.manual_seed(2)
+        a2 = model.audio(b["audio"]).last_hidden_state
+    assert torch.equal(a1, a2)
+    part = _cfg(setup, freeze="cnn,text-layers:1")
+    _, _, model = _model(part)
+    model.train()
+    assert not model.text.embeddings.training and not model.text.encoder.layer[0].training
+    assert model.text.encoder.layer[1].training and model.audio.encoder.training
 
 
 def test_accumulated_micro_batches_equal_one_batch(setup):
@@ -141,25 +192,18 @@ def test_micro_batches_under_a_padded_seconds_cap():
         assert len(m) == 1 or len(m) * secs[m].max() <= 10.0
 
 
-def test_a_padded_seconds_cap_accumulates_to_the_same_step_and_keys_only_when_set(setup):
-    """The cap changes how a global batch is cut, not what its step computes (text system: no
-    BatchNorm, dropout off); left at 0 it stays out of the run key (older keys stay valid)."""
-    cfg1 = _cfg(setup, system="text", dropout=0.0, micro_batch=4)
+def test_a_padded_seconds_cap_keys_only_when_set_and_only_where_there_is_audio(setup):
+    """Left at 0 the cap stays out of the run key (older keys stay valid). The text system has no
+    audio: before, its token counts were capped as seconds (other micro-batches, other dropout
+    draws, another key); now it ignores the cap. (That a cap only re-cuts the accumulation of one
+    step: test_accumulated_micro_batches_equal_one_batch; how it cuts: the test above.)"""
+    cfg1 = _cfg(setup, system="audio", micro_batch=4)
     cfg2 = replace(cfg1, micro_batch_seconds=float(1e-3))   # every utterance alone
-    out = []
-    for cfg in (cfg1, cfg2):
-        enc, data, model = _model(cfg)
-        model.train()
-        model.text.eval()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-        loss = ft.train_step(model, model, opt, data, np.array([0, 5, 9, 14]), cfg, torch.device("cpu"), 7)
-        logits = ft.predict(model, data, np.arange(8), cfg, torch.device("cpu"))
-        out.append((loss, {k: v.clone() for k, v in model.state_dict().items()}, logits))
-    assert abs(out[0][0] - out[1][0]) < 1e-5
-    for k in out[0][1]:
-        assert torch.allclose(out[0][1][k], out[1][1][k], atol=1e-5), k
-    np.testing.assert_allclose(out[0][2], out[1][2], atol=1e-5)
     assert "micro_batch_seconds" not in cfg1.identity() and cfg2.identity()["micro_batch_seconds"] == 1e-3
+    assert ft._audio_cap(cfg2) == 1e-3
+    text = replace(cfg1, system="text")
+    assert replace(text, micro_batch_seconds=1e-3).identity() == text.identity()
+    assert ft._audio_cap(replace(text, micro_batch_seconds=1e-3)) == 0.0
     # an integer from a spec keys as the same number from the command line
     from emofuse.pipelines.ablate import run_key
     assert (run_key(replace(cfg1, micro_batch_seconds=480).identity(), {}) ==
@@ -555,6 +599,30 @@ def test_saved_group_norm_encoder_reloads_as_trained(setup, tmp_path):
     for k in trained:
         assert torch.equal(got[k], trained[k]), k
     wave = torch.randn(2, 8000, generator=g)
+    with torch.no_grad():
+        assert torch.equal(reloaded(wave).last_hidden_state, model.audio.eval()(wave).last_hidden_state)
+
+
+def test_saved_data2vec_encoder_reloads_as_trained(setup, tmp_path):
+    """data2vec-audio trains with its positional convolutions wrapped (MaskedConvStack, padding
+    zeroed between them): saved, it reloads under the checkpoint's own names and computes the same."""
+    from transformers import AutoModel
+    from emofuse.extract.masking import MaskedConvStack
+    cfg = _cfg(setup, system="audio", audio_model=setup["d2v"])
+    enc = ft.Encoders(cfg)
+    model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, 4))
+    assert isinstance(model.audio.encoder.pos_conv_embed, MaskedConvStack)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.audio.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    ft.save_encoders(model, str(tmp_path))
+    reloaded = AutoModel.from_pretrained(tmp_path / "audio_encoder").eval()
+    got, trained = reloaded.state_dict(), model.audio.state_dict()
+    assert sorted(got) == sorted(trained)
+    for k in trained:
+        assert torch.equal(got[k], trained[k]), k
+    wave = torch.randn(1, 8000, generator=g)
     with torch.no_grad():
         assert torch.equal(reloaded(wave).last_hidden_state, model.audio.eval()(wave).last_hidden_state)
 

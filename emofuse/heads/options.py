@@ -48,7 +48,9 @@ HEAD_DEFAULTS: dict[str, dict] = {
 
 #: learning-rate decay on a plateau of the validation loss (CMA §4 says "decayed … based on test
 #: loss"; we never look at the test set). Factor and patience are not stated: chosen so that the
-#: rate can halve a few times inside the early-stopping patience of 10 epochs.
+#: rate can halve a few times inside the early-stopping patience of 10 epochs. ``ReduceLROnPlateau``
+#: with patience 2 halves on the 3rd epoch in a row without a better validation loss, so up to 3
+#: times before early stopping.
 PLATEAU = {"factor": 0.5, "patience": 2}
 
 #: the protocol's training defaults shared by ``train-head`` and ``finetune`` (MG §3.2: dropout
@@ -70,8 +72,9 @@ SOURCES: dict[str, dict[str, str]] = {
         "lr": "MG §3.2: 5e-5 for transformer-based models",
     },
     "concat": {
-        "structure": "MG §2.3: text and frame embeddings concatenated, then one late-fusion branch; joined along "
-                     "time (streams of different lengths cannot be joined along features), no projection",
+        "structure": "MG §2.3 / Table 3 (F+P): text and speech (frame, phone) embeddings concatenated, then one "
+                     "late-fusion branch; joined along time (streams of different lengths cannot be joined along "
+                     "features), no projection",
         "lr": "MG §3.2: 1e-3 (a feed-forward model)",
     },
     "coattention": {

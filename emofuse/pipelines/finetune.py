@@ -11,8 +11,11 @@ Exactness rules (tested): a global batch of ``batch_size`` utterances is cut int
 micro-batches; micro-batch ``i`` of optimizer step ``s`` draws its dropout masks from a seed of
 (run seed, epoch, s, i), its loss is summed and divided by the global batch size, and the head's
 BatchNorm running statistics are updated once per step from every micro-batch's statistics in
-micro-batch order. So gradient accumulation, and data-parallel processes (each runs micro-batches
-i ≡ rank mod world size), give the same step as one process running the global batch.
+micro-batch order. So data-parallel processes (each runs micro-batches i ≡ rank mod world size)
+give the same step as one process running the same micro-batches one after the other. In eval
+mode a padded batch gives its utterances' results one at a time; in train mode the head's
+BatchNorm normalises each micro-batch with that micro-batch's statistics, so the cut into
+micro-batches is part of the run key.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.checkpoints import checkpoint_digest
 from ..extract.encoders import token_limit
-from ..extract.masking import MaskedGroupNorm, conv_output_lengths, receptive_field
+from ..extract.masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
 from ..heads.functional import lengths_to_mask
@@ -49,8 +52,8 @@ from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
 from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
-from .rundir import (RESULTS_VERSION, check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock, save_fold,
-                     write_config, write_predictions, write_summary)
+from .rundir import (FINETUNE_RESULTS_VERSION, check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock,
+                     save_fold, write_config, write_predictions, write_summary)
 from .protocol import folds_of, run_seed, split
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,8 @@ class FinetuneConfig:
     micro_batch: int = opt(8)                # utterances per forward pass (gradient accumulation up to batch_size)
     micro_batch_seconds: float = opt(0.0, help="also cap a micro-batch's padded audio (utterances × the longest, in "
                                                "seconds); with a large --micro-batch, short utterances go through "
-                                               "in few large passes and long ones in small ones (0: off)")
+                                               "in few large passes and long ones in small ones (0: off; the text "
+                                               "system has no audio and ignores it)")
     lr: float = opt(CMA["lr"])
     lr_factor: float = opt(PLATEAU["factor"])
     lr_patience: int = opt(PLATEAU["patience"])
@@ -163,6 +167,8 @@ class FinetuneConfig:
 
     def identity(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
+        if self.system == "text":
+            d["micro_batch_seconds"] = 0.0   # no audio to cap
         for name, default in (("pos_conv", "conv"), ("micro_batch_seconds", 0.0)):
             if d[name] == default:
                 del d[name]   # defaults are not written: run keys from before the option stay valid
@@ -177,7 +183,7 @@ class FinetuneConfig:
         for k in ("audio_model", "text_model"):
             if d[k] and os.path.isdir(d[k]):
                 d[k] = None   # a local folder: its bytes are keyed (run_fingerprints), not how its path was typed
-        d["results_version"] = RESULTS_VERSION
+        d["results_version"] = FINETUNE_RESULTS_VERSION
         return d
 
     # what ablate and report read from a run's config like train-head's
@@ -301,6 +307,11 @@ def load_finetune_data(store: str, cfg: FinetuneConfig, enc: "Encoders") -> Fine
 
 
 # -- encoders --------------------------------------------------------------------------------------
+#: the checkpoints' own dropout rates, recorded in config.json (``training_options``) and kept
+AUDIO_DROPOUTS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
+TEXT_DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
 def _not_a_model(kind: str, spec: str, e: Exception) -> EmofuseError:
     where = f"folder {spec}" if os.path.exists(spec) else repr(spec)
     return EmofuseError(f"--{kind}-model {where} is not a loadable transformers checkpoint (expected config.json and "
@@ -333,7 +344,8 @@ class Encoders:
     def __init__(self, cfg: FinetuneConfig):
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoTokenizer, Wav2Vec2FeatureExtractor
 
-        self.audio = self.text = self.tok = self.fe = self.group_norm = None
+        self.audio = self.text = self.tok = self.fe = self.group_norm = self.pos_stack = None
+        self.frozen: list[nn.Module] = []
         self.sample_rate, self.window = 16000, 400
         self.options: dict = {}
         if cfg.system in ("cma", "audio"):
@@ -344,8 +356,13 @@ class Encoders:
                     recorded[name] = getattr(conf, name, None)
                     if cfg.training_options == "off" and recorded[name] is not None:
                         overrides[name] = 0.0
-                self.options["audio_checkpoint"] = recorded
-                self.options["audio_used"] = {k: overrides.get(k, v) for k, v in recorded.items()}
+                used = {k: overrides.get(k, v) for k, v in recorded.items()}
+                recorded["apply_spec_augment"] = getattr(conf, "apply_spec_augment", None)
+                if recorded["apply_spec_augment"] is False:   # the model never masks, whatever the probabilities
+                    used.update(mask_time_prob=0.0, mask_feature_prob=0.0)
+                for name in AUDIO_DROPOUTS:   # kept as the checkpoint ships them
+                    recorded[name] = used[name] = getattr(conf, name, None)
+                self.options["audio_checkpoint"], self.options["audio_used"] = recorded, used
                 self.audio = AutoModel.from_pretrained(cfg.audio_model, **overrides)
             except (OSError, ValueError, KeyError) as e:
                 raise _not_a_model("audio", cfg.audio_model, e) from e
@@ -363,6 +380,10 @@ class Encoders:
                 layer0 = self.audio.feature_extractor.conv_layers[0]
                 self.group_norm = MaskedGroupNorm(layer0.layer_norm)
                 layer0.layer_norm = self.group_norm
+            pos = getattr(self.audio.encoder, "pos_conv_embed", None)
+            if pos is not None and isinstance(getattr(pos, "layers", None), nn.ModuleList):   # data2vec-audio
+                self.pos_stack = MaskedConvStack(pos)   # as extraction: padding zeroed between its convolutions
+                self.audio.encoder.pos_conv_embed = self.pos_stack
             if cfg.pos_conv == "matmul" and not use_matmul_pos_conv(self.audio):
                 raise EmofuseError(f"--pos-conv matmul: --audio-model {cfg.audio_model} has no wav2vec2-style "
                                    "positional convolution (pos_conv_embed.conv); use --pos-conv conv")
@@ -379,7 +400,8 @@ class Encoders:
                 raise EmofuseError(f"--text-model {cfg.text_model} has no fast tokenizer (tokenizer.json); "
                                    "emofuse needs one")
             self.max_tokens = token_limit(conf, self.text, self.tok)   # as extraction: RoBERTa's 514 positions take 512
-            self.options["text_checkpoint"] = {"hidden_dropout_prob": getattr(conf, "hidden_dropout_prob", None)}
+            self.options["text_checkpoint"] = {k: getattr(conf, k, None) for k in TEXT_DROPOUTS}
+            self.options["text_used"] = dict(self.options["text_checkpoint"])
             pooler = getattr(self.text, "pooler", None)
             if pooler is not None:
                 pooler.requires_grad_(False)   # unused: the head reads the output tokens
@@ -388,22 +410,34 @@ class Encoders:
             compile_blocks(self.audio, self.text)
 
     def _freeze(self, cfg: FinetuneConfig) -> None:
-        f = cfg.frozen()
+        """Freeze what ``cfg`` says, and list the frozen modules (``self.frozen``): they run in eval
+        mode while the rest trains (no dropout, no SpecAugment masking, no layer drop), as a frozen
+        feature extractor does. Freezing the first N blocks freezes everything beneath them too
+        (the feature projection, the positional convolution, a pre-block LayerNorm, the embeddings)."""
+        f, frozen = cfg.frozen(), []
         if self.audio is not None:
             self.audio.feature_extractor._freeze_parameters()   # the CNN feature encoder: always frozen (paper)
+            frozen.append(self.audio.feature_extractor)
             if f["audio"]:
-                self.audio.requires_grad_(False)
+                frozen.append(self.audio)
             elif f["audio_layers"]:
-                self.audio.feature_projection.requires_grad_(False)
-                for layer in self.audio.encoder.layers[:f["audio_layers"]]:
-                    layer.requires_grad_(False)
+                enc = self.audio.encoder
+                frozen += [self.audio.feature_projection, enc.pos_conv_embed, *enc.layers[:f["audio_layers"]]]
+                frozen += [m for m in (getattr(enc, "dropout", None),) if m is not None]
+                if not getattr(self.audio.config, "do_stable_layer_norm", False):
+                    frozen.append(enc.layer_norm)   # post-LN models normalise before the first block
         if self.text is not None:
             if f["text"]:
-                self.text.requires_grad_(False)
+                frozen.append(self.text)
             elif f["text_layers"]:
-                self.text.embeddings.requires_grad_(False)
-                for layer in self.text.encoder.layer[:f["text_layers"]]:
-                    layer.requires_grad_(False)
+                frozen += [self.text.embeddings, *self.text.encoder.layer[:f["text_layers"]]]
+        for m in frozen:
+            m.requires_grad_(False)
+        self.frozen = frozen
+        for kind, whole in (("audio", f["audio"]), ("text", f["text"])):
+            if whole and f"{kind}_used" in self.options:   # a frozen encoder runs in eval mode: none of them applies
+                self.options[f"{kind}_used"] = {k: (False if isinstance(v, bool) else 0.0) if v is not None else None
+                                                for k, v in self.options[f"{kind}_used"].items()}
 
     def preprocess(self, wave: np.ndarray) -> np.ndarray:
         return np.asarray(self.fe(wave, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0],
@@ -425,19 +459,32 @@ class FinetuneModel(nn.Module):
     def __init__(self, enc: Encoders, head: nn.Module):
         super().__init__()
         self.audio, self.text, self.head = enc.audio, enc.text, head
-        self._group_norm = enc.group_norm
+        self._group_norm, self._pos_stack = enc.group_norm, enc.pos_stack
+        self._frozen = list(enc.frozen)   # a plain list: not submodules twice over
         self._kernels, self._strides = getattr(enc, "kernels", None), getattr(enc, "strides", None)
+
+    def train(self, mode: bool = True) -> "FinetuneModel":
+        """Train mode for what trains; the frozen modules stay in eval mode (see ``Encoders._freeze``)."""
+        super().train(mode)
+        if mode:
+            for m in self._frozen:
+                m.eval()
+        return self
 
     def forward(self, batch: dict) -> torch.Tensor:
         streams = {}
         if self.audio is not None:
             x, lengths = batch["audio"], batch["audio_lengths"]
             mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None].to(x.device)).long()
-            ctx = (self._group_norm.valid_lengths(conv_output_lengths(lengths, self._kernels[:1], self._strides[:1]))
-                   if self._group_norm is not None else contextlib.nullcontext())
-            with ctx:
+            frames = conv_output_lengths(lengths, self._kernels, self._strides)
+            first = conv_output_lengths(lengths, self._kernels[:1], self._strides[:1])
+            norm_ctx = (self._group_norm.valid_lengths(first) if self._group_norm is not None
+                        else contextlib.nullcontext())
+            pos_ctx = (self._pos_stack.valid_lengths(frames.to(x.device)) if self._pos_stack is not None
+                       else contextlib.nullcontext())
+            with norm_ctx, pos_ctx:
                 h = self.audio(x, attention_mask=mask).last_hidden_state
-            frames = conv_output_lengths(lengths, self._kernels, self._strides).to(h.device)
+            frames = frames.to(h.device)
             streams["F"] = (h, lengths_to_mask(frames, h.shape[1]))
         if self.text is not None:
             ids, tmask = batch["input_ids"], batch["text_mask"]
@@ -568,9 +615,14 @@ class Timer:
     audio_s: float = 0.0
 
 
+def _audio_cap(cfg: FinetuneConfig) -> float:
+    """--micro-batch-seconds where there is audio (the text system's lengths are tokens: no cap)."""
+    return 0.0 if cfg.system == "text" else cfg.micro_batch_seconds
+
+
 def _oom(cfg: FinetuneConfig, n: int, e: Exception) -> EmofuseError:
     lower = (f"lower --micro-batch-seconds (now {cfg.micro_batch_seconds:g}) or --micro-batch (now {cfg.micro_batch})"
-             if cfg.micro_batch_seconds > 0 else f"lower --micro-batch (now {cfg.micro_batch})")
+             if _audio_cap(cfg) > 0 else f"lower --micro-batch (now {cfg.micro_batch})")
     return EmofuseError(f"the device ran out of memory on a micro-batch of {n} utterances; {lower} (the effective "
                         f"batch stays --batch-size {cfg.batch_size} through gradient accumulation) or add "
                         f"--grad-checkpointing / --bf16; finished folds and the last "
@@ -584,7 +636,7 @@ def train_step(model: FinetuneModel, wrapped: nn.Module, opt, data: FinetuneData
     float64 tensor on the device. Nothing here waits for the device (no ``.item()``, no copy to
     the host): the loss sum and the BatchNorm statistics stay on the device, and the caller reads
     the losses once per epoch."""
-    micro = micro_batches(idx, data.seconds, cfg.micro_batch, group, cfg.micro_batch_seconds)
+    micro = micro_batches(idx, data.seconds, cfg.micro_batch, group, _audio_cap(cfg))
     mine = [(i, m) for i, m in enumerate(micro) if i % world == rank]
     idle = not mine
     if idle:    # this process still takes part in the gradient all-reduce, with a zero loss
@@ -593,6 +645,7 @@ def train_step(model: FinetuneModel, wrapped: nn.Module, opt, data: FinetuneData
     bn_rows = None
     for j, (i, mb) in enumerate(mine):
         torch.manual_seed(_seed_of(step_seed, i))   # dropout: the same whichever process runs micro-batch i
+        np.random.seed(_seed_of(step_seed, i) % 2**32)   # transformers draws SpecAugment's masks with numpy
         batch = collate(data, mb, device, pad_token)
         sync = contextlib.nullcontext() if (j == len(mine) - 1 or not hasattr(wrapped, "no_sync")) else wrapped.no_sync()
         got: list = []
@@ -627,7 +680,7 @@ def predict(model: nn.Module, data: FinetuneData, idx: np.ndarray, cfg: Finetune
     """Logits (len(idx), C) in eval mode; processes share the micro-batches and sum the results."""
     model.eval()
     out = torch.zeros(len(idx), len(data.classes), dtype=torch.float32, device=device)
-    parts = micro_batches(np.arange(len(idx)), data.seconds[idx], cfg.micro_batch, True, cfg.micro_batch_seconds)
+    parts = micro_batches(np.arange(len(idx)), data.seconds[idx], cfg.micro_batch, True, _audio_cap(cfg))
     for i, pos in enumerate(parts):
         if i % world != rank:
             continue
@@ -778,6 +831,10 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
     def factory() -> Encoders:   # fresh pretrained encoders per (repeat, fold); the first is already loaded
         return first.pop() if first else Encoders(cfg)
 
+    if device.type == "cpu":
+        from .train import warn_other_threads
+        warn_other_threads(cfg.out, [f[0] for f in (read_fold(fold_dir(cfg.out, r, s)) for r in range(cfg.repeats)
+                                                    for s in folds) if f is not None])
     for r in range(cfg.repeats):
         for session in folds:
             seed = cfg.seed + r
@@ -800,7 +857,8 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
             logits = predict(model, data, te, cfg, device, rank, world, pad)
             m = scores(data.y[te], logits.argmax(1), len(data.classes))
             m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
-                     n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights={}, layer_ids={}, history=history)
+                     n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights={}, layer_ids={}, history=history,
+                     cpu_threads=torch.get_num_threads() if device.type == "cpu" else None)
             p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
                               "label": np.array(data.classes)[data.y[te]],
                               "pred": np.array(data.classes)[logits.argmax(1)]})
@@ -819,12 +877,14 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
             runs.append(m)
             preds.append(p)
             say(f"  repeat {r} fold {session}: test UA {m['ua']:.2f}")
+    # the audio every process trained on
+    audio_s = float(_all_sum(torch.tensor(timer.audio_s, dtype=torch.float64, device=device), world))
     summary = summarise(runs, data.classes)
     summary.update(type="emofuse.summary", fusion=cfg.fusion, keys=cfg.keys(), head=cfg.head, finetune=cfg.system,
                    excluded=data.excluded, empty_segments={},
                    data={"utterances": len(data.ids), "device": str(device), "world_size": world},
                    time={"load_s": t_load, "train_s": timer.compute,
-                         "train_audio_s_per_s": timer.audio_s / timer.compute if timer.compute else None},
+                         "train_audio_s_per_s": audio_s / timer.compute if timer.compute else None},
                    runs=[{k: v for k, v in m.items() if k != "history"} for m in runs])
     if rank == 0:
         write_predictions(cfg.out, pd.concat(preds))

@@ -46,8 +46,9 @@ def folds_of(data: TrainData, cfg: TrainConfig) -> list[str]:
         present = set(y[sessions == s].tolist())
         missing = [c for i, c in enumerate(data.classes) if i not in present]
         if missing:
-            log.warning(f"{cfg.out}: test session {s} holds no {', '.join(repr(str(c)) for c in missing)} utterance; its "
-                        "UA averages the recall of the other classes")
+            names = ", ".join(repr(str(c)) for c in missing)
+            log.warning(f"{cfg.out}: test session {s} holds no {names} utterance; its UA averages the recall of "
+                        "the other classes")
     return folds
 
 

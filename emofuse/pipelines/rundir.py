@@ -188,6 +188,12 @@ def run_lock(out: str, what: str = "a run") -> Iterator[None]:
 #: 1: the first version recorded (every run before it came from code that has since had fixes
 #: that change numbers, e.g. rows held for the next configuration of a grid).
 RESULTS_VERSION = 1
+#: ``finetune``'s own version (its code changes apart from train-head's; its runs key it as their
+#: ``results_version``). 2: data2vec-audio's positional convolutions no longer read the padding,
+#: SpecAugment masks (``--training-options checkpoint``) are drawn from the run's seed, ``--freeze
+#: audio-layers:N`` freezes everything beneath the frozen blocks, and frozen encoders run without
+#: their dropout.
+FINETUNE_RESULTS_VERSION = 2
 
 
 def check_run_dir(out: str, config: dict, identity_of: Callable[[dict], dict] | None = None) -> None:
