@@ -122,6 +122,24 @@ def test_recording_keys_compare_only_what_has_a_digest():
     assert recording_keys(t.drop(columns=["audio_digest"])) is None
 
 
+def test_overlapping_spans_of_one_audio_file_are_one_recording():
+    """The same file over a span cut a little differently, a longer or shorter span of it, or all
+    of it, overlaps a training span; an adjacent span of the same file, another file, or an
+    unread one does not."""
+    from emofuse.pipelines.predict import overlapping, recording_spans
+    a, b = "ab" * 16, "cd" * 16
+    train = pd.DataFrame({"audio_digest": [a, a, b], "start": [1.0, 5.0, np.nan], "end": [2.0, 6.0, np.nan],
+                          "duration": [1.0, 1.0, 3.0]}, index=["t1", "t2", "t3"])
+    spans = recording_spans(train)
+    assert spans == {a: [[1.0, 2.0], [5.0, 6.0]], b: [[0.0, 3.0]]}
+    target = pd.DataFrame({"audio_digest": [a, a, a, b, "", "ef" * 16, a],
+                           "start": [1.02, 2.0, 0.0, 0.5, np.nan, np.nan, 5.995],
+                           "end": [1.98, 3.0, np.nan, 1.0, np.nan, np.nan, 7.0],
+                           "duration": [0.96, 1.0, 10.0, 0.5, 1.0, 1.0, 1.005]},
+                          index=["trimmed", "adjacent", "whole", "inside", "unread", "other", "touching"])
+    assert overlapping(target, spans) == ["trimmed", "whole", "inside"]
+
+
 def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     other_corpus = make_fake_iemocap(tmp_path / "other", counts={s: {"ang": 1, "neu": 2, "sad": 1, "fru": 1}
                                                                  for s in range(1, 3)}, seconds=0.8, seed=9)
@@ -143,9 +161,25 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     assert os.path.exists(os.path.join(ev, "runs", "r0_s1", "metrics.json"))
     table = open(os.path.join(ev, "table.md")).read()
     assert f"| {s['ua']['mean']:.2f} ± {s['ua']['std']:.2f} |" in table and "their ensemble" in table and "hap" in table
+    # macro-F1 averages the store's classes for every fold model (before: a model that predicted
+    # the absent 'hap' once averaged 4 classes, the others 3, in one mean)
+    from sklearn.metrics import f1_score
+    for r in s["runs"]:
+        g = preds[(preds["repeat"] == r["repeat"]) & (preds["fold"].astype(str) == str(r["fold"]))]
+        assert r["f1"] == pytest.approx(100 * f1_score(g["label"], g["pred"], labels=["ang", "neu", "sad"],
+                                                       average="macro", zero_division=0))
+    assert "UA and macro-F1 average the others" in table and "sample standard deviation" in table
+    # its report says what it is: before, it read as an in-corpus report ("UA per test session",
+    # the absent class a row of 0 % recall)
     from emofuse.pipelines.report import run_report
-    run_report(ev)
-    assert os.path.exists(os.path.join(ev, "report.md"))
+    report = open(run_report(ev)).read()
+    assert report.startswith("# emofuse report: late F+T on o.h5 (cross-corpus)") and "their ensemble: UA" in report
+    assert "Classes absent from the evaluated store: hap" in report
+    assert "UA of each fold model on the whole evaluated store" in report and "UA per test session" not in report
+    # an evaluation is no member of a score combination (before: KeyError 'fingerprints')
+    from emofuse.pipelines.combine import run_combine
+    with pytest.raises(EmofuseError, match=r"is not a train-head run \(its config.json is of type emofuse.evaluate\)"):
+        run_combine([ev, trained["run"]], str(tmp_path / "cb"))
     with pytest.raises(EmofuseError, match=r"--label-map maps to \['frustrated'\], which are not classes"):
         run_evaluate(trained["run"], other, str(tmp_path / "ev5"), label_map="fru=frustrated")
     # an exported model evaluates the same
@@ -169,6 +203,22 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
     for m in (trained["run"], exp):
         with pytest.raises(EmofuseError, match=r"40 of the 40 utterances of .*sub.h5 are recordings .* was trained on"):
             run_evaluate(m, sub, str(tmp_path / "ev6"))
+    # the training wavs cut 20 ms shorter at both ends (a manifest corpus): before, other keys,
+    # so scored as cross-corpus (UA 81 for the ensemble where the run itself scored 44)
+    with FeatureStore(trained["store"]) as fs:
+        utts = fs.utterances
+    rows = ["id,audio,text,label,speaker,session,start,end"] + [
+        f"c{i},{u.audio_path},{u.transcript.replace(',', ' ')},{u.label},{u.speaker},{u.session},0.02,"
+        f"{u.duration - 0.02:.3f}"
+        for i, u in enumerate(utts.head(6).itertuples())]
+    (tmp_path / "cut.csv").write_text("\n".join(rows) + "\n")
+    cut = str(tmp_path / "cut.h5")
+    run_extract(ExtractConfig(corpus="manifest", manifest=str(tmp_path / "cut.csv"), out=cut,
+                              audio_model=tiny_models["group"], text_model=tiny_models["bert"]))
+    for m in (trained["run"], exp):
+        with pytest.raises(EmofuseError, match=r"6 of the 6 utterances of .*cut.h5 are recordings .* was trained on "
+                                               r"\(the same audio content over overlapping times"):
+            run_evaluate(m, cut, str(tmp_path / "ev7"))
     assert s["utterances"] == n and s["excluded"] == {}
     wrong = str(tmp_path / "w.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=wrong, labels="six",
@@ -247,6 +297,29 @@ def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_pat
     # without speakers each utterance is its own group: other numbers, and predict says so
     alone = model.features(audio=list(utts["audio_path"]), ids=list(preds.index))
     assert not np.allclose(model.member_logits(alone)[0], want, atol=1e-3)
+    # a manifest naming the speaker of some rows only: before, every row was standardised alone
+    # (all probabilities changed) under a note saying there was no speaker column
+    from emofuse.pipelines.predict import run_predict
+    rows = ["id,audio,speaker"] + [f"{i},{a},{'' if k == 1 else s}" for k, (i, a, s) in
+                                   enumerate(zip(preds.index, utts["audio_path"], utts["speaker"]))]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(EmofuseError, match=rf"m.csv: 1 of {len(preds)} rows have no speaker \(ids {preds.index[1]}\) "
+                                           "while the others name one; this model standardises each speaker"):
+        run_predict(run, manifest=str(tmp_path / "m.csv"), note=quiet)
+    # a run whose store moved: the advice names an option of the command in use
+    moved = tmp_path / "moved"
+    import shutil
+    shutil.copytree(run, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["config"]["store"] = str(tmp_path / "gone.h5")
+    (moved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EmofuseError, match=r"gone.h5 that .* is not there; if it moved, export the run with: emofuse "
+                                           r"export RUN OUT --store NEW_PATH"):
+        load_model(str(moved))
+    with pytest.raises(EmofuseError, match=r"is not there; if it moved, pass its current path with --store$"):
+        export_run(str(moved), str(tmp_path / "exp"))
+    with pytest.raises(EmofuseError, match=r"is not there; if it moved, pass its current path with --train-store$"):
+        run_evaluate(str(moved), trained["store"], str(tmp_path / "ev"))
 
 
 def test_only_the_layers_the_model_reads_must_be_finite(trained, monkeypatch):

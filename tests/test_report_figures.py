@@ -44,7 +44,7 @@ def test_validation_curves_are_one_mean_and_band_per_fold(tmp_path):
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 5                                  # not 15 unlabelled runs
     assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 5
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"S{k} (mean of 3)" for k in range(1, 6)]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"S{k} (3 runs)" for k in range(1, 6)]
     assert "std" in ax.get_legend().get_title().get_text()
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "validation UA %"
     assert len(ax.get_lines()[0].get_xdata()) == 6                   # to the longest run's last epoch

@@ -37,7 +37,12 @@ def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
         for name in (CONFIG, PREDICTIONS):
             if not os.path.exists(os.path.join(d, name)):
                 raise EmofuseError(f"{d} is not a finished train-head run (no {name})")
-        configs.append(read_config(d))
+        config = read_config(d)
+        if not isinstance(config, dict) or config.get("type") != "emofuse.train-head" or "fingerprints" not in config:
+            kind = config.get("type") if isinstance(config, dict) else None
+            raise EmofuseError(f"{d} is not a train-head run (its config.json is of type {kind}): score combination "
+                               "averages the test logits of train-head or finetune runs on one store")
+        configs.append(config)
         preds.append(read_run_predictions(d))
     corpus = {c["fingerprints"]["corpus"] for c in configs}
     if len(corpus) != 1:

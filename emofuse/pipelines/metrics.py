@@ -12,10 +12,11 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 METRICS = ("ua", "wa", "f1")
 
 
-def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, f1_over_truth: bool = False) -> dict:
     """{'ua', 'wa', 'f1'} in percent and the confusion matrix (rows: true class, all ``n_classes``).
     UA averages the recall of the classes in ``y_true``; macro-F1 the F1 of the classes in
-    ``y_true`` or ``y_pred``."""
+    ``y_true`` or ``y_pred`` (``f1_over_truth``: of the classes in ``y_true`` only, as UA: a
+    cross-corpus evaluation, where every fold model must average the same classes)."""
     labels = list(range(n_classes))
     with warnings.catch_warnings():   # a small validation set may lack a class: recall over those present
         warnings.simplefilter("ignore", UserWarning)
@@ -24,7 +25,8 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
             "wa": 100 * float(accuracy_score(y_true, y_pred)),
             # over the classes that occur (truth or prediction), as sklearn's default: a class absent
             # from a test fold and never predicted is no F1 of 0 (UA leaves it out likewise)
-            "f1": 100 * float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "f1": 100 * float(f1_score(y_true, y_pred, average="macro", zero_division=0,
+                                       labels=sorted(set(np.asarray(y_true).tolist())) if f1_over_truth else None)),
             "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
 
 
@@ -34,10 +36,11 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
 METRICS_VERSION = 2
 
 
-def scores_of_predictions(preds, classes: Sequence[str]) -> dict:
+def scores_of_predictions(preds, classes: Sequence[str], f1_over_truth: bool = False) -> dict:
     """``scores`` of a predictions table (columns ``label``, ``pred``: class names)."""
     index = {c: i for i, c in enumerate(classes)}
-    return scores(preds["label"].map(index).to_numpy(), preds["pred"].map(index).to_numpy(), len(classes))
+    return scores(preds["label"].map(index).to_numpy(), preds["pred"].map(index).to_numpy(), len(classes),
+                  f1_over_truth)
 
 
 def mean_std(values: Sequence[float]) -> dict:

@@ -49,6 +49,40 @@ from .rundir import (CONFIG, RUNS, SUMMARY, fold_metrics, has_config, is_finishe
 
 log = logging.getLogger(__name__)
 
+def _spans(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Each utterance's span of its audio file in seconds: (start, end); no start: 0, no end:
+    where its audio ends (its duration after start; unknown: infinity)."""
+    num = lambda c: (pd.to_numeric(table[c], errors="coerce") if c in table.columns  # noqa: E731
+                     else pd.Series(np.nan, index=table.index))
+    start = num("start").fillna(0.0)
+    return start, num("end").fillna(start + num("duration")).fillna(np.inf)
+
+
+def recording_spans(table: pd.DataFrame) -> dict[str, list[list[float]]] | None:
+    """{audio content digest: [[start, end] …]}: the spans of each audio file the table's
+    utterances cover (None for a store written before audio digests)."""
+    if "audio_digest" not in table.columns:
+        return None
+    out: dict[str, list[list[float]]] = {}
+    for d, s, e in zip(table["audio_digest"].fillna("").astype(str), *_spans(table)):
+        if d:
+            out.setdefault(d, []).append([float(s), float(e) if np.isfinite(e) else None])
+    return out
+
+
+def overlapping(table: pd.DataFrame, spans: dict, tolerance: float = 0.01) -> list[str]:
+    """Ids of ``table``'s utterances whose audio (the same file content) overlaps one of
+    ``spans`` (``recording_spans`` of another table) by more than ``tolerance`` seconds:
+    the same recording cut a little differently, a longer or shorter span of it, the same file."""
+    out = []
+    for uid, d, s, e in zip(table.index, table["audio_digest"].fillna("").astype(str), *_spans(table)):
+        for s2, e2 in spans.get(d, ()) if d else ():
+            if min(e, np.inf if e2 is None else e2) - max(s, s2) > tolerance:
+                out.append(str(uid))
+                break
+    return out
+
+
 def recording_keys(table: pd.DataFrame, legacy: bool = False) -> pd.Series | None:
     """Per utterance (indexed by id) a 16-hex digest of what it is, wherever the corpus lies:
     its audio file's content digest and the span of the file it covers, in 10 ms (no start: 0;
@@ -64,10 +98,7 @@ def recording_keys(table: pd.DataFrame, legacy: bool = False) -> pd.Series | Non
         cols = [c for c in ("audio_digest", "start", "end") if c in table.columns]
         rows = ["|".join(map(str, r)) for r in table[cols].itertuples(index=False, name=None)]
     else:
-        num = lambda c: (pd.to_numeric(table[c], errors="coerce") if c in table.columns  # noqa: E731
-                         else pd.Series(np.nan, index=table.index))
-        start = num("start").fillna(0.0)
-        end = num("end").fillna(start + num("duration"))   # no end: where its audio ends
+        start, end = _spans(table)
         rows = [f"{d}|{s:.2f}|{e:.2f}" for d, s, e in zip(table["audio_digest"].astype(str), start, end)]
     keys = [hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows]
     digests = table["audio_digest"].fillna("").astype(str).to_numpy()
@@ -124,10 +155,13 @@ class TrainedModel:
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, run_dir: str, store: str | None = None) -> "TrainedModel":
-        """The fold models of a finished ``train-head`` run. With ``--norm global`` the training
-        folds' statistics are recomputed from the run's store (``store`` overrides its path),
-        which must hold exactly the content the run read."""
+    def from_run(cls, run_dir: str, store: str | None = None,
+                 moved: str = "export the run with: emofuse export RUN OUT --store NEW_PATH") -> "TrainedModel":
+        """The fold models of a finished ``train-head`` run, read with the run's store (its
+        recording keys and encoder information; with ``--norm global`` the training folds'
+        statistics are recomputed from it), which must hold exactly the content the run read.
+        ``store`` overrides its path; ``moved``: what to do when the store is not where the run
+        says (the calling command's own option)."""
         from .train import TrainConfig, store_fingerprints
 
         config = _read_run_config(run_dir)
@@ -140,8 +174,8 @@ class TrainedModel:
         summary = read_summary(run_dir)
         store_path = store or cfg.store
         if not os.path.exists(store_path):
-            raise EmofuseError(f"the store {store_path} that {run_dir} was trained on is not there; pass its "
-                               "current path with --store")
+            raise EmofuseError(f"the store {store_path} that {run_dir} was trained on is not there; if it moved, "
+                               f"{moved}")
         with FeatureStore(store_path) as fs:
             if store_fingerprints(fs, cfg) != config["fingerprints"]:
                 raise EmofuseError(f"{store_path} no longer holds the content {run_dir} was trained on (its "
@@ -150,6 +184,7 @@ class TrainedModel:
             keys = cfg.keys()
             keys_now = recording_keys(fs.utterances)   # every recording of the training store
             training = None if keys_now is None else sorted(set(keys_now) - {""})
+            spans = recording_spans(fs.utterances)
             layer_ids = config["layer_ids"]
             streams, encoders = {}, {}
             for k in keys:
@@ -171,7 +206,7 @@ class TrainedModel:
                 "norm": cfg.norm, "norm_keys": norm_keys, "config": config["config"], "identity": config["identity"],
                 "fingerprints": config["fingerprints"], "ensemble": "mean of the members' softmax probabilities",
                 "summary": {m: summary[m] for m in ("ua", "wa", "f1")},
-                "training_recordings": training, "recording_keys": "span"}
+                "training_recordings": training, "recording_keys": "span", "training_spans": spans}
         folders = {}   # (repeat, fold) → the folder of that run (found by its metrics, whatever its name)
         rdir = os.path.join(run_dir, "runs")
         for name, m in fold_metrics(run_dir, strict=False):
@@ -311,7 +346,7 @@ def _build_head(spec: dict, path: str) -> torch.nn.Module:
 
 def load_model(path: str) -> TrainedModel:
     """Reload an exported model folder (``emofuse export``), or a finished ``train-head`` run
-    directory (its store must still be there when it used ``--norm global``)."""
+    directory (its store must still be where the run says)."""
     if has_config(path) and not os.path.exists(os.path.join(path, "model.json")):
         return TrainedModel.from_run(path)
     mpath = os.path.join(path, "model.json")
@@ -350,7 +385,7 @@ def export_run(run_dir: str, out: str, store: str | None = None) -> str:
     """``emofuse export RUN OUT``: the run's fold models as one self-contained folder."""
     if os.path.isdir(out) and os.listdir(out):
         raise EmofuseError(f"{out} already exists and is not empty; choose a new folder for the export")
-    model = TrainedModel.from_run(run_dir, store)
+    model = TrainedModel.from_run(run_dir, store, moved="pass its current path with --store")
     tmp = out.rstrip("/") + f".{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -561,7 +596,15 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
         audio = list(df["audio"]) if "F" in model.keys else None
         text = list(df["text"]) if "T" in model.keys else None
         ids = list(df["id"])
-        speakers = list(df["speaker"]) if df["speaker"].notna().all() else None
+        named = df["speaker"].notna() & (df["speaker"].astype(str).str.strip() != "")
+        if model.spec["norm"] == "speaker" and named.any() and not named.all():
+            blank = df.loc[~named, "id"].astype(str).tolist()
+            raise EmofuseError(f"{manifest}: {len(blank)} of {len(df)} rows have no speaker (ids "
+                               f"{', '.join(blank[:5])}{' …' if len(blank) > 5 else ''}) while the others name one; "
+                               "this model standardises each speaker by the speaker's own statistics (--norm "
+                               "speaker): give every row its speaker, or leave the column out (each utterance is "
+                               "then standardised by its own)")
+        speakers = list(df["speaker"]) if named.all() else None
         starts, ends = list(df["start"]), list(df["end"])
     else:
         audio = list(audio) if audio else None
@@ -598,6 +641,11 @@ def _label_map(spec: str | None) -> dict:
 
 
 EVALUATE_TYPE = "emofuse.evaluate"
+
+
+def _left_out(excluded: dict) -> str:
+    """``{reason: count}`` of utterances a store could not give, as a phrase."""
+    return "; ".join(f"{n} utterance{'s' if n != 1 else ''} ({reason})" for reason, n in excluded.items())
 
 
 def _check_evaluation_folder(out: str) -> None:
@@ -649,7 +697,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
     dev = resolve_device(device)
     lm = _label_map(label_map) if not isinstance(label_map, dict) else dict(label_map)
     model = (load_model(run) if os.path.exists(os.path.join(run, "model.json"))
-             else TrainedModel.from_run(run, train_store))
+             else TrainedModel.from_run(run, train_store, moved="pass its current path with --train-store"))
     with FeatureStore(store) as fs:
         if fs.corpus_fingerprint == model.spec["fingerprints"]["corpus"]:
             raise EmofuseError(f"{store} holds the corpus {run} was trained on (same corpus fingerprint): every utterance "
@@ -685,11 +733,15 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
             keys, trained_on = keys.reindex(data.ids), set(trained_on)
             legacy = recording_keys(fs.utterances, legacy=True).reindex(data.ids)
             shared = [u for u, k, k0 in zip(data.ids, keys, legacy) if k and (k in trained_on or k0 in trained_on)]
+            spans = model.spec.get("training_spans")
+            if spans is not None:   # the same audio over any overlapping span (an export from before: equal keys)
+                hit = set(shared) | set(overlapping(fs.utterances.reindex(data.ids), spans))
+                shared = [u for u in data.ids if str(u) in hit]
             if shared:
                 raise EmofuseError(
                     f"{len(shared)} of the {len(data.ids)} utterances of {store} are recordings {run} was trained on "
-                    f"(same audio content and times; e.g. {', '.join(map(str, shared[:3]))}): their scores would not "
-                    "be cross-corpus; evaluate a store without them")
+                    f"(the same audio content over overlapping times; e.g. {', '.join(map(str, shared[:3]))}): their "
+                    "scores would not be cross-corpus; evaluate a store without them")
         names = [str(x) for x in np.array(data.classes)[data.y]]
         unknown = sorted(set(names) - set(lm) - set(model.classes))
         if unknown:
@@ -715,7 +767,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         _remove_stale_members(out, [m.name for m in model.members])
         runs, preds = [], []
         for m, lg in zip(model.members, logits):
-            s = scores(y, lg.argmax(1), len(model.classes))
+            s = scores(y, lg.argmax(1), len(model.classes), f1_over_truth=True)
             s.update(repeat=m.repeat, seed=m.seed, fold=m.fold, n_test=len(y))
             p = pd.DataFrame({"repeat": m.repeat, "seed": m.seed, "fold": m.fold, "id": data.ids,
                               "label": mapped, "pred": np.array(model.classes)[lg.argmax(1)]})
@@ -726,7 +778,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
             runs.append(s)
             preds.append(p)
         probs = model.probabilities(logits)
-        ens = scores(y, probs.argmax(1), len(model.classes))
+        ens = scores(y, probs.argmax(1), len(model.classes), f1_over_truth=True)
         summary = summarise(runs, model.classes)
         summary.update(type="emofuse.summary", evaluation="cross-corpus", fusion=c["fusion"], keys=model.keys,
                        head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store),
@@ -746,10 +798,13 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                     f"| {c['fusion']} {'+'.join(model.keys)}, fold models | {cell('ua')} | {cell('wa')} | {cell('f1')} "
                     f"| {summary['ua']['n']} |\n"
                     f"| {c['fusion']} {'+'.join(model.keys)}, their ensemble | {ens['ua']:.2f} | {ens['wa']:.2f} | "
-                    f"{ens['f1']:.2f} | 1 |\n\n± is the standard deviation over the fold models."
-                    + (f" Classes absent from the store: {', '.join(absent)} (UA averages the others)." if absent else "")
+                    f"{ens['f1']:.2f} | 1 |\n\n{len(y)} utterances; ± is the sample standard deviation (n − 1) over "
+                    "the fold models."
+                    + (f" Classes absent from the store: {', '.join(absent)} (UA and macro-F1 average the others)."
+                       if absent else "")
+                    + (f" Left out: {_left_out(data.excluded)}." if data.excluded else "")
                     + "\n")
     log.info(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
              + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
-             + (f"; classes absent from {store} (UA averages the others): {absent}" if absent else ""))
+             + (f"; classes absent from {store} (UA and macro-F1 average the others): {absent}" if absent else ""))
     return summary

@@ -55,23 +55,26 @@ def fold_label(fold) -> str:
 
 def confusion_figure(summary: dict, path: str, title: str):
     """Row-normalised confusion matrix summed over every run (recall on the diagonal), in percent
-    in the cells and on the colour bar. Returns the figure (closed)."""
+    in the cells and on the colour bar; a class with no test utterance (absent from a
+    cross-corpus store) is a grey row of "–", not a recall of 0. Returns the figure (closed)."""
     plt = _plt()
-    cm = np.array(summary["confusion"], float)
-    cm = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    counts = np.array(summary["confusion"], float)
+    none = counts.sum(1) == 0
+    cm = 100 * counts / np.maximum(counts.sum(1, keepdims=True), 1)
     classes = [str(c) for c in summary["classes"]]
     n = len(classes)
     side = max(3.2, 0.55 * n + 1.6)
     fig, ax = plt.subplots(figsize=(side + 0.6, side), dpi=150)
-    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=100)
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#e0e0e0")
+    im = ax.imshow(np.ma.masked_array(cm, np.repeat(none[:, None], n, 1)), cmap=cmap, vmin=0, vmax=100)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > 60 else "black")
+            ax.text(j, i, "–" if none[i] else f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > 60 and not none[i] else "black")
     long = max((len(c) for c in classes), default=0) > 4 or n > 5
     ax.set_xticks(range(n), classes, rotation=45 if long else 0, ha="right" if long else "center",
                   rotation_mode="anchor")
-    ax.set_yticks(range(n), classes)
+    ax.set_yticks(range(n), [f"{c} (none)" if none[i] else c for i, c in enumerate(classes)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=8)
@@ -121,8 +124,10 @@ def layer_weight_figure(runs: list[dict], path: str, title: str):
     return fig
 
 
-def fold_figure(summary: dict, path: str, title: str):
-    """UA of every test fold, one dot per repeat, the mean as a bar. Returns the figure (closed)."""
+def fold_figure(summary: dict, path: str, title: str, xlabel: str = "test session (fold)"):
+    """UA of every test fold, one dot per repeat, the mean as a bar (``xlabel``: what a fold is;
+    a cross-corpus evaluation's are the fold models, each tested on the whole other store).
+    Returns the figure (closed)."""
     plt = _plt()
     runs = summary["runs"]
     folds = sorted({str(r["fold"]) for r in runs}, key=lambda s: (len(s), s))
@@ -136,7 +141,7 @@ def fold_figure(summary: dict, path: str, title: str):
     ax.set_xticks(range(len(folds)), labels, rotation=45 if long else 0, ha="right" if long else "center",
                   rotation_mode="anchor")
     ax.set_ylabel("UA %")
-    ax.set_xlabel("test session (fold)")
+    ax.set_xlabel(xlabel)
     ax.set_ylim(0, 100)
     ax.legend(fontsize=6, loc="lower right")
     ax.set_title(title, fontsize=8)
@@ -164,12 +169,12 @@ def curve_figure(runs: list[dict], path: str, title: str):
             m[t], sd[t] = np.mean(v), (np.std(v, ddof=1) if len(v) > 1 else 0.0)   # as the tables' std
         x = np.arange(1, T + 1)
         n = len(curves)
-        ax.plot(x, m, lw=1.2, color=colours(k % 10), label=f"{fold_label(f)} (mean of {n})" if n > 1 else fold_label(f))
+        ax.plot(x, m, lw=1.2, color=colours(k % 10), label=f"{fold_label(f)} ({n} runs)" if n > 1 else fold_label(f))
         if n > 1:
             ax.fill_between(x, m - sd, m + sd, color=colours(k % 10), alpha=0.15, lw=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation UA %")
-    ax.legend(fontsize=6, title="test fold" + (" (band: ± std over repeats)" if any(
+    ax.legend(fontsize=6, title="test fold" + (" (mean ± std over the runs still training)" if any(
         sum(g == f for g, _ in hs) > 1 for f in folds) else ""), title_fontsize=6, ncol=2 if len(folds) > 5 else 1)
     ax.set_title(title, fontsize=8)
     _save(plt, fig, path)
@@ -180,8 +185,10 @@ def curve_figure(runs: list[dict], path: str, title: str):
 FIGURE_NAMES = ("confusion.png", "layers.png", "folds.png", "curves.png")
 
 
-def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str) -> list[tuple[str, str]]:
-    """Every figure of one run; returns (caption, path relative to fig_dir's parent)."""
+def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str,
+                cross_corpus: bool = False) -> list[tuple[str, str]]:
+    """Every figure of one run (or of a cross-corpus evaluation: ``cross_corpus``); returns
+    (caption, path relative to fig_dir's parent)."""
     s, runs = _load(run_dir)
     os.makedirs(fig_dir, exist_ok=True)
     rel = os.path.basename(fig_dir)
@@ -191,10 +198,16 @@ def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str) -> list[tup
     out.append(("Confusion matrix summed over all runs, % of each true class", f"{rel}/{prefix}confusion.png"))
     if layer_weight_figure(runs, os.path.join(fig_dir, f"{prefix}layers.png"), f"{title}: layer weights"):
         out.append(("Learned layer weights, mean ± std over runs", f"{rel}/{prefix}layers.png"))
-    fold_figure(s, os.path.join(fig_dir, f"{prefix}folds.png"), f"{title}: UA per fold")
-    out.append(("UA per test session", f"{rel}/{prefix}folds.png"))
+    if cross_corpus:
+        fold_figure(s, os.path.join(fig_dir, f"{prefix}folds.png"), f"{title}: UA per fold model",
+                    xlabel="fold model (the session it held out in training)")
+        out.append(("UA of each fold model on the whole evaluated store", f"{rel}/{prefix}folds.png"))
+    else:
+        fold_figure(s, os.path.join(fig_dir, f"{prefix}folds.png"), f"{title}: UA per fold")
+        out.append(("UA per test session", f"{rel}/{prefix}folds.png"))
     if curve_figure(runs, os.path.join(fig_dir, f"{prefix}curves.png"), f"{title}: validation curves"):
-        out.append(("Validation UA per epoch: mean ± std over repeats, per test fold", f"{rel}/{prefix}curves.png"))
+        out.append(("Validation UA per epoch: mean ± std over the repeats still training at that epoch, per test fold",
+                    f"{rel}/{prefix}curves.png"))
     return out
 
 
@@ -238,6 +251,20 @@ def run_report(path: str) -> str:
                 prefix = f"{t['name']}-" if k == 0 else f"{t['name']}-trained-"
                 for cap, rel in run_figures(best["run_dir"], fig_dir, prefix, str(best["label"])):
                     lines += [f"![{cap}]({rel})", ""]
+    elif is_finished(path) and read_summary(path).get("evaluation") == "cross-corpus":
+        s, _ = _load(path)
+        name = f"{run_name(s)} on {os.path.basename(str(s.get('store', '')))} (cross-corpus)"
+        e = s.get("ensemble") or {}
+        lines += [f"# emofuse report: {name}", "",
+                  f"Trained run: `{s.get('model')}`; evaluated store: `{s.get('store')}` ({s.get('utterances')} "
+                  "utterances).", "",
+                  "Fold models: " + format_summary(s) + (f"; their ensemble: UA {e['ua']:.2f}  WA {e['wa']:.2f}  "
+                                                         f"F1 {e['f1']:.2f}" if e else ""), ""]
+        if s.get("absent_classes"):
+            lines += [f"Classes absent from the evaluated store: {', '.join(s['absent_classes'])} (UA and macro-F1 "
+                      "average the others).", ""]
+        for cap, rel in run_figures(path, fig_dir, "", name, cross_corpus=True):
+            lines += [f"![{cap}]({rel})", ""]
     elif is_finished(path):
         s, _ = _load(path)
         name = run_name(s)

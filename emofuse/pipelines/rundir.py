@@ -306,9 +306,10 @@ def _rescored_summary(run_dir: str, s: dict) -> dict:
     preds = read_predictions(path)
     groups = {(int(r), int(seed), str(f)): g for (r, seed, f), g in preds.groupby(["repeat", "seed", "fold"])}
     fresh = []
+    truth = s.get("evaluation") == "cross-corpus"   # scored over the target store's classes (evaluate)
     for run in runs:
         g = groups.get((int(run["repeat"]), int(run["seed"]), str(run["fold"])))
-        fresh.append({**run, **scores_of_predictions(g, classes)} if g is not None and len(g) else run)
+        fresh.append({**run, **scores_of_predictions(g, classes, truth)} if g is not None and len(g) else run)
     return {**s, **summarise(fresh, classes), "runs": fresh, "metrics_version": METRICS_VERSION}
 
 
