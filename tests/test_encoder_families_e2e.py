@@ -116,3 +116,24 @@ def test_a_transcript_at_the_models_token_limit_is_one_window(tmp_path, family, 
     forwards.clear()
     assert len(enc.encode([longer])[0]["data"]) == limit + 1
     assert len(forwards[0]) >= 2 and max(forwards[0]) <= limit
+
+
+def test_a_checkpoint_without_preprocessor_config_is_said_at_extraction_and_in_info(small_fake, tiny_models,
+                                                                                     tmp_path, caplog):
+    """Before: the per-utterance normalisation it falls back to was only in the stream's notes,
+    which nothing printed."""
+    import logging
+    import shutil
+    from emofuse.testing import logged_messages
+    folder = tmp_path / "w2v-no-fe"
+    shutil.copytree(tiny_models["group"], folder)
+    (folder / "preprocessor_config.json").unlink()
+    store = str(tmp_path / "s.h5")
+    with caplog.at_level(logging.WARNING, logger="emofuse"):
+        run_extract(ExtractConfig(corpus="iemocap", root=str(small_fake.root), out=store, device="cpu",
+                                  audio_model=str(folder), text_model=None))
+    assert any(m.startswith(f"{folder} has no preprocessor_config.json: its input is normalised per utterance")
+               for m in logged_messages(caplog))
+    text = describe_store(store)
+    assert "    input: do_normalize True, padding_value 0.0, sampling_rate 16000" in text
+    assert "    note: no preprocessor_config.json: used do_normalize=True at 16 kHz" in text

@@ -746,13 +746,15 @@ def test_a_roberta_stream_windowed_at_2_fewer_tokens_keeps_its_windows(tmp_path,
     cfg = dict(corpus="manifest", manifest=str(tmp_path / "m.csv"), audio_model=None, text_model=rob,
                store_dtype="float32")
     new = tmp_path / "new.h5"
-    px.run_extract(px.ExtractConfig(out=str(new), **cfg))
+    assert "windowed with overlap" not in px.run_extract(px.ExtractConfig(out=str(new), **cfg)).text()   # one window
     old_limit = encoders.token_limit
     monkeypatch.setattr(encoders, "token_limit", lambda *a: old_limit(*a) - 2)   # what an older emofuse did
     old = tmp_path / "old.h5"
     px.run_extract(px.ExtractConfig(out=str(old), limit=1, **cfg))
     monkeypatch.setattr(encoders, "token_limit", old_limit)
-    px.run_extract(px.ExtractConfig(out=str(old), **cfg))   # resumed with this emofuse: accepted, windows at 62
+    resumed = px.run_extract(px.ExtractConfig(out=str(old), **cfg))   # resumed with this emofuse: accepted, windows at 62
+    assert [s.windowed for s in resumed.streams] == [1]   # the summary counts what it windowed
+    assert "(1 longer than the model's maximum: windowed with overlap)" in resumed.text()
     enc.window_at(62)
     with FeatureStore(old) as fo, FeatureStore(new) as fn:
         info = fo.stream_info("text")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import pickle
 from numbers import Integral
@@ -31,6 +32,16 @@ from ..store import canonical_json, config_hash, digest
 from .audio import BadInput
 from .families import AUDIO_FAMILIES, audio_family, text_family
 from .masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
+
+log = logging.getLogger(__name__)
+
+
+def no_preprocessor_warning(spec: str) -> str:
+    """What a checkpoint folder without ``preprocessor_config.json`` gets, said once per load."""
+    return (f"{spec} has no preprocessor_config.json: its input is normalised per utterance (zero mean, unit "
+            "variance; do_normalize=True) at 16 kHz, the setting of most wav2vec2 checkpoints; a model trained on "
+            "raw waveforms needs that file with \"do_normalize\": false (what was used is in the stream's info: "
+            "emofuse info STORE)")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 UNTRAINED = {  # small wav2vec2 architectures with random weights
@@ -237,6 +248,7 @@ class HFAudioEncoder:
             except (OSError, ValueError):
                 fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)
                 notes.append("no preprocessor_config.json: used do_normalize=True at 16 kHz")
+                log.warning(no_preprocessor_warning(spec))
             revision = getattr(config, "_commit_hash", None) or "local"
         if not hasattr(model, "feature_extractor") or not hasattr(model.feature_extractor, "conv_layers"):
             raise EmofuseError(f"audio model {spec!r} ({type(model).__name__}) has no wav2vec2-style conv front end; "

@@ -69,6 +69,11 @@ def describe_store(path: str) -> str:
             lines.append(f"  stream {s!r}: {info.get('encoder_id', '?')} ({layers} x "
                          f"{info.get('dim', '?')}, {info.get('store_dtype', '?')}); {desc}")
             lines.append("    " + encoder_line(info))
+            pre = info.get("preprocessing")
+            if isinstance(pre, dict) and pre:
+                lines.append("    input: " + ", ".join(f"{k} {v}" for k, v in pre.items()))
+            if info.get("notes"):
+                lines.append(f"    note: {info['notes']}")
             sk = fs.skipped(s)
             if len(sk):
                 for kind, grp in sk.groupby("kind"):

@@ -42,7 +42,7 @@ from ..errors import EmofuseError
 from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.checkpoints import checkpoint_digest
-from ..extract.encoders import token_limit
+from ..extract.encoders import no_preprocessor_warning, token_limit
 from ..extract.masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
@@ -373,6 +373,7 @@ class Encoders:
                 self.fe = AutoFeatureExtractor.from_pretrained(cfg.audio_model)
             except (OSError, ValueError):
                 self.fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)
+                log.warning(no_preprocessor_warning(cfg.audio_model))
             self.sample_rate = int(self.fe.sampling_rate)
             self.kernels, self.strides = list(conf.conv_kernel), list(conf.conv_stride)
             self.window, _ = receptive_field(self.kernels, self.strides)

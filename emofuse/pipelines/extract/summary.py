@@ -15,6 +15,7 @@ class StreamSummary:
     skipped: int = 0
     reused: int = 0
     rows: int = 0
+    windowed: int = 0               # transcripts longer than the text model's maximum (windowed with overlap)
     audio_seconds: float = 0.0
     time_load: float = 0.0
     time_encode: float = 0.0
@@ -37,7 +38,8 @@ class ExtractSummary:
             tag = " [UNTRAINED: random weights, a smoke test]" if s.untrained else ""
             unit = "frames" if s.kind == "audio" else "tokens"
             line = (f"  {s.stream!r} ({s.encoder}{tag}): {s.done} utterances done, {s.skipped} skipped"
-                    + (f", {s.reused} already in the store" if s.reused else "") + f", {s.rows:,} {unit}")
+                    + (f", {s.reused} already in the store" if s.reused else "") + f", {s.rows:,} {unit}"
+                    + (f" ({s.windowed} longer than the model's maximum: windowed with overlap)" if s.windowed else ""))
             if s.audio_seconds:
                 busy = s.time_load + s.time_encode + s.time_write
                 line += (f", {s.audio_seconds / 3600:.3f} h of audio, "

@@ -31,6 +31,7 @@ def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -
                 raise EmofuseError(f"{u.id}: transcript has {n} tokens, more than {enc.info['encoder_id']}'s maximum "
                                    f"of {enc.max_len}; run with --on-error skip to window it with overlap")
             items.append((n, u.id, text))
+            s.windowed += n > enc.max_len
         except BadInput as e:
             if k % n_shard == i_shard:  # bad transcripts: each shard records its share
                 job.bad(u, e, "text")
