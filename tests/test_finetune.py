@@ -110,6 +110,17 @@ def test_padded_batch_equals_one_at_a_time(setup, kind):
     assert worst < 1e-5, worst
 
 
+def test_fine_tuned_runs_key_both_results_versions_and_record_what_they_used(setup):
+    """A fix to finetune's own code (FINETUNE_RESULTS_VERSION) or to what it shares with train-head
+    (RESULTS_VERSION) re-keys fine-tuned runs; the encoders' dropout rates are recorded."""
+    from emofuse.pipelines import rundir
+    assert _cfg(setup).identity()["results_version"] == f"{rundir.RESULTS_VERSION}.{rundir.FINETUNE_RESULTS_VERSION}"
+    enc = ft.Encoders(_cfg(setup))
+    assert set(ft.AUDIO_DROPOUTS) <= set(enc.options["audio_used"]) and enc.options["audio_used"]["hidden_dropout"] > 0
+    assert enc.options["audio_checkpoint"]["apply_spec_augment"] is not None
+    assert set(ft.TEXT_DROPOUTS) <= set(enc.options["text_used"])
+
+
 def test_checkpoint_training_options_are_reproducible_from_the_seed(setup):
     """--training-options checkpoint: transformers draws SpecAugment's masks with numpy's global
     generator. Before, nothing seeded it: the same seed gave another loss in every process."""
@@ -126,11 +137,13 @@ def test_checkpoint_training_options_are_reproducible_from_the_seed(setup):
     assert losses[0] == losses[1]
 
 
-@pytest.mark.parametrize("kind", ["layer", "group"])
-def test_freezing_the_first_blocks_freezes_what_lies_beneath_them(setup, kind):
+@pytest.mark.parametrize("kind,options", [("layer", "off"), ("group", "off"), ("group", "checkpoint")])
+def test_freezing_the_first_blocks_freezes_what_lies_beneath_them(setup, kind, options):
     """--freeze audio-layers:N: before, the positional convolution (and a post-LN model's LayerNorm
-    before the first block) below the frozen blocks still trained."""
-    cfg = _cfg(setup, system="audio", audio_model=setup[kind], freeze="cnn,audio-layers:2")   # both blocks
+    before the first block, and with the checkpoint's options the mask embedding) below the
+    frozen blocks still trained."""
+    cfg = _cfg(setup, system="audio", audio_model=setup[kind], freeze="cnn,audio-layers:2",   # both blocks
+               training_options=options)
     enc, _, model = _model(cfg)
     trained = [n for n, p in model.audio.named_parameters() if p.requires_grad]
     # large-style (stable) models normalise after the last block: that LayerNorm is above the frozen ones
@@ -299,6 +312,7 @@ def test_run_layout_same_seed_identical_and_head_reloads(setup, reference, tmp_p
     again = tmp_path / "again"
     ft.run_finetune(_cfg(setup, out=str(again)))
     assert _metrics(again) == _metrics(reference)
+    assert {m["cpu_threads"] for m in _metrics(again).values()} == {torch.get_num_threads()}   # as train-head's
     # the saved head + the pretrained encoders it was trained with are not enough to reproduce the
     # logits (the encoders were fine-tuned too): the run saves them on request and they reload
     enc_out = tmp_path / "enc"

@@ -120,6 +120,10 @@ def test_recording_keys_compare_only_what_has_a_digest():
     k = recording_keys(t)
     assert k["u2"] == "" and k["u1"] and k["u3"] and k["u1"] != k["u3"]   # another segment of the same file
     assert recording_keys(t.drop(columns=["audio_digest"])) is None
+    # no end and no duration (a file sf.info could not read): the key exports have recorded
+    import hashlib
+    k = recording_keys(t.assign(duration=np.nan))
+    assert k["u1"] == hashlib.sha256(f"{'ab' * 16}|0.00|nan".encode()).hexdigest()[:16]
 
 
 def test_overlapping_spans_of_one_audio_file_are_one_recording():
@@ -169,6 +173,20 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
         assert r["f1"] == pytest.approx(100 * f1_score(g["label"], g["pred"], labels=["ang", "neu", "sad"],
                                                        average="macro", zero_division=0))
     assert "UA and macro-F1 average the others" in table and "sample standard deviation" in table
+    # an evaluation written before (F1 over truth or predictions, no f1_over) is scored again when read
+    from emofuse.pipelines.rundir import read_summary
+    old = tmp_path / "ev-old"
+    import shutil
+    shutil.copytree(ev, old)
+    d = json.loads((old / "summary.json").read_text())
+    del d["f1_over"]
+    d["f1"]["mean"], d["ensemble"]["f1"] = 1.0, 1.0
+    for r in d["runs"]:
+        r["f1"] = 1.0
+    (old / "summary.json").write_text(json.dumps(d))
+    again = read_summary(str(old))
+    assert again["f1"] == s["f1"] and again["ensemble"]["f1"] == pytest.approx(s["ensemble"]["f1"])
+    assert [r["f1"] for r in again["runs"]] == [r["f1"] for r in s["runs"]]
     # its report says what it is: before, it read as an in-corpus report ("UA per test session",
     # the absent class a row of 0 % recall)
     from emofuse.pipelines.report import run_report

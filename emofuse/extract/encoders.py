@@ -36,12 +36,18 @@ from .masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, rece
 log = logging.getLogger(__name__)
 
 
-def no_preprocessor_warning(spec: str) -> str:
-    """What a checkpoint folder without ``preprocessor_config.json`` gets, said once per load."""
-    return (f"{spec} has no preprocessor_config.json: its input is normalised per utterance (zero mean, unit "
-            "variance; do_normalize=True) at 16 kHz, the setting of most wav2vec2 checkpoints; a model trained on "
-            "raw waveforms needs that file with \"do_normalize\": false (what was used is in the stream's info: "
-            "emofuse info STORE)")
+_WARNED_NO_PREPROCESSOR: set[str] = set()
+
+
+def warn_no_preprocessor(spec: str, recorded: str = "the stream's info: emofuse info STORE") -> None:
+    """Say (once per checkpoint and process) what a checkpoint folder without
+    ``preprocessor_config.json`` gets; ``recorded``: where what was used is written down."""
+    if spec in _WARNED_NO_PREPROCESSOR:
+        return
+    _WARNED_NO_PREPROCESSOR.add(spec)
+    log.warning(f"{spec} has no preprocessor_config.json: its input is normalised per utterance (zero mean, unit "
+                "variance; do_normalize=True) at 16 kHz, the setting of most wav2vec2 checkpoints; a model trained "
+                f"on raw waveforms needs that file with \"do_normalize\": false (what was used is in {recorded})")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 UNTRAINED = {  # small wav2vec2 architectures with random weights
@@ -248,7 +254,7 @@ class HFAudioEncoder:
             except (OSError, ValueError):
                 fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)
                 notes.append("no preprocessor_config.json: used do_normalize=True at 16 kHz")
-                log.warning(no_preprocessor_warning(spec))
+                warn_no_preprocessor(spec)
             revision = getattr(config, "_commit_hash", None) or "local"
         if not hasattr(model, "feature_extractor") or not hasattr(model.feature_extractor, "conv_layers"):
             raise EmofuseError(f"audio model {spec!r} ({type(model).__name__}) has no wav2vec2-style conv front end; "

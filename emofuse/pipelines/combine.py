@@ -38,10 +38,13 @@ def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
             if not os.path.exists(os.path.join(d, name)):
                 raise EmofuseError(f"{d} is not a finished train-head run (no {name})")
         config = read_config(d)
-        if not isinstance(config, dict) or config.get("type") != "emofuse.train-head" or "fingerprints" not in config:
-            kind = config.get("type") if isinstance(config, dict) else None
+        kind = config.get("type") if isinstance(config, dict) else None
+        if kind != "emofuse.train-head":
             raise EmofuseError(f"{d} is not a train-head run (its config.json is of type {kind}): score combination "
                                "averages the test logits of train-head or finetune runs on one store")
+        if "fingerprints" not in config:
+            raise EmofuseError(f"{d}/config.json records no store fingerprints (damaged, or written by hand): which "
+                               "corpus its runs tested on cannot be checked; run its train-head command again")
         configs.append(config)
         preds.append(read_run_predictions(d))
     corpus = {c["fingerprints"]["corpus"] for c in configs}

@@ -42,7 +42,7 @@ from ..errors import EmofuseError
 from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.checkpoints import checkpoint_digest
-from ..extract.encoders import no_preprocessor_warning, token_limit
+from ..extract.encoders import token_limit, warn_no_preprocessor
 from ..extract.masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
@@ -52,7 +52,7 @@ from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
 from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
-from .rundir import (FINETUNE_RESULTS_VERSION, check_run_dir, fold_dir, predictions_roundtrip, read_fold, run_lock,
+from .rundir import (check_run_dir, finetune_results_version, fold_dir, predictions_roundtrip, read_fold, run_lock,
                      save_fold, write_config, write_predictions, write_summary)
 from .protocol import folds_of, run_seed, split
 
@@ -183,7 +183,7 @@ class FinetuneConfig:
         for k in ("audio_model", "text_model"):
             if d[k] and os.path.isdir(d[k]):
                 d[k] = None   # a local folder: its bytes are keyed (run_fingerprints), not how its path was typed
-        d["results_version"] = FINETUNE_RESULTS_VERSION
+        d["results_version"] = finetune_results_version()
         return d
 
     # what ablate and report read from a run's config like train-head's
@@ -373,7 +373,10 @@ class Encoders:
                 self.fe = AutoFeatureExtractor.from_pretrained(cfg.audio_model)
             except (OSError, ValueError):
                 self.fe = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)
-                log.warning(no_preprocessor_warning(cfg.audio_model))
+                warn_no_preprocessor(cfg.audio_model, "config.json's training_options of the run")
+                self.options["audio_preprocessing_default"] = True   # no preprocessor_config.json
+            self.options["audio_preprocessing"] = {"do_normalize": bool(getattr(self.fe, "do_normalize", False)),
+                                                   "sampling_rate": int(self.fe.sampling_rate)}
             self.sample_rate = int(self.fe.sampling_rate)
             self.kernels, self.strides = list(conf.conv_kernel), list(conf.conv_stride)
             self.window, _ = receptive_field(self.kernels, self.strides)
@@ -412,9 +415,13 @@ class Encoders:
 
     def _freeze(self, cfg: FinetuneConfig) -> None:
         """Freeze what ``cfg`` says, and list the frozen modules (``self.frozen``): they run in eval
-        mode while the rest trains (no dropout, no SpecAugment masking, no layer drop), as a frozen
-        feature extractor does. Freezing the first N blocks freezes everything beneath them too
-        (the feature projection, the positional convolution, a pre-block LayerNorm, the embeddings)."""
+        mode while the rest trains (no dropout in them), as a frozen feature extractor does; a
+        wholly frozen encoder has no SpecAugment masking or layer drop either. Freezing the first N
+        blocks freezes everything beneath them too (the feature projection, the positional
+        convolution, a pre-block LayerNorm, the mask embedding; BERT's embeddings). SpecAugment
+        masking and layer drop (``--training-options checkpoint`` only) are the encoder's, decided
+        for all its blocks: under ``audio-layers:N`` they still mask the frozen blocks' input and
+        drop frozen blocks too."""
         f, frozen = cfg.frozen(), []
         if self.audio is not None:
             self.audio.feature_extractor._freeze_parameters()   # the CNN feature encoder: always frozen (paper)
@@ -424,9 +431,12 @@ class Encoders:
             elif f["audio_layers"]:
                 enc = self.audio.encoder
                 frozen += [self.audio.feature_projection, enc.pos_conv_embed, *enc.layers[:f["audio_layers"]]]
-                frozen += [m for m in (getattr(enc, "dropout", None),) if m is not None]
+                if getattr(enc, "dropout", None) is not None:
+                    frozen.append(enc.dropout)
                 if not getattr(self.audio.config, "do_stable_layer_norm", False):
                     frozen.append(enc.layer_norm)   # post-LN models normalise before the first block
+                if getattr(self.audio, "masked_spec_embed", None) is not None:
+                    self.audio.masked_spec_embed.requires_grad_(False)   # what masking puts beneath the blocks
         if self.text is not None:
             if f["text"]:
                 frozen.append(self.text)
@@ -825,7 +835,7 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
     say(f"finetune {cfg.system}: {len(data.ids)} utterances, classes {', '.join(data.classes)}, training on "
         f"{device}" + (f" x {world} processes" if world > 1 else "") +
         (f"; left out: {data.excluded}" if data.excluded else ""))
-    folds = folds_of(data, cfg)
+    folds = folds_of(data, cfg, warn=rank == 0)
     runs, preds, timer = [], [], Timer()
     first = [enc]
 

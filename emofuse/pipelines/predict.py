@@ -49,6 +49,7 @@ from .rundir import (CONFIG, RUNS, SUMMARY, fold_metrics, has_config, is_finishe
 
 log = logging.getLogger(__name__)
 
+
 def _spans(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Each utterance's span of its audio file in seconds: (start, end); no start: 0, no end:
     where its audio ends (its duration after start; unknown: infinity)."""
@@ -99,6 +100,7 @@ def recording_keys(table: pd.DataFrame, legacy: bool = False) -> pd.Series | Non
         rows = ["|".join(map(str, r)) for r in table[cols].itertuples(index=False, name=None)]
     else:
         start, end = _spans(table)
+        end = end.replace(np.inf, np.nan)   # no end and no duration: keyed "nan", as exports recorded it
         rows = [f"{d}|{s:.2f}|{e:.2f}" for d, s, e in zip(table["audio_digest"].astype(str), start, end)]
     keys = [hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows]
     digests = table["audio_digest"].fillna("").astype(str).to_numpy()
@@ -735,7 +737,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
             shared = [u for u, k, k0 in zip(data.ids, keys, legacy) if k and (k in trained_on or k0 in trained_on)]
             spans = model.spec.get("training_spans")
             if spans is not None:   # the same audio over any overlapping span (an export from before: equal keys)
-                hit = set(shared) | set(overlapping(fs.utterances.reindex(data.ids), spans))
+                hit = {str(u) for u in shared} | set(overlapping(fs.utterances.reindex(data.ids), spans))
                 shared = [u for u in data.ids if str(u) in hit]
             if shared:
                 raise EmofuseError(
@@ -781,7 +783,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         ens = scores(y, probs.argmax(1), len(model.classes), f1_over_truth=True)
         summary = summarise(runs, model.classes)
         summary.update(type="emofuse.summary", evaluation="cross-corpus", fusion=c["fusion"], keys=model.keys,
-                       head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store),
+                       head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store), f1_over="truth",
                        label_map=lm, absent_classes=absent, ensemble=ens, utterances=len(data.ids),
                        excluded=data.excluded, runs=runs)
         write_predictions(out, pd.concat(preds))

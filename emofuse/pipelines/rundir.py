@@ -188,12 +188,17 @@ def run_lock(out: str, what: str = "a run") -> Iterator[None]:
 #: 1: the first version recorded (every run before it came from code that has since had fixes
 #: that change numbers, e.g. rows held for the next configuration of a grid).
 RESULTS_VERSION = 1
-#: ``finetune``'s own version (its code changes apart from train-head's; its runs key it as their
-#: ``results_version``). 2: data2vec-audio's positional convolutions no longer read the padding,
-#: SpecAugment masks (``--training-options checkpoint``) are drawn from the run's seed, ``--freeze
-#: audio-layers:N`` freezes everything beneath the frozen blocks, and frozen encoders run without
-#: their dropout.
+#: ``finetune``'s own version, for changes to its own code (the heads, metrics and protocol it
+#: shares with train-head are RESULTS_VERSION's): its runs key both, ``"1.2"``. 2: data2vec-audio's
+#: positional convolutions no longer read the padding, SpecAugment masks (``--training-options
+#: checkpoint``) are drawn from the run's seed, ``--freeze audio-layers:N`` freezes everything
+#: beneath the frozen blocks, and frozen encoders run without their dropout.
 FINETUNE_RESULTS_VERSION = 2
+
+
+def finetune_results_version() -> str:
+    """The ``results_version`` of a fine-tuned run's identity: both versions, ``"1.2"``."""
+    return f"{RESULTS_VERSION}.{FINETUNE_RESULTS_VERSION}"
 
 
 def check_run_dir(out: str, config: dict, identity_of: Callable[[dict], dict] | None = None) -> None:
@@ -288,10 +293,13 @@ def read_config(run_dir: str, strict: bool = True) -> dict | None:
 
 def read_summary(run_dir: str, strict: bool = True) -> dict | None:
     """``summary.json`` of a run; None when it is missing (or unreadable, with ``strict=False``).
-    A summary written under an older definition of the scores (``METRICS_VERSION``) comes back
-    scored again from the run's predictions: the tables never show an older F1 as today's."""
+    A summary written under an older definition of the scores (``METRICS_VERSION``; for a
+    cross-corpus evaluation, before its macro-F1 averaged the store's classes: ``f1_over``)
+    comes back scored again from the run's predictions: no table or report shows an older F1 as
+    today's."""
     s = _read_run_json(run_dir, SUMMARY, strict)
-    if isinstance(s, dict) and s.get("metrics_version") != METRICS_VERSION:
+    if isinstance(s, dict) and (s.get("metrics_version") != METRICS_VERSION
+                                or (s.get("evaluation") == "cross-corpus" and s.get("f1_over") != "truth")):
         s = _rescored_summary(run_dir, s)
     return s
 
@@ -310,7 +318,13 @@ def _rescored_summary(run_dir: str, s: dict) -> dict:
     for run in runs:
         g = groups.get((int(run["repeat"]), int(run["seed"]), str(run["fold"])))
         fresh.append({**run, **scores_of_predictions(g, classes, truth)} if g is not None and len(g) else run)
-    return {**s, **summarise(fresh, classes), "runs": fresh, "metrics_version": METRICS_VERSION}
+    out = {**s, **summarise(fresh, classes), "runs": fresh, "metrics_version": METRICS_VERSION}
+    if truth:
+        out["f1_over"] = "truth"
+        ens = os.path.join(run_dir, "ensemble.csv")
+        if isinstance(s.get("ensemble"), dict) and os.path.exists(ens):   # the ensemble's scores, from its file
+            out["ensemble"] = scores_of_predictions(pd.read_csv(ens, dtype={"label": str, "pred": str}), classes, True)
+    return out
 
 
 def read_run_predictions(run_dir: str) -> pd.DataFrame:

@@ -31,7 +31,6 @@ def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -
                 raise EmofuseError(f"{u.id}: transcript has {n} tokens, more than {enc.info['encoder_id']}'s maximum "
                                    f"of {enc.max_len}; run with --on-error skip to window it with overlap")
             items.append((n, u.id, text))
-            s.windowed += n > enc.max_len
         except BadInput as e:
             if k % n_shard == i_shard:  # bad transcripts: each shard records its share
                 job.bad(u, e, "text")
@@ -44,6 +43,7 @@ def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -
                         cfg.shard)
     todo_ids = {i for _, i, _ in items}
     chunks = [c for c in chunks if any(i in todo_ids for _, i, _ in c)]
+    s.windowed += sum(n > enc.max_len for c in chunks for n, i, _ in c if i in todo_ids)   # this shard's own
     with progress_bar(total=sum(len(c) for c in chunks) + len(skipped), unit="utt", desc=f"{job.name}: encoding text") as bar:
         if skipped:
             job.writer.commit(job.name, {}, skipped)
