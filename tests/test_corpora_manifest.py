@@ -187,3 +187,41 @@ def test_iemocap_labels_comma_list(fake_iemocap):
     assert {u.label for u in utts} == {"ang", "sad"}
     merged = load_corpus("iemocap", root=fake_iemocap.root, labels="ang,hap,exc:hap,neu,sad")
     assert [u.label for u in merged] == [u.label for u in load_corpus("iemocap", root=fake_iemocap.root)]
+
+
+# -- corpus reader audit: time columns, encodings, labels, shared audio ----------------------------
+@pytest.fixture
+def long_wav(tmp_path):
+    sf.write(tmp_path / "long.wav", np.zeros(48000, np.int16), 16000)   # 3 s
+    return tmp_path
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_nemo_offset_duration_and_speechbrain_stop_are_spans(long_wav):
+    """Before: offset/duration (NeMo) and stop (SpeechBrain) were dropped as unknown columns, so
+    every row read as the whole 3 s file."""
+    rows = [{"id": f"u{k}", "audio_filepath": "long.wav", "text": "x", "label": "neu", "speaker": "s",
+             "session": 1, "offset": k, "duration": 1} for k in range(3)]
+    utts = load_corpus("manifest", path=_jsonl(long_wav / "m.jsonl", rows))
+    assert [(u.start, u.end) for u in utts] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    m = write_csv(long_wav / "sb.csv", ["a,long.wav,x,neu,s,1,0.5,1.5", "b,long.wav,x,neu,s,1,1.5,2.5"],
+                  header="ID,wav,transcript,emotion,speaker,session,start,stop")
+    assert [(u.start, u.end) for u in load_corpus("manifest", path=m)] == [(0.5, 1.5), (1.5, 2.5)]
+    m = write_csv(long_wav / "d.csv", ["a,long.wav,x,neu,s,1,2"], header=HEADER + ",duration")   # NeMo: offset 0
+    assert [(u.start, u.end) for u in load_corpus("manifest", path=m)] == [(None, 2.0)]
+    m = write_csv(long_wav / "bad.csv", ["a,long.wav,x,neu,s,1,0.5,2,1"], header=HEADER + ",start,end,duration")
+    _refused(m, r"line 2: end 2.0 and start 0.5 \+ duration 1.0 = 1.5 disagree for 'a'")
+    m = write_csv(long_wav / "ok.csv", ["a,long.wav,x,neu,s,1,0.5,1.5,1"], header=HEADER + ",start,end,duration")
+    assert [(u.start, u.end) for u in load_corpus("manifest", path=m)] == [(0.5, 1.5)]
+
+
+@pytest.mark.parametrize("column", ["length", "seg_end", "EndTime", "onset", "dur", "tmax"])
+def test_an_unknown_time_column_is_refused_not_ignored(long_wav, column):
+    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,1"], header=f"{HEADER},{column}")
+    _refused(m, rf"column '{column}' reads as a time, which emofuse does not know")
+    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,1"], header=f"{HEADER},age")
+    assert len(load_corpus("manifest", path=m)) == 1   # other unknown columns are still ignored

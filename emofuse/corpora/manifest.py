@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,7 +25,7 @@ from .records import Utterance
 from .textio import LINE_END_RE
 
 REQUIRED = ("id", "audio", "text", "label", "speaker", "session")
-OPTIONAL = ("start", "end", "gender", "textgrid")
+OPTIONAL = ("start", "end", "duration", "gender", "textgrid")
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
 
 
@@ -157,7 +158,9 @@ ALIASES = {
     "label": ("label", "emotion"),
     "speaker": ("speaker", "speaker_id"),
     "session": ("session",),
-    "start": ("start",), "end": ("end",), "gender": ("gender",), "textgrid": ("textgrid",),
+    # NeMo writes offset + duration, SpeechBrain start + stop (or duration)
+    "start": ("start", "offset", "start_time", "begin"), "end": ("end", "stop", "end_time"),
+    "duration": ("duration",), "gender": ("gender",), "textgrid": ("textgrid",),
 }
 _ALIAS_OF = {a: canon for canon, names in ALIASES.items() for a in names}
 
@@ -179,6 +182,41 @@ def canonical_columns(columns: Iterable[str], path: Path | str) -> dict[str, str
     return out
 
 
+#: words that make a column read as a time (``dur``, ``length``, ``onset_s``, ``endTime``): such a
+#: column that is not one of ``ALIASES`` is refused rather than ignored, since ignoring it reads
+#: every row as its whole file
+TIME_WORDS = frozenset(("start", "end", "begin", "stop", "onset", "offset", "duration", "dur", "length",
+                        "time", "times", "timestamp", "tmin", "tmax", "xmin", "xmax", "sec", "secs", "seconds"))
+_TIME_COMPACT = re.compile(r"(start|end|begin|stop|onset|offset)(time|sec|secs|seconds|ms|s)?|dur(ation)?s?|"
+                           r"(seg|segment|utt|audio|wav)?(start|end|begin|stop|dur|duration|length|len)")
+
+
+def looks_like_time(column: str) -> bool:
+    """Whether a column name reads as a time or length (``duration``, ``end_time``, ``segStart``)."""
+    name = str(column).strip()
+    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).casefold())
+    return any(w in TIME_WORDS for w in words) or _TIME_COMPACT.fullmatch(re.sub(r"[^a-z]", "", name.casefold())) is not None
+
+
+def _span(row: dict, uid: str, where: str) -> tuple[float | None, float | None]:
+    """(start, end) of a row: ``start``/``end``, or ``start`` (``offset``, 0 when blank) with
+    ``duration``; an ``end`` beside a ``duration`` must agree with it (to the millisecond)."""
+    start = _seconds(row.get("start"), "start", where)
+    end = _seconds(row.get("end"), "end", where)
+    duration = _seconds(row.get("duration"), "duration", where)
+    if duration is not None:
+        spanned = round((start or 0.0) + duration, 6)
+        if end is not None and abs(end - spanned) > 1e-3:
+            raise CorpusError(f"{where}: end {end} and start {start or 0.0} + duration {duration} = {spanned} "
+                              f"disagree for {uid!r}; give end or duration, or make them agree")
+        end = spanned
+    if start is not None and end is not None and end <= start:
+        raise CorpusError(f"{where}: end {end} is not after start {start} for {uid!r}")
+    if start is None and end is not None and end <= 0:
+        raise CorpusError(f"{where}: end {end} is not after the file's start for {uid!r}")
+    return start, end
+
+
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """(columns, [(line, row)]) of a .csv, .tsv or .jsonl file, columns as written."""
     suffix = path.suffix.lower()
@@ -194,7 +232,8 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 
 def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -> list[Utterance]:
     """Read a manifest with columns ``id, audio, text, label, speaker, session`` (+ ``start, end,
-    gender, textgrid``). Relative paths resolve against the manifest's folder. Column names are
+    duration, gender, textgrid``; ``start`` + ``duration`` is a span as ``start``/``end``, and an
+    unknown column that reads as a time is refused rather than ignored). Relative paths resolve against the manifest's folder. Column names are
     case-insensitive and take the common aliases in ``ALIASES`` (``wav``/``path`` for audio,
     ``transcript`` for text, ``emotion`` for label …).
 
@@ -215,6 +254,12 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         raise CorpusError(f"manifest {path} lacks columns {missing}; expected at least {list(REQUIRED)} "
                           f"(or their aliases, e.g. wav/path for audio, transcript for text, emotion for label; "
                           f"found {columns[:10]})")
+    unread = [c for c in columns if c not in REQUIRED + OPTIONAL and looks_like_time(c)]
+    if unread:
+        raise CorpusError(f"manifest {path}: column {unread[0]!r} reads as a time, which emofuse does not know; "
+                          "expected start (alias offset, start_time, begin) with end (alias stop, end_time) or "
+                          "duration, so rename it to one of those or drop it (ignored, every row would be read as "
+                          "its whole file)")
     keep, spec = None, labels
     if isinstance(labels, str):
         from .iemocap import LABEL_SETS, label_mapping
@@ -258,10 +303,7 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         audio = audio if audio.is_absolute() else base / audio
         if not _is_file(audio, f"{where}: audio file"):
             raise CorpusError(f"{where}: missing audio file {audio} for {uid!r}")
-        start = _seconds(row.get("start"), "start", where)
-        end = _seconds(row.get("end"), "end", where)
-        if start is not None and end is not None and end <= start:
-            raise CorpusError(f"{where}: end {end} is not after start {start} for {uid!r}")
+        start, end = _span(row, uid, where)
         aligns = {}
         if not _blank(row.get("textgrid")):
             tg = Path(str(row["textgrid"]).strip())
