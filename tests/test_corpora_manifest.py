@@ -225,3 +225,15 @@ def test_an_unknown_time_column_is_refused_not_ignored(long_wav, column):
     _refused(m, rf"column '{column}' reads as a time, which emofuse does not know")
     m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,1"], header=f"{HEADER},age")
     assert len(load_corpus("manifest", path=m)) == 1   # other unknown columns are still ignored
+
+
+def test_cp1252_names_stay_apart(wavs):
+    """Before: undecodable bytes became U+FFFD, so cp1252 speakers Müller/Möller and sessions
+    Süd/Söd both read M\ufffdller / S\ufffdd: two speakers and two folds merged."""
+    m = wavs / "m.csv"
+    m.write_bytes((HEADER + "\na,audio/a.wav,caf\xe9,ang,M\xfcller,S\xfcd\nb,audio/b.wav,x,ang,M\xf6ller,S\xf6d\n"
+                   "c,audio/c.wav,\u00fcber,ang,s,1\n").encode("cp1252")[:-len("c,audio/c.wav,\u00fcber,ang,s,1\n")]
+                  + "c,audio/c.wav,\u00fcber,ang,s,1\n".encode("utf-8"))
+    utts = load_corpus("manifest", path=m)
+    assert [(u.speaker, u.session, u.transcript) for u in utts] == [
+        ("Müller", "Süd", "café"), ("Möller", "Söd", "x"), ("s", 1, "über")]   # the UTF-8 line stays UTF-8

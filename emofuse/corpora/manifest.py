@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from ..errors import CorpusError
 from .records import Utterance
-from .textio import LINE_END_RE
+from .textio import LINE_END_RE, decode_lines
 
 REQUIRED = ("id", "audio", "text", "label", "speaker", "session")
 OPTIONAL = ("start", "end", "duration", "gender", "textgrid")
@@ -40,13 +40,15 @@ def _is_file(path: Path, what: str) -> bool:
 
 
 def _decode(path: Path) -> str:
-    # Undecodable bytes become U+FFFD, so one bad transcript does not sink the corpus:
-    # extraction skips that utterance and says why. A UTF-8 byte-order mark is dropped.
+    # As the IEMOCAP reader reads its text files (``textio.read_lines``): UTF-8 when the file
+    # decodes, else each line on its own, as UTF-8 or as cp1252, so ``Müller`` and ``Möller``
+    # written by a Windows tool stay two speakers (U+FFFD made both ``M\ufffdller``). A UTF-8
+    # byte-order mark is dropped. Lines are joined with \n: line numbers stay those of the file.
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise CorpusError(f"manifest {path} cannot be read: {e.strerror or e}") from None
-    return raw.decode("utf-8-sig", errors="replace")
+    return "\n".join(decode_lines(raw))
 
 
 def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:

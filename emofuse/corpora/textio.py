@@ -28,6 +28,11 @@ def read_lines(path: str | Path) -> list[str]:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise CorpusError(f"{str(path)[:300]} cannot be read: {e.strerror or e}") from None
+    return decode_lines(raw)
+
+
+def decode_lines(raw: bytes) -> list[str]:
+    """``raw`` split into lines and decoded as ``read_lines`` does (UTF-8, else cp1252 per line)."""
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
     try:
