@@ -144,3 +144,26 @@ def test_one_channel_of_a_multichannel_file_is_refused_not_mixed(lhotse_dir):
     with pytest.raises(CorpusError, match=r"recording 'rec0' is channel 1 of .*rec0\.wav, which holds 2 channels; "
                                           r"emofuse reads every channel of a file"):
         load_corpus("lhotse", path=str(lhotse_dir / "supervisions.jsonl.gz"))
+
+
+# -- corpus reader audit ------------------------------------------------------------------------
+def test_session_written_two_ways_or_null(lhotse_dir):
+    """Before: custom session 1 and "01" were two folds, and {"session": null} a fold named 'None'."""
+    sups = lhotse_dir / "supervisions.jsonl.gz"
+
+    def spell(lines):
+        for s in lines:
+            s["custom"]["session"] = 1 if s["custom"]["session"] == "1" else 2
+        lines[1]["custom"]["session"] = "01"
+    _rewrite(sups, spell)
+    with pytest.raises(CorpusError, match=r"session '01' \(.*line 2\) and '1' \(.*line 1\) differ only in spelling"):
+        load_corpus("lhotse", path=str(sups))
+    _rewrite(sups, lambda lines: lines[1]["custom"].update(session=None))
+    with pytest.raises(CorpusError, match=r"1 of 6 supervisions lack custom 'session'"):
+        load_corpus("lhotse", path=str(sups))
+
+    def all_null(lines):
+        for s in lines:
+            s["custom"]["session"] = None
+    _rewrite(sups, all_null)
+    assert {u.session for u in load_corpus("lhotse", path=str(sups))} == {"spk1", "spk2", "spk3", "spk4"}

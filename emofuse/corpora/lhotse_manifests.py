@@ -34,7 +34,7 @@ from typing import Iterable
 import soundfile as sf
 
 from ..errors import CorpusError
-from .manifest import _one_spelling
+from .manifest import _blank, _one_spelling, _same_session, _text
 from .records import Utterance
 from .textio import LINE_END_RE
 
@@ -195,7 +195,8 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
                 for s in c.get("supervisions") or []:
                     items.append((s, c["recording"], float(c.get("start", 0.0)), where, f.parent))
     utts: dict[str, tuple[Utterance, str]] = {}
-    has_session = [("session" in (s.get("custom") or {})) for s, *_ in items]
+    # a null or blank session is no session: it would become a fold named 'None' (or '')
+    has_session = [not _blank((s.get("custom") or {}).get("session")) for s, *_ in items]
     use_session = all(has_session) and bool(items)
     if any(has_session) and not use_session:
         n = len(has_session) - sum(has_session)
@@ -214,8 +215,8 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
             if label not in keep:
                 continue
             label = keep[label]
-        speaker = str(s.get("speaker") or "").strip()
-        session = str((s.get("custom") or {}).get("session", "")).strip() if use_session else speaker
+        speaker = _text(s.get("speaker"))
+        session = _text((s.get("custom") or {}).get("session")) if use_session else speaker
         if not session:
             raise CorpusError(f"{where}: supervision {sid!r} has neither a custom 'session' nor a speaker, so it has "
                               "no cross-validation fold")
@@ -232,8 +233,11 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
                                   f"{utts[sid][1]}); supervision ids must be unique")
             continue
         utts[sid] = (u, where)
-        for column, v in (("label", label), ("session", session), ("speaker", speaker)):
-            spellings[column].append((v, v, where))
+        # sessions as written (a store's fingerprint holds them), compared as the manifest reader
+        # compares them: 1, "01" and 1.0 are one session written three ways, and refused
+        for column, v, canon in (("label", label, label), ("session", session, _same_session(session)),
+                                 ("speaker", speaker, speaker)):
+            spellings[column].append((v, canon, where))
     for column, values in spellings.items():
         _one_spelling(values, column, Path(path))
     if not utts:
