@@ -237,3 +237,16 @@ def test_cp1252_names_stay_apart(wavs):
     utts = load_corpus("manifest", path=m)
     assert [(u.speaker, u.session, u.transcript) for u in utts] == [
         ("Müller", "Süd", "café"), ("Möller", "Söd", "x"), ("s", 1, "über")]   # the UTF-8 line stays UTF-8
+
+
+def test_labels_named_set_counts_what_it_leaves_out_and_refuses_near_codes(wavs, caplog):
+    """Before: --labels four kept ang and neu of ang, happy, neu, Sad without a word: happy and Sad
+    (IEMOCAP's sad written another way) were dropped silently."""
+    rows = ["a,audio/a.wav,x,ang,s,1", "b,audio/b.wav,x,happy,s,1", "c,audio/c.wav,x,neu,s,2",
+            "d,audio/a.wav,x,happy,s,2", "e,audio/b.wav,x,fru,s,2"]
+    m = write_csv(wavs / "m.csv", rows)
+    with caplog.at_level("WARNING"):
+        assert [u.id for u in load_corpus("manifest", path=m, labels="four")] == ["a", "c"]
+    assert "3 rows left out by --labels four: happy×2, fru×1" in caplog.text
+    m = write_csv(wavs / "m.csv", rows + ["f,audio/c.wav,x,Sad,s,1"])
+    _refused(m, r"line 7: label 'Sad' of 'f' is --labels four's 'sad' written another way; write 'sad'", labels="four")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
@@ -34,9 +35,11 @@ from typing import Iterable
 import soundfile as sf
 
 from ..errors import CorpusError
-from .manifest import _blank, _one_spelling, _same_session, _text
+from .manifest import _blank, _one_spelling, _same_session, _text, left_out_warning, near_code
 from .records import Utterance
 from .textio import LINE_END_RE
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
@@ -172,6 +175,7 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
         {x: x for x in labels} if labels is not None else None)
     allowed = set(keep) if keep is not None else None
     seen_raw: set[str] = set()
+    left_out: dict[str, int] = {}
     items: list[tuple[dict, dict, float, str, Path]] = []   # (supervision, recording, offset, where, folder)
     for kind, f, rec_file in manifest_files(path):
         if kind == "supervisions":
@@ -213,6 +217,11 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
         if keep is not None:
             seen_raw.add(label)
             if label not in keep:
+                near = near_code(label, keep) if isinstance(labels, str) and labels in LABEL_SETS else None
+                if near is not None:
+                    raise CorpusError(f"{where}: label {label!r} of {sid!r} is --labels {labels}'s {near!r} written "
+                                      f"another way; write {near!r} (the set's codes are {sorted(keep)})")
+                left_out[label] = left_out.get(label, 0) + 1
                 continue
             label = keep[label]
         speaker = _text(s.get("speaker"))
@@ -240,6 +249,8 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
             spellings[column].append((v, canon, where))
     for column, values in spellings.items():
         _one_spelling(values, column, Path(path))
+    if left_out and isinstance(labels, str):
+        log.warning(left_out_warning(f"lhotse manifest {path}", labels, left_out).replace(" rows ", " supervisions "))
     if not utts:
         raise CorpusError(f"lhotse manifest {path} holds no supervision" + (f" with a label in {sorted(allowed)} "
                                                                             f"(its labels are {sorted(seen_raw)})"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, Iterable
 from ..errors import CorpusError
 from .records import Utterance
 from .textio import LINE_END_RE, decode_lines
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("id", "audio", "text", "label", "speaker", "session")
 OPTIONAL = ("start", "end", "duration", "gender", "textgrid")
@@ -219,6 +222,20 @@ def _span(row: dict, uid: str, where: str) -> tuple[float | None, float | None]:
     return start, end
 
 
+def left_out_warning(what: str, spec: str, counts: dict[str, int]) -> str:
+    """``N rows left out by --labels four: happy×1, Sad×1`` (most frequent first)."""
+    shown = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return (f"{what}: {sum(counts.values())} rows left out by --labels {spec}: "
+            + ", ".join(f"{k}×{n}" for k, n in shown[:12]) + (" …" if len(shown) > 12 else ""))
+
+
+def near_code(label: str, keep: dict[str, str]) -> str | None:
+    """The label of ``keep`` that ``label`` spells differently (``Sad`` for ``sad``), else None."""
+    folded = {k.casefold(): k for k in keep}
+    k = folded.get(label.casefold())
+    return k if k is not None and k != label else None
+
+
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """(columns, [(line, row)]) of a .csv, .tsv or .jsonl file, columns as written."""
     suffix = path.suffix.lower()
@@ -268,6 +285,7 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         keep, labels = label_mapping(labels), None
     allowed = set(labels) if labels is not None else None
     seen_raw: set[str] = set()
+    left_out: dict[str, int] = {}
     base = path.parent
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
@@ -288,6 +306,11 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         if keep is not None:
             seen_raw.add(label)
             if label not in keep:
+                near = near_code(label, keep) if spec in LABEL_SETS else None
+                if near is not None:
+                    raise CorpusError(f"{where}: label {label!r} of {uid!r} is --labels {spec}'s {near!r} written "
+                                      f"another way; write {near!r} (the set's codes are {sorted(keep)})")
+                left_out[label] = left_out.get(label, 0) + 1
                 continue
             label = keep[label]
         if allowed is not None and label not in allowed:
@@ -333,5 +356,7 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
                           f"labels are {sorted(seen_raw)}")
     for column, values in spellings.items():
         _one_spelling(values, column, path)
+    if left_out:
+        log.warning(left_out_warning(f"manifest {path}", spec, left_out))
     utts.sort(key=lambda u: u.id)
     return utts
