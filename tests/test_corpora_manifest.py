@@ -250,3 +250,18 @@ def test_labels_named_set_counts_what_it_leaves_out_and_refuses_near_codes(wavs,
     assert "3 rows left out by --labels four: happy×2, fru×1" in caplog.text
     m = write_csv(wavs / "m.csv", rows + ["f,audio/c.wav,x,Sad,s,1"])
     _refused(m, r"line 7: label 'Sad' of 'f' is --labels four's 'sad' written another way; write 'sad'", labels="four")
+
+
+def test_multichannel_files_are_counted_when_mixed(wavs, caplog):
+    """Before: a stereo file (IEMOCAP-style dyadic: an actor per channel) was mixed to mono without
+    a word. It is still mixed (a manifest cannot pick a channel), with one warning counting them."""
+    sf.write(wavs / "audio" / "st.wav", np.zeros((1600, 2), np.int16), 16000)
+    m = write_csv(wavs / "m.csv", ["a,audio/st.wav,x,ang,s,1", "b,audio/st.wav,x,ang,s,1", "c,audio/c.wav,x,ang,s,2"])
+    with caplog.at_level("WARNING"):
+        assert len(load_corpus("manifest", path=m)) == 3
+    assert "1 audio file(s) hold several channels (e.g. " in caplog.text and "st.wav, 2 channels); each is mixed" in caplog.text
+    caplog.clear()
+    sf.write(wavs / "audio" / "st.wav", np.zeros(1600, np.int16), 16000)   # rewritten mono: read again
+    with caplog.at_level("WARNING"):
+        load_corpus("manifest", path=m)
+    assert "several channels" not in caplog.text

@@ -24,7 +24,6 @@ supervision listed twice with different content, a label/session/speaker written
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import logging
@@ -32,10 +31,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-import soundfile as sf
-
 from ..errors import CorpusError
-from .manifest import _blank, _one_spelling, _same_session, _text, left_out_warning, near_code
+from .manifest import _blank, _channels_in, _one_spelling, _same_session, _text, left_out_warning, near_code
 from .records import Utterance
 from .textio import LINE_END_RE
 
@@ -143,16 +140,6 @@ def _audio(rec: dict, where: str, base: Path) -> str:
                           f"{held} channels; emofuse reads every channel of a file (mixed to mono), so give the "
                           "recording a file of that channel alone")
     return path
-
-
-@functools.lru_cache(maxsize=None)
-def _channels_in(path: str) -> int:
-    """How many channels an audio file holds (its header); 1 when it cannot be read here (extraction
-    reports an unreadable file per utterance)."""
-    try:
-        return int(sf.info(path).channels)
-    except Exception:
-        return 1
 
 
 def _label(sup: dict) -> str:

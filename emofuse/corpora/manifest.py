@@ -13,13 +13,17 @@ not see, and one sentence per problem is easier to keep than a library's multi-l
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
+
+import soundfile as sf
 
 from ..errors import CorpusError
 from .records import Utterance
@@ -222,6 +226,24 @@ def _span(row: dict, uid: str, where: str) -> tuple[float | None, float | None]:
     return start, end
 
 
+def _channels_in(path: str) -> int:
+    """How many channels an audio file holds (its header); 1 when it cannot be read here (extraction
+    reports an unreadable file per utterance)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 1
+    return _channels_of(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=65536)
+def _channels_of(path: str, mtime_ns: int, size: int) -> int:   # keyed by the file's state: a rewritten file is read again
+    try:
+        return int(sf.info(path).channels)
+    except Exception:
+        return 1
+
+
 def left_out_warning(what: str, spec: str, counts: dict[str, int]) -> str:
     """``N rows left out by --labels four: happy×1, Sad×1`` (most frequent first)."""
     shown = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -358,5 +380,13 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         _one_spelling(values, column, path)
     if left_out:
         log.warning(left_out_warning(f"manifest {path}", spec, left_out))
+    # Every channel of a file is mixed to mono at extraction. That is right for a stereo recording
+    # of one voice, wrong for a dyadic one (IEMOCAP-style: an actor per channel); a manifest cannot
+    # pick a channel, so say how many files are mixed rather than refuse them.
+    multi = sorted({u.audio_path for u in utts if _channels_in(u.audio_path) > 1})
+    if multi:
+        log.warning(f"manifest {path}: {len(multi)} audio file(s) hold several channels (e.g. {multi[0]}, "
+                    f"{_channels_in(multi[0])} channels); each is mixed to mono, so where the channels hold "
+                    "different speakers, give each utterance a file of its own channel")
     utts.sort(key=lambda u: u.id)
     return utts
