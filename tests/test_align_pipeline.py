@@ -219,7 +219,8 @@ def test_a_textgrid_of_the_whole_file_is_cut_to_the_utterance_slice(tiny_models,
         w.writerow(["id", "audio", "text", "label", "speaker", "session", "start", "end", "textgrid"])
         w.writerow(["plain", "alone.wav", u.transcript, "ang", "s1", "1", "", "", "slice.TextGrid"])
         w.writerow(["file-timed", "long.wav", u.transcript, "neu", "s2", "2", 0.09, round(0.09 + n, 4), "file.TextGrid"])
-        w.writerow(["slice-timed", "long.wav", u.transcript, "sad", "s3", "3", 0.09, round(0.09 + n, 4), "slice.TextGrid"])
+        # one span of one file: one session, else a test fold would hold audio trained on
+        w.writerow(["slice-timed", "long.wav", u.transcript, "sad", "s3", "2", 0.09, round(0.09 + n, 4), "slice.TextGrid"])
         # 90 ms into a file with no tail (end: the file's end): the two lengths differ by 0.09 s only
         w.writerow(["no-tail", "notail.wav", u.transcript, "hap", "s4", "4", 0.09, "", "notail.TextGrid"])
     store = tmp_path / "s.h5"
@@ -444,7 +445,7 @@ def test_a_textgrid_declaring_its_last_words_end_is_pooled_with_trailing_silence
         w.writerow(["own", "alone.wav", u.transcript, "ang", "s1", "1", "", "", "own.TextGrid"])
         w.writerow(["longer", "longer.wav", u.transcript, "neu", "s2", "2", "", "", "own.TextGrid"])
         w.writerow(["slice-longer", "long.wav", u.transcript, "sad", "s3", "3", 0.09, sliced_longer, "own.TextGrid"])
-        w.writerow(["file-timed", "long.wav", u.transcript, "hap", "s4", "4", 0.09, sliced_longer, "file.TextGrid"])
+        w.writerow(["file-timed", "long.wav", u.transcript, "hap", "s4", "3", 0.09, sliced_longer, "file.TextGrid"])
     store = tmp_path / "s.h5"
     r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
             "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")

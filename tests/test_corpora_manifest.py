@@ -265,3 +265,22 @@ def test_multichannel_files_are_counted_when_mixed(wavs, caplog):
     with caplog.at_level("WARNING"):
         load_corpus("manifest", path=m)
     assert "several channels" not in caplog.text
+
+
+def test_one_file_under_several_ids_overlapping(long_wav, caplog):
+    """Before: the same audio under two ids with overlapping spans in different sessions was
+    accepted, so a test fold held audio its model was trained on."""
+    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,0,1.5", "b,long.wav,x,neu,s,2,1.0,2.0"],
+                  header=HEADER + ",start,end")
+    _refused(m, r"utterances 'a' \(session 1\) and 'b' \(session 2\) share the audio of .*long\.wav from 1 s to 1\.5 s")
+    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,,", "b,long.wav,x,neu,s,2,2.5,"], header=HEADER + ",start,end")
+    _refused(m, r"'a' \(session 1\) and 'b' \(session 2\) share the audio of .* from 2.5 s to its end")
+    # touching within 10 ms, or in one session: accepted (the latter with a warning)
+    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,0,1.005", "b,long.wav,x,neu,s,2,1.0,2.0",
+                                       "c,long.wav,x,neu,s,2,1.5,", "d,long.wav,x,neu,s,2,,"], header=HEADER + ",start,end")
+    _refused(m, r"'a' \(session 1\) and 'd' \(session 2\)")
+    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,0,1.005", "b,long.wav,x,neu,s,2,1.0,2.0",
+                                       "c,long.wav,x,neu,s,2,1.5,"], header=HEADER + ",start,end")
+    with caplog.at_level("WARNING"):
+        assert len(load_corpus("manifest", path=m)) == 3
+    assert "1 pair(s) of utterances of one session share more than 10 ms of one audio file (e.g. 'b' and 'c'" in caplog.text

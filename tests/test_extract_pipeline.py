@@ -322,7 +322,7 @@ def write_bad_manifest(folder: Path) -> Path:
             ("nan", "a/nan.wav", "x", "neu"), ("stereo", "a/stereo44k.flac", "fine words", "hap"),
             ("notext", "a/ok1.wav", "", "neu"), ("cut", "a/cut.wav", "half a sentence", "ang")]
     lines = ["id,audio,text,label,speaker,session"] + [f"{i},{a},{t},{l},spk,{k % 2 + 1}" for k, (i, a, t, l) in enumerate(rows)]
-    data = ("\n".join(lines) + "\n").encode() + b"latin,a/ok2.wav,caf\xe9 au lait,neu,spk,1\n"
+    data = ("\n".join(lines) + "\n").encode() + b"latin,a/ok2.wav,caf\xe9 au lait,neu,spk,2\n"   # ok2's session: one file, one fold
     (folder / "m.csv").write_bytes(data)
     return folder / "m.csv"
 
@@ -742,7 +742,7 @@ def test_a_roberta_stream_windowed_at_2_fewer_tokens_keeps_its_windows(tmp_path,
     text = next(words[:k] for k in range(len(words)) if enc.n_tokens(words[:k]) == 64)   # one window now
     sf.write(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
     (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session\na,a.wav,Hi there,ang,s1,1\n"
-                                    f'b,a.wav,"{text}",neu,s2,2\n')
+                                    f'b,a.wav,"{text}",neu,s2,1\n')   # one file: one session
     cfg = dict(corpus="manifest", manifest=str(tmp_path / "m.csv"), audio_model=None, text_model=rob,
                store_dtype="float32")
     new = tmp_path / "new.h5"

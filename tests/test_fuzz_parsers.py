@@ -138,10 +138,12 @@ item []:
             xmax = 1.2
             text = "AH0"
 '''
-CSV = ("id,audio,text,label,speaker,session,start,end\na,a.wav,\"hi, you\",ang,s1,1,,\n"
-       "b,a.wav,fine,hap,s2,2,0.1,0.5\nc,a.wav,ok,ang,s1,1,,\n")
+# one file under several ids: spans of different sessions may not overlap (a test fold would hold
+# audio trained on), so a and c end where b starts
+CSV = ("id,audio,text,label,speaker,session,start,end\na,a.wav,\"hi, you\",ang,s1,1,,0.1\n"
+       "b,a.wav,fine,hap,s2,2,0.1,0.5\nc,a.wav,ok,ang,s1,1,,0.1\n")
 JSONL = "\n".join(json.dumps(r) for r in [
-    {"id": "a", "audio": "a.wav", "text": "hi", "label": "ang", "speaker": "s", "session": 1},
+    {"id": "a", "audio": "a.wav", "text": "hi", "label": "ang", "speaker": "s", "session": 1, "end": 0.1},
     {"id": "b", "audio": "a.wav", "text": "yo", "label": "hap", "speaker": "s", "session": 2, "start": 0.1, "end": 0.4},
 ])
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import CorpusError
-from .manifest import _blank, _channels_in, _one_spelling, _same_session, _text, left_out_warning, near_code
+from .manifest import _blank, _channels_in, check_shared_audio, _one_spelling, _same_session, _text, left_out_warning, near_code
 from .records import Utterance
 from .textio import LINE_END_RE
 
@@ -245,4 +245,6 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
     if isinstance(labels, str) and labels not in LABEL_SETS and allowed - seen_raw:
         raise CorpusError(f"lhotse manifest {path}: --labels names {sorted(allowed - seen_raw)}, which no supervision "
                           f"has; its labels are {sorted(seen_raw)}")
-    return sorted((u for u, _ in utts.values()), key=lambda u: u.id)
+    out = sorted((u for u, _ in utts.values()), key=lambda u: u.id)
+    check_shared_audio(out, f"lhotse manifest {path}")
+    return out

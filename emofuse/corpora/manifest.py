@@ -244,6 +244,45 @@ def _channels_of(path: str, mtime_ns: int, size: int) -> int:   # keyed by the f
         return 1
 
 
+#: two utterances of one file overlapping by more than this share audio (rounding in a manifest aside)
+OVERLAP_S = 0.01
+
+
+def check_shared_audio(utts: list[Utterance], what: str) -> None:
+    """Refuse two utterances of one audio file (same resolved path) whose spans [start, end)
+    overlap by more than ``OVERLAP_S`` when they lie in different sessions: under
+    leave-one-session-out the test fold would hold audio trained on. Within one session, one
+    warning counts such pairs (a duplicated row weighs twice). A missing end is the file's end."""
+    by_file: dict[str, list[tuple[float, float, Utterance]]] = {}
+    for u in utts:
+        span = (u.start or 0.0, math.inf if u.end is None else u.end)
+        by_file.setdefault(os.path.realpath(u.audio_path), []).append((*span, u))
+    same, example = 0, None
+    for file, spans in by_file.items():
+        if len(spans) < 2:
+            continue
+        active: list[tuple[float, float, Utterance]] = []
+        for s, e, u in sorted(spans, key=lambda x: (x[0], x[2].id)):
+            active = [a for a in active if a[1] > s + OVERLAP_S]
+            for a_s, a_e, a in active:
+                if min(e, a_e) - s <= OVERLAP_S:
+                    continue
+                if a.session != u.session:
+                    to = min(e, a_e)
+                    raise CorpusError(
+                        f"{what}: utterances {a.id!r} (session {a.session!r}) and {u.id!r} (session {u.session!r}) "
+                        f"share the audio of {file} from {s:g} s to {'its end' if to == math.inf else f'{to:g} s'}, "
+                        "so a test fold would hold audio its model was trained on; give them spans that do not "
+                        "overlap, or one session")
+                same += 1
+                example = example or (a.id, u.id, file)
+            active.append((s, e, u))
+    if same:
+        log.warning(f"{what}: {same} pair(s) of utterances of one session share more than {OVERLAP_S * 1000:g} ms of "
+                    f"one audio file (e.g. {example[0]!r} and {example[1]!r} in {example[2]}); a repeated row "
+                    "weighs twice in training and scoring")
+
+
 def left_out_warning(what: str, spec: str, counts: dict[str, int]) -> str:
     """``N rows left out by --labels four: happy×1, Sad×1`` (most frequent first)."""
     shown = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -388,5 +427,6 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         log.warning(f"manifest {path}: {len(multi)} audio file(s) hold several channels (e.g. {multi[0]}, "
                     f"{_channels_in(multi[0])} channels); each is mixed to mono, so where the channels hold "
                     "different speakers, give each utterance a file of its own channel")
+    check_shared_audio(utts, f"manifest {path}")
     utts.sort(key=lambda u: u.id)
     return utts
