@@ -284,3 +284,13 @@ def test_one_file_under_several_ids_overlapping(long_wav, caplog):
     with caplog.at_level("WARNING"):
         assert len(load_corpus("manifest", path=m)) == 3
     assert "1 pair(s) of utterances of one session share more than 10 ms of one audio file (e.g. 'b' and 'c'" in caplog.text
+
+
+def test_jsonl_nested_fields_never_read_are_ignored(wavs):
+    """Before: an extra nested field ("meta": {...}, "words": [...]) refused the whole manifest."""
+    m = _jsonl(wavs / "m.jsonl", [{"id": "a", "audio": "audio/a.wav", "text": "hi", "label": "neu", "speaker": "s",
+                                   "session": 1, "meta": {"age": 3}, "words": [{"w": "hi", "start": 0.1}]}])
+    assert [u.id for u in load_corpus("manifest", path=m)] == ["a"]
+    m = _jsonl(wavs / "m.jsonl", [{"id": "a", "audio": "audio/a.wav", "text": "hi", "label": "neu", "speaker": "s",
+                                   "session": 1, "Duration": [1]}])
+    _refused(m, r"line 1: field 'Duration' holds a JSON list")

@@ -71,7 +71,9 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
             raise CorpusError(f"manifest {path}, line {no} holds a JSON {type(obj).__name__}; "
                               "expected one object per line ({\"id\": …, \"audio\": …})")
         for k, v in obj.items():
-            if v is not None and not isinstance(v, (str, int, float)):
+            # only the columns read are type-checked: a nested field nobody reads ("meta": {…},
+            # "words": […], as aligners and NeMo tools add) is no reason to refuse the manifest
+            if v is not None and not isinstance(v, (str, int, float)) and str(k).strip().casefold() in _ALIAS_OF:
                 raise CorpusError(f"manifest {path}, line {no}: field {k!r} holds a JSON {type(v).__name__}; "
                                   "expected a string, a number or null")
             if k not in columns:
