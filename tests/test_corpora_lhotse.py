@@ -167,3 +167,13 @@ def test_session_written_two_ways_or_null(lhotse_dir):
             s["custom"]["session"] = None
     _rewrite(sups, all_null)
     assert {u.session for u in load_corpus("lhotse", path=str(sups))} == {"spk1", "spk2", "spk3", "spk4"}
+
+
+@pytest.mark.parametrize("value,kind", [(["hap", "neu"], "list"), ({"hap": 0.7, "neu": 0.3}, "object")])
+def test_a_label_that_is_not_one_value_is_refused(lhotse_dir, value, kind):
+    """Before: custom emotion ["hap", "neu"] (or a dict) became a class named after its repr."""
+    sups = lhotse_dir / "supervisions.jsonl.gz"
+    _rewrite(sups, lambda lines: lines[1]["custom"].update(emotion=value))
+    with pytest.raises(CorpusError, match=rf"line 2: supervision 'rec0-b' has custom 'emotion' .*, a JSON {kind}; "
+                                          r"expected one label \(a string\)"):
+        load_corpus("lhotse", path=str(sups))

@@ -142,10 +142,13 @@ def _audio(rec: dict, where: str, base: Path) -> str:
     return path
 
 
-def _label(sup: dict) -> str:
+def _label(sup: dict, where: str) -> str:
     custom = sup.get("custom") or {}
     for key in ("emotion", "label"):
         v = custom.get(key)
+        if isinstance(v, (list, dict)):   # str() would make a class named "['hap', 'neu']"
+            raise CorpusError(f"{where}: supervision {sup.get('id')!r} has custom {key!r} {json.dumps(v)[:60]}, a JSON "
+                              f"{'list' if isinstance(v, list) else 'object'}; expected one label (a string)")
         if v not in (None, ""):
             return str(v).strip()
     return ""
@@ -198,7 +201,7 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
         sid = str(s.get("id") or "").strip()
         if not sid:
             raise CorpusError(f"{where}: a supervision has no id")
-        label = _label(s)
+        label = _label(s, where)
         if not label:
             raise CorpusError(f"{where}: supervision {sid!r} has no emotion label (custom 'emotion' or 'label')")
         if keep is not None:
