@@ -70,15 +70,18 @@ def _rewrite(path: Path, edit) -> None:
         f.write("".join(json.dumps(x) + "\n" for x in lines))
 
 
-def test_session_defaults_to_speaker_and_refusals(lhotse_dir):
+def test_session_defaults_to_speaker_and_refusals(lhotse_dir, caplog):
     sups = lhotse_dir / "supervisions.jsonl.gz"
 
     def no_session(lines):
         for s in lines:
             del s["custom"]["session"]
     _rewrite(sups, no_session)
-    utts = load_corpus("lhotse", path=str(sups))
+    with caplog.at_level("INFO"):
+        utts = load_corpus("lhotse", path=str(sups))
     assert {u.session for u in utts} == {"spk1", "spk2", "spk3", "spk4"}   # leave-one-speaker-out
+    # before: not a word about which fold unit was used
+    assert "no supervision has a custom 'session', so the fold unit is the speaker (leave-one-speaker-out)" in caplog.text
 
     _rewrite(sups, lambda lines: lines[2]["custom"].pop("emotion"))
     with pytest.raises(CorpusError, match=r"line 3: supervision 'rec1-a' has no emotion label"):

@@ -196,6 +196,9 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
         n = len(has_session) - sum(has_session)
         raise CorpusError(f"lhotse manifest {path}: {n} of {len(items)} supervisions lack custom 'session' while the "
                           "others have it; give every supervision its session (the cross-validation fold)")
+    if items and not use_session:
+        log.info(f"lhotse manifest {path}: no supervision has a custom 'session', so the fold unit is the speaker "
+                 "(leave-one-speaker-out)")
     spellings: dict[str, list] = {"label": [], "session": [], "speaker": []}
     for s, rec, offset, where, base in items:
         sid = str(s.get("id") or "").strip()
