@@ -225,6 +225,8 @@ def test_an_unknown_time_column_is_refused_not_ignored(long_wav, column):
     _refused(m, rf"column '{column}' reads as a time, which emofuse does not know")
     m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,1"], header=f"{HEADER},age")
     assert len(load_corpus("manifest", path=m)) == 1   # other unknown columns are still ignored
+    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,2021-03-04 10:00"], header=f"{HEADER},{column}")
+    assert len(load_corpus("manifest", path=m)) == 1   # named like a time but no number: an annotation's date
 
 
 def test_cp1252_names_stay_apart(wavs):

@@ -375,3 +375,16 @@ def test_only_the_layers_the_model_reads_must_be_finite(trained, monkeypatch):
     monkeypatch.setattr(encoders.HFAudioEncoder, "encode", audio_encode)
     with pytest.raises(EmofuseError, match="utterance x: the text encoder produced values that are not finite"):
         model.features(audio=[u["audio_path"]], text=[u["transcript"]], ids=["x"])
+
+
+def test_a_predict_manifest_reads_spans_as_the_corpus_reader_does(tmp_path):
+    """NeMo's offset + duration and SpeechBrain's stop are spans here too (the aliases reached
+    predict's reader, but a duration was dropped: the utterance ran to the file's end)."""
+    from emofuse.pipelines.predict import read_predict_manifest
+    (tmp_path / "n.jsonl").write_text('{"audio_filepath": "a.wav", "offset": 1.0, "duration": 0.5}\n')
+    assert read_predict_manifest(str(tmp_path / "n.jsonl"))[["start", "end"]].values.tolist() == [[1.0, 1.5]]
+    (tmp_path / "s.csv").write_text("wav,start,stop\na.wav,2,2.5\n")
+    assert read_predict_manifest(str(tmp_path / "s.csv"))[["start", "end"]].values.tolist() == [[2.0, 2.5]]
+    (tmp_path / "bad.csv").write_text("audio,start,end,duration\na.wav,1,2,3\n")
+    with pytest.raises(EmofuseError, match=r"bad.csv, line 2: end 2.0 and start 1.0 \+ duration 3.0 = 4.0 disagree"):
+        read_predict_manifest(str(tmp_path / "bad.csv"))

@@ -202,6 +202,20 @@ _TIME_COMPACT = re.compile(r"(start|end|begin|stop|onset|offset)(time|sec|secs|s
                            r"(seg|segment|utt|audio|wav)?(start|end|begin|stop|dur|duration|length|len)")
 
 
+def _numbers(values) -> bool:
+    """Whether every non-empty value reads as a number (and at least one is there)."""
+    seen = False
+    for v in values:
+        if v is None or str(v).strip() == "":
+            continue
+        try:
+            float(str(v).strip())
+        except ValueError:
+            return False
+        seen = True
+    return seen
+
+
 def looks_like_time(column: str) -> bool:
     """Whether a column name reads as a time or length (``duration``, ``end_time``, ``segStart``)."""
     name = str(column).strip()
@@ -336,7 +350,10 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         raise CorpusError(f"manifest {path} lacks columns {missing}; expected at least {list(REQUIRED)} "
                           f"(or their aliases, e.g. wav/path for audio, transcript for text, emotion for label; "
                           f"found {columns[:10]})")
-    unread = [c for c in columns if c not in REQUIRED + OPTIONAL and looks_like_time(c)]
+    # a column named like a time and holding numbers could be a span emofuse would ignore; one of
+    # dates or words (an annotation's timestamp) cannot
+    unread = [c for c in columns if c not in REQUIRED + OPTIONAL and looks_like_time(c)
+              and _numbers(r.get(c) for _, r in rows)]
     if unread:
         raise CorpusError(f"manifest {path}: column {unread[0]!r} reads as a time, which emofuse does not know; "
                           "expected start (alias offset, start_time, begin) with end (alias stop, end_time) or "

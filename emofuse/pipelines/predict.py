@@ -542,10 +542,12 @@ def _as_data(model: TrainedModel, ids: list[str], rows: dict, speakers=None) -> 
 
 def read_predict_manifest(path: str) -> pd.DataFrame:
     """A CSV/TSV/JSONL list of utterances to predict: ``audio`` (or ``wav``/``path``), optional
-    ``id``, ``text`` (or ``transcript``), ``speaker``, ``start``, ``end``; paths relative to the file."""
+    ``id``, ``text`` (or ``transcript``), ``speaker``, ``start``, ``end`` or ``duration`` (read as
+    the corpus manifest reads them: NeMo's ``offset``, SpeechBrain's ``stop``); paths relative to
+    the file."""
     from pathlib import Path
 
-    from ..corpora.manifest import canonical_columns, read_rows
+    from ..corpora.manifest import _span, canonical_columns, read_rows
 
     p = Path(path)
     columns, rows = read_rows(p)
@@ -560,20 +562,12 @@ def read_predict_manifest(path: str) -> pd.DataFrame:
         a = str(r.get("audio") or "").strip()
         if a and not os.path.isabs(a):
             a = str(p.parent / a)
-        out.append({"id": str(r.get("id") or "").strip() or (os.path.splitext(os.path.basename(a))[0] if a else f"line{no}"),
-                    "audio": a or None, "text": None if r.get("text") is None else str(r.get("text")),
+        uid = str(r.get("id") or "").strip() or (os.path.splitext(os.path.basename(a))[0] if a else f"line{no}")
+        start, end = _span(r, uid, f"{path}, line {no}")
+        out.append({"id": uid, "audio": a or None, "text": None if r.get("text") is None else str(r.get("text")),
                     "speaker": None if r.get("speaker") in (None, "") else str(r.get("speaker")),
-                    "start": _num(r.get("start")), "end": _num(r.get("end"))})
+                    "start": start, "end": end})
     return pd.DataFrame(out)
-
-
-def _num(v):
-    if v is None or (isinstance(v, str) and not v.strip()):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise EmofuseError(f"start/end {v!r} is not a number of seconds") from None
 
 
 def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
