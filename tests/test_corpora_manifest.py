@@ -213,18 +213,26 @@ def test_nemo_offset_duration_and_speechbrain_stop_are_spans(long_wav):
     assert [(u.start, u.end) for u in load_corpus("manifest", path=m)] == [(0.5, 1.5), (1.5, 2.5)]
     m = write_csv(long_wav / "d.csv", ["a,long.wav,x,neu,s,1,2"], header=HEADER + ",duration")   # NeMo: offset 0
     assert [(u.start, u.end) for u in load_corpus("manifest", path=m)] == [(None, 2.0)]
-    m = write_csv(long_wav / "bad.csv", ["a,long.wav,x,neu,s,1,0.5,2,1"], header=HEADER + ",start,end,duration")
-    _refused(m, r"line 2: end 2.0 and start 0.5 \+ duration 1.0 = 1.5 disagree for 'a'")
-    m = write_csv(long_wav / "ok.csv", ["a,long.wav,x,neu,s,1,0.5,1.5,1"], header=HEADER + ",start,end,duration")
+    # beside an end, a duration may be the file's (as many corpora list it): the end is read
+    m = write_csv(long_wav / "both.csv", ["a,long.wav,x,neu,s,1,0.5,2,3"], header=HEADER + ",start,end,duration")
+    assert [(u.start, u.end) for u in load_corpus("manifest", path=m)] == [(0.5, 2.0)]
+    # a NeMo whole-file row (its duration the file's length, rounded) is the whole file, as before
+    # the column was read: the store's fingerprint stays; start and offset side by side read start
+    rows = [{"id": "w", "audio_filepath": "long.wav", "text": "x", "label": "neu", "speaker": "s", "session": 1,
+             "duration": 3.04}]
+    whole = load_corpus("manifest", path=_jsonl(long_wav / "w.jsonl", rows))
+    assert [(u.start, u.end) for u in whole] == [(None, None)]
+    m = write_csv(long_wav / "so.csv", ["a,long.wav,x,neu,s,1,0.5,9,1.5"], header=HEADER + ",start,offset,end")
     assert [(u.start, u.end) for u in load_corpus("manifest", path=m)] == [(0.5, 1.5)]
 
 
-@pytest.mark.parametrize("column", ["length", "seg_end", "EndTime", "onset", "dur", "tmax"])
+@pytest.mark.parametrize("column", ["seg_end", "EndTime", "onset", "dur", "tmax", "utt_length"])
 def test_an_unknown_time_column_is_refused_not_ignored(long_wav, column):
     m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,1"], header=f"{HEADER},{column}")
     _refused(m, rf"column '{column}' reads as a time, which emofuse does not know")
-    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,1"], header=f"{HEADER},age")
-    assert len(load_corpus("manifest", path=m)) == 1   # other unknown columns are still ignored
+    for other in ("age", "text_length", "timestamp", "is_turn_start", "annotation_seconds"):   # something else
+        m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,1"], header=f"{HEADER},{other}")
+        assert len(load_corpus("manifest", path=m)) == 1, other
     m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,2021-03-04 10:00"], header=f"{HEADER},{column}")
     assert len(load_corpus("manifest", path=m)) == 1   # named like a time but no number: an annotation's date
 
@@ -254,38 +262,58 @@ def test_labels_named_set_counts_what_it_leaves_out_and_refuses_near_codes(wavs,
     _refused(m, r"line 7: label 'Sad' of 'f' is --labels four's 'sad' written another way; write 'sad'", labels="four")
 
 
-def test_multichannel_files_are_counted_when_mixed(wavs, caplog):
+def test_multichannel_files_are_counted_when_mixed(wavs, tiny_models, caplog):
     """Before: a stereo file (IEMOCAP-style dyadic: an actor per channel) was mixed to mono without
-    a word. It is still mixed (a manifest cannot pick a channel), with one warning counting them."""
-    sf.write(wavs / "audio" / "st.wav", np.zeros((1600, 2), np.int16), 16000)
-    m = write_csv(wavs / "m.csv", ["a,audio/st.wav,x,ang,s,1", "b,audio/st.wav,x,ang,s,1", "c,audio/c.wav,x,ang,s,2"])
+    a word. It is still mixed (a manifest cannot pick a channel), and extraction, which reads every
+    file anyway, counts them in one warning (reading every header at each load of a large manifest
+    cost seconds to minutes)."""
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    rng = np.random.default_rng(0)
+    sf.write(wavs / "audio" / "st.wav", (rng.standard_normal((8000, 2)) * 3000).astype(np.int16), 16000)
+    sf.write(wavs / "audio" / "c.wav", (rng.standard_normal(8000) * 3000).astype(np.int16), 16000)
+    m = write_csv(wavs / "m.csv", ["a,audio/st.wav,x,ang,s,1", "c,audio/c.wav,x,neu,s,2"])
     with caplog.at_level("WARNING"):
-        assert len(load_corpus("manifest", path=m)) == 3
-    assert "1 audio file(s) hold several channels (e.g. " in caplog.text and "st.wav, 2 channels); each is mixed" in caplog.text
-    caplog.clear()
-    sf.write(wavs / "audio" / "st.wav", np.zeros(1600, np.int16), 16000)   # rewritten mono: read again
-    with caplog.at_level("WARNING"):
-        load_corpus("manifest", path=m)
-    assert "several channels" not in caplog.text
+        assert len(load_corpus("manifest", path=m)) == 2
+        assert "several channels" not in caplog.text   # not at load
+        run_extract(ExtractConfig(corpus="manifest", manifest=str(m), out=str(wavs / "s.h5"), device="cpu",
+                                  audio_model=tiny_models["group"], text_model=None))
+    assert "audio: 1 audio file(s) hold several channels (e.g. " in caplog.text
+    assert "st.wav); each was mixed" in caplog.text
 
 
 def test_one_file_under_several_ids_overlapping(long_wav, caplog):
     """Before: the same audio under two ids with overlapping spans in different sessions was
-    accepted, so a test fold held audio its model was trained on."""
+    accepted without a word, so a test fold could hold audio its model was trained on. It is said
+    (not refused: two speakers' crosstalk in one recording overlaps too), in one pass per file."""
     m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,0,1.5", "b,long.wav,x,neu,s,2,1.0,2.0"],
                   header=HEADER + ",start,end")
-    _refused(m, r"utterances 'a' \(session 1\) and 'b' \(session 2\) share the audio of .*long\.wav from 1 s to 1\.5 s")
+    with caplog.at_level("WARNING"):
+        assert len(load_corpus("manifest", path=m)) == 2
+    assert ("1 utterance(s) share more than 10 ms of an audio file with an utterance of another session (e.g. 'a' "
+            "(session 1) and 'b' (session 2) in ") in caplog.text and "from 1 s to 1.5 s)" in caplog.text
+    caplog.clear()
     m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,,", "b,long.wav,x,neu,s,2,2.5,"], header=HEADER + ",start,end")
-    _refused(m, r"'a' \(session 1\) and 'b' \(session 2\) share the audio of .* from 2.5 s to its end")
-    # touching within 10 ms, or in one session: accepted (the latter with a warning)
-    m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,0,1.005", "b,long.wav,x,neu,s,2,1.0,2.0",
-                                       "c,long.wav,x,neu,s,2,1.5,", "d,long.wav,x,neu,s,2,,"], header=HEADER + ",start,end")
-    _refused(m, r"'a' \(session 1\) and 'd' \(session 2\)")
+    with caplog.at_level("WARNING"):
+        load_corpus("manifest", path=m)
+    assert "from 2.5 s to its end" in caplog.text
+    caplog.clear()
+    # touching within 10 ms: nothing; within one session: the other warning
     m = write_csv(long_wav / "m.csv", ["a,long.wav,x,neu,s,1,0,1.005", "b,long.wav,x,neu,s,2,1.0,2.0",
                                        "c,long.wav,x,neu,s,2,1.5,"], header=HEADER + ",start,end")
     with caplog.at_level("WARNING"):
         assert len(load_corpus("manifest", path=m)) == 3
-    assert "1 pair(s) of utterances of one session share more than 10 ms of one audio file (e.g. 'b' and 'c'" in caplog.text
+    assert "another session" not in caplog.text
+    assert "1 utterance(s) share more than 10 ms of an audio file with another of their session (e.g. 'b' and 'c'" \
+        in caplog.text
+    # 5,000 rows of one file in one session: utterances counted in one pass (before, 12.5 million pairs)
+    from emofuse.corpora.manifest import check_shared_audio
+    from emofuse.corpora.records import Utterance
+    utts = [Utterance(id=f"u{i}", audio_path=str(long_wav / "long.wav"), transcript="x", label="neu", session=1,
+                      speaker="s") for i in range(5000)]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_shared_audio(utts, "m")
+    assert "m: 4999 utterance(s) share" in caplog.text
 
 
 def test_jsonl_nested_fields_never_read_are_ignored(wavs):

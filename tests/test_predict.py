@@ -385,6 +385,8 @@ def test_a_predict_manifest_reads_spans_as_the_corpus_reader_does(tmp_path):
     assert read_predict_manifest(str(tmp_path / "n.jsonl"))[["start", "end"]].values.tolist() == [[1.0, 1.5]]
     (tmp_path / "s.csv").write_text("wav,start,stop\na.wav,2,2.5\n")
     assert read_predict_manifest(str(tmp_path / "s.csv"))[["start", "end"]].values.tolist() == [[2.0, 2.5]]
-    (tmp_path / "bad.csv").write_text("audio,start,end,duration\na.wav,1,2,3\n")
-    with pytest.raises(EmofuseError, match=r"bad.csv, line 2: end 2.0 and start 1.0 \+ duration 3.0 = 4.0 disagree"):
+    (tmp_path / "both.csv").write_text("audio,start,end,duration\na.wav,1,2,3\n")   # beside an end: the file's
+    assert read_predict_manifest(str(tmp_path / "both.csv"))[["start", "end"]].values.tolist() == [[1.0, 2.0]]
+    (tmp_path / "bad.csv").write_text("audio,start,end\na.wav,2,1\n")
+    with pytest.raises(EmofuseError, match=r"bad.csv, line 2: end 1.0 is not after start 2.0"):
         read_predict_manifest(str(tmp_path / "bad.csv"))

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import CorpusError
-from .manifest import _blank, _channels_in, check_shared_audio, _one_spelling, _same_session, _text, left_out_warning, near_code
+from .manifest import (_blank, _channels_in, _one_spelling, _same_session, _text, check_shared_audio, left_out_warning,
+                       near_code)
 from .records import Utterance
 from .textio import LINE_END_RE
 
@@ -237,13 +238,15 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
         utts[sid] = (u, where)
         # sessions as written (a store's fingerprint holds them), compared as the manifest reader
         # compares them: 1, "01" and 1.0 are one session written three ways, and refused
-        for column, v, canon in (("label", label, label), ("session", session, _same_session(session)),
+        # (without sessions the speaker is the fold unit: compared as a speaker, not as a number)
+        for column, v, canon in (("label", label, label),
+                                 ("session", session, _same_session(session) if use_session else session),
                                  ("speaker", speaker, speaker)):
             spellings[column].append((v, canon, where))
     for column, values in spellings.items():
-        _one_spelling(values, column, Path(path))
+        _one_spelling(values, column, Path(path), "lhotse manifest")
     if left_out and isinstance(labels, str):
-        log.warning(left_out_warning(f"lhotse manifest {path}", labels, left_out).replace(" rows ", " supervisions "))
+        log.warning(left_out_warning(f"lhotse manifest {path}", labels, left_out, "supervision"))
     if not utts:
         raise CorpusError(f"lhotse manifest {path} holds no supervision" + (f" with a label in {sorted(allowed)} "
                                                                             f"(its labels are {sorted(seen_raw)})"

@@ -148,14 +148,14 @@ def _seconds(v: Any, name: str, where: str) -> float | None:
     return x
 
 
-def _one_spelling(values: list[tuple[str, Any, str]], column: str, path: Path) -> None:
+def _one_spelling(values: list[tuple[str, Any, str]], column: str, path: Path, what: str = "manifest") -> None:
     """Refuse a value written two ways (``Ang``/``ang``; session ``1``/``1.0``): the two would
     silently become two classes, folds or speakers. ``values``: (spelling, canonical, where)."""
     first: dict[Any, tuple[str, str]] = {}
     for spelling, canon, where in values:
         key = canon.casefold() if isinstance(canon, str) else canon
         if key in first and first[key][0] != spelling:
-            raise CorpusError(f"manifest {path}: {column} {spelling!r} ({where}) and {first[key][0]!r} "
+            raise CorpusError(f"{what} {path}: {column} {spelling!r} ({where}) and {first[key][0]!r} "
                               f"({first[key][1]}) differ only in spelling; write one of them everywhere")
         first.setdefault(key, (spelling, where))
 
@@ -181,10 +181,14 @@ def canonical_columns(columns: Iterable[str], path: Path | str) -> dict[str, str
     (case-insensitive: ``Wav``, ``Emotion``). Two columns naming one canonical column are refused."""
     out: dict[str, str] = {}
     first: dict[str, str] = {}
+    columns = list(columns)
+    written = {str(c).strip().casefold() for c in columns}
     for c in columns:
         canon = _ALIAS_OF.get(str(c).strip().casefold())
         if canon is None:
             continue
+        if canon in ("start", "end") and canon in written and str(c).strip().casefold() != canon:
+            continue   # a time alias beside the column itself (start and offset): the column is read, as before
         if canon in first:
             raise CorpusError(f"manifest {path}: columns {first[canon]!r} and {c!r} both name the {canon!r} column "
                               f"(aliases {list(ALIASES[canon])}); keep one of them")
@@ -193,13 +197,14 @@ def canonical_columns(columns: Iterable[str], path: Path | str) -> dict[str, str
     return out
 
 
-#: words that make a column read as a time (``dur``, ``length``, ``onset_s``, ``endTime``): such a
-#: column that is not one of ``ALIASES`` is refused rather than ignored, since ignoring it reads
-#: every row as its whole file
-TIME_WORDS = frozenset(("start", "end", "begin", "stop", "onset", "offset", "duration", "dur", "length",
-                        "time", "times", "timestamp", "tmin", "tmax", "xmin", "xmax", "sec", "secs", "seconds"))
+#: column names that say an utterance's span (``onset``, ``seg_end``, ``endTime``, ``utt_dur``),
+#: matched on the whole name with its separators and case dropped: such a column that is not one
+#: of ``ALIASES`` and holds numbers is refused rather than ignored, since ignoring it reads every
+#: row as its whole file. Whole names only: ``text_length``, ``timestamp``, ``is_turn_start`` are
+#: something else.
 _TIME_COMPACT = re.compile(r"(start|end|begin|stop|onset|offset)(time|sec|secs|seconds|ms|s)?|dur(ation)?s?|"
-                           r"(seg|segment|utt|audio|wav)?(start|end|begin|stop|dur|duration|length|len)")
+                           r"(seg|segment|utt|utterance)(start|end|begin|stop|dur|duration|length|len)|"
+                           r"[tx](min|max)")
 
 
 def _numbers(values) -> bool:
@@ -218,28 +223,51 @@ def _numbers(values) -> bool:
 
 def looks_like_time(column: str) -> bool:
     """Whether a column name reads as a time or length (``duration``, ``end_time``, ``segStart``)."""
-    name = str(column).strip()
-    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).casefold())
-    return any(w in TIME_WORDS for w in words) or _TIME_COMPACT.fullmatch(re.sub(r"[^a-z]", "", name.casefold())) is not None
+    return _TIME_COMPACT.fullmatch(re.sub(r"[^a-z]", "", str(column).strip().casefold())) is not None
 
 
-def _span(row: dict, uid: str, where: str) -> tuple[float | None, float | None]:
+def _span(row: dict, uid: str, where: str, audio: str | None = None) -> tuple[float | None, float | None]:
     """(start, end) of a row: ``start``/``end``, or ``start`` (``offset``, 0 when blank) with
-    ``duration``; an ``end`` beside a ``duration`` must agree with it (to the millisecond)."""
+    ``duration`` when there is no ``end`` (beside an ``end``, a ``duration`` may be the file's and
+    is not read). A duration from the file's start that reaches within ``WHOLE_S`` of the end of
+    ``audio``, or past it, is the whole file (``end`` None, as a row without times): NeMo writes a
+    whole file's length as its duration, rounded."""
     start = _seconds(row.get("start"), "start", where)
     end = _seconds(row.get("end"), "end", where)
     duration = _seconds(row.get("duration"), "duration", where)
-    if duration is not None:
-        spanned = round((start or 0.0) + duration, 6)
-        if end is not None and abs(end - spanned) > 1e-3:
-            raise CorpusError(f"{where}: end {end} and start {start or 0.0} + duration {duration} = {spanned} "
-                              f"disagree for {uid!r}; give end or duration, or make them agree")
-        end = spanned
+    if duration is not None and end is None:
+        end = round((start or 0.0) + duration, 6)
+        length = _seconds_in(audio) if audio is not None and not start else None
+        if length is not None and end >= length - WHOLE_S:
+            start, end = None, None
     if start is not None and end is not None and end <= start:
         raise CorpusError(f"{where}: end {end} is not after start {start} for {uid!r}")
     if start is None and end is not None and end <= 0:
         raise CorpusError(f"{where}: end {end} is not after the file's start for {uid!r}")
     return start, end
+
+
+#: a span from ``duration`` that ends this close to its file's end (or past it) is the rest of the file
+WHOLE_S = 0.05
+
+
+def _seconds_in(path: str) -> float | None:
+    """An audio file's length in seconds (its header), None when it cannot be read here."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _header_of(path, st.st_mtime_ns, st.st_size)[1]
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _header_of(path: str, mtime_ns: int, size: int) -> tuple[int, float | None]:   # keyed by the file's state
+    """(channels, seconds) of an audio file's header; (1, None) when it cannot be read."""
+    try:
+        info = sf.info(path)
+        return int(info.channels), float(info.frames) / float(info.samplerate)
+    except Exception:
+        return 1, None
 
 
 def _channels_in(path: str) -> int:
@@ -249,15 +277,7 @@ def _channels_in(path: str) -> int:
         st = os.stat(path)
     except OSError:
         return 1
-    return _channels_of(path, st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=65536)
-def _channels_of(path: str, mtime_ns: int, size: int) -> int:   # keyed by the file's state: a rewritten file is read again
-    try:
-        return int(sf.info(path).channels)
-    except Exception:
-        return 1
+    return _header_of(path, st.st_mtime_ns, st.st_size)[0]
 
 
 #: two utterances of one file overlapping by more than this share audio (rounding in a manifest aside)
@@ -265,44 +285,50 @@ OVERLAP_S = 0.01
 
 
 def check_shared_audio(utts: list[Utterance], what: str) -> None:
-    """Refuse two utterances of one audio file (same resolved path) whose spans [start, end)
-    overlap by more than ``OVERLAP_S`` when they lie in different sessions: under
-    leave-one-session-out the test fold would hold audio trained on. Within one session, one
-    warning counts such pairs (a duplicated row weighs twice). A missing end is the file's end."""
+    """Say when utterances of one audio file (same resolved path) overlap by more than
+    ``OVERLAP_S`` (a missing end is the file's end). Across sessions that may be one recording
+    under two ids (a test fold would hold audio its model was trained on) or two speakers' crosstalk
+    in one recording (expected): a warning, not a refusal. Within a session, a repeated row
+    weighs twice. Each file's spans are swept in order of start, keeping the furthest end reached
+    by each session so far: a sort and a pass, whatever the number of rows."""
     by_file: dict[str, list[tuple[float, float, Utterance]]] = {}
     for u in utts:
-        span = (u.start or 0.0, math.inf if u.end is None else u.end)
-        by_file.setdefault(os.path.realpath(u.audio_path), []).append((*span, u))
-    same, example = 0, None
+        by_file.setdefault(os.path.realpath(u.audio_path), []).append(
+            (u.start or 0.0, math.inf if u.end is None else u.end, u))
+    across, within, example_a, example_w = 0, 0, None, None
     for file, spans in by_file.items():
         if len(spans) < 2:
             continue
-        active: list[tuple[float, float, Utterance]] = []
+        reach: dict[Any, tuple[float, Utterance]] = {}   # session → (furthest end so far, whose)
         for s, e, u in sorted(spans, key=lambda x: (x[0], x[2].id)):
-            active = [a for a in active if a[1] > s + OVERLAP_S]
-            for a_s, a_e, a in active:
-                if min(e, a_e) - s <= OVERLAP_S:
-                    continue
-                if a.session != u.session:
-                    to = min(e, a_e)
-                    raise CorpusError(
-                        f"{what}: utterances {a.id!r} (session {a.session!r}) and {u.id!r} (session {u.session!r}) "
-                        f"share the audio of {file} from {s:g} s to {'its end' if to == math.inf else f'{to:g} s'}, "
-                        "so a test fold would hold audio its model was trained on; give them spans that do not "
-                        "overlap, or one session")
-                same += 1
-                example = example or (a.id, u.id, file)
-            active.append((s, e, u))
-    if same:
-        log.warning(f"{what}: {same} pair(s) of utterances of one session share more than {OVERLAP_S * 1000:g} ms of "
-                    f"one audio file (e.g. {example[0]!r} and {example[1]!r} in {example[2]}); a repeated row "
-                    "weighs twice in training and scoring")
+            hits = [(sess, r_e, r_u) for sess, (r_e, r_u) in reach.items() if min(e, r_e) - s > OVERLAP_S]
+            other = [h for h in hits if h[0] != u.session]
+            if other:
+                across += 1
+                example_a = example_a or (other[0][2], u, file, s, min(e, other[0][1]))
+            elif hits:
+                within += 1
+                example_w = example_w or (hits[0][2].id, u.id, file)
+            if e > reach.get(u.session, (-math.inf, None))[0]:
+                reach[u.session] = (e, u)
+    if across:
+        a, u, file, s, to = example_a
+        log.warning(f"{what}: {across} utterance(s) share more than {OVERLAP_S * 1000:g} ms of an audio file with an "
+                    f"utterance of another session (e.g. {a.id!r} (session {a.session!r}) and {u.id!r} (session "
+                    f"{u.session!r}) in {file}, from {s:g} s to {'its end' if to == math.inf else f'{to:g} s'}): two "
+                    "speakers' crosstalk in one recording is expected, but one recording under two ids puts audio a "
+                    "model was trained on into its test fold")
+    if within:
+        log.warning(f"{what}: {within} utterance(s) share more than {OVERLAP_S * 1000:g} ms of an audio file with "
+                    f"another of their session (e.g. {example_w[0]!r} and {example_w[1]!r} in {example_w[2]}); a "
+                    "repeated row weighs twice in training and scoring")
 
 
-def left_out_warning(what: str, spec: str, counts: dict[str, int]) -> str:
+def left_out_warning(what: str, spec: str, counts: dict[str, int], unit: str = "row") -> str:
     """``N rows left out by --labels four: happy×1, Sad×1`` (most frequent first)."""
     shown = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return (f"{what}: {sum(counts.values())} rows left out by --labels {spec}: "
+    n = sum(counts.values())
+    return (f"{what}: {n} {unit}{'' if n == 1 else 's'} left out by --labels {spec}: "
             + ", ".join(f"{k}×{n}" for k, n in shown[:12]) + (" …" if len(shown) > 12 else ""))
 
 
@@ -352,8 +378,8 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
                           f"found {columns[:10]})")
     # a column named like a time and holding numbers could be a span emofuse would ignore; one of
     # dates or words (an annotation's timestamp) cannot
-    unread = [c for c in columns if c not in REQUIRED + OPTIONAL and looks_like_time(c)
-              and _numbers(r.get(c) for _, r in rows)]
+    unread = [c for c in columns if c not in REQUIRED + OPTIONAL and str(c).strip().casefold() not in _ALIAS_OF
+              and looks_like_time(c) and _numbers(r.get(c) for _, r in rows)]
     if unread:
         raise CorpusError(f"manifest {path}: column {unread[0]!r} reads as a time, which emofuse does not know; "
                           "expected start (alias offset, start_time, begin) with end (alias stop, end_time) or "
@@ -408,7 +434,7 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         audio = audio if audio.is_absolute() else base / audio
         if not _is_file(audio, f"{where}: audio file"):
             raise CorpusError(f"{where}: missing audio file {audio} for {uid!r}")
-        start, end = _span(row, uid, where)
+        start, end = _span(row, uid, where, str(audio))
         aligns = {}
         if not _blank(row.get("textgrid")):
             tg = Path(str(row["textgrid"]).strip())
@@ -438,14 +464,8 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
         _one_spelling(values, column, path)
     if left_out:
         log.warning(left_out_warning(f"manifest {path}", spec, left_out))
-    # Every channel of a file is mixed to mono at extraction. That is right for a stereo recording
-    # of one voice, wrong for a dyadic one (IEMOCAP-style: an actor per channel); a manifest cannot
-    # pick a channel, so say how many files are mixed rather than refuse them.
-    multi = sorted({u.audio_path for u in utts if _channels_in(u.audio_path) > 1})
-    if multi:
-        log.warning(f"manifest {path}: {len(multi)} audio file(s) hold several channels (e.g. {multi[0]}, "
-                    f"{_channels_in(multi[0])} channels); each is mixed to mono, so where the channels hold "
-                    "different speakers, give each utterance a file of its own channel")
+    # (files of several channels are mixed to mono at extraction, which counts them: reading every
+    # header here would cost each load of a large manifest seconds to minutes)
     check_shared_audio(utts, f"manifest {path}")
     utts.sort(key=lambda u: u.id)
     return utts

@@ -79,6 +79,10 @@ def segment_samples(start_s: float | None, end_s: float | None, info) -> tuple[i
     return start, stop
 
 
+#: the audio files of several channels ``load_audio`` mixed to mono (extraction says how many)
+MIXED: set[str] = set()
+
+
 def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
     """Mono float32 samples of ``utt`` at ``target_sr`` (its ``start``/``end`` segment if given).
 
@@ -103,6 +107,8 @@ def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
         raise
     except Exception as e:  # soundfile raises several types for broken files
         raise BadInput(f"unreadable audio ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
+    if audio.shape[1] > 1:
+        MIXED.add(path)
     audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if audio.size == 0:
         raise BadInput("empty audio (0 samples)")

@@ -3,17 +3,20 @@ checked and committed one unit at a time (in the background on a GPU)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
 
 from ...corpora import Utterance
-from ...extract.audio import BadInput, load_audio
+from ...extract.audio import MIXED, BadInput, load_audio
 from ...extract.batching import commit_units, length_batches
 from .config import shard_part
 from ..progress import progress_bar
 from .stream import StreamJob, not_finite
 from .threads import BackgroundCommits, Prefetch
+
+log = logging.getLogger(__name__)
 
 
 def batch_seconds(job: StreamJob) -> float:
@@ -56,6 +59,7 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
             except BadInput as e:
                 return e
         audio = Prefetch([b for unit in units for b in unit], read, background)
+        MIXED.clear()
         try:
             for unit in units:
                 _audio_unit(job, unit, by_id, commits, audio)
@@ -64,6 +68,10 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
         finally:
             audio.close()
             commits.close()
+    if MIXED:   # right for a stereo recording of one voice, wrong for a dyadic one (a speaker per channel)
+        log.warning(f"{job.name}: {len(MIXED)} audio file(s) hold several channels (e.g. {sorted(MIXED)[0]}); each "
+                    "was mixed to mono, so where the channels hold different speakers, give each utterance a file "
+                    "of its own channel")
 
 
 def _audio_unit(job: StreamJob, unit: list[list[str]], by_id: dict[str, Utterance], commits: BackgroundCommits,
