@@ -180,3 +180,26 @@ def test_a_label_that_is_not_one_value_is_refused(lhotse_dir, value, kind):
     with pytest.raises(CorpusError, match=rf"line 2: supervision 'rec0-b' has custom 'emotion' .*, a JSON {kind}; "
                                           r"expected one label \(a string\)"):
         load_corpus("lhotse", path=str(sups))
+
+
+def test_labels_left_out_near_codes_and_speaker_folds(lhotse_dir, caplog):
+    """--labels four counts the supervisions it leaves out (before: dropped without a word) and
+    refuses IEMOCAP's codes written another way; with no sessions the speaker is the fold and is
+    compared as a speaker ('1' and '01' are two speakers, not one session written two ways)."""
+    import logging
+    sups = lhotse_dir / "supervisions.jsonl.gz"
+    _rewrite(sups, lambda lines: lines[0]["custom"].update(emotion="fru"))
+    with caplog.at_level(logging.WARNING):
+        utts = load_corpus("lhotse", path=str(sups), labels="four")
+    assert len(utts) == 5 and ": 1 supervision left out by --labels four: fru×1" in caplog.text
+    _rewrite(sups, lambda lines: lines[0]["custom"].update(emotion="Sad"))
+    with pytest.raises(CorpusError, match=r"'Sad'.*'sad'"):
+        load_corpus("lhotse", path=str(sups), labels="four")
+
+    def speakers(lines):
+        for k, s in enumerate(lines):
+            s["custom"].pop("session", None)
+            s["custom"]["emotion"] = "neu"
+            s["speaker"] = "1" if k % 2 else "01"
+    _rewrite(sups, speakers)
+    assert {u.session for u in load_corpus("lhotse", path=str(sups))} == {"1", "01"}
