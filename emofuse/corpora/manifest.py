@@ -354,8 +354,9 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 
 def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -> list[Utterance]:
     """Read a manifest with columns ``id, audio, text, label, speaker, session`` (+ ``start, end,
-    duration, gender, textgrid``; ``start`` + ``duration`` is a span as ``start``/``end``, and an
-    unknown column that reads as a time is refused rather than ignored). Relative paths resolve against the manifest's folder. Column names are
+    duration, gender, textgrid``; without an ``end``, ``start`` + ``duration`` is the span (see
+    ``_span``), and an unknown numeric column named as a span's time is refused rather than
+    ignored). Relative paths resolve against the manifest's folder. Column names are
     case-insensitive and take the common aliases in ``ALIASES`` (``wav``/``path`` for audio,
     ``transcript`` for text, ``emotion`` for label …).
 
