@@ -472,3 +472,32 @@ def test_pooled_again_counts_only_the_utterances_pooled(extracted, small_fake, t
     assert r.returncode == 0, r.stderr
     assert "0 utterances aligned (24 already in the store)" in r.stdout and "pooled again" not in r.stdout, r.stdout
     assert f"{wdseg}" in r.stdout
+
+
+def test_a_conversation_textgrid_gives_each_utterance_its_own_speakers_words(tiny_models, tmp_path):
+    """One TextGrid of a two-speaker recording (MFA: tiers ``A - words``, ``B - words`` …), each
+    utterance a slice of the file: each is pooled from its own speaker's tiers (before: no tier
+    was found, or one named tier was read for both speakers)."""
+    import soundfile as sf
+    from praatio import textgrid as ptg
+    from praatio.utilities.constants import Interval
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "conv.wav", (rng.standard_normal(32000) * 0.1).astype(np.float32), 16000, subtype="PCM_16")
+    tg = ptg.Textgrid()
+    words = {"A": [(0.1, 0.4, "hello"), (0.5, 0.9, "there")], "B": [(1.1, 1.5, "fine"), (1.6, 1.9, "thanks")]}
+    for spk, ws in words.items():
+        tg.addTier(ptg.IntervalTier(f"{spk} - words", [Interval(s, e, w) for s, e, w in ws], 0, 2.0))
+        tg.addTier(ptg.IntervalTier(f"{spk} - phones", [Interval(s, e, "AH0") for s, e, _ in ws], 0, 2.0))
+    tg.save(str(tmp_path / "conv.TextGrid"), format="long_textgrid", includeBlankSpaces=True)
+    (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session,start,end,textgrid\n"
+                                    "a,conv.wav,hello there,ang,A,1,0,1,conv.TextGrid\n"
+                                    "b,conv.wav,fine thanks,neu,B,1,1,2,conv.TextGrid\n")
+    store = tmp_path / "s.h5"
+    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
+            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    r = run("align-segments", "--store", store, "--source", "textgrid", "--granularities", "word,phone")
+    assert r.returncode == 0 and "2 utterances aligned" in r.stdout, r.stdout + r.stderr
+    with FeatureStore(store) as fs:
+        assert list(fs.segments("audio", "word", "a").symbols) == ["hello", "there"]
+        assert list(fs.segments("audio", "word", "b").symbols) == ["fine", "thanks"]

@@ -270,3 +270,31 @@ def test_the_sphinx_aligners_settings_are_in_its_digest(monkeypatch):
         m.setattr(sphinx_aligner.importlib.util, "find_spec", lambda n, *a: None if n == "num2words" else real(n, *a))
         seen.add(got())
     assert len(seen) == 7   # each setting changes the digest
+
+
+def test_a_textgrid_of_several_speakers_is_read_by_the_utterances_speaker(tmp_path):
+    """MFA aligning a conversation writes tiers per speaker (``A - words``). Before, no tier was
+    found, and ``--word-tier "A - words"`` read A's words for B's utterances too, silently."""
+    from praatio import textgrid as ptg
+    from praatio.utilities.constants import Interval
+
+    from emofuse.align.textgrid import read_textgrid, speaker_tiers, write_textgrid
+    from emofuse.errors import EmofuseError
+    tg = ptg.Textgrid()
+    for spk, word, (s, e) in (("A", "hello", (0.1, 0.5)), ("B", "mhm", (0.6, 0.9))):
+        tg.addTier(ptg.IntervalTier(f"{spk} - words", [Interval(s, e, word)], 0, 2.0))
+        tg.addTier(ptg.IntervalTier(f"{spk} - phones", [Interval(s, e, "AH0")], 0, 2.0))
+    path = tmp_path / "conv.TextGrid"
+    tg.save(str(path), format="long_textgrid", includeBlankSpaces=True)
+    assert speaker_tiers(path)
+    for spk, word in (("A", "hello"), ("B", "mhm")):
+        assert [i.symbol for i in read_textgrid(path, speaker=spk)["word"] if i.symbol] == [word]
+    with pytest.raises(EmofuseError, match=r"tier 'A - words' is speaker 'A''s .* this utterance's speaker is 'B'; "
+                                           r"name the tier without its speaker \('words'"):
+        read_textgrid(path, {"word": ("A - words",), "phone": ("A - phones",)}, speaker="B")
+    with pytest.raises(EmofuseError, match=r"tiers named per speaker are read by the utterance's speaker, here 'C'"):
+        read_textgrid(path, speaker="C")
+    plain = tmp_path / "plain.TextGrid"
+    write_textgrid(plain, {"word": [AlignmentItem("hi", 0.1, 0.3)]}, 1.0)
+    assert not speaker_tiers(plain)
+    assert [i.symbol for i in read_textgrid(plain, speaker="A")["word"] if i.symbol] == ["hi"]

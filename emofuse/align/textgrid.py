@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -13,9 +14,26 @@ DEFAULT_TIERS = {"word": ("words", "word", "Word"), "phone": ("phones", "phone",
                  "syllable": ("syllables", "syllable", "Syllable")}
 
 
-def read_textgrid(path: str | Path, tier_names: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[AlignmentItem]]:
+#: a speaker's tier in a TextGrid of several speakers, as MFA writes one: ``SPEAKER - words``
+SPEAKER_TIER = re.compile(r"^(?P<speaker>.+) - (?P<tier>[^-]+)$")
+
+
+def speaker_tiers(path: str | Path) -> bool:
+    """Whether a TextGrid's tiers are named per speaker (``A - words``), from its bytes (cheap:
+    no parse)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return False
+    return re.search(rb'name = "[^"\n]+ - [^"\n-]+"', raw) is not None
+
+
+def read_textgrid(path: str | Path, tier_names: Mapping[str, Sequence[str]] | None = None,
+                  speaker: str | None = None) -> dict[str, list[AlignmentItem]]:
     """``{tier: items}`` from a TextGrid; ``tier_names`` maps our tiers to candidate tier names.
-    Empty intervals are kept as silence ('')."""
+    Empty intervals are kept as silence (''). In a TextGrid of several speakers (MFA's ``SPEAKER -
+    words`` tiers) the tier of the utterance's ``speaker`` is read; another speaker's tier is
+    refused (its words are not this utterance's)."""
     from praatio import textgrid
 
     names = {**DEFAULT_TIERS, **(tier_names or {})}
@@ -25,9 +43,18 @@ def read_textgrid(path: str | Path, tier_names: Mapping[str, Sequence[str]] | No
         raise EmofuseError(f"TextGrid {path} could not be read: {str(e).splitlines()[0][:200]}") from e
     out: dict[str, list[AlignmentItem]] = {}
     for tier, candidates in names.items():
-        found = next((c for c in candidates if c in tg.tierNames), None)
+        own = [f"{speaker} - {c}" for c in candidates] if speaker is not None else []
+        found = next((c for c in own + list(candidates) if c in tg.tierNames), None)
         if found is None:
             continue
+        m = SPEAKER_TIER.match(found)
+        if m and speaker is not None and m["speaker"] != str(speaker):
+            others = [t for t in tg.tierNames if (o := SPEAKER_TIER.match(t)) is not None and o["tier"] == m["tier"]]
+            if len(others) > 1:
+                raise EmofuseError(f"TextGrid {path}: tier {found!r} is speaker {m['speaker']!r}'s (the TextGrid has "
+                                   f"{others}), and this utterance's speaker is {speaker!r}; name the tier without "
+                                   f"its speaker ({m['tier']!r}: each utterance then reads its own speaker's), or "
+                                   "give the utterances the TextGrid's speaker names")
         t = tg.getTier(found)
         if not isinstance(t, textgrid.IntervalTier):
             raise EmofuseError(f"TextGrid {path}: tier {found!r} is a point tier; expected intervals (start, end, label)")
@@ -39,8 +66,11 @@ def read_textgrid(path: str | Path, tier_names: Mapping[str, Sequence[str]] | No
                                "expected finite times >= 0, end after start")
         out[tier] = items
     if not out:
+        per_speaker = any(SPEAKER_TIER.match(t) for t in tg.tierNames)
         raise EmofuseError(f"TextGrid {path} has tiers {list(tg.tierNames)}; expected one of "
-                           f"{sorted({c for v in names.values() for c in v})} (set the tier names to match)")
+                           f"{sorted({c for v in names.values() for c in v})} (set the tier names to match)"
+                           + (f"; tiers named per speaker are read by the utterance's speaker, here {speaker!r}"
+                              if per_speaker else ""))
     return out
 
 

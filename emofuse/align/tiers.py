@@ -11,12 +11,12 @@ from .syllabify import UnknownPhone, syllabify
 from .textgrid import read_textgrid
 
 
-def read_alignment(paths: Mapping[str, str], tier_names: Mapping[str, Sequence[str]] | None = None
-                   ) -> dict[str, list[AlignmentItem]]:
+def read_alignment(paths: Mapping[str, str], tier_names: Mapping[str, Sequence[str]] | None = None,
+                   speaker: str | None = None) -> dict[str, list[AlignmentItem]]:
     """``{tier: items}`` from an utterance's alignment files (``word``/``phone``/``syllable``
-    Sphinx files, or a ``textgrid``)."""
+    Sphinx files, or a ``textgrid``: of several speakers, ``speaker``'s tiers)."""
     if "textgrid" in paths:
-        return read_textgrid(paths["textgrid"], tier_names)
+        return read_textgrid(paths["textgrid"], tier_names, speaker)
     return {tier: read_seg(p, tier) for tier, p in paths.items() if tier in ("word", "phone", "syllable")}
 
 

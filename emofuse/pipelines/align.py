@@ -18,7 +18,7 @@ import torch
 from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
-from ..align.textgrid import textgrid_end
+from ..align.textgrid import speaker_tiers, textgrid_end
 from ..align.tiers import (alignment_ends, check_covers_audio, check_within_audio, complete_tiers, cut_to_slice,
                            read_alignment)
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
@@ -290,6 +290,12 @@ def _records(cfg: AlignConfig, fs: FeatureStore):
     return {u.id: u for u in utts}
 
 
+def _speaker(row) -> str | None:
+    """An utterance's speaker from its table row (None when the table has none)."""
+    v = row.get("speaker") if hasattr(row, "get") else None
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == "" else str(v)
+
+
 def _file_bytes_digest(paths) -> str:
     h = hashlib.sha256()
     for tier, p in sorted(paths.items()):
@@ -322,6 +328,8 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
                 src["segment"] = [start, end]
         else:
             src = {"files": _file_bytes_digest(paths)}
+            if "textgrid" in paths and speaker_tiers(paths["textgrid"]):   # which speaker's tiers are read
+                src["speaker"] = _speaker(utt_table.loc[uid])
             if "textgrid" in paths and uid in slices:
                 cut = whole_file_textgrid(paths["textgrid"], inputs.audio.get(uid), *slices[uid])
                 if cut is not None:   # pooled from the slice's part of it (before: read as slice-timed)
@@ -577,7 +585,7 @@ def _short_of_audio(job: "_AlignJob", ids: list[str]) -> list[str]:
         if not np.isfinite(seconds) or _segment_of(row) != (None, None):
             continue
         try:
-            tiers = read_alignment(paths, job.cfg.tier_names)
+            tiers = read_alignment(paths, job.cfg.tier_names, _speaker(row))
         except EmofuseError:   # unreadable: refused for that when pooled, its digest as it is
             continue
         try:
@@ -638,7 +646,7 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
                     raise EmofuseError("no TextGrid for this utterance (manifest column textgrid)")
                 if not paths:
                     raise EmofuseError("no forced alignment for this utterance (use --source sphinx to align it)")
-                tiers = read_alignment(paths, cfg.tier_names)
+                tiers = read_alignment(paths, cfg.tier_names, _speaker(job.utt_table.loc[uid]))
                 if uid in job.where.cut:   # a TextGrid of its whole file: it covers the slice
                     tiers = cut_to_slice(tiers, *job.where.cut[uid])
                     summary.cut += 1
