@@ -17,6 +17,19 @@ BIN = Path(sys.executable).parent
 def run(cmd, *args):
     return subprocess.run([str(BIN / cmd), *map(str, args)], capture_output=True, text=True)
 
+def _manifest_store(tmp_path, tiny_models, source: str, n: int):
+    """``tmp_path/m.csv`` extracted (tiny audio model, no text) and aligned with ``--source``:
+    (the store, align-segments' stdout), both commands asserted to succeed and ``n`` utterances
+    aligned."""
+    store = tmp_path / "s.h5"
+    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
+            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    r = run("align-segments", "--store", store, "--source", source, "--granularities", "word,phone")
+    assert r.returncode == 0 and f"{n} utterances aligned" in r.stdout, r.stdout + r.stderr
+    return store, r.stdout
+
+
 
 @pytest.fixture(scope="module")
 def extracted(small_fake, tiny_models, tmp_path_factory):
@@ -174,12 +187,7 @@ def test_sphinx_aligns_the_slice_an_utterance_is_not_its_whole_file(tiny_models,
         w.writerow(["id", "audio", "text", "label", "speaker", "session", "start", "end"])
         w.writerow(["sliced", "a.wav", text, "neu", "s1", "1", 0.09, round(0.09 + len(x) / sr, 4)])
         w.writerow(["plain", "b.wav", text, "ang", "s2", "2", "", ""])
-    store = tmp_path / "s.h5"
-    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
-            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
-    assert r.returncode == 0, r.stderr
-    r = run("align-segments", "--store", store, "--source", "sphinx", "--granularities", "word,phone")
-    assert r.returncode == 0 and "2 utterances aligned" in r.stdout, r.stdout + r.stderr
+    store, _ = _manifest_store(tmp_path, tiny_models, "sphinx", 2)
     with FeatureStore(store) as fs:
         assert np.allclose(fs.frames("audio", "sliced"), fs.frames("audio", "plain"), atol=1e-4)
         for g in ("word", "phone"):
@@ -223,13 +231,8 @@ def test_a_textgrid_of_the_whole_file_is_cut_to_the_utterance_slice(tiny_models,
         w.writerow(["slice-timed", "long.wav", u.transcript, "sad", "s3", "2", 0.09, round(0.09 + n, 4), "slice.TextGrid"])
         # 90 ms into a file with no tail (end: the file's end): the two lengths differ by 0.09 s only
         w.writerow(["no-tail", "notail.wav", u.transcript, "hap", "s4", "4", 0.09, "", "notail.TextGrid"])
-    store = tmp_path / "s.h5"
-    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
-            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
-    assert r.returncode == 0, r.stderr
-    r = run("align-segments", "--store", store, "--source", "textgrid", "--granularities", "word,phone")
-    assert r.returncode == 0 and "4 utterances aligned" in r.stdout, r.stdout + r.stderr
-    assert "2 utterances are slices of a file whose TextGrid is timed from the file's start" in r.stdout, r.stdout
+    store, out = _manifest_store(tmp_path, tiny_models, "textgrid", 4)
+    assert "2 utterances are slices of a file whose TextGrid is timed from the file's start" in out, out
     with FeatureStore(store) as fs:
         for g in ("word", "phone"):
             plain = fs.segments("audio", g, "plain")
@@ -446,12 +449,7 @@ def test_a_textgrid_declaring_its_last_words_end_is_pooled_with_trailing_silence
         w.writerow(["longer", "longer.wav", u.transcript, "neu", "s2", "2", "", "", "own.TextGrid"])
         w.writerow(["slice-longer", "long.wav", u.transcript, "sad", "s3", "3", 0.09, sliced_longer, "own.TextGrid"])
         w.writerow(["file-timed", "long.wav", u.transcript, "hap", "s4", "3", 0.09, sliced_longer, "file.TextGrid"])
-    store = tmp_path / "s.h5"
-    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
-            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
-    assert r.returncode == 0, r.stderr
-    r = run("align-segments", "--store", store, "--source", "textgrid", "--granularities", "word,phone")
-    assert r.returncode == 0 and "4 utterances aligned" in r.stdout, r.stdout + r.stderr
+    store, _ = _manifest_store(tmp_path, tiny_models, "textgrid", 4)
     with FeatureStore(store) as fs:
         assert sorted(fs.ids("audio", "segments/word")) == ["file-timed", "longer", "own", "slice-longer"]
         assert list(fs.segments("audio", "word", "own").symbols) == list(fs.segments("audio", "word", "longer").symbols)
@@ -492,12 +490,7 @@ def test_a_conversation_textgrid_gives_each_utterance_its_own_speakers_words(tin
     (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session,start,end,textgrid\n"
                                     "a,conv.wav,hello there,ang,A,1,0,1,conv.TextGrid\n"
                                     "b,conv.wav,fine thanks,neu,B,1,1,2,conv.TextGrid\n")
-    store = tmp_path / "s.h5"
-    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
-            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
-    assert r.returncode == 0, r.stderr
-    r = run("align-segments", "--store", store, "--source", "textgrid", "--granularities", "word,phone")
-    assert r.returncode == 0 and "2 utterances aligned" in r.stdout, r.stdout + r.stderr
+    store, _ = _manifest_store(tmp_path, tiny_models, "textgrid", 2)
     with FeatureStore(store) as fs:
         assert list(fs.segments("audio", "word", "a").symbols) == ["hello", "there"]
         assert list(fs.segments("audio", "word", "b").symbols) == ["fine", "thanks"]

@@ -595,24 +595,32 @@ def test_a_checkpoint_folder_is_keyed_by_its_bytes_not_its_path_spelling(setup, 
 def test_saved_group_norm_encoder_reloads_as_trained(setup, tmp_path):
     """--save-encoders on a group-norm wav2vec2: before, the first conv layer's GroupNorm was saved
     under the MaskedGroupNorm's names (layer_norm.norm.*) and from_pretrained re-initialised it."""
-    from transformers import AutoModel
     from emofuse.extract.masking import MaskedGroupNorm
     cfg = _cfg(setup, system="audio", audio_model=setup["group"])
     enc = ft.Encoders(cfg)
     model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, 4))
+    # "trained": every weight moved, the GroupNorm's affine ones included
+    _train_save_and_reload(model, tmp_path, lambda k: k.replace(".layer_norm.norm.", ".layer_norm."), batch=2)
+    assert isinstance(model.audio.feature_extractor.conv_layers[0].layer_norm, MaskedGroupNorm)   # put back
+
+
+def _train_save_and_reload(model, tmp_path, saved_name=lambda k: k, batch: int = 1) -> None:
+    """Move every audio weight ("trained"), save the encoders, reload the audio one with
+    transformers: the same weights under the checkpoint's own names (``saved_name`` of ours) and
+    the same output on ``batch`` random waves."""
+    from transformers import AutoModel
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():   # "trained": every weight moved, the GroupNorm's affine ones included
+    with torch.no_grad():
         for p in model.audio.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
     ft.save_encoders(model, str(tmp_path))
-    assert isinstance(model.audio.feature_extractor.conv_layers[0].layer_norm, MaskedGroupNorm)   # put back
     reloaded = AutoModel.from_pretrained(tmp_path / "audio_encoder").eval()
-    trained = {k.replace(".layer_norm.norm.", ".layer_norm."): v for k, v in model.audio.state_dict().items()}
+    trained = {saved_name(k): v for k, v in model.audio.state_dict().items()}
     got = reloaded.state_dict()
     assert sorted(got) == sorted(trained)
     for k in trained:
         assert torch.equal(got[k], trained[k]), k
-    wave = torch.randn(2, 8000, generator=g)
+    wave = torch.randn(batch, 8000, generator=g)
     with torch.no_grad():
         assert torch.equal(reloaded(wave).last_hidden_state, model.audio.eval()(wave).last_hidden_state)
 
@@ -620,25 +628,12 @@ def test_saved_group_norm_encoder_reloads_as_trained(setup, tmp_path):
 def test_saved_data2vec_encoder_reloads_as_trained(setup, tmp_path):
     """data2vec-audio trains with its positional convolutions wrapped (MaskedConvStack, padding
     zeroed between them): saved, it reloads under the checkpoint's own names and computes the same."""
-    from transformers import AutoModel
     from emofuse.extract.masking import MaskedConvStack
     cfg = _cfg(setup, system="audio", audio_model=setup["d2v"])
     enc = ft.Encoders(cfg)
     model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, 4))
     assert isinstance(model.audio.encoder.pos_conv_embed, MaskedConvStack)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.audio.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    ft.save_encoders(model, str(tmp_path))
-    reloaded = AutoModel.from_pretrained(tmp_path / "audio_encoder").eval()
-    got, trained = reloaded.state_dict(), model.audio.state_dict()
-    assert sorted(got) == sorted(trained)
-    for k in trained:
-        assert torch.equal(got[k], trained[k]), k
-    wave = torch.randn(1, 8000, generator=g)
-    with torch.no_grad():
-        assert torch.equal(reloaded(wave).last_hidden_state, model.audio.eval()(wave).last_hidden_state)
+    _train_save_and_reload(model, tmp_path)
 
 
 def test_a_second_run_on_the_same_out_is_refused(setup, tmp_path):
