@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
+from ..corpora.manifest import OVERLAP_S
 from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
 from ..store import FeatureStore, nonfinite, same_encoder, shaping_differs, stream_fingerprint
@@ -71,7 +72,7 @@ def recording_spans(table: pd.DataFrame) -> dict[str, list[list[float]]] | None:
     return out
 
 
-def overlapping(table: pd.DataFrame, spans: dict, tolerance: float = 0.01) -> list[str]:
+def overlapping(table: pd.DataFrame, spans: dict, tolerance: float = OVERLAP_S) -> list[str]:
     """Ids of ``table``'s utterances whose audio (the same file content) overlaps one of
     ``spans`` (``recording_spans`` of another table) by more than ``tolerance`` seconds:
     the same recording cut a little differently, a longer or shorter span of it, the same file."""

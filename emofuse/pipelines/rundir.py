@@ -323,7 +323,7 @@ def _rescored_summary(run_dir: str, s: dict) -> dict:
         out["f1_over"] = "truth"
         ens = os.path.join(run_dir, "ensemble.csv")
         if isinstance(s.get("ensemble"), dict) and os.path.exists(ens):   # the ensemble's scores, from its file
-            out["ensemble"] = scores_of_predictions(pd.read_csv(ens, dtype={"label": str, "pred": str}), classes, True)
+            out["ensemble"] = scores_of_predictions(read_predictions(ens), classes, True)
     return out
 
 
