@@ -80,11 +80,15 @@ def test_a_row_scored_on_fewer_test_utterances_is_marked_never_bold_and_shows_no
 def test_a_test_fold_without_a_class_is_said(tmp_path, caplog):
     path = tmp_path / "s.h5"
     make_synthetic_store(path, per_class=1, layers=2, dim=8, planted_layer=1, mean_seconds=1.0, no_frames=1)   # session 1 lacks one class
-    spec = spec_file(tmp_path, '{label: "Frame", fusion: none, granularity: F}')
+    spec = spec_file(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
+                     '{label: "Frame lr", fusion: none, granularity: F, lr: 0.002}')
     with caplog.at_level(logging.WARNING, logger="emofuse"):
         run_ablate(AblateConfig(store=str(path), spec=spec, out=str(tmp_path / "g"), device="cpu"))
-    assert any(m.startswith("Frame: test session 1 holds no ") and m.endswith(
-        "utterance; its UA averages the recall of the other classes") for m in logged_messages(caplog))
+    said = [m for m in logged_messages(caplog) if "test session 1 holds no" in m]
+    # before: once per row in training and once per row in the tables (4 here, 54 for a 27-row grid)
+    assert len(said) == 2, said
+    assert said[1].startswith("test session 1 holds no ") and said[1].endswith(
+        "utterance (rows Frame, Frame lr): its UA averages the recall of the other classes")
     caplog.clear()   # a lone train-head says it too, naming its run folder
     out = str(tmp_path / "lone")
     with caplog.at_level(logging.WARNING, logger="emofuse"):

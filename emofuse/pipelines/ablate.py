@@ -31,6 +31,7 @@ from ..store import FeatureStore
 from . import finetune as ft
 from . import tables
 from .combine import run_combine
+from .protocol import lacking_said_once
 from .rundir import (is_finished, predictions_digest, read_config, read_run_predictions, read_summary, run_lock,
                      write_json)
 from .train import NOT_IN_KEY as TRAIN_NOT_IN_KEY
@@ -230,6 +231,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 _WORKER_CACHE: dict = {}   # rows held by a worker process for the next configuration that reads them
+_WORKER_SAID: set = set()   # the test sessions lacking a class that a worker process has said
 
 
 def _train_worker(cfg: TrainConfig, threads: int | None, level: int | None = None) -> str:
@@ -240,7 +242,8 @@ def _train_worker(cfg: TrainConfig, threads: int | None, level: int | None = Non
         show_messages(level)
     if threads:
         torch.set_num_threads(threads)
-    run_train(cfg, cache=_WORKER_CACHE)
+    with lacking_said_once(_WORKER_SAID):
+        run_train(cfg, cache=_WORKER_CACHE)
     return cfg.out
 
 
@@ -429,6 +432,7 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
              + (f", frozen rows on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
     groups = _place_rows(cfg, pending) if pending else []
     pending = [c for g in groups for c in g]   # rows reading the same data follow each other
+    said: set = set()   # a test session lacking a class is said once, not once per row
     if cfg.executor == "submitit" and pending:
         _submit(cfg, groups)
     elif cfg.jobs > 1 and len(pending) > 1:
@@ -452,13 +456,13 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
         cache: dict = {}   # rows held for the next configuration that reads the same streams
         for k, c in enumerate(pending):
             log.info(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
-            with _indented():
+            with _indented(), lacking_said_once(said):
                 run_train(c, cache=cache)
         cache.clear()
     _check_trained_content(pending, cfg.store)
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         log.info(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
-        with _indented():
+        with _indented(), lacking_said_once(said):
             ft.run_finetune(c)
     if tuned and not cfg.finetune:
         log.info(f"  {len(tuned)} fine-tuned rows not run (they need ablate --finetune and the encoders; GPU hours)")
@@ -567,20 +571,26 @@ def _departures(run_dir: str) -> dict[str, bool]:
     return {option: option in found for option in tables.DEPARTURES}
 
 
-def _test_set(run_dir: str, label: str, classes: list, warned: set) -> frozenset:
-    """A run's test utterances, its (fold, id) pairs; warns once per row when a test fold lacks a
-    class (that fold's UA averages the recall of the others)."""
+def _test_set(run_dir: str, classes: list, lacking: dict, label: str) -> frozenset:
+    """A run's test utterances, its (fold, id) pairs; each test fold that lacks a class is noted in
+    ``lacking`` ((fold, missing classes) → the row labels), for one warning per grid."""
     preds = read_run_predictions(run_dir)
     pairs = sorted(set(zip(preds["fold"].astype(str), preds["id"].astype(str))))
-    if label not in warned:
-        for fold, g in preds.groupby(preds["fold"].astype(str)):
-            missing = [c for c in classes if c not in set(g["label"])]
-            if missing:
-                warned.add(label)
-                log.warning(f"{label}: test session {fold} holds no {', '.join(repr(c) for c in missing)} utterance; "
-                            "its UA averages the recall of the other classes")
-                break
+    for fold, g in preds.groupby(preds["fold"].astype(str)):
+        missing = tuple(c for c in classes if c not in set(g["label"]))
+        if missing:
+            lacking.setdefault((fold, missing), []).append(label)
     return frozenset(pairs)
+
+
+def _say_lacking(lacking: dict) -> None:
+    """One warning per test fold that lacks a class, naming the rows it holds for (every row on
+    one store shares it: a grid of 27 rows said it 27 times)."""
+    for (fold, missing), labels in sorted(lacking.items(), key=lambda kv: (len(kv[0][0]), kv[0])):
+        labels = list(dict.fromkeys(labels))
+        rows = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+        log.warning(f"test session {fold} holds no {', '.join(repr(c) for c in missing)} utterance "
+                    f"(row{'s' if len(labels) > 1 else ''} {rows}): its UA averages the recall of the other classes")
 
 
 def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "", sessions: list | None = None,
@@ -591,7 +601,7 @@ def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "", sessi
     ``sessions``: the store's sessions (a row tested on fewer is off the published protocol, and
     so is every row under ``epochs_overridden``)."""
     out = {}
-    warned: set = set()
+    lacking: dict = {}
     for t in spec["tables"]:
         rows, per_run, sets = [], [], []
         for r in t["rows"]:
@@ -601,7 +611,7 @@ def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "", sessi
                 continue   # a fine-tuned row not run (ablate --finetune), or a combination of one
             s = read_summary(d)
             folds = sorted({str(x["fold"]) for x in s["runs"]}, key=lambda f: (len(f), f))
-            test_set = _test_set(d, r["label"], list(s.get("classes") or []), warned)
+            test_set = _test_set(d, list(s.get("classes") or []), lacking, r["label"])
             rows.append({"label": r["label"], **{f"{m}_{k}": s[m][k] for m in ("ua", "wa", "f1") for k in ("mean", "std")},
                          "n": s["ua"]["n"], "folds": ",".join(folds), "n_test": len(test_set),
                          **_departures(d),
@@ -636,6 +646,7 @@ def _collect(spec: dict, key_of: dict, runs_dir: str, overrides: str = "", sessi
         df["p_vs_best"] = [float("nan") if i == best or df["other_test"][i] else _paired_p(per_run[i], per_run[best])
                            for i in range(len(df))]
         out[t["name"]] = df
+    _say_lacking(lacking)
     return out
 
 

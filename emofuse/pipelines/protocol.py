@@ -4,7 +4,9 @@ and ``finetune``."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,6 +39,21 @@ def run_seed(data, seed: int, session: str) -> int:
     return seed * 1000 + sessions_of(data).index(session)
 
 
+_said: set | None = None   # under ``lacking_said_once``: the (store, session, classes) already said
+
+
+@contextlib.contextmanager
+def lacking_said_once(said: set | None = None):
+    """Within the block, a test session lacking a class is said once per store, not once per
+    configuration (ablate: every row on one store shares the fact)."""
+    global _said
+    old, _said = _said, (set() if said is None else said)
+    try:
+        yield
+    finally:
+        _said = old
+
+
 def folds_of(data: TrainData, cfg: TrainConfig, warn: bool = True) -> list[str]:
     """The test sessions of ``cfg``; warns (``warn``: one process of several says it) when one of
     them holds no utterance of some class (that fold's UA then averages the recall of the other
@@ -48,6 +65,11 @@ def folds_of(data: TrainData, cfg: TrainConfig, warn: bool = True) -> list[str]:
     for s in folds:
         present = set(y[sessions == s].tolist())
         missing = [c for i, c in enumerate(data.classes) if i not in present]
+        fact = (os.path.abspath(str(getattr(cfg, "store", ""))), s, tuple(missing))
+        if missing and _said is not None and fact in _said:
+            continue
+        if missing and _said is not None:
+            _said.add(fact)
         if missing:
             names = ", ".join(repr(str(c)) for c in missing)
             log.warning(f"{cfg.out}: test session {s} holds no {names} utterance; its UA averages the recall of "
