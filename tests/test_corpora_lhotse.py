@@ -94,7 +94,7 @@ def test_session_defaults_to_speaker_and_refusals(lhotse_dir, caplog):
         load_corpus("lhotse", path=str(sups))
     _rewrite(recs, lambda lines: lines[0].update(transforms=None, sources=[{"type": "url", "channels": [0],
                                                                                "source": "https://x/y.wav"}]))
-    with pytest.raises(CorpusError, match="one mono audio file per recording"):
+    with pytest.raises(CorpusError, match="one audio file per recording"):
         load_corpus("lhotse", path=str(sups))
     with pytest.raises(CorpusError, match="is a RecordingSet"):
         load_corpus("lhotse", path=str(recs))
@@ -138,15 +138,50 @@ def test_manifest_column_aliases(tmp_path):
     assert load_manifest(j)[0].label == "sad"
 
 
-def test_one_channel_of_a_multichannel_file_is_refused_not_mixed(lhotse_dir):
-    """Before: a recording naming one channel of a stereo file was read as the mix of both channels
-    (the other speaker's channel mixed in at half level), without a word."""
-    x = np.random.default_rng(1).standard_normal((32000, 2)).astype(np.float32) * 0.1
+def test_a_supervision_reads_its_own_channel_of_a_stereo_recording(lhotse_dir, tiny_models, tmp_path):
+    """A dialogue recorded with a microphone per speaker: each supervision's ``channel`` is read.
+    Before: a stereo recording was refused (or, naming one channel, read as the mix of both)."""
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    from emofuse.store import FeatureStore
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((32000, 2)) * np.array([0.1, 0.4])).astype(np.float32)
     sf.write(lhotse_dir / "audio" / "rec0.wav", x, 16000)
-    _rewrite(lhotse_dir / "recordings.jsonl.gz", lambda lines: lines[0].update(channel_ids=[1]))
-    with pytest.raises(CorpusError, match=r"recording 'rec0' is channel 1 of .*rec0\.wav, which holds 2 channels; "
-                                          r"emofuse reads every channel of a file"):
-        load_corpus("lhotse", path=str(lhotse_dir / "supervisions.jsonl.gz"))
+    sf.write(lhotse_dir / "audio" / "right.wav", x[:, 1], 16000)   # channel 1 alone, as its own file
+    recs, sups = lhotse_dir / "recordings.jsonl.gz", lhotse_dir / "supervisions.jsonl.gz"
+
+    def stereo(lines):
+        lines[0].update(channel_ids=[0, 1])
+        lines[0]["sources"][0]["channels"] = [0, 1]
+        lines.append({**json.loads(json.dumps(lines[0])), "id": "right", "channel_ids": [0],
+                      "sources": [{"type": "file", "channels": [0], "source": "audio/right.wav"}]})
+    _rewrite(recs, stereo)
+
+    def channels(lines):
+        lines[1]["channel"] = 1   # rec0-b (1 s to 2 s): the second speaker's microphone
+        lines.append({**lines[1], "id": "right-b", "recording_id": "right", "channel": 0})
+    _rewrite(sups, channels)
+    by_id = {u.id: u for u in load_corpus("lhotse", path=str(sups))}
+    assert (by_id["rec0-a"].channel, by_id["rec0-b"].channel, by_id["rec1-a"].channel, by_id["right-b"].channel) == \
+        (0, 1, None, None)   # a mono file: no channel to name (its stores keep their fingerprints)
+    out = str(tmp_path / "s.h5")
+    run_extract(ExtractConfig(corpus="lhotse", manifest=str(sups), out=out, audio_model=tiny_models["group"],
+                              text_model=None))
+    with FeatureStore(out) as fs:   # channel 1 of the stereo file is the mono file of channel 1
+        np.testing.assert_array_equal(fs.frames("audio", "rec0-b"), fs.frames("audio", "right-b"))
+        assert not np.array_equal(fs.frames("audio", "rec0-a")[:40], fs.frames("audio", "right-b")[:40])
+        assert fs.utterances.loc["rec0-b", "channel"] == 1
+
+    _rewrite(sups, lambda lines: lines[1].update(channel=[0, 1]))   # every channel: mixed
+    assert {u.id: u for u in load_corpus("lhotse", path=str(sups))}["rec0-b"].channel is None
+    _rewrite(sups, lambda lines: lines[1].update(channel=2))
+    with pytest.raises(CorpusError, match=r"supervision 'rec0-b' has channel 2; its recording 'rec0' has channels "
+                                          r"\[0, 1\]: expected one of them, or all of them"):
+        load_corpus("lhotse", path=str(sups))
+    _rewrite(recs, lambda lines: lines[0].update(channel_ids=[1]) or lines[0]["sources"][0].update(channels=[1]))
+    with pytest.raises(CorpusError, match=r"recording 'rec0' names channel\(s\) \[1\] of .*rec0\.wav, which holds 2 "
+                                          r"channels"):
+        load_corpus("lhotse", path=str(sups))
 
 
 # -- corpus reader audit ------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def test_labels_named_set_counts_what_it_leaves_out_and_refuses_near_codes(wavs,
 
 def test_multichannel_files_are_counted_when_mixed(wavs, tiny_models, caplog):
     """Before: a stereo file (IEMOCAP-style dyadic: an actor per channel) was mixed to mono without
-    a word. It is still mixed (a manifest cannot pick a channel), and extraction, which reads every
+    a word. It is still mixed (unless column ``channel`` names one), and extraction, which reads every
     file anyway, counts them in one warning (reading every header at each load of a large manifest
     cost seconds to minutes)."""
     from emofuse.pipelines.extract import ExtractConfig, run_extract
@@ -278,7 +278,44 @@ def test_multichannel_files_are_counted_when_mixed(wavs, tiny_models, caplog):
         run_extract(ExtractConfig(corpus="manifest", manifest=str(m), out=str(wavs / "s.h5"), device="cpu",
                                   audio_model=tiny_models["group"], text_model=None))
     assert "audio: 1 audio file(s) hold several channels (e.g. " in caplog.text
-    assert "st.wav); each was mixed" in caplog.text
+    assert "st.wav); each was mixed" in caplog.text and "name each utterance's channel" in caplog.text
+
+
+def test_a_channel_column_reads_one_channel(wavs, tiny_models, caplog):
+    """A dialogue with a microphone per speaker: column ``channel`` (0-based) reads one channel,
+    and two channels of one file over the same times are two signals (not shared audio). Before:
+    every file was mixed to mono, so each speaker's utterance held the other's voice."""
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    from emofuse.store import FeatureStore
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((8000, 2)) * [3000, 9000]).astype(np.int16)
+    sf.write(wavs / "audio" / "st.wav", x, 16000)
+    sf.write(wavs / "audio" / "right.wav", x[:, 1], 16000)
+    m = write_csv(wavs / "m.csv", ["l,audio/st.wav,x,ang,s1,1,0", "r,audio/st.wav,x,neu,s2,2,1.0",
+                                   "alone,audio/right.wav,x,neu,s2,3,"], header="id,audio,text,label,speaker,session,channel")
+    with caplog.at_level("WARNING"):
+        utts = {u.id: u for u in load_corpus("manifest", path=m)}
+        assert (utts["l"].channel, utts["r"].channel, utts["alone"].channel) == (0, 1, None)
+        run_extract(ExtractConfig(corpus="manifest", manifest=str(m), out=str(wavs / "s.h5"), device="cpu",
+                                  audio_model=tiny_models["group"], text_model=None))
+    assert "share more than" not in caplog.text and "several channels" not in caplog.text
+    with FeatureStore(str(wavs / "s.h5")) as fs:
+        np.testing.assert_array_equal(fs.frames("audio", "r"), fs.frames("audio", "alone"))
+        assert not np.array_equal(fs.frames("audio", "l"), fs.frames("audio", "alone"))
+    for bad in ("-1", "0.5", "left"):
+        write_csv(m, [f"l,audio/st.wav,x,ang,s1,1,{bad}"], header="id,audio,text,label,speaker,session,channel")
+        with pytest.raises(CorpusError, match=rf"line 2: channel '{bad}' of 'l' is not a channel number; expected a "
+                                              "whole number from 0"):
+            load_corpus("manifest", path=m)
+    # a channel the file lacks: that utterance is skipped with the reason, the others are extracted
+    write_csv(m, ["l,audio/st.wav,x,ang,s1,1,2", "alone,audio/right.wav,x,neu,s2,3,"],
+              header="id,audio,text,label,speaker,session,channel")
+    run_extract(ExtractConfig(corpus="manifest", manifest=str(m), out=str(wavs / "t.h5"), device="cpu",
+                              audio_model=tiny_models["group"], text_model=None))
+    with FeatureStore(str(wavs / "t.h5")) as fs:
+        assert fs.ids("audio") == ["alone"]
+    skipped = wavs / "t.skipped.tsv"
+    assert "channel 2 asked for, the file holds 2 channel(s)" in skipped.read_text()
 
 
 def test_one_file_under_several_ids_overlapping(long_wav, caplog):

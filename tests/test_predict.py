@@ -130,7 +130,7 @@ def test_overlapping_spans_of_one_audio_file_are_one_recording():
     """The same file over a span cut a little differently, a longer or shorter span of it, or all
     of it, overlaps a training span; an adjacent span of the same file, another file, or an
     unread one does not."""
-    from emofuse.pipelines.predict import overlapping, recording_spans
+    from emofuse.pipelines.predict import overlapping, recording_keys, recording_spans
     a, b = "ab" * 16, "cd" * 16
     train = pd.DataFrame({"audio_digest": [a, a, b], "start": [1.0, 5.0, np.nan], "end": [2.0, 6.0, np.nan],
                           "duration": [1.0, 1.0, 3.0]}, index=["t1", "t2", "t3"])
@@ -142,6 +142,13 @@ def test_overlapping_spans_of_one_audio_file_are_one_recording():
                            "duration": [0.96, 1.0, 10.0, 0.5, 1.0, 1.0, 1.005]},
                           index=["trimmed", "adjacent", "whole", "inside", "unread", "other", "touching"])
     assert overlapping(target, spans) == ["trimmed", "whole", "inside"]
+    # two channels of one file are two signals; a file's mix holds each of its channels
+    chan = pd.DataFrame({"audio_digest": [a, a, a], "start": [1.0, 1.0, 1.0], "end": [2.0, 2.0, 2.0],
+                         "duration": [1.0] * 3, "channel": [0.0, 1.0, np.nan]}, index=["c0", "c1", "mix"])
+    assert recording_keys(chan).nunique() == 3
+    assert overlapping(chan, recording_spans(chan.loc[["c0"]])) == ["c0", "mix"]
+    assert overlapping(chan, recording_spans(chan.loc[["mix"]])) == ["c0", "c1", "mix"]
+    assert overlapping(chan.loc[["c1"]], recording_spans(chan.loc[["c0"]])) == []
 
 
 def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):

@@ -15,7 +15,7 @@ import soundfile as sf
 import soxr
 
 from ..errors import EmofuseError
-from ..extract.audio import BadInput, segment_samples
+from ..extract.audio import BadInput, pick_channel, segment_samples
 from .records import AlignmentItem
 from .sphinx_seg import ALTERNATE_RE, FRAME_RATE, write_seg
 from .textgrid import write_textgrid
@@ -119,24 +119,25 @@ class SphinxAligner:
             raise _SearchFailed(f"the aligner failed on this audio ({e})") from e
 
     def align(self, uid: str, audio_path: str, transcript: str, start: float | None = None,
-              end: float | None = None) -> dict[str, list[AlignmentItem]]:
+              end: float | None = None, channel: int | None = None) -> dict[str, list[AlignmentItem]]:
         """``{"word": items, "phone": items}`` in seconds from the start of the utterance: its
         ``start``/``end`` segment of the file when given (cut as extraction cuts it, so the times
-        meet the frames), else the whole file. A failed search is tried once more with a fresh
+        meet the frames), else the whole file; its ``channel`` when given, else every channel mixed
+        (as extraction reads it). A failed search is tried once more with a fresh
         decoder and wider beams."""
         try:
-            return self._align(uid, audio_path, transcript, start, end)
+            return self._align(uid, audio_path, transcript, start, end, channel)
         except _SearchFailed:
             self._new_decoder(wide=True)
             try:
-                return self._align(uid, audio_path, transcript, start, end)
+                return self._align(uid, audio_path, transcript, start, end, channel)
             except _SearchFailed as e:
                 raise EmofuseError(str(e)) from None
             finally:
                 self._new_decoder()
 
     def _align(self, uid: str, audio_path: str, transcript: str, start: float | None = None,
-               end: float | None = None) -> dict[str, list[AlignmentItem]]:
+               end: float | None = None, channel: int | None = None) -> dict[str, list[AlignmentItem]]:
         words = words_of(transcript)
         if not words:
             raise EmofuseError("empty transcript: nothing to align")
@@ -149,11 +150,11 @@ class SphinxAligner:
         try:
             first, stop = segment_samples(start, end, sf.info(audio_path))
             audio, sr = sf.read(audio_path, start=first, stop=stop, dtype="float32", always_2d=True)
+            audio = pick_channel(audio, channel, audio_path)
         except BadInput as e:
             raise EmofuseError(e.reason) from None
         except Exception as e:
             raise EmofuseError(f"unreadable audio for alignment ({type(e).__name__})") from e
-        audio = audio.mean(axis=1)
         if sr != 16000:
             audio = soxr.resample(audio, sr, 16000)
         duration = len(audio) / 16000

@@ -121,26 +121,38 @@ def _recordings_of(sup: Path) -> Path:
     return rec
 
 
-def _audio(rec: dict, where: str, base: Path) -> str:
+def _audio(rec: dict, where: str, base: Path, sup: dict) -> tuple[str, int | None]:
+    """(audio file, the channel of it that supervision ``sup`` reads) of a recording of one file:
+    the channel is the file's 0-based index of the supervision's ``channel`` (the recording's
+    channel ids are the file's channels in order); None for a mono file, or a supervision of
+    every channel (mixed to mono, as lhotse's ``load_audio`` of several channels is not)."""
     sources = rec.get("sources") or []
     if rec.get("transforms"):
         raise CorpusError(f"{where}: recording {rec.get('id')!r} has transforms "
                           f"{[t.get('name') for t in rec['transforms']]}; emofuse reads the files as they are")
-    channels = rec.get("channel_ids") or [0]
-    if len(sources) != 1 or sources[0].get("type") != "file" or len(channels) != 1:
+    if len(sources) != 1 or sources[0].get("type") != "file":
         kinds = [s.get("type") for s in sources]
-        raise CorpusError(f"{where}: recording {rec.get('id')!r} is {len(sources)} source(s) of type {kinds} with "
-                          f"channels {channels}; emofuse reads one mono audio file per recording")
+        raise CorpusError(f"{where}: recording {rec.get('id')!r} is {len(sources)} source(s) of type {kinds}; "
+                          "emofuse reads one audio file per recording")
+    ids = list(sources[0].get("channels") or rec.get("channel_ids") or [0])
     src = Path(str(sources[0]["source"]))
     if not src.is_absolute() and not src.exists() and (base / src).exists():
         src = base / src
     path = str(src.absolute()) if not src.is_absolute() else str(src)
     held = _channels_in(path)
-    if held > 1:   # one channel of a multi-channel file: extraction would mix every channel
-        raise CorpusError(f"{where}: recording {rec.get('id')!r} is channel {channels[0]} of {path}, which holds "
-                          f"{held} channels; emofuse reads every channel of a file (mixed to mono), so give the "
-                          "recording a file of that channel alone")
-    return path
+    if held == 1:
+        return path, None
+    if len(ids) != held:   # e.g. one channel named of a stereo file: which one lhotse would read is unclear
+        raise CorpusError(f"{where}: recording {rec.get('id')!r} names channel(s) {ids} of {path}, which holds "
+                          f"{held} channels; a recording of a file names each of its channels, in order")
+    want = sup.get("channel")
+    want = want if isinstance(want, list) else [want] if want is not None else list(ids)
+    if sorted(want, key=str) == sorted(ids, key=str) and len(want) > 1:
+        return path, None
+    if len(want) != 1 or want[0] not in ids:
+        raise CorpusError(f"{where}: supervision {sup.get('id')!r} has channel {sup.get('channel')!r}; its recording "
+                          f"{rec.get('id')!r} has channels {ids}: expected one of them, or all of them (mixed)")
+    return path, ids.index(want[0])
 
 
 def _label(sup: dict, where: str) -> str:
@@ -223,13 +235,14 @@ def load_lhotse(path: str | Path, labels: Iterable[str] | str | None = None) -> 
         if not session:
             raise CorpusError(f"{where}: supervision {sid!r} has neither a custom 'session' nor a speaker, so it has "
                               "no cross-validation fold")
-        audio = _audio(rec, where, base)
+        audio, channel = _audio(rec, where, base, s)
         if not os.path.isfile(audio):
             raise CorpusError(f"{where}: missing audio file {audio} for {sid!r}")
         start = round(offset + float(s.get("start", 0.0)), 6)
         end = round(start + float(s["duration"]), 6) if s.get("duration") is not None else None
         u = Utterance(id=sid, audio_path=audio, transcript=str(s.get("text") or ""), label=label, session=session,
-                      speaker=speaker, gender=(str(s["gender"]) if s.get("gender") else None), start=start, end=end)
+                      speaker=speaker, gender=(str(s["gender"]) if s.get("gender") else None), start=start, end=end,
+                      channel=channel)
         if sid in utts:
             if utts[sid][0] != u:
                 raise CorpusError(f"{where}: supervision {sid!r} appears again with other content (first at "

@@ -32,7 +32,7 @@ from .textio import LINE_END_RE, decode_lines
 log = logging.getLogger(__name__)
 
 REQUIRED = ("id", "audio", "text", "label", "speaker", "session")
-OPTIONAL = ("start", "end", "duration", "gender", "textgrid")
+OPTIONAL = ("start", "end", "duration", "gender", "textgrid", "channel")
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
 
 
@@ -172,6 +172,7 @@ ALIASES = {
     # NeMo writes offset + duration, SpeechBrain start + stop (or duration)
     "start": ("start", "offset", "start_time", "begin"), "end": ("end", "stop", "end_time"),
     "duration": ("duration",), "gender": ("gender",), "textgrid": ("textgrid",),
+    "channel": ("channel", "channel_id"),
 }
 _ALIAS_OF = {a: canon for canon, names in ALIASES.items() for a in names}
 
@@ -224,6 +225,22 @@ def _numbers(values) -> bool:
 def looks_like_time(column: str) -> bool:
     """Whether a column name reads as a time or length (``duration``, ``end_time``, ``segStart``)."""
     return _TIME_COMPACT.fullmatch(re.sub(r"[^a-z]", "", str(column).strip().casefold())) is not None
+
+
+def _channel(row: dict, uid: str, where: str) -> int | None:
+    """A row's ``channel``: a 0-based whole number (``1`` or ``1.0``), or None when blank (every
+    channel of the file, mixed to mono)."""
+    v = row.get("channel")
+    if _blank(v):
+        return None
+    try:
+        f = float(str(v).strip())
+    except ValueError:
+        f = float("nan")
+    if not (f == f and f >= 0 and f == int(f)):
+        raise CorpusError(f"{where}: channel {v!r} of {uid!r} is not a channel number; expected a whole number "
+                          "from 0 (the file's first channel), or blank for every channel mixed to mono")
+    return int(f)
 
 
 def _span(row: dict, uid: str, where: str, audio: str | None = None) -> tuple[float | None, float | None]:
@@ -285,18 +302,18 @@ OVERLAP_S = 0.01
 
 
 def check_shared_audio(utts: list[Utterance], what: str) -> None:
-    """Say when utterances of one audio file (same resolved path) overlap by more than
+    """Say when utterances of one audio file (same resolved path and channel) overlap by more than
     ``OVERLAP_S`` (a missing end is the file's end). Across sessions that may be one recording
     under two ids (a test fold would hold audio its model was trained on) or two speakers' crosstalk
     in one recording (expected): a warning, not a refusal. Within a session, a repeated row
     weighs twice. Each file's spans are swept in order of start, keeping the furthest end reached
     by each session so far: a sort and a pass, whatever the number of rows."""
-    by_file: dict[str, list[tuple[float, float, Utterance]]] = {}
-    for u in utts:
-        by_file.setdefault(os.path.realpath(u.audio_path), []).append(
+    by_file: dict[Any, list[tuple[float, float, Utterance]]] = {}
+    for u in utts:   # two named channels of one file are two signals (a speaker's microphone each)
+        by_file.setdefault((os.path.realpath(u.audio_path), u.channel), []).append(
             (u.start or 0.0, math.inf if u.end is None else u.end, u))
     across, within, example_a, example_w = 0, 0, None, None
-    for file, spans in by_file.items():
+    for (file, _), spans in by_file.items():
         if len(spans) < 2:
             continue
         reach: dict[Any, tuple[float, Utterance]] = {}   # session → (furthest end so far, whose)
@@ -354,7 +371,7 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 
 def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -> list[Utterance]:
     """Read a manifest with columns ``id, audio, text, label, speaker, session`` (+ ``start, end,
-    duration, gender, textgrid``; without an ``end``, ``start`` + ``duration`` is the span (see
+    duration, gender, textgrid, channel``; without an ``end``, ``start`` + ``duration`` is the span (see
     ``_span``), and an unknown numeric column named as a span's time is refused rather than
     ignored). Relative paths resolve against the manifest's folder. Column names are
     case-insensitive and take the common aliases in ``ALIASES`` (``wav``/``path`` for audio,
@@ -441,6 +458,7 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
             tg = Path(str(row["textgrid"]).strip())
             aligns["textgrid"] = str(tg if tg.is_absolute() else base / tg)
         gender = _text(row.get("gender")) or None
+        channel = _channel(row, uid, where)
         utts.append(
             Utterance(
                 id=uid,
@@ -453,6 +471,7 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
                 start=start,
                 end=end,
                 alignments=aligns,
+                channel=channel,
             )
         )
     if keep is not None and not utts:

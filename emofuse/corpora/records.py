@@ -16,7 +16,9 @@ class Utterance:
     ``start``/``end`` are seconds inside ``audio_path`` (``None`` means the whole file).
     ``alignments`` maps a tier (``"word"``, ``"phone"``, ``"syllable"``, ``"textgrid"``) to a
     file path; it is empty when the corpus ships no alignment for this utterance.
-    ``session`` is the fold unit of leave-one-session-out cross-validation.
+    ``session`` is the fold unit of leave-one-session-out cross-validation. ``channel``: which
+    channel of a multi-channel file is the utterance's (0-based; ``None``: all, mixed to mono),
+    e.g. one speaker's microphone in a two-channel recording of a dialogue.
     """
 
     id: str
@@ -29,6 +31,7 @@ class Utterance:
     start: float | None = None
     end: float | None = None
     alignments: Mapping[str, str] = field(default_factory=dict, hash=False, compare=True)
+    channel: int | None = None
 
     def __post_init__(self) -> None:
         # Freeze the mapping too, so a record can never change after it was read.
@@ -37,6 +40,8 @@ class Utterance:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["alignments"] = dict(self.alignments)
+        if self.channel is None:   # a record of every channel reads as before channels were named
+            del d["channel"]
         return {"type": "Utterance", "schema_version": SCHEMA_VERSION, **d}
 
     @classmethod

@@ -18,8 +18,19 @@ from .records import Utterance
 #: ``Utterance.alignments``), a path relative to the corpus's base folder (``corpus_base``) with
 #: ``/`` separators where the file lies inside it, else absolute; ``{}`` when it has none
 ALIGNMENTS = "alignments"
+#: the column of each utterance's channel of its file (0-based; NaN: every channel, mixed to mono)
+CHANNEL = "channel"
 COLUMNS = ("id", "label", "session", "speaker", "gender", "transcript", "audio_path", "start", "end",
-           "duration", "audio_bytes", "audio_digest", ALIGNMENTS)
+           "duration", "audio_bytes", "audio_digest", ALIGNMENTS, CHANNEL)
+
+
+def channel_of(row) -> int | None:
+    """An utterance's channel from a table row (a dict or Series); None for every channel (NaN, a
+    blank cell, or a table written before channels were named)."""
+    v = row.get(CHANNEL) if hasattr(row, "get") else None
+    if v is None or v != v or (isinstance(v, str) and not v.strip()):
+        return None
+    return int(float(v))
 
 
 def _inside(path: str, base: str) -> bool:
@@ -150,5 +161,6 @@ def utterance_table(utts: Sequence[Utterance], base: str | None = None) -> pd.Da
             "end": float("nan") if u.end is None else u.end,
             "duration": dur, "audio_bytes": size, "audio_digest": digests[audio],
             ALIGNMENTS: alignments_cell(u.alignments, base),
+            CHANNEL: float("nan") if u.channel is None else float(u.channel),
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))

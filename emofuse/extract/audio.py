@@ -83,8 +83,24 @@ def segment_samples(start_s: float | None, end_s: float | None, info) -> tuple[i
 MIXED: set[str] = set()
 
 
+def pick_channel(audio: np.ndarray, channel: int | None, path: str) -> np.ndarray:
+    """Mono samples from ``audio`` (frames × channels, as soundfile reads it): the ``channel``
+    asked for, or every channel mixed (a file of several is noted in ``MIXED``). ``BadInput`` for
+    a channel the file does not hold."""
+    if channel is not None:
+        if not 0 <= channel < audio.shape[1]:
+            raise BadInput(f"channel {channel} asked for, the file holds {audio.shape[1]} channel(s) "
+                           f"(0-based: 0 … {audio.shape[1] - 1})")
+        return audio[:, channel]
+    if audio.shape[1] > 1:
+        MIXED.add(path)
+        return audio.mean(axis=1)
+    return audio[:, 0]
+
+
 def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
-    """Mono float32 samples of ``utt`` at ``target_sr`` (its ``start``/``end`` segment if given).
+    """Mono float32 samples of ``utt`` at ``target_sr`` (its ``start``/``end`` segment if given;
+    its ``channel`` if named, else every channel mixed).
 
     Raises ``BadInput`` for AppleDouble junk, a truncated wav (``wav_truncation``), unreadable
     or empty audio, a segment outside the file, and NaN/inf samples.
@@ -107,9 +123,7 @@ def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
         raise
     except Exception as e:  # soundfile raises several types for broken files
         raise BadInput(f"unreadable audio ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
-    if audio.shape[1] > 1:
-        MIXED.add(path)
-    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    audio = pick_channel(audio, utt.channel, path)
     if audio.size == 0:
         raise BadInput("empty audio (0 samples)")
     if not np.isfinite(audio).all():

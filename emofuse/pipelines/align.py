@@ -24,7 +24,7 @@ from ..align.tiers import (alignment_ends, check_covers_audio, check_within_audi
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import SESSIONS, alignments_beside, find_root
 from ..corpora.manifest import load_manifest
-from ..corpora.table import audio_digest, changes_text, resolve_audio_path
+from ..corpora.table import audio_digest, changes_text, channel_of, resolve_audio_path
 from ..errors import EmofuseError
 from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
@@ -326,6 +326,8 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
             start, end = _segment_of(row)
             if start is not None or end is not None:   # a slice of its file (unsliced: the digest as before)
                 src["segment"] = [start, end]
+            if channel_of(row) is not None:   # one channel of its file (every channel: the digest as before)
+                src["channel"] = channel_of(row)
         else:
             src = {"files": _file_bytes_digest(paths)}
             if "textgrid" in paths and speaker_tiers(paths["textgrid"]):   # which speaker's tiers are read
@@ -637,8 +639,10 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
             if job.uses_aligner(uid):
                 row = job.utt_table.loc[uid]
                 segment = _segment_of(row)   # a slice of its file: aligned on the slice, as it was encoded
+                channel = channel_of(row)   # named only when set: an aligner of Python callers may not take it
                 tiers = job.aligner.align(uid, job.where.audio[uid], row["transcript"],
-                                          *(segment if segment != (None, None) else ()))
+                                          *(segment if segment != (None, None) or channel is not None else ()),
+                                          **({"channel": channel} if channel is not None else {}))
                 source = "from the aligner"
             else:
                 paths = job.where.alignments.get(uid, {})

@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import __version__
 from ..corpora import Utterance
-from ..corpora.table import changes_text, resolve_audio_path
+from ..corpora.table import changes_text, channel_of, resolve_audio_path
 from ..devices import bf16_autocast, rank_device, resolve_device, to_device
 from ..errors import EmofuseError
 from ..hashing import file_sha256, sha256_int
@@ -275,7 +275,7 @@ def load_finetune_data(store: str, cfg: FinetuneConfig, enc: "Encoders") -> Fine
                 u = Utterance(id=str(uid), audio_path=str(r["audio_path"]), transcript=str(r["transcript"]),
                               label=str(r["label"]), session=str(r["session"]), speaker=str(r["speaker"]),
                               start=None if pd.isna(r["start"]) else float(r["start"]),
-                              end=None if pd.isna(r["end"]) else float(r["end"]))
+                              end=None if pd.isna(r["end"]) else float(r["end"]), channel=channel_of(r))
                 w = load_audio(u, enc.sample_rate)
                 if len(w) < enc.window:
                     raise BadInput(f"audio shorter than the encoder's receptive field ({enc.window} samples)")

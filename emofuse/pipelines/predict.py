@@ -60,13 +60,24 @@ def _spans(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return start, num("end").fillna(start + num("duration")).fillna(np.inf)
 
 
+def _signal(table: pd.DataFrame) -> pd.Series:
+    """Per utterance the audio it reads: its file's content digest, with ``#c`` and the channel
+    where it reads one channel of the file (two channels of one file are two signals); "" where
+    the audio could not be read at extraction."""
+    digests = table["audio_digest"].fillna("").astype(str)
+    if "channel" not in table.columns:
+        return digests
+    return pd.Series([d + (f"#c{int(c)}" if d and c == c and c is not None else "")
+                      for d, c in zip(digests, table["channel"])], index=table.index)
+
+
 def recording_spans(table: pd.DataFrame) -> dict[str, list[list[float]]] | None:
     """{audio content digest: [[start, end] …]}: the spans of each audio file the table's
     utterances cover (None for a store written before audio digests)."""
     if "audio_digest" not in table.columns:
         return None
     out: dict[str, list[list[float]]] = {}
-    for d, s, e in zip(table["audio_digest"].fillna("").astype(str), *_spans(table)):
+    for d, s, e in zip(_signal(table), *_spans(table)):
         if d:
             out.setdefault(d, []).append([float(s), float(e) if np.isfinite(e) else None])
     return out
@@ -77,8 +88,14 @@ def overlapping(table: pd.DataFrame, spans: dict, tolerance: float = OVERLAP_S) 
     ``spans`` (``recording_spans`` of another table) by more than ``tolerance`` seconds:
     the same recording cut a little differently, a longer or shorter span of it, the same file."""
     out = []
-    for uid, d, s, e in zip(table.index, table["audio_digest"].fillna("").astype(str), *_spans(table)):
-        for s2, e2 in spans.get(d, ()) if d else ():
+    within: dict[str, list] = {}   # a file's digest → its signals in ``spans`` (a mix holds each channel)
+    for k in spans:
+        within.setdefault(k.split("#")[0], []).append(k)
+    for uid, d, s, e in zip(table.index, _signal(table), *_spans(table)):
+        file = d.split("#")[0]
+        # one channel overlaps that channel and the file's mix; a mix overlaps every channel of it
+        signals = [k for k in within.get(file, ()) if "#" not in d or k in (d, file)] if d else []
+        for s2, e2 in (x for k in signals for x in spans[k]):
             if min(e, np.inf if e2 is None else e2) - max(s, s2) > tolerance:
                 out.append(str(uid))
                 break
@@ -102,7 +119,7 @@ def recording_keys(table: pd.DataFrame, legacy: bool = False) -> pd.Series | Non
     else:
         start, end = _spans(table)
         end = end.replace(np.inf, np.nan)   # no end and no duration: keyed "nan", as exports recorded it
-        rows = [f"{d}|{s:.2f}|{e:.2f}" for d, s, e in zip(table["audio_digest"].astype(str), start, end)]
+        rows = [f"{d}|{s:.2f}|{e:.2f}" for d, s, e in zip(_signal(table).astype(str), start, end)]
     keys = [hashlib.sha256(r.encode()).hexdigest()[:16] for r in rows]
     digests = table["audio_digest"].fillna("").astype(str).to_numpy()
     return pd.Series([k if d else "" for k, d in zip(keys, digests)], index=table.index)
@@ -287,11 +304,11 @@ class TrainedModel:
     def features(self, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
                  ids: Sequence[str] | None = None, speakers: Sequence[str] | None = None,
                  device: str = "cpu", audio_model: str | None = None, text_model: str | None = None,
-                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None
-                 ) -> TrainData:
+                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
+                 channels: Sequence[int | None] | None = None) -> TrainData:
         """Run the model's encoders on new audio files and transcripts (the extraction code path:
         same loading, resampling, preprocessing, compute and stored dtypes, layer selection)."""
-        return encode_new(self, audio, text, ids, speakers, device, audio_model, text_model, starts, ends)
+        return encode_new(self, audio, text, ids, speakers, device, audio_model, text_model, starts, ends, channels)
 
     def predict(self, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
                 ids: Sequence[str] | None = None, speakers: Sequence[str] | None = None, device: str = "cpu",
@@ -455,7 +472,7 @@ def _load_encoder(model: TrainedModel, stream: str, side: str, override: str | N
 
 
 def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_model, text_model, starts=None,
-               ends=None) -> TrainData:
+               ends=None, channels=None) -> TrainData:
     from ..corpora import Utterance
     from ..extract.audio import BadInput, check_transcript, load_audio
 
@@ -491,7 +508,8 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
             out = []
             for j, path in enumerate(audio):
                 u = Utterance(id=ids[j], audio_path=str(path), transcript="", label="", session="", speaker="",
-                              start=starts[j] if starts is not None else None, end=ends[j] if ends is not None else None)
+                              start=starts[j] if starts is not None else None, end=ends[j] if ends is not None else None,
+                              channel=channels[j] if channels is not None else None)
                 try:
                     w = load_audio(u, enc.sample_rate)
                     enc.check(w)
@@ -543,12 +561,12 @@ def _as_data(model: TrainedModel, ids: list[str], rows: dict, speakers=None) -> 
 
 def read_predict_manifest(path: str) -> pd.DataFrame:
     """A CSV/TSV/JSONL list of utterances to predict: ``audio`` (or ``wav``/``path``), optional
-    ``id``, ``text`` (or ``transcript``), ``speaker``, ``start``, ``end`` or ``duration`` (read as
+    ``id``, ``text`` (or ``transcript``), ``speaker``, ``channel``, ``start``, ``end`` or ``duration`` (read as
     the corpus manifest reads them: NeMo's ``offset``, SpeechBrain's ``stop``); paths relative to
     the file."""
     from pathlib import Path
 
-    from ..corpora.manifest import _span, canonical_columns, read_rows
+    from ..corpora.manifest import _channel, _span, canonical_columns, read_rows
 
     p = Path(path)
     columns, rows = read_rows(p)
@@ -567,8 +585,8 @@ def read_predict_manifest(path: str) -> pd.DataFrame:
         start, end = _span(r, uid, f"{path}, line {no}")
         out.append({"id": uid, "audio": a or None, "text": None if r.get("text") is None else str(r.get("text")),
                     "speaker": None if r.get("speaker") in (None, "") else str(r.get("speaker")),
-                    "start": start, "end": end})
-    return pd.DataFrame(out)
+                    "start": start, "end": end, "channel": _channel(r, uid, f"{path}, line {no}")})
+    return pd.DataFrame(out, columns=["id", "audio", "text", "speaker", "start", "end", "channel"])
 
 
 def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Sequence[str] | None = None,
@@ -582,7 +600,7 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
     if manifest and (audio or text):
         raise EmofuseError("give either --manifest or --audio/--text, not both")
     model = load_model(model_path)
-    ids = speakers = starts = ends = None
+    ids = speakers = starts = ends = channels = None
     if manifest:
         df = read_predict_manifest(manifest)
         if "F" in model.keys and df["audio"].isna().any():
@@ -603,6 +621,7 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
                                "then standardised by its own)")
         speakers = list(df["speaker"]) if named.all() else None
         starts, ends = list(df["start"]), list(df["end"])
+        channels = [None if c is None or c != c else int(c) for c in df["channel"]]
     else:
         audio = list(audio) if audio else None
         text = list(text) if text else None
@@ -615,7 +634,7 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
     if audio is None and "F" in model.keys:
         raise EmofuseError("this model reads audio frames (F): give --audio FILE or --manifest LIST")
     res = model.predict(audio=audio, text=text, ids=ids, speakers=speakers, device=device,
-                        audio_model=audio_model, text_model=text_model, starts=starts, ends=ends)
+                        audio_model=audio_model, text_model=text_model, starts=starts, ends=ends, channels=channels)
     if out:
         write_csv(out, res)
         log.info(f"wrote {len(res)} predictions to {out}")

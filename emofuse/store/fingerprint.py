@@ -36,6 +36,8 @@ def digest(obj: Any, n: int = 16) -> str:
 
 #: the utterance table's column holding a digest of each audio file's bytes (schema v2)
 AUDIO_DIGEST = "audio_digest"
+#: the utterance table's column of each utterance's channel (NaN: every channel, mixed to mono)
+CHANNEL = "channel"
 #: columns that say where a corpus's files are, not what they hold (outside the fingerprint):
 #: a store takes a table whose locations differ (a moved corpus, alignment paths it did not keep)
 LOCATION_COLUMNS = ("audio_path", "alignments")
@@ -56,8 +58,8 @@ def locations_differ(old: pd.DataFrame, new: pd.DataFrame) -> bool:
 
 def corpus_fingerprint(table: pd.DataFrame) -> str:
     """Fingerprint of a corpus: ids, labels, folds, speakers, transcripts and audio identity
-    (file name, size, segment times, and the digest of the file's bytes where the table has
-    one). Independent of where the corpus is mounted."""
+    (file name, size, segment times, the digest of the file's bytes where the table has one,
+    and the channel where one is named). Independent of where the corpus is mounted."""
     rows = []
     with_digest = AUDIO_DIGEST in table.columns
     for r in table.to_dict("records"):
@@ -65,14 +67,17 @@ def corpus_fingerprint(table: pd.DataFrame) -> str:
         row.append(os.path.basename(str(r.get("audio_path", ""))))
         if with_digest:
             row.append(r.get(AUDIO_DIGEST))
+        channel = r.get(CHANNEL)
+        if channel is not None and channel == channel:   # one channel of its file (every channel: as before)
+            row.append({"channel": int(channel)})
         rows.append(row)
     return digest(rows, 32)
 
 
 def corpus_changes(old: pd.DataFrame, new: pd.DataFrame) -> list[tuple[str, str]]:
     """What differs between two utterance tables, per utterance id: ``(id, what)`` with what one
-    of "removed from the corpus", "added to the corpus", "audio content changed", "transcript
-    changed", "start or end changed", "label, session or speaker changed". Audio digests count
+    of "removed from the corpus", "added to the corpus", "audio content changed", "channel changed",
+    "transcript changed", "start or end changed", "label, session or speaker changed". Audio digests count
     only where both tables have them (a v1 table has none)."""
     def key(v):
         if isinstance(v, float) and math.isnan(v):
@@ -90,6 +95,8 @@ def corpus_changes(old: pd.DataFrame, new: pd.DataFrame) -> list[tuple[str, str]
         if (digests and key(a[AUDIO_DIGEST]) != key(b[AUDIO_DIGEST])) or key(a["audio_bytes"]) != key(b["audio_bytes"]) \
                 or os.path.basename(str(a["audio_path"])) != os.path.basename(str(b["audio_path"])):
             out.append((i, "audio content changed"))
+        elif key(a.get(CHANNEL)) != key(b.get(CHANNEL)):
+            out.append((i, "channel changed"))
         elif str(a["transcript"]) != str(b["transcript"]):
             out.append((i, "transcript changed"))
         elif key(a["start"]) != key(b["start"]) or key(a["end"]) != key(b["end"]):

@@ -70,8 +70,8 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
             commits.close()
     if MIXED:   # right for a stereo recording of one voice, wrong for a dyadic one (a speaker per channel)
         log.warning(f"{job.name}: {len(MIXED)} audio file(s) hold several channels (e.g. {sorted(MIXED)[0]}); each "
-                    "was mixed to mono, so where the channels hold different speakers, give each utterance a file "
-                    "of its own channel")
+                    "was mixed to mono, so where the channels hold different speakers, name each utterance's channel "
+                    "(manifest column 'channel', 0-based; a lhotse supervision's channel)")
 
 
 def _audio_unit(job: StreamJob, unit: list[list[str]], by_id: dict[str, Utterance], commits: BackgroundCommits,
