@@ -258,10 +258,12 @@ def test_the_sphinx_aligners_settings_are_in_its_digest(monkeypatch):
 
     before = {"source": "sphinx", "keep_silence": False, "tiers": {}, "aligner": "SphinxAligner",
               "pocketsphinx": version("pocketsphinx"), "audio": "ab12", "transcript": "hello there"}
-    assert sphinx_aligner.settings() == sphinx_aligner.DIGEST_BASELINE
+    now = got()   # today's rules (2) differ from the baseline's: every sphinx segment is pooled again once
+    monkeypatch.setattr(sphinx_aligner, "RULES", 1)
+    assert sphinx_aligner.settings() == sphinx_aligner.DIGEST_BASELINE and got() != now
     assert got() == digest(before, 16)   # as every digest so far
     seen = {got()}
-    for name, value in (("PAD_S", 0.25), ("DITHER", 1e-4), ("BEAM", 1e-40), ("WIDE_BEAM", 1e-70), ("RULES", 2)):
+    for name, value in (("PAD_S", 0.25), ("DITHER", 1e-4), ("BEAM", 1e-40), ("WIDE_BEAM", 1e-70), ("RULES", 3)):
         with monkeypatch.context() as m:
             m.setattr(sphinx_aligner, name, value)
             seen.add(got())
@@ -298,3 +300,29 @@ def test_a_textgrid_of_several_speakers_is_read_by_the_utterances_speaker(tmp_pa
     write_textgrid(plain, {"word": [AlignmentItem("hi", 0.1, 0.3)]}, 1.0)
     assert not speaker_tiers(plain)
     assert [i.symbol for i in read_textgrid(plain, speaker="A")["word"] if i.symbol] == ["hi"]
+
+
+def test_sphinx_refuses_a_word_it_places_outside_the_audio_and_reads_curly_apostrophes():
+    """Before: a word the decoder placed wholly in the silence padded around the audio (a word not
+    spoken, an utterance cut tightly) was clipped to nothing and dropped with its phones, without a
+    word; ``don’t`` (a cp1252 transcript's 0x92) was aligned as ``don`` + ``t``, both in the
+    dictionary. The rules' version is in the aligner's digest, so such segments are pooled again."""
+    pytest.importorskip("pocketsphinx")
+    from emofuse.align import sphinx_aligner
+    from emofuse.align.sphinx_aligner import DIGEST_BASELINE, SphinxAligner, settings, words_of
+    from emofuse.corpora import demo_root
+    from emofuse.errors import EmofuseError
+
+    wav = str(demo_root() / "Session5/sentences/wav/Ses05M_script02_2/Ses05M_script02_2_F001.wav")
+    aligner = SphinxAligner()
+    plain = aligner.align("u", wav, "We talked about it yesterday")
+    assert [w.symbol for w in plain["word"] if not sphinx_aligner._filler(w.symbol)] == \
+        ["we", "talked", "about", "it", "yesterday"]
+    for extra in ("we talked about it yesterday oh", "uh we talked about it yesterday"):
+        with pytest.raises(EmofuseError, match=r"the aligner placed '(oh|uh)' outside the audio \(in the silence "
+                                               r"padded around it\)"):
+            aligner.align("u", wav, extra)
+    assert words_of("We don’t know, naïve ‘so’") == ["we", "don't", "know", "naive", "so"]
+    with pytest.raises(EmofuseError, match=r"missing from the pronunciation dictionary.*: straße"):
+        aligner.align("u", wav, "we talked about straße")
+    assert settings()["rules"] != DIGEST_BASELINE["rules"]

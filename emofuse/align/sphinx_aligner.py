@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,19 @@ BEAM, WIDE_BEAM = 1e-48, 1e-80   # the decoder's beams, and the wider ones of th
 TAG_RE = re.compile(r"\[[^\]]*\]|\{[^}]*\}|<[^>]*>")
 #: Bump when a rule of this module that changes alignments changes and no setting below names it
 #: (how transcripts become words, how times are rounded): ``settings()`` carries it.
-RULES = 1
+RULES = 2   # 2: curly apostrophes and accents (words_of); a word placed in the padding refused
 #: ``settings()`` as they were when align-segments' digests first named the aligner (pocketsphinx's
 #: version) but not its settings: an aligner whose settings equal these adds nothing to a digest,
 #: so segments pooled since keep theirs; any change (a setting, ``RULES``, num2words installed or
 #: not) changes the digest of every utterance the aligner aligns, and they are aligned again.
 DIGEST_BASELINE = {"pad_s": 0.5, "dither": 1e-3, "beam": 1e-48, "wide_beam": 1e-80, "bestpath": False,
                    "rules": 1, "numbers_spelled": True}
+
+
+def _filler(name: str) -> bool:
+    """A silence or noise item of the decoder's alignment (``<sil>``, ``<s>``, ``[NOISE]``, ``++UH++``),
+    not a word of the transcript."""
+    return name.startswith(("<", "[", "+"))
 
 
 class _SearchFailed(Exception):
@@ -84,11 +91,19 @@ def spell_numbers(text: str) -> str:
     return NUMBER_RE.sub(_say_number, text).replace("-", " ")
 
 
+#: apostrophes as typed or decoded (a cp1252 transcript's 0x92 is U+2019), read as the dictionary's '
+APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u00b4": "'", "`": "'"})
+
+
 def words_of(transcript: str) -> list[str]:
     """Dictionary-style words: lower case, tags like ``[LAUGHTER]`` and punctuation removed,
-    numbers spelled out (``spell_numbers``)."""
-    text = spell_numbers(TAG_RE.sub(" ", transcript.lower()))
-    return [w.strip("'") for w in re.sub(r"[^a-z0-9' ]+", " ", text).split() if w.strip("'")]
+    numbers spelled out (``spell_numbers``), curly apostrophes read as ``'`` (``don’t`` is
+    ``don't``) and accents dropped (``naïve`` is ``naive``). A letter still outside a–z stays in
+    its word, which the dictionary then lacks (the utterance is refused, naming it): before, it
+    split the word in two (``don’t`` was aligned as ``don`` + ``t``, both in the dictionary)."""
+    text = unicodedata.normalize("NFKD", TAG_RE.sub(" ", transcript.translate(APOSTROPHES)).lower())
+    text = spell_numbers("".join(c for c in text if not unicodedata.combining(c)))
+    return [w.strip("'") for w in re.sub(r"[^\w' ]+|_", " ", text).split() if w.strip("'")]
 
 
 class SphinxAligner:
@@ -179,6 +194,11 @@ class SphinxAligner:
             tiers["word"].append(self._item(ALTERNATE_RE.sub("", w.name), w.start, w.duration, duration))
             for p in w:
                 tiers["phone"].append(self._item(p.name, p.start, p.duration, duration))
+        lost = [i.symbol for i in tiers["word"] if i.duration <= 0 and not _filler(i.symbol)]
+        if lost:   # wholly in the padding: before, dropped with its phones without a word
+            raise _SearchFailed(f"the aligner placed {', '.join(repr(w) for w in lost[:5])} outside the audio (in the "
+                                "silence padded around it): a word of the transcript that is not spoken, or an "
+                                "utterance cut too tightly")
         tiers = {k: [i for i in v if i.duration > 0] for k, v in tiers.items()}
         if self.write_to:
             self._write(uid, tiers, duration)

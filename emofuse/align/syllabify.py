@@ -4,8 +4,9 @@ Rule: every vowel (and the syllabic consonants EL, EM, EN, ER) is one nucleus; c
 two nuclei are split by the *maximal onset principle*: the longest run that ends the cluster and
 is a legal English onset begins the next syllable, the rest closes the previous one. Word-initial
 consonants join the first syllable, word-final ones the last. Legal onsets are the single
-consonants except NG, and the clusters in ``ONSETS`` (stop/fricative + liquid or glide, s-clusters,
-s + stop + liquid/glide). Vowel hiatus (``create`` K R IY | EY T) splits between the vowels. A
+consonants except NG, and the clusters in ``ONSETS`` (stop/fricative + liquid or glide, a nasal, L
+or HH + Y as in music, nuance, lurid, huge; s-clusters, s + stop + liquid/glide), so ``million`` is
+M IH | L Y AH N and ``canyon`` K AE | N Y AH N. Vowel hiatus (``create`` K R IY | EY T) splits between the vowels. A
 word with no nucleus (``hmm``: HH M) is one syllable. Stress digits are ignored.
 
 IPA phones (the Montreal Forced Aligner's ``english_mfa`` model and its other languages: ``h ə l
