@@ -768,3 +768,25 @@ def test_a_roberta_stream_windowed_at_2_fewer_tokens_keeps_its_windows(tmp_path,
     with pytest.raises(EmofuseError, match=r"windows text differently .*\(max_tokens 64, the model's stream 'text' "
                                            r"has 70\)"):
         _load_encoder(model, "text", "text", None, "cpu")
+
+
+def test_a_ranks_shard_of_another_encoder_or_layers_than_the_main_store_is_refused(small_fake, tiny_models, tmp_path):
+    """Before: under torchrun each rank took every utterance the main store's stream held as done,
+    whatever encoder or layers it held: extracting another model (or --layers) under the same stream
+    name ran nothing, merged nothing and exited 0, leaving the old activations in place."""
+    from emofuse.errors import StoreError
+    from emofuse.pipelines import extract as px
+    from emofuse.pipelines.extract.job import extract_into
+    main = tmp_path / "main.h5"
+    cfg = dict(corpus="iemocap", root=str(small_fake.root), audio_model=tiny_models["group"], text_model=None,
+               device="cpu", limit=4)
+    px.run_extract(px.ExtractConfig(out=str(main), layers="0,1", **cfg))
+    shard = tmp_path / "main.h5.shards" / "rank0-of-2.h5"
+    shard.parent.mkdir()
+    with pytest.raises(StoreError, match=r"stream 'audio' in .*main\.h5 holds .*; this run brings .* \[layers: \[0, 1\] "
+                                         r"in main\.h5, \[1, 2\] in this run\]: name another stream"):
+        extract_into(px.ExtractConfig(out=str(main), layers="1,2", shard="0/2", **cfg), str(shard), main_store=str(main))
+    # the same encoder and layers: the rank's shard is made, and skips what the main store holds
+    summary = extract_into(px.ExtractConfig(out=str(main), layers="0,1", shard="0/2", **cfg), str(shard),
+                           main_store=str(main))
+    assert summary.streams[0].done == 0 and summary.streams[0].reused > 0

@@ -213,6 +213,22 @@ class StoreWriter:
             raise StoreError(f"{first}; {second}" + (f" [{diff}]" if diff else "") + f": {advice}")
 
     # -- public API -----------------------------------------------------------------------
+    def check_extends(self, name: str, info: Mapping[str, Any], known: Mapping[str, Any], origin: str) -> None:
+        """Refuse ``info`` for stream ``name`` as ``add_stream`` would when ``known`` (the stream's
+        info in ``origin``, another store this run extends: under torchrun, the main store its
+        shards merge into) is another encoder or keeps other layers. Nothing is declared."""
+        saved = self.stream_infos.get(name), self._stream_origin.get(name)
+        known = {k: v for k, v in known.items() if k not in ("entries", "granularities")}   # a reader's counts
+        self.stream_infos[name], self._stream_origin[name] = known, origin
+        try:
+            self._check_stream(name, {**info, "corpus_fingerprint": self.fingerprint})
+        finally:
+            if saved[0] is None:
+                self.stream_infos.pop(name, None)
+                self._stream_origin.pop(name, None)
+            else:
+                self.stream_infos[name], self._stream_origin[name] = saved
+
     def add_stream(self, name: str, info: Mapping[str, Any]) -> None:
         """Declare a stream. ``info['fingerprint']`` identifies its encoder; a stream of that name
         with another fingerprint is refused."""

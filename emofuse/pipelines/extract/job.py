@@ -143,6 +143,9 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
             if recorded:   # what the recorded config hash covers is not this configuration dict
                 info.pop("config", None)
                 info.update(recorded)
+            main_known = _stream_info(main_store, name)
+            if main_known:   # a rank's shard: its stream must be the one the main store holds (before,
+                writer.check_extends(name, info, main_known, main_store)   # every id was reused and nothing ran)
             writer.add_stream(name, info)
             s = StreamSummary(stream=name, kind=kind, encoder=enc.info["encoder_id"], untrained=enc.info["untrained"])
             jobs.append((kind, StreamJob(writer, name, enc, cfg, STORE_DTYPES[sdt], kept, s, background)))
