@@ -157,6 +157,16 @@ def test_layer_subset_keeps_the_encoders_layer_numbers(reference, small_fake, ti
         assert data.layers == {"F": [2], "T": [2]}
         data = load_train_data(fs, ["F"], "audio", "text", None, torch.device("cpu"))
         assert data.layers["F"] == [0, 2]
+        assert load_train_data(fs, ["F"], "audio", "text", "last", torch.device("cpu")).layers["F"] == [2]
+    # 'last' is the encoder's last layer (before: the last one kept, layer 1 of a 4-layer encoder here)
+    from emofuse.errors import EmofuseError
+    from emofuse.pipelines.data import parse_layers
+    with pytest.raises(EmofuseError, match=r"--audio-layers last: the encoder's last layer is 3, and the stream 'audio' "
+                                           r"has layers 0\.\.1 \(extracted with --layers\); name a kept layer \(--audio-layers 1\)"):
+        parse_layers("last", 2, [0, 1], option="--audio-layers", stream="audio", encoder_layers=4)
+    with pytest.raises(EmofuseError, match=r"layers \[2, 3\] do not exist"):
+        parse_layers("1-", 2, [0, 1], encoder_layers=4)
+    assert parse_layers("2-", 2, [0, 2], encoder_layers=3) == [1] == parse_layers("last", 2, [0, 2], encoder_layers=3)
     # emofuse info names the kept layers (before: "3 layers x 32", as if all were stored)
     from emofuse.pipelines.describe import describe_store
     assert "(layers [0, 2] of 3 x " in describe_store(str(out)), describe_store(str(out))

@@ -29,14 +29,17 @@ from .rundir import content_digest
 
 
 def parse_layers(spec: str | None, n_layers: int, layer_ids: Sequence[int] | None = None,
-                 option: str = "--layers", stream: str | None = None) -> list[int]:
+                 option: str = "--layers", stream: str | None = None, encoder_layers: int | None = None) -> list[int]:
     """Positions of the selected layers in a stream's stored layer axis.
 
     ``spec`` names *encoder* layers (hidden-state indices: 0 = the transformer's input, 1..N its
     blocks): ``None``/``all`` every stored layer, ``last``, ``6``, ``1-12``, ``1-`` (1 to the
-    last), ``0,4,8``. ``layer_ids`` are the encoder indices the stream stores (default 0..L−1).
+    last), ``0,4,8``. ``layer_ids`` are the encoder indices the stream stores (default 0..L−1);
+    ``encoder_layers`` the encoder's hidden states (its ``num_layers``; default: the stored ones):
+    ``last`` is the encoder's last, refused when the stream (extracted with ``--layers``) lacks it.
     """
     ids = list(range(n_layers)) if layer_ids is None else [int(i) for i in layer_ids]
+    last = ids[-1] if not encoder_layers else max(int(encoder_layers) - 1, ids[-1])
     where = f" of stream {stream!r}" if stream else ""
     allowed = f"the stream{where and ' ' + repr(stream)} has layers {_ranges(ids)}"
     if spec in (None, "", "all"):
@@ -47,13 +50,16 @@ def parse_layers(spec: str | None, n_layers: int, layer_ids: Sequence[int] | Non
             raise EmofuseError(f"{option} last: stream{where and ' ' + repr(stream)} has a single layer (hand-crafted "
                                "descriptors or one stored layer), so there is no layer to select; leave "
                                f"{option} unset (all)")
+        if last != ids[-1]:   # before: the last *stored* layer, another one, without a word
+            raise EmofuseError(f"{option} last: the encoder's last layer is {last}, and {allowed} (extracted with "
+                               f"--layers); name a kept layer ({option} {ids[-1]}), or extract its last layer")
         return [len(ids) - 1]
     out: list[int] = []
     try:
         for part in spec.split(","):
             a, dash, b = part.strip().partition("-")
             lo = int(a)
-            hi = (int(b) if b.strip() else ids[-1]) if dash else lo
+            hi = (int(b) if b.strip() else last) if dash else lo
             if hi < lo:
                 raise ValueError
             out += list(range(lo, hi + 1))
@@ -349,7 +355,8 @@ def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text
         ids = fs.layer_ids(stream, KEY_KIND[k])   # encoder numbers of the stored layers
         if spec == "last" and len(ids) == 1 and isinstance(layers, Mapping) and side in layers.get("defaults", ()):
             spec = None
-        pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream)
+        pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream,
+                           encoder_layers=fs.stream_info(stream).get("num_layers"))
         out[k] = (pos, [ids[p] for p in pos], D)
     return out
 
