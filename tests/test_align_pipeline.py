@@ -102,6 +102,8 @@ def test_changed_alignment_files_are_pooled_again(extracted, small_fake, tmp_pat
     copy_store(extracted, store)
     r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
     assert r.returncode == 0 and "24 utterances aligned" in r.stdout, r.stderr
+    old = tmp_path / "old.h5"
+    copy_store(store, old)   # aligned before the edit below
     victim = sorted(root.rglob("*.wdseg"))[0]
     uid = victim.stem
     with FeatureStore(store) as fs:
@@ -118,6 +120,18 @@ def test_changed_alignment_files_are_pooled_again(extracted, small_fake, tmp_pat
         assert list(after.symbols) != list(before.symbols) or victim.read_text() != text
     again = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
     assert "0 utterances aligned (25 already in the store)" in again.stdout
+    # merging the store aligned before the edit is refused (before: its stale segments replaced the new ones)
+    from emofuse.errors import StoreError
+    from emofuse.store import merge_stores
+    with pytest.raises(StoreError, match=rf"old\.h5 holds segments/(phone|syllable|word) of stream 'audio' of 1 utterance\(s\) \(e\.g\. "
+                                         rf"'{uid}'\) computed from other inputs than this store's .*: one of the two is "
+                                         "stale"):
+        merge_stores(store, [old])
+    with FeatureStore(store) as fs:
+        assert list(fs.segments("audio", "word", uid).symbols) == list(after.symbols)
+    r = run("align-segments", "--store", old, "--source", "iemocap", "--root", root)   # now both are current
+    assert r.returncode == 0 and "1 utterances were pooled again" in r.stdout, r.stdout + r.stderr
+    assert merge_stores(store, [old]) == {}
 
 
 def test_moved_corpus_of_another_content_is_refused(extracted, tmp_path):

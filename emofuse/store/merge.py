@@ -132,6 +132,29 @@ class _Records:
         return True
 
 
+def _refuse_conflicts(offered: list, recs: _Records, sources: list[str]) -> None:
+    """Refuse a merge where a source brings a record of an utterance computed from other inputs
+    (another digest) than the store's or an earlier source's: one of them is stale (e.g. segments
+    pooled before a ``.wdseg`` was edited), and which one cannot be told here. Before, the source's
+    replaced the store's (the last source's won), so an older store merged in served stale segments."""
+    seen: dict[tuple, tuple[str, str]] = {}   # (key, id) -> (digest, whose)
+    clash: dict[tuple, list[str]] = {}        # (whose, source, kind path) -> ids
+    for i, key, k, rec in offered:
+        cur = recs.get(key, i)
+        had = (cur[-1], "store") if cur is not None else seen.get((key, i))
+        if had is not None and had[0] != rec[-1]:
+            clash.setdefault((had[1], sources[k], f"{key[1]} of stream {key[0]!r}"), []).append(str(i))
+        seen.setdefault((key, i), (rec[-1], sources[k]))
+    if clash:
+        (whose, src, path), ids = next(iter(clash.items()))
+        other = "this store's" if whose == "store" else f"{os.path.basename(whose)}'s"
+        more = f" (and {len(clash) - 1} more such case(s) in other kinds or stores)" if len(clash) > 1 else ""
+        raise StoreError(f"{os.path.basename(src)} holds {path} of {len(ids)} utterance(s) (e.g. {ids[0]!r}) computed from "
+                         f"other inputs than {other}{more}: one of the two is stale (an alignment or audio file changed "
+                         "between the runs); run the stage that wrote them (align-segments, extract-embeddings) on both "
+                         "stores so they are current, then merge again")
+
+
 def build_index(inp: MergeInputs, link: Callable[[str], str]) -> Merged:
     """The next index from ``inp``. ``link(path of a source's part)`` gives that part a name in
     this store's folder (called only for parts that contribute an entry, once each)."""
@@ -172,7 +195,9 @@ def build_index(inp: MergeInputs, link: Callable[[str], str]) -> Merged:
                         zip(t.ids, t.part, t.row, t.length, t.inputs)]
         for s, rows in sidx.skipped.items():
             offered += [(i, (s, kind), k, ("skip", reason, d)) for i, kind, reason, d in rows]
-    for i, key, _, rec in sorted(offered, key=lambda x: (x[0], x[1], x[2])):
+    offered.sort(key=lambda x: (x[0], x[1], x[2]))
+    _refuse_conflicts(offered, recs, [src for src, _ in inp.sources])
+    for i, key, _, rec in offered:
         cur = recs.get(key, i)
         if cur is not None and cur[-1] == rec[-1]:
             continue  # a repeat: nothing to link
