@@ -266,3 +266,30 @@ def test_a_learning_rate_that_cannot_train_is_one_sentence(tmp_path, lr):
     with pytest.raises(EmofuseError, match=f"--lr must be a positive learning rate, found {lr}"):
         TrainConfig(store="s.h5", out=str(tmp_path / "o"), lr=lr)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("at_once", [1, 0])
+def test_a_diverged_run_is_refused_not_scored_as_chance(tmp_path, at_once):
+    """Before: a run whose validation loss was NaN from its first epoch kept that epoch; its NaN
+    logits argmax'ed to the first class, and UA 25 / F1 10 went into summary.json and the tables
+    without a word (one at a time and stacked alike)."""
+    path = tmp_path / "s.h5"
+    make_synthetic_store(path, per_class=3, layers=3, dim=8, planted_layer=1)
+    out = tmp_path / "o"
+    with pytest.raises(EmofuseError, match=r"repeat 0, test session 1 diverged: its validation loss was not finite from "
+                                           r"its first epoch \(learning rate 1e\+36\); lower --lr"):
+        run_train(TrainConfig(store=str(path), out=str(out), fusion="none", granularity="F", lr=1e36, epochs=3,
+                              patience=2, repeats=1, device="cpu", runs_at_once=at_once))
+    assert not list(out.glob("runs/*/*/metrics.json")) and not (out / "summary.json").exists()
+
+
+def test_a_run_diverging_after_its_best_epoch_keeps_that_epoch_and_says_so(caplog):
+    from emofuse.pipelines.protocol import check_trained, epoch_score
+    assert epoch_score(50.0, float("nan")) < epoch_score(0.0, 9.0) and epoch_score(50.0, float("inf")) == (-1.0, -np.inf)
+    history = [{"epoch": 0, "val_loss": 1.0, "lr": 0.1}, {"epoch": 1, "val_loss": float("nan"), "lr": 0.1}]
+    with caplog.at_level("WARNING", logger="emofuse"):
+        check_trained("run x", 0, history, np.zeros((2, 4)))
+    assert "run x diverged at epoch 1 (validation loss not finite) (learning rate 0.1); its best epoch before, 0, is " \
+           "kept" in caplog.text
+    with pytest.raises(EmofuseError, match="test logits that are not finite"):
+        check_trained("run x", 0, history, np.array([[np.nan, 0.0]]))

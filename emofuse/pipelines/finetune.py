@@ -54,7 +54,7 @@ from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
 from .rundir import (check_run_dir, finetune_results_version, fold_dir, predictions_roundtrip, read_fold, run_lock,
                      save_fold, write_config, write_predictions, write_summary)
-from .protocol import folds_of, run_seed, split
+from .protocol import NO_EPOCH, check_trained, epoch_score, folds_of, run_seed, split
 
 log = logging.getLogger(__name__)
 
@@ -732,7 +732,7 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     pad = enc.tok.pad_token_id or 0 if enc.tok is not None else 0
-    state = {"epoch": -1, "best": None, "best_score": (-1.0, float("-inf")), "best_epoch": -1, "history": []}
+    state = {"epoch": -1, "best": None, "best_score": NO_EPOCH, "best_epoch": -1, "history": []}
     ckpt = os.path.join(rdir, "checkpoint.pt")
     if os.path.exists(ckpt):
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -744,7 +744,7 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
         progress(f"resumed after epoch {state['epoch'] + 1}")
     y_all = torch.from_numpy(data.y)
     for epoch in range(state["epoch"] + 1, cfg.epochs):
-        if state["best_epoch"] >= 0 and epoch - 1 - state["best_epoch"] >= cfg.patience:
+        if epoch - 1 - state["best_epoch"] >= cfg.patience:   # no finite epoch yet: as if the best were epoch -1
             break
         model.train()
         gen = torch.Generator().manual_seed(_seed_of(seed, epoch))   # data order: a function of (seed, epoch)
@@ -766,7 +766,7 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
         state["history"].append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss,
                                  "val_ua": val["ua"], "lr": opt.param_groups[0]["lr"]})
         progress(f"epoch {epoch + 1} val UA {val['ua']:.1f}")
-        score = (val["ua"], -val_loss)
+        score = epoch_score(val["ua"], val_loss)
         if score > tuple(state["best_score"]):
             state.update(best={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                          best_score=score, best_epoch=epoch)
@@ -778,7 +778,8 @@ def train_fold(cfg: FinetuneConfig, enc_factory: Callable[[], Encoders], data: F
         if world > 1:
             import torch.distributed as dist
             dist.barrier()
-    model.load_state_dict(state["best"])
+    if state["best"] is not None:   # none: no finite epoch (check_trained refuses the run)
+        model.load_state_dict(state["best"])
     return model, enc, state["history"], state["best_epoch"]
 
 
@@ -866,6 +867,7 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
                 lambda s: say(f"  repeat {r} fold {session}: {s}"), timer)
             pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
             logits = predict(model, data, te, cfg, device, rank, world, pad)
+            check_trained(f"repeat {r}, test session {session}", best_epoch, history, logits)
             m = scores(data.y[te], logits.argmax(1), len(data.classes))
             m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
                      n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights={}, layer_ids={}, history=history,

@@ -14,7 +14,7 @@ import torch
 from ..devices import bf16_autocast, to_device
 from .data import TrainData
 from .metrics import scores
-from .protocol import epoch_order, utterance_rows
+from .protocol import NO_EPOCH, epoch_order, epoch_score, utterance_rows
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -100,7 +100,7 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
     gen = torch.Generator().manual_seed(seed)
     y_all = torch.from_numpy(data.y)
     lengths = utterance_rows(data) if cfg.group_by_length else None
-    best, best_score, best_epoch, history = None, (-1.0, float("-inf")), -1, []
+    best, best_score, best_epoch, history = None, NO_EPOCH, -1, []
     for epoch in range(cfg.epochs):
         t_epoch = time.perf_counter()
         model.train()
@@ -132,12 +132,13 @@ def train_one(cfg: TrainConfig, data: TrainData, train_idx: np.ndarray, val_idx:
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_ua": val["ua"],
                         "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t_epoch, 4)})
         progress(f"epoch {epoch + 1} val UA {val['ua']:.1f}")
-        score = (val["ua"], -val_loss)   # validation UA, ties broken by validation loss
+        score = epoch_score(val["ua"], val_loss)   # validation UA, ties broken by validation loss
         if score > best_score:
             best, best_score, best_epoch = copy.deepcopy(model.state_dict()), score, epoch
         elif epoch - best_epoch >= cfg.patience:
             break
         if sched is not None:   # decay on validation loss (plateau) or UA (plateau-ua); never the test set
             sched.step(val_loss if scheduler == "plateau" else val["ua"])
-    model.load_state_dict(best)
+    if best is not None:   # none: no finite epoch (check_trained refuses the run)
+        model.load_state_dict(best)
     return model, history, best_epoch

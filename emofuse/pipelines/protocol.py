@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,34 @@ def folds_of(data: TrainData, cfg: TrainConfig, warn: bool = True) -> list[str]:
             log.warning(f"{cfg.out}: test session {s} holds no {names} utterance; its UA averages the recall of "
                         "the other classes")
     return folds
+
+
+#: the rank of an epoch that is never the best (its validation loss is not finite), and of none yet
+NO_EPOCH = (-1.0, float("-inf"))
+
+
+def epoch_score(val_ua: float, val_loss: float) -> tuple[float, float]:
+    """How an epoch ranks for the best checkpoint: validation UA, ties broken by the lower
+    validation loss. An epoch whose loss is not finite (the run diverged) ranks with ``NO_EPOCH``
+    and is never kept: before, a run NaN from its first epoch kept it, and its NaN logits were
+    scored as predicting the first class (UA 25 on four classes, published as a result)."""
+    return (val_ua, -val_loss) if math.isfinite(val_loss) else NO_EPOCH
+
+
+def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray) -> None:
+    """Refuse a run that has no finite epoch, or whose test logits are not finite, naming it and
+    its learning rate (the usual cause); warn of one that diverged after a best epoch (kept)."""
+    lr = f" (learning rate {history[0]['lr']:g})" if history and "lr" in history[0] else ""
+    if best_epoch < 0:
+        raise EmofuseError(f"{what} diverged: its validation loss was not finite from its first epoch{lr}; lower --lr. "
+                           "Nothing of it is written; runs finished before are kept")
+    if not np.isfinite(logits).all():
+        raise EmofuseError(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite (NaN or inf in "
+                           "the inputs or the head); nothing of it is written; runs finished before are kept")
+    bad = next((h["epoch"] for h in history if not math.isfinite(h["val_loss"])), None)
+    if bad is not None:
+        log.warning(f"{what} diverged at epoch {bad} (validation loss not finite){lr}; its best epoch before, "
+                    f"{best_epoch}, is kept")
 
 
 def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:

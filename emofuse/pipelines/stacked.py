@@ -23,7 +23,7 @@ from torch.func import stack_module_state
 from ..devices import bf16_autocast, gpu_free_bytes, to_device
 from ..heads.stacked import StackedHead, Step
 from .metrics import scores
-from .protocol import epoch_order, utterance_rows
+from .protocol import NO_EPOCH, epoch_order, epoch_score, utterance_rows
 
 
 @dataclass
@@ -137,7 +137,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
     y_all = torch.from_numpy(data.y)
     alive = list(range(len(jobs)))        # job numbers still training, in stack order
     best = [None] * len(jobs)
-    best_score = [(-1.0, float("-inf"))] * len(jobs)
+    best_score = [NO_EPOCH] * len(jobs)
     best_epoch = [-1] * len(jobs)
     history = [[] for _ in jobs]
     for epoch in range(cfg.epochs):
@@ -197,7 +197,7 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
             val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y_all[j.val]))
             history[i].append({"epoch": epoch, "train_loss": totals[a] / max(counts[a], 1), "val_loss": val_loss,
                                "val_ua": val["ua"], "lr": opt.lr[a], "seconds": round(seconds, 4)})
-            score = (val["ua"], -val_loss)
+            score = epoch_score(val["ua"], val_loss)
             if score > best_score[i]:
                 best[i] = {n: p[a].detach().to("cpu", copy=True) for n, p in opt.p.items()}
                 best_score[i], best_epoch[i] = score, epoch
@@ -213,7 +213,8 @@ def train_stacked(cfg, data, jobs: Sequence[Job], device: torch.device, timer,
         for a in done:
             i = alive[a]
             model = models[i]
-            model.load_state_dict(best[i])
+            if best[i] is not None:   # none: no finite epoch (check_trained refuses the run)
+                model.load_state_dict(best[i])
             on_done(jobs[i], model.to(device), history[i], best_epoch[i])
             best[i] = models[i] = None
         if done:

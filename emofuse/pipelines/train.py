@@ -25,7 +25,7 @@ from .keys import KEY_KIND, SPEECH_KEYS, stream_of
 from .loop import Timer, _predict, train_one
 from .metrics import format_summary, scores, summarise
 from .progress import progress_bar
-from .protocol import GROUP_BATCHES, _folds, folds_of, run_seed, split
+from .protocol import GROUP_BATCHES, _folds, check_trained, folds_of, run_seed, split
 from .rundir import (RESULTS_VERSION, check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold,
                      run_lock, save_fold, write_config, write_predictions, write_summary)
 from .stacked import Job, fit_runs, train_stacked
@@ -457,6 +457,7 @@ def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, be
     seed = cfg.seed + r
     te = np.flatnonzero(data.sessions == session)
     logits = _predict(model, data, te, device, job.norm, timer, bf16=cfg.bf16)
+    check_trained(f"{cfg.out}: repeat {r}, test session {session}", best_epoch, history, logits)
     m = scores(data.y[te], logits.argmax(1), len(data.classes))
     m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
              n_train=len(job.train), n_val=len(job.val), n_test=len(te), layer_weights=model.layer_weights(),
