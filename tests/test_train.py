@@ -293,3 +293,30 @@ def test_a_run_diverging_after_its_best_epoch_keeps_that_epoch_and_says_so(caplo
            "kept" in caplog.text
     with pytest.raises(EmofuseError, match="test logits that are not finite"):
         check_trained("run x", 0, history, np.array([[np.nan, 0.0]]))
+
+
+def test_a_diverged_run_kept_before_is_trained_again_and_refused_in_tables(tmp_path, caplog):
+    """Runs that diverged before such runs were refused hold NaN logits (empty cells): a resumed
+    train-head trains the fold again (here it diverges again, and is refused with the reason), and
+    ablate's tables refuse the row rather than print its chance-level UA."""
+    from emofuse.pipelines.ablate import _test_set
+    from emofuse.pipelines.rundir import read_predictions
+    path = tmp_path / "s.h5"
+    make_synthetic_store(path, per_class=3, layers=3, dim=8, planted_layer=1)
+    out = tmp_path / "o"
+    cfg = TrainConfig(store=str(path), out=str(out), fusion="none", granularity="F", epochs=2, repeats=1, device="cpu",
+                      folds=("1",))
+    run_train(cfg)
+    pred = out / "runs" / "r0_s1" / "predictions.csv"
+    for f in (pred, out / "predictions.csv"):   # the fold's, and the run's (tables read it)
+        df = read_predictions(f)
+        df[[c for c in df.columns if c.startswith("logit_")]] = np.nan
+        df.to_csv(f, index=False)
+    assert read_predictions(pred)["logit_ang"].isna().all()   # empty cells read as NaN, not as text
+    with pytest.raises(EmofuseError, match=r"row 'x': .* holds a run that diverged"):
+        _test_set(str(out), ["ang"], {}, "x")
+    with caplog.at_level("WARNING", logger="emofuse"):
+        run_train(cfg)   # trained again: the same configuration trains to finite logits here
+    assert "a run that diverged (logits that are not numbers), kept before emofuse refused such runs; it is trained " \
+           "again" in caplog.text
+    assert not read_predictions(pred)["logit_ang"].isna().any()

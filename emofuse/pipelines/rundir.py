@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import secrets
 from typing import Callable, Iterator
@@ -45,6 +46,8 @@ from ..errors import EmofuseError
 from ..store import SHAPING_INFO
 from ..locks import LockFile
 from .metrics import METRICS_VERSION, scores_of_predictions, summarise
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
 
@@ -92,13 +95,21 @@ TEXT_COLUMNS = ("fold", "id", "label", "pred")
 
 
 def read_predictions(source) -> pd.DataFrame:
-    """A predictions CSV (path or buffer) with text columns as text and logits as float64."""
+    """A predictions CSV (path or buffer) with text columns as text and logits as float64 (a
+    NaN logit, written as an empty cell, reads as NaN: see ``nan_logits``)."""
     head = pd.read_csv(source, nrows=0)
     if hasattr(source, "seek"):
         source.seek(0)
     dtype = {c: str for c in head.columns if c in TEXT_COLUMNS}
-    return pd.read_csv(source, dtype=dtype, keep_default_na=False, na_values={c: ["nan", "NaN"] for c in head.columns
-                                                                              if c.startswith("logit_")})
+    return pd.read_csv(source, dtype=dtype, keep_default_na=False,
+                       na_values={c: ["nan", "NaN", ""] for c in head.columns if c.startswith("logit_")})
+
+
+def nan_logits(preds: pd.DataFrame) -> bool:
+    """Whether predictions hold a logit that is not a number: a run that diverged, written before
+    emofuse refused such runs (its predictions were the first class: UA at chance)."""
+    cols = [c for c in preds.columns if c.startswith("logit_")]
+    return bool(cols) and bool(preds[cols].isna().to_numpy().any())
 
 
 def predictions_roundtrip(df: pd.DataFrame) -> pd.DataFrame:
@@ -395,6 +406,10 @@ def read_fold(fdir: str) -> tuple[dict, pd.DataFrame] | None:
     with open(path) as f:
         metrics = json.load(f)
     preds = read_predictions(os.path.join(fdir, PREDICTIONS))
+    if nan_logits(preds):   # trained again (and refused, with the reason, if it diverges again)
+        log.warning(f"{fdir}: a run that diverged (logits that are not numbers), kept before emofuse refused such "
+                    "runs; it is trained again")
+        return None
     if metrics.pop("metrics_version", None) != METRICS_VERSION and len(preds):   # the file's, not the fold's
         classes = [c[len("logit_"):] for c in preds.columns if c.startswith("logit_")]
         metrics = {**metrics, **scores_of_predictions(preds, classes)}
