@@ -508,3 +508,27 @@ def test_a_conversation_textgrid_gives_each_utterance_its_own_speakers_words(tin
     with FeatureStore(store) as fs:
         assert list(fs.segments("audio", "word", "a").symbols) == ["hello", "there"]
         assert list(fs.segments("audio", "word", "b").symbols) == ["fine", "thanks"]
+
+
+def test_align_reads_the_store_under_its_writer_lock(extracted, tmp_path, monkeypatch):
+    """Before: align-segments read the store (its utterance table, frames index) before taking the
+    writer's lock, so an extract-embeddings --update-corpus landing in between had segments pooled
+    from the index it replaced. The store is now opened with the lock held."""
+    from emofuse.errors import StoreError
+    from emofuse.pipelines import align
+    from emofuse.store.lock import WriterLock
+    store = tmp_path / "s.h5"
+    copy_store(extracted, store)
+    held = []
+
+    class Probe(align.FeatureStore):
+        def __init__(self, path, *a, **k):
+            try:
+                WriterLock(str(path)).release()
+                held.append(False)
+            except StoreError:
+                held.append(True)
+            super().__init__(path, *a, **k)
+    monkeypatch.setattr(align, "FeatureStore", Probe)
+    align.run_align(align.AlignConfig(store=str(store), source="iemocap", granularities=("word",)))
+    assert held and all(held)

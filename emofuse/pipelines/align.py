@@ -525,6 +525,13 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
     if aligner is None:
         aligner = make_aligner(cfg)
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
+    with StoreWriter(cfg.store) as writer:
+        # the store is read under the writer's lock: before, an extract-embeddings --update-corpus
+        # landing between the read and the lock had segments pooled from the index it replaced
+        return _align_locked(cfg, aligner, summary, writer)
+
+
+def _align_locked(cfg: AlignConfig, aligner, summary: AlignSummary, writer: StoreWriter) -> AlignSummary:
     fs = FeatureStore(cfg.store)
     try:
         cfg = replace(cfg, stream=frames_stream(fs, cfg.stream))
@@ -542,7 +549,7 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
     except BaseException:
         fs.close()
         raise
-    with StoreWriter(cfg.store) as writer:
+    try:
         writer.add_stream(cfg.stream, writer.stream_infos[cfg.stream])
         inputs = alignment_inputs(cfg, ids, where, job.utt_table, aligner)
         for uid in _short_of_audio(job, ids):   # its digest names the refusal: segments pooled before it go
@@ -555,20 +562,19 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
         summary.reused = len(ids) - len(todo)
         # counted once pooled (one whose changed inputs are now skipped was not pooled again)
         job.again = {i for i in todo if any(i in recorded[g] and i not in job.done[g] for g in cfg.granularities)}
-        try:
-            if where.from_store:
-                check_audio(fs, where, todo)
-            units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
-            with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
-                    progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: pooling segments") as bar:
-                for unit in units:
-                    entries, skipped = _align_unit(job, frames, unit)
-                    writer.commit(cfg.stream, entries, skipped, inputs={i: inputs[i] for i in unit},
-                                  kind_inputs={segments_kind("syllable"): {i: syllables[i] for i in unit}})
-                    bar.update(len(unit))
-        finally:
-            fs.close()
-            writer.finalize()
+        if where.from_store:
+            check_audio(fs, where, todo)
+        units = [todo[k:k + cfg.commit_utterances] for k in range(0, len(todo), cfg.commit_utterances)]
+        with closing(frames_in_order(fs, cfg.stream, todo)) as frames, pooling_threads(), \
+                progress_bar(total=len(todo), unit="utt", desc=f"{cfg.stream}: pooling segments") as bar:
+            for unit in units:
+                entries, skipped = _align_unit(job, frames, unit)
+                writer.commit(cfg.stream, entries, skipped, inputs={i: inputs[i] for i in unit},
+                              kind_inputs={segments_kind("syllable"): {i: syllables[i] for i in unit}})
+                bar.update(len(unit))
+    finally:
+        fs.close()
+        writer.finalize()
     return summary
 
 
