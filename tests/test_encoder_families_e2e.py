@@ -63,6 +63,23 @@ def test_egemaps_frames_are_where_opensmile_says():
     assert enc.encode([wave])[0].shape == (len(df), 1, enc.dim)
 
 
+def test_egemaps_of_audio_not_at_16khz_says_it_was_resampled(tmp_path, caplog):
+    """openSMILE reads 16 kHz audio here, as every encoder does; its own tools run at the file's
+    rate, and loudness or spectral flux then differ by ~40 % at 44.1 kHz. Before: nothing said
+    so, so a stream was compared with published eGeMAPS numbers of other values."""
+    import soundfile as sf
+
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    rng = np.random.default_rng(0)
+    for name, sr in (("a", 44100), ("b", 16000)):
+        sf.write(tmp_path / f"{name}.wav", (rng.standard_normal(sr) * 0.1).astype(np.float32), sr)
+    (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session\na,a.wav,x,ang,s,1\nb,b.wav,x,neu,s,2\n")
+    with caplog.at_level("WARNING"):
+        run_extract(ExtractConfig(corpus="manifest", manifest=str(tmp_path / "m.csv"), out=str(tmp_path / "s.h5"),
+                                  audio_model="opensmile:eGeMAPSv02", text_model=None, device="cpu"))
+    assert "egemaps: audio at 44100 Hz was resampled to 16000 Hz before openSMILE" in caplog.text
+
+
 def _text_of(enc, n):
     """A transcript of exactly ``n`` tokens (special tokens included)."""
     words = " ".join(["Okay, fine. I can't believe you did that again! the quick brown fox"] * 12)

@@ -185,3 +185,34 @@ def test_unsupported_architecture_is_named(tmp_path):
     PegasusConfig().save_pretrained(tmp_path / "pegasus")
     with pytest.raises(EmofuseError, match="is a pegasus encoder-decoder model, which emofuse does not support"):
         load_text_encoder(str(tmp_path / "pegasus"), device="cpu")
+
+
+def test_hubert_with_a_positional_batch_norm_loads_and_batches_exactly(tmp_path):
+    """mHuBERT-style checkpoints (``conv_pos_batch_norm``): before, loading crashed hashing the
+    BatchNorm's 0-d ``num_batches_tracked``, and once loaded, the BatchNorm mapped padded frames to
+    non-zero values the positional convolution carried into the real ones (batched vs one at a
+    time up to 3 apart). Fine-tuning such a model is refused (its batch statistics would mix in
+    padding)."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    from emofuse.errors import EmofuseError
+    from emofuse.extract.encoders import weights_hash
+    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       conv_dim=(16,) * 7, num_conv_pos_embedding_groups=4, num_conv_pos_embeddings=16,
+                       conv_pos_batch_norm=True)
+    torch.manual_seed(0)
+    model = HubertModel(cfg)
+    bn = model.encoder.pos_conv_embed.batch_norm
+    bn.running_mean.normal_(0, 2.0)   # trained statistics: padded zeros do not stay zero
+    bn.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000).save_pretrained(tmp_path)
+    enc = HFAudioEncoder(str(tmp_path), device="cpu")
+    assert enc.info["weights_hash"] == weights_hash(HubertModel.from_pretrained(tmp_path))
+    ws = waves(lengths=(16000, 6000, 9000))
+    single = [enc.encode([w])[0] for w in ws]
+    for s, b in zip(single, enc.encode(ws)):
+        assert np.abs(s - b).max() <= 1e-4
+    from emofuse.pipelines.finetune import Encoders, FinetuneConfig
+    with pytest.raises(EmofuseError, match=r"normalises its positional convolution's input with a BatchNorm"):
+        Encoders(FinetuneConfig(store="x", out="y", system="audio", audio_model=str(tmp_path)))

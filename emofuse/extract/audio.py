@@ -81,6 +81,9 @@ def segment_samples(start_s: float | None, end_s: float | None, info) -> tuple[i
 
 #: the audio files of several channels ``load_audio`` mixed to mono (extraction says how many)
 MIXED: set[str] = set()
+#: the sample rates ``load_audio`` resampled from (an openSMILE stream says so: its descriptors on a
+#: 16 kHz copy differ from openSMILE's own run on the file's rate)
+RESAMPLED: set[int] = set()
 
 
 def pick_channel(audio: np.ndarray, channel: int | None, path: str) -> np.ndarray:
@@ -129,6 +132,7 @@ def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
     if not np.isfinite(audio).all():
         raise BadInput(f"audio holds {int((~np.isfinite(audio)).sum())} NaN or infinite samples")
     if sr != target_sr:
+        RESAMPLED.add(int(sr))
         audio = soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32)
     return np.ascontiguousarray(audio)
 

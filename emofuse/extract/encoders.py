@@ -31,7 +31,7 @@ from ..errors import EmofuseError
 from ..store import canonical_json, config_hash, digest
 from .audio import BadInput
 from .families import AUDIO_FAMILIES, audio_family, text_family
-from .masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
+from .masking import MaskedBatchNorm, MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def weights_hash(model: torch.nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # (flattened: a 0-d buffer, a BatchNorm's num_batches_tracked, cannot be viewed as bytes)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32]
 
 
@@ -275,6 +276,8 @@ class HFAudioEncoder:
         if pos is not None and isinstance(getattr(pos, "layers", None), torch.nn.ModuleList):  # data2vec-audio
             self.pos_stack = MaskedConvStack(pos)
             self.model.encoder.pos_conv_embed = self.pos_stack
+        elif pos is not None and isinstance(getattr(pos, "batch_norm", None), torch.nn.BatchNorm1d):   # mHuBERT
+            self.pos_stack = pos.batch_norm = MaskedBatchNorm(pos.batch_norm)
         preprocessing = {"do_normalize": bool(getattr(fe, "do_normalize", False)), "sampling_rate": self.sample_rate,
                          "padding_value": float(getattr(fe, "padding_value", 0.0))}
         self.num_layers = config.num_hidden_layers + 1

@@ -104,3 +104,21 @@ class MaskedConvStack(_LengthsWhileInside, nn.Module):
             if self.lengths is not None:
                 x = zero_padding(x, self.lengths)
         return x.transpose(1, 2)
+
+
+class MaskedBatchNorm(_LengthsWhileInside, nn.Module):
+    """Drop-in for the ``BatchNorm1d`` that HuBERT checkpoints with ``conv_pos_batch_norm`` (e.g.
+    mHuBERT-25Hz) apply before their positional convolution. In eval mode it maps the zeros of
+    padded frames to ``bias - running_mean * weight / std``, which the convolution then carries into
+    the last real frames (a batch differed from one utterance at a time by up to 3); with
+    ``lengths`` set, padded steps are set back to zero after it, as a lone utterance's convolution
+    pads with zeros."""
+
+    def __init__(self, norm: nn.BatchNorm1d):
+        super().__init__()
+        self.norm = norm
+        self.lengths: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        return y if self.lengths is None else zero_padding(y, self.lengths)

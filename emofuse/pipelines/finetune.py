@@ -388,6 +388,12 @@ class Encoders:
             if pos is not None and isinstance(getattr(pos, "layers", None), nn.ModuleList):   # data2vec-audio
                 self.pos_stack = MaskedConvStack(pos)   # as extraction: padding zeroed between its convolutions
                 self.audio.encoder.pos_conv_embed = self.pos_stack
+            if pos is not None and isinstance(getattr(pos, "batch_norm", None), nn.BatchNorm1d):
+                # training mode: its batch statistics would include the padded frames of a batch
+                raise EmofuseError(f"--audio-model {cfg.audio_model} normalises its positional convolution's input "
+                                   "with a BatchNorm (conv_pos_batch_norm, e.g. mHuBERT), whose batch statistics "
+                                   "would mix in the padding of a batch; fine-tuning it is not supported: extract "
+                                   "its frozen features with extract-embeddings instead")
             if cfg.pos_conv == "matmul" and not use_matmul_pos_conv(self.audio):
                 raise EmofuseError(f"--pos-conv matmul: --audio-model {cfg.audio_model} has no wav2vec2-style "
                                    "positional convolution (pos_conv_embed.conv); use --pos-conv conv")

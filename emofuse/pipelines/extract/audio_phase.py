@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from ...corpora import Utterance
-from ...extract.audio import MIXED, BadInput, load_audio
+from ...extract.audio import MIXED, RESAMPLED, BadInput, load_audio
 from ...extract.batching import commit_units, length_batches
 from .config import shard_part
 from ..progress import progress_bar
@@ -60,6 +60,7 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
                 return e
         audio = Prefetch([b for unit in units for b in unit], read, background)
         MIXED.clear()
+        RESAMPLED.clear()
         try:
             for unit in units:
                 _audio_unit(job, unit, by_id, commits, audio)
@@ -68,6 +69,12 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
         finally:
             audio.close()
             commits.close()
+    if RESAMPLED and enc.info.get("encoder") == "opensmile":
+        rates = ", ".join(f"{r} Hz" for r in sorted(RESAMPLED))
+        log.warning(f"{job.name}: audio at {rates} was resampled to {enc.sample_rate} Hz before openSMILE (as for "
+                    "every encoder here); openSMILE's own tools (opensmile.Smile.process_file) run at the file's "
+                    "rate, and descriptors such as loudness and spectral flux differ (by ~40 % at 44.1 kHz): "
+                    "compare this stream with published eGeMAPS numbers only for 16 kHz audio")
     if MIXED:   # right for a stereo recording of one voice, wrong for a dyadic one (a speaker per channel)
         log.warning(f"{job.name}: {len(MIXED)} audio file(s) hold several channels (e.g. {sorted(MIXED)[0]}); each "
                     "was mixed to mono, so where the channels hold different speakers, name each utterance's channel "
