@@ -178,6 +178,18 @@ def test_a_supervision_reads_its_own_channel_of_a_stereo_recording(lhotse_dir, t
     with pytest.raises(CorpusError, match=r"supervision 'rec0-b' has channel 2; its recording 'rec0' has channels "
                                           r"\[0, 1\]: expected one of them, or all of them"):
         load_corpus("lhotse", path=str(sups))
+    # a recording claiming two channels of a mono file (before this review: read as the mono file)
+    _rewrite(sups, lambda lines: lines[1].update(channel=1))
+
+    def mono_two(lines):
+        lines[-1].update(channel_ids=[0, 1])
+        lines[-1]["sources"][0]["channels"] = [0, 1]
+    _rewrite(recs, mono_two)
+    with pytest.raises(CorpusError, match=r"recording 'right' names channel\(s\) \[0, 1\] of .*right\.wav, which holds 1 "
+                                          r"channels"):
+        load_corpus("lhotse", path=str(sups))
+    _rewrite(recs, lambda lines: lines.pop())
+    _rewrite(sups, lambda lines: lines.pop())
     _rewrite(recs, lambda lines: lines[0].update(channel_ids=[1]) or lines[0]["sources"][0].update(channels=[1]))
     with pytest.raises(CorpusError, match=r"recording 'rec0' names channel\(s\) \[1\] of .*rec0\.wav, which holds 2 "
                                           r"channels"):

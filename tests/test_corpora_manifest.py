@@ -302,20 +302,38 @@ def test_a_channel_column_reads_one_channel(wavs, tiny_models, caplog):
     with FeatureStore(str(wavs / "s.h5")) as fs:
         np.testing.assert_array_equal(fs.frames("audio", "r"), fs.frames("audio", "alone"))
         assert not np.array_equal(fs.frames("audio", "l"), fs.frames("audio", "alone"))
-    for bad in ("-1", "0.5", "left"):
+    # a column named channel before emofuse read one: 0 on a mono file is that file (same utterance,
+    # same fingerprint); a channel a file lacks is refused at load, naming it
+    from emofuse.corpora import utterance_table
+    from emofuse.store.fingerprint import corpus_fingerprint
+    plain = write_csv(wavs / "p.csv", ["alone,audio/right.wav,x,neu,s2,3"])
+    write_csv(m, ["alone,audio/right.wav,x,neu,s2,3,0"], header="id,audio,text,label,speaker,session,channel")
+    (u,) = load_corpus("manifest", path=m)
+    assert u.channel is None and corpus_fingerprint(utterance_table([u])) == \
+        corpus_fingerprint(utterance_table(load_corpus("manifest", path=plain)))
+    for row, held in (("alone,audio/right.wav,x,neu,s2,3,1", 1), ("l,audio/st.wav,x,ang,s1,1,2", 2)):
+        write_csv(m, [row], header="id,audio,text,label,speaker,session,channel")
+        with pytest.raises(CorpusError, match=rf"line 2: channel \d of '\w+' is not in .*\.wav, which holds {held} "
+                                              rf"channel\(s\); channels count from 0"):
+            load_corpus("manifest", path=m)
+    # a file's mix holds each of its channels: shared with one channel of it across sessions is said
+    write_csv(m, ["c,audio/st.wav,x,ang,s1,1,", "d,audio/st.wav,x,neu,s2,2,1"],
+              header="id,audio,text,label,speaker,session,channel")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_corpus("manifest", path=m)
+    assert "1 utterance(s) share more than 10 ms of an audio file with an utterance of another session" in caplog.text
+    for bad in ("-1", "0.5", "left", "inf", "1e400"):
         write_csv(m, [f"l,audio/st.wav,x,ang,s1,1,{bad}"], header="id,audio,text,label,speaker,session,channel")
         with pytest.raises(CorpusError, match=rf"line 2: channel '{bad}' of 'l' is not a channel number; expected a "
                                               "whole number from 0"):
             load_corpus("manifest", path=m)
-    # a channel the file lacks: that utterance is skipped with the reason, the others are extracted
-    write_csv(m, ["l,audio/st.wav,x,ang,s1,1,2", "alone,audio/right.wav,x,neu,s2,3,"],
-              header="id,audio,text,label,speaker,session,channel")
-    run_extract(ExtractConfig(corpus="manifest", manifest=str(m), out=str(wavs / "t.h5"), device="cpu",
-                              audio_model=tiny_models["group"], text_model=None))
-    with FeatureStore(str(wavs / "t.h5")) as fs:
-        assert fs.ids("audio") == ["alone"]
-    skipped = wavs / "t.skipped.tsv"
-    assert "channel 2 asked for, the file holds 2 channel(s)" in skipped.read_text()
+    # a channel a file lacks at extraction (the file changed since): that utterance is skipped with the reason
+    from emofuse.corpora.records import Utterance
+    from emofuse.extract.audio import BadInput, load_audio
+    with pytest.raises(BadInput, match=r"channel 2 asked for, the file holds 2 channel\(s\)"):
+        load_audio(Utterance(id="l", audio_path=str(wavs / "audio" / "st.wav"), transcript="x", label="a", session=1,
+                             speaker="s", channel=2), 16000)
 
 
 def test_one_file_under_several_ids_overlapping(long_wav, caplog):

@@ -237,10 +237,32 @@ def _channel(row: dict, uid: str, where: str) -> int | None:
         f = float(str(v).strip())
     except ValueError:
         f = float("nan")
-    if not (f == f and f >= 0 and f == int(f)):
+    if not (math.isfinite(f) and f >= 0 and f == int(f)):
         raise CorpusError(f"{where}: channel {v!r} of {uid!r} is not a channel number; expected a whole number "
-                          "from 0 (the file's first channel), or blank for every channel mixed to mono")
+                          "from 0 (the file's first channel), or blank for every channel mixed to mono (a column "
+                          "of that name meaning something else: rename it)")
     return int(f)
+
+
+def _file_channel(channel: int | None, audio: str, uid: str, where: str) -> int | None:
+    """``channel`` of ``audio`` as read: None for a mono file's channel 0 (its only one: the
+    utterance and its fingerprint are those of a row without the column); a channel the file
+    lacks is refused (its header is read only for rows naming a channel)."""
+    if channel is None:
+        return None
+    try:
+        st = os.stat(audio)
+    except OSError:
+        return channel
+    held, seconds = _header_of(audio, st.st_mtime_ns, st.st_size)
+    if seconds is None:   # unreadable here: extraction reports it per utterance
+        return channel
+    if held == 1 and channel == 0:
+        return None
+    if channel >= held:
+        raise CorpusError(f"{where}: channel {channel} of {uid!r} is not in {audio}, which holds {held} channel(s); "
+                          f"channels count from 0 (0 … {held - 1})")
+    return channel
 
 
 def _span(row: dict, uid: str, where: str, audio: str | None = None) -> tuple[float | None, float | None]:
@@ -308,17 +330,20 @@ def check_shared_audio(utts: list[Utterance], what: str) -> None:
     in one recording (expected): a warning, not a refusal. Within a session, a repeated row
     weighs twice. Each file's spans are swept in order of start, keeping the furthest end reached
     by each session so far: a sort and a pass, whatever the number of rows."""
-    by_file: dict[Any, list[tuple[float, float, Utterance]]] = {}
-    for u in utts:   # two named channels of one file are two signals (a speaker's microphone each)
-        by_file.setdefault((os.path.realpath(u.audio_path), u.channel), []).append(
+    by_file: dict[str, list[tuple[float, float, Utterance]]] = {}
+    for u in utts:
+        by_file.setdefault(os.path.realpath(u.audio_path), []).append(
             (u.start or 0.0, math.inf if u.end is None else u.end, u))
     across, within, example_a, example_w = 0, 0, None, None
-    for (file, _), spans in by_file.items():
+    for file, spans in by_file.items():
         if len(spans) < 2:
             continue
-        reach: dict[Any, tuple[float, Utterance]] = {}   # session → (furthest end so far, whose)
+        # (session, channel) → (furthest end so far, whose); two named channels of one file are two
+        # signals (a speaker's microphone each), and the file's mix (channel None) holds every channel
+        reach: dict[Any, tuple[float, Utterance]] = {}
         for s, e, u in sorted(spans, key=lambda x: (x[0], x[2].id)):
-            hits = [(sess, r_e, r_u) for sess, (r_e, r_u) in reach.items() if min(e, r_e) - s > OVERLAP_S]
+            hits = [(sess, r_e, r_u) for (sess, ch), (r_e, r_u) in reach.items() if min(e, r_e) - s > OVERLAP_S
+                    and (ch is None or u.channel is None or ch == u.channel)]
             other = [h for h in hits if h[0] != u.session]
             if other:
                 across += 1
@@ -326,8 +351,8 @@ def check_shared_audio(utts: list[Utterance], what: str) -> None:
             elif hits:
                 within += 1
                 example_w = example_w or (hits[0][2].id, u.id, file)
-            if e > reach.get(u.session, (-math.inf, None))[0]:
-                reach[u.session] = (e, u)
+            if e > reach.get((u.session, u.channel), (-math.inf, None))[0]:
+                reach[(u.session, u.channel)] = (e, u)
     if across:
         a, u, file, s, to = example_a
         log.warning(f"{what}: {across} utterance(s) share more than {OVERLAP_S * 1000:g} ms of an audio file with an "
@@ -458,7 +483,7 @@ def load_manifest(path: str | Path, labels: str | Iterable[str] | None = None) -
             tg = Path(str(row["textgrid"]).strip())
             aligns["textgrid"] = str(tg if tg.is_absolute() else base / tg)
         gender = _text(row.get("gender")) or None
-        channel = _channel(row, uid, where)
+        channel = _file_channel(_channel(row, uid, where), str(audio), uid, where)
         utts.append(
             Utterance(
                 id=uid,
