@@ -167,6 +167,18 @@ def test_layer_subset_keeps_the_encoders_layer_numbers(reference, small_fake, ti
     with pytest.raises(EmofuseError, match=r"layers \[2, 3\] do not exist"):
         parse_layers("1-", 2, [0, 1], encoder_layers=4)
     assert parse_layers("2-", 2, [0, 2], encoder_layers=3) == [1] == parse_layers("last", 2, [0, 2], encoder_layers=3)
+    # one layer kept, not the last: a head's default 'last' is refused too, saying where 'last' came from
+    one = tmp_path / "one.h5"
+    r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", one, "--audio-model", tiny_models["group"],
+            "--text-model", "none", "--store-dtype", "float32", "--layers", "1")
+    assert r.returncode == 0, r.stderr
+    from emofuse.pipelines.data import select_layers
+    with FeatureStore(one) as fs:
+        with pytest.raises(EmofuseError, match=r"the encoder's last layer is 2, and the stream 'audio' has layers 1 "
+                                               r".*\('last' is this head's default; choose with --audio-layers\)"):
+            select_layers(fs, ["F"], "audio", "text", {"audio": "last", "text": None, "defaults": ("audio",)})
+        assert select_layers(fs, ["F"], "audio", "text", {"audio": None, "text": None, "defaults": ("audio",)}) == \
+            {"F": ([0], [1], 32)}
     # emofuse info names the kept layers (before: "3 layers x 32", as if all were stored)
     from emofuse.pipelines.describe import describe_store
     assert "(layers [0, 2] of 3 x " in describe_store(str(out)), describe_store(str(out))

@@ -46,13 +46,13 @@ def parse_layers(spec: str | None, n_layers: int, layer_ids: Sequence[int] | Non
         return list(range(len(ids)))
     spec = str(spec).strip()
     if spec == "last":
+        if last != ids[-1]:   # before: the last *stored* layer, another one, without a word
+            raise EmofuseError(f"{option} last: the encoder's last layer is {last}, and {allowed} (extracted with "
+                               f"--layers); name a kept layer ({option} {ids[-1]}), or extract its last layer")
         if len(ids) == 1:
             raise EmofuseError(f"{option} last: stream{where and ' ' + repr(stream)} has a single layer (hand-crafted "
                                "descriptors or one stored layer), so there is no layer to select; leave "
                                f"{option} unset (all)")
-        if last != ids[-1]:   # before: the last *stored* layer, another one, without a word
-            raise EmofuseError(f"{option} last: the encoder's last layer is {last}, and {allowed} (extracted with "
-                               f"--layers); name a kept layer ({option} {ids[-1]}), or extract its last layer")
         return [len(ids) - 1]
     out: list[int] = []
     try:
@@ -74,7 +74,7 @@ def parse_layers(spec: str | None, n_layers: int, layer_ids: Sequence[int] | Non
 
 
 def _ranges(ids: Sequence[int]) -> str:
-    if list(ids) == list(range(ids[0], ids[-1] + 1)):
+    if len(ids) > 1 and list(ids) == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}..{ids[-1]}"
     return ",".join(map(str, ids))
 
@@ -353,10 +353,16 @@ def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text
         require(fs, stream, k)
         L, D, _ = fs.row_shape(stream, KEY_KIND[k])
         ids = fs.layer_ids(stream, KEY_KIND[k])   # encoder numbers of the stored layers
-        if spec == "last" and len(ids) == 1 and isinstance(layers, Mapping) and side in layers.get("defaults", ()):
-            spec = None
-        pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream,
-                           encoder_layers=fs.stream_info(stream).get("num_layers"))
+        n_enc = fs.stream_info(stream).get("num_layers")
+        default = isinstance(layers, Mapping) and side in layers.get("defaults", ())
+        if spec == "last" and len(ids) == 1 and default and (not n_enc or ids[0] == int(n_enc) - 1):
+            spec = None   # the one layer kept is the encoder's last (eGeMAPS' only one): that layer
+        try:
+            pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream, encoder_layers=n_enc)
+        except EmofuseError as e:
+            if default and spec == "last":   # the user typed no --{side}-layers: say where 'last' came from
+                raise EmofuseError(f"{e} ('last' is this head's default; choose with --{side}-layers)") from None
+            raise
         out[k] = (pos, [ids[p] for p in pos], D)
     return out
 
