@@ -315,6 +315,11 @@ def test_a_diverged_run_kept_before_is_trained_again_and_refused_in_tables(tmp_p
     assert read_predictions(pred)["logit_ang"].isna().all()   # empty cells read as NaN, not as text
     with pytest.raises(EmofuseError, match=r"row 'x': .* holds a run that diverged"):
         _test_set(str(out), ["ang"], {}, "x")
+    from emofuse.pipelines.predict import export_run
+    from emofuse.pipelines.report import run_report
+    for refused in (lambda: run_report(str(out)), lambda: export_run(str(out), str(tmp_path / "exp"))):
+        with pytest.raises(EmofuseError, match=r"holds a run that diverged \(logits that are not numbers"):
+            refused()
     with caplog.at_level("WARNING", logger="emofuse"):
         run_train(cfg)   # trained again: the same configuration trains to finite logits here
     assert "a run that diverged (logits that are not numbers), kept before emofuse refused such runs; it is trained " \

@@ -873,7 +873,7 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
                 lambda s: say(f"  repeat {r} fold {session}: {s}"), timer)
             pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
             logits = predict(model, data, te, cfg, device, rank, world, pad)
-            check_trained(f"repeat {r}, test session {session}", best_epoch, history, logits)
+            check_trained(f"{cfg.out}: repeat {r}, test session {session}", best_epoch, history, logits)
             m = scores(data.y[te], logits.argmax(1), len(data.classes))
             m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
                      n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights={}, layer_ids={}, history=history,

@@ -45,8 +45,8 @@ from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser,
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
 from .metrics import format_summary, scores, summarise
 from .rundir import (CONFIG, RUNS, SUMMARY, fold_metrics, has_config, is_finished, predictions_roundtrip,
-                     read_config, read_summary, run_lock, write_config, write_csv, write_fold, write_json,
-                     write_predictions, write_summary)
+                     read_config, read_summary, refuse_diverged, run_lock, write_config, write_csv, write_fold,
+                     write_json, write_predictions, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ class TrainedModel:
         if not is_finished(run_dir):
             raise EmofuseError(f"{run_dir} is not a finished train-head run (no summary.json): run its train-head "
                                "command again to finish it first")
+        refuse_diverged(run_dir)
         summary = read_summary(run_dir)
         store_path = store or cfg.store
         if not os.path.exists(store_path):

@@ -95,7 +95,7 @@ def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray)
     its learning rate (the usual cause); warn of one that diverged after a best epoch (kept)."""
     lr = f" (learning rate {history[0]['lr']:g})" if history and "lr" in history[0] else ""
     if best_epoch < 0:
-        raise EmofuseError(f"{what} diverged: its validation loss was not finite from its first epoch{lr}; lower --lr. "
+        raise EmofuseError(f"{what} diverged: its validation loss was not finite from its first epoch{lr}; lower --lr (a spec row's lr: under ablate). "
                            "Nothing of it is written; runs finished before are kept")
     if not np.isfinite(logits).all():
         raise EmofuseError(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite (NaN or inf in "

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import EmofuseError
 from .keys import SHORT_NAME
-from .rundir import fold_metrics, is_finished, read_config, read_summary
+from .rundir import fold_metrics, is_finished, read_config, read_summary, refuse_diverged
 from .tables import DEPARTURES, options_used, partial_rows
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ def _plt():
 
 
 def _load(run_dir: str) -> tuple[dict, list[dict]]:
+    refuse_diverged(run_dir)
     s = read_summary(run_dir)
     runs = [m for _, m in fold_metrics(run_dir)]
     return s, runs or s["runs"]

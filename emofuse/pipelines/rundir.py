@@ -105,6 +105,14 @@ def read_predictions(source) -> pd.DataFrame:
                        na_values={c: ["nan", "NaN", ""] for c in head.columns if c.startswith("logit_")})
 
 
+def refuse_diverged(run_dir: str, advice: str = "train it again (train-head retrains such folds)") -> None:
+    """Refuse a finished run whose predictions hold NaN logits (``nan_logits``), naming it."""
+    path = os.path.join(run_dir, PREDICTIONS)
+    if os.path.exists(path) and nan_logits(read_predictions(path)):
+        raise EmofuseError(f"{run_dir} holds a run that diverged (logits that are not numbers, scored as the first "
+                           f"class), kept before emofuse refused such runs; {advice}")
+
+
 def nan_logits(preds: pd.DataFrame) -> bool:
     """Whether predictions hold a logit that is not a number: a run that diverged, written before
     emofuse refused such runs (its predictions were the first class: UA at chance)."""
