@@ -532,3 +532,12 @@ def test_align_reads_the_store_under_its_writer_lock(extracted, tmp_path, monkey
     monkeypatch.setattr(align, "FeatureStore", Probe)
     align.run_align(align.AlignConfig(store=str(store), source="iemocap", granularities=("word",)))
     assert held and all(held)
+
+
+def test_align_on_a_mistyped_store_path_creates_nothing(tmp_path):
+    """Taking the writer's lock first (above) must not create a mistyped path's folders for its lock."""
+    from emofuse.errors import StoreError
+    from emofuse.pipelines.align import AlignConfig, run_align
+    with pytest.raises(StoreError, match=r"feature store .*missing\.h5 does not exist"):
+        run_align(AlignConfig(store=str(tmp_path / "a" / "b" / "missing.h5"), source="iemocap"))
+    assert not (tmp_path / "a").exists()

@@ -525,6 +525,8 @@ def run_align(cfg: AlignConfig, aligner=None) -> AlignSummary:
     if aligner is None:
         aligner = make_aligner(cfg)
     summary = AlignSummary(segments={g: 0 for g in cfg.granularities}, empty={g: 0 for g in cfg.granularities})
+    if not os.path.exists(cfg.store):   # the reader's sentence (missing, or a first extraction interrupted),
+        FeatureStore(cfg.store).close()   # before the lock would create a mistyped path's folders
     with StoreWriter(cfg.store) as writer:
         # the store is read under the writer's lock: before, an extract-embeddings --update-corpus
         # landing between the read and the lock had segments pooled from the index it replaced

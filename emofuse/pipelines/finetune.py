@@ -391,8 +391,9 @@ class Encoders:
             if pos is not None and isinstance(getattr(pos, "batch_norm", None), nn.BatchNorm1d):
                 # training mode: its batch statistics would include the padded frames of a batch
                 raise EmofuseError(f"--audio-model {cfg.audio_model} normalises its positional convolution's input "
-                                   "with a BatchNorm (conv_pos_batch_norm, e.g. mHuBERT), whose batch statistics "
-                                   "would mix in the padding of a batch; fine-tuning it is not supported: extract "
+                                   "with a BatchNorm (conv_pos_batch_norm, e.g. mHuBERT), which would mix the padding "
+                                   "of a batch into its statistics (trained) or its output (frozen); fine-tuning it is "
+                                   "not supported: extract "
                                    "its frozen features with extract-embeddings instead")
             if cfg.pos_conv == "matmul" and not use_matmul_pos_conv(self.audio):
                 raise EmofuseError(f"--pos-conv matmul: --audio-model {cfg.audio_model} has no wav2vec2-style "

@@ -58,9 +58,9 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
                 return len(w), enc.preprocess(w)
             except BadInput as e:
                 return e
-        audio = Prefetch([b for unit in units for b in unit], read, background)
-        MIXED.clear()
+        MIXED.clear()   # before the reads start (a background reader fills them at once)
         RESAMPLED.clear()
+        audio = Prefetch([b for unit in units for b in unit], read, background)
         try:
             for unit in units:
                 _audio_unit(job, unit, by_id, commits, audio)
