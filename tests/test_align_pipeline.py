@@ -541,3 +541,29 @@ def test_align_on_a_mistyped_store_path_creates_nothing(tmp_path):
     with pytest.raises(StoreError, match=r"feature store .*missing\.h5 does not exist"):
         run_align(AlignConfig(store=str(tmp_path / "a" / "b" / "missing.h5"), source="iemocap"))
     assert not (tmp_path / "a").exists()
+
+
+def test_align_gives_the_aligner_each_utterances_channel(tiny_models, tmp_path):
+    """align-segments --source sphinx passes a channel-naming utterance's channel to the aligner
+    (only then: an aligner of Python callers may not take it), and the channel is in its digest."""
+    import soundfile as sf
+
+    from emofuse.align.records import AlignmentItem
+    from emofuse.pipelines.align import AlignConfig, run_align
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "st.wav", (rng.standard_normal((16000, 2)) * 3000).astype(np.int16), 16000)
+    (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session,channel\n"
+                                    "l,st.wav,hello there,ang,s1,1,0\nr,st.wav,hello there,neu,s2,2,1\n")
+    store = tmp_path / "s.h5"
+    r = run("extract-embeddings", "--corpus", "manifest", "--manifest", tmp_path / "m.csv", "--out", store,
+            "--audio-model", tiny_models["group"], "--text-model", "none", "--store-dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    calls = {}
+
+    class Aligner:
+        def align(self, uid, path, transcript, *span, **kw):
+            calls[uid] = kw.get("channel")
+            return {"word": [AlignmentItem("hello", 0.1, 0.3), AlignmentItem("there", 0.5, 0.3)],
+                    "phone": [AlignmentItem("HH", 0.1, 0.3), AlignmentItem("DH", 0.5, 0.3)]}
+    run_align(AlignConfig(store=str(store), source="sphinx", granularities=("word",)), aligner=Aligner())
+    assert calls == {"l": 0, "r": 1}

@@ -326,3 +326,22 @@ def test_sphinx_refuses_a_word_it_places_outside_the_audio_and_reads_curly_apost
     with pytest.raises(EmofuseError, match=r"missing from the pronunciation dictionary.*: straße"):
         aligner.align("u", wav, "we talked about straße")
     assert settings()["rules"] != DIGEST_BASELINE["rules"]
+
+
+def test_sphinx_aligns_the_utterances_own_channel(tmp_path):
+    """A speaker's channel of a two-channel recording is aligned as that channel alone (before
+    channels were named, the aligner mixed every channel, as extraction did)."""
+    pytest.importorskip("pocketsphinx")
+    import soundfile as sf
+
+    from emofuse.align.sphinx_aligner import SphinxAligner
+    from emofuse.corpora import demo_root
+    wav = str(demo_root() / "Session5/sentences/wav/Ses05M_script02_2/Ses05M_script02_2_F001.wav")
+    speech, sr = sf.read(wav, dtype="float32")
+    noise = np.random.default_rng(0).standard_normal(len(speech)).astype(np.float32) * 0.3
+    sf.write(tmp_path / "st.wav", np.stack([noise, speech], 1), sr, subtype="FLOAT")
+    sf.write(tmp_path / "one.wav", speech, sr, subtype="FLOAT")
+    text = "We talked about it yesterday"
+    aligner = SphinxAligner()
+    alone = aligner.align("u", str(tmp_path / "one.wav"), text)
+    assert aligner.align("u", str(tmp_path / "st.wav"), text, None, None, channel=1) == alone
