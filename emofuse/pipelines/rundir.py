@@ -404,6 +404,9 @@ def fold_metrics(run_dir: str, strict: bool = True) -> list[tuple[str, dict]]:
     return out
 
 
+_SAID_DIVERGED: set[str] = set()
+
+
 def read_fold(fdir: str) -> tuple[dict, pd.DataFrame] | None:
     """(metrics, predictions) of a finished fold folder; None while it is not finished. A fold
     scored under an older definition (``METRICS_VERSION``) is scored again from its predictions,
@@ -415,8 +418,10 @@ def read_fold(fdir: str) -> tuple[dict, pd.DataFrame] | None:
         metrics = json.load(f)
     preds = read_predictions(os.path.join(fdir, PREDICTIONS))
     if nan_logits(preds):   # trained again (and refused, with the reason, if it diverges again)
-        log.warning(f"{fdir}: a run that diverged (logits that are not numbers), kept before emofuse refused such "
-                    "runs; it is trained again")
+        if fdir not in _SAID_DIVERGED:   # once, though a fold is read more than once (finetune)
+            _SAID_DIVERGED.add(fdir)
+            log.warning(f"{fdir}: a run that diverged (logits that are not numbers), kept before emofuse refused "
+                        "such runs; it is trained again")
         return None
     if metrics.pop("metrics_version", None) != METRICS_VERSION and len(preds):   # the file's, not the fold's
         classes = [c[len("logit_"):] for c in preds.columns if c.startswith("logit_")]
