@@ -155,3 +155,12 @@ def test_listing_tells_apart_what_changes_the_numbers_and_one_run_has_no_std():
         "combine of 2 runs (aaa, bbb)"
     s = {m: {"mean": 61.0, "std": 0.0, "n": 1} for m in ("ua", "wa", "f1")}
     assert format_summary(s) == "UA 61.00  WA 61.00  F1 61.00  (1 run: no std)"
+
+
+def test_a_finetune_runs_summary_names_its_protocol_departures():
+    """Before: a finetune run of one fold, one repeat and one epoch listed as `finetune cma (…), lr 1e-05`,
+    like a full protocol run."""
+    from emofuse.pipelines.runs import config_summary
+    ident = {"system": "cma", "audio_model": "w2v", "text_model": "bert", "lr": 1e-05, "folds": ["1"], "repeats": 1,
+             "epochs": 1, "patience": 10}
+    assert config_summary(ident) == "finetune cma (w2v, bert), lr 1e-05, folds 1 only, repeats 1, epochs 1"

@@ -45,8 +45,8 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
         used = {"cma": ("audio_model", "text_model"), "audio": ("audio_model",), "text": ("text_model",)}
         models = [str(identity.get(k) or config.get(k)) for k in used.get(identity["system"], ())
                   if identity.get(k) or config.get(k)]
-        return f"finetune {identity['system']} ({', '.join(models)}), lr {identity.get('lr')}" + departure_names(
-            identity.get)
+        return ", ".join([f"finetune {identity['system']} ({', '.join(models)})", f"lr {identity.get('lr')}",
+                          *_protocol_departures(identity)]) + departure_names(identity.get)
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
     if identity.get("fusion") in ("none", "late"):
         parts.append(str(identity.get("head")))
@@ -61,13 +61,19 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
     for k, default in (("audio_stream", "audio"), ("text_stream", "text")):
         if identity.get(k) not in (None, default) and (k == "audio_stream" or "T" in (identity.get("keys") or [])):
             parts.append(f"{k.split('_')[0]} stream {identity[k]}")
-    if identity.get("folds"):
-        parts.append(f"folds {','.join(map(str, identity['folds']))} only")
+    parts += _protocol_departures(identity)
+    return ", ".join(p for p in parts if p) + departure_names(identity.get)
+
+
+def _protocol_departures(identity: dict) -> list[str]:
+    """What of the protocol a run changed: its test folds, repeats, epochs … (train-head and
+    finetune alike; before, a finetune run of one fold and one epoch listed as a full one)."""
     from ..heads.options import PROTOCOL
+    parts = [f"folds {','.join(map(str, identity['folds']))} only"] if identity.get("folds") else []
     for k in ("repeats", "epochs", "patience", "batch_size", "dropout", "seed", "val_fraction"):
         if k in identity and k in PROTOCOL and identity[k] != PROTOCOL[k]:
             parts.append(f"{k.replace('_', ' ')} {identity[k]}")
-    return ", ".join(p for p in parts if p) + departure_names(identity.get)
+    return parts
 
 
 def find_runs(root: str) -> list[dict]:

@@ -48,7 +48,8 @@ class ExtractConfig:
     commit_seconds: float = opt(60.0, help="audio seconds per atomic commit: at most this much is recomputed after a "
                                            "crash")
     text_batch: int = opt(32, help="transcripts per text batch")
-    shard: str | None = opt(None, help="I/N: process only shard I of N (a disjoint subset); merge later with --merge")
+    shard: str | None = opt(None, help="I/N: process only shard I of N, I from 0 to N-1 (a disjoint subset); merge "
+                                        "later with --merge")
     on_error: str = opt("skip", choices=ON_ERROR,
                         help="bad input: skip it and record why (default), or stop with one clear sentence")
     limit: int | None = opt(None, help="only the first N utterances (by id; default: all)")
