@@ -509,7 +509,8 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
             out = []
             for j, path in enumerate(audio):
                 u = Utterance(id=ids[j], audio_path=str(path), transcript="", label="", session="", speaker="",
-                              start=starts[j] if starts is not None else None, end=ends[j] if ends is not None else None,
+                              start=starts[j] if starts is not None else None,
+                              end=ends[j] if ends is not None else None,
                               channel=channels[j] if channels is not None else None)
                 try:
                     w = load_audio(u, enc.sample_rate)

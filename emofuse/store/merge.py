@@ -149,10 +149,11 @@ def _refuse_conflicts(offered: list, recs: _Records, sources: list[str]) -> None
         (whose, src, path), ids = next(iter(clash.items()))
         other = "this store's" if whose == "store" else f"{os.path.basename(whose)}'s"
         more = f" (and {len(clash) - 1} more such case(s) in other kinds or stores)" if len(clash) > 1 else ""
-        raise StoreError(f"{os.path.basename(src)} holds {path} of {len(ids)} utterance(s) (e.g. {ids[0]!r}) computed from "
-                         f"other inputs than {other}{more}: one of the two is stale (an alignment or audio file, the "
-                         "stage's options or the aligner's version changed between the runs); run the stage that wrote them (align-segments, extract-embeddings) on both "
-                         "stores so they are current, then merge again")
+        raise StoreError(f"{os.path.basename(src)} holds {path} of {len(ids)} utterance(s) (e.g. {ids[0]!r}) "
+                         f"computed from other inputs than {other}{more}: one of the two is stale (an alignment or "
+                         "audio file, the stage's options or the aligner's version changed between the runs); run "
+                         "the stage that wrote them (align-segments, extract-embeddings) on both stores so they are "
+                         "current, then merge again")
 
 
 def build_index(inp: MergeInputs, link: Callable[[str], str]) -> Merged:
