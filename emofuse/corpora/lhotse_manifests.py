@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import CorpusError
-from .manifest import (_blank, _channels_in, _header_of, _one_spelling, _same_session, _text, check_shared_audio,
+from .manifest import (_blank, _header, _one_spelling, _same_session, _text, check_shared_audio,
                        left_out_warning, near_code)
 from .records import Utterance
 from .textio import LINE_END_RE
@@ -139,8 +139,8 @@ def _audio(rec: dict, where: str, base: Path, sup: dict) -> tuple[str, int | Non
     if not src.is_absolute() and not src.exists() and (base / src).exists():
         src = base / src
     path = str(src.absolute()) if not src.is_absolute() else str(src)
-    held = _channels_in(path)
-    if held == 1 and (len(ids) == 1 or not _readable(path)):   # unreadable: extraction reports it
+    held, seconds = _header(path)
+    if held == 1 and (len(ids) == 1 or seconds is None):   # unreadable (no seconds): extraction reports it
         return path, None
     if len(ids) != held:   # e.g. one channel named of a stereo file: which one lhotse would read is unclear
         raise CorpusError(f"{where}: recording {rec.get('id')!r} names channel(s) {ids} of {path}, which holds "
@@ -153,15 +153,6 @@ def _audio(rec: dict, where: str, base: Path, sup: dict) -> tuple[str, int | Non
         raise CorpusError(f"{where}: supervision {sup.get('id')!r} has channel {sup.get('channel')!r}; its recording "
                           f"{rec.get('id')!r} has channels {ids}: expected one of them, or all of them (mixed)")
     return path, ids.index(want[0])
-
-
-def _readable(path: str) -> bool:
-    """Whether ``path``'s audio header can be read (its channel count is then known)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return _header_of(path, st.st_mtime_ns, st.st_size)[1] is not None
 
 
 def _label(sup: dict, where: str) -> str:

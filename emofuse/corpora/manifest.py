@@ -250,11 +250,7 @@ def _file_channel(channel: int | None, audio: str, uid: str, where: str) -> int 
     lacks is refused (its header is read only for rows naming a channel)."""
     if channel is None:
         return None
-    try:
-        st = os.stat(audio)
-    except OSError:
-        return channel
-    held, seconds = _header_of(audio, st.st_mtime_ns, st.st_size)
+    held, seconds = _header(audio)
     if seconds is None:   # unreadable here: extraction reports it per utterance
         return channel
     if held == 1 and channel == 0:
@@ -292,11 +288,7 @@ WHOLE_S = 0.05
 
 def _seconds_in(path: str) -> float | None:
     """An audio file's length in seconds (its header), None when it cannot be read here."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return _header_of(path, st.st_mtime_ns, st.st_size)[1]
+    return _header(path)[1]
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -309,14 +301,19 @@ def _header_of(path: str, mtime_ns: int, size: int) -> tuple[int, float | None]:
         return 1, None
 
 
-def _channels_in(path: str) -> int:
-    """How many channels an audio file holds (its header); 1 when it cannot be read here (extraction
-    reports an unreadable file per utterance)."""
+def _header(path: str) -> tuple[int, float | None]:
+    """(channels, seconds) of an audio file's header, cached while the file is unchanged; (1, None)
+    when it cannot be read here (extraction reports an unreadable file per utterance)."""
     try:
         st = os.stat(path)
     except OSError:
-        return 1
-    return _header_of(path, st.st_mtime_ns, st.st_size)[0]
+        return 1, None
+    return _header_of(path, st.st_mtime_ns, st.st_size)
+
+
+def _channels_in(path: str) -> int:
+    """How many channels an audio file holds (its header); 1 when it cannot be read here."""
+    return _header(path)[0]
 
 
 #: two utterances of one file overlapping by more than this share audio (rounding in a manifest aside)

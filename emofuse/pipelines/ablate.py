@@ -32,8 +32,8 @@ from . import finetune as ft
 from . import tables
 from .combine import run_combine
 from .protocol import lacking_said_once
-from .rundir import (is_finished, nan_logits, predictions_digest, read_config, read_run_predictions, read_summary,
-                     run_lock, write_json)
+from .rundir import (is_finished, predictions_digest, read_config, read_run_predictions, read_summary,
+                     refuse_diverged, run_lock, write_json)
 from .train import NOT_IN_KEY as TRAIN_NOT_IN_KEY
 from .train import (RUNS_AT_ONCE_HELP, TrainConfig, check_against_store, describe_config, run_train, runs_at_once,
                     store_fingerprints, with_store_defaults)
@@ -575,10 +575,8 @@ def _test_set(run_dir: str, classes: list, lacking: dict, label: str) -> frozens
     """A run's test utterances, its (fold, id) pairs; each test fold that lacks a class is noted in
     ``lacking`` ((fold, missing classes) → the row labels), for one warning per grid."""
     preds = read_run_predictions(run_dir)
-    if nan_logits(preds):
-        raise EmofuseError(f"row {label!r}: {run_dir} holds a run that diverged (logits that are not numbers, "
-                           "scored as the first class), kept before emofuse refused such runs; delete that folder and "
-                           "run ablate again (lower the row's lr if it diverges again)")
+    refuse_diverged(run_dir, "delete that folder and run ablate again (lower the row's lr if it diverges again)",
+                    preds, what=f"row {label!r}: ")
     pairs = sorted(set(zip(preds["fold"].astype(str), preds["id"].astype(str))))
     for fold, g in preds.groupby(preds["fold"].astype(str)):
         missing = tuple(c for c in classes if c not in set(g["label"]))

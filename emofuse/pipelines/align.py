@@ -326,8 +326,9 @@ def alignment_inputs(cfg: AlignConfig, ids, inputs: UtteranceInputs, utt_table, 
             start, end = _segment_of(row)
             if start is not None or end is not None:   # a slice of its file (unsliced: the digest as before)
                 src["segment"] = [start, end]
-            if channel_of(row) is not None:   # one channel of its file (every channel: the digest as before)
-                src["channel"] = channel_of(row)
+            channel = channel_of(row)
+            if channel is not None:   # one channel of its file (every channel: the digest as before)
+                src["channel"] = channel
         else:
             src = {"files": _file_bytes_digest(paths)}
             if "textgrid" in paths and speaker_tiers(paths["textgrid"]):   # which speaker's tiers are read

@@ -12,8 +12,8 @@ import numpy as np
 from .. import __version__
 from ..errors import EmofuseError
 from .metrics import format_summary, scores_of_predictions, summarise
-from .rundir import (CONFIG, PREDICTIONS, check_run_dir, nan_logits, predictions_digest, read_config,
-                     read_run_predictions, run_lock, write_config, write_predictions, write_summary)
+from .rundir import (CONFIG, PREDICTIONS, check_run_dir, predictions_digest, read_config,
+                     read_run_predictions, refuse_diverged, run_lock, write_config, write_predictions, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ def _run_combine(run_dirs: Sequence[str], out: str) -> dict:
                                "corpus its runs tested on cannot be checked; run its train-head command again")
         configs.append(config)
         preds.append(read_run_predictions(d))
-        if nan_logits(preds[-1]):
-            raise EmofuseError(f"{d} holds a run that diverged (logits that are not numbers), kept before emofuse "
-                               "refused such runs; train it again (train-head retrains such folds), then combine")
+        refuse_diverged(d, "train it again (train-head retrains such folds), then combine", preds[-1])
     corpus = {c["fingerprints"]["corpus"] for c in configs}
     if len(corpus) != 1:
         raise EmofuseError(f"runs {list(run_dirs)} come from different corpora; refusing to combine them")

@@ -66,15 +66,16 @@ def folds_of(data: TrainData, cfg: TrainConfig, warn: bool = True) -> list[str]:
     for s in folds:
         present = set(y[sessions == s].tolist())
         missing = [c for i, c in enumerate(data.classes) if i not in present]
-        fact = (os.path.abspath(str(getattr(cfg, "store", ""))), s, tuple(missing))
-        if missing and _said is not None and fact in _said:
+        if not missing:
             continue
-        if missing and _said is not None:
+        if _said is not None:   # under ablate: once per store
+            fact = (os.path.abspath(str(getattr(cfg, "store", ""))), s, tuple(missing))
+            if fact in _said:
+                continue
             _said.add(fact)
-        if missing:
-            names = ", ".join(repr(str(c)) for c in missing)
-            log.warning(f"{cfg.out}: test session {s} holds no {names} utterance; its UA averages the recall of "
-                        "the other classes")
+        names = ", ".join(repr(str(c)) for c in missing)
+        log.warning(f"{cfg.out}: test session {s} holds no {names} utterance; its UA averages the recall of "
+                    "the other classes")
     return folds
 
 

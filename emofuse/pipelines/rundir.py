@@ -105,12 +105,16 @@ def read_predictions(source) -> pd.DataFrame:
                        na_values={c: ["nan", "NaN", ""] for c in head.columns if c.startswith("logit_")})
 
 
-def refuse_diverged(run_dir: str, advice: str = "train it again (train-head retrains such folds)") -> None:
-    """Refuse a finished run whose predictions hold NaN logits (``nan_logits``), naming it."""
+def refuse_diverged(run_dir: str, advice: str = "train it again (train-head retrains such folds)",
+                    preds: pd.DataFrame | None = None, what: str = "") -> None:
+    """Refuse a finished run whose predictions (``preds``, when the caller has read them) hold NaN
+    logits (``nan_logits``), naming it (after ``what``: a grid's row) and what to do."""
     path = os.path.join(run_dir, PREDICTIONS)
-    if os.path.exists(path) and nan_logits(read_predictions(path)):
-        raise EmofuseError(f"{run_dir} holds a run that diverged (logits that are not numbers, scored as the first "
-                           f"class), kept before emofuse refused such runs; {advice}")
+    if preds is None and os.path.exists(path):
+        preds = read_predictions(path)
+    if preds is not None and nan_logits(preds):
+        raise EmofuseError(f"{what}{run_dir} holds a run that diverged (logits that are not numbers, scored as the "
+                           f"first class), kept before emofuse refused such runs; {advice}")
 
 
 def nan_logits(preds: pd.DataFrame) -> bool:

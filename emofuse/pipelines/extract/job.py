@@ -131,7 +131,8 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
         for kind, name, enc, sdt in encoders:
             kept = kept_pre[name]   # part of the stream's identity: a subset never mixes with another
             fingerprint = stream_fingerprint(enc.fingerprint_fields(), sdt, kept)
-            known = writer.stream_infos.get(name) or _stream_info(main_store, name)
+            main_known = _stream_info(main_store, name)   # under torchrun, the main store's (read once)
+            known = writer.stream_infos.get(name) or main_known
             recorded = _recorded_identity({**enc.info, "store_dtype": sdt, "layers": kept, "fingerprint": fingerprint},
                                           known)
             _keep_recorded_window(enc, recorded.get("fingerprint", fingerprint), known)
@@ -143,7 +144,6 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
             if recorded:   # what the recorded config hash covers is not this configuration dict
                 info.pop("config", None)
                 info.update(recorded)
-            main_known = _stream_info(main_store, name)
             if main_known:   # a rank's shard: its stream must be the one the main store holds (before,
                 writer.check_extends(name, info, main_known, main_store)   # every id was reused and nothing ran)
             writer.add_stream(name, info)
