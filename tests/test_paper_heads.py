@@ -235,6 +235,7 @@ def test_layer_subset_run_is_labelled_with_true_layers(mg_store, tmp_path, monke
 
 @pytest.mark.parametrize("kw,match", [
     ({"audio_layers": "1-13"}, r"--audio-layers 1-13: layers \[13\] do not exist"),
+    ({"layers": "1-13"}, r"--layers 1-13: layers \[13\] do not exist"),   # the option typed, not --audio-layers
     ({"text_layers": "x"}, "--text-layers must look like"),
     ({"fusion": "coattention", "granularity": "F", "heads": 5}, "5 attention heads do not divide the width 16"),
     ({"fusion": "none", "granularity": "T", "norm": "global"}, "uses no speech stream"),

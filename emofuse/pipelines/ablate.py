@@ -280,8 +280,8 @@ def _indented(prefix: str = "    "):
 
 def data_signature(c: TrainConfig) -> tuple:
     """What a configuration holds in memory: the streams, granularities and layers it reads."""
-    return (c.store, c.audio_stream, c.text_stream, tuple(c.keys()), json.dumps(c.layer_specs(), sort_keys=True),
-            c.memory_gb)
+    specs = {k: v for k, v in c.layer_specs().items() if k != "options"}   # how they were typed: not the data
+    return (c.store, c.audio_stream, c.text_stream, tuple(c.keys()), json.dumps(specs, sort_keys=True), c.memory_gb)
 
 
 def _place_rows(cfg: AblateConfig, pending: list) -> list[list]:

@@ -358,7 +358,8 @@ def select_layers(fs: FeatureStore, keys: Sequence[str], audio_stream: str, text
         if spec == "last" and len(ids) == 1 and default and (not n_enc or ids[0] == int(n_enc) - 1):
             spec = None   # the one layer kept is the encoder's last (eGeMAPS' only one): that layer
         try:
-            pos = parse_layers(spec, L, ids, option=f"--{side}-layers", stream=stream, encoder_layers=n_enc)
+            option = layers.get("options", {}).get(side) if isinstance(layers, Mapping) else None
+            pos = parse_layers(spec, L, ids, option=option or f"--{side}-layers", stream=stream, encoder_layers=n_enc)
         except EmofuseError as e:
             if default and spec == "last":   # the user typed no --{side}-layers: say where 'last' came from
                 raise EmofuseError(f"{e} ('last' is this head's default; choose with --{side}-layers)") from None

@@ -200,12 +200,15 @@ class TrainConfig:
         return self.resolved()["lr"]
 
     def layer_specs(self) -> dict:
-        """``{"audio": spec, "text": spec, "defaults": sides whose spec is the head's default}``."""
+        """``{"audio": spec, "text": spec, "defaults": sides whose spec is the head's default,
+        "options": the option each side's spec came from}`` (a message names what the user typed)."""
         r = self.resolved()
-        given = {"audio": self.audio_layers if self.audio_layers is not None else self.layers,
-                 "text": self.text_layers if self.text_layers is not None else self.layers}
+        own = {"audio": self.audio_layers, "text": self.text_layers}
+        given = {side: v if v is not None else self.layers for side, v in own.items()}
         return {"audio": r["audio_layers"], "text": r["text_layers"],
-                "defaults": tuple(side for side, v in given.items() if v is None)}
+                "defaults": tuple(side for side, v in given.items() if v is None),
+                "options": {side: "--layers" if v is None and self.layers is not None else f"--{side}-layers"
+                            for side, v in own.items()}}
 
     def build(self, dims: dict, n_classes: int):
         """The head of this configuration for streams of ``dims`` (key → (layers, width))."""
