@@ -191,8 +191,8 @@ def test_hubert_with_a_positional_batch_norm_loads_and_batches_exactly(tmp_path)
     """mHuBERT-style checkpoints (``conv_pos_batch_norm``): before, loading crashed hashing the
     BatchNorm's 0-d ``num_batches_tracked``, and once loaded, the BatchNorm mapped padded frames to
     non-zero values the positional convolution carried into the real ones (batched vs one at a
-    time up to 3 apart). Fine-tuning such a model is refused (its batch statistics would mix in
-    padding)."""
+    time up to 3 apart). Fine-tuning its BatchNorm is refused (its batch statistics would mix in
+    padding; test_finetune.py trains it frozen)."""
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
     from emofuse.errors import EmofuseError
@@ -215,4 +215,4 @@ def test_hubert_with_a_positional_batch_norm_loads_and_batches_exactly(tmp_path)
         assert np.abs(s - b).max() <= 1e-4
     from emofuse.pipelines.finetune import Encoders, FinetuneConfig
     with pytest.raises(EmofuseError, match=r"normalises its positional convolution's input with a BatchNorm"):
-        Encoders(FinetuneConfig(store="x", out="y", system="audio", audio_model=str(tmp_path)))
+        Encoders(FinetuneConfig(store="x", out="y", system="audio", audio_model=str(tmp_path)))   # trained

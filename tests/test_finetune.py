@@ -34,11 +34,29 @@ def setup(tmp_path_factory):
     counts = {s: {"ang": 4, "hap": 4, "neu": 4, "sad": 4} for s in (1, 2)}
     make_fake_iemocap(base / "iemo", counts=counts, seconds=0.4, seed=3)
     m = {"layer": tiny_wav2vec2(base / "w2v", "layer"), "group": tiny_wav2vec2(base / "w2vg", "group"),
-         "d2v": tiny_data2vec_audio(base / "d2v"), "bert": tiny_bert(base / "bert")}
+         "d2v": tiny_data2vec_audio(base / "d2v"), "bert": tiny_bert(base / "bert"),
+         "mhubert": _tiny_mhubert(base / "mhubert")}
     store = str(base / "s.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(base / "iemo"), out=store, audio_model=m["layer"],
                               text_model=m["bert"], audio_stream="w2v2-large", device="cpu"))
     return {"base": base, "store": store, **m}
+
+
+def _tiny_mhubert(folder) -> str:
+    """A HuBERT with a BatchNorm before its positional convolution (``conv_pos_batch_norm``, as
+    mHuBERT-147), whose running statistics are "trained": padded zeros do not stay zero."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       conv_dim=(16,) * 7, num_conv_pos_embedding_groups=4, num_conv_pos_embeddings=16,
+                       conv_pos_batch_norm=True)
+    torch.manual_seed(0)
+    model = HubertModel(cfg)
+    bn = model.encoder.pos_conv_embed.batch_norm
+    bn.running_mean.normal_(0, 2.0)
+    bn.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000).save_pretrained(folder)
+    return str(folder)
 
 
 def _cfg(setup, out="", **kw):
@@ -80,12 +98,14 @@ def test_gradients_reach_encoders_and_head_and_the_cnn_stays_frozen(setup):
     assert any(k.startswith("head.") for k in changed)
 
 
-@pytest.mark.parametrize("kind", ["layer", "group", "d2v"])
-def test_padded_batch_equals_one_at_a_time(setup, kind):
+@pytest.mark.parametrize("kind,freeze", [("layer", "cnn"), ("group", "cnn"), ("d2v", "cnn"),
+                                         ("mhubert", "audio-layers:1"), ("mhubert", "audio")])
+def test_padded_batch_equals_one_at_a_time(setup, kind, freeze):
     """Loss and gradients of a padded batch = the sum over its utterances alone (eval mode: no
     dropout, BatchNorm on running statistics), within 1e-5. data2vec-audio: before, its stack of
-    positional convolutions read the padding (logits 2.7e-3 apart)."""
-    cfg = _cfg(setup, audio_model=setup[kind])
+    positional convolutions read the padding (logits 2.7e-3 apart). mHuBERT (a BatchNorm before
+    the positional convolution), frozen beneath its blocks: before, refused."""
+    cfg = _cfg(setup, audio_model=setup[kind], freeze=freeze)
     enc, data, model = _model(cfg)
     model.eval()
     by_len = {len(t): i for i, t in enumerate(data.tokens)}   # transcripts of different lengths
@@ -623,6 +643,25 @@ def _train_save_and_reload(model, tmp_path, saved_name=lambda k: k, batch: int =
     wave = torch.randn(batch, 8000, generator=g)
     with torch.no_grad():
         assert torch.equal(reloaded(wave).last_hidden_state, model.audio.eval()(wave).last_hidden_state)
+
+
+def test_mhubert_trains_only_with_its_positional_batch_norm_frozen_and_saves_under_its_own_names(setup, tmp_path):
+    """Trained, a BatchNorm's batch statistics would mix in padding: refused. Frozen, it runs on
+    its running statistics (MaskedBatchNorm zeroes the padding after it), and --save-encoders
+    writes it under the checkpoint's names (batch_norm.*, not batch_norm.norm.*)."""
+    from emofuse.extract.masking import MaskedBatchNorm
+    with pytest.raises(EmofuseError, match=r"BatchNorm .* freeze it \(--freeze audio, or audio-layers:N"):
+        ft.Encoders(_cfg(setup, system="audio", audio_model=setup["mhubert"]))
+    cfg = _cfg(setup, system="audio", audio_model=setup["mhubert"], freeze="audio-layers:1")
+    enc = ft.Encoders(cfg)
+    model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, 4))
+    assert isinstance(model.audio.encoder.pos_conv_embed.batch_norm, MaskedBatchNorm)
+    assert not any(p.requires_grad for p in model.audio.encoder.pos_conv_embed.parameters())
+    model.train()
+    assert not model.audio.encoder.pos_conv_embed.training and model.audio.encoder.layers[1].training
+    plain = lambda k: k.replace(".batch_norm.norm.", ".batch_norm.").replace(".layer_norm.norm.", ".layer_norm.")  # noqa: E731
+    _train_save_and_reload(model, tmp_path, plain, batch=2)
+    assert isinstance(model.audio.encoder.pos_conv_embed.batch_norm, MaskedBatchNorm)   # put back
 
 
 def test_saved_data2vec_encoder_reloads_as_trained(setup, tmp_path):

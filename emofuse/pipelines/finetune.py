@@ -43,7 +43,8 @@ from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.checkpoints import checkpoint_digest
 from ..extract.encoders import token_limit, warn_no_preprocessor
-from ..extract.masking import MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
+from ..extract.masking import (MaskedBatchNorm, MaskedConvStack, MaskedGroupNorm, conv_output_lengths,
+                               receptive_field)
 from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
 from ..heads.functional import lengths_to_mask
@@ -389,12 +390,15 @@ class Encoders:
                 self.pos_stack = MaskedConvStack(pos)   # as extraction: padding zeroed between its convolutions
                 self.audio.encoder.pos_conv_embed = self.pos_stack
             if pos is not None and isinstance(getattr(pos, "batch_norm", None), nn.BatchNorm1d):
-                # training mode: its batch statistics would include the padded frames of a batch
-                raise EmofuseError(f"--audio-model {cfg.audio_model} normalises its positional convolution's input "
-                                   "with a BatchNorm (conv_pos_batch_norm, e.g. mHuBERT), which would mix the padding "
-                                   "of a batch into its statistics (trained) or its output (frozen); fine-tuning it is "
-                                   "not supported: extract "
-                                   "its frozen features with extract-embeddings instead")
+                f = cfg.frozen()
+                if not (f["audio"] or f["audio_layers"]):   # trained, its batch statistics would mix in padding
+                    raise EmofuseError(f"--audio-model {cfg.audio_model} normalises its positional convolution's "
+                                       "input with a BatchNorm (conv_pos_batch_norm, e.g. mHuBERT), whose batch "
+                                       "statistics would mix in the padding of a batch; fine-tuning it is not "
+                                       "supported: freeze it (--freeze audio, or audio-layers:N with N ≥ 1), or "
+                                       "extract its frozen features with extract-embeddings")
+                # frozen, it runs in eval mode on its running statistics; padded frames set back to zero
+                self.pos_stack = pos.batch_norm = MaskedBatchNorm(pos.batch_norm)
             if cfg.pos_conv == "matmul" and not use_matmul_pos_conv(self.audio):
                 raise EmofuseError(f"--pos-conv matmul: --audio-model {cfg.audio_model} has no wav2vec2-style "
                                    "positional convolution (pos_conv_embed.conv); use --pos-conv conv")
@@ -915,29 +919,32 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
 
 def save_encoders(model: FinetuneModel, rdir: str) -> None:
     """The fine-tuned encoders of ``model`` as transformers checkpoints (``rdir/audio_encoder``,
-    ``rdir/text_encoder``) that ``AutoModel.from_pretrained`` reloads: a group-norm wav2vec2 is
-    saved with its first conv layer's plain ``GroupNorm`` in place of the ``MaskedGroupNorm``
-    training wraps it in (else its weights would be saved under names the model does not have)."""
-    for name, m in (("audio_encoder", model.audio), ("text_encoder", model.text)):
-        if m is None:
-            continue
-        with _plain_group_norm(m if m is model.audio else None, model._group_norm):
-            m.save_pretrained(os.path.join(rdir, name))
+    ``rdir/text_encoder``) that ``AutoModel.from_pretrained`` reloads: saved with the plain
+    ``GroupNorm`` / ``BatchNorm`` in place of the masked ones training wraps them in (else their
+    weights would be saved under names the model does not have)."""
+    with _plain_norms(model):
+        for name, m in (("audio_encoder", model.audio), ("text_encoder", model.text)):
+            if m is not None:
+                m.save_pretrained(os.path.join(rdir, name))
 
 
 @contextlib.contextmanager
-def _plain_group_norm(audio: nn.Module | None, masked: MaskedGroupNorm | None) -> Iterator[None]:
-    """While inside: ``audio``'s first conv layer holds the plain ``GroupNorm`` that ``masked`` wraps."""
-    if audio is None or masked is None:
-        yield
-        return
-    layer0 = audio.feature_extractor.conv_layers[0]
-    assert layer0.layer_norm is masked
-    layer0.layer_norm = masked.norm
+def _plain_norms(model: FinetuneModel) -> Iterator[None]:
+    """While inside: the audio encoder holds the plain norms that ``MaskedGroupNorm`` (a group-norm
+    wav2vec2's first conv layer) and ``MaskedBatchNorm`` (mHuBERT's positional BatchNorm) wrap."""
+    swaps = []
+    if model.audio is not None and model._group_norm is not None:
+        swaps.append((model.audio.feature_extractor.conv_layers[0], "layer_norm", model._group_norm))
+    if model.audio is not None and isinstance(model._pos_stack, MaskedBatchNorm):
+        swaps.append((model.audio.encoder.pos_conv_embed, "batch_norm", model._pos_stack))
+    for owner, name, masked in swaps:
+        assert getattr(owner, name) is masked
+        setattr(owner, name, masked.norm)
     try:
         yield
     finally:
-        layer0.layer_norm = masked
+        for owner, name, masked in swaps:
+            setattr(owner, name, masked)
 
 
 def _count_frozen(enc: Encoders) -> dict:
