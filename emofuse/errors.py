@@ -11,3 +11,8 @@ class CorpusError(EmofuseError):
 
 class StoreError(EmofuseError):
     """A feature store is missing, locked, corrupt, or would be mixed with other data."""
+
+
+class Diverged(EmofuseError):
+    """A run whose validation loss or test logits were not finite: a property of its configuration
+    (usually its learning rate), not of the input; ``ablate`` goes on with its other rows."""

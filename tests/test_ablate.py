@@ -231,6 +231,31 @@ def test_a_store_changed_while_the_grid_trains_is_never_filed_under_the_old_key(
     assert len(os.listdir(tmp_path / "g" / "runs")) == 2 and df["ua_mean"].notna().all()
 
 
+@pytest.mark.parametrize("how", [{}, {"jobs": 2}, {"executor": "submitit", "cluster": "local"}])
+def test_a_row_that_diverges_does_not_stop_the_grid(store, tmp_path, caplog, how):
+    """Before: the first row that diverged (a learning rate too high) stopped the grid, so an
+    overnight grid left every later row unrun. Now the other rows train, the grid ends without
+    tables naming the row, and once its lr is lowered only it trains."""
+    if how.get("executor"):
+        pytest.importorskip("submitit")   # a test extra (setup.cfg), installed by CI
+    caplog.set_level(logging.INFO, "emofuse")
+    rows = ['{label: "Wild", fusion: none, granularity: F, lr: 1.0e+36}', '{label: "Frame", fusion: none, granularity: F}',
+            '{label: "Text", fusion: none, granularity: T}']
+    spec = one_table_spec(tmp_path, *rows)
+    out = tmp_path / "g"
+    cfg = AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", **how)
+    with pytest.raises(EmofuseError, match=r"1 configuration\(s\) of the grid diverged: Wild \(the first: .*learning "
+                                           r"rate 1e\+36\)\)\. The other rows' runs are kept; no table was written"):
+        run_ablate(cfg)
+    assert len([r for r in os.listdir(out / "runs") if (out / "runs" / r / "summary.json").exists()]) == 2
+    assert not (out / "tables").exists()
+    spec.write_text(spec.read_text().replace("lr: 1.0e+36", "lr: 2.0e-3"))
+    caplog.clear()
+    df = run_ablate(cfg)["a"]
+    assert "3 configurations, 2 already finished, 1 to run" in logged_messages(caplog)[0]
+    assert list(df["label"]) == ["Wild", "Frame", "Text"] and df["ua_mean"].notna().all()
+
+
 def test_parallel_jobs_give_the_same_numbers(store, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 
@@ -22,7 +22,7 @@ import yaml
 from scipy.stats import wilcoxon
 
 from ..devices import resolve_device
-from ..errors import EmofuseError
+from ..errors import Diverged, EmofuseError
 from ..options import build, check_field, opt
 from ..hashing import sha256_hex
 from ..heads.stacked import stackable
@@ -234,22 +234,28 @@ _WORKER_CACHE: dict = {}   # rows held by a worker process for the next configur
 _WORKER_SAID: set = set()   # the test sessions lacking a class that a worker process has said
 
 
-def _train_worker(cfg: TrainConfig, threads: int | None, level: int | None = None) -> str:
+def _train_worker(cfg: TrainConfig, threads: int | None, level: int | None = None) -> str | None:
     """One configuration in a worker process (a fresh interpreter: logging is set up again here,
-    at ``level``, when the parent shows messages)."""
+    at ``level``, when the parent shows messages). Returns why it diverged (``Diverged``'s
+    message), or None when it finished."""
     import torch
     if level is not None:
         show_messages(level)
     if threads:
         torch.set_num_threads(threads)
     with lacking_said_once(_WORKER_SAID):
-        run_train(cfg, cache=_WORKER_CACHE)
-    return cfg.out
+        try:
+            run_train(cfg, cache=_WORKER_CACHE)
+        except Diverged as e:
+            log.error(str(e))
+            return str(e)
+    return None
 
 
-def _train_rows(cfgs: list, threads: int | None = None) -> list[str]:
+def _train_rows(cfgs: list, threads: int | None = None) -> list[str | None]:
     """One cluster job: configurations that read the same streams, trained one after the other
-    with their data read once. Its messages go to the job's own log (submitit's folder)."""
+    with their data read once. Its messages go to the job's own log (submitit's folder). Returns
+    per configuration why it diverged, or None."""
     return [_train_worker(c, threads, logging.INFO) for c in cfgs]
 
 
@@ -313,8 +319,9 @@ def _place_rows(cfg: AblateConfig, pending: list) -> list[list]:
     return list(groups.values())
 
 
-def _submit(cfg: AblateConfig, groups: list[list]) -> None:
-    """Send each group of rows as one job through submitit; wait for them all."""
+def _submit(cfg: AblateConfig, groups: list[list]) -> dict[str, str]:
+    """Send each group of rows as one job through submitit; wait for them all. Returns the run
+    folders of the configurations that diverged → why."""
     try:
         import submitit
     except ImportError:
@@ -331,16 +338,19 @@ def _submit(cfg: AblateConfig, groups: list[list]) -> None:
     jobs = [ex.submit(_train_rows, g) for g in groups]
     for job, g in zip(jobs, groups):
         log.info(f"  job {job.job_id}: {len(g)} configurations ({', '.join(os.path.basename(c.out) for c in g)})")
-    failed = []
+    failed, diverged = [], {}
     for job, g in zip(jobs, groups):
         try:
-            job.result()
+            why = job.result()
             log.info(f"  job {job.job_id} finished")
         except Exception as e:
             failed.append(f"job {job.job_id} ({len(g)} configurations): {str(e).strip().splitlines()[-1]}")
+            continue
+        diverged.update({c.out: w for c, w in zip(g, why or []) if w})
     if failed:
         raise EmofuseError(f"{len(failed)} cluster jobs failed; their logs are in {cfg.out}/submitit: "
                            + "; ".join(failed) + ". Run the same ablate again to resume (finished runs are kept)")
+    return diverged
 
 
 def run_ablate(cfg: AblateConfig) -> dict[str, pd.DataFrame]:
@@ -433,37 +443,57 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
     groups = _place_rows(cfg, pending) if pending else []
     pending = [c for g in groups for c in g]   # rows reading the same data follow each other
     said: set = set()   # a test session lacking a class is said once, not once per row
+    labels = {}
+    for label, key in key_of.items():
+        labels.setdefault(key, label)
+    # A row that diverged (its learning rate, not the input) does not stop the grid: the other rows
+    # train, and the grid ends without tables, naming it. Any other error stops the grid at once.
+    diverged: dict[str, str] = {}   # run folder → why
     if cfg.executor == "submitit" and pending:
-        _submit(cfg, groups)
+        diverged.update(_submit(cfg, groups))
     elif cfg.jobs > 1 and len(pending) > 1:
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         import multiprocessing as mp
         with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             try:
-                for k, out in enumerate(pool.map(_train_worker, pending, [threads] * len(pending),
-                                                 [_worker_level()] * len(pending))):
-                    log.info(f"  [{k + 1}/{len(pending)}] {out} finished")
+                futures = {pool.submit(_train_worker, c, threads, _worker_level()): c for c in pending}
+                for k, fut in enumerate(as_completed(futures)):
+                    out, why = futures[fut].out, fut.result()
+                    if why:
+                        diverged[out] = why
+                    log.info(f"  [{k + 1}/{len(pending)}] {out} " + ("diverged" if why else "finished"))
             except BaseException:  # interrupted or a worker failed: stop the others now, not after their runs
                 for proc in list(getattr(pool, "_processes", {}).values()):
                     proc.terminate()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     else:
-        labels = {}
-        for label, key in key_of.items():
-            labels.setdefault(key, label)
         cache: dict = {}   # rows held for the next configuration that reads the same streams
         for k, c in enumerate(pending):
             log.info(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
             with _indented(), lacking_said_once(said):
-                run_train(c, cache=cache)
+                try:
+                    run_train(c, cache=cache)
+                except Diverged as e:
+                    log.error(str(e))
+                    diverged[c.out] = str(e)
         cache.clear()
     _check_trained_content(pending, cfg.store)
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         log.info(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
         with _indented(), lacking_said_once(said):
-            ft.run_finetune(c)
+            try:
+                ft.run_finetune(c)
+            except Diverged as e:
+                log.error(str(e))
+                diverged[c.out] = str(e)
+    if diverged:
+        rows = ", ".join(labels[os.path.basename(out)] for out in diverged)
+        first = next(iter(diverged.values())).split("; lower --lr")[0]
+        raise EmofuseError(f"{len(diverged)} configuration(s) of the grid diverged: {rows} (the first: {first}). "
+                           "The other rows' runs are kept; no table was written: lower those rows' lr in the spec "
+                           "and run ablate again (only they train)")
     if tuned and not cfg.finetune:
         log.info(f"  {len(tuned)} fine-tuned rows not run (they need ablate --finetune and the encoders; GPU hours)")
     for label, row in spec["_labels"].items():

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..errors import EmofuseError
+from ..errors import Diverged, EmofuseError
 from ..hashing import sha256_int
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,11 @@ def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray)
     its learning rate (the usual cause); warn of one that diverged after a best epoch (kept)."""
     lr = f" (learning rate {history[0]['lr']:g})" if history and "lr" in history[0] else ""
     if best_epoch < 0:
-        raise EmofuseError(f"{what} diverged: its validation loss was not finite from its first epoch{lr}; "
+        raise Diverged(f"{what} diverged: its validation loss was not finite from its first epoch{lr}; "
                            "lower --lr (a spec row's lr: under ablate). Nothing of it is written; runs finished "
                            "before are kept")
     if not np.isfinite(logits).all():
-        raise EmofuseError(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite (NaN or "
+        raise Diverged(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite (NaN or "
                            "inf in the inputs or the head); nothing of it is written; runs finished before are kept")
     bad = next((h["epoch"] for h in history if not math.isfinite(h["val_loss"])), None)
     if bad is not None:
