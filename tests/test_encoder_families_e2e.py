@@ -154,3 +154,28 @@ def test_a_checkpoint_without_preprocessor_config_is_said_at_extraction_and_in_i
     text = describe_store(store)
     assert "    input: do_normalize True, padding_value 0.0, sampling_rate 16000" in text
     assert "    note: no preprocessor_config.json: used do_normalize=True at 16 kHz" in text
+
+
+def test_audio_too_short_for_opensmile_is_skipped_as_nan_not_as_overflow(tmp_path):
+    """openSMILE's IS10 set describes 65 ms of audio (past the 60 ms window checked first) with one
+    frame of NaN. Before: skipped as "no frame, or values that are not finite … (--store-dtype
+    float32 keeps values beyond float16's range)", advice that could not help; now the reason
+    names NaN and audio too short to describe."""
+    import soundfile as sf
+
+    from emofuse.pipelines.extract import ExtractConfig, run_extract
+    from emofuse.store import FeatureStore
+    rng = np.random.default_rng(0)
+    for name, seconds in (("a", 0.065), ("b", 1.0), ("c", 1.0)):
+        sf.write(tmp_path / f"{name}.wav", (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
+    (tmp_path / "m.csv").write_text("id,audio,text,label,speaker,session\na,a.wav,x,ang,s,1\nb,b.wav,x,neu,s,2\n"
+                                    "c,c.wav,x,ang,s,1\n")
+    run_extract(ExtractConfig(corpus="manifest", manifest=str(tmp_path / "m.csv"), out=str(tmp_path / "s.h5"),
+                              audio_model="opensmile:IS10", audio_stream="is10", text_model=None, device="cpu"))
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        skipped = fs.skipped("is10")
+        assert sorted(fs.ids("is10", "frames")) == ["b", "c"]
+    assert list(skipped["id"]) == ["a"]
+    assert skipped["reason"].item() == ("the encoder produced 38 of 38 values that are not numbers (NaN) for this audio "
+                                        "(for descriptors such as openSMILE's: audio too short or too degenerate to "
+                                        "describe)")

@@ -700,8 +700,8 @@ def test_text_beyond_float16_is_skipped_like_audio(overflowing, tmp_path):
     assert (summary.streams[0].done, summary.streams[0].skipped) == (0, 4)
     with FeatureStore(tmp_path / "s.h5") as fs:
         reasons = set(fs.skipped("text")["reason"])
-    assert reasons == {"the encoder produced no token, or values that are not finite in the store's dtype, for this "
-                       "transcript (--store-dtype float32 keeps values beyond float16's range)"}
+    assert reasons == {"the encoder produced values beyond the store's dtype (float16: largest 65504) for this "
+                       "transcript, infinite once stored (--store-dtype float32 keeps them)"}
     # training on it names the skips, not an extraction of bert-base-uncased (which the store was not)
     from emofuse.pipelines.data import require
     with FeatureStore(tmp_path / "s.h5") as fs, pytest.raises(EmofuseError) as e:
@@ -709,7 +709,7 @@ def test_text_beyond_float16_is_skipped_like_audio(overflowing, tmp_path):
     assert "stream 'text' was extracted but its 4 utterances were all skipped (e.g. the encoder produced" in str(e.value)
     assert "s.skipped.tsv lists each" in str(e.value)
     assert "bert-base-uncased" not in str(e.value)
-    with pytest.raises(EmofuseError, match=r"transcript \(--store-dtype float32 keeps values beyond float16's range\)"):
+    with pytest.raises(EmofuseError, match=r"transcript, infinite once stored \(--store-dtype float32 keeps them\)"):
         px.run_extract(px.ExtractConfig(out=str(tmp_path / "f.h5"), on_error="fail", **cfg))
     px.run_extract(px.ExtractConfig(out=str(tmp_path / "f32.h5"), store_dtype="float32", **cfg))
     with FeatureStore(tmp_path / "f32.h5") as fs:

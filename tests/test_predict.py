@@ -377,10 +377,12 @@ def test_only_the_layers_the_model_reads_must_be_finite(trained, monkeypatch):
         data = model.features(audio=[u["audio_path"]], text=[u["transcript"]], ids=["x"])
     assert np.isfinite(model.member_logits(data)).all()
     where["layer"] = 1
-    with pytest.raises(EmofuseError, match="the encoder produced no frame, or values that are not finite in float16"):
+    with pytest.raises(EmofuseError, match=r"the encoder produced values beyond the store's dtype \(float16: largest "
+                                           r"65504\) for this audio, infinite once stored \(the model was trained on"):
         model.features(audio=[u["audio_path"]], text=[u["transcript"]], ids=["x"])
     monkeypatch.setattr(encoders.HFAudioEncoder, "encode", audio_encode)
-    with pytest.raises(EmofuseError, match="utterance x: the text encoder produced values that are not finite"):
+    with pytest.raises(EmofuseError, match=r"utterance x: the encoder produced values beyond the store's dtype "
+                                           r"\(float16: largest 65504\) for this transcript"):
         model.features(audio=[u["audio_path"]], text=[u["transcript"]], ids=["x"])
 
 

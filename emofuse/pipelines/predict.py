@@ -42,6 +42,7 @@ from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
 from ..store import FeatureStore, nonfinite, same_encoder, shaping_differs, stream_fingerprint
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
+from .extract.stream import not_finite
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
 from .metrics import format_summary, scores, summarise
 from .rundir import (CONFIG, RUNS, SUMMARY, fold_metrics, has_config, is_finished, predictions_roundtrip,
@@ -129,6 +130,8 @@ MODEL_TYPE = "emofuse.model"
 FORMAT_VERSION = 1
 #: stream keys ``predict`` can compute from audio and text alone (segments need forced alignments)
 PREDICT_KEYS = (FRAME_KEY, TEXT_KEY)
+#: what keeps activations beyond a model's store dtype: predict computes them as the model's store held them
+STORE_DTYPE_FIXED = "the model was trained on a store of that dtype: train it on one extracted with --store-dtype float32"
 
 
 def _sha256(path: str) -> str:
@@ -520,8 +523,7 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                     raise EmofuseError(f"{path}: {e.reason}") from None
                 o = np.ascontiguousarray(o[:, lids])   # only the layers the model reads must be finite
                 if len(o) == 0 or nonfinite(o):
-                    raise EmofuseError(f"{path}: the encoder produced no frame, or values that are not finite in "
-                                       f"{info['store_dtype']}")
+                    raise EmofuseError(f"{path}: {not_finite(o, 'frames', 'audio', STORE_DTYPE_FIXED).reason}")
                 out.append(o)
             rows[k] = out
         else:
@@ -541,8 +543,8 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                     with np.errstate(over="ignore", invalid="ignore"):   # beyond float16: inf, refused below
                         out[j] = np.ascontiguousarray(o["data"][:, lids].astype(sdt))
                     if nonfinite(out[j]):
-                        raise EmofuseError(f"utterance {ids[j]}: the text encoder produced values that are not finite "
-                                           f"in {info['store_dtype']} for this transcript")
+                        raise EmofuseError(f"utterance {ids[j]}: "
+                                           f"{not_finite(out[j], 'tokens', 'transcript', STORE_DTYPE_FIXED).reason}")
             rows[k] = out
         log.debug(f"{KEY_NAME[k]}: {model.spec['encoders'][s['stream']].get('encoder_id')} on {n} utterances")
     return _as_data(model, ids, rows, speakers)

@@ -13,7 +13,7 @@ from ...extract.audio import MIXED, RESAMPLED, BadInput, load_audio
 from ...extract.batching import commit_units, length_batches
 from .config import shard_part
 from ..progress import progress_bar
-from .stream import StreamJob, not_finite
+from .stream import StreamJob
 from .threads import BackgroundCommits, Prefetch
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,10 @@ def _audio_unit(job: StreamJob, unit: list[list[str]], by_id: dict[str, Utteranc
             outs = enc.encode(waves, out_dtype=job.store_dtype, preprocessed=True) if waves else []
             t2 = time.perf_counter()
             for uid, n, o in zip(ok, samples, outs):
-                kept = job.keep_finite(o)
-                if kept is None:
-                    err = not_finite("frames", "audio")
-                    job.bad(by_id[uid], err, "audio")
-                    skipped.append((uid, "frames", err.reason))
+                kept = job.keep_finite(o, "audio")
+                if isinstance(kept, BadInput):
+                    job.bad(by_id[uid], kept, "audio")
+                    skipped.append((uid, "frames", kept.reason))
                     continue
                 entries[uid] = {"data": kept}
                 s.rows += len(o)

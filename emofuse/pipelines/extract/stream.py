@@ -21,10 +21,19 @@ def all_finite(a: np.ndarray) -> bool:
     return not nonfinite(a)
 
 
-def not_finite(rows: str, what: str) -> BadInput:
-    """Why an utterance whose kept ``rows`` (frames, tokens) came out empty or not finite is skipped."""
-    return BadInput(f"the encoder produced no {rows[:-1]}, or values that are not finite in the store's dtype, "
-                    f"for this {what} (--store-dtype float32 keeps values beyond float16's range)")
+def not_finite(kept: np.ndarray, rows: str, what: str, remedy: str = "--store-dtype float32 keeps them") -> BadInput:
+    """Why an utterance whose kept ``rows`` (frames, tokens; ``kept``, in the store's dtype) came
+    out empty or not finite is skipped: each cause in its own words, since their remedies differ
+    (``remedy``: what keeps values beyond the dtype)."""
+    if not len(kept):
+        return BadInput(f"the encoder produced no {rows[:-1]} for this {what}")
+    nan = int(np.isnan(kept).sum())   # the error path only: np.isnan's cost does not matter here
+    if nan:   # e.g. openSMILE's descriptors of audio shorter than their window (~50 ms): every value NaN
+        return BadInput(f"the encoder produced {nan} of {kept.size} values that are not numbers (NaN) for this "
+                        f"{what} (for descriptors such as openSMILE's: audio too short or too degenerate to "
+                        f"describe)")
+    return BadInput(f"the encoder produced values beyond the store's dtype ({np.dtype(kept.dtype).name}: largest "
+                    f"{float(np.finfo(kept.dtype).max):g}) for this {what}, infinite once stored ({remedy})")
 
 
 @dataclass
@@ -50,13 +59,16 @@ class StreamJob:
             return rows.astype(self.store_dtype, copy=False)
         return rows[:, self.kept].astype(self.store_dtype)
 
-    def keep_finite(self, rows: np.ndarray) -> np.ndarray | None:
-        """``keep(rows)``, or None when that is empty or holds NaN or inf: values beyond the
-        store's dtype (float16: 65504) become inf in the cast, which is checked after it, on the
-        kept layers alone (an overflow in a layer ``--layers`` drops stores nothing wrong)."""
+    def keep_finite(self, rows: np.ndarray, what: str) -> np.ndarray | BadInput:
+        """``keep(rows)``, or why not (``not_finite``) when that is empty or holds NaN or inf:
+        values beyond the store's dtype (float16: 65504) become inf in the cast, which is checked
+        after it, on the kept layers alone (an overflow in a layer ``--layers`` drops stores
+        nothing wrong). ``what``: "audio" or "transcript"."""
         with np.errstate(over="ignore", invalid="ignore"):   # the overflow is reported as a skip
             kept = self.keep(rows)
-        return kept if len(kept) and all_finite(kept) else None
+        if len(kept) and all_finite(kept):
+            return kept
+        return not_finite(kept, "frames" if what == "audio" else "tokens", what)
 
     def on_gpu(self) -> bool:
         device = getattr(self.encoder, "device", None)

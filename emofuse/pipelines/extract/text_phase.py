@@ -10,7 +10,7 @@ from ...errors import EmofuseError
 from ...extract.audio import BadInput, check_transcript
 from .config import parse_shard, shard_part
 from ..progress import progress_bar
-from .stream import StreamJob, not_finite
+from .stream import StreamJob
 
 
 def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -> None:
@@ -58,11 +58,10 @@ def run_text_phase(job: StreamJob, selection: list[Utterance], done: set[str]) -
                 for (_, uid, _), o in zip(chunk, outs):
                     if uid not in todo_ids:  # computed only to keep the chunk's composition
                         continue
-                    kept = job.keep_finite(o["data"])
-                    if kept is None:   # e.g. beyond float16's range, which the cast turns into inf
-                        err = not_finite("tokens", "transcript")
-                        job.bad(by_id[uid], err, "text")
-                        bad.append((uid, "tokens", err.reason))
+                    kept = job.keep_finite(o["data"], "transcript")
+                    if isinstance(kept, BadInput):   # e.g. beyond float16's range, which the cast turns into inf
+                        job.bad(by_id[uid], kept, "text")
+                        bad.append((uid, "tokens", kept.reason))
                         continue
                     entries[uid] = {**o, "data": kept}
                     s.rows += len(kept)
