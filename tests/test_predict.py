@@ -399,3 +399,32 @@ def test_a_predict_manifest_reads_spans_as_the_corpus_reader_does(tmp_path):
     (tmp_path / "bad.csv").write_text("audio,start,end\na.wav,2,1\n")
     with pytest.raises(EmofuseError, match=r"bad.csv, line 2: end 1.0 is not after start 2.0"):
         read_predict_manifest(str(tmp_path / "bad.csv"))
+
+
+def test_evaluate_says_which_utterances_it_scored_without_segments(trained, tmp_path, tiny_models, caplog):
+    """Before: utterances of the other store without word segments (their alignment skipped) were
+    scored with that input masked, and the result read as a plain cross-corpus one (train-head
+    says so; evaluate said nothing, in its log, summary.json or table.md)."""
+    from emofuse.pipelines.align import AlignConfig, run_align
+    models = dict(audio_model=tiny_models["group"], text_model=tiny_models["bert"])
+    store = str(tmp_path / "s.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(trained["corpus"].root), out=store, **models))
+    run_align(AlignConfig(store=store, source="iemocap", granularities=("word",)))
+    run = str(tmp_path / "fw")
+    run_train(TrainConfig(store=store, out=run, fusion="late", granularity="F+W", repeats=1, epochs=2,
+                          folds=("1", "2"), device="cpu"))
+    other_corpus = make_fake_iemocap(tmp_path / "other", counts={s: {"ang": 2, "neu": 2} for s in range(1, 3)},
+                                     seconds=0.8, seed=9)
+    lost = sorted(other_corpus.root.glob("Session1/sentences/ForcedAlignment/*/*.wdseg"))[:2]
+    for f in lost:
+        f.unlink()   # two utterances whose alignment align-segments cannot read
+    other = str(tmp_path / "o.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=other, **models))
+    run_align(AlignConfig(store=other, source="iemocap", granularities=("word",)))
+    ev = tmp_path / "ev"
+    with caplog.at_level("WARNING", logger="emofuse"):
+        s = run_evaluate(run, other, str(ev))
+    assert s["empty_segments"] == {"W": 2} and s["utterances"] == 8
+    assert f"2 utterances without word segments of the 8 utterances of {other}: the model reads that input " \
+           "masked" in caplog.text
+    assert "Scored with an input masked: 2 utterances without word segments." in (ev / "table.md").read_text()

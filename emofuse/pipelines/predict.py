@@ -668,6 +668,11 @@ def _left_out(excluded: dict) -> str:
     return "; ".join(f"{n} utterance{'s' if n != 1 else ''} ({reason})" for reason, n in excluded.items())
 
 
+def _without_segments(empty: dict) -> str:
+    """``{key: count}`` of utterances without segments, as a phrase."""
+    return "; ".join(f"{n} utterance{'s' if n != 1 else ''} without {KEY_NAME[k]}" for k, n in empty.items())
+
+
 def _check_evaluation_folder(out: str) -> None:
     """Refuse an ``--out`` that holds something other than an evaluation: a train-head or ablate
     run (its ``config.json`` names another type), whose config.json, summary.json and fold
@@ -774,6 +779,10 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         mapped = np.array([lm.get(n, n) for n in names])
         y = np.array([model.classes.index(n) for n in mapped])
         absent = [c2 for c2 in model.classes if c2 not in set(mapped.tolist())]
+        if data.empty:   # scored with that input masked (as train-head does), which the numbers must say
+            log.warning(f"{_without_segments(data.empty)} of the {len(data.ids)} utterances of {store}: the model "
+                        "reads that input masked for them (align-segments may have skipped them; its skipped list "
+                        "says why)")
         logits = model.member_logits(data, device=dev)
         corpus_fp = fs.corpus_fingerprint
     with run_lock(out, "emofuse evaluate"):
@@ -803,7 +812,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         summary.update(type="emofuse.summary", evaluation="cross-corpus", fusion=c["fusion"], keys=model.keys,
                        head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store), f1_over="truth",
                        label_map=lm, absent_classes=absent, ensemble=ens, utterances=len(data.ids),
-                       excluded=data.excluded, runs=runs)
+                       excluded=data.excluded, empty_segments=data.empty, runs=runs)
         write_predictions(out, pd.concat(preds))
         ens_df = pd.DataFrame({"id": data.ids, "label": mapped, "pred": np.array(model.classes)[probs.argmax(1)]})
         for j, name in enumerate(model.classes):
@@ -823,8 +832,10 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                     + (f" Classes absent from the store: {', '.join(absent)} (UA and macro-F1 average the others)."
                        if absent else "")
                     + (f" Left out: {_left_out(data.excluded)}." if data.excluded else "")
+                    + (f" Scored with an input masked: {_without_segments(data.empty)}." if data.empty else "")
                     + "\n")
     log.info(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
              + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
-             + (f"; classes absent from {store} (UA and macro-F1 average the others): {absent}" if absent else ""))
+             + (f"; classes absent from {store} (UA and macro-F1 average the others): {absent}" if absent else "")
+             + (f"; scored with an input masked: {_without_segments(data.empty)}" if data.empty else ""))
     return summary
