@@ -193,20 +193,12 @@ def test_hubert_with_a_positional_batch_norm_loads_and_batches_exactly(tmp_path)
     non-zero values the positional convolution carried into the real ones (batched vs one at a
     time up to 3 apart). Fine-tuning its BatchNorm is refused (its batch statistics would mix in
     padding; test_finetune.py trains it frozen)."""
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+    from transformers import HubertModel
 
     from emofuse.errors import EmofuseError
     from emofuse.extract.encoders import weights_hash
-    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(16,) * 7, num_conv_pos_embedding_groups=4, num_conv_pos_embeddings=16,
-                       conv_pos_batch_norm=True)
-    torch.manual_seed(0)
-    model = HubertModel(cfg)
-    bn = model.encoder.pos_conv_embed.batch_norm
-    bn.running_mean.normal_(0, 2.0)   # trained statistics: padded zeros do not stay zero
-    bn.running_var.uniform_(0.5, 2.0)
-    model.save_pretrained(tmp_path)
-    Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000).save_pretrained(tmp_path)
+    from emofuse.testing.tiny_models import tiny_mhubert
+    tiny_mhubert(tmp_path)
     enc = HFAudioEncoder(str(tmp_path), device="cpu")
     assert enc.info["weights_hash"] == weights_hash(HubertModel.from_pretrained(tmp_path))
     ws = waves(lengths=(16000, 6000, 9000))

@@ -28,35 +28,18 @@ def setup(tmp_path_factory):
     """32 utterances (2 sessions x 4 classes x 4), a store (table + frozen streams), tiny encoders."""
     from emofuse.pipelines.extract import ExtractConfig, run_extract
     from emofuse.testing import make_fake_iemocap
-    from emofuse.testing.tiny_models import tiny_bert, tiny_data2vec_audio, tiny_wav2vec2
+    from emofuse.testing.tiny_models import tiny_bert, tiny_data2vec_audio, tiny_mhubert, tiny_wav2vec2
 
     base = tmp_path_factory.mktemp("ft")
     counts = {s: {"ang": 4, "hap": 4, "neu": 4, "sad": 4} for s in (1, 2)}
     make_fake_iemocap(base / "iemo", counts=counts, seconds=0.4, seed=3)
     m = {"layer": tiny_wav2vec2(base / "w2v", "layer"), "group": tiny_wav2vec2(base / "w2vg", "group"),
          "d2v": tiny_data2vec_audio(base / "d2v"), "bert": tiny_bert(base / "bert"),
-         "mhubert": _tiny_mhubert(base / "mhubert")}
+         "mhubert": tiny_mhubert(base / "mhubert")}
     store = str(base / "s.h5")
     run_extract(ExtractConfig(corpus="iemocap", root=str(base / "iemo"), out=store, audio_model=m["layer"],
                               text_model=m["bert"], audio_stream="w2v2-large", device="cpu"))
     return {"base": base, "store": store, **m}
-
-
-def _tiny_mhubert(folder) -> str:
-    """A HuBERT with a BatchNorm before its positional convolution (``conv_pos_batch_norm``, as
-    mHuBERT-147), whose running statistics are "trained": padded zeros do not stay zero."""
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
-    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(16,) * 7, num_conv_pos_embedding_groups=4, num_conv_pos_embeddings=16,
-                       conv_pos_batch_norm=True)
-    torch.manual_seed(0)
-    model = HubertModel(cfg)
-    bn = model.encoder.pos_conv_embed.batch_norm
-    bn.running_mean.normal_(0, 2.0)
-    bn.running_var.uniform_(0.5, 2.0)
-    model.save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000).save_pretrained(folder)
-    return str(folder)
 
 
 def _cfg(setup, out="", **kw):

@@ -56,6 +56,23 @@ def tiny_hubert(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int 
                             feat_extract_norm="group")
 
 
+def tiny_mhubert(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> str:
+    """A HuBERT checkpoint folder with a BatchNorm before its positional convolution
+    (``conv_pos_batch_norm``, as mHuBERT-147) whose running statistics are "trained" (random), so
+    that padded zeros do not stay zero through it."""
+    from transformers import HubertConfig, HubertModel
+
+    path = _tiny_conv_audio(folder, HubertConfig, HubertModel, seed, layers, hidden, num_conv_pos_embeddings=16,
+                            conv_pos_batch_norm=True)
+    model = HubertModel.from_pretrained(path)
+    bn = model.encoder.pos_conv_embed.batch_norm
+    g = torch.Generator().manual_seed(seed)
+    bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g) * 2.0)
+    bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) * 1.5 + 0.5)
+    model.save_pretrained(path)
+    return path
+
+
 def tiny_wavlm(folder: str | Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> str:
     """A WavLM checkpoint folder (relative position bias, gated; group-norm front end like wavlm-base)."""
     from transformers import WavLMConfig, WavLMModel
