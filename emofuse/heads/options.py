@@ -82,6 +82,9 @@ SOURCES: dict[str, dict[str, str]] = {
                      "coattention layers, mean of the two branches' global averages, c and g 768-d per granularity",
         "heads": "not stated; 8, as in the classic transformer encoder MG cites",
         "ff": "not stated; 4 × width, the classic transformer encoder's ratio",
+        "granularities": "not stated whether they share weights; one coattention model per speech granularity, text "
+                         "side included (our reading of 'sent to the coattention model with text embeddings "
+                         "respectively'; W_6^i, W_7^j, W_8^j indexed by modality could also share the text side)",
         "lr": "MG §3.2: 5e-5 for transformer-based models",
     },
     "cma": {
