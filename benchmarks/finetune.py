@@ -174,8 +174,9 @@ def main() -> None:
     if args.pos_conv == "matmul":
         from emofuse.extract.posconv import use_matmul_pos_conv
         use_matmul_pos_conv(w)
-    enc = types.SimpleNamespace(audio=w, text=b, group_norm=None, kernels=list(wc.conv_kernel),
-                                strides=list(wc.conv_stride))
+    # what FinetuneModel reads of an Encoders: a layer-norm wav2vec2 (no masked norms), its CNN frozen
+    enc = types.SimpleNamespace(audio=w, text=b, group_norm=None, pos_stack=None, frozen=[w.feature_extractor],
+                                kernels=list(wc.conv_kernel), strides=list(wc.conv_stride))
     model = ft.FinetuneModel(enc, CMAModel(w.config.hidden_size, b.config.hidden_size, 4)).to(device)
     if args.grad_checkpointing:
         for m in (w, b):
