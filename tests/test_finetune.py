@@ -323,8 +323,12 @@ def test_run_layout_same_seed_identical_and_head_reloads(setup, reference, tmp_p
     ft.run_finetune(cfg)
     from safetensors.torch import load_file
     rdir = enc_out / "runs" / "r0_s1"
-    enc = ft.Encoders(replace(cfg, audio_model=str(rdir / "audio_encoder"), text_model=setup["bert"]))
-    enc.text = type(enc.text).from_pretrained(rdir / "text_encoder")
+    # each folder a whole checkpoint (before: no preprocessor or tokenizer, so the text folder could
+    # not be a --text-model, and the audio one fell back to a default preprocessor)
+    assert (rdir / "audio_encoder" / "preprocessor_config.json").exists()
+    assert (rdir / "text_encoder" / "tokenizer.json").exists()
+    enc = ft.Encoders(replace(cfg, audio_model=str(rdir / "audio_encoder"), text_model=str(rdir / "text_encoder")))
+    assert "audio_preprocessing_default" not in enc.options
     data = ft.load_finetune_data(cfg.store, cfg, enc)
     model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, len(data.classes)))
     model.head.load_state_dict(load_file(rdir / "model.safetensors"))
@@ -414,6 +418,12 @@ def test_bad_input_gets_one_sentence(setup, tmp_path):
         ft.train_step(model, model, opt, data, np.arange(4), cfg, torch.device("cpu"), 0)
     with pytest.raises(EmofuseError, match="--freeze"):
         _cfg(setup, freeze="cnn,everything")
+    # before: accepted, freezing what :2 freezes under another run key
+    for kind in ("audio", "text"):
+        with pytest.raises(EmofuseError, match=rf"--freeze {kind}-layers:99: the {kind} model has 2 transformer "
+                                               rf"blocks; freeze at most that many"):
+            ft.Encoders(_cfg(setup, freeze=f"cnn,{kind}-layers:99"))
+    ft.Encoders(_cfg(setup, freeze="cnn,audio-layers:2,text-layers:2"))   # every block: accepted
     with pytest.raises(EmofuseError, match="needs --text-model"):
         _cfg(setup, text_model=None)
 

@@ -434,6 +434,12 @@ class Encoders:
         for all its blocks: under ``audio-layers:N`` they still mask the frozen blocks' input and
         drop frozen blocks too."""
         f, frozen = cfg.frozen(), []
+        for kind, model, blocks in (("audio", self.audio, lambda m: m.encoder.layers),
+                                    ("text", self.text, lambda m: m.encoder.layer)):
+            n = f[f"{kind}_layers"]
+            if model is not None and n > len(blocks(model)):   # a typo would freeze all and key apart
+                raise EmofuseError(f"--freeze {kind}-layers:{n}: the {kind} model has {len(blocks(model))} "
+                                   f"transformer blocks; freeze at most that many (--freeze {kind}: all of it)")
         if self.audio is not None:
             self.audio.feature_extractor._freeze_parameters()   # the CNN feature encoder: always frozen (paper)
             frozen.append(self.audio.feature_extractor)
@@ -892,7 +898,7 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
             p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
             if rank == 0:
                 if cfg.save_encoders:
-                    save_encoders(model, rdir)
+                    save_encoders(model, rdir, fenc)
                 save_fold(rdir, model.head, m, p, {"fusion": cfg.fusion, "head": cfg.head, "keys": "+".join(cfg.keys()),
                                                    "finetune": cfg.system})
                 ck = os.path.join(rdir, "checkpoint.pt")
@@ -917,15 +923,22 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
     return summary
 
 
-def save_encoders(model: FinetuneModel, rdir: str) -> None:
+def save_encoders(model: FinetuneModel, rdir: str, enc: Encoders | None = None) -> None:
     """The fine-tuned encoders of ``model`` as transformers checkpoints (``rdir/audio_encoder``,
     ``rdir/text_encoder``) that ``AutoModel.from_pretrained`` reloads: saved with the plain
     ``GroupNorm`` / ``BatchNorm`` in place of the masked ones training wraps them in (else their
-    weights would be saved under names the model does not have)."""
+    weights would be saved under names the model does not have). With ``enc`` (the Encoders they
+    were loaded by), each folder also holds what reads its input: the feature extractor training
+    used (its normalisation, rate) and the tokenizer, so that the folder is a whole checkpoint for
+    ``--audio-model`` / ``--text-model``. The config is the one trained with (SpecAugment masking
+    and layer drop at 0 under ``--training-options off``)."""
     with _plain_norms(model):
-        for name, m in (("audio_encoder", model.audio), ("text_encoder", model.text)):
+        for name, m, reads in (("audio_encoder", model.audio, enc and enc.fe), ("text_encoder", model.text,
+                                                                                enc and enc.tok)):
             if m is not None:
                 m.save_pretrained(os.path.join(rdir, name))
+                if reads is not None:
+                    reads.save_pretrained(os.path.join(rdir, name))
 
 
 @contextlib.contextmanager
