@@ -105,7 +105,7 @@ def test_option_suggestions_work(egemaps_only, tmp_path, capsys):
     assert cli.train_head(argv[:-1] + [m.group(1)]) == 0
     # --layers last on a one-layer stream: leave it unset
     argv, m = refused_then_fixed(base + ["--out", str(tmp_path / "l"), "--fusion", "none", "--granularity", "F",
-                                         "--layers", "last"], r"leave --audio-layers unset")
+                                         "--layers", "last"], r"leave --layers unset")   # the option typed
     assert cli.train_head(argv[:-2]) == 0
 
 
