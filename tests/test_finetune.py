@@ -424,6 +424,19 @@ def test_bad_input_gets_one_sentence(setup, tmp_path):
                                                rf"blocks; freeze at most that many"):
             ft.Encoders(_cfg(setup, freeze=f"cnn,{kind}-layers:99"))
     ft.Encoders(_cfg(setup, freeze="cnn,audio-layers:2,text-layers:2"))   # every block: accepted
+
+
+def test_a_text_model_with_its_blocks_elsewhere_trains_and_refuses_freezing_some_blocks(setup, tmp_path):
+    """GPT-2 keeps its blocks in ``h``, not ``encoder.layer``: the check of --freeze text-layers:N
+    crashed every such text model (AttributeError) even with no block frozen; now it trains, and
+    freezing its first blocks is refused in one sentence (before: AttributeError on embeddings)."""
+    from emofuse.testing.tiny_models import tiny_gpt2
+    gpt2 = tiny_gpt2(tmp_path / "gpt2")
+    enc = ft.Encoders(_cfg(setup, system="text", text_model=gpt2))
+    assert not any(m is enc.text for m in enc.frozen)
+    with pytest.raises(EmofuseError, match=r"--freeze text-layers:1: GPT2Model keeps its blocks elsewhere"):
+        ft.Encoders(_cfg(setup, system="text", text_model=gpt2, freeze="cnn,text-layers:1"))
+    ft.Encoders(_cfg(setup, system="text", text_model=gpt2, freeze="cnn,text"))   # the whole model: accepted
     with pytest.raises(EmofuseError, match="needs --text-model"):
         _cfg(setup, text_model=None)
 

@@ -319,6 +319,14 @@ def _not_a_model(kind: str, spec: str, e: Exception) -> EmofuseError:
                         f"weights; {str(e).splitlines()[0][:160]})")
 
 
+def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer blocks of a wav2vec2-family (``encoder.layers``) or BERT-family
+    (``encoder.layer``) model, in order; None for a model that keeps them elsewhere (GPT-2's
+    ``h``, DistilBERT's ``transformer.layer``, LLaMA's ``layers``)."""
+    enc = getattr(model, "encoder", None)
+    return getattr(enc, "layers", None) or getattr(enc, "layer", None)
+
+
 def compile_blocks(*models: nn.Module | None, backend: str = "inductor") -> int:
     """``torch.compile`` every transformer block of these encoders in place (``Module.compile``:
     the parameters and their names stay as they are, so checkpoints, freezing and DDP see the same
@@ -329,8 +337,7 @@ def compile_blocks(*models: nn.Module | None, backend: str = "inductor") -> int:
     for m in models:
         if m is None:
             continue
-        enc = getattr(m, "encoder", None)
-        blocks = getattr(enc, "layers", None) or getattr(enc, "layer", None)
+        blocks = transformer_blocks(m)
         if blocks is None:
             raise EmofuseError(f"--compile: {type(m).__name__} has no encoder.layers / encoder.layer blocks to compile")
         for block in blocks:
@@ -434,12 +441,18 @@ class Encoders:
         for all its blocks: under ``audio-layers:N`` they still mask the frozen blocks' input and
         drop frozen blocks too."""
         f, frozen = cfg.frozen(), []
-        for kind, model, blocks in (("audio", self.audio, lambda m: m.encoder.layers),
-                                    ("text", self.text, lambda m: m.encoder.layer)):
+        for kind, model in (("audio", self.audio), ("text", self.text)):
             n = f[f"{kind}_layers"]
-            if model is not None and n > len(blocks(model)):   # a typo would freeze all and key apart
-                raise EmofuseError(f"--freeze {kind}-layers:{n}: the {kind} model has {len(blocks(model))} "
-                                   f"transformer blocks; freeze at most that many (--freeze {kind}: all of it)")
+            if model is None or not n:
+                continue
+            blocks = transformer_blocks(model)
+            if blocks is None or (kind == "text" and not hasattr(model, "embeddings")):
+                raise EmofuseError(f"--freeze {kind}-layers:{n}: {type(model).__name__} keeps its blocks elsewhere than "
+                                   "emofuse looks (a BERT-style encoder.layer beneath embeddings); freeze the whole "
+                                   f"model (--freeze {kind}) or none of it")
+            if n > len(blocks):   # a typo would freeze all and key apart
+                raise EmofuseError(f"--freeze {kind}-layers:{n}: the {kind} model has {len(blocks)} transformer "
+                                   f"blocks; freeze at most that many (--freeze {kind}: all of it)")
         if self.audio is not None:
             self.audio.feature_extractor._freeze_parameters()   # the CNN feature encoder: always frozen (paper)
             frozen.append(self.audio.feature_extractor)
@@ -458,7 +471,7 @@ class Encoders:
             if f["text"]:
                 frozen.append(self.text)
             elif f["text_layers"]:
-                frozen += [self.text.embeddings, *self.text.encoder.layer[:f["text_layers"]]]
+                frozen += [self.text.embeddings, *transformer_blocks(self.text)[:f["text_layers"]]]
         for m in frozen:
             m.requires_grad_(False)
         self.frozen = frozen
