@@ -665,6 +665,7 @@ def test_mhubert_trains_only_with_its_positional_batch_norm_frozen_and_saves_und
     assert not any(p.requires_grad for p in model.audio.encoder.pos_conv_embed.parameters())
     model.train()
     assert not model.audio.encoder.pos_conv_embed.training and model.audio.encoder.layers[1].training
+    assert model.audio.encoder.pos_conv_embed.batch_norm.norm not in ft._bns(model) and ft._bns(model)   # head's kept
     plain = lambda k: k.replace(".batch_norm.norm.", ".batch_norm.").replace(".layer_norm.norm.", ".layer_norm.")  # noqa: E731
     _train_save_and_reload(model, tmp_path, plain, batch=2)
     assert isinstance(model.audio.encoder.pos_conv_embed.batch_norm, MaskedBatchNorm)   # put back

@@ -589,7 +589,11 @@ def micro_batches(idx: np.ndarray, seconds: np.ndarray, size: int, group: bool =
 
 # -- BatchNorm statistics per global step ----------------------------------------------------------
 def _bns(model: nn.Module) -> list[nn.BatchNorm1d]:
-    return [m for m in model.modules() if isinstance(m, (MaskedBatchNorm1d, nn.modules.batchnorm._BatchNorm))]
+    """The BatchNorms that train: not those of frozen modules (mHuBERT's positional one, frozen,
+    runs on its running statistics, which no step moves)."""
+    frozen = {id(m) for f in getattr(model, "_frozen", ()) for m in f.modules()}
+    return [m for m in model.modules()
+            if isinstance(m, (MaskedBatchNorm1d, nn.modules.batchnorm._BatchNorm)) and id(m) not in frozen]
 
 
 @contextlib.contextmanager
@@ -941,13 +945,15 @@ def save_encoders(model: FinetuneModel, rdir: str, enc: Encoders | None = None) 
     ``rdir/text_encoder``) that ``AutoModel.from_pretrained`` reloads: saved with the plain
     ``GroupNorm`` / ``BatchNorm`` in place of the masked ones training wraps them in (else their
     weights would be saved under names the model does not have). With ``enc`` (the Encoders they
-    were loaded by), each folder also holds what reads its input: the feature extractor training
-    used (its normalisation, rate) and the tokenizer, so that the folder is a whole checkpoint for
+    were loaded by), each folder also holds what reads its input: the checkpoint's feature extractor
+    (its normalisation, rate) and the tokenizer, so that the folder is a whole checkpoint for
     ``--audio-model`` / ``--text-model``. The config is the one trained with (SpecAugment masking
     and layer drop at 0 under ``--training-options off``)."""
+    # a preprocessor emofuse defaulted (the checkpoint had none) is not written: reused, the folder
+    # says again that it has none, and the run records the default again
+    fe = enc.fe if enc is not None and not enc.options.get("audio_preprocessing_default") else None
     with _plain_norms(model):
-        for name, m, reads in (("audio_encoder", model.audio, enc and enc.fe), ("text_encoder", model.text,
-                                                                                enc and enc.tok)):
+        for name, m, reads in (("audio_encoder", model.audio, fe), ("text_encoder", model.text, enc and enc.tok)):
             if m is not None:
                 m.save_pretrained(os.path.join(rdir, name))
                 if reads is not None:
