@@ -717,3 +717,19 @@ def test_ablate_passes_root_to_fine_tuned_rows_outside_their_key():
     here = ft.ablate_config("s.h5", "o", {}, row, "cpu")
     moved = ft.ablate_config("s.h5", "o", {}, row, "cpu", root="/new/place")
     assert moved.root == "/new/place" and moved.identity() == here.identity()
+
+
+def test_saved_encoders_hold_the_checkpoints_preprocessor_not_one_emofuse_defaulted(setup, tmp_path):
+    """A checkpoint without preprocessor_config.json trains with a default one (warned, recorded):
+    --save-encoders must not write that default as if the checkpoint had shipped it."""
+    bare = tmp_path / "bare-w2v"
+    shutil.copytree(setup["layer"], bare)
+    (bare / "preprocessor_config.json").unlink()
+    cfg = _cfg(setup, audio_model=str(bare))
+    enc = ft.Encoders(cfg)
+    assert enc.options["audio_preprocessing_default"]
+    model = ft.FinetuneModel(enc, ft.build_head(cfg, enc, 4))
+    ft.save_encoders(model, str(tmp_path / "out"), enc)
+    assert not (tmp_path / "out" / "audio_encoder" / "preprocessor_config.json").exists()
+    assert (tmp_path / "out" / "text_encoder" / "tokenizer.json").exists()
+    assert "audio_preprocessing_default" in ft.Encoders(replace(cfg, audio_model=str(tmp_path / "out" / "audio_encoder"))).options
