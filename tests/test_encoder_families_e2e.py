@@ -177,5 +177,23 @@ def test_audio_too_short_for_opensmile_is_skipped_as_nan_not_as_overflow(tmp_pat
         assert sorted(fs.ids("is10", "frames")) == ["b", "c"]
     assert list(skipped["id"]) == ["a"]
     assert skipped["reason"].item() == ("the encoder produced 38 of 38 values that are not numbers (NaN) for this audio "
-                                        "(for descriptors such as openSMILE's: audio too short or too degenerate to "
-                                        "describe)")
+                                        "(openSMILE: audio too short or too degenerate to describe)")
+
+
+def test_each_cause_of_values_that_are_not_finite_has_its_own_words():
+    """An inf in a float32 store is the encoder's own overflow, not the store's cast; NaN from a
+    transformer is not openSMILE's short audio (the review found both said wrongly)."""
+    from emofuse.pipelines.extract.stream import not_finite
+    big = np.full((2, 1, 3), np.inf)
+    assert "beyond the store's dtype (float16: largest 65504) for this audio, infinite once stored (--store-dtype " \
+           "float32 keeps them)" in not_finite(big.astype(np.float16), "frames", "audio").reason
+    assert not_finite(big.astype(np.float32), "tokens", "transcript").reason == (
+        "the encoder produced infinite values for this transcript (an overflow inside the encoder, as computing in "
+        "float16 gives; --dtype float32 avoids it)")
+    nan = np.full((1, 1, 3), np.nan, np.float16)
+    assert not_finite(nan, "tokens", "transcript").reason.endswith(
+        "3 of 3 values that are not numbers (NaN) for this transcript (an overflow inside the encoder, as computing in "
+        "float16 gives; --dtype float32 avoids it)")
+    assert "(openSMILE: audio too short" in not_finite(nan, "frames", "audio", descriptors=True).reason
+    assert not_finite(np.zeros((0, 1, 3), np.float16), "frames", "audio").reason == \
+        "the encoder produced no frame for this audio"

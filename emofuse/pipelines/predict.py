@@ -130,8 +130,12 @@ MODEL_TYPE = "emofuse.model"
 FORMAT_VERSION = 1
 #: stream keys ``predict`` can compute from audio and text alone (segments need forced alignments)
 PREDICT_KEYS = (FRAME_KEY, TEXT_KEY)
-#: what keeps activations beyond a model's store dtype: predict computes them as the model's store held them
-STORE_DTYPE_FIXED = "the model was trained on a store of that dtype: train it on one extracted with --store-dtype float32"
+#: what keeps activations beyond a model's store dtype, or avoids an overflow inside its encoder:
+#: predict computes them as the model's store was extracted
+STORE_DTYPE_FIXED = {"remedy": "the model was trained on a store of that dtype: train it on one extracted with "
+                               "--store-dtype float32",
+                     "compute_remedy": "the model's stream was extracted so: extract with --dtype float32 and train "
+                                       "again"}
 
 
 def _sha256(path: str) -> str:
@@ -523,7 +527,9 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                     raise EmofuseError(f"{path}: {e.reason}") from None
                 o = np.ascontiguousarray(o[:, lids])   # only the layers the model reads must be finite
                 if len(o) == 0 or nonfinite(o):
-                    raise EmofuseError(f"{path}: {not_finite(o, 'frames', 'audio', STORE_DTYPE_FIXED).reason}")
+                    why = not_finite(o, "frames", "audio", **STORE_DTYPE_FIXED,
+                                     descriptors=enc.info.get("encoder") == "opensmile")
+                    raise EmofuseError(f"{path}: {why.reason}")
                 out.append(o)
             rows[k] = out
         else:
@@ -544,7 +550,7 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                         out[j] = np.ascontiguousarray(o["data"][:, lids].astype(sdt))
                     if nonfinite(out[j]):
                         raise EmofuseError(f"utterance {ids[j]}: "
-                                           f"{not_finite(out[j], 'tokens', 'transcript', STORE_DTYPE_FIXED).reason}")
+                                           f"{not_finite(out[j], 'tokens', 'transcript', **STORE_DTYPE_FIXED).reason}")
             rows[k] = out
         log.debug(f"{KEY_NAME[k]}: {model.spec['encoders'][s['stream']].get('encoder_id')} on {n} utterances")
     return _as_data(model, ids, rows, speakers)

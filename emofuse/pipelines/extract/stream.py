@@ -21,17 +21,24 @@ def all_finite(a: np.ndarray) -> bool:
     return not nonfinite(a)
 
 
-def not_finite(kept: np.ndarray, rows: str, what: str, remedy: str = "--store-dtype float32 keeps them") -> BadInput:
+def not_finite(kept: np.ndarray, rows: str, what: str, remedy: str = "--store-dtype float32 keeps them",
+               compute_remedy: str = "--dtype float32 avoids it", descriptors: bool = False) -> BadInput:
     """Why an utterance whose kept ``rows`` (frames, tokens; ``kept``, in the store's dtype) came
-    out empty or not finite is skipped: each cause in its own words, since their remedies differ
-    (``remedy``: what keeps values beyond the dtype)."""
+    out empty or not finite is skipped: each cause in its own words, since their remedies differ.
+    ``remedy``: what keeps values beyond a float16 store; ``compute_remedy``: what avoids an
+    overflow inside the encoder; ``descriptors``: the encoder is openSMILE (NaN: audio it cannot
+    describe)."""
     if not len(kept):
         return BadInput(f"the encoder produced no {rows[:-1]} for this {what}")
     nan = int(np.isnan(kept).sum())   # the error path only: np.isnan's cost does not matter here
-    if nan:   # e.g. openSMILE's descriptors of audio shorter than their window (~50 ms): every value NaN
+    if nan:   # openSMILE's descriptors of audio shorter than their window: every value NaN
+        why = ("openSMILE: audio too short or too degenerate to describe" if descriptors else
+               f"an overflow inside the encoder, as computing in float16 gives; {compute_remedy}")
         return BadInput(f"the encoder produced {nan} of {kept.size} values that are not numbers (NaN) for this "
-                        f"{what} (for descriptors such as openSMILE's: audio too short or too degenerate to "
-                        f"describe)")
+                        f"{what} ({why})")
+    if np.dtype(kept.dtype).itemsize >= 4:   # a float32 store holds any finite value: the encoder's own inf
+        return BadInput(f"the encoder produced infinite values for this {what} (an overflow inside the encoder, as "
+                        f"computing in float16 gives; {compute_remedy})")
     return BadInput(f"the encoder produced values beyond the store's dtype ({np.dtype(kept.dtype).name}: largest "
                     f"{float(np.finfo(kept.dtype).max):g}) for this {what}, infinite once stored ({remedy})")
 
@@ -68,7 +75,8 @@ class StreamJob:
             kept = self.keep(rows)
         if len(kept) and all_finite(kept):
             return kept
-        return not_finite(kept, "frames" if what == "audio" else "tokens", what)
+        return not_finite(kept, "frames" if what == "audio" else "tokens", what,
+                          descriptors=getattr(self.encoder, "info", {}).get("encoder") == "opensmile")
 
     def on_gpu(self) -> bool:
         device = getattr(self.encoder, "device", None)
