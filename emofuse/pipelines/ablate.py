@@ -243,13 +243,20 @@ def _train_worker(cfg: TrainConfig, threads: int | None, level: int | None = Non
         show_messages(level)
     if threads:
         torch.set_num_threads(threads)
+    diverged: dict[str, str] = {}
     with lacking_said_once(_WORKER_SAID):
-        try:
-            run_train(cfg, cache=_WORKER_CACHE)
-        except Diverged as e:
-            log.error(str(e))
-            return str(e)
-    return None
+        _unless_diverged(lambda: run_train(cfg, cache=_WORKER_CACHE), cfg.out, diverged)
+    return diverged.get(cfg.out)
+
+
+def _unless_diverged(train, out: str, diverged: dict[str, str]) -> None:
+    """``train()``; a run that diverges (``Diverged``: its learning rate, not the input) is said and
+    recorded in ``diverged`` (its folder ``out`` → why) instead of stopping the grid."""
+    try:
+        train()
+    except Diverged as e:
+        log.error(str(e))
+        diverged[out] = str(e)
 
 
 def _train_rows(cfgs: list, threads: int | None = None) -> list[str | None]:
@@ -473,24 +480,17 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
         for k, c in enumerate(pending):
             log.info(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
             with _indented(), lacking_said_once(said):
-                try:
-                    run_train(c, cache=cache)
-                except Diverged as e:
-                    log.error(str(e))
-                    diverged[c.out] = str(e)
+                _unless_diverged(lambda: run_train(c, cache=cache), c.out, diverged)   # noqa: B023 (called now)
         cache.clear()
     _check_trained_content(pending, cfg.store)
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         log.info(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
         with _indented(), lacking_said_once(said):
-            try:
-                ft.run_finetune(c)
-            except Diverged as e:
-                log.error(str(e))
-                diverged[c.out] = str(e)
+            _unless_diverged(lambda: ft.run_finetune(c), c.out, diverged)   # noqa: B023 (called now)
     if diverged:
-        rows = ", ".join(labels[os.path.basename(out)] for out in diverged)
-        first = next(iter(diverged.values())).split("; lower --lr")[0]
+        order = [c.out for c in pending + tuned if c.out in diverged]   # the grid's order, whatever finished first
+        rows = ", ".join(" = ".join(lb for lb, k in key_of.items() if k == os.path.basename(out)) for out in order)
+        first = diverged[order[0]].split("; lower --lr")[0]
         raise EmofuseError(f"{len(diverged)} configuration(s) of the grid diverged: {rows} (the first: {first}). "
                            "The other rows' runs are kept; no table was written: lower those rows' lr in the spec "
                            "and run ablate again (only they train)")

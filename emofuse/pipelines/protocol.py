@@ -97,11 +97,12 @@ def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray)
     lr = f" (learning rate {history[0]['lr']:g})" if history and "lr" in history[0] else ""
     if best_epoch < 0:
         raise Diverged(f"{what} diverged: its validation loss was not finite from its first epoch{lr}; "
-                           "lower --lr (a spec row's lr: under ablate). Nothing of it is written; runs finished "
-                           "before are kept")
+                       "lower --lr (a spec row's lr: under ablate). Nothing of it is written; runs finished "
+                       "before are kept")
     if not np.isfinite(logits).all():
-        raise Diverged(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite (NaN or "
-                           "inf in the inputs or the head); nothing of it is written; runs finished before are kept")
+        raise Diverged(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite: the head "
+                       f"overflowed (its inputs are checked when read){lr}; lower --lr, or train without --bf16. "
+                       "Nothing of it is written; runs finished before are kept")
     bad = next((h["epoch"] for h in history if not math.isfinite(h["val_loss"])), None)
     if bad is not None:
         log.warning(f"{what} diverged at epoch {bad} (validation loss not finite){lr}; its best epoch before, "
