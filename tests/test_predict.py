@@ -425,6 +425,6 @@ def test_evaluate_says_which_utterances_it_scored_without_segments(trained, tmp_
     with caplog.at_level("WARNING", logger="emofuse"):
         s = run_evaluate(run, other, str(ev))
     assert s["empty_segments"] == {"W": 2} and s["utterances"] == 8
-    assert f"2 utterances without word segments of the 8 utterances of {other}: the model reads that input " \
+    assert f"{other}: 2 utterances without word segments (of its 8 utterances): the model reads that input " \
            "masked" in caplog.text
     assert "Scored with an input masked: 2 utterances without word segments." in (ev / "table.md").read_text()

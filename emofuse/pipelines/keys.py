@@ -23,6 +23,13 @@ KEY_NAME = {FRAME_KEY: "frames", **{k: f"{g} segments" for k, g in SEGMENT_KEYS.
 SHORT_NAME = {FRAME_KEY: "frames", **{k: f"{g}s" for k, g in SEGMENT_KEYS.items()}, TEXT_KEY: "text"}
 
 
+def without_segments(empty: dict) -> str:
+    """``{key: count}`` of utterances a run reads with a segment input masked (the store has no
+    segments of them), as a phrase: "2 utterances without word segments, 1 without phone segments"."""
+    return ", ".join(f"{n} {'utterance' + ('s' if n != 1 else '') + ' ' if i == 0 else ''}without {KEY_NAME[k]}"
+                     for i, (k, n) in enumerate(empty.items()))
+
+
 def stream_of(key: str, audio_stream: str, text_stream: str) -> str:
     """The store stream a key is read from: the text stream for ``T``, the audio stream otherwise."""
     return text_stream if key == TEXT_KEY else audio_stream

@@ -43,7 +43,7 @@ from ..errors import EmofuseError
 from ..store import FeatureStore, nonfinite, same_encoder, shaping_differs, stream_fingerprint
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
 from .extract.stream import not_finite
-from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of
+from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of, without_segments
 from .metrics import format_summary, scores, summarise
 from .rundir import (CONFIG, RUNS, SUMMARY, fold_metrics, has_config, is_finished, predictions_roundtrip,
                      read_config, read_summary, refuse_diverged, run_lock, write_config, write_csv, write_fold,
@@ -674,11 +674,6 @@ def _left_out(excluded: dict) -> str:
     return "; ".join(f"{n} utterance{'s' if n != 1 else ''} ({reason})" for reason, n in excluded.items())
 
 
-def _without_segments(empty: dict) -> str:
-    """``{key: count}`` of utterances without segments, as a phrase."""
-    return "; ".join(f"{n} utterance{'s' if n != 1 else ''} without {KEY_NAME[k]}" for k, n in empty.items())
-
-
 def _check_evaluation_folder(out: str) -> None:
     """Refuse an ``--out`` that holds something other than an evaluation: a train-head or ablate
     run (its ``config.json`` names another type), whose config.json, summary.json and fold
@@ -786,7 +781,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         y = np.array([model.classes.index(n) for n in mapped])
         absent = [c2 for c2 in model.classes if c2 not in set(mapped.tolist())]
         if data.empty:   # scored with that input masked (as train-head does), which the numbers must say
-            log.warning(f"{_without_segments(data.empty)} of the {len(data.ids)} utterances of {store}: the model "
+            log.warning(f"{store}: {without_segments(data.empty)} (of its {len(data.ids)} utterances): the model "
                         "reads that input masked for them (align-segments may have skipped them; its skipped list "
                         "says why)")
         logits = model.member_logits(data, device=dev)
@@ -838,10 +833,10 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                     + (f" Classes absent from the store: {', '.join(absent)} (UA and macro-F1 average the others)."
                        if absent else "")
                     + (f" Left out: {_left_out(data.excluded)}." if data.excluded else "")
-                    + (f" Scored with an input masked: {_without_segments(data.empty)}." if data.empty else "")
+                    + (f" Scored with an input masked: {without_segments(data.empty)}." if data.empty else "")
                     + "\n")
     log.info(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
              + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
              + (f"; classes absent from {store} (UA and macro-F1 average the others): {absent}" if absent else "")
-             + (f"; scored with an input masked: {_without_segments(data.empty)}" if data.empty else ""))
+             + (f"; scored with an input masked: {without_segments(data.empty)}" if data.empty else ""))
     return summary

@@ -21,7 +21,7 @@ from ..heads.options import HEAD_NAMES, PLATEAU, PROTOCOL, default_text, head_de
 from ..options import opt
 from ..store import FeatureStore
 from .data import TrainData, fit_normaliser, load_train_data, require, select_layers
-from .keys import KEY_KIND, SPEECH_KEYS, stream_of
+from .keys import KEY_KIND, SPEECH_KEYS, stream_of, without_segments
 from .loop import Timer, _predict, train_one
 from .metrics import format_summary, scores, summarise
 from .progress import progress_bar
@@ -340,7 +340,7 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
                  f"{', '.join(data.classes)}; {data.bytes / 1e9:.2f} GB " +
                  (f"held in {data.home} memory" if data.in_memory else "read per batch (does not fit the memory budget)") +
                  f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
-                 (f"; no segments (masked): {data.empty}" if data.empty else ""))
+                 (f"; read with an input masked: {without_segments(data.empty)}" if data.empty else ""))
         folds = folds_of(data, cfg)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
         write_config(cfg.out, config)
