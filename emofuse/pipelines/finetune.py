@@ -53,9 +53,9 @@ from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
 from ..options import opt
 from ..store import FeatureStore
 from .metrics import format_summary, scores, summarise
-from .rundir import (check_run_dir, finetune_results_version, fold_dir, predictions_roundtrip, read_fold, run_lock,
-                     save_fold, write_config, write_predictions, write_summary)
-from .protocol import NO_EPOCH, check_trained, epoch_score, folds_of, run_seed, split
+from .rundir import (check_run_dir, finetune_results_version, fold_dir, read_fold, run_lock, save_fold, write_config,
+                     write_predictions, write_summary)
+from .protocol import NO_EPOCH, epoch_score, fold_outcome, folds_of, run_seed, split
 
 log = logging.getLogger(__name__)
 
@@ -901,18 +901,8 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
                 lambda s: say(f"  repeat {r} fold {session}: {s}"), timer)
             pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
             logits = predict(model, data, te, cfg, device, rank, world, pad)
-            check_trained(f"{cfg.out}: repeat {r}, test session {session}", best_epoch, history, logits)
-            m = scores(data.y[te], logits.argmax(1), len(data.classes))
-            m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
-                     n_train=len(tr), n_val=len(va), n_test=len(te), layer_weights={}, layer_ids={}, history=history,
-                     cpu_threads=torch.get_num_threads() if device.type == "cpu" else None)
-            p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
-                              "label": np.array(data.classes)[data.y[te]],
-                              "pred": np.array(data.classes)[logits.argmax(1)]})
-            for c, name in enumerate(data.classes):
-                p[f"logit_{name}"] = logits[:, c]
-            # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
-            p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
+            m, p = fold_outcome(cfg.out, data, te, logits, r, seed, session, best_epoch, history, device,
+                                n_train=len(tr), n_val=len(va), layer_weights={}, layer_ids={})
             if rank == 0:
                 if cfg.save_encoders:
                     save_encoders(model, rdir, fenc)

@@ -109,6 +109,29 @@ def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray)
                     f"{best_epoch}, is kept")
 
 
+def fold_outcome(out: str, data, te: np.ndarray, logits: np.ndarray, r: int, seed: int, session: str,
+                 best_epoch: int, history: list, device: torch.device, **more) -> tuple[dict, "pd.DataFrame"]:
+    """A trained fold's metrics and predictions, as train-head and finetune write them: refused when
+    it diverged (``check_trained``); ``more``: the run kind's own metrics fields (n_train, layer
+    weights …). Both as a reused fold reads them back, so that a resumed run's files equal an
+    uninterrupted run's."""
+    import json
+
+    import pandas as pd
+
+    from .metrics import scores
+    from .rundir import predictions_roundtrip
+    check_trained(f"{out}: repeat {r}, test session {session}", best_epoch, history, logits)
+    m = scores(data.y[te], logits.argmax(1), len(data.classes))
+    m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history), n_test=len(te), **more,
+             cpu_threads=torch.get_num_threads() if device.type == "cpu" else None, history=history)
+    p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
+                      "label": np.array(data.classes)[data.y[te]], "pred": np.array(data.classes)[logits.argmax(1)]})
+    for c, name in enumerate(data.classes):
+        p[f"logit_{name}"] = logits[:, c]
+    return json.loads(json.dumps(m)), predictions_roundtrip(p)
+
+
 def _folds(sessions_of_utts, cfg: TrainConfig) -> list[str]:
     """The test sessions of ``cfg`` among the utterances' sessions (plain strings, in order)."""
     sessions = _sessions(sessions_of_utts)

@@ -23,11 +23,11 @@ from ..store import FeatureStore
 from .data import TrainData, fit_normaliser, load_train_data, require, select_layers
 from .keys import KEY_KIND, SPEECH_KEYS, stream_of, without_segments
 from .loop import Timer, _predict, train_one
-from .metrics import format_summary, scores, summarise
+from .metrics import format_summary, summarise
 from .progress import progress_bar
-from .protocol import GROUP_BATCHES, _folds, check_trained, folds_of, run_seed, split
-from .rundir import (RESULTS_VERSION, check_run_dir, content_digest, fold_dir, predictions_roundtrip, read_fold,
-                     run_lock, save_fold, write_config, write_predictions, write_summary)
+from .protocol import GROUP_BATCHES, _folds, fold_outcome, folds_of, run_seed, split
+from .rundir import (RESULTS_VERSION, check_run_dir, content_digest, fold_dir, read_fold, run_lock, save_fold,
+                     write_config, write_predictions, write_summary)
 from .stacked import Job, fit_runs, train_stacked
 from .tables import DEPARTURES, departure_names
 from ..heads.stacked import stackable
@@ -460,19 +460,9 @@ def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, be
     seed = cfg.seed + r
     te = np.flatnonzero(data.sessions == session)
     logits = _predict(model, data, te, device, job.norm, timer, bf16=cfg.bf16)
-    check_trained(f"{cfg.out}: repeat {r}, test session {session}", best_epoch, history, logits)
-    m = scores(data.y[te], logits.argmax(1), len(data.classes))
-    m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history),
-             n_train=len(job.train), n_val=len(job.val), n_test=len(te), layer_weights=model.layer_weights(),
-             cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
-             layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()}, history=history)
-    p = pd.DataFrame({"repeat": r, "seed": seed, "fold": session, "id": data.ids[te],
-                      "label": np.array(data.classes)[data.y[te]],
-                      "pred": np.array(data.classes)[logits.argmax(1)]})
-    for c, name in enumerate(data.classes):
-        p[f"logit_{name}"] = logits[:, c]
-    # as a reused fold will read back: a resumed run's files equal an uninterrupted run's
-    p, m = predictions_roundtrip(p), json.loads(json.dumps(m))
+    m, p = fold_outcome(cfg.out, data, te, logits, r, seed, session, best_epoch, history, device,
+                        n_train=len(job.train), n_val=len(job.val), layer_weights=model.layer_weights(),
+                        layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()})
     save_fold(fold_dir(cfg.out, r, session), model, m, p,
               {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion, "head": cfg.head,
                "keys": "+".join(cfg.keys())})
