@@ -181,19 +181,25 @@ def test_audio_too_short_for_opensmile_is_skipped_as_nan_not_as_overflow(tmp_pat
 
 
 def test_each_cause_of_values_that_are_not_finite_has_its_own_words():
-    """An inf in a float32 store is the encoder's own overflow, not the store's cast; NaN from a
-    transformer is not openSMILE's short audio (the review found both said wrongly)."""
+    """Each cause, and its remedy: beyond a float16 store (a float32 store keeps them); an overflow
+    inside an encoder computing in float16 (a float32 store would not help); NaN or inf from an
+    encoder computing in float32 (no option helps); openSMILE's short audio. Before: one sentence
+    for all, advising --store-dtype float32; then (a review found) --dtype float32 advised to runs
+    that already computed in float32."""
     from emofuse.pipelines.extract.stream import not_finite
-    big = np.full((2, 1, 3), np.inf)
-    assert "beyond the store's dtype (float16: largest 65504) for this audio, infinite once stored (--store-dtype " \
-           "float32 keeps them)" in not_finite(big.astype(np.float16), "frames", "audio").reason
-    assert not_finite(big.astype(np.float32), "tokens", "transcript").reason == (
-        "the encoder produced infinite values for this transcript (an overflow inside the encoder, as computing in "
-        "float16 gives; --dtype float32 avoids it)")
-    nan = np.full((1, 1, 3), np.nan, np.float16)
-    assert not_finite(nan, "tokens", "transcript").reason.endswith(
-        "3 of 3 values that are not numbers (NaN) for this transcript (an overflow inside the encoder, as computing in "
-        "float16 gives; --dtype float32 avoids it)")
-    assert "(openSMILE: audio too short" in not_finite(nan, "frames", "audio", descriptors=True).reason
+    inf16, inf32 = np.full((2, 1, 3), np.inf, np.float16), np.full((2, 1, 3), np.inf, np.float32)
+    nan16 = np.full((1, 1, 3), np.nan, np.float16)
+    assert not_finite(inf16, "frames", "audio").reason == (
+        "the encoder produced values beyond the store's dtype (float16: largest 65504) for this audio, infinite once "
+        "stored (--store-dtype float32 keeps them)")
+    for kept in (inf16, inf32, nan16):   # computing in float16: an overflow inside, whatever the store
+        assert not_finite(kept, "tokens", "transcript", "float16").reason.endswith(
+            "for this transcript: an overflow inside it, computing in float16 (--dtype float32 avoids it)")
+    assert not_finite(inf32, "frames", "audio").reason == (
+        "the encoder produced 6 of 6 values that are not finite (NaN or infinite) for this audio, computing in "
+        "float32 (its checkpoint, or this input, is damaged or out of what it takes)")
+    assert "3 of 3 values that are not numbers (NaN) for this audio, computing in bfloat16 (its coarse rounding " \
+           "can; --dtype float32 avoids it)" in not_finite(nan16, "frames", "audio", "bfloat16").reason
+    assert "(openSMILE: audio too short" in not_finite(nan16, "frames", "audio", descriptors=True).reason
     assert not_finite(np.zeros((0, 1, 3), np.float16), "frames", "audio").reason == \
         "the encoder produced no frame for this audio"

@@ -510,6 +510,7 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
         s = model.spec["streams"][k]
         info = model.spec["encoders"][s["stream"]]
         sdt = np.dtype(info["store_dtype"])
+        compute = (info.get("extract_config") or {}).get("dtype", "float32")   # as the stream was extracted
         lids = s["layer_ids"]
         if k == "F":
             enc = _load_encoder(model, s["stream"], "audio", audio_model, device)
@@ -527,8 +528,8 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                     raise EmofuseError(f"{path}: {e.reason}") from None
                 o = np.ascontiguousarray(o[:, lids])   # only the layers the model reads must be finite
                 if len(o) == 0 or nonfinite(o):
-                    why = not_finite(o, "frames", "audio", **STORE_DTYPE_FIXED,
-                                     descriptors=enc.info.get("encoder") == "opensmile")
+                    why = not_finite(o, "frames", "audio", compute, enc.info.get("encoder") == "opensmile",
+                                     **STORE_DTYPE_FIXED)
                     raise EmofuseError(f"{path}: {why.reason}")
                 out.append(o)
             rows[k] = out
@@ -549,8 +550,8 @@ def encode_new(model: TrainedModel, audio, text, ids, speakers, device, audio_mo
                     with np.errstate(over="ignore", invalid="ignore"):   # beyond float16: inf, refused below
                         out[j] = np.ascontiguousarray(o["data"][:, lids].astype(sdt))
                     if nonfinite(out[j]):
-                        raise EmofuseError(f"utterance {ids[j]}: "
-                                           f"{not_finite(out[j], 'tokens', 'transcript', **STORE_DTYPE_FIXED).reason}")
+                        why = not_finite(out[j], "tokens", "transcript", compute, **STORE_DTYPE_FIXED)
+                        raise EmofuseError(f"utterance {ids[j]}: {why.reason}")
             rows[k] = out
         log.debug(f"{KEY_NAME[k]}: {model.spec['encoders'][s['stream']].get('encoder_id')} on {n} utterances")
     return _as_data(model, ids, rows, speakers)

@@ -21,26 +21,34 @@ def all_finite(a: np.ndarray) -> bool:
     return not nonfinite(a)
 
 
-def not_finite(kept: np.ndarray, rows: str, what: str, remedy: str = "--store-dtype float32 keeps them",
-               compute_remedy: str = "--dtype float32 avoids it", descriptors: bool = False) -> BadInput:
+def not_finite(kept: np.ndarray, rows: str, what: str, compute: str = "float32", descriptors: bool = False,
+               remedy: str = "--store-dtype float32 keeps them",
+               compute_remedy: str = "--dtype float32 avoids it") -> BadInput:
     """Why an utterance whose kept ``rows`` (frames, tokens; ``kept``, in the store's dtype) came
     out empty or not finite is skipped: each cause in its own words, since their remedies differ.
-    ``remedy``: what keeps values beyond a float16 store; ``compute_remedy``: what avoids an
-    overflow inside the encoder; ``descriptors``: the encoder is openSMILE (NaN: audio it cannot
-    describe)."""
+    ``compute``: the dtype the encoder computed in (``--dtype``); ``descriptors``: the encoder is
+    openSMILE; ``remedy``: what keeps values beyond a float16 store; ``compute_remedy``: what
+    avoids an overflow inside the encoder."""
     if not len(kept):
         return BadInput(f"the encoder produced no {rows[:-1]} for this {what}")
-    nan = int(np.isnan(kept).sum())   # the error path only: np.isnan's cost does not matter here
-    if nan:   # openSMILE's descriptors of audio shorter than their window: every value NaN
-        why = ("openSMILE: audio too short or too degenerate to describe" if descriptors else
-               f"an overflow inside the encoder, as computing in float16 gives; {compute_remedy}")
-        return BadInput(f"the encoder produced {nan} of {kept.size} values that are not numbers (NaN) for this "
-                        f"{what} ({why})")
-    if np.dtype(kept.dtype).itemsize >= 4:   # a float32 store holds any finite value: the encoder's own inf
-        return BadInput(f"the encoder produced infinite values for this {what} (an overflow inside the encoder, as "
-                        f"computing in float16 gives; {compute_remedy})")
-    return BadInput(f"the encoder produced values beyond the store's dtype ({np.dtype(kept.dtype).name}: largest "
-                    f"{float(np.finfo(kept.dtype).max):g}) for this {what}, infinite once stored ({remedy})")
+    bad = int((~np.isfinite(kept)).sum())   # the error path only: its cost does not matter here
+    nan = int(np.isnan(kept).sum())
+    values = (f"{nan} of {kept.size} values that are not numbers (NaN)" if nan == bad else
+              f"{bad} of {kept.size} values that are not finite (NaN or infinite)")
+    if descriptors and nan:   # openSMILE's descriptors of audio shorter than their window: every value NaN
+        return BadInput(f"the encoder produced {values} for this {what} (openSMILE: audio too short or too "
+                        f"degenerate to describe)")
+    if compute == "float16":   # its own range is float16's: beyond it, inf inside the encoder, whatever the store
+        return BadInput(f"the encoder produced {values} for this {what}: an overflow inside it, computing in "
+                        f"float16 ({compute_remedy})")
+    if not nan and np.dtype(kept.dtype).itemsize < 4:   # finite in float32 or bfloat16, beyond a float16 store
+        return BadInput(f"the encoder produced values beyond the store's dtype ({np.dtype(kept.dtype).name}: largest "
+                        f"{float(np.finfo(kept.dtype).max):g}) for this {what}, infinite once stored ({remedy})")
+    if compute == "bfloat16":
+        return BadInput(f"the encoder produced {values} for this {what}, computing in bfloat16 (its coarse "
+                        f"rounding can; {compute_remedy})")
+    return BadInput(f"the encoder produced {values} for this {what}, computing in float32 (its checkpoint, or "
+                    f"this input, is damaged or out of what it takes)")
 
 
 @dataclass
@@ -75,7 +83,7 @@ class StreamJob:
             kept = self.keep(rows)
         if len(kept) and all_finite(kept):
             return kept
-        return not_finite(kept, "frames" if what == "audio" else "tokens", what,
+        return not_finite(kept, "frames" if what == "audio" else "tokens", what, compute=self.cfg.dtype,
                           descriptors=getattr(self.encoder, "info", {}).get("encoder") == "opensmile")
 
     def on_gpu(self) -> bool:
