@@ -1,7 +1,9 @@
 """ablate and report: golden tables, reuse and resume, spec errors, figures."""
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +215,6 @@ def test_a_store_changed_while_the_grid_trains_is_never_filed_under_the_old_key(
     """ablate plans its keys from the store, then trains: a commit in between (align-segments
     while the grid runs) made a run of the new content sit under the old content's key, and the
     tables mixed the two."""
-    import json
     import emofuse.pipelines.train as train_mod
     from emofuse.pipelines.ablate import run_key
     spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}')
@@ -239,21 +240,26 @@ def test_a_row_that_diverges_does_not_stop_the_grid(store, tmp_path, caplog, how
     if how.get("executor"):
         pytest.importorskip("submitit")   # a test extra (setup.cfg), installed by CI
     caplog.set_level(logging.INFO, "emofuse")
-    rows = ['{label: "Wild", fusion: none, granularity: F, lr: 1.0e+36}', '{label: "Frame", fusion: none, granularity: F}',
-            '{label: "Text", fusion: none, granularity: T}']
+    rows = ['{label: "Wild T", fusion: none, granularity: T, lr: 1.0e+36}', '{label: "Frame", fusion: none, granularity: F}',
+            '{label: "Wild F", fusion: none, granularity: F, lr: 1.0e+36}',
+            '{label: "Wild F again", fusion: none, granularity: F, lr: 1.0e+36}']   # one key, two labels
     spec = one_table_spec(tmp_path, *rows)
     out = tmp_path / "g"
     cfg = AblateConfig(store=store, spec=str(spec), out=str(out), device="cpu", **how)
-    with pytest.raises(EmofuseError, match=r"1 configuration\(s\) of the grid diverged: Wild \(the first: .*learning "
-                                           r"rate 1e\+36\)\)\. The other rows' runs are kept; no table was written"):
+    # named in the grid's order (whichever finished first), each key with all its labels
+    with pytest.raises(EmofuseError, match=r"2 configuration\(s\) of the grid diverged: Wild T, Wild F = Wild F again "
+                                           r"\(the first: (\S+): repeat 0, test session 1 diverged: .*learning rate "
+                                           r"1e\+36\)\)\. The other rows' runs are kept; no table was written") as e:
         run_ablate(cfg)
-    assert len([r for r in os.listdir(out / "runs") if (out / "runs" / r / "summary.json").exists()]) == 2
+    first = re.search(r"the first: (\S+): repeat", str(e.value)).group(1)
+    assert json.loads((Path(first) / "config.json").read_text())["config"]["granularity"] == "T"   # Wild T's
+    assert len([r for r in os.listdir(out / "runs") if (out / "runs" / r / "summary.json").exists()]) == 1
     assert not (out / "tables").exists()
     spec.write_text(spec.read_text().replace("lr: 1.0e+36", "lr: 2.0e-3"))
     caplog.clear()
     df = run_ablate(cfg)["a"]
-    assert "3 configurations, 2 already finished, 1 to run" in logged_messages(caplog)[0]
-    assert list(df["label"]) == ["Wild", "Frame", "Text"] and df["ua_mean"].notna().all()
+    assert "3 configurations, 1 already finished, 2 to run" in logged_messages(caplog)[0]
+    assert list(df["label"]) == ["Wild T", "Frame", "Wild F", "Wild F again"] and df["ua_mean"].notna().all()
 
 
 def test_parallel_jobs_give_the_same_numbers(store, tmp_path):

@@ -424,6 +424,8 @@ def test_bad_input_gets_one_sentence(setup, tmp_path):
                                                rf"blocks; freeze at most that many"):
             ft.Encoders(_cfg(setup, freeze=f"cnn,{kind}-layers:99"))
     ft.Encoders(_cfg(setup, freeze="cnn,audio-layers:2,text-layers:2"))   # every block: accepted
+    with pytest.raises(EmofuseError, match="needs --text-model"):
+        _cfg(setup, text_model=None)
 
 
 def test_a_text_model_with_its_blocks_elsewhere_trains_and_refuses_freezing_some_blocks(setup, tmp_path):
@@ -437,8 +439,6 @@ def test_a_text_model_with_its_blocks_elsewhere_trains_and_refuses_freezing_some
     with pytest.raises(EmofuseError, match=r"--freeze text-layers:1: GPT2Model keeps its blocks elsewhere"):
         ft.Encoders(_cfg(setup, system="text", text_model=gpt2, freeze="cnn,text-layers:1"))
     ft.Encoders(_cfg(setup, system="text", text_model=gpt2, freeze="cnn,text"))   # the whole model: accepted
-    with pytest.raises(EmofuseError, match="needs --text-model"):
-        _cfg(setup, text_model=None)
 
 
 def test_ablate_runs_the_three_fine_tuned_rows_of_paper_cma(setup, tmp_path):

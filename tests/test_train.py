@@ -291,8 +291,12 @@ def test_a_run_diverging_after_its_best_epoch_keeps_that_epoch_and_says_so(caplo
         check_trained("run x", 0, history, np.zeros((2, 4)))
     assert "run x diverged at epoch 1 (validation loss not finite) (learning rate 0.1); its best epoch before, 0, is " \
            "kept" in caplog.text
-    with pytest.raises(EmofuseError, match="test logits that are not finite"):
+    with pytest.raises(EmofuseError, match=r"test logits that are not finite: the head overflowed \(its inputs are "
+                                           r"checked when read\) \(learning rate 0.1\); lower --lr\. Nothing"):
         check_trained("run x", 0, history, np.array([[np.nan, 0.0]]))
+    with pytest.raises(EmofuseError, match=r"not finite: the model overflowed \(learning rate 0.1\); lower --lr, or "
+                                           r"train without --bf16\."):   # fine-tuned: no checked inputs; --bf16 on
+        check_trained("run x", 0, history, np.array([[np.inf, 0.0]]), model="model", bf16=True)
 
 
 def test_a_diverged_run_kept_before_is_trained_again_and_refused_in_tables(tmp_path, caplog):

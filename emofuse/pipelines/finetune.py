@@ -902,7 +902,7 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
             pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
             logits = predict(model, data, te, cfg, device, rank, world, pad)
             m, p = fold_outcome(cfg.out, data, te, logits, r, seed, session, best_epoch, history, device,
-                                n_train=len(tr), n_val=len(va), layer_weights={}, layer_ids={})
+                                model="model", bf16=cfg.bf16, n_train=len(tr), n_val=len(va), layer_weights={}, layer_ids={})
             if rank == 0:
                 if cfg.save_encoders:
                     save_encoders(model, rdir, fenc)

@@ -91,18 +91,22 @@ def epoch_score(val_ua: float, val_loss: float) -> tuple[float, float]:
     return (val_ua, -val_loss) if math.isfinite(val_loss) else NO_EPOCH
 
 
-def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray) -> None:
+def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray, model: str = "head",
+                  bf16: bool = False) -> None:
     """Refuse a run that has no finite epoch, or whose test logits are not finite, naming it and
-    its learning rate (the usual cause); warn of one that diverged after a best epoch (kept)."""
+    its learning rate (the usual cause); warn of one that diverged after a best epoch (kept).
+    ``model``: what computes the logits from checked inputs ("head": cached activations, checked
+    finite when read; "model": fine-tuned encoders and head); ``bf16``: it trained under --bf16."""
     lr = f" (learning rate {history[0]['lr']:g})" if history and "lr" in history[0] else ""
     if best_epoch < 0:
         raise Diverged(f"{what} diverged: its validation loss was not finite from its first epoch{lr}; "
                        "lower --lr (a spec row's lr: under ablate). Nothing of it is written; runs finished "
                        "before are kept")
     if not np.isfinite(logits).all():
-        raise Diverged(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite: the head "
-                       f"overflowed (its inputs are checked when read){lr}; lower --lr, or train without --bf16. "
-                       "Nothing of it is written; runs finished before are kept")
+        checked = " (its inputs are checked when read)" if model == "head" else ""
+        raise Diverged(f"{what}: its best epoch ({best_epoch}) gives test logits that are not finite: the {model} "
+                       f"overflowed{checked}{lr}; lower --lr" + (", or train without --bf16" if bf16 else "") +
+                       ". Nothing of it is written; runs finished before are kept")
     bad = next((h["epoch"] for h in history if not math.isfinite(h["val_loss"])), None)
     if bad is not None:
         log.warning(f"{what} diverged at epoch {bad} (validation loss not finite){lr}; its best epoch before, "
@@ -110,18 +114,19 @@ def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray)
 
 
 def fold_outcome(out: str, data, te: np.ndarray, logits: np.ndarray, r: int, seed: int, session: str,
-                 best_epoch: int, history: list, device: torch.device, **more) -> tuple[dict, "pd.DataFrame"]:
+                 best_epoch: int, history: list, device: torch.device, model: str = "head", bf16: bool = False,
+                 **more) -> tuple[dict, "pd.DataFrame"]:
     """A trained fold's metrics and predictions, as train-head and finetune write them: refused when
-    it diverged (``check_trained``); ``more``: the run kind's own metrics fields (n_train, layer
-    weights …). Both as a reused fold reads them back, so that a resumed run's files equal an
-    uninterrupted run's."""
+    it diverged (``check_trained``, with ``model`` and ``bf16``); ``more``: the run kind's own
+    metrics fields (n_train, layer weights …). Both as a reused fold reads them back, so that a
+    resumed run's files equal an uninterrupted run's."""
     import json
 
     import pandas as pd
 
     from .metrics import scores
     from .rundir import predictions_roundtrip
-    check_trained(f"{out}: repeat {r}, test session {session}", best_epoch, history, logits)
+    check_trained(f"{out}: repeat {r}, test session {session}", best_epoch, history, logits, model, bf16)
     m = scores(data.y[te], logits.argmax(1), len(data.classes))
     m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history), n_test=len(te), **more,
              cpu_threads=torch.get_num_threads() if device.type == "cpu" else None, history=history)

@@ -460,7 +460,7 @@ def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, be
     seed = cfg.seed + r
     te = np.flatnonzero(data.sessions == session)
     logits = _predict(model, data, te, device, job.norm, timer, bf16=cfg.bf16)
-    m, p = fold_outcome(cfg.out, data, te, logits, r, seed, session, best_epoch, history, device,
+    m, p = fold_outcome(cfg.out, data, te, logits, r, seed, session, best_epoch, history, device, bf16=cfg.bf16,
                         n_train=len(job.train), n_val=len(job.val), layer_weights=model.layer_weights(),
                         layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()})
     save_fold(fold_dir(cfg.out, r, session), model, m, p,
