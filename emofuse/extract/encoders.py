@@ -31,7 +31,7 @@ from ..errors import EmofuseError
 from ..store import canonical_json, config_hash, digest
 from .audio import BadInput
 from .families import AUDIO_FAMILIES, audio_family, text_family
-from .masking import MaskedBatchNorm, MaskedConvStack, MaskedGroupNorm, conv_output_lengths, receptive_field
+from .masking import conv_output_lengths, mask_padding, receptive_field
 
 log = logging.getLogger(__name__)
 
@@ -266,18 +266,7 @@ class HFAudioEncoder:
         self.sample_rate = int(fe.sampling_rate)
         self.kernels, self.strides = list(config.conv_kernel), list(config.conv_stride)
         self.window, self.hop = receptive_field(self.kernels, self.strides)
-        self.group_norm = None
-        if getattr(config, "feat_extract_norm", "layer") == "group":
-            layer0 = self.model.feature_extractor.conv_layers[0]
-            self.group_norm = MaskedGroupNorm(layer0.layer_norm)
-            layer0.layer_norm = self.group_norm
-        self.pos_stack = None
-        pos = getattr(getattr(self.model, "encoder", None), "pos_conv_embed", None)
-        if pos is not None and isinstance(getattr(pos, "layers", None), torch.nn.ModuleList):  # data2vec-audio
-            self.pos_stack = MaskedConvStack(pos)
-            self.model.encoder.pos_conv_embed = self.pos_stack
-        elif pos is not None and isinstance(getattr(pos, "batch_norm", None), torch.nn.BatchNorm1d):   # mHuBERT
-            self.pos_stack = pos.batch_norm = MaskedBatchNorm(pos.batch_norm)
+        self.group_norm, self.pos_stack = mask_padding(self.model)   # batched == one utterance at a time
         preprocessing = {"do_normalize": bool(getattr(fe, "do_normalize", False)), "sampling_rate": self.sample_rate,
                          "padding_value": float(getattr(fe, "padding_value", 0.0))}
         self.num_layers = config.num_hidden_layers + 1

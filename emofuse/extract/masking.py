@@ -122,3 +122,22 @@ class MaskedBatchNorm(_LengthsWhileInside, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x)
         return y if self.lengths is None else zero_padding(y, self.lengths)
+
+
+def mask_padding(model: nn.Module) -> tuple[MaskedGroupNorm | None, nn.Module | None]:
+    """Wrap, in place, what would carry a batch's padding into the real frames of a wav2vec2-family
+    ``model``: the first conv layer's per-channel GroupNorm (``feat_extract_norm="group"``),
+    data2vec-audio's stack of positional convolutions, and the BatchNorm an mHuBERT-style checkpoint
+    applies before its positional convolution. Returns (the ``MaskedGroupNorm`` or None, the masked
+    positional module or None): their ``valid_lengths`` make a batch equal one utterance at a time.
+    Extraction and fine-tuning both call it."""
+    group_norm = pos_stack = None
+    if getattr(model.config, "feat_extract_norm", "layer") == "group":
+        layer0 = model.feature_extractor.conv_layers[0]
+        group_norm = layer0.layer_norm = MaskedGroupNorm(layer0.layer_norm)
+    pos = getattr(getattr(model, "encoder", None), "pos_conv_embed", None)
+    if pos is not None and isinstance(getattr(pos, "layers", None), nn.ModuleList):   # data2vec-audio
+        pos_stack = model.encoder.pos_conv_embed = MaskedConvStack(pos)
+    elif pos is not None and isinstance(getattr(pos, "batch_norm", None), nn.BatchNorm1d):   # mHuBERT
+        pos_stack = pos.batch_norm = MaskedBatchNorm(pos.batch_norm)
+    return group_norm, pos_stack

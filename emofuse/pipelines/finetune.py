@@ -43,8 +43,7 @@ from ..hashing import file_sha256, sha256_int
 from ..extract.audio import BadInput, load_audio
 from ..extract.checkpoints import checkpoint_digest
 from ..extract.encoders import token_limit, warn_no_preprocessor
-from ..extract.masking import (MaskedBatchNorm, MaskedConvStack, MaskedGroupNorm, conv_output_lengths,
-                               receptive_field)
+from ..extract.masking import MaskedBatchNorm, conv_output_lengths, mask_padding, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
 from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
 from ..heads.functional import lengths_to_mask
@@ -388,15 +387,8 @@ class Encoders:
             self.sample_rate = int(self.fe.sampling_rate)
             self.kernels, self.strides = list(conf.conv_kernel), list(conf.conv_stride)
             self.window, _ = receptive_field(self.kernels, self.strides)
-            if getattr(conf, "feat_extract_norm", "layer") == "group":   # batched == one at a time
-                layer0 = self.audio.feature_extractor.conv_layers[0]
-                self.group_norm = MaskedGroupNorm(layer0.layer_norm)
-                layer0.layer_norm = self.group_norm
             pos = getattr(self.audio.encoder, "pos_conv_embed", None)
-            if pos is not None and isinstance(getattr(pos, "layers", None), nn.ModuleList):   # data2vec-audio
-                self.pos_stack = MaskedConvStack(pos)   # as extraction: padding zeroed between its convolutions
-                self.audio.encoder.pos_conv_embed = self.pos_stack
-            if pos is not None and isinstance(getattr(pos, "batch_norm", None), nn.BatchNorm1d):
+            if isinstance(getattr(pos, "batch_norm", None), nn.BatchNorm1d):
                 f = cfg.frozen()
                 if not (f["audio"] or f["audio_layers"]):   # trained, its batch statistics would mix in padding
                     raise EmofuseError(f"--audio-model {cfg.audio_model} normalises its positional convolution's "
@@ -404,8 +396,8 @@ class Encoders:
                                        "statistics would mix in the padding of a batch; fine-tuning it is not "
                                        "supported: freeze it (--freeze audio, or audio-layers:N with N ≥ 1), or "
                                        "extract its frozen features with extract-embeddings")
-                # frozen, it runs in eval mode on its running statistics; padded frames set back to zero
-                self.pos_stack = pos.batch_norm = MaskedBatchNorm(pos.batch_norm)
+            # as extraction: batched == one at a time (a frozen BatchNorm runs on its running statistics)
+            self.group_norm, self.pos_stack = mask_padding(self.audio)
             if cfg.pos_conv == "matmul" and not use_matmul_pos_conv(self.audio):
                 raise EmofuseError(f"--pos-conv matmul: --audio-model {cfg.audio_model} has no wav2vec2-style "
                                    "positional convolution (pos_conv_embed.conv); use --pos-conv conv")
@@ -447,9 +439,9 @@ class Encoders:
                 continue
             blocks = transformer_blocks(model)
             if blocks is None or (kind == "text" and not hasattr(model, "embeddings")):
-                raise EmofuseError(f"--freeze {kind}-layers:{n}: {type(model).__name__} keeps its blocks elsewhere than "
-                                   "emofuse looks (a BERT-style encoder.layer beneath embeddings); freeze the whole "
-                                   f"model (--freeze {kind}) or none of it")
+                raise EmofuseError(f"--freeze {kind}-layers:{n}: {type(model).__name__} keeps its blocks elsewhere "
+                                   "than emofuse looks (a BERT-style encoder.layer beneath embeddings); freeze the "
+                                   f"whole model (--freeze {kind}) or none of it")
             if n > len(blocks):   # a typo would freeze all and key apart
                 raise EmofuseError(f"--freeze {kind}-layers:{n}: the {kind} model has {len(blocks)} transformer "
                                    f"blocks; freeze at most that many (--freeze {kind}: all of it)")
@@ -902,7 +894,8 @@ def _run_finetune(cfg: FinetuneConfig, device: torch.device, rank: int, world: i
             pad = fenc.tok.pad_token_id or 0 if fenc.tok is not None else 0
             logits = predict(model, data, te, cfg, device, rank, world, pad)
             m, p = fold_outcome(cfg.out, data, te, logits, r, seed, session, best_epoch, history, device,
-                                model="model", bf16=cfg.bf16, n_train=len(tr), n_val=len(va), layer_weights={}, layer_ids={})
+                                model="model", bf16=cfg.bf16, n_train=len(tr), n_val=len(va), layer_weights={},
+                                layer_ids={})
             if rank == 0:
                 if cfg.save_encoders:
                     save_encoders(model, rdir, fenc)
