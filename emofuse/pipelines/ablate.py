@@ -243,20 +243,19 @@ def _train_worker(cfg: TrainConfig, threads: int | None, level: int | None = Non
         show_messages(level)
     if threads:
         torch.set_num_threads(threads)
-    diverged: dict[str, str] = {}
     with lacking_said_once(_WORKER_SAID):
-        _unless_diverged(lambda: run_train(cfg, cache=_WORKER_CACHE), cfg.out, diverged)
-    return diverged.get(cfg.out)
+        return _unless_diverged(lambda: run_train(cfg, cache=_WORKER_CACHE))
 
 
-def _unless_diverged(train, out: str, diverged: dict[str, str]) -> None:
-    """``train()``; a run that diverges (``Diverged``: its learning rate, not the input) is said and
-    recorded in ``diverged`` (its folder ``out`` → why) instead of stopping the grid."""
+def _unless_diverged(train) -> str | None:
+    """``train()``; a run that diverges (``Diverged``: its learning rate, not the input) is said
+    and its reason returned instead of stopping the grid (None: it finished)."""
     try:
         train()
     except Diverged as e:
         log.error(str(e))
-        diverged[out] = str(e)
+        return str(e)
+    return None
 
 
 def _train_rows(cfgs: list, threads: int | None = None) -> list[str | None]:
@@ -326,9 +325,9 @@ def _place_rows(cfg: AblateConfig, pending: list) -> list[list]:
     return list(groups.values())
 
 
-def _submit(cfg: AblateConfig, groups: list[list]) -> dict[str, str]:
-    """Send each group of rows as one job through submitit; wait for them all. Returns the run
-    folders of the configurations that diverged → why."""
+def _submit(cfg: AblateConfig, groups: list[list]) -> dict[str, str | None]:
+    """Send each group of rows as one job through submitit; wait for them all. Returns each run
+    folder → why it diverged (None: it finished)."""
     try:
         import submitit
     except ImportError:
@@ -345,7 +344,7 @@ def _submit(cfg: AblateConfig, groups: list[list]) -> dict[str, str]:
     jobs = [ex.submit(_train_rows, g) for g in groups]
     for job, g in zip(jobs, groups):
         log.info(f"  job {job.job_id}: {len(g)} configurations ({', '.join(os.path.basename(c.out) for c in g)})")
-    failed, diverged = [], {}
+    failed, why_of = [], {}
     for job, g in zip(jobs, groups):
         try:
             why = job.result()
@@ -353,11 +352,11 @@ def _submit(cfg: AblateConfig, groups: list[list]) -> dict[str, str]:
         except Exception as e:
             failed.append(f"job {job.job_id} ({len(g)} configurations): {str(e).strip().splitlines()[-1]}")
             continue
-        diverged.update({c.out: w for c, w in zip(g, why or []) if w})
+        why_of.update(zip((c.out for c in g), why))
     if failed:
         raise EmofuseError(f"{len(failed)} cluster jobs failed; their logs are in {cfg.out}/submitit: "
                            + "; ".join(failed) + ". Run the same ablate again to resume (finished runs are kept)")
-    return diverged
+    return why_of
 
 
 def run_ablate(cfg: AblateConfig) -> dict[str, pd.DataFrame]:
@@ -450,14 +449,11 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
     groups = _place_rows(cfg, pending) if pending else []
     pending = [c for g in groups for c in g]   # rows reading the same data follow each other
     said: set = set()   # a test session lacking a class is said once, not once per row
-    labels = {}
-    for label, key in key_of.items():
-        labels.setdefault(key, label)
     # A row that diverged (its learning rate, not the input) does not stop the grid: the other rows
     # train, and the grid ends without tables, naming it. Any other error stops the grid at once.
-    diverged: dict[str, str] = {}   # run folder → why
+    why_of: dict[str, str | None] = {}   # run folder → why it diverged (None: it finished)
     if cfg.executor == "submitit" and pending:
-        diverged.update(_submit(cfg, groups))
+        why_of.update(_submit(cfg, groups))
     elif cfg.jobs > 1 and len(pending) > 1:
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         import multiprocessing as mp
@@ -466,9 +462,8 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
             try:
                 futures = {pool.submit(_train_worker, c, threads, _worker_level()): c for c in pending}
                 for k, fut in enumerate(as_completed(futures)):
-                    out, why = futures[fut].out, fut.result()
-                    if why:
-                        diverged[out] = why
+                    out = futures[fut].out
+                    why = why_of[out] = fut.result()
                     log.info(f"  [{k + 1}/{len(pending)}] {out} " + ("diverged" if why else "finished"))
             except BaseException:  # interrupted or a worker failed: stop the others now, not after their runs
                 for proc in list(getattr(pool, "_processes", {}).values()):
@@ -476,17 +471,21 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     else:
+        labels = {}
+        for label, key in key_of.items():
+            labels.setdefault(key, label)
         cache: dict = {}   # rows held for the next configuration that reads the same streams
         for k, c in enumerate(pending):
             log.info(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
             with _indented(), lacking_said_once(said):
-                _unless_diverged(lambda: run_train(c, cache=cache), c.out, diverged)   # noqa: B023 (called now)
+                why_of[c.out] = _unless_diverged(lambda: run_train(c, cache=cache))   # noqa: B023 (called now)
         cache.clear()
     _check_trained_content(pending, cfg.store)
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         log.info(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
         with _indented(), lacking_said_once(said):
-            _unless_diverged(lambda: ft.run_finetune(c), c.out, diverged)   # noqa: B023 (called now)
+            why_of[c.out] = _unless_diverged(lambda: ft.run_finetune(c))   # noqa: B023 (called now)
+    diverged = {out: why for out, why in why_of.items() if why}
     if diverged:
         order = [c.out for c in pending + tuned if c.out in diverged]   # the grid's order, whatever finished first
         rows = ", ".join(" = ".join(lb for lb, k in key_of.items() if k == os.path.basename(out)) for out in order)
