@@ -311,11 +311,6 @@ def _header(path: str) -> tuple[int, float | None]:
     return _header_of(path, st.st_mtime_ns, st.st_size)
 
 
-def _channels_in(path: str) -> int:
-    """How many channels an audio file holds (its header); 1 when it cannot be read here."""
-    return _header(path)[0]
-
-
 #: two utterances of one file overlapping by more than this share audio (rounding in a manifest aside)
 OVERLAP_S = 0.01
 

@@ -5,16 +5,20 @@ and ``finetune``."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..errors import Diverged, EmofuseError
 from ..hashing import sha256_int
+from .metrics import scores
+from .rundir import predictions_roundtrip
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +119,11 @@ def check_trained(what: str, best_epoch: int, history: list, logits: np.ndarray,
 
 def fold_outcome(out: str, data, te: np.ndarray, logits: np.ndarray, r: int, seed: int, session: str,
                  best_epoch: int, history: list, device: torch.device, model: str = "head", bf16: bool = False,
-                 **more) -> tuple[dict, "pd.DataFrame"]:
+                 **more) -> tuple[dict, pd.DataFrame]:
     """A trained fold's metrics and predictions, as train-head and finetune write them: refused when
     it diverged (``check_trained``, with ``model`` and ``bf16``); ``more``: the run kind's own
     metrics fields (n_train, layer weights …). Both as a reused fold reads them back, so that a
     resumed run's files equal an uninterrupted run's."""
-    import json
-
-    import pandas as pd
-
-    from .metrics import scores
-    from .rundir import predictions_roundtrip
     check_trained(f"{out}: repeat {r}, test session {session}", best_epoch, history, logits, model, bf16)
     m = scores(data.y[te], logits.argmax(1), len(data.classes))
     m.update(repeat=r, seed=seed, fold=session, best_epoch=best_epoch, epochs=len(history), n_test=len(te), **more,
