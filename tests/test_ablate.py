@@ -232,6 +232,21 @@ def test_a_store_changed_while_the_grid_trains_is_never_filed_under_the_old_key(
     assert len(os.listdir(tmp_path / "g" / "runs")) == 2 and df["ua_mean"].notna().all()
 
 
+def test_a_store_change_and_a_diverged_row_are_said_in_one_error(store, tmp_path, monkeypatch):
+    """Before: when the store changed while the grid trained, the error said so and the rows that
+    diverged meanwhile were only in the log; the user re-ran, waited, and learnt of them then."""
+    import emofuse.pipelines.train as train_mod
+    spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
+                          '{label: "Wild T", fusion: none, granularity: T, lr: 1.0e+36}')
+    real = train_mod.store_fingerprints
+    monkeypatch.setattr(train_mod, "store_fingerprints", lambda fs, cfg: {**real(fs, cfg), "F": "new segments"})
+    cfg = AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu")
+    with pytest.raises(EmofuseError, match=r"changed while ablate ran: 1 configuration.*run the same command again "
+                                           r"\(besides, 1 configuration\(s\) of the grid diverged: Wild T \(the first: "
+                                           r".*lower those rows' lr in the spec first\)$"):
+        run_ablate(cfg)
+
+
 @pytest.mark.parametrize("how", [{}, {"jobs": 2}, {"executor": "submitit", "cluster": "local"}])
 def test_a_row_that_diverges_does_not_stop_the_grid(store, tmp_path, caplog, how):
     """Before: the first row that diverged (a learning rate too high) stopped the grid, so an

@@ -480,19 +480,15 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
             with _indented(), lacking_said_once(said):
                 why_of[c.out] = _unless_diverged(lambda: run_train(c, cache=cache))   # noqa: B023 (called now)
         cache.clear()
-    _check_trained_content(pending, cfg.store)
+    _check_trained_content(pending, cfg.store, also=_diverged(why_of, pending, key_of))
     for k, c in enumerate(tuned if cfg.finetune else []):   # one at a time, on every device thread
         log.info(f"  [finetune {k + 1}/{len(tuned)}] {c.system} → {c.out}")
         with _indented(), lacking_said_once(said):
             why_of[c.out] = _unless_diverged(lambda: ft.run_finetune(c))   # noqa: B023 (called now)
-    diverged = {out: why for out, why in why_of.items() if why}
+    diverged = _diverged(why_of, pending + tuned, key_of)
     if diverged:
-        order = [c.out for c in pending + tuned if c.out in diverged]   # the grid's order, whatever finished first
-        rows = ", ".join(" = ".join(lb for lb, k in key_of.items() if k == os.path.basename(out)) for out in order)
-        first = diverged[order[0]].split("; lower --lr")[0]
-        raise EmofuseError(f"{len(diverged)} configuration(s) of the grid diverged: {rows} (the first: {first}). "
-                           "The other rows' runs are kept; no table was written: lower those rows' lr in the spec "
-                           "and run ablate again (only they train)")
+        raise EmofuseError(f"{diverged}. The other rows' runs are kept; no table was written: lower those rows' lr in "
+                           "the spec and run ablate again (only they train)")
     if tuned and not cfg.finetune:
         log.info(f"  {len(tuned)} fine-tuned rows not run (they need ablate --finetune and the encoders; GPU hours)")
     for label, row in spec["_labels"].items():
@@ -521,12 +517,25 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
     return results
 
 
-def _check_trained_content(trained: list[TrainConfig], store: str) -> None:
+def _diverged(why_of: dict[str, str | None], cfgs: list, key_of: dict[str, str]) -> str | None:
+    """The rows of ``cfgs`` that diverged (``why_of``: run folder → why, None if it finished),
+    named in the grid's order whatever finished first, each key with all its labels; None if none."""
+    order = [c.out for c in cfgs if why_of.get(c.out)]
+    if not order:
+        return None
+    rows = ", ".join(" = ".join(lb for lb, k in key_of.items() if k == os.path.basename(out)) for out in order)
+    first = why_of[order[0]].split("; lower --lr")[0]
+    return f"{len(order)} configuration(s) of the grid diverged: {rows} (the first: {first})"
+
+
+def _check_trained_content(trained: list[TrainConfig], store: str, also: str | None = None) -> None:
     """Each row just trained read the store content its key was planned from. The plan and the
     training see the store at two moments: a commit in between (an ``align-segments`` run while
     the grid trains) would file a run of the new content under the old content's key, and the
     tables would mix the two. Such a run is moved to the folder its own content keys (kept for a
-    later grid), and the grid stops with one sentence: run again to build tables on one content."""
+    later grid), and the grid stops with one sentence: run again to build tables on one content.
+    ``also``: the rows that diverged meanwhile, said in the same sentence (the next run trains
+    them again, but a user lowering their lr learns it now)."""
     moved = []
     for c in trained:
         if not is_finished(c.out):
@@ -543,7 +552,8 @@ def _check_trained_content(trained: list[TrainConfig], store: str) -> None:
     if moved:
         raise EmofuseError(f"{store} changed while ablate ran: {len(moved)} configuration(s) ({'; '.join(moved[:3])}) "
                            "trained on other store content than the grid was planned on; their runs are kept under "
-                           "the content they read, and no table was written: run the same command again")
+                           "the content they read, and no table was written: run the same command again"
+                           + (f" (besides, {also}: lower those rows' lr in the spec first)" if also else ""))
 
 
 def _key_of_recorded(config: dict) -> str | None:
