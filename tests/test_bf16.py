@@ -149,3 +149,25 @@ def test_ablate_bf16_overrides_a_rows_own_setting_and_marks_combinations(store, 
     assert df["bf16"].tolist() == [True] * 6   # a combination (of combinations too) of bf16 runs is a bf16 row
     md = (tmp_path / "g" / "tables.md").read_text()
     assert "every row trained under bfloat16 autocast (--bf16)" in md
+
+
+def test_layer_sums_stay_float32_under_bf16_autocast():
+    """Eq. 1's layer sum is bound by reading the rows, so bfloat16 buys nothing there. Before, the
+    stacked all-runs sum (a GPU's stacked path) and the dense-tensor sum ran their products in
+    bfloat16 under --bf16 while the lone head's gathered sum stayed float32 (matmul(out=) is not
+    autocast): a stacked bf16 run's Eq. 1 rounded otherwise than its lone run's (~4e-3 relative)."""
+    from emofuse.heads.functional import GatheredRows, weight_layers
+    from emofuse.heads.stacked import _AllRunsLayerSum
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(40, 5, 16, generator=g).half()
+    index, run = torch.arange(40), torch.arange(40) % 3
+    w = torch.softmax(torch.randn(3, 5, generator=g), -1)
+    want = torch.einsum("nld,nl->nd", table.float(), w[run])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stacked = _AllRunsLayerSum.apply(w, table, index, run, None, None, None)
+        dense = weight_layers(table, w[0])
+        gathered = weight_layers(GatheredRows(table, index), w[0])
+    assert stacked.dtype == dense.dtype == gathered.dtype == torch.float32
+    torch.testing.assert_close(stacked, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dense, gathered, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dense, torch.einsum("nld,l->nd", table.float(), w[0]), rtol=1e-6, atol=1e-6)

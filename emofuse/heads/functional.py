@@ -126,12 +126,14 @@ class _GatheredLayerSum(torch.autograd.Function):
 
 def weight_layers(rows: torch.Tensor | GatheredRows, weights: torch.Tensor) -> torch.Tensor:
     """Eq. 1 without its LayerNorm: rows (N, L, D) (a tensor or ``GatheredRows``), weights (L,)
-    positive, summing to 1 → (N, D) = Σ_l w_l rows[:, l], in float32 (rows may be float16)."""
+    positive, summing to 1 → (N, D) = Σ_l w_l rows[:, l], in float32 (rows may be float16), under
+    bfloat16 autocast (``--bf16``) too: the sum is bound by reading the rows, not by arithmetic."""
     if rows.shape[1] != weights.shape[0]:
         raise ValueError(f"rows have {rows.shape[1]} layers but there are {weights.shape[0]} layer weights")
-    if isinstance(rows, GatheredRows):
+    if isinstance(rows, GatheredRows):   # float32 under autocast: matmul(out=…) is not autocast
         return _GatheredLayerSum.apply(weights, rows)
-    return torch.einsum("nld,l->nd", rows.to(weights.dtype), weights)
+    with torch.autocast(weights.device.type, enabled=False):
+        return torch.einsum("nld,l->nd", rows.to(weights.dtype), weights)
 
 
 def key_padding(mask: torch.Tensor) -> torch.Tensor:

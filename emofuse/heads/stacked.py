@@ -137,16 +137,19 @@ STACK_CHUNK_BYTES = 512 << 20
 class _AllRunsLayerSum(torch.autograd.Function):
     """Eq. 1's weighted sum for every run's rows at once, read from the one held table:
     out[n] = Σ_l w[run[n], l] · x[n, l], x = table[index] (standardised per row when a normaliser
-    is given), never materialised whole; the backward pass reads the rows again."""
+    is given), never materialised whole; the backward pass reads the rows again. In float32
+    under ``--bf16`` too, as the lone head's sum (``weight_layers``): it is bound by reading the
+    rows, not by arithmetic, and a run's Eq. 1 then rounds alike stacked or alone."""
 
     @staticmethod
     def forward(ctx, w, table, index, run, mean, std, group):
         n, (L, D) = len(index), table.shape[1:]
         step = max(1, STACK_CHUNK_BYTES // (4 * L * D))
         out = torch.empty((n, D), dtype=w.dtype, device=w.device)
-        for a in range(0, n, step):
-            x = _rows(table, index, mean, std, group, a, a + step)
-            out[a:a + step] = torch.bmm(w.index_select(0, run[a:a + step]).unsqueeze(1), x).squeeze(1)
+        with torch.autocast(w.device.type, enabled=False):
+            for a in range(0, n, step):
+                x = _rows(table, index, mean, std, group, a, a + step)
+                out[a:a + step] = torch.bmm(w.index_select(0, run[a:a + step]).unsqueeze(1), x).squeeze(1)
         ctx.save_for_backward(table, index, run, mean, std, group)
         ctx.shape = w.shape
         return out
