@@ -454,3 +454,131 @@ def test_table_names_are_unique_file_names(tmp_path, second, match):
                     f"  - name: '{second}'\n    rows:\n      - {{label: Y, fusion: none, granularity: T}}\n")
     with pytest.raises(EmofuseError, match=match):
         load_spec(str(spec))
+
+
+def _end_abruptly(*args, **kwargs):
+    """A ``--jobs`` worker killed from outside (the OOM killer, kill -9): it ends without a word."""
+    os._exit(9)
+
+
+def test_a_worker_killed_from_outside_gets_one_sentence(store, tmp_path, monkeypatch):
+    """Before: a raw traceback ending in BrokenProcessPool, no hint that a re-run resumes."""
+    import emofuse.pipelines.ablate as ablate_mod
+    monkeypatch.setattr(ablate_mod, "_train_worker", _end_abruptly)   # the spawned workers import it by name
+    spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
+                          '{label: "Text", fusion: none, granularity: T}')
+    with pytest.raises(EmofuseError, match=r"a worker process of ablate --jobs 2 ended without a word \(killed from "
+                                           r"outside, or out of memory\?\) after 0 of 2 configurations; the finished "
+                                           r"runs are kept: run the same command again"):
+        run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu", jobs=2))
+
+
+def test_cluster_settings_without_submitit_and_a_missing_slurm_are_refused(store, tmp_path, monkeypatch):
+    """Before: --cluster and --cluster-option without --executor submitit were ignored (the grid
+    trained here); --cluster slurm without Slurm was submitit's traceback; on Slurm without a
+    time limit every job ended after submitit's default 5 minutes."""
+    submitit = pytest.importorskip("submitit")   # a test extra (setup.cfg), installed by CI
+    spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}')
+    for kw, given in (({"cluster": "local"}, "--cluster"),
+                      ({"cluster_options": ("timeout_min=5",)}, "--cluster-option")):
+        with pytest.raises(EmofuseError, match=f"^{given} is for --executor submitit, which was not given"):
+            AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), **kw)
+
+    class NoSlurm:
+        def __init__(self, folder, cluster=None):
+            raise RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?')
+    monkeypatch.setattr(submitit, "AutoExecutor", NoSlurm)
+    cfg = AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), executor="submitit", cluster="slurm")
+    with pytest.raises(EmofuseError, match=r"--cluster slurm: submitit could not start that cluster here \(Could not "
+                                           r"detect \"srun\""):
+        run_ablate(cfg)
+
+    class Slurm:
+        cluster = "slurm"
+
+        def __init__(self, folder, cluster=None):
+            pass
+    monkeypatch.setattr(submitit, "AutoExecutor", Slurm)
+    with pytest.raises(EmofuseError, match=r"ablate on Slurm needs each job's time limit: --cluster-option "
+                                           r"timeout_min=MINUTES \(submitit's default, 5 minutes"):
+        run_ablate(cfg)
+    assert not (tmp_path / "g" / "runs").exists() or not os.listdir(tmp_path / "g" / "runs")   # nothing trained
+
+
+def test_why_a_cluster_job_failed_is_said_in_a_few_words():
+    """Before: the last line of submitit's exception, a log path, or the job's last progress line
+    (for a job killed from outside), read as if it were the error."""
+    from emofuse.pipelines.ablate import _job_failure
+    trace = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
+             "last):\n  File \"x.py\", line 3, in f\nKeyError: 'frames'\n\n----------------------\nYou can check full "
+             "logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /o/1_0_log.err\n  - /o/1_0_log.out")
+    assert _job_failure(RuntimeError(trace), {}) == "KeyError: 'frames'"
+    timed = trace.replace("KeyError: 'frames'", "submitit.core.utils.UncompletedJobError: timed-out and not "
+                                                "checkpointable")
+    assert _job_failure(RuntimeError(timed), {"timeout_min": 30}) == (
+        "its time limit ran out (30 minutes: raise --cluster-option timeout_min, or split the grid)")
+    killed = ("Job 16962 (task: 0) with path /o/16962_0_result.pkl\nhas not produced any output (state: FAILED)\n"
+              "No error stream produced. Look at stdout: /o/x.out\n----\ntrain-head none F, linear head: 80 utterances")
+    assert _job_failure(RuntimeError(killed), {}) == (
+        "it ended without a result (state FAILED): killed from outside, or out of memory?")
+
+
+def test_a_cluster_job_stopped_by_a_users_error_names_its_row_and_says_why(store, tmp_path, monkeypatch):
+    """Before: the message was a log path; the sentence (here: the row's folder is in use) was only
+    in the job's log, and the job was named by number only. Local jobs now get a time limit of
+    their own (submitit's 2 minutes ended every real row)."""
+    submitit = pytest.importorskip("submitit")   # a test extra (setup.cfg), installed by CI
+    from emofuse.pipelines.ablate import LOCAL_TIMEOUT_MIN, _plan
+    from emofuse.pipelines.rundir import run_lock
+    given = []
+    real = submitit.AutoExecutor.update_parameters
+    monkeypatch.setattr(submitit.AutoExecutor, "update_parameters",
+                        lambda self, **kw: (given.append(kw), real(self, **kw))[1])
+    spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
+                          '{label: "Text", fusion: none, granularity: T}')
+    cfg = AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu", executor="submitit",
+                       cluster="local")
+    _, key_of = _plan(cfg, load_spec(str(spec)))
+    busy = tmp_path / "g" / "runs" / key_of["Text"]
+    with run_lock(str(busy), "train-head"):   # another process trains that row now
+        with pytest.raises(EmofuseError, match=r"1 cluster job\(s\) failed: job \S+, row Text: \S+ is in use: "
+                                               r".*Run the same ablate again to resume"):
+            run_ablate(cfg)
+    assert given[0]["timeout_min"] == LOCAL_TIMEOUT_MIN
+    assert (tmp_path / "g" / "runs" / key_of["Frame"] / "summary.json").exists()   # the other job's row is kept
+
+
+def test_a_local_cluster_job_ends_with_the_ablate_that_sent_it(tmp_path):
+    """Before: a SIGKILLed ablate left its --cluster local jobs training as orphans (submitit's
+    controller outlives its parent), and the next ablate's jobs failed on their run locks."""
+    import subprocess
+    import sys
+    import time
+    from emofuse.pipelines.ablate import _start_time
+    ablate = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = _start_time(ablate.pid)   # taken by ablate itself, as _submit does
+    job = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from emofuse.pipelines.ablate import _die_with_process
+_die_with_process({ablate.pid}, {started!r})
+print("watching", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline() == "watching\n"
+    time.sleep(1)
+    assert job.poll() is None   # it trains while ablate lives
+    ablate.kill()   # not reaped yet: a zombie, which os.kill(pid, 0) still finds
+    assert job.wait(timeout=30) == 1
+    ablate.wait()
+
+
+def test_a_table_renamed_or_removed_leaves_no_files_behind(store, tmp_path):
+    """Before: renaming table a to b kept tables/a.md|.tex|.csv with the superseded numbers, so a
+    paper's \\input{tables/a.tex} went on showing them."""
+    spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}')
+    cfg = AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu")
+    run_ablate(cfg)
+    (tmp_path / "g" / "tables" / "notes.md").write_text("mine")   # a file of the user's own is left alone
+    spec.write_text(spec.read_text().replace("name: a\n", "name: b\n"))
+    run_ablate(cfg)   # the runs are reused: nothing trains
+    assert sorted(os.listdir(tmp_path / "g" / "tables")) == ["b.csv", "b.md", "b.tex", "notes.md"]

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 
@@ -97,6 +98,10 @@ class AblateConfig:
         if bad:
             raise EmofuseError(f"--cluster-option takes KEY=VALUE (e.g. timeout_min=120, slurm_partition=gpu), "
                                f"found {bad[0]!r}")
+        if self.executor != "submitit" and (self.cluster or self.cluster_options):
+            given = "--cluster" if self.cluster else "--cluster-option"
+            raise EmofuseError(f"{given} is for --executor submitit, which was not given (the grid would train on "
+                               "this machine and ignore it): add --executor submitit, or leave it out")
 
 
 #: the keys a spec file and each of its tables may have (rows are checked against their configs)
@@ -258,11 +263,57 @@ def _unless_diverged(train) -> str | None:
     return None
 
 
-def _train_rows(cfgs: list, threads: int | None = None) -> list[str | None]:
+def _train_rows(cfgs: list, threads: int | None = None, ablate: tuple[int, str | None] | None = None) -> dict:
     """One cluster job: configurations that read the same streams, trained one after the other
     with their data read once. Its messages go to the job's own log (submitit's folder). Returns
-    per configuration why it diverged, or None."""
-    return [_train_worker(c, threads, logging.INFO) for c in cfgs]
+    {"why": per configuration trained why it diverged, or None; "error": (run folder, sentence)
+    of a row that stopped the job with a user's error, or None}: the sentence reaches ablate
+    whole, not as the last line of submitit's trace. ``ablate`` (pid, start time) for local jobs:
+    the job ends when that process is gone, as ``--jobs`` workers do."""
+    if ablate is not None:
+        _die_with_process(*ablate)
+    why: list[str | None] = []
+    for c in cfgs:
+        try:
+            why.append(_train_worker(c, threads, logging.INFO))
+        except EmofuseError as e:
+            log.error(str(e))
+            return {"why": why, "error": (c.out, str(e))}
+    return {"why": why, "error": None}
+
+
+def _start_time(pid: int) -> str | None:
+    """A live process's start time (Linux: /proc/PID/stat field 22), telling it from a later
+    process given the same pid; None where it is gone, a zombie, or this cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, *rest = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return None
+    return None if state == "Z" or len(rest) < 19 else rest[18]
+
+
+def _die_with_process(pid: int, started: str | None) -> None:
+    """End this process when process ``pid`` (started at ``started``) is gone: a local cluster
+    job's controller outlives the ablate that sent it, so the job watches ablate itself."""
+    import threading
+    import time
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return started is not None and _start_time(pid) != started   # a zombie, or another process now
+
+    def watch():
+        while not gone():
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="emofuse-ablate-watch", daemon=True).start()
 
 
 def _worker_level() -> int | None:
@@ -325,9 +376,15 @@ def _place_rows(cfg: AblateConfig, pending: list) -> list[list]:
     return list(groups.values())
 
 
-def _submit(cfg: AblateConfig, groups: list[list]) -> dict[str, str | None]:
+#: a local cluster job's time limit when none is given: submitit's own (2 minutes) ends any real row
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60
+
+
+def _submit(cfg: AblateConfig, groups: list[list], label_of: dict[str, str]) -> dict[str, str | None]:
     """Send each group of rows as one job through submitit; wait for them all. Returns each run
-    folder → why it diverged (None: it finished)."""
+    folder → why it diverged (None: it finished). A job that failed is named by its rows' labels
+    (``label_of``: run key → label) with its cause: the user's error sentence, a time limit, or
+    the end of a job killed from outside."""
     try:
         import submitit
     except ImportError:
@@ -336,27 +393,61 @@ def _submit(cfg: AblateConfig, groups: list[list]) -> dict[str, str | None]:
     for o in cfg.cluster_options:
         k, _, v = o.partition("=")
         params[k.strip()] = yaml.safe_load(v)
-    ex = submitit.AutoExecutor(folder=os.path.join(cfg.out, "submitit", "%j"), cluster=cfg.cluster)
+    try:
+        ex = submitit.AutoExecutor(folder=os.path.join(cfg.out, "submitit", "%j"), cluster=cfg.cluster)
+    except RuntimeError as e:   # e.g. --cluster slurm where there is no srun
+        raise EmofuseError(f"--cluster {cfg.cluster or 'auto'}: submitit could not start that cluster here "
+                           f"({e})") from None
+    if not {"timeout_min", "slurm_time"} & set(params):
+        if ex.cluster == "slurm":
+            raise EmofuseError("ablate on Slurm needs each job's time limit: --cluster-option timeout_min=MINUTES "
+                               "(submitit's default, 5 minutes, would end every job before its rows finish; a job "
+                               "trains the rows that share data, one after the other)")
+        params["timeout_min"] = LOCAL_TIMEOUT_MIN   # local processes: submitit's 2 minutes would end every job
     try:
         ex.update_parameters(name="emofuse-ablate", **params)
     except Exception as e:   # submitit names the unknown parameter and the allowed ones
         raise EmofuseError(f"--cluster-option: {e}") from None
-    jobs = [ex.submit(_train_rows, g) for g in groups]
+    me = (os.getpid(), _start_time(os.getpid())) if ex.cluster == "local" else None
+    jobs = [ex.submit(_train_rows, g, None, me) for g in groups]
+    rows = lambda g: ", ".join(label_of.get(os.path.basename(c.out), os.path.basename(c.out)) for c in g)  # noqa: E731
     for job, g in zip(jobs, groups):
-        log.info(f"  job {job.job_id}: {len(g)} configurations ({', '.join(os.path.basename(c.out) for c in g)})")
+        log.info(f"  job {job.job_id}: {len(g)} configurations ({rows(g)})")
     failed, why_of = [], {}
     for job, g in zip(jobs, groups):
         try:
-            why = job.result()
-            log.info(f"  job {job.job_id} finished")
+            got = job.result()
         except Exception as e:
-            failed.append(f"job {job.job_id} ({len(g)} configurations): {str(e).strip().splitlines()[-1]}")
+            failed.append(f"job {job.job_id} ({rows(g)}): {_job_failure(e, params)}")
             continue
-        why_of.update(zip((c.out for c in g), why))
+        why_of.update(zip((c.out for c in g), got["why"]))
+        if got["error"]:
+            out, sentence = got["error"]
+            failed.append(f"job {job.job_id}, row {label_of.get(os.path.basename(out), out)}: {sentence}")
+        else:
+            log.info(f"  job {job.job_id} finished")
     if failed:
-        raise EmofuseError(f"{len(failed)} cluster jobs failed; their logs are in {cfg.out}/submitit: "
-                           + "; ".join(failed) + ". Run the same ablate again to resume (finished runs are kept)")
+        raise EmofuseError(f"{len(failed)} cluster job(s) failed: " + "; ".join(failed) + f" (logs: {cfg.out}/"
+                           "submitit). Run the same ablate again to resume (finished runs are kept)")
     return why_of
+
+
+def _job_failure(e: Exception, params: dict) -> str:
+    """Why a cluster job ended without a result, in a few words: its time limit, the last line of
+    the job's trace (an error of emofuse's own code), or how it ended when it left no result."""
+    import re
+    text = str(e)
+    if "timed-out" in text:
+        limit = params.get("timeout_min", params.get("slurm_time"))
+        return (f"its time limit ran out ({limit} minutes: raise --cluster-option timeout_min, or split the grid)"
+                if limit is not None else "its time limit ran out (raise --cluster-option timeout_min)")
+    if "failed during processing with trace:" in text:
+        trace = text.split("-" * 22 + "\n")[1]
+        return [line for line in trace.splitlines() if line.strip()][-1].strip()
+    state = re.search(r"has not produced any output \(state: ([^)]*)\)", text)
+    if state:
+        return f"it ended without a result (state {state.group(1)}): killed from outside, or out of memory?"
+    return text.strip().splitlines()[0]
 
 
 def run_ablate(cfg: AblateConfig) -> dict[str, pd.DataFrame]:
@@ -445,15 +536,19 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
     log.info(f"ablate {spec.get('name', cfg.spec)}: {len(train_cfgs)} configurations, {n_finished} "
              f"already finished, {len(pending) + len(tuned)} to run"
              + (f" ({len(tuned)} fine-tuned)" if tuned else "")
-             + (f", frozen rows on {cfg.jobs} processes" if cfg.jobs > 1 and pending else ""))
+             + (f", frozen rows on {cfg.jobs} processes" if cfg.jobs > 1 and pending and cfg.executor == "local"
+                else ""))
     groups = _place_rows(cfg, pending) if pending else []
     pending = [c for g in groups for c in g]   # rows reading the same data follow each other
     said: set = set()   # a test session lacking a class is said once, not once per row
     # A row that diverged (its learning rate, not the input) does not stop the grid: the other rows
     # train, and the grid ends without tables, naming it. Any other error stops the grid at once.
     why_of: dict[str, str | None] = {}   # run folder → why it diverged (None: it finished)
+    labels: dict[str, str] = {}   # run key → its first label in the spec, for progress lines
+    for label, key in key_of.items():
+        labels.setdefault(key, label)
     if cfg.executor == "submitit" and pending:
-        why_of.update(_submit(cfg, groups))
+        why_of.update(_submit(cfg, groups, labels))
     elif cfg.jobs > 1 and len(pending) > 1:
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         import multiprocessing as mp
@@ -464,16 +559,20 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
                 for k, fut in enumerate(as_completed(futures)):
                     out = futures[fut].out
                     why = why_of[out] = fut.result()
-                    log.info(f"  [{k + 1}/{len(pending)}] {out} " + ("diverged" if why else "finished"))
-            except BaseException:  # interrupted or a worker failed: stop the others now, not after their runs
+                    log.info(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(out)]} "
+                             + ("diverged" if why else "finished"))
+            except BaseException as e:  # interrupted or a worker failed: stop the others now, not after their runs
                 for proc in list(getattr(pool, "_processes", {}).values()):
                     proc.terminate()
                 pool.shutdown(wait=False, cancel_futures=True)
+                if isinstance(e, BrokenProcessPool):   # a worker killed from outside: the OOM killer, kill -9
+                    done = sum(1 for c in pending if c.out in why_of)
+                    raise EmofuseError(f"a worker process of ablate --jobs {cfg.jobs} ended without a word (killed "
+                                       f"from outside, or out of memory?) after {done} of {len(pending)} "
+                                       "configurations; the finished runs are kept: run the same command again "
+                                       "(with fewer --jobs if memory ran out)") from None
                 raise
     else:
-        labels = {}
-        for label, key in key_of.items():
-            labels.setdefault(key, label)
         cache: dict = {}   # rows held for the next configuration that reads the same streams
         for k, c in enumerate(pending):
             log.info(f"  [{k + 1}/{len(pending)}] {labels[os.path.basename(c.out)]}: {describe_config(c)} → {c.out}")
@@ -716,15 +815,30 @@ def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str)
         f.write("\n".join(lines) + "\n")
 
 
+def _earlier_tables(out: str) -> set[str]:
+    """The names of the tables the grid's last ``ablate`` wrote (its ``ablate.json``), if any."""
+    try:
+        with open(os.path.join(out, "ablate.json")) as f:
+            names = {str(t["name"]) for t in json.load(f)["spec"]["tables"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {n for n in names if n and not n.startswith(".") and "/" not in n and "\\" not in n}
+
+
 def _write_tables(spec: dict, results: dict[str, pd.DataFrame], out: str) -> None:
     tdir = os.path.join(out, "tables")
     os.makedirs(tdir, exist_ok=True)
     md = []
+    # no files for a table renamed or removed since the last grid, nor for one none of whose rows
+    # ran (fine-tuned rows without --finetune): an earlier grid's would pass for this one's (a
+    # paper's \input{tables/old.tex} kept superseded numbers)
+    names = {str(t["name"]) for t in spec["tables"]}
+    for name in (_earlier_tables(out) - names) | (names - set(results)):
+        for ext in ("md", "tex", "csv"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(tdir, f"{name}.{ext}"))
     for t in spec["tables"]:
-        if t["name"] not in results:   # no row of it ran (fine-tuned rows without --finetune):
-            for ext in ("md", "tex", "csv"):   # an earlier grid's files of it would pass for this one's
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(tdir, f"{t['name']}.{ext}"))
+        if t["name"] not in results:
             continue
         df, title = results[t["name"]], t.get("title", t["name"])
         text = tables.to_markdown(df, title)
