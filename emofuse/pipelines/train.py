@@ -386,15 +386,16 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
         with progress_bar(total=len(plan), unit="run", desc="train-head") as bar:
             if done:
                 bar.update(len(done))
-            def finish(job: Job, model, history: list, best_epoch: int) -> None:
+            def finish(job: Job, model, history: list, best_epoch: int, stacked: int = 1) -> None:
                 if job.key in done:   # trained again beside its group: the saved run stays as it is
                     return
-                done[job.key] = _finish_run(cfg, data, job, model, history, best_epoch, device, timer)
+                done[job.key] = _finish_run(cfg, data, job, model, history, best_epoch, device, timer, stacked)
                 bar.update(1)
 
             for group in groups:
                 try:
-                    train_stacked(cfg, data, [job_of(*k) for k in group], device, timer, finish,
+                    train_stacked(cfg, data, [job_of(*k) for k in group], device, timer,
+                                  lambda *a, n=len(group): finish(*a, stacked=n),
                                   lambda s, n=len(group): bar.set_postfix_str(f"{n} runs stacked, {s}"))
                 except torch.OutOfMemoryError:
                     raise EmofuseError(
@@ -454,14 +455,18 @@ def runs_at_once(cfg: TrainConfig, device: torch.device, n_runs: int) -> int:
 
 
 def _finish_run(cfg: TrainConfig, data: TrainData, job, model, history: list, best_epoch: int, device,
-                timer: Timer) -> tuple[dict, pd.DataFrame]:
-    """Test a trained run on its held-out session and write its directory; (metrics, predictions)."""
+                timer: Timer, stacked: int = 1) -> tuple[dict, pd.DataFrame]:
+    """Test a trained run on its held-out session and write its directory; (metrics, predictions).
+    ``stacked``: how many runs trained in its pass (1: alone), recorded as ``runs_at_once``: under
+    --bf16 a run's numbers depend on its companions to bfloat16 rounding, and a resumed
+    configuration may mix groups."""
     r, session = job.key
     seed = cfg.seed + r
     te = np.flatnonzero(data.sessions == session)
     logits = _predict(model, data, te, device, job.norm, timer, bf16=cfg.bf16)
     m, p = fold_outcome(cfg.out, data, te, logits, r, seed, session, best_epoch, history, device, bf16=cfg.bf16,
-                        n_train=len(job.train), n_val=len(job.val), layer_weights=model.layer_weights(),
+                        n_train=len(job.train), n_val=len(job.val), runs_at_once=stacked,
+                        layer_weights=model.layer_weights(),
                         layer_ids={k: [int(l) for l in v] for k, v in data.layers.items()})
     save_fold(fold_dir(cfg.out, r, session), model, m, p,
               {"layer_ids": json.dumps(data.layers), "fusion": cfg.fusion, "head": cfg.head,
