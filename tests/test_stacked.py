@@ -128,7 +128,8 @@ def test_runs_that_stop_at_different_epochs_leave_the_stack_and_the_rest_go_on(s
     for a, b in zip(stacked["runs"], alone["runs"]):
         assert abs(a["ua"] - b["ua"]) < 1e-9
     # each fold records how many runs shared its pass (a resumed configuration may mix them)
-    assert [r["runs_at_once"] for r in stacked["runs"]] == [6] * 6 and [r["runs_at_once"] for r in alone["runs"]] == [1] * 6
+    assert [r["runs_at_once"] for r in stacked["runs"]] == [6] * 6
+    assert [r["runs_at_once"] for r in alone["runs"]] == [1] * 6
 
 
 def test_a_run_does_not_depend_on_its_companions(store, tmp_path):
