@@ -211,11 +211,9 @@ def run_key(identity: dict, fingerprints: dict) -> str:
 def _die_with_parent(parent: int) -> None:
     """Worker initializer: end this worker when the ablate process that started it is gone
     (killed, even by SIGKILL), instead of training on as an orphan. Linux: the kernel sends
-    SIGKILL at once (PR_SET_PDEATHSIG); everywhere: a thread notices the new parent pid."""
+    SIGKILL at once (PR_SET_PDEATHSIG); everywhere: a thread notices the parent is gone."""
     import signal
     import sys
-    import threading
-    import time
 
     if sys.platform.startswith("linux"):
         try:
@@ -225,14 +223,7 @@ def _die_with_parent(parent: int) -> None:
             pass
     if os.getppid() != parent:  # the parent died before the above took effect
         os._exit(1)
-
-    def watch():
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="emofuse-parent-watch", daemon=True).start()
+    _die_with_process(parent, _start_time(parent))
 
 
 _WORKER_CACHE: dict = {}   # rows held by a worker process for the next configuration that reads them
