@@ -3,6 +3,7 @@ reproducibility, reuse, score combination, bad input."""
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -329,3 +330,23 @@ def test_a_diverged_run_kept_before_is_trained_again_and_refused_in_tables(tmp_p
     assert "a run that diverged (logits that are not numbers), kept before emofuse refused such runs; it is trained " \
            "again" in caplog.text
     assert not read_predictions(pred)["logit_ang"].isna().any()
+
+
+def test_speaker_norm_refuses_utterances_without_a_speaker(planted, monkeypatch, tmp_path):
+    """Before: a corpus with blank speaker cells (a manifest whose speaker column is empty) made
+    one 'speaker' of every such utterance across all sessions, so --norm speaker standardised the
+    training rows with statistics of the test session, without a word (found by an audit)."""
+    import emofuse.pipelines.train as train_mod
+    path, _ = planted
+    real = train_mod.load_train_data
+
+    def blank_some(*a, **kw):
+        data = real(*a, **kw)
+        speakers = data.speakers.copy()
+        speakers[[0, 5]] = ["", "nan"]
+        return replace(data, speakers=speakers)
+    monkeypatch.setattr(train_mod, "load_train_data", blank_some)
+    with pytest.raises(EmofuseError, match=r"--norm speaker: 2 of \d+ utterances have no speaker \(ids \S+, \S+\); "
+                                           r"together they would be one 'speaker' across every session"):
+        run_train(quick(path, tmp_path / "r", norm="speaker", epochs=1, folds=("1",)))
+    run_train(quick(path, tmp_path / "g", norm="global", epochs=1, folds=("1",)))   # global never reads speakers

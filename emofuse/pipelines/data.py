@@ -255,6 +255,14 @@ def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray,
         return None
     if kind not in ("global", "speaker"):
         raise EmofuseError(f"--norm must be none, global or speaker, found {kind!r}")
+    if kind == "speaker":
+        blank = np.flatnonzero(np.isin(np.char.strip(data.speakers.astype(str)), ("", "nan", "None")))
+        if len(blank):
+            ids = ", ".join(map(str, data.ids[blank[:5]])) + (" …" if len(blank) > 5 else "")
+            raise EmofuseError(f"--norm speaker: {len(blank)} of {len(data.ids)} utterances have no speaker (ids "
+                               f"{ids}); together they would be one 'speaker' across every session, the test "
+                               "session included, standardised by statistics of the test data: give every "
+                               "utterance its speaker in the corpus and extract again, or use --norm global")
     out = {}
     for k, src in data.sources.items():
         if keys is not None and k not in keys:
