@@ -650,7 +650,7 @@ def _key_of_recorded(config: dict) -> str | None:
     """The key a run folder's recorded ``config.json`` gives (a score combination: from the run
     folders it combined, named by their keys, which are checked in their turn, combinations of
     combinations too); None for another kind of file."""
-    if not isinstance(config, dict) or config.get("type") not in ("emofuse.train-head", "emofuse.finetune"):
+    if not isinstance(config, dict) or config.get("type") != "emofuse.train-head":   # finetune writes it too
         return None
     identity, fps = config.get("identity"), config.get("fingerprints")
     if not isinstance(identity, dict) or not isinstance(fps, dict):
