@@ -138,6 +138,13 @@ def test_a_store_from_the_recipe_before_is_extended_predicted_and_evaluated(mode
     extract(other_corpus.root, other_eps, models["group"][1], "bert-eps")
     with pytest.raises(EmofuseError, match="cross-corpus evaluation needs the same encoders"):
         run_evaluate(run, str(other_eps), str(tmp_path / "ev2"))
+    # before: only the compute dtype differed, and the advice was the --audio-model already used
+    other_bf16 = tmp_path / "o-bf16.h5"
+    extract(other_corpus.root, other_bf16, models["group"][1], "none", dtype="bfloat16")
+    with pytest.raises(EmofuseError, match=r"compute_dtype: 'bfloat16' there, 'float32' for the model\]: "
+                                           r"cross-corpus evaluation needs .*; extract \S+ with --audio-model \S+ "
+                                           r"--dtype float32$"):
+        run_evaluate(run, str(other_bf16), str(tmp_path / "ev3"))
 
 
 def test_same_encoder_rebuilds_the_recipe_before_only_from_what_is_recorded(models, tmp_path, monkeypatch):

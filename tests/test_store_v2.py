@@ -403,6 +403,22 @@ def test_a_refused_encoder_names_the_file_each_encoder_is_in(tmp_path):
                             "stream or write a new store")
 
 
+def test_a_stream_extracted_with_other_options_names_the_flags_that_give_its_own(tmp_path):
+    """Before: the README's GPU extraction (--dtype bfloat16) then its reproduction command (the
+    default float32) into one store was refused with 'name another stream or write a new store',
+    never saying that --dtype bfloat16 extends the stream (found by a README walk-through)."""
+    table = make_table(4)
+    with StoreWriter(tmp_path / "s.h5", table) as w:
+        w.add_stream("audio", {"fingerprint": "fp-a", "encoder_id": "w2v", "compute_dtype": "bfloat16",
+                               "layers": [0, 6, 12]})
+        w.commit("audio", {"frames": {i: {"data": frames_of(i)} for i in list(table["id"])[:2]}})
+        w.finalize()
+    with StoreWriter(tmp_path / "s.h5", table) as w, pytest.raises(StoreError) as e:
+        w.add_stream("audio", {"fingerprint": "fp-b", "encoder_id": "w2v", "compute_dtype": "float32"})
+    assert str(e.value).endswith(": extract with the stream's own --dtype bfloat16, --layers 0,6,12, name another "
+                                 "stream or write a new store"), str(e.value)
+
+
 def test_a_text_stream_windowed_otherwise_is_refused_like_another_encoder(tmp_path):
     """Before: a tokenizer whose model_max_length changed (its hash does not cover it) kept the
     stream's fingerprint, and a resumed or extended extraction added utterances windowed at the new

@@ -40,7 +40,8 @@ from .. import __version__
 from ..corpora.manifest import OVERLAP_S
 from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
-from ..store import FeatureStore, nonfinite, same_encoder, shaping_differs, stream_fingerprint
+from ..store import (FeatureStore, flags_of, info_differences, nonfinite, same_encoder, shaping_differs,
+                     stream_fingerprint)
 from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
 from .extract.stream import not_finite
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of, without_segments
@@ -736,12 +737,19 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                                    f"{want.get('encoder_id')}); extract it with the same encoder first")
             got = fs.stream_info(s["stream"])
             if not same_encoder(want, got):   # either may be fingerprinted by the recipe before
+                differ = info_differences(got, want)
+                side = "text" if k == "T" else "audio"
+                flags = " ".join(x for x in (
+                    f"--{side}-model {(want.get('extract_config') or {}).get(side + '_model') or want.get('encoder_id')}",
+                    flags_of(want, differ, sep=" ")) if x)
                 raise EmofuseError(
                     f"{store}'s stream {s['stream']!r} was extracted by {got.get('encoder_id')} (fingerprint "
                     f"{str(got.get('fingerprint'))[:12]}), the model's by {want.get('encoder_id')} (fingerprint "
-                    f"{want['fingerprint'][:12]}): cross-corpus evaluation needs the same encoders, dtypes and "
-                    f"preprocessing; extract {store} with --{'text' if k == 'T' else 'audio'}-model "
-                    f"{(want.get('extract_config') or {}).get('text_model' if k == 'T' else 'audio_model') or want.get('encoder_id')}")
+                    f"{want['fingerprint'][:12]})"
+                    + (" [" + "; ".join(f"{d}: {got.get(d)!r} there, {want.get(d)!r} for the model" for d in differ[:4])
+                       + "]" if differ else "")
+                    + f": cross-corpus evaluation needs the same encoders, dtypes and preprocessing; extract {store} "
+                    f"with {flags}")
         c = model.spec["config"]
         ids_of = lambda side: next((",".join(map(str, s["layer_ids"])) for k, s in model.spec["streams"].items()  # noqa: E731
                                     if (k == "T") == (side == "text")), None)

@@ -51,6 +51,30 @@ IDENTITY_INFO = ("encoder_id", "weights_hash", "config_hash", "tokenizer_hash", 
                  "last_layer") + SHAPING_INFO
 
 
+#: extract-embeddings' flag of a stream info entry that is an option of the extraction
+FLAG_OF_INFO = {"compute_dtype": "--dtype", "store_dtype": "--store-dtype", "layers": "--layers"}
+
+
+def info_differences(known: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
+    """The entries two stream infos record differently: what identifies the encoder first (in
+    ``IDENTITY_INFO``'s order), descriptive ones after; fingerprints and provenance left out."""
+    return sorted((k for k in set(known) | set(info)
+                   if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint", "config",
+                                "entries", "granularities")   # the last two: what a reader counts
+                   and known.get(k) != info.get(k)),
+                  key=lambda k: (k not in IDENTITY_INFO, IDENTITY_INFO.index(k) if k in IDENTITY_INFO else 0, k))
+
+
+def flags_of(info: Mapping[str, Any], keys: list[str], sep: str = ", ") -> str:
+    """The extract-embeddings flags that give ``info``'s own value of those ``keys`` that are
+    options of the extraction: ``--dtype bfloat16, --layers 0,6,12`` (joined by ``sep``); "" for none."""
+    def value(v: Any) -> str:
+        if v is None:
+            return "all"   # no layer subset
+        return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return sep.join(f"{FLAG_OF_INFO[k]} {value(info.get(k))}" for k in keys if k in FLAG_OF_INFO)
+
+
 def shaping_differs(known: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
     """The ``SHAPING_INFO`` entries two stream infos both record with different values."""
     return [k for k in SHAPING_INFO if k in known and k in info and known[k] != info[k]]
@@ -188,11 +212,7 @@ class StoreWriter:
             self._stream_origin[name] = source
         elif not same_encoder(known, info) or shaping_differs(known, info):
             origin = self._stream_origin.get(name, self.path)
-            # what identifies the encoder first (the message names four), descriptive fields after
-            keys = sorted((k for k in set(known) | set(info)
-                           if k not in ("fingerprint", "extract_config", "notes", "corpus_fingerprint", "config")
-                           and known.get(k) != info.get(k)),
-                          key=lambda k: (k not in IDENTITY_INFO, IDENTITY_INFO.index(k) if k in IDENTITY_INFO else 0, k))
+            keys = info_differences(known, info)
             there = f"in {os.path.basename(origin)}" if origin else "in this run"
             here = f"in {os.path.basename(source)}" if source else "in this run"
             if there == here:
@@ -206,7 +226,9 @@ class StoreWriter:
                 f"stream {name!r}: {holds(origin, known)}"
             second = holds(source, info)
             if source is None:
-                advice = "name another stream or write a new store"
+                same = flags_of(known, keys)   # an option of the extraction differs: its flags give the stream's own
+                advice = (f"extract with the stream's own {same}, " if same else "") + \
+                    "name another stream or write a new store"
             else:
                 advice = "stores whose stream of one name holds different encoders cannot be merged (extract " \
                          "every shard with the same model and options)"
