@@ -207,6 +207,10 @@ def test_cross_corpus_evaluation(trained, tmp_path, tiny_models):
         run_combine([ev, trained["run"]], str(tmp_path / "cb"))
     with pytest.raises(EmofuseError, match=r"--label-map maps to \['frustrated'\], which are not classes"):
         run_evaluate(trained["run"], other, str(tmp_path / "ev5"), label_map="fru=frustrated")
+    # before: 'e.g. --label-map fru=ang', the model's first class, read as advice
+    with pytest.raises(EmofuseError, match=r"has labels \['fru'\] .*e\.g\. --label-map fru=CLASS, CLASS one of the "
+                                           r"model's$"):
+        run_evaluate(trained["run"], other, str(tmp_path / "ev5"))
     # an exported model evaluates the same
     exp = str(tmp_path / "model")
     export_run(trained["run"], exp)

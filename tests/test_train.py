@@ -350,3 +350,11 @@ def test_speaker_norm_refuses_utterances_without_a_speaker(planted, monkeypatch,
                                            r"together they would be one 'speaker' across every session"):
         run_train(quick(path, tmp_path / "r", norm="speaker", epochs=1, folds=("1",)))
     run_train(quick(path, tmp_path / "g", norm="global", epochs=1, folds=("1",)))   # global never reads speakers
+
+
+def test_fusion_none_with_two_streams_suggests_what_helps():
+    """Before: F+S with --fusion none suggested --no-text, which does not help (two speech streams)."""
+    with pytest.raises(EmofuseError, match=r"F\+S needs --fusion late \(or one granularity\)$"):
+        TrainConfig(store="s.h5", out="o", fusion="none", granularity="F+S").keys()
+    with pytest.raises(EmofuseError, match=r"F\+T needs --fusion late \(or --no-text\)$"):
+        TrainConfig(store="s.h5", out="o", fusion="none", granularity="F", text=True).keys()

@@ -115,7 +115,7 @@ class CoattentionFusion(Head):
             widths = {k: dims[k][1] for k in keys}
             if len(set(widths.values())) > 1:
                 raise ValueError(f"coattention averages its text and speech branches, so they need one width; "
-                                 f"found widths {widths}: project them with proj")
+                                 f"found widths {widths}: project them with --proj N")
             self.text_proj, self.speech_proj = None, None
         width = proj or dims[text][1]
 

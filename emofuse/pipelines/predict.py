@@ -780,9 +780,11 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         names = [str(x) for x in np.array(data.classes)[data.y]]
         unknown = sorted(set(names) - set(lm) - set(model.classes))
         if unknown:
+            # IEMOCAP's excited is merged into happy in the four-class protocol; otherwise no guess
+            example = (f"{unknown[0]}=hap" if unknown[0] == "exc" and "hap" in model.classes
+                       else f"{unknown[0]}=CLASS, CLASS one of the model's")
             raise EmofuseError(f"{store} has labels {unknown} that the model does not know (its classes: "
-                               f"{model.classes}); map them with --label-map, e.g. --label-map {unknown[0]}="
-                               f"{model.classes[0]}")
+                               f"{model.classes}); map them with --label-map, e.g. --label-map {example}")
         bad = sorted({v for v in lm.values() if v not in model.classes})
         if bad:
             raise EmofuseError(f"--label-map maps to {bad}, which are not classes of the model ({model.classes})")

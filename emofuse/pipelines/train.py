@@ -166,7 +166,8 @@ class TrainConfig:
             raise EmofuseError("--no-text contradicts T in --granularity")
         speech = [k for k in keys if k != "T"]
         if self.fusion == "none" and len(keys) != 1:
-            raise EmofuseError(f"--fusion none trains one stream; {'+'.join(keys)} needs --fusion late (or --no-text)")
+            one = " (or --no-text)" if "T" in keys and len(speech) == 1 else " (or one granularity)"
+            raise EmofuseError(f"--fusion none trains one stream; {'+'.join(keys)} needs --fusion late{one}")
         if self.fusion in ("coattention", "cma") and ("T" not in keys or not speech):
             raise EmofuseError(f"--fusion {self.fusion} needs text and at least one speech granularity, found {'+'.join(keys)}")
         if self.fusion == "cma" and len(speech) != 1:
