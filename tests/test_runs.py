@@ -65,6 +65,25 @@ def test_diff_names_the_values_that_differ(tree, capsys):
     assert "not a train-head run directory" in capsys.readouterr().err
 
 
+def test_head_options_are_listed_and_diffed_as_options(tree, tmp_path, capsys):
+    """Before: runs of --hidden 64 --scheduler plateau and of the defaults listed alike, and --diff
+    of a linear and a coattention head printed 'depth A: null' and an internal 'ff_mult'."""
+    store = str(tree.parent / "s.h5")
+    common = dict(store=store, repeats=1, epochs=1, patience=2, folds=("1",), device="cpu")
+    run_train(TrainConfig(out=str(tmp_path / "h64"), fusion="none", granularity="F", hidden=64, scheduler="plateau",
+                          **common))
+    run_train(TrainConfig(out=str(tmp_path / "co"), fusion="coattention", granularity="F", heads=2, depth=1,
+                          proj=8, **common))
+    by = {r["path"]: r["config"] for r in pr.find_runs(str(tmp_path))}
+    assert "hidden 64, scheduler plateau" in by["h64"]
+    assert "proj 8, heads 2, depth 1" in by["co"]   # coattention's defaults: proj 0, 8 heads, depth 3
+    assert "hidden" not in pr.config_summary(json.loads((tree / "a" / "config.json").read_text())["identity"])
+    assert main(["runs", "--diff", str(tmp_path / "h64"), str(tmp_path / "co")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert 'A: "(not an option of this head)"   B: 1' in lines["depth"]
+    assert 'A: "(not an option of this head)"   B: "4 x width"' in lines["ff"] and "ff_mult" not in lines
+
+
 def test_diff_of_two_combinations_names_a_later_member_s_store_content(tree, tmp_path, capsys):
     """Before: a combination recorded only its first member's fingerprints, so two combinations
     whose second members read different store content were "the same configuration and the same

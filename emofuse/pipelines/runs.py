@@ -61,8 +61,27 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
     for k, default in (("audio_stream", "audio"), ("text_stream", "text")):
         if identity.get(k) not in (None, default) and (k == "audio_stream" or "T" in (identity.get("keys") or [])):
             parts.append(f"{k.split('_')[0]} stream {identity[k]}")
+    parts += _head_departures(identity)
     parts += _protocol_departures(identity)
     return ", ".join(p for p in parts if p) + departure_names(identity.get)
+
+
+#: head options a listing names where a run's differ from its head's defaults (before, runs of
+#: --hidden 64 and --hidden 128 listed alike)
+HEAD_OPTIONS = ("hidden", "proj", "heads", "ff", "depth", "scheduler", "lr_factor", "lr_patience")
+
+
+def _head_departures(identity: dict) -> list[str]:
+    """``hidden 64``, ``scheduler plateau`` …: the head options of ``identity`` that are not its
+    head's defaults (heads/options.py), as the options are spelt."""
+    from .train import TrainConfig
+    try:
+        default = TrainConfig(store="", out="", fusion=identity["fusion"], head=identity.get("head") or "linear",
+                              granularity=identity["granularity"]).identity()
+    except (KeyError, TypeError, ValueError, EmofuseError):   # a damaged or foreign record: nothing to add
+        return []
+    return [f"{k.replace('_', ' ')} {identity[k]}" for k in HEAD_OPTIONS
+            if k in identity and identity[k] != default.get(k)]
 
 
 def _protocol_departures(identity: dict) -> list[str]:
@@ -74,6 +93,16 @@ def _protocol_departures(identity: dict) -> list[str]:
         if k in identity and k in PROTOCOL and identity[k] != PROTOCOL[k]:
             parts.append(f"{k.replace('_', ' ')} {identity[k]}")
     return parts
+
+
+def _shown(k: str, identity: dict):
+    """A resolved identity's value as ``--diff`` shows it: an attention head's default feed-forward
+    width as the multiple it is, a head option the head lacks (a linear head's depth) said so."""
+    if k == "ff" and identity.get("ff") is None and identity.get("ff_mult"):
+        return f"{identity['ff_mult']} x width"
+    if k in HEAD_OPTIONS and identity.get(k) is None:
+        return "(not an option of this head)"
+    return identity.get(k, "(unset)")
 
 
 def find_runs(root: str) -> list[dict]:
@@ -136,7 +165,8 @@ def diff_runs(a: str, b: str) -> str:
         if not isinstance(c, dict) or c.get("type") != "emofuse.train-head":
             raise EmofuseError(f"{p} is not a train-head run directory (no readable config.json of a train-head run)")
     ia, ib = ca.get("identity") or {}, cb.get("identity") or {}
-    rows = [(k, ia.get(k, "(unset)"), ib.get(k, "(unset)")) for k in sorted(set(ia) | set(ib)) if ia.get(k) != ib.get(k)]
+    rows = [(k, _shown(k, ia), _shown(k, ib)) for k in sorted(set(ia) | set(ib) - {"ff_mult"})
+            if _shown(k, ia) != _shown(k, ib)]
     fa, fb = ca.get("fingerprints") or {}, cb.get("fingerprints") or {}
     rows += [(f"store: {k}", fa.get(k, "(none)"), fb.get(k, "(none)")) for k in sorted(set(fa) | set(fb))
              if fa.get(k) != fb.get(k)]
