@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Callable, Sequence
 
@@ -434,17 +435,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .pipelines.demo import DemoConfig
     add_options(d, DemoConfig)
     i = sub.add_parser("info", help="describe a feature store")
-    i.add_argument("store")
+    i.add_argument("store", help="the store (STORE.h5)")
     st = sub.add_parser("store", help="maintain a feature store: upgrade a v1 store, compact one for shipping")
     st_sub = st.add_subparsers(dest="store_cmd", required=True)
     up = st_sub.add_parser("upgrade", help="turn a schema v1 store into v2 in place (no activation is copied)")
-    up.add_argument("store")
+    up.add_argument("store", help="the v1 store (STORE.h5)")
     cp = st_sub.add_parser("compact", help="rewrite a store into the fewest files (the index and one part)")
-    cp.add_argument("store")
+    cp.add_argument("store", help="the store (STORE.h5)")
     c = sub.add_parser("corpus", help="summarise a corpus as emofuse reads it")
-    c.add_argument("--corpus", choices=["iemocap", "manifest", "demo", "lhotse"], required=True)
-    c.add_argument("--root")
-    c.add_argument("--manifest")
+    from .corpora import KINDS
+    from .pipelines.extract.config import ExtractConfig
+    said = {f.name: f.metadata.get("help") for f in dataclasses.fields(ExtractConfig)}   # extract-embeddings' words
+    c.add_argument("--corpus", choices=KINDS, required=True, help=said["corpus"])
+    c.add_argument("--root", help=said["root"])
+    c.add_argument("--manifest", help=said["manifest"])
+    c.add_argument("--labels", help=said["labels"])
     _add_use_commands(sub)
     _add_runs_command(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -480,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return used
     if args.cmd == "corpus":
         from .pipelines.describe import describe_corpus
-        return _run(lambda: print(describe_corpus(args.corpus, root=args.root, manifest=args.manifest)))
+        return _run(lambda: print(describe_corpus(args.corpus, root=args.root, manifest=args.manifest,
+                                                  labels=args.labels)))
     return 2
 
 

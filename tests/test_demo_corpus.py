@@ -25,3 +25,13 @@ def test_script_lines_are_spoken_in_all_four_emotions():
     assert by_line and all(labels == {"ang", "hap", "neu", "sad"} for labels in by_line.values())
     impro_text = {u.transcript: u.label for u in utts if "_impro" in u.id}
     assert len(set(impro_text.values())) == 4  # wording carries emotion there
+
+
+def test_emofuse_corpus_summarises_with_the_labels_extraction_would_keep(capsys):
+    """Before: `emofuse corpus --labels six`, as the README suggests, was an unrecognised argument."""
+    from emofuse.cli import main
+    assert main(["corpus", "--corpus", "demo"]) == 0
+    four = capsys.readouterr().out
+    assert main(["corpus", "--corpus", "demo", "--labels", "six"]) == 0
+    six = capsys.readouterr().out
+    assert "exc" not in four.splitlines()[1] and "exc" in six.splitlines()[1]   # excited: merged into hap in four

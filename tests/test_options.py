@@ -73,7 +73,8 @@ def test_flags_and_forms_as_before():
         ["--out", "s", "--corpus", "demo", "--text-model", "none"]))
     assert e.text_model is None and e.audio_model == "facebook/wav2vec2-base"
     a = config_from_args(AblateConfig, cli.ablate_parser().parse_args(
-        ["--store", "s", "--spec", "demo", "--out", "g", "--cluster-option", "a=1", "--cluster-option", "b=2"]))
+        ["--store", "s", "--spec", "demo", "--out", "g", "--executor", "submitit", "--cluster-option", "a=1",
+         "--cluster-option", "b=2"]))
     assert a.cluster_options == ("a=1", "b=2")
     al = config_from_args(AlignConfig, cli.align_parser().parse_args(["--store", "s", "--granularities", "word"]))
     assert al.granularities == ("word",)

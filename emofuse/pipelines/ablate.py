@@ -50,7 +50,7 @@ BUNDLED = ("paper-multilevel", "paper-cma", "demo")
 
 @dataclass(frozen=True)
 class AblateConfig:
-    store: str = opt()
+    store: str = opt(help="the feature store every row trains on (STORE.h5)")
     spec: str = opt(help="paper-multilevel, paper-cma, demo, or a YAML file")
     out: str = opt(help="grid directory (runs/, tables/, tables.md)")
     jobs: int = opt(1, help="configurations trained in parallel processes, each on cores / N threads (CPU results "

@@ -27,8 +27,9 @@ def corpus_options(kind: str, root: str | None = None, manifest: str | None = No
     return {}
 
 
-def describe_corpus(kind: str, root: str | None = None, manifest: str | None = None) -> str:
-    utts = load_corpus(kind, **corpus_options(kind, root, manifest))
+def describe_corpus(kind: str, root: str | None = None, manifest: str | None = None, labels: str | None = None) -> str:
+    """Utterances per session and class as ``extract-embeddings`` would read them (``labels``: its --labels)."""
+    utts = load_corpus(kind, **corpus_options(kind, root, manifest), **({"labels": labels} if labels else {}))
     df = pd.DataFrame([{"session": u.session, "label": u.label} for u in utts])
     table = pd.crosstab(df["session"], df["label"], margins=True, margins_name="total")
     n_align = sum(1 for u in utts if u.alignments)
