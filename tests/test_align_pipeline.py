@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,10 @@ def test_align_iemocap_files(extracted, small_fake, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "24 utterances aligned" in r.stdout and "skipped 1: no forced alignment" in r.stdout
     truth = {u.id: u for u in small_fake.utterances}
+    # the skipped utterance is named (before: only `emofuse info` or fs.skipped() told which)
+    (unaligned,) = [u.id for u in small_fake.utterances if not u.has_alignment
+                    and u.code in ("ang", "hap", "exc", "neu", "sad")]
+    assert re.search(rf"skipped 1: no forced alignment.* \({unaligned}\)$", r.stdout, re.M), r.stdout
     with FeatureStore(store) as fs:
         info = fs.stream_info("audio")
         assert info["granularities"] == ["phone", "syllable", "word"]

@@ -2,6 +2,7 @@
 reproducibility, reuse, score combination, bad input."""
 
 import json
+import logging
 import os
 from dataclasses import replace
 
@@ -134,13 +135,15 @@ def test_normalisation_options_train(planted, tmp_path, norm):
     assert s["ua"]["mean"] >= 90.0
 
 
-def test_finished_runs_are_reused_and_other_configs_refused(planted, tmp_path):
+def test_finished_runs_are_reused_and_other_configs_refused(planted, tmp_path, caplog):
     store, _ = planted
     out = tmp_path / "run"
     run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)))
     stamp = os.path.getmtime(out / "runs" / "r0_s1" / "model.safetensors")
+    caplog.set_level(logging.INFO, "emofuse")
     s = run_train(quick(store, out, fusion="none", granularity="F", epochs=2, folds=("1",)))
     assert os.path.getmtime(out / "runs" / "r0_s1" / "model.safetensors") == stamp and s["ua"]["n"] == 1
+    assert f"1 of the 1 runs already finished in {out} are reused; nothing to train" in caplog.text   # said
     with pytest.raises(EmofuseError, match="another configuration .*epochs"):
         run_train(quick(store, out, fusion="none", granularity="F", epochs=3, folds=("1",)))
 

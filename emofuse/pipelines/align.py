@@ -78,6 +78,7 @@ class AlignSummary:
     empty: dict = field(default_factory=dict)
     clipped: int = 0
     skipped: dict = field(default_factory=dict)   # reason -> count
+    example: dict = field(default_factory=dict)   # reason -> the first utterance skipped for it
     cut: int = 0          # utterances whose TextGrid is timed from its file's start, cut to the slice
 
     def text(self) -> str:
@@ -94,7 +95,8 @@ class AlignSummary:
             lines.append(f"  {self.clipped} segments end after the stream's last frame (their span stops at it)")
         ranked = sorted(self.skipped.items(), key=lambda kv: -kv[1])
         for reason, n in ranked[:5]:
-            lines.append(f"  skipped {n}: {reason}")
+            e = self.example.get(reason)
+            lines.append(f"  skipped {n}: {reason}" + (f" ({'e.g. ' if n > 1 else ''}{e})" if e else ""))
         if len(ranked) > 5:
             lines.append(f"  … and {sum(n for _, n in ranked[5:])} more skipped (emofuse info STORE lists them)")
         return "\n".join(lines)
@@ -673,6 +675,7 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
                 raise EmofuseError(f"{uid}: {e}") from e
             reason = str(e)
             summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
+            summary.example.setdefault(reason, uid)
             skipped += [(uid, segments_kind(g), reason) for g in wanted]
             continue
         kept, spans_of = {}, {}

@@ -362,6 +362,9 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
             return Job(key=(r, session), seed=run_seed(data, seed, session), train=tr, val=va, norm=norms[nkey])
 
         pending = [k for k in plan if k not in done]
+        if done:
+            log.info(f"train-head: {len(done)} of the {len(plan)} runs already finished in {cfg.out} are reused"
+                     + ("" if pending else "; nothing to train"))
         if pending and device.type == "cpu":
             warn_other_threads(cfg.out, [m for m, _ in done.values()])
         at_once = runs_at_once(cfg, device, len(plan))

@@ -37,7 +37,8 @@ class ExtractConfig:
     text_model: str | None = opt(
         "bert-base-uncased", none=True,
         help="hub id or local folder: a bidirectional encoder (BERT, RoBERTa, MiniLM …) or a decoder-only "
-             "causal LM (GPT-2, Llama, Qwen2 …), or none (default: bert-base-uncased)")
+             "causal LM (GPT-2, Llama, Qwen2 …), packaged:all-MiniLM-L6-v2 (a pip package's copy, offline), "
+             "or none (default: bert-base-uncased)")
     audio_stream: str | None = opt(None, help="stream name for the audio encoder (default: audio, or egemaps)")
     text_stream: str | None = opt(None, help="stream name for the text encoder (default: text)")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N (default: auto)")
