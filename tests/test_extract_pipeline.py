@@ -806,7 +806,8 @@ def test_a_ranks_shard_of_another_encoder_or_layers_than_the_main_store_is_refus
     shard = tmp_path / "main.h5.shards" / "rank0-of-2.h5"
     shard.parent.mkdir()
     with pytest.raises(StoreError, match=r"stream 'audio' in .*main\.h5 holds .*; this run brings .* \[layers: \[0, 1\] "
-                                         r"in main\.h5, \[1, 2\] in this run\]: name another stream"):
+                                         r"in main\.h5, \[1, 2\] in this run\]: extract with the stream's own "
+                                         r"--layers 0,1, name another stream"):
         extract_into(px.ExtractConfig(out=str(main), layers="1,2", shard="0/2", **cfg), str(shard), main_store=str(main))
     # the same encoder and layers: the rank's shard is made, and skips what the main store holds
     summary = extract_into(px.ExtractConfig(out=str(main), layers="0,1", shard="0/2", **cfg), str(shard),
