@@ -468,8 +468,8 @@ def test_a_worker_killed_from_outside_gets_one_sentence(store, tmp_path, monkeyp
     spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
                           '{label: "Text", fusion: none, granularity: T}')
     with pytest.raises(EmofuseError, match=r"a worker process of ablate --jobs 2 ended without a word \(killed from "
-                                           r"outside, or out of memory\?\) after 0 of 2 configurations; the finished "
-                                           r"runs are kept: run the same command again"):
+                                           r"outside, or out of memory\? Python: .*\) after 0 of 2 configurations; the "
+                                           r"finished runs are kept: run the same command again"):
         run_ablate(AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu", jobs=2))
 
 
@@ -516,7 +516,10 @@ def test_why_a_cluster_job_failed_is_said_in_a_few_words():
     timed = trace.replace("KeyError: 'frames'", "submitit.core.utils.UncompletedJobError: timed-out and not "
                                                 "checkpointable")
     assert _job_failure(RuntimeError(timed), {"timeout_min": 30}) == (
-        "its time limit ran out (30 minutes: raise --cluster-option timeout_min, or split the grid)")
+        "its time limit ran out (timeout_min=30: raise it, or split the grid)")
+    assert _job_failure(RuntimeError(timed), {"slurm_time": "2:00:00"}) == (
+        "its time limit ran out (slurm_time=2:00:00: raise it, or split the grid)")
+    assert _job_failure(RuntimeError(""), {}) == "RuntimeError"   # before: IndexError, a traceback
     killed = ("Job 16962 (task: 0) with path /o/16962_0_result.pkl\nhas not produced any output (state: FAILED)\n"
               "No error stream produced. Look at stdout: /o/x.out\n----\ntrain-head none F, linear head: 80 utterances")
     assert _job_failure(RuntimeError(killed), {}) == (
@@ -530,10 +533,12 @@ def test_a_cluster_job_stopped_by_a_users_error_names_its_row_and_says_why(store
     submitit = pytest.importorskip("submitit")   # a test extra (setup.cfg), installed by CI
     from emofuse.pipelines.ablate import LOCAL_TIMEOUT_MIN, _plan
     from emofuse.pipelines.rundir import run_lock
-    given = []
-    real = submitit.AutoExecutor.update_parameters
+    given, sent = [], []
+    real, real_submit = submitit.AutoExecutor.update_parameters, submitit.AutoExecutor.submit
     monkeypatch.setattr(submitit.AutoExecutor, "update_parameters",
                         lambda self, **kw: (given.append(kw), real(self, **kw))[1])
+    monkeypatch.setattr(submitit.AutoExecutor, "submit",
+                        lambda self, fn, *a, **kw: (sent.append(a), real_submit(self, fn, *a, **kw))[1])
     spec = one_table_spec(tmp_path, '{label: "Frame", fusion: none, granularity: F}',
                           '{label: "Text", fusion: none, granularity: T}')
     cfg = AblateConfig(store=store, spec=str(spec), out=str(tmp_path / "g"), device="cpu", executor="submitit",
@@ -545,6 +550,7 @@ def test_a_cluster_job_stopped_by_a_users_error_names_its_row_and_says_why(store
                                                r".*Run the same ablate again to resume"):
             run_ablate(cfg)
     assert given[0]["timeout_min"] == LOCAL_TIMEOUT_MIN
+    assert all(a[-1][0] == os.getpid() for a in sent)   # each local job watches this ablate
     assert (tmp_path / "g" / "runs" / key_of["Frame"] / "summary.json").exists()   # the other job's row is kept
 
 
@@ -570,6 +576,24 @@ time.sleep(60)
     ablate.kill()   # not reaped yet: a zombie, which os.kill(pid, 0) still finds
     assert job.wait(timeout=30) == 1
     ablate.wait()
+
+
+def test_a_process_whose_start_cannot_be_read_counts_as_alive(monkeypatch):
+    """Before: any error reading /proc/PID/stat (too many open files) counted as 'ablate is gone',
+    and a healthy job or --jobs worker ended itself."""
+    import builtins
+    from emofuse.pipelines.ablate import _start_time
+    assert _start_time(os.getpid())   # this process, alive
+    real = builtins.open
+
+    def failing(path, *a, **kw):
+        if str(path).startswith("/proc/") and str(path).endswith("/stat"):
+            raise OSError(24, "Too many open files")
+        return real(path, *a, **kw)
+    monkeypatch.setattr(builtins, "open", failing)
+    assert _start_time(os.getpid()) is None   # cannot tell: alive, not gone ("")
+    monkeypatch.setattr(builtins, "open", real)
+    assert _start_time(2 ** 22 + 12345) == ""   # no such process: gone
 
 
 def test_a_table_renamed_or_removed_leaves_no_files_behind(store, tmp_path):

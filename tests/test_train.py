@@ -361,3 +361,5 @@ def test_fusion_none_with_two_streams_suggests_what_helps():
         TrainConfig(store="s.h5", out="o", fusion="none", granularity="F+S").keys()
     with pytest.raises(EmofuseError, match=r"F\+T needs --fusion late \(or --no-text\)$"):
         TrainConfig(store="s.h5", out="o", fusion="none", granularity="F", text=True).keys()
+    with pytest.raises(EmofuseError, match=r"F\+S\+T needs --fusion late \(or one granularity and --no-text\)$"):
+        TrainConfig(store="s.h5", out="o", fusion="none", granularity="F+S", text=True).keys()

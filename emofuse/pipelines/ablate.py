@@ -223,7 +223,7 @@ def _die_with_parent(parent: int) -> None:
             pass
     if os.getppid() != parent:  # the parent died before the above took effect
         os._exit(1)
-    _die_with_process(parent, _start_time(parent))
+    _die_with_process(parent, _start_time(parent), child=True)
 
 
 _WORKER_CACHE: dict = {}   # rows held by a worker process for the next configuration that reads them
@@ -274,30 +274,34 @@ def _train_rows(cfgs: list, threads: int | None = None, ablate: tuple[int, str |
 
 
 def _start_time(pid: int) -> str | None:
-    """A live process's start time (Linux: /proc/PID/stat field 22), telling it from a later
-    process given the same pid; None where it is gone, a zombie, or this cannot be read."""
+    """A process's start time (Linux: /proc/PID/stat field 22), telling it from a later process
+    given the same pid: "" where it is gone or a zombie (killed, not yet reaped), None where this
+    cannot be told (no /proc, or a read error such as too many open files: alive, then)."""
+    if not os.path.isdir("/proc/self"):
+        return None
     try:
         with open(f"/proc/{pid}/stat") as f:
             state, *rest = f.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError, IndexError):
         return None
-    return None if state == "Z" or len(rest) < 19 else rest[18]
+    return "" if state == "Z" else rest[18] if len(rest) > 18 else None
 
 
-def _die_with_process(pid: int, started: str | None) -> None:
+def _die_with_process(pid: int, started: str | None, child: bool = False) -> None:
     """End this process when process ``pid`` (started at ``started``) is gone: a local cluster
-    job's controller outlives the ablate that sent it, so the job watches ablate itself."""
+    job's controller outlives the ablate that sent it, so the job watches ablate itself; ``child``:
+    ``pid`` is this process's parent, gone as soon as this process has another."""
     import threading
     import time
+    from ..locks import pid_alive
 
     def gone() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if (child and os.getppid() != pid) or not pid_alive(pid):
             return True
-        except PermissionError:
-            pass
-        return started is not None and _start_time(pid) != started   # a zombie, or another process now
+        now = _start_time(pid)
+        return now == "" or (started is not None and now is not None and now != started)   # a zombie, or reused
 
     def watch():
         while not gone():
@@ -389,12 +393,12 @@ def _submit(cfg: AblateConfig, groups: list[list], label_of: dict[str, str]) -> 
     except RuntimeError as e:   # e.g. --cluster slurm where there is no srun
         raise EmofuseError(f"--cluster {cfg.cluster or 'auto'}: submitit could not start that cluster here "
                            f"({e})") from None
-    if not {"timeout_min", "slurm_time"} & set(params):
-        if ex.cluster == "slurm":
-            raise EmofuseError("ablate on Slurm needs each job's time limit: --cluster-option timeout_min=MINUTES "
-                               "(submitit's default, 5 minutes, would end every job before its rows finish; a job "
-                               "trains the rows that share data, one after the other)")
-        params["timeout_min"] = LOCAL_TIMEOUT_MIN   # local processes: submitit's 2 minutes would end every job
+    if ex.cluster == "slurm" and not {"timeout_min", "slurm_time"} & set(params):
+        raise EmofuseError("ablate on Slurm needs each job's time limit: --cluster-option timeout_min=MINUTES "
+                           "(submitit's default, 5 minutes, would end every job before its rows finish; a job "
+                           "trains the rows that share data, one after the other)")
+    if ex.cluster == "local" and "timeout_min" not in params:   # submitit's 2 minutes would end every job
+        params["timeout_min"] = LOCAL_TIMEOUT_MIN
     try:
         ex.update_parameters(name="emofuse-ablate", **params)
     except Exception as e:   # submitit names the unknown parameter and the allowed ones
@@ -429,16 +433,16 @@ def _job_failure(e: Exception, params: dict) -> str:
     import re
     text = str(e)
     if "timed-out" in text:
-        limit = params.get("timeout_min", params.get("slurm_time"))
-        return (f"its time limit ran out ({limit} minutes: raise --cluster-option timeout_min, or split the grid)"
-                if limit is not None else "its time limit ran out (raise --cluster-option timeout_min)")
+        given = next(((k, params[k]) for k in ("timeout_min", "slurm_time") if k in params), None)
+        return "its time limit ran out (" + (f"{given[0]}={given[1]}: raise it" if given else
+                                             "raise --cluster-option timeout_min") + ", or split the grid)"
+    lines = []
     if "failed during processing with trace:" in text:
-        trace = text.split("-" * 22 + "\n")[1]
-        return [line for line in trace.splitlines() if line.strip()][-1].strip()
+        lines = [line.strip() for line in text.split("-" * 22 + "\n")[1].splitlines() if line.strip()][-1:]
     state = re.search(r"has not produced any output \(state: ([^)]*)\)", text)
     if state:
         return f"it ended without a result (state {state.group(1)}): killed from outside, or out of memory?"
-    return text.strip().splitlines()[0]
+    return (lines or text.strip().splitlines() or [type(e).__name__])[0]
 
 
 def run_ablate(cfg: AblateConfig) -> dict[str, pd.DataFrame]:
@@ -559,7 +563,7 @@ def _run_ablate(cfg: AblateConfig, spec: dict, train_cfgs: dict, key_of: dict[st
                 if isinstance(e, BrokenProcessPool):   # a worker killed from outside: the OOM killer, kill -9
                     done = sum(1 for c in pending if c.out in why_of)
                     raise EmofuseError(f"a worker process of ablate --jobs {cfg.jobs} ended without a word (killed "
-                                       f"from outside, or out of memory?) after {done} of {len(pending)} "
+                                       f"from outside, or out of memory? Python: {e}) after {done} of {len(pending)} "
                                        "configurations; the finished runs are kept: run the same command again "
                                        "(with fewer --jobs if memory ran out)") from None
                 raise

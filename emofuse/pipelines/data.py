@@ -255,14 +255,6 @@ def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray,
         return None
     if kind not in ("global", "speaker"):
         raise EmofuseError(f"--norm must be none, global or speaker, found {kind!r}")
-    if kind == "speaker":
-        blank = np.flatnonzero(np.isin(np.char.strip(data.speakers.astype(str)), ("", "nan", "None")))
-        if len(blank):
-            ids = ", ".join(map(str, data.ids[blank[:5]])) + (" …" if len(blank) > 5 else "")
-            raise EmofuseError(f"--norm speaker: {len(blank)} of {len(data.ids)} utterances have no speaker (ids "
-                               f"{ids}); together they would be one 'speaker' across every session, the test "
-                               "session included, standardised by statistics of the test data: give every "
-                               "utterance its speaker in the corpus and extract again, or use --norm global")
     out = {}
     for k, src in data.sources.items():
         if keys is not None and k not in keys:
@@ -284,6 +276,25 @@ def fit_normaliser(data: TrainData, kind: str, train_idx: np.ndarray,
                                   torch.ones(rows.shape[1:], device=rows.device)))
             out[k] = Normaliser(torch.stack([a for a, _ in stats]), torch.stack([b for _, b in stats]), group)
     return out
+
+
+def blank_speakers(speakers) -> np.ndarray:
+    """Where a speaker cell names no one: missing, NaN, empty, or the strings "nan"/"None" that a
+    missing cell becomes once a table is read as text."""
+    text = np.array(["" if v is None or v != v else str(v).strip() for v in speakers], dtype=object)
+    return np.isin(text, ("", "nan", "None"))
+
+
+def refuse_blank_speakers(data: TrainData) -> None:
+    """Training under ``--norm speaker``: utterances without a speaker would be one 'speaker'
+    across every session, the test session included, standardised by statistics of the test data."""
+    blank = np.flatnonzero(blank_speakers(data.speakers))
+    if len(blank):
+        ids = ", ".join(map(str, data.ids[blank[:5]])) + (" …" if len(blank) > 5 else "")
+        raise EmofuseError(f"--norm speaker: {len(blank)} of {len(data.ids)} utterances have no speaker (ids "
+                           f"{ids}); together they would be one 'speaker' across every session, the test "
+                           "session included, standardised by statistics of the test data: give every "
+                           "utterance its speaker in the corpus and extract again, or use --norm global")
 
 
 def _corpus_flags(fs: FeatureStore) -> str:

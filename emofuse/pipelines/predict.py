@@ -42,7 +42,8 @@ from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
 from ..store import (FeatureStore, flags_of, info_differences, nonfinite, same_encoder, shaping_differs,
                      stream_fingerprint)
-from .data import MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data
+from .data import (MemorySource, Normaliser, TrainData, _moments, blank_speakers, fit_normaliser,
+                   load_train_data)
 from .extract.stream import not_finite
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of, without_segments
 from .metrics import format_summary, scores, summarise
@@ -623,7 +624,7 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
         audio = list(df["audio"]) if "F" in model.keys else None
         text = list(df["text"]) if "T" in model.keys else None
         ids = list(df["id"])
-        named = df["speaker"].notna() & (df["speaker"].astype(str).str.strip() != "")
+        named = ~blank_speakers(df["speaker"])
         if model.spec["norm"] == "speaker" and named.any() and not named.all():
             blank = df.loc[~named, "id"].astype(str).tolist()
             raise EmofuseError(f"{manifest}: {len(blank)} of {len(df)} rows have no speaker (ids "

@@ -98,11 +98,13 @@ def _protocol_departures(identity: dict) -> list[str]:
 def _shown(k: str, identity: dict):
     """A resolved identity's value as ``--diff`` shows it: an attention head's default feed-forward
     width as the multiple it is, a head option the head lacks (a linear head's depth) said so."""
-    if k == "ff" and identity.get("ff") is None and identity.get("ff_mult"):
+    if k not in identity:   # a record written before the option existed
+        return "(unset)"
+    if k == "ff" and identity["ff"] is None and identity.get("ff_mult"):
         return f"{identity['ff_mult']} x width"
-    if k in HEAD_OPTIONS and identity.get(k) is None:
+    if k in HEAD_OPTIONS and identity[k] is None:
         return "(not an option of this head)"
-    return identity.get(k, "(unset)")
+    return identity[k]
 
 
 def find_runs(root: str) -> list[dict]:

@@ -20,7 +20,7 @@ from ..heads import FUSIONS, build_head
 from ..heads.options import HEAD_NAMES, PLATEAU, PROTOCOL, default_text, head_defaults
 from ..options import opt
 from ..store import FeatureStore
-from .data import TrainData, fit_normaliser, load_train_data, require, select_layers
+from .data import TrainData, fit_normaliser, load_train_data, refuse_blank_speakers, require, select_layers
 from .keys import KEY_KIND, SPEECH_KEYS, stream_of, without_segments
 from .loop import Timer, _predict, train_one
 from .metrics import format_summary, summarise
@@ -166,7 +166,8 @@ class TrainConfig:
             raise EmofuseError("--no-text contradicts T in --granularity")
         speech = [k for k in keys if k != "T"]
         if self.fusion == "none" and len(keys) != 1:
-            one = " (or --no-text)" if "T" in keys and len(speech) == 1 else " (or one granularity)"
+            one = (" (or --no-text)" if len(speech) == 1 else
+                   " (or one granularity" + (" and --no-text)" if "T" in keys else ")"))
             raise EmofuseError(f"--fusion none trains one stream; {'+'.join(keys)} needs --fusion late{one}")
         if self.fusion in ("coattention", "cma") and ("T" not in keys or not speech):
             raise EmofuseError(f"--fusion {self.fusion} needs text and at least one speech granularity, found {'+'.join(keys)}")
@@ -343,6 +344,8 @@ def _run_train(cfg: TrainConfig, cache: dict | None = None) -> dict:
                  f", training on {device}; --norm {cfg.norm}" + (f"; left out: {data.excluded}" if data.excluded else "") +
                  (f"; read with an input masked: {without_segments(data.empty)}" if data.empty else ""))
         folds = folds_of(data, cfg)
+        if cfg.norm == "speaker":
+            refuse_blank_speakers(data)
         os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)   # only once everything is checked
         write_config(cfg.out, config)
         timer, done, norms = Timer(), {}, {}
