@@ -183,3 +183,6 @@ def test_a_finetune_runs_summary_names_its_protocol_departures():
     ident = {"system": "cma", "audio_model": "w2v", "text_model": "bert", "lr": 1e-05, "folds": ["1"], "repeats": 1,
              "epochs": 1, "patience": 10}
     assert config_summary(ident) == "finetune cma (w2v, bert), lr 1e-05, folds 1 only, repeats 1, epochs 1"
+    from emofuse.heads.options import HEAD_DEFAULTS
+    sizes = {"proj": HEAD_DEFAULTS["cma"]["proj"], "heads": 4, "ff": HEAD_DEFAULTS["cma"]["ff"]}
+    assert config_summary({**ident, **sizes}).startswith("finetune cma (w2v, bert), lr 1e-05, heads 4, folds 1")

@@ -45,8 +45,11 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
         used = {"cma": ("audio_model", "text_model"), "audio": ("audio_model",), "text": ("text_model",)}
         models = [str(identity.get(k) or config.get(k)) for k in used.get(identity["system"], ())
                   if identity.get(k) or config.get(k)]
+        from ..heads.options import HEAD_DEFAULTS
+        cma = HEAD_DEFAULTS["cma"]   # the fine-tuned systems' head sizes (finetune --proj/--heads/--ff)
+        sizes = [f"{k} {identity[k]}" for k in ("proj", "heads", "ff") if k in identity and identity[k] != cma.get(k)]
         return ", ".join([f"finetune {identity['system']} ({', '.join(models)})", f"lr {identity.get('lr')}",
-                          *_protocol_departures(identity)]) + departure_names(identity.get)
+                          *sizes, *_protocol_departures(identity)]) + departure_names(identity.get)
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
     if identity.get("fusion") in ("none", "late"):
         parts.append(str(identity.get("head")))
