@@ -274,9 +274,7 @@ def _records(cfg: AlignConfig, fs: FeatureStore):
     if kind not in KINDS:
         raise EmofuseError(f"{fs.path} does not say which corpus it holds; pass --corpus and --root/--manifest")
     # the store records where the corpus was read from (a folder or a manifest) as "root"
-    opts = corpus_options(kind, cfg.root or meta.get("root"), cfg.manifest or meta.get("root"))
-    if _recorded_labels(meta) is not None:
-        opts["labels"] = _recorded_labels(meta)
+    opts = corpus_options(kind, cfg.root or meta.get("root"), cfg.manifest or meta.get("root"), _recorded_labels(meta))
     utts = load_corpus(kind, **opts)
     from ..corpora import utterance_table
     table = utterance_table(utts)

@@ -9,27 +9,30 @@ from ..errors import CorpusError
 from ..store import FeatureStore, store_bytes
 
 
-def corpus_options(kind: str, root: str | None = None, manifest: str | None = None) -> dict:
-    """``load_corpus`` options from CLI flags, with one clear sentence when one is missing."""
+def corpus_options(kind: str, root: str | None = None, manifest: str | None = None,
+                   labels: str | None = None) -> dict:
+    """``load_corpus`` options from CLI flags (``labels``: --labels, when given), with one clear
+    sentence when one is missing."""
+    opts = {"labels": labels} if labels else {}
     if kind == "iemocap":
         if not root:
             raise CorpusError("--corpus iemocap needs --root DIR (the folder holding Session1 … Session5)")
-        return {"root": root}
+        return {"root": root, **opts}
     if kind == "manifest":
         if not manifest:
             raise CorpusError("--corpus manifest needs --manifest FILE (.csv or .jsonl)")
-        return {"path": manifest}
+        return {"path": manifest, **opts}
     if kind == "lhotse":
         if not manifest:
             raise CorpusError("--corpus lhotse needs --manifest PATH (a CutSet, a SupervisionSet with its RecordingSet "
                               "beside it, or a folder of them)")
-        return {"path": manifest}
-    return {}
+        return {"path": manifest, **opts}
+    return opts
 
 
 def describe_corpus(kind: str, root: str | None = None, manifest: str | None = None, labels: str | None = None) -> str:
     """Utterances per session and class as ``extract-embeddings`` would read them (``labels``: its --labels)."""
-    utts = load_corpus(kind, **corpus_options(kind, root, manifest), **({"labels": labels} if labels else {}))
+    utts = load_corpus(kind, **corpus_options(kind, root, manifest, labels))
     df = pd.DataFrame([{"session": u.session, "label": u.label} for u in utts])
     table = pd.crosstab(df["session"], df["label"], margins=True, margins_name="total")
     n_align = sum(1 for u in utts if u.alignments)

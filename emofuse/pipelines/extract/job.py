@@ -94,9 +94,7 @@ def extract_into(cfg: ExtractConfig, out: str, main_store: str | None = None,
     store the rank shards merge into (what it holds is not recomputed; no skipped.tsv per rank).
     ``background``: commit and read ahead in threads (None: on a GPU only)."""
     t_start = time.perf_counter()
-    options = corpus_options(cfg.corpus, cfg.root, cfg.manifest)
-    if cfg.labels:
-        options["labels"] = cfg.labels
+    options = corpus_options(cfg.corpus, cfg.root, cfg.manifest, cfg.labels)
     utts = load_corpus(cfg.corpus, **options)
     if not utts:
         raise EmofuseError(f"the {cfg.corpus} corpus holds no labelled utterance; nothing to extract")
