@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -350,6 +351,57 @@ def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_pat
     with pytest.raises(EmofuseError, match=r"is not there; if it moved, pass its current path with --train-store$"):
         run_evaluate(str(moved), trained["store"], str(tmp_path / "ev"))
 
+
+
+def test_evaluate_of_a_speaker_normalised_model_never_pools_blank_speakers(trained, tmp_path, tiny_models,
+                                                                           monkeypatch, caplog):
+    """Before: evaluate of a --norm speaker model on a store whose speaker cells are blank (a
+    manifest corpus without speakers) standardised every such utterance together, as one
+    'speaker', without a word. Now some blank are refused; all blank are each standardised by
+    their own rows (predict's reading without speakers), and the log, summary and table say so."""
+    import emofuse.pipelines.predict as predict_mod
+    run = str(tmp_path / "spk")
+    run_train(TrainConfig(store=trained["store"], out=run, fusion="none", granularity="F", norm="speaker",
+                          repeats=1, epochs=2, patience=1, folds=("2",), device="cpu"))
+    other_corpus = make_fake_iemocap(tmp_path / "other", counts={s: {"ang": 1, "neu": 2, "sad": 1} for s in (1, 2)},
+                                     seconds=0.8, seed=9)
+    other = str(tmp_path / "o.h5")
+    run_extract(ExtractConfig(corpus="iemocap", root=str(other_corpus.root), out=other,
+                              audio_model=tiny_models["group"], text_model=tiny_models["bert"]))
+    real = predict_mod.load_train_data
+    blank = {"which": [0, 3]}
+
+    def blank_speakers(*a, **kw):
+        data = real(*a, **kw)
+        speakers = data.speakers.copy().astype(object)
+        speakers[blank["which"]] = ""
+        return replace(data, speakers=speakers)
+    monkeypatch.setattr(predict_mod, "load_train_data", blank_speakers)
+    with pytest.raises(EmofuseError, match=rf"{other}: 2 of 8 utterances have no speaker \(ids \S+, \S+\) while the "
+                                           r"others name one; .* run extract-embeddings again with --update-corpus$"):
+        run_evaluate(run, other, str(tmp_path / "ev-some"))
+    blank["which"] = slice(None)
+    ev = tmp_path / "ev"
+    with caplog.at_level("WARNING", logger="emofuse"):
+        s = run_evaluate(run, other, str(ev))
+    assert f"{other} names no speaker: this model standardises each speaker by the speaker's own statistics" \
+        in caplog.text
+    assert s["standardised"].startswith("each utterance by its own")
+    assert "Each utterance standardised by its own statistics" in (ev / "table.md").read_text()
+    # the numbers are the model's on each utterance alone, not on the blank 'speaker' pooled
+    model = load_model(run)
+    with FeatureStore(other) as fs:
+        utts = fs.utterances
+    preds = pd.read_csv(ev / "predictions.csv", dtype={"id": str}).set_index("id")
+    alone = model.features(audio=list(utts.loc[preds.index, "audio_path"]), ids=list(preds.index))
+    np.testing.assert_allclose(model.member_logits(alone)[0], preds[[f"logit_{c}" for c in model.classes]].to_numpy(),
+                               atol=2e-4)
+    # a store naming every speaker: no word of it
+    monkeypatch.setattr(predict_mod, "load_train_data", real)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="emofuse"):
+        s = run_evaluate(run, other, str(tmp_path / "ev-named"))
+    assert "names no speaker" not in caplog.text and "standardised" not in s
 
 def test_only_the_layers_the_model_reads_must_be_finite(trained, monkeypatch):
     """The model reads layers 1-2: an overflow (inf in float16) in layer 0 of the audio or text

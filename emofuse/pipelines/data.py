@@ -285,16 +285,39 @@ def blank_speakers(speakers) -> np.ndarray:
     return np.isin(text, ("", "nan", "None"))
 
 
+# a speaker-only change of the corpus keeps every tensor (the writer drops only changed inputs)
+SPEAKERS_FIX = "give every utterance its speaker in the corpus and run extract-embeddings again with --update-corpus"
+
+
+def _some(ids, n: int = 5) -> str:
+    return ", ".join(map(str, list(ids)[:n])) + (" …" if len(ids) > n else "")
+
+
 def refuse_blank_speakers(data: TrainData) -> None:
     """Training under ``--norm speaker``: utterances without a speaker would be one 'speaker'
     across every session, the test session included, standardised by statistics of the test data."""
     blank = np.flatnonzero(blank_speakers(data.speakers))
     if len(blank):
-        ids = ", ".join(map(str, data.ids[blank[:5]])) + (" …" if len(blank) > 5 else "")
         raise EmofuseError(f"--norm speaker: {len(blank)} of {len(data.ids)} utterances have no speaker (ids "
-                           f"{ids}); together they would be one 'speaker' across every session, the test "
-                           "session included, standardised by statistics of the test data: give every "
-                           "utterance its speaker in the corpus and extract again, or use --norm global")
+                           f"{_some(data.ids[blank])}); together they would be one 'speaker' across every session, "
+                           f"the test session included, standardised by statistics of the test data: {SPEAKERS_FIX}, "
+                           "or use --norm global")
+
+
+def speakers_to_standardise(ids, speakers, where: str, rows: str, fix: str) -> np.ndarray | None:
+    """Data a ``--norm speaker`` model was not trained on (predict's manifest, evaluate's store):
+    each speaker is standardised by the speaker's own rows. Every row names its speaker (returned
+    as strings), or none does (None: each utterance is standardised by its own); a mix is refused,
+    since the blank ones would be standardised together as one 'speaker'."""
+    named = ~blank_speakers(speakers)
+    if named.all():
+        return np.array([str(s) for s in speakers])
+    if not named.any():
+        return None
+    blank = np.asarray(ids)[~named]
+    raise EmofuseError(f"{where}: {len(blank)} of {len(named)} {rows} have no speaker (ids {_some(blank)}) while the "
+                       "others name one; this model standardises each speaker by the speaker's own statistics "
+                       f"(--norm speaker): {fix}")
 
 
 def _corpus_flags(fs: FeatureStore) -> str:

@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -42,8 +42,8 @@ from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
 from ..store import (FeatureStore, flags_of, info_differences, nonfinite, same_encoder, shaping_differs,
                      stream_fingerprint)
-from .data import (MemorySource, Normaliser, TrainData, _moments, blank_speakers, fit_normaliser,
-                   load_train_data)
+from .data import (SPEAKERS_FIX, MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data,
+                   speakers_to_standardise)
 from .extract.stream import not_finite
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of, without_segments
 from .metrics import format_summary, scores, summarise
@@ -624,15 +624,10 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
         audio = list(df["audio"]) if "F" in model.keys else None
         text = list(df["text"]) if "T" in model.keys else None
         ids = list(df["id"])
-        named = ~blank_speakers(df["speaker"])
-        if model.spec["norm"] == "speaker" and named.any() and not named.all():
-            blank = df.loc[~named, "id"].astype(str).tolist()
-            raise EmofuseError(f"{manifest}: {len(blank)} of {len(df)} rows have no speaker (ids "
-                               f"{', '.join(blank[:5])}{' …' if len(blank) > 5 else ''}) while the others name one; "
-                               "this model standardises each speaker by the speaker's own statistics (--norm "
-                               "speaker): give every row its speaker, or leave the column out (each utterance is "
-                               "then standardised by its own)")
-        speakers = list(df["speaker"]) if named.all() else None
+        if model.spec["norm"] == "speaker":
+            speakers = speakers_to_standardise(
+                df["id"].astype(str), df["speaker"], manifest, "rows",
+                "give every row its speaker, or leave the column out (each utterance is then standardised by its own)")
         starts, ends = list(df["start"]), list(df["end"])
         channels = [None if c is None or c != c else int(c) for c in df["channel"]]
     else:
@@ -778,6 +773,14 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                     f"{len(shared)} of the {len(data.ids)} utterances of {store} are recordings {run} was trained on "
                     f"(the same audio content over overlapping times; e.g. {', '.join(map(str, shared[:3]))}): their "
                     "scores would not be cross-corpus; evaluate a store without them")
+        own = False   # each utterance standardised by its own rows: the store names no speaker
+        if model.spec["norm"] == "speaker":
+            speakers = speakers_to_standardise(data.ids, data.speakers, store, "utterances", SPEAKERS_FIX)
+            own = speakers is None
+            if own:
+                log.warning(f"{store} names no speaker: this model standardises each speaker by the speaker's own "
+                            "statistics (--norm speaker), so each utterance is standardised by its own")
+            data = replace(data, speakers=np.asarray(data.ids).astype(str) if own else speakers)
         names = [str(x) for x in np.array(data.classes)[data.y]]
         unknown = sorted(set(names) - set(lm) - set(model.classes))
         if unknown:
@@ -825,7 +828,8 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         summary.update(type="emofuse.summary", evaluation="cross-corpus", fusion=c["fusion"], keys=model.keys,
                        head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store), f1_over="truth",
                        label_map=lm, absent_classes=absent, ensemble=ens, utterances=len(data.ids),
-                       excluded=data.excluded, empty_segments=data.empty, runs=runs)
+                       excluded=data.excluded, empty_segments=data.empty, runs=runs,
+                       **({"standardised": "each utterance by its own (the store names no speaker)"} if own else {}))
         write_predictions(out, pd.concat(preds))
         ens_df = pd.DataFrame({"id": data.ids, "label": mapped, "pred": np.array(model.classes)[probs.argmax(1)]})
         for j, name in enumerate(model.classes):
@@ -846,6 +850,8 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                        if absent else "")
                     + (f" Left out: {_left_out(data.excluded)}." if data.excluded else "")
                     + (f" Scored with an input masked: {without_segments(data.empty)}." if data.empty else "")
+                    + (" Each utterance standardised by its own statistics (the store names no speaker; the model "
+                       "standardises each speaker by the speaker's own)." if own else "")
                     + "\n")
     log.info(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
              + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
