@@ -18,8 +18,9 @@ Options (``None`` = take the default below):
   encoders' own width (MG's reading for coattention, concatenation and the transformer encoder).
 - ``heads``: attention heads; ``ff``: feed-forward width inside an attention block (``None`` with
   ``ff_mult``: ``ff_mult`` × the block's width); ``depth``: attention blocks per branch.
-- ``weighting``: ``learned`` (Eq. 1 of MG: softmax layer weights, then LayerNorm) or ``none``
-  (one selected layer used as it is: CMA feeds the *last* layer, no weighting, no LayerNorm).
+- ``weighting``: ``learned`` (Eq. 1 of MG: softmax layer weights, the softmax not stated, then
+  LayerNorm) or ``none`` (one selected layer used as it is: CMA feeds the *last* layer, no
+  weighting, no LayerNorm).
 - ``layers``: the layers a head reads when the configuration does not say (``all`` or ``last``).
 - ``lr``, ``scheduler`` (``none`` or ``plateau``: decay on validation loss).
 """
@@ -53,8 +54,9 @@ HEAD_DEFAULTS: dict[str, dict] = {
 #: times before early stopping.
 PLATEAU = {"factor": 0.5, "patience": 2}
 
-#: the protocol's training defaults shared by ``train-head`` and ``finetune`` (MG §3.2: dropout
-#: 0.2, batch 32; 5 repeats per fold, at most 100 epochs, early stopping after 10, 10 % validation)
+#: the protocol's training defaults shared by ``train-head`` and ``finetune``: dropout 0.2, batch
+#: 32 and early stopping (MG §3.2), 5 repeats per fold (MG's tables: the mean of 5 × CV), 10 %
+#: validation (MG §3.1); at most 100 epochs and a patience of 10 are not stated: ours
 PROTOCOL = {"repeats": 5, "seed": 0, "epochs": 100, "patience": 10, "batch_size": 32, "dropout": 0.2,
             "val_fraction": 0.1}
 
