@@ -132,6 +132,19 @@ def test_frames_hand_example():
     assert clipped == 1
 
 
+def test_a_segment_ending_with_the_audio_is_not_counted_as_clipped():
+    """Before: a segment ending exactly at the audio's end counted as ending "after the stream's
+    last frame" for half of all audio lengths (those leaving more than half a hop after the last
+    frame's window: the encoder drops a partial frame), found by a pooling audit."""
+    for samples in range(15760, 16080, 7):   # every length that gives 49 frames (1 s among them)
+        n_frames = (samples - 400) // 320 + 1
+        assert n_frames == 49
+        _, clipped = segment_frames(np.array([0.5]), np.array([samples / 16000]), n_frames, 0.02, 0.025)
+        assert clipped == 0, samples
+    # past any audio that gives 49 frames: counted
+    assert segment_frames(np.array([0.5]), np.array([16080 / 16000 + 0.001]), 49, 0.02, 0.025)[1] == 1
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(0.001, 0.5), min_size=1, max_size=30), st.integers(1, 200), st.floats(0.0, 0.2),
        st.sampled_from([(0.02, 0.025), (0.01, 0.02), (0.01, 0.06)]))

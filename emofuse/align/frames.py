@@ -8,7 +8,8 @@ import numpy as np
 def segment_frames(starts: np.ndarray, ends: np.ndarray, n_frames: int, hop: float, window: float,
                    offset: float = 0.0) -> tuple[np.ndarray, int]:
     """Frame spans ``(K, 2)`` [start, end) of segments given in seconds, and how many segments
-    ran past the audio (clipped).
+    end past the audio (clipped): after the last frame's window by more than a hop, which the
+    encoder would have made a frame of.
 
     Frame t covers [offset + t·hop, offset + t·hop + window) and belongs to a segment when its centre
     t·hop + window/2 lies in [start, end). A segment that holds no centre (shorter than a frame,
@@ -29,6 +30,8 @@ def segment_frames(starts: np.ndarray, ends: np.ndarray, n_frames: int, hop: flo
     mid = np.clip(np.round(((starts + ends) / 2 - half) / hop), 0, n_frames - 1).astype(np.int64)
     s = np.where(empty, mid, s)
     e = np.where(empty, mid + 1, e)
-    audio_end = (n_frames - 1) * hop + window
-    clipped = int(np.sum(ends > audio_end + hop / 2))
+    # the audio ends within a hop after the last frame's window (the encoder drops a partial frame):
+    # a segment ending up to there ends with the audio, not past it
+    audio_end = (n_frames - 1) * hop + window + hop
+    clipped = int(np.sum(ends > audio_end + eps))
     return np.stack([s, e], axis=1), clipped

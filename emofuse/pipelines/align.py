@@ -20,7 +20,7 @@ from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.textgrid import speaker_tiers, textgrid_end
 from ..align.tiers import (alignment_ends, check_covers_audio, check_within_audio, complete_tiers, cut_to_slice,
-                           read_alignment)
+                           PAST_AUDIO_TOLERANCE_S, read_alignment)
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import SESSIONS, alignments_beside, find_root
 from ..corpora.manifest import load_manifest
@@ -92,7 +92,8 @@ class AlignSummary:
             lines.append(f"  {self.cut} utterances are slices of a file whose TextGrid is timed from the file's start "
                          "(it spans the whole file): cut to each utterance's slice")
         if self.clipped:
-            lines.append(f"  {self.clipped} segments end after the stream's last frame (their span stops at it)")
+            lines.append(f"  {self.clipped} segments end after the audio (by at most the {PAST_AUDIO_TOLERANCE_S:g} s "
+                         "tolerated; their span stops at its last frame)")
         ranked = sorted(self.skipped.items(), key=lambda kv: -kv[1])
         for reason, n in ranked[:5]:
             e = self.example.get(reason)
