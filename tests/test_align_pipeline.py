@@ -52,6 +52,7 @@ def test_align_iemocap_files(extracted, small_fake, tmp_path):
     r = run("align-segments", "--store", store, "--source", "iemocap")
     assert r.returncode == 0, r.stderr
     assert "24 utterances aligned" in r.stdout and "skipped 1: no forced alignment" in r.stdout
+    assert "overlap no phone" not in r.stdout and "end after the audio" not in r.stdout
     truth = {u.id: u for u in small_fake.utterances}
     # the skipped utterance is named (before: only `emofuse info` or fs.skipped() told which)
     (unaligned,) = [u.id for u in small_fake.utterances if not u.has_alignment
@@ -572,3 +573,31 @@ def test_align_gives_the_aligner_each_utterances_channel(tiny_models, tmp_path):
                     "phone": [AlignmentItem("HH", 0.1, 0.3), AlignmentItem("DH", 0.5, 0.3)]}
     run_align(AlignConfig(store=str(store), source="sphinx", granularities=("word",)), aligner=Aligner())
     assert calls == {"l": 0, "r": 1}
+
+
+def test_a_word_no_phone_falls_in_is_said_not_dropped_silently(extracted, small_fake, tmp_path):
+    """Before: a word whose phones are missing from the .phseg (every row under it silence, a
+    damaged or mismatched file) had no syllable segment, and the summary said nothing (found by
+    a pooling audit). Now the syllables still leave it out (there is nothing to syllabify), and
+    the summary counts such words and names the first."""
+    root = tmp_path / "corpus"
+    shutil.copytree(small_fake.root, root)
+    victim = sorted(root.rglob("*.phseg"))[0]
+    words = [r.split() for r in victim.with_suffix(".wdseg").read_text().splitlines()[1:] if r.strip()]
+    word = next(w for w in words if not is_silence(w[-1].split("(")[0]))
+    first, last = int(word[0]), int(word[1])
+    lines = victim.read_text().splitlines()
+    for k, row in enumerate(lines[1:], 1):
+        f = row.split()
+        if len(f) >= 4 and first <= (int(f[0]) + int(f[1])) / 2 <= last:
+            lines[k] = f"\t{int(f[0]):5d} {int(f[1]):5d}    -1234 SIL"
+    victim.write_text("\n".join(lines) + "\n")
+    store = tmp_path / "s.h5"
+    copy_store(extracted, store)
+    r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
+    assert r.returncode == 0, r.stderr
+    name = word[-1].split("(")[0]
+    assert f"1 words overlap no phone of their alignment ({victim.stem} '{name}'): the syllables built from the " \
+           "phones have nothing of them" in r.stdout, r.stdout
+    with FeatureStore(store) as fs:   # the word is a segment of its own tier
+        assert name in list(fs.segments("audio", "word", victim.stem).symbols)

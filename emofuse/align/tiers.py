@@ -21,10 +21,11 @@ def read_alignment(paths: Mapping[str, str], tier_names: Mapping[str, Sequence[s
 
 
 def syllables_from(words: Sequence[AlignmentItem], phones: Sequence[AlignmentItem],
-                   keep_silence: bool = False) -> list[AlignmentItem]:
+                   keep_silence: bool = False, phoneless: list | None = None) -> list[AlignmentItem]:
     """Syllables of each non-silent word, from the phones whose midpoints fall inside it; with
     ``keep_silence`` a silence or filler word is kept as one segment of its own, as in the word
-    and phone tiers. ``EmofuseError`` for phones that are neither ARPAbet nor IPA."""
+    and phone tiers. A word no phone's midpoint falls in has no syllable: it is appended to
+    ``phoneless`` (for the caller to say). ``EmofuseError`` for phones neither ARPAbet nor IPA."""
     out: list[AlignmentItem] = []
     speech = [p for p in phones if not is_silence(p.symbol)]
     j = 0
@@ -44,6 +45,8 @@ def syllables_from(words: Sequence[AlignmentItem], phones: Sequence[AlignmentIte
             raise EmofuseError(f"phone {str(e)[:40]!r} of the word {w.symbol[:40]!r} is neither ARPAbet nor IPA, so "
                                "syllables cannot be built from the phones; give a syllable tier, or align without "
                                "the syllable granularity") from None
+        if not inside and phoneless is not None:
+            phoneless.append(w)
         for group in groups:
             ps = [inside[i] for i in group]
             out.append(AlignmentItem("_".join(p.symbol for p in ps), ps[0].start, ps[-1].end - ps[0].start))
@@ -51,11 +54,12 @@ def syllables_from(words: Sequence[AlignmentItem], phones: Sequence[AlignmentIte
 
 
 def complete_tiers(tiers: dict[str, list[AlignmentItem]], wanted: Sequence[str],
-                   keep_silence: bool = False) -> dict[str, list[AlignmentItem]]:
-    """Add a syllable tier derived from words and phones when one is wanted and missing."""
+                   keep_silence: bool = False, phoneless: list | None = None) -> dict[str, list[AlignmentItem]]:
+    """Add a syllable tier derived from words and phones when one is wanted and missing (words
+    without a phone appended to ``phoneless``, as ``syllables_from`` says)."""
     if "syllable" in wanted and "syllable" not in tiers:
         if "word" in tiers and "phone" in tiers:
-            tiers = {**tiers, "syllable": syllables_from(tiers["word"], tiers["phone"], keep_silence)}
+            tiers = {**tiers, "syllable": syllables_from(tiers["word"], tiers["phone"], keep_silence, phoneless)}
     missing = [g for g in wanted if g not in tiers]
     if missing:
         raise EmofuseError(f"no {'/'.join(missing)} tier (found {sorted(tiers)})")

@@ -80,6 +80,8 @@ class AlignSummary:
     skipped: dict = field(default_factory=dict)   # reason -> count
     example: dict = field(default_factory=dict)   # reason -> the first utterance skipped for it
     cut: int = 0          # utterances whose TextGrid is timed from its file's start, cut to the slice
+    phoneless: int = 0    # words no phone falls in: no syllable built from them
+    phoneless_example: str = ""   # the first: "UID 'WORD'"
 
     def text(self) -> str:
         seg = ", ".join(f"{g} {n:,}" for g, n in self.segments.items())
@@ -94,6 +96,10 @@ class AlignSummary:
         if self.clipped:
             lines.append(f"  {self.clipped} segments end after the audio (by at most the {PAST_AUDIO_TOLERANCE_S:g} s "
                          "tolerated; their span stops at its last frame)")
+        if self.phoneless:
+            lines.append(f"  {self.phoneless} words overlap no phone of their alignment "
+                         f"({'e.g. ' if self.phoneless > 1 else ''}{self.phoneless_example}): the syllables built "
+                         "from the phones have nothing of them")
         ranked = sorted(self.skipped.items(), key=lambda kv: -kv[1])
         for reason, n in ranked[:5]:
             e = self.example.get(reason)
@@ -667,7 +673,8 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
                 else:   # not one of another, shorter utterance (silence counts: not dropped yet)
                     check_covers_audio(alignment_ends(paths, tiers, wanted), seconds)
                 source = paths
-            tiers = complete_tiers(tiers, wanted, cfg.keep_silence)
+            phoneless: list = []
+            tiers = complete_tiers(tiers, wanted, cfg.keep_silence, phoneless)
             check_within_audio({g: tiers[g] for g in wanted}, seconds, source)
         except EmofuseError as e:
             if cfg.on_error == "fail":
@@ -677,6 +684,9 @@ def _align_unit(job: _AlignJob, frames_iter, unit):
             summary.example.setdefault(reason, uid)
             skipped += [(uid, segments_kind(g), reason) for g in wanted]
             continue
+        if phoneless:
+            summary.phoneless += len(phoneless)
+            summary.phoneless_example = summary.phoneless_example or f"{uid} {phoneless[0].symbol!r}"
         kept, spans_of = {}, {}
         for g in wanted:
             items = [it for it in tiers[g] if cfg.keep_silence or not is_silence(it.symbol)]
