@@ -56,6 +56,18 @@ def _model(cfg, seed=0):
     return enc, data, model
 
 
+def test_the_cma_block_of_eqs_4_and_5_alone_is_trained_jointly_too(setup):
+    """finetune --cma-block attention builds the paper's other reading of its CMA block (no
+    feed-forward sublayer) on top of the encoders, and gradients reach it and the encoders."""
+    from emofuse.heads.cma import CrossAttention
+    enc, data, model = _model(_cfg(setup, dropout=0.0, cma_block="attention"))
+    assert isinstance(model.head.fusion.cma1, CrossAttention) and isinstance(model.head.fusion.cma2, CrossAttention)
+    batch = ft.collate(data, np.arange(4), torch.device("cpu"))
+    torch.nn.functional.cross_entropy(model.train()(batch), batch["y"]).backward()
+    for mod in (model.head.fusion, model.text.encoder, model.audio.encoder):
+        assert sum(float(p.grad.abs().sum()) for p in mod.parameters() if p.requires_grad) > 0
+
+
 def test_gradients_reach_encoders_and_head_and_the_cnn_stays_frozen(setup):
     cfg = _cfg(setup, dropout=0.0)
     enc, data, model = _model(cfg)
@@ -450,10 +462,10 @@ def test_ablate_runs_the_three_fine_tuned_rows_of_paper_cma(setup, tmp_path):
     cfg = AblateConfig(store=setup["store"], spec="paper-cma", out=str(tmp_path / "g"), device="cpu", repeats=1,
                        epochs=1, folds=("1",))
     res = run_ablate(cfg)   # without --finetune: frozen rows only, no failure
-    assert len(res["cma"]) == 4
+    assert len(res["cma"]) == 5
     res = run_ablate(replace(cfg, finetune=True, audio_model=setup["layer"], text_model=setup["bert"]))
     df = res["cma"]
-    assert len(df) == 7 and df["ua_mean"].notna().all()
+    assert len(df) == 8 and df["ua_mean"].notna().all()
     assert set(df["published"].dropna()) >= {74.71, 60.01, 71.01}
 
 

@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -119,10 +120,12 @@ def test_transformer_encoder_baseline():
     assert n_params(model) == expected
 
 
-def cma_expected(audio_dim, text_dim, width=256, ff=256, lstm=128):
+def cma_expected(audio_dim, text_dim, width=256, ff=256, lstm=128, block="transformer"):
     conv_block = lambda i: i * width * 3 + width + 2 * width  # noqa: E731  conv k3 + BatchNorm affine
     bilstm = 2 * (4 * lstm * width + 4 * lstm * lstm + 2 * 4 * lstm)
-    cma_block = layer_norm(width) * 2 + attention(width) + layer_norm(width) + linear(width, ff) + linear(ff, width)
+    cma_block = layer_norm(width) * 2 + attention(width)   # LayerNorm of queries and of keys/values, Eqs. 4-5
+    if block == "transformer":   # and the feed-forward sublayer with its own LayerNorm
+        cma_block += layer_norm(width) + linear(width, ff) + linear(ff, width)
     return (conv_block(audio_dim) + conv_block(width) + bilstm + linear(text_dim, width)  # Conv1d k1 = linear
             + 2 * cma_block + linear(4 * width, C))
 
@@ -138,6 +141,37 @@ def test_cma_head_as_the_paper_describes():
     m = model.model
     assert m.fusion.cma1.attn.num_heads == 8 and m.fusion.cma1.norm_ctx is not None   # LayerNorm before attention
     assert m.audio_encoder.lstm.hidden_size == 128 and m.audio_encoder.lstm.bidirectional
+
+
+def test_cma_block_of_eqs_4_and_5_alone():
+    """The paper's other reading of its CMA block (--cma-block attention): LayerNorm, then
+    A = Concat(A_1 … A_M) W0 with A_i = softmax(Q_i K_iᵀ / √d) V_i (Eqs. 4-5), A as it is: no
+    residual, no feed-forward layer beside W0. Checked against the equations written out."""
+    cfg = paper_cfg("paper-cma", "CMA, frozen, Eqs. 4-5 block alone (the paper's other reading)")
+    assert cfg.cma_block == "attention" and cfg.identity()["cma_block"] == "attention"
+    model = cfg.build({"F": (1, 1024), "T": (1, 768)}, C)
+    assert n_params(model) == cma_expected(1024, 768, block="attention")
+    block = model.model.fusion.cma1.eval()
+    torch.manual_seed(0)
+    x, ctx = torch.randn(2, 6, 256), torch.randn(2, 5, 256)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    got = block(x, ctx, mask)
+    ln = lambda m, v: torch.nn.functional.layer_norm(v, (256,), m.weight, m.bias)  # noqa: E731
+    q_in, kv_in = ln(block.norm1, x), ln(block.norm_ctx, ctx)
+    w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
+    q, k, v = (t @ w[i * 256:(i + 1) * 256].T + b[i * 256:(i + 1) * 256] for i, t in enumerate((q_in, kv_in, kv_in)))
+    heads, d = 8, 32
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2)  # noqa: E731
+    scores = split(q) @ split(k).transpose(-1, -2) / d ** 0.5
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    a = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(2, 6, 256)
+    want = a @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the default reading is unchanged, and its run key does not name the option
+    default = paper_cfg("paper-cma", "CMA, both encoders frozen (last layers)")
+    assert "cma_block" not in default.identity()
+    with pytest.raises(EmofuseError, match="--cma-block is the attention block of --fusion cma, found --fusion late"):
+        TrainConfig(store="s.h5", out="o", fusion="late", granularity="F", cma_block="attention")
 
 
 def test_cma_stages_shapes():
@@ -275,7 +309,7 @@ def test_every_paper_row_builds_on_the_real_dimensions(spec, mg_store, cma_store
     s = load_spec(spec)
     store = mg_store[0] if spec == "paper-multilevel" else cma_store
     rows = [label for label, r in s["_labels"].items() if "combine" not in r and not r.get("finetune")]
-    assert len(rows) == (27 if spec == "paper-multilevel" else 4)   # frozen rows (fine-tuned: test_finetune.py)
+    assert len(rows) == (27 if spec == "paper-multilevel" else 5)   # frozen rows (fine-tuned: test_finetune.py)
     with FeatureStore(store) as fs:
         for label in rows:
             cfg = paper_cfg(spec, label)
@@ -316,6 +350,19 @@ def test_paper_specs_run_end_to_end(mg_store, cma_store, tmp_path):
     res = run_ablate(AblateConfig(store=cma_store, spec="paper-cma", out=str(tmp_path / "cma"), repeats=1, epochs=1,
                                   folds=("1", "2"), device="cpu"))
     df = res["cma"]
-    assert len(df) == 4 and df["published"].iloc[0] == 71.20 and df["n"].eq(2).all()
+    assert len(df) == 5 and df["published"].iloc[0] == 71.20 and df["n"].eq(2).all()
     cfg = json.loads(open(os.path.join(df.iloc[0]["run_dir"], "config.json")).read())
     assert cfg["layer_ids"] == {"F": [24], "T": [12]} and cfg["identity"]["scheduler"] == "plateau"
+    # the other reading of the CMA block trains, is keyed apart, and its fold models load again
+    eq5 = df.iloc[2]["run_dir"]
+    assert json.loads(open(os.path.join(eq5, "config.json")).read())["identity"]["cma_block"] == "attention"
+    assert "cma_block" not in cfg["identity"]
+    from emofuse.pipelines.predict import TrainedModel
+    model = TrainedModel.from_run(eq5)
+    preds = pd.read_csv(os.path.join(eq5, "predictions.csv"), dtype={"id": str})
+    first = preds[(preds["repeat"] == 0) & (preds["fold"].astype(str) == "1")].set_index("id")
+    with FeatureStore(cma_store) as fs:
+        data = load_train_data(fs, ["F", "T"], "w2v2-large", "text", {"audio": "24", "text": "12"}, memory_budget=0)
+    idx = np.array([list(data.ids).index(u) for u in first.index])
+    np.testing.assert_allclose(model.member_logits(data, idx)[0], first[[f"logit_{c}" for c in model.classes]],
+                               atol=2e-4)

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from emofuse.cli import main, train_head
+from emofuse.errors import EmofuseError
 from emofuse.pipelines import runs as pr
 from emofuse.pipelines.train import TrainConfig, run_train
 from emofuse.testing.synthetic import make_synthetic_store
@@ -186,3 +187,25 @@ def test_a_finetune_runs_summary_names_its_protocol_departures():
     from emofuse.heads.options import HEAD_DEFAULTS
     sizes = {"proj": HEAD_DEFAULTS["cma"]["proj"], "heads": 4, "ff": HEAD_DEFAULTS["cma"]["ff"]}
     assert config_summary({**ident, **sizes}).startswith("finetune cma (w2v, bert), lr 1e-05, heads 4, folds 1")
+
+
+def test_the_cma_block_reading_is_listed_where_it_is_not_the_default():
+    """--cma-block attention (the paper's other reading of its CMA block) changes the numbers, so
+    `emofuse runs` names it, for train-head and finetune runs; the default is not written."""
+    from emofuse.pipelines.finetune import FinetuneConfig
+    from emofuse.pipelines.runs import _shown, config_summary
+    from emofuse.pipelines.train import TrainConfig
+    frozen = TrainConfig(store="s.h5", out="o", fusion="cma", granularity="F").identity()
+    other = TrainConfig(store="s.h5", out="o", fusion="cma", granularity="F", cma_block="attention").identity()
+    assert "cma_block" not in frozen and "cma block" not in config_summary(frozen)
+    assert "cma block attention" in config_summary(other)
+    assert _shown("cma_block", frozen) == "transformer" and _shown("cma_block", other) == "attention"
+    late = TrainConfig(store="s.h5", out="o", fusion="late", granularity="F+T").identity()
+    assert _shown("cma_block", late) == "(not an option of this head)"
+    tuned = dict(store="s.h5", out="o", system="cma", audio_model="w2v", text_model="bert")
+    assert "cma_block" not in FinetuneConfig(**tuned).identity()
+    ident = FinetuneConfig(**tuned, cma_block="attention").identity()
+    assert ident["cma_block"] == "attention" and "cma block attention" in config_summary(ident)
+    with pytest.raises(EmofuseError, match="--cma-block is the attention block of --system cma, found --system text"):
+        FinetuneConfig(store="s.h5", out="o", system="text", text_model="bert", cma_block="attention")
+

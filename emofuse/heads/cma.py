@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .functional import lengths_to_mask, stats_pool
+from .functional import key_padding, lengths_to_mask, stats_pool
 from .layers import AttentionBlock, MaskedBatchNorm1d
 
 
@@ -67,20 +67,57 @@ class TextProjection(nn.Module):
         return self.conv(x.transpose(1, 2)).transpose(1, 2), mask
 
 
+#: readings of the CMA block (CMA §2.4 Eqs. 4-5, §4): ``transformer``, a pre-LayerNorm transformer
+#: layer (attention, residual, feed-forward of width ``ff`` with its own LayerNorm, residual);
+#: ``attention``, Eqs. 4-5 alone: LayerNorm, multi-head attention whose output projection W0 is
+#: "the feed-forward layer", its output A as it is (no residual, no other feed-forward layer).
+CMA_BLOCKS = ("transformer", "attention")
+
+
+class CrossAttention(nn.Module):
+    """Eqs. 4-5 of CMA as a block: A = Concat(A_1 … A_M) W0 with A_i = softmax(Q_i K_iᵀ / √d) V_i,
+    queries from ``x`` and keys/values from ``ctx``, each LayerNormed first (§4, "layer-normalization
+    before scaled dot product"); no residual. Dropout on the attention weights and on A.
+
+    forward(x (B, Tq, d), ctx (B, Tk, ctx_dim), ctx_mask (B, Tk) True at real keys) → (B, Tq, d).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, ctx_dim: int | None = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"{heads} attention heads do not divide the width {dim}")
+        ctx_dim = ctx_dim or dim
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True, kdim=ctx_dim, vdim=ctx_dim)
+        self.norm1, self.norm_ctx = nn.LayerNorm(dim), nn.LayerNorm(ctx_dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_ctx(ctx)
+        return self.drop(self.attn(self.norm1(x), kv, kv, key_padding_mask=key_padding(ctx_mask),
+                                   need_weights=False)[0])
+
+
 class CMAFusion(nn.Module):
     """CMA §2.4-2.5 on padded sequences: CMA-1 (audio queries text) and CMA-2 (text queries audio),
-    one pre-LayerNorm attention block each, statistics pooling of each, concatenation, classifier.
+    one attention block each (``block``, one of ``CMA_BLOCKS``), statistics pooling of each,
+    concatenation, classifier.
 
     forward(audio (B, T, dim), audio_mask, text (B, N, text_dim), text_mask) → logits (B, C).
     ``text_dim`` defaults to ``dim`` (the paper projects both to 256).
     """
 
     def __init__(self, dim: int, n_classes: int, heads: int = 8, ff: int = 256, dropout: float = 0.2,
-                 text_dim: int | None = None):
+                 text_dim: int | None = None, block: str = "transformer"):
         super().__init__()
         text_dim = text_dim or dim
-        self.cma1 = AttentionBlock(dim, heads, ff, dropout, pre_norm=True, ctx_dim=text_dim)
-        self.cma2 = AttentionBlock(text_dim, heads, ff, dropout, pre_norm=True, ctx_dim=dim)
+        if block not in CMA_BLOCKS:
+            raise ValueError(f"the CMA block must be one of {list(CMA_BLOCKS)}, found {block!r}")
+        if block == "attention":
+            self.cma1 = CrossAttention(dim, heads, dropout, ctx_dim=text_dim)
+            self.cma2 = CrossAttention(text_dim, heads, dropout, ctx_dim=dim)
+        else:
+            self.cma1 = AttentionBlock(dim, heads, ff, dropout, pre_norm=True, ctx_dim=text_dim)
+            self.cma2 = AttentionBlock(text_dim, heads, ff, dropout, pre_norm=True, ctx_dim=dim)
         self.out = nn.Linear(2 * dim + 2 * text_dim, n_classes)
 
     def forward(self, a: torch.Tensor, a_mask: torch.Tensor, t: torch.Tensor, t_mask: torch.Tensor) -> torch.Tensor:
@@ -96,12 +133,12 @@ class CMAModel(nn.Module):
     """The whole frozen-feature CMA system after the encoders: ``fuse({audio: (x, mask), text: (x, mask)})``."""
 
     def __init__(self, audio_dim: int, text_dim: int, n_classes: int, proj: int = 256, heads: int = 8,
-                 ff: int = 256, dropout: float = 0.2, audio: str = "F", text: str = "T"):
+                 ff: int = 256, dropout: float = 0.2, audio: str = "F", text: str = "T", block: str = "transformer"):
         super().__init__()
         self.audio, self.text = audio, text
         self.audio_encoder = AudioFeatureEncoder(audio_dim, proj, dropout)
         self.text_proj = TextProjection(text_dim, proj)
-        self.fusion = CMAFusion(proj, n_classes, heads, ff, dropout)
+        self.fusion = CMAFusion(proj, n_classes, heads, ff, dropout, block=block)
 
     def fuse(self, streams: Padded) -> torch.Tensor:
         a, a_mask = self.audio_encoder(*streams[self.audio])

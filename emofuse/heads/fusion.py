@@ -151,13 +151,14 @@ class CMAHead(Head):
     statistics pooling, concatenation, classifier."""
 
     def __init__(self, dims: Dims, keys: Sequence[str], n_classes: int, proj: int = 256, dropout: float = 0.2,
-                 heads: int = 8, ff: int = 256, text: str = "T", weighting: str = "none"):
+                 heads: int = 8, ff: int = 256, text: str = "T", weighting: str = "none",
+                 block: str = "transformer"):
         super().__init__(dims, keys, weighting)
         speech = [k for k in keys if k != text]
         if text not in keys or len(speech) != 1:
             raise ValueError(f"cma needs the text stream {text!r} and exactly one speech stream, found {list(keys)}")
         self.model = CMAModel(dims[speech[0]][1], dims[text][1], n_classes, proj, heads, ff, dropout,
-                              audio=speech[0], text=text)
+                              audio=speech[0], text=text, block=block)
 
     def fuse(self, streams: Padded) -> torch.Tensor:
         return self.model.fuse(streams)
@@ -193,10 +194,11 @@ def default_lr(fusion: str, head: str) -> float:
 def build_head(fusion: str, dims: Dims, keys: Sequence[str], n_classes: int, head: str = "linear",
                hidden: int | None = None, dropout: float = PROTOCOL["dropout"], *, proj: int | None = None,
                heads: int | None = None, ff: int | None = None, depth: int | None = None,
-               weighting: str | None = None) -> Head:
+               weighting: str | None = None, cma_block: str = "transformer") -> Head:
     """The head for a ``train-head`` configuration. ``fusion``: none (one stream), late, concat,
     coattention, cma; ``head``: the branch of none/late fusion (linear, transformer; with none also
-    cnn-blstm and proj-stats). Options left at ``None`` take ``HEAD_DEFAULTS`` (heads/options.py)."""
+    cnn-blstm and proj-stats). Options left at ``None`` take ``HEAD_DEFAULTS`` (heads/options.py);
+    ``cma_block``: the reading of cma's attention block (``heads.cma.CMA_BLOCKS``)."""
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {list(FUSIONS)}, found {fusion!r}")
     if head not in HEAD_NAMES:
@@ -219,4 +221,4 @@ def build_head(fusion: str, dims: Dims, keys: Sequence[str], n_classes: int, hea
         return ConcatFusion(dims, keys, n_classes, hidden, dropout, proj=proj, weighting=weighting)
     if fusion == "coattention":
         return CoattentionFusion(dims, keys, n_classes, dropout, depth, heads, proj, ff, weighting=weighting)
-    return CMAHead(dims, keys, n_classes, proj, dropout, heads, ff, weighting=weighting)
+    return CMAHead(dims, keys, n_classes, proj, dropout, heads, ff, weighting=weighting, block=cma_block)

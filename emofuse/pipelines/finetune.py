@@ -45,7 +45,7 @@ from ..extract.checkpoints import checkpoint_digest
 from ..extract.encoders import token_limit, warn_no_preprocessor
 from ..extract.masking import MaskedBatchNorm, conv_output_lengths, mask_padding, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
-from ..heads.cma import AudioOnlyModel, CMAModel, TextOnlyModel
+from ..heads.cma import CMA_BLOCKS, AudioOnlyModel, CMAModel, TextOnlyModel
 from ..heads.functional import lengths_to_mask
 from ..heads.layers import MaskedBatchNorm1d
 from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
@@ -102,6 +102,9 @@ class FinetuneConfig:
     proj: int = opt(CMA["proj"])
     heads: int = opt(CMA["heads"])
     ff: int = opt(CMA["ff"])
+    cma_block: str = opt("transformer", choices=CMA_BLOCKS,
+                         help="--system cma's attention block: transformer (default) or attention, the paper's Eqs. "
+                              "4-5 alone (as train-head's --cma-block)")
     val_fraction: float = opt(PROTOCOL["val_fraction"])
     folds: tuple[str, ...] | None = opt(None, help="comma list of test sessions (default: all)")
     max_audio_s: float = opt(60.0)           # longer utterances are refused (never cut silently)
@@ -123,6 +126,10 @@ class FinetuneConfig:
         if self.training_options not in TRAINING_OPTIONS:
             raise EmofuseError(f"--training-options must be one of {list(TRAINING_OPTIONS)}, found "
                                f"{self.training_options!r}")
+        if self.cma_block not in CMA_BLOCKS:
+            raise EmofuseError(f"--cma-block must be one of {list(CMA_BLOCKS)}, found {self.cma_block!r}")
+        if self.cma_block != "transformer" and self.system != "cma":
+            raise EmofuseError(f"--cma-block is the attention block of --system cma, found --system {self.system}")
         if self.pos_conv not in POS_CONV:
             raise EmofuseError(f"--pos-conv must be conv or matmul, found {self.pos_conv!r}")
         if self.system in ("cma", "audio") and not self.audio_model:
@@ -169,7 +176,7 @@ class FinetuneConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_IN_KEY}
         if self.system == "text":
             d["micro_batch_seconds"] = 0.0   # no audio to cap
-        for name, default in (("pos_conv", "conv"), ("micro_batch_seconds", 0.0)):
+        for name, default in (("pos_conv", "conv"), ("micro_batch_seconds", 0.0), ("cma_block", "transformer")):
             if d[name] == default:
                 del d[name]   # defaults are not written: run keys from before the option stay valid
         # one spelling per configuration: folds in session order (as train-head's), --freeze as parsed
@@ -532,7 +539,8 @@ def build_head(cfg: FinetuneConfig, enc: Encoders, n_classes: int) -> nn.Module:
     a = enc.audio.config.hidden_size if enc.audio is not None else None
     t = enc.text.config.hidden_size if enc.text is not None else None
     if cfg.system == "cma":
-        return CMAModel(a, t, n_classes, proj=cfg.proj, heads=cfg.heads, ff=cfg.ff, dropout=cfg.dropout)
+        return CMAModel(a, t, n_classes, proj=cfg.proj, heads=cfg.heads, ff=cfg.ff, dropout=cfg.dropout,
+                        block=cfg.cma_block)
     if cfg.system == "audio":
         return AudioOnlyModel(a, n_classes, proj=cfg.proj, dropout=cfg.dropout)
     return TextOnlyModel(t, n_classes, proj=cfg.proj)

@@ -48,6 +48,7 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
         from ..heads.options import HEAD_DEFAULTS
         cma = HEAD_DEFAULTS["cma"]   # the fine-tuned systems' head sizes (finetune --proj/--heads/--ff)
         sizes = [f"{k} {identity[k]}" for k in ("proj", "heads", "ff") if k in identity and identity[k] != cma.get(k)]
+        sizes += [f"cma block {identity['cma_block']}"] if identity.get("cma_block") else []   # written if not default
         return ", ".join([f"finetune {identity['system']} ({', '.join(models)})", f"lr {identity.get('lr')}",
                           *sizes, *_protocol_departures(identity)]) + departure_names(identity.get)
     parts = [f"{identity.get('fusion')} {'+'.join(identity.get('keys') or [])}"]
@@ -71,7 +72,7 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
 
 #: head options a listing names where a run's differ from its head's defaults (before, runs of
 #: --hidden 64 and --hidden 128 listed alike)
-HEAD_OPTIONS = ("hidden", "proj", "heads", "ff", "depth", "scheduler", "lr_factor", "lr_patience")
+HEAD_OPTIONS = ("hidden", "proj", "heads", "ff", "depth", "cma_block", "scheduler", "lr_factor", "lr_patience")
 
 
 def _head_departures(identity: dict) -> list[str]:
@@ -101,6 +102,8 @@ def _protocol_departures(identity: dict) -> list[str]:
 def _shown(k: str, identity: dict):
     """A resolved identity's value as ``--diff`` shows it: an attention head's default feed-forward
     width as the multiple it is, a head option the head lacks (a linear head's depth) said so."""
+    if k == "cma_block" and k not in identity:   # written only where not the default
+        return "transformer" if identity.get("fusion") == "cma" else "(not an option of this head)"
     if k not in identity:   # a record written before the option existed
         return "(unset)"
     if k == "ff" and identity["ff"] is None and identity.get("ff_mult"):

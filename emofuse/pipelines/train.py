@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from ..devices import resolve_device
 from ..errors import EmofuseError
-from ..heads import FUSIONS, build_head
+from ..heads import CMA_BLOCKS, FUSIONS, build_head
 from ..heads.options import HEAD_NAMES, PLATEAU, PROTOCOL, default_text, head_defaults
 from ..options import opt
 from ..store import FeatureStore
@@ -93,6 +93,10 @@ class TrainConfig:
     heads: int | None = opt(None, help=f"attention heads (default {default_text('heads')})")
     ff: int | None = opt(None, help=f"feed-forward width inside attention blocks (default {default_text('ff')})")
     depth: int | None = opt(None, help=f"attention blocks per branch (default {default_text('depth')})")
+    cma_block: str | None = opt(None, choices=CMA_BLOCKS,
+                                help="--fusion cma's attention block: transformer, a pre-LayerNorm transformer layer "
+                                     "(default), or attention, the paper's Eqs. 4-5 alone (LayerNorm, multi-head "
+                                     "attention, no residual nor other feed-forward layer); docs/reproducing.md")
     scheduler: str | None = opt(None, choices=SCHEDULERS,
                                 help="learning-rate decay: plateau of validation loss, or of validation UA "
                                      f"(default: {default_text('scheduler')})")
@@ -130,6 +134,10 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise EmofuseError(f"--{name} must be a positive integer, found {v!r}")
+        if self.cma_block is not None and self.cma_block not in CMA_BLOCKS:
+            raise EmofuseError(f"--cma-block must be one of {list(CMA_BLOCKS)}, found {self.cma_block!r}")
+        if self.cma_block not in (None, "transformer") and self.fusion != "cma":
+            raise EmofuseError(f"--cma-block is the attention block of --fusion cma, found --fusion {self.fusion}")
         if self.proj is not None and (not isinstance(self.proj, int) or self.proj < 0):
             raise EmofuseError(f"--proj must be 0 (no projection) or a positive width, found {self.proj!r}")
         if not 0 < self.lr_factor < 1 or self.lr_patience < 0:
@@ -218,7 +226,7 @@ class TrainConfig:
         try:
             return build_head(self.fusion, dims, self.keys(), n_classes, self.head, r["hidden"], self.dropout,
                               proj=r["proj"], heads=r["heads"], ff=r["ff"], depth=r["depth"],
-                              weighting=r["weighting"])
+                              weighting=r["weighting"], cma_block=self.cma_block or "transformer")
         except ValueError as e:
             raise EmofuseError(f"--fusion {self.fusion}" + (f" --head {self.head}" if self.fusion in ("none", "late")
                                                             else "") + f": {e}") from None
@@ -237,6 +245,8 @@ class TrainConfig:
         if d["ff"] is None and ff_mult:   # attention blocks' width as a multiple of theirs: a default too
             d["ff_mult"] = ff_mult
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
+        if d["cma_block"] in (None, "transformer"):   # the default, as every run before the option: keys unchanged
+            del d["cma_block"]
         for name in DEPARTURES:   # off, as every run before the options: keys unchanged
             if not getattr(self, name):
                 del d[name]
