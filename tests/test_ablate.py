@@ -1,5 +1,6 @@
 """ablate and report: golden tables, reuse and resume, spec errors, figures."""
 
+import io
 import json
 import logging
 import os
@@ -55,6 +56,32 @@ def test_golden_content_is_right():
     assert list(csv["p_vs_best"].round(4).fillna(-1)) == [-1, 0.0312, 0.0001]
 
 
+def test_labels_with_table_specials_are_escaped_where_pasted():
+    """Found by a tables audit. Before: a `|` in a label ended its Markdown cell, so the row's UA
+    showed under WA, its WA under F1 … (tables.md, report.md, runs.md); in LaTeX, `^` stopped
+    pdflatex, `\\ ` and `~` vanished into spaces, Δ in a label or title was not set up; a CSV gave
+    a single run a std of 0.0000; with every row ¶, one was bold under a note saying ¶ rows are not."""
+    df = golden_frame().assign(label=["Frame | F", "x^2 ~ a\\b -- c", "Δ <5>"])
+    md = tables.to_markdown(df, "T")
+    row = next(line for line in md.splitlines() if line.startswith("| Frame"))
+    assert row.startswith("| Frame \\| F | **75.80 ± 0.91** |")
+    assert len(row.replace("\\|", "").split("|")) == len(md.splitlines()[2].split("|"))   # as many cells as the header
+    tex = tables.to_latex(df, "Δ title_1", "t")
+    assert r"Frame \textbar{} F & \textbf{75.80 $\pm$ 0.91}" in tex
+    assert r"x\textasciicircum{}2 \textasciitilde{} a\textbackslash{}b -{}- c & " in tex
+    assert r"$\Delta$ \textless{}5\textgreater{} & " in tex and r"\caption{$\Delta$ title\_1. " in tex
+    assert not any(ord(c) > 127 for c in tex)   # every sign written as LaTeX: nothing a font may lack
+    one = golden_frame().assign(n=[1, 1, 1])
+    csv = pd.read_csv(io.StringIO(tables.to_csv(one)))
+    assert csv[["ua_std", "wa_std", "f1_std"]].isna().all().all() and csv["ua_mean"].notna().all()
+    assert pd.read_csv(io.StringIO(tables.to_csv(golden_frame())))["ua_std"].notna().all()
+    fewer = golden_frame().assign(other_test=True, n_test=[57, 58, 59])
+    note = tables.to_markdown(fewer, "T")
+    assert "**75.80" in note and "so not compared for bold" not in note
+    assert "¶ scored on fewer of the test sessions' utterances than the store holds (57, 58, 59 utterances)" in note
+    assert "no row is tested on all of the table's test data, so bold compares means over different test data" in note
+
+
 def test_a_row_on_fewer_folds_is_marked_and_never_bold():
     df = golden_frame().drop(columns=["best"])
     df.loc[2, ["ua_mean", "wa_mean", "f1_mean"]] = [90.0, 90.0, 90.0]   # best numbers, on one fold only
@@ -73,7 +100,8 @@ def test_a_row_on_fewer_folds_is_marked_and_never_bold():
     assert tables.to_markdown(df.drop(columns=["folds", "partial"]), "T").count("**90.00") == 3   # no fold info: as before
     # no row covers every fold: bold among all, and the note says what that compares
     split = df.assign(folds=["1,2,3,4", "1,2,3,4", "5"], partial=True)
-    assert "no row covers them all, so bold compares means over different test folds" in tables.to_markdown(split, "T")
+    assert "no row is tested on all of the table's test data, so bold compares means over different test data" \
+        in tables.to_markdown(split, "T")
 
 
 def test_a_single_run_shows_its_value_without_a_spread():

@@ -87,3 +87,13 @@ def test_error_bars_and_bands_use_the_tables_std(tmp_path):
     half = [(s[1][1] - s[0][1]) / 2 for s in segs]
     w = np.array([r["layer_weights"]["F"] for r in runs])
     assert np.allclose(half, w.std(0, ddof=1))
+
+
+def test_a_label_with_dollars_is_printed_as_written(tmp_path):
+    """Before: row labels went to matplotlib as mathtext: `Late $F_$ + T` crashed `report`
+    (ParseSyntaxException), `$x$` lost its dollars (found by a tables audit)."""
+    cm = np.diag([3, 4]) + 1
+    fig = report.confusion_figure({"confusion": cm.tolist(), "classes": ["a", "b"]}, str(tmp_path / "c.png"),
+                                  "Late $F_$ + T")
+    assert fig.axes[0].get_title() == r"Late \$F_\$ + T" and (tmp_path / "c.png").stat().st_size > 0
+

@@ -209,3 +209,23 @@ def test_the_cma_block_reading_is_listed_where_it_is_not_the_default():
     with pytest.raises(EmofuseError, match="--cma-block is the attention block of --system cma, found --system text"):
         FinetuneConfig(store="s.h5", out="o", system="text", text_model="bert", cma_block="attention")
 
+
+def test_diff_is_the_same_both_ways_and_runs_md_keeps_its_columns(tmp_path):
+    """Found by a tables audit. Before: `runs --diff A B` showed `ff_mult` that `--diff B A` did
+    not (operator precedence); runs.md split a label holding `|` into two cells and listed a
+    run only under the table of its own row, not under tables repeating it with same_as."""
+    for name, ident in (("a", {"fusion": "coattention", "ff_mult": 4, "ff": None}), ("b", {"fusion": "none"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"type": "emofuse.train-head", "identity": ident}))
+    ab = pr.diff_runs(str(tmp_path / "a"), str(tmp_path / "b"))
+    ba = pr.diff_runs(str(tmp_path / "b"), str(tmp_path / "a"))
+    assert "ff_mult" not in ab and "ff_mult" not in ba
+    assert sorted(line.split()[0] for line in ab.splitlines()) == sorted(line.split()[0] for line in ba.splitlines())
+    from emofuse.pipelines.ablate import _write_index
+    spec = {"tables": [{"name": "main", "rows": [{"label": "A | b", "combine": ["x", "y"]}]},
+                       {"name": "second", "rows": [{"label": "Again", "same_as": "A | b"}]}],
+            "_labels": {"A | b": {"label": "A | b", "combine": ["x", "y"]}}}
+    _write_index(spec, {"A | b": "k1"}, {}, str(tmp_path))
+    row = (tmp_path / "runs.md").read_text().splitlines()[2]
+    assert row == "| A \\| b | `runs/k1` | main,second | score combination of x, y (not run) |"
+

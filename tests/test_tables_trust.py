@@ -286,7 +286,7 @@ def test_a_table_whose_rows_each_cover_other_folds_is_still_written(clean, tmp_p
                      '{label: "Two", fusion: none, granularity: F, folds: [2]}')
     df = run_ablate(AblateConfig(store=clean, spec=spec, out=str(tmp_path / "g"), device="cpu"))["a"]
     assert df["partial"].all() and not df["other_test"].any()
-    assert "no row covers them all" in (tmp_path / "g" / "tables" / "a.md").read_text()
+    assert "no row is tested on all of the table's test data" in (tmp_path / "g" / "tables" / "a.md").read_text()
 
 
 def test_a_grid_with_a_combination_of_a_combination_resumes(clean, tmp_path, caplog):

@@ -790,8 +790,10 @@ def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str)
     run's key, so that reuse is by content), the tables it appears in and what it trains."""
     in_tables: dict[str, list[str]] = {}
     for t in spec["tables"]:
-        for r in t["rows"]:
-            in_tables.setdefault(r["label"], []).append(t["name"])
+        for r in t["rows"]:   # a same_as row shows the run of the row it names
+            named = in_tables.setdefault(r.get("same_as", r["label"]), [])
+            if t["name"] not in named:
+                named.append(t["name"])
     rows = []
     for label, key in key_of.items():
         row, c = spec["_labels"][label], train_cfgs.get(key)
@@ -804,8 +806,8 @@ def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str)
     df = pd.DataFrame(rows, columns=["label", "folder", "tables", "configuration", "finished"])
     df.to_csv(os.path.join(out, "runs.csv"), index=False, lineterminator="\n")
     lines = ["| Label | Run folder | Tables | Configuration |", "|---|---|---|---|"]
-    lines += [f"| {r.label} | `{r.folder}` | {r.tables} | {r.configuration}" + ("" if r.finished else " (not run)") + " |"
-              for r in df.itertuples()]
+    lines += [f"| {tables.md_cell(r.label)} | `{r.folder}` | {r.tables} | {tables.md_cell(r.configuration)}"
+              + ("" if r.finished else " (not run)") + " |" for r in df.itertuples()]
     with open(os.path.join(out, "runs.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

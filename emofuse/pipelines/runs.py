@@ -173,7 +173,7 @@ def diff_runs(a: str, b: str) -> str:
         if not isinstance(c, dict) or c.get("type") != "emofuse.train-head":
             raise EmofuseError(f"{p} is not a train-head run directory (no readable config.json of a train-head run)")
     ia, ib = ca.get("identity") or {}, cb.get("identity") or {}
-    rows = [(k, _shown(k, ia), _shown(k, ib)) for k in sorted(set(ia) | set(ib) - {"ff_mult"})
+    rows = [(k, _shown(k, ia), _shown(k, ib)) for k in sorted((set(ia) | set(ib)) - {"ff_mult"})
             if _shown(k, ia) != _shown(k, ib)]
     fa, fb = ca.get("fingerprints") or {}, cb.get("fingerprints") or {}
     rows += [(f"store: {k}", fa.get(k, "(none)"), fb.get(k, "(none)")) for k in sorted(set(fa) | set(fb))

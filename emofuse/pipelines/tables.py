@@ -15,6 +15,7 @@ protocol overrides the grid ran with (``--epochs 4, --folds 1,2``), named in the
 from __future__ import annotations
 
 import math
+import re
 from typing import NamedTuple
 
 import pandas as pd
@@ -64,24 +65,30 @@ def _sessions(df: pd.DataFrame) -> list[str]:
 
 def _partial_note(df: pd.DataFrame) -> str:
     """The footnotes of † rows (which test folds the table holds) and ¶ rows (how many of the
-    table's test utterances they were scored on); empty when no row is either."""
+    table's test utterances they were scored on); empty when no row is either. When every row is
+    one or the other, bold still picks the best (``comparable``), and the note says it compares
+    means over different test data."""
     dagger, para = "†", "¶"
+    everyone = partial_rows(df).all()
+    aside = "" if everyone else ", so not compared for bold"
     out = ""
     if _flag(df, "partial").any():
         every = _sessions(df)
-        if _flag(df, "partial").all():
-            out += (f"; {dagger} run on fewer test folds than the table's {len(every)} ({', '.join(every)}); no row "
-                    "covers them all, so bold compares means over different test folds")
-        else:
-            out += (f"; {dagger} run on fewer test folds than the table's {len(every)} ({', '.join(every)}), "
-                    "so not compared for bold")
+        out += f"; {dagger} run on fewer test folds than the table's {len(every)} ({', '.join(every)}){aside}"
     if _flag(df, "other_test").any():
         rows = df[_flag(df, "other_test")]
         full = df[~partial_rows(df)]
-        counts = "" if "n_test" not in df or full.empty else (
-            f" ({', '.join(str(int(n)) for n in rows['n_test'])} of {int(full['n_test'].max())})")
-        out += (f"; {para} scored on fewer of the test sessions' utterances than the other rows{counts}: the others "
-                "have no frames or tokens for them in the store, so not compared for bold")
+        if "n_test" not in df:
+            counts = ""
+        elif full.empty:
+            counts = f" ({', '.join(str(int(n)) for n in rows['n_test'])} utterances)"
+        else:
+            counts = f" ({', '.join(str(int(n)) for n in rows['n_test'])} of {int(full['n_test'].max())})"
+        than = "the store holds" if everyone else "the other rows"
+        out += (f"; {para} scored on fewer of the test sessions' utterances than {than}{counts}"
+                + ("" if everyone else ": the others have no frames or tokens for them in the store") + aside)
+    if out and everyone:
+        out += "; no row is tested on all of the table's test data, so bold compares means over different test data"
     return out
 
 
@@ -192,7 +199,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     best = {m: best_rows(df, m) for m in METRIC_NAMES}
     shown = delta_shown(df)
     for i, r in df.iterrows():
-        cells = [str(r["label"]) + _mark(df, i)]
+        cells = [md_cell(str(r["label"])) + _mark(df, i)]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"])
             cells.append(f"**{c}**" if i in best[m] else c)
@@ -207,10 +214,25 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: LaTeX for the characters a label, a title or our notes may hold that are not text to LaTeX
+#: (the specials, and signs pdflatex's default fonts lack), one pass: nothing is escaped twice
+TEX = {**{c: "\\" + c for c in "&%_#${}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+       "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+       "Δ": r"$\Delta$", "δ": r"$\delta$", "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "λ": r"$\lambda$",
+       "μ": r"$\mu$", "σ": r"$\sigma$", "θ": r"$\theta$", "±": r"$\pm$", "×": r"$\times$", "†": r"$^\dagger$",
+       "¶": r"$^\P$", "≤": r"$\leq$", "≥": r"$\geq$", "−": r"$-$", "→": r"$\rightarrow$"}
+
+
 def _tex_escape(s: str) -> str:
-    for a in "&%_#${}":
-        s = s.replace(a, "\\" + a)
-    return s
+    """``s`` as LaTeX text: its specials and signs written as LaTeX (``TEX``), ``--`` kept as two
+    hyphens (LaTeX would join them into a dash)."""
+    return re.sub("-(?=-)", "-{}", "".join(TEX.get(c, c) for c in s))
+
+
+def md_cell(s: str) -> str:
+    """``s`` inside a Markdown table cell: a ``|`` would end the cell and shift the row's numbers
+    into the next columns; a line break would end the row."""
+    return s.replace("|", "\\|").replace("\n", " ")
 
 
 def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
@@ -220,10 +242,8 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     cols = "l" + "r" * (3 + (2 if pub else 0)) + "r"
     head = ["Configuration"] + [METRIC_NAMES[m] for m in METRIC_NAMES] + (["Published UA", r"$\Delta$ UA"] if pub else [])
     head.append("runs")   # the name the caption's note uses
-    note = (_tex_escape(_protocol_note(df)).replace("Δ", r"$\Delta$").replace("--", "-{}-")
-            + spread_note(df, r"$\pm$").replace("×", r"$\times$"))
-    caption = (_tex_escape(title) + ". " + note + "; best mean per metric in bold"
-               + _tex_escape(_partial_note(df)).replace("†", r"$^\dagger$").replace("¶", r"$^\P$")
+    note = _tex_escape(_protocol_note(df)) + spread_note(df, r"$\pm$").replace("×", r"$\times$")
+    caption = (_tex_escape(title) + ". " + note + "; best mean per metric in bold" + _tex_escape(_partial_note(df))
                + _options_note(df, latex=True).replace("--", "-{}-") + ".")
     out = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)", r"\begin{table}[t]", r"\centering",
            rf"\caption{{{caption}}}", rf"\label{{tab:{label}}}",
@@ -261,6 +281,8 @@ def to_csv(df: pd.DataFrame) -> str:
     if _has_published(df):   # unrounded; empty where the table shows no Δ
         out.insert(out.columns.get_loc("published") + 1, "delta_ua",
                    (df["ua_mean"] - df["published"]).where(delta_shown(df)))
+    for m in METRIC_NAMES:   # one run has no spread: blank, never 0.0000 (runs that agreed)
+        out[f"{m}_std"] = out[f"{m}_std"].where(out["n"] > 1)
     if "p_vs_best" in out:   # 4 significant digits: a small p is never "0.0000"
         out["p_vs_best"] = [f"{p:.4g}" if isinstance(p, float) and not math.isnan(p) else "" for p in out["p_vs_best"]]
     return out.to_csv(index=False, float_format="%.4f", lineterminator="\n")
