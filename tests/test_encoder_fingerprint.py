@@ -57,6 +57,18 @@ def test_one_fingerprint_whatever_the_path_or_transformers_version(models, monke
     assert HFTextEncoder("bert", device="cpu").fingerprint_fields() == a.fingerprint_fields()
 
 
+def test_audio_streams_record_the_resampler_outside_their_fingerprint(models):
+    """Audio at another rate goes through soxr; which resampler (and version) made the encoder's
+    input is provenance in the stream's info, as the transformers version is (found by an
+    extraction audit: nothing recorded it, and another resampler moved activations by up to 1.0 on
+    a tiny random model fed noise)."""
+    import soxr
+    for cls, (rel, _) in ((HFAudioEncoder, models["group"]), (WhisperAudioEncoder, models["whisper"])):
+        enc = cls(rel, device="cpu")
+        assert enc.info["resampler"].startswith(f"soxr {soxr.__version__}, quality HQ")
+        assert "resampler" not in enc.fingerprint_fields()
+
+
 def edit_config(folder, **changes):
     path = os.path.join(folder, "config.json")
     with open(path) as f:

@@ -13,6 +13,10 @@ import soxr
 from ..corpora import Utterance
 
 APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
+#: how audio at another rate reaches the encoder's (``read_audio``): recorded in each audio
+#: stream's info as provenance (another resampler changes the activations a little; the
+#: fingerprint does not cover it, as it does not cover the transformers version)
+RESAMPLER = f"soxr {soxr.__version__}, quality HQ, each utterance resampled after its cut"
 
 
 class BadInput(Exception):
@@ -133,7 +137,7 @@ def load_audio(utt: Utterance, target_sr: int) -> np.ndarray:
         raise BadInput(f"audio holds {int((~np.isfinite(audio)).sum())} NaN or infinite samples")
     if sr != target_sr:
         RESAMPLED.add(int(sr))
-        audio = soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32)
+        audio = soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32)   # as RESAMPLER says
     return np.ascontiguousarray(audio)
 
 

@@ -29,7 +29,7 @@ from .. import __version__
 from ..devices import resolve_device
 from ..errors import EmofuseError
 from ..store import canonical_json, config_hash, digest
-from .audio import BadInput
+from .audio import RESAMPLER, BadInput
 from .families import AUDIO_FAMILIES, audio_family, text_family
 from .masking import conv_output_lengths, mask_padding, receptive_field
 
@@ -279,7 +279,7 @@ class HFAudioEncoder:
             "frame_hop_s": self.hop / self.sample_rate, "frame_window_s": self.window / self.sample_rate,
             "feat_extract_norm": getattr(config, "feat_extract_norm", "layer"), "preprocessing": preprocessing,
             "compute_dtype": dtype, "untrained": self.untrained, "notes": "; ".join(notes),
-            "transformers_version": transformers_version(), "emofuse_version": __version__,
+            "transformers_version": transformers_version(), "emofuse_version": __version__, "resampler": RESAMPLER,
         }
         if getattr(config, "do_stable_layer_norm", False):
             # the last layer is the normalised model output (stacked_layers); stores written before

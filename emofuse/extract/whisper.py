@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..errors import EmofuseError
-from .audio import BadInput
+from .audio import RESAMPLER, BadInput
 from ..devices import resolve_device
 from .encoders import (DTYPES, _host, _load_error, _prepare, config_identity, stacked_layers, transformers_version,
                        weights_hash)
@@ -121,7 +121,7 @@ class WhisperAudioEncoder:
             "window_s": self.window_samples / self.sample_rate, "standard_window": self.standard,
             "long_audio": "consecutive windows, each encoded alone, frames concatenated",
             "preprocessing": preprocessing, "compute_dtype": dtype, "untrained": False, "notes": "; ".join(notes),
-            "transformers_version": transformers_version(), "emofuse_version": __version__,
+            "transformers_version": transformers_version(), "emofuse_version": __version__, "resampler": RESAMPLER,
         }
 
     def fingerprint_fields(self) -> dict[str, Any]:
