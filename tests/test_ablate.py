@@ -172,7 +172,9 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     assert "3 configurations, 2 already finished, 1 to run" in msgs[0] and len(res3["a"]) == 4
     (out / "figures").mkdir(exist_ok=True)
     (out / "figures" / "a-trained-layers.png").write_bytes(b"an earlier report's best row")
+    (out / "figures" / "a-trained-layers.pdf").write_bytes(b"its vector twin")
     (out / "figures" / "my-own-plot.png").write_bytes(b"the user's")
+    (out / "figures" / "my-own-plot.pdf").write_bytes(b"the user's")
     with pytest.raises(EmofuseError):
         run_report(str(out / "figures"))   # not a run or grid: refused before anything is removed
     assert (out / "figures" / "a-trained-layers.png").exists()
@@ -180,9 +182,11 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     text = Path(report).read_text()
     assert "| Configuration |" in text and "figures/a-confusion.png" in text
     assert not (out / "figures" / "a-trained-layers.png").exists()   # an earlier report's figure: gone
-    assert (out / "figures" / "my-own-plot.png").exists()            # not one report draws: kept
-    for name in ("a-confusion.png", "a-layers.png", "a-folds.png", "a-curves.png"):
-        assert (out / "figures" / name).stat().st_size > 5000
+    assert not (out / "figures" / "a-trained-layers.pdf").exists()
+    assert (out / "figures" / "my-own-plot.png").exists() and (out / "figures" / "my-own-plot.pdf").exists()   # kept
+    for name in ("a-confusion", "a-layers", "a-folds", "a-curves"):   # each for report.md, and as a vector PDF
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000
+        assert (out / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_grid_best_is_a_full_row_and_a_combination_report_names_its_members(store, tmp_path):

@@ -48,8 +48,12 @@ def run_name(s: dict) -> str:
 
 
 def _save(plt, fig, path: str) -> None:
+    """``path`` (a PNG, for report.md) and, beside it, the same figure as a vector PDF (for a paper)."""
     fig.tight_layout()
     fig.savefig(path)
+    root, ext = os.path.splitext(path)
+    if ext.lower() == ".png":
+        fig.savefig(root + ".pdf")
     plt.close(fig)
 
 
@@ -189,7 +193,7 @@ def curve_figure(runs: list[dict], path: str, title: str):
 
 
 #: the endings of the figure files report draws (``[PREFIX]confusion.png`` …)
-FIGURE_NAMES = ("confusion.png", "layers.png", "folds.png", "curves.png")
+FIGURE_NAMES = ("confusion", "layers", "folds", "curves")   # each as .png and .pdf
 
 
 def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str,
@@ -226,8 +230,8 @@ def run_report(path: str) -> str:
     lines = []
     if os.path.exists(os.path.join(path, "ablate.json")) or is_finished(path):
         # what an earlier report drew (another best row, a renamed table) goes; other files stay
-        for old in glob.glob(os.path.join(fig_dir, "*.png")):
-            if os.path.basename(old).endswith(FIGURE_NAMES):
+        for old in glob.glob(os.path.join(fig_dir, "*.png")) + glob.glob(os.path.join(fig_dir, "*.pdf")):
+            if os.path.splitext(os.path.basename(old))[0].endswith(FIGURE_NAMES):
                 os.remove(old)
     if os.path.exists(os.path.join(path, "ablate.json")):
         with open(os.path.join(path, "ablate.json")) as f:
