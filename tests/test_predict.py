@@ -354,11 +354,12 @@ def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_pat
 
 
 def test_evaluate_of_a_speaker_normalised_model_never_pools_blank_speakers(trained, tmp_path, tiny_models,
-                                                                           monkeypatch, caplog):
+                                                                           monkeypatch):
     """Before: evaluate of a --norm speaker model on a store whose speaker cells are blank (a
     manifest corpus without speakers) standardised every such utterance together, as one
-    'speaker', without a word. Now some blank are refused; all blank are each standardised by
-    their own rows (predict's reading without speakers), and the log, summary and table say so."""
+    'speaker', without a word. Now a store with some, or all, blank is refused: each utterance
+    alone is too little to standardise by (one word segment), and a cross-corpus score must not
+    rest on it. So are blank speakers given to the Python API among named ones."""
     import emofuse.pipelines.predict as predict_mod
     run = str(tmp_path / "spk")
     run_train(TrainConfig(store=trained["store"], out=run, fusion="none", granularity="F", norm="speaker",
@@ -381,27 +382,21 @@ def test_evaluate_of_a_speaker_normalised_model_never_pools_blank_speakers(train
                                            r"others name one; .* run extract-embeddings again with --update-corpus$"):
         run_evaluate(run, other, str(tmp_path / "ev-some"))
     blank["which"] = slice(None)
-    ev = tmp_path / "ev"
-    with caplog.at_level("WARNING", logger="emofuse"):
-        s = run_evaluate(run, other, str(ev))
-    assert f"{other} names no speaker: this model standardises each speaker by the speaker's own statistics" \
-        in caplog.text
-    assert s["standardised"].startswith("each utterance by its own")
-    assert "Each utterance standardised by its own statistics" in (ev / "table.md").read_text()
-    # the numbers are the model's on each utterance alone, not on the blank 'speaker' pooled
+    with pytest.raises(EmofuseError, match=rf"{other} names no speaker of its 8 utterances; this model standardises "
+                                           r"each speaker .* an utterance alone is too little for that"):
+        run_evaluate(run, other, str(tmp_path / "ev-none"))
+    monkeypatch.setattr(predict_mod, "load_train_data", real)
+    s = run_evaluate(run, other, str(tmp_path / "ev-named"))   # every speaker named: scored
+    assert s["utterances"] == 8
+    # the Python API: named and blank speakers mixed are refused; none at all: each utterance alone
     model = load_model(run)
     with FeatureStore(other) as fs:
         utts = fs.utterances
-    preds = pd.read_csv(ev / "predictions.csv", dtype={"id": str}).set_index("id")
-    alone = model.features(audio=list(utts.loc[preds.index, "audio_path"]), ids=list(preds.index))
-    np.testing.assert_allclose(model.member_logits(alone)[0], preds[[f"logit_{c}" for c in model.classes]].to_numpy(),
-                               atol=2e-4)
-    # a store naming every speaker: no word of it
-    monkeypatch.setattr(predict_mod, "load_train_data", real)
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="emofuse"):
-        s = run_evaluate(run, other, str(tmp_path / "ev-named"))
-    assert "names no speaker" not in caplog.text and "standardised" not in s
+    audio = list(utts["audio_path"][:3])
+    with pytest.raises(EmofuseError, match=r"speakers: 1 of 3 utterances have no speaker"):
+        model.features(audio=audio, ids=["a", "b", "c"], speakers=["s1", None, "s1"])
+    alone = model.member_logits(model.features(audio=audio, ids=["a", "b", "c"], speakers=[None] * 3))
+    np.testing.assert_allclose(alone, model.member_logits(model.features(audio=audio, ids=["a", "b", "c"])))
 
 def test_only_the_layers_the_model_reads_must_be_finite(trained, monkeypatch):
     """The model reads layers 1-2: an overflow (inf in float16) in layer 0 of the audio or text

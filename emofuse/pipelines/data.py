@@ -304,20 +304,29 @@ def refuse_blank_speakers(data: TrainData) -> None:
                            "or use --norm global")
 
 
-def speakers_to_standardise(ids, speakers, where: str, rows: str, fix: str) -> np.ndarray | None:
-    """Data a ``--norm speaker`` model was not trained on (predict's manifest, evaluate's store):
-    each speaker is standardised by the speaker's own rows. Every row names its speaker (returned
-    as strings), or none does (None: each utterance is standardised by its own); a mix is refused,
-    since the blank ones would be standardised together as one 'speaker'."""
+#: what a --norm speaker model does with the speakers it is given, as its messages say it
+SPEAKER_NORM = "this model standardises each speaker by the speaker's own statistics (--norm speaker)"
+
+
+def speakers_to_standardise(ids, speakers, where: str, rows: str, fix: str,
+                            alone: bool = True) -> np.ndarray | None:
+    """Data a ``--norm speaker`` model was not trained on (predict's manifest and Python calls,
+    evaluate's store): each speaker is standardised by the speaker's own rows. Every row names its
+    speaker (returned as strings), or none does: None, each utterance standardised by its own
+    rows, where ``alone`` (else refused: a cross-corpus score must not rest on an utterance's one
+    or two segments standardised by themselves); a mix is refused, since the blank ones would be
+    standardised together as one 'speaker'."""
     named = ~blank_speakers(speakers)
     if named.all():
         return np.array([str(s) for s in speakers])
     if not named.any():
-        return None
+        if alone:
+            return None
+        raise EmofuseError(f"{where} names no speaker of its {len(named)} {rows}; {SPEAKER_NORM}, and an utterance "
+                           "alone is too little for that (a one-word utterance has one word segment): " + fix)
     blank = np.asarray(ids)[~named]
     raise EmofuseError(f"{where}: {len(blank)} of {len(named)} {rows} have no speaker (ids {_some(blank)}) while the "
-                       "others name one; this model standardises each speaker by the speaker's own statistics "
-                       f"(--norm speaker): {fix}")
+                       f"others name one; {SPEAKER_NORM}: {fix}")
 
 
 def _corpus_flags(fs: FeatureStore) -> str:

@@ -42,8 +42,8 @@ from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
 from ..store import (FeatureStore, flags_of, info_differences, nonfinite, same_encoder, shaping_differs,
                      stream_fingerprint)
-from .data import (SPEAKERS_FIX, MemorySource, Normaliser, TrainData, _moments, fit_normaliser, load_train_data,
-                   speakers_to_standardise)
+from .data import (SPEAKER_NORM, SPEAKERS_FIX, MemorySource, Normaliser, TrainData, _moments, fit_normaliser,
+                   load_train_data, speakers_to_standardise)
 from .extract.stream import not_finite
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of, without_segments
 from .metrics import format_summary, scores, summarise
@@ -566,6 +566,9 @@ def _as_data(model: TrainedModel, ids: list[str], rows: dict, speakers=None) -> 
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         sources[k] = MemorySource(torch.from_numpy(np.concatenate(arrays)), offsets, lengths)
         dims[k] = arrays[0].shape[1:]
+    if speakers is not None and model.spec["norm"] == "speaker":   # blank ones would be one 'speaker'
+        speakers = speakers_to_standardise(ids, speakers, "speakers", "utterances", "give every utterance its "
+                                           "speaker, or none (each utterance is then standardised by its own)")
     spk = np.array([str(s) for s in speakers]) if speakers is not None else np.array(ids)
     return TrainData(ids=np.array(ids), y=np.zeros(len(ids), np.int64), classes=list(model.classes),
                      sessions=np.array([""] * len(ids)), speakers=spk, sources=sources, dims=dims,
@@ -637,8 +640,7 @@ def run_predict(model_path: str, audio: Sequence[str] | None = None, text: Seque
             ids = [os.path.splitext(os.path.basename(a))[0] for a in audio]
             audio = None
     if model.spec["norm"] == "speaker" and speakers is None:   # on stderr: stdout may be the CSV
-        note("note: this model standardises each speaker by the speaker's own statistics (--norm speaker); without "
-             "a speaker column each utterance is standardised by its own")
+        note(f"note: {SPEAKER_NORM}; without a speaker column each utterance is standardised by its own")
     if audio is None and "F" in model.keys:
         raise EmofuseError("this model reads audio frames (F): give --audio FILE or --manifest LIST")
     res = model.predict(audio=audio, text=text, ids=ids, speakers=speakers, device=device,
@@ -773,14 +775,9 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                     f"{len(shared)} of the {len(data.ids)} utterances of {store} are recordings {run} was trained on "
                     f"(the same audio content over overlapping times; e.g. {', '.join(map(str, shared[:3]))}): their "
                     "scores would not be cross-corpus; evaluate a store without them")
-        own = False   # each utterance standardised by its own rows: the store names no speaker
         if model.spec["norm"] == "speaker":
-            speakers = speakers_to_standardise(data.ids, data.speakers, store, "utterances", SPEAKERS_FIX)
-            own = speakers is None
-            if own:
-                log.warning(f"{store} names no speaker: this model standardises each speaker by the speaker's own "
-                            "statistics (--norm speaker), so each utterance is standardised by its own")
-            data = replace(data, speakers=np.asarray(data.ids).astype(str) if own else speakers)
+            data = replace(data, speakers=speakers_to_standardise(data.ids, data.speakers, store, "utterances",
+                                                                  SPEAKERS_FIX, alone=False))
         names = [str(x) for x in np.array(data.classes)[data.y]]
         unknown = sorted(set(names) - set(lm) - set(model.classes))
         if unknown:
@@ -828,8 +825,7 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
         summary.update(type="emofuse.summary", evaluation="cross-corpus", fusion=c["fusion"], keys=model.keys,
                        head=c["head"], model=os.path.abspath(run), store=os.path.abspath(store), f1_over="truth",
                        label_map=lm, absent_classes=absent, ensemble=ens, utterances=len(data.ids),
-                       excluded=data.excluded, empty_segments=data.empty, runs=runs,
-                       **({"standardised": "each utterance by its own (the store names no speaker)"} if own else {}))
+                       excluded=data.excluded, empty_segments=data.empty, runs=runs)
         write_predictions(out, pd.concat(preds))
         ens_df = pd.DataFrame({"id": data.ids, "label": mapped, "pred": np.array(model.classes)[probs.argmax(1)]})
         for j, name in enumerate(model.classes):
@@ -850,8 +846,6 @@ def run_evaluate(run: str, store: str, out: str, label_map: str | dict | None = 
                        if absent else "")
                     + (f" Left out: {_left_out(data.excluded)}." if data.excluded else "")
                     + (f" Scored with an input masked: {without_segments(data.empty)}." if data.empty else "")
-                    + (" Each utterance standardised by its own statistics (the store names no speaker; the model "
-                       "standardises each speaker by the speaker's own)." if own else "")
                     + "\n")
     log.info(f"{out}: {len(y)} utterances of {store}; fold models: " + format_summary(summary)
              + f"; their ensemble: UA {ens['ua']:.2f}  WA {ens['wa']:.2f}  F1 {ens['f1']:.2f}"
