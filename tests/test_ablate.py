@@ -71,6 +71,9 @@ def test_labels_with_table_specials_are_escaped_where_pasted():
     assert r"x\textasciicircum{}2 \textasciitilde{} a\textbackslash{}b -{}- c & " in tex
     assert r"$\Delta$ \textless{}5\textgreater{} & " in tex and r"\caption{$\Delta$ title\_1. " in tex
     assert not any(ord(c) > 127 for c in tex)   # every sign written as LaTeX: nothing a font may lack
+    greek = tables.to_latex(df.assign(label=["[LAUGHTER] kept", "*F", "ω ≈ Α"]), "T", "t")
+    assert "\\midrule\n{}[LAUGHTER] kept & " in greek and "\n{}*F & " in greek   # not \\[…] nor \\*
+    assert "\n$\\omega$ $\\approx$ A & " in greek
     one = golden_frame().assign(n=[1, 1, 1])
     csv = pd.read_csv(io.StringIO(tables.to_csv(one)))
     assert csv[["ua_std", "wa_std", "f1_std"]].isna().all().all() and csv["ua_mean"].notna().all()
@@ -78,7 +81,8 @@ def test_labels_with_table_specials_are_escaped_where_pasted():
     fewer = golden_frame().assign(other_test=True, n_test=[57, 58, 59])
     note = tables.to_markdown(fewer, "T")
     assert "**75.80" in note and "so not compared for bold" not in note
-    assert "¶ scored on fewer of the test sessions' utterances than the store holds (57, 58, 59 utterances)" in note
+    assert ("¶ scored on fewer of the test sessions' utterances than the table's rows together "
+            "(57, 58, 59 utterances)") in note
     assert "no row is tested on all of the table's test data, so bold compares means over different test data" in note
 
 

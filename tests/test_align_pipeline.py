@@ -52,7 +52,7 @@ def test_align_iemocap_files(extracted, small_fake, tmp_path):
     r = run("align-segments", "--store", store, "--source", "iemocap")
     assert r.returncode == 0, r.stderr
     assert "24 utterances aligned" in r.stdout and "skipped 1: no forced alignment" in r.stdout
-    assert "overlap no phone" not in r.stdout and "end after the audio" not in r.stdout
+    assert "no phone's midpoint" not in r.stdout and "end after the audio" not in r.stdout
     truth = {u.id: u for u in small_fake.utterances}
     # the skipped utterance is named (before: only `emofuse info` or fs.skipped() told which)
     (unaligned,) = [u.id for u in small_fake.utterances if not u.has_alignment
@@ -597,7 +597,7 @@ def test_a_word_no_phone_falls_in_is_said_not_dropped_silently(extracted, small_
     r = run("align-segments", "--store", store, "--source", "iemocap", "--root", root)
     assert r.returncode == 0, r.stderr
     name = word[-1].split("(")[0]
-    assert f"1 words overlap no phone of their alignment ({victim.stem} '{name}'): the syllables built from the " \
-           "phones have nothing of them" in r.stdout, r.stdout
+    assert f"1 word with no phone's midpoint inside ({victim.stem} '{name}'): the syllables built from the " \
+           "phones have nothing of it" in r.stdout, r.stdout
     with FeatureStore(store) as fs:   # the word is a segment of its own tier
         assert name in list(fs.segments("audio", "word", victim.stem).symbols)

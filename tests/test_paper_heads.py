@@ -172,6 +172,10 @@ def test_cma_block_of_eqs_4_and_5_alone():
     assert "cma_block" not in default.identity()
     with pytest.raises(EmofuseError, match="--cma-block is the attention block of --fusion cma, found --fusion late"):
         TrainConfig(store="s.h5", out="o", fusion="late", granularity="F", cma_block="attention")
+    # no feed-forward layer in this block: --ff is refused, and its width is no part of the key
+    assert cfg.identity()["ff"] is None
+    with pytest.raises(EmofuseError, match="--ff is the width of the transformer block's feed-forward layer"):
+        TrainConfig(store="s.h5", out="o", fusion="cma", granularity="F", cma_block="attention", ff=128)
 
 
 def test_cma_stages_shapes():

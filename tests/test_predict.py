@@ -352,7 +352,6 @@ def test_speaker_normalised_model_uses_each_speakers_statistics(trained, tmp_pat
         run_evaluate(str(moved), trained["store"], str(tmp_path / "ev"))
 
 
-
 def test_evaluate_of_a_speaker_normalised_model_never_pools_blank_speakers(trained, tmp_path, tiny_models,
                                                                            monkeypatch):
     """Before: evaluate of a --norm speaker model on a store whose speaker cells are blank (a
@@ -397,6 +396,7 @@ def test_evaluate_of_a_speaker_normalised_model_never_pools_blank_speakers(train
         model.features(audio=audio, ids=["a", "b", "c"], speakers=["s1", None, "s1"])
     alone = model.member_logits(model.features(audio=audio, ids=["a", "b", "c"], speakers=[None] * 3))
     np.testing.assert_allclose(alone, model.member_logits(model.features(audio=audio, ids=["a", "b", "c"])))
+
 
 def test_only_the_layers_the_model_reads_must_be_finite(trained, monkeypatch):
     """The model reads layers 1-2: an overflow (inf in float16) in layer 0 of the audio or text

@@ -198,7 +198,7 @@ def test_the_cma_block_reading_is_listed_where_it_is_not_the_default():
     frozen = TrainConfig(store="s.h5", out="o", fusion="cma", granularity="F").identity()
     other = TrainConfig(store="s.h5", out="o", fusion="cma", granularity="F", cma_block="attention").identity()
     assert "cma_block" not in frozen and "cma block" not in config_summary(frozen)
-    assert "cma block attention" in config_summary(other)
+    assert "cma block attention" in config_summary(other) and "ff None" not in config_summary(other)
     assert _shown("cma_block", frozen) == "transformer" and _shown("cma_block", other) == "attention"
     late = TrainConfig(store="s.h5", out="o", fusion="late", granularity="F+T").identity()
     assert _shown("cma_block", late) == "(not an option of this head)"
@@ -206,6 +206,8 @@ def test_the_cma_block_reading_is_listed_where_it_is_not_the_default():
     assert "cma_block" not in FinetuneConfig(**tuned).identity()
     ident = FinetuneConfig(**tuned, cma_block="attention").identity()
     assert ident["cma_block"] == "attention" and "cma block attention" in config_summary(ident)
+    assert FinetuneConfig(**tuned, cma_block="attention", ff=64).identity() == ident   # no feed-forward layer
+    assert "ff None" not in config_summary(ident)
     with pytest.raises(EmofuseError, match="--cma-block is the attention block of --system cma, found --system text"):
         FinetuneConfig(store="s.h5", out="o", system="text", text_model="bert", cma_block="attention")
 
@@ -228,4 +230,3 @@ def test_diff_is_the_same_both_ways_and_runs_md_keeps_its_columns(tmp_path):
     _write_index(spec, {"A | b": "k1"}, {}, str(tmp_path))
     row = (tmp_path / "runs.md").read_text().splitlines()[2]
     assert row == "| A \\| b | `runs/k1` | main,second | score combination of x, y (not run) |"
-

@@ -353,7 +353,7 @@ class OpenSmileEncoder:
                      "num_layers": 1, "dim": self.dim, "sample_rate": self.sample_rate, "frame_hop_s": 0.01,
                      "frame_window_s": 0.02, "compute_dtype": "float32", "untrained": False,
                      # descriptors in Hz, dB, ratios: scales differ by orders of magnitude
-                     "default_norm": "global", "emofuse_version": __version__}
+                     "default_norm": "global", "emofuse_version": __version__, "resampler": RESAMPLER}
 
     def fingerprint_fields(self) -> dict[str, Any]:
         return {k: self.info[k] for k in ("encoder_id", "revision", "feature_names")}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..errors import EmofuseError
 from .functional import key_padding, lengths_to_mask, stats_pool
 from .layers import AttentionBlock, MaskedBatchNorm1d
 
@@ -72,6 +73,15 @@ class TextProjection(nn.Module):
 #: ``attention``, Eqs. 4-5 alone: LayerNorm, multi-head attention whose output projection W0 is
 #: "the feed-forward layer", its output A as it is (no residual, no other feed-forward layer).
 CMA_BLOCKS = ("transformer", "attention")
+
+
+def check_cma_block(block: str | None, cma: bool, option: str, value: str) -> None:
+    """Refuse a ``--cma-block`` that is not one of ``CMA_BLOCKS``, or that is not the default
+    where the model has no CMA block (``cma`` False: ``option value`` names what says so)."""
+    if block is not None and block not in CMA_BLOCKS:
+        raise EmofuseError(f"--cma-block must be one of {list(CMA_BLOCKS)}, found {block!r}")
+    if block not in (None, "transformer") and not cma:
+        raise EmofuseError(f"--cma-block is the attention block of {option} cma, found {option} {value}")
 
 
 class CrossAttention(nn.Module):

@@ -797,7 +797,9 @@ def _write_index(spec: dict, key_of: dict[str, str], train_cfgs: dict, out: str)
     rows = []
     for label, key in key_of.items():
         row, c = spec["_labels"][label], train_cfgs.get(key)
-        tuned = f"fine-tuned {getattr(c, 'system', '')}".strip() + tables.departure_names(lambda o: getattr(c, o, False))
+        tuned = (f"fine-tuned {getattr(c, 'system', '')}".strip()
+                 + (f", {c.cma_block} block" if getattr(c, "cma_block", "transformer") != "transformer" else "")
+                 + tables.departure_names(lambda o: getattr(c, o, False)))
         what = (f"score combination of {', '.join(row['combine'])}" if "combine" in row else
                 describe_config(c) if isinstance(c, TrainConfig) else tuned)
         d = os.path.join(out, "runs", key)

@@ -97,9 +97,10 @@ class AlignSummary:
             lines.append(f"  {self.clipped} segments end after the audio (by at most the {PAST_AUDIO_TOLERANCE_S:g} s "
                          "tolerated; their span stops at its last frame)")
         if self.phoneless:
-            lines.append(f"  {self.phoneless} words overlap no phone of their alignment "
-                         f"({'e.g. ' if self.phoneless > 1 else ''}{self.phoneless_example}): the syllables built "
-                         "from the phones have nothing of them")
+            n = self.phoneless
+            lines.append(f"  {n} word{'s' if n > 1 else ''} with no phone's midpoint inside "
+                         f"({'e.g. ' if n > 1 else ''}{self.phoneless_example}): the syllables built from the phones "
+                         f"have nothing of {'them' if n > 1 else 'it'}")
         ranked = sorted(self.skipped.items(), key=lambda kv: -kv[1])
         for reason, n in ranked[:5]:
             e = self.example.get(reason)

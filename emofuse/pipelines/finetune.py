@@ -45,7 +45,7 @@ from ..extract.checkpoints import checkpoint_digest
 from ..extract.encoders import token_limit, warn_no_preprocessor
 from ..extract.masking import MaskedBatchNorm, conv_output_lengths, mask_padding, receptive_field
 from ..extract.posconv import use_matmul_pos_conv
-from ..heads.cma import CMA_BLOCKS, AudioOnlyModel, CMAModel, TextOnlyModel
+from ..heads.cma import CMA_BLOCKS, AudioOnlyModel, CMAModel, TextOnlyModel, check_cma_block
 from ..heads.functional import lengths_to_mask
 from ..heads.layers import MaskedBatchNorm1d
 from ..heads.options import HEAD_DEFAULTS, PLATEAU, PROTOCOL
@@ -126,10 +126,7 @@ class FinetuneConfig:
         if self.training_options not in TRAINING_OPTIONS:
             raise EmofuseError(f"--training-options must be one of {list(TRAINING_OPTIONS)}, found "
                                f"{self.training_options!r}")
-        if self.cma_block not in CMA_BLOCKS:
-            raise EmofuseError(f"--cma-block must be one of {list(CMA_BLOCKS)}, found {self.cma_block!r}")
-        if self.cma_block != "transformer" and self.system != "cma":
-            raise EmofuseError(f"--cma-block is the attention block of --system cma, found --system {self.system}")
+        check_cma_block(self.cma_block, self.system == "cma", "--system", self.system)
         if self.pos_conv not in POS_CONV:
             raise EmofuseError(f"--pos-conv must be conv or matmul, found {self.pos_conv!r}")
         if self.system in ("cma", "audio") and not self.audio_model:
@@ -179,6 +176,8 @@ class FinetuneConfig:
         for name, default in (("pos_conv", "conv"), ("micro_batch_seconds", 0.0), ("cma_block", "transformer")):
             if d[name] == default:
                 del d[name]   # defaults are not written: run keys from before the option stay valid
+        if self.cma_block == "attention":   # a block without a feed-forward layer: --ff trains nothing
+            d["ff"] = None
         # one spelling per configuration: folds in session order (as train-head's), --freeze as parsed
         d["folds"] = sorted(self.folds, key=lambda f: (0, int(f), "") if str(f).isdigit() else (1, 0, str(f))) \
             if self.folds else None

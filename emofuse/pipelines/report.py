@@ -17,11 +17,6 @@ from .tables import DEPARTURES, options_used, partial_rows
 log = logging.getLogger(__name__)
 
 
-def _literal(text: str) -> str:
-    """``text`` (a row label) as matplotlib prints it: a ``$`` would start its mathtext (a label
-    ``Late $F_$`` crashed the report; ``$x$`` lost its dollars)."""
-    return text.replace("$", r"\$")
-
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -88,7 +83,7 @@ def confusion_figure(summary: dict, path: str, title: str):
     ax.set_yticks(range(n), [f"{c} (none)" if none[i] else c for i, c in enumerate(classes)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(_literal(title), fontsize=8)
+    ax.set_title(title, fontsize=8, parse_math=False)   # a label as written ($ …)
     bar = fig.colorbar(im, ax=ax, fraction=0.046)
     bar.set_label("% of the true class", fontsize=7)
     bar.ax.tick_params(labelsize=7)
@@ -130,7 +125,7 @@ def layer_weight_figure(runs: list[dict], path: str, title: str):
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="lower right")   # each panel its own uniform level (1/L differs per stream)
     axes[0][0].set_ylabel("weight")
-    fig.suptitle(_literal(title), fontsize=8)
+    fig.suptitle(title, fontsize=8, parse_math=False)
     _save(plt, fig, path)
     return fig
 
@@ -155,7 +150,7 @@ def fold_figure(summary: dict, path: str, title: str, xlabel: str = "test sessio
     ax.set_xlabel(xlabel)
     ax.set_ylim(0, 100)
     ax.legend(fontsize=6, loc="lower right")
-    ax.set_title(_literal(title), fontsize=8)
+    ax.set_title(title, fontsize=8, parse_math=False)   # a label as written ($ …)
     _save(plt, fig, path)
     return fig
 
@@ -187,7 +182,7 @@ def curve_figure(runs: list[dict], path: str, title: str):
     ax.set_ylabel("validation UA %")
     ax.legend(fontsize=6, title="test fold" + (" (mean ± std over the runs still training)" if any(
         sum(g == f for g, _ in hs) > 1 for f in folds) else ""), title_fontsize=6, ncol=2 if len(folds) > 5 else 1)
-    ax.set_title(_literal(title), fontsize=8)
+    ax.set_title(title, fontsize=8, parse_math=False)   # a label as written ($ …)
     _save(plt, fig, path)
     return fig
 

@@ -47,7 +47,8 @@ def config_summary(identity: dict, config: dict | None = None) -> str:
                   if identity.get(k) or config.get(k)]
         from ..heads.options import HEAD_DEFAULTS
         cma = HEAD_DEFAULTS["cma"]   # the fine-tuned systems' head sizes (finetune --proj/--heads/--ff)
-        sizes = [f"{k} {identity[k]}" for k in ("proj", "heads", "ff") if k in identity and identity[k] != cma.get(k)]
+        sizes = [f"{k} {identity[k]}" for k in ("proj", "heads", "ff")   # None: not in this head (its CMA block)
+                 if identity.get(k) is not None and identity[k] != cma.get(k)]
         sizes += [f"cma block {identity['cma_block']}"] if identity.get("cma_block") else []   # written if not default
         return ", ".join([f"finetune {identity['system']} ({', '.join(models)})", f"lr {identity.get('lr')}",
                           *sizes, *_protocol_departures(identity)]) + departure_names(identity.get)
@@ -84,8 +85,8 @@ def _head_departures(identity: dict) -> list[str]:
                               granularity=identity["granularity"]).identity()
     except (KeyError, TypeError, ValueError, EmofuseError):   # a damaged or foreign record: nothing to add
         return []
-    return [f"{k.replace('_', ' ')} {identity[k]}" for k in HEAD_OPTIONS
-            if k in identity and identity[k] != default.get(k)]
+    return [f"{k.replace('_', ' ')} {identity[k]}" for k in HEAD_OPTIONS   # None: not an option of this head
+            if identity.get(k) is not None and identity[k] != default.get(k)]
 
 
 def _protocol_departures(identity: dict) -> list[str]:

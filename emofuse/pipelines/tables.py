@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import NamedTuple
 
 import pandas as pd
@@ -84,7 +85,7 @@ def _partial_note(df: pd.DataFrame) -> str:
             counts = f" ({', '.join(str(int(n)) for n in rows['n_test'])} utterances)"
         else:
             counts = f" ({', '.join(str(int(n)) for n in rows['n_test'])} of {int(full['n_test'].max())})"
-        than = "the store holds" if everyone else "the other rows"
+        than = "the table's rows together" if everyone else "the other rows"
         out += (f"; {para} scored on fewer of the test sessions' utterances than {than}{counts}"
                 + ("" if everyone else ": the others have no frames or tokens for them in the store") + aside)
     if out and everyone:
@@ -215,18 +216,32 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
 
 
 #: LaTeX for the characters a label, a title or our notes may hold that are not text to LaTeX
-#: (the specials, and signs pdflatex's default fonts lack), one pass: nothing is escaped twice
+#: (the specials, and signs pdflatex's default fonts lack), one pass: nothing is escaped twice;
+#: Greek letters by their names (``_greek``)
 TEX = {**{c: "\\" + c for c in "&%_#${}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
        "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
-       "Δ": r"$\Delta$", "δ": r"$\delta$", "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "λ": r"$\lambda$",
-       "μ": r"$\mu$", "σ": r"$\sigma$", "θ": r"$\theta$", "±": r"$\pm$", "×": r"$\times$", "†": r"$^\dagger$",
-       "¶": r"$^\P$", "≤": r"$\leq$", "≥": r"$\geq$", "−": r"$-$", "→": r"$\rightarrow$"}
+       "±": r"$\pm$", "×": r"$\times$", "†": r"$^\dagger$", "¶": r"$^\P$", "≤": r"$\leq$", "≥": r"$\geq$",
+       "≈": r"$\approx$", "·": r"$\cdot$", "…": r"\ldots{}", "−": r"$-$", "→": r"$\rightarrow$"}
+#: Greek capitals without a LaTeX command: the Latin capital they look like
+GREEK_LOOKALIKE = {"Alpha": "A", "Beta": "B", "Epsilon": "E", "Zeta": "Z", "Eta": "H", "Iota": "I", "Kappa": "K",
+                   "Mu": "M", "Nu": "N", "Omicron": "O", "Rho": "P", "Tau": "T", "Chi": "X"}
+
+
+def _greek(c: str) -> str | None:
+    """A Greek letter as LaTeX (``δ`` → ``$\\delta$``, ``Δ`` → ``$\\Delta$``, ``Α`` → ``A``), else None."""
+    m = re.fullmatch(r"GREEK (SMALL|CAPITAL) LETTER (\w+|FINAL SIGMA)", unicodedata.name(c, ""))
+    if not m:
+        return None
+    name = m.group(2)
+    if m.group(1) == "CAPITAL":
+        return GREEK_LOOKALIKE.get(name.capitalize()) or f"$\\{name.capitalize()}$"
+    return {"FINAL SIGMA": r"$\varsigma$", "OMICRON": "$o$"}.get(name) or f"$\\{name.lower()}$"
 
 
 def _tex_escape(s: str) -> str:
-    """``s`` as LaTeX text: its specials and signs written as LaTeX (``TEX``), ``--`` kept as two
-    hyphens (LaTeX would join them into a dash)."""
-    return re.sub("-(?=-)", "-{}", "".join(TEX.get(c, c) for c in s))
+    """``s`` as LaTeX text: its specials and signs written as LaTeX (``TEX``, Greek letters as
+    math), ``--`` kept as two hyphens (LaTeX would join them into a dash)."""
+    return re.sub("-(?=-)", "-{}", "".join(TEX.get(c) or _greek(c) or c for c in s))
 
 
 def md_cell(s: str) -> str:
@@ -252,6 +267,8 @@ def to_latex(df: pd.DataFrame, title: str, label: str) -> str:
     shown = delta_shown(df)
     for i, r in df.iterrows():
         cells = [_tex_escape(str(r["label"])) + _mark(df, i, latex=True)]
+        if cells[0][:1] in ("[", "*"):   # after \\ or \midrule: read as their optional argument or star
+            cells[0] = "{}" + cells[0]
         for m in METRIC_NAMES:
             c = _cell(r[f"{m}_mean"], r[f"{m}_std"], r["n"], r"$\pm$")
             cells.append(rf"\textbf{{{c}}}" if i in best[m] else c)

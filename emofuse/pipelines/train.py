@@ -17,6 +17,7 @@ from .. import __version__
 from ..devices import resolve_device
 from ..errors import EmofuseError
 from ..heads import CMA_BLOCKS, FUSIONS, build_head
+from ..heads.cma import check_cma_block
 from ..heads.options import HEAD_NAMES, PLATEAU, PROTOCOL, default_text, head_defaults
 from ..options import opt
 from ..store import FeatureStore
@@ -134,10 +135,10 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise EmofuseError(f"--{name} must be a positive integer, found {v!r}")
-        if self.cma_block is not None and self.cma_block not in CMA_BLOCKS:
-            raise EmofuseError(f"--cma-block must be one of {list(CMA_BLOCKS)}, found {self.cma_block!r}")
-        if self.cma_block not in (None, "transformer") and self.fusion != "cma":
-            raise EmofuseError(f"--cma-block is the attention block of --fusion cma, found --fusion {self.fusion}")
+        check_cma_block(self.cma_block, self.fusion == "cma", "--fusion", self.fusion)
+        if self.cma_block == "attention" and self.ff is not None:
+            raise EmofuseError("--ff is the width of the transformer block's feed-forward layer, which --cma-block "
+                               "attention does not have")
         if self.proj is not None and (not isinstance(self.proj, int) or self.proj < 0):
             raise EmofuseError(f"--proj must be 0 (no projection) or a positive width, found {self.proj!r}")
         if not 0 < self.lr_factor < 1 or self.lr_patience < 0:
@@ -247,6 +248,8 @@ class TrainConfig:
         d.update(keys=self.keys(), store=None, layers=None, norm_keys=self.norm_keys())
         if d["cma_block"] in (None, "transformer"):   # the default, as every run before the option: keys unchanged
             del d["cma_block"]
+        else:   # a block without a feed-forward layer: its width is no part of what trains
+            d["ff"] = None
         for name in DEPARTURES:   # off, as every run before the options: keys unchanged
             if not getattr(self, name):
                 del d[name]
@@ -273,6 +276,8 @@ def describe_config(cfg: TrainConfig) -> str:
     what = f"{cfg.fusion} {'+'.join(keys)}"
     if cfg.fusion in ("none", "late"):
         what += f", {cfg.head} " + ("head" if cfg.fusion == "none" else "branches")
+    if cfg.cma_block not in (None, "transformer"):
+        what += f", {cfg.cma_block} block"
     speech = [k for k in keys if k != "T"]
     streams = ([f"{'+'.join(speech)}: {cfg.audio_stream}"] if speech else []) + (
         [f"T: {cfg.text_stream}"] if "T" in keys else [])
