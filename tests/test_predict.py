@@ -44,6 +44,16 @@ def test_export_reloads_and_reproduces_the_runs_test_logits(trained, tmp_path):
     assert [m["name"] for m in spec["members"]] == ["r0_s1", "r0_s2"] and spec["norm"] == "global"
     model = emofuse.load_model(out)
     assert "2 fold models" in repr(model) and model.classes == ["ang", "hap", "neu", "sad"]
+    # every file but model.json has its sha256 there (before: the training records had none, so an
+    # edited training/summary.json went unnoticed; found by a docs audit)
+    listed = {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs} - {"model.json"}
+    assert set(spec["files"]) == listed and "training/summary.json" in listed
+    import shutil
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    (edited / "training" / "summary.json").write_text("{}")
+    with pytest.raises(EmofuseError, match="training/summary.json does not match its sha256 in model.json"):
+        emofuse.load_model(str(edited))
 
     # new audio + transcripts through the encoders: each member on its own test session gives the
     # logits the run wrote for those utterances (same extraction path, layers and statistics)

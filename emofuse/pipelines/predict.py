@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -253,8 +253,10 @@ class TrainedModel:
                                   test={m: r[m] for m in ("ua", "wa", "f1")}))
         return cls(spec, members)
 
-    def save(self, out: str) -> str:
-        """Write the self-contained folder (see the module doc); returns ``out``."""
+    def save(self, out: str, copies: Mapping[str, str] | None = None) -> str:
+        """Write the self-contained folder (see the module doc), with ``copies`` ({path in the folder:
+        file to copy there}, e.g. the run's records) beside the heads; ``model.json`` lists the sha256
+        of every file but itself. Returns ``out``."""
         if os.path.exists(os.path.join(out, "model.json")) or (os.path.isdir(out) and os.listdir(out)):
             raise EmofuseError(f"{out} already exists and is not empty; choose a new folder for the export")
         from safetensors.torch import save_file
@@ -277,6 +279,10 @@ class TrainedModel:
                     files[rel_n] = _sha256(os.path.join(out, rel_n))
                 entry["norm"] = rel_n
             members.append(entry)
+        for rel, src in (copies or {}).items():
+            os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+            shutil.copyfile(src, os.path.join(out, rel))
+            files[rel] = _sha256(os.path.join(out, rel))
         spec = {**self.spec, "members": members, "files": files}
         write_json(os.path.join(out, "model.json"), spec)
         return out
@@ -419,10 +425,7 @@ def export_run(run_dir: str, out: str, store: str | None = None) -> str:
     tmp = out.rstrip("/") + f".{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save(tmp)
-        os.makedirs(os.path.join(tmp, "training"))
-        for name in (CONFIG, SUMMARY):
-            shutil.copyfile(os.path.join(run_dir, name), os.path.join(tmp, "training", name))
+        model.save(tmp, {f"training/{name}": os.path.join(run_dir, name) for name in (CONFIG, SUMMARY)})
         if os.path.isdir(out):
             os.rmdir(out)
         os.replace(tmp, out)
