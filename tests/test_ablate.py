@@ -344,6 +344,15 @@ def test_bundled_specs_load_and_bad_specs_are_refused(tmp_path):
     bad.write_text("tables:\n  - name: x\n    rowz: []\n    rows:\n      - {label: a, fusion: none, granularity: F}\n")
     with pytest.raises(EmofuseError, match="table 'x': unknown keys \\['rowz'\\]"):
         load_spec(str(bad))
+    # options as train-head spells them, as in --config files (before: refused as unknown keys)
+    bad.write_text("defaults: {norm-streams: all, repeats: 1}\ntables:\n  - name: x\n    rows:\n"
+                   "      - {label: a, fusion: late, granularity: F+T, audio-layers: 1-2, norm: global}\n")
+    spec = load_spec(str(bad))
+    assert spec["_labels"]["a"]["audio_layers"] == "1-2" and spec["defaults"]["norm_streams"] == "all"
+    bad.write_text("tables:\n  - name: x\n    rows:\n      - {label: a, fusion: none, granularity: F, "
+                   "audio-layers: 1, audio_layers: 2}\n")
+    with pytest.raises(EmofuseError, match="both 'audio-layers' and 'audio_layers' are given, one option spelt"):
+        load_spec(str(bad))
 
 
 def test_sigkilled_grid_resumes_without_recomputing_finished_runs(store, tmp_path, caplog):
