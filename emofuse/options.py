@@ -141,6 +141,26 @@ def check_field(cls, name: str, v, where: str, what: str = "key"):
         raise EmofuseError(f"{where}: {what} {name!r} must be {describe_type(tp)}, found {_found(v)}") from None
 
 
+
+def _spellings(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """{field name: the key as written} of ``values`` (``audio-layers`` → ``audio_layers``); both
+    spellings of one option are refused: which one was meant cannot be known."""
+    spelt: dict[str, Any] = {}
+    for k in values:
+        name = str(k).replace("-", "_")
+        if name in spelt:
+            raise EmofuseError(f"{where}: both {spelt[name]!r} and {k!r} are given, one option spelt two ways; "
+                               "keep one")
+        spelt[name] = k
+    return spelt
+
+
+def underscored(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``values`` keyed by field names: an option as typed (``audio-layers``) or as its field
+    (``audio_layers``), as train-head's options, ``--config`` files and spec rows take them."""
+    spelt = _spellings(values, where)
+    return {name: values[k] for name, k in spelt.items()}
+
 def build(cls, values: Mapping[str, Any], where: str, *, allowed: Iterable[str] | None = None,
           fixed: Mapping[str, Any] | None = None, what: str = "key"):
     """``cls(**fixed, **values)`` with every key known and every value of its field's type, else one
@@ -150,8 +170,9 @@ def build(cls, values: Mapping[str, Any], where: str, *, allowed: Iterable[str] 
     names = [f.name for f in dataclasses.fields(cls)]
     allowed = set(allowed if allowed is not None else names) - set(fixed or ())
     kw = {}
-    for key, v in values.items():
-        name = str(key).replace("-", "_")
+    spelt = _spellings(values, where)
+    for name, v in underscored(values, where).items():
+        key = spelt[name]
         if name not in allowed:
             raise EmofuseError(f"{where}: unknown {what} {key!r}; the known ones are {', '.join(sorted(allowed))}")
         kw[name] = check_field(cls, name, v, where, what)
@@ -259,8 +280,9 @@ def read_config_file(cls, path: str, *, skip: Iterable[str] = ()) -> dict:
         raise EmofuseError(f"--config {path}: expected a mapping of option names to values, found {_found(d)}")
     allowed = {f.name for f in cli_fields(cls)} - set(skip)
     out = {}
-    for key, v in d.items():
-        name = str(key).replace("-", "_")
+    spelt = _spellings(d, f"--config {path}")
+    for name, v in underscored(d, f"--config {path}").items():
+        key = spelt[name]
         if name not in allowed:
             raise EmofuseError(f"--config {path}: unknown option {key!r}; the known ones are "
                                f"{', '.join(sorted(allowed))}")

@@ -176,9 +176,8 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     assert "3 configurations, 2 already finished, 1 to run" in msgs[0] and len(res3["a"]) == 4
     (out / "figures").mkdir(exist_ok=True)
     (out / "figures" / "a-trained-layers.png").write_bytes(b"an earlier report's best row")
-    (out / "figures" / "a-trained-layers.pdf").write_bytes(b"its vector twin")
     (out / "figures" / "my-own-plot.png").write_bytes(b"the user's")
-    (out / "figures" / "my-own-plot.pdf").write_bytes(b"the user's")
+    (out / "figures" / "learning-curves.pdf").write_bytes(b"the user's, named like one of ours")
     with pytest.raises(EmofuseError):
         run_report(str(out / "figures"))   # not a run or grid: refused before anything is removed
     assert (out / "figures" / "a-trained-layers.png").exists()
@@ -186,11 +185,18 @@ def test_grid_reuses_finished_runs_resumes_and_grows(store, tmp_path, caplog):
     text = Path(report).read_text()
     assert "| Configuration |" in text and "figures/a-confusion.png" in text
     assert not (out / "figures" / "a-trained-layers.png").exists()   # an earlier report's figure: gone
-    assert not (out / "figures" / "a-trained-layers.pdf").exists()
-    assert (out / "figures" / "my-own-plot.png").exists() and (out / "figures" / "my-own-plot.pdf").exists()   # kept
+    assert (out / "figures" / "my-own-plot.png").exists() and (out / "figures" / "learning-curves.pdf").exists()
     for name in ("a-confusion", "a-layers", "a-folds", "a-curves"):   # each for report.md, and as a vector PDF
         assert (out / "figures" / f"{name}.png").stat().st_size > 5000
         assert (out / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    # the report lists what it drew, and the next one removes exactly those (a review found a user's
+    # learning-curves.pdf or manifolds.pdf removed by the name rule)
+    listed = json.loads((out / "figures" / ".report-figures.json").read_text())
+    assert "a-confusion.pdf" in listed and "learning-curves.pdf" not in listed
+    (out / "figures" / "old-curves.pdf").write_bytes(b"drawn by an earlier report, of a renamed table")
+    (out / "figures" / ".report-figures.json").write_text(json.dumps(listed + ["old-curves.pdf"]))
+    run_report(str(out))
+    assert not (out / "figures" / "old-curves.pdf").exists() and (out / "figures" / "learning-curves.pdf").exists()
 
 
 def test_grid_best_is_a_full_row_and_a_combination_report_names_its_members(store, tmp_path):
@@ -352,6 +358,9 @@ def test_bundled_specs_load_and_bad_specs_are_refused(tmp_path):
     bad.write_text("tables:\n  - name: x\n    rows:\n      - {label: a, fusion: none, granularity: F, "
                    "audio-layers: 1, audio_layers: 2}\n")
     with pytest.raises(EmofuseError, match="both 'audio-layers' and 'audio_layers' are given, one option spelt"):
+        load_spec(str(bad))
+    bad.write_text("tables:\n  - name: x\n    rows: [a]\n")   # before: AttributeError ('str' object has no 'get')
+    with pytest.raises(EmofuseError, match="table 'x': row 'a' is not a mapping"):
         load_spec(str(bad))
 
 

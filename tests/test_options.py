@@ -184,6 +184,10 @@ def test_yaml_config_unknown_key_or_wrong_type_refused(tmp_path, capsys):
     assert "expected a mapping" in capsys.readouterr().err
     assert cli.train_head(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
+    # one option spelt both ways (before: the last one silently won; found by a review)
+    cfg.write_text("store: s.h5\nout: run\naudio-layers: '1'\naudio_layers: '2'\n")
+    assert cli.train_head(["--config", str(cfg), "--print-config"]) == 2
+    assert f"--config {cfg}: both 'audio-layers' and 'audio_layers' are given" in capsys.readouterr().err
 
 
 def test_finetune_config_file(tmp_path, capsys):

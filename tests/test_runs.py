@@ -206,7 +206,9 @@ def test_the_cma_block_reading_is_listed_where_it_is_not_the_default():
     assert "cma_block" not in FinetuneConfig(**tuned).identity()
     ident = FinetuneConfig(**tuned, cma_block="attention").identity()
     assert ident["cma_block"] == "attention" and "cma block attention" in config_summary(ident)
-    assert FinetuneConfig(**tuned, cma_block="attention", ff=64).identity() == ident   # no feed-forward layer
+    with pytest.raises(EmofuseError, match="--ff is the width of the transformer block's feed-forward layer"):
+        FinetuneConfig(**tuned, cma_block="attention", ff=64)   # as train-head refuses it
+    assert ident["ff"] is None   # no feed-forward layer: its width no part of the key
     assert "ff None" not in config_summary(ident)
     with pytest.raises(EmofuseError, match="--cma-block is the attention block of --system cma, found --system text"):
         FinetuneConfig(store="s.h5", out="o", system="text", text_model="bert", cma_block="attention")

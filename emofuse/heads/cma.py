@@ -75,13 +75,17 @@ class TextProjection(nn.Module):
 CMA_BLOCKS = ("transformer", "attention")
 
 
-def check_cma_block(block: str | None, cma: bool, option: str, value: str) -> None:
+def check_cma_block(block: str | None, cma: bool, option: str, value: str, ff_given: bool = False) -> None:
     """Refuse a ``--cma-block`` that is not one of ``CMA_BLOCKS``, or that is not the default
-    where the model has no CMA block (``cma`` False: ``option value`` names what says so)."""
+    where the model has no CMA block (``cma`` False: ``option value`` names what says so), or
+    ``attention`` with a ``--ff`` given (that block has no feed-forward layer)."""
     if block is not None and block not in CMA_BLOCKS:
         raise EmofuseError(f"--cma-block must be one of {list(CMA_BLOCKS)}, found {block!r}")
     if block not in (None, "transformer") and not cma:
         raise EmofuseError(f"--cma-block is the attention block of {option} cma, found {option} {value}")
+    if block == "attention" and ff_given:
+        raise EmofuseError("--ff is the width of the transformer block's feed-forward layer, which --cma-block "
+                           "attention does not have")
 
 
 class CrossAttention(nn.Module):

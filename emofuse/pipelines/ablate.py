@@ -24,7 +24,7 @@ from scipy.stats import wilcoxon
 
 from ..devices import resolve_device
 from ..errors import Diverged, EmofuseError
-from ..options import build, check_field, opt
+from ..options import build, check_field, opt, underscored
 from ..hashing import sha256_hex
 from ..heads.stacked import stackable
 from ..logs import ROOT, show_messages
@@ -130,7 +130,7 @@ def load_spec(spec: str) -> dict:
     if bad:
         raise EmofuseError(f"{where}: unknown top-level keys {sorted(bad)} (allowed: {sorted(SPEC_KEYS)})")
     if isinstance(d.get("defaults"), dict):
-        d["defaults"] = _underscored(d["defaults"], f"{where}, defaults")
+        d["defaults"] = underscored(d["defaults"], f"{where}, defaults")
     labels, names = {}, set()
     for t in d["tables"]:
         if not isinstance(t, dict) or "name" not in t or not isinstance(t.get("rows"), list):
@@ -150,7 +150,11 @@ def load_spec(spec: str) -> dict:
         bad = set(t) - TABLE_KEYS
         if bad:
             raise EmofuseError(f"{where}, table {t['name']!r}: unknown keys {sorted(bad)} (allowed: {sorted(TABLE_KEYS)})")
-        t["rows"] = [_underscored(r, f"{where}, table {t['name']!r}") if isinstance(r, dict) else r for r in t["rows"]]
+        for r in t["rows"]:
+            if not isinstance(r, dict):
+                raise EmofuseError(f"{where}, table {t['name']!r}: row {r!r} is not a mapping; expected one such as "
+                                   "{label: Frame, fusion: none, granularity: F}")
+        t["rows"] = [underscored(r, f"{where}, table {t['name']!r}") for r in t["rows"]]
         for r in t["rows"]:
             bad = set(r) - (ft.ROW_FIELDS | {"finetune"} if r.get("finetune") else TRAIN_FIELDS) - ROW_EXTRA
             if bad or "label" not in r:
@@ -173,19 +177,6 @@ def load_spec(spec: str) -> dict:
                 raise EmofuseError(f"{where}: row {r['label']!r} refers to {missing}, which no row defines")
     d["_labels"] = labels
     return d
-
-
-def _underscored(values: dict, where: str) -> dict:
-    """A spec row's (or the defaults') keys as fields: ``audio-layers`` as the option is typed is
-    ``audio_layers``, as in ``--config`` files; both spellings of one key are refused."""
-    out, spelt = {}, {}
-    for k, v in values.items():
-        name = str(k).replace("-", "_")
-        if name in out:
-            raise EmofuseError(f"{where}: both {spelt[name]!r} and {k!r} are given, one option spelt two ways; "
-                               "keep one")
-        out[name], spelt[name] = v, k
-    return out
 
 
 def _check_rows(d: dict, labels: dict, where: str) -> None:

@@ -126,7 +126,7 @@ class FinetuneConfig:
         if self.training_options not in TRAINING_OPTIONS:
             raise EmofuseError(f"--training-options must be one of {list(TRAINING_OPTIONS)}, found "
                                f"{self.training_options!r}")
-        check_cma_block(self.cma_block, self.system == "cma", "--system", self.system)
+        check_cma_block(self.cma_block, self.system == "cma", "--system", self.system, self.ff != CMA["ff"])
         if self.pos_conv not in POS_CONV:
             raise EmofuseError(f"--pos-conv must be conv or matmul, found {self.pos_conv!r}")
         if self.system in ("cma", "audio") and not self.audio_model:

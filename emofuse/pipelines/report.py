@@ -189,6 +189,24 @@ def curve_figure(runs: list[dict], path: str, title: str):
 
 #: the endings of the figure files report draws (``[PREFIX]confusion.png`` …)
 FIGURE_NAMES = ("confusion", "layers", "folds", "curves")   # each as .png and .pdf
+#: in figures/: the files the last report drew, which the next one removes first (and no other)
+DRAWN = ".report-figures.json"
+
+
+def _remove_earlier_figures(fig_dir: str) -> None:
+    """What an earlier report drew (another best row, a renamed table) goes; a user's own files in
+    figures/ stay. A report from before the list drew PNGs only, named by ``FIGURE_NAMES``."""
+    try:
+        with open(os.path.join(fig_dir, DRAWN)) as f:
+            names = [n for n in json.load(f) if isinstance(n, str)]
+    except FileNotFoundError:
+        names = [os.path.basename(p) for p in glob.glob(os.path.join(fig_dir, "*.png"))
+                 if os.path.splitext(os.path.basename(p))[0].endswith(FIGURE_NAMES)]
+    except (OSError, ValueError):   # unreadable: nothing is known to be ours
+        names = []
+    for name in names:
+        if os.path.basename(name) == name and os.path.isfile(os.path.join(fig_dir, name)):
+            os.remove(os.path.join(fig_dir, name))
 
 
 def run_figures(run_dir: str, fig_dir: str, prefix: str, title: str,
@@ -222,12 +240,19 @@ def run_report(path: str) -> str:
     from .metrics import format_summary
 
     fig_dir = os.path.join(path, "figures")
-    lines = []
+    lines: list[str] = []
+    drawn: list[str] = []
+
+    def figures(*args, **kw):   # run_figures; the PNG and PDF of each figure drawn listed at once (a crash too)
+        out = run_figures(*args, **kw)
+        drawn.extend(n for _, rel in out for n in (os.path.basename(rel), os.path.splitext(os.path.basename(rel))[0]
+                                                  + ".pdf"))
+        with open(os.path.join(fig_dir, DRAWN), "w") as f:
+            json.dump(sorted(set(drawn)), f)
+        return out
+
     if os.path.exists(os.path.join(path, "ablate.json")) or is_finished(path):
-        # what an earlier report drew (another best row, a renamed table) goes; other files stay
-        for old in glob.glob(os.path.join(fig_dir, "*.png")) + glob.glob(os.path.join(fig_dir, "*.pdf")):
-            if os.path.splitext(os.path.basename(old))[0].endswith(FIGURE_NAMES):
-                os.remove(old)
+        _remove_earlier_figures(fig_dir)
     if os.path.exists(os.path.join(path, "ablate.json")):
         with open(os.path.join(path, "ablate.json")) as f:
             grid = json.load(f)
@@ -255,7 +280,7 @@ def run_report(path: str) -> str:
                 what = "best configuration" if k == 0 else "best trained configuration"
                 lines += [f"## {t['name']}: {what}, {best['label']}", ""]
                 prefix = f"{t['name']}-" if k == 0 else f"{t['name']}-trained-"
-                for cap, rel in run_figures(best["run_dir"], fig_dir, prefix, str(best["label"])):
+                for cap, rel in figures(best["run_dir"], fig_dir, prefix, str(best["label"])):
                     lines += [f"![{cap}]({rel})", ""]
     elif is_finished(path) and read_summary(path).get("evaluation") == "cross-corpus":
         s, _ = _load(path)
@@ -269,7 +294,7 @@ def run_report(path: str) -> str:
         if s.get("absent_classes"):
             lines += [f"Classes absent from the evaluated store: {', '.join(s['absent_classes'])} (UA and macro-F1 "
                       "average the others).", ""]
-        for cap, rel in run_figures(path, fig_dir, "", name, cross_corpus=True):
+        for cap, rel in figures(path, fig_dir, "", name, cross_corpus=True):
             lines += [f"![{cap}]({rel})", ""]
     elif is_finished(path):
         s, _ = _load(path)
@@ -277,7 +302,7 @@ def run_report(path: str) -> str:
         used = options_used((read_config(path) or {}).get("identity"))   # how it was computed, where not the default
         how = "".join(f"; {d.note}" for o, d in DEPARTURES.items() if o in used)
         lines += [f"# emofuse report: {name}", "", format_summary(s) + how, ""]
-        for cap, rel in run_figures(path, fig_dir, "", name):
+        for cap, rel in figures(path, fig_dir, "", name):
             lines += [f"![{cap}]({rel})", ""]
     else:
         raise EmofuseError(f"{path} is neither a train-head run (summary.json) nor an ablate grid (ablate.json)")

@@ -135,10 +135,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise EmofuseError(f"--{name} must be a positive integer, found {v!r}")
-        check_cma_block(self.cma_block, self.fusion == "cma", "--fusion", self.fusion)
-        if self.cma_block == "attention" and self.ff is not None:
-            raise EmofuseError("--ff is the width of the transformer block's feed-forward layer, which --cma-block "
-                               "attention does not have")
+        check_cma_block(self.cma_block, self.fusion == "cma", "--fusion", self.fusion, self.ff is not None)
         if self.proj is not None and (not isinstance(self.proj, int) or self.proj < 0):
             raise EmofuseError(f"--proj must be 0 (no projection) or a positive width, found {self.proj!r}")
         if not 0 < self.lr_factor < 1 or self.lr_patience < 0:
