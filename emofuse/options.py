@@ -141,7 +141,6 @@ def check_field(cls, name: str, v, where: str, what: str = "key"):
         raise EmofuseError(f"{where}: {what} {name!r} must be {describe_type(tp)}, found {_found(v)}") from None
 
 
-
 def _spellings(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """{field name: the key as written} of ``values`` (``audio-layers`` → ``audio_layers``); both
     spellings of one option are refused: which one was meant cannot be known."""
@@ -161,6 +160,7 @@ def underscored(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     spelt = _spellings(values, where)
     return {name: values[k] for name, k in spelt.items()}
 
+
 def build(cls, values: Mapping[str, Any], where: str, *, allowed: Iterable[str] | None = None,
           fixed: Mapping[str, Any] | None = None, what: str = "key"):
     """``cls(**fixed, **values)`` with every key known and every value of its field's type, else one
@@ -170,12 +170,10 @@ def build(cls, values: Mapping[str, Any], where: str, *, allowed: Iterable[str] 
     names = [f.name for f in dataclasses.fields(cls)]
     allowed = set(allowed if allowed is not None else names) - set(fixed or ())
     kw = {}
-    spelt = _spellings(values, where)
-    for name, v in underscored(values, where).items():
-        key = spelt[name]
+    for name, key in _spellings(values, where).items():
         if name not in allowed:
             raise EmofuseError(f"{where}: unknown {what} {key!r}; the known ones are {', '.join(sorted(allowed))}")
-        kw[name] = check_field(cls, name, v, where, what)
+        kw[name] = check_field(cls, name, values[key], where, what)
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in kw and f.name not in (fixed or {})
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -280,13 +278,11 @@ def read_config_file(cls, path: str, *, skip: Iterable[str] = ()) -> dict:
         raise EmofuseError(f"--config {path}: expected a mapping of option names to values, found {_found(d)}")
     allowed = {f.name for f in cli_fields(cls)} - set(skip)
     out = {}
-    spelt = _spellings(d, f"--config {path}")
-    for name, v in underscored(d, f"--config {path}").items():
-        key = spelt[name]
+    for name, key in _spellings(d, f"--config {path}").items():
         if name not in allowed:
             raise EmofuseError(f"--config {path}: unknown option {key!r}; the known ones are "
                                f"{', '.join(sorted(allowed))}")
-        out[name] = check_field(cls, name, v, f"--config {path}", "option")
+        out[name] = check_field(cls, name, d[key], f"--config {path}", "option")
     return out
 
 

@@ -60,7 +60,9 @@ def test_the_cma_block_of_eqs_4_and_5_alone_is_trained_jointly_too(setup):
     """finetune --cma-block attention builds the paper's other reading of its CMA block (no
     feed-forward sublayer) on top of the encoders, and gradients reach it and the encoders."""
     from emofuse.heads.cma import CrossAttention
-    enc, data, model = _model(_cfg(setup, dropout=0.0, cma_block="attention"))
+    from emofuse.heads.options import HEAD_DEFAULTS
+    # the block has no feed-forward layer: --ff left at its default (another is refused)
+    enc, data, model = _model(_cfg(setup, dropout=0.0, cma_block="attention", ff=HEAD_DEFAULTS["cma"]["ff"]))
     assert isinstance(model.head.fusion.cma1, CrossAttention) and isinstance(model.head.fusion.cma2, CrossAttention)
     batch = ft.collate(data, np.arange(4), torch.device("cpu"))
     torch.nn.functional.cross_entropy(model.train()(batch), batch["y"]).backward()

@@ -9,7 +9,6 @@ from .layers import LayerWeighting, MaskedBatchNorm1d, SingleLayer
 from .options import HEAD_DEFAULTS, HEAD_NAMES, head_defaults
 
 __all__ = ["LinearBranch", "TransformerBranch", "CMA_BLOCKS", "AudioFeatureEncoder", "AudioOnlyModel", "CMAFusion",
-           "CMAModel", "CrossAttention",
-           "TextOnlyModel", "TextProjection", "CMAHead", "CoattentionFusion", "ConcatFusion", "FUSIONS", "Head",
-           "LateFusion", "UnimodalCMAHead", "build_head", "default_lr", "LayerWeighting", "MaskedBatchNorm1d",
-           "SingleLayer", "HEAD_DEFAULTS", "HEAD_NAMES", "head_defaults"]
+           "CMAModel", "CrossAttention", "TextOnlyModel", "TextProjection", "CMAHead", "CoattentionFusion",
+           "ConcatFusion", "FUSIONS", "Head", "LateFusion", "UnimodalCMAHead", "build_head", "default_lr",
+           "LayerWeighting", "MaskedBatchNorm1d", "SingleLayer", "HEAD_DEFAULTS", "HEAD_NAMES", "head_defaults"]

@@ -19,8 +19,8 @@ from ..align.frames import segment_frames
 from ..align.pooling import pool_many
 from ..align.records import is_silence
 from ..align.textgrid import speaker_tiers, textgrid_end
-from ..align.tiers import (alignment_ends, check_covers_audio, check_within_audio, complete_tiers, cut_to_slice,
-                           PAST_AUDIO_TOLERANCE_S, read_alignment)
+from ..align.tiers import (PAST_AUDIO_TOLERANCE_S, alignment_ends, check_covers_audio, check_within_audio,
+                           complete_tiers, cut_to_slice, read_alignment)
 from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import SESSIONS, alignments_beside, find_root
 from ..corpora.manifest import load_manifest
