@@ -359,6 +359,9 @@ def test_bundled_specs_load_and_bad_specs_are_refused(tmp_path):
                    "audio-layers: 1, audio_layers: 2}\n")
     with pytest.raises(EmofuseError, match="both 'audio-layers' and 'audio_layers' are given, one option spelt"):
         load_spec(str(bad))
+    bad.write_text("tables:\n  - name: x\n    rows:\n      - {label: a, fusion: none, granularity: F, audio-layer: 1}\n")
+    with pytest.raises(EmofuseError, match=r"unknown keys \['audio-layer'\]"):   # as written, not 'audio_layer'
+        load_spec(str(bad))
     bad.write_text("tables:\n  - name: x\n    rows: [a]\n")   # before: AttributeError ('str' object has no 'get')
     with pytest.raises(EmofuseError, match="table 'x': row 'a' is not a mapping"):
         load_spec(str(bad))

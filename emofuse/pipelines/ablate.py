@@ -154,11 +154,12 @@ def load_spec(spec: str) -> dict:
             if not isinstance(r, dict):
                 raise EmofuseError(f"{where}, table {t['name']!r}: row {r!r} is not a mapping; expected one such as "
                                    "{label: Frame, fusion: none, granularity: F}")
-        t["rows"] = [underscored(r, f"{where}, table {t['name']!r}") for r in t["rows"]]
-        for r in t["rows"]:
-            bad = set(r) - (ft.ROW_FIELDS | {"finetune"} if r.get("finetune") else TRAIN_FIELDS) - ROW_EXTRA
+        written, t["rows"] = t["rows"], [underscored(r, f"{where}, table {t['name']!r}") for r in t["rows"]]
+        for r, as_written in zip(t["rows"], written):
+            known = (ft.ROW_FIELDS | {"finetune"} if r.get("finetune") else TRAIN_FIELDS) | ROW_EXTRA
+            bad = {k for k in as_written if str(k).replace("-", "_") not in known}   # named as the user wrote them
             if bad or "label" not in r:
-                raise EmofuseError(f"{where}, table {t['name']!r}: row {r!r} " + (
+                raise EmofuseError(f"{where}, table {t['name']!r}: row {as_written!r} " + (
                     f"has unknown keys {sorted(bad)} (allowed: {sorted(TRAIN_FIELDS | ROW_EXTRA)})" if bad else "needs a label"))
             pub = r.get("published")
             if pub is not None and (isinstance(pub, bool) or not isinstance(pub, (int, float))):
