@@ -42,13 +42,17 @@ def run_name(s: dict) -> str:
     return (s.get("fusion", "run") + " " + "+".join(s.get("keys", []))).strip()
 
 
+def _pdf_twin(png: str) -> str:
+    """The vector PDF report draws beside each PNG figure (``x/a-folds.png`` → ``x/a-folds.pdf``)."""
+    return os.path.splitext(png)[0] + ".pdf"
+
+
 def _save(plt, fig, path: str) -> None:
     """``path`` (a PNG, for report.md) and, beside it, the same figure as a vector PDF (for a paper)."""
     fig.tight_layout()
     fig.savefig(path)
-    root, ext = os.path.splitext(path)
-    if ext.lower() == ".png":
-        fig.savefig(root + ".pdf")
+    if path.lower().endswith(".png"):
+        fig.savefig(_pdf_twin(path))
     plt.close(fig)
 
 
@@ -187,7 +191,7 @@ def curve_figure(runs: list[dict], path: str, title: str):
     return fig
 
 
-#: the endings of the figure files report draws (``[PREFIX]confusion.png`` …)
+#: the endings of the figure files report draws (``[PREFIX]confusion.png`` and ``.pdf`` …)
 FIGURE_NAMES = ("confusion", "layers", "folds", "curves")   # each as .png and .pdf
 #: in figures/: the files the last report drew, which the next one removes first (and no other)
 DRAWN = ".report-figures.json"
@@ -245,8 +249,7 @@ def run_report(path: str) -> str:
 
     def figures(*args, **kw):   # run_figures; the PNG and PDF of each figure drawn listed at once (a crash too)
         out = run_figures(*args, **kw)
-        drawn.extend(n for _, rel in out for n in (os.path.basename(rel), os.path.splitext(os.path.basename(rel))[0]
-                                                  + ".pdf"))
+        drawn.extend(n for _, rel in out for n in (os.path.basename(rel), os.path.basename(_pdf_twin(rel))))
         with open(os.path.join(fig_dir, DRAWN), "w") as f:
             json.dump(sorted(set(drawn)), f)
         return out
