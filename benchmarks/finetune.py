@@ -142,6 +142,15 @@ def profile_step(model, opt, d, idx, cfg, device) -> dict:
             "table": str(out.relative_to(ROOT))}
 
 
+def joint_model(w, b, wc) -> torch.nn.Module:
+    """The joint CMA model over ``models()``'s encoders, built as ``finetune`` builds it: from what
+    ``FinetuneModel`` reads of an ``Encoders`` (a layer-norm wav2vec2, so no masked norms; its CNN
+    frozen). Shared with ``sync_check.py``, so that neither falls behind ``Encoders``."""
+    enc = types.SimpleNamespace(audio=w, text=b, group_norm=None, pos_stack=None, frozen=[w.feature_extractor],
+                                kernels=list(wc.conv_kernel), strides=list(wc.conv_stride))
+    return ft.FinetuneModel(enc, CMAModel(w.config.hidden_size, b.config.hidden_size, 4))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -174,10 +183,7 @@ def main() -> None:
     if args.pos_conv == "matmul":
         from emofuse.extract.posconv import use_matmul_pos_conv
         use_matmul_pos_conv(w)
-    # what FinetuneModel reads of an Encoders: a layer-norm wav2vec2 (no masked norms), its CNN frozen
-    enc = types.SimpleNamespace(audio=w, text=b, group_norm=None, pos_stack=None, frozen=[w.feature_extractor],
-                                kernels=list(wc.conv_kernel), strides=list(wc.conv_stride))
-    model = ft.FinetuneModel(enc, CMAModel(w.config.hidden_size, b.config.hidden_size, 4)).to(device)
+    model = joint_model(w, b, wc).to(device)
     if args.grad_checkpointing:
         for m in (w, b):
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -98,7 +98,7 @@ grid_rows() {  # grid_rows TREE NAME [grid.py options]: each row in its own proc
   local tree=$1 name=$2 i=0
   shift 2
   python3 -c "from emofuse.testing.synthetic import make_synthetic_store as m; import os
-if not os.path.exists('/tmp/g.h5'): m('/tmp/g.h5.part', per_class=14, layers=13, dim=768, planted_layer=7, strength=0.3, seed=0); os.replace('/tmp/g.h5.part', '/tmp/g.h5')"
+if not os.path.exists('/tmp/g.h5'): m('/tmp/g.h5', per_class=14, layers=13, dim=768, planted_layer=7, strength=0.3, seed=0)"
   for row in "${ROWS_AB[@]}"; do
     i=$((i + 1))
     step "grid-$name-$i.log" 130 python3 "$tree/benchmarks/grid.py" --device cuda --scale 0.05 --epochs 2 \

@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import tempfile
-import types
 import warnings
 from pathlib import Path
 
@@ -83,14 +82,11 @@ def main() -> None:
                       + "; ".join(f"{g['where']} ×{g['calls']}" for g in got[:4]), flush=True)
     # fine-tuning: tiny encoders, two global batches
     import finetune as fb
-    from emofuse.heads.cma import CMAModel
     from emofuse.pipelines import finetune as ft
 
     device = torch.device(args.device)
     w, b, wc = fb.models("tiny")
-    enc = types.SimpleNamespace(audio=w, text=b, group_norm=None, kernels=list(wc.conv_kernel),
-                                strides=list(wc.conv_stride))
-    model = ft.FinetuneModel(enc, CMAModel(w.config.hidden_size, b.config.hidden_size, 4)).to(device)
+    model = fb.joint_model(w, b, wc).to(device)
     d = fb.data(96, 20.0, b.config.vocab_size)
     cfg = ft.FinetuneConfig(store="", out="", audio_model="random", text_model="random", batch_size=32,
                             micro_batch=8, bf16=True, device=args.device)
