@@ -466,8 +466,8 @@ def runs_at_once(cfg: TrainConfig, device: torch.device, n_runs: int) -> int:
     if not stackable(cfg.fusion, cfg.head):
         return 1
     n = cfg.runs_at_once
-    if n is None:   # attention heads stacked ran 0.76-0.87x the one-at-a-time path on an H100, and
-        # the frame transformer ran out of memory (BENCHMARKS.md, 2026-11-24): stacked only when asked
+    if n is None:   # attention heads stacked ran 0.67-0.87x the one-at-a-time path on an H100, with
+        # fused attention too (BENCHMARKS.md, 2026-11-24 and 2026-11-25): stacked only when asked
         attention = cfg.head == "transformer" or cfg.fusion == "coattention"
         n = 0 if device.type == "cuda" and not attention else 1
     return max(1, n_runs) if n == 0 else n
