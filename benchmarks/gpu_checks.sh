@@ -17,6 +17,9 @@
 #   grid-fast the same four rows with --bf16 --group-by-length (batches of similar lengths)
 #   grid-runs25  the launch-bound rows (linear, late, concatenation) with 25 runs to stack, as in
 #             the real grid, one at a time vs stacked
+#   profile   why coattention lost under --bf16 on 2026-11-25 (0.76x) and where a launch-bound row's
+#             step goes: Coattention F+P and Late F+P+S+W one run at a time, float32 and --bf16,
+#             under torch.profiler (grid.py --profile; tables in benchmarks/results/grid-profile/)
 #   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
 #   finetune-compile  the finetune stage's run with every transformer block compiled (--compile)
 #   breakdown extraction stage by stage on an hour of audio, next to the disk's ceiling
@@ -34,8 +37,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh STAGE [OUT] (see the comment at the top for the stages)}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|grid-before|grid-after|grid-bf16|grid-fast|grid-runs25|sync|finetune|finetune-compile|extract|breakdown|all) ;;
-  *) echo "unknown stage $stage: expected grid, grid-before, grid-after, grid-bf16, grid-fast, grid-runs25, sync, finetune, finetune-compile, extract," \
+case $stage in grid|profile|grid-before|grid-after|grid-bf16|grid-fast|grid-runs25|sync|finetune|finetune-compile|extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, profile, grid-before, grid-after, grid-bf16, grid-fast, grid-runs25, sync, finetune, finetune-compile, extract," \
        "breakdown or all" >&2
      exit 2 ;; esac
 mkdir -p "$out"
@@ -127,6 +130,15 @@ run_grid_runs25() {  # the launch-bound rows with a real row's 25 runs (5 seeds 
   keep grid-runs25
 }
 
+run_profile() {  # one epoch of each row, one run at a time, profiled in float32 and in bf16
+  local rows="Coattention F+P;Late F+P+S+W"
+  step profile-fp32.log 250 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 1 --paths per-run \
+    --rows "$rows" --profile
+  step profile-bf16.log 250 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 1 --paths per-run \
+    --rows "$rows" --profile --bf16
+  tar -cf "$out/profile-results.tar" benchmarks/results/grid-profile
+}
+
 run_sync() {
   step sync.log 300 python3 benchmarks/sync_check.py
   cp benchmarks/results/sync-*.json "$out/" 2>/dev/null || true
@@ -154,6 +166,7 @@ case $stage in
   grid-after) run_grid_after ;;
   grid-bf16) run_grid_bf16 ;;
   grid-runs25) run_grid_runs25 ;;
+  profile) run_profile ;;
   grid-fast) run_grid_fast ;;
   sync) run_sync ;;
   breakdown) run_breakdown ;;

@@ -28,9 +28,11 @@ scaled to full size linearly in the number of utterances (the epoch is a pass ov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -120,6 +122,32 @@ def epoch_flops(cfg: TrainConfig, batch: int | None = None) -> float:
     return float(count.get_total_flops())
 
 
+@contextlib.contextmanager
+def profiled(on: bool, device: torch.device, label: str, path_name: str, args):
+    """With ``on``: the block under torch.profiler, and two tables written beside the results: the
+    operators and kernels by their own time on the device (on a CPU: the host), and the same
+    grouped by input shape (which tensors the copies and casts move). Names what to look at when a
+    row is slower than its arithmetic says, e.g. a head that loses under --bf16."""
+    if not on:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts, record_shapes=True) as prof:
+        yield
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tag = re.sub(r"[^0-9a-z]+", "-", label.lower()).strip("-")
+    out = ROOT / "benchmarks" / "results" / "grid-profile"
+    out.mkdir(parents=True, exist_ok=True)
+    name = out / f"{tag}-{path_name}{'-bf16' if args.bf16 else ''}{'-grouped' if args.group_by_length else ''}.txt"
+    name.write_text(f"{label}, {path_name}, {device}\n\nby operator and kernel\n"
+                    + prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=90)
+                    + "\n\nby input shape\n"
+                    + prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=30,
+                                                                         max_name_column_width=60))
+    print(f"{label:<28} {path_name:<8} profile: {name.relative_to(ROOT)}", flush=True)
+
+
 def options(args) -> dict:
     """The train-head options the benchmark's flags set for every row."""
     return {k: True for k in DEPARTURES if getattr(args, k)}
@@ -201,6 +229,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=1,
                     help="alternate the paths this many times per row and keep each path's fastest (a shared machine)")
     ap.add_argument("--bf16", action="store_true", help="train every row with --bf16 (bfloat16 autocast)")
+    ap.add_argument("--profile", action="store_true",
+                    help="run each row's training under torch.profiler and write its top operators and kernels "
+                         "(benchmarks/results/grid-profile/ROW-PATH.txt); the timings then include the profiler's cost")
     ap.add_argument("--group-by-length", action="store_true",
                     help="train (or count) every row with --group-by-length (batches of similar lengths)")
     ap.add_argument("--floor-only", action="store_true",
@@ -264,7 +295,8 @@ def main() -> None:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     t1 = time.perf_counter()
-                    s = run_train(cfg)
+                    with profiled(args.profile, device, label, path_name, args):
+                        s = run_train(cfg)
                     wall = time.perf_counter() - t1
                     train_wall = wall - s["time"]["load_s"]
                     histories = [json.load(open(os.path.join(cfg.out, "runs", d, "metrics.json")))["history"]

@@ -37,7 +37,11 @@ def test_finetune_benchmark_runs_its_gpu_stage_options_on_a_cpu(tmp_path):
 
 def test_grid_benchmark_runs_its_gpu_stage_options_on_a_cpu(tmp_path):
     results = _run(tmp_path, "grid.py", "--device", "cpu", "--scale", "0.003", "--epochs", "1",
-                   "--rows", "Frame, linear", "--bf16", "--group-by-length", "--store", str(tmp_path / "g.h5"))
+                   "--rows", "Frame, linear", "--bf16", "--group-by-length", "--store", str(tmp_path / "g.h5"),
+                   "--profile")
     res = json.loads((results / "grid.json").read_text())
     assert res["grid_speedup"] > 0
+    for path in ("per-run", "stacked"):   # --profile: each path's top operators, by name and by input shape
+        table = (results / "grid-profile" / f"frame-linear-{path}-bf16-grouped.txt").read_text()
+        assert "by input shape" in table and "aten::" in table
     assert "| grid |" in (tmp_path / "BENCHMARKS.md").read_text()
