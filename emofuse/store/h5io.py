@@ -312,16 +312,24 @@ def rows_checksum(rows: np.ndarray) -> int:
     return xxhash.xxh3_64_intdigest(np.ascontiguousarray(rows))
 
 
-def layer_major(parts: list[np.ndarray]) -> np.ndarray:
-    """Rows ``(T_u, L, D)`` of several utterances, back to back and layer-major: one ``(L, ΣT, D)``
-    C-order array, so that an utterance's rows of one layer, and a chunk of them, are contiguous
-    (what the checksums hash and the chunks hold, with no further copy)."""
+def _layer_parts(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.dtype]:
+    """``parts`` as arrays of rows ``(T_u, L, D)`` of one ``(L, D)`` shape, and the dtype of their rows
+    back to back (``layer_major``'s checks)."""
     parts = [np.asarray(p) for p in parts]
     tail = parts[0].shape[1:]
     if any(p.ndim != 3 or p.shape[1:] != tail for p in parts):
         raise ValueError(f"rows of one entry table must share their (layers, dim) shape, found "
                          f"{sorted({p.shape[1:] for p in parts})}")
-    out = np.empty((tail[0], sum(len(p) for p in parts), tail[1]), dtype=np.result_type(*parts))
+    return parts, np.result_type(*parts)
+
+
+def layer_major(parts: list[np.ndarray]) -> np.ndarray:
+    """Rows ``(T_u, L, D)`` of several utterances, back to back and layer-major: one ``(L, ΣT, D)``
+    C-order array, so that an utterance's rows of one layer, and a chunk of them, are contiguous
+    (what the checksums hash and the chunks hold, with no further copy)."""
+    parts, dtype = _layer_parts(parts)
+    tail = parts[0].shape[1:]
+    out = np.empty((tail[0], sum(len(p) for p in parts), tail[1]), dtype=dtype)
     o = 0
     for p in parts:
         out[:, o:o + len(p), :] = p.transpose(1, 0, 2)
@@ -345,24 +353,46 @@ def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.nda
     return _checksums_layer_major(layer_major([data]), lengths)
 
 
-def _write_layer_chunks(g: h5py.Group, name: str, lm: np.ndarray) -> h5py.Dataset:
-    """Dataset ``name`` of shape ``(N, L, D)`` from layer-major rows ``lm`` ``(L, N, D)``, chunked
-    (≈256 KiB of rows, 1 layer, D) so that reading a subset of layers reads only those layers.
-    Each chunk is handed to the file as it is (``write_direct_chunk``: no HDF5 selection or
-    conversion, the chunk is already contiguous in ``lm``), one layer after the other, so a
-    layer's chunks also lie one after the other in the file."""
-    L, N, D = lm.shape
-    rows = min(N, chunk_rows((L, D), lm.dtype.itemsize))
-    ds = g.create_dataset(name, shape=(N, L, D), dtype=lm.dtype, chunks=(rows, 1, D))
-    last = np.zeros((rows, D), lm.dtype)  # the last chunk of a layer, zero-padded to a whole chunk
-    for l in range(L):
+def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray],
+                        summarise: bool = False) -> tuple[np.ndarray, bool]:
+    """Dataset ``name`` of shape ``(N, L, D)`` from the rows ``(T_u, L, D)`` of several utterances,
+    back to back, chunked (≈256 KiB of rows, 1 layer, D) so that reading a subset of layers reads
+    only those layers. One layer at a time, its rows are copied into a buffer ``(N, D)`` (the
+    layer-major rows of ``layer_major``), and each chunk is handed to the file as it is
+    (``write_direct_chunk``: no HDF5 selection or conversion), one layer after the other, so a
+    layer's chunks also lie one after the other in the file; the buffer's rows past ``N`` stay
+    zero: the padding of the layer's last chunk. With ``summarise``, also returns what is computed
+    while a layer's rows are in cache: the ``(U, L)`` checksums (``rows_checksum``) and whether any
+    row is non-finite (``nonfinite``); else zeros and False. No ``(L, N, D)`` copy of the whole
+    table is made: a layer's rows are hashed and tested while they are in cache."""
+    parts, dtype = _layer_parts(parts)
+    L, D = parts[0].shape[1:]
+    lengths = [len(p) for p in parts]
+    N = sum(lengths)
+    rows = min(N, chunk_rows((L, D), dtype.itemsize))
+    ds = g.create_dataset(name, shape=(N, L, D), dtype=dtype, chunks=(rows, 1, D))
+    offsets = offsets_from_lengths(lengths)
+    sums = np.zeros((len(parts), L), np.uint64)
+    bad = np.zeros(L, bool)
+    padded = -(-N // rows) * rows
+    buf = np.zeros((padded, D), dtype)
+
+    def fill(l: int) -> np.ndarray:
+        for u, (p, o, n) in enumerate(zip(parts, offsets, lengths)):
+            rows_l = buf[o:o + n]
+            rows_l[...] = p[:, l]
+            if summarise:
+                sums[u, l] = rows_checksum(rows_l)
+                bad[l] |= nonfinite(rows_l)
+        return buf
+
+    def write(l: int, buf: np.ndarray) -> None:
         for r in range(0, N, rows):
-            block = lm[l, r:r + rows]
-            if len(block) < rows:
-                last[:len(block)] = block
-                block = last
-            ds.id.write_direct_chunk((r, l, 0), block)
-    return ds
+            ds.id.write_direct_chunk((r, l, 0), buf[r:r + rows])
+
+    for l in range(L):
+        write(l, fill(l))
+    return sums, bool(bad.any())
 
 
 def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int],
@@ -380,14 +410,16 @@ def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int
     for name, parts in arrays.items():
         first = np.asarray(parts[0])
         if first.ndim == 3 and first.dtype.kind not in "OUS":
-            lm = layer_major(parts)
-            if lm.shape[1]:
-                _write_layer_chunks(g, name, lm)
+            parts, _ = _layer_parts(parts)
+            if sum(len(p) for p in parts):
+                sums, bad = _write_layer_chunks(g, name, parts, summarise=name == DATA)
             else:  # no rows at all: nothing to chunk
+                lm = layer_major(parts)
                 g.create_dataset(name, data=lm.transpose(1, 0, 2))
+                sums, bad = _checksums_layer_major(lm, [0] * len(parts)), False
             if name == DATA:
-                write_checksums(g, _checksums_layer_major(lm, lengths))
-                g[DATA].attrs["finite"] = not nonfinite(lm)  # with the checksums, spares the reader its NaN test
+                write_checksums(g, sums)
+                g[DATA].attrs["finite"] = not bad  # with the checksums, spares the reader its NaN test
             continue
         arr = np.concatenate([np.asarray(p) for p in parts])
         if arr.dtype.kind in "OUS":
