@@ -54,6 +54,9 @@ def _tensor_ranges(f: h5py.File) -> list[list[int]]:
 
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] == DATA and obj.chunks:
+            if hasattr(obj.id, "chunk_iter"):   # one walk of the chunk index (HDF5 >= 1.14), not one per chunk
+                obj.id.chunk_iter(lambda info: spans.append((int(info.byte_offset), int(info.byte_offset + info.size))))
+                return
             for c in range(obj.id.get_num_chunks()):
                 info = obj.id.get_chunk_info(c)
                 spans.append((int(info.byte_offset), int(info.byte_offset + info.size)))
