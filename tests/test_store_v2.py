@@ -302,11 +302,13 @@ def test_write_errors_name_the_path_and_keep_the_store(tmp_path, monkeypatch, er
     assert_frames(path, ids[:4])
 
 
-def test_part_file_holds_each_layer_contiguously_with_the_checksums_of_its_rows(tmp_path):
-    """A part's rows are written chunk by chunk straight from a layer-major copy (no HDF5
-    selection): the data reads back exactly, whatever the strides of the arrays handed in, a
-    layer's chunks lie one after the other in the file, and the checksums are those of each
-    utterance's rows of each layer."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_part_file_holds_each_layer_contiguously_with_the_checksums_of_its_rows(tmp_path, monkeypatch, overlap):
+    """A part's rows are written chunk by chunk, one layer at a time (no HDF5 selection; the next
+    layer copied in a helper thread where ``_OVERLAP``): the data reads back exactly, whatever the
+    strides of the arrays handed in, a layer's chunks lie one after the other in the file, and the
+    checksums are those of each utterance's rows of each layer."""
+    monkeypatch.setattr("emofuse.store.h5io._OVERLAP", overlap)
     from emofuse.store.h5io import rows_checksum
     from emofuse.store.index import part_path
     table = make_table(6)
@@ -335,6 +337,25 @@ def test_part_file_holds_each_layer_contiguously_with_the_checksums_of_its_rows(
         assert all(a.byte_offset + a.size == b.byte_offset for a, b in zip(order, order[1:]))  # back to back
         want = np.array([[rows_checksum(np.ascontiguousarray(frames[i][:, l])) for l in range(4)] for i in ids], np.uint64)
         assert np.array_equal(g["checksum"][...], want) and g["data"].attrs["finite"]
+
+
+def test_part_files_are_the_same_bytes_with_or_without_the_helper_thread(tmp_path, monkeypatch):
+    """``_OVERLAP`` changes only who copies a layer: the part files are byte for byte the same,
+    and a non-finite value in any layer but the first is found (``finite`` false)."""
+    table = make_table(4)
+    ids = list(table["id"])
+    rng = np.random.default_rng(5)
+    frames = {i: rng.standard_normal((150 + 211 * k, 5, 64)).astype(np.float32) for k, i in enumerate(ids)}
+    frames[ids[2]][17, 3, 9] = -np.inf
+    parts = []
+    for overlap in (False, True):
+        monkeypatch.setattr("emofuse.store.h5io._OVERLAP", overlap)
+        with StoreWriter(tmp_path / f"s{overlap:d}.h5", table) as w:
+            w.add_stream("audio", {"fingerprint": "f"})
+            parts.append(Path(w.commit("audio", {"frames": {i: {"data": frames[i]} for i in ids}})))
+    assert parts[0].read_bytes() == parts[1].read_bytes()
+    with h5py.File(parts[0], "r") as f:
+        assert not f["streams/audio/frames/data"].attrs["finite"]
 
 
 def test_a_wrong_call_is_a_type_error_not_damage(tmp_path):
