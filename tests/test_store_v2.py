@@ -456,3 +456,16 @@ def test_a_text_stream_windowed_otherwise_is_refused_like_another_encoder(tmp_pa
     with StoreWriter(tmp_path / "s.h5", table) as w, pytest.raises(StoreError) as e:
         w.add_stream("text", {**info, "max_tokens": 5, "window_stride": 1})
     assert "[max_tokens: 64 in s.h5, 5 in this run; window_stride: 31 in s.h5, 1 in this run]" in str(e.value), str(e.value)
+
+
+def test_the_writers_helper_thread_counts_a_containers_cpu_quota(tmp_path):
+    """``_OVERLAP`` turns on with 4 usable cores: a cgroup quota of 2 CPUs caps what the affinity
+    says (a container on a large node), an unlimited one does not, and a missing file is no quota."""
+    from emofuse.store.h5io import usable_cores
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("200000 100000\n")
+    assert usable_cores(str(cpu_max)) <= 2.0
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(str(cpu_max)) == usable_cores(str(tmp_path / "missing"))
+    cpu_max.write_text("50000 100000\n")
+    assert usable_cores(str(cpu_max)) == 0.5

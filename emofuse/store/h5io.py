@@ -317,8 +317,8 @@ def rows_checksum(rows: np.ndarray) -> int:
 
 
 def _layer_parts(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.dtype]:
-    """``parts`` as arrays of rows ``(T_u, L, D)`` of one ``(L, D)`` shape, and the dtype of their rows
-    back to back (``layer_major``'s checks)."""
+    """``parts`` as arrays of rows ``(T_u, L, D)`` of one ``(L, D)`` shape (else ``ValueError``), and
+    the dtype of their rows back to back."""
     parts = [np.asarray(p) for p in parts]
     tail = parts[0].shape[1:]
     if any(p.ndim != 3 or p.shape[1:] != tail for p in parts):
@@ -329,8 +329,8 @@ def _layer_parts(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.dtype]:
 
 def layer_major(parts: list[np.ndarray]) -> np.ndarray:
     """Rows ``(T_u, L, D)`` of several utterances, back to back and layer-major: one ``(L, ΣT, D)``
-    C-order array, so that an utterance's rows of one layer, and a chunk of them, are contiguous
-    (what the checksums hash and the chunks hold, with no further copy)."""
+    C-order array, so that an utterance's rows of one layer are contiguous (what the checksums
+    hash). Parts are written without it, a layer at a time (``_write_layer_chunks``)."""
     parts, dtype = _layer_parts(parts)
     tail = parts[0].shape[1:]
     out = np.empty((tail[0], sum(len(p) for p in parts), tail[1]), dtype=dtype)
@@ -359,28 +359,44 @@ def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.nda
 
 #: a layer's copy, checksums and NaN test run in a helper thread while the layer before is written
 #: (numpy and xxhash release the GIL; HDF5's writes hold h5py's lock) where cores are plenty (a GPU
-#: host): with 2 cores it was ~13 % faster when the other core was idle, ~10 % slower when it was busy
-try:
-    _OVERLAP = len(os.sched_getaffinity(0)) >= 4
-except AttributeError:   # no sched_getaffinity (macOS, Windows)
-    _OVERLAP = (os.cpu_count() or 1) >= 4
+#: host); on 2 cores it cost more than it saved once the other core was busy (BENCHMARKS.md, "store
+#: writer, one layer at a time")
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> float:
+    """The cores this process may keep busy: those it may run on (its affinity: a Slurm job's
+    cpuset), capped by a cgroup v2 CPU quota (a container limited to 2 CPUs on a 64-core node sees
+    64 cores but gets 2)."""
+    try:
+        n: float = len(os.sched_getaffinity(0))
+    except AttributeError:   # no sched_getaffinity (macOS, Windows)
+        n = os.cpu_count() or 1
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+_OVERLAP = usable_cores() >= 4
 
 
 def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray],
                         summarise: bool = False) -> tuple[np.ndarray, bool]:
-    """Dataset ``name`` of shape ``(N, L, D)`` from the rows ``(T_u, L, D)`` of several utterances,
-    back to back, chunked (≈256 KiB of rows, 1 layer, D) so that reading a subset of layers reads
-    only those layers. One layer at a time, its rows are copied into a buffer ``(N, D)`` (the
-    layer-major rows of ``layer_major``), and each chunk is handed to the file as it is
-    (``write_direct_chunk``: no HDF5 selection or conversion), one layer after the other, so a
-    layer's chunks also lie one after the other in the file; the buffer's rows past ``N`` stay
-    zero: the padding of the layer's last chunk. With ``summarise``, also returns what is computed
-    while a layer's rows are in cache: the ``(U, L)`` checksums (``rows_checksum``) and whether any
-    row is non-finite (``nonfinite``); else zeros and False. No ``(L, N, D)`` copy of the whole
-    table is made: a layer's rows are hashed and tested while they are in cache. With ``_OVERLAP``,
-    layer ``l + 1`` is copied and summarised in a helper thread, into the other of two buffers,
-    while layer ``l`` is written."""
-    parts, dtype = _layer_parts(parts)
+    """Dataset ``name`` of shape ``(N, L, D)`` from the rows ``(T_u, L, D)`` of several utterances
+    (``_layer_parts``), back to back, chunked (≈256 KiB of rows, 1 layer, D) so that reading a
+    subset of layers reads only those layers. One layer at a time, its rows are copied into a
+    buffer of whole chunks (``N`` rounded up to the chunk's rows, ``D``; what ``layer_major`` holds
+    for that layer), and each chunk is handed to the file as it is (``write_direct_chunk``: no HDF5
+    selection or conversion), so a layer's chunks lie one after the other in the file; the
+    buffer's rows past ``N`` stay zero: the padding of the layer's last chunk. No ``(L, N, D)``
+    copy of the whole table is made. With ``summarise``, also returns what is computed while a
+    layer's rows are in cache: the ``(U, L)`` checksums (``rows_checksum``) and whether any row is
+    non-finite (``nonfinite``); else zeros and False. With ``_OVERLAP``, layer ``l + 1`` is copied
+    and summarised in a helper thread, into the other of two buffers, while layer ``l`` is
+    written."""
+    dtype = np.result_type(*parts)
     L, D = parts[0].shape[1:]
     lengths = [len(p) for p in parts]
     N = sum(lengths)
@@ -399,7 +415,8 @@ def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray],
             rows_l[...] = p[:, l]
             if summarise:
                 sums[u, l] = rows_checksum(rows_l)
-                bad[l] |= nonfinite(rows_l)
+        if summarise:
+            bad[l] = nonfinite(buf[:N])
         return buf
 
     def write(l: int, buf: np.ndarray) -> None:
