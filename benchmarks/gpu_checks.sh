@@ -37,9 +37,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh STAGE [OUT] (see the comment at the top for the stages)}
 out=${2:-${OUT:-./gpu-out}}
-case $stage in grid|profile|grid-before|grid-after|grid-bf16|grid-fast|grid-runs25|sync|finetune|finetune-compile|extract|breakdown|all) ;;
-  *) echo "unknown stage $stage: expected grid, profile, grid-before, grid-after, grid-bf16, grid-fast, grid-runs25, sync, finetune, finetune-compile, extract," \
-       "breakdown or all" >&2
+case $stage in
+  grid|profile|grid-before|grid-after|grid-bf16|grid-fast|grid-runs25|sync|finetune|finetune-compile) ;;
+  extract|breakdown|all) ;;
+  *) echo "unknown stage $stage: expected grid, profile, grid-before, grid-after, grid-bf16, grid-fast," \
+       "grid-runs25, sync, finetune, finetune-compile, extract, breakdown or all" >&2
      exit 2 ;; esac
 mkdir -p "$out"
 
@@ -79,7 +81,7 @@ run_grid() {
 }
 
 run_finetune() {
-  # the 2026-11-24 profile: the device busy 15 % of a step, the host launching ~100k operators per
+  # the 2026-11-24 profile: the device busy 7 % of a step, the host launching ~100k operators per
   # global batch; fewer, larger passes (a padded-seconds cap instead of 8 utterances) against the
   # plain loop's 8, profiled
   step finetune.log 400 python3 benchmarks/finetune.py --device cuda --size large --bf16 --utterances 256 \
@@ -95,13 +97,18 @@ run_finetune_compile() {
   cp benchmarks/results/finetune-*compile*.json "$out/" 2>/dev/null || true
 }
 
+grid_store() {  # the synthetic store (0.05 x IEMOCAP) the grid stages share, built once per machine
+  python3 -c "from emofuse.testing.synthetic import make_synthetic_store as m; import os
+if not os.path.exists('/tmp/g.h5'):
+    m('/tmp/g.h5', per_class=14, layers=13, dim=768, planted_layer=7, strength=0.3, seed=0)"
+}
+
 ROWS_AB=("Frame, linear" "Frame, transformer" "Coattention F+P" "Late F+P+S+W")
 grid_rows() {  # grid_rows TREE NAME [grid.py options]: each row in its own process (a row that fails,
                # e.g. out of memory, leaves the others measured), on one shared store built beforehand
   local tree=$1 name=$2 i=0
   shift 2
-  python3 -c "from emofuse.testing.synthetic import make_synthetic_store as m; import os
-if not os.path.exists('/tmp/g.h5'): m('/tmp/g.h5', per_class=14, layers=13, dim=768, planted_layer=7, strength=0.3, seed=0)"
+  grid_store
   for row in "${ROWS_AB[@]}"; do
     i=$((i + 1))
     step "grid-$name-$i.log" 130 python3 "$tree/benchmarks/grid.py" --device cuda --scale 0.05 --epochs 2 \
@@ -132,10 +139,12 @@ run_grid_runs25() {  # the launch-bound rows with a real row's 25 runs (5 seeds 
 
 run_profile() {  # one epoch of each row, one run at a time, profiled in float32 and in bf16
   local rows="Coattention F+P;Late F+P+S+W"
+  grid_store
   step profile-fp32.log 250 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 1 --paths per-run \
-    --rows "$rows" --profile
+    --store /tmp/g.h5 --rows "$rows" --profile
   step profile-bf16.log 250 python3 benchmarks/grid.py --device cuda --scale 0.05 --epochs 1 --paths per-run \
-    --rows "$rows" --profile --bf16
+    --store /tmp/g.h5 --rows "$rows" --profile --bf16
+  mkdir -p benchmarks/results/grid-profile
   tar -cf "$out/profile-results.tar" benchmarks/results/grid-profile
 }
 

@@ -366,6 +366,11 @@ def main() -> None:
            + ", ".join(f"{p} {h} h" for p, h in res["grid_wall_full_scale_h"].items())
            + (f"; stacked {res['grid_speedup']}x the per-run path (rows {min(ratios)}–{max(ratios)}x)" if ratios else "")
            + " | per-run vs stacked, side by side | — | — | — |")
+    if args.profile:   # the profiler's cost is in every timing: the tables are the result, nothing is recorded
+        print(json.dumps(res, indent=2))
+        print("--profile: timings include the profiler's cost, so they are not recorded (the tables are in "
+              "benchmarks/results/grid-profile/)", flush=True)
+        return
     record("grid", res, row, str(device))
 
 

@@ -37,14 +37,21 @@ def test_finetune_benchmark_runs_its_gpu_stage_options_on_a_cpu(tmp_path):
 
 def test_grid_benchmark_runs_its_gpu_stage_options_on_a_cpu(tmp_path):
     results = _run(tmp_path, "grid.py", "--device", "cpu", "--scale", "0.003", "--epochs", "1",
-                   "--rows", "Frame, linear", "--bf16", "--group-by-length", "--store", str(tmp_path / "g.h5"),
-                   "--profile")
+                   "--rows", "Frame, linear", "--bf16", "--group-by-length", "--store", str(tmp_path / "g.h5"))
     res = json.loads((results / "grid.json").read_text())
     assert res["grid_speedup"] > 0
-    for path in ("per-run", "stacked"):   # --profile: each path's top operators, by name and by input shape
-        table = (results / "grid-profile" / f"frame-linear-{path}-bf16-grouped.txt").read_text()
-        assert "by input shape" in table and "aten::" in table
     assert "| grid |" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def test_grid_profile_writes_its_tables_and_records_no_timing(tmp_path):
+    """--profile (the stage gpu_checks.sh profile): each path's top operators by name and by input
+    shape; its timings carry the profiler's cost, so neither the JSON nor a BENCHMARKS row is written."""
+    results = _run(tmp_path, "grid.py", "--device", "cpu", "--scale", "0.003", "--epochs", "1",
+                   "--rows", "Frame, linear", "--paths", "per-run", "--bf16", "--profile")
+    table = (results / "grid-profile" / "frame-linear-per-run-bf16.txt").read_text()
+    assert "by input shape" in table and "aten::" in table
+    assert not (results / "grid.json").exists()
+    assert "| grid |" not in (tmp_path / "BENCHMARKS.md").read_text()
 
 
 def test_finetune_profile_counts_each_kernel_once():
