@@ -209,6 +209,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also torch.profiler kernels and cProfile of a whole run")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick convolution algorithms by timing")
     ap.add_argument("--json", default=None, help="where to write the JSON (default benchmarks/results/)")
+    ap.add_argument("--switch-interval", type=float, nargs="*", default=[], metavar="MS",
+                    help="also a whole run at each of these interpreter switch intervals in place of extraction's "
+                         "0.5 ms (Python's default is 5): the store's writer threads give the GIL back at every "
+                         "chunk they write, so a busy encoding thread can stall them (benchmarks/store_gil.py)")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
@@ -230,6 +234,17 @@ def main() -> None:
             res["stages"][dt] = st
             text, summ = whole_run(model, manifest, tmp / f"p-{dt}.h5", dt, dev, args.profile)
             res["stages"][dt]["whole_run"] = summ
+            for ms in args.switch_interval:   # extraction's own interval replaced by this one for a run
+                from emofuse.pipelines.extract import threads
+                default_interval, ours = sys.getswitchinterval(), threads.SWITCH_INTERVAL_S
+                sys.setswitchinterval(ms / 1000)
+                threads.SWITCH_INTERVAL_S = ms / 1000
+                try:
+                    _, other = whole_run(model, manifest, tmp / f"p-{dt}-{ms:g}ms.h5", dt, dev, False)
+                finally:
+                    sys.setswitchinterval(default_interval)
+                    threads.SWITCH_INTERVAL_S = ours
+                res["stages"][dt][f"whole_run_switch_{ms:g}ms"] = other
             if args.profile:
                 print(f"\n== cProfile of a whole extract-embeddings run, {dt} ==\n{text}")
                 print(f"\n== torch.profiler, one 120 s batch, {dt} ==\n{kernel_profile(model, dt, dev)}")
@@ -255,9 +270,11 @@ def main() -> None:
           f"memcpy {c['memcpy_bytes_per_s'] / 1e9:.2f} GB/s; d2h {({k: round(v / 1e9, 2) for k, v in c['d2h_bytes_per_s'].items()})} GB/s; "
           f"matmul fp32 {c['matmul_flops']['float32'] / flops:.0f}, bf16 {c['matmul_flops']['bfloat16'] / flops:.0f} audio-s/s")
     for dt, st in res["stages"].items():
-        if "whole_run" in st:
-            w = st["whole_run"]
-            print(f"whole run {dt}: {w['audio_s'] / w['wall_s']:.0f} audio-s/s; " + ", ".join(f"{k} {v:.2f}" for k, v in w.items()))
+        for key in [k for k in st if k.startswith("whole_run")]:
+            w = st[key]
+            how = f" (switch interval {key.removeprefix('whole_run_switch_')})" if key != "whole_run" else ""
+            print(f"whole run {dt}{how}: {w['audio_s'] / w['wall_s']:.0f} audio-s/s; "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in w.items()))
     path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"extract-breakdown{'-cuda' if dev.startswith('cuda') else ''}.json"
     path.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(f"wrote {path}")

@@ -154,7 +154,9 @@ run_sync() {
 }
 
 run_breakdown() {
-  step breakdown.log 540 python3 benchmarks/extract_breakdown.py --seconds 3600 --device cuda --dtype float32 bfloat16
+  # --switch-interval 5: a whole run at Python's default too, against extraction's 0.5 ms (store_gil.py)
+  step breakdown.log 540 python3 benchmarks/extract_breakdown.py --seconds 3600 --device cuda --dtype float32 bfloat16 \
+    --switch-interval 5
   cp benchmarks/results/extract-breakdown-cuda.json "$out/" 2>/dev/null || true
 }
 

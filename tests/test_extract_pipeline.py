@@ -481,17 +481,32 @@ def test_bfloat16_is_close_to_float32():
     assert torch.get_default_dtype() == torch.float32
 
 
-def test_background_commits_give_the_same_store(reference, small_fake, tiny_models, tmp_path):
+def test_background_commits_give_the_same_store(reference, small_fake, tiny_models, tmp_path, monkeypatch):
     """The GPU path commits in a background thread; forced on here (CPU), the store is the same
-    and --on-error fail still keeps what was encoded before the bad input."""
+    and --on-error fail still keeps what was encoded before the bad input. Its threads run under
+    a short switch interval (the writer gives the GIL back at every chunk), restored after the
+    run, also after one that failed."""
+    import sys
+
     from emofuse.errors import EmofuseError
     from emofuse.pipelines import extract as px
+    from emofuse.pipelines.extract.threads import SWITCH_INTERVAL_S
+    from emofuse.store import StoreWriter
+    intervals, stage = [], StoreWriter.stage
+
+    def stage_noting_the_interval(self, stream, *a, **k):
+        if stream == "audio":   # the audio phase's commits, which run in background threads
+            intervals.append(sys.getswitchinterval())
+        return stage(self, stream, *a, **k)
+    monkeypatch.setattr(StoreWriter, "stage", stage_noting_the_interval)
+    before = sys.getswitchinterval()
     out = tmp_path / "bg.h5"
     cfg = px.ExtractConfig(corpus="iemocap", root=str(small_fake.root), out=str(out), audio_model=tiny_models["group"],
                            text_model=tiny_models["bert"], store_dtype="float32", batch_seconds=4, commit_seconds=3)
     summary = px.run_extract(cfg, background=True)
     assert summary.streams[0].done == 25 and summary.streams[0].time_write_busy > 0
     assert_same_store(out, reference)
+    assert intervals and all(abs(i - SWITCH_INTERVAL_S) < 1e-9 for i in intervals) and sys.getswitchinterval() == before
     write_bad_manifest(tmp_path)
     sf.write(tmp_path / "a" / "long.wav", (np.random.default_rng(1).standard_normal(32000) * 0.1).astype(np.float32), 16000)
     m = tmp_path / "m2.csv"
@@ -502,6 +517,7 @@ def test_background_commits_give_the_same_store(reference, small_fake, tiny_mode
         px.run_extract(cfg, background=True)
     with FeatureStore(tmp_path / "f.h5") as fs:
         assert fs.ids("audio") == ["long"]
+    assert sys.getswitchinterval() == before
 
 
 def test_all_finite_reads_float16_exponent_bits():

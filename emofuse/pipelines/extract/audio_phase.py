@@ -14,7 +14,7 @@ from ...extract.batching import commit_units, length_batches
 from .config import shard_part
 from ..progress import progress_bar
 from .stream import StreamJob
-from .threads import BackgroundCommits, Prefetch
+from .threads import BackgroundCommits, Prefetch, short_switch_interval
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,16 @@ def run_audio_phase(job: StreamJob, selection: list[Utterance], done: set[str], 
                 return e
         MIXED.clear()   # before the reads start (a background reader fills them at once)
         RESAMPLED.clear()
-        audio = Prefetch([b for unit in units for b in unit], read, background)
-        try:
-            for unit in units:
-                _audio_unit(job, unit, by_id, commits, audio)
-                bar.update(round(float(np.nansum([durations[u] for b in unit for u in b])), 1))
-                bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
-        finally:
-            audio.close()
-            commits.close()
+        with short_switch_interval(background):
+            audio = Prefetch([b for unit in units for b in unit], read, background)
+            try:
+                for unit in units:
+                    _audio_unit(job, unit, by_id, commits, audio)
+                    bar.update(round(float(np.nansum([durations[u] for b in unit for u in b])), 1))
+                    bar.set_postfix_str(f"{s.done} utts, {s.skipped} skipped, {s.audio_seconds / 3600:.2f} h")
+            finally:
+                audio.close()
+                commits.close()
     if RESAMPLED and enc.info.get("encoder") == "opensmile":
         rates = ", ".join(f"{r} Hz" for r in sorted(RESAMPLED))
         log.warning(f"{job.name}: audio at {rates} was resampled to {enc.sample_rate} Hz before openSMILE (as for "

@@ -3,12 +3,37 @@ unit is encoded, and audio read ahead while the current batch is encoded."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .summary import StreamSummary
+
+
+#: the interpreter's switch interval while extraction's threads run (Python's default: 5 ms). The
+#: store's writer hands the GIL back at every chunk it writes and every utterance it copies or
+#: hashes (hundreds of times per unit); each time a thread running Python holds it, getting it
+#: back waits for that thread's switch interval. Measured on a 2-core VM (benchmarks/store_gil.py):
+#: a 60-s unit staged in ~40 ms alone took ~6 s beside a busy Python thread at 5 ms, ~0.4 s at 0.5 ms
+SWITCH_INTERVAL_S = 0.0005
+
+
+@contextlib.contextmanager
+def short_switch_interval(on: bool) -> Iterator[None]:
+    """With ``on`` (background threads), the interpreter's switch interval at most
+    ``SWITCH_INTERVAL_S`` for the block, restored after it."""
+    if not on:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 class BackgroundCommits:
