@@ -90,8 +90,9 @@ def main() -> None:
     for ms in args.switch_interval:
         r = stage_times(args.units, ms / 1000)
         rows.append(r)
-        print(f"switch interval {ms:g} ms: a 60-s unit ({r['unit_mb']} MB) staged in {r['alone_s'] * 1e3:.0f} ms alone, "
-              f"{r['contended_s'] * 1e3:.0f} ms beside a busy Python thread ({r['contended_vs_alone']}x)", flush=True)
+        print(f"switch interval {ms:g} ms: a 60-s unit ({r['unit_mb']} MB) staged in {r['alone_s'] * 1e3:.0f} ms "
+              f"alone, {r['contended_s'] * 1e3:.0f} ms beside a busy Python thread ({r['contended_vs_alone']}x)",
+              flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     res = {"benchmark": "store-gil", "machine": machine, "units": args.units, "rows": rows}
     row = (f"| store beside a busy thread | {time.strftime('%Y-%m-%d')} | {machine} | 60-s units, float16, 13 × 768 | "
