@@ -210,6 +210,43 @@ def test_accumulated_micro_batches_equal_one_batch(setup):
         assert torch.allclose(out[0][1][k], out[1][1][k], atol=1e-5), k
 
 
+@pytest.mark.parametrize("system", ["cma", "audio"])
+def test_uneven_micro_batches_weight_utterances_not_micro_batches(setup, system):
+    """The joint and audio systems, cut into uneven micro-batches (3 + 3 + 1, and by a padded-seconds
+    cap), give the gradient of one pass over the global batch: the mean loss over its utterances,
+    not over micro-batches. The head's BatchNorm is held in eval mode here (its batch statistics do
+    depend on the cut: micro_batch is part of the run key), and dropout is off. (The fine-tuning
+    audit of 2026-11-25 found this right; the test above covers only the text system, evenly cut.)"""
+    class Captured(torch.optim.Optimizer):   # keeps the step's gradients instead of stepping
+        def __init__(self, params):
+            super().__init__(params, {})
+            self.grads = None
+
+        def step(self, closure=None):
+            self.grads = [p.grad.clone() for g in self.param_groups for p in g["params"]]
+
+    dev = torch.device("cpu")
+    idx = np.array([0, 5, 9, 14, 2, 7, 11])
+    for extra in ({"micro_batch": 3}, {"micro_batch": 8, "micro_batch_seconds": 1.0}):
+        cfg = _cfg(setup, system=system, dropout=0.0, batch_size=8, **extra)   # 7 utterances: a partial batch
+        _, data, model = _model(cfg)
+        model.train()
+        for m in [model.audio, model.text, *ft._bns(model)]:
+            if m is not None:
+                m.eval()   # the encoders' dropout off, the head's BatchNorm on its running statistics
+        params = [p for p in model.parameters() if p.requires_grad]
+        batch = ft.collate(data, idx, dev)
+        torch.nn.functional.cross_entropy(model(batch), batch["y"]).backward()
+        want = [p.grad.clone() for p in params]
+        model.zero_grad(set_to_none=True)
+        sizes = [len(m) for m in ft.micro_batches(idx, data.seconds, cfg.micro_batch, True, cfg.micro_batch_seconds)]
+        assert len(sizes) > 1 and len(set(sizes)) > 1, sizes   # really cut, and unevenly
+        opt = Captured(params)
+        ft.train_step(model, model, opt, data, idx, cfg, dev, 3)
+        for w, g in zip(want, opt.grads):
+            assert torch.allclose(w, g, atol=1e-6, rtol=1e-4)
+
+
 def test_micro_batches_under_a_padded_seconds_cap():
     secs = np.array([1.0, 9.0, 2.0, 4.0, 3.0, 1.5, 30.0, 2.5])
     idx = np.arange(8)
