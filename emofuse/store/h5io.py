@@ -357,10 +357,6 @@ def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.nda
     return _checksums_layer_major(layer_major([data]), lengths)
 
 
-#: a layer's copy, checksums and NaN test run in a helper thread while the layer before is written
-#: (numpy and xxhash release the GIL; HDF5's writes hold h5py's lock) where cores are plenty (a GPU
-#: host); on 2 cores it cost more than it saved once the other core was busy (BENCHMARKS.md, "store
-#: writer, one layer at a time")
 def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> float:
     """The cores this process may keep busy: those it may run on (its affinity: a Slurm job's
     cpuset), capped by a cgroup v2 CPU quota (a container limited to 2 CPUs on a 64-core node sees
@@ -379,6 +375,10 @@ def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> float:
     return n
 
 
+#: a layer's copy, checksums and NaN test run in a helper thread while the layer before is written
+#: (numpy and xxhash release the GIL; HDF5's writes hold h5py's lock) where cores are plenty (a GPU
+#: host); on 2 cores it cost more than it saved once the other core was busy (BENCHMARKS.md, "store
+#: writer, one layer at a time")
 _OVERLAP = usable_cores() >= 4
 
 
