@@ -25,3 +25,13 @@ def record(name: str, res: dict, row: str, device: str = "cpu") -> Path:
     with bench.open("a") as f:
         f.write(row + "\n")
     return out
+
+
+def synthetic_table(ids: list[str], seconds: float):
+    """The utterance table of a synthetic store whose utterances are all ``seconds`` long (one
+    class, session and speaker): what the store benchmarks write their units against."""
+    import numpy as np
+    import pandas as pd
+    return pd.DataFrame({"id": ids, "label": "neu", "session": "1", "speaker": "s", "gender": "F",
+                         "transcript": "synthetic", "audio_path": [f"/synthetic/{i}.wav" for i in ids],
+                         "start": np.nan, "end": np.nan, "duration": seconds, "audio_bytes": 1})

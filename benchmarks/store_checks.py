@@ -33,15 +33,13 @@ LAYERS, DIM, FPS, SECONDS = 13, 768, 50, 4.5
 
 def build(path: str, gb: float, dtype: str) -> int:
     import numpy as np
-    import pandas as pd
+    from common import synthetic_table
 
     from emofuse.store import StoreWriter
     frames = int(SECONDS * FPS)
     n = int(gb * 1e9 // (frames * LAYERS * DIM * np.dtype(dtype).itemsize)) + 1
     ids = [f"Ses{1 + i % 5:02d}_u{i:06d}" for i in range(n)]
-    table = pd.DataFrame({"id": ids, "label": "neu", "session": "1", "speaker": "s", "gender": "F",
-                          "transcript": "synthetic", "audio_path": [f"/synthetic/{i}.wav" for i in ids],
-                          "start": np.nan, "end": np.nan, "duration": SECONDS, "audio_bytes": 1})
+    table = synthetic_table(ids, SECONDS)
     rng = np.random.default_rng(0)
     per = max(1, int(60 / SECONDS))
     with StoreWriter(path, table, {"kind": "synthetic"}) as w:

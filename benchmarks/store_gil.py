@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emofuse.store import StoreWriter  # noqa: E402
-from common import record  # noqa: E402
+from common import record, synthetic_table  # noqa: E402
 
 SECONDS, FPS, LAYERS, DIM = 4.5, 50, 13, 768
 
@@ -49,9 +48,7 @@ def stage_times(units: int, interval_s: float) -> dict:
     ``units`` of each), at switch interval ``interval_s``."""
     n, frames = int(60 / SECONDS), int(SECONDS * FPS)
     ids = [f"u{i:06d}" for i in range(2 * n * units)]
-    table = pd.DataFrame({"id": ids, "label": "neu", "session": "1", "speaker": "s", "gender": "F",
-                          "transcript": "synthetic", "audio_path": [f"/synthetic/{i}.wav" for i in ids],
-                          "start": np.nan, "end": np.nan, "duration": SECONDS, "audio_bytes": 1})
+    table = synthetic_table(ids, SECONDS)
     block = np.random.default_rng(0).standard_normal((frames, LAYERS, DIM)).astype(np.float16)
     times: dict[str, list[float]] = {"alone": [], "contended": []}
     default = sys.getswitchinterval()

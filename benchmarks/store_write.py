@@ -74,16 +74,14 @@ def _pipelined(w, units) -> float:
 
 def measure(folder: str, seconds: float, repeats: int, stream: int, trials: int) -> dict:
     import numpy as np
-    import pandas as pd
+    from common import synthetic_table
 
     from emofuse.store import StoreWriter
     n = max(1, int(seconds / SECONDS))
     frames = int(SECONDS * FPS)
     units_needed = repeats + 1 + 2 * stream * trials
     ids = [f"u{i:06d}" for i in range(n * units_needed)]
-    table = pd.DataFrame({"id": ids, "label": "neu", "session": "1", "speaker": "s", "gender": "F",
-                          "transcript": "synthetic", "audio_path": [f"/synthetic/{i}.wav" for i in ids],
-                          "start": np.nan, "end": np.nan, "duration": SECONDS, "audio_bytes": 1})
+    table = synthetic_table(ids, SECONDS)
     rng = np.random.default_rng(0)
     block = rng.standard_normal((frames, LAYERS, DIM)).astype(np.float16)
     nbytes = n * block.nbytes
