@@ -25,6 +25,7 @@ from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import SESSIONS, alignments_beside, find_root
 from ..corpora.manifest import load_manifest
 from ..corpora.table import audio_digest, changes_text, channel_of, resolve_audio_path
+from ..devices import usable_cores
 from ..errors import EmofuseError
 from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,
@@ -488,8 +489,7 @@ def frames_in_order(fs: FeatureStore, stream: str, ids: Sequence[str], read_byte
 def pooling_threads():
     """Leave one core to the reading thread while torch pools on the others."""
     before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    torch.set_num_threads(max(1, min(before, cores - 1)))
+    torch.set_num_threads(max(1, min(before, int(usable_cores()) - 1)))
     try:
         yield
     finally:
