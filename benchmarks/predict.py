@@ -47,7 +47,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     args = ap.parse_args()
-    quiet = lambda *_: None  # noqa: E731
     from emofuse.cli import _quiet_libraries
     _quiet_libraries()
     work = args.work or tempfile.mkdtemp(prefix="emofuse-predict-bench-")

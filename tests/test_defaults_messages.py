@@ -9,7 +9,7 @@ import os
 import pytest
 
 from emofuse import cli
-from emofuse.pipelines.train import TrainConfig, run_train, with_store_defaults
+from emofuse.pipelines.train import TrainConfig, with_store_defaults
 from emofuse.store import FeatureStore
 from emofuse.testing.synthetic import make_synthetic_store
 from emofuse.testing import logged_messages

@@ -226,7 +226,6 @@ def test_second_writer_is_refused(small_fake, tiny_models, tmp_path):
 
 
 def test_other_encoder_or_corpus_is_refused(reference, small_fake, tiny_models, tmp_path):
-    import shutil
     out = tmp_path / "s.h5"
     copy_store(reference, out)
     r = cli("--corpus", "iemocap", "--root", small_fake.root, "--out", out, "--audio-model", tiny_models["layer"],

@@ -3,13 +3,11 @@ naming the path and what to do, no partial file left, the store as it was (issue
 
 import errno
 import os
-import stat
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import emofuse.store.writer as writer

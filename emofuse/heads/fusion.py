@@ -21,7 +21,7 @@ from .branches import BRANCHES
 from .cma import AudioOnlyModel, CMAModel, TextOnlyModel
 from .functional import masked_mean
 from .layers import WEIGHTINGS, AttentionBlock
-from .options import FUSION_HEADS, HEAD_NAMES, PROTOCOL, head_defaults
+from .options import HEAD_NAMES, PROTOCOL, head_defaults
 
 Inputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Padded = Mapping[str, tuple[torch.Tensor, torch.Tensor]]

@@ -373,7 +373,7 @@ def _place_rows(cfg: AblateConfig, pending: list) -> list[list]:
     log.info(f"  plan: {len(pending)} configurations {where}, on {on}; {len(stacked)} with their runs stacked "
              f"(--runs-at-once), {len(pending) - len(stacked)} one run at a time"
              + (f" ({len(lstm)} LSTM heads, which do not stack)" if lstm and stacked else "")
-             + f"; data read once per set of rows sharing streams: "
+             + "; data read once per set of rows sharing streams: "
              + ", ".join(f"{'+'.join(sig[3])}" + (f" [{sig[1]}]" if sig[1] != "audio" else "") + f" × {len(g)}"
                      for sig, g in groups.items()))
     return list(groups.values())

@@ -21,8 +21,6 @@ micro-batches is part of the run key.
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import os
 import time

@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -42,7 +42,7 @@ from ..devices import bf16_autocast, resolve_device
 from ..errors import EmofuseError
 from ..store import (FeatureStore, flags_of, info_differences, nonfinite, same_encoder, shaping_differs,
                      stream_fingerprint)
-from .data import (SPEAKER_NORM, SPEAKERS_FIX, MemorySource, Normaliser, TrainData, _moments, fit_normaliser,
+from .data import (SPEAKER_NORM, SPEAKERS_FIX, MemorySource, Normaliser, TrainData, fit_normaliser,
                    load_train_data, speakers_to_standardise)
 from .extract.stream import not_finite
 from .keys import FRAME_KEY, KEY_KIND, KEY_NAME, TEXT_KEY, stream_of, without_segments

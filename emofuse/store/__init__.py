@@ -14,4 +14,4 @@ __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "upgrade_store", "comp
            "remove_store", "store_bytes", "Ragged", "Segments", "Tokens", "corpus_fingerprint", "corpus_changes",
            "corpus_update", "shaping_differs", "flags_of", "info_differences", "digest", "canonical_json",
            "config_hash", "same_encoder", "stream_fingerprint", "FRAMES", "TOKENS", "GRANULARITIES", "SCHEMA_VERSION", "segments_kind",
-           "UncheckedStoreWarning", "nonfinite"]
+           "UncheckedStoreWarning", "nonfinite", "SHAPING_INFO"]
