@@ -3,9 +3,9 @@
 another thread runs Python, at several interpreter switch intervals, side by side in one run.
 
 On a GPU, extraction stages its parts in a writer thread while the main thread encodes. The
-writer hands the GIL back at each call that gives it up (a system call, a numpy copy; before
-``emofuse.store.gil``, every chunk written and every utterance hashed), and getting it back from a
-thread that is running Python waits for that thread's switch interval (5 ms by default). So the
+writer hands the GIL back at every call that gives it up (every chunk it writes, every utterance
+it copies or hashes, every seek and write of the file), and getting it back from a thread that is
+running Python waits for that thread's switch interval (5 ms by default). So the
 writer's speed depends on how much of the time the encoding thread spends in Python (dispatching
 the model's operators, building the unit), which this benchmark bounds: its busy thread runs
 Python all the time. Reports the stage time of a 60-s unit (float16, 13 × 768) alone and contended, for each ``--switch-interval``, the

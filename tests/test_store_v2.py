@@ -302,13 +302,13 @@ def test_write_errors_name_the_path_and_keep_the_store(tmp_path, monkeypatch, er
     assert_frames(path, ids[:4])
 
 
-@pytest.mark.parametrize("group_bytes", [256 << 20, 1])
-def test_part_file_holds_each_layer_contiguously_with_the_checksums_of_its_rows(tmp_path, monkeypatch, group_bytes):
-    """A part's rows are written chunk by chunk, a layer after the other (no HDF5 selection; all
-    layers copied at once, or one at a time past ``GROUP_BYTES``): the data reads back exactly,
-    whatever the strides of the arrays handed in, a layer's chunks lie one after the other in the
-    file, and the checksums are those of each utterance's rows of each layer."""
-    monkeypatch.setattr("emofuse.store.h5io.GROUP_BYTES", group_bytes)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_part_file_holds_each_layer_contiguously_with_the_checksums_of_its_rows(tmp_path, monkeypatch, overlap):
+    """A part's rows are written chunk by chunk, one layer at a time (no HDF5 selection; the next
+    layer copied in a helper thread where ``_OVERLAP``): the data reads back exactly, whatever the
+    strides of the arrays handed in, a layer's chunks lie one after the other in the file, and the
+    checksums are those of each utterance's rows of each layer."""
+    monkeypatch.setattr("emofuse.store.h5io._OVERLAP", overlap)
     from emofuse.store.h5io import rows_checksum
     from emofuse.store.index import part_path
     table = make_table(6)
@@ -339,43 +339,23 @@ def test_part_file_holds_each_layer_contiguously_with_the_checksums_of_its_rows(
         assert np.array_equal(g["checksum"][...], want) and g["data"].attrs["finite"]
 
 
-@pytest.mark.parametrize("group_bytes", [256 << 20, 200_000])
-def test_part_files_are_the_same_bytes_whichever_call_writes_a_chunk_or_hashes_rows(tmp_path, monkeypatch,
-                                                                                   group_bytes):
-    """The GIL-held C calls (``gil``: HDF5's ``H5Dwrite_chunk``, XXH3) write the same part file, byte
-    for byte, as h5py's ``write_direct_chunk`` and the xxhash package (also with the layers copied
-    a few at a time), and a non-finite value in any layer but the first is found (``finite``
-    false)."""
-    from emofuse.store import gil
-    assert gil._h5dwrite_chunk() is not None and gil._XXH3_64 is not None   # found on Linux: else untested
+def test_part_files_are_the_same_bytes_with_or_without_the_helper_thread(tmp_path, monkeypatch):
+    """``_OVERLAP`` changes only who copies a layer: the part files are byte for byte the same,
+    and a non-finite value in any layer but the first is found (``finite`` false)."""
     table = make_table(4)
     ids = list(table["id"])
     rng = np.random.default_rng(5)
     frames = {i: rng.standard_normal((150 + 211 * k, 5, 64)).astype(np.float32) for k, i in enumerate(ids)}
     frames[ids[2]][17, 3, 9] = -np.inf
-    monkeypatch.setattr("emofuse.store.h5io.GROUP_BYTES", group_bytes)
     parts = []
-    for held in (True, False):
-        if not held:
-            monkeypatch.setattr(gil, "_XXH3_64", None)
-            monkeypatch.setattr(gil, "_h5dwrite_chunk", lambda: None)
-        with StoreWriter(tmp_path / f"s{held:d}.h5", table) as w:
+    for overlap in (False, True):
+        monkeypatch.setattr("emofuse.store.h5io._OVERLAP", overlap)
+        with StoreWriter(tmp_path / f"s{overlap:d}.h5", table) as w:
             w.add_stream("audio", {"fingerprint": "f"})
             parts.append(Path(w.commit("audio", {"frames": {i: {"data": frames[i]} for i in ids}})))
     assert parts[0].read_bytes() == parts[1].read_bytes()
     with h5py.File(parts[0], "r") as f:
         assert not f["streams/audio/frames/data"].attrs["finite"]
-
-
-def test_gil_held_xxh3_gives_the_xxhash_digest_at_every_size():
-    import xxhash
-    from emofuse.store.gil import xxh3_64
-    rng = np.random.default_rng(0)
-    for n in [0, 1, 2, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1023, 1024, 1025, 65536, 1 << 20]:
-        a = rng.integers(0, 256, n, dtype=np.uint8)
-        assert xxh3_64(a) == xxhash.xxh3_64_intdigest(a), n
-    a = rng.standard_normal((40, 7, 9)).astype(np.float16)[:, 3]   # not contiguous: the package's own call
-    assert xxh3_64(a) == xxhash.xxh3_64_intdigest(np.ascontiguousarray(a))
 
 
 def test_a_wrong_call_is_a_type_error_not_damage(tmp_path):
@@ -478,11 +458,10 @@ def test_a_text_stream_windowed_otherwise_is_refused_like_another_encoder(tmp_pa
     assert "[max_tokens: 64 in s.h5, 5 in this run; window_stride: 31 in s.h5, 1 in this run]" in str(e.value), str(e.value)
 
 
-def test_usable_cores_counts_a_containers_cpu_quota(tmp_path):
-    """The cores a stage may keep busy (alignment's pooling threads): a cgroup quota of 2 CPUs caps
-    what the affinity says (a container on a large node), an unlimited one does not, and a
-    missing file is no quota."""
-    from emofuse.devices import usable_cores
+def test_the_writers_helper_thread_counts_a_containers_cpu_quota(tmp_path):
+    """``_OVERLAP`` turns on with 4 usable cores: a cgroup quota of 2 CPUs caps what the affinity
+    says (a container on a large node), an unlimited one does not, and a missing file is no quota."""
+    from emofuse.cores import usable_cores
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("200000 100000\n")
     assert usable_cores(str(cpu_max)) <= 2.0

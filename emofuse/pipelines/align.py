@@ -25,7 +25,7 @@ from ..corpora import ALIGNMENTS, KINDS, alignment_paths, demo_root, load_corpus
 from ..corpora.iemocap import SESSIONS, alignments_beside, find_root
 from ..corpora.manifest import load_manifest
 from ..corpora.table import audio_digest, changes_text, channel_of, resolve_audio_path
-from ..devices import usable_cores
+from ..cores import usable_cores
 from ..errors import EmofuseError
 from ..options import opt
 from ..store import (GRANULARITIES, FeatureStore, StoreWriter, corpus_changes, corpus_fingerprint, digest,

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
 import h5py
@@ -16,8 +16,8 @@ import pandas as pd
 import xxhash
 
 from ..arrays import offsets_from_lengths
+from ..cores import usable_cores
 from ..errors import StoreError
-from .gil import chunk_writer, phil, xxh3_64
 from .schema import CHECKSUM, CHECKSUM_ALGORITHM, DATA, INDEX_NAMES, PART_TYPE, SCHEMA_VERSION, STORE_TYPE, chunk_rows
 
 STR = h5py.string_dtype("utf-8")
@@ -156,33 +156,15 @@ def reseal(path: str) -> None:
         _write_seal(fh, skip, userblock)
 
 
-#: positioned reads and writes (``os.pwrite``, ``os.preadv``: POSIX)
-_POSITIONED = hasattr(os, "pwrite") and hasattr(os, "preadv")
-
-
 class _WriteThrough(io.RawIOBase):
     """The file HDF5 writes a new store file through (h5py's file-object driver). HDF5 2.0 does
     not survive a failed write (a full disk made its close, or the interpreter's exit, segfault),
     so this never tells it: the first OS error (ENOSPC, EFBIG, EIO …) is kept, later writes are
-    dropped, and ``writing_h5`` raises that error once HDF5 has closed the file in peace.
-
-    Writes that follow one another in the file (a layer's chunks) are gathered in a buffer and
-    handed to the OS ``COALESCE`` bytes at a time, each with one system call (``os.pwrite``): each
-    gives the GIL back, and getting it back beside a thread running Python (the encoding thread)
-    waits out that thread's switch interval, so one OS write (and seek) per chunk stalled the
-    writer hundreds of times per part (benchmarks/store_gil.py). 1 MiB stays in the processor's
-    cache between the copy and the system call; 4 MiB and more wrote at half the speed here."""
-
-    COALESCE = 1 << 20
+    dropped, and ``writing_h5`` raises that error once HDF5 has closed the file in peace."""
 
     def __init__(self, path: str):
         self.file = open(path, "w+b", buffering=0)
         self.error: OSError | None = None
-        self.pos = 0                       # where HDF5 reads or writes next
-        self.buf = bytearray(self.COALESCE)
-        self.view = memoryview(self.buf)
-        self.held = 0                      # bytes gathered in buf, to be written at ``held_at``
-        self.held_at = 0
 
     def readable(self) -> bool:
         return True
@@ -194,77 +176,36 @@ class _WriteThrough(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == io.SEEK_SET:
-            self.pos = offset
-        elif whence == io.SEEK_CUR:
-            self.pos += offset
-        else:
-            self.drain()
-            self.pos = self.file.seek(0, io.SEEK_END) + offset
-        return self.pos
+        return self.file.seek(offset, whence)
 
     def tell(self) -> int:
-        return self.pos
+        return self.file.tell()
 
     def readinto(self, b) -> int:
-        self.drain()
-        if _POSITIONED:
-            n = os.preadv(self.file.fileno(), [b], self.pos)
-        else:
-            self.file.seek(self.pos)
-            n = self.file.readinto(b) or 0
-        self.pos += n
-        return n
-
-    def _write_at(self, at: int, view: memoryview) -> None:
-        """Write all of ``view`` at ``at``: one system call where it can (a seek is one more, and
-        each gives the GIL back)."""
-        if self.error is None:
-            try:
-                if not _POSITIONED:
-                    self.file.seek(at)
-                done = 0
-                while done < len(view):
-                    done += os.pwrite(self.file.fileno(), view[done:], at + done) if _POSITIONED else \
-                        self.file.write(view[done:])
-            except OSError as e:
-                self.error = e
-
-    def drain(self) -> None:
-        """Hand the gathered writes to the OS."""
-        if self.held:
-            held, self.held = self.held, 0
-            self._write_at(self.held_at, self.view[:held])
+        return self.file.readinto(b)
 
     def write(self, b) -> int:
         view = memoryview(b).cast("B")
-        n = len(view)
-        if self.held and (self.pos != self.held_at + self.held or self.held + n > self.COALESCE):
-            self.drain()
-        if n >= self.COALESCE:
-            self._write_at(self.pos, view)
-        elif self.error is None:
-            if not self.held:
-                self.held_at = self.pos
-            self.view[self.held:self.held + n] = view
-            self.held += n
-        self.pos += n
-        return n
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += self.file.write(view[done:])
+            except OSError as e:
+                self.error = e
+        return len(view)
 
     def truncate(self, size: int | None = None) -> int:
-        self.drain()
         try:
-            return self.file.truncate(self.pos if size is None else size)
+            return self.file.truncate(size)
         except OSError as e:
             self.error = self.error or e
-            return size if size is not None else self.pos
+            return size if size is not None else self.file.tell()
 
     def flush(self) -> None:
-        self.drain()
+        pass
 
     def close(self) -> None:
-        self.drain()
-        self.view.release()
         self.file.close()
         super().close()
 
@@ -284,7 +225,6 @@ def writing_h5(path: str, userblock: int = USERBLOCK, durable: bool = True):
             skip = _tensor_ranges(f)
         finally:
             f.close()
-        raw.drain()
         if raw.error is None:
             try:
                 _write_seal(raw.file, skip, userblock)
@@ -374,7 +314,7 @@ def rows_checksum(rows: np.ndarray) -> int:
     of its little-endian bytes (~10 GB/s, so verifying on read costs little beside HDF5)."""
     if sys.byteorder != "little":
         rows = rows.astype(rows.dtype.newbyteorder("<"))
-    return xxh3_64(np.ascontiguousarray(rows))
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(rows))
 
 
 def _layer_parts(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.dtype]:
@@ -418,41 +358,27 @@ def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.nda
     return _checksums_layer_major(layer_major([data]), lengths)
 
 
-#: a table's rows are copied layer-major this many bytes of layers at a time (all its layers for
-#: an extraction unit: one copy per utterance; one layer at a time past it, bounding the memory)
-GROUP_BYTES = 256 << 20
-
-
-_blocks = threading.local()
-
-
-def _block(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised array for ``_write_layer_chunks``, from this thread's reused memory up to
-    ``GROUP_BYTES`` (a fresh array's pages fault in as they are first written: a quarter of a
-    part's copying)."""
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes > GROUP_BYTES:
-        return np.empty(shape, dtype)
-    have = getattr(_blocks, "memory", None)
-    if have is None or have.nbytes < nbytes:
-        have = _blocks.memory = np.empty(nbytes, np.uint8)
-    return have[:nbytes].view(dtype).reshape(shape)
+#: a layer's copy, checksums and NaN test run in a helper thread while the layer before is written
+#: (numpy and xxhash release the GIL; HDF5's writes hold h5py's lock) where cores are plenty (a GPU
+#: host); on 2 cores it cost more than it saved once the other core was busy (BENCHMARKS.md, "store
+#: writer, one layer at a time")
+_OVERLAP = usable_cores() >= 4
 
 
 def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray],
                         summarise: bool = False) -> tuple[np.ndarray, bool]:
     """Dataset ``name`` of shape ``(N, L, D)`` from the rows ``(T_u, L, D)`` of several utterances
     (``_layer_parts``), back to back, chunked (≈256 KiB of rows, 1 layer, D) so that reading a
-    subset of layers reads only those layers. The rows are copied layer-major into a block of
-    whole chunks (``G`` layers, ``N`` rounded up to the chunk's rows, ``D``: what ``layer_major``
-    holds for those layers; all layers while they fit in ``GROUP_BYTES``), one copy per utterance,
-    and each chunk is handed to the file as it is (``chunk_writer``: no HDF5 selection or
-    conversion, the GIL held), a layer after the other, so a layer's chunks lie one after the
-    other in the file; the block's rows past ``N`` stay zero: the padding of a layer's last chunk.
-    With ``summarise``, also returns the ``(U, L)`` checksums (``rows_checksum``) and whether any
-    row is non-finite (``nonfinite``, once per block: the padding is finite); else zeros and
-    False. Few calls give the GIL back (the copies, the file's writes: ``_WriteThrough``), since
-    each one waits beside a thread running Python (``gil``)."""
+    subset of layers reads only those layers. One layer at a time, its rows are copied into a
+    buffer of whole chunks (``N`` rounded up to the chunk's rows, ``D``; what ``layer_major`` holds
+    for that layer), and each chunk is handed to the file as it is (``write_direct_chunk``: no HDF5
+    selection or conversion), so a layer's chunks lie one after the other in the file; the
+    buffer's rows past ``N`` stay zero: the padding of the layer's last chunk. No ``(L, N, D)``
+    copy of the whole table is made. With ``summarise``, also returns what is computed while a
+    layer's rows are in cache: the ``(U, L)`` checksums (``rows_checksum``) and whether any row is
+    non-finite (``nonfinite``); else zeros and False. With ``_OVERLAP``, layer ``l + 1`` is copied
+    and summarised in a helper thread, into the other of two buffers, while layer ``l`` is
+    written."""
     dtype = np.result_type(*parts)
     L, D = parts[0].shape[1:]
     lengths = [len(p) for p in parts]
@@ -461,26 +387,37 @@ def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray],
     ds = g.create_dataset(name, shape=(N, L, D), dtype=dtype, chunks=(rows, 1, D))
     offsets = offsets_from_lengths(lengths)
     sums = np.zeros((len(parts), L), np.uint64)
-    bad = False
+    bad = np.zeros(L, bool)
     padded = -(-N // rows) * rows
-    G = max(1, min(L, GROUP_BYTES // max(1, padded * D * dtype.itemsize)))
-    block = _block((G, padded, D), dtype)
-    block[:, N:] = 0
-    write = chunk_writer(ds)
-    for l0 in range(0, L, G):
-        blk = block[:min(G, L - l0)]
-        for p, o, n in zip(parts, offsets, lengths):
-            blk[:, o:o + n] = p[:, l0:l0 + len(blk)].transpose(1, 0, 2)
+    bufs = [np.zeros((padded, D), dtype) for _ in range(2 if _OVERLAP and L > 1 else 1)]
+
+    def fill(l: int) -> np.ndarray:
+        buf = bufs[l % len(bufs)]
+        for u, (p, o, n) in enumerate(zip(parts, offsets, lengths)):
+            rows_l = buf[o:o + n]
+            rows_l[...] = p[:, l]
+            if summarise:
+                sums[u, l] = rows_checksum(rows_l)
         if summarise:
-            bad = bad or nonfinite(blk)
-        with phil:
-            for j, layer in enumerate(blk):
-                if summarise:
-                    for u, (o, n) in enumerate(zip(offsets, lengths)):
-                        sums[u, l0 + j] = rows_checksum(layer[o:o + n])
-                for r in range(0, N, rows):
-                    write((r, l0 + j, 0), layer[r:r + rows])
-    return sums, bad
+            bad[l] = nonfinite(buf[:N])
+        return buf
+
+    def write(l: int, buf: np.ndarray) -> None:
+        for r in range(0, N, rows):
+            ds.id.write_direct_chunk((r, l, 0), buf[r:r + rows])
+
+    if len(bufs) == 1:
+        for l in range(L):
+            write(l, fill(l))
+        return sums, bool(bad.any())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emofuse-layers") as pool:
+        ahead = pool.submit(fill, 0)
+        for l in range(L):
+            buf = ahead.result()
+            if l + 1 < L:   # buf's twin is free: its layer was written
+                ahead = pool.submit(fill, l + 1)
+            write(l, buf)
+    return sums, bool(bad.any())
 
 
 def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int],

@@ -13,11 +13,11 @@ from typing import Any, Callable, Iterator
 from .summary import StreamSummary
 
 
-#: the interpreter's switch interval while extraction's threads run (Python's default: 5 ms). Each
-#: time the store's writer gets the GIL back from a thread running Python, it waits out that
-#: thread's switch interval. The writer now gives it back rarely (emofuse/store/gil.py), and this
-#: shortens what is left: a 60-s unit staged beside a busy Python thread in ~0.9 s at 5 ms, ~0.12 s
-#: at 0.5 ms, ~45 ms alone (2-core VM, benchmarks/store_gil.py)
+#: the interpreter's switch interval while extraction's threads run (Python's default: 5 ms). The
+#: store's writer hands the GIL back at every chunk it writes and every utterance it copies or
+#: hashes (hundreds of times per unit); each time a thread running Python holds it, getting it
+#: back waits for that thread's switch interval. Measured on a 2-core VM (benchmarks/store_gil.py):
+#: a 60-s unit staged in ~40 ms alone took ~6 s beside a busy Python thread at 5 ms, ~0.4 s at 0.5 ms
 SWITCH_INTERVAL_S = 0.0005
 
 
