@@ -23,6 +23,9 @@
 #   sync      where training makes the host wait for the GPU (benchmarks/sync_check.py)
 #   finetune-compile  the finetune stage's run with every transformer block compiled (--compile)
 #   breakdown extraction stage by stage on an hour of audio, next to the disk's ceiling
+#   writer-sim  the store writer inside a simulated GPU extraction on this host's cores and disk
+#             (extract_sim.py): today's writer vs the one that holds the GIL through its C calls
+#             (a17ffb2, reverted after a 2-core VM showed no gain: .baseline/emofuse-a17ffb2.tar)
 #   all       grid, finetune and extract, one after the other (needs ~25 minutes)
 # OUT (default $OUT, else ./gpu-out): where each stage's log and a tar of its result files go
 # (benchmarks/results/*.json and the rows it appended to BENCHMARKS.md).
@@ -32,16 +35,17 @@
 # --only-binary=:all: --no-deps -d .whl soundfile soxr cffi pycparser praatio`; carry `.whl`),
 # and emofuse is imported from this checkout. For `extract`, carry `.baseline/` too, holding the
 # store code before the two-stage commits: `mkdir -p .baseline && git archive 7127853 emofuse >
-# .baseline/emofuse-before-pipelining.tar` (7127853: the last commit before them).
+# .baseline/emofuse-before-pipelining.tar` (7127853: the last commit before them); for
+# `writer-sim`, `git archive a17ffb2 emofuse > .baseline/emofuse-a17ffb2.tar`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: gpu_checks.sh STAGE [OUT] (see the comment at the top for the stages)}
 out=${2:-${OUT:-./gpu-out}}
 case $stage in
   grid|profile|grid-before|grid-after|grid-bf16|grid-fast|grid-runs25|sync|finetune|finetune-compile) ;;
-  extract|breakdown|all) ;;
+  extract|breakdown|writer-sim|all) ;;
   *) echo "unknown stage $stage: expected grid, profile, grid-before, grid-after, grid-bf16, grid-fast," \
-       "grid-runs25, sync, finetune, finetune-compile, extract, breakdown or all" >&2
+       "grid-runs25, sync, finetune, finetune-compile, extract, breakdown, writer-sim or all" >&2
      exit 2 ;; esac
 mkdir -p "$out"
 
@@ -160,6 +164,20 @@ run_breakdown() {
   cp benchmarks/results/extract-breakdown-cuda.json "$out/" 2>/dev/null || true
 }
 
+run_writer_sim() {
+  # the encoder simulated (no GPU needed), the host's cores and disk real: a 16-core host has no
+  # oversubscribed cores, which confounded the 2-core VM's figures (BENCHMARKS.md)
+  local base=()
+  if [ -f .baseline/emofuse-a17ffb2.tar ]; then
+    base=(--baseline-tar .baseline/emofuse-a17ffb2.tar)
+  fi
+  for share in 0.9 0.5; do
+    step "writer-sim-$share.log" 200 python3 benchmarks/extract_sim.py --seconds 1800 --trials 3 \
+      --python-share "$share" "${base[@]}"
+    cp benchmarks/results/extract-sim.json "$out/extract-sim-$share.json" 2>/dev/null || true
+  done
+}
+
 run_extract() {
   local base=()
   if [ -f .baseline/emofuse-before-pipelining.tar ]; then
@@ -181,6 +199,7 @@ case $stage in
   grid-fast) run_grid_fast ;;
   sync) run_sync ;;
   breakdown) run_breakdown ;;
+  writer-sim) run_writer_sim ;;
   finetune) run_finetune ;;
   finetune-compile) run_finetune_compile ;;
   extract) run_extract ;;
