@@ -72,3 +72,19 @@ def test_finetune_profile_counts_each_kernel_once():
     events = [event(DeviceType.CPU, 300.0, 50.0), event(DeviceType.CUDA, 300.0), event(DeviceType.CUDA, 100.0)]
     assert abs(bench.busy_seconds(events, cuda=True) - 400e-6) < 1e-12
     assert abs(bench.busy_seconds(events, cuda=False) - 50e-6) < 1e-12
+
+
+def test_extract_sim_measures_this_tree_beside_another_trees_code(tmp_path):
+    """extract_sim.py (the stage gpu_checks.sh writer-sim): the whole loop, encoding alone and
+    commits alone for this tree and for an archived tree (``--baseline-tar``), one row each."""
+    import tarfile
+    tar = tmp_path / "emofuse-same.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(REPO / "emofuse", arcname="emofuse", filter=lambda m: None if "__pycache__" in m.name else m)
+    results = _run(tmp_path, "extract_sim.py", "--seconds", "240", "--trials", "1", "--encode-rate", "20000",
+                   "--baseline-tar", str(tar))
+    res = json.loads((results / "extract-sim.json").read_text())
+    assert set(res["rows"]) == {"same", "current"}
+    for row in res["rows"].values():
+        assert row["whole_audio_s_per_s"] > 0 and row["commits_audio_s_per_s"] > 0 and row["disk_audio_s_per_s"] > 0
+    assert "| extract, simulated GPU encoder |" in (tmp_path / "BENCHMARKS.md").read_text()
