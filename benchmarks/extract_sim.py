@@ -7,8 +7,10 @@ extraction's main thread dispatching the model's operators) and sleeps the rest 
 
 Measures, for the same audio: the whole loop, the encoding alone (no commits), the commits alone
 (pipelined, nothing encoding), and the disk's plain write + fsync of the same bytes. What it shows
-is how much the writer and the encoding thread slow each other, which no GPU is needed to see;
-the H100's own figure comes from ``extract_breakdown.py``. ``--baseline-rev REV`` runs the same
+is how much the writer and the encoding thread slow each other, which no GPU is needed to see
+(on a host with cores to spare: on 2 cores they also share the cores); the H100's own figure
+comes from ``extract_breakdown.py``. ``--switch-interval MS`` sets the background threads' switch
+interval in place of extraction's 0.5 ms. ``--baseline-rev REV`` runs the same
 measurement with the store and extraction code of each REV (``--baseline-tar``: of each
 ``git archive`` tar, where git is not at hand), alternated, best of ``--trials``.
 

@@ -5,13 +5,13 @@ another thread runs Python, at several interpreter switch intervals, side by sid
 On a GPU, extraction stages its parts in a writer thread while the main thread encodes. The
 writer hands the GIL back at every call that gives it up (every chunk it writes, every utterance
 it copies or hashes, every seek and write of the file), and getting it back from a thread that is
-running Python waits for that thread's switch interval (5 ms by default). So the
-writer's speed depends on how much of the time the encoding thread spends in Python (dispatching
-the model's operators, building the unit), which this benchmark bounds: its busy thread runs
-Python all the time. Reports the stage time of a 60-s unit (float16, 13 × 768) alone and contended, for each ``--switch-interval``, the
-contended ones alternated with alone ones so both see the same disk and cache, and the busy
-thread's speed while a unit is staged beside it, over its speed alone (the other half of the
-cost: the encoding thread slowed by the writer).
+running Python waits for that thread's switch interval (5 ms by default). So the writer's speed
+depends on how much of the time the encoding thread spends in Python (dispatching the model's
+operators, building the unit), which this benchmark bounds: its busy thread runs Python all the
+time. Reports the stage time of a 60-s unit (float16, 13 × 768) alone and contended, for each
+``--switch-interval``, the contended ones alternated with alone ones so both see the same disk and
+cache, and the busy thread's speed while a unit is staged beside it, over its speed alone (the
+other half of the cost: the encoding thread slowed by the writer).
 
     python benchmarks/store_gil.py [--units 6] [--switch-interval 5 0.5]
 """
