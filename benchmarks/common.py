@@ -27,6 +27,15 @@ def record(name: str, res: dict, row: str, device: str = "cpu") -> Path:
     return out
 
 
+def two_stage(w, unit: dict):
+    """A unit of frames committed as extraction commits it on a GPU, for ``BackgroundCommits.submit``:
+    staged in the writer thread, and the function that publishes it, for the syncer thread."""
+    def stage():
+        staged = w.stage("audio", {"frames": unit})
+        return lambda: w.publish(staged)
+    return stage
+
+
 def synthetic_table(ids: list[str], seconds: float):
     """The utterance table of a synthetic store whose utterances are all ``seconds`` long (one
     class, session and speaker): what the store benchmarks write their units against."""

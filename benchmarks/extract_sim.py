@@ -70,8 +70,8 @@ def worker(seconds: float, encode_rate: float, share: float, folder: str, switch
     from emofuse.pipelines.extract.threads import BackgroundCommits, short_switch_interval
     if switch_ms is not None:
         threads.SWITCH_INTERVAL_S = switch_ms / 1000
-    from emofuse.store import StoreWriter
-    from common import synthetic_table
+    from emofuse.store import StoreWriter, remove_store
+    from common import synthetic_table, two_stage
 
     per_batch = int(BATCH_S / UTT_S)
     batches = max(1, round(seconds / BATCH_S))
@@ -94,20 +94,11 @@ def worker(seconds: float, encode_rate: float, share: float, folder: str, switch
                             time.sleep(batch_time * (1 - share))
                         entries = {i: {"data": block} for i in ids[b * per_batch:(b + 1) * per_batch]}
                         if commit:
-                            def stage(entries=entries):
-                                staged = w.stage("audio", {"frames": entries})
-                                return lambda: w.publish(staged)
-                            commits.submit(stage)
+                            commits.submit(two_stage(w, entries))
                 finally:
                     commits.close()
             dt = time.perf_counter() - t
-        for f in Path(folder).iterdir():
-            if f.is_dir():
-                for g in f.iterdir():
-                    g.unlink()
-                f.rmdir()
-            else:
-                f.unlink()
+        remove_store(path)
         return dt
 
     nbytes = len(ids) * block.nbytes

@@ -57,15 +57,13 @@ def _pipelined(w, units) -> float:
     the writer has ``stage``/``publish``, else ``commit`` in one background thread)."""
     from emofuse.pipelines.extract.threads import BackgroundCommits
     from emofuse.pipelines.extract.summary import StreamSummary
+    from common import two_stage
     bc = BackgroundCommits(StreamSummary("audio", "audio", "synthetic", False), background=True)
-    two_stage = hasattr(w, "stage")
+    staged = hasattr(w, "stage")   # the code before two-stage commits has commit() only
     t = time.perf_counter()
     for unit in units:
-        if two_stage:
-            def stage(unit=unit):
-                staged = w.stage("audio", {"frames": unit})
-                return lambda: w.publish(staged)
-            bc.submit(stage)
+        if staged:
+            bc.submit(two_stage(w, unit))
         else:
             bc.submit(lambda unit=unit: w.commit("audio", {"frames": unit}))
     bc.close()
