@@ -365,10 +365,10 @@ def layer_checksums(data: np.ndarray, lengths: list[int] | np.ndarray) -> np.nda
 _OVERLAP = usable_cores() >= 4
 
 
-def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray],
+def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray], dtype: np.dtype,
                         summarise: bool = False) -> tuple[np.ndarray, bool]:
     """Dataset ``name`` of shape ``(N, L, D)`` from the rows ``(T_u, L, D)`` of several utterances
-    (``_layer_parts``), back to back, chunked (≈256 KiB of rows, 1 layer, D) so that reading a
+    (``_layer_parts``, with their ``dtype``), back to back, chunked (≈256 KiB of rows, 1 layer, D) so that reading a
     subset of layers reads only those layers. One layer at a time, its rows are copied into a
     buffer of whole chunks (``N`` rounded up to the chunk's rows, ``D``; what ``layer_major`` holds
     for that layer), and each chunk is handed to the file as it is (``write_direct_chunk``: no HDF5
@@ -379,7 +379,6 @@ def _write_layer_chunks(g: h5py.Group, name: str, parts: list[np.ndarray],
     non-finite (``nonfinite``); else zeros and False. With ``_OVERLAP``, layer ``l + 1`` is copied
     and summarised in a helper thread, into the other of two buffers, while layer ``l`` is
     written."""
-    dtype = np.result_type(*parts)
     L, D = parts[0].shape[1:]
     lengths = [len(p) for p in parts]
     N = sum(lengths)
@@ -435,9 +434,9 @@ def write_entry_table(f: h5py.File, path: str, ids: list[str], lengths: list[int
     for name, parts in arrays.items():
         first = np.asarray(parts[0])
         if first.ndim == 3 and first.dtype.kind not in "OUS":
-            parts, _ = _layer_parts(parts)
+            parts, dtype = _layer_parts(parts)
             if sum(len(p) for p in parts):
-                sums, bad = _write_layer_chunks(g, name, parts, summarise=name == DATA)
+                sums, bad = _write_layer_chunks(g, name, parts, dtype, summarise=name == DATA)
             else:  # no rows at all: nothing to chunk
                 lm = layer_major(parts)
                 g.create_dataset(name, data=lm.transpose(1, 0, 2))
